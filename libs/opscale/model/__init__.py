@@ -1,0 +1,15 @@
+"""Typed domain objects shared by every part of opscale. Pure data: no I/O, no clock."""
+
+from opscale.model.cloud import Purchase, Region, Sku, Vm, VmState
+from opscale.model.instance import Instance, InstanceSpec, InstanceState, Role
+from opscale.model.llm import ModelSpec
+from opscale.model.observation import InstanceStatus, Observation, PoolKey, PoolObservation
+from opscale.model.plan import Plan
+from opscale.model.request import Request, RequestOutcome, TierSpec
+from opscale.model.tiers import DEFAULT_TIERS
+
+__all__ = [
+    "DEFAULT_TIERS", "Instance", "InstanceSpec", "InstanceState", "InstanceStatus", "ModelSpec", "Observation", "Plan",
+    "PoolKey", "PoolObservation", "Purchase", "Region", "Request", "RequestOutcome", "Role", "Sku",
+    "TierSpec", "Vm", "VmState",
+]

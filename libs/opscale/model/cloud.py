@@ -1,0 +1,66 @@
+"""GPU SKUs, regions and VMs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Sku:
+    """A GPU type. Figures are per GPU; prices are per GPU-hour."""
+
+    name: str
+    gpu_memory_gb: float
+    peak_tflops: float  # dense BF16/FP16 tensor throughput
+    mem_bandwidth_gbps: float  # HBM bandwidth, GB/s
+    idle_power_w: float
+    max_power_w: float
+    price_usd_per_h: float
+    spot_price_usd_per_h: float
+    gpus_per_vm: int = 8
+
+    def __post_init__(self) -> None:
+        for label in ("gpu_memory_gb", "peak_tflops", "mem_bandwidth_gbps", "max_power_w"):
+            if getattr(self, label) <= 0:
+                raise ValueError(f"sku {self.name!r}: {label} must be positive, got {getattr(self, label)!r}")
+        if not 0 <= self.idle_power_w <= self.max_power_w:
+            raise ValueError(f"sku {self.name!r}: need 0 <= idle_power_w <= max_power_w")
+
+    def power_w(self, utilisation: float) -> float:
+        """Draw at a utilisation in [0, 1]: linear between idle and max."""
+        u = min(1.0, max(0.0, utilisation))
+        return self.idle_power_w + (self.max_power_w - self.idle_power_w) * u
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A cloud region. `gpu_quota` caps GPUs per SKU name; `rtt_ms` is the round trip to other regions."""
+
+    name: str
+    gpu_quota: dict[str, int] = field(default_factory=dict)
+    rtt_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Purchase(StrEnum):
+    ON_DEMAND = "on_demand"
+    SPOT = "spot"
+
+
+class VmState(StrEnum):
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True, slots=True)
+class Vm:
+    vm_id: str
+    region: str
+    sku: str
+    gpus: int
+    purchase: Purchase
+    state: VmState
+    requested_s: float
+    running_s: float | None = None

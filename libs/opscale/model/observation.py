@@ -1,0 +1,77 @@
+"""What the control loops observe: instance status from agents and per-pool demand from windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opscale.model.instance import InstanceState, Role
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """A pool: the instances of one model and role in one region."""
+
+    model: str
+    region: str
+    role: Role = Role.UNIFIED
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.region}/{self.role}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    """An instance's state and load as its node-agent reports it in a heartbeat."""
+
+    instance_id: str
+    model: str
+    sku: str
+    tp: int
+    role: Role
+    state: InstanceState
+    endpoint: str = ""
+    queued: int = 0
+    running: int = 0
+    outstanding_tokens: int = 0
+    kv_used_frac: float = 0.0
+    tokens_per_s: float = 0.0
+    busy_frac: float = 0.0
+    power_w: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolObservation:
+    """One pool at one moment: demand from the aggregator's windows and capacity from heartbeats.
+
+    Capacity in flight is explicit (`loading`, `draining`) so a policy can hold while its previous
+    actuation converges rather than act twice on the same shortfall.
+    """
+
+    key: PoolKey
+    ready: int = 0
+    loading: int = 0
+    draining: int = 0
+    arrival_rps: float = 0.0
+    prompt_tokens_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+    queued: int = 0
+    running: int = 0
+    busy_frac: float = 0.0  # mean over ready instances
+    kv_used_frac: float = 0.0  # mean over ready instances
+    ttft_p99_s: float | None = None
+    tbt_p99_s: float | None = None
+    forecast_rps_hi: float | None = None
+
+    @property
+    def expected(self) -> int:
+        """Instances that are or will soon be serving."""
+        return self.ready + self.loading
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything a planner sees at `now_s`."""
+
+    now_s: float
+    pools: dict[PoolKey, PoolObservation] = field(default_factory=dict)
+    free_gpus: dict[tuple[str, str], int] = field(default_factory=dict)  # (region, sku) -> GPUs

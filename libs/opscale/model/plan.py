@@ -1,0 +1,38 @@
+"""The planner's desired state, published under a monotonically increasing epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opscale.model.instance import InstanceSpec
+from opscale.model.observation import PoolKey
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Desired state at one epoch.
+
+    `assignments` maps an agent id to the instances it should run; it is the one owner of "what should
+    run where" (replica counts per pool are derived from it). `routing_weights` maps (model, origin
+    region) to the share of demand each serving region should take.
+    """
+
+    epoch: int
+    created_s: float
+    assignments: dict[str, tuple[InstanceSpec, ...]] = field(default_factory=dict)
+    agent_regions: dict[str, str] = field(default_factory=dict)
+    routing_weights: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    vm_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (region, sku, purchase)
+    reason: str = ""
+
+    def replicas(self) -> dict[PoolKey, int]:
+        counts: dict[PoolKey, int] = {}
+        for agent_id, specs in self.assignments.items():
+            region = self.agent_regions.get(agent_id, "")
+            for spec in specs:
+                key = PoolKey(spec.model, region, spec.role)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def instances(self) -> dict[str, InstanceSpec]:
+        return {s.instance_id: s for specs in self.assignments.values() for s in specs}

@@ -1,0 +1,87 @@
+"""Actions returned by services. The shell performs them: publish on the bus, call an agent, write the
+store, start or stop an engine, forward a request to an instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from opscale.model import InstanceSpec, Request
+from opscale.services.events import ApplyCommand, DrainCommand
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish an event on the bus under `subject` (namespaced `opscale.<kind>.<region>...`)."""
+
+    subject: str
+    event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send a request to an instance. `reason` says why this instance was chosen."""
+
+    request: Request
+    instance_id: str
+    region: str
+    endpoint: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse a request: no capacity, unknown model, or overload. `status` is the HTTP status to use."""
+
+    request: Request
+    status: int
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommand:
+    """Deliver a command to a node-agent (gRPC in the live runtime)."""
+
+    agent_id: str
+    command: ApplyCommand | DrainCommand
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Persist a value under a key (Redis in the live runtime). Values are plain JSON-able data."""
+
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StartEngine:
+    """Start an engine for `spec`; it becomes ready after `load_s` seconds."""
+
+    spec: InstanceSpec
+    load_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrainEngine:
+    """Stop admitting new requests to an engine; in-flight ones finish."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopEngine:
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A decision worth explaining: the reason is data, so reports and traces explain themselves."""
+
+    service: str
+    message: str
+    fields: dict[str, Any] | None = None
+
+
+Action = Publish | Dispatch | Reject | SendCommand | Store | StartEngine | DrainEngine | StopEngine | Log

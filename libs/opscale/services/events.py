@@ -1,0 +1,137 @@
+"""Events delivered to services. Each is a frozen dataclass; the live runtime maps them to and from
+the protobuf messages of proto/opscale/v1 (see opscale.runtime.live.codec)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    """A request reached the router (HTTP in the live runtime, the trace in the simulator)."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """The engine finished (or failed) a request; the router releases its accounting."""
+
+    outcome: RequestOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHeartbeat:
+    """A node-agent's periodic report: who it is, where, its free GPUs and every instance it runs."""
+
+    agent_id: str
+    region: str
+    sku: str
+    gpus_total: int
+    address: str
+    epoch: int
+    at_s: float
+    instances: tuple[InstanceStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterLoad:
+    """The router's leading view of demand: requests it holds because no instance can take them yet.
+    The aggregator's windows lag (they count finished requests); this does not, so the planner can
+    scale from zero the moment work waits."""
+
+    router_id: str
+    region: str
+    at_s: float
+    pending_by_model: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """Aggregated request records of one (model, region, tier) over one window ending at `end_s`.
+
+    Example: 30 requests in a 10 s window, 12 000 prompt tokens -> arrival_rps 3.0,
+    prompt_tokens_per_s 1200.0.
+    """
+
+    model: str
+    region: str
+    tier: str
+    window_s: float
+    end_s: float
+    requests: int
+    completed: int
+    arrival_rps: float
+    prompt_tokens_per_s: float
+    output_tokens_per_s: float
+    ttft_p50_s: float | None
+    ttft_p99_s: float | None
+    tbt_p50_s: float | None
+    tbt_p99_s: float | None
+    e2e_p50_s: float | None
+    e2e_p99_s: float | None
+    slo_attainment: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastIssued:
+    """Expected arrival rate of one (model, region, tier) over `horizon_s` after `at_s`, with an
+    interval [lo, hi]."""
+
+    model: str
+    region: str
+    tier: str
+    at_s: float
+    horizon_s: float
+    mean_rps: float
+    lo_rps: float
+    hi_rps: float
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPublished:
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCommand:
+    """Desired state for one agent. Idempotent: keyed by (epoch, command_id); an older epoch is ignored."""
+
+    agent_id: str
+    epoch: int
+    command_id: str
+    instances: tuple[InstanceSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainCommand:
+    """Stop routing to an instance, let in-flight work finish (or hit the deadline), then stop it."""
+
+    agent_id: str
+    instance_id: str
+    command_id: str
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReport:
+    """An engine backend's load, as the node-agent's shell reads it before each tick."""
+
+    instance_id: str
+    queued: int
+    running: int
+    outstanding_tokens: int
+    kv_used_frac: float
+    tokens_per_s: float
+    busy_frac: float
+    power_w: float
+    idle: bool
+
+
+Event = (
+    RequestArrived | RequestFinished | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
+    | ApplyCommand | DrainCommand | EngineReport
+)

@@ -1,0 +1,176 @@
+"""The node-agent's state machine: converge this host's instances towards the newest desired state.
+
+Lifecycle of an instance: loading (for its load time) -> ready -> draining (no new requests; in-flight
+ones finish) -> stopped. `Apply(desired, epoch)` is idempotent and ordered by epoch: an older epoch is
+ignored, a repeat of the applied one changes nothing. An instance left out of the desired state is
+drained, never killed with work on it (a drain deadline, when given, bounds the wait). Engines are
+started and stopped by the shell (StartEngine / DrainEngine / StopEngine); their load comes back as
+EngineReport events and leaves in heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus
+from opscale.services import subjects
+from opscale.services.actions import Action, DrainEngine, Log, Publish, StartEngine, StopEngine
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, EngineReport, Event
+
+
+class NodeAgentConfig(BaseModel):
+    agent_id: str = Field(..., description="Unique name of this host's agent")
+    region: str = Field(..., description="Region of this host")
+    sku: str = Field(..., description="GPU SKU of this host")
+    gpus: int = Field(8, ge=1, description="GPUs on this host")
+    address: str = Field("", description="host:port of this agent's control server")
+    endpoint_base: str = Field("", description="Base URL of the engines' OpenAI-compatible server")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    accepted: bool
+    applied_epoch: int
+    reason: str
+
+
+@dataclass(slots=True)
+class _Instance:
+    spec: InstanceSpec
+    state: InstanceState
+    since_s: float
+    ready_at_s: float
+    drain_deadline_s: float | None = None
+    report: EngineReport | None = None
+
+
+class NodeAgentCore:
+    """`handle(event, now_s)` / `tick(now_s)` -> actions; `apply` also returns the result the gRPC
+    reply carries. See the module docstring."""
+
+    name = "node_agent"
+
+    def __init__(self, config: NodeAgentConfig, load_time_s: Callable[[InstanceSpec], float]) -> None:
+        self.config = config
+        self.load_time_s = load_time_s
+        self.applied_epoch = 0
+        self._instances: dict[str, _Instance] = {}
+        self._drains_seen: deque[str] = deque(maxlen=4096)
+        self._next_heartbeat_s: float | None = None
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def apply(self, cmd: ApplyCommand, now_s: float) -> tuple[ApplyResult, list[Action]]:
+        if cmd.agent_id != self.config.agent_id:
+            return ApplyResult(False, self.applied_epoch, f"command for agent {cmd.agent_id!r}, this is "
+                               f"{self.config.agent_id!r}"), []
+        if cmd.epoch < self.applied_epoch:
+            return ApplyResult(False, self.applied_epoch, f"epoch {cmd.epoch} is older than applied epoch "
+                               f"{self.applied_epoch}; ignored"), []
+        if cmd.epoch == self.applied_epoch:
+            return ApplyResult(True, self.applied_epoch, "already applied; nothing changed"), []
+        gpus = sum(s.gpus for s in cmd.instances)
+        if gpus > self.config.gpus:
+            return ApplyResult(False, self.applied_epoch, f"desired instances need {gpus} GPUs; this host has "
+                               f"{self.config.gpus}"), []
+        self.applied_epoch = cmd.epoch
+        actions: list[Action] = []
+        desired = {s.instance_id: s for s in cmd.instances}
+        for instance_id, spec in desired.items():
+            if instance_id not in self._instances:
+                load_s = self.load_time_s(spec)
+                self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
+                actions.append(StartEngine(spec, load_s))
+        for instance_id, inst in self._instances.items():
+            if instance_id in desired:
+                continue
+            actions.extend(self._begin_drain(inst, now_s, None))
+        actions.append(Log(self.name, f"{self.config.agent_id} applied epoch {cmd.epoch}",
+                           {"instances": sorted(desired)}))
+        return ApplyResult(True, cmd.epoch, "applied"), actions
+
+    def drain(self, cmd: DrainCommand, now_s: float) -> tuple[bool, str, list[Action]]:
+        if cmd.command_id in self._drains_seen:
+            return True, "already draining", []
+        inst = self._instances.get(cmd.instance_id)
+        if inst is None or inst.state == InstanceState.STOPPED:
+            return False, f"no running instance {cmd.instance_id!r} on {self.config.agent_id}", []
+        self._drains_seen.append(cmd.command_id)
+        return True, "draining", self._begin_drain(inst, now_s, cmd.deadline_s)
+
+    def _begin_drain(self, inst: _Instance, now_s: float, deadline_s: float | None) -> list[Action]:
+        if inst.state == InstanceState.LOADING:
+            inst.state, inst.since_s = InstanceState.STOPPED, now_s  # serves nobody yet: stop at once
+            return [StopEngine(inst.spec.instance_id)]
+        if inst.state == InstanceState.READY:
+            inst.state, inst.since_s, inst.drain_deadline_s = InstanceState.DRAINING, now_s, deadline_s
+            return [DrainEngine(inst.spec.instance_id)]
+        if inst.state == InstanceState.DRAINING and deadline_s is not None:
+            inst.drain_deadline_s = min(deadline_s, inst.drain_deadline_s or deadline_s)
+        return []
+
+    # -- events and ticks ----------------------------------------------------------------------
+
+    def handle(self, event: Event, now_s: float) -> list[Action]:
+        match event:
+            case ApplyCommand():
+                return self.apply(event, now_s)[1]
+            case DrainCommand():
+                return self.drain(event, now_s)[2]
+            case EngineReport():
+                inst = self._instances.get(event.instance_id)
+                if inst is not None:
+                    inst.report = event
+        return []
+
+    def tick(self, now_s: float) -> list[Action]:
+        actions: list[Action] = []
+        for instance_id, inst in list(self._instances.items()):
+            if inst.state == InstanceState.LOADING and now_s >= inst.ready_at_s:
+                inst.state, inst.since_s = InstanceState.READY, now_s
+            elif inst.state == InstanceState.DRAINING:
+                idle = inst.report is not None and inst.report.idle
+                overdue = inst.drain_deadline_s is not None and now_s >= inst.drain_deadline_s
+                if idle or overdue:
+                    inst.state, inst.since_s = InstanceState.STOPPED, now_s
+                    actions.append(StopEngine(instance_id))
+                    if overdue and not idle:
+                        actions.append(Log(self.name, f"{instance_id}: drain deadline reached with work in flight"))
+            elif inst.state == InstanceState.STOPPED and now_s - inst.since_s > 3 * self.config.heartbeat_interval_s:
+                del self._instances[instance_id]  # reported as stopped in a few heartbeats; now forgotten
+        if self._next_heartbeat_s is None or now_s >= self._next_heartbeat_s:
+            self._next_heartbeat_s = now_s + self.config.heartbeat_interval_s
+            actions.append(Publish(subjects.heartbeat(self.config.region, self.config.agent_id), self.heartbeat(now_s)))
+        return actions
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def is_accepting(self, instance_id: str) -> bool:
+        inst = self._instances.get(instance_id)
+        return inst is not None and inst.state == InstanceState.READY
+
+    def next_ready_s(self) -> float | None:
+        """When the next loading instance becomes ready (so a shell can wake exactly then)."""
+        times = [i.ready_at_s for i in self._instances.values() if i.state == InstanceState.LOADING]
+        return min(times) if times else None
+
+    def heartbeat(self, now_s: float) -> AgentHeartbeat:
+        statuses = []
+        for instance_id, inst in sorted(self._instances.items()):
+            r = inst.report
+            statuses.append(InstanceStatus(
+                instance_id=instance_id, model=inst.spec.model, sku=inst.spec.sku, tp=inst.spec.tp,
+                role=inst.spec.role, state=inst.state,
+                endpoint=f"{self.config.endpoint_base}/instances/{instance_id}" if self.config.endpoint_base else instance_id,
+                queued=r.queued if r else 0, running=r.running if r else 0,
+                outstanding_tokens=r.outstanding_tokens if r else 0, kv_used_frac=r.kv_used_frac if r else 0.0,
+                tokens_per_s=r.tokens_per_s if r else 0.0, busy_frac=r.busy_frac if r else 0.0,
+                power_w=r.power_w if r else 0.0,
+            ))
+        return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
+                              self.config.address, self.applied_epoch, now_s, tuple(statuses))

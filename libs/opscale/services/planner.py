@@ -1,0 +1,216 @@
+"""The planner's state machine: observations in, plan epochs and agent commands out.
+
+Every `interval_s` it builds an Observation from the newest heartbeats (actual instances and their
+states), the aggregator's 1-minute windows (demand, latency), forecasts and the routers' pending
+counts; asks its policy for desired replicas per pool; places them onto agents; and, when the placement
+changed, publishes a new plan under the next epoch and sends each agent its desired state. Control is
+level-triggered: an agent whose heartbeat shows an older epoch than the plan gets its command again
+(same epoch and command id, so a repeat changes nothing). Only the shell that holds the planner lease
+runs this; a restarted planner calls `restore(plan)` and continues from the stored plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, Field
+
+from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation
+from opscale.planning import DeploymentSpec, PlanningPolicy
+from opscale.planning.placement import AgentSlot, next_seq_after, place
+from opscale.services import subjects
+from opscale.services.actions import Action, Log, Publish, SendCommand, Store
+from opscale.services.events import (
+    AgentHeartbeat, ApplyCommand, Event, ForecastIssued, PlanPublished, RouterLoad, WindowStats,
+)
+
+
+class PlannerConfig(BaseModel):
+    interval_s: float = Field(10.0, gt=0, description="Decision period of the scaling loop")
+    demand_window_s: float = Field(60.0, gt=0, description="Which aggregator window measures demand")
+    agent_timeout_s: float = Field(15.0, gt=0, description="An agent silent this long is considered lost")
+    resend_after_s: float = Field(5.0, gt=0, description="Re-send a command to an agent not yet converged")
+
+
+class PlannerCore:
+    """`handle(event, now_s)` / `tick(now_s)` -> actions. See the module docstring."""
+
+    name = "planner"
+
+    def __init__(self, policy: PlanningPolicy, deployments: list[DeploymentSpec],
+                 config: PlannerConfig | None = None) -> None:
+        self.config = config or PlannerConfig()
+        self.policy = policy
+        self.deployments = {d.model: d for d in deployments}
+        self.policy_state = policy.initial_state()
+        self.plan = Plan(epoch=0, created_s=0.0)
+        self._next_seq = 1
+        self._agents: dict[str, AgentHeartbeat] = {}
+        self._windows: dict[tuple[str, str, str], WindowStats] = {}
+        self._forecasts: dict[tuple[str, str, str], ForecastIssued] = {}
+        self._pending: dict[str, dict[str, int]] = {}  # router id -> model -> held requests
+        self._router_region: dict[str, str] = {}
+        self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
+        self._next_tick_s: float | None = None
+        self.last_reasons: dict[PoolKey, str] = {}
+
+    def restore(self, plan: Plan) -> None:
+        """Continue from a stored plan (a restarted or newly elected planner)."""
+        self.plan = plan
+        self._next_seq = next_seq_after(plan.assignments)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now_s: float) -> list[Action]:
+        match event:
+            case AgentHeartbeat():
+                known = self._agents.get(event.agent_id)
+                if known is None or event.at_s >= known.at_s:
+                    self._agents[event.agent_id] = event
+            case WindowStats() if math.isclose(event.window_s, self.config.demand_window_s):
+                self._windows[(event.model, event.region, event.tier)] = event
+            case ForecastIssued():
+                self._forecasts[(event.model, event.region, event.tier)] = event
+            case RouterLoad():
+                self._pending[event.router_id] = dict(event.pending_by_model)
+                self._router_region[event.router_id] = event.region
+        return []
+
+    def tick(self, now_s: float) -> list[Action]:
+        actions: list[Action] = []
+        for agent_id in [a for a, hb in self._agents.items() if now_s - hb.at_s > self.config.agent_timeout_s]:
+            del self._agents[agent_id]
+            actions.append(Log(self.name, f"agent {agent_id} lost: its instances will be re-placed"))
+        if self._next_tick_s is None or now_s >= self._next_tick_s:
+            self._next_tick_s = now_s + self.config.interval_s
+            actions.extend(self._decide(now_s))
+        actions.extend(self._resend(now_s))
+        return actions
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def observe(self, now_s: float) -> Observation:
+        """The planner's current view (also what golden decision traces record)."""
+        states: dict[str, tuple[str, InstanceState, int, int]] = {}
+        busy: dict[PoolKey, list[float]] = {}
+        kv: dict[PoolKey, list[float]] = {}
+        for hb in self._agents.values():
+            for st in hb.instances:
+                states[st.instance_id] = (hb.region, st.state, st.queued, st.running)
+                if st.state == InstanceState.READY:
+                    key = PoolKey(st.model, hb.region, st.role)
+                    busy.setdefault(key, []).append(st.busy_frac)
+                    kv.setdefault(key, []).append(st.kv_used_frac)
+        pending_by_pool: dict[tuple[str, str], int] = {}
+        for router_id, pending in self._pending.items():
+            for model, n in pending.items():
+                region = self._router_region.get(router_id, "")
+                pending_by_pool[(model, region)] = pending_by_pool.get((model, region), 0) + n
+
+        pools: dict[PoolKey, PoolObservation] = {}
+        for key in self._pool_keys():
+            ready = loading = draining = queued = running = 0
+            for agent_id, specs in self.plan.assignments.items():
+                if self.plan.agent_regions.get(agent_id) != key.region:
+                    continue
+                for spec in specs:
+                    if spec.model != key.model or spec.role != key.role:
+                        continue
+                    _, state, q, r = states.get(spec.instance_id, (key.region, InstanceState.LOADING, 0, 0))
+                    ready += state == InstanceState.READY
+                    loading += state == InstanceState.LOADING
+                    queued += q
+                    running += r
+            planned = {s.instance_id for specs in self.plan.assignments.values() for s in specs}
+            draining = sum(1 for iid, (region, state, _, _) in states.items()
+                           if iid not in planned and region == key.region and state == InstanceState.DRAINING
+                           and iid.startswith(f"{key.model}-"))
+            windows = [w for (m, r, _), w in self._windows.items() if m == key.model and r == key.region]
+            forecasts = [f for (m, r, _), f in self._forecasts.items() if m == key.model and r == key.region]
+            pools[key] = PoolObservation(
+                key=key, ready=ready, loading=loading, draining=draining,
+                arrival_rps=sum(w.arrival_rps for w in windows),
+                prompt_tokens_per_s=sum(w.prompt_tokens_per_s for w in windows),
+                output_tokens_per_s=sum(w.output_tokens_per_s for w in windows),
+                queued=queued + pending_by_pool.get((key.model, key.region), 0), running=running,
+                busy_frac=_mean(busy.get(key, [])), kv_used_frac=_mean(kv.get(key, [])),
+                ttft_p99_s=max((w.ttft_p99_s for w in windows if w.ttft_p99_s is not None), default=None),
+                tbt_p99_s=max((w.tbt_p99_s for w in windows if w.tbt_p99_s is not None), default=None),
+                forecast_rps_hi=sum(f.hi_rps for f in forecasts) if forecasts else None,
+            )
+        free: dict[tuple[str, str], int] = {}
+        for agent_id, hb in self._agents.items():
+            used = sum(s.gpus for s in self.plan.assignments.get(agent_id, ()))
+            free[(hb.region, hb.sku)] = free.get((hb.region, hb.sku), 0) + hb.gpus_total - used
+        return Observation(now_s, pools, free)
+
+    def _pool_keys(self) -> list[PoolKey]:
+        regions = sorted({hb.region for hb in self._agents.values()})
+        keys = []
+        for dep in self.deployments.values():
+            for region in regions:
+                if dep.regions and region not in dep.regions:
+                    continue
+                if any(hb.region == region and hb.sku.lower() == dep.sku.lower() for hb in self._agents.values()):
+                    keys.append(PoolKey(dep.model, region))
+        return keys
+
+    def _decide(self, now_s: float) -> list[Action]:
+        observation = self.observe(now_s)
+        effects = self.policy.decide(observation, self.policy_state, now_s)
+        self.policy_state = effects.state
+        self.last_reasons = effects.reasons
+        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total) for a, hb in sorted(self._agents.items())]
+        states = {st.instance_id: st.state for hb in self._agents.values() for st in hb.instances}
+        # Instances on lost agents are gone: dropping them from the current assignments re-places them.
+        current = {a: specs for a, specs in self.plan.assignments.items() if a in self._agents}
+        result = place(effects.desired, current, agents, self.deployments, states, self._next_seq)
+        self._next_seq = result.next_seq
+        actions: list[Action] = []
+        for key, n in result.unplaced.items():
+            actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: no free GPUs",
+                               {"pool": str(key), "unplaced": n}))
+        new_assignments = result.assignments
+        if _same_assignments(self.plan.assignments, new_assignments):
+            return actions
+        reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
+                           if not why.startswith(("steady", "hold")))
+        self.plan = Plan(
+            epoch=self.plan.epoch + 1, created_s=now_s, assignments=new_assignments,
+            agent_regions={a: hb.region for a, hb in self._agents.items()},
+            routing_weights=self.plan.routing_weights, vm_counts=self.plan.vm_counts,
+            reason=reason or "placement changed",
+        )
+        actions.append(Store("plan", self.plan))
+        actions.append(Publish(subjects.plans(), PlanPublished(self.plan)))
+        actions.append(Log(self.name, f"plan epoch {self.plan.epoch}: {self.plan.reason}",
+                           {"epoch": self.plan.epoch, "replicas": {str(k): v for k, v in self.plan.replicas().items()}}))
+        for agent_id in sorted(new_assignments):
+            actions.append(self._command(agent_id, now_s))
+        return actions
+
+    def _command(self, agent_id: str, now_s: float) -> SendCommand:
+        self._sent[agent_id] = (self.plan.epoch, now_s)
+        return SendCommand(agent_id, ApplyCommand(agent_id, self.plan.epoch, f"apply-{self.plan.epoch}-{agent_id}",
+                                                  self.plan.assignments.get(agent_id, ())))
+
+    def _resend(self, now_s: float) -> list[Action]:
+        actions: list[Action] = []
+        if self.plan.epoch == 0:
+            return actions
+        for agent_id, hb in sorted(self._agents.items()):
+            if hb.epoch >= self.plan.epoch:
+                continue
+            epoch, sent_s = self._sent.get(agent_id, (0, -math.inf))
+            if epoch < self.plan.epoch or now_s - sent_s >= self.config.resend_after_s:
+                actions.append(self._command(agent_id, now_s))
+        return actions
+
+
+def _same_assignments(old: dict[str, tuple], new: dict[str, tuple]) -> bool:
+    """Equal when every agent runs the same instances (an agent with none equals an absent one)."""
+    return all(old.get(a, ()) == new.get(a, ()) for a in set(old) | set(new))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from opscale.model import InstanceSpec, InstanceState
+from opscale.services.actions import DrainEngine, Publish, StartEngine, StopEngine
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, EngineReport
+from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
+
+pytestmark = pytest.mark.unit
+
+
+def _agent() -> NodeAgentCore:
+    return NodeAgentCore(NodeAgentConfig(agent_id="a1", region="eu", sku="H100-80GB", gpus=8,
+                                         endpoint_base="http://h:9000"), load_time_s=lambda spec: 30.0)
+
+
+def _spec(n: int, tp: int = 1) -> InstanceSpec:
+    return InstanceSpec(f"m-eu-{n:05d}", "m", "H100-80GB", tp)
+
+
+def _report(instance_id: str, idle: bool, running: int = 0) -> EngineReport:
+    return EngineReport(instance_id, 0, running, running * 10, 0.1, 0.0, 0.5, 300.0, idle)
+
+
+def _states(agent: NodeAgentCore, now_s: float) -> dict[str, InstanceState]:
+    return {s.instance_id: s.state for s in agent.heartbeat(now_s).instances}
+
+
+def test_lifecycle_load_ready_drain_stop() -> None:
+    agent = _agent()
+    result, actions = agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)
+    assert result.accepted and actions[0] == StartEngine(_spec(1), 30.0)
+    agent.tick(10.0)
+    assert _states(agent, 10.0) == {"m-eu-00001": InstanceState.LOADING} and not agent.is_accepting("m-eu-00001")
+    agent.tick(30.0)
+    assert _states(agent, 30.0) == {"m-eu-00001": InstanceState.READY} and agent.is_accepting("m-eu-00001")
+    _, actions = agent.apply(ApplyCommand("a1", 2, "c2", ()), 40.0)
+    assert DrainEngine("m-eu-00001") in actions
+    agent.handle(_report("m-eu-00001", idle=False, running=2), 41.0)
+    assert not any(isinstance(a, StopEngine) for a in agent.tick(41.0))  # in-flight work finishes first
+    agent.handle(_report("m-eu-00001", idle=True), 50.0)
+    assert StopEngine("m-eu-00001") in agent.tick(50.0)
+    assert _states(agent, 50.0) == {"m-eu-00001": InstanceState.STOPPED}
+
+
+def test_older_epoch_is_ignored_and_a_repeat_changes_nothing() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 5, "c5", (_spec(1),)), 0.0)
+    old, actions = agent.apply(ApplyCommand("a1", 4, "c4", (_spec(2),)), 1.0)
+    assert not old.accepted and old.applied_epoch == 5 and actions == [] and "older" in old.reason
+    again, actions = agent.apply(ApplyCommand("a1", 5, "c5", (_spec(1),)), 2.0)
+    assert again.accepted and actions == []
+    assert set(_states(agent, 2.0)) == {"m-eu-00001"}
+
+
+def test_instance_removed_while_loading_stops_at_once_and_too_many_gpus_is_refused() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)
+    _, actions = agent.apply(ApplyCommand("a1", 2, "c2", (_spec(2),)), 5.0)
+    assert StopEngine("m-eu-00001") in actions and StartEngine(_spec(2), 30.0) in actions
+    refused, _ = agent.apply(ApplyCommand("a1", 3, "c3", (_spec(3, tp=8), _spec(4, tp=2))), 6.0)
+    assert not refused.accepted and "10 GPUs" in refused.reason and agent.applied_epoch == 2
+
+
+def test_drain_deadline_bounds_the_wait_and_heartbeats_are_periodic() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)
+    beats = [a for t in (0.0, 1.0, 2.0, 30.0) for a in agent.tick(t) if isinstance(a, Publish)]
+    assert len(beats) == 3 and all(isinstance(b.event, AgentHeartbeat) for b in beats)
+    assert beats[0].event.instances[0].endpoint == "http://h:9000/instances/m-eu-00001"
+    ok, _, _ = agent.drain(DrainCommand("a1", "m-eu-00001", "d1", deadline_s=60.0), 31.0)
+    assert ok and agent.drain(DrainCommand("a1", "m-eu-00001", "d1", 60.0), 32.0)[1] == "already draining"
+    agent.handle(_report("m-eu-00001", idle=False, running=1), 40.0)
+    assert StopEngine("m-eu-00001") in agent.tick(60.0)
+
+
+def test_command_for_another_agent_is_refused() -> None:
+    result, actions = _agent().apply(ApplyCommand("a2", 1, "c1", (_spec(1),)), 0.0)
+    assert not result.accepted and actions == [] and "a2" in result.reason

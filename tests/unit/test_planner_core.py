@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import pytest
+from _builders import heartbeat, status
+
+from opscale.model import InstanceState, PoolKey
+from opscale.planning import DeploymentSpec, make_planning_policy
+from opscale.planning.reactive import ReactiveConfig, ReactivePolicy
+from opscale.services.actions import SendCommand, Store
+from opscale.services.events import ApplyCommand, RouterLoad, WindowStats
+from opscale.services.planner import PlannerConfig, PlannerCore
+
+pytestmark = pytest.mark.unit
+
+DEP = DeploymentSpec(model="m", sku="H100-80GB", tp=1, min_replicas=1, max_replicas=8)
+
+
+def one_rps(model: str, sku: str, tp: int, prompt: float, output: float) -> float:
+    return 1.0
+
+
+def _window(rps: float, end_s: float, ttft_p99: float | None = 0.5) -> WindowStats:
+    return WindowStats("m", "eu", "interactive", 60.0, end_s, int(rps * 60), int(rps * 60), rps, rps * 100, rps * 10,
+                       None, ttft_p99, None, None, None, None, 1.0)
+
+
+def _planner(**cfg: float) -> PlannerCore:
+    policy = ReactivePolicy([DEP], one_rps, ReactiveConfig(**cfg))
+    return PlannerCore(policy, [DEP], PlannerConfig(interval_s=10))
+
+
+def _commands(actions: list) -> dict[str, ApplyCommand]:
+    return {a.agent_id: a.command for a in actions if isinstance(a, SendCommand)}
+
+
+def _ready_heartbeat(planner: PlannerCore, agent: str, at_s: float):
+    specs = planner.plan.assignments.get(agent, ())
+    return heartbeat(agent, "eu", *(status(s.instance_id) for s in specs), at_s=at_s, epoch=planner.plan.epoch)
+
+
+def test_min_replicas_then_scale_up_to_demand_over_target_utilisation() -> None:
+    planner = _planner(target_util=0.7)
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    first = planner.tick(0.0)
+    assert planner.plan.epoch == 1 and planner.plan.replicas() == {PoolKey("m", "eu"): 1}
+    assert _commands(first)["a1"].epoch == 1 and any(isinstance(a, Store) and a.key == "plan" for a in first)
+    planner.handle(_ready_heartbeat(planner, "a1", 5.0), 5.0)
+    planner.handle(_window(3.5, 5.0), 5.0)  # 3.5 rps at 1 rps/instance and 0.7 target -> 5 instances
+    cmds = _commands(planner.tick(10.0))
+    assert planner.plan.epoch == 2 and len(cmds["a1"].instances) == 5
+    assert "scale up" in planner.plan.reason
+
+
+def test_same_observation_makes_no_new_epoch_and_loading_capacity_is_not_ordered_twice() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    planner.handle(_window(3.5, 5.0), 5.0)
+    planner.tick(10.0)
+    epoch = planner.plan.epoch
+    # the agent reports the new instances as loading: expected capacity already covers the demand
+    specs = planner.plan.assignments["a1"]
+    planner.handle(heartbeat("a1", "eu", *(status(s.instance_id, state=InstanceState.LOADING) for s in specs),
+                             at_s=12.0, epoch=epoch), 12.0)
+    assert _commands(planner.tick(20.0)) == {} and planner.plan.epoch == epoch
+
+
+def test_unconverged_agent_gets_the_same_command_again() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    [cmd] = _commands(planner.tick(0.0)).values()
+    planner.handle(heartbeat("a1", "eu", at_s=3.0, epoch=0), 3.0)  # still on epoch 0
+    assert _commands(planner.tick(3.0)) == {}  # too soon to re-send
+    [again] = _commands(planner.tick(6.0)).values()
+    assert again == cmd
+
+
+def test_scale_down_waits_for_delay_and_survivors() -> None:
+    planner = _planner(target_util=0.7, down_delay_s=60, down_window_s=60, max_down_step=8)
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    planner.handle(_window(3.5, 1.0), 1.0)
+    planner.tick(10.0)
+    assert planner.plan.replicas()[PoolKey("m", "eu")] == 5
+    for t in range(20, 200, 10):
+        planner.handle(_ready_heartbeat(planner, "a1", t), t)
+        planner.handle(_window(0.6, t), t)  # one instance at 0.6 util absorbs it
+        planner.tick(t)
+        replicas = planner.plan.replicas()[PoolKey("m", "eu")]
+        if t < 70:
+            assert replicas == 5, f"scaled down at t={t} before the delay"
+    assert replicas == 1
+
+
+def test_cold_start_from_zero_when_the_router_holds_requests() -> None:
+    dep = DEP.model_copy(update={"min_replicas": 0})
+    planner = PlannerCore(ReactivePolicy([dep], one_rps), [dep])
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    assert planner.plan.epoch == 0  # nothing needed yet
+    planner.handle(RouterLoad("r0", "eu", 5.0, {"m": 2}), 5.0)
+    planner.tick(10.0)
+    assert planner.plan.replicas() == {PoolKey("m", "eu"): 1} and "cold start" in planner.plan.reason
+
+
+def test_lost_agent_instances_are_replaced_elsewhere_and_restore_continues_numbering() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.handle(heartbeat("a2", "eu", gpus=4), 0.0)
+    planner.tick(0.0)
+    [(host, specs)] = [(a, s) for a, s in planner.plan.assignments.items() if s]
+    assert host == "a1"  # the host with most free GPUs
+    planner.handle(heartbeat("a2", "eu", at_s=20.0, gpus=4), 20.0)
+    planner.tick(20.0)  # a1 silent for 20 s > 15 s timeout
+    assert [a for a, s in planner.plan.assignments.items() if s] == ["a2"]
+    restarted = _planner()
+    restarted.restore(planner.plan)
+    restarted.handle(heartbeat("a2", "eu", at_s=21.0, gpus=4), 21.0)
+    restarted.handle(_window(3.5, 21.0), 21.0)
+    restarted.tick(21.0)
+    ids = sorted(s.instance_id for s in restarted.plan.assignments["a2"])
+    assert len(ids) == len(set(ids)) == 4 and ids[0] == planner.plan.assignments["a2"][0].instance_id
+
+
+def test_static_policy_holds_its_count() -> None:
+    policy = make_planning_policy("static", [DEP], one_rps, replicas=3)
+    planner = PlannerCore(policy, [DEP])
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    assert planner.plan.replicas() == {PoolKey("m", "eu"): 3}
+
+
+def test_unknown_policy_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known policies: reactive, static"):
+        make_planning_policy("magic", [DEP], one_rps)
