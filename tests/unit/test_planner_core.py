@@ -19,9 +19,16 @@ def one_rps(model: str, sku: str, tp: int, prompt: float, output: float) -> floa
     return 1.0
 
 
-def _window(rps: float, end_s: float, ttft_p99: float | None = 0.5) -> WindowStats:
-    return WindowStats("m", "eu", "interactive", 60.0, end_s, int(rps * 60), int(rps * 60), rps, rps * 100, rps * 10,
-                       None, ttft_p99, None, None, None, None, 1.0)
+def _window(ttft_p99: float, end_s: float) -> WindowStats:
+    return WindowStats("m", "eu", "interactive", 60.0, end_s, 60, 60, 1.0, 100.0, 10.0, None, ttft_p99, None, None,
+                       None, None, 1.0)
+
+
+def _load(rps: float, at_s: float, interval_s: float = 10.0, pending: int = 0) -> RouterLoad:
+    """What a router reports: `rps` requests per second arrived over the last `interval_s`."""
+    n = round(rps * interval_s)
+    return RouterLoad("r0", "eu", at_s, {"m": pending} if pending else {}, interval_s, {"m": n}, {"m": 100 * n},
+                      {"m": 10 * n})
 
 
 def _planner(**cfg: float) -> PlannerCore:
@@ -45,7 +52,7 @@ def test_min_replicas_then_scale_up_to_demand_over_target_utilisation() -> None:
     assert planner.plan.epoch == 1 and planner.plan.replicas() == {PoolKey("m", "eu"): 1}
     assert _commands(first)["a1"].epoch == 1 and any(isinstance(a, Store) and a.key == "plan" for a in first)
     planner.handle(_ready_heartbeat(planner, "a1", 5.0), 5.0)
-    planner.handle(_window(3.5, 5.0), 5.0)  # 3.5 rps at 1 rps/instance and 0.7 target -> 5 instances
+    planner.handle(_load(3.5, 10.0), 10.0)  # 3.5 rps at 1 rps/instance and 0.7 target -> 5 instances
     cmds = _commands(planner.tick(10.0))
     assert planner.plan.epoch == 2 and len(cmds["a1"].instances) == 5
     assert "scale up" in planner.plan.reason
@@ -55,7 +62,7 @@ def test_same_observation_makes_no_new_epoch_and_loading_capacity_is_not_ordered
     planner = _planner()
     planner.handle(heartbeat("a1", "eu"), 0.0)
     planner.tick(0.0)
-    planner.handle(_window(3.5, 5.0), 5.0)
+    planner.handle(_load(3.5, 10.0), 10.0)
     planner.tick(10.0)
     epoch = planner.plan.epoch
     # the agent reports the new instances as loading: expected capacity already covers the demand
@@ -79,12 +86,12 @@ def test_scale_down_waits_for_delay_and_survivors() -> None:
     planner = _planner(target_util=0.7, down_delay_s=60, down_window_s=60, max_down_step=8)
     planner.handle(heartbeat("a1", "eu"), 0.0)
     planner.tick(0.0)
-    planner.handle(_window(3.5, 1.0), 1.0)
+    planner.handle(_load(3.5, 10.0), 10.0)
     planner.tick(10.0)
     assert planner.plan.replicas()[PoolKey("m", "eu")] == 5
     for t in range(20, 200, 10):
         planner.handle(_ready_heartbeat(planner, "a1", t), t)
-        planner.handle(_window(0.6, t), t)  # one instance at 0.6 util absorbs it
+        planner.handle(_load(0.6, t), t)  # one instance at 0.6 util absorbs it
         planner.tick(t)
         replicas = planner.plan.replicas()[PoolKey("m", "eu")]
         if t < 70:
@@ -98,7 +105,7 @@ def test_cold_start_from_zero_when_the_router_holds_requests() -> None:
     planner.handle(heartbeat("a1", "eu"), 0.0)
     planner.tick(0.0)
     assert planner.plan.epoch == 0  # nothing needed yet
-    planner.handle(RouterLoad("r0", "eu", 5.0, {"m": 2}), 5.0)
+    planner.handle(RouterLoad("r0", "eu", 5.0, {"m": 2}), 5.0)  # held at the router, no arrival rate yet
     planner.tick(10.0)
     assert planner.plan.replicas() == {PoolKey("m", "eu"): 1} and "cold start" in planner.plan.reason
 
@@ -116,7 +123,7 @@ def test_lost_agent_instances_are_replaced_elsewhere_and_restore_continues_numbe
     restarted = _planner()
     restarted.restore(planner.plan)
     restarted.handle(heartbeat("a2", "eu", at_s=21.0, gpus=4), 21.0)
-    restarted.handle(_window(3.5, 21.0), 21.0)
+    restarted.handle(_load(3.5, 21.0, interval_s=1.0), 21.0)
     restarted.tick(21.0)
     ids = sorted(s.instance_id for s in restarted.plan.assignments["a2"])
     assert len(ids) == len(set(ids)) == 4 and ids[0] == planner.plan.assignments["a2"][0].instance_id
@@ -133,3 +140,23 @@ def test_static_policy_holds_its_count() -> None:
 def test_unknown_policy_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known policies: reactive, static"):
         make_planning_policy("magic", [DEP], one_rps)
+
+
+def test_demand_comes_from_router_arrivals_and_ttft_breach_adds_one() -> None:
+    planner = _planner(target_util=0.7, up_delay_s=0)
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    for t in (10.0, 20.0, 30.0):
+        planner.handle(_load(2.0, t), t)
+    planner.handle(_ready_heartbeat(planner, "a1", 30.0), 30.0)
+    obs = planner.observe(30.0)
+    pool = obs.pools[PoolKey("m", "eu")]
+    assert pool.arrival_rps == pytest.approx(2.0) and pool.prompt_tokens_per_s == pytest.approx(200.0)
+    planner.tick(30.0)
+    assert planner.plan.replicas()[PoolKey("m", "eu")] == 3  # ceil(2 / 0.7)
+    # demand steady, but TTFT p99 breaches the 2 s objective with requests queued: one more instance
+    planner.handle(_ready_heartbeat(planner, "a1", 35.0), 35.0)
+    planner.handle(_load(2.0, 40.0, pending=5), 40.0)
+    planner.handle(_window(5.0, 40.0), 40.0)
+    planner.tick(40.0)
+    assert planner.plan.replicas()[PoolKey("m", "eu")] == 4 and "SLO backstop" in planner.plan.reason

@@ -5,7 +5,7 @@ from _builders import heartbeat, outcome, req, status
 
 from opscale.model import InstanceState
 from opscale.services.actions import Dispatch, Publish, Reject
-from opscale.services.events import RequestArrived, RequestFinished, RouterLoad
+from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished, RouterLoad
 from opscale.services.router import RouterConfig, RouterCore
 
 pytestmark = pytest.mark.unit
@@ -86,3 +86,25 @@ def test_silent_agent_is_forgotten_and_load_is_reported() -> None:
     assert router.handle(RequestArrived(req(1)), 6.1) == []  # held, nothing ready
     loads = [a.event for a in router.tick(7.5) if isinstance(a, Publish)]
     assert loads and isinstance(loads[0], RouterLoad) and loads[0].pending_by_model == {"m": 1}
+
+
+def test_load_reports_count_arrivals_once_even_when_rerouted() -> None:
+    router = RouterCore(RouterConfig(load_report_interval_s=1.0))
+    router.handle(heartbeat("a1", "eu", status("i1"), status("i2")), 0.0)
+    router.tick(0.0)
+    [first] = router.handle(RequestArrived(req(1, prompt=100, output=10)), 0.2)
+    router.handle(DispatchFailed(first.request, first.instance_id, "refused", attempt=1), 0.3)
+    router.handle(RequestArrived(req(2, prompt=50, output=5)), 0.4)
+    [load] = [a.event for a in router.tick(1.0) if isinstance(a, Publish)]
+    assert load.arrivals_by_model == {"m": 2} and load.prompt_tokens_by_model == {"m": 150}
+    assert load.output_tokens_by_model == {"m": 15} and load.interval_s == pytest.approx(1.0)
+
+
+def test_a_failed_dispatch_reroutes_elsewhere_and_gives_up_after_max_attempts() -> None:
+    router = RouterCore(RouterConfig(max_attempts=2))
+    router.handle(heartbeat("a1", "eu", status("i1"), status("i2")), 0.0)
+    [first] = router.handle(RequestArrived(req(1)), 0.1)
+    [second] = router.handle(DispatchFailed(first.request, first.instance_id, "refused", attempt=1), 0.2)
+    assert isinstance(second, Dispatch) and second.instance_id != first.instance_id
+    [gave_up] = router.handle(DispatchFailed(second.request, second.instance_id, "refused", attempt=2), 0.3)
+    assert isinstance(gave_up, Reject) and gave_up.status == 502 and router.in_flight() == 0

@@ -10,7 +10,12 @@ the same engine time, so at a request rate r the engine spends r·p seconds per 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Protocol
+
+from opscale.model import ModelSpec, Sku
+from opscale.perf import Catalog, RooflineLatencyModel
 
 
 class SupportsStepLatency(Protocol):
@@ -44,3 +49,40 @@ def _batch_grid(max_batch: int) -> list[int]:
         b = b + 1 if b < 8 else int(b * 1.25)
     grid.append(max_batch)
     return grid
+
+
+class CapacityEstimator:
+    """`CapacityFn` backed by the performance model: builds each (model, SKU, TP) latency model once and
+    caches rates by token lengths rounded to two significant digits. (Coarser buckets, such as powers of
+    two, make the estimate jump when the observed mean length drifts across a bucket edge, and a
+    scaler fed a jumping capacity oscillates.)"""
+
+    def __init__(self, catalog: Catalog, tbt_budget_s: float, *, max_batch: int = 256,
+                 gpu_memory_utilization: float = 0.9,
+                 latency_factory: Callable[[ModelSpec, Sku, int], SupportsStepLatency] | None = None) -> None:
+        self.catalog = catalog
+        self.tbt_budget_s = tbt_budget_s
+        self.max_batch = max_batch
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.latency_factory = latency_factory or RooflineLatencyModel
+        self._cache: dict[tuple[str, str, int, int, int], float] = {}
+
+    def __call__(self, model: str, sku: str, tp: int, prompt_tokens: float, output_tokens: float) -> float:
+        key = (model, sku, tp, _bucket(prompt_tokens), _bucket(output_tokens))
+        rate = self._cache.get(key)
+        if rate is None:
+            spec, gpu = self.catalog.model(model), self.catalog.sku(sku)
+            kv_bytes = gpu.gpu_memory_gb * 1e9 * tp * self.gpu_memory_utilization - spec.weight_bytes
+            if kv_bytes <= 0:
+                raise ValueError(f"{model} does not fit on {tp} x {sku}: weights need "
+                                 f"{spec.weight_bytes / 1e9:.0f} GB")
+            rate = sustainable_rps(self.latency_factory(spec, gpu, tp), self.tbt_budget_s, key[3], key[4],
+                                   self.max_batch, int(kv_bytes // spec.kv_bytes_per_token))
+            self._cache[key] = rate
+        return rate
+
+
+def _bucket(tokens: float) -> int:
+    """Two significant digits: 1437 -> 1400, 87.6 -> 88, 3 -> 3."""
+    value = max(1.0, tokens)
+    return int(round(value, 1 - int(math.floor(math.log10(value)))))

@@ -33,8 +33,16 @@ class AggregatorConfig(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class _Point:
+    """One record, reduced once on arrival to what the windows need (not recomputed per window)."""
+
     finish_s: float
-    outcome: RequestOutcome
+    ok: bool
+    met: bool
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+    tbt_s: float | None
+    e2e_s: float | None
 
 
 class AggregatorCore:
@@ -89,7 +97,12 @@ class AggregatorCore:
             self._seen.discard(self._seen_order.popleft())
         finish = outcome.finish_s if outcome.finish_s is not None else now_s
         key = (outcome.model, outcome.region, outcome.tier)
-        self._points.setdefault(key, deque()).append(_Point(finish, outcome))
+        spec = self.tiers.get(outcome.tier)
+        ok = outcome.status == "ok"
+        point = _Point(finish, ok, spec is not None and outcome.meets(spec), outcome.prompt_tokens,
+                       outcome.output_tokens, outcome.ttft_s if ok else None, outcome.tbt_s if ok else None,
+                       outcome.e2e_s if ok else None)
+        self._points.setdefault(key, deque()).append(point)
 
     def _evict(self, now_s: float) -> None:
         horizon = now_s - max(self.config.windows_s)
@@ -103,21 +116,20 @@ class AggregatorCore:
     def summarise(self, model: str, region: str, tier: str, window_s: float, now_s: float,
                   points: deque[_Point]) -> WindowStats:
         start = now_s - window_s
-        inside = [p.outcome for p in points if start < p.finish_s <= now_s]
-        ok = [o for o in inside if o.status == "ok"]
-        ttft = sorted(v for o in ok if (v := o.ttft_s) is not None)
-        tbt = sorted(v for o in ok if (v := o.tbt_s) is not None)
-        e2e = sorted(v for o in ok if (v := o.e2e_s) is not None)
-        spec = self.tiers.get(tier)
+        inside = [p for p in points if start < p.finish_s <= now_s]
+        ok = [p for p in inside if p.ok]
+        ttft = sorted(p.ttft_s for p in ok if p.ttft_s is not None)
+        tbt = sorted(p.tbt_s for p in ok if p.tbt_s is not None)
+        e2e = sorted(p.e2e_s for p in ok if p.e2e_s is not None)
         attained = None
-        if inside and spec is not None:
-            attained = sum(1 for o in inside if o.meets(spec)) / len(inside)
+        if inside and tier in self.tiers:
+            attained = sum(p.met for p in inside) / len(inside)
         return WindowStats(
             model=model, region=region, tier=tier, window_s=window_s, end_s=now_s,
             requests=len(inside), completed=len(ok),
             arrival_rps=len(inside) / window_s,
-            prompt_tokens_per_s=sum(o.prompt_tokens for o in ok) / window_s,
-            output_tokens_per_s=sum(o.output_tokens for o in ok) / window_s,
+            prompt_tokens_per_s=sum(p.prompt_tokens for p in ok) / window_s,
+            output_tokens_per_s=sum(p.output_tokens for p in ok) / window_s,
             ttft_p50_s=percentile_sorted(ttft, 50), ttft_p99_s=percentile_sorted(ttft, 99),
             tbt_p50_s=percentile_sorted(tbt, 50), tbt_p99_s=percentile_sorted(tbt, 99),
             e2e_p50_s=percentile_sorted(e2e, 50), e2e_p99_s=percentile_sorted(e2e, 99),

@@ -3,7 +3,7 @@ the protobuf messages of proto/opscale/v1 (see opscale.runtime.live.codec)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
 
@@ -23,6 +23,17 @@ class RequestFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchFailed:
+    """An instance refused or lost a request before its first token (draining, stopped, unreachable).
+    The router stops using that instance and routes the request again."""
+
+    request: Request
+    instance_id: str
+    reason: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class AgentHeartbeat:
     """A node-agent's periodic report: who it is, where, its free GPUs and every instance it runs."""
 
@@ -38,14 +49,19 @@ class AgentHeartbeat:
 
 @dataclass(frozen=True, slots=True)
 class RouterLoad:
-    """The router's leading view of demand: requests it holds because no instance can take them yet.
-    The aggregator's windows lag (they count finished requests); this does not, so the planner can
-    scale from zero the moment work waits."""
+    """The router's leading view of demand, every report interval: requests (and their prompt and
+    output tokens) that arrived since the previous report, and requests it holds because no instance
+    can take them yet. The aggregator's windows lag (they count finished requests); this does not, so
+    the planner sees a surge, or work waiting for a model scaled to zero, at once."""
 
     router_id: str
     region: str
     at_s: float
     pending_by_model: dict[str, int]
+    interval_s: float = 0.0
+    arrivals_by_model: dict[str, int] = field(default_factory=dict)
+    prompt_tokens_by_model: dict[str, int] = field(default_factory=dict)
+    output_tokens_by_model: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +148,6 @@ class EngineReport:
 
 
 Event = (
-    RequestArrived | RequestFinished | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
+    RequestArrived | RequestFinished | DispatchFailed | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
     | ApplyCommand | DrainCommand | EngineReport
 )

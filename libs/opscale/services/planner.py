@@ -12,6 +12,7 @@ runs this; a restarted planner calls `restore(plan)` and continues from the stor
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from pydantic import BaseModel, Field
 
@@ -21,13 +22,21 @@ from opscale.planning.placement import AgentSlot, next_seq_after, place
 from opscale.services import subjects
 from opscale.services.actions import Action, Log, Publish, SendCommand, Store
 from opscale.services.events import (
-    AgentHeartbeat, ApplyCommand, Event, ForecastIssued, PlanPublished, RouterLoad, WindowStats,
+    AgentHeartbeat,
+    ApplyCommand,
+    Event,
+    ForecastIssued,
+    PlanPublished,
+    RouterLoad,
+    WindowStats,
 )
 
 
 class PlannerConfig(BaseModel):
     interval_s: float = Field(10.0, gt=0, description="Decision period of the scaling loop")
-    demand_window_s: float = Field(60.0, gt=0, description="Which aggregator window measures demand")
+    demand_window_s: float = Field(30.0, gt=0, description="Arrival rates are averaged over this window of "
+                                   "router load reports")
+    latency_window_s: float = Field(60.0, gt=0, description="Which aggregator window gives latency percentiles")
     agent_timeout_s: float = Field(15.0, gt=0, description="An agent silent this long is considered lost")
     resend_after_s: float = Field(5.0, gt=0, description="Re-send a command to an agent not yet converged")
 
@@ -49,6 +58,9 @@ class PlannerCore:
         self._windows: dict[tuple[str, str, str], WindowStats] = {}
         self._forecasts: dict[tuple[str, str, str], ForecastIssued] = {}
         self._pending: dict[str, dict[str, int]] = {}  # router id -> model -> held requests
+        # (model, origin region) -> recent (at_s, requests, prompt tokens, output tokens) from router loads
+        self._arrivals: dict[tuple[str, str], deque[tuple[float, int, int, int]]] = {}
+        self._first_load_s: float | None = None
         self._router_region: dict[str, str] = {}
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
         self._next_tick_s: float | None = None
@@ -59,6 +71,11 @@ class PlannerCore:
         self.plan = plan
         self._next_seq = next_seq_after(plan.assignments)
 
+    def agent_address(self, agent_id: str) -> str | None:
+        """Where the agent's control server listens, from its newest heartbeat."""
+        hb = self._agents.get(agent_id)
+        return hb.address if hb is not None and hb.address else None
+
     # -- events --------------------------------------------------------------------------------
 
     def handle(self, event: Event, now_s: float) -> list[Action]:
@@ -67,13 +84,19 @@ class PlannerCore:
                 known = self._agents.get(event.agent_id)
                 if known is None or event.at_s >= known.at_s:
                     self._agents[event.agent_id] = event
-            case WindowStats() if math.isclose(event.window_s, self.config.demand_window_s):
+            case WindowStats() if math.isclose(event.window_s, self.config.latency_window_s):
                 self._windows[(event.model, event.region, event.tier)] = event
             case ForecastIssued():
                 self._forecasts[(event.model, event.region, event.tier)] = event
             case RouterLoad():
                 self._pending[event.router_id] = dict(event.pending_by_model)
                 self._router_region[event.router_id] = event.region
+                if self._first_load_s is None:
+                    self._first_load_s = event.at_s - event.interval_s
+                for model, n in event.arrivals_by_model.items():
+                    self._arrivals.setdefault((model, event.region), deque()).append(
+                        (event.at_s, n, event.prompt_tokens_by_model.get(model, 0),
+                         event.output_tokens_by_model.get(model, 0)))
         return []
 
     def tick(self, now_s: float) -> list[Action]:
@@ -127,11 +150,10 @@ class PlannerCore:
                            and iid.startswith(f"{key.model}-"))
             windows = [w for (m, r, _), w in self._windows.items() if m == key.model and r == key.region]
             forecasts = [f for (m, r, _), f in self._forecasts.items() if m == key.model and r == key.region]
+            rps, prompt_tps, output_tps = self._demand(key.model, key.region, now_s)
             pools[key] = PoolObservation(
                 key=key, ready=ready, loading=loading, draining=draining,
-                arrival_rps=sum(w.arrival_rps for w in windows),
-                prompt_tokens_per_s=sum(w.prompt_tokens_per_s for w in windows),
-                output_tokens_per_s=sum(w.output_tokens_per_s for w in windows),
+                arrival_rps=rps, prompt_tokens_per_s=prompt_tps, output_tokens_per_s=output_tps,
                 queued=queued + pending_by_pool.get((key.model, key.region), 0), running=running,
                 busy_frac=_mean(busy.get(key, [])), kv_used_frac=_mean(kv.get(key, [])),
                 ttft_p99_s=max((w.ttft_p99_s for w in windows if w.ttft_p99_s is not None), default=None),
@@ -143,6 +165,19 @@ class PlannerCore:
             used = sum(s.gpus for s in self.plan.assignments.get(agent_id, ()))
             free[(hb.region, hb.sku)] = free.get((hb.region, hb.sku), 0) + hb.gpus_total - used
         return Observation(now_s, pools, free)
+
+    def _demand(self, model: str, region: str, now_s: float) -> tuple[float, float, float]:
+        """Requests, prompt tokens and output tokens per second that arrived at the routers of
+        `region` over the demand window (shorter at start-up, before a whole window has been seen)."""
+        samples = self._arrivals.get((model, region))
+        if not samples or self._first_load_s is None:
+            return 0.0, 0.0, 0.0
+        horizon = now_s - self.config.demand_window_s
+        while samples and samples[0][0] <= horizon:
+            samples.popleft()
+        span = min(self.config.demand_window_s, max(1e-9, now_s - self._first_load_s))
+        return (sum(s[1] for s in samples) / span, sum(s[2] for s in samples) / span,
+                sum(s[3] for s in samples) / span)
 
     def _pool_keys(self) -> list[PoolKey]:
         regions = sorted({hb.region for hb in self._agents.values()})

@@ -18,7 +18,15 @@ from opscale.model import InstanceState, Plan, Request
 from opscale.routing import Candidate, RoutingPolicy, make_routing_policy
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
-from opscale.services.events import AgentHeartbeat, Event, PlanPublished, RequestArrived, RequestFinished, RouterLoad
+from opscale.services.events import (
+    AgentHeartbeat,
+    DispatchFailed,
+    Event,
+    PlanPublished,
+    RequestArrived,
+    RequestFinished,
+    RouterLoad,
+)
 
 
 class RouterConfig(BaseModel):
@@ -30,6 +38,7 @@ class RouterConfig(BaseModel):
     agent_timeout_s: float = Field(15.0, gt=0, description="Instances of an agent silent this long are dropped")
     spill_over: bool = Field(True, description="Serve from another region when the origin has no ready instance")
     load_report_interval_s: float = Field(1.0, gt=0, description="Period of RouterLoad reports")
+    max_attempts: int = Field(3, ge=1, description="Dispatches tried per request before it fails (502)")
 
 
 @dataclass(slots=True)
@@ -60,11 +69,18 @@ class RouterCore:
         self._routed: dict[str, tuple[str, int]] = {}  # request_id -> (instance_id, tokens charged)
         self._held: dict[str, deque[_Held]] = {}
         self._next_report_s = 0.0
+        self._last_report_s: float | None = None
+        # arrivals since the last RouterLoad: model -> [requests, prompt tokens, output tokens]
+        self._arrivals: dict[str, list[int]] = {}
 
     # -- queries -------------------------------------------------------------------------------
 
     def models(self) -> list[str]:
         return sorted(self._known_models)
+
+    def held(self) -> list[Request]:
+        """Requests waiting for an instance, oldest first per model."""
+        return [h.request for q in self._held.values() for h in q]
 
     def pending(self) -> dict[str, int]:
         return {m: len(q) for m, q in self._held.items() if q}
@@ -72,15 +88,34 @@ class RouterCore:
     def in_flight(self) -> int:
         return len(self._routed)
 
+    def peek(self, request: Request) -> Dispatch | None:
+        """Where `request` would go now, without holding or charging it: for gateways that proxy
+        themselves and only ask for the decision (the gRPC Route call)."""
+        local = self._ready.get((request.model, request.region))
+        if not local and self.config.spill_over:
+            local = [c for (model, _), cs in self._ready.items() if model == request.model for c in cs]
+        if not local:
+            return None
+        chosen = self.policy.choose(request, local)
+        return Dispatch(request, chosen.instance_id, chosen.region, chosen.endpoint, reason=f"{self.policy.name} peek")
+
     # -- events --------------------------------------------------------------------------------
 
     def handle(self, event: Event, now_s: float) -> list[Action]:
         match event:
             case RequestArrived(request=request):
+                self._count_arrival(request)
                 return self._route(request, now_s)
             case RequestFinished(outcome=outcome):
                 self._release(outcome.request_id)
                 return []
+            case DispatchFailed(request=request, instance_id=instance_id, attempt=attempt):
+                self._release(request.request_id)
+                self._drop_candidate(instance_id)
+                self._rebuild_index()
+                if attempt >= self.config.max_attempts:
+                    return [Reject(request, 502, f"request failed on {attempt} instances; last: {event.reason}")]
+                return self._route(request, now_s)
             case AgentHeartbeat():
                 self._observe_agent(event, now_s)
                 return self._dispatch_held(now_s)
@@ -98,11 +133,26 @@ class RouterCore:
         actions.extend(self._expire_held(now_s))
         if now_s >= self._next_report_s:
             self._next_report_s = now_s + self.config.load_report_interval_s
-            load = RouterLoad(self.config.router_id, self.config.region, now_s, self.pending())
-            actions.append(Publish(subjects.router_load(self.config.region), load))
+            actions.append(Publish(subjects.router_load(self.config.region), self._load_report(now_s)))
         return actions
 
+    def _load_report(self, now_s: float) -> RouterLoad:
+        interval = 0.0 if self._last_report_s is None else now_s - self._last_report_s
+        self._last_report_s = now_s
+        arrivals, self._arrivals = self._arrivals, {}
+        return RouterLoad(self.config.router_id, self.config.region, now_s, self.pending(), interval,
+                          {m: a[0] for m, a in arrivals.items()}, {m: a[1] for m, a in arrivals.items()},
+                          {m: a[2] for m, a in arrivals.items()})
+
     # -- routing -------------------------------------------------------------------------------
+
+    def _count_arrival(self, request: Request) -> None:
+        counts = self._arrivals.get(request.model)
+        if counts is None:
+            counts = self._arrivals[request.model] = [0, 0, 0]
+        counts[0] += 1
+        counts[1] += request.prompt_tokens
+        counts[2] += request.output_tokens
 
     def _route(self, request: Request, now_s: float) -> list[Action]:
         if request.model not in self._known_models:

@@ -290,6 +290,18 @@ class Request(_message.Message):
     prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., arrival_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class DispatchFailed(_message.Message):
+    __slots__ = ("request", "instance_id", "reason", "attempt")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    request: Request
+    instance_id: str
+    reason: str
+    attempt: int
+    def __init__(self, request: _Optional[_Union[Request, _Mapping]] = ..., instance_id: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
 class EngineReport(_message.Message):
     __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,93 @@
+"""The `opscale` command line. Each command is thin: it parses, then calls the experiment runner or a
+service's `run()`. Heavy imports happen inside the commands so `opscale --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SERVICE_NAMES: tuple[str, ...] = ("router", "aggregator", "forecaster", "planner", "node-agent")
+
+app = typer.Typer(help="opscale: autoscale and route LLM inference across GPU hosts and regions.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.json")] = 1,
+    out: Annotated[Path, typer.Option(help="Folder for result.json and plots")] = Path("demo-out"),
+    policy: Annotated[str, typer.Option(help="Planning policy (reactive, static)")] = "reactive",
+) -> None:
+    """Simulate the built-in scenario (2 hours, 2 regions, 2 models) in-process: no server needed."""
+    from opscale.experiments.runner import run_and_report
+    from opscale.experiments.scenario import builtin_demo_scenario
+
+    try:
+        scenario = builtin_demo_scenario(seed=seed, policy=policy)
+        run_and_report(scenario, out)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def simulate(
+    trace: Annotated[Path, typer.Option(help="Trace file to replay")],
+    format: Annotated[str, typer.Option("--format", help="Trace format: csv")] = "csv",
+    policy: Annotated[str | None, typer.Option(help="Planning policy; overrides the config")] = None,
+    config: Annotated[Path | None, typer.Option(help="Scenario YAML (fleet, deployments, tiers, policies)")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for result.json and plots")] = Path("sim-out"),
+) -> None:
+    """Replay a trace file through the simulated fleet under one policy; writes result.json."""
+    from opscale.experiments.runner import run_and_report
+    from opscale.experiments.scenario import ScenarioError, load_scenario, scenario_for_trace
+
+    if not trace.exists():
+        raise _fail(f"trace file {trace} does not exist")
+    try:
+        base = load_scenario(config) if config else None
+        scenario = scenario_for_trace(trace, format, base=base, seed=seed, policy=policy)
+        run_and_report(scenario, out)
+    except (ScenarioError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}")],
+    config: Annotated[Path | None, typer.Option(help="YAML settings file (environment variables override it)")] = None,
+) -> None:
+    """Run one live service against NATS and Redis until Ctrl-C or SIGTERM."""
+    if service not in SERVICE_NAMES:
+        raise _fail(f"unknown service {service!r}; choose one of: {', '.join(SERVICE_NAMES)}")
+    from opscale_services.launcher import serve_service
+
+    try:
+        serve_service(service, config)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def up(
+    agents: Annotated[int, typer.Option(help="Simulated GPU hosts (node-agents) to start")] = 2,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file shared by every service")] = None,
+) -> None:
+    """Run the whole local stack as processes (router, aggregator, forecaster, planner, N node-agents)
+    against NATS and Redis at the configured URLs; Ctrl-C or SIGTERM stops it cleanly."""
+    from opscale_services.launcher import run_stack
+
+    if agents < 1:
+        raise _fail("--agents must be at least 1")
+    raise typer.Exit(code=run_stack(agents, config))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,670 @@
+"""A simulated vLLM-like inference engine: continuous batching, paged KV cache, chunked prefill,
+recompute preemption; event-compressed so that a busy engine costs a few events per request.
+
+Scheduling (one iteration, at a step boundary), as vLLM's chunked-prefill scheduler does it:
+1. every running sequence whose prefill is complete decodes one token; if the KV cache cannot hold
+   the step, the most recently admitted running sequences are preempted (recompute: KV freed, back to
+   the front of the waiting queue, prompt + generated tokens to prefill again) until it can;
+2. running sequences still in prefill take prefill chunks, oldest first, within the token budget
+   (max_batched_tokens minus the decode tokens);
+3. unless step 1 preempted, waiting requests are admitted first-come first-served while the budget,
+   max_num_seqs and the KV cache allow; admission reserves KV blocks for the whole prefill.
+A sequence whose prefill completes produces a token at the end of that iteration (the first output
+token the first time).
+
+Event compression: when no sequence needs prefill work, membership of the batch can only change at
+the next completion or KV exhaustion, so the engine computes k, the number of decode steps until
+then, and prices the whole run in closed form: a decode step over contexts totalling S costs
+fixed + c*S and S grows by the batch size each step, so k steps cost
+k*(fixed + c*S0) + c*batch*k*(k-1)/2. The per-sequence counters advance lazily (a global decode-step
+counter), KV growth is counted from a histogram of context lengths modulo the block size, and
+completions come from a heap: a run costs O(block_size + log batch), not O(batch * k). A request
+submitted during a run cuts it at the first step boundary at or after its arrival, where it joins.
+
+Pure: no clock, no I/O; every call carries `now_s`. Times before the last call's are refused.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from opscale.engine.config import EngineConfig
+from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, Tokens
+from opscale.model import ModelSpec, Request, Sku
+from opscale.perf.latency import LatencyModel
+from opscale.services.events import EngineReport
+
+
+class EngineState(StrEnum):
+    ACCEPTING = "accepting"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class EngineNotAcceptingError(RuntimeError):
+    """`submit` on an engine that is draining or stopped."""
+
+
+class RequestTooLargeError(ValueError):
+    """A request that this engine can never serve: longer than the model allows or than its KV cache."""
+
+
+class _Seq:
+    """One request inside the engine. Mutable on purpose: this is the hot path's bookkeeping.
+
+    While decoding, `computed` and `generated` are not stored but derived from the engine's global
+    decode-step counter D: computed = base + D, generated = gbase + D.
+    """
+
+    __slots__ = ("req", "rid", "prompt", "output", "target", "computed", "generated", "first_token_s",
+                 "admit_no", "decoding", "base", "gbase", "stint")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.rid = req.request_id
+        self.prompt = req.prompt_tokens
+        self.output = req.output_tokens
+        self.target = req.prompt_tokens  # tokens to prefill: prompt + tokens generated before preemption
+        self.computed = 0  # tokens in the KV cache (while not decoding)
+        self.generated = 0  # output tokens so far (while not decoding)
+        self.first_token_s: float | None = None
+        self.admit_no = -1  # admission order among running sequences; -1 while waiting
+        self.decoding = False
+        self.base = 0
+        self.gbase = 0
+        self.stint = 0  # bumped when leaving the decode set: invalidates its heap entry
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodeRun:
+    """k decode steps of a fixed batch, starting at `start_s` (nothing mutated until commit)."""
+
+    start_s: float
+    end_s: float
+    k: int
+    batch: int
+    ctx0: int  # total KV context of the batch at the first step, sum of (computed + 1)
+    fixed_s: float
+    per_ctx_s: float
+    busy_fixed_s: float
+    busy_per_ctx_s: float
+
+    def elapsed_s(self, steps: int) -> float:
+        """Time of the first `steps` steps: steps*(fixed + c*S0) + c*batch*steps*(steps-1)/2."""
+        return steps * self.fixed_s + self.per_ctx_s * (steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
+
+    def busy_s(self, steps: int) -> float:
+        return steps * self.busy_fixed_s + self.busy_per_ctx_s * (
+            steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
+
+    def steps_by(self, now_s: float) -> int:
+        """The fewest steps whose end is at or after `now_s` (0 when now_s <= start): where a request
+        arriving at now_s can join. Inverts the quadratic, then corrects for rounding."""
+        dt = now_s - self.start_s
+        if dt <= 0:
+            return 0
+        a = self.per_ctx_s * self.batch / 2
+        b = self.fixed_s + self.per_ctx_s * self.ctx0 - a
+        guess = dt / b if a <= 0 else (-b + math.sqrt(b * b + 4 * a * dt)) / (2 * a)
+        m = min(self.k, max(0, math.ceil(guess) - 1))
+        start = self.start_s
+        while m < self.k and start + self.elapsed_s(m) < now_s:
+            m += 1
+        while m > 0 and start + self.elapsed_s(m - 1) >= now_s:
+            m -= 1
+        return m
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
+
+    start_s: float
+    end_s: float
+    busy_s: float
+    victims: tuple[_Seq, ...]  # most recently admitted first
+    chunks: tuple[tuple[_Seq, int], ...]  # prefill chunks: running ones first, then admissions
+    admitted: int  # how many waiting heads `chunks` admits
+    batch: int  # decoding sequences after preemption
+    new_blocks: int  # KV blocks the decode tokens take
+
+
+class SimEngine:
+    """One simulated engine instance serving `model` on `tp` GPUs of `sku`.
+
+    The shell calls `submit(request, now_s)` on arrival, `advance(now_s)` at `next_event_s()` (or
+    whenever it likes) to collect outputs, and `report(now_s)` for heartbeats; `cancel`, `drain` and
+    `stop` end requests or the engine. Outputs produced inside `submit`, `cancel` or `stop` (runs that
+    ended before their time) are returned by the next `advance`.
+
+    Accounting, as of the last step boundary: `busy_s` (time in iterations), `energy_j` (power
+    integrated from the first call, idle draw included), `preemptions`, `prefill_tokens_computed`
+    (recomputation included), `output_tokens`, `finished`, `cancelled`.
+    """
+
+    def __init__(self, instance_id: str, model: ModelSpec, sku: Sku, tp: int, latency: LatencyModel,
+                 config: EngineConfig | None = None) -> None:
+        self.instance_id = instance_id
+        self.model = model
+        self.sku = sku
+        self.tp = tp
+        self.latency = latency
+        self.config = config if config is not None else EngineConfig()
+        cfg = self.config
+        bs = cfg.block_size
+        kv_budget_bytes = cfg.gpu_memory_utilization * tp * sku.gpu_memory_gb * 1e9 - model.weight_bytes
+        self.total_blocks = int(kv_budget_bytes // (bs * model.kv_bytes_per_token)) if kv_budget_bytes > 0 else 0
+        if self.total_blocks <= 0:
+            raise ValueError(
+                f"instance {instance_id}: {model.name} weights ({model.weight_bytes / 1e9:.1f} GB) leave no room "
+                f"for a KV cache in {cfg.gpu_memory_utilization:g} x {tp} x {sku.name} "
+                f"({sku.gpu_memory_gb:g} GB each)")
+        max_len = cfg.max_model_len if cfg.max_model_len is not None else model.max_context
+        # A request must fit the KV cache on its own, or it could never run.
+        self.max_request_tokens = min(max_len, self.total_blocks * bs)
+        self._bs = bs
+        self._max_seqs = cfg.max_num_seqs
+        self._budget = cfg.max_batched_tokens
+        self._max_run = cfg.max_run_steps
+        self._emit_tokens = cfg.emit_tokens
+        self._idle_w = sku.idle_power_w * tp
+        self._dyn_w = (sku.max_power_w - sku.idle_power_w) * tp
+
+        self._state = EngineState.ACCEPTING
+        self._seqs: dict[str, _Seq] = {}  # every request in the engine, by id
+        self._waiting: deque[_Seq] = deque()
+        self._running: dict[int, _Seq] = {}  # by admission number: insertion order = admission order
+        self._prefilling: dict[int, _Seq] = {}  # the running ones whose prefill is incomplete
+        self._admissions = 0
+        self._used_blocks = 0
+        # The decode set, kept lazily (see the module docstring).
+        self._steps = 0  # D: decode steps taken by the engine so far
+        self._dec_n = 0
+        self._dec_base_sum = 0  # sum of base over the decode set
+        self._hist = [0] * bs  # decode-set sequences by base mod block_size
+        self._finish_heap: list[tuple[int, int, int, _Seq]] = []  # (finish D, admit_no, stint, seq)
+        self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
+
+        self._plan: _DecodeRun | _Step | None = None
+        self._clock_s = 0.0  # the last step boundary (or the last time seen, while idle)
+        self._now_s = 0.0  # the latest time any call carried
+        self._pending: list[EngineOutput] = []
+        self._cancelled: list[_Seq] = []  # to remove at the next step boundary
+        self._started = False  # energy is integrated from the engine's first call...
+        self._accounted_s = 0.0  # ...up to here
+
+        # Accounting.
+        self.busy_s = 0.0
+        self.energy_j = 0.0
+        self.preemptions = 0
+        self.prefill_tokens_computed = 0
+        self.output_tokens = 0
+        self.finished = 0
+        self.cancelled = 0
+        self._window: deque[tuple[float, float, int]] = deque()  # (start_s, end_s, output tokens) per run
+
+    # --- the shell's interface ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def is_idle(self) -> bool:
+        return not self._running and not self._waiting
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def kv_used_frac(self) -> float:
+        return self._used_blocks / self.total_blocks
+
+    def submit(self, request: Request, now_s: float) -> None:
+        """Queue `request`, arriving at `now_s`. Raises EngineNotAcceptingError when draining or stopped,
+        RequestTooLargeError when it can never fit, ValueError for a duplicate id or a past time."""
+        if self._state is not EngineState.ACCEPTING:
+            raise EngineNotAcceptingError(f"instance {self.instance_id} is {self._state}; request "
+                                          f"{request.request_id} refused")
+        total = request.prompt_tokens + request.output_tokens
+        if total > self.max_request_tokens:
+            raise RequestTooLargeError(
+                f"request {request.request_id}: prompt_tokens + output_tokens = {total} exceeds this "
+                f"instance's limit of {self.max_request_tokens} tokens ({self.model.name} on {self.sku.name})")
+        self._advance_to(now_s, self._pending)
+        if request.request_id in self._seqs:
+            raise ValueError(f"request {request.request_id} is already in instance {self.instance_id}")
+        plan = self._plan
+        if plan is not None:
+            if isinstance(plan, _Step):
+                if plan.start_s >= now_s:
+                    self._plan = None  # decided at this very instant: decide again with the newcomer
+            elif not self._waiting and len(self._running) < self._max_seqs and plan.batch < self._budget:
+                # The newcomer may be admitted: stop the run at the first boundary at or after now_s.
+                # (With a non-empty queue its head is blocked until the run ends, so is the newcomer.)
+                steps = plan.steps_by(now_s)
+                if steps == 0:
+                    self._plan = None
+                elif steps < plan.k:
+                    self._plan = _DecodeRun(plan.start_s, plan.start_s + plan.elapsed_s(steps), steps,
+                                            plan.batch, plan.ctx0, plan.fixed_s, plan.per_ctx_s,
+                                            plan.busy_fixed_s, plan.busy_per_ctx_s)
+        seq = _Seq(request)
+        self._seqs[seq.rid] = seq
+        self._waiting.append(seq)
+
+    def advance(self, now_s: float) -> list[EngineOutput]:
+        """Run every iteration that ends at or before `now_s`; return the outputs since the last call."""
+        out = self._pending
+        self._pending = []
+        self._advance_to(now_s, out)
+        return out
+
+    def next_event_s(self) -> float | None:
+        """When the iteration (or run of iterations) in flight ends; None when idle or stopped."""
+        plan = self._plan if self._plan is not None else self._make_plan()
+        return None if plan is None else plan.end_s
+
+    def cancel(self, request_id: str, now_s: float) -> bool:
+        """Abort a request (its client went away): it leaves the engine at the first step boundary at
+        or after `now_s`, freeing its KV blocks, and produces no further outputs after that boundary
+        (none at all is promised: no Finished). Returns False when the engine does not hold it."""
+        self._advance_to(now_s, self._pending)
+        seq = self._seqs.get(request_id)
+        if seq is None or seq in self._cancelled:
+            return seq is not None
+        self._cancelled.append(seq)
+        plan = self._plan
+        if plan is None or plan.start_s >= now_s:
+            self._plan = None  # nothing in flight: leave now
+            self._apply_cancellations()
+        elif isinstance(plan, _DecodeRun):
+            steps = plan.steps_by(now_s)
+            if steps < plan.k:
+                self._plan = _DecodeRun(plan.start_s, plan.start_s + plan.elapsed_s(steps), steps,
+                                        plan.batch, plan.ctx0, plan.fixed_s, plan.per_ctx_s,
+                                        plan.busy_fixed_s, plan.busy_per_ctx_s)
+        return True
+
+    def drain(self) -> None:
+        """Refuse new requests; those already queued or running still finish."""
+        if self._state is EngineState.ACCEPTING:
+            self._state = EngineState.DRAINING
+
+    def stop(self, now_s: float) -> list[Request]:
+        """Stop the engine at `now_s` and hand back every request it had not finished (the caller
+        re-routes or fails them). Outputs up to now_s remain available from `advance`."""
+        self._advance_to(now_s, self._pending)
+        plan = self._plan
+        if plan is not None and plan.start_s < now_s:
+            # The iteration in flight ran until now at its own power; its outputs are lost.
+            elapsed_s = now_s - plan.start_s
+            run_s = plan.end_s - plan.start_s
+            busy_s = plan.busy_s if isinstance(plan, _Step) else plan.busy_s(plan.k)
+            self.energy_j += self._idle_w * (now_s - self._accounted_s) + self._dyn_w * busy_s * elapsed_s / run_s
+            self._accounted_s = now_s
+            self.busy_s += elapsed_s
+        unfinished = [s.req for s in self._running.values()] + [s.req for s in self._waiting]
+        self._state = EngineState.STOPPED
+        self._plan = None
+        self._seqs.clear()
+        self._cancelled.clear()
+        self._waiting.clear()
+        self._running.clear()
+        self._prefilling.clear()
+        self._finish_heap.clear()
+        self._hist = [0] * self._bs
+        self._dec_n = self._dec_base_sum = self._used_blocks = 0
+        return unfinished
+
+    def report(self, now_s: float) -> EngineReport:
+        """Load and power at `now_s`, as the node-agent publishes them (state as of the last boundary)."""
+        window_s = self.config.report_window_s
+        since = now_s - window_s
+        tokens = 0
+        busy = 0.0
+        for start, end, count in self._window:
+            if end > since:
+                busy += min(end, now_s) - max(start, since)
+                if end <= now_s:
+                    tokens += count
+        stopped = self._state is EngineState.STOPPED
+        plan = None if stopped else (self._plan if self._plan is not None else self._make_plan())
+        power_w = 0.0 if stopped else self._idle_w
+        if plan is not None:
+            if plan.start_s < now_s:
+                busy += max(0.0, min(plan.end_s, now_s) - max(plan.start_s, since))
+            run_s = plan.end_s - plan.start_s
+            busy_s = plan.busy_s if isinstance(plan, _Step) else plan.busy_s(plan.k)
+            power_w = self._idle_w + self._dyn_w * (busy_s / run_s if run_s > 0 else 0.0)
+        return EngineReport(
+            instance_id=self.instance_id,
+            queued=len(self._waiting),
+            running=len(self._running),
+            outstanding_tokens=self.outstanding_tokens(),
+            kv_used_frac=self._used_blocks / self.total_blocks,
+            tokens_per_s=tokens / window_s,
+            busy_frac=min(1.0, busy / window_s),
+            power_w=power_w,
+            idle=self.is_idle,
+        )
+
+    def outstanding_tokens(self) -> int:
+        """Tokens still to process: prefill left plus output left, over queued and running requests."""
+        total = 0
+        d = self._steps
+        for s in self._waiting:
+            total += s.target + s.output - s.generated
+        for s in self._running.values():
+            if s.decoding:
+                total += s.output - (s.gbase + d)
+            else:
+                total += s.target - s.computed + s.output - s.generated
+        return total
+
+    # --- time -----------------------------------------------------------------------------------------
+
+    def _advance_to(self, now_s: float, out: list[EngineOutput]) -> None:
+        if now_s < self._now_s:
+            raise ValueError(f"instance {self.instance_id}: time went backwards ({now_s} < {self._now_s})")
+        self._now_s = now_s
+        if self._state is EngineState.STOPPED:
+            return
+        if not self._started:
+            self._started = True
+            self._accounted_s = now_s
+            self._clock_s = now_s
+        while True:
+            plan = self._plan if self._plan is not None else self._make_plan()
+            if plan is None:
+                self.energy_j += self._idle_w * (now_s - self._accounted_s)
+                self._accounted_s = now_s
+                self._clock_s = now_s
+                return
+            if plan.end_s > now_s:
+                return
+            self._plan = None
+            if isinstance(plan, _DecodeRun):
+                self._commit_run(plan, out)
+            else:
+                self._commit_step(plan, out)
+            self._clock_s = plan.end_s
+            if self._cancelled:
+                self._apply_cancellations()
+
+    def _account(self, start_s: float, end_s: float, busy_s: float, tokens: int) -> None:
+        # Idle draw from the last accounted instant to the start, then the run's own draw.
+        self.energy_j += self._idle_w * (end_s - self._accounted_s) + self._dyn_w * busy_s
+        self._accounted_s = end_s
+        self.busy_s += end_s - start_s
+        self.output_tokens += tokens
+        window = self._window
+        window.append((start_s, end_s, tokens))
+        horizon = end_s - self.config.report_window_s
+        while window and window[0][1] <= horizon:
+            window.popleft()
+
+    # --- planning (reads state, never changes it) -------------------------------------------------------
+
+    def _make_plan(self) -> _DecodeRun | _Step | None:
+        if self._state is EngineState.STOPPED or (not self._running and not self._waiting):
+            return None
+        bs = self._bs
+        batch = self._dec_n
+        new_blocks = self._hist[-self._steps % bs]
+        if not self._prefilling and batch and not self._head_admissible(batch, new_blocks):
+            k = self._decode_run_len(batch)
+            if k > 0:
+                fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode_coeffs(batch)
+                ctx0 = self._dec_base_sum + batch * (self._steps + 1)
+                elapsed_s = k * fixed_s + per_ctx_s * (k * ctx0 + batch * k * (k - 1) / 2)
+                run = _DecodeRun(self._clock_s, self._clock_s + elapsed_s, k, batch, ctx0, fixed_s,
+                                 per_ctx_s, busy_fixed_s, busy_per_ctx_s)
+                self._plan = run
+                return run
+        step = self._plan_step()
+        self._plan = step
+        return step
+
+    def _head_admissible(self, batch: int, new_blocks: int) -> bool:
+        if not self._waiting or len(self._running) >= self._max_seqs or batch >= self._budget:
+            return False
+        free = self.total_blocks - self._used_blocks - new_blocks
+        return -(-self._waiting[0].target // self._bs) <= free
+
+    def _decode_run_len(self, batch: int) -> int:
+        """Decode steps until the first completion, KV exhaustion or max_run_steps."""
+        heap = self._finish_heap
+        while heap and (heap[0][3].stint != heap[0][2] or not heap[0][3].decoding):
+            heapq.heappop(heap)  # an entry left behind by a preempted sequence
+        k = heap[0][0] - self._steps
+        if self._max_run is not None and self._max_run < k:
+            k = self._max_run
+        # KV: steps 1..j need batch*q + C[r] new blocks for j = q*bs + r, where C[r] counts the
+        # sequences whose next block boundary comes within their first r steps.
+        bs = self._bs
+        q, rem = divmod(self.total_blocks - self._used_blocks, batch)
+        if q * bs >= k:
+            return k
+        hist, d = self._hist, self._steps
+        within = 0
+        r_max = bs - 1
+        for r in range(1, bs):
+            within += hist[(1 - r - d) % bs]
+            if within > rem:
+                r_max = r - 1
+                break
+        return min(k, q * bs + r_max)
+
+    def _new_blocks(self, steps: int) -> int:
+        """KV blocks the decode set takes over its next `steps` steps."""
+        bs = self._bs
+        q, r = divmod(steps, bs)
+        hist, d = self._hist, self._steps
+        within = 0
+        for y in range(r):
+            within += hist[(-y - d) % bs]
+        return self._dec_n * q + within
+
+    def _decode_coeffs(self, batch: int) -> tuple[float, float, float, float]:
+        cached = self._decode_cache.get(batch)
+        if cached is None:
+            fixed_s, per_ctx_s = self.latency.decode_step_coeffs(batch)
+            busy_fixed_s, busy_per_ctx_s = self.latency.decode_busy_coeffs(batch)
+            cached = (fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s)
+            self._decode_cache[batch] = cached
+        return cached
+
+    def _plan_step(self) -> _Step:
+        bs, d = self._bs, self._steps
+        free = self.total_blocks - self._used_blocks
+        batch = self._dec_n
+        new_blocks = self._hist[-d % bs]
+        ctx = self._dec_base_sum + batch * (d + 1)
+        victims: list[_Seq] = []
+        if new_blocks > free:
+            for seq in reversed(self._running.values()):
+                victims.append(seq)
+                if seq.decoding:
+                    computed = seq.base + d
+                    free += -(-computed // bs)
+                    batch -= 1
+                    ctx -= computed + 1
+                    if computed % bs == 0:
+                        new_blocks -= 1
+                else:
+                    free += -(-seq.target // bs)
+                if new_blocks <= free:
+                    break
+        budget = self._budget - batch
+        chunks: list[tuple[_Seq, int]] = []
+        prefill = prefill_ctx = pairs = 0
+        for seq in self._prefilling.values():
+            if budget <= 0:
+                break
+            if victims and seq in victims:
+                continue
+            n = min(seq.target - seq.computed, budget)
+            chunks.append((seq, n))
+            budget -= n
+            prefill += n
+            prefill_ctx += seq.computed
+            pairs += n * seq.computed + n * (n + 1) // 2
+        admitted = 0
+        if not victims:
+            free_now = free - new_blocks
+            room = self._max_seqs - len(self._running)
+            for seq in self._waiting:
+                if budget <= 0 or admitted >= room:
+                    break
+                blocks = -(-seq.target // bs)
+                if blocks > free_now:
+                    break
+                free_now -= blocks
+                admitted += 1
+                n = min(seq.target, budget)
+                chunks.append((seq, n))
+                budget -= n
+                prefill += n
+                pairs += n * (n + 1) // 2
+        if prefill:
+            cost = self.latency.iteration_cost(prefill, prefill_ctx, batch, ctx, prefill_attn_pairs=pairs)
+            time_s, busy_s = cost.time_s, cost.busy_s
+        else:
+            fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode_coeffs(batch)
+            time_s = fixed_s + per_ctx_s * ctx
+            busy_s = busy_fixed_s + busy_per_ctx_s * ctx
+        start = self._clock_s
+        return _Step(start, start + time_s, busy_s, tuple(victims), tuple(chunks), admitted, batch, new_blocks)
+
+    # --- commits (the only code that changes sequences) -------------------------------------------------
+
+    def _commit_run(self, run: _DecodeRun, out: list[EngineOutput]) -> None:
+        k, end = run.k, run.end_s
+        self._used_blocks += self._new_blocks(k)
+        self._steps += k
+        self._account(run.start_s, end, run.busy_s(k), run.batch * k)
+        if self._emit_tokens:
+            for seq in self._running.values():
+                if seq.decoding:
+                    out.append(Tokens(seq.rid, k, end))
+        self._pop_finished(end, out)
+
+    def _commit_step(self, step: _Step, out: list[EngineOutput]) -> None:
+        start, end, bs = step.start_s, step.end_s, self._bs
+        for seq in step.victims:
+            self._preempt(seq)
+            out.append(Preempted(seq.rid, start))
+        # extendleft reverses: the oldest victim ends up first in the queue.
+        self._waiting.extendleft(step.victims)
+        tokens = step.batch
+        if step.batch:
+            self._used_blocks += step.new_blocks
+            self._steps += 1
+            if self._emit_tokens:
+                for seq in self._running.values():
+                    if seq.decoding:
+                        out.append(Tokens(seq.rid, 1, end))
+        d = self._steps
+        waiting = self._waiting
+        for seq, n in step.chunks:
+            if seq.admit_no < 0:
+                waiting.popleft()  # admissions are the queue's heads, in order
+                self._admissions += 1
+                seq.admit_no = self._admissions
+                self._running[seq.admit_no] = seq
+                self._prefilling[seq.admit_no] = seq
+                self._used_blocks += -(-seq.target // bs)
+            seq.computed += n
+            self.prefill_tokens_computed += n
+            if seq.computed < seq.target:
+                continue
+            # Prefill complete: this iteration samples the sequence's next token.
+            del self._prefilling[seq.admit_no]
+            seq.generated += 1
+            tokens += 1
+            if seq.first_token_s is None:
+                seq.first_token_s = end
+                out.append(FirstToken(seq.rid, end))
+            elif self._emit_tokens:
+                out.append(Tokens(seq.rid, 1, end))
+            if seq.generated >= seq.output:
+                self._used_blocks -= -(-seq.target // bs)
+                self._finish(seq, end, out)
+                continue
+            seq.decoding = True
+            seq.base = seq.computed - d
+            seq.gbase = seq.generated - d
+            self._dec_n += 1
+            self._dec_base_sum += seq.base
+            self._hist[seq.base % bs] += 1
+            heapq.heappush(self._finish_heap, (seq.output - seq.gbase, seq.admit_no, seq.stint, seq))
+        self._account(start, end, step.busy_s, tokens)
+        self._pop_finished(end, out)
+
+    def _pop_finished(self, end: float, out: list[EngineOutput]) -> None:
+        heap, d = self._finish_heap, self._steps
+        while heap and heap[0][0] <= d:
+            _, _, stint, seq = heapq.heappop(heap)
+            if seq.stint == stint and seq.decoding:
+                self._leave_decode(seq)
+                seq.generated = seq.output
+                self._finish(seq, end, out)
+
+    def _leave_decode(self, seq: _Seq) -> None:
+        """Take `seq` out of the decode set, materialising its counters and freeing its KV blocks."""
+        d = self._steps
+        seq.computed = seq.base + d
+        seq.generated = seq.gbase + d
+        seq.decoding = False
+        seq.stint += 1
+        self._dec_n -= 1
+        self._dec_base_sum -= seq.base
+        self._hist[seq.base % self._bs] -= 1
+        self._used_blocks -= -(-seq.computed // self._bs)
+
+    def _finish(self, seq: _Seq, end: float, out: list[EngineOutput]) -> None:
+        """Forget a finished sequence; its KV blocks were already freed by the caller."""
+        del self._running[seq.admit_no]
+        del self._seqs[seq.rid]
+        self.finished += 1
+        first = seq.first_token_s if seq.first_token_s is not None else end
+        out.append(Finished(seq.rid, end, first, seq.output, seq.prompt))
+
+    def _apply_cancellations(self) -> None:
+        for seq in self._cancelled:
+            if self._seqs.get(seq.rid) is not seq:
+                continue  # it finished before it could be cancelled
+            if seq.admit_no < 0:
+                self._waiting.remove(seq)
+            else:
+                if seq.decoding:
+                    self._leave_decode(seq)
+                else:
+                    del self._prefilling[seq.admit_no]
+                    self._used_blocks -= -(-seq.target // self._bs)
+                del self._running[seq.admit_no]
+            del self._seqs[seq.rid]
+            self.cancelled += 1
+        self._cancelled.clear()
+
+    def _preempt(self, seq: _Seq) -> None:
+        if seq.decoding:
+            self._leave_decode(seq)
+        else:
+            del self._prefilling[seq.admit_no]
+            self._used_blocks -= -(-seq.target // self._bs)
+        del self._running[seq.admit_no]
+        seq.admit_no = -1
+        seq.computed = 0
+        seq.target = seq.prompt + seq.generated
+        self.preemptions += 1

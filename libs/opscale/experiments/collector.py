@@ -1,0 +1,164 @@
+"""Collects what a simulation run produces and summarises it into the result schema of DESIGN.md.
+
+Per request it keeps only a few floats per tier, so a million-request run stays small. GPU time is
+counted from an engine's start (loading included: those GPUs are held) to its stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opscale.engine import SimEngine
+from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
+from opscale.runtime.sim.world import RunObserver
+from opscale.stats import percentile
+
+
+@dataclass(slots=True)
+class _TierTotals:
+    requests: int = 0
+    completed: int = 0
+    dropped: int = 0
+    met: int = 0
+    ttft: list[float] = field(default_factory=list)
+    tbt: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _EngineLife:
+    spec: InstanceSpec
+    region: str
+    start_s: float
+    load_s: float
+    stop_s: float | None = None
+    energy_j: float = 0.0
+    busy_s: float = 0.0
+
+
+@dataclass(slots=True)
+class TimelinePoint:
+    at_s: float
+    arrivals_per_min: dict[str, int]
+    instances: dict[str, int]  # pool -> ready instances
+    gpus: int
+
+
+class RunCollector(RunObserver):
+    def __init__(self, tiers: dict[str, TierSpec], skus: Callable[[str], Sku]) -> None:
+        self.tiers = tiers
+        self.sku_of = skus
+        self._tiers: dict[str, _TierTotals] = {}
+        self._lives: dict[str, _EngineLife] = {}
+        self._arrivals_since: dict[str, int] = {}
+        self.timeline: list[TimelinePoint] = []
+        self.decisions: list[dict[str, Any]] = []
+        self._replica_history: dict[str, list[int]] = {}
+
+    # -- observer hooks ------------------------------------------------------------------------
+
+    def arrival(self, request: Request) -> None:
+        pool = f"{request.model}/{request.region}"
+        self._arrivals_since[pool] = self._arrivals_since.get(pool, 0) + 1
+
+    def outcome(self, outcome: RequestOutcome) -> None:
+        totals = self._tiers.setdefault(outcome.tier, _TierTotals())
+        totals.requests += 1
+        if outcome.status != "ok":
+            totals.dropped += 1
+            return
+        totals.completed += 1
+        spec = self.tiers.get(outcome.tier)
+        if spec is not None and outcome.meets(spec):
+            totals.met += 1
+        if (v := outcome.ttft_s) is not None:
+            totals.ttft.append(v)
+        if (v := outcome.tbt_s) is not None:
+            totals.tbt.append(v)
+        if (v := outcome.e2e_s) is not None:
+            totals.e2e.append(v)
+
+    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
+        self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
+
+    def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None:
+        life = self._lives.get(instance_id)
+        if life is not None and life.stop_s is None:
+            life.stop_s, life.energy_j, life.busy_s = now_s, engine.energy_j, engine.busy_s
+
+    def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
+        self.decisions.append({"at_s": round(now_s, 3), "service": service, "message": message})
+        if fields and "replicas" in fields:
+            for pool, n in fields["replicas"].items():
+                self._replica_history.setdefault(pool, []).append(n)
+
+    def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
+        gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
+        self.timeline.append(TimelinePoint(now_s, dict(self._arrivals_since), dict(ready_by_pool), gpus))
+        self._arrivals_since = {}
+
+    # -- summary -------------------------------------------------------------------------------
+
+    def finish(self, end_s: float, running: dict[str, SimEngine]) -> None:
+        for instance_id, engine in running.items():
+            self.engine_stopped(instance_id, engine, end_s)
+
+    def summary(self, end_s: float) -> dict[str, Any]:
+        all_totals = _TierTotals()
+        tiers: dict[str, Any] = {}
+        for name, t in sorted(self._tiers.items()):
+            tiers[name] = _latency_block(t)
+            for attr in ("requests", "completed", "dropped", "met"):
+                setattr(all_totals, attr, getattr(all_totals, attr) + getattr(t, attr))
+            all_totals.ttft += t.ttft
+            all_totals.tbt += t.tbt
+            all_totals.e2e += t.e2e
+        gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
+        for life in self._lives.values():
+            held_s = (life.stop_s if life.stop_s is not None else end_s) - life.start_s
+            gpus = life.spec.gpus
+            gpu_s += held_s * gpus
+            busy_gpu_s += life.busy_s * gpus
+            energy_j += life.energy_j
+            cost += held_s / 3600 * gpus * self.sku_of(life.spec.sku).price_usd_per_h
+            scaling_gpu_s += min(life.load_s, held_s) * gpus
+        result = _latency_block(all_totals)
+        result.update({
+            "gpu_hours": gpu_s / 3600,
+            "cost_usd": cost,
+            "energy_kwh": energy_j / 3.6e6,
+            "mean_gpu_util": busy_gpu_s / gpu_s if gpu_s else 0.0,
+            "cold_starts": len(self._lives),
+            "warm_migrations": 0,
+            "scaling_gpu_s": scaling_gpu_s,
+            "scaling_actions": sum(1 for d in self.decisions if d["message"].startswith("plan epoch")),
+            "oscillations": _oscillations_per_hour(self._replica_history, end_s),
+            "tiers": tiers,
+        })
+        return result
+
+
+def _latency_block(t: _TierTotals) -> dict[str, Any]:
+    return {
+        "requests": t.requests, "completed": t.completed, "dropped": t.dropped,
+        "ttft_p50_s": percentile(t.ttft, 50), "ttft_p99_s": percentile(t.ttft, 99),
+        "tbt_p50_s": percentile(t.tbt, 50), "tbt_p99_s": percentile(t.tbt, 99),
+        "e2e_p50_s": percentile(t.e2e, 50), "e2e_p99_s": percentile(t.e2e, 99),
+        "slo_attainment": t.met / t.requests if t.requests else 1.0,
+    }
+
+
+def _oscillations_per_hour(history: dict[str, list[int]], end_s: float) -> float:
+    """Direction changes of each pool's replica count, summed over pools, per hour of run."""
+    changes = 0
+    for series in history.values():
+        last_dir = 0
+        for a, b in zip(series, series[1:], strict=False):
+            d = (b > a) - (b < a)
+            if d and last_dir and d != last_dir:
+                changes += 1
+            if d:
+                last_dir = d
+    return changes / (end_s / 3600) if end_s > 0 else 0.0

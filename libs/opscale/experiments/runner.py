@@ -1,0 +1,151 @@
+"""Build a simulated world from a scenario, run it, and summarise it.
+
+After the last arrival the run continues (ticks, drains) until every accepted request has finished or
+`drain_s` has passed; requests still unfinished then are reported as dropped, never silently lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opscale.engine import SimEngine
+from opscale.experiments.collector import RunCollector
+from opscale.experiments.scenario import Scenario
+from opscale.model import InstanceSpec, InstanceState, Request
+from opscale.perf import Catalog, RooflineLatencyModel, default_catalog, load_time_s
+from opscale.planning import make_planning_policy
+from opscale.planning.capacity import CapacityEstimator
+from opscale.runtime.sim.loop import EventLoop
+from opscale.runtime.sim.world import SimWorld, WorldConfig
+from opscale.services.aggregator import AggregatorCore
+from opscale.services.forecaster import ForecasterCore
+from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
+from opscale.services.planner import PlannerCore
+from opscale.services.router import RouterConfig, RouterCore
+from opscale.traces import generate_requests, read_csv_trace
+
+ProgressFn = Callable[[float, float], None]  # (simulated now, simulated end)
+
+
+@dataclass(slots=True)
+class RunResult:
+    result: dict[str, Any]
+    collector: RunCollector
+    scenario: Scenario
+
+
+def requests_of(scenario: Scenario) -> Iterator[Request]:
+    if scenario.workload is not None:
+        return generate_requests(scenario.workload)
+    assert scenario.trace is not None
+    return read_csv_trace(scenario.trace.path)
+
+
+def build_world(scenario: Scenario, catalog: Catalog | None = None,
+                provisioned_until_s: float = 0.0) -> tuple[SimWorld, RunCollector]:
+    """The world of `scenario`. Instances started before `provisioned_until_s` are loaded at once."""
+    catalog = catalog or default_catalog()
+    tiers = scenario.tier_specs()
+    for dep in scenario.deployments:  # unknown names fail here, naming the known ones
+        catalog.model(dep.model)
+        catalog.sku(dep.sku)
+    interactive = [t for t in tiers.values() if t.deadline_s is None] or list(tiers.values())
+    capacity = CapacityEstimator(catalog, min(t.tbt_slo_s for t in interactive),
+                                 max_batch=scenario.engine.max_num_seqs,
+                                 gpu_memory_utilization=scenario.engine.gpu_memory_utilization)
+    policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
+    planner = PlannerCore(policy, scenario.deployments, scenario.planner)
+    routers = {region: RouterCore(RouterConfig(router_id=f"router-{region}", region=region,
+                                               policy=scenario.routing_policy))
+               for region in scenario.regions()}
+    agents: dict[str, NodeAgentCore] = {}
+    latency_models: dict[tuple[str, str, int], RooflineLatencyModel] = {}
+
+    def load_time(spec: InstanceSpec) -> float:
+        if world.loop.now_s < provisioned_until_s:
+            return 0.0
+        model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
+        return load_time_s(model, sku, spec.tp, "cold") * scenario.load_time_scale
+
+    for group in scenario.hosts:
+        for i in range(group.count):
+            agent_id = f"{group.region}-{group.sku.lower()}-{i + 1}"
+            agents[agent_id] = NodeAgentCore(NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku,
+                                                             gpus=group.gpus), load_time)
+
+    def make_engine(spec: InstanceSpec) -> SimEngine:
+        key = (spec.model, spec.sku, spec.tp)
+        model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
+        latency = latency_models.get(key)
+        if latency is None:
+            latency = latency_models[key] = RooflineLatencyModel(model, sku, spec.tp)
+        return SimEngine(spec.instance_id, model, sku, spec.tp, latency, scenario.engine)
+
+    collector = RunCollector(tiers, catalog.sku)
+    world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
+                     ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig())
+    return world, collector
+
+
+def run_scenario(scenario: Scenario, progress: ProgressFn | None = None) -> RunResult:
+    started = time.perf_counter()
+    requests = requests_of(scenario)
+    first = next(requests, None)
+    provisioned_until = first.arrival_s if first is not None and scenario.start_provisioned else 0.0
+    world, collector = build_world(scenario, provisioned_until_s=provisioned_until)
+    loop = world.loop
+    horizon = scenario.duration_s + scenario.drain_s
+    world.start(itertools.chain([first] if first is not None else [], requests), until_s=horizon)
+
+    def sample(now_s: float) -> None:
+        ready: dict[str, int] = {}
+        for agent in world.agents.values():
+            for st in agent.heartbeat(now_s).instances:
+                key = f"{st.model}/{agent.config.region}"
+                ready[key] = ready.get(key, 0) + (st.state == InstanceState.READY)
+        collector.sample(now_s, ready)
+
+    loop.every(scenario.sample_interval_s, sample, start_s=scenario.sample_interval_s, until_s=horizon)
+    report = (lambda now_s: progress(now_s, scenario.duration_s)) if progress else None
+    loop.run(scenario.duration_s, on_progress=report, progress_every_s=60.0)
+    end_s = scenario.duration_s
+    while end_s < horizon and (world.in_flight() or any(r.pending() for r in world.routers.values())):
+        end_s = min(horizon, end_s + 10.0)
+        loop.run(end_s)
+    for outcome in world.unfinished(end_s):
+        collector.outcome(outcome)
+    collector.finish(end_s, world.engines())
+    result = collector.summary(end_s)
+    result.update({
+        "policy": scenario.policy, "seed": scenario.seed, "scenario": scenario.name,
+        "routing_policy": scenario.routing_policy, "simulated_s": end_s, "requests_submitted": world.requests_submitted,
+        "events": loop.events_run, "wall_s": time.perf_counter() - started,
+    })
+    return RunResult(result, collector, scenario)
+
+
+def run_and_report(scenario: Scenario, out: Path) -> RunResult:
+    """Run with a progress bar, print the summary table, write result.json and plots into `out`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from opscale.experiments.report import print_summary, write_outputs
+
+    console = Console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"simulating {scenario.name}", total=scenario.duration_s, sim="")
+
+        def progress(now_s: float, end_s: float) -> None:
+            bar.update(task, completed=now_s, sim=f"{now_s / 60:.0f} / {end_s / 60:.0f} simulated min")
+
+        run = run_scenario(scenario, progress)
+    print_summary(run, console)
+    paths = write_outputs(run, out)
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    return run

@@ -1,0 +1,165 @@
+"""Scenarios: everything one simulation run needs (fleet, deployments, tiers, workload, policies), as a
+validated pydantic model that loads from YAML. `builtin_demo_scenario` is what `opscale demo` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from opscale.engine import EngineConfig
+from opscale.model import TierSpec
+from opscale.planning import DeploymentSpec
+from opscale.services.aggregator import AggregatorConfig
+from opscale.services.forecaster import ForecasterConfig
+from opscale.services.planner import PlannerConfig
+from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run: the message names the file and field."""
+
+
+class HostGroup(BaseModel):
+    """`count` identical GPU hosts (one node-agent each) in one region."""
+
+    model_config = ConfigDict(extra="forbid")
+    region: str = Field(min_length=1)
+    sku: str = Field(min_length=1, description="GPU SKU name from the catalogue")
+    gpus: int = Field(8, ge=1, description="GPUs per host")
+    count: int = Field(1, ge=1, description="How many such hosts")
+
+
+class TierModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    ttft_slo_s: float = Field(gt=0)
+    tbt_slo_s: float = Field(gt=0)
+    deadline_s: float | None = Field(None, gt=0)
+    priority: int = 0
+
+    def spec(self) -> TierSpec:
+        return TierSpec(self.name, self.ttft_slo_s, self.tbt_slo_s, self.deadline_s, self.priority)
+
+
+class TraceSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: Path
+    format: Literal["csv"] = "csv"
+
+
+class Scenario(BaseModel):
+    """One simulation run. Times are seconds of simulated time."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "scenario"
+    seed: int = 0
+    duration_s: float = Field(gt=0, description="Arrivals are simulated up to this time")
+    drain_s: float = Field(900.0, ge=0, description="After the last arrival, time allowed to finish in-flight work")
+    hosts: list[HostGroup] = Field(min_length=1)
+    deployments: list[DeploymentSpec] = Field(min_length=1)
+    tiers: list[TierModel] = Field(default_factory=lambda: [
+        TierModel(name="interactive", ttft_slo_s=2.0, tbt_slo_s=0.1),
+        TierModel(name="batch", ttft_slo_s=600.0, tbt_slo_s=1.0, deadline_s=3600.0, priority=1)])
+    workload: SyntheticWorkloadConfig | None = None
+    trace: TraceSource | None = None
+    policy: str = Field("reactive", description="Planning policy (opscale.planning.registry)")
+    policy_params: dict[str, Any] = Field(default_factory=dict)
+    routing_policy: str = Field("jsq_tokens", description="Routing policy (opscale.routing.registry)")
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(emit_tokens=False))
+    load_time_scale: float = Field(1.0, gt=0, description="Multiplies every modelled load time")
+    start_provisioned: bool = Field(True, description="Instances placed before the first request arrives start "
+                                    "loaded, as in a fleet already running; False: the run starts cold")
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
+    sample_interval_s: float = Field(60.0, gt=0, description="Spacing of the timeline in result plots")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Scenario:
+        if (self.workload is None) == (self.trace is None):
+            raise ValueError("give exactly one of 'workload' (synthetic) or 'trace' (a file)")
+        regions = {h.region for h in self.hosts}
+        for dep in self.deployments:
+            missing = [r for r in dep.regions if r not in regions]
+            if missing:
+                raise ValueError(f"deployment {dep.model!r} names regions without hosts: {missing}")
+        return self
+
+    def tier_specs(self) -> dict[str, TierSpec]:
+        return {t.name: t.spec() for t in self.tiers}
+
+    def regions(self) -> list[str]:
+        return sorted({h.region for h in self.hosts})
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"scenario file {path}: invalid YAML: {exc}") from None
+    try:
+        return Scenario.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ScenarioError(f"scenario file {path}: {problems}") from None
+
+
+DEMO_REGIONS = ("eu-west", "us-east")
+
+
+def builtin_demo_scenario(seed: int = 1, policy: str = "reactive", duration_s: float = 7200.0) -> Scenario:
+    """Two regions, two models, two hours: one compressed day of diurnal load, the regions a quarter
+    of a day apart, so capacity must follow load up and down in each region."""
+    models = (("Llama-3-8B", "H100-80GB", 1, 14.0), ("Llama-3-70B", "H100-80GB", 4, 3.0))
+    return Scenario(
+        name="demo: 2 regions x 2 models, 2 h",
+        seed=seed,
+        duration_s=duration_s,
+        hosts=[HostGroup(region=r, sku="H100-80GB", gpus=8, count=4) for r in DEMO_REGIONS],
+        deployments=[DeploymentSpec(model=m, sku=sku, tp=tp, min_replicas=1, max_replicas=16,
+                                    typical_prompt_tokens=1024, typical_output_tokens=256)
+                     for m, sku, tp, _ in models],
+        workload=SyntheticWorkloadConfig(
+            # traffic starts at 10 s: the initial plan is placed (and loaded) before the first request
+            seed=seed, start_s=10.0, duration_s=duration_s - 10.0, amplitude=0.7, period_s=duration_s,
+            streams=tuple(StreamSpec(model=m, region=r, base_rps=rps) for m, _, _, rps in models
+                          for r in DEMO_REGIONS),
+            region_phase_s={"eu-west": 0.0, "us-east": duration_s / 4},
+            tier_weights={"interactive": 0.8, "batch": 0.2},
+            prompt_tokens=LengthDistribution(median_tokens=1024, sigma=0.8, max_tokens=6144),
+            output_tokens=LengthDistribution(median_tokens=256, sigma=0.7, max_tokens=1536),
+        ),
+        policy=policy,
+    )
+
+
+def scenario_for_trace(trace: Path, fmt: str, *, base: Scenario | None, seed: int, policy: str | None) -> Scenario:
+    """The scenario to replay `trace`: `base`'s fleet and policies (the demo's when none), the trace's
+    own duration."""
+    from opscale.traces import read_csv_trace
+
+    if fmt != "csv":
+        raise ScenarioError(f"trace format {fmt!r} is not supported; supported: csv")
+    last = 0.0
+    models: set[str] = set()
+    regions: set[str] = set()
+    for request in read_csv_trace(trace):  # validates every line before the run starts
+        last = request.arrival_s
+        models.add(request.model)
+        regions.add(request.region)
+    template = base or builtin_demo_scenario(seed=seed)
+    deployed = {d.model for d in template.deployments}
+    unknown = sorted(models - deployed)
+    if unknown:
+        raise ScenarioError(f"trace {trace} requests models that no deployment serves: {unknown}; "
+                            f"deployed: {sorted(deployed)} (give --config with a matching scenario)")
+    update: dict[str, Any] = {"trace": TraceSource(path=trace, format="csv"), "workload": None,
+                              "duration_s": max(last + 1.0, 1.0), "seed": seed, "name": f"trace {trace.name}"}
+    if policy is not None:
+        update["policy"] = policy
+    return Scenario.model_validate({**template.model_dump(), **update})

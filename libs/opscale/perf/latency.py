@@ -1,0 +1,267 @@
+"""Iteration latency of an inference engine: the `LatencyModel` protocol and its roofline implementation.
+
+An engine iteration runs every operator of the model once over a batch of new tokens: prefill chunks
+and one decode token per running sequence. The roofline model prices each operator at the larger of
+its compute time (FLOPs over derated peak FLOP/s) and its memory time (bytes moved over derated HBM
+bandwidth), adds tensor-parallel all-reduces and a fixed per-iteration overhead (scheduling, kernel
+launches, sampling). Figures are per GPU: with tensor parallelism `tp`, weights, FLOPs and KV cache
+are split `tp` ways. A later model replaces operator times with measured profiles; it keeps this
+protocol.
+
+Decode iterations are linear in the total KV context: `fixed_s(batch) + per_ctx_token_s * S`. The
+simulated engine relies on that shape to advance a whole run of decode steps in closed form.
+
+Pure arithmetic: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from opscale.model import ModelSpec, Sku
+
+# Effective per-GPU all-reduce bus bandwidth in GB/s (what NCCL's busbw reaches on large messages),
+# by SKU name. SXM parts all-reduce over NVLink; the PCIe cards (L40S, A10G, L20) over PCIe Gen4 x16.
+# Sources: NVIDIA datasheets (NVLink 3: 600 GB/s, NVLink 4: 900 GB/s bidirectional per GPU; H20 keeps
+# NVLink 4) derated to typical nccl-tests busbw; PCIe Gen4 x16 is 32 GB/s per direction.
+DEFAULT_INTERCONNECT_GBPS: dict[str, float] = {
+    "a100-80gb": 230.0,
+    "h100-80gb": 360.0,
+    "h200": 360.0,
+    "h20": 360.0,
+    "l40s": 20.0,
+    "a10g": 20.0,
+    "l20": 20.0,
+}
+# A SKU the table does not know is assumed to sit on PCIe.
+FALLBACK_INTERCONNECT_GBPS = 20.0
+
+
+class RooflineParams(BaseModel):
+    """Calibration of the roofline model. Defaults follow common practice for vLLM-class engines."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    compute_efficiency: float = Field(
+        0.6, gt=0, le=1, description="Fraction of the SKU's peak dense FLOP/s that GEMMs reach.")
+    bandwidth_efficiency: float = Field(
+        0.8, gt=0, le=1, description="Fraction of the SKU's HBM bandwidth that weight and KV reads reach.")
+    iteration_overhead_s: float = Field(
+        0.004, ge=0, description="Fixed time per iteration, seconds: scheduling, kernel launches, sampling.")
+    allreduce_latency_s: float = Field(
+        10e-6, ge=0, description="Fixed cost of one tensor-parallel all-reduce call, seconds.")
+    interconnect_gbps: float | None = Field(
+        None, gt=0, description="Per-GPU all-reduce bus bandwidth, GB/s; None: the SKU's default "
+                                "(DEFAULT_INTERCONNECT_GBPS, else PCIe).")
+
+
+@dataclass(frozen=True, slots=True)
+class IterationCost:
+    """One iteration's time and how hard it worked the GPUs.
+
+    `busy_s` is the part of `time_s` in which the bottleneck unit (tensor cores or HBM) of each GPU is
+    saturated: the sum over operators of max(compute time, memory time). Communication and fixed
+    overhead are not busy. `utilisation` = busy_s / time_s feeds `Sku.power_w`.
+    """
+
+    time_s: float
+    busy_s: float
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_s / self.time_s if self.time_s > 0 else 0.0
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """Iteration latency of one model on one SKU at one tensor-parallel degree."""
+
+    def prefill_s(self, tokens: int, ctx_tokens: int = 0) -> float:
+        """One iteration that prefills `tokens` new tokens of one sequence whose KV cache already holds
+        `ctx_tokens` tokens (0 for a fresh prompt). Attention is quadratic in `tokens`."""
+        ...
+
+    def decode_step_coeffs(self, batch: int) -> tuple[float, float]:
+        """(fixed_s, per_ctx_token_s): a decode iteration of `batch` sequences whose KV contexts total
+        S tokens takes fixed_s + per_ctx_token_s * S."""
+        ...
+
+    def decode_busy_coeffs(self, batch: int) -> tuple[float, float]:
+        """(fixed_busy_s, per_ctx_token_busy_s): the busy part of the same decode iteration, for power."""
+        ...
+
+    def iteration_cost(
+        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
+        *, prefill_attn_pairs: int | None = None,
+    ) -> IterationCost:
+        """A mixed (chunked-prefill) iteration: `prefill_tokens` new prompt tokens whose sequences already
+        cache `prefill_ctx_tokens` tokens in total, plus one decode token for each of `decode_batch`
+        sequences whose KV contexts total `decode_ctx_tokens`.
+
+        `prefill_attn_pairs` is the exact number of (query, key) pairs of the prefill attention,
+        sum over chunks of n*(p + (n+1)/2) for a chunk of n tokens after p cached ones; when None the
+        prefill is taken as one chunk. With no prefill, time_s equals the decode_step_coeffs line.
+        """
+        ...
+
+    def iteration_s(
+        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
+        *, prefill_attn_pairs: int | None = None,
+    ) -> float:
+        """`iteration_cost(...).time_s`."""
+        ...
+
+
+def attn_pairs(chunk_tokens: int, cached_tokens: int) -> int:
+    """(query, key) pairs of causal attention for `chunk_tokens` new tokens after `cached_tokens`.
+
+    Example: a fresh 4-token prompt -> 1 + 2 + 3 + 4 = 10 pairs; 2 more tokens after it -> 5 + 6 = 11.
+    """
+    return chunk_tokens * cached_tokens + chunk_tokens * (chunk_tokens + 1) // 2
+
+
+class RooflineLatencyModel:
+    """Roofline latency of `model` on `tp` GPUs of `sku` (see the module docstring).
+
+    Per operator and iteration of T new tokens (per GPU, i.e. divided by tp):
+      QKV/O projections: 2*P_attn*T FLOPs vs P_attn weight bytes;
+      MLP: 2*P_active*T FLOPs vs the bytes of the experts the batch touches (all of a dense MLP; for a
+        mixture of E experts with k per token, E*(1-(1-k/E)^T) of them on average);
+      LM head on the tokens that produce logits; attention: 4*heads*head_dim FLOPs per (query, key)
+        pair per layer vs the KV bytes read and written;
+      two ring all-reduces of T*hidden activations per layer when tp > 1; a fixed overhead.
+    Activation traffic, norms and embeddings are small next to these and left out.
+    """
+
+    def __init__(self, model: ModelSpec, sku: Sku, tp: int = 1, params: RooflineParams | None = None) -> None:
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tp must be a positive integer, got {tp!r}")
+        self.model = model
+        self.sku = sku
+        self.tp = tp
+        self.params = params if params is not None else RooflineParams()
+        p = self.params
+        flops_per_s = sku.peak_tflops * 1e12 * p.compute_efficiency
+        bytes_per_s = sku.mem_bandwidth_gbps * 1e9 * p.bandwidth_efficiency
+        # Seconds per unit of work on one GPU: everything below is already divided by tp.
+        self._s_per_flop = 1.0 / (flops_per_s * tp)
+        self._s_per_byte = 1.0 / (bytes_per_s * tp)
+        layers, bpp = model.layers, model.bytes_per_param
+
+        self._attn_proj_params = model.attn_params_per_layer * layers
+        expert_params = 3 * model.hidden * model.intermediate * layers
+        self._experts = model.experts
+        self._experts_per_token = model.experts_per_token if model.experts else 1
+        self._expert_bytes = expert_params * bpp
+        self._mlp_active_params = expert_params * self._experts_per_token
+        self._lm_head_params = model.vocab * model.hidden
+        self._bpp = bpp
+        self._attn_flops_per_pair = 4 * model.heads * model.head_dim * layers
+        self._kv_bytes_per_token = model.kv_bytes_per_token
+        # Decode attention reads each cached token's K and V once per step: linear in the context.
+        self._decode_s_per_ctx = max(self._attn_flops_per_pair * self._s_per_flop,
+                                     self._kv_bytes_per_token * self._s_per_byte)
+
+        link_gbps = p.interconnect_gbps
+        if link_gbps is None:
+            link_gbps = DEFAULT_INTERCONNECT_GBPS.get(sku.name.casefold(), FALLBACK_INTERCONNECT_GBPS)
+        self.interconnect_gbps = link_gbps
+        self._allreduce_calls = 2 * layers if tp > 1 else 0
+        # Ring all-reduce moves 2(n-1)/n of the message over each GPU's link.
+        self._allreduce_s_per_token = (
+            2 * (tp - 1) / tp * model.hidden * bpp / (link_gbps * 1e9) if tp > 1 else 0.0)
+        self._decode_cache: dict[int, tuple[float, float, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"RooflineLatencyModel({self.model.name!r}, {self.sku.name!r}, tp={self.tp})"
+
+    # --- the protocol -------------------------------------------------------------------------------
+
+    def prefill_s(self, tokens: int, ctx_tokens: int = 0) -> float:
+        return self.iteration_cost(tokens, ctx_tokens, 0, 0).time_s
+
+    def decode_step_coeffs(self, batch: int) -> tuple[float, float]:
+        fixed_s, _busy_s, per_ctx_s = self._decode_coeffs(batch)
+        return fixed_s, per_ctx_s
+
+    def decode_busy_coeffs(self, batch: int) -> tuple[float, float]:
+        _fixed_s, busy_s, per_ctx_s = self._decode_coeffs(batch)
+        return busy_s, per_ctx_s
+
+    def iteration_s(
+        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
+        *, prefill_attn_pairs: int | None = None,
+    ) -> float:
+        return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens,
+                                   prefill_attn_pairs=prefill_attn_pairs).time_s
+
+    def iteration_cost(
+        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
+        *, prefill_attn_pairs: int | None = None,
+    ) -> IterationCost:
+        if min(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens) < 0:
+            raise ValueError(
+                f"token counts must be >= 0, got prefill_tokens={prefill_tokens}, prefill_ctx_tokens="
+                f"{prefill_ctx_tokens}, decode_batch={decode_batch}, decode_ctx_tokens={decode_ctx_tokens}")
+        if prefill_tokens == 0:
+            # The same arithmetic as the decode line, so a decode-only iteration costs exactly
+            # fixed_s + per_ctx_token_s * S whichever way it is asked for.
+            fixed_s, busy_s, per_ctx_s = self._decode_coeffs(decode_batch)
+            attn_s = per_ctx_s * decode_ctx_tokens
+            return IterationCost(time_s=fixed_s + attn_s, busy_s=busy_s + attn_s)
+        pairs = prefill_attn_pairs
+        if pairs is None:
+            pairs = attn_pairs(prefill_tokens, prefill_ctx_tokens)
+        tokens = prefill_tokens + decode_batch
+        # Logits are computed for the decode tokens and the last token of the prefill.
+        busy_s = self._linear_s(tokens, decode_batch + 1)
+        busy_s += max(pairs * self._attn_flops_per_pair * self._s_per_flop,
+                      (prefill_ctx_tokens + prefill_tokens) * self._kv_bytes_per_token * self._s_per_byte)
+        busy_s += self._decode_s_per_ctx * decode_ctx_tokens
+        time_s = busy_s + self._allreduce_s(tokens) + self.params.iteration_overhead_s
+        return IterationCost(time_s=time_s, busy_s=busy_s)
+
+    # --- pieces -------------------------------------------------------------------------------------
+
+    def _decode_coeffs(self, batch: int) -> tuple[float, float, float]:
+        cached = self._decode_cache.get(batch)
+        if cached is None:
+            if batch < 0:
+                raise ValueError(f"decode batch must be >= 0, got {batch}")
+            if batch == 0:
+                # An empty iteration still pays the scheduler's overhead.
+                cached = (self.params.iteration_overhead_s, 0.0, self._decode_s_per_ctx)
+            else:
+                busy_s = self._linear_s(batch, batch)
+                fixed_s = busy_s + self._allreduce_s(batch) + self.params.iteration_overhead_s
+                cached = (fixed_s, busy_s, self._decode_s_per_ctx)
+            self._decode_cache[batch] = cached
+        return cached
+
+    def _linear_s(self, tokens: int, logit_tokens: int) -> float:
+        """Weight-bearing operators over `tokens` new tokens, each at max(compute, memory)."""
+        s_flop, s_byte, bpp = self._s_per_flop, self._s_per_byte, self._bpp
+        attn_proj = max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
+        if self._experts:
+            # Expected distinct experts a batch routes to, each token picking k of E uniformly.
+            e, k = self._experts, self._experts_per_token
+            touched = e * (1.0 - (1.0 - k / e) ** tokens)
+        else:
+            touched = 1.0
+        mlp = max(2 * self._mlp_active_params * tokens * s_flop, self._expert_bytes * touched * s_byte)
+        lm_head = max(2 * self._lm_head_params * logit_tokens * s_flop, self._lm_head_params * bpp * s_byte)
+        return attn_proj + mlp + lm_head
+
+    def _allreduce_s(self, tokens: int) -> float:
+        if not self._allreduce_calls:
+            return 0.0
+        per_call = self.params.allreduce_latency_s + self._allreduce_s_per_token * tokens
+        return self._allreduce_calls * per_call
+
+
+def weights_fit(model: ModelSpec, sku: Sku, tp: int, gpu_memory_utilization: float = 1.0) -> bool:
+    """True when the model's weights fit in `gpu_memory_utilization` of `tp` GPUs' memory."""
+    return model.weight_bytes < gpu_memory_utilization * tp * sku.gpu_memory_gb * 1e9

@@ -1,0 +1,648 @@
+"""The OpenAI-compatible wire format: request validation, error bodies, response and SSE builders.
+
+Role: turn the raw bytes of a `POST /v1/completions` or `POST /v1/chat/completions` body into a typed
+`ParsedRequest`, or into an `ApiError` whose body has OpenAI's exact shape
+`{"error": {"message", "type", "param", "code"}}`; build the JSON bodies and server-sent events that the
+router and the node-agent's engine server send back; decode SSE streams incrementally for clients.
+
+It does no I/O and imports no network library, so the router, the node-agent and the load generator
+share one definition of the format. `parse_completion` never raises on bad input: every rejection is an
+`ApiError` that names the field path (`messages[0].content`) in `message` and in `param`.
+
+Token counts: opscale has no tokenizer in the control plane. `estimate_tokens` counts one token per
+4 characters (rounded up, at least 1), OpenAI's published rule of thumb for English text; chat requests
+add 4 tokens per message for the role and separators and 3 for the assistant's reply prefix, as in
+OpenAI's token-counting guide. The estimate is deterministic and cheap; the router only needs it to
+weigh requests against each other, and `usage.prompt_tokens` reports the same number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from opscale.model import Request
+
+# -- limits and defaults ----------------------------------------------------------------------------
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# /v1/chat/completions has no default in OpenAI's API (it runs to the context limit); the router must
+# know an upper bound to admit a request, so opscale uses this one when the client sets none.
+DEFAULT_CHAT_MAX_TOKENS = 256
+MAX_TOKENS_LIMIT = 262_144  # beyond any served context window: a larger value is a client bug
+DEFAULT_TIER = "interactive"
+REGION_HEADER = "x-opscale-region"
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+CHARS_PER_TOKEN = 4
+CHAT_TOKENS_PER_MESSAGE = 4
+CHAT_REPLY_PRIMING_TOKENS = 3
+
+# Region and tier names become NATS subject tokens and metric labels: no dots, wildcards or spaces.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class RequestKind(StrEnum):
+    """Which OpenAI endpoint a body was sent to."""
+
+    COMPLETION = "completion"
+    CHAT = "chat"
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+_TYPE_FOR_STATUS: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    """An error answer: HTTP status plus OpenAI's error body fields.
+
+    `retry_after_s`, when set, becomes a `Retry-After` header (whole seconds, rounded up).
+    """
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    retry_after_s: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None or not math.isfinite(self.retry_after_s):
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after_s: float | None = None,
+) -> ApiError:
+    """An `ApiError` whose `type` follows OpenAI's convention for the status.
+
+    4xx are `invalid_request_error` (except auth, permission and rate limits), 5xx are `server_error`.
+    """
+    if status >= 500:
+        error_type = "server_error"
+    else:
+        error_type = _TYPE_FOR_STATUS.get(status, "invalid_request_error")
+    return ApiError(status, message, error_type, param, code, retry_after_s)
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, f"The model '{model}' does not exist", "invalid_request_error", "model",
+                    "model_not_found")
+
+
+def body_too_large(max_body_bytes: int) -> ApiError:
+    return ApiError(413, f"Request body is larger than the limit of {max_body_bytes} bytes",
+                    "invalid_request_error", None, "request_too_large")
+
+
+def internal_error(request_id: str | None = None) -> ApiError:
+    """The answer to an unexpected failure: says nothing about internals, gives an id to quote."""
+    suffix = f" (request id {request_id})" if request_id else ""
+    return ApiError(500, f"The server had an error while processing your request{suffix}", "server_error",
+                    None, "internal_error")
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value):
+        raise PydanticCustomError(
+            "opscale_name", "{what} must be 1-64 characters of letters, digits, '-' or '_'", {"what": what},
+        )
+    return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    include_usage: bool = False
+
+
+class _CommonBody(BaseModel):
+    """Fields both endpoints share. Unknown fields are ignored here but still forwarded upstream, so
+    an engine that understands them (vLLM's extra sampling parameters, say) still receives them."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int = 1
+    stop: list[str] | None = None
+    user: str | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    opscale_tier: str = DEFAULT_TIER
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise PydanticCustomError("opscale_n", "only n=1 is supported")
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: object) -> object:
+        # OpenAI accepts a string or a list of up to 4 strings; normalise to a list so the declared type
+        # needs no union (union errors name pydantic's internal member tags instead of the field).
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise PydanticCustomError(
+                "opscale_stop", "at most {limit} stop sequences are allowed, got {count}",
+                {"limit": MAX_STOP_SEQUENCES, "count": len(value)},
+            )
+        return value
+
+    @field_validator("opscale_tier")
+    @classmethod
+    def _tier_name(cls, value: str) -> str:
+        return _check_name(value, "tier")
+
+
+class CompletionBody(_CommonBody):
+    """`POST /v1/completions`. `prompt` is one string, a list holding one string, or one list of
+    token ids; it is normalised to a string or a list of ints."""
+
+    prompt: str | list[int]
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _single_prompt(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise PydanticCustomError("opscale_prompt", "must be a string or a list holding one string")
+        if not value:
+            raise PydanticCustomError("opscale_prompt", "must not be an empty list")
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            if any(t < 0 for t in value):
+                raise PydanticCustomError("opscale_prompt", "token ids must be >= 0")
+            return value
+        if len(value) > 1:
+            raise PydanticCustomError(
+                "opscale_prompt",
+                "only a single prompt per request is supported, got a list of {count}; send one request each",
+                {"count": len(value)},
+            )
+        (only,) = value
+        if isinstance(only, str):
+            return only
+        if isinstance(only, list) and only and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                   for t in only):
+            return only
+        raise PydanticCustomError("opscale_prompt", "must be a string or a list holding one string")
+
+
+class ChatMessage(BaseModel):
+    """One chat message. `content` may be a string or a list of text parts, which are joined."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value  # a string, None, or a wrong type that the str check then names
+        texts: list[str] = []
+        for i, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                got = repr(part.get("type")) if isinstance(part, dict) else type(part).__name__
+                raise PydanticCustomError(
+                    "opscale_content_part",
+                    "part {index}: only text parts (type 'text' with a string 'text') are supported, got type {got}",
+                    {"index": i, "got": got},
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+
+
+class ChatBody(_CommonBody):
+    """`POST /v1/chat/completions`. `max_completion_tokens` (OpenAI's newer name) wins over
+    `max_tokens` when both are set."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+
+
+# -- parsed requests --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A validated request, ready for the router.
+
+    `body` is the client's JSON object without opscale's own fields: what is forwarded to an
+    OpenAI-compatible engine (see `upstream_body`). `region` is the `x-opscale-region` header, None
+    when absent (the router then uses its own region).
+    """
+
+    request_id: str
+    kind: RequestKind
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+    tier: str
+    region: str | None
+    user: str | None
+    body: Mapping[str, Any] = field(repr=False)
+
+    def upstream_body(self, model: str | None = None) -> dict[str, Any]:
+        """The body to POST to an engine: always streaming, `max_tokens` made explicit, and `model`
+        replaced when the engine serves the model under another name."""
+        out = dict(self.body)
+        out.pop("stream_options", None)
+        out.pop("max_completion_tokens", None)
+        out["stream"] = True
+        out["max_tokens"] = self.max_tokens
+        if model is not None:
+            out["model"] = model
+        return out
+
+    def as_request(self, arrival_s: float, default_region: str) -> Request:
+        """The control plane's view of this request; `max_tokens` is its output bound."""
+        return Request(
+            request_id=self.request_id,
+            model=self.model,
+            tier=self.tier,
+            region=self.region or default_region,
+            arrival_s=arrival_s,
+            prompt_tokens=self.prompt_tokens,
+            output_tokens=self.max_tokens,
+        )
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in `text`: one per 4 characters, rounded up, at least 1 (see the module docstring)."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def estimate_chat_tokens(messages: Sequence[ChatMessage]) -> int:
+    """Prompt tokens of a chat: content estimate plus per-message and reply-priming overheads."""
+    total = CHAT_REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += CHAT_TOKENS_PER_MESSAGE
+        if message.content:
+            total += estimate_tokens(message.content)
+    return total
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    path = _loc_path(first["loc"])
+    message = f"{path}: {first['msg']}" if path else first["msg"]
+    value = first.get("input")
+    if first["type"] != "missing" and (value is None or isinstance(value, str | int | float | bool)):
+        shown = json.dumps(value)
+        message += f", got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return invalid_request(message, param=path or None)
+
+
+def _new_request_id(kind: RequestKind) -> str:
+    prefix = "chatcmpl" if kind is RequestKind.CHAT else "cmpl"
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def parse_completion(
+    raw: bytes,
+    kind: RequestKind | str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> ParsedRequest | ApiError:
+    """Validate a request body (and the `x-opscale-region` header). Never raises on bad input.
+
+    `kind` is "completion" or "chat". `headers` is any case-insensitive mapping (aiohttp's
+    `request.headers`); a plain dict must use lower-case keys. `request_id` defaults to a fresh
+    `cmpl-…` / `chatcmpl-…` id.
+    """
+    kind = RequestKind(kind)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return invalid_request(f"The request body is not valid UTF-8 (byte {exc.start})")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return invalid_request(
+            f"We could not parse the JSON body of your request: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}. Send a JSON object with Content-Type: application/json."
+        )
+    except RecursionError:
+        return invalid_request("We could not parse the JSON body of your request: nested too deeply")
+    if not isinstance(obj, dict):
+        return invalid_request(f"The request body must be a JSON object, got a JSON {_json_kind(obj)}")
+
+    region: str | None = None
+    if headers is not None:
+        region = headers.get(REGION_HEADER)
+        if region is not None and not _NAME_RE.match(region):
+            return invalid_request(
+                f"header {REGION_HEADER}: must be 1-64 characters of letters, digits, '-' or '_', "
+                f"got {region[:80]!r}", param=REGION_HEADER,
+            )
+
+    try:
+        if kind is RequestKind.CHAT:
+            chat = ChatBody.model_validate(obj)
+            common: _CommonBody = chat
+            max_tokens = chat.max_completion_tokens or chat.max_tokens or DEFAULT_CHAT_MAX_TOKENS
+            prompt_tokens = estimate_chat_tokens(chat.messages)
+        else:
+            completion = CompletionBody.model_validate(obj)
+            common = completion
+            max_tokens = completion.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+            prompt = completion.prompt
+            prompt_tokens = estimate_tokens(prompt) if isinstance(prompt, str) else max(1, len(prompt))
+    except ValidationError as exc:
+        return _validation_error(exc)
+
+    forwarded = {k: v for k, v in obj.items() if not k.startswith("opscale_")}
+    return ParsedRequest(
+        request_id=request_id or _new_request_id(kind),
+        kind=kind,
+        model=common.model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        stream=common.stream,
+        include_usage=bool(common.stream_options and common.stream_options.include_usage),
+        tier=common.opscale_tier,
+        region=region,
+        user=common.user,
+        body=forwarded,
+    )
+
+
+def _json_kind(obj: object) -> str:
+    if isinstance(obj, list):
+        return "array"
+    if isinstance(obj, str):
+        return "string"
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "boolean"
+    return "number"
+
+
+async def read_limited(chunks: AsyncIterable[bytes], content_length: int | None,
+                       max_body_bytes: int) -> bytes | ApiError:
+    """Read a request body of at most `max_body_bytes`, refusing early on a declared larger length.
+
+    `chunks` is the body as it arrives (aiohttp: `request.content.iter_chunked(n)`); reading stops at
+    the first chunk past the limit, so a huge chunked upload is not buffered.
+    """
+    if content_length is not None and content_length > max_body_bytes:
+        return body_too_large(max_body_bytes)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_body_bytes:
+            return body_too_large(max_body_bytes)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+# -- token chunks -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """One piece of generated output, as the router's back end yields it.
+
+    `index` is the chunk's 0-based position in the output. An engine sends one chunk per token; a
+    closing chunk with empty `text` that only carries `finish_reason` is not a token (`is_token`).
+    """
+
+    text: str
+    index: int
+    finish_reason: str | None = None
+
+    @property
+    def is_token(self) -> bool:
+        return bool(self.text) or self.finish_reason is None
+
+
+def finish_reason_for(completion_tokens: int, max_tokens: int) -> str:
+    """When a stream ends without saying why: it hit the limit, or the engine stopped by itself."""
+    return "length" if completion_tokens >= max_tokens else "stop"
+
+
+# -- response bodies --------------------------------------------------------------------------------
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_response(req: ParsedRequest, text: str, finish_reason: str, completion_tokens: int,
+                        created_s: int) -> dict[str, Any]:
+    """A whole (non-streaming) response: `text_completion` or `chat.completion` by the request's kind."""
+    if req.kind is RequestKind.CHAT:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {
+        "id": req.request_id,
+        "object": obj,
+        "created": created_s,
+        "model": req.model,
+        "choices": [choice],
+        "usage": usage_dict(req.prompt_tokens, completion_tokens),
+    }
+
+
+def stream_chunk(req: ParsedRequest, text: str, finish_reason: str | None, created_s: int,
+                 *, first: bool = False) -> dict[str, Any]:
+    """One streamed chunk. Chat chunks carry a `delta` (with the assistant role on the first one).
+    With `include_usage`, every chunk has `"usage": null`, as OpenAI sends them."""
+    if req.kind is RequestKind.CHAT:
+        delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    chunk: dict[str, Any] = {
+        "id": req.request_id,
+        "object": obj,
+        "created": created_s,
+        "model": req.model,
+        "choices": [choice],
+    }
+    if req.include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(req: ParsedRequest, completion_tokens: int, created_s: int) -> dict[str, Any]:
+    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, usage."""
+    obj = "chat.completion.chunk" if req.kind is RequestKind.CHAT else "text_completion"
+    return {
+        "id": req.request_id,
+        "object": obj,
+        "created": created_s,
+        "model": req.model,
+        "choices": [],
+        "usage": usage_dict(req.prompt_tokens, completion_tokens),
+    }
+
+
+def models_response(models: Sequence[str], created_s: int, owned_by: str = "opscale") -> dict[str, Any]:
+    """`GET /v1/models`."""
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": created_s, "owned_by": owned_by} for m in models],
+    }
+
+
+# -- server-sent events -----------------------------------------------------------------------------
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_CONTENT_TYPE = "text/event-stream"
+
+
+def sse_event(payload: Mapping[str, Any]) -> bytes:
+    """`data: {...}\\n\\n`. Compact JSON without newlines, so one event is one `data:` line."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class SseError(ValueError):
+    """The byte stream is not valid server-sent events."""
+
+
+class SseDecoder:
+    """Incremental SSE decoder: `feed(bytes)` returns the `data` of every event completed so far.
+
+    Handles `\\n`, `\\r\\n` and `\\r` line ends, events split across any number of reads, comment
+    lines (`: keep-alive`), fields other than `data` (ignored) and multi-line data (joined with
+    `\\n`, per the WHATWG spec). An event larger than `max_event_bytes` raises `SseError`, so a
+    misbehaving server cannot make a client buffer without bound.
+    """
+
+    __slots__ = ("_buffer", "_data", "_max_event_bytes", "_pending_cr")
+
+    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+        self._buffer = bytearray()
+        self._data: list[str] = []
+        self._max_event_bytes = max_event_bytes
+        self._pending_cr = False
+
+    def feed(self, data: bytes) -> list[str]:
+        events: list[str] = []
+        if self._pending_cr and data.startswith(b"\n"):
+            data = data[1:]  # the \n of a \r\n split across two reads
+        self._pending_cr = data.endswith(b"\r")
+        self._buffer += data
+        while True:
+            end, width = self._line_end()
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + width]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if len(self._buffer) + sum(len(d) for d in self._data) > self._max_event_bytes:
+            raise SseError(f"an event is larger than {self._max_event_bytes} bytes")
+        return events
+
+    @property
+    def pending(self) -> bool:
+        """True when bytes of an unfinished event are buffered."""
+        return bool(self._buffer) or bool(self._data)
+
+    def _line_end(self) -> tuple[int, int]:
+        """(index, width) of the first line end in the buffer, or (-1, 0)."""
+        nl = self._buffer.find(b"\n")
+        cr = self._buffer.find(b"\r")
+        if cr < 0 or 0 <= nl < cr:
+            return nl, (1 if nl >= 0 else 0)
+        if cr + 1 < len(self._buffer) and self._buffer[cr + 1] == 0x0A:
+            return cr, 2
+        return cr, 1  # a lone \r; if it was the last byte, feed skips a \n that starts the next read
+
+    def _line(self, line: bytes) -> str | None:
+        if not line:
+            if not self._data:
+                return None
+            event = "\n".join(self._data)
+            self._data = []
+            return event
+        if line.startswith(b":"):
+            return None
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            try:
+                self._data.append(value.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise SseError(f"an SSE data line is not valid UTF-8 (byte {exc.start})") from exc
+        return None

@@ -1,0 +1,393 @@
+"""Process settings of the live services (pydantic-settings): where the servers are, which ports to
+serve, how often to tick. Policy knobs stay in each service core's own config model, nested here as
+`core` so one file configures both.
+
+Sources, strongest first:
+  1. arguments passed to the constructor (tests, the CLI);
+  2. the service's environment variables, prefix OPSCALE_<SERVICE>_ (nested fields with `__`:
+     OPSCALE_ROUTER_CORE__POLICY=jsq_tokens);
+  3. shared environment variables OPSCALE_<FIELD> for the fields every service has (OPSCALE_NATS_URL);
+  4. the YAML config file (`OPSCALE_CONFIG`, or the path given to `load_settings`): top-level keys are
+     the shared fields, and a section per service (router, aggregator, forecaster, planner,
+     node_agent) holds that service's fields and overrides the shared ones;
+  5. defaults.
+
+Example file:
+
+    nats_url: nats://nats:4222
+    namespace: staging
+    router:
+      http_port: 8080
+      core: {policy: jsq_tokens}
+    node_agent:
+      agent_id: gpu-host-7
+      sku: H100-80GB
+
+`load_settings(RouterSettings)` turns every validation problem into one `SettingsError` whose message
+names the field, where it can be set, and the rejected value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings import SettingsError as PydanticSettingsError
+
+from opscale.planning import DeploymentSpec
+from opscale.services.aggregator import AggregatorConfig
+from opscale.services.forecaster import ForecasterConfig
+from opscale.services.node_agent import NodeAgentConfig
+from opscale.services.planner import PlannerConfig
+from opscale.services.router import RouterConfig
+
+__all__ = [
+    "CONFIG_ENV",
+    "AggregatorSettings",
+    "ForecasterSettings",
+    "LiveSettings",
+    "NodeAgentSettings",
+    "PlannerSettings",
+    "RouterSettings",
+    "SERVICE_SETTINGS",
+    "SettingsError",
+    "load_settings",
+]
+
+CONFIG_ENV = "OPSCALE_CONFIG"
+SHARED_ENV_PREFIX = "OPSCALE_"
+_NAMESPACE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,31})?$")
+
+S = TypeVar("S", bound="LiveSettings")
+
+# The file `load_settings` was asked to read, for the duration of one construction.
+_EXPLICIT_FILE: ContextVar[Path | None] = ContextVar("opscale_settings_file", default=None)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: the message names the field, where it comes from and the value."""
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "localhost"
+
+
+# -- the YAML file --------------------------------------------------------------------------------------
+
+
+def _config_path() -> tuple[Path | None, str]:
+    explicit = _EXPLICIT_FILE.get()
+    if explicit is not None:
+        return explicit, "given path"
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    return (Path(from_env), f"{CONFIG_ENV}") if from_env else (None, "")
+
+
+def read_config_file(path: Path, origin: str = "given path") -> dict[str, Any]:
+    """The YAML mapping in `path`; SettingsError naming the file and line when it cannot be used."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} ({origin}) does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path} ({origin}) cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SettingsError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: the top level must be a mapping of settings, "
+                            f"got {type(data).__name__}")
+    return data
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Shared top-level keys of the config file, overridden by the service's own section."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ returns the whole mapping at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path, origin = _config_path()
+        if path is None:
+            return {}
+        data = read_config_file(path, origin)
+        sections = {cls.yaml_section for cls in SERVICE_SETTINGS.values()}
+        shared_names = set(LiveSettings.model_fields)
+        for key in data:
+            if key not in shared_names and key not in sections:
+                raise SettingsError(
+                    f"config file {path}: unknown top-level key {key!r}; expected a shared setting "
+                    f"({', '.join(sorted(shared_names))}) or a service section ({', '.join(sorted(sections))})")
+        values = {k: v for k, v in data.items() if k in shared_names}
+        section_name: str = getattr(self.settings_cls, "yaml_section", "")
+        if section_name:
+            section = data.get(section_name)
+            if section is not None and not isinstance(section, dict):
+                raise SettingsError(f"config file {path}: section {section_name!r} must be a mapping, "
+                                    f"got {section!r}")
+            values.update(section or {})
+        return values
+
+
+class _SharedEnvSource(EnvSettingsSource):
+    """OPSCALE_<FIELD> for the fields every service shares (a service-prefixed variable wins)."""
+
+    def __call__(self) -> dict[str, Any]:
+        shared = set(LiveSettings.model_fields)
+        return {k: v for k, v in super().__call__().items() if k in shared}
+
+
+# -- the settings ------------------------------------------------------------------------------------------
+
+
+class LiveSettings(BaseSettings):
+    """Settings every live service shares."""
+
+    model_config = SettingsConfigDict(env_prefix=SHARED_ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
+
+    yaml_section: ClassVar[str] = ""
+    service_name: ClassVar[str] = "opscale"
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server with JetStream")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or Valkey) server")
+    namespace: str = Field("", description="Prefix of every subject, stream and key; isolates stacks on one server")
+    ops_host: str = Field("0.0.0.0", description="Address of the /healthz, /readyz, /metrics server")
+    ops_port: int = Field(9100, ge=0, le=65535, description="Port of the ops server (0: any free port)")
+    tracing_exporter: Literal["none", "console", "memory"] = Field("none", description="Where finished spans go")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Root log level")
+    request_timeout_s: float = Field(5.0, gt=0, description="Timeout of each NATS/Redis request")
+    stop_timeout_s: float = Field(10.0, gt=0, description="How long shutdown waits for loops to end")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: str) -> str:
+        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must be a nats://host:port URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://host:port/db URL")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _NAMESPACE_RE.match(value):
+            raise ValueError("must be empty or lower-case letters, digits, '-' and '_' (at most 32, starting "
+                             "with a letter or digit)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared_env = _SharedEnvSource(settings_cls, env_prefix=SHARED_ENV_PREFIX, env_nested_delimiter="__")
+        return init_settings, env_settings, shared_env, _YamlSource(settings_cls)
+
+
+def _service_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_nested_delimiter="__", extra="forbid", validate_default=True)
+
+
+class RouterSettings(LiveSettings):
+    """The router process: OpenAI-compatible HTTP API, gRPC Route, request records."""
+
+    model_config = _service_config("OPSCALE_ROUTER_")
+    yaml_section: ClassVar[str] = "router"
+    service_name: ClassVar[str] = "router"
+
+    ops_port: int = Field(9100, ge=0, le=65535, description="Port of the ops server")
+    http_host: str = Field("0.0.0.0", description="Address of the OpenAI-compatible API")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of the OpenAI-compatible API")
+    grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC Router service")
+    tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an engine")
+    upstream_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence between streamed chunks")
+    records_flush_s: float = Field(1.0, gt=0, description="Longest wait before request records are published")
+    records_batch_max: int = Field(500, ge=1, description="Records per published batch")
+    core: RouterConfig = Field(default_factory=RouterConfig, description="Routing policy settings")
+
+
+class AggregatorSettings(LiveSettings):
+    """The aggregator process: request records and heartbeats in, windows out (and to Redis)."""
+
+    model_config = _service_config("OPSCALE_AGGREGATOR_")
+    yaml_section: ClassVar[str] = "aggregator"
+    service_name: ClassVar[str] = "aggregator"
+
+    ops_port: int = Field(9101, ge=0, le=65535, description="Port of the ops server")
+    tick_s: float = Field(1.0, gt=0, description="Period of the aggregator core's tick")
+    core: AggregatorConfig = Field(default_factory=AggregatorConfig, description="Windowing settings")
+
+
+class ForecasterSettings(LiveSettings):
+    """The forecaster process: windows in, forecasts out."""
+
+    model_config = _service_config("OPSCALE_FORECASTER_")
+    yaml_section: ClassVar[str] = "forecaster"
+    service_name: ClassVar[str] = "forecaster"
+
+    ops_port: int = Field(9102, ge=0, le=65535, description="Port of the ops server")
+    tick_s: float = Field(5.0, gt=0, description="Period of the forecaster core's tick")
+    core: ForecasterConfig = Field(default_factory=ForecasterConfig, description="Forecasting settings")
+
+
+class PlannerSettings(LiveSettings):
+    """The planner process: one active instance at a time, chosen by a lease in Redis."""
+
+    model_config = _service_config("OPSCALE_PLANNER_")
+    yaml_section: ClassVar[str] = "planner"
+    service_name: ClassVar[str] = "planner"
+
+    ops_port: int = Field(9103, ge=0, le=65535, description="Port of the ops server")
+    tick_s: float = Field(1.0, gt=0, description="Period of the planner core's tick")
+    lease_name: str = Field("planner", min_length=1, description="Redis lease that elects the active planner")
+    lease_ttl_s: float = Field(15.0, gt=0, description="A lease not renewed for this long lapses")
+    lease_renew_s: float = Field(5.0, gt=0, description="How often the holder renews (well under the TTL)")
+    holder_id: str = Field(default_factory=lambda: f"{_hostname()}-{os.getpid()}", min_length=1,
+                           description="This planner's identity in the lease")
+    agent_call_timeout_s: float = Field(5.0, gt=0, description="Deadline of each gRPC call to a node-agent")
+    policy: str = Field("reactive", description="Planning policy name (opscale.planning.registry)")
+    policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the planning policy")
+    tbt_budget_s: float = Field(0.1, gt=0, description="TBT objective that per-instance capacity is sized for")
+    deployments: list[DeploymentSpec] = Field(
+        default_factory=lambda: [DeploymentSpec(model="Llama-3-8B", sku="H100-80GB", tp=1, min_replicas=1,
+                                                max_replicas=8)],
+        description="Models to serve: SKU, tensor-parallel degree, regions and replica bounds")
+    core: PlannerConfig = Field(default_factory=PlannerConfig, description="Planning loop settings")
+
+    @model_validator(mode="after")
+    def _renew_before_lapse(self) -> PlannerSettings:
+        if self.lease_renew_s >= self.lease_ttl_s:
+            raise ValueError(f"lease_renew_s ({self.lease_renew_s}) must be shorter than lease_ttl_s "
+                             f"({self.lease_ttl_s}), or the lease lapses between renewals")
+        return self
+
+
+class NodeAgentSettings(LiveSettings):
+    """A node-agent process on one GPU host."""
+
+    model_config = _service_config("OPSCALE_NODE_AGENT_")
+    yaml_section: ClassVar[str] = "node_agent"
+    service_name: ClassVar[str] = "node_agent"
+
+    ops_port: int = Field(9104, ge=0, le=65535, description="Port of the ops server")
+    agent_id: str = Field(default_factory=_hostname, min_length=1, description="Unique name of this host's agent")
+    region: str = Field("local", min_length=1, description="Region of this host")
+    sku: str = Field("H100-80GB", min_length=1, description="GPU SKU of this host (see opscale/data/skus.yaml)")
+    gpus: int = Field(8, ge=1, description="GPUs on this host")
+    grpc_host: str = Field("0.0.0.0", description="Address of the NodeAgent gRPC server")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the NodeAgent gRPC server")
+    advertise_host: str = Field("", description="Host name others use to reach this agent (default: hostname)")
+    http_port: int = Field(9000, ge=0, le=65535, description="Port of the engines' OpenAI-compatible server")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
+    tick_s: float = Field(0.5, gt=0, description="Period of the node-agent core's tick")
+    load_time_scale: float = Field(1.0, gt=0, description="Multiplies the modelled model-load time of the "
+                                   "simulated engines (e.g. 0.05 for a quick local stack)")
+    engine_options: dict[str, Any] = Field(default_factory=dict,
+                                           description="Simulated engine settings (opscale.engine.EngineConfig)")
+
+    @field_validator("engine_options")
+    @classmethod
+    def _engine_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from opscale.engine import EngineConfig
+
+        EngineConfig(**value)  # a bad option is named here, at start-up, not when the first engine starts
+        return value
+
+    def address(self, bound_port: int | None = None) -> str:
+        """host:port others use to reach this agent's gRPC server."""
+        host = self.advertise_host or _hostname()
+        return f"{host}:{bound_port if bound_port is not None else self.grpc_port}"
+
+    def core_config(self, bound_port: int | None = None) -> NodeAgentConfig:
+        """The node-agent core's config derived from these settings (one owner per fact)."""
+        return NodeAgentConfig(agent_id=self.agent_id, region=self.region, sku=self.sku, gpus=self.gpus,
+                               address=self.address(bound_port), heartbeat_interval_s=self.heartbeat_interval_s)
+
+
+SERVICE_SETTINGS: dict[str, type[LiveSettings]] = {
+    "router": RouterSettings,
+    "aggregator": AggregatorSettings,
+    "forecaster": ForecasterSettings,
+    "planner": PlannerSettings,
+    "node_agent": NodeAgentSettings,
+}
+"""Settings class per service name (as `opscale serve SERVICE` spells it)."""
+
+
+def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
+    if not loc:
+        return f"{cls.__name__}"
+    dotted = ".".join(str(p) for p in loc)
+    prefix = cls.model_config.get("env_prefix", SHARED_ENV_PREFIX) or ""
+    env = prefix + "__".join(str(p).upper() for p in loc)
+    where = [f"env {env}"]
+    if cls is not LiveSettings and loc[0] in LiveSettings.model_fields:
+        where.append(f"env {SHARED_ENV_PREFIX}{str(loc[0]).upper()}")
+    where.append(f"'{cls.yaml_section}.{dotted}' in the config file" if cls.yaml_section
+                 else f"'{dotted}' in the config file")
+    return f"{dotted!r} ({' or '.join(where)})"
+
+
+def load_settings(cls: type[S], config_path: str | Path | None = None, **overrides: Any) -> S:
+    """Build `cls` from overrides, environment, the config file and defaults (see the module docstring).
+
+    `config_path` takes precedence over OPSCALE_CONFIG. Raises SettingsError with one line per problem.
+    """
+    token = _EXPLICIT_FILE.set(Path(config_path) if config_path is not None else None)
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err.get("loc", ()))
+            value = err.get("input")
+            shown = "" if err.get("type") == "missing" else f"; got {value!r}"
+            lines.append(f"{_describe(cls, loc)}: {err.get('msg')}{shown}")
+        raise SettingsError(f"invalid {cls.service_name} settings:\n  " + "\n  ".join(lines)) from None
+    except PydanticSettingsError as exc:
+        # Raised by pydantic-settings when an environment value cannot be parsed at all (bad JSON for a
+        # nested field); its message names the field, so name the variables and values too.
+        match = re.search(r'field "(\w+)"', str(exc))
+        detail = str(exc)
+        if match:
+            field = match.group(1)
+            names = [f"{cls.model_config.get('env_prefix', SHARED_ENV_PREFIX)}{field.upper()}",
+                     f"{SHARED_ENV_PREFIX}{field.upper()}"]
+            found = [f"{n}={os.environ[n]!r}" for n in dict.fromkeys(names) if n in os.environ]
+            detail = f"{field!r}: the environment value is not valid JSON" + (f" ({', '.join(found)})" if found else "")
+        raise SettingsError(f"invalid {cls.service_name} settings: {detail}") from None
+    finally:
+        _EXPLICIT_FILE.reset(token)

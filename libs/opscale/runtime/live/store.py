@@ -1,0 +1,282 @@
+"""Shared state in Redis: JSON values, aggregated windows, the current plan and leader leases.
+
+The plan is stored as protobuf bytes (the codec) next to its epoch in one hash, and saving is a Lua
+script that refuses an epoch older than the stored one, so a planner that lost its lease and wakes up
+late cannot overwrite a newer plan. Leases (`SET NX PX`) let one planner act at a time; only the holder
+may renew or release one, checked and changed atomically in Lua.
+
+Every call runs under a timeout and raises `StoreError` naming the operation and key when Redis does not
+answer. A `namespace` prefixes every key (`<namespace>:opscale:...`) so tests can share a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from opscale.model import Plan
+from opscale.runtime.live import codec
+from opscale.services.events import WindowStats
+
+__all__ = ["PlanSave", "RedisStore", "StoreError"]
+
+T = TypeVar("T")
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+# Epochs are uint64 and Lua numbers are doubles; compare the decimal strings (no leading zeros) so
+# epochs above 2**53 still order exactly.
+_SAVE_PLAN = """
+local function older(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and older(ARGV[1], cur) then
+  return {0, cur}
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'plan', ARGV[2])
+return {1, ARGV[1]}
+"""
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+class StoreError(RuntimeError):
+    """Redis did not answer in time, refused a call, or held a value that does not decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSave:
+    """The outcome of `save_plan`: whether it was written and the epoch now stored."""
+
+    saved: bool
+    stored_epoch: int
+
+
+class RedisStore:
+    """Async access to opscale's Redis state. See the module docstring."""
+
+    def __init__(self, url: str, namespace: str = "", *, timeout_s: float = 2.0) -> None:
+        if namespace and not _NAMESPACE_RE.match(namespace):
+            raise ValueError(f"store namespace must match {_NAMESPACE_RE.pattern}, got {namespace!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"store timeout_s must be > 0, got {timeout_s!r}")
+        self.namespace = namespace
+        self.url = url
+        self._timeout_s = timeout_s
+        self._prefix = f"{namespace}:opscale:" if namespace else "opscale:"
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                        decode_responses=False)
+        self._save_plan = self._redis.register_script(_SAVE_PLAN)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._release = self._redis.register_script(_RELEASE)
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def key(self, name: str) -> str:
+        """The full Redis key for a store-relative name."""
+        return self._prefix + name
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await fn()
+        except TimeoutError:
+            raise StoreError(f"redis {op} {key!r}: no answer within {self._timeout_s}s from {self.url}") from None
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"redis {op} {key!r} at {self.url}: {exc}") from None
+
+    async def ping(self) -> None:
+        """Raise StoreError unless Redis answers; services call it at start-up and from /readyz."""
+        await self._call("PING", "", self._redis.ping)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def delete_namespace(self) -> int:
+        """Delete every key of this namespace (tests and teardown); refused for the default namespace.
+        Returns how many keys were deleted."""
+        if not self.namespace:
+            raise StoreError("delete_namespace is refused for the default namespace")
+
+        async def run() -> int:
+            keys = [k async for k in self._redis.scan_iter(match=self._prefix + "*", count=500)]
+            for i in range(0, len(keys), 500):
+                await self._redis.unlink(*keys[i:i + 500])
+            return len(keys)
+
+        return await self._call("SCAN+UNLINK", self._prefix + "*", run)
+
+    # -- JSON values --------------------------------------------------------------------------------------
+
+    async def set_json(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        """Store a JSON-able value (strict JSON: NaN and infinities are refused), optionally expiring."""
+        full = self.key(key)
+        try:
+            payload = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"set_json {full!r}: value is not JSON-able: {exc}") from None
+        px = _ttl_ms(ttl_s, "set_json") if ttl_s is not None else None
+        await self._call("SET", full, lambda: self._redis.set(full, payload, px=px))
+
+    async def get_json(self, key: str) -> Any | None:
+        """The value stored by set_json, or None when absent (or expired)."""
+        full = self.key(key)
+        raw = await self._call("GET", full, lambda: self._redis.get(full))
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"get_json {full!r}: stored value is not JSON: {exc}") from None
+
+    async def delete(self, key: str) -> bool:
+        full = self.key(key)
+        return bool(await self._call("DEL", full, lambda: self._redis.delete(full)))
+
+    # -- windows -----------------------------------------------------------------------------------------
+
+    async def put_window(self, key: str, value: WindowStats, ttl_s: float) -> None:
+        """Store one aggregated window (protobuf) for `ttl_s` seconds; a newer put replaces it."""
+        if not isinstance(value, WindowStats):
+            raise StoreError(f"put_window {key!r}: expected WindowStats, got {type(value).__name__}")
+        _, payload = codec.encode(value)
+        full = self.key("window:" + key)
+        px = _ttl_ms(ttl_s, "put_window")
+        await self._call("SET", full, lambda: self._redis.set(full, payload, px=px))
+
+    async def get_window(self, key: str) -> WindowStats | None:
+        full = self.key("window:" + key)
+        raw = await self._call("GET", full, lambda: self._redis.get(full))
+        return None if raw is None else _decode_window(full, raw)
+
+    async def windows(self, pattern: str = "*") -> dict[str, WindowStats]:
+        """Every stored window whose key matches the glob `pattern`, by key (without the prefix)."""
+        match = self.key("window:" + pattern)
+        strip = len(self.key("window:"))
+
+        async def run() -> dict[str, WindowStats]:
+            keys = [k async for k in self._redis.scan_iter(match=match, count=500)]
+            out: dict[str, WindowStats] = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                for k, raw in zip(chunk, await self._redis.mget(chunk), strict=True):
+                    if raw is not None:  # expired between SCAN and MGET
+                        name = k.decode()
+                        out[name[strip:]] = _decode_window(name, raw)
+            return out
+
+        return await self._call("SCAN+MGET", match, run)
+
+    # -- the plan ----------------------------------------------------------------------------------------
+
+    async def save_plan(self, plan: Plan) -> PlanSave:
+        """Store `plan` unless a plan with a newer epoch is already stored (atomic). Saving the same epoch
+        again overwrites it, so a planner may retry a save it is unsure of."""
+        if not isinstance(plan, Plan):
+            raise StoreError(f"save_plan: expected Plan, got {type(plan).__name__}")
+        _, payload = codec.encode(plan)
+        full = self.key("plan")
+        result = await self._call("EVALSHA save_plan", full,
+                                  lambda: self._save_plan(keys=[full], args=[str(plan.epoch), payload]))
+        saved, stored = result
+        return PlanSave(saved=bool(int(saved)), stored_epoch=int(stored))
+
+    async def load_plan(self) -> Plan | None:
+        full = self.key("plan")
+        raw = await self._call("HGET", full, lambda: self._redis.hget(full, "plan"))
+        if raw is None:
+            return None
+        try:
+            plan: Plan = codec.decode("Plan", raw)
+        except codec.CodecError as exc:
+            raise StoreError(f"load_plan {full!r}: {exc}") from None
+        return plan
+
+    async def plan_epoch(self) -> int | None:
+        """The stored plan's epoch without decoding the plan; None when no plan is stored."""
+        full = self.key("plan")
+        raw = await self._call("HGET", full, lambda: self._redis.hget(full, "epoch"))
+        return None if raw is None else int(raw)
+
+    # -- leases ------------------------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take lease `name` for `ttl_s` seconds if it is free; True also when `holder` already holds it
+        (its TTL is then extended)."""
+        full, ms = self.key("lease:" + name), _ttl_ms(ttl_s, "acquire_lease")
+        _check_holder(holder)
+        return bool(await self._call("EVALSHA acquire_lease", full,
+                                     lambda: self._acquire(keys=[full], args=[holder, ms])))
+
+    async def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend the lease to `ttl_s` from now; False (and nothing changed) unless `holder` holds it."""
+        full, ms = self.key("lease:" + name), _ttl_ms(ttl_s, "renew_lease")
+        _check_holder(holder)
+        return bool(await self._call("EVALSHA renew_lease", full,
+                                     lambda: self._renew(keys=[full], args=[holder, ms])))
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up; False (and nothing changed) unless `holder` holds it."""
+        full = self.key("lease:" + name)
+        _check_holder(holder)
+        return bool(await self._call("EVALSHA release_lease", full,
+                                     lambda: self._release(keys=[full], args=[holder])))
+
+    async def lease_holder(self, name: str) -> str | None:
+        full = self.key("lease:" + name)
+        raw = await self._call("GET", full, lambda: self._redis.get(full))
+        return None if raw is None else raw.decode()
+
+
+def _ttl_ms(ttl_s: float, op: str) -> int:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0 or ttl_s == float("inf"):
+        raise StoreError(f"{op}: ttl_s must be a finite number > 0, got {ttl_s!r}")
+    return max(1, round(ttl_s * 1000))
+
+
+def _check_holder(holder: str) -> None:
+    if not isinstance(holder, str) or not holder:
+        raise StoreError(f"lease holder must be a non-empty string, got {holder!r}")
+
+
+def _decode_window(key: str, raw: bytes) -> WindowStats:
+    try:
+        window: WindowStats = codec.decode("WindowStats", raw)
+    except codec.CodecError as exc:
+        raise StoreError(f"window {key!r}: {exc}") from None
+    return window

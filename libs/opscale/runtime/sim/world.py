@@ -1,0 +1,290 @@
+"""The simulation shell: every service core of opscale, hosted on one virtual clock.
+
+It plays the part the live runtime plays with NATS, gRPC and HTTP: it delivers events to the cores,
+performs their actions (publish on the in-process bus, dispatch a request to an instance, send a command
+to an agent, start or stop a simulated engine), and drives each simulated engine from event to event.
+The cores are the very objects the live services run; only the shell differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opscale.engine import Finished, SimEngine
+from opscale.engine.sim import RequestTooLargeError
+from opscale.model import InstanceSpec, Request, RequestOutcome
+from opscale.runtime.sim.bus import InProcessBus
+from opscale.runtime.sim.loop import EventLoop
+from opscale.services import subjects
+from opscale.services.actions import (
+    Action,
+    Dispatch,
+    DrainEngine,
+    Log,
+    Publish,
+    Reject,
+    SendCommand,
+    StartEngine,
+    StopEngine,
+    Store,
+)
+from opscale.services.aggregator import AggregatorCore
+from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
+from opscale.services.forecaster import ForecasterCore
+from opscale.services.node_agent import NodeAgentCore
+from opscale.services.planner import PlannerCore
+from opscale.services.router import RouterCore
+
+EngineFactory = Callable[[InstanceSpec], SimEngine]
+
+
+class RunObserver:
+    """Receives what a run produces; the experiment layer turns it into results. The default ignores all."""
+
+    def arrival(self, request: Request) -> None: ...
+
+    def outcome(self, outcome: RequestOutcome) -> None: ...
+
+    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None: ...
+
+    def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None: ...
+
+    def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Hosted:
+    engine: SimEngine
+    agent_id: str
+    region: str
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class WorldConfig:
+    bus_latency_s: float = 0.002
+    intra_region_latency_s: float = 0.0005
+    inter_region_latency_s: float = 0.040  # one way
+    router_tick_s: float = 0.5
+    agent_tick_s: float = 1.0
+    planner_tick_s: float = 1.0
+    aggregator_tick_s: float = 1.0
+    forecaster_tick_s: float = 10.0
+
+
+@dataclass(slots=True)
+class SimWorld:
+    loop: EventLoop
+    routers: dict[str, RouterCore]
+    aggregator: AggregatorCore
+    forecaster: ForecasterCore
+    planner: PlannerCore
+    agents: dict[str, NodeAgentCore]
+    engine_factory: EngineFactory
+    observer: RunObserver = field(default_factory=RunObserver)
+    config: WorldConfig = field(default_factory=WorldConfig)
+    store: dict[str, Any] = field(default_factory=dict)
+    bus: InProcessBus = field(init=False)
+    _engines: dict[str, _Hosted] = field(default_factory=dict, init=False)
+    _by_agent: dict[str, dict[str, _Hosted]] = field(default_factory=dict, init=False)
+    _inflight: dict[str, tuple[Request, str, int]] = field(default_factory=dict, init=False)
+    _first_token: dict[str, float] = field(default_factory=dict, init=False)
+    requests_submitted: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.bus = InProcessBus(self.loop, self.config.bus_latency_s)
+        for router in self.routers.values():
+            self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(router))
+            self.bus.subscribe(subjects.PLANS_ALL, self._to(router))
+        for core in (self.aggregator, self.planner):
+            self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(core))
+        self.bus.subscribe(subjects.RECORDS_ALL, self._to(self.aggregator))
+        self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.forecaster))
+        self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.planner))
+        self.bus.subscribe(subjects.FORECASTS_ALL, self._to(self.planner))
+        self.bus.subscribe(subjects.ROUTER_LOAD_ALL, self._to(self.planner))
+
+    # -- driving -------------------------------------------------------------------------------
+
+    def start(self, requests: Iterator[Request], until_s: float) -> None:
+        """Schedule the cores' ticks and the request arrivals (streamed: one pending at a time)."""
+        cfg = self.config
+        for router in self.routers.values():
+            self.loop.every(cfg.router_tick_s, self._ticker(router), until_s=until_s)
+        for agent in self.agents.values():
+            self.loop.every(cfg.agent_tick_s, self._agent_ticker(agent), until_s=until_s)
+        self.loop.every(cfg.planner_tick_s, self._ticker(self.planner), until_s=until_s)
+        self.loop.every(cfg.aggregator_tick_s, self._ticker(self.aggregator), until_s=until_s)
+        self.loop.every(cfg.forecaster_tick_s, self._ticker(self.forecaster), until_s=until_s)
+        self._schedule_next_arrival(requests, until_s)
+
+    def _schedule_next_arrival(self, requests: Iterator[Request], until_s: float) -> None:
+        request = next(requests, None)
+        if request is None or request.arrival_s > until_s:
+            return
+        self.loop.at(request.arrival_s, self._arrive, request, requests, until_s)
+
+    def _arrive(self, request: Request, requests: Iterator[Request], until_s: float) -> None:
+        self.requests_submitted += 1
+        self.observer.arrival(request)
+        router = self.routers.get(request.region) or next(iter(self.routers.values()))
+        self._apply(router.name, router.handle(RequestArrived(request), self.loop.now_s), router)
+        self._schedule_next_arrival(requests, until_s)
+
+    def _to(self, core: Any) -> Callable[[str, Any], None]:
+        def deliver(subject: str, event: Any) -> None:
+            self._apply(core.name, core.handle(event, self.loop.now_s), core)
+        return deliver
+
+    def _ticker(self, core: Any) -> Callable[[float], None]:
+        def tick(now_s: float) -> None:
+            self._apply(core.name, core.tick(now_s), core)
+        return tick
+
+    def _agent_ticker(self, agent: NodeAgentCore) -> Callable[[float], None]:
+        def tick(now_s: float) -> None:
+            for hosted in self._by_agent.get(agent.config.agent_id, {}).values():
+                self._advance(hosted, now_s)
+                agent.handle(hosted.engine.report(now_s), now_s)
+            self._apply(agent.name, agent.tick(now_s), agent)
+            ready_s = agent.next_ready_s()
+            if ready_s is not None and ready_s < now_s + self.config.agent_tick_s:
+                # wake exactly when an instance finishes loading, not at the next whole tick
+                self.loop.at(ready_s, lambda: self._apply(agent.name, agent.tick(self.loop.now_s), agent))
+        return tick
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _apply(self, service: str, actions: list[Action], source: Any) -> None:
+        now = self.loop.now_s
+        for action in actions:
+            match action:
+                case Publish(subject=subject, event=event):
+                    self.bus.publish(subject, event)
+                case Dispatch():
+                    self._dispatch(action, source)
+                case Reject(request=request, status=status):
+                    self._record(RequestOutcome(request.request_id, request.model, request.tier, request.region,
+                                                "", "", request.arrival_s, None, None, request.prompt_tokens,
+                                                0, "rejected" if status < 500 else "failed"))
+                case SendCommand(agent_id=agent_id, command=command):
+                    agent = self.agents.get(agent_id)
+                    if agent is not None:
+                        self.loop.after(self.config.intra_region_latency_s, self._deliver_command, agent, command)
+                case StartEngine(spec=spec, load_s=load_s):
+                    agent = source
+                    hosted = _Hosted(self.engine_factory(spec), agent.config.agent_id, agent.config.region)
+                    self._engines[spec.instance_id] = hosted
+                    self._by_agent.setdefault(hosted.agent_id, {})[spec.instance_id] = hosted
+                    self.observer.engine_started(spec, agent.config.region, load_s, now)
+                case DrainEngine(instance_id=instance_id):
+                    hosted = self._engines.get(instance_id)
+                    if hosted is not None:
+                        hosted.engine.drain()
+                case StopEngine(instance_id=instance_id):
+                    hosted = self._engines.pop(instance_id, None)
+                    if hosted is not None:
+                        self._by_agent[hosted.agent_id].pop(instance_id, None)
+                        self._advance(hosted, now)
+                        self.observer.engine_stopped(instance_id, hosted.engine, now)
+                        self._fail_orphans(instance_id)
+                case Store(key=key, value=value):
+                    self.store[key] = value
+                case Log(service=svc, message=message, fields=fields):
+                    self.observer.decision(svc, message, fields, now)
+
+    def _deliver_command(self, agent: NodeAgentCore, command: Any) -> None:
+        self._apply(agent.name, agent.handle(command, self.loop.now_s), agent)
+
+    def _dispatch(self, action: Dispatch, router: RouterCore) -> None:
+        hosted = self._engines.get(action.instance_id)
+        latency = (self.config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
+                   else self.config.inter_region_latency_s)
+        self.loop.after(latency, self._submit, action, router)
+
+    def _submit(self, action: Dispatch, router: RouterCore) -> None:
+        request, now = action.request, self.loop.now_s
+        hosted = self._engines.get(action.instance_id)
+        attempt = self._inflight.get(request.request_id, (request, "", 0))[2] + 1
+        agent = self.agents.get(hosted.agent_id) if hosted else None
+        if hosted is None or agent is None or not agent.is_accepting(action.instance_id):
+            self._inflight[request.request_id] = (request, action.instance_id, attempt)
+            failed = DispatchFailed(request, action.instance_id, "instance is not accepting requests", attempt)
+            self._apply(router.name, router.handle(failed, now), router)
+            return
+        self._inflight[request.request_id] = (request, action.instance_id, attempt)
+        self._advance(hosted, now)
+        try:
+            hosted.engine.submit(request, now)
+        except RequestTooLargeError as exc:
+            # a request no instance of this model can ever hold: refused (a 400 in the live API), not retried
+            del self._inflight[request.request_id]
+            refused = RequestOutcome(request.request_id, request.model, request.tier, request.region, hosted.region,
+                                     action.instance_id, request.arrival_s, None, None, request.prompt_tokens, 0,
+                                     "rejected")
+            self._record(refused)
+            self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
+            self._apply(router.name, router.handle(RequestFinished(refused), now), router)
+            return
+        self._reschedule(hosted)
+
+    def _fail_orphans(self, instance_id: str) -> None:
+        """Requests still on a stopped engine (a drain deadline passed) go back to their router."""
+        for request, iid, attempt in list(self._inflight.values()):
+            if iid != instance_id:
+                continue
+            router = self.routers.get(request.region) or next(iter(self.routers.values()))
+            failed = DispatchFailed(request, instance_id, "instance stopped with the request in flight", attempt)
+            self._apply(router.name, router.handle(failed, self.loop.now_s), router)
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def _advance(self, hosted: _Hosted, now_s: float) -> None:
+        for out in hosted.engine.advance(now_s):
+            if isinstance(out, Finished):
+                self._finish(out, hosted)
+
+    def _reschedule(self, hosted: _Hosted) -> None:
+        hosted.generation += 1
+        next_s = hosted.engine.next_event_s()
+        if next_s is not None:
+            self.loop.at(next_s, self._wake, hosted, hosted.generation)
+
+    def _wake(self, hosted: _Hosted, generation: int) -> None:
+        if generation != hosted.generation:
+            return  # superseded by a later submit
+        self._advance(hosted, self.loop.now_s)
+        self._reschedule(hosted)
+
+    def _finish(self, out: Finished, hosted: _Hosted) -> None:
+        entry = self._inflight.pop(out.request_id, None)
+        if entry is None:
+            return
+        request, instance_id, _ = entry
+        outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, hosted.region,
+                                 instance_id, request.arrival_s, out.first_token_s, out.at_s, request.prompt_tokens,
+                                 out.output_tokens, "ok")
+        self._record(outcome)
+        router = self.routers.get(request.region) or next(iter(self.routers.values()))
+        self._apply(router.name, router.handle(RequestFinished(outcome), self.loop.now_s), router)
+
+    def _record(self, outcome: RequestOutcome) -> None:
+        self.observer.outcome(outcome)
+        self.bus.publish(subjects.records(outcome.region), RequestFinished(outcome))
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def engines(self) -> dict[str, SimEngine]:
+        return {iid: h.engine for iid, h in self._engines.items()}
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def unfinished(self, now_s: float) -> list[RequestOutcome]:
+        """Outcomes for every accepted request not finished by `now_s`: held at a router or in an engine."""
+        held = [r for router in self.routers.values() for r in router.held()]
+        running = [request for request, _, _ in self._inflight.values()]
+        return [RequestOutcome(r.request_id, r.model, r.tier, r.region, "", "", r.arrival_s, None, None,
+                               r.prompt_tokens, 0, "unfinished") for r in held + running]

@@ -1,0 +1,28 @@
+"""The live aggregator: request records and heartbeats from NATS into the aggregator core; its windows
+go back on NATS and into Redis. Wiring only: the logic is opscale.services.aggregator."""
+
+from __future__ import annotations
+
+import asyncio
+
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.settings import AggregatorSettings
+from opscale.services import subjects
+from opscale.services.aggregator import AggregatorCore
+
+from opscale_services.common import LiveProcess
+
+
+async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None) -> None:
+    async with LiveProcess("aggregator", settings) as p:
+        core = AggregatorCore(settings.core)
+        host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
+        ns = settings.namespace or "default"
+        records = await p.bus.subscribe(subjects.RECORDS_ALL, f"aggregator-records-{ns}", host.deliver,
+                                        max_pending=5000, fetch_batch=500)
+        p.on_exit(records.stop)
+        beats = await p.bus.subscribe(subjects.HEARTBEATS_ALL, f"aggregator-heartbeats-{ns}", host.deliver,
+                                      deliver="last_per_subject")
+        p.on_exit(beats.stop)
+        p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
+        await p.run(stop)

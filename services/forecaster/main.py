@@ -1,0 +1,26 @@
+"""The live forecaster: 1-minute windows from NATS into the forecaster core; forecasts back on NATS and
+into Redis. Wiring only: the logic is opscale.services.forecaster."""
+
+from __future__ import annotations
+
+import asyncio
+
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.settings import ForecasterSettings
+from opscale.services import subjects
+from opscale.services.forecaster import ForecasterCore
+
+from opscale_services.common import LiveProcess
+
+
+async def run(settings: ForecasterSettings, stop: asyncio.Event | None = None) -> None:
+    async with LiveProcess("forecaster", settings) as p:
+        core = ForecasterCore(settings.core)
+        host = CoreHost(core, p.bus, p.store, p.clock)
+        ns = settings.namespace or "default"
+        # "all": a restarted forecaster rebuilds its series from the windows the stream still holds
+        windows = await p.bus.subscribe(subjects.WINDOWS_ALL, f"forecaster-windows-{ns}", host.deliver,
+                                        max_pending=5000, fetch_batch=500)
+        p.on_exit(windows.stop)
+        p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
+        await p.run(stop)

@@ -1,0 +1,1 @@
+"""The node-agent's live process: engine control on a GPU host and the engines' OpenAI-compatible API."""

@@ -1,0 +1,266 @@
+"""The OpenAI-compatible HTTP server of the instances a node-agent hosts (aiohttp).
+
+Role: expose each instance at `/instances/{instance_id}/v1/completions` and
+`/instances/{instance_id}/v1/chat/completions` (streaming and not), so that the router reaches a
+simulated engine exactly as it reaches vLLM. An instance's endpoint, as advertised in heartbeats, is
+`http://<advertise_host>:<port>/instances/<instance_id>`.
+
+The engine itself is behind `EngineHost`: it yields the running count of output tokens as the engine
+produces them. The simulated engine produces no text, so each token's text is synthetic (`" tok1"`,
+`" tok2"`, ...). Unknown instances answer 404 and draining or loading ones 503, with OpenAI error
+bodies. When the client (the router) disconnects, the host's generator is closed (`aclose`), which is
+how the engine drops the request.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from opscale.runtime.live.openai_schema import (
+    SSE_CONTENT_TYPE,
+    SSE_DONE,
+    ApiError,
+    ParsedRequest,
+    RequestKind,
+    completion_response,
+    error_for_status,
+    finish_reason_for,
+    internal_error,
+    parse_completion,
+    read_limited,
+    sse_event,
+    stream_chunk,
+    usage_chunk,
+)
+
+__all__ = [
+    "EngineHost", "InstanceNotAccepting", "RequestTooLarge", "UnknownInstance", "build_engine_app", "make_runner", "token_text",
+]
+
+log = logging.getLogger(__name__)
+
+# The request id, once parsed, so the error middleware can quote it in a 500 answer.
+_REQUEST_ID_KEY = web.RequestKey("opscale_request_id", str)
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+_READ_CHUNK_BYTES = 64 * 1024
+# The router's request id travels in this header, so engine logs and the router's records agree.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A draining or loading instance may take other work soon; clients should wait this long before retrying.
+_NOT_ACCEPTING_RETRY_AFTER_S = 1.0
+
+
+class UnknownInstance(Exception):
+    """No instance with this id runs on this node-agent."""
+
+
+class InstanceNotAccepting(Exception):
+    """The instance exists but takes no new requests (loading, draining or stopping); raised
+    mid-stream, the instance was stopped under the request."""
+
+
+class RequestTooLarge(Exception):
+    """The prompt plus `max_tokens` do not fit the instance's context window: the client's fault (400)."""
+
+
+class EngineHost(Protocol):
+    """The node-agent's engines, as this server needs them.
+
+    `generate` is an async generator: it raises `UnknownInstance`, `InstanceNotAccepting` or
+    `RequestTooLarge` before its first value, then yields the number of output tokens produced so far each time the engine
+    produces some (1, 2, 3, ... or larger steps), and returns when the request is finished. Closing it
+    early cancels the request in the engine.
+    """
+
+    def generate(self, instance_id: str, request_id: str, prompt_tokens: int,
+                 max_tokens: int) -> AsyncIterator[int]: ...
+
+
+def token_text(position: int) -> str:
+    """The synthetic text of the `position`-th output token (1-based)."""
+    return f" tok{position}"
+
+
+def _unix_now_s() -> float:
+    # OpenAI's `created` field is a Unix timestamp; this live shell is where the wall clock may be read.
+    return time.time()  # noqa: TID251
+
+
+def build_engine_app(
+    host: EngineHost,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    wall_clock_s: Callable[[], float] = _unix_now_s,
+) -> web.Application:
+    """The engine server app for every instance of `host`."""
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    server = _EngineServer(host, max_body_bytes, wall_clock_s)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_errors_middleware])
+    app.router.add_post("/instances/{instance_id}/v1/completions", server.completions)
+    app.router.add_post("/instances/{instance_id}/v1/chat/completions", server.chat_completions)
+    return app
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An AppRunner that cancels a handler when its client disconnects, so an abandoned request stops
+    in the engine at once rather than at its next token."""
+    kwargs.setdefault("handler_cancellation", True)
+    return web.AppRunner(app, **kwargs)
+
+
+def _error_response(error: ApiError, extra_headers: dict[str, str] | None = None) -> web.Response:
+    headers = dict(error.headers())
+    if extra_headers:
+        headers.update(extra_headers)
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+@web.middleware
+async def _openai_errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413) and unexpected exceptions leave as OpenAI error bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return _error_response(error_for_status(exc.status, f"{exc.reason}: {request.method} {request.path}"),
+                               headers)
+    except Exception:
+        request_id = request.get(_REQUEST_ID_KEY)
+        log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path, request_id)
+        return _error_response(internal_error(request_id))
+
+
+async def _aclose(counts: AsyncIterator[int]) -> None:
+    aclose = getattr(counts, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        result = aclose()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("closing an engine stream failed")
+
+
+class _EngineServer:
+    """The handlers, bound to one host. One instance per app: no module-level state."""
+
+    def __init__(self, host: EngineHost, max_body_bytes: int, wall_clock_s: Callable[[], float]) -> None:
+        self._host = host
+        self._max_body_bytes = max_body_bytes
+        self._wall_clock_s = wall_clock_s
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RequestKind.COMPLETION)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RequestKind.CHAT)
+
+    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        instance_id = request.match_info["instance_id"]
+        raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), request.content_length,
+                                 self._max_body_bytes)
+        if isinstance(raw, ApiError):
+            return _error_response(raw)
+        given_id = request.headers.get("x-request-id")
+        parsed = parse_completion(raw, kind,
+                                  request_id=given_id if given_id and _REQUEST_ID_RE.match(given_id) else None)
+        if isinstance(parsed, ApiError):
+            return _error_response(parsed)
+        request[_REQUEST_ID_KEY] = parsed.request_id
+
+        counts = self._host.generate(instance_id, parsed.request_id, parsed.prompt_tokens, parsed.max_tokens)
+        try:
+            # Wait for the first token before sending headers: an unknown or draining instance must
+            # still be able to answer with its status, and the router's first-token deadline covers it.
+            try:
+                first = await anext(counts, None)
+            except UnknownInstance:
+                return _error_response(error_for_status(
+                    404, f"No instance '{instance_id}' on this node", param="instance_id", code="instance_not_found"))
+            except InstanceNotAccepting as exc:
+                detail = f": {exc}" if str(exc) else ""
+                return _error_response(error_for_status(
+                    503, f"Instance '{instance_id}' is not accepting requests{detail}", code="instance_not_accepting",
+                    retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
+            except RequestTooLarge as exc:
+                return _error_response(error_for_status(
+                    400, f"The request does not fit instance '{instance_id}': {exc}", param="max_tokens",
+                    code="context_length_exceeded"))
+            if parsed.stream:
+                return await self._stream(request, parsed, first, counts)
+            return await self._collect(parsed, first, counts)
+        finally:
+            await _aclose(counts)
+
+    async def _collect(self, req: ParsedRequest, first: int | None, counts: AsyncIterator[int]) -> web.Response:
+        produced = 0
+        count = first
+        while count is not None:
+            produced = max(produced, min(count, req.max_tokens))
+            count = await anext(counts, None)
+        text = "".join(token_text(i) for i in range(1, produced + 1))
+        body = completion_response(req, text, finish_reason_for(produced, req.max_tokens), produced,
+                                   int(self._wall_clock_s()))
+        return web.json_response(body, headers={"x-request-id": req.request_id})
+
+    async def _stream(self, request: web.Request, req: ParsedRequest, first: int | None,
+                      counts: AsyncIterator[int]) -> web.StreamResponse:
+        created_s = int(self._wall_clock_s())
+        response = web.StreamResponse(headers={"Cache-Control": "no-cache", "x-request-id": req.request_id})
+        response.content_type = SSE_CONTENT_TYPE
+        response.charset = "utf-8"
+        produced = 0
+        try:
+            await response.prepare(request)
+            count = first
+            while count is not None:
+                # One event per token, sent as soon as it exists: the router measures time between
+                # tokens on these events. The last token carries `length` when the limit is reached.
+                count = min(count, req.max_tokens)  # an engine overshooting the limit is not passed on
+                for position in range(produced + 1, count + 1):
+                    reason = "length" if position >= req.max_tokens else None
+                    await response.write(sse_event(
+                        stream_chunk(req, token_text(position), reason, created_s, first=position == 1)))
+                produced = max(produced, count)
+                count = await self._next_count(req, counts, produced)
+                if isinstance(count, ApiError):
+                    await response.write(sse_event(count.body()))
+                    await response.write(SSE_DONE)
+                    await response.write_eof()
+                    return response
+            if produced < req.max_tokens:
+                # The engine stopped before the limit: a closing chunk says so.
+                await response.write(sse_event(stream_chunk(req, "", "stop", created_s, first=produced == 0)))
+            if req.include_usage:
+                await response.write(sse_event(usage_chunk(req, produced, created_s)))
+            await response.write(SSE_DONE)
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("client of request %s disconnected after %d tokens", req.request_id, produced)
+        return response
+
+    @staticmethod
+    async def _next_count(req: ParsedRequest, counts: AsyncIterator[int], produced: int) -> int | ApiError | None:
+        try:
+            return await anext(counts, None)
+        except (UnknownInstance, InstanceNotAccepting) as exc:
+            # The instance was stopped under the request: expected during scale-in, not a bug.
+            log.info("request %s ended after %d tokens: %s", req.request_id, produced, exc)
+            return error_for_status(503, f"The instance stopped while serving the request: {exc}",
+                                    code="instance_not_accepting")
+        except Exception:
+            log.exception("engine failed mid-stream on request %s after %d tokens", req.request_id, produced)
+            return internal_error(req.request_id)

@@ -1,0 +1,108 @@
+"""The live node-agent of one GPU host: the node-agent core converges the host's engines towards the
+planner's newest epoch (gRPC Apply/Drain/Status), publishes heartbeats on NATS, and serves its engines'
+OpenAI-compatible endpoints. The engines are the simulated engine paced in real time. Wiring only: the
+logic is opscale.services.node_agent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from opscale.engine import EngineConfig, SimEngine
+from opscale.model import InstanceSpec, InstanceStatus
+from opscale.perf import RooflineLatencyModel, default_catalog, load_time_s
+from opscale.runtime.live.grpc_glue import start_node_agent_server
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.settings import NodeAgentSettings
+from opscale.services.actions import Action, DrainEngine, StartEngine, StopEngine
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
+from opscale.services.node_agent import NodeAgentCore
+
+from opscale_services.common import LiveProcess
+from opscale_services.node_agent.engine_http import build_engine_app, make_runner
+from opscale_services.node_agent.engines import RealtimeEngines
+
+
+class _Control:
+    """The NodeAgent gRPC service's implementation: commands go through the core, actions are performed."""
+
+    def __init__(self, core: NodeAgentCore, host: CoreHost) -> None:
+        self.core, self.host = core, host
+
+    async def apply(self, command: ApplyCommand) -> tuple[bool, int, str, Sequence[InstanceStatus]]:
+        now = self.host.clock.now_s()
+        result, actions = self.core.apply(command, now)
+        await self.host.perform(actions)
+        return result.accepted, result.applied_epoch, result.reason, self.core.heartbeat(now).instances
+
+    async def drain(self, command: DrainCommand) -> tuple[bool, str]:
+        accepted, reason, actions = self.core.drain(command, self.host.clock.now_s())
+        await self.host.perform(actions)
+        return accepted, reason
+
+    async def status(self) -> AgentHeartbeat:
+        return self.core.heartbeat(self.host.clock.now_s())
+
+
+async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None) -> None:
+    catalog = default_catalog()
+    catalog.sku(settings.sku)  # an unknown SKU fails here, naming the known ones
+    engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1})
+
+    def make_engine(spec: InstanceSpec) -> SimEngine:
+        model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
+        return SimEngine(spec.instance_id, model, sku, spec.tp, RooflineLatencyModel(model, sku, spec.tp),
+                         engine_config)
+
+    def load_time(spec: InstanceSpec) -> float:
+        cold = load_time_s(catalog.model(spec.model), catalog.sku(spec.sku), spec.tp, "cold")
+        return cold * settings.load_time_scale
+
+    async with LiveProcess("node_agent", settings) as p:
+        # The core is built first with the configured ports; once the servers are bound (port 0 picks a
+        # free one) its address and endpoint base are set from the real ports, before any heartbeat.
+        core = NodeAgentCore(settings.core_config(), load_time)
+
+        async def on_action(action: Action) -> bool:
+            match action:
+                case StartEngine(spec=spec):
+                    engines.start(spec)
+                case DrainEngine(instance_id=instance_id):
+                    engines.drain(instance_id)
+                case StopEngine(instance_id=instance_id):
+                    await engines.stop(instance_id)
+                case _:
+                    return False
+            return True
+
+        engines = RealtimeEngines(p.clock, make_engine, settings.region, is_accepting=core.is_accepting)
+        p.on_exit(engines.close)
+        host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
+
+        runner = make_runner(build_engine_app(engines))
+        await runner.setup()
+        p.on_exit(runner.cleanup)
+        await web.TCPSite(runner, settings.grpc_host, settings.http_port).start()
+        http_port = next((a[1] for a in runner.addresses if isinstance(a, tuple)), settings.http_port)
+        server, grpc_port = await start_node_agent_server(_Control(core, host), settings.grpc_host,
+                                                          settings.grpc_port, tracer_provider=p.tracer_provider)
+        p.on_exit(lambda: server.stop(2.0))
+        core.config = settings.core_config(grpc_port).model_copy(
+            update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})
+
+        async def tick() -> None:
+            now = p.clock.now_s()
+            for report in engines.reports():
+                core.handle(report, now)
+            await host.tick()
+
+        p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
+        await p.run(stop)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname() or "localhost"

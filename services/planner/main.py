@@ -1,0 +1,108 @@
+"""The live planner: heartbeats, windows, forecasts and router loads from NATS into the planner core;
+plans to Redis and NATS; commands to node-agents over gRPC.
+
+Only the holder of the planner lease in Redis decides; a standby keeps its view warm from the same
+streams and takes over when the lease lapses, restoring the stored plan first so it continues the
+course rather than starting a new one. Wiring only: the logic is opscale.services.planner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from opscale.perf import default_catalog
+from opscale.planning import make_planning_policy
+from opscale.planning.capacity import CapacityEstimator
+from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.settings import PlannerSettings
+from opscale.services import subjects
+from opscale.services.actions import Action, SendCommand
+from opscale.services.events import ApplyCommand
+from opscale.services.planner import PlannerCore
+
+from opscale_services.common import LiveProcess
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: PlannerSettings, stop: asyncio.Event | None = None) -> None:
+    async with LiveProcess("planner", settings) as p:
+        capacity = CapacityEstimator(default_catalog(), settings.tbt_budget_s)
+        policy = make_planning_policy(settings.policy, settings.deployments, capacity, **settings.policy_params)
+        core = PlannerCore(policy, settings.deployments, settings.core)
+        clients: dict[str, NodeAgentClient] = {}
+        sending: set[asyncio.Task[None]] = set()
+
+        async def close_clients() -> None:
+            for task in list(sending):
+                task.cancel()
+            for client in clients.values():
+                await client.close()
+        p.on_exit(close_clients)
+
+        async def send(address: str, command: ApplyCommand) -> None:
+            client = clients.get(address)
+            if client is None:
+                client = clients[address] = NodeAgentClient(address, settings.agent_call_timeout_s,
+                                                             tracer_provider=p.tracer_provider)
+            try:
+                accepted, epoch, reason, _ = await client.apply(command)
+                log.info("agent %s epoch %d: %s (%s)", command.agent_id, command.epoch,
+                         "accepted" if accepted else "refused", reason)
+            except AgentCallError as exc:
+                # level-triggered: the agent's next heartbeat still shows the old epoch, so it is re-sent
+                log.warning("agent %s unreachable: %s", command.agent_id, exc)
+
+        async def on_action(action: Action) -> bool:
+            if not isinstance(action, SendCommand) or not isinstance(action.command, ApplyCommand):
+                return False
+            address = core.agent_address(action.agent_id)
+            if address is None:
+                log.warning("no address known for agent %s; command deferred", action.agent_id)
+                return True
+            task = asyncio.create_task(send(address, action.command))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+            return True
+
+        host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
+        leader = False
+
+        async def lease() -> None:
+            nonlocal leader
+            if leader:
+                leader = await p.store.renew_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
+                if not leader:
+                    log.warning("planner %s lost the lease; standing by", settings.holder_id)
+                return
+            if await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s):
+                stored = await p.store.load_plan()
+                if stored is not None and stored.epoch > core.plan.epoch:
+                    core.restore(stored)
+                leader = True
+                log.info("planner %s holds the lease; continuing from epoch %d", settings.holder_id, core.plan.epoch)
+
+        async def release() -> None:
+            if leader:
+                await p.store.release_lease(settings.lease_name, settings.holder_id)
+        p.on_exit(release)
+
+        async def tick() -> None:
+            if leader:
+                await host.tick()
+
+        ns = settings.namespace or "default"
+        who = settings.holder_id.replace(".", "_")
+        for subject, name, deliver in (
+                (subjects.HEARTBEATS_ALL, "heartbeats", "last_per_subject"),
+                (subjects.WINDOWS_ALL, "windows", "new"),
+                (subjects.FORECASTS_ALL, "forecasts", "last_per_subject"),
+                (subjects.ROUTER_LOAD_ALL, "routerload", "new")):
+            sub = await p.bus.subscribe(subject, f"planner-{name}-{ns}-{who}"[:64], host.deliver,
+                                        deliver=deliver)  # type: ignore[arg-type]
+            p.on_exit(sub.stop)
+        p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)
+        p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
+        await p.run(stop)

@@ -1,0 +1,302 @@
+"""The router's OpenAI-compatible HTTP API (aiohttp): `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+
+Role: validate the request (opscale.runtime.live.openai_schema), hand it to a `RouterBackend`, which
+picks an instance and streams tokens from it, and turn those tokens into server-sent events or one JSON
+body. It decides nothing about routing: admission, instance choice and retries belong to the back end,
+which refuses by raising `RouteRejected`.
+
+Every answer that is not a success is an OpenAI error body `{"error": {...}}`: bad input is a 4xx that
+names the field, an unexpected exception is a logged 500 without a traceback, and the app keeps serving.
+When the client goes away mid-request the back end's iterator is closed (`aclose`), which cancels the
+upstream request; serve the app with `make_runner` so that a client disconnect also cancels a handler
+that is waiting for a token rather than writing one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from opscale.runtime.live.openai_schema import (
+    SSE_CONTENT_TYPE,
+    SSE_DONE,
+    ApiError,
+    ParsedRequest,
+    RequestKind,
+    TokenChunk,
+    completion_response,
+    error_for_status,
+    finish_reason_for,
+    internal_error,
+    models_response,
+    parse_completion,
+    read_limited,
+    sse_event,
+    stream_chunk,
+    usage_chunk,
+)
+
+from opscale_services.router.upstream import UpstreamError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES", "TRACE_HEADERS", "RouteRejected", "RouterBackend", "TokenChunk",
+    "build_router_app", "make_runner",
+]
+
+log = logging.getLogger(__name__)
+
+# The request id, once parsed, so the error middleware can quote it in a 500 answer.
+_REQUEST_ID_KEY = web.RequestKey("opscale_request_id", str)
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+# W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+_READ_CHUNK_BYTES = 64 * 1024
+_DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "no_capacity"}
+
+
+class RouteRejected(Exception):
+    """The router core refused a request: unknown model (404), overload (429), no instance (503).
+
+    `retry_after_s` becomes a `Retry-After` header. `code` defaults by status (404 `model_not_found`,
+    429 `rate_limit_exceeded`, 503 `no_capacity`).
+    """
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.code = code if code is not None else _DEFAULT_REJECT_CODES.get(status)
+
+    def to_api_error(self) -> ApiError:
+        param = "model" if self.code == "model_not_found" else None
+        return error_for_status(self.status, self.message, param=param, code=self.code,
+                                retry_after_s=self.retry_after_s)
+
+
+class RouterBackend(Protocol):
+    """What the API needs from the router: the served models and a token stream per request.
+
+    `generate` is an async generator (`async def ... yield TokenChunk(...)`). It raises `RouteRejected`
+    before its first chunk when the request cannot be served, and `UpstreamError` when the engine fails
+    after retries are exhausted. The API always closes it (`aclose`), also when the client disconnects;
+    its `finally` is where in-flight accounting is released and upstream work cancelled.
+    """
+
+    def models(self) -> list[str]: ...
+
+    def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]: ...
+
+
+def _unix_now_s() -> float:
+    # OpenAI's `created` field is a Unix timestamp; this live shell is where the wall clock may be read.
+    return time.time()  # noqa: TID251
+
+
+def build_router_app(
+    backend: RouterBackend,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    wall_clock_s: Callable[[], float] = _unix_now_s,
+) -> web.Application:
+    """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields."""
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    api = _RouterApi(backend, max_body_bytes, wall_clock_s)
+    # client_max_size guards any handler that would call request.read(); ours read with read_limited.
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
+    app.router.add_post("/v1/completions", api.completions)
+    app.router.add_post("/v1/chat/completions", api.chat_completions)
+    app.router.add_get("/v1/models", api.list_models)
+    return app
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An AppRunner that cancels a handler when its client disconnects, so a request waiting for its
+    next token stops (and closes its upstream) at once rather than at its next write."""
+    kwargs.setdefault("handler_cancellation", True)
+    return web.AppRunner(app, **kwargs)
+
+
+def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    headers = dict(error.headers())
+    if extra_headers:
+        headers.update(extra_headers)
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+@web.middleware
+async def openai_errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error leaves as an OpenAI error body: aiohttp's own (404 path, 405 method, 413) and any
+    unexpected exception, which is logged and answered 500 without internals."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        message = f"{exc.reason}: {request.method} {request.path}"
+        return error_response(error_for_status(exc.status, message), headers)
+    except Exception:
+        request_id = request.get(_REQUEST_ID_KEY)
+        log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path, request_id)
+        return error_response(internal_error(request_id))
+
+
+def upstream_api_error(exc: UpstreamError) -> ApiError:
+    """An engine failure the back end could not hide: 504 for a timeout, 502 otherwise."""
+    if exc.kind == "timeout":
+        return error_for_status(504, "The model instance did not answer in time", code="upstream_timeout")
+    return error_for_status(502, f"The model instance failed ({exc.kind})", code="upstream_error")
+
+
+async def aclose_quietly(chunks: AsyncIterator[Any]) -> None:
+    """Close an async iterator if it can be closed (async generators can); a failure while closing
+    is logged, never raised over the answer already decided."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        result = aclose()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("closing a token stream failed")
+
+
+class _RouterApi:
+    """The handlers, bound to one back end. One instance per app: no module-level state."""
+
+    def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float]) -> None:
+        self._backend = backend
+        self._max_body_bytes = max_body_bytes
+        self._wall_clock_s = wall_clock_s
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response(models_response(self._backend.models(), int(self._wall_clock_s())))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RequestKind.COMPLETION)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RequestKind.CHAT)
+
+    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), request.content_length,
+                                 self._max_body_bytes)
+        if isinstance(raw, ApiError):
+            return error_response(raw)
+        parsed = parse_completion(raw, kind, headers=request.headers)
+        if isinstance(parsed, ApiError):
+            return error_response(parsed)
+        request[_REQUEST_ID_KEY] = parsed.request_id
+        # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core
+        # owns the set of served models, and may hold a request for a model that is scaling up from zero.
+
+        trace_headers = {h: request.headers[h] for h in TRACE_HEADERS if h in request.headers}
+        chunks = self._backend.generate(parsed, trace_headers)
+        try:
+            # The first chunk is awaited before any header is sent, so a refusal still gets its status.
+            try:
+                first: TokenChunk | None = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except RouteRejected as exc:
+                return error_response(exc.to_api_error())
+            except UpstreamError as exc:
+                log.warning("request %s failed before its first token: %s", parsed.request_id, exc)
+                return error_response(upstream_api_error(exc))
+            if parsed.stream:
+                return await self._stream(request, parsed, first, chunks)
+            return await self._collect(parsed, first, chunks)
+        finally:
+            await aclose_quietly(chunks)
+
+    async def _collect(self, req: ParsedRequest, first: TokenChunk | None,
+                       chunks: AsyncIterator[TokenChunk]) -> web.Response:
+        texts: list[str] = []
+        tokens = 0
+        finish: str | None = None
+        chunk = first
+        try:
+            while chunk is not None:
+                texts.append(chunk.text)
+                tokens += chunk.is_token
+                finish = chunk.finish_reason or finish
+                chunk = await anext(chunks, None)
+        except RouteRejected as exc:
+            return error_response(exc.to_api_error())
+        except UpstreamError as exc:
+            log.warning("request %s failed after %d tokens: %s", req.request_id, tokens, exc)
+            return error_response(upstream_api_error(exc))
+        body = completion_response(req, "".join(texts), finish or finish_reason_for(tokens, req.max_tokens),
+                                   tokens, int(self._wall_clock_s()))
+        return web.json_response(body, headers={"x-request-id": req.request_id})
+
+    async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | None,
+                      chunks: AsyncIterator[TokenChunk]) -> web.StreamResponse:
+        created_s = int(self._wall_clock_s())
+        response = web.StreamResponse(headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # proxies such as nginx must not hold events back
+            "x-request-id": req.request_id,
+        })
+        response.content_type = SSE_CONTENT_TYPE
+        response.charset = "utf-8"
+        tokens = 0
+        finished = False
+        try:
+            await response.prepare(request)
+            chunk = first
+            is_first = True
+            while chunk is not None:
+                tokens += chunk.is_token
+                finished = finished or chunk.finish_reason is not None
+                await response.write(sse_event(
+                    stream_chunk(req, chunk.text, chunk.finish_reason, created_s, first=is_first)))
+                is_first = False
+                following = await self._next_chunk(req, chunks, tokens)
+                if isinstance(following, ApiError):
+                    # The status line is already sent: report the failure as an error event, as
+                    # OpenAI and vLLM do, and end the stream normally.
+                    await response.write(sse_event(following.body()))
+                    await response.write(SSE_DONE)
+                    await response.write_eof()
+                    return response
+                chunk = following
+            if not finished:
+                # The back end ended without a reason: close the choice as OpenAI clients expect.
+                reason = finish_reason_for(tokens, req.max_tokens)
+                await response.write(sse_event(stream_chunk(req, "", reason, created_s, first=is_first)))
+            if req.include_usage:
+                await response.write(sse_event(usage_chunk(req, tokens, created_s)))
+            await response.write(SSE_DONE)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client went away; the caller's finally closes the back end's stream.
+            log.info("client of request %s disconnected after %d tokens", req.request_id, tokens)
+        return response
+
+    @staticmethod
+    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk],
+                          tokens: int) -> TokenChunk | ApiError | None:
+        """The next chunk, None at the end, or the error to report when the back end fails mid-stream."""
+        try:
+            return await anext(chunks, None)
+        except RouteRejected as exc:
+            return exc.to_api_error()
+        except UpstreamError as exc:
+            log.warning("request %s failed after %d tokens: %s", req.request_id, tokens, exc)
+            return upstream_api_error(exc)
+        except Exception:
+            log.exception("back end failed mid-stream on request %s after %d tokens", req.request_id, tokens)
+            return internal_error(req.request_id)

@@ -1,0 +1,113 @@
+"""The live router's back end: the router core's decisions turned into proxied token streams.
+
+A request enters the core; the decision (Dispatch or Reject) may come back at once or later, when a
+held request finds an instance, so each waiting request has a future that the action handler resolves.
+A dispatched request streams from its instance; if the instance fails before the first token, the core
+hears DispatchFailed and routes it again. However the stream ends (done, error, client gone), the
+`finally` releases the core's accounting exactly once and queues the request's record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from opscale.model import RequestOutcome
+from opscale.runtime.clock import Clock
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
+from opscale.services.actions import Action, Dispatch, Reject
+from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
+from opscale.services.router import RouterCore
+
+from opscale_services.router.api import RouteRejected
+from opscale_services.router.records import RecordBatcher
+from opscale_services.router.upstream import UpstreamClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+Decision = Dispatch | Reject
+
+
+class LiveRouterBackend:
+    def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
+                 region: str) -> None:
+        self.core = core
+        self.clock = clock
+        self.upstream = upstream
+        self.records = records
+        self.region = region
+        self.host: CoreHost | None = None
+        self._waiting: dict[str, asyncio.Future[Decision]] = {}
+
+    # -- the host's action hook: decisions for waiting requests ------------------------------
+
+    async def on_action(self, action: Action) -> bool:
+        if isinstance(action, Dispatch | Reject):
+            future = self._waiting.get(action.request.request_id)
+            if future is not None and not future.done():
+                future.set_result(action)
+            return True
+        return False
+
+    # -- RouterBackend -------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return self.core.models()
+
+    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
+        assert self.host is not None, "LiveRouterBackend.host must be set before serving"
+        request = req.as_request(self.clock.now_s(), self.region)
+        decision = await self._decide(RequestArrived(request), request.request_id)
+        attempt = 1
+        produced, first_token_s, status, instance_id, served_region = 0, None, "failed", "", ""
+        dispatched = False
+        try:
+            while True:
+                if isinstance(decision, Reject):
+                    status = "rejected"
+                    raise RouteRejected(decision.status, decision.message, decision.retry_after_s)
+                dispatched, instance_id, served_region = True, decision.instance_id, decision.region
+                headers = {**trace_headers, "x-request-id": request.request_id}
+                try:
+                    async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
+                                                                       headers):
+                        if chunk.is_token:
+                            produced += 1
+                            if first_token_s is None:
+                                first_token_s = self.clock.now_s()
+                        yield chunk
+                    status = "ok"
+                    return
+                except UpstreamError as exc:
+                    if not (exc.before_first_token and exc.retryable):
+                        raise
+                    log.info("request %s: %s failed before its first token (%s); re-routing", request.request_id,
+                             instance_id, exc)
+                    decision = await self._decide(DispatchFailed(request, instance_id, str(exc), attempt),
+                                                  request.request_id)
+                    attempt += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            now = self.clock.now_s()
+            outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, served_region,
+                                     instance_id, request.arrival_s, first_token_s,
+                                     now if status == "ok" else None, request.prompt_tokens, produced, status)
+            if dispatched:
+                self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
+            self.records.add(outcome)
+
+    async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
+        """Hand `event` to the core and wait for this request's decision (now, or when it is released
+        from the hold queue; the core itself bounds the wait with its pending timeout)."""
+        assert self.host is not None
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            await self.host.handle(event)
+            return await future
+        finally:
+            self._waiting.pop(request_id, None)

@@ -1,0 +1,55 @@
+"""The live router: the OpenAI-compatible HTTP API and the gRPC Route service in front of the router
+core, which learns instances from heartbeats and plans on NATS. Records go out in batches. Wiring only:
+the logic is opscale.services.router."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.settings import RouterSettings
+from opscale.services import subjects
+from opscale.services.router import RouterCore
+
+from opscale_services.common import LiveProcess
+from opscale_services.router.api import build_router_app, make_runner
+from opscale_services.router.backend import LiveRouterBackend
+from opscale_services.router.grpc_route import start_router_grpc
+from opscale_services.router.records import RecordBatcher
+from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+
+
+async def run(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
+    async with LiveProcess("router", settings) as p:
+        core = RouterCore(settings.core)
+        upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
+                                                 idle_timeout_s=settings.upstream_read_timeout_s))
+        await upstream.start()
+        p.on_exit(upstream.close)
+        records = RecordBatcher(p.bus, p.registry, batch_max=settings.records_batch_max)
+        p.on_exit(records.flush)  # runs before the bus closes: registered after it
+        backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region)
+        host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
+        backend.host = host
+
+        ns = settings.namespace or "default"
+        rid = settings.core.router_id
+        for subject, name in ((subjects.HEARTBEATS_ALL, "heartbeats"), (subjects.PLANS_ALL, "plans")):
+            sub = await p.bus.subscribe(subject, f"router-{rid}-{name}-{ns}"[:64], host.deliver,
+                                        deliver="last_per_subject")
+            p.on_exit(sub.stop)
+
+        runner = make_runner(build_router_app(backend))
+        await runner.setup()
+        p.on_exit(runner.cleanup)
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
+                                                 settings.grpc_port)
+        p.on_exit(lambda: grpc_server.stop(2.0))
+
+        p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
+        p.supervisor.every("records", settings.records_flush_s, records.flush,
+                           timeout_s=max(10.0, settings.records_flush_s))
+        await p.run(stop)

