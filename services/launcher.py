@@ -37,23 +37,38 @@ def serve_service(service: str, config: Path | None) -> None:
     asyncio.run(main.run(settings))
 
 
-def stack_environments(agents: int, base_env: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
-    """(service, environment) for every process of a local stack with `agents` node-agents."""
-    procs: list[tuple[str, dict[str, str]]] = [(name, dict(base_env)) for name in
-                                               ("aggregator", "forecaster", "planner", "router")]
+def stack_environments(agents: int, base_env: dict[str, str],
+                       port_base: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    """(service, environment) for every process of a local stack with `agents` node-agents.
+
+    Without `port_base` the control-plane services keep their documented ports (router 8000 and 50052,
+    ops 9100-9103) and agent i gets gRPC 50061+i, engines 9201+i, ops 9111+i. With it, every port is an
+    offset from `port_base`, so two stacks (or a test) can run side by side."""
+    b = port_base
+    ports = {} if b is None else {
+        "router": {"HTTP_PORT": b, "GRPC_PORT": b + 1, "OPS_PORT": b + 2},
+        "aggregator": {"OPS_PORT": b + 3}, "forecaster": {"OPS_PORT": b + 4}, "planner": {"OPS_PORT": b + 5}}
+    procs: list[tuple[str, dict[str, str]]] = []
+    for name in ("aggregator", "forecaster", "planner", "router"):
+        env = dict(base_env)
+        for field, port in ports.get(name, {}).items():
+            env[f"OPSCALE_{name.upper()}_{field}"] = str(port)
+        procs.append((name, env))
     for i in range(agents):
         env = dict(base_env)
         prefix = "OPSCALE_NODE_AGENT_"
+        grpc, http, ops = (50061 + i, 9201 + i, 9111 + i) if b is None else (b + 10 + 3 * i, b + 11 + 3 * i,
+                                                                                b + 12 + 3 * i)
         env[f"{prefix}AGENT_ID"] = f"local-agent-{i + 1}"
-        env[f"{prefix}GRPC_PORT"] = str(50061 + i)
-        env[f"{prefix}HTTP_PORT"] = str(9201 + i)
-        env[f"{prefix}OPS_PORT"] = str(9111 + i)
+        env[f"{prefix}GRPC_PORT"] = str(grpc)
+        env[f"{prefix}HTTP_PORT"] = str(http)
+        env[f"{prefix}OPS_PORT"] = str(ops)
         env[f"{prefix}ADVERTISE_HOST"] = env.get(f"{prefix}ADVERTISE_HOST") or "127.0.0.1"
         procs.append(("node-agent", env))
     return procs
 
 
-def run_stack(agents: int, config: Path | None, grace_s: float = 15.0) -> int:
+def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base: int | None = None) -> int:
     configure_logging("INFO")
     # Validate every service's settings before starting anything, so a typo fails fast and clearly.
     for cls in SERVICE_SETTINGS.values():
@@ -74,7 +89,7 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for service, env in stack_environments(agents, base):
+        for service, env in stack_environments(agents, base, port_base):
             cmd = [sys.executable, "-m", "opscale.cli", "serve", service]
             children.append((service, subprocess.Popen(cmd, env=env)))
             log.info("started %s (pid %d)", service, children[-1][1].pid)

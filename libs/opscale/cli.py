@@ -24,13 +24,14 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.json")] = 1,
     out: Annotated[Path, typer.Option(help="Folder for result.json and plots")] = Path("demo-out"),
     policy: Annotated[str, typer.Option(help="Planning policy (reactive, static)")] = "reactive",
+    minutes: Annotated[float, typer.Option(help="Simulated minutes (one compressed day of load)", min=1)] = 120.0,
 ) -> None:
     """Simulate the built-in scenario (2 hours, 2 regions, 2 models) in-process: no server needed."""
     from opscale.experiments.runner import run_and_report
     from opscale.experiments.scenario import builtin_demo_scenario
 
     try:
-        scenario = builtin_demo_scenario(seed=seed, policy=policy)
+        scenario = builtin_demo_scenario(seed=seed, policy=policy, duration_s=minutes * 60)
         run_and_report(scenario, out)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -79,6 +80,9 @@ def serve(
 def up(
     agents: Annotated[int, typer.Option(help="Simulated GPU hosts (node-agents) to start")] = 2,
     config: Annotated[Path | None, typer.Option(help="YAML settings file shared by every service")] = None,
+    port_base: Annotated[int | None, typer.Option(
+        help="Put every port at an offset from this one (router API at the base); default: the documented "
+             "ports (router 8000, ops 9100-9103, agents from 9111)")] = None,
 ) -> None:
     """Run the whole local stack as processes (router, aggregator, forecaster, planner, N node-agents)
     against NATS and Redis at the configured URLs; Ctrl-C or SIGTERM stops it cleanly."""
@@ -86,7 +90,7 @@ def up(
 
     if agents < 1:
         raise _fail("--agents must be at least 1")
-    raise typer.Exit(code=run_stack(agents, config))
+    raise typer.Exit(code=run_stack(agents, config, port_base=port_base))
 
 
 if __name__ == "__main__":

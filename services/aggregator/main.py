@@ -4,6 +4,7 @@ go back on NATS and into Redis. Wiring only: the logic is opscale.services.aggre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import AggregatorSettings
@@ -13,7 +14,8 @@ from opscale.services.aggregator import AggregatorCore
 from opscale_services.common import LiveProcess
 
 
-async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None) -> None:
+async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None,
+              on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("aggregator", settings) as p:
         core = AggregatorCore(settings.core)
         host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
@@ -25,4 +27,6 @@ async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None) -
                                       deliver="last_per_subject")
         p.on_exit(beats.stop)
         p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
+        if on_start is not None:
+            on_start(p)
         await p.run(stop)

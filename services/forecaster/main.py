@@ -4,6 +4,7 @@ into Redis. Wiring only: the logic is opscale.services.forecaster."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import ForecasterSettings
@@ -13,7 +14,8 @@ from opscale.services.forecaster import ForecasterCore
 from opscale_services.common import LiveProcess
 
 
-async def run(settings: ForecasterSettings, stop: asyncio.Event | None = None) -> None:
+async def run(settings: ForecasterSettings, stop: asyncio.Event | None = None,
+              on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("forecaster", settings) as p:
         core = ForecasterCore(settings.core)
         host = CoreHost(core, p.bus, p.store, p.clock)
@@ -23,4 +25,6 @@ async def run(settings: ForecasterSettings, stop: asyncio.Event | None = None) -
                                         max_pending=5000, fetch_batch=500)
         p.on_exit(windows.stop)
         p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
+        if on_start is not None:
+            on_start(p)
         await p.run(stop)

@@ -6,7 +6,7 @@ logic is opscale.services.node_agent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -15,6 +15,7 @@ from opscale.model import InstanceSpec, InstanceStatus
 from opscale.perf import RooflineLatencyModel, default_catalog, load_time_s
 from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.http_tracing import tracing_middleware
 from opscale.runtime.live.settings import NodeAgentSettings
 from opscale.services.actions import Action, DrainEngine, StartEngine, StopEngine
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
@@ -46,7 +47,8 @@ class _Control:
         return self.core.heartbeat(self.host.clock.now_s())
 
 
-async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None) -> None:
+async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
+              on_start: Callable[[LiveProcess], None] | None = None) -> None:
     catalog = default_catalog()
     catalog.sku(settings.sku)  # an unknown SKU fails here, naming the known ones
     engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1})
@@ -81,7 +83,9 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None) ->
         p.on_exit(engines.close)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
 
-        runner = make_runner(build_engine_app(engines))
+        app = build_engine_app(engines)
+        app.middlewares.append(tracing_middleware(p.tracer_provider, "opscale.node_agent.engines"))
+        runner = make_runner(app)
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.grpc_host, settings.http_port).start()
@@ -99,6 +103,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None) ->
             await host.tick()
 
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
+        if on_start is not None:
+            on_start(p)
         await p.run(stop)
 
 

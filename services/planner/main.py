@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from opscale.perf import default_catalog
 from opscale.planning import make_planning_policy
@@ -27,7 +28,8 @@ from opscale_services.common import LiveProcess
 log = logging.getLogger(__name__)
 
 
-async def run(settings: PlannerSettings, stop: asyncio.Event | None = None) -> None:
+async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
+              on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("planner", settings) as p:
         capacity = CapacityEstimator(default_catalog(), settings.tbt_budget_s)
         policy = make_planning_policy(settings.policy, settings.deployments, capacity, **settings.policy_params)
@@ -105,4 +107,6 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None) -> N
             p.on_exit(sub.stop)
         p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
+        if on_start is not None:
+            on_start(p)
         await p.run(stop)

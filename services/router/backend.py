@@ -13,8 +13,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from opscale.model import RequestOutcome
 from opscale.runtime.clock import Clock
+from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
 from opscale.services.actions import Action, Dispatch, Reject
@@ -32,7 +36,8 @@ Decision = Dispatch | Reject
 
 class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
-                 region: str) -> None:
+                 region: str, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
         self.core = core
         self.clock = clock
         self.upstream = upstream
@@ -59,7 +64,18 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
         request = req.as_request(self.clock.now_s(), self.region)
-        decision = await self._decide(RequestArrived(request), request.request_id)
+        # Not the "current" span: an async generator may resume in another context, so the span is
+        # passed explicitly (into the upstream headers) and ended in `finally`.
+        span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),
+                                      kind=SpanKind.SERVER, attributes={
+                                          "opscale.request_id": request.request_id, "opscale.model": request.model,
+                                          "opscale.tier": request.tier, "opscale.region": request.region})
+        upstream_trace = telemetry.inject_http_headers(context=trace.set_span_in_context(span))
+        try:
+            decision = await self._decide(RequestArrived(request), request.request_id)
+        except BaseException:
+            span.end()
+            raise
         attempt = 1
         produced, first_token_s, status, instance_id, served_region = 0, None, "failed", "", ""
         dispatched = False
@@ -69,7 +85,8 @@ class LiveRouterBackend:
                     status = "rejected"
                     raise RouteRejected(decision.status, decision.message, decision.retry_after_s)
                 dispatched, instance_id, served_region = True, decision.instance_id, decision.region
-                headers = {**trace_headers, "x-request-id": request.request_id}
+                span.set_attribute("opscale.instance_id", instance_id)
+                headers = {**upstream_trace, "x-request-id": request.request_id}
                 try:
                     async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
                                                                        headers):
@@ -99,6 +116,11 @@ class LiveRouterBackend:
             if dispatched:
                 self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
             self.records.add(outcome)
+            span.set_attribute("opscale.status", status)
+            span.set_attribute("opscale.output_tokens", produced)
+            if status in ("failed", "rejected"):
+                span.set_status(Status(StatusCode.ERROR, status))
+            span.end()
 
     async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released

@@ -5,6 +5,7 @@ the logic is opscale.services.router."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -21,7 +22,8 @@ from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 
-async def run(settings: RouterSettings, stop: asyncio.Event | None = None) -> None:
+async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
+              on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("router", settings) as p:
         core = RouterCore(settings.core)
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -30,7 +32,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None) -> No
         p.on_exit(upstream.close)
         records = RecordBatcher(p.bus, p.registry, batch_max=settings.records_batch_max)
         p.on_exit(records.flush)  # runs before the bus closes: registered after it
-        backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region)
+        backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
         backend.host = host
 
@@ -52,4 +54,6 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None) -> No
         p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
         p.supervisor.every("records", settings.records_flush_s, records.flush,
                            timeout_s=max(10.0, settings.records_flush_s))
+        if on_start is not None:
+            on_start(p)
         await p.run(stop)

@@ -82,7 +82,7 @@ class AggregatorCore:
             for window_s in self.config.windows_s:
                 stats = self.summarise(model, region, tier, window_s, now_s, points)
                 actions.append(Publish(subjects.windows(region, model), stats))
-                actions.append(Store(f"window:{int(window_s)}:{model}:{region}:{tier}", _as_dict(stats)))
+                actions.append(Store(f"window:{int(window_s)}:{model}:{region}:{tier}", stats))
         actions.extend(self._pool_actions(now_s))
         return actions
 
@@ -165,7 +165,3 @@ class AggregatorCore:
             value["at_s"] = now_s
             actions.append(Store(f"pool:{model}:{region}", value))
         return actions
-
-
-def _as_dict(stats: WindowStats) -> dict[str, object]:
-    return {name: getattr(stats, name) for name in stats.__dataclass_fields__}

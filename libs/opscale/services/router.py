@@ -31,7 +31,8 @@ from opscale.services.events import (
 
 class RouterConfig(BaseModel):
     router_id: str = Field("router-0", description="Identity in RouterLoad reports")
-    region: str = Field("default", description="Region this router runs in (subject of its load reports)")
+    region: str = Field("local", description="Region this router runs in (requests without a region header "
+                        "originate here); node-agents default to the same region")
     policy: str = Field("jsq_tokens", description="Routing policy name (see opscale.routing.registry)")
     max_pending_per_model: int = Field(1000, ge=0, description="Requests held while no instance is ready")
     pending_timeout_s: float = Field(120.0, gt=0, description="A held request is refused (503) after this")

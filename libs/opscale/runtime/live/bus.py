@@ -231,7 +231,8 @@ class Subscription:
                 room = self._max_pending - self._outstanding
             try:
                 msgs = await self._psub.fetch(min(room, self._fetch_batch), timeout=self._fetch_wait_s)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # an empty fetch: nothing arrived within fetch_wait_s (nats-py raises either kind)
                 failures = 0
                 continue
             except asyncio.CancelledError:
@@ -239,7 +240,7 @@ class Subscription:
             except Exception as exc:  # noqa: BLE001 - reconnecting servers raise many kinds; retry all
                 failures += 1
                 delay_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(failures, 10))
-                log.warning("bus consumer %s: fetch failed (%s); retrying in %.2fs", self.durable, exc, delay_s)
+                log.warning("bus consumer %s: fetch failed (%r); retrying in %.2fs", self.durable, exc, delay_s)
                 await asyncio.sleep(delay_s)
                 continue
             failures = 0

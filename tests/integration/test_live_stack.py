@@ -1,0 +1,132 @@
+"""The whole live stack on real NATS and Redis: a streaming chat completion goes through the router's
+HTTP API to a node-agent's simulated engine and back; the router learned the instance from heartbeats;
+the request's record reaches the aggregator's window in Redis; the trace continues from router to agent;
+the agent ignores an older epoch and a repeated one changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from _stack import LiveStack
+
+from opscale.model import InstanceState
+from opscale.runtime.live.grpc_glue import NodeAgentClient
+from opscale.runtime.live.store import RedisStore
+from opscale.services.events import ApplyCommand
+
+pytestmark = pytest.mark.integration
+
+
+async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # noqa: ANN001, ANN202
+    """Poll `check()` until it returns something truthy; the deadline only bounds a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(every_s)  # noqa: TID251 - polling a real server
+
+
+@pytest.fixture
+async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[LiveStack]:
+    s = LiveStack(nats_url, redis_url, namespace)
+    try:
+        await s.start()
+        yield s
+    finally:
+        await s.close()
+        store = RedisStore(redis_url, namespace)
+        await store.delete_namespace()
+        await store.close()
+        from opscale.runtime.live.bus import NatsBus
+
+        cleaner = NatsBus(namespace)
+        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
+        await cleaner.delete_streams()
+        await cleaner.close()
+
+
+async def _stream_chat(session: aiohttp.ClientSession, url: str, model: str) -> tuple[list[dict], bool]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 12,
+            "stream": True, "stream_options": {"include_usage": True}}
+    events, done = [], False
+    async with session.post(f"{url}/v1/chat/completions", json=body,
+                            headers={"x-opscale-region": "eu-west"}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                break
+            events.append(json.loads(line[len("data: "):]))
+    return events, done
+
+
+async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_url: str, namespace: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async def model_ready() -> bool:
+            async with session.get(f"{stack.router_url}/v1/models") as resp:
+                models = [m["id"] for m in (await resp.json())["data"]]
+            async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+                hb = await agent.status()
+            return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
+
+        await _eventually(model_ready)  # the router learned the model from the agent's heartbeats
+        events, done = await _stream_chat(session, stack.router_url, stack.model)
+
+    assert done, "the stream must end with [DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e.get("choices"))
+    assert text.count("tok") == 12, text  # twelve tokens, produced by the simulated engine
+    usage = [e["usage"] for e in events if e.get("usage")]
+    assert usage and usage[-1]["completion_tokens"] == 12 and usage[-1]["prompt_tokens"] > 0
+
+    store = RedisStore(redis_url, namespace)
+    try:
+        async def window_counts_it() -> bool:
+            windows = await store.windows(f"window:10:{stack.model}:eu-west:interactive")
+            return any(w.requests >= 1 and w.completed >= 1 for w in windows.values())
+
+        await _eventually(window_counts_it)  # the request's record reached the aggregator's window in Redis
+    finally:
+        await store.close()
+
+    # the trace that the router started continues in the node-agent's engine server
+    router_spans = stack.processes["router"].tracer_provider.memory_exporter.get_finished_spans()
+    agent_spans = stack.processes["node_agent"].tracer_provider.memory_exporter.get_finished_spans()
+    [request_span] = [s for s in router_spans if s.name == "router.request"]
+    engine_spans = [s for s in agent_spans if s.name.startswith("POST /instances/")]
+    assert engine_spans and all(s.context.trace_id == request_span.context.trace_id for s in engine_spans)
+    assert engine_spans[0].parent is not None and engine_spans[0].parent.span_id == request_span.context.span_id
+
+
+async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: LiveStack) -> None:
+    async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async def applied():  # noqa: ANN202
+            hb = await agent.status()
+            return hb if hb.epoch >= 1 and hb.instances else None
+
+        hb = await _eventually(applied)
+        current = tuple(s for s in _specs(hb))
+        older = await agent.apply(ApplyCommand("agent-1", hb.epoch - 1, "old", ()))
+        assert not older.accepted and older.applied_epoch == hb.epoch
+        repeat = await agent.apply(ApplyCommand("agent-1", hb.epoch, f"apply-{hb.epoch}-agent-1", current))
+        assert repeat.accepted and repeat.applied_epoch == hb.epoch
+        after = await agent.status()
+        assert {i.instance_id for i in after.instances} == {i.instance_id for i in hb.instances}
+
+
+def _specs(hb):  # noqa: ANN001, ANN202
+    from opscale.model import InstanceSpec
+
+    return [InstanceSpec(i.instance_id, i.model, i.sku, i.tp, i.role) for i in hb.instances
+            if i.state != InstanceState.STOPPED]

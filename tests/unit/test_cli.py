@@ -1,0 +1,97 @@
+"""The command line as a user meets it: the demo's outputs and determinism, simulate on a CSV trace,
+and clear errors (exit code 2, a message naming the problem, no traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opscale.cli import SERVICE_NAMES, app
+from opscale.model import Request
+from opscale.traces import write_csv_trace
+
+pytestmark = pytest.mark.sim
+
+RESULT_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s",
+               "e2e_p99_s", "slo_attainment", "gpu_hours", "cost_usd", "energy_kwh", "mean_gpu_util", "cold_starts",
+               "warm_migrations", "scaling_gpu_s", "oscillations", "wall_s", "policy", "seed", "tiers"}
+TIER_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s",
+             "e2e_p99_s", "slo_attainment"}
+
+runner = CliRunner()
+
+
+def _demo(out: Path, seed: int = 1) -> dict:
+    result = runner.invoke(app, ["demo", "--seed", str(seed), "--minutes", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "load_vs_capacity.png").stat().st_size > 10_000
+    return json.loads((out / "result.json").read_text())
+
+
+def test_demo_writes_the_result_schema_and_is_deterministic(tmp_path: Path) -> None:
+    first = _demo(tmp_path / "a")
+    assert RESULT_KEYS <= set(first)
+    assert set(first["tiers"]) == {"interactive", "batch"}
+    assert all(TIER_KEYS <= set(t) for t in first["tiers"].values())
+    assert first["requests"] > 1000 and first["dropped"] == 0 and first["seed"] == 1
+    second = _demo(tmp_path / "b")
+    first.pop("wall_s"), second.pop("wall_s")
+    assert first == second
+
+
+def test_simulate_replays_a_csv_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    write_csv_trace(trace, [Request(f"q{i}", "Llama-3-8B", "interactive", "eu-west", 20.0 + i * 0.5, 500, 50)
+                            for i in range(200)])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["simulate", "--trace", str(trace), "--out", str(out), "--policy", "reactive"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "result.json").read_text())
+    assert data["requests"] == data["completed"] == 200 and data["policy"] == "reactive"
+
+
+def test_simulate_names_the_bad_line_of_a_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.csv"
+    trace.write_text("arrival_s,model,tier,region,prompt_tokens,output_tokens\n"
+                     "1.0,Llama-3-8B,interactive,eu-west,100,10\n"
+                     "2.0,Llama-3-8B,interactive,eu-west,lots,10\n")
+    result = runner.invoke(app, ["simulate", "--trace", str(trace), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "bad.csv:3" in result.output and "prompt_tokens" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_simulate_refuses_models_no_deployment_serves(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    write_csv_trace(trace, [Request("q1", "gpt-9", "interactive", "eu-west", 1.0, 10, 10)])
+    result = runner.invoke(app, ["simulate", "--trace", str(trace)])
+    assert result.exit_code == 2 and "gpt-9" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--trace", "/nonexistent/trace.csv"], "does not exist"),
+    (["serve", "scheduler"], "unknown service 'scheduler'"),
+    (["demo", "--policy", "magic", "--minutes", "1"], "unknown planning policy 'magic'"),
+])
+def test_bad_arguments_get_a_clear_error(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_bad_service_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSCALE_ROUTER_HTTP_PORT", "eighty")
+    result = runner.invoke(app, ["serve", "router"])
+    assert result.exit_code == 2 and "http_port" in result.output and "OPSCALE_ROUTER_HTTP_PORT" in result.output
+
+
+def test_every_service_name_has_a_process() -> None:
+    import importlib
+
+    from opscale_services.launcher import MODULES
+
+    assert set(MODULES) == set(SERVICE_NAMES)
+    for module in MODULES.values():
+        assert callable(importlib.import_module(f"opscale_services.{module}.main").run)
