@@ -102,8 +102,9 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
                 (subjects.WINDOWS_ALL, "windows", "new"),
                 (subjects.FORECASTS_ALL, "forecasts", "last_per_subject"),
                 (subjects.ROUTER_LOAD_ALL, "routerload", "new")):
+            # one consumer per planner process (each needs every event), removed an hour after it is gone
             sub = await p.bus.subscribe(subject, f"planner-{name}-{ns}-{who}"[:64], host.deliver,
-                                        deliver=deliver)  # type: ignore[arg-type]
+                                        deliver=deliver, inactive_threshold_s=3600.0)  # type: ignore[arg-type]
             p.on_exit(sub.stop)
         p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))

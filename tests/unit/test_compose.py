@@ -320,3 +320,13 @@ def test_systemd_unit_and_env_file(clean_env: pytest.MonkeyPatch) -> None:
     _check_env_names(env, "node-agent", "node-agent.env")
     settings = _load_with_env(clean_env, "node-agent", env)
     assert settings.agent_id == "gpu-host-1"
+
+
+def test_the_image_gets_every_file_the_package_build_reads() -> None:
+    """A Dockerfile that forgets setup.py builds an image without opscale_services (and no test sees it,
+    because no Docker engine runs here): check the COPY lines against what the build needs."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {token.rstrip("/*") for line in dockerfile.splitlines() if line.startswith("COPY ")
+              for token in line.split()[1:-1] if not token.startswith("--")}
+    needed = {"pyproject.toml", "setup.py", "libs", "services", "loadgen"}
+    assert needed <= copied, f"deploy/Dockerfile does not copy {sorted(needed - copied)}"

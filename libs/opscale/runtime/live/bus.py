@@ -545,7 +545,7 @@ class NatsBus:
                         max_deliveries: int = 5, ack_wait_s: float = 30.0, handler_timeout_s: float | None = None,
                         deliver: Literal["all", "new", "last_per_subject"] = "all", concurrency: int = 1,
                         fetch_batch: int = 100, fetch_wait_s: float = 1.0, retry_base_s: float = 0.5,
-                        retry_max_s: float = 30.0) -> Subscription:
+                        retry_max_s: float = 30.0, inactive_threshold_s: float | None = None) -> Subscription:
         """Consume `subject_filter` (e.g. `opscale.records.>`) through the durable consumer `durable`.
 
         The consumer is created or updated, so a restarted service resumes where it acked. `deliver`
@@ -568,6 +568,9 @@ class NatsBus:
             name=durable, durable_name=durable, deliver_policy=policy, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait_s, max_deliver=max_deliveries, max_ack_pending=max_pending,
             filter_subject=self.subject(subject_filter),
+            # a consumer named after one process (a planner's own view) is removed by the server once
+            # that process has been gone this long, instead of piling up across restarts
+            inactive_threshold=inactive_threshold_s,
         )
         await js.add_consumer(stream, config)  # create or update: idempotent for the same config
         psub = await js.pull_subscribe_bind(durable=durable, stream=stream,
