@@ -1,10 +1,13 @@
 """The aggregator's state machine: request records and instance metrics in, time windows out.
 
-Records are bucketed by (model, origin region, tier) and kept for the longest window. Every
-`publish_interval_s` it summarises each key over each window length (10 s, 1 min, 5 min by default):
-counts, rates, TTFT / TBT / E2E percentiles and SLO attainment, publishes them and stores them. Metric
-hygiene lives here, not in policies: the newest heartbeat per agent wins, an agent silent for twice its
-expected interval is dropped, and non-finite values are normalised once.
+Records are bucketed by (model, origin region, tier) into slots of `publish_interval_s` (10 s) by finish
+time; a slot keeps counts, token sums and log-bucketed latency histograms (opscale.stats.LogHistogram,
+1% relative accuracy). Every `publish_interval_s` it merges the slots of each window length (10 s,
+1 min, 5 min by default) into counts, rates, TTFT / TBT / E2E percentiles and SLO attainment, publishes
+them and stores them. The cost of a publish is one merge per slot and occupied bucket, not a sort of
+every record in the window, so it stays flat as traffic grows. Metric hygiene lives here, not in
+policies: the newest heartbeat per agent wins, an agent silent for twice its expected interval is
+dropped, and non-finite values are normalised once.
 
 Example: 30 records finishing inside a 10 s window with 400 prompt tokens each give arrival_rps 3.0 and
 prompt_tokens_per_s 1200.0.
@@ -12,37 +15,49 @@ prompt_tokens_per_s 1200.0.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from opscale.model import DEFAULT_TIERS, InstanceState, RequestOutcome, TierSpec
 from opscale.services import subjects
 from opscale.services.actions import Action, Publish, Store
 from opscale.services.events import AgentHeartbeat, Event, RequestFinished, WindowStats
-from opscale.stats import finite_or_none, percentile_sorted
+from opscale.stats import LogHistogram, finite_or_none
 
 
 class AggregatorConfig(BaseModel):
     windows_s: tuple[float, ...] = Field((10.0, 60.0, 300.0), description="Window lengths to summarise")
-    publish_interval_s: float = Field(10.0, gt=0, description="How often windows are published")
+    publish_interval_s: float = Field(10.0, gt=0, description="How often windows are published; also the slot "
+                                      "width, so every window must be a whole number of it")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Agents' expected heartbeat period")
     window_ttl_s: float = Field(900.0, gt=0, description="Lifetime of stored windows")
 
+    @model_validator(mode="after")
+    def _windows_are_whole_slots(self) -> AggregatorConfig:
+        for w in self.windows_s:
+            slots = w / self.publish_interval_s
+            if w <= 0 or abs(slots - round(slots)) > 1e-9:
+                raise ValueError(f"windows_s: {w} is not a positive multiple of publish_interval_s "
+                                 f"({self.publish_interval_s})")
+        return self
 
-@dataclass(frozen=True, slots=True)
-class _Point:
-    """One record, reduced once on arrival to what the windows need (not recomputed per window)."""
 
-    finish_s: float
-    ok: bool
-    met: bool
-    prompt_tokens: int
-    output_tokens: int
-    ttft_s: float | None
-    tbt_s: float | None
-    e2e_s: float | None
+@dataclass(slots=True)
+class _Slot:
+    """Everything the windows need from the records that finished in one slot."""
+
+    index: int
+    requests: int = 0
+    completed: int = 0
+    met: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft: LogHistogram = field(default_factory=LogHistogram)
+    tbt: LogHistogram = field(default_factory=LogHistogram)
+    e2e: LogHistogram = field(default_factory=LogHistogram)
 
 
 class AggregatorCore:
@@ -53,7 +68,7 @@ class AggregatorCore:
     def __init__(self, config: AggregatorConfig | None = None, tiers: dict[str, TierSpec] | None = None) -> None:
         self.config = config or AggregatorConfig()
         self.tiers = tiers or DEFAULT_TIERS
-        self._points: dict[tuple[str, str, str], deque[_Point]] = {}
+        self._slots: dict[tuple[str, str, str], deque[_Slot]] = {}
         self._agents: dict[str, AgentHeartbeat] = {}
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
@@ -78,15 +93,19 @@ class AggregatorCore:
         self._next_publish_s = now_s + self.config.publish_interval_s
         self._evict(now_s)
         actions: list[Action] = []
-        for (model, region, tier), points in sorted(self._points.items()):
+        for (model, region, tier), slots in sorted(self._slots.items()):
             for window_s in self.config.windows_s:
-                stats = self.summarise(model, region, tier, window_s, now_s, points)
+                stats = self.summarise(model, region, tier, window_s, now_s, slots)
                 actions.append(Publish(subjects.windows(region, model), stats))
                 actions.append(Store(f"window:{int(window_s)}:{model}:{region}:{tier}", stats))
         actions.extend(self._pool_actions(now_s))
         return actions
 
     # -- records -------------------------------------------------------------------------------
+
+    def _slot_of(self, t_s: float) -> int:
+        # slot i holds finish times in (i*w, (i+1)*w], so a window ending at a publish covers whole slots
+        return math.ceil(t_s / self.config.publish_interval_s - 1e-9) - 1
 
     def _add(self, outcome: RequestOutcome, now_s: float) -> None:
         if outcome.request_id in self._seen:
@@ -96,43 +115,62 @@ class AggregatorCore:
         while len(self._seen_order) > 200_000:
             self._seen.discard(self._seen_order.popleft())
         finish = outcome.finish_s if outcome.finish_s is not None else now_s
-        key = (outcome.model, outcome.region, outcome.tier)
+        index = self._slot_of(finish)
+        slots = self._slots.setdefault((outcome.model, outcome.region, outcome.tier), deque())
+        slot = next((s for s in reversed(slots) if s.index == index), None)
+        if slot is None:
+            slot = _Slot(index)
+            slots.append(slot)
+            if len(slots) > 1 and slots[-2].index > index:  # a late record: keep slots ordered
+                ordered = sorted(slots, key=lambda s: s.index)
+                slots.clear()
+                slots.extend(ordered)
+        slot.requests += 1
         spec = self.tiers.get(outcome.tier)
-        ok = outcome.status == "ok"
-        point = _Point(finish, ok, spec is not None and outcome.meets(spec), outcome.prompt_tokens,
-                       outcome.output_tokens, outcome.ttft_s if ok else None, outcome.tbt_s if ok else None,
-                       outcome.e2e_s if ok else None)
-        self._points.setdefault(key, deque()).append(point)
+        if spec is not None and outcome.meets(spec):
+            slot.met += 1
+        if outcome.status != "ok":
+            return
+        slot.completed += 1
+        slot.prompt_tokens += outcome.prompt_tokens
+        slot.output_tokens += outcome.output_tokens
+        for hist, value in ((slot.ttft, outcome.ttft_s), (slot.tbt, outcome.tbt_s), (slot.e2e, outcome.e2e_s)):
+            if value is not None and math.isfinite(value):
+                hist.add(value)
 
     def _evict(self, now_s: float) -> None:
-        horizon = now_s - max(self.config.windows_s)
-        for key in list(self._points):
-            points = self._points[key]
-            while points and points[0].finish_s < horizon:
-                points.popleft()
-            if not points:
-                del self._points[key]
+        oldest = self._slot_of(now_s) - round(max(self.config.windows_s) / self.config.publish_interval_s)
+        for key in list(self._slots):
+            slots = self._slots[key]
+            while slots and slots[0].index <= oldest:
+                slots.popleft()
+            if not slots:
+                del self._slots[key]
 
     def summarise(self, model: str, region: str, tier: str, window_s: float, now_s: float,
-                  points: deque[_Point]) -> WindowStats:
-        start = now_s - window_s
-        inside = [p for p in points if start < p.finish_s <= now_s]
-        ok = [p for p in inside if p.ok]
-        ttft = sorted(p.ttft_s for p in ok if p.ttft_s is not None)
-        tbt = sorted(p.tbt_s for p in ok if p.tbt_s is not None)
-        e2e = sorted(p.e2e_s for p in ok if p.e2e_s is not None)
-        attained = None
-        if inside and tier in self.tiers:
-            attained = sum(p.met for p in inside) / len(inside)
+                  slots: deque[_Slot]) -> WindowStats:
+        last = self._slot_of(now_s)
+        first = last - round(window_s / self.config.publish_interval_s) + 1
+        inside = [s for s in slots if first <= s.index <= last]
+        ttft, tbt, e2e = LogHistogram(), LogHistogram(), LogHistogram()
+        requests = completed = met = prompt = output = 0
+        for s in inside:
+            requests += s.requests
+            completed += s.completed
+            met += s.met
+            prompt += s.prompt_tokens
+            output += s.output_tokens
+            ttft.merge(s.ttft)
+            tbt.merge(s.tbt)
+            e2e.merge(s.e2e)
+        attained = met / requests if requests and tier in self.tiers else None
         return WindowStats(
             model=model, region=region, tier=tier, window_s=window_s, end_s=now_s,
-            requests=len(inside), completed=len(ok),
-            arrival_rps=len(inside) / window_s,
-            prompt_tokens_per_s=sum(p.prompt_tokens for p in ok) / window_s,
-            output_tokens_per_s=sum(p.output_tokens for p in ok) / window_s,
-            ttft_p50_s=percentile_sorted(ttft, 50), ttft_p99_s=percentile_sorted(ttft, 99),
-            tbt_p50_s=percentile_sorted(tbt, 50), tbt_p99_s=percentile_sorted(tbt, 99),
-            e2e_p50_s=percentile_sorted(e2e, 50), e2e_p99_s=percentile_sorted(e2e, 99),
+            requests=requests, completed=completed, arrival_rps=requests / window_s,
+            prompt_tokens_per_s=prompt / window_s, output_tokens_per_s=output / window_s,
+            ttft_p50_s=ttft.quantile(50), ttft_p99_s=ttft.quantile(99),
+            tbt_p50_s=tbt.quantile(50), tbt_p99_s=tbt.quantile(99),
+            e2e_p50_s=e2e.quantile(50), e2e_p99_s=e2e.quantile(99),
             slo_attainment=attained,
         )
 

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from opscale.stats import LogHistogram, percentile
+
+pytestmark = pytest.mark.unit
+
+values = st.lists(st.floats(min_value=1e-6, max_value=1e6, allow_nan=False), min_size=1, max_size=300)
+
+
+def _nearest_rank(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+@given(values, st.sampled_from([0, 1, 10, 50, 90, 99, 100]))
+def test_log_histogram_is_within_its_relative_accuracy(xs: list[float], q: float) -> None:
+    h = LogHistogram(0.01)
+    for x in xs:
+        h.add(x)
+    exact = _nearest_rank(xs, q)
+    assert h.quantile(q) == pytest.approx(exact, rel=0.0101)
+
+
+@given(values, values)
+def test_merging_equals_adding_everything_to_one(a: list[float], b: list[float]) -> None:
+    one, left, right = LogHistogram(), LogHistogram(), LogHistogram()
+    for x in a + b:
+        one.add(x)
+    for x in a:
+        left.add(x)
+    for x in b:
+        right.add(x)
+    left.merge(right)
+    assert left.count == one.count
+    assert [left.quantile(q) for q in (1, 50, 99)] == [one.quantile(q) for q in (1, 50, 99)]
+
+
+def test_empty_zero_and_worked_example() -> None:
+    h = LogHistogram()
+    assert h.quantile(50) is None
+    for x in (0.1, 0.2, 0.3):
+        h.add(x)
+    assert h.quantile(50) == pytest.approx(0.2, rel=0.01)
+    h.add(0.0)
+    assert h.quantile(0) == 0.0
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 99) == 5 and percentile([], 50) is None
