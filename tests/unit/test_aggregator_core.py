@@ -25,7 +25,12 @@ def test_window_rates_percentiles_and_slo() -> None:
     assert w[10.0].prompt_tokens_per_s == pytest.approx(300.0)
     assert w[10.0].ttft_p50_s == pytest.approx(1.45, rel=0.01)  # nearest rank: the 15th of 30, within 1%
     assert w[10.0].slo_attainment == pytest.approx(20 / 30)
-    assert w[60.0].arrival_rps == pytest.approx(0.5)
+    # ten seconds after start-up the minute window has seen ten seconds: the rate is over those, not 60 s
+    assert w[60.0].arrival_rps == pytest.approx(3.0)
+    for t in (20.0, 30.0, 40.0, 50.0):
+        agg.tick(t)
+    later = _windows(agg.tick(60.0))
+    assert later[60.0].arrival_rps == pytest.approx(0.5) and later[60.0].requests == 30
 
 
 def test_old_records_leave_the_window_and_duplicates_count_once() -> None:

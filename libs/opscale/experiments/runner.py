@@ -60,8 +60,9 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                  gpu_memory_utilization=scenario.engine.gpu_memory_utilization)
     policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
     planner = PlannerCore(policy, scenario.deployments, scenario.planner)
+    deployed = [d.model for d in scenario.deployments]
     routers = {region: RouterCore(RouterConfig(router_id=f"router-{region}", region=region,
-                                               policy=scenario.routing_policy))
+                                               policy=scenario.routing_policy, models=deployed))
                for region in scenario.regions()}
     agents: dict[str, NodeAgentCore] = {}
     latency_models: dict[tuple[str, str, int], RooflineLatencyModel] = {}
@@ -96,7 +97,8 @@ def run_scenario(scenario: Scenario, progress: ProgressFn | None = None) -> RunR
     started = time.perf_counter()
     requests = requests_of(scenario)
     first = next(requests, None)
-    provisioned_until = first.arrival_s if first is not None and scenario.start_provisioned else 0.0
+    provisioned_until = (first.arrival_s + scenario.warm_start_s
+                         if first is not None and scenario.start_provisioned else 0.0)
     world, collector = build_world(scenario, provisioned_until_s=provisioned_until)
     loop = world.loop
     horizon = scenario.duration_s + scenario.drain_s

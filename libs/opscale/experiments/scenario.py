@@ -72,6 +72,9 @@ class Scenario(BaseModel):
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies every modelled load time")
     start_provisioned: bool = Field(True, description="Instances placed before the first request arrives start "
                                     "loaded, as in a fleet already running; False: the run starts cold")
+    warm_start_s: float = Field(0.0, ge=0, description="With start_provisioned, instances started up to this long "
+                                "after the first arrival also start loaded: the fleet the planner sizes from the "
+                                "first minutes of traffic is taken as the one running when the run begins")
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
@@ -135,6 +138,7 @@ def builtin_demo_scenario(seed: int = 1, policy: str = "reactive", duration_s: f
             output_tokens=LengthDistribution(median_tokens=256, sigma=0.7, max_tokens=1536),
         ),
         policy=policy,
+        warm_start_s=120.0,
     )
 
 

@@ -29,7 +29,8 @@ class ReactiveConfig(BaseModel):
     down_window_s: float = Field(300.0, ge=0, description="Scale-down stabilisation window")
     max_down_step: int = Field(2, ge=1, description="Instances removed per decision at most")
     ttft_slo_s: float = Field(2.0, gt=0, description="TTFT objective for the SLO backstop")
-    use_forecast: bool = Field(True, description="Plan on max(observed, forecast upper bound)")
+    use_forecast: bool = Field(False, description="Plan on max(observed, forecast upper bound); off for a purely "
+                               "reactive scaler (forecast-driven planning is the SageServe planner's job)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class AggregatorCore:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._next_publish_s: float | None = None
+        self._started_s: float | None = None
 
     def handle(self, event: Event, now_s: float) -> list[Action]:
         match event:
@@ -86,6 +87,7 @@ class AggregatorCore:
 
     def tick(self, now_s: float) -> list[Action]:
         if self._next_publish_s is None:
+            self._started_s = now_s
             self._next_publish_s = now_s + self.config.publish_interval_s
             return []
         if now_s < self._next_publish_s:
@@ -164,10 +166,14 @@ class AggregatorCore:
             tbt.merge(s.tbt)
             e2e.merge(s.e2e)
         attained = met / requests if requests and tier in self.tiers else None
+        # Rates over the time actually observed: a 5-minute window one minute after start-up covers one
+        # minute, and dividing by five would report a ramp from zero that never happened.
+        observed_s = window_s if self._started_s is None else max(
+            self.config.publish_interval_s, min(window_s, now_s - self._started_s))
         return WindowStats(
             model=model, region=region, tier=tier, window_s=window_s, end_s=now_s,
-            requests=requests, completed=completed, arrival_rps=requests / window_s,
-            prompt_tokens_per_s=prompt / window_s, output_tokens_per_s=output / window_s,
+            requests=requests, completed=completed, arrival_rps=requests / observed_s,
+            prompt_tokens_per_s=prompt / observed_s, output_tokens_per_s=output / observed_s,
             ttft_p50_s=ttft.quantile(50), ttft_p99_s=ttft.quantile(99),
             tbt_p50_s=tbt.quantile(50), tbt_p99_s=tbt.quantile(99),
             e2e_p50_s=e2e.quantile(50), e2e_p99_s=e2e.quantile(99),

@@ -40,6 +40,8 @@ class RouterConfig(BaseModel):
     spill_over: bool = Field(True, description="Serve from another region when the origin has no ready instance")
     load_report_interval_s: float = Field(1.0, gt=0, description="Period of RouterLoad reports")
     max_attempts: int = Field(3, ge=1, description="Dispatches tried per request before it fails (502)")
+    models: list[str] = Field(default_factory=list, description="Models deployed here even while no instance "
+                              "runs (scaled to zero): their requests are held, not refused")
 
 
 @dataclass(slots=True)
@@ -66,7 +68,7 @@ class RouterCore:
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
         self._ready: dict[tuple[str, str], list[Candidate]] = {}
         self._agents: dict[str, _Agent] = {}
-        self._known_models: set[str] = set()
+        self._known_models: set[str] = set(self.config.models)
         self._routed: dict[str, tuple[str, int]] = {}  # request_id -> (instance_id, tokens charged)
         self._held: dict[str, deque[_Held]] = {}
         self._next_report_s = 0.0
