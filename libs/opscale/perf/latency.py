@@ -5,8 +5,13 @@ and one decode token per running sequence. The roofline model prices each operat
 its compute time (FLOPs over derated peak FLOP/s) and its memory time (bytes moved over derated HBM
 bandwidth), adds tensor-parallel all-reduces and a fixed per-iteration overhead (scheduling, kernel
 launches, sampling). Figures are per GPU: with tensor parallelism `tp`, weights, FLOPs and KV cache
-are split `tp` ways. A later model replaces operator times with measured profiles; it keeps this
-protocol.
+are split `tp` ways. `opscale.perf.profiled` replaces the linear and norm operators' times with
+measured profiles and keeps this protocol; `opscale.perf.calibration` fits `RooflineParams` to them.
+
+Two optional terms, off by default so that default parameters keep the original arithmetic, let a
+calibrated roofline price what the weight-bearing GEMMs leave out: the elementwise kernels of every
+layer (norms, rotary embedding, activation, residual add: memory-bound on activation traffic) and a
+fixed per-layer time (kernel launch floors, which dominate them at small batches).
 
 Decode iterations are linear in the total KV context: `fixed_s(batch) + per_ctx_token_s * S`. The
 simulated engine relies on that shape to advance a whole run of decode steps in closed form.
@@ -56,6 +61,28 @@ class RooflineParams(BaseModel):
     interconnect_gbps: float | None = Field(
         None, gt=0, description="Per-GPU all-reduce bus bandwidth, GB/s; None: the SKU's default "
                                 "(DEFAULT_INTERCONNECT_GBPS, else PCIe).")
+    elementwise_efficiency: float | None = Field(
+        None, gt=0, le=1, description="Fraction of the SKU's HBM bandwidth that the elementwise kernels "
+                                      "(norms, rotary, activation, residual add) reach on activation "
+                                      "traffic; None leaves them out, as the original roofline does.")
+    layer_overhead_s: float = Field(
+        0.0, ge=0, description="Fixed time per transformer layer per iteration, seconds: the launch floors "
+                               "of the layer's kernels. Counted only when the iteration has tokens.")
+
+
+@dataclass(frozen=True, slots=True)
+class DenseWork:
+    """The work of all transformer layers' weight-bearing and elementwise operators over one iteration.
+
+    Figures are summed over the `tp` GPUs (each GPU does 1/tp of a sharded operator; an operator every
+    GPU repeats, such as a norm, counts once per GPU), so time = work / (tp * per-GPU rate).
+    `gemm_flops[i]` and `gemm_bytes[i]` belong to the same operator group (QKV/O projections, MLP),
+    each priced at max(compute, memory). Attention over the KV cache and the LM head are not in it.
+    """
+
+    gemm_flops: tuple[float, ...]
+    gemm_bytes: tuple[float, ...]
+    elementwise_bytes: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +142,46 @@ class LatencyModel(Protocol):
         ...
 
 
+def dense_layer_work(model: ModelSpec, tp: int, tokens: int) -> DenseWork:
+    """`DenseWork` of `model` split over `tp` GPUs for an iteration of `tokens` new tokens.
+
+    Per layer and token: QKV/O projections 2*P_attn FLOPs, MLP 2*P_active FLOPs; weights are read once
+    per iteration (for a mixture of E experts with k per token, the E*(1-(1-k/E)^T) experts a batch of
+    T tokens touches on average). Elementwise traffic, in values of bytes_per_param each: the two norms
+    (read and write the hidden state: 2*hidden each) and the residual add (two reads, one write:
+    3*hidden) run on every GPU; rotary embedding (read and write q and k) and the gated activation
+    (read gate and up, write one: 3*intermediate per active expert) are sharded.
+
+    Example: Llama-2-7B (hidden 4096, 32 layers, intermediate 11008), tp 1, one token: QKV/O FLOPs
+    2 * 4 * 4096**2 * 32 = 4.3e9 and their weights 4 * 4096**2 * 2 bytes * 32 = 4.3e9 bytes.
+    """
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"tp must be a positive integer, got {tp!r}")
+    if tokens < 0:
+        raise ValueError(f"tokens must be >= 0, got {tokens}")
+    layers, bpp = model.layers, model.bytes_per_param
+    attn_params = model.attn_params_per_layer * layers
+    expert_params = 3 * model.hidden * model.intermediate * layers
+    experts_per_token = model.experts_per_token if model.experts else 1
+    touched = _experts_touched(model.experts, experts_per_token, tokens)
+    kv_dim = model.kv_heads * model.head_dim
+    replicated = 7 * model.hidden
+    sharded = 2 * (model.hidden + kv_dim) + 3 * model.intermediate * experts_per_token
+    return DenseWork(
+        gemm_flops=(2 * attn_params * tokens, 2 * expert_params * experts_per_token * tokens),
+        gemm_bytes=(attn_params * bpp, expert_params * bpp * touched),
+        elementwise_bytes=float((replicated * tp + sharded) * bpp * layers * tokens),
+    )
+
+
+def _experts_touched(experts: int, per_token: int, tokens: int) -> float:
+    """Expected distinct experts a batch of `tokens` routes to, each token picking `per_token` of
+    `experts` uniformly; 1 for a dense model."""
+    if not experts:
+        return 1.0
+    return experts * (1.0 - (1.0 - per_token / experts) ** tokens)
+
+
 def attn_pairs(chunk_tokens: int, cached_tokens: int) -> int:
     """(query, key) pairs of causal attention for `chunk_tokens` new tokens after `cached_tokens`.
 
@@ -133,7 +200,8 @@ class RooflineLatencyModel:
       LM head on the tokens that produce logits; attention: 4*heads*head_dim FLOPs per (query, key)
         pair per layer vs the KV bytes read and written;
       two ring all-reduces of T*hidden activations per layer when tp > 1; a fixed overhead.
-    Activation traffic, norms and embeddings are small next to these and left out.
+    Elementwise kernels and a per-layer fixed time are added when the params ask for them (see
+    `dense_layer_work`); embeddings are left out.
     """
 
     def __init__(self, model: ModelSpec, sku: Sku, tp: int = 1, params: RooflineParams | None = None) -> None:
@@ -173,10 +241,50 @@ class RooflineLatencyModel:
         # Ring all-reduce moves 2(n-1)/n of the message over each GPU's link.
         self._allreduce_s_per_token = (
             2 * (tp - 1) / tp * model.hidden * bpp / (link_gbps * 1e9) if tp > 1 else 0.0)
+        # Optional terms (0 with default params, and adding 0.0 leaves a float unchanged).
+        if p.elementwise_efficiency is None:
+            self._elementwise_s_per_token = 0.0
+        else:
+            per_token = dense_layer_work(model, tp, 1).elementwise_bytes
+            self._elementwise_s_per_token = per_token / (
+                sku.mem_bandwidth_gbps * 1e9 * p.elementwise_efficiency * tp)
+        self._layers_overhead_s = p.layer_overhead_s * layers
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
     def __repr__(self) -> str:
         return f"RooflineLatencyModel({self.model.name!r}, {self.sku.name!r}, tp={self.tp})"
+
+    # --- operator pieces (what a profiled model takes from the roofline, or checks against it) ------
+
+    @property
+    def decode_attention_s_per_ctx_token(self) -> float:
+        """Seconds a decode iteration spends per cached context token (reading its K and V)."""
+        return self._decode_s_per_ctx
+
+    def dense_layers_s(self, tokens: int) -> float:
+        """All layers' projections, MLP, elementwise kernels and per-layer fixed time over `tokens` new
+        tokens: what operator profiles measure. No attention core, LM head, all-reduce or overhead."""
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if tokens == 0:
+            return 0.0
+        return self._gemm_s(tokens) + self._elementwise_s_per_token * tokens + self._layers_overhead_s
+
+    def lm_head_s(self, logit_tokens: int) -> float:
+        """The LM head over the `logit_tokens` tokens that produce logits."""
+        s_flop, s_byte = self._s_per_flop, self._s_per_byte
+        return max(2 * self._lm_head_params * logit_tokens * s_flop,
+                   self._lm_head_params * self._bpp * s_byte)
+
+    def prefill_attention_s(self, pairs: int, kv_tokens: int) -> float:
+        """Prefill attention over `pairs` (query, key) pairs, reading and writing `kv_tokens` tokens'
+        K and V (the chunk's and its cached context's)."""
+        return max(pairs * self._attn_flops_per_pair * self._s_per_flop,
+                   kv_tokens * self._kv_bytes_per_token * self._s_per_byte)
+
+    def allreduce_s(self, tokens: int) -> float:
+        """Tensor-parallel all-reduces of one iteration over `tokens` new tokens (0 when tp is 1)."""
+        return self._allreduce_s(tokens)
 
     # --- the protocol -------------------------------------------------------------------------------
 
@@ -218,10 +326,10 @@ class RooflineLatencyModel:
         tokens = prefill_tokens + decode_batch
         # Logits are computed for the decode tokens and the last token of the prefill.
         busy_s = self._linear_s(tokens, decode_batch + 1)
-        busy_s += max(pairs * self._attn_flops_per_pair * self._s_per_flop,
-                      (prefill_ctx_tokens + prefill_tokens) * self._kv_bytes_per_token * self._s_per_byte)
+        busy_s += self.prefill_attention_s(pairs, prefill_ctx_tokens + prefill_tokens)
         busy_s += self._decode_s_per_ctx * decode_ctx_tokens
-        time_s = busy_s + self._allreduce_s(tokens) + self.params.iteration_overhead_s
+        time_s = (busy_s + self._allreduce_s(tokens) + self.params.iteration_overhead_s
+                  + self._layers_overhead_s)
         return IterationCost(time_s=time_s, busy_s=busy_s)
 
     # --- pieces -------------------------------------------------------------------------------------
@@ -236,24 +344,25 @@ class RooflineLatencyModel:
                 cached = (self.params.iteration_overhead_s, 0.0, self._decode_s_per_ctx)
             else:
                 busy_s = self._linear_s(batch, batch)
-                fixed_s = busy_s + self._allreduce_s(batch) + self.params.iteration_overhead_s
+                fixed_s = (busy_s + self._allreduce_s(batch) + self.params.iteration_overhead_s
+                           + self._layers_overhead_s)
                 cached = (fixed_s, busy_s, self._decode_s_per_ctx)
             self._decode_cache[batch] = cached
         return cached
 
     def _linear_s(self, tokens: int, logit_tokens: int) -> float:
-        """Weight-bearing operators over `tokens` new tokens, each at max(compute, memory)."""
+        """The busy operators that scale with new tokens: weight-bearing GEMMs (each at max(compute,
+        memory)), the LM head, and the elementwise kernels when the params price them."""
+        return (self._gemm_s(tokens) + self.lm_head_s(logit_tokens)
+                + self._elementwise_s_per_token * tokens)
+
+    def _gemm_s(self, tokens: int) -> float:
+        """QKV/O projections and MLP over `tokens` new tokens, each at max(compute, memory)."""
         s_flop, s_byte, bpp = self._s_per_flop, self._s_per_byte, self._bpp
         attn_proj = max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
-        if self._experts:
-            # Expected distinct experts a batch routes to, each token picking k of E uniformly.
-            e, k = self._experts, self._experts_per_token
-            touched = e * (1.0 - (1.0 - k / e) ** tokens)
-        else:
-            touched = 1.0
+        touched = _experts_touched(self._experts, self._experts_per_token, tokens)
         mlp = max(2 * self._mlp_active_params * tokens * s_flop, self._expert_bytes * touched * s_byte)
-        lm_head = max(2 * self._lm_head_params * logit_tokens * s_flop, self._lm_head_params * bpp * s_byte)
-        return attn_proj + mlp + lm_head
+        return attn_proj + mlp
 
     def _allreduce_s(self, tokens: int) -> float:
         if not self._allreduce_calls:
