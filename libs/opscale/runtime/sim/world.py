@@ -68,7 +68,7 @@ class WorldConfig:
     intra_region_latency_s: float = 0.0005
     inter_region_latency_s: float = 0.040  # one way
     router_tick_s: float = 0.5
-    agent_tick_s: float = 1.0
+    agent_tick_s: float = 2.0  # the heartbeat period: reports are only read then (readiness wakes exactly)
     planner_tick_s: float = 1.0
     aggregator_tick_s: float = 1.0
     forecaster_tick_s: float = 10.0
@@ -145,8 +145,9 @@ class SimWorld:
 
     def _agent_ticker(self, agent: NodeAgentCore) -> Callable[[float], None]:
         def tick(now_s: float) -> None:
+            # Each engine is current to its last event (wakes advance it); a report is state as of the last
+            # iteration boundary, so no advance is needed here.
             for hosted in self._by_agent.get(agent.config.agent_id, {}).values():
-                self._advance(hosted, now_s)
                 agent.handle(hosted.engine.report(now_s), now_s)
             self._apply(agent.name, agent.tick(now_s), agent)
             ready_s = agent.next_ready_s()
