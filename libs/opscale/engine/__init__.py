@@ -1,12 +1,21 @@
-"""The simulated inference engine: continuous batching over a paged KV cache with chunked prefill and
-recompute preemption, advanced in closed-form runs of decode steps (see opscale.engine.sim)."""
+"""The simulated inference engine: continuous batching over a paged KV cache with chunked prefill,
+recompute preemption, prefix caching and prefill/decode roles, advanced in closed-form runs of decode
+steps (see opscale.engine.sim)."""
 
 from opscale.engine.config import EngineConfig
-from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, Tokens
-from opscale.engine.replay import replay
-from opscale.engine.sim import EngineNotAcceptingError, EngineState, RequestTooLargeError, SimEngine
+from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, PrefillDone, Tokens
+from opscale.engine.prefix_cache import PrefixCache
+from opscale.engine.replay import replay, replay_disaggregated
+from opscale.engine.sim import (
+    EngineNotAcceptingError,
+    EngineState,
+    RequestTooLargeError,
+    SimEngine,
+    WrongRoleError,
+)
 
 __all__ = [
     "EngineConfig", "EngineNotAcceptingError", "EngineOutput", "EngineState", "Finished", "FirstToken",
-    "Preempted", "RequestTooLargeError", "SimEngine", "Tokens", "replay",
+    "Preempted", "PrefillDone", "PrefixCache", "RequestTooLargeError", "SimEngine", "Tokens", "WrongRoleError",
+    "replay", "replay_disaggregated",
 ]

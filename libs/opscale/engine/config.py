@@ -29,6 +29,13 @@ class EngineConfig(BaseModel):
         None, ge=1, description="Longest prompt + output accepted, tokens; None: the model's max_context.")
     report_window_s: float = Field(
         10.0, gt=0, description="Window of the tokens_per_s and busy_frac figures in reports, seconds.")
+    enable_prefix_caching: bool = Field(
+        False, description="Keep the KV of prompt prefixes after their requests leave (an LRU within the "
+                           "free KV cache) and skip prefilling the cached leading blocks of later prompts.")
+    prefix_block_tokens: int = Field(
+        512, ge=1, description="Tokens covered by one entry of a request's `prefix_hashes` (Mooncake's "
+                               "hash_ids granularity). Must be a multiple of block_size when prefix "
+                               "caching is on.")
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> Self:
@@ -36,4 +43,8 @@ class EngineConfig(BaseModel):
         if self.max_batched_tokens < self.max_num_seqs:
             raise ValueError(f"max_batched_tokens ({self.max_batched_tokens}) must be >= max_num_seqs "
                              f"({self.max_num_seqs})")
+        # A cached prefix block must be made of whole KV blocks, or sharing it would split a block.
+        if self.enable_prefix_caching and self.prefix_block_tokens % self.block_size:
+            raise ValueError(f"prefix_block_tokens ({self.prefix_block_tokens}) must be a multiple of "
+                             f"block_size ({self.block_size}) when enable_prefix_caching is on")
         return self

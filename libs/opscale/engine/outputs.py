@@ -1,8 +1,15 @@
-"""What a simulated engine reports as it runs: first tokens, token counts, completions, preemptions.
+"""What a simulated engine reports as it runs: first tokens, token counts, completions, preemptions,
+and the hand-off of a prefilled request from a prefill instance to a decode instance.
 
 Every output is stamped with the simulated time at which it happened. `FirstToken` carries the first
 output token and `Tokens` the later ones, so for every finished request
 1 + sum(Tokens.count) == Finished.output_tokens (when the engine emits Tokens).
+
+Prefill/decode disaggregation: a prefill instance emits `PrefillDone` and nothing else for a request;
+the decode instance that receives its KV emits `FirstToken`, `Tokens` and `Finished`, with the same
+identity above. The first token, sampled by the prefill instance, travels with the KV and reaches the
+client from the decode instance once the KV has landed (as with Dynamo or llm-d, where the client
+streams from the decode worker), so the KV transfer counts towards TTFT.
 """
 
 from __future__ import annotations
@@ -46,4 +53,21 @@ class Preempted:
     at_s: float
 
 
-EngineOutput = FirstToken | Tokens | Finished | Preempted
+@dataclass(frozen=True, slots=True)
+class PrefillDone:
+    """A prefill instance finished the request's prefill at `at_s` and handed it off: its KV
+    (`kv_bytes`, the prompt's KV) is to be sent to a decode instance, and it left this instance.
+
+    `first_token_s` is when the prefill's last iteration sampled the first output token; the client sees
+    that token only when the decode instance has the KV (see the module docstring). The KV is released
+    here at hand-off: the transfer is taken to stream out layer by layer as the prefill runs (Splitwise,
+    Mooncake), so its duration is paid on the decode side, not held on this instance.
+    """
+
+    request_id: str
+    at_s: float
+    kv_bytes: int
+    first_token_s: float
+
+
+EngineOutput = FirstToken | Tokens | Finished | Preempted | PrefillDone
