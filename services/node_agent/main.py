@@ -12,7 +12,7 @@ from aiohttp import web
 
 from opscale.engine import EngineConfig, SimEngine
 from opscale.model import InstanceSpec, InstanceStatus
-from opscale.perf import RooflineLatencyModel, default_catalog, load_time_s
+from opscale.perf import default_catalog, latency_model_for, load_profiles, load_time_s
 from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.http_tracing import tracing_middleware
@@ -53,10 +53,12 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
     catalog.sku(settings.sku)  # an unknown SKU fails here, naming the known ones
     engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1})
 
+    profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
+
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
-        return SimEngine(spec.instance_id, model, sku, spec.tp, RooflineLatencyModel(model, sku, spec.tp),
-                         engine_config)
+        latency = latency_model_for(model, sku, spec.tp, profiles=profiles)
+        return SimEngine(spec.instance_id, model, sku, spec.tp, latency, engine_config, role=spec.role)
 
     def load_time(spec: InstanceSpec) -> float:
         cold = load_time_s(catalog.model(spec.model), catalog.sku(spec.sku), spec.tp, "cold")

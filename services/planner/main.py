@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from opscale.perf import default_catalog
+from opscale.perf import default_catalog, latency_model_for, load_profiles
 from opscale.planning import make_planning_policy
 from opscale.planning.capacity import CapacityEstimator
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("planner", settings) as p:
-        capacity = CapacityEstimator(default_catalog(), settings.tbt_budget_s)
+        profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
+        capacity = CapacityEstimator(default_catalog(), settings.tbt_budget_s,
+                                     latency_factory=lambda m, s, tp: latency_model_for(m, s, tp, profiles=profiles))
         policy = make_planning_policy(settings.policy, settings.deployments, capacity, **settings.policy_params)
         core = PlannerCore(policy, settings.deployments, settings.core)
         clients: dict[str, NodeAgentClient] = {}

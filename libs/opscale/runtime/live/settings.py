@@ -281,6 +281,8 @@ class PlannerSettings(LiveSettings):
     policy: str = Field("reactive", description="Planning policy name (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the planning policy")
     tbt_budget_s: float = Field(0.1, gt=0, description="TBT objective that per-instance capacity is sized for")
+    profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout) for "
+                                      "capacity estimates; without it the calibrated roofline model is used")
     deployments: list[DeploymentSpec] = Field(
         default_factory=lambda: [DeploymentSpec(model="Llama-3-8B", sku="H100-80GB", tp=1, min_replicas=1,
                                                 max_replicas=8)],
@@ -317,6 +319,8 @@ class NodeAgentSettings(LiveSettings):
                                    "simulated engines (e.g. 0.05 for a quick local stack)")
     engine_options: dict[str, Any] = Field(default_factory=dict,
                                            description="Simulated engine settings (opscale.engine.EngineConfig)")
+    profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout); "
+                                      "without it the calibrated roofline model is used")
 
     @field_validator("engine_options")
     @classmethod
