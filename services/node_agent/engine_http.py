@@ -14,15 +14,21 @@ how the engine drops the request.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from aiohttp import web
 
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    unix_now_s,
+)
 from opscale.runtime.live.openai_schema import (
     SSE_CONTENT_TYPE,
     SSE_DONE,
@@ -46,8 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The request id, once parsed, so the error middleware can quote it in a 500 answer.
-_REQUEST_ID_KEY = web.RequestKey("opscale_request_id", str)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 _READ_CHUNK_BYTES = 64 * 1024
@@ -88,70 +92,20 @@ def token_text(position: int) -> str:
     return f" tok{position}"
 
 
-def _unix_now_s() -> float:
-    # OpenAI's `created` field is a Unix timestamp; this live shell is where the wall clock may be read.
-    return time.time()  # noqa: TID251
-
-
 def build_engine_app(
     host: EngineHost,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    wall_clock_s: Callable[[], float] = _unix_now_s,
+    wall_clock_s: Callable[[], float] = unix_now_s,
 ) -> web.Application:
     """The engine server app for every instance of `host`."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     server = _EngineServer(host, max_body_bytes, wall_clock_s)
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_openai_errors_middleware])
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
     app.router.add_post("/instances/{instance_id}/v1/completions", server.completions)
     app.router.add_post("/instances/{instance_id}/v1/chat/completions", server.chat_completions)
     return app
-
-
-def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
-    """An AppRunner that cancels a handler when its client disconnects, so an abandoned request stops
-    in the engine at once rather than at its next token."""
-    kwargs.setdefault("handler_cancellation", True)
-    return web.AppRunner(app, **kwargs)
-
-
-def _error_response(error: ApiError, extra_headers: dict[str, str] | None = None) -> web.Response:
-    headers = dict(error.headers())
-    if extra_headers:
-        headers.update(extra_headers)
-    return web.json_response(error.body(), status=error.status, headers=headers)
-
-
-@web.middleware
-async def _openai_errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405, 413) and unexpected exceptions leave as OpenAI error bodies."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return _error_response(error_for_status(exc.status, f"{exc.reason}: {request.method} {request.path}"),
-                               headers)
-    except Exception:
-        request_id = request.get(_REQUEST_ID_KEY)
-        log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path, request_id)
-        return _error_response(internal_error(request_id))
-
-
-async def _aclose(counts: AsyncIterator[int]) -> None:
-    aclose = getattr(counts, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        result = aclose()
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("closing an engine stream failed")
 
 
 class _EngineServer:
@@ -173,13 +127,13 @@ class _EngineServer:
         raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), request.content_length,
                                  self._max_body_bytes)
         if isinstance(raw, ApiError):
-            return _error_response(raw)
+            return error_response(raw)
         given_id = request.headers.get("x-request-id")
         parsed = parse_completion(raw, kind,
                                   request_id=given_id if given_id and _REQUEST_ID_RE.match(given_id) else None)
         if isinstance(parsed, ApiError):
-            return _error_response(parsed)
-        request[_REQUEST_ID_KEY] = parsed.request_id
+            return error_response(parsed)
+        request[REQUEST_ID_KEY] = parsed.request_id
 
         counts = self._host.generate(instance_id, parsed.request_id, parsed.prompt_tokens, parsed.max_tokens)
         try:
@@ -188,22 +142,22 @@ class _EngineServer:
             try:
                 first = await anext(counts, None)
             except UnknownInstance:
-                return _error_response(error_for_status(
+                return error_response(error_for_status(
                     404, f"No instance '{instance_id}' on this node", param="instance_id", code="instance_not_found"))
             except InstanceNotAccepting as exc:
                 detail = f": {exc}" if str(exc) else ""
-                return _error_response(error_for_status(
+                return error_response(error_for_status(
                     503, f"Instance '{instance_id}' is not accepting requests{detail}", code="instance_not_accepting",
                     retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
             except RequestTooLarge as exc:
-                return _error_response(error_for_status(
+                return error_response(error_for_status(
                     400, f"The request does not fit instance '{instance_id}': {exc}", param="max_tokens",
                     code="context_length_exceeded"))
             if parsed.stream:
                 return await self._stream(request, parsed, first, counts)
             return await self._collect(parsed, first, counts)
         finally:
-            await _aclose(counts)
+            await aclose_quietly(counts)
 
     async def _collect(self, req: ParsedRequest, first: int | None, counts: AsyncIterator[int]) -> web.Response:
         produced = 0

@@ -14,14 +14,20 @@ that is waiting for a token rather than writing one.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from aiohttp import web
 
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    unix_now_s,
+)
 from opscale.runtime.live.openai_schema import (
     SSE_CONTENT_TYPE,
     SSE_DONE,
@@ -50,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The request id, once parsed, so the error middleware can quote it in a 500 answer.
-_REQUEST_ID_KEY = web.RequestKey("opscale_request_id", str)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
@@ -95,16 +99,11 @@ class RouterBackend(Protocol):
     def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]: ...
 
 
-def _unix_now_s() -> float:
-    # OpenAI's `created` field is a Unix timestamp; this live shell is where the wall clock may be read.
-    return time.time()  # noqa: TID251
-
-
 def build_router_app(
     backend: RouterBackend,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    wall_clock_s: Callable[[], float] = _unix_now_s,
+    wall_clock_s: Callable[[], float] = unix_now_s,
 ) -> web.Application:
     """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields."""
     if max_body_bytes < 1:
@@ -118,59 +117,11 @@ def build_router_app(
     return app
 
 
-def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
-    """An AppRunner that cancels a handler when its client disconnects, so a request waiting for its
-    next token stops (and closes its upstream) at once rather than at its next write."""
-    kwargs.setdefault("handler_cancellation", True)
-    return web.AppRunner(app, **kwargs)
-
-
-def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
-    headers = dict(error.headers())
-    if extra_headers:
-        headers.update(extra_headers)
-    return web.json_response(error.body(), status=error.status, headers=headers)
-
-
-@web.middleware
-async def openai_errors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error leaves as an OpenAI error body: aiohttp's own (404 path, 405 method, 413) and any
-    unexpected exception, which is logged and answered 500 without internals."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        message = f"{exc.reason}: {request.method} {request.path}"
-        return error_response(error_for_status(exc.status, message), headers)
-    except Exception:
-        request_id = request.get(_REQUEST_ID_KEY)
-        log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path, request_id)
-        return error_response(internal_error(request_id))
-
-
 def upstream_api_error(exc: UpstreamError) -> ApiError:
     """An engine failure the back end could not hide: 504 for a timeout, 502 otherwise."""
     if exc.kind == "timeout":
         return error_for_status(504, "The model instance did not answer in time", code="upstream_timeout")
     return error_for_status(502, f"The model instance failed ({exc.kind})", code="upstream_error")
-
-
-async def aclose_quietly(chunks: AsyncIterator[Any]) -> None:
-    """Close an async iterator if it can be closed (async generators can); a failure while closing
-    is logged, never raised over the answer already decided."""
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        result = aclose()
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("closing a token stream failed")
 
 
 class _RouterApi:
@@ -198,7 +149,7 @@ class _RouterApi:
         parsed = parse_completion(raw, kind, headers=request.headers)
         if isinstance(parsed, ApiError):
             return error_response(parsed)
-        request[_REQUEST_ID_KEY] = parsed.request_id
+        request[REQUEST_ID_KEY] = parsed.request_id
         # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core
         # owns the set of served models, and may hold a request for a model that is scaling up from zero.
 

@@ -1,0 +1,73 @@
+"""aiohttp plumbing shared by opscale's OpenAI-compatible servers (the router's API and the node-agent's
+engine server): every error leaves as an OpenAI error body, a client disconnect cancels its handler, and
+token streams are closed quietly."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from opscale.runtime.live.openai_schema import ApiError, error_for_status, internal_error
+
+log = logging.getLogger(__name__)
+
+# The request id, once parsed, so the error middleware can quote it in a 500 answer.
+REQUEST_ID_KEY = web.RequestKey("opscale_request_id", str)
+
+
+def unix_now_s() -> float:
+    # OpenAI's `created` field is a Unix timestamp; this live shell is where the wall clock may be read.
+    return time.time()  # noqa: TID251
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An AppRunner that cancels a handler when its client disconnects, so a request waiting for its
+    next token stops (and releases its engine or upstream work) at once rather than at its next write."""
+    kwargs.setdefault("handler_cancellation", True)
+    return web.AppRunner(app, **kwargs)
+
+
+def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    headers = dict(error.headers())
+    if extra_headers:
+        headers.update(extra_headers)
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+@web.middleware
+async def openai_errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error leaves as an OpenAI error body: aiohttp's own (404 path, 405 method, 413) and any
+    unexpected exception, which is logged and answered 500 without internals."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        message = f"{exc.reason}: {request.method} {request.path}"
+        return error_response(error_for_status(exc.status, message), headers)
+    except Exception:
+        request_id = request.get(REQUEST_ID_KEY)
+        log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path, request_id)
+        return error_response(internal_error(request_id))
+
+
+async def aclose_quietly(stream: AsyncIterator[Any]) -> None:
+    """Close an async iterator if it can be closed (async generators can); a failure while closing is
+    logged, never raised over the answer already decided."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        result = aclose()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("closing a stream failed")
