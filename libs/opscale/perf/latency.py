@@ -182,6 +182,26 @@ def _experts_touched(experts: int, per_token: int, tokens: int) -> float:
     return experts * (1.0 - (1.0 - per_token / experts) ** tokens)
 
 
+
+def check_token_counts(prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int,
+                       decode_ctx_tokens: int) -> None:
+    """The argument check every LatencyModel's iteration_cost starts with."""
+    if min(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens) < 0:
+        raise ValueError(
+            f"token counts must be >= 0, got prefill_tokens={prefill_tokens}, prefill_ctx_tokens="
+            f"{prefill_ctx_tokens}, decode_batch={decode_batch}, decode_ctx_tokens={decode_ctx_tokens}")
+
+
+class IterationTime:
+    """Mixin: `iteration_s` is the time of `iteration_cost`, for every LatencyModel implementation."""
+
+    def iteration_s(
+        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
+        *, prefill_attn_pairs: int | None = None,
+    ) -> float:
+        return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch,  # type: ignore[attr-defined]
+                                   decode_ctx_tokens, prefill_attn_pairs=prefill_attn_pairs).time_s
+
 def attn_pairs(chunk_tokens: int, cached_tokens: int) -> int:
     """(query, key) pairs of causal attention for `chunk_tokens` new tokens after `cached_tokens`.
 
@@ -190,7 +210,7 @@ def attn_pairs(chunk_tokens: int, cached_tokens: int) -> int:
     return chunk_tokens * cached_tokens + chunk_tokens * (chunk_tokens + 1) // 2
 
 
-class RooflineLatencyModel:
+class RooflineLatencyModel(IterationTime):
     """Roofline latency of `model` on `tp` GPUs of `sku` (see the module docstring).
 
     Per operator and iteration of T new tokens (per GPU, i.e. divided by tp):
@@ -299,21 +319,11 @@ class RooflineLatencyModel:
         _fixed_s, busy_s, per_ctx_s = self._decode_coeffs(batch)
         return busy_s, per_ctx_s
 
-    def iteration_s(
-        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
-        *, prefill_attn_pairs: int | None = None,
-    ) -> float:
-        return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens,
-                                   prefill_attn_pairs=prefill_attn_pairs).time_s
-
     def iteration_cost(
         self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
         *, prefill_attn_pairs: int | None = None,
     ) -> IterationCost:
-        if min(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens) < 0:
-            raise ValueError(
-                f"token counts must be >= 0, got prefill_tokens={prefill_tokens}, prefill_ctx_tokens="
-                f"{prefill_ctx_tokens}, decode_batch={decode_batch}, decode_ctx_tokens={decode_ctx_tokens}")
+        check_token_counts(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens)
         if prefill_tokens == 0:
             # The same arithmetic as the decode line, so a decode-only iteration costs exactly
             # fixed_s + per_ctx_token_s * S whichever way it is asked for.

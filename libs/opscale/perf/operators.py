@@ -38,8 +38,10 @@ from opscale.perf.latency import (
     DEFAULT_INTERCONNECT_GBPS,
     FALLBACK_INTERCONNECT_GBPS,
     IterationCost,
+    IterationTime,
     RooflineParams,
     attn_pairs,
+    check_token_counts,
 )
 from opscale.perf.loading import LoadSource, LoadTimeParams, weights_load_time_s
 from opscale.perf.transfer import Link, activation_bytes
@@ -283,7 +285,7 @@ def roofline_factory(model: ModelSpec, params: RooflineParams | None = None) -> 
     return make
 
 
-class OperatorSplitLatencyModel:
+class OperatorSplitLatencyModel(IterationTime):
     """Iteration latency of an operator-split deployment (see the module docstring); a `LatencyModel`.
 
     `base_model_factory(group)` gives the cost model of one replica of each group; `link` joins the
@@ -356,21 +358,11 @@ class OperatorSplitLatencyModel:
         _, _, busy_fixed_s, busy_per_ctx_s = self._decode(batch)
         return busy_fixed_s, busy_per_ctx_s
 
-    def iteration_s(
-        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
-        *, prefill_attn_pairs: int | None = None,
-    ) -> float:
-        return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens,
-                                   prefill_attn_pairs=prefill_attn_pairs).time_s
-
     def iteration_cost(
         self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
         *, prefill_attn_pairs: int | None = None,
     ) -> IterationCost:
-        if min(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens) < 0:
-            raise ValueError(
-                f"token counts must be >= 0, got prefill_tokens={prefill_tokens}, prefill_ctx_tokens="
-                f"{prefill_ctx_tokens}, decode_batch={decode_batch}, decode_ctx_tokens={decode_ctx_tokens}")
+        check_token_counts(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens)
         if prefill_tokens == 0:
             # The decode line itself, so both ways of asking agree exactly (the closed form needs it).
             fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode(decode_batch)

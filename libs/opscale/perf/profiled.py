@@ -23,7 +23,15 @@ from __future__ import annotations
 
 from opscale.model import ModelSpec, Sku
 from opscale.perf.calibration import calibrated_params
-from opscale.perf.latency import IterationCost, LatencyModel, RooflineLatencyModel, RooflineParams, attn_pairs
+from opscale.perf.latency import (
+    IterationCost,
+    IterationTime,
+    LatencyModel,
+    RooflineLatencyModel,
+    RooflineParams,
+    attn_pairs,
+    check_token_counts,
+)
 from opscale.perf.profiles import (
     EMBEDDING_OP,
     GEMM_OPS,
@@ -40,7 +48,7 @@ ALL_REDUCE = "all_reduce"
 _CACHE_LIMIT = 1 << 16
 
 
-class ProfiledLatencyModel:
+class ProfiledLatencyModel(IterationTime):
     """Latency of `model` on `tp` GPUs of `sku` from `profile`, with `fallback` for attention, the LM
     head and overhead (see the module docstring). `network`, when given, prices the all-reduces.
 
@@ -130,21 +138,11 @@ class ProfiledLatencyModel:
         _fixed_s, busy_s = self._decode_coeffs(batch)
         return busy_s, self._per_ctx_s
 
-    def iteration_s(
-        self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
-        *, prefill_attn_pairs: int | None = None,
-    ) -> float:
-        return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens,
-                                   prefill_attn_pairs=prefill_attn_pairs).time_s
-
     def iteration_cost(
         self, prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int, decode_ctx_tokens: int,
         *, prefill_attn_pairs: int | None = None,
     ) -> IterationCost:
-        if min(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens) < 0:
-            raise ValueError(
-                f"token counts must be >= 0, got prefill_tokens={prefill_tokens}, prefill_ctx_tokens="
-                f"{prefill_ctx_tokens}, decode_batch={decode_batch}, decode_ctx_tokens={decode_ctx_tokens}")
+        check_token_counts(prefill_tokens, prefill_ctx_tokens, decode_batch, decode_ctx_tokens)
         if prefill_tokens == 0:
             # The decode line itself, so a decode-only iteration costs exactly fixed + c*S.
             fixed_s, busy_s = self._decode_coeffs(decode_batch)
