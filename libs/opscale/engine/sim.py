@@ -44,9 +44,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import reduce
+from operator import add
 
 from opscale.engine.config import EngineConfig
 from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, PrefillDone, Tokens
@@ -111,7 +115,10 @@ class _Seq:
         self.kv_at_s = 0.0  # when the KV lands (set at admission)
 
 
-@dataclass(frozen=True, slots=True)
+# The plans below are values, never changed once made, yet not declared frozen: a frozen dataclass's
+# __init__ sets each field through object.__setattr__, which makes it about four times as slow to build,
+# and the engine builds one or two plans for every event it runs.
+@dataclass(slots=True)
 class _DecodeRun:
     """k decode steps of a fixed batch, starting at `start_s` (nothing mutated until commit)."""
 
@@ -147,16 +154,21 @@ class _DecodeRun:
         a = self.per_ctx_s * self.batch / 2
         b = self.fixed_s + self.per_ctx_s * self.ctx0 - a
         guess = dt / b if a <= 0 else (-b + math.sqrt(b * b + 4 * a * dt)) / (2 * a)
-        m = min(self.k, max(0, math.ceil(guess) - 1))
-        start = self.start_s
-        while m < self.k and start + self.elapsed_s(m) < now_s:
+        k = self.k
+        m = min(k, max(0, math.ceil(guess) - 1))
+        # elapsed_s(m) written out (the same expression, so the same rounding): this runs per arrival.
+        start, fixed_s, per_ctx_s, ctx0, batch = self.start_s, self.fixed_s, self.per_ctx_s, self.ctx0, self.batch
+        while m < k and start + (m * fixed_s + per_ctx_s * (m * ctx0 + batch * m * (m - 1) / 2)) < now_s:
             m += 1
-        while m > 0 and start + self.elapsed_s(m - 1) >= now_s:
-            m -= 1
+        while m > 0:
+            j = m - 1
+            if start + (j * fixed_s + per_ctx_s * (j * ctx0 + batch * j * (j - 1) / 2)) < now_s:
+                break
+            m = j
         return m
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Step:
     """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
 
@@ -172,7 +184,7 @@ class _Step:
     new_blocks: int  # KV blocks the decode tokens take
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Wait:
     """Nothing to compute until a KV transfer lands at `end_s` (decode role)."""
 
@@ -197,6 +209,10 @@ class SimEngine:
     (recomputation included, cached prefix tokens excluded), `output_tokens`, `finished`, `cancelled`,
     `handed_off` (prefill role), `prefix_hit_tokens` and `prefix_queried_tokens` (prompt tokens
     admitted for prefill, recomputation included) with their ratio `prefix_hit_rate`.
+
+    `emit_first_tokens` (default True): a shell that takes first-token times from `Finished` and streams
+    nothing (the simulation world) sets it to False, and no `FirstToken` outputs are made: one object
+    per request saved on the hottest path.
     """
 
     def __init__(self, instance_id: str, model: ModelSpec, sku: Sku, tp: int, latency: LatencyModel,
@@ -231,6 +247,7 @@ class SimEngine:
         self._budget = cfg.max_batched_tokens
         self._max_run = cfg.max_run_steps
         self._emit_tokens = cfg.emit_tokens
+        self.emit_first_tokens = True
         self._prefill_only = self.role is Role.PREFILL
         self._decode_only = self.role is Role.DECODE
         self._kv_bytes_per_token = model.kv_bytes_per_token
@@ -261,6 +278,7 @@ class SimEngine:
         self._steps = 0  # D: decode steps taken by the engine so far
         self._dec_n = 0
         self._dec_base_sum = 0  # sum of base over the decode set
+        self._dec_left_sum = 0  # sum of output - gbase over the decode set: outputs left, plus D
         self._hist = [0] * bs  # decode-set sequences by base mod block_size
         self._finish_heap: list[tuple[int, int, int, _Seq]] = []  # (finish D, admit_no, stint, seq)
         self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
@@ -284,7 +302,15 @@ class SimEngine:
         self.handed_off = 0
         self.prefix_hit_tokens = 0
         self.prefix_queried_tokens = 0
-        self._window: deque[tuple[float, float, int]] = deque()  # (start_s, end_s, output tokens) per run
+        # The runs of the last report_window_s, for reports, from run _win_head on: their ends, in order,
+        # and their start, duration and output tokens, three numbers a run. Flat arrays of doubles rather
+        # than a deque of tuples: a report reads them all, and contiguous numbers cost far fewer cache
+        # misses than an object per run (token counts are whole numbers far below 2**53: exact as
+        # doubles); the ends alone, so that the window's edge is a binary search.
+        self._win_end = array("d")
+        self._win_data = array("d")
+        self._win_head = 0
+        self._report_window_s = cfg.report_window_s
 
     # --- the shell's interface ----------------------------------------------------------------------
 
@@ -353,6 +379,9 @@ class SimEngine:
         """Run every iteration that ends at or before `now_s`; return the outputs since the last call."""
         out = self._pending
         self._pending = []
+        plan = self._plan
+        if plan is not None and plan.end_s > now_s and now_s == self._now_s:
+            return out  # already there, and nothing ends by now_s (a shell collecting what a submit made)
         self._advance_to(now_s, out)
         return out
 
@@ -417,7 +446,7 @@ class SimEngine:
         if self._cache is not None:
             self._cache.clear()
         self._hist = [0] * self._bs
-        self._dec_n = self._dec_base_sum = self._used_blocks = 0
+        self._dec_n = self._dec_base_sum = self._dec_left_sum = self._used_blocks = 0
         return unfinished
 
     def report(self, now_s: float) -> EngineReport:
@@ -426,11 +455,25 @@ class SimEngine:
         since = now_s - window_s
         tokens = 0
         busy = 0.0
-        for start, end, count in self._window:
-            if end > since:
-                busy += min(end, now_s) - max(start, since)
-                if end <= now_s:
-                    tokens += count
+        ends, data, head = self._win_end, self._win_data, self._win_head
+        runs = len(ends)
+        if runs > head and ends[-1] <= now_s:
+            # The usual case (runs are disjoint, in time order, and all over by now_s): only the first
+            # run ending after `since` can be cut by the window; every later one counts whole. Summed in
+            # the same order as the general loop below, so the figures are the same to the last bit.
+            first = bisect_right(ends, since, head)
+            if first < runs:
+                start = data[3 * first]
+                busy = ends[first] - (start if start > since else since)
+                busy = reduce(add, data[3 * first + 4::3], busy)  # busy += each later duration, in C
+                tokens = int(sum(data[3 * first + 2::3]))
+        else:
+            for i in range(head, runs):
+                end = ends[i]
+                if end > since:
+                    busy += min(end, now_s) - max(data[3 * i], since)
+                    if end <= now_s:
+                        tokens += int(data[3 * i + 2])
         stopped = self._state is EngineState.STOPPED
         plan = None if stopped else (self._plan if self._plan is not None else self._make_plan())
         power_w = 0.0 if stopped else self._idle_w
@@ -455,17 +498,15 @@ class SimEngine:
     def outstanding_tokens(self) -> int:
         """Tokens still to process: prefill left plus output left, over queued and running requests
         (a prefilled request's prompt is not prefill work here)."""
-        total = 0
-        d = self._steps
+        # The decode set's share comes from a running sum (each decoding sequence has output - (gbase + D)
+        # left); only the queue and the sequences in prefill or awaiting their KV are walked.
+        total = self._dec_left_sum - self._dec_n * self._steps
         for s in self._waiting:
             total += s.output - s.generated if s.xfer_s is not None else s.target + s.output - s.generated
-        for s in self._running.values():
-            if s.decoding:
-                total += s.output - (s.gbase + d)
-            elif s.xfer_s is not None:
-                total += s.output - s.generated
-            else:
-                total += s.target - s.computed + s.output - s.generated
+        for s in self._prefilling.values():
+            total += s.target - s.computed + s.output - s.generated
+        for s in self._transferring.values():
+            total += s.output - s.generated
         return total
 
     # --- arrivals -------------------------------------------------------------------------------------
@@ -497,10 +538,11 @@ class SimEngine:
             raise ValueError(f"request {request.request_id} is already in instance {self.instance_id}")
         plan = self._plan
         if plan is not None:
-            if isinstance(plan, _Step):
+            kind = type(plan)
+            if kind is _Step:
                 if plan.start_s >= now_s:
                     self._plan = None  # decided at this very instant: decide again with the newcomer
-            elif isinstance(plan, _Wait):
+            elif kind is _Wait:
                 # Waiting for a transfer is no iteration: the scheduler can take the newcomer now.
                 self._plan = None
                 self._clock_s = max(self._clock_s, now_s)
@@ -537,9 +579,10 @@ class SimEngine:
             if plan.end_s > now_s:
                 return
             self._plan = None
-            if isinstance(plan, _DecodeRun):
+            kind = type(plan)  # exact types: the plan classes are final
+            if kind is _DecodeRun:
                 self._commit_run(plan, out)
-            elif isinstance(plan, _Step):
+            elif kind is _Step:
                 self._commit_step(plan, out)
             else:
                 self._commit_wait(plan, out)
@@ -551,13 +594,18 @@ class SimEngine:
         # Idle draw from the last accounted instant to the start, then the run's own draw.
         self.energy_j += self._idle_w * (end_s - self._accounted_s) + self._dyn_w * busy_s
         self._accounted_s = end_s
-        self.busy_s += end_s - start_s
+        duration_s = end_s - start_s
+        self.busy_s += duration_s
         self.output_tokens += tokens
-        window = self._window
-        window.append((start_s, end_s, tokens))
-        horizon = end_s - self.config.report_window_s
-        while window and window[0][1] <= horizon:
-            window.popleft()
+        ends = self._win_end
+        ends.append(end_s)
+        self._win_data.extend((start_s, duration_s, tokens))
+        # Runs that ended by the window's start leave it; the arrays are compacted now and then.
+        head = bisect_right(ends, end_s - self._report_window_s, self._win_head)
+        if head >= 256:
+            del ends[:head], self._win_data[:3 * head]
+            head = 0
+        self._win_head = head
 
     # --- planning (reads state, never changes it) -------------------------------------------------------
 
@@ -565,11 +613,13 @@ class SimEngine:
         if self._state is EngineState.STOPPED or (not self._running and not self._waiting):
             return None
         batch = self._dec_n
-        if not self._prefilling and not self._head_admissible(batch, self._hist[-self._steps % self._bs]):
+        if not self._prefilling and not (
+                self._waiting and self._head_admissible(batch, self._hist[-self._steps % self._bs])):
             if batch:
                 k = self._decode_run_len(batch)
                 if k > 0:
-                    fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode_coeffs(batch)
+                    fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = (
+                        self._decode_cache.get(batch) or self._decode_coeffs(batch))
                     ctx0 = self._dec_base_sum + batch * (self._steps + 1)
                     elapsed_s = k * fixed_s + per_ctx_s * (k * ctx0 + batch * k * (k - 1) / 2)
                     run = _DecodeRun(self._clock_s, self._clock_s + elapsed_s, k, batch, ctx0, fixed_s,
@@ -648,13 +698,17 @@ class SimEngine:
         """KV blocks the decode set takes over its next `steps` steps."""
         bs = self._bs
         q, r = divmod(steps, bs)
-        hist, d = self._hist, self._steps
-        within = 0
-        for y in range(r):
-            within += hist[(-y - d) % bs]
+        if not r:
+            return self._dec_n * q
+        # Sequences with base = -d - y (mod bs) cross a block boundary at step y + 1: for y < r, that is
+        # the buckets (-d) % bs down to (-d - r + 1) % bs, summed as one or two slices.
+        hist, top = self._hist, -self._steps % bs
+        low = top - r + 1
+        within = sum(hist[low:top + 1]) if low >= 0 else sum(hist[:top + 1]) + sum(hist[low + bs:])
         return self._dec_n * q + within
 
     def _decode_coeffs(self, batch: int) -> tuple[float, float, float, float]:
+        # The planner reads _decode_cache itself first and calls this only on a miss.
         cached = self._decode_cache.get(batch)
         if cached is None:
             fixed_s, per_ctx_s = self.latency.decode_step_coeffs(batch)
@@ -799,22 +853,27 @@ class SimEngine:
             # Cached prefixes make way as the KV grows; nothing is released before the run's end.
             self._cache.evict_to(self.total_blocks - self._used_blocks)
         self._steps += k
-        self._account(run.start_s, end, run.busy_s(k), run.batch * k)
+        # run.busy_s(k), written out (the same expression): once per decode run.
+        busy_s = k * run.busy_fixed_s + run.busy_per_ctx_s * (k * run.ctx0 + run.batch * k * (k - 1) / 2)
+        self._account(run.start_s, end, busy_s, run.batch * k)
         if self._emit_tokens:
             for seq in self._running.values():
                 if seq.decoding:
                     out.append(Tokens(seq.rid, k, end))
-        self._pop_finished(end, out)
+        heap = self._finish_heap
+        if heap and heap[0][0] <= self._steps:
+            self._pop_finished(end, out)
         if self._transferring:
             self._join_landed(end, out)
 
     def _commit_step(self, step: _Step, out: list[EngineOutput]) -> None:
         start, end = step.start_s, step.end_s
-        for seq in step.victims:
-            self._preempt(seq)
-            out.append(Preempted(seq.rid, start))
-        # extendleft reverses: the oldest victim ends up first in the queue.
-        self._waiting.extendleft(step.victims)
+        if step.victims:
+            for seq in step.victims:
+                self._preempt(seq)
+                out.append(Preempted(seq.rid, start))
+            # extendleft reverses: the oldest victim ends up first in the queue.
+            self._waiting.extendleft(step.victims)
         tokens = step.batch
         if step.batch:
             self._used_blocks += step.new_blocks
@@ -856,7 +915,8 @@ class SimEngine:
                 continue
             if seq.first_token_s is None:
                 seq.first_token_s = end
-                out.append(FirstToken(seq.rid, end))
+                if self.emit_first_tokens:
+                    out.append(FirstToken(seq.rid, end))
             elif self._emit_tokens:
                 out.append(Tokens(seq.rid, 1, end))
             if seq.generated >= seq.output:
@@ -868,10 +928,13 @@ class SimEngine:
             seq.gbase = seq.generated - d
             self._dec_n += 1
             self._dec_base_sum += seq.base
+            self._dec_left_sum += seq.output - seq.gbase
             self._hist[seq.base % self._bs] += 1
             heapq.heappush(self._finish_heap, (seq.output - seq.gbase, seq.admit_no, seq.stint, seq))
         self._account(start, end, step.busy_s, tokens)
-        self._pop_finished(end, out)
+        heap = self._finish_heap
+        if heap and heap[0][0] <= self._steps:
+            self._pop_finished(end, out)
         if self._transferring:
             self._join_landed(end, out)
 
@@ -933,6 +996,7 @@ class SimEngine:
         seq.gbase = seq.generated - d
         self._dec_n += 1
         self._dec_base_sum += seq.base
+        self._dec_left_sum += seq.output - seq.gbase
         self._hist[seq.base % self._bs] += 1
         heapq.heappush(self._finish_heap, (seq.output - seq.gbase, seq.admit_no, seq.stint, seq))
 
@@ -945,7 +1009,8 @@ class SimEngine:
             seq.xfer_s = None
             seq.computed = seq.target
             seq.first_token_s = end
-            out.append(FirstToken(seq.rid, end))
+            if self.emit_first_tokens:
+                out.append(FirstToken(seq.rid, end))
             if seq.generated >= seq.output:
                 self._release(seq, seq.computed)
                 self._finish(seq, end, out)
@@ -978,6 +1043,7 @@ class SimEngine:
         seq.stint += 1
         self._dec_n -= 1
         self._dec_base_sum -= seq.base
+        self._dec_left_sum -= seq.output - seq.gbase
         self._hist[seq.base % self._bs] -= 1
         self._used_blocks -= -(-seq.computed // self._bs) - seq.shared
         if seq.pinned:

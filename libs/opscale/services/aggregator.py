@@ -110,23 +110,34 @@ class AggregatorCore:
         return math.ceil(t_s / self.config.publish_interval_s - 1e-9) - 1
 
     def _add(self, outcome: RequestOutcome, now_s: float) -> None:
-        if outcome.request_id in self._seen:
+        # Runs once per request: lookups come before creations, and the common case (the newest slot
+        # of a known key) is tried before the general search.
+        request_id = outcome.request_id
+        seen = self._seen
+        if request_id in seen:
             return  # at-least-once delivery: a redelivered record counts once
-        self._seen.add(outcome.request_id)
-        self._seen_order.append(outcome.request_id)
-        while len(self._seen_order) > 200_000:
-            self._seen.discard(self._seen_order.popleft())
+        seen.add(request_id)
+        seen_order = self._seen_order
+        seen_order.append(request_id)
+        while len(seen_order) > 200_000:
+            seen.discard(seen_order.popleft())
         finish = outcome.finish_s if outcome.finish_s is not None else now_s
-        index = self._slot_of(finish)
-        slots = self._slots.setdefault((outcome.model, outcome.region, outcome.tier), deque())
-        slot = next((s for s in reversed(slots) if s.index == index), None)
-        if slot is None:
-            slot = _Slot(index)
-            slots.append(slot)
-            if len(slots) > 1 and slots[-2].index > index:  # a late record: keep slots ordered
-                ordered = sorted(slots, key=lambda s: s.index)
-                slots.clear()
-                slots.extend(ordered)
+        index = math.ceil(finish / self.config.publish_interval_s - 1e-9) - 1  # _slot_of, written out
+        key = (outcome.model, outcome.region, outcome.tier)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = deque()
+        if slots and slots[-1].index == index:
+            slot = slots[-1]
+        else:
+            slot = next((s for s in reversed(slots) if s.index == index), None)
+            if slot is None:
+                slot = _Slot(index)
+                slots.append(slot)
+                if len(slots) > 1 and slots[-2].index > index:  # a late record: keep slots ordered
+                    ordered = sorted(slots, key=lambda s: s.index)
+                    slots.clear()
+                    slots.extend(ordered)
         slot.requests += 1
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
@@ -136,9 +147,13 @@ class AggregatorCore:
         slot.completed += 1
         slot.prompt_tokens += outcome.prompt_tokens
         slot.output_tokens += outcome.output_tokens
-        for hist, value in ((slot.ttft, outcome.ttft_s), (slot.tbt, outcome.tbt_s), (slot.e2e, outcome.e2e_s)):
-            if value is not None and math.isfinite(value):
-                hist.add(value)
+        isfinite = math.isfinite
+        if (value := outcome.ttft_s) is not None and isfinite(value):
+            slot.ttft.add(value)
+        if (value := outcome.tbt_s) is not None and isfinite(value):
+            slot.tbt.add(value)
+        if (value := outcome.e2e_s) is not None and isfinite(value):
+            slot.e2e.add(value)
 
     def _evict(self, now_s: float) -> None:
         oldest = self._slot_of(now_s) - round(max(self.config.windows_s) / self.config.publish_interval_s)

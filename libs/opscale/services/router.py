@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from opscale.model import InstanceState, Plan, Request
 from opscale.routing import Candidate, RoutingPolicy, make_routing_policy
+from opscale.routing.policies import LoadIndex
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
 from opscale.services.events import (
@@ -67,6 +68,12 @@ class RouterCore:
         self._candidates: dict[str, Candidate] = {}
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
         self._ready: dict[tuple[str, str], list[Candidate]] = {}
+        # The same candidates' outstanding tokens, list for list and in the same order, kept in step on
+        # every dispatch and release, for a policy that chooses by load alone (`choose_by_load`, as
+        # join-shortest-queue does): it finds its choice without scanning every candidate.
+        self._ready_loads: dict[tuple[str, str], LoadIndex] = {}
+        self._load_slot: dict[str, tuple[LoadIndex, int]] = {}  # instance_id -> (its load index, position)
+        self._choose_by_load = getattr(self.policy, "choose_by_load", None)
         self._agents: dict[str, _Agent] = {}
         self._known_models: set[str] = set(self.config.models)
         self._routed: dict[str, tuple[str, int]] = {}  # request_id -> (instance_id, tokens charged)
@@ -75,6 +82,9 @@ class RouterCore:
         self._last_report_s: float | None = None
         # arrivals since the last RouterLoad: model -> [requests, prompt tokens, output tokens]
         self._arrivals: dict[str, list[int]] = {}
+        # Dispatch reasons, made once: a string built per request is a measurable share of routing.
+        self._reason_local = f"{self.policy.name} local"
+        self._reason_spill = f"{self.policy.name} spill-over"
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -105,6 +115,15 @@ class RouterCore:
     # -- events --------------------------------------------------------------------------------
 
     def handle(self, event: Event, now_s: float) -> list[Action]:
+        # The two per-request events first, by exact type: cheaper than the pattern matching below.
+        kind = type(event)
+        if kind is RequestArrived:
+            request = event.request
+            self._count_arrival(request)
+            return self._route(request, now_s)
+        if kind is RequestFinished:
+            self._release(event.outcome.request_id)
+            return []
         match event:
             case RequestArrived(request=request):
                 self._count_arrival(request)
@@ -172,24 +191,30 @@ class RouterCore:
         return []
 
     def _try_dispatch(self, request: Request) -> Dispatch | None:
-        local = self._ready.get((request.model, request.region))
+        key = (request.model, request.region)
+        local = self._ready.get(key)
         if local:
-            return self._dispatch(request, self.policy.choose(request, local), "local")
+            by_load = self._choose_by_load
+            chosen = (local[by_load(request, self._ready_loads[key])] if by_load is not None
+                      else self.policy.choose(request, local))
+            return self._dispatch(request, chosen, self._reason_local)
         if not self.config.spill_over:
             return None
         remote = [c for (model, region), cs in self._ready.items() if model == request.model
                   and region != request.region for c in cs]
         if remote:
-            return self._dispatch(request, self.policy.choose(request, remote), "spill-over")
+            return self._dispatch(request, self.policy.choose(request, remote), self._reason_spill)
         return None
 
-    def _dispatch(self, request: Request, chosen: Candidate, why: str) -> Dispatch:
+    def _dispatch(self, request: Request, chosen: Candidate, reason: str) -> Dispatch:
         charge = request.prompt_tokens + request.output_tokens
         chosen.outstanding_tokens += charge
         chosen.in_flight += 1
+        slot = self._load_slot.get(chosen.instance_id)
+        if slot is not None:
+            slot[0].set(slot[1], chosen.outstanding_tokens)
         self._routed[request.request_id] = (chosen.instance_id, charge)
-        return Dispatch(request, chosen.instance_id, chosen.region, chosen.endpoint,
-                        reason=f"{self.policy.name} {why}")
+        return Dispatch(request, chosen.instance_id, chosen.region, chosen.endpoint, reason)
 
     def _release(self, request_id: str) -> None:
         routed = self._routed.pop(request_id, None)
@@ -198,8 +223,12 @@ class RouterCore:
         instance_id, charge = routed
         cand = self._candidates.get(instance_id)
         if cand is not None:
-            cand.outstanding_tokens = max(0, cand.outstanding_tokens - charge)
-            cand.in_flight = max(0, cand.in_flight - 1)
+            left = cand.outstanding_tokens - charge
+            cand.outstanding_tokens = left = left if left > 0 else 0
+            cand.in_flight = cand.in_flight - 1 if cand.in_flight > 0 else 0
+            slot = self._load_slot.get(instance_id)
+            if slot is not None:
+                slot[0].set(slot[1], left)
 
     def _dispatch_held(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
@@ -265,3 +294,6 @@ class RouterCore:
         for cand in sorted(self._candidates.values(), key=lambda c: c.instance_id):
             index.setdefault((cand.model, cand.region), []).append(cand)
         self._ready = index
+        self._ready_loads = {key: LoadIndex([c.outstanding_tokens for c in cands]) for key, cands in index.items()}
+        self._load_slot = {c.instance_id: (self._ready_loads[key], i)
+                           for key, cands in index.items() for i, c in enumerate(cands)}

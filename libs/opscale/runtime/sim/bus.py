@@ -24,6 +24,8 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 class InProcessBus:
+    __slots__ = ("loop", "latency_s", "_subs", "_route_cache", "published")
+
     def __init__(self, loop: EventLoop, latency_s: float = 0.001) -> None:
         self.loop = loop
         self.latency_s = latency_s
@@ -41,5 +43,6 @@ class InProcessBus:
         if handlers is None:
             handlers = [h for p, h in self._subs if subject_matches(p, subject)]
             self._route_cache[subject] = handlers
+        after, latency_s = self.loop.after, self.latency_s
         for handler in handlers:
-            self.loop.after(self.latency_s, handler, subject, event)
+            after(latency_s, handler, subject, event)

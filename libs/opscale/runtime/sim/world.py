@@ -4,10 +4,20 @@ It plays the part the live runtime plays with NATS, gRPC and HTTP: it delivers e
 performs their actions (publish on the in-process bus, dispatch a request to an instance, send a command
 to an agent, start or stop a simulated engine), and drives each simulated engine from event to event.
 The cores are the very objects the live services run; only the shell differs.
+
+Request records (one per finished or refused request, for the aggregator) do not travel as one bus
+event each: the world queues them and hands them to the aggregator in a batch just before the
+aggregator next runs (a heartbeat, its tick) and whenever the loop stops. Each record is handled with
+the time and in the order it would have had as a bus event (its delivery time and a sequence number
+taken from the loop), so the aggregator's state and everything it publishes are exactly what per-record
+delivery gives, at a fraction of the cost: the live router batches its records too. Every other
+message uses the bus.
 """
 
 from __future__ import annotations
 
+import sys
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,10 +66,14 @@ class RunObserver:
 
 @dataclass(slots=True)
 class _Hosted:
+    """An engine the world drives. It has at most one wake that counts queued on the loop; a wake queued
+    before it is not removed (a heap cannot) but does nothing when it comes up (an older generation)."""
+
     engine: SimEngine
     agent_id: str
     region: str
-    generation: int = 0
+    generation: int = 0  # of the engine's wake that counts; older queued wakes do nothing
+    wake_s: float | None = None  # when that wake is due; None when none is queued
 
 
 @dataclass(slots=True)
@@ -90,7 +104,8 @@ class SimWorld:
     _engines: dict[str, _Hosted] = field(default_factory=dict, init=False)
     _by_agent: dict[str, dict[str, _Hosted]] = field(default_factory=dict, init=False)
     _inflight: dict[str, tuple[Request, str, int]] = field(default_factory=dict, init=False)
-    _first_token: dict[str, float] = field(default_factory=dict, init=False)
+    # Request records on their way to the aggregator: (delivery time, sequence number, record).
+    _records: deque[tuple[float, int, RequestFinished]] = field(default_factory=deque, init=False)
     requests_submitted: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -98,9 +113,9 @@ class SimWorld:
         for router in self.routers.values():
             self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(router))
             self.bus.subscribe(subjects.PLANS_ALL, self._to(router))
-        for core in (self.aggregator, self.planner):
-            self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(core))
-        self.bus.subscribe(subjects.RECORDS_ALL, self._to(self.aggregator))
+        self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_aggregator)
+        self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(self.planner))
+        self.loop.on_stop(self._records_due)
         self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.forecaster))
         self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.planner))
         self.bus.subscribe(subjects.FORECASTS_ALL, self._to(self.planner))
@@ -116,7 +131,7 @@ class SimWorld:
         for agent in self.agents.values():
             self.loop.every(cfg.agent_tick_s, self._agent_ticker(agent), until_s=until_s)
         self.loop.every(cfg.planner_tick_s, self._ticker(self.planner), until_s=until_s)
-        self.loop.every(cfg.aggregator_tick_s, self._ticker(self.aggregator), until_s=until_s)
+        self.loop.every(cfg.aggregator_tick_s, self._tick_aggregator, until_s=until_s)
         self.loop.every(cfg.forecaster_tick_s, self._ticker(self.forecaster), until_s=until_s)
         self._schedule_next_arrival(requests, until_s)
 
@@ -130,13 +145,46 @@ class SimWorld:
         self.requests_submitted += 1
         self.observer.arrival(request)
         router = self.routers.get(request.region) or next(iter(self.routers.values()))
-        self._apply(router.name, router.handle(RequestArrived(request), self.loop.now_s), router)
-        self._schedule_next_arrival(requests, until_s)
+        actions = router.handle(RequestArrived(request), self.loop.now_s)
+        if actions:
+            self._apply(router.name, actions, router)
+        # The next arrival (_schedule_next_arrival, written out: once per request).
+        request = next(requests, None)
+        if request is not None and request.arrival_s <= until_s:
+            self.loop.at(request.arrival_s, self._arrive, request, requests, until_s)
 
     def _to(self, core: Any) -> Callable[[str, Any], None]:
         def deliver(subject: str, event: Any) -> None:
             self._apply(core.name, core.handle(event, self.loop.now_s), core)
         return deliver
+
+    def _to_aggregator(self, subject: str, event: Any) -> None:
+        loop = self.loop
+        self._deliver_records(loop.now_s, loop.current_seq)
+        self._apply(self.aggregator.name, self.aggregator.handle(event, loop.now_s), self.aggregator)
+
+    def _tick_aggregator(self, now_s: float) -> None:
+        self._deliver_records(now_s, self.loop.current_seq)
+        self._apply(self.aggregator.name, self.aggregator.tick(now_s), self.aggregator)
+
+    def _records_due(self, until_s: float) -> None:
+        # The loop stopped at until_s: every record due by then has been delivered, as bus events would.
+        self._deliver_records(until_s, sys.maxsize)
+
+    def _deliver_records(self, now_s: float, seq: int) -> None:
+        """Hand the aggregator every queued record that, as a bus event, would have run before the event
+        (now_s, seq) that is about to reach it, each with its own delivery time. Handling a record
+        produces no actions; any would be performed now."""
+        records = self._records
+        aggregator = self.aggregator
+        while records:
+            deliver_s, record_seq, record = records[0]
+            if deliver_s > now_s or (deliver_s == now_s and record_seq > seq):
+                return
+            records.popleft()
+            actions = aggregator.handle(record, deliver_s)
+            if actions:
+                self._apply(aggregator.name, actions, aggregator)
 
     def _ticker(self, core: Any) -> Callable[[float], None]:
         def tick(now_s: float) -> None:
@@ -161,6 +209,9 @@ class SimWorld:
     def _apply(self, service: str, actions: list[Action], source: Any) -> None:
         now = self.loop.now_s
         for action in actions:
+            if type(action) is Dispatch:  # one per request: before the pattern matching of the rest
+                self._dispatch(action, source)
+                continue
             match action:
                 case Publish(subject=subject, event=event):
                     self.bus.publish(subject, event)
@@ -176,7 +227,9 @@ class SimWorld:
                         self.loop.after(self.config.intra_region_latency_s, self._deliver_command, agent, command)
                 case StartEngine(spec=spec, load_s=load_s):
                     agent = source
-                    hosted = _Hosted(self.engine_factory(spec), agent.config.agent_id, agent.config.region)
+                    engine = self.engine_factory(spec)
+                    engine.emit_first_tokens = False  # first-token times come with Finished; nothing streams
+                    hosted = _Hosted(engine, agent.config.agent_id, agent.config.region)
                     self._engines[spec.instance_id] = hosted
                     self._by_agent.setdefault(hosted.agent_id, {})[spec.instance_id] = hosted
                     self.observer.engine_started(spec, agent.config.region, load_s, now)
@@ -201,35 +254,49 @@ class SimWorld:
 
     def _dispatch(self, action: Dispatch, router: RouterCore) -> None:
         hosted = self._engines.get(action.instance_id)
-        latency = (self.config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
-                   else self.config.inter_region_latency_s)
+        config = self.config
+        latency = (config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
+                   else config.inter_region_latency_s)
         self.loop.after(latency, self._submit, action, router)
 
     def _submit(self, action: Dispatch, router: RouterCore) -> None:
-        request, now = action.request, self.loop.now_s
-        hosted = self._engines.get(action.instance_id)
-        attempt = self._inflight.get(request.request_id, (request, "", 0))[2] + 1
+        request, now, instance_id = action.request, self.loop.now_s, action.instance_id
+        hosted = self._engines.get(instance_id)
+        previous = self._inflight.get(request.request_id)
+        attempt = 1 if previous is None else previous[2] + 1
         agent = self.agents.get(hosted.agent_id) if hosted else None
-        if hosted is None or agent is None or not agent.is_accepting(action.instance_id):
-            self._inflight[request.request_id] = (request, action.instance_id, attempt)
-            failed = DispatchFailed(request, action.instance_id, "instance is not accepting requests", attempt)
+        self._inflight[request.request_id] = (request, instance_id, attempt)
+        if hosted is None or agent is None or not agent.is_accepting(instance_id):
+            failed = DispatchFailed(request, instance_id, "instance is not accepting requests", attempt)
             self._apply(router.name, router.handle(failed, now), router)
             return
-        self._inflight[request.request_id] = (request, action.instance_id, attempt)
-        self._advance(hosted, now)
         try:
+            # The engine first runs every iteration that ends by now; what they produced comes out of
+            # the advance below, before anything else can observe it.
             hosted.engine.submit(request, now)
         except RequestTooLargeError as exc:
             # a request no instance of this model can ever hold: refused (a 400 in the live API), not retried
+            self._advance(hosted, now)  # it was refused before running anything: collect that first
             del self._inflight[request.request_id]
             refused = RequestOutcome(request.request_id, request.model, request.tier, request.region, hosted.region,
-                                     action.instance_id, request.arrival_s, None, None, request.prompt_tokens, 0,
+                                     instance_id, request.arrival_s, None, None, request.prompt_tokens, 0,
                                      "rejected")
-            self._record(refused)
+            record = RequestFinished(refused)
+            self._record(refused, record)
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
-            self._apply(router.name, router.handle(RequestFinished(refused), now), router)
+            self._apply(router.name, router.handle(record, now), router)
             return
-        self._reschedule(hosted)
+        engine = hosted.engine
+        for out in engine.advance(now):  # _advance, written out: once per request
+            if type(out) is Finished:
+                self._finish(out, hosted)
+        # The engine's next wake. When the newcomer joined a queue, the one already queued is still right.
+        next_s = engine.next_event_s()
+        if next_s != hosted.wake_s:
+            hosted.generation += 1
+            hosted.wake_s = next_s
+            if next_s is not None:
+                self.loop.at(next_s, self._wake, hosted, hosted.generation)
 
     def _fail_orphans(self, instance_id: str) -> None:
         """Requests still on a stopped engine (a drain deadline passed) go back to their router."""
@@ -244,20 +311,21 @@ class SimWorld:
 
     def _advance(self, hosted: _Hosted, now_s: float) -> None:
         for out in hosted.engine.advance(now_s):
-            if isinstance(out, Finished):
+            if type(out) is Finished:
                 self._finish(out, hosted)
 
-    def _reschedule(self, hosted: _Hosted) -> None:
-        hosted.generation += 1
-        next_s = hosted.engine.next_event_s()
-        if next_s is not None:
-            self.loop.at(next_s, self._wake, hosted, hosted.generation)
-
     def _wake(self, hosted: _Hosted, generation: int) -> None:
+        # _advance written out, and the engine's next wake queued: this runs a few times per request.
         if generation != hosted.generation:
             return  # superseded by a later submit
-        self._advance(hosted, self.loop.now_s)
-        self._reschedule(hosted)
+        engine = hosted.engine
+        for out in engine.advance(self.loop.now_s):
+            if type(out) is Finished:
+                self._finish(out, hosted)
+        hosted.generation = generation = generation + 1
+        hosted.wake_s = next_s = engine.next_event_s()
+        if next_s is not None:
+            self.loop.at(next_s, self._wake, hosted, generation)
 
     def _finish(self, out: Finished, hosted: _Hosted) -> None:
         entry = self._inflight.pop(out.request_id, None)
@@ -267,13 +335,27 @@ class SimWorld:
         outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, hosted.region,
                                  instance_id, request.arrival_s, out.first_token_s, out.at_s, request.prompt_tokens,
                                  out.output_tokens, "ok")
-        self._record(outcome)
-        router = self.routers.get(request.region) or next(iter(self.routers.values()))
-        self._apply(router.name, router.handle(RequestFinished(outcome), self.loop.now_s), router)
-
-    def _record(self, outcome: RequestOutcome) -> None:
+        record = RequestFinished(outcome)  # immutable: the aggregator's record and the router's event alike
+        # _record, written out: once per request.
         self.observer.outcome(outcome)
-        self.bus.publish(subjects.records(outcome.region), RequestFinished(outcome))
+        loop = self.loop
+        now_s = loop.now_s
+        deliver_s = now_s + self.config.bus_latency_s
+        self._records.append((deliver_s if deliver_s > now_s else now_s, loop.take_seq(), record))
+        router = self.routers.get(request.region) or next(iter(self.routers.values()))
+        actions = router.handle(record, now_s)
+        if actions:
+            self._apply(router.name, actions, router)
+
+    def _record(self, outcome: RequestOutcome, record: RequestFinished | None = None) -> None:
+        """Report `outcome` to the observer and queue its record for the aggregator (see the module
+        docstring), due when a bus event published now would be delivered."""
+        self.observer.outcome(outcome)
+        loop = self.loop
+        now_s = loop.now_s
+        deliver_s = now_s + self.config.bus_latency_s
+        self._records.append((deliver_s if deliver_s > now_s else now_s, loop.take_seq(),
+                              record if record is not None else RequestFinished(outcome)))
 
     # -- views ---------------------------------------------------------------------------------
 
