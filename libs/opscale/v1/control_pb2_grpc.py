@@ -6,7 +6,7 @@ import warnings
 from opscale.v1 import control_pb2 as opscale_dot_v1_dot_control__pb2
 from opscale.v1 import events_pb2 as opscale_dot_v1_dot_events__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
