@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from opscale.engine import (
@@ -343,12 +343,21 @@ def test_prefix_caching_engine_matches_step_by_step_reference(workload: tuple[En
     event("prefix hits" if engine.prefix_hit_tokens else "no prefix hit")
 
 
-# Derandomized (a fixed example set, no example database) so CI is deterministic: random search finds a
-# known decode-role bug, not yet fixed, where two prefilled requests whose KV lands at the same instant are
-# admitted in separate zero-time steps and the second gets its first token one decode step late.
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True,
-          database=None)
+def _same_instant(outputs: list[int], max_num_seqs: int = 2) -> tuple[EngineConfig, list[Request], dict[str, float]]:
+    """Prefilled requests all arriving at t=0 with their KV already there: the scheduler must take them in
+    one pass per instant, not one pass per arrival (regression: a second arrival got its first token a
+    decode step late)."""
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=18, gpu_memory_utilization=0.58,
+                          block_size=1)
+    requests = [Request(f"r{i}", MODEL.name, "interactive", "eu", 0.0, 1, n) for i, n in enumerate(outputs)]
+    return config, requests, {r.request_id: 0.0 for r in requests}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefilled_workloads())
+@example(_same_instant([2, 1]))
+@example(_same_instant([1, 2, 1]))
+@example(_same_instant([1, 1, 1, 1, 2, 1]))
 def test_decode_engine_matches_step_by_step_reference(
     workload: tuple[EngineConfig, list[Request], dict[str, float]],
 ) -> None:

@@ -272,6 +272,10 @@ class SimEngine:
         self._running: dict[int, _Seq] = {}  # by admission number: insertion order = admission order
         self._prefilling: dict[int, _Seq] = {}  # the running ones whose prefill is incomplete
         self._transferring: dict[int, _Seq] = {}  # the running ones whose KV has not landed (decode role)
+        # The last pass that ran no iteration (KV reservations only): when, and the room it left.
+        self._zero_pass_s = -math.inf
+        self._zero_room = self._zero_free = 0
+        self._continuation: _Step | None = None  # the plan that extends that pass, when one does
         self._admissions = 0
         self._used_blocks = 0  # owned by running sequences, plus pinned prefix-cache entries
         # The decode set, kept lazily (see the module docstring).
@@ -546,7 +550,8 @@ class SimEngine:
                 # Waiting for a transfer is no iteration: the scheduler can take the newcomer now.
                 self._plan = None
                 self._clock_s = max(self._clock_s, now_s)
-            elif not self._waiting and len(self._running) < self._max_seqs and plan.batch < self._budget:
+            elif (not self._waiting and len(self._running) < self._max_seqs
+                  and (plan.batch < self._budget or seq.xfer_s is not None)):
                 # The newcomer may be admitted: stop the run at the first boundary at or after now_s.
                 # (With a non-empty queue its head is blocked until the run ends, so is the newcomer.)
                 steps = plan.steps_by(now_s)
@@ -612,6 +617,11 @@ class SimEngine:
     def _make_plan(self) -> _DecodeRun | _Step | _Wait | None:
         if self._state is EngineState.STOPPED or (not self._running and not self._waiting):
             return None
+        if self._zero_pass_s == self._clock_s and self._waiting:
+            step = self._continue_zero_pass()
+            if step is not None:
+                self._plan = step
+                return step
         batch = self._dec_n
         if not self._prefilling and not (
                 self._waiting and self._head_admissible(batch, self._hist[-self._steps % self._bs])):
@@ -831,6 +841,31 @@ class SimEngine:
                      tuple(hits) if hits else (), tuple(chunks),
                      batch, new_blocks)
 
+    def _continue_zero_pass(self) -> _Step | None:
+        """Prefilled requests that arrive at the instant of a zero-time admission pass join that pass.
+
+        A pass that only reserves KV for prefilled requests runs no iteration, so it is committed at the
+        very instant it is decided, before any other arrival at that instant is known. The scheduler
+        decides once per instant with everything that has arrived by then: a newcomer at the same
+        instant is admitted as if it had been in that pass (no decode step in between), with the room
+        that pass had left: sequences and KV blocks released by joins since then are not seen."""
+        free_now, room = self._zero_free, self._zero_room
+        admits: list[_Seq] = []
+        for seq in self._waiting:
+            if len(admits) >= room or seq.xfer_s is None:
+                break
+            blocks = -(-seq.target // self._bs)
+            if blocks > free_now:
+                break
+            free_now -= blocks
+            admits.append(seq)
+        if not admits:
+            return None
+        hits = (0,) * len(admits) if self._cache is not None else ()
+        start = self._clock_s
+        self._continuation = _Step(start, start, 0.0, (), tuple(admits), hits, (), 0, 0)
+        return self._continuation
+
     def _entries_freed(self, pinned: list[int], drops: dict[int, int]) -> int:
         """KV blocks that come free when a victim lets go of `pinned`, given the references that earlier
         victims of the same step gave up (`drops`, updated)."""
@@ -868,6 +903,13 @@ class SimEngine:
 
     def _commit_step(self, step: _Step, out: list[EngineOutput]) -> None:
         start, end = step.start_s, step.end_s
+        if end == start:
+            if step is not self._continuation:
+                self._zero_room = self._max_seqs - len(self._running)
+                self._zero_free = self.total_blocks - self._used_blocks
+            self._zero_pass_s = end
+            self._zero_room -= len(step.admits)
+            self._zero_free -= sum(-(-seq.target // self._bs) for seq in step.admits)
         if step.victims:
             for seq in step.victims:
                 self._preempt(seq)
