@@ -56,6 +56,8 @@ class VmState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Vm:
+    """One VM of `gpus` GPUs of one SKU, bought on demand or as spot, in one region."""
+
     vm_id: str
     region: str
     sku: str
@@ -64,3 +66,15 @@ class Vm:
     state: VmState
     requested_s: float
     running_s: float | None = None
+    # Lifecycle times after boot; None until they happen. `notice_s` is when a spot preemption notice
+    # arrived (the VM still runs until `deadline_s`); `preempted` says the cloud, not us, ended it.
+    released_s: float | None = None
+    terminated_s: float | None = None
+    notice_s: float | None = None
+    deadline_s: float | None = None
+    preempted: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Counts towards the desired VM count: booting or running, and not already on its way out."""
+        return self.state in (VmState.PROVISIONING, VmState.RUNNING) and self.notice_s is None

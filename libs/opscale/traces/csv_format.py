@@ -7,8 +7,9 @@ is seconds from the start of the trace, non-decreasing; token counts are integer
 empty `request_id` becomes `<file stem>-<row index>`. Files ending in `.gz` are gzip-compressed.
 
 Reading streams (a file of any size costs one row of memory, plus the set of ids seen) and every
-problem raises TraceFormatError as `path:line: column 'x': message`. This module is the trace
-reader's edge: it opens files, and nothing else.
+problem raises TraceFormatError as `path:line: column 'x': message`, or, with
+`ReadOptions(skip_invalid=True)`, a bad row is counted in `ReadOptions.stats` and skipped (a bad header
+always raises). This module is the trace reader's edge: it opens files, and nothing else.
 """
 
 from __future__ import annotations
@@ -21,29 +22,18 @@ from pathlib import Path
 from typing import IO
 
 from opscale.model import Request
+from opscale.traces.csv_rows import csv_rows, read_header
+from opscale.traces.reading import ReadOptions, ReadStats, TraceFormatError, guarded
 
 REQUIRED_COLUMNS = ("arrival_s", "model", "tier", "region", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("request_id",)
 
 
-class TraceFormatError(ValueError):
-    """A trace file that cannot be read as a trace; the message names the file, line and column."""
-
-
-def read_csv_trace(path: str | Path) -> Iterator[Request]:
+def read_csv_trace(path: str | Path, options: ReadOptions | None = None) -> Iterator[Request]:
     """Yield the requests of the CSV trace at `path`, in file order (which must be arrival order)."""
     path = Path(path)
-    try:
-        handle = _open(path, "r")
-    except OSError as exc:
-        raise TraceFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
-    with handle:
-        try:
-            yield from _read(path, handle)
-        except UnicodeDecodeError as exc:
-            raise TraceFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        except csv.Error as exc:
-            raise TraceFormatError(f"{path}: malformed CSV: {exc}") from exc
+    options = options or ReadOptions()
+    yield from guarded(path, lambda handle: _read(path, handle, options))
 
 
 def write_csv_trace(path: str | Path, requests: Iterable[Request]) -> int:
@@ -75,56 +65,51 @@ def _open(path: Path, mode: str) -> IO[str]:
     return path.open(mode, encoding="utf-8", newline="")
 
 
-def _read(path: Path, handle: IO[str]) -> Iterator[Request]:
-    reader = csv.reader(handle)
-    header = next(reader, None)
-    if header is None:
-        raise TraceFormatError(f"{path}:1: empty file; expected a header row {','.join(REQUIRED_COLUMNS)}")
-    names = [h.strip() for h in header]
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
-    if missing:
-        raise TraceFormatError(f"{path}:1: header lacks column(s) {', '.join(repr(c) for c in missing)}; "
-                               f"got {','.join(names)}")
-    duplicated = sorted({n for n in names if names.count(n) > 1 and n in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)})
-    if duplicated:
-        raise TraceFormatError(f"{path}:1: column {duplicated[0]!r} appears more than once in the header")
-    col = {name: names.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in names}
-    width = max(col.values()) + 1
+def _read(path: Path, handle: IO[str], options: ReadOptions) -> Iterator[Request]:
+    reader, rows = csv_rows(path, handle)
+    columns = read_header(path, reader, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
+    col = columns.index
+    width = columns.width
     id_col = col.get("request_id")
     stem = path.name.removesuffix(".gz").removesuffix(".csv")
+    stats = options.stats if options.stats is not None else ReadStats()
     seen: set[str] = set()
     last_s = -math.inf
     index = 0
-    while True:
-        line = reader.line_num + 1  # the line this row starts on
-        row = next(reader, None)
-        if row is None:
-            return
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
+    for line, row in rows:
+        stats.records += 1
         where = f"{path}:{line}"
-        if len(row) < width:
-            raise TraceFormatError(f"{where}: expected at least {width} columns, got {len(row)}")
-        arrival_s = _float(row[col["arrival_s"]], where, "arrival_s")
-        if arrival_s < last_s:
-            raise TraceFormatError(f"{where}: column 'arrival_s': {arrival_s!r} is before the previous row's "
-                                   f"{last_s!r}; the trace must be sorted by arrival")
+        try:
+            if len(row) < width:
+                raise TraceFormatError(f"{where}: expected at least {width} columns, got {len(row)}")
+            arrival_s = _float(row[col["arrival_s"]], where, "arrival_s")
+            if arrival_s < last_s:
+                raise TraceFormatError(f"{where}: column 'arrival_s': {arrival_s!r} is before the previous "
+                                       f"row's {last_s!r}; the trace must be sorted by arrival")
+            request_id = row[id_col].strip() if id_col is not None else ""
+            if not request_id:
+                request_id = f"{stem}-{index}"
+            if request_id in seen:
+                raise TraceFormatError(f"{where}: column 'request_id': {request_id!r} appears twice")
+            request = Request(
+                request_id=request_id,
+                model=_text(row[col["model"]], where, "model"),
+                tier=_text(row[col["tier"]], where, "tier"),
+                region=_text(row[col["region"]], where, "region"),
+                arrival_s=arrival_s,
+                prompt_tokens=_count(row[col["prompt_tokens"]], where, "prompt_tokens"),
+                output_tokens=_count(row[col["output_tokens"]], where, "output_tokens"),
+            )
+        except TraceFormatError as exc:
+            if not options.skip_invalid:
+                raise
+            stats.note_invalid(str(exc))
+            index += 1
+            continue
         last_s = arrival_s
-        request_id = row[id_col].strip() if id_col is not None else ""
-        if not request_id:
-            request_id = f"{stem}-{index}"
-        if request_id in seen:
-            raise TraceFormatError(f"{where}: column 'request_id': {request_id!r} appears twice")
         seen.add(request_id)
-        yield Request(
-            request_id=request_id,
-            model=_text(row[col["model"]], where, "model"),
-            tier=_text(row[col["tier"]], where, "tier"),
-            region=_text(row[col["region"]], where, "region"),
-            arrival_s=arrival_s,
-            prompt_tokens=_count(row[col["prompt_tokens"]], where, "prompt_tokens"),
-            output_tokens=_count(row[col["output_tokens"]], where, "output_tokens"),
-        )
+        stats.requests += 1
+        yield request
         index += 1
 
 

@@ -119,8 +119,8 @@ def _stream(config: SyntheticWorkloadConfig, index: int, spec: StreamSpec) -> It
         kept = times[keep]
         count = len(kept)
         tier_idx = rng.choice(len(tiers), size=count, p=weights)
-        prompts = _lengths(rng, config.prompt_tokens, count)
-        outputs = _lengths(rng, config.output_tokens, count)
+        prompts = sample_lengths(rng, config.prompt_tokens, count)
+        outputs = sample_lengths(rng, config.output_tokens, count)
         for i in range(count):
             yield Request(
                 request_id=f"syn{config.seed}-{index}-{n}",
@@ -134,6 +134,7 @@ def _stream(config: SyntheticWorkloadConfig, index: int, spec: StreamSpec) -> It
             n += 1
 
 
-def _lengths(rng: np.random.Generator, dist: LengthDistribution, count: int) -> np.ndarray:
+def sample_lengths(rng: np.random.Generator, dist: LengthDistribution, count: int) -> np.ndarray:
+    """`count` token counts drawn from `dist`."""
     draws = np.rint(dist.median_tokens * np.exp(dist.sigma * rng.standard_normal(count)))
     return np.clip(draws, 1, dist.max_tokens).astype(np.int64)

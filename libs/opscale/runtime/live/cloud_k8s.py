@@ -1,0 +1,345 @@
+"""The Kubernetes VM actuator: GPU node pools through the Kubernetes REST API (aiohttp, bearer token).
+
+A pool (region, SKU, purchase) maps to one node-pool object in the region's cluster:
+
+- `karpenter`: a Karpenter `karpenter.sh/v1` NodePool with static capacity (`spec.replicas`, Karpenter
+  >= 1.8 with the StaticCapacity feature gate; EKS Auto Mode has it). `ensure` sets `spec.replicas` and
+  raises `spec.limits.nodes` to at least replicas + `surge_nodes` (room for drift replacement). VMs are
+  the pool's NodeClaims.
+- `machinedeployment`: a Cluster API `cluster.x-k8s.io/v1beta1` MachineDeployment, scaled through its
+  `/scale` subresource. VMs are its Machines.
+
+Every `ensure` also makes sure the node-agent DaemonSet's node selector holds `agent_node_label`, the
+label the pools' node templates put on every node opscale manages, so that exactly those nodes run an
+agent. `ensure` is level-triggered: it reads the object and patches only what differs. Which node goes
+on scale-in is the cluster's choice; `release(vm_id)` picks one (Cluster API: the `delete-machine`
+annotation, then one replica fewer; Karpenter: delete the NodeClaim, then one replica fewer). Events
+come from comparing successive listings (`opscale.cloud.diff_events`); a spot interruption shows as the
+NodeClaim or Machine being deleted (TERMINATING), and the node-agent gets SIGTERM and drains.
+
+Settings come from `OPSCALE_K8S_*` environment variables (`K8sSettings`); the defaults are the
+in-cluster service account. docs/cloud.md lists the RBAC rules needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from opscale.cloud import CloudEvent, EnsureResult, diff_events
+from opscale.cloud.actuator import check_count
+from opscale.model import Purchase, Vm, VmState
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+MERGE_PATCH = "application/merge-patch+json"
+KARPENTER = "/apis/karpenter.sh/v1"
+CAPI = "/apis/cluster.x-k8s.io/v1beta1"
+DELETE_MACHINE_ANNOTATION = "cluster.x-k8s.io/delete-machine"
+
+
+class K8sActuatorError(RuntimeError):
+    """A Kubernetes API call failed, or the configuration does not match the cluster."""
+
+
+class PoolKind(StrEnum):
+    KARPENTER = "karpenter"
+    MACHINE_DEPLOYMENT = "machinedeployment"
+
+
+class K8sPool(BaseModel):
+    """One GPU node pool of the cluster and the (region, SKU, purchase) it provides."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str = Field(min_length=1, description="opscale region the cluster is in")
+    sku: str = Field(min_length=1, description="GPU SKU of the pool's nodes (opscale/data/skus.yaml)")
+    purchase: Purchase = Field(description="on_demand or spot, as the pool's capacity type")
+    kind: PoolKind = Field(description="karpenter (NodePool) or machinedeployment (Cluster API)")
+    name: str = Field(min_length=1, description="name of the NodePool or MachineDeployment")
+    namespace: str = Field("default", min_length=1, description="namespace of a MachineDeployment")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs of one node, when the object does not say")
+    surge_nodes: int = Field(1, ge=0, description="Karpenter: limits.nodes headroom over replicas")
+
+
+class K8sSettings(BaseSettings):
+    """Where the API server is and who we are. Environment: OPSCALE_K8S_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="OPSCALE_K8S_", extra="forbid")
+
+    api_url: str = Field("", description="API server URL; default https://$KUBERNETES_SERVICE_HOST:$..._PORT")
+    token_file: Path = Field(SERVICE_ACCOUNT_DIR / "token", description="bearer token (re-read per call: "
+                             "projected service-account tokens rotate)")
+    ca_file: Path | None = Field(SERVICE_ACCOUNT_DIR / "ca.crt", description="CA bundle of the API server")
+    verify_tls: bool = Field(True, description="verify the API server's certificate")
+    pools_file: Path | None = Field(None, description="YAML list of pools (K8sPool fields)")
+    daemonset_namespace: str = Field("opscale", description="namespace of the node-agent DaemonSet")
+    daemonset_name: str = Field("opscale-node-agent", description="name of the node-agent DaemonSet")
+    agent_node_label: dict[str, str] = Field(default_factory=lambda: {"opscale.io/node-agent": "true"},
+                                             description="label on managed nodes; empty: leave the DaemonSet")
+    request_timeout_s: float = Field(10.0, gt=0, description="timeout of one API call")
+
+    def resolved_api_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            raise K8sActuatorError("no API server: set OPSCALE_K8S_API_URL (outside a cluster) or run in a pod")
+        return f"https://{host}:{port}"
+
+
+def load_pools(path: Path) -> list[K8sPool]:
+    """Pools from a YAML file holding a list of K8sPool mappings; errors name the entry and field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise K8sActuatorError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise K8sActuatorError(f"{path}: invalid YAML: {exc}") from None
+    return parse_pools(raw, str(path))
+
+
+def parse_pools(raw: Any, source: str = "<pools>") -> list[K8sPool]:
+    if not isinstance(raw, list) or not raw:
+        raise K8sActuatorError(f"{source}: expected a non-empty list of pools")
+    pools = []
+    for index, entry in enumerate(raw, 1):
+        try:
+            pools.append(K8sPool.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(entry)"
+            raise K8sActuatorError(f"{source}: pool {index}: field {field!r}: {first['msg']}") from None
+    keys = [(p.region, p.sku, p.purchase) for p in pools]
+    if len(set(keys)) != len(keys):
+        raise K8sActuatorError(f"{source}: two pools serve the same (region, sku, purchase)")
+    return pools
+
+
+class KubernetesActuator:
+    """The asynchronous actuator contract (`opscale.cloud.AsyncVmActuator`) over one cluster."""
+
+    def __init__(self, settings: K8sSettings, pools: list[K8sPool] | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.settings = settings
+        if pools is None:
+            if settings.pools_file is None:
+                raise K8sActuatorError("no pools: set OPSCALE_K8S_POOLS_FILE or pass pools")
+            pools = load_pools(settings.pools_file)
+        self.pools = pools
+        self.api_url = settings.resolved_api_url()
+        self._session = session
+        self._owns_session = session is None
+        self._seen: dict[str, Vm] = {}
+        self._vm_pool: dict[str, K8sPool] = {}
+        self._daemonset_ok = False
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- the contract -------------------------------------------------------------------------------
+
+    async def ensure(self, region: str, sku: str, purchase: Purchase, count: int, now_s: float) -> EnsureResult:
+        check_count(count)
+        pool = self.pool(region, sku, purchase)
+        await self._ensure_daemonset_selector()
+        if pool.kind is PoolKind.KARPENTER:
+            path = f"{KARPENTER}/nodepools/{quote(pool.name)}"
+            spec = (await self._call("GET", path)).get("spec", {})
+            before = spec.get("replicas")
+            if before is None:
+                raise K8sActuatorError(f"NodePool {pool.name!r} has no spec.replicas: it is not a static-capacity "
+                                       "pool (create it with replicas; Karpenter cannot switch a pool's mode)")
+            patch: dict[str, Any] = {}
+            if before != count:
+                patch["replicas"] = count
+            limit = _quantity(spec.get("limits", {}).get("nodes"))
+            if limit is None or limit < count + pool.surge_nodes:
+                patch["limits"] = {"nodes": str(count + pool.surge_nodes)}
+            if patch:
+                await self._call("PATCH", path, {"spec": patch})
+        else:
+            path = f"{CAPI}/namespaces/{quote(pool.namespace)}/machinedeployments/{quote(pool.name)}/scale"
+            before = (await self._call("GET", path)).get("spec", {}).get("replicas", 0)
+            if before != count:
+                await self._call("PATCH", path, {"spec": {"replicas": count}})
+        return EnsureResult(region, pool.sku, purchase, count, int(before),
+                            reason="" if before == count else f"{pool.kind.value} {pool.name}: replicas {before} -> {count}")
+
+    async def release(self, vm_id: str, now_s: float) -> None:
+        """Give back one chosen node, and the pool's replica count with it."""
+        pool = self._vm_pool.get(vm_id)
+        if pool is None:
+            raise K8sActuatorError(f"unknown VM {vm_id!r}: call current() first (known: {', '.join(self._vm_pool)})")
+        if pool.kind is PoolKind.KARPENTER:
+            # Delete first: if Karpenter replaces it before the lower count lands, it then removes a surplus
+            # node (a short-lived extra), rather than picking a second, serving node to remove.
+            await self._call("DELETE", f"{KARPENTER}/nodeclaims/{quote(vm_id)}")
+            path = f"{KARPENTER}/nodepools/{quote(pool.name)}"
+        else:
+            # Cluster API deletes machines carrying this annotation first when its replicas drop.
+            machine = f"{CAPI}/namespaces/{quote(pool.namespace)}/machines/{quote(vm_id)}"
+            await self._call("PATCH", machine, {"metadata": {"annotations": {DELETE_MACHINE_ANNOTATION: "yes"}}})
+            path = f"{CAPI}/namespaces/{quote(pool.namespace)}/machinedeployments/{quote(pool.name)}/scale"
+        replicas = (await self._call("GET", path)).get("spec", {}).get("replicas", 0)
+        if replicas > 0:
+            await self._call("PATCH", path, {"spec": {"replicas": replicas - 1}})
+
+    async def current(self, now_s: float) -> tuple[Vm, ...]:
+        vms: list[Vm] = []
+        for pool in self.pools:
+            if pool.kind is PoolKind.KARPENTER:
+                listing = await self._call("GET", f"{KARPENTER}/nodeclaims",
+                                           params={"labelSelector": f"karpenter.sh/nodepool={pool.name}"})
+                found = [_nodeclaim_vm(item, pool) for item in listing.get("items", [])]
+            else:
+                listing = await self._call("GET", f"{CAPI}/namespaces/{quote(pool.namespace)}/machines",
+                                           params={"labelSelector": f"cluster.x-k8s.io/deployment-name={pool.name}"})
+                found = [_machine_vm(item, pool) for item in listing.get("items", [])]
+            for vm in found:
+                self._vm_pool[vm.vm_id] = pool
+            vms.extend(found)
+        return tuple(vms)
+
+    async def poll_events(self, now_s: float) -> list[CloudEvent]:
+        now = {vm.vm_id: vm for vm in await self.current(now_s)}
+        events = diff_events(self._seen, now, now_s, vanished_reason="deleted from the cluster")
+        self._seen = {k: v for k, v in now.items() if v.state is not VmState.TERMINATED}
+        return events
+
+    def pool(self, region: str, sku: str, purchase: Purchase) -> K8sPool:
+        for pool in self.pools:
+            if (pool.region, pool.sku.casefold(), pool.purchase) == (region, sku.casefold(), purchase):
+                return pool
+        known = "; ".join(f"{p.region}/{p.sku}/{p.purchase.value}" for p in self.pools)
+        raise K8sActuatorError(f"no node pool configured for {region}/{sku}/{purchase.value}; configured: {known}")
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    async def _ensure_daemonset_selector(self) -> None:
+        wanted = self.settings.agent_node_label
+        if not wanted or self._daemonset_ok:
+            return
+        path = (f"/apis/apps/v1/namespaces/{quote(self.settings.daemonset_namespace)}"
+                f"/daemonsets/{quote(self.settings.daemonset_name)}")
+        daemonset = await self._call("GET", path)
+        selector = daemonset.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
+        if any(selector.get(k) != v for k, v in wanted.items()):
+            await self._call("PATCH", path, {"spec": {"template": {"spec": {"nodeSelector": dict(wanted)}}}})
+        self._daemonset_ok = True
+
+    async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+                    params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = MERGE_PATCH
+            data = json.dumps(body)
+        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+        try:
+            async with session.request(method, self.api_url + path, headers=headers, data=data, params=params,
+                                       ssl=self._ssl(), timeout=timeout) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    raise K8sActuatorError(_api_error(method, path, response.status, text))
+                return json.loads(text) if text else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise K8sActuatorError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+    def _token(self) -> str:
+        try:
+            return self.settings.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise K8sActuatorError(f"cannot read the bearer token {self.settings.token_file}: "
+                                   f"{exc.strerror or exc} (set OPSCALE_K8S_TOKEN_FILE)") from None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.api_url.startswith("https:"):
+            return False
+        if not self.settings.verify_tls:
+            return False
+        ca = self.settings.ca_file
+        return ssl.create_default_context(cafile=str(ca)) if ca is not None and ca.exists() else True
+
+
+def _api_error(method: str, path: str, status: int, text: str) -> str:
+    try:
+        message = json.loads(text).get("message", text)
+    except ValueError:
+        message = text[:200]
+    hint = ""
+    if status in (401, 403):
+        hint = " (check the token and the RBAC rules in docs/cloud.md)"
+    elif status == 404:
+        hint = " (check the pool's name and namespace, and that the CRD is installed)"
+    return f"{method} {path}: HTTP {status}: {message}{hint}"
+
+
+def _quantity(value: Any) -> int | None:
+    """A plain integer quantity ("3" or 3); None when absent or not a plain integer."""
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _epoch_s(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _condition(item: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in item.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def _gpus(item: Mapping[str, Any], pool: K8sPool) -> int:
+    found = _quantity(item.get("status", {}).get("capacity", {}).get("nvidia.com/gpu"))
+    return found if found else pool.gpus_per_node
+
+
+def _nodeclaim_vm(item: Mapping[str, Any], pool: K8sPool) -> Vm:
+    meta = item.get("metadata", {})
+    ready = _condition(item, "Ready")
+    deleting = _epoch_s(meta.get("deletionTimestamp"))
+    running_s = _epoch_s(ready.get("lastTransitionTime")) if ready and ready.get("status") == "True" else None
+    state = (VmState.TERMINATING if deleting is not None else
+             VmState.RUNNING if running_s is not None else VmState.PROVISIONING)
+    return Vm(meta.get("name", ""), pool.region, pool.sku, _gpus(item, pool), pool.purchase, state,
+              _epoch_s(meta.get("creationTimestamp")) or 0.0, running_s, released_s=deleting)
+
+
+_MACHINE_PHASES = {"Pending": VmState.PROVISIONING, "Provisioning": VmState.PROVISIONING,
+                   "Provisioned": VmState.PROVISIONING, "Running": VmState.RUNNING, "Deleting": VmState.TERMINATING,
+                   "Deleted": VmState.TERMINATED, "Failed": VmState.TERMINATED}
+
+
+def _machine_vm(item: Mapping[str, Any], pool: K8sPool) -> Vm:
+    meta = item.get("metadata", {})
+    state = _MACHINE_PHASES.get(item.get("status", {}).get("phase", "Pending"), VmState.PROVISIONING)
+    ready = _condition(item, "Ready")
+    running_s = _epoch_s(ready.get("lastTransitionTime")) if ready and ready.get("status") == "True" else None
+    if state is VmState.RUNNING and running_s is None:
+        running_s = _epoch_s(item.get("status", {}).get("lastUpdated"))
+    return Vm(meta.get("name", ""), pool.region, pool.sku, pool.gpus_per_node, pool.purchase, state,
+              _epoch_s(meta.get("creationTimestamp")) or 0.0, running_s,
+              released_s=_epoch_s(meta.get("deletionTimestamp")))
