@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_loadgen import app as loadgen_app
 from opscale.cli_trace import trace_app
 
 SERVICE_NAMES: tuple[str, ...] = ("router", "aggregator", "forecaster", "planner", "node-agent")
 
 app = typer.Typer(help="opscale: autoscale and route LLM inference across GPU hosts and regions.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(loadgen_app, name="loadgen")
 app.add_typer(trace_app, name="trace")
 
 
