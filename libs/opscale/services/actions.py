@@ -18,7 +18,7 @@ class Publish:
     event: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # once per request: not frozen for speed (see opscale.services.events), never mutated
 class Dispatch:
     """Send a request to an instance. `reason` says why this instance was chosen."""
 

@@ -1,5 +1,8 @@
-"""Events delivered to services. Each is a frozen dataclass; the live runtime maps them to and from
-the protobuf messages of proto/opscale/v1 (see opscale.runtime.live.codec)."""
+"""Events delivered to services. Each is an immutable value: a frozen dataclass, except the three made
+once per request (RequestArrived, RequestFinished, DispatchFailed), which are slotted dataclasses not
+declared frozen because a frozen one costs three times as much to build (see opscale.model.request);
+nothing mutates them either. The live runtime maps events to and from the protobuf messages of
+proto/opscale/v1 (see opscale.runtime.live.codec)."""
 
 from __future__ import annotations
 
@@ -8,21 +11,21 @@ from dataclasses import dataclass, field
 from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestArrived:
     """A request reached the router (HTTP in the live runtime, the trace in the simulator)."""
 
     request: Request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestFinished:
     """The engine finished (or failed) a request; the router releases its accounting."""
 
     outcome: RequestOutcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DispatchFailed:
     """An instance refused or lost a request before its first token (draining, stopped, unreachable).
     The router stops using that instance and routes the request again."""

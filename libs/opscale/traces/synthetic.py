@@ -97,7 +97,13 @@ def rate_rps(config: SyntheticWorkloadConfig, stream: StreamSpec, t_s: float) ->
 def generate_requests(config: SyntheticWorkloadConfig) -> Iterator[Request]:
     """Every request of the workload, sorted by arrival (ties keep the streams' order), lazily."""
     streams = [_stream(config, index, spec) for index, spec in enumerate(config.streams)]
-    return heapq.merge(*streams, key=lambda r: r.arrival_s)
+    if len(streams) == 1:
+        return streams[0]  # already sorted: a merge of one stream would only cost a key call per request
+    return heapq.merge(*streams, key=_arrival)
+
+
+def _arrival(request: Request) -> float:
+    return request.arrival_s
 
 
 def _stream(config: SyntheticWorkloadConfig, index: int, spec: StreamSpec) -> Iterator[Request]:
@@ -111,6 +117,7 @@ def _stream(config: SyntheticWorkloadConfig, index: int, spec: StreamSpec) -> It
     end_s = config.start_s + config.duration_s
     t = config.start_s
     n = 0
+    prefix, model, region = f"syn{config.seed}-{index}-", spec.model, spec.region
     while t < end_s:
         times = t + np.cumsum(rng.exponential(1.0 / peak_rps, size=_BLOCK))
         t = float(times[-1])
@@ -121,16 +128,10 @@ def _stream(config: SyntheticWorkloadConfig, index: int, spec: StreamSpec) -> It
         tier_idx = rng.choice(len(tiers), size=count, p=weights)
         prompts = sample_lengths(rng, config.prompt_tokens, count)
         outputs = sample_lengths(rng, config.output_tokens, count)
-        for i in range(count):
-            yield Request(
-                request_id=f"syn{config.seed}-{index}-{n}",
-                model=spec.model,
-                tier=tiers[tier_idx[i]],
-                region=spec.region,
-                arrival_s=float(kept[i]),
-                prompt_tokens=int(prompts[i]),
-                output_tokens=int(outputs[i]),
-            )
+        # Plain Python numbers (tolist) and positional fields: this loop runs once per request.
+        for arrival_s, tier, prompt, output in zip(kept.tolist(), tier_idx.tolist(), prompts.tolist(),
+                                                   outputs.tolist(), strict=True):
+            yield Request(f"{prefix}{n}", model, tiers[tier], region, arrival_s, prompt, output)
             n += 1
 
 
