@@ -45,21 +45,29 @@ def demo(
 @app.command()
 def simulate(
     trace: Annotated[Path, typer.Option(help="Trace file to replay")],
-    format: Annotated[str, typer.Option("--format", help="Trace format: csv")] = "csv",
+    format: Annotated[str | None, typer.Option(
+        "--format", help="Trace format (see `opscale trace stats --help`); detected from the file when omitted")] = None,
+    assign: Annotated[list[str] | None, typer.Option(
+        help="Label requests: FIELD=VALUE[:WEIGHT],... for model, tier or region, drawn per request; "
+             "repeatable, e.g. --assign model=Llama-3-8B --assign region=eu-west:1,us-east:1")] = None,
+    compress: Annotated[float, typer.Option(help="Play the trace this many times faster", min=1e-6)] = 1.0,
     policy: Annotated[str | None, typer.Option(help="Planning policy; overrides the config")] = None,
     config: Annotated[Path | None, typer.Option(help="Scenario YAML (fleet, deployments, tiers, policies)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for result.json and plots")] = Path("sim-out"),
 ) -> None:
     """Replay a trace file through the simulated fleet under one policy; writes result.json."""
+    from opscale.cli_trace import parse_assign
     from opscale.experiments.runner import run_and_report
     from opscale.experiments.scenario import ScenarioError, load_scenario, scenario_for_trace
 
     if not trace.exists():
         raise _fail(f"trace file {trace} does not exist")
     try:
+        labels = dict(parse_assign(spec) for spec in assign or [])
         base = load_scenario(config) if config else None
-        scenario = scenario_for_trace(trace, format, base=base, seed=seed, policy=policy)
+        scenario = scenario_for_trace(trace, format, base=base, seed=seed, policy=policy, assign=labels,
+                                      compress=compress)
         run_and_report(scenario, out)
     except (ScenarioError, ValueError) as exc:
         raise _fail(str(exc)) from None

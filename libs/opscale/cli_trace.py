@@ -190,7 +190,7 @@ def _pipeline(path: Path, fmt: str | None, mapping: Path | None, skip_invalid: b
     )
 
     bounds = _window(window) if window else None
-    weights = [_weights(spec) for spec in assign]
+    weights = [parse_assign(spec) for spec in assign]
     parsed_rules = [parse_rule(r) for r in rules]
     passes = [0]
 
@@ -222,7 +222,7 @@ def _window(text: str) -> tuple[float, float]:
     return start, end
 
 
-def _weights(spec: str) -> tuple[str, dict[str, float]]:
+def parse_assign(spec: str) -> tuple[str, dict[str, float]]:
     field, _, values = spec.partition("=")
     if not values:
         raise ValueError(f"--assign must be FIELD=VALUE:WEIGHT,..., got {spec!r}")

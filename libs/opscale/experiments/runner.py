@@ -15,9 +15,9 @@ from typing import Any
 
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
-from opscale.experiments.scenario import Scenario
-from opscale.model import InstanceSpec, InstanceState, Request
-from opscale.perf import Catalog, RooflineLatencyModel, default_catalog, load_time_s
+from opscale.experiments.scenario import Scenario, trace_requests
+from opscale.model import InstanceSpec, InstanceState, ModelSpec, Request, Sku
+from opscale.perf import Catalog, LatencyModel, default_catalog, latency_model_for, load_profiles, load_time_s
 from opscale.planning import make_planning_policy
 from opscale.planning.capacity import CapacityEstimator
 from opscale.runtime.sim.loop import EventLoop
@@ -27,7 +27,7 @@ from opscale.services.forecaster import ForecasterCore
 from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
 from opscale.services.planner import PlannerCore
 from opscale.services.router import RouterConfig, RouterCore
-from opscale.traces import generate_requests, read_csv_trace
+from opscale.traces import generate_requests
 
 ProgressFn = Callable[[float, float], None]  # (simulated now, simulated end)
 
@@ -43,7 +43,7 @@ def requests_of(scenario: Scenario) -> Iterator[Request]:
     if scenario.workload is not None:
         return generate_requests(scenario.workload)
     assert scenario.trace is not None
-    return read_csv_trace(scenario.trace.path)
+    return trace_requests(scenario.trace, scenario.seed)
 
 
 def build_world(scenario: Scenario, catalog: Catalog | None = None,
@@ -55,9 +55,22 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
         catalog.model(dep.model)
         catalog.sku(dep.sku)
     interactive = [t for t in tiers.values() if t.deadline_s is None] or list(tiers.values())
+    profiles = load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None
+    latency_models: dict[tuple[str, str, int], LatencyModel] = {}
+
+    def latency_model(model: ModelSpec, sku: Sku, tp: int) -> LatencyModel:
+        # One model per (model, SKU, TP), shared by the engines and the capacity estimates, as the live
+        # node-agent and planner use the same calibrated model.
+        key = (model.name, sku.name, tp)
+        latency = latency_models.get(key)
+        if latency is None:
+            latency = latency_models[key] = latency_model_for(model, sku, tp, profiles=profiles)
+        return latency
+
     capacity = CapacityEstimator(catalog, min(t.tbt_slo_s for t in interactive),
                                  max_batch=scenario.engine.max_num_seqs,
-                                 gpu_memory_utilization=scenario.engine.gpu_memory_utilization)
+                                 gpu_memory_utilization=scenario.engine.gpu_memory_utilization,
+                                 latency_factory=latency_model)
     policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
     planner = PlannerCore(policy, scenario.deployments, scenario.planner)
     deployed = [d.model for d in scenario.deployments]
@@ -65,7 +78,6 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                                policy=scenario.routing_policy, models=deployed))
                for region in scenario.regions()}
     agents: dict[str, NodeAgentCore] = {}
-    latency_models: dict[tuple[str, str, int], RooflineLatencyModel] = {}
 
     def load_time(spec: InstanceSpec) -> float:
         if world.loop.now_s < provisioned_until_s:
@@ -80,12 +92,9 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                                              gpus=group.gpus), load_time)
 
     def make_engine(spec: InstanceSpec) -> SimEngine:
-        key = (spec.model, spec.sku, spec.tp)
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
-        latency = latency_models.get(key)
-        if latency is None:
-            latency = latency_models[key] = RooflineLatencyModel(model, sku, spec.tp)
-        return SimEngine(spec.instance_id, model, sku, spec.tp, latency, scenario.engine)
+        return SimEngine(spec.instance_id, model, sku, spec.tp, latency_model(model, sku, spec.tp),
+                         scenario.engine)
 
     collector = RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),

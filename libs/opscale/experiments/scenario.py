@@ -3,19 +3,20 @@ validated pydantic model that loads from YAML. `builtin_demo_scenario` is what `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opscale.engine import EngineConfig
-from opscale.model import TierSpec
+from opscale.model import Request, TierSpec
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.planner import PlannerConfig
-from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig
+from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, trace_format
 
 
 class ScenarioError(ValueError):
@@ -45,9 +46,21 @@ class TierModel(BaseModel):
 
 
 class TraceSource(BaseModel):
+    """A trace file to replay, and how to label its requests. Public traces name no model, tier or
+    origin region (their readers label them "default"); `assign` draws each from weights so that they
+    match the scenario's deployments and regions."""
+
     model_config = ConfigDict(extra="forbid")
     path: Path
-    format: Literal["csv"] = "csv"
+    format: str | None = Field(None, description="Trace format (opscale.traces.registry); None: detected")
+    assign: dict[Literal["model", "tier", "region"], dict[str, float]] = Field(
+        default_factory=dict, description="Per label, relative weights of the values drawn for each request")
+    compress: float = Field(1.0, gt=0, description="Time compression factor (2: the trace plays twice as fast)")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        return None if value is None else trace_format(value).value
 
 
 class Scenario(BaseModel):
@@ -79,6 +92,9 @@ class Scenario(BaseModel):
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     sample_interval_s: float = Field(60.0, gt=0, description="Spacing of the timeline in result plots")
+    profiles_dir: Path | None = Field(None, description="Measured operator profiles (vidur's data/profiling "
+                                      "layout) for the engines and capacity estimates; None: the calibrated "
+                                      "roofline model shipped with opscale")
 
     @model_validator(mode="after")
     def _one_source(self) -> Scenario:
@@ -108,8 +124,12 @@ def load_scenario(path: Path) -> Scenario:
     try:
         return Scenario.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ScenarioError(f"scenario file {path}: {problems}") from None
+        raise ScenarioError(_validation_message(exc, f"scenario file {path}")) from None
+
+
+def _validation_message(exc: ValidationError, where: str) -> str:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return f"{where}: {problems}"
 
 
 DEMO_REGIONS = ("eu-west", "us-east")
@@ -142,17 +162,19 @@ def builtin_demo_scenario(seed: int = 1, policy: str = "reactive", duration_s: f
     )
 
 
-def scenario_for_trace(trace: Path, fmt: str, *, base: Scenario | None, seed: int, policy: str | None) -> Scenario:
-    """The scenario to replay `trace`: `base`'s fleet and policies (the demo's when none), the trace's
-    own duration."""
-    from opscale.traces import read_csv_trace
-
-    if fmt != "csv":
-        raise ScenarioError(f"trace format {fmt!r} is not supported; supported: csv")
+def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, seed: int, policy: str | None,
+                       assign: dict[str, dict[str, float]] | None = None, compress: float = 1.0) -> Scenario:
+    """The scenario to replay `trace` (read as `fmt`, detected when None; labels drawn from `assign`;
+    time compressed by `compress`): `base`'s fleet and policies (the demo's when none), the trace's own
+    duration."""
+    try:
+        source = TraceSource(path=trace, format=fmt, assign=assign or {}, compress=compress)
+    except ValidationError as exc:
+        raise ScenarioError(_validation_message(exc, f"trace {trace}")) from None
     last = 0.0
     models: set[str] = set()
     regions: set[str] = set()
-    for request in read_csv_trace(trace):  # validates every line before the run starts
+    for request in trace_requests(source, seed):  # validates every line before the run starts
         last = request.arrival_s
         models.add(request.model)
         regions.add(request.region)
@@ -161,9 +183,22 @@ def scenario_for_trace(trace: Path, fmt: str, *, base: Scenario | None, seed: in
     unknown = sorted(models - deployed)
     if unknown:
         raise ScenarioError(f"trace {trace} requests models that no deployment serves: {unknown}; "
-                            f"deployed: {sorted(deployed)} (give --config with a matching scenario)")
-    update: dict[str, Any] = {"trace": TraceSource(path=trace, format="csv"), "workload": None,
+                            f"deployed: {sorted(deployed)} (give --config with a matching scenario, or "
+                            f"--assign model=NAME to label the trace's requests)")
+    update: dict[str, Any] = {"trace": source, "workload": None,
                               "duration_s": max(last + 1.0, 1.0), "seed": seed, "name": f"trace {trace.name}"}
     if policy is not None:
         update["policy"] = policy
     return Scenario.model_validate({**template.model_dump(), **update})
+
+
+def trace_requests(source: TraceSource, seed: int) -> Iterator[Request]:
+    """The requests of `source`, labelled and compressed as it says, lazily."""
+    from opscale.traces import assign_by_weights, compress_time, read_trace
+
+    requests: Iterator[Request] = read_trace(source.path, source.format)
+    for offset, (label, weights) in enumerate(sorted(source.assign.items())):
+        requests = assign_by_weights(requests, label, weights, seed + offset)
+    if source.compress != 1.0:
+        requests = compress_time(requests, source.compress)
+    return requests

@@ -218,6 +218,7 @@ class SimWorld:
                 case Dispatch():
                     self._dispatch(action, source)
                 case Reject(request=request, status=status):
+                    self._inflight.pop(request.request_id, None)  # a retried request may be refused at last
                     self._record(RequestOutcome(request.request_id, request.model, request.tier, request.region,
                                                 "", "", request.arrival_s, None, None, request.prompt_tokens,
                                                 0, "rejected" if status < 500 else "failed"))
