@@ -108,3 +108,34 @@ def test_a_failed_dispatch_reroutes_elsewhere_and_gives_up_after_max_attempts() 
     assert isinstance(second, Dispatch) and second.instance_id != first.instance_id
     [gave_up] = router.handle(DispatchFailed(second.request, second.instance_id, "refused", attempt=2), 0.3)
     assert isinstance(gave_up, Reject) and gave_up.status == 502 and router.in_flight() == 0
+
+
+def test_heartbeats_feed_kv_usage_to_least_kv_even_without_membership_changes() -> None:
+    router = RouterCore(RouterConfig(policy="least_kv"))
+    router.handle(heartbeat("a1", "eu", status("i1", kv_used_frac=0.7), status("i2", kv_used_frac=0.2)), 0.0)
+    assert router.handle(RequestArrived(req(1)), 0.1)[0].instance_id == "i2"
+    router.handle(heartbeat("a1", "eu", status("i1", kv_used_frac=0.1), status("i2", kv_used_frac=0.6),
+                            at_s=1.0), 1.0)
+    assert router.handle(RequestArrived(req(2)), 1.1)[0].instance_id == "i1"
+
+
+def test_prefill_tokens_and_in_flight_are_charged_on_dispatch_and_released_on_finish() -> None:
+    router = RouterCore(RouterConfig(policy="slo_aware", policy_params={"prefill_tokens_per_s": 1000.0}))
+    router.handle(heartbeat("a1", "eu", status("i1"), status("i2")), 0.0)
+    picks = [router.handle(RequestArrived(req(n, prompt=300 + n)), 0.1)[0].instance_id for n in range(3)]
+    assert picks == ["i1", "i2", "i1"]  # least queued prefill each time
+    router.handle(RequestFinished(outcome(0, arrival=0.1, ttft=0.1, e2e=1.0)), 1.0)
+    router.handle(RequestFinished(outcome(2, arrival=0.1, ttft=0.1, e2e=1.0)), 1.0)
+    assert router.handle(RequestArrived(req(3, prompt=10)), 1.1)[0].instance_id == "i1"  # i1 is empty again
+
+
+def test_admission_limit_holds_until_a_completion_frees_capacity() -> None:
+    router = RouterCore(RouterConfig(max_outstanding_tokens_per_instance=200, max_pending_per_model=1))
+    router.handle(heartbeat("a1", "eu", status("i1")), 0.0)
+    assert len(router.handle(RequestArrived(req(1, prompt=150, output=10)), 0.1)) == 1  # 160 < 200 after
+    assert len(router.handle(RequestArrived(req(2, prompt=150, output=10)), 0.2)) == 1  # 160 < 200 before
+    assert router.handle(RequestArrived(req(3)), 0.3) == []  # 320 >= 200: held
+    [full] = router.handle(RequestArrived(req(4)), 0.4)
+    assert isinstance(full, Reject) and full.status == 429
+    [dispatch] = router.handle(RequestFinished(outcome(1, arrival=0.1, ttft=0.1, e2e=1.0)), 1.0)
+    assert isinstance(dispatch, Dispatch) and dispatch.request.request_id == "r3" and router.pending() == {}

@@ -2,20 +2,37 @@
 
 It learns instances from agent heartbeats, keeps its own count of outstanding tokens per instance (the
 one owner of that fact: it changes on every dispatch and completion, far faster than heartbeats), and
-holds requests in a bounded queue while no instance can take them (a cold start), so that a model
-scaling up from zero loses nothing. It prefers the request's own region and spills to another region
-only when its own has no ready instance.
+holds requests in a bounded queue while no instance can take them (a cold start, or every instance at
+the admission limit), so that a model scaling up from zero loses nothing. It prefers the request's own
+region and spills to another region only when its own has no ready instance (or, with the multi_region
+policy, when its own instances are saturated).
+
+Candidates are kept per (model, region) pool, each with a load index over outstanding tokens and, for a
+policy that keeps one (see opscale.routing.base.IndexedRoutingPolicy), the policy's own index; both
+are told of every change to a candidate, so a decision never scans the pool. The multi_region policy
+is fed, per request, every region's least outstanding tokens and the newest plan's `routing_weights`
+for the request's (model, origin region).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opscale.model import InstanceState, Plan, Request
-from opscale.routing import Candidate, RoutingPolicy, make_routing_policy
+from opscale.model import InstanceState, Plan, Request, TierSpec
+from opscale.model.tiers import DEFAULT_TIERS
+from opscale.routing import (
+    Candidate,
+    CandidateIndex,
+    HoldQueue,
+    IndexedRoutingPolicy,
+    RoutingPolicy,
+    make_hold_queue,
+    make_routing_policy,
+)
 from opscale.routing.policies import LoadIndex
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
@@ -35,6 +52,14 @@ class RouterConfig(BaseModel):
     region: str = Field("local", description="Region this router runs in (requests without a region header "
                         "originate here); node-agents default to the same region")
     policy: str = Field("jsq_tokens", description="Routing policy name (see opscale.routing.registry)")
+    policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the routing policy")
+    hold_order: str = Field("fifo", description="Order of held requests: fifo or tier_priority (interactive "
+                            "first; latency-insensitive tiers may wait up to their deadline)")
+    hold_order_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the hold order "
+                                              "(tier_priority: deadline_slack_s)")
+    max_outstanding_tokens_per_instance: int | None = Field(
+        None, ge=1, description="Admission limit: while every ready instance of a model has this many "
+        "outstanding tokens or more, its requests are held (in hold order) instead of dispatched; None: no limit")
     max_pending_per_model: int = Field(1000, ge=0, description="Requests held while no instance is ready")
     pending_timeout_s: float = Field(120.0, gt=0, description="A held request is refused (503) after this")
     agent_timeout_s: float = Field(15.0, gt=0, description="Instances of an agent silent this long are dropped")
@@ -46,15 +71,18 @@ class RouterConfig(BaseModel):
 
 
 @dataclass(slots=True)
-class _Held:
-    request: Request
-    deadline_s: float
-
-
-@dataclass(slots=True)
 class _Agent:
     last_seen_s: float
     instance_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Where one candidate sits: its pool's load index and policy index, and its position in both."""
+
+    loads: LoadIndex
+    index: CandidateIndex | None
+    position: int
 
 
 class RouterCore:
@@ -62,22 +90,37 @@ class RouterCore:
 
     name = "router"
 
-    def __init__(self, config: RouterConfig | None = None, policy: RoutingPolicy | None = None) -> None:
+    def __init__(self, config: RouterConfig | None = None, policy: RoutingPolicy | None = None,
+                 tiers: Mapping[str, TierSpec] | None = None) -> None:
         self.config = config or RouterConfig()
-        self.policy = policy or make_routing_policy(self.config.policy)
+        self.tiers = dict(tiers) if tiers is not None else dict(DEFAULT_TIERS)
+        self.policy = policy or make_routing_policy(self.config.policy, self.config.policy_params, tiers=self.tiers)
+        make_hold_queue(self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params,
+                        tiers=self.tiers)  # a bad name or parameter fails here, not at the first held request
+        # A region-choosing policy (multi_region) picks the region; its inner policy picks the instance.
+        self._choose_region = getattr(self.policy, "choose_region", None)
+        chooser: RoutingPolicy = self.policy.inner if self._choose_region is not None else self.policy  # type: ignore[attr-defined]
+        self._chooser = chooser
+        self._indexed = isinstance(chooser, IndexedRoutingPolicy)
+        self._choose_by_load = None if self._indexed else getattr(chooser, "choose_by_load", None)
+        self._note = getattr(self.policy, "note", None)  # slo_aware marks requests likely to miss their TTFT
+        self._admission_limit = self.config.max_outstanding_tokens_per_instance
         self._candidates: dict[str, Candidate] = {}
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
         self._ready: dict[tuple[str, str], list[Candidate]] = {}
         # The same candidates' outstanding tokens, list for list and in the same order, kept in step on
-        # every dispatch and release, for a policy that chooses by load alone (`choose_by_load`, as
-        # join-shortest-queue does): it finds its choice without scanning every candidate.
+        # every dispatch and release (admission, spill-over and `choose_by_load` read them), and the
+        # policy's own index of each pool when it keeps one.
         self._ready_loads: dict[tuple[str, str], LoadIndex] = {}
-        self._load_slot: dict[str, tuple[LoadIndex, int]] = {}  # instance_id -> (its load index, position)
-        self._choose_by_load = getattr(self.policy, "choose_by_load", None)
+        self._policy_index: dict[tuple[str, str], CandidateIndex] = {}
+        self._regions: dict[str, dict[str, LoadIndex]] = {}  # model -> region -> its pool's load index
+        self._slot: dict[str, _Slot] = {}  # instance_id -> where it sits
+        self._weights: dict[tuple[str, str], dict[str, float]] = {}  # (model, origin) -> {region: weight}
         self._agents: dict[str, _Agent] = {}
         self._known_models: set[str] = set(self.config.models)
-        self._routed: dict[str, tuple[str, int]] = {}  # request_id -> (instance_id, tokens charged)
-        self._held: dict[str, deque[_Held]] = {}
+        # request_id -> (instance_id, tokens charged, prompt tokens charged)
+        self._routed: dict[str, tuple[str, int, int]] = {}
+        self._held: dict[str, HoldQueue] = {}
         self._next_report_s = 0.0
         self._last_report_s: float | None = None
         # arrivals since the last RouterLoad: model -> [requests, prompt tokens, output tokens]
@@ -92,14 +135,18 @@ class RouterCore:
         return sorted(self._known_models)
 
     def held(self) -> list[Request]:
-        """Requests waiting for an instance, oldest first per model."""
-        return [h.request for q in self._held.values() for h in q]
+        """Requests waiting for an instance, per model in dispatch order (fifo: oldest first)."""
+        return [r for q in self._held.values() for r in q.requests()]
 
     def pending(self) -> dict[str, int]:
-        return {m: len(q) for m, q in self._held.items() if q}
+        return {m: len(q) for m, q in self._held.items() if len(q)}
 
     def in_flight(self) -> int:
         return len(self._routed)
+
+    def routing_weights(self, model: str, origin: str) -> dict[str, float] | None:
+        """The newest plan's share of (model, origin)'s demand per serving region, if it names one."""
+        return self._weights.get((model, origin))
 
     def peek(self, request: Request) -> Dispatch | None:
         """Where `request` would go now, without holding or charging it: for gateways that proxy
@@ -123,14 +170,10 @@ class RouterCore:
             return self._route(request, now_s)
         if kind is RequestFinished:
             self._release(event.outcome.request_id)
+            if self._admission_limit is not None and self._held:
+                return self._dispatch_held(now_s)  # capacity freed under the admission limit
             return []
         match event:
-            case RequestArrived(request=request):
-                self._count_arrival(request)
-                return self._route(request, now_s)
-            case RequestFinished(outcome=outcome):
-                self._release(outcome.request_id)
-                return []
             case DispatchFailed(request=request, instance_id=instance_id, attempt=attempt):
                 self._release(request.request_id)
                 self._drop_candidate(instance_id)
@@ -180,74 +223,130 @@ class RouterCore:
         if request.model not in self._known_models:
             known = ", ".join(self.models()) or "none"
             return [Reject(request, 404, f"model {request.model!r} is not served here; known models: {known}")]
+        # Held requests have first claim on capacity: they are dispatched whenever some frees (a release
+        # under the admission limit, a heartbeat, a tick), so a newcomer that finds room takes none of theirs.
         dispatch = self._try_dispatch(request)
         if dispatch is not None:
             return [dispatch]
-        queue = self._held.setdefault(request.model, deque())
+        queue = self._held.get(request.model)
+        if queue is None:
+            queue = self._held[request.model] = make_hold_queue(
+                self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params, tiers=self.tiers)
         if len(queue) >= self.config.max_pending_per_model:
             return [Reject(request, 429, f"no capacity for model {request.model!r} and its queue is full",
                            retry_after_s=5.0)]
-        queue.append(_Held(request, now_s + self.config.pending_timeout_s))
+        queue.push(request, now_s)
         return []
 
+    def _open(self, loads: LoadIndex) -> bool:
+        """Whether a pool may take a request: some instance is below the admission limit."""
+        limit = self._admission_limit
+        return limit is None or loads.least() < limit
+
     def _try_dispatch(self, request: Request) -> Dispatch | None:
+        if self._choose_region is not None:
+            return self._try_dispatch_by_region(request)
         key = (request.model, request.region)
         local = self._ready.get(key)
-        if local:
-            by_load = self._choose_by_load
-            chosen = (local[by_load(request, self._ready_loads[key])] if by_load is not None
-                      else self.policy.choose(request, local))
-            return self._dispatch(request, chosen, self._reason_local)
+        if local and (self._admission_limit is None or self._open(self._ready_loads[key])):
+            return self._dispatch(request, local, key, self._reason_local)
         if not self.config.spill_over:
             return None
         remote = [c for (model, region), cs in self._ready.items() if model == request.model
-                  and region != request.region for c in cs]
+                  and region != request.region and self._open(self._ready_loads[(model, region)]) for c in cs]
         if remote:
-            return self._dispatch(request, self.policy.choose(request, remote), self._reason_spill)
+            return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
         return None
 
-    def _dispatch(self, request: Request, chosen: Candidate, reason: str) -> Dispatch:
-        charge = request.prompt_tokens + request.output_tokens
+    def _try_dispatch_by_region(self, request: Request) -> Dispatch | None:
+        regions = self._regions.get(request.model)
+        if not regions:
+            return None
+        if self._admission_limit is not None or not self.config.spill_over:
+            regions = {r: loads for r, loads in regions.items()
+                       if self._open(loads) and (self.config.spill_over or r == request.region)}
+        region = self._choose_region(request, regions, self._weights.get((request.model, request.region)))
+        if region is None:
+            return None
+        key = (request.model, region)
+        return self._dispatch(request, self._ready[key], key,
+                              self._reason_local if region == request.region else self._reason_spill)
+
+    def _dispatch(self, request: Request, pool: list[Candidate], key: tuple[str, str], reason: str) -> Dispatch:
+        """Dispatch `request` to the instance the policy chooses in one (model, region) pool."""
+        if self._indexed:
+            chosen = pool[self._chooser.choose_indexed(request, pool, self._policy_index[key])]  # type: ignore[attr-defined]
+        elif self._choose_by_load is not None:
+            chosen = pool[self._choose_by_load(request, self._ready_loads[key])]
+        else:
+            chosen = self._chooser.choose(request, pool)
+        return self._dispatch_to(request, chosen, reason)
+
+    def _dispatch_to(self, request: Request, chosen: Candidate, reason: str) -> Dispatch:
+        prompt = request.prompt_tokens
+        charge = prompt + request.output_tokens
         chosen.outstanding_tokens += charge
+        chosen.outstanding_prefill_tokens += prompt
         chosen.in_flight += 1
-        slot = self._load_slot.get(chosen.instance_id)
+        slot = self._slot.get(chosen.instance_id)  # _touch, inlined: this runs per request
         if slot is not None:
-            slot[0].set(slot[1], chosen.outstanding_tokens)
-        self._routed[request.request_id] = (chosen.instance_id, charge)
+            slot.loads.set(slot.position, chosen.outstanding_tokens)
+            if slot.index is not None:
+                slot.index.update(slot.position)
+        self._routed[request.request_id] = (chosen.instance_id, charge, prompt)
+        if self._note is not None:
+            note = self._note(request, chosen)
+            if note is not None:
+                reason = f"{reason}; {note}"
         return Dispatch(request, chosen.instance_id, chosen.region, chosen.endpoint, reason)
+
+    def _touch(self, cand: Candidate) -> None:
+        """Bring the indexes of `cand`'s pool up to date with it."""
+        slot = self._slot.get(cand.instance_id)
+        if slot is not None:
+            slot.loads.set(slot.position, cand.outstanding_tokens)
+            if slot.index is not None:
+                slot.index.update(slot.position)
 
     def _release(self, request_id: str) -> None:
         routed = self._routed.pop(request_id, None)
         if routed is None:
             return  # a duplicate completion (at-least-once delivery) changes nothing
-        instance_id, charge = routed
+        instance_id, charge, prompt = routed
         cand = self._candidates.get(instance_id)
         if cand is not None:
             left = cand.outstanding_tokens - charge
-            cand.outstanding_tokens = left = left if left > 0 else 0
+            cand.outstanding_tokens = left if left > 0 else 0
+            left = cand.outstanding_prefill_tokens - prompt
+            cand.outstanding_prefill_tokens = left if left > 0 else 0
             cand.in_flight = cand.in_flight - 1 if cand.in_flight > 0 else 0
-            slot = self._load_slot.get(instance_id)
-            if slot is not None:
-                slot[0].set(slot[1], left)
+            self._touch(cand)
 
     def _dispatch_held(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
         for queue in self._held.values():
-            while queue:
-                dispatch = self._try_dispatch(queue[0].request)
-                if dispatch is None:
-                    break
-                queue.popleft()
-                actions.append(dispatch)
+            if len(queue):
+                actions.extend(self._dispatch_held_model(queue, now_s))
+        return actions
+
+    def _dispatch_held_model(self, queue: HoldQueue, now_s: float) -> list[Action]:
+        actions: list[Action] = []
+        while len(queue):
+            request = queue.peek(now_s)
+            assert request is not None  # the queue is not empty
+            dispatch = self._try_dispatch(request)
+            if dispatch is None:
+                break
+            queue.pop(now_s)
+            actions.append(dispatch)
         return actions
 
     def _expire_held(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
         for model, queue in self._held.items():
-            while queue and queue[0].deadline_s <= now_s:
-                held = queue.popleft()
-                actions.append(Reject(held.request, 503, f"no instance of {model!r} became ready within "
-                                      f"{self.config.pending_timeout_s:.0f} s", retry_after_s=10.0))
+            for gone in queue.expire(now_s):
+                actions.append(Reject(gone.request, 503, f"no instance of {model!r} could take it within "
+                                      f"{gone.waited_limit_s:.0f} s", retry_after_s=10.0))
         return actions
 
     # -- instance view -------------------------------------------------------------------------
@@ -255,6 +354,8 @@ class RouterCore:
     def _observe_plan(self, plan: Plan) -> None:
         for specs in plan.assignments.values():
             self._known_models.update(s.model for s in specs)
+        # the newest plan's weights replace the previous ones whole: a pair it no longer names has none
+        self._weights = {key: dict(w) for key, w in plan.routing_weights.items()}
 
     def _observe_agent(self, hb: AgentHeartbeat, now_s: float) -> None:
         agent = self._agents.setdefault(hb.agent_id, _Agent(now_s))
@@ -267,10 +368,18 @@ class RouterCore:
             if not ready:
                 continue  # loading, draining and stopped instances take no new requests
             seen.add(st.instance_id)
-            if st.instance_id not in self._candidates:
+            kv = st.kv_used_frac
+            kv = kv if 0.0 <= kv <= 1.0 else (1.0 if kv > 1.0 else 0.0)  # NaN and negatives: unknown, 0
+            cand = self._candidates.get(st.instance_id)
+            if cand is None:
                 self._candidates[st.instance_id] = Candidate(st.instance_id, st.model, hb.region, st.endpoint,
-                                                             hb.agent_id)
+                                                             hb.agent_id, kv_usage=kv, sku=hb.sku, tp=st.tp,
+                                                             role=st.role)
                 changed = True
+            elif cand.kv_usage != kv:
+                cand.kv_usage = kv
+                if not changed:
+                    self._touch(cand)  # a rebuild below would read it anyway
         for gone in agent.instance_ids - seen:
             self._drop_candidate(gone)
             changed = True
@@ -290,10 +399,16 @@ class RouterCore:
         self._candidates.pop(instance_id, None)
 
     def _rebuild_index(self) -> None:
-        index: dict[tuple[str, str], list[Candidate]] = {}
+        pools: dict[tuple[str, str], list[Candidate]] = {}
         for cand in sorted(self._candidates.values(), key=lambda c: c.instance_id):
-            index.setdefault((cand.model, cand.region), []).append(cand)
-        self._ready = index
-        self._ready_loads = {key: LoadIndex([c.outstanding_tokens for c in cands]) for key, cands in index.items()}
-        self._load_slot = {c.instance_id: (self._ready_loads[key], i)
-                           for key, cands in index.items() for i, c in enumerate(cands)}
+            pools.setdefault((cand.model, cand.region), []).append(cand)
+        self._ready = pools
+        self._ready_loads = {key: LoadIndex([c.outstanding_tokens for c in cands]) for key, cands in pools.items()}
+        chooser = self._chooser
+        self._policy_index = ({key: chooser.build_index(cands, self._ready_loads[key])  # type: ignore[attr-defined]
+                               for key, cands in pools.items()} if self._indexed else {})
+        self._regions = {}
+        for (model, region), loads in self._ready_loads.items():
+            self._regions.setdefault(model, {})[region] = loads
+        self._slot = {c.instance_id: _Slot(self._ready_loads[key], self._policy_index.get(key), i)
+                      for key, cands in pools.items() for i, c in enumerate(cands)}
