@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_forecast import forecast_app
 from opscale.cli_loadgen import app as loadgen_app
 from opscale.cli_trace import trace_app
 
@@ -17,6 +18,7 @@ app = typer.Typer(help="opscale: autoscale and route LLM inference across GPU ho
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(loadgen_app, name="loadgen")
 app.add_typer(trace_app, name="trace")
+app.add_typer(forecast_app, name="forecast")
 
 
 def _fail(message: str) -> typer.Exit:

@@ -62,3 +62,13 @@ def test_forecaster_core_samples_minute_windows_and_publishes() -> None:
     [pub] = [a for a in core.tick(300.0) if isinstance(a, Publish)]
     assert isinstance(pub.event, ForecastIssued) and pub.event.mean_rps == pytest.approx(2.0)
     assert core.tick(330.0) == []  # not yet the next step
+
+
+@pytest.mark.parametrize("method", ["ewma", "seasonal_naive", "holt_winters", "sarima"])
+def test_forecaster_core_runs_every_registered_method(method: str) -> None:
+    core = ForecasterCore(ForecasterConfig(method=method, step_s=60, horizon_s=300))
+    for k in range(1, 31):
+        core.handle(_window(60.0 * k, 2.0 + (k % 3)), 60.0 * k)
+    [pub] = [a for a in core.tick(1800.0) if isinstance(a, Publish)]
+    assert isinstance(pub.event, ForecastIssued) and pub.event.method == method
+    assert 0 <= pub.event.lo_rps <= pub.event.mean_rps <= pub.event.hi_rps
