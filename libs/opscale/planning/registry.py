@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from opscale.planning.base import CapacityFn, DeploymentSpec, PlanningPolicy
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class PlanningPolicyName(StrEnum):
     REACTIVE = "reactive"
     STATIC = "static"
+    KPA = "kpa"
+    CHIRON = "chiron"
+    SAGESERVE_REACTIVE = "sageserve_reactive"
+    SAGESERVE_LT_I = "sageserve_lt_i"
+    SAGESERVE_LT_U = "sageserve_lt_u"
+    SAGESERVE_LT_UA = "sageserve_lt_ua"
 
 
 def _reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
@@ -26,9 +36,55 @@ def _static(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: A
     return StaticPolicy(deployments, **params)
 
 
+def _config(policy: str, cls: type[ConfigT], params: dict[str, Any]) -> ConfigT:
+    """Validate a policy's parameters; the error names the policy, each field and what is wrong with it."""
+    try:
+        return cls(**params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"planning policy {policy!r}: {problems}") from None
+
+
+def _kpa(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+    from opscale.planning.kpa import KpaConfig, KpaPolicy
+
+    return KpaPolicy(deployments, capacity, _config("kpa", KpaConfig, params))
+
+
+def _chiron(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+    from opscale.planning.chiron import ChironConfig, ChironPolicy
+
+    return ChironPolicy(deployments, capacity, _config("chiron", ChironConfig, params))
+
+
+def _sageserve_reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+    from opscale.planning.sageserve_reactive import SageServeReactiveConfig, SageServeReactivePolicy
+
+    return SageServeReactivePolicy(deployments, _config("sageserve_reactive", SageServeReactiveConfig, params))
+
+
+def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
+    def make(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+        from opscale.planning.sageserve_lt import SageServeLtConfig, SageServeLtPolicy
+
+        if "variant" in params:
+            raise ValueError(f"planning policy 'sageserve_{variant}' fixes the variant; drop 'variant' "
+                             f"(got {params['variant']!r}) or pick the policy named after it")
+        config = _config(f"sageserve_{variant}", SageServeLtConfig, {**params, "variant": variant})
+        return SageServeLtPolicy(deployments, capacity, config)
+
+    return make
+
+
 _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.REACTIVE: _reactive,
     PlanningPolicyName.STATIC: _static,
+    PlanningPolicyName.KPA: _kpa,
+    PlanningPolicyName.CHIRON: _chiron,
+    PlanningPolicyName.SAGESERVE_REACTIVE: _sageserve_reactive,
+    PlanningPolicyName.SAGESERVE_LT_I: _sageserve_lt("lt_i"),
+    PlanningPolicyName.SAGESERVE_LT_U: _sageserve_lt("lt_u"),
+    PlanningPolicyName.SAGESERVE_LT_UA: _sageserve_lt("lt_ua"),
 }
 
 
