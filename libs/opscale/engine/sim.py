@@ -457,6 +457,7 @@ class SimEngine:
         """Load and power at `now_s`, as the node-agent publishes them (state as of the last boundary)."""
         window_s = self.config.report_window_s
         since = now_s - window_s
+        self._forget_runs_before(since)
         tokens = 0
         busy = 0.0
         ends, data, head = self._win_end, self._win_data, self._win_head
@@ -605,8 +606,15 @@ class SimEngine:
         ends = self._win_end
         ends.append(end_s)
         self._win_data.extend((start_s, duration_s, tokens))
-        # Runs that ended by the window's start leave it; the arrays are compacted now and then.
-        head = bisect_right(ends, end_s - self._report_window_s, self._win_head)
+        if len(ends) >= 4096:  # an engine nobody asks for reports: keep the window bounded all the same
+            self._forget_runs_before(end_s - self._report_window_s)
+
+    def _forget_runs_before(self, since_s: float) -> None:
+        """Runs that ended by `since_s` leave the report window (reports ignore them); the arrays are
+        compacted now and then. Done when a report is made, not per run: a report comes every few
+        seconds, runs a few times per request."""
+        ends = self._win_end
+        head = bisect_right(ends, since_s, self._win_head)
         if head >= 256:
             del ends[:head], self._win_data[:3 * head]
             head = 0

@@ -43,6 +43,8 @@ class _EngineLife:
     stop_s: float | None = None
     energy_j: float = 0.0
     busy_s: float = 0.0
+    prefix_hit_tokens: int = 0
+    prefix_queried_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ class RunCollector(RunObserver):
         life = self._lives.get(instance_id)
         if life is not None and life.stop_s is None:
             life.stop_s, life.energy_j, life.busy_s = now_s, engine.energy_j, engine.busy_s
+            life.prefix_hit_tokens, life.prefix_queried_tokens = engine.prefix_hit_tokens, engine.prefix_queried_tokens
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
         self.decisions.append({"at_s": round(now_s, 3), "service": service, "message": message})
@@ -137,7 +140,10 @@ class RunCollector(RunObserver):
         # Each whole-run list is one sorted run per tier: Timsort merges them rather than sorting afresh.
         ttft, tbt, e2e = (sorted(whole) for whole in everyone)
         gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
+        hit_tokens = queried_tokens = 0
         for life in self._lives.values():
+            hit_tokens += life.prefix_hit_tokens
+            queried_tokens += life.prefix_queried_tokens
             held_s = (life.stop_s if life.stop_s is not None else end_s) - life.start_s
             gpus = life.spec.gpus
             gpu_s += held_s * gpus
@@ -157,6 +163,9 @@ class RunCollector(RunObserver):
             "scaling_gpu_s": scaling_gpu_s,
             "scaling_actions": sum(1 for d in self.decisions if d["message"].startswith("plan epoch")),
             "oscillations": _oscillations_per_hour(self._replica_history, end_s),
+            # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when
+            # prefix caching is off: nothing is looked up).
+            "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
             "tiers": tiers,
         })
         return result

@@ -75,7 +75,8 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
     planner = PlannerCore(policy, scenario.deployments, scenario.planner)
     deployed = [d.model for d in scenario.deployments]
     routers = {region: RouterCore(RouterConfig(router_id=f"router-{region}", region=region,
-                                               policy=scenario.routing_policy, models=deployed))
+                                               policy=scenario.routing_policy, models=deployed, **scenario.router),
+                                  tiers=tiers)
                for region in scenario.regions()}
     agents: dict[str, NodeAgentCore] = {}
 

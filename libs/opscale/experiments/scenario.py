@@ -16,6 +16,7 @@ from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.planner import PlannerConfig
+from opscale.services.router import RouterConfig
 from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, trace_format
 
 
@@ -81,6 +82,9 @@ class Scenario(BaseModel):
     policy: str = Field("reactive", description="Planning policy (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict)
     routing_policy: str = Field("jsq_tokens", description="Routing policy (opscale.routing.registry)")
+    router: dict[str, Any] = Field(default_factory=dict, description="Further RouterConfig fields for every "
+                                   "region's router: policy_params, hold_order, max_outstanding_tokens_per_instance, "
+                                   "spill_over, ...")
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(emit_tokens=False))
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies every modelled load time")
     start_provisioned: bool = Field(True, description="Instances placed before the first request arrives start "
@@ -95,6 +99,19 @@ class Scenario(BaseModel):
     profiles_dir: Path | None = Field(None, description="Measured operator profiles (vidur's data/profiling "
                                       "layout) for the engines and capacity estimates; None: the calibrated "
                                       "roofline model shipped with opscale")
+
+    @field_validator("router")
+    @classmethod
+    def _router_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = {"router_id", "region", "policy", "models"} & set(value)
+        if fixed:
+            raise ValueError(f"router: {sorted(fixed)} are set by the scenario itself (routing_policy, "
+                             f"hosts, deployments)")
+        unknown = sorted(set(value) - set(RouterConfig.model_fields))
+        if unknown:
+            raise ValueError(f"router: unknown fields {unknown}; known: {sorted(RouterConfig.model_fields)}")
+        RouterConfig.model_validate(value)  # bad values fail here, named
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Scenario:
