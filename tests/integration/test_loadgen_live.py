@@ -23,10 +23,12 @@ from opscale.traces import (
     StreamSpec,
     SyntheticWorkloadConfig,
     generate_requests,
+    read_trace,
     write_csv_trace,
 )
 
 from opscale_loadgen.replay import ReplayConfig, replay
+from opscale_loadgen.trace_source import TraceWindow
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +97,22 @@ async def test_replay_of_a_real_trace_slice_loses_no_request(stack: LiveStack, t
     rows = list(read_latency_csv(result.requests_path))
     assert result.report["requests"] == SLICE == len(rows) == len({r["request_id"] for r in rows})
     assert result.report["errors"] == {} and result.report["completed"] == SLICE
+
+
+AZURE_CODE = AZURE_CONV.with_name("AzureLLMInferenceTrace_code.csv")
+
+
+@pytest.mark.slow  # a minute of replay: ten minutes of the trace at 10x
+async def test_ten_minutes_of_a_real_trace_at_10x_lose_no_request(stack: LiveStack, tmp_path: Path) -> None:  # noqa: F811
+    if not AZURE_CODE.exists():
+        pytest.skip(f"the Azure LLM 2023 trace is not at {AZURE_CODE}")
+    await _until_serving(stack)
+    window = TraceWindow(start_s=600.0, end_s=1200.0)  # the trace's second ten minutes
+    expected = sum(1 for r in read_trace(AZURE_CODE) if window.start_s <= r.arrival_s < window.end_s)
+    config = ReplayConfig(trace=AZURE_CODE, url=stack.router_url, out=tmp_path / "out", compress=10.0,
+                          window=window, timeout_s=300.0, drain_s=300.0, model=stack.model, progress=False)
+    result = await asyncio.wait_for(replay(config), 600)
+    rows = list(read_latency_csv(result.requests_path))
+    assert expected > 1000
+    assert result.report["requests"] == expected == len(rows) == len({r["request_id"] for r in rows})
+    assert result.report["errors"] == {} and result.report["completed"] == expected
