@@ -13,6 +13,7 @@ from typing import Any
 
 from opscale.engine import SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
+from opscale.perf.loading import LoadChoice
 from opscale.runtime.sim.world import RunObserver
 from opscale.stats import percentile_sorted
 
@@ -65,6 +66,7 @@ class RunCollector(RunObserver):
         self.timeline: list[TimelinePoint] = []
         self.decisions: list[dict[str, Any]] = []
         self._replica_history: dict[str, list[int]] = {}
+        self._loads: dict[str, str] = {}  # instance id -> "cold" | "warm"
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -94,6 +96,10 @@ class RunCollector(RunObserver):
             totals.tbt.append(v)
         if (v := outcome.e2e_s) is not None:
             totals.e2e.append(v)
+
+    def load_chosen(self, instance_id: str, choice: LoadChoice) -> None:
+        """How an instance started during the run loads (the fleet running at the start loads nothing)."""
+        self._loads[instance_id] = choice.source
 
     def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
         self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
@@ -158,8 +164,9 @@ class RunCollector(RunObserver):
             "cost_usd": cost,
             "energy_kwh": energy_j / 3.6e6,
             "mean_gpu_util": busy_gpu_s / gpu_s if gpu_s else 0.0,
-            "cold_starts": len(self._lives),
-            "warm_migrations": 0,
+            # Instances started during the run, by where their weights came from.
+            "cold_starts": sum(1 for source in self._loads.values() if source == "cold"),
+            "warm_migrations": sum(1 for source in self._loads.values() if source == "warm"),
             "scaling_gpu_s": scaling_gpu_s,
             "scaling_actions": sum(1 for d in self.decisions if d["message"].startswith("plan epoch")),
             "oscillations": _oscillations_per_hour(self._replica_history, end_s),

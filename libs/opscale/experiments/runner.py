@@ -17,7 +17,8 @@ from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import Scenario, trace_requests
 from opscale.model import InstanceSpec, InstanceState, ModelSpec, Request, Sku
-from opscale.perf import Catalog, LatencyModel, default_catalog, latency_model_for, load_profiles, load_time_s
+from opscale.perf import Catalog, LatencyModel, default_catalog, latency_model_for, load_profiles
+from opscale.perf.loading import HostWeightCache, choose_load
 from opscale.planning import make_planning_policy
 from opscale.planning.capacity import CapacityEstimator
 from opscale.runtime.sim.loop import EventLoop
@@ -80,17 +81,24 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                for region in scenario.regions()}
     agents: dict[str, NodeAgentCore] = {}
 
-    def load_time(spec: InstanceSpec) -> float:
-        if world.loop.now_s < provisioned_until_s:
-            return 0.0
-        model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
-        return load_time_s(model, sku, spec.tp, "cold") * scenario.load_time_scale
+    def load_time_on(region: str, weights: HostWeightCache) -> Callable[[InstanceSpec], float]:
+        def load_time(spec: InstanceSpec) -> float:
+            model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
+            in_memory = scenario.warm_loads != "off" and weights.has(model.name)
+            weights.loaded(model)  # the weights pass through host memory whichever way they come
+            if world.loop.now_s < provisioned_until_s:
+                return 0.0  # the fleet already running when the run begins
+            peer = scenario.warm_loads == "host_memory_and_peers" and world.has_ready_instance(model.name, region)
+            choice = choose_load(model, sku, spec.tp, in_host_memory=in_memory, peer_available=peer)
+            collector.load_chosen(spec.instance_id, choice)
+            return choice.load_s * scenario.load_time_scale
+        return load_time
 
     for group in scenario.hosts:
         for i in range(group.count):
             agent_id = f"{group.region}-{group.sku.lower()}-{i + 1}"
-            agents[agent_id] = NodeAgentCore(NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku,
-                                                             gpus=group.gpus), load_time)
+            config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus)
+            agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, HostWeightCache(group.weight_cache_gb)))
 
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)

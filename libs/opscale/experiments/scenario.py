@@ -32,6 +32,8 @@ class HostGroup(BaseModel):
     sku: str = Field(min_length=1, description="GPU SKU name from the catalogue")
     gpus: int = Field(8, ge=1, description="GPUs per host")
     count: int = Field(1, ge=1, description="How many such hosts")
+    weight_cache_gb: float = Field(512.0, ge=0, description="Host memory that keeps model weights after an "
+                                   "instance loads or stops, so the next instance of that model here loads warm")
 
 
 class TierModel(BaseModel):
@@ -87,6 +89,10 @@ class Scenario(BaseModel):
                                    "spill_over, ...")
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(emit_tokens=False))
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies every modelled load time")
+    warm_loads: Literal["off", "host_memory", "host_memory_and_peers"] = Field(
+        "host_memory", description="Where an instance may load its weights warm from: the host's memory "
+        "(the model ran on this host recently), also a peer already serving the model in the region "
+        "(weights over the network), or nowhere (every load from remote storage)")
     start_provisioned: bool = Field(True, description="Instances placed before the first request arrives start "
                                     "loaded, as in a fleet already running; False: the run starts cold")
     warm_start_s: float = Field(0.0, ge=0, description="With start_provisioned, instances started up to this long "

@@ -363,6 +363,15 @@ class SimWorld:
     def engines(self) -> dict[str, SimEngine]:
         return {iid: h.engine for iid, h in self._engines.items()}
 
+    def has_ready_instance(self, model: str, region: str) -> bool:
+        """Whether an instance of `model` serves in `region` now (a peer that can send its weights)."""
+        for instance_id, hosted in self._engines.items():
+            if hosted.region == region and hosted.engine.model.name == model:
+                agent = self.agents.get(hosted.agent_id)
+                if agent is not None and agent.is_accepting(instance_id):
+                    return True
+        return False
+
     def in_flight(self) -> int:
         return len(self._inflight)
 
