@@ -1,29 +1,32 @@
 """The live node-agent of one GPU host: the node-agent core converges the host's engines towards the
 planner's newest epoch (gRPC Apply/Drain/Status), publishes heartbeats on NATS, and serves its engines'
-OpenAI-compatible endpoints. The engines are the simulated engine paced in real time. Wiring only: the
+OpenAI-compatible endpoints. The engines are the simulated engine paced in real time (engine_backend
+`sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). Wiring only: the
 logic is opscale.services.node_agent."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
 from opscale.engine import EngineConfig, SimEngine
-from opscale.model import InstanceSpec, InstanceStatus
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus
 from opscale.perf import default_catalog, latency_model_for, load_profiles, load_time_s
 from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.http_tracing import tracing_middleware
 from opscale.runtime.live.settings import NodeAgentSettings
-from opscale.services.actions import Action, DrainEngine, StartEngine, StopEngine
+from opscale.services.actions import Action, DrainEngine, Publish, StartEngine, StopEngine
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
 from opscale.services.node_agent import NodeAgentCore
 
 from opscale_services.common import LiveProcess
 from opscale_services.node_agent.engine_http import build_engine_app, make_runner
 from opscale_services.node_agent.engines import RealtimeEngines
+from opscale_services.node_agent.openai_engines import OpenAIEngines, build_openai_proxy_app
 
 
 class _Control:
@@ -60,7 +63,11 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         latency = latency_model_for(model, sku, spec.tp, profiles=profiles)
         return SimEngine(spec.instance_id, model, sku, spec.tp, latency, engine_config, role=spec.role)
 
+    openai_backend = settings.engine_backend == "openai"
+
     def load_time(spec: InstanceSpec) -> float:
+        if openai_backend:
+            return 0.0  # the server runs already; its health decides when it is ready
         cold = load_time_s(catalog.model(spec.model), catalog.sku(spec.sku), spec.tp, "cold")
         return cold * settings.load_time_scale
 
@@ -77,15 +84,32 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
                     engines.drain(instance_id)
                 case StopEngine(instance_id=instance_id):
                     await engines.stop(instance_id)
+                case Publish(subject=subject, event=AgentHeartbeat() as hb) if openai_backend:
+                    # An instance whose server fails its health check is reported loading, not ready,
+                    # so the router sends it nothing until the server is back.
+                    instances = tuple(
+                        dataclasses.replace(st, state=InstanceState.LOADING)
+                        if st.state == InstanceState.READY and not openai_engines.healthy(st.instance_id) else st
+                        for st in hb.instances)
+                    await p.bus.publish(subject, dataclasses.replace(hb, instances=instances))
                 case _:
                     return False
             return True
 
-        engines = RealtimeEngines(p.clock, make_engine, settings.region, is_accepting=core.is_accepting)
+        engines: RealtimeEngines | OpenAIEngines
+        if openai_backend:
+            openai_engines = OpenAIEngines(settings.openai_engines, p.clock, is_accepting=core.is_accepting)
+            await openai_engines.start_session()
+            engines = openai_engines
+            app = build_openai_proxy_app(openai_engines)
+            p.supervisor.every("engine-health", settings.engine_health_interval_s, openai_engines.check,
+                               timeout_s=max(5.0, settings.engine_health_interval_s))
+        else:
+            engines = RealtimeEngines(p.clock, make_engine, settings.region, is_accepting=core.is_accepting)
+            app = build_engine_app(engines)
         p.on_exit(engines.close)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
 
-        app = build_engine_app(engines)
         app.middlewares.append(tracing_middleware(p.tracer_provider, "opscale.node_agent.engines"))
         runner = make_runner(app)
         await runner.setup()

@@ -114,6 +114,9 @@ def build_router_app(
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_get("/v1/models", api.list_models)
+    # vLLM's liveness path on the API port: clients (GuideLLM, vllm-router, gateways) probe it before
+    # sending work. Readiness with details stays on the ops server (/readyz).
+    app.router.add_get("/health", api.health)
     return app
 
 
@@ -131,6 +134,9 @@ class _RouterApi:
         self._backend = backend
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response(models_response(self._backend.models(), int(self._wall_clock_s())))

@@ -1,9 +1,10 @@
 """Request records leave the router in batches, off the hot path.
 
-`add` only appends to a bounded buffer; a supervised loop publishes a batch per origin region every
-`flush_s` (or sooner when a batch fills). A failed publish keeps the records for the next attempt, so an
-accepted record is never lost to a NATS hiccup; only a buffer full beyond `max_buffered` drops, and
-those drops are counted.
+`add` only appends to a bounded buffer (no await, so a burst of finishing requests never waits on
+NATS); a supervised loop publishes everything buffered every `flush_s`, in batches of at most
+`batch_max` per origin region, and the router's shutdown flushes once more before the bus closes. A
+failed publish keeps the records for the next attempt, so an accepted record is never lost to a NATS
+hiccup; only a buffer full beyond `max_buffered` drops, and those drops are counted.
 """
 
 from __future__ import annotations

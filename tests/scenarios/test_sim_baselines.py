@@ -120,11 +120,7 @@ def test_kpa_panics_on_a_burst_and_recovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("policy", "params"), [
-    pytest.param("kpa", {"metric": "concurrency", "target_concurrency_per_instance": 32.0},
-                 marks=pytest.mark.xfail(strict=False, reason=(
-                     "router bug, not the policy: when KPA halves the pool (8 -> 4), a request arriving right "
-                     "after the plan is retried on three of the draining instances within 2 ms and fails with "
-                     "a 502 (router max_attempts), and the world also reports it unfinished"))),
+    ("kpa", {"metric": "concurrency", "target_concurrency_per_instance": 32.0}),
     ("chiron", {"batch_deadline_s": 3600.0}),
     ("sageserve_reactive", {}),
     ("sageserve_lt_i", {**LT_COMPRESSED, "season_s": 600.0}),

@@ -12,6 +12,11 @@ policy that keeps one (see opscale.routing.base.IndexedRoutingPolicy), the polic
 are told of every change to a candidate, so a decision never scans the pool. The multi_region policy
 is fed, per request, every region's least outstanding tokens and the newest plan's `routing_weights`
 for the request's (model, origin region).
+
+An instance stops taking new work the moment the router learns it is leaving, not at its next
+heartbeat: when a heartbeat reports it draining, and when the newest plan no longer assigns an instance
+an earlier plan did (the planner is scaling it in; its agent drains it shortly). A request whose
+dispatch failed is routed again to an instance it has not tried yet, up to `max_attempts` in all.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ class RouterConfig(BaseModel):
         None, ge=1, description="Admission limit: while every ready instance of a model has this many "
         "outstanding tokens or more, its requests are held (in hold order) instead of dispatched; None: no limit")
     max_pending_per_model: int = Field(1000, ge=0, description="Requests held while no instance is ready")
+    max_pending_total: int | None = Field(
+        None, ge=0, description="Requests held over all models together; beyond it a request is refused "
+        "(429); None: only the per-model bound applies")
+    pending_retry_after_s: float = Field(5.0, gt=0, description="Retry-After of a refusal because the hold "
+                                         "queue is full")
     pending_timeout_s: float = Field(120.0, gt=0, description="A held request is refused (503) after this")
     agent_timeout_s: float = Field(15.0, gt=0, description="Instances of an agent silent this long are dropped")
     spill_over: bool = Field(True, description="Serve from another region when the origin has no ready instance")
@@ -73,7 +83,8 @@ class RouterConfig(BaseModel):
 @dataclass(slots=True)
 class _Agent:
     last_seen_s: float
-    instance_ids: set[str] = field(default_factory=set)
+    instance_ids: set[str] = field(default_factory=set)  # ready ones: the router's candidates
+    reported: set[str] = field(default_factory=set)  # every instance of its newest heartbeat, in any state
 
 
 @dataclass(slots=True)
@@ -120,6 +131,13 @@ class RouterCore:
         self._known_models: set[str] = set(self.config.models)
         # request_id -> (instance_id, tokens charged, prompt tokens charged)
         self._routed: dict[str, tuple[str, int, int]] = {}
+        # request_id -> instances whose dispatch of it failed: a retry goes elsewhere
+        self._tried: dict[str, set[str]] = {}
+        # The newest plan's epoch and instances; instances an earlier plan assigned and the newest does
+        # not are being scaled in and take no new work, even while their heartbeat still says ready.
+        self._plan_epoch = -1
+        self._planned: set[str] = set()
+        self._withdrawn: set[str] = set()
         self._held: dict[str, HoldQueue] = {}
         self._next_report_s = 0.0
         self._last_report_s: float | None = None
@@ -170,17 +188,25 @@ class RouterCore:
             return self._route(request, now_s)
         if kind is RequestFinished:
             self._release(event.outcome.request_id)
+            if self._tried:
+                self._tried.pop(event.outcome.request_id, None)
             if self._admission_limit is not None and self._held:
                 return self._dispatch_held(now_s)  # capacity freed under the admission limit
             return []
         match event:
             case DispatchFailed(request=request, instance_id=instance_id, attempt=attempt):
                 self._release(request.request_id)
-                self._drop_candidate(instance_id)
-                self._rebuild_index()
+                # Suspect until its agent's next heartbeat says otherwise; never tried again by this request.
+                if self._candidates.pop(instance_id, None) is not None:
+                    self._rebuild_index()
                 if attempt >= self.config.max_attempts:
+                    self._tried.pop(request.request_id, None)
                     return [Reject(request, 502, f"request failed on {attempt} instances; last: {event.reason}")]
-                return self._route(request, now_s)
+                self._tried.setdefault(request.request_id, set()).add(instance_id)
+                actions = self._route(request, now_s)
+                if actions and isinstance(actions[0], Reject):
+                    self._tried.pop(request.request_id, None)
+                return actions
             case AgentHeartbeat():
                 self._observe_agent(event, now_s)
                 return self._dispatch_held(now_s)
@@ -233,8 +259,14 @@ class RouterCore:
             queue = self._held[request.model] = make_hold_queue(
                 self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params, tiers=self.tiers)
         if len(queue) >= self.config.max_pending_per_model:
-            return [Reject(request, 429, f"no capacity for model {request.model!r} and its queue is full",
-                           retry_after_s=5.0)]
+            return [Reject(request, 429, f"no capacity for model {request.model!r} and its queue is full "
+                           f"({self.config.max_pending_per_model} held)",
+                           retry_after_s=self.config.pending_retry_after_s)]
+        total_limit = self.config.max_pending_total
+        if total_limit is not None and sum(len(q) for q in self._held.values()) >= total_limit:
+            return [Reject(request, 429, f"no capacity for model {request.model!r} and the router's queue is "
+                           f"full ({total_limit} held over all models)",
+                           retry_after_s=self.config.pending_retry_after_s)]
         queue.push(request, now_s)
         return []
 
@@ -244,6 +276,8 @@ class RouterCore:
         return limit is None or loads.least() < limit
 
     def _try_dispatch(self, request: Request) -> Dispatch | None:
+        if self._tried and request.request_id in self._tried:
+            return self._try_dispatch_untried(request, self._tried[request.request_id])
         if self._choose_region is not None:
             return self._try_dispatch_by_region(request)
         key = (request.model, request.region)
@@ -254,6 +288,26 @@ class RouterCore:
             return None
         remote = [c for (model, region), cs in self._ready.items() if model == request.model
                   and region != request.region and self._open(self._ready_loads[(model, region)]) for c in cs]
+        if remote:
+            return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
+        return None
+
+    def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
+        """A retry: the policy chooses among the open instances this request has not failed on, its own
+        region first. Rare, so it filters the pools rather than keeping an index without them."""
+        limit = self._admission_limit
+
+        def untried(cands: list[Candidate]) -> list[Candidate]:
+            return [c for c in cands if c.instance_id not in tried
+                    and (limit is None or c.outstanding_tokens < limit)]
+
+        local = untried(self._ready.get((request.model, request.region), []))
+        if local:
+            return self._dispatch_to(request, self._chooser.choose(request, local), self._reason_local)
+        if not self.config.spill_over:
+            return None
+        remote = untried([c for (model, region), cs in self._ready.items()
+                          if model == request.model and region != request.region for c in cs])
         if remote:
             return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
         return None
@@ -345,6 +399,7 @@ class RouterCore:
         actions: list[Action] = []
         for model, queue in self._held.items():
             for gone in queue.expire(now_s):
+                self._tried.pop(gone.request.request_id, None)
                 actions.append(Reject(gone.request, 503, f"no instance of {model!r} could take it within "
                                       f"{gone.waited_limit_s:.0f} s", retry_after_s=10.0))
         return actions
@@ -352,21 +407,37 @@ class RouterCore:
     # -- instance view -------------------------------------------------------------------------
 
     def _observe_plan(self, plan: Plan) -> None:
+        if plan.epoch <= self._plan_epoch:
+            return  # a redelivered or reordered older plan changes nothing
+        self._plan_epoch = plan.epoch
         for specs in plan.assignments.values():
             self._known_models.update(s.model for s in specs)
         # the newest plan's weights replace the previous ones whole: a pair it no longer names has none
         self._weights = {key: dict(w) for key, w in plan.routing_weights.items()}
+        planned = {s.instance_id for specs in plan.assignments.values() for s in specs}
+        # Withdrawn ids are kept while some agent still reports the instance; once it is gone for good
+        # the id is forgotten, so the set stays as small as the fleet.
+        reported = {i for agent in self._agents.values() for i in agent.reported}
+        self._withdrawn = {i for i in (self._withdrawn | self._planned) - planned if i in reported}
+        self._planned = planned
+        gone = [i for i in self._withdrawn if i in self._candidates]
+        for instance_id in gone:
+            self._drop_candidate(instance_id)
+        if gone:
+            self._rebuild_index()
 
     def _observe_agent(self, hb: AgentHeartbeat, now_s: float) -> None:
         agent = self._agents.setdefault(hb.agent_id, _Agent(now_s))
         agent.last_seen_s = now_s
         seen: set[str] = set()
         changed = False
+        agent.reported = {st.instance_id for st in hb.instances}
+        withdrawn = self._withdrawn
         for st in hb.instances:
             self._known_models.add(st.model)
             ready = st.state == InstanceState.READY
-            if not ready:
-                continue  # loading, draining and stopped instances take no new requests
+            if not ready or (withdrawn and st.instance_id in withdrawn):
+                continue  # loading, draining, stopped and planned-away instances take no new requests
             seen.add(st.instance_id)
             kv = st.kv_used_frac
             kv = kv if 0.0 <= kv <= 1.0 else (1.0 if kv > 1.0 else 0.0)  # NaN and negatives: unknown, 0

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -297,6 +297,20 @@ class PlannerSettings(LiveSettings):
         return self
 
 
+class OpenAIEngineSettings(BaseModel):
+    """One OpenAI-compatible server (vLLM, SGLang, ...) that a node-agent fronts as an engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(..., pattern=r"^https?://", description="The server's base URL, e.g. http://127.0.0.1:8001 "
+                          "(with or without /v1)")
+    served_model_name: str = Field(..., min_length=1, description="The model name the server answers to; instances "
+                                   "of this model placed on the agent are bound to this server")
+    api_key: str = Field("", description="Bearer token sent to the server; empty: none")
+    metrics_path: str = Field("/metrics", description="Prometheus metrics of the server (vLLM: KV cache usage, "
+                              "queue); empty: not read")
+
+
 class NodeAgentSettings(LiveSettings):
     """A node-agent process on one GPU host."""
 
@@ -321,6 +335,13 @@ class NodeAgentSettings(LiveSettings):
                                            description="Simulated engine settings (opscale.engine.EngineConfig)")
     profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout); "
                                       "without it the calibrated roofline model is used")
+    engine_backend: Literal["sim", "openai"] = Field(
+        "sim", description="sim: the simulated engine paced in real time; openai: the OpenAI-compatible servers "
+        "of `openai_engines` (vLLM, SGLang) running on this host")
+    openai_engines: list[OpenAIEngineSettings] = Field(
+        default_factory=list, description="With engine_backend openai: the servers, one per instance")
+    engine_health_interval_s: float = Field(2.0, gt=0, description="openai backend: period of health and "
+                                            "metrics checks of each server")
 
     @field_validator("engine_options")
     @classmethod

@@ -1,0 +1,412 @@
+"""What the opscale router adds to a streaming request, and how much load it carries, against vllm-router.
+
+Three processes share the machine, as they would share a host: a fixed-latency streaming upstream
+(an aiohttp OpenAI-compatible server: first token after `--token-gap-ms`, then `--tokens` tokens
+`--token-gap-ms` apart), the router under test, and an open-loop load generator (a new process per
+step). The same run measures, against the same upstream:
+
+  direct       the load generator hits the upstream itself (the baseline)
+  opscale      through opscale's router: its HTTP API, RouterCore and pooled upstream client, started as
+               a process; the upstream is registered by feeding the core one agent heartbeat directly
+               (no node-agent, NATS or Redis: request records go to an in-memory bus that counts them)
+  vllm-router  through vllm-router (PyPI `vllm-router`), installed on first use into its own venv under
+               `--venv-dir` (default .bench-venvs/vllm-router); skipped with a note when it cannot be
+
+For each: TTFT p50/p99 at `--rate` requests/s (open loop, streaming), the router's added TTFT (through
+it minus direct), and the maximum sustained rate, found by ramping the offered rate until a step has
+errors, completes under 95 % of what was offered, or its p99 TTFT exceeds `--degraded-ttft-ms`.
+
+    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 10]
+
+The last line of output is one JSON object (with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
+MODEL = "bench-model"
+ROOT = Path(__file__).resolve().parents[1]
+RAMP_RPS = (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def install_loop() -> str:
+    """uvloop when installed (an optional speed-up for the router and load processes), else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return "asyncio"
+    uvloop.install()
+    return "uvloop"
+
+
+# -- the upstream: a fixed-latency streaming OpenAI-compatible server ------------------------------
+
+
+def run_upstream(port: int, tokens: int, gap_s: float) -> None:
+    from aiohttp import web
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        n = min(tokens, int(body.get("max_tokens") or tokens))
+        response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        rid = request.headers.get("x-request-id", "cmpl-bench")
+        for i in range(n):
+            await asyncio.sleep(gap_s)  # noqa: TID251 - the fake engine's token pacing
+            finish = "length" if i == n - 1 else None
+            event = {"id": rid, "object": "text_completion", "created": 0, "model": MODEL,
+                     "choices": [{"index": 0, "text": f" t{i}", "logprobs": None, "finish_reason": finish}]}
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    install_loop()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+
+# -- the opscale router, fed one heartbeat -----------------------------------------------------------
+
+
+class CountingBus:
+    """Stands in for NATS in this benchmark: counts what the router publishes (records, load reports)."""
+
+    def __init__(self) -> None:
+        self.published = 0
+
+    async def publish(self, subject: str, event: object, msg_id: str | None = None) -> None:
+        self.published += len(event) if isinstance(event, tuple) else 1
+
+
+def run_opscale(port: int, upstream_url: str) -> None:
+    loop_name = install_loop()
+
+    async def main() -> None:
+        from aiohttp import web
+        from prometheus_client import CollectorRegistry
+
+        from opscale.model import InstanceState, InstanceStatus, Role
+        from opscale.runtime.clock import WallClock
+        from opscale.runtime.live.host import CoreHost
+        from opscale.services.events import AgentHeartbeat
+        from opscale.services.router import RouterConfig, RouterCore
+
+        from opscale_services.router.api import build_router_app, make_runner
+        from opscale_services.router.backend import LiveRouterBackend
+        from opscale_services.router.records import RecordBatcher
+        from opscale_services.router.upstream import UpstreamClient
+
+        clock = WallClock()
+        bus = CountingBus()
+        core = RouterCore(RouterConfig(region="local", models=[MODEL]))
+        upstream = UpstreamClient()
+        await upstream.start()
+        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
+        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
+        backend.host = host
+        status = InstanceStatus("upstream-0", MODEL, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY,
+                                endpoint=upstream_url)
+        await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
+                                         (status,)))
+        runner = make_runner(build_router_app(backend), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            # the live router's supervised loops: core tick (agent timeout keeps the heartbeat alive
+            # here by re-feeding it) and record flushing
+            await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
+                                             (status,)))
+            await host.tick()
+            await records.flush()
+        await runner.cleanup()
+        await upstream.close()
+
+    asyncio.run(main())
+
+
+# -- the open-loop load generator ----------------------------------------------------------------
+
+
+def run_load(url: str, rate: float, duration_s: float, tokens: int) -> None:
+    install_loop()
+
+    async def main() -> dict[str, Any]:
+        import aiohttp
+
+        body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
+        ttfts: list[float] = []
+        errors: dict[str, int] = {}
+        done = 0
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
+        timeout = aiohttp.ClientTimeout(total=60.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async def one() -> None:
+                nonlocal done
+                start = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/v1/completions", data=body,
+                                            headers={"Content-Type": "application/json"}) as resp:
+                        if resp.status != 200:
+                            errors[f"http_{resp.status}"] = errors.get(f"http_{resp.status}", 0) + 1
+                            await resp.read()
+                            return
+                        first = True
+                        ok = False
+                        async for chunk in resp.content.iter_any():
+                            if first and b'"text"' in chunk:
+                                ttfts.append(time.perf_counter() - start)
+                                first = False
+                            if b"[DONE]" in chunk:
+                                ok = True
+                        if ok:
+                            done += 1
+                        else:
+                            errors["no_done"] = errors.get("no_done", 0) + 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+            n = max(1, int(rate * duration_s))
+            tasks: list[asyncio.Task[None]] = []
+            begin = time.perf_counter()
+            lag_s = 0.0
+            for i in range(n):
+                due = begin + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # noqa: TID251 - open-loop arrival schedule
+                else:
+                    lag_s = max(lag_s, -delay)
+                tasks.append(asyncio.create_task(one()))
+            sent_s = time.perf_counter() - begin
+            await asyncio.gather(*tasks)
+            wall_s = time.perf_counter() - begin
+        ttfts.sort()
+        return {"offered_rps": rate, "sent": n, "completed": done, "errors": errors, "send_s": round(sent_s, 3),
+                "wall_s": round(wall_s, 3), "max_send_lag_ms": round(lag_s * 1e3, 2),
+                "ttft_p50_ms": round(_pct(ttfts, 0.5) * 1e3, 3) if ttfts else None,
+                "ttft_p99_ms": round(_pct(ttfts, 0.99) * 1e3, 3) if ttfts else None,
+                "ttft_mean_ms": round(statistics.fmean(ttfts) * 1e3, 3) if ttfts else None}
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# -- the orchestrator ----------------------------------------------------------------------------
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def load_step(url: str, rate: float, duration_s: float, tokens: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--role", "load", "--url", url, "--rate", str(rate),
+                           "--step-s", str(duration_s), "--tokens", str(tokens)],
+                          capture_output=True, text=True, timeout=duration_s + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sustained(step: dict[str, Any], degraded_ttft_ms: float) -> bool:
+    return (not step["errors"] and step["completed"] >= 0.95 * step["sent"]
+            and step["send_s"] <= 1.05 * step["sent"] / step["offered_rps"] + 0.2
+            and step["ttft_p99_ms"] is not None and step["ttft_p99_ms"] <= degraded_ttft_ms)
+
+
+def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    at_rate = load_step(url, args.rate, args.step_s, args.tokens)
+    ramp: list[dict[str, Any]] = []
+    max_rate = 0.0
+    for rate in RAMP_RPS:
+        step = at_rate if rate == args.rate else load_step(url, rate, args.step_s, args.tokens)
+        ramp.append(step)
+        if not sustained(step, args.degraded_ttft_ms):
+            break
+        max_rate = float(rate)
+    print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms at {args.rate} rps; "
+          f"max sustained {max_rate:.0f} rps", file=sys.stderr, flush=True)
+    return {"at_rate": at_rate, "max_sustained_rps": max_rate, "ramp": ramp}
+
+
+def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
+    exe = venv / "bin" / "vllm-router"
+    if exe.exists():
+        return exe, "found"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "vllm-router==0.1.17"], check=True,
+                       capture_output=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"could not install vllm-router: {exc}"
+    return (exe, "installed") if exe.exists() else (None, "vllm-router installed no executable")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    up_port, ops_port, vr_port = free_port(), free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    procs: list[subprocess.Popen[str]] = []
+    results: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        upstream = spawn("--role", "upstream", "--port", str(up_port), "--tokens", str(args.tokens),
+                         "--token-gap-ms", str(args.token_gap_ms))
+        procs.append(upstream)
+        wait_http(f"{upstream_url}/health", 30)
+        results["direct"] = measure("direct", upstream_url, args)
+
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, env=env)
+        procs.append(opscale)
+        line = opscale.stdout.readline() if opscale.stdout else ""
+        if not line.startswith("{"):
+            raise RuntimeError(f"opscale router did not start: {line} {opscale.stderr.read() if opscale.stderr else ''}")
+        results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args)}
+        stop(opscale)
+
+        exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
+        if exe is None:
+            notes.append(f"vllm-router: {how}")
+        else:
+            vr = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(vr_port), "--worker-urls",
+                                   upstream_url, "--policy", "round_robin", "--log-level", "warning"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            procs.append(vr)
+            wait_http(f"http://127.0.0.1:{vr_port}/health", 60)
+            results["vllm_router"] = {"version": "0.1.17",
+                                      **measure("vllm-router", f"http://127.0.0.1:{vr_port}", args)}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+    def added(which: str, q: str) -> float | None:
+        through, direct = results.get(which, {}).get("at_rate", {}), results["direct"]["at_rate"]
+        if through.get(q) is None or direct.get(q) is None:
+            return None
+        return round(through[q] - direct[q], 3)
+
+    summary: dict[str, Any] = {
+        "opscale_added_ttft_p50_ms": added("opscale", "ttft_p50_ms"),
+        "opscale_added_ttft_p99_ms": added("opscale", "ttft_p99_ms"),
+        "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
+        "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
+        "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
+    }
+    if "vllm_router" in results:
+        vr_max = results["vllm_router"]["max_sustained_rps"]
+        summary["vllm_router_added_ttft_p50_ms"] = added("vllm_router", "ttft_p50_ms")
+        summary["vllm_router_added_ttft_p99_ms"] = added("vllm_router", "ttft_p99_ms")
+        summary["vllm_router_max_sustained_rps"] = vr_max
+        summary["max_rate_ratio_opscale_to_vllm_router"] = (
+            round(results["opscale"]["max_sustained_rps"] / vr_max, 3) if vr_max else None)
+    return {
+        "benchmark": "router_proxy",
+        "machine": machine(),
+        "processes": "separate: upstream, router under test, and one load-generator process per step share "
+                     "the machine's cores",
+        "opscale_registration": "router core fed one agent heartbeat directly (no node-agent, NATS or Redis); "
+                                "records published to an in-memory counting bus",
+        "baseline": "direct (load generator to upstream), and vllm-router in front of the same upstream",
+        "workload": {"rate_rps": args.rate, "step_s": args.step_s, "tokens": args.tokens,
+                     "token_gap_ms": args.token_gap_ms, "first_token_after_ms": args.token_gap_ms,
+                     "open_loop": True, "streaming": True, "ramp_rps": list(RAMP_RPS),
+                     "degraded_ttft_p99_ms": args.degraded_ttft_ms},
+        "summary": summary,
+        "results": results,
+        "notes": notes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=["bench", "upstream", "opscale", "load"], default="bench",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=500.0, help="Offered rate of the latency measurement (req/s)")
+    parser.add_argument("--step-s", type=float, default=5.0, help="Seconds of load per measurement step")
+    parser.add_argument("--tokens", type=int, default=16, help="Tokens each streamed answer has")
+    parser.add_argument("--token-gap-ms", type=float, default=10.0, help="Upstream delay before each token")
+    parser.add_argument("--degraded-ttft-ms", type=float, default=250.0,
+                        help="A ramp step whose TTFT p99 exceeds this is not sustained")
+    parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),
+                        help="Where vllm-router is installed (its own venv)")
+    parser.add_argument("--no-vllm-router", action="store_true", help="Skip the vllm-router comparison")
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
+    elif args.role == "opscale":
+        run_opscale(args.port, args.upstream)
+    elif args.role == "load":
+        run_load(args.url, args.rate, args.step_s, args.tokens)
+    else:
+        print(json.dumps(orchestrate(args)))
+
+
+if __name__ == "__main__":
+    main()

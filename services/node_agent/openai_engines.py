@@ -1,0 +1,304 @@
+"""The node-agent's `openai` engine backend: OpenAI-compatible servers (vLLM, SGLang) as its engines.
+
+Role: bind each instance the planner places on this host to one configured server of the same model,
+health-check the servers, proxy the router's requests to them and report their load. The servers run
+on their own (started by systemd, a container, a person); the agent neither starts nor stops them, it
+only decides which instance id they serve under and whether they take new work.
+
+The proxy forwards bytes: the request body as received and the server's event stream as it arrives,
+with no parsing per token, so it adds little to a real engine's latency. It counts the requests in
+flight per instance (the count a drain waits on, and the load reported when the server has no metrics)
+and closes the server's response when the router goes away, which is how vLLM learns to abort the
+request. vLLM's (or SGLang's) Prometheus metrics, when readable, add KV-cache use, the queue and the
+generation rate to the heartbeat.
+
+It must not decide anything: which instances exist and when they drain is the node-agent core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from opscale.model import InstanceSpec
+from opscale.runtime.clock import Clock
+from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
+from opscale.runtime.live.openai_schema import error_for_status
+from opscale.runtime.live.settings import OpenAIEngineSettings
+from opscale.services.events import EngineReport
+
+__all__ = ["OpenAIEngines", "ServerMetrics", "build_openai_proxy_app", "parse_server_metrics"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY_BYTES = 1 << 20
+_MAX_ERROR_BYTES = 64 * 1024
+_NOT_ACCEPTING_RETRY_AFTER_S = 1.0
+# Headers passed on to the server: content type, the request id and trace context.
+_FORWARDED_HEADERS = ("content-type", "x-request-id", "traceparent", "tracestate", "baggage")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetrics:
+    """What a server's Prometheus metrics say about its load; None where it does not say."""
+
+    kv_used_frac: float | None = None
+    running: int | None = None
+    waiting: int | None = None
+    generated_tokens_total: float | None = None
+
+
+# vLLM v0 and v1, then SGLang, names for the same facts; the first present wins.
+_KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+_RUNNING_NAMES = ("vllm:num_requests_running", "sglang:num_running_reqs")
+_WAITING_NAMES = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
+_GENERATED_NAMES = ("vllm:generation_tokens_total", "sglang:generation_tokens_total")
+
+
+def parse_server_metrics(text: str) -> ServerMetrics:
+    """Read the load facts from a Prometheus text exposition, summing over label sets (one server may
+    report per model or per engine). Non-finite values count as absent."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if math.isfinite(sample.value):
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+
+    def first(names: tuple[str, ...]) -> float | None:
+        return next((sums[n] for n in names if n in sums), None)
+
+    kv = first(_KV_NAMES)
+    running, waiting = first(_RUNNING_NAMES), first(_WAITING_NAMES)
+    return ServerMetrics(kv_used_frac=None if kv is None else min(1.0, max(0.0, kv)),
+                         running=None if running is None else int(running),
+                         waiting=None if waiting is None else int(waiting),
+                         generated_tokens_total=first(_GENERATED_NAMES))
+
+
+@dataclass(slots=True)
+class _Bound:
+    """One instance bound to one server."""
+
+    spec: InstanceSpec
+    server: OpenAIEngineSettings
+    healthy: bool = False
+    in_flight: int = 0
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    tokens_per_s: float = 0.0
+    last_generated: tuple[float, float] | None = None  # (at_s, generated tokens total)
+    responses: set[aiohttp.ClientResponse] = field(default_factory=set)
+
+
+def _base(url: str) -> str:
+    """The server's root, without a trailing /v1: health and metrics live there."""
+    base = url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+class OpenAIEngines:
+    """The agent shell's start/drain/stop/reports for OpenAI-compatible servers, and the proxy's state.
+
+    Use `await start_session()` before serving and `await close()` at exit.
+    """
+
+    def __init__(self, servers: Sequence[OpenAIEngineSettings], clock: Clock, is_accepting: Callable[[str], bool], *,
+                 connect_timeout_s: float = 3.0, health_timeout_s: float = 2.0, read_timeout_s: float = 300.0,
+                 max_connections: int = 1024) -> None:
+        self.servers = list(servers)
+        self.clock = clock
+        self.is_accepting = is_accepting
+        self._connect_timeout_s = connect_timeout_s
+        self._health_timeout_s = health_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._max_connections = max_connections
+        self._bound: dict[str, _Bound] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start_session(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=30.0)
+            # No total timeout: a stream lasts as long as the server sends; silence is bounded by sock_read.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s,
+                                            sock_read=self._read_timeout_s)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+    async def close(self) -> None:
+        for instance_id in list(self._bound):
+            await self.stop(instance_id)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- lifecycle (driven by the node-agent core's actions) -----------------------------------
+
+    def start(self, spec: InstanceSpec) -> None:
+        """Bind `spec` to a configured server of its model that serves no other instance."""
+        if spec.instance_id in self._bound:
+            return
+        taken = {id(b.server) for b in self._bound.values()}
+        server = next((s for s in self.servers if s.served_model_name == spec.model and id(s) not in taken), None)
+        if server is None:
+            served = sorted({s.served_model_name for s in self.servers}) or ["none"]
+            log.error("instance %s of %r placed on this agent, but no free OpenAI-compatible server serves that "
+                      "model (configured: %s); it stays unready", spec.instance_id, spec.model, ", ".join(served))
+            return
+        self._bound[spec.instance_id] = _Bound(spec, server)
+
+    def drain(self, instance_id: str) -> None:
+        """Nothing to tell the server: the core stops accepting and the proxy refuses new requests."""
+
+    async def stop(self, instance_id: str) -> None:
+        """Unbind; requests still in flight (a drain deadline passed) are cut, which aborts them."""
+        bound = self._bound.pop(instance_id, None)
+        if bound is not None:
+            for response in list(bound.responses):
+                response.close()
+
+    def healthy(self, instance_id: str) -> bool:
+        bound = self._bound.get(instance_id)
+        return bound is not None and bound.healthy
+
+    def in_flight(self, instance_id: str) -> int:
+        bound = self._bound.get(instance_id)
+        return 0 if bound is None else bound.in_flight
+
+    def reports(self) -> list[EngineReport]:
+        out: list[EngineReport] = []
+        for instance_id, b in self._bound.items():
+            m = b.metrics
+            running = m.running if m.running is not None else b.in_flight
+            waiting = m.waiting or 0
+            out.append(EngineReport(instance_id, queued=waiting, running=running, outstanding_tokens=0,
+                                    kv_used_frac=m.kv_used_frac if m.kv_used_frac is not None else 0.0,
+                                    tokens_per_s=b.tokens_per_s, busy_frac=1.0 if running else 0.0,
+                                    power_w=0.0, idle=b.in_flight == 0))
+        return out
+
+    # -- health and metrics --------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Health-check every bound server and read its metrics, concurrently, each under a timeout."""
+        await asyncio.gather(*(self._check_one(b) for b in list(self._bound.values())))
+
+    async def _check_one(self, bound: _Bound) -> None:
+        session = self._require_session()
+        base = _base(bound.server.base_url)
+        headers = self._auth(bound.server)
+        timeout = aiohttp.ClientTimeout(total=self._health_timeout_s)
+        healthy = False
+        try:
+            async with session.get(f"{base}/health", headers=headers, timeout=timeout) as resp:
+                healthy = resp.status == 200
+            if not healthy:  # servers without /health: a model list that names the model is as good
+                async with session.get(f"{base}/v1/models", headers=headers, timeout=timeout) as resp:
+                    healthy = resp.status == 200 and bound.server.served_model_name in await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("health check of %s failed: %s", base, exc)
+        if healthy != bound.healthy:
+            log.info("server %s of instance %s is %s", base, bound.spec.instance_id,
+                     "healthy" if healthy else "unhealthy")
+        bound.healthy = healthy
+        if healthy and bound.server.metrics_path:
+            await self._read_metrics(bound, f"{base}{bound.server.metrics_path}", headers, timeout)
+
+    async def _read_metrics(self, bound: _Bound, url: str, headers: dict[str, str],
+                            timeout: aiohttp.ClientTimeout) -> None:
+        try:
+            async with self._require_session().get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200:
+                    return
+                metrics = parse_server_metrics(await resp.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("metrics of %s unreadable: %s", url, exc)
+            return
+        now = self.clock.now_s()
+        total = metrics.generated_tokens_total
+        if total is not None and bound.last_generated is not None:
+            at_s, before = bound.last_generated
+            if now > at_s and total >= before:
+                bound.tokens_per_s = (total - before) / (now - at_s)
+        bound.last_generated = None if total is None else (now, total)
+        bound.metrics = metrics
+
+    # -- the proxy -----------------------------------------------------------------------------
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        instance_id = request.match_info["instance_id"]
+        bound = self._bound.get(instance_id)
+        if bound is None:
+            return error_response(error_for_status(
+                404, f"No instance '{instance_id}' on this node", param="instance_id", code="instance_not_found"))
+        if not (bound.healthy and self.is_accepting(instance_id)):
+            why = "its server is not healthy" if not bound.healthy else "it is loading or draining"
+            return error_response(error_for_status(
+                503, f"Instance '{instance_id}' is not accepting requests: {why}", code="instance_not_accepting",
+                retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
+        if request.content_length is not None and request.content_length > _MAX_BODY_BYTES:
+            return error_response(error_for_status(413, f"Request body over {_MAX_BODY_BYTES} bytes"))
+        body = await request.read()
+        url = f"{_base(bound.server.base_url)}/v1/{request.match_info['endpoint']}"
+        headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
+        if "x-request-id" in headers and not _REQUEST_ID_RE.match(headers["x-request-id"]):
+            del headers["x-request-id"]
+        headers.update(self._auth(bound.server))
+        bound.in_flight += 1
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                upstream = await self._require_session().post(url, data=body, headers=headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                bound.healthy = False  # until the next health check says otherwise
+                return error_response(error_for_status(
+                    503, f"Instance '{instance_id}': its server is unreachable ({type(exc).__name__})",
+                    code="instance_not_accepting", retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
+            bound.responses.add(upstream)
+            if upstream.status != 200:
+                raw = await upstream.content.read(_MAX_ERROR_BYTES)
+                return web.Response(status=upstream.status, body=raw,
+                                    content_type=upstream.content_type or "application/json")
+            response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+            response.content_type = upstream.content_type or "text/event-stream"
+            if upstream.charset:
+                response.charset = upstream.charset
+            await response.prepare(request)
+            try:
+                async for data in upstream.content.iter_any():
+                    await response.write(data)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                # The server died mid-stream: cut the router's connection too, so it sees a broken
+                # stream rather than a clean end, and counts what reached it.
+                log.warning("server of instance %s broke request mid-stream: %s", instance_id, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            bound.in_flight -= 1
+            if upstream is not None:
+                bound.responses.discard(upstream)
+                upstream.close()  # a no-op after a full read; otherwise it aborts the server's request
+
+    def _auth(self, server: OpenAIEngineSettings) -> dict[str, str]:
+        return {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("OpenAIEngines used before start_session()")
+        return self._session
+
+
+def build_openai_proxy_app(engines: OpenAIEngines) -> web.Application:
+    """The node-agent's engine server for the openai backend: the same paths as the simulated one."""
+    app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[openai_errors_middleware])
+    app.router.add_post("/instances/{instance_id}/v1/{endpoint:completions|chat/completions}", engines.proxy)
+    return app

@@ -1,0 +1,25 @@
+"""Serving an aiohttp app on a free loopback port, for the router service tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from opscale.runtime.live.openai_http import make_runner
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port (a client disconnect cancels its handler); yields the base URL."""
+    # a short shutdown timeout keeps a failing test from waiting a minute for a stuck handler
+    runner = make_runner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,217 @@
+"""The live router end to end on loopback: its HTTP API, RouterCore and pooled upstream client in front
+of small aiohttp engines that stream, die or stall. Admission (429 with Retry-After and an OpenAI body),
+re-routing a request whose instance died before its first token, an error event after it, and a client
+disconnect that reaches the engine and releases the core's accounting. The bus is an in-memory recorder:
+these need no NATS, so they are `unit` tests even though they open sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from _router_service_loopback import serve
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from opscale.model import InstanceState, InstanceStatus, Role
+from opscale.runtime.clock import WallClock
+from opscale.runtime.live.host import CoreHost
+from opscale.services.events import AgentHeartbeat
+from opscale.services.router import RouterConfig, RouterCore
+
+from opscale_services.router.api import build_router_app
+from opscale_services.router.backend import LiveRouterBackend
+from opscale_services.router.records import RecordBatcher
+from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+
+pytestmark = pytest.mark.unit
+
+GUARD_S = 10.0  # hang guard only, never a performance threshold
+BODY = {"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True}
+
+
+class RecordingBus:
+    """What the router publishes (request records, load reports), kept in memory."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any]] = []
+
+    async def publish(self, subject: str, event: Any, msg_id: str | None = None) -> None:
+        self.published.append((subject, event))
+
+    def records(self) -> list[Any]:
+        return [r for _, event in self.published if isinstance(event, tuple) for r in event]
+
+
+@dataclass
+class Engine:
+    """An OpenAI-compatible engine: `mode` ok (streams `tokens`), dies before the first token (resets the
+    connection), answers 503, or cuts the stream after `cut_after` tokens."""
+
+    mode: str = "ok"
+    tokens: int = 4
+    gap_s: float = 0.0
+    cut_after: int = 2
+    hits: int = 0
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        body = await request.json()
+        if self.mode == "dies":
+            assert request.transport is not None
+            request.transport.abort()  # the process died: connection reset, no answer
+            raise asyncio.CancelledError
+        if self.mode == "503":
+            return web.json_response({"error": {"message": "draining", "type": "x", "param": None, "code": None}},
+                                     status=503)
+        response = web.StreamResponse()
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        try:
+            for i in range(min(self.tokens, body["max_tokens"])):
+                if self.mode == "cut" and i == self.cut_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                event = {"id": "x", "object": "text_completion", "model": "m",
+                         "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
+                await response.write(f"data: {json.dumps(event)}\n\n".encode())
+                await asyncio.sleep(self.gap_s)  # noqa: TID251 - pacing of a fake engine
+            await response.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.aborted.set()
+            raise
+        return response
+
+
+def engine_app(engine: Engine) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/completions", engine.completions)
+    return app
+
+
+@dataclass
+class Router:
+    url: str
+    core: RouterCore
+    host: CoreHost
+    bus: RecordingBus
+    records: RecordBatcher
+
+
+@asynccontextmanager
+async def router(engines: dict[str, Engine], config: RouterConfig | None = None) -> AsyncIterator[Router]:
+    """The live router with `engines` registered (instance id -> engine) through one heartbeat."""
+    async with AsyncExitStack() as stack:
+        urls = {i: await stack.enter_async_context(serve(engine_app(e))) for i, e in engines.items()}
+        core = RouterCore(config or RouterConfig(models=["m"]))
+        bus = RecordingBus()
+        clock = WallClock()
+        upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=2.0))
+        await stack.enter_async_context(upstream)
+        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
+        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
+        backend.host = host
+        if urls:
+            statuses = tuple(InstanceStatus(i, "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=u)
+                             for i, u in sorted(urls.items()))
+            await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), statuses))
+        url = await stack.enter_async_context(serve(build_router_app(backend)))
+        yield Router(url, core, host, bus, records)
+
+
+def sse(raw: bytes) -> list[Any]:
+    out: list[Any] = []
+    for event in raw.decode().split("\n\n"):
+        if event.startswith("data: "):
+            data = event[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def test_full_hold_queue_is_429_with_retry_after_and_an_openai_body() -> None:
+    config = RouterConfig(models=["m"], max_pending_per_model=1, pending_timeout_s=0.3, pending_retry_after_s=2.0)
+    async with router({}, config) as r, aiohttp.ClientSession() as http:
+        held = asyncio.create_task(http.post(f"{r.url}/v1/completions", json=BODY))
+        for _ in range(200):
+            if r.core.pending():
+                break
+            await asyncio.sleep(0.01)  # noqa: TID251 - polling a live server's state
+        assert r.core.pending() == {"m": 1}
+        async with http.post(f"{r.url}/v1/completions", json=BODY) as resp:
+            assert resp.status == 429 and resp.headers["Retry-After"] == "2"
+            error = (await resp.json())["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["code"] == "rate_limit_exceeded" and "queue is full" in error["message"]
+        await asyncio.sleep(0.35)  # noqa: TID251 - past the pending timeout on the wall clock
+        await r.host.tick()  # the held request's wait is over: refused 503, not left hanging
+        resp = await asyncio.wait_for(held, GUARD_S)
+        assert resp.status == 503 and "Retry-After" in resp.headers
+        resp.release()
+
+
+@pytest.mark.parametrize("failure", ["dies", "503"])
+async def test_instance_failing_before_the_first_token_is_retried_on_another(failure: str) -> None:
+    bad, good = Engine(mode=failure), Engine(tokens=4)
+    async with router({"i-a-bad": bad, "i-b-good": good}) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json=BODY) as resp:
+            assert resp.status == 200
+            events = sse(await resp.read())
+        assert [e["choices"][0]["text"] for e in events[:4]] == [" t0", " t1", " t2", " t3"]
+        assert events[-1] == "[DONE]"
+        assert (bad.hits, good.hits) == (1, 1)
+        assert r.core.in_flight() == 0
+        await r.records.flush()
+        [record] = r.bus.records()
+        assert record.status == "ok" and record.instance_id == "i-b-good"
+
+
+async def test_every_instance_failing_gives_502_after_bounded_attempts() -> None:
+    engines = {f"i-{k}": Engine(mode="dies") for k in range(4)}
+    async with router(engines, RouterConfig(models=["m"], max_attempts=3)) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json=BODY) as resp:
+            assert resp.status == 502
+            assert "failed on 3 instances" in (await resp.json())["error"]["message"]
+        assert sum(e.hits for e in engines.values()) == 3  # three different instances, once each
+        assert r.core.in_flight() == 0
+
+
+async def test_failure_after_the_first_token_is_an_sse_error_event_and_not_retried() -> None:
+    cut, spare = Engine(mode="cut", tokens=4, cut_after=2), Engine()
+    async with router({"i-a-cut": cut, "i-b-spare": spare}) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json=BODY) as resp:
+            assert resp.status == 200
+            events = sse(await resp.read())
+        assert [e["choices"][0]["text"] for e in events[:2]] == [" t0", " t1"]
+        assert "error" in events[2] and events[2]["error"]["code"] == "upstream_error"
+        assert events[-1] == "[DONE]"
+        assert spare.hits == 0
+        assert r.core.in_flight() == 0
+
+
+async def test_client_disconnect_cancels_the_engine_request_and_releases_the_core() -> None:
+    slow = Engine(tokens=10_000, gap_s=0.01)
+    async with router({"i-1": slow}) as r:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{r.url}/v1/completions", json={**BODY, "max_tokens": 10_000})
+            assert resp.status == 200
+            await asyncio.wait_for(resp.content.readuntil(b"\n\n"), GUARD_S)
+            assert r.core.in_flight() == 1
+            resp.close()  # the client goes away mid-stream
+        await asyncio.wait_for(slow.aborted.wait(), GUARD_S)
+        for _ in range(200):
+            if r.core.in_flight() == 0:
+                break
+            await asyncio.sleep(0.01)  # noqa: TID251 - polling a live server's state
+        assert r.core.in_flight() == 0
+        await r.records.flush()
+        [record] = r.bus.records()
+        assert record.status == "cancelled" and record.output_tokens >= 1
