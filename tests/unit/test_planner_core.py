@@ -123,8 +123,13 @@ def test_lost_agent_instances_are_replaced_elsewhere_and_restore_continues_numbe
     restarted = _planner()
     restarted.restore(planner.plan)
     restarted.handle(heartbeat("a2", "eu", at_s=21.0, gpus=4), 21.0)
-    restarted.handle(_load(3.5, 21.0, interval_s=1.0), 21.0)
-    restarted.tick(21.0)
+    # It re-learns the fleet and a demand window of router loads before it decides anything.
+    for t in range(21, 52):
+        restarted.handle(heartbeat("a2", "eu", at_s=float(t), gpus=4), float(t))
+        restarted.handle(_load(3.5, float(t), interval_s=1.0), float(t))
+        restarted.tick(float(t))
+        if t < 50:
+            assert restarted.plan.epoch == planner.plan.epoch, f"decided at t={t} before re-learning"
     ids = sorted(s.instance_id for s in restarted.plan.assignments["a2"])
     assert len(ids) == len(set(ids)) == 4 and ids[0] == planner.plan.assignments["a2"][0].instance_id
 

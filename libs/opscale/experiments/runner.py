@@ -72,8 +72,21 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                  max_batch=scenario.engine.max_num_seqs,
                                  gpu_memory_utilization=scenario.engine.gpu_memory_utilization,
                                  latency_factory=latency_model)
-    policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
-    planner = PlannerCore(policy, scenario.deployments, scenario.planner)
+
+    def new_planner() -> PlannerCore:
+        policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
+        return PlannerCore(policy, scenario.deployments, scenario.planner)
+
+    def restart_planner() -> None:
+        # The planner dies; a new one, with a fresh policy (its memory is gone), continues from the plan
+        # it stored, as a restarted live planner does from Redis.
+        planner = new_planner()
+        stored = world.store.get("plan")
+        if stored is not None:
+            planner.restore(stored)
+        world.replace_planner(planner)
+
+    planner = new_planner()
     deployed = [d.model for d in scenario.deployments]
     routers = {region: RouterCore(RouterConfig(router_id=f"router-{region}", region=region,
                                                policy=scenario.routing_policy, models=deployed, **scenario.router),
@@ -108,6 +121,8 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
     collector = RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
                      ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig())
+    for fault in scenario.faults:  # planner_restart, the one kind so far
+        world.loop.at(fault.at_s, restart_planner)
     return world, collector
 
 

@@ -66,6 +66,15 @@ class TraceSource(BaseModel):
         return None if value is None else trace_format(value).value
 
 
+class Fault(BaseModel):
+    """Something that goes wrong during a run, at a simulated time. `planner_restart`: the planner
+    process dies and a new one starts from the plan it stored (its policy's memory is lost)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["planner_restart"]
+    at_s: float = Field(ge=0, description="When it happens, seconds of simulated time")
+
+
 class Scenario(BaseModel):
     """One simulation run. Times are seconds of simulated time."""
 
@@ -102,6 +111,7 @@ class Scenario(BaseModel):
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     sample_interval_s: float = Field(60.0, gt=0, description="Spacing of the timeline in result plots")
+    faults: list[Fault] = Field(default_factory=list, description="Failures injected during the run")
     profiles_dir: Path | None = Field(None, description="Measured operator profiles (vidur's data/profiling "
                                       "layout) for the engines and capacity estimates; None: the calibrated "
                                       "roofline model shipped with opscale")

@@ -7,6 +7,11 @@ changed, publishes a new plan under the next epoch and sends each agent its desi
 level-triggered: an agent whose heartbeat shows an older epoch than the plan gets its command again
 (same epoch and command id, so a repeat changes nothing). Only the shell that holds the planner lease
 runs this; a restarted planner calls `restore(plan)` and continues from the stored plan.
+
+A restored planner first re-learns the fleet before it decides anything: it waits until every agent of
+the stored plan has sent a heartbeat (or `agent_timeout_s` has passed, when the missing ones count as
+lost) and the routers' load reports cover `demand_window_s`. Deciding earlier would read a fleet it has
+not heard from as empty and demand as zero, and tear down a plan that was right.
 """
 
 from __future__ import annotations
@@ -65,11 +70,15 @@ class PlannerCore:
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
         self._next_tick_s: float | None = None
         self.last_reasons: dict[PoolKey, str] = {}
+        self._relearning = False  # restored: observing the fleet again before deciding
+        self._relearn_since_s: float | None = None
 
     def restore(self, plan: Plan) -> None:
-        """Continue from a stored plan (a restarted or newly elected planner)."""
+        """Continue from a stored plan (a restarted or newly elected planner); see the module docstring."""
         self.plan = plan
         self._next_seq = next_seq_after(plan.assignments)
+        self._relearning = True
+        self._relearn_since_s = None
 
     def agent_address(self, agent_id: str) -> str | None:
         """Where the agent's control server listens, from its newest heartbeat."""
@@ -104,11 +113,24 @@ class PlannerCore:
         for agent_id in [a for a, hb in self._agents.items() if now_s - hb.at_s > self.config.agent_timeout_s]:
             del self._agents[agent_id]
             actions.append(Log(self.name, f"agent {agent_id} lost: its instances will be re-placed"))
+        if self._relearning and not self._relearned(now_s):
+            return actions
         if self._next_tick_s is None or now_s >= self._next_tick_s:
             self._next_tick_s = now_s + self.config.interval_s
             actions.extend(self._decide(now_s))
         actions.extend(self._resend(now_s))
         return actions
+
+    def _relearned(self, now_s: float) -> bool:
+        if self._relearn_since_s is None:
+            self._relearn_since_s = now_s
+        waited_s = now_s - self._relearn_since_s
+        heard = all(agent in self._agents for agent in self.plan.assignments)
+        demand_seen = (self._first_load_s is not None
+                       and now_s - self._first_load_s >= self.config.demand_window_s)
+        if (heard or waited_s >= self.config.agent_timeout_s) and (demand_seen or waited_s >= self.config.demand_window_s):
+            self._relearning = False
+        return not self._relearning
 
     # -- decisions -----------------------------------------------------------------------------
 

@@ -114,12 +114,12 @@ class SimWorld:
             self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(router))
             self.bus.subscribe(subjects.PLANS_ALL, self._to(router))
         self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_aggregator)
-        self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(self.planner))
+        self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_planner)
         self.loop.on_stop(self._records_due)
         self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.forecaster))
-        self.bus.subscribe(subjects.WINDOWS_ALL, self._to(self.planner))
-        self.bus.subscribe(subjects.FORECASTS_ALL, self._to(self.planner))
-        self.bus.subscribe(subjects.ROUTER_LOAD_ALL, self._to(self.planner))
+        self.bus.subscribe(subjects.WINDOWS_ALL, self._to_planner)
+        self.bus.subscribe(subjects.FORECASTS_ALL, self._to_planner)
+        self.bus.subscribe(subjects.ROUTER_LOAD_ALL, self._to_planner)
 
     # -- driving -------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class SimWorld:
             self.loop.every(cfg.router_tick_s, self._ticker(router), until_s=until_s)
         for agent in self.agents.values():
             self.loop.every(cfg.agent_tick_s, self._agent_ticker(agent), until_s=until_s)
-        self.loop.every(cfg.planner_tick_s, self._ticker(self.planner), until_s=until_s)
+        self.loop.every(cfg.planner_tick_s, self._tick_planner, until_s=until_s)
         self.loop.every(cfg.aggregator_tick_s, self._tick_aggregator, until_s=until_s)
         self.loop.every(cfg.forecaster_tick_s, self._ticker(self.forecaster), until_s=until_s)
         self._schedule_next_arrival(requests, until_s)
@@ -157,6 +157,22 @@ class SimWorld:
         def deliver(subject: str, event: Any) -> None:
             self._apply(core.name, core.handle(event, self.loop.now_s), core)
         return deliver
+
+    # The planner is looked up at each delivery, not bound once: `replace_planner` swaps it mid-run.
+    def _to_planner(self, subject: str, event: Any) -> None:
+        planner = self.planner
+        self._apply(planner.name, planner.handle(event, self.loop.now_s), planner)
+
+    def _tick_planner(self, now_s: float) -> None:
+        planner = self.planner
+        self._apply(planner.name, planner.tick(now_s), planner)
+
+    def replace_planner(self, planner: PlannerCore) -> None:
+        """A planner restart: the old core stops receiving anything (what was on its way to it is lost);
+        `planner` takes every later event and tick. The caller restores it from the store, as a
+        restarted live planner restores itself from Redis."""
+        self.planner = planner
+        self.observer.decision("world", "planner restarted", None, self.loop.now_s)
 
     def _to_aggregator(self, subject: str, event: Any) -> None:
         loop = self.loop
