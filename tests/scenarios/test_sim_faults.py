@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from opscale.experiments.runner import RunResult, run_scenario
-from opscale.experiments.scenario import Fault, builtin_demo_scenario
+from opscale.experiments.scenario import Fault, HostGroup, Scenario, builtin_demo_scenario
+from opscale.planning import DeploymentSpec
+from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig
 
 pytestmark = pytest.mark.sim
 
@@ -40,3 +42,32 @@ def test_a_restarted_planner_continues_from_the_stored_plan_without_a_change_of_
     after = [(at, e) for at, e in epochs if at >= RESTART_S]
     assert after and after[0][1] == before[-1] + 1
     assert after[0][0] >= RESTART_S + 20.0
+
+
+@pytest.mark.parametrize("notice_s", [120.0, 30.0, 0.0])
+def test_a_spot_preemption_loses_no_request(notice_s: float) -> None:
+    # Two hosts; the planner puts the pool on the first; the cloud takes that host back mid-run.
+    base = Scenario(
+        name=f"spot {notice_s}", seed=6, duration_s=420.0, drain_s=600.0,
+        hosts=[HostGroup(region="eu", sku="H100-80GB", gpus=8, count=2)],
+        deployments=[DeploymentSpec(model="Llama-3-8B", sku="H100-80GB", tp=1, min_replicas=3, max_replicas=3)],
+        workload=SyntheticWorkloadConfig(
+            seed=6, start_s=12.0, duration_s=400.0, amplitude=0.0,
+            streams=(StreamSpec(model="Llama-3-8B", region="eu", base_rps=18.0),),
+            prompt_tokens=LengthDistribution(median_tokens=1024, sigma=0.8, max_tokens=6144),
+            output_tokens=LengthDistribution(median_tokens=256, sigma=0.7, max_tokens=1536)),
+        policy="static", warm_start_s=60.0)
+    calm = run_scenario(base)
+    host = "eu-h100-80gb-1"  # placement spreads the pool over both hosts: this one holds part of it
+    hit = run_scenario(base.model_copy(update={"faults": [
+        Fault(kind="spot_preemption", at_s=150.0, host=host, notice_s=notice_s)]}))
+    assert any(d["message"] == f"host {host} reclaimed" for d in hit.collector.decisions)
+    result = hit.result
+    assert result["requests"] == calm.result["requests"]
+    assert result["dropped"] == 0 and result["completed"] == result["requests"]
+    replaced = (result["cold_starts"] + result["warm_migrations"]) - (calm.result["cold_starts"]
+                                                                     + calm.result["warm_migrations"])
+    assert replaced >= 1  # the reclaimed host's instances started again on the other host
+    if notice_s >= 120.0:
+        # Notice longer than a load: the replacements are up before the host goes; nobody notices.
+        assert result["slo_attainment"] >= calm.result["slo_attainment"] - 0.01

@@ -121,8 +121,13 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
     collector = RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
                      ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig())
-    for fault in scenario.faults:  # planner_restart, the one kind so far
-        world.loop.at(fault.at_s, restart_planner)
+    for fault in scenario.faults:
+        if fault.kind == "planner_restart":
+            world.loop.at(fault.at_s, restart_planner)
+        else:
+            if fault.host not in agents:
+                raise ValueError(f"faults: no host {fault.host!r} to reclaim; hosts: {sorted(agents)}")
+            world.loop.at(fault.at_s, world.reclaim_host, fault.host, fault.notice_s)
     return world, collector
 
 

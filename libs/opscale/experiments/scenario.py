@@ -68,11 +68,21 @@ class TraceSource(BaseModel):
 
 class Fault(BaseModel):
     """Something that goes wrong during a run, at a simulated time. `planner_restart`: the planner
-    process dies and a new one starts from the plan it stored (its policy's memory is lost)."""
+    process dies and a new one starts from the plan it stored (its policy's memory is lost).
+    `spot_preemption`: the cloud reclaims host `host` (an agent id, `<region>-<sku>-<n>`) after
+    `notice_s` of notice."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["planner_restart"]
+    kind: Literal["planner_restart", "spot_preemption"]
     at_s: float = Field(ge=0, description="When it happens, seconds of simulated time")
+    host: str | None = Field(None, description="spot_preemption: the host reclaimed")
+    notice_s: float = Field(120.0, ge=0, description="spot_preemption: notice before the host goes (AWS: 120 s)")
+
+    @model_validator(mode="after")
+    def _host_named(self) -> Fault:
+        if self.kind == "spot_preemption" and not self.host:
+            raise ValueError("a spot_preemption fault names its host")
+        return self
 
 
 class Scenario(BaseModel):

@@ -48,6 +48,7 @@ class AgentHeartbeat:
     epoch: int
     at_s: float
     instances: tuple[InstanceStatus, ...] = ()
+    terminating_at_s: float | None = None  # the host is being reclaimed then (spot preemption notice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ class NodeAgentCore:
         self._instances: dict[str, _Instance] = {}
         self._drains_seen: deque[str] = deque(maxlen=4096)
         self._next_heartbeat_s: float | None = None
+        self.terminating_at_s: float | None = None  # set by a reclaim notice (spot preemption)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class NodeAgentCore:
         actions: list[Action] = []
         desired = {s.instance_id: s for s in cmd.instances}
         for instance_id, spec in desired.items():
-            if instance_id not in self._instances:
+            if instance_id not in self._instances and self.terminating_at_s is None:
                 load_s = self.load_time_s(spec)
                 self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
                 actions.append(StartEngine(spec, load_s))
@@ -102,6 +103,20 @@ class NodeAgentCore:
             return False, f"no running instance {cmd.instance_id!r} on {self.config.agent_id}", []
         self._drains_seen.append(cmd.command_id)
         return True, "draining", self._begin_drain(inst, now_s, cmd.deadline_s)
+
+    def reclaim(self, terminate_at_s: float, now_s: float) -> list[Action]:
+        """The host will be taken away at `terminate_at_s` (a spot preemption notice): start nothing more,
+        drain every instance by then, and say so in heartbeats (the planner places elsewhere, routers
+        send nothing new). Repeated notices keep the earliest time."""
+        if self.terminating_at_s is not None and self.terminating_at_s <= terminate_at_s:
+            return []
+        self.terminating_at_s = terminate_at_s
+        actions: list[Action] = [Log(self.name, f"{self.config.agent_id}: reclaim notice, host goes at "
+                                                f"{terminate_at_s:.1f}s; draining every instance")]
+        for inst in self._instances.values():
+            actions.extend(self._begin_drain(inst, now_s, terminate_at_s))
+        actions.append(Publish(subjects.heartbeat(self.config.region, self.config.agent_id), self.heartbeat(now_s)))
+        return actions
 
     def _begin_drain(self, inst: _Instance, now_s: float, deadline_s: float | None) -> list[Action]:
         if inst.state == InstanceState.LOADING:
@@ -173,4 +188,5 @@ class NodeAgentCore:
                 power_w=r.power_w if r else 0.0,
             ))
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
-                              self.config.address, self.applied_epoch, now_s, tuple(statuses))
+                              self.config.address, self.applied_epoch, now_s, tuple(statuses),
+                              self.terminating_at_s)

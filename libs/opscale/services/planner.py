@@ -93,6 +93,8 @@ class PlannerCore:
                 known = self._agents.get(event.agent_id)
                 if known is None or event.at_s >= known.at_s:
                     self._agents[event.agent_id] = event
+                    if event.terminating_at_s is not None and (known is None or known.terminating_at_s is None):
+                        self._next_tick_s = now_s  # a host is going away: re-place its instances at once
             case WindowStats() if math.isclose(event.window_s, self.config.latency_window_s):
                 self._windows[(event.model, event.region, event.tier)] = event
             case ForecastIssued():
@@ -217,10 +219,13 @@ class PlannerCore:
         effects = self.policy.decide(observation, self.policy_state, now_s)
         self.policy_state = effects.state
         self.last_reasons = effects.reasons
-        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total) for a, hb in sorted(self._agents.items())]
+        # A host being reclaimed takes nothing new, and its instances are as good as gone: like those of
+        # a lost agent, dropping them from the current assignments places them again elsewhere now,
+        # while they still drain.
+        usable = {a: hb for a, hb in self._agents.items() if hb.terminating_at_s is None}
+        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total) for a, hb in sorted(usable.items())]
         states = {st.instance_id: st.state for hb in self._agents.values() for st in hb.instances}
-        # Instances on lost agents are gone: dropping them from the current assignments re-places them.
-        current = {a: specs for a, specs in self.plan.assignments.items() if a in self._agents}
+        current = {a: specs for a, specs in self.plan.assignments.items() if a in usable}
         result = place(effects.desired, current, agents, self.deployments, states, self._next_seq)
         self._next_seq = result.next_seq
         actions: list[Action] = []

@@ -324,13 +324,16 @@ def _heartbeat_to_pb(hb: AgentHeartbeat) -> events_pb2.AgentHeartbeat:
         epoch=_u64(hb.epoch, "AgentHeartbeat.epoch"),
         at_s=_float(hb.at_s, "AgentHeartbeat.at_s"),
         instances=[_status_to_pb(s, f"AgentHeartbeat.instances[{i}]") for i, s in enumerate(hb.instances)],
+        terminating_at_s=(None if hb.terminating_at_s is None
+                          else _float(hb.terminating_at_s, "AgentHeartbeat.terminating_at_s")),
     )
 
 
 def _heartbeat_from_pb(msg: events_pb2.AgentHeartbeat) -> AgentHeartbeat:
     return AgentHeartbeat(agent_id=msg.agent_id, region=msg.region, sku=msg.sku, gpus_total=msg.gpus_total,
                           address=msg.address, epoch=msg.epoch, at_s=msg.at_s,
-                          instances=tuple(_status_from_pb(s) for s in msg.instances))
+                          instances=tuple(_status_from_pb(s) for s in msg.instances),
+                          terminating_at_s=msg.terminating_at_s if msg.HasField("terminating_at_s") else None)
 
 
 _WINDOW_OPTIONAL = ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s", "e2e_p99_s",

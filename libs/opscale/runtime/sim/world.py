@@ -167,6 +167,30 @@ class SimWorld:
         planner = self.planner
         self._apply(planner.name, planner.tick(now_s), planner)
 
+    def reclaim_host(self, agent_id: str, notice_s: float) -> None:
+        """A spot preemption: the host gets notice now and is gone `notice_s` later. Its agent drains
+        every instance by then (the planner places replacements elsewhere at once); whatever is still
+        running when the host goes is handed back to the routers and served elsewhere."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise ValueError(f"no host {agent_id!r} to reclaim; hosts: {sorted(self.agents)}")
+        now = self.loop.now_s
+        self._apply(agent.name, agent.reclaim(now + notice_s, now), agent)
+        self.loop.at(now + notice_s, self._terminate_host, agent_id)
+
+    def _terminate_host(self, agent_id: str) -> None:
+        agent = self.agents.pop(agent_id, None)
+        if agent is None:
+            return
+        now = self.loop.now_s
+        for instance_id in list(self._by_agent.get(agent_id, {})):
+            hosted = self._engines.pop(instance_id)
+            self._by_agent[agent_id].pop(instance_id, None)
+            self._advance(hosted, now)
+            self.observer.engine_stopped(instance_id, hosted.engine, now)
+            self._fail_orphans(instance_id)
+        self.observer.decision("world", f"host {agent_id} reclaimed", None, now)
+
     def replace_planner(self, planner: PlannerCore) -> None:
         """A planner restart: the old core stops receiving anything (what was on its way to it is lost);
         `planner` takes every later event and tick. The caller restores it from the store, as a
@@ -209,6 +233,8 @@ class SimWorld:
 
     def _agent_ticker(self, agent: NodeAgentCore) -> Callable[[float], None]:
         def tick(now_s: float) -> None:
+            if self.agents.get(agent.config.agent_id) is not agent:
+                return  # its host was reclaimed
             # Each engine is current to its last event (wakes advance it); a report is state as of the last
             # iteration boundary, so no advance is needed here.
             for hosted in self._by_agent.get(agent.config.agent_id, {}).values():
