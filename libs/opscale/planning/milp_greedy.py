@@ -15,6 +15,7 @@ It ignores the previous plan (it rebuilds from scratch), so it can churn more th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opscale.model import Purchase
@@ -30,7 +31,9 @@ class GreedyPlan:
     unserved_share: dict[DemandKey, float]
 
 
-def greedy_plan(inputs: PlanInputs) -> GreedyPlan:
+def greedy_plan(inputs: PlanInputs, serving: Mapping[DemandKey, tuple[str, ...]] | None = None) -> GreedyPlan:
+    """The greedy plan; with `serving`, demand key k goes only to the regions in `serving[k]` (the MIP's
+    candidates, so the plan is a valid hint for it)."""
     skus, tiers = inputs.sku_by_name(), inputs.tier_by_name()
     options = inputs.options()
     price = {(r, s): _ranking_price(inputs, r, s) for r in inputs.regions for s in skus}
@@ -64,8 +67,11 @@ def greedy_plan(inputs: PlanInputs) -> GreedyPlan:
         rps = inputs.demand_rps[key]
         remaining = rps
         budget_ms = tiers[tier].rtt_budget_ms
-        regions = reachable.get((origin, budget_ms))
-        if regions is None:
+        if serving is not None:
+            regions = list(serving.get(key, ()))  # nearest first already
+        elif (origin, budget_ms) in reachable:
+            regions = reachable[(origin, budget_ms)]
+        else:
             regions = sorted((r for r in inputs.regions if inputs.rtt(origin, r) <= budget_ms),
                              key=lambda r: (inputs.rtt(origin, r), r))
             reachable[(origin, budget_ms)] = regions

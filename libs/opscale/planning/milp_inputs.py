@@ -37,10 +37,13 @@ class SpotCapScope(StrEnum):
 
 class SolveStatus(StrEnum):
     """Which path produced a plan: the MIP proved within its gap, the MIP's incumbent when the time limit
-    struck, or the greedy plan when the solver had nothing (better) to offer."""
+    struck, or, when the full search had nothing better, a warm start: HEURISTIC (the rounded LP
+    relaxation, or the fleet solved for the greedy or the LP routing; see `milp_warmstart`) or the greedy
+    plan."""
 
     OPTIMAL = "OPTIMAL"
     FEASIBLE = "FEASIBLE"
+    HEURISTIC = "HEURISTIC"
     GREEDY_FALLBACK = "GREEDY_FALLBACK"
 
 
@@ -175,8 +178,10 @@ class PlanSolution:
     """The planner's answer.
 
     `routing[(model, origin, tier)]` maps serving regions to their share of that demand; the shares plus
-    `unserved_share` for the same key sum to 1. `gap` is the solver's relative gap (0 when proven
-    optimal; None for the greedy plan, which proves nothing). `objective_usd_per_h` is `costs.total`."""
+    `unserved_share` for the same key sum to 1. `gap` is the relative gap to the best lower bound known,
+    the solver's or the LP relaxation's (0 when proven optimal; None when no bound is known, as for the
+    greedy plan when the LP did not finish). `objective_usd_per_h` is `costs.total`.
+    `solve_s` is the whole call's wall time, `build_s` the part of it before any solver ran."""
 
     status: SolveStatus
     fleet: Fleet
@@ -189,6 +194,7 @@ class PlanSolution:
     reason: str = ""
     variables: int = 0  # size of the MIP built (0 when none was)
     constraints: int = 0
+    build_s: float = 0.0  # part of solve_s spent on the greedy plan and building the model
 
     @property
     def objective_usd_per_h(self) -> float:
