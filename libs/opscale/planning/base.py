@@ -35,6 +35,9 @@ class Effects:
     desired: dict[PoolKey, int]
     state: Any
     reasons: dict[PoolKey, str] = field(default_factory=dict)
+    # (model, origin region) -> {serving region: share}, for a policy that plans routing across regions
+    # (empty: keep the plan's current weights)
+    routing_weights: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
 
 class PlanningPolicy(Protocol):

@@ -22,6 +22,7 @@ class PlanningPolicyName(StrEnum):
     SAGESERVE_LT_I = "sageserve_lt_i"
     SAGESERVE_LT_U = "sageserve_lt_u"
     SAGESERVE_LT_UA = "sageserve_lt_ua"
+    SAGESERVE_MIP = "sageserve_mip"
 
 
 def _reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
@@ -63,6 +64,12 @@ def _sageserve_reactive(deployments: list[DeploymentSpec], capacity: CapacityFn,
     return SageServeReactivePolicy(deployments, _config("sageserve_reactive", SageServeReactiveConfig, params))
 
 
+def _sageserve_mip(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+    from opscale.planning.sageserve_mip import SageServeMipConfig, SageServeMipPolicy
+
+    return SageServeMipPolicy(deployments, capacity, _config("sageserve_mip", SageServeMipConfig, params))
+
+
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     def make(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
         from opscale.planning.sageserve_lt import SageServeLtConfig, SageServeLtPolicy
@@ -85,6 +92,7 @@ _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.SAGESERVE_LT_I: _sageserve_lt("lt_i"),
     PlanningPolicyName.SAGESERVE_LT_U: _sageserve_lt("lt_u"),
     PlanningPolicyName.SAGESERVE_LT_UA: _sageserve_lt("lt_ua"),
+    PlanningPolicyName.SAGESERVE_MIP: _sageserve_mip,
 }
 
 

@@ -233,15 +233,16 @@ class PlannerCore:
             actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: no free GPUs",
                                {"pool": str(key), "unplaced": n}))
         new_assignments = result.assignments
-        if _same_assignments(self.plan.assignments, new_assignments):
+        weights = effects.routing_weights or self.plan.routing_weights
+        if _same_assignments(self.plan.assignments, new_assignments) and weights == self.plan.routing_weights:
             return actions
         reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
                            if not why.startswith(("steady", "hold")))
         self.plan = Plan(
             epoch=self.plan.epoch + 1, created_s=now_s, assignments=new_assignments,
             agent_regions={a: hb.region for a, hb in self._agents.items()},
-            routing_weights=self.plan.routing_weights, vm_counts=self.plan.vm_counts,
-            reason=reason or "placement changed",
+            routing_weights=weights, vm_counts=self.plan.vm_counts,
+            reason=reason or ("placement changed" if new_assignments != self.plan.assignments else "routing changed"),
         )
         actions.append(Store("plan", self.plan))
         actions.append(Publish(subjects.plans(), PlanPublished(self.plan)))
