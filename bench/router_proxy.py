@@ -12,11 +12,17 @@ step). The same run measures, against the same upstream:
   vllm-router  through vllm-router (PyPI `vllm-router`), installed on first use into its own venv under
                `--venv-dir` (default .bench-venvs/vllm-router); skipped with a note when it cannot be
 
-For each: TTFT p50/p99 at `--rate` requests/s (open loop, streaming), the router's added TTFT (through
+For each: TTFT and end-to-end p50/p99 at `--rate` requests/s (open loop, streaming), the router's added TTFT (through
 it minus direct), and the maximum sustained rate, found by ramping the offered rate until a step has
 errors, completes under 95 % of what was offered, or its p99 TTFT exceeds `--degraded-ttft-ms`.
 
-    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 10]
+The added latency is measured twice: TTFT, and the whole streamed response (end-to-end minus direct,
+which takes out the fixed streaming time). Capacity is measured twice: the open-loop ramp, and wrk
+(closed loop, compiled) keeping `--wrk-connections` streams busy. The router under test (and
+vllm-router) is pinned with taskset to its own CPU, the upstream and load generators to another, so
+the router's CPU is its own; the JSON states the pinning and the load average before and after.
+
+    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 1] [--load-procs 2]
 
 The last line of output is one JSON object (with the machine).
 """
@@ -28,11 +34,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +181,7 @@ def run_load(url: str, rate: float, duration_s: float, tokens: int) -> None:
 
         body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
         ttfts: list[float] = []
+        e2es: list[float] = []
         errors: dict[str, int] = {}
         done = 0
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
@@ -198,6 +207,7 @@ def run_load(url: str, rate: float, duration_s: float, tokens: int) -> None:
                                 ok = True
                         if ok:
                             done += 1
+                            e2es.append(time.perf_counter() - start)
                         else:
                             errors["no_done"] = errors.get("no_done", 0) + 1
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -218,12 +228,9 @@ def run_load(url: str, rate: float, duration_s: float, tokens: int) -> None:
             sent_s = time.perf_counter() - begin
             await asyncio.gather(*tasks)
             wall_s = time.perf_counter() - begin
-        ttfts.sort()
         return {"offered_rps": rate, "sent": n, "completed": done, "errors": errors, "send_s": round(sent_s, 3),
                 "wall_s": round(wall_s, 3), "max_send_lag_ms": round(lag_s * 1e3, 2),
-                "ttft_p50_ms": round(_pct(ttfts, 0.5) * 1e3, 3) if ttfts else None,
-                "ttft_p99_ms": round(_pct(ttfts, 0.99) * 1e3, 3) if ttfts else None,
-                "ttft_mean_ms": round(statistics.fmean(ttfts) * 1e3, 3) if ttfts else None}
+                "ttft_s": ttfts, "e2e_s": e2es}
 
     print(json.dumps(asyncio.run(main())), flush=True)
 
@@ -235,9 +242,10 @@ def _pct(sorted_values: list[float], q: float) -> float:
 # -- the orchestrator ----------------------------------------------------------------------------
 
 
-def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+def spawn(*args: str, env: dict[str, str] | None = None, cpus: str | None = None) -> subprocess.Popen[str]:
+    # stderr to a file, not a pipe: a server logging under overload must never block on a full pipe
+    return subprocess.Popen(pinned([sys.executable, __file__, *args], cpus), stdout=subprocess.PIPE,
+                            stderr=tempfile.TemporaryFile(), text=True, env=env)
 
 
 def wait_http(url: str, timeout_s: float) -> None:
@@ -253,13 +261,69 @@ def wait_http(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def load_step(url: str, rate: float, duration_s: float, tokens: int) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--role", "load", "--url", url, "--rate", str(rate),
-                           "--step-s", str(duration_s), "--tokens", str(tokens)],
-                          capture_output=True, text=True, timeout=duration_s + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
+              cpus: str | None) -> dict[str, Any]:
+    """One open-loop step from `procs` load processes, each offering rate/procs (so the Python client is
+    not the bottleneck), pinned to `cpus` when given; their samples are merged."""
+    cmd = [sys.executable, __file__, "--role", "load", "--url", url, "--rate", str(rate / procs),
+           "--step-s", str(duration_s), "--tokens", str(tokens)]
+    running = [subprocess.Popen(pinned(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(procs)]
+    parts = []
+    for proc in running:
+        out, err = proc.communicate(timeout=duration_s + 120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"load generator failed: {err[-2000:]}")
+        parts.append(json.loads(out.strip().splitlines()[-1]))
+    ttfts = sorted(t for p in parts for t in p["ttft_s"])
+    e2es = sorted(t for p in parts for t in p["e2e_s"])
+    errors: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+
+    def ms(values: list[float], q: float) -> float | None:
+        return round(_pct(values, q) * 1e3, 3) if values else None
+
+    return {"offered_rps": rate, "load_procs": procs, "sent": sum(p["sent"] for p in parts),
+            "completed": sum(p["completed"] for p in parts), "errors": errors,
+            "send_s": max(p["send_s"] for p in parts), "wall_s": max(p["wall_s"] for p in parts),
+            "max_send_lag_ms": max(p["max_send_lag_ms"] for p in parts),
+            "ttft_p50_ms": ms(ttfts, 0.5), "ttft_p99_ms": ms(ttfts, 0.99),
+            "ttft_mean_ms": round(statistics.fmean(ttfts) * 1e3, 3) if ttfts else None,
+            "e2e_p50_ms": ms(e2es, 0.5), "e2e_p99_ms": ms(e2es, 0.99)}
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """`cmd` under `taskset -c cpus` when pinning is on and taskset exists."""
+    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
+
+
+def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpus: str | None) -> dict[str, Any]:
+    """Closed-loop capacity with wrk (compiled, so the client costs little): `connections` streams kept
+    busy for `duration_s`; requests/s completed and wrk's latency percentiles of whole responses."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return {"skipped": "wrk not installed (apt-get install wrk)"}
+    body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True})
+    script = ROOT / ".bench-venvs" / "wrk_post.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n"
+                      "done = function(summary, latency, requests)\n"
+                      "  io.write(string.format('WRK %d %d %d %d %d %d\\n', summary.requests, summary.duration,\n"
+                      "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
+                      "    summary.errors.status, latency:percentile(50), latency:percentile(99)))\nend\n")
+    cmd = pinned([exe, "-t1", f"-c{connections}", f"-d{duration_s:g}s", "-s", str(script), f"{url}/v1/completions"],
+                 cpus)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK ")), None)
+    if line is None:
+        return {"skipped": f"wrk failed: {proc.stderr[-500:]}"}
+    requests, duration_us, io_errors, status_errors, p50_us, p99_us = (int(x) for x in line.split()[1:])
+    return {"connections": connections, "duration_s": duration_s,
+            "rps": round(requests / (duration_us / 1e6), 1), "io_errors": io_errors, "status_errors": status_errors,
+            "e2e_p50_ms": round(p50_us / 1e3, 3), "e2e_p99_ms": round(p99_us / 1e3, 3)}
 
 
 def sustained(step: dict[str, Any], degraded_ttft_ms: float) -> bool:
@@ -269,18 +333,23 @@ def sustained(step: dict[str, Any], degraded_ttft_ms: float) -> bool:
 
 
 def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    at_rate = load_step(url, args.rate, args.step_s, args.tokens)
+    def step_at(rate: float) -> dict[str, Any]:
+        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load)
+
+    at_rate = step_at(args.rate)
     ramp: list[dict[str, Any]] = []
     max_rate = 0.0
     for rate in RAMP_RPS:
-        step = at_rate if rate == args.rate else load_step(url, rate, args.step_s, args.tokens)
+        step = at_rate if rate == args.rate else step_at(rate)
         ramp.append(step)
         if not sustained(step, args.degraded_ttft_ms):
             break
         max_rate = float(rate)
-    print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms at {args.rate} rps; "
-          f"max sustained {max_rate:.0f} rps", file=sys.stderr, flush=True)
-    return {"at_rate": at_rate, "max_sustained_rps": max_rate, "ramp": ramp}
+    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load)
+    print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms, e2e p50 "
+          f"{at_rate['e2e_p50_ms']} ms, p99 {at_rate['e2e_p99_ms']} ms at {args.rate} rps; max sustained "
+          f"{max_rate:.0f} rps; wrk {capacity.get('rps')} rps", file=sys.stderr, flush=True)
+    return {"at_rate": at_rate, "max_sustained_rps": max_rate, "wrk_closed_loop": capacity, "ramp": ramp}
 
 
 def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
@@ -307,6 +376,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = [round(x, 2) for x in os.getloadavg()]
     up_port, ops_port, vr_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
     procs: list[subprocess.Popen[str]] = []
@@ -314,17 +384,18 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     try:
         upstream = spawn("--role", "upstream", "--port", str(up_port), "--tokens", str(args.tokens),
-                         "--token-gap-ms", str(args.token_gap_ms))
+                         "--token-gap-ms", str(args.token_gap_ms), cpus=args.cpu_upstream)
         procs.append(upstream)
         wait_http(f"{upstream_url}/health", 30)
         results["direct"] = measure("direct", upstream_url, args)
 
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, env=env)
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, env=env,
+                        cpus=args.cpu_router)
         procs.append(opscale)
         line = opscale.stdout.readline() if opscale.stdout else ""
         if not line.startswith("{"):
-            raise RuntimeError(f"opscale router did not start: {line} {opscale.stderr.read() if opscale.stderr else ''}")
+            raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
         results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args)}
         stop(opscale)
 
@@ -332,9 +403,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         if exe is None:
             notes.append(f"vllm-router: {how}")
         else:
-            vr = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(vr_port), "--worker-urls",
-                                   upstream_url, "--policy", "round_robin", "--log-level", "warning"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            vr = subprocess.Popen(pinned([str(exe), "--host", "127.0.0.1", "--port", str(vr_port), "--worker-urls",
+                                          upstream_url, "--policy", "round_robin", "--log-level", "warning"],
+                                         args.cpu_router),
+                                  stdout=subprocess.DEVNULL, stderr=tempfile.TemporaryFile(), text=True)
             procs.append(vr)
             wait_http(f"http://127.0.0.1:{vr_port}/health", 60)
             results["vllm_router"] = {"version": "0.1.17",
@@ -352,6 +424,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "opscale_added_ttft_p50_ms": added("opscale", "ttft_p50_ms"),
         "opscale_added_ttft_p99_ms": added("opscale", "ttft_p99_ms"),
+        "opscale_added_e2e_p50_ms": added("opscale", "e2e_p50_ms"),
+        "opscale_added_e2e_p99_ms": added("opscale", "e2e_p99_ms"),
+        "direct_wrk_rps": results["direct"]["wrk_closed_loop"].get("rps"),
+        "opscale_wrk_rps": results["opscale"]["wrk_closed_loop"].get("rps"),
         "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
         "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
         "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
@@ -361,13 +437,21 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         summary["vllm_router_added_ttft_p50_ms"] = added("vllm_router", "ttft_p50_ms")
         summary["vllm_router_added_ttft_p99_ms"] = added("vllm_router", "ttft_p99_ms")
         summary["vllm_router_max_sustained_rps"] = vr_max
+        summary["vllm_router_added_e2e_p50_ms"] = added("vllm_router", "e2e_p50_ms")
+        summary["vllm_router_added_e2e_p99_ms"] = added("vllm_router", "e2e_p99_ms")
+        vr_wrk, ops_wrk = results["vllm_router"]["wrk_closed_loop"].get("rps"), summary["opscale_wrk_rps"]
+        summary["vllm_router_wrk_rps"] = vr_wrk
+        summary["wrk_rps_ratio_opscale_to_vllm_router"] = round(ops_wrk / vr_wrk, 3) if vr_wrk and ops_wrk else None
         summary["max_rate_ratio_opscale_to_vllm_router"] = (
             round(results["opscale"]["max_sustained_rps"] / vr_max, 3) if vr_max else None)
     return {
         "benchmark": "router_proxy",
-        "machine": machine(),
-        "processes": "separate: upstream, router under test, and one load-generator process per step share "
-                     "the machine's cores",
+        "machine": {**machine(), "loadavg_1_5_15_before": load_before,
+                    "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
+        "processes": "separate: upstream, router under test, and --load-procs open-loop load processes per step "
+                     "(uvloop when installed), plus wrk (compiled, closed loop) for capacity",
+        "cpu_pinning": {"upstream": args.cpu_upstream, "router": args.cpu_router, "load": args.cpu_load,
+                        "taskset": shutil.which("taskset") is not None},
         "opscale_registration": "router core fed one agent heartbeat directly (no node-agent, NATS or Redis); "
                                 "records published to an in-memory counting bus",
         "baseline": "direct (load generator to upstream), and vllm-router in front of the same upstream",
@@ -391,7 +475,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="Offered rate of the latency measurement (req/s)")
     parser.add_argument("--step-s", type=float, default=5.0, help="Seconds of load per measurement step")
     parser.add_argument("--tokens", type=int, default=16, help="Tokens each streamed answer has")
-    parser.add_argument("--token-gap-ms", type=float, default=10.0, help="Upstream delay before each token")
+    parser.add_argument("--token-gap-ms", type=float, default=1.0, help="Upstream delay before each token")
+    parser.add_argument("--load-procs", type=int, default=2, help="Open-loop load processes per step")
+    parser.add_argument("--wrk-connections", type=int, default=64, help="Streams wrk keeps busy (capacity)")
+    two = (os.cpu_count() or 1) >= 2
+    parser.add_argument("--cpu-upstream", default="0" if two else None, help="taskset CPU list of the upstream")
+    parser.add_argument("--cpu-router", default="1" if two else None, help="taskset CPU list of the router")
+    parser.add_argument("--cpu-load", default="0" if two else None,
+                        help="taskset CPU list of the load generators (shares the upstream's on 2 cores)")
     parser.add_argument("--degraded-ttft-ms", type=float, default=250.0,
                         help="A ramp step whose TTFT p99 exceeds this is not sustained")
     parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),

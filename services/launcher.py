@@ -34,6 +34,7 @@ def serve_service(service: str, config: Path | None) -> None:
     settings = load_settings(SERVICE_SETTINGS[key], config)
     configure_logging(settings.log_level)
     main = importlib.import_module(f"opscale_services.{key}.main")
+    getattr(main, "install_fast_loop", lambda: None)()  # the router uses uvloop when it is installed
     asyncio.run(main.run(settings))
 
 

@@ -47,7 +47,7 @@ from opscale.runtime.live.openai_schema import (
     usage_chunk,
 )
 
-from opscale_services.router.upstream import UpstreamError
+from opscale_services.router.upstream import SseBytes, UpstreamError
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES", "TRACE_HEADERS", "RouteRejected", "RouterBackend", "TokenChunk",
@@ -88,7 +88,9 @@ class RouteRejected(Exception):
 class RouterBackend(Protocol):
     """What the API needs from the router: the served models and a token stream per request.
 
-    `generate` is an async generator (`async def ... yield TokenChunk(...)`). It raises `RouteRejected`
+    `generate` is an async generator (`async def ... yield TokenChunk(...)`). For a streaming request it
+    may instead yield `SseBytes`, whole server-sent events written to the client unchanged and ending
+    with `[DONE]` (the engine's own events, forwarded without re-encoding). It raises `RouteRejected`
     before its first chunk when the request cannot be served, and `UpstreamError` when the engine fails
     after retries are exhausted. The API always closes it (`aclose`), also when the client disconnects;
     its `finally` is where in-flight accounting is released and upstream work cancelled.
@@ -96,7 +98,8 @@ class RouterBackend(Protocol):
 
     def models(self) -> list[str]: ...
 
-    def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]: ...
+    def generate(self, req: ParsedRequest,
+                 trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | SseBytes]: ...
 
 
 def build_router_app(
@@ -164,7 +167,7 @@ class _RouterApi:
         try:
             # The first chunk is awaited before any header is sent, so a refusal still gets its status.
             try:
-                first: TokenChunk | None = await anext(chunks)
+                first: TokenChunk | SseBytes | None = await anext(chunks)
             except StopAsyncIteration:
                 first = None
             except RouteRejected as exc:
@@ -173,8 +176,10 @@ class _RouterApi:
                 log.warning("request %s failed before its first token: %s", parsed.request_id, exc)
                 return error_response(upstream_api_error(exc))
             if parsed.stream:
-                return await self._stream(request, parsed, first, chunks)
-            return await self._collect(parsed, first, chunks)
+                if isinstance(first, SseBytes):
+                    return await self._forward(request, parsed, first, chunks)
+                return await self._stream(request, parsed, first, chunks)  # type: ignore[arg-type]
+            return await self._collect(parsed, first, chunks)  # type: ignore[arg-type]
         finally:
             await aclose_quietly(chunks)
 
@@ -199,9 +204,8 @@ class _RouterApi:
                                    tokens, int(self._wall_clock_s()))
         return web.json_response(body, headers={"x-request-id": req.request_id})
 
-    async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | None,
-                      chunks: AsyncIterator[TokenChunk]) -> web.StreamResponse:
-        created_s = int(self._wall_clock_s())
+    @staticmethod
+    def _sse_response(req: ParsedRequest) -> web.StreamResponse:
         response = web.StreamResponse(headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # proxies such as nginx must not hold events back
@@ -209,6 +213,35 @@ class _RouterApi:
         })
         response.content_type = SSE_CONTENT_TYPE
         response.charset = "utf-8"
+        return response
+
+    async def _forward(self, request: web.Request, req: ParsedRequest, first: SseBytes,
+                       chunks: AsyncIterator[TokenChunk | SseBytes]) -> web.StreamResponse:
+        """The engine's events written as they come; the back end's blocks end with `[DONE]`."""
+        response = self._sse_response(req)
+        chunk_count = 0
+        try:
+            await response.prepare(request)
+            block: TokenChunk | SseBytes | ApiError | None = first
+            while isinstance(block, SseBytes):
+                chunk_count += block.chunks
+                await response.write(block.data)
+                block = await self._next_chunk(req, chunks, chunk_count)
+            if isinstance(block, ApiError):
+                # as in _stream: the status line is sent, so the failure is an error event
+                await response.write(sse_event(block.body()))
+                await response.write(SSE_DONE)
+            elif block is not None:
+                raise TypeError("a back end mixed decoded tokens into a forwarded event stream")
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("client of request %s disconnected after %d chunks", req.request_id, chunk_count)
+        return response
+
+    async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | None,
+                      chunks: AsyncIterator[TokenChunk]) -> web.StreamResponse:
+        created_s = int(self._wall_clock_s())
+        response = self._sse_response(req)
         tokens = 0
         finished = False
         try:
@@ -229,6 +262,8 @@ class _RouterApi:
                     await response.write(SSE_DONE)
                     await response.write_eof()
                     return response
+                if isinstance(following, SseBytes):
+                    raise TypeError("a back end mixed forwarded events into a decoded token stream")
                 chunk = following
             if not finished:
                 # The back end ended without a reason: close the choice as OpenAI clients expect.
@@ -244,8 +279,8 @@ class _RouterApi:
         return response
 
     @staticmethod
-    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk],
-                          tokens: int) -> TokenChunk | ApiError | None:
+    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk | SseBytes],
+                          tokens: int) -> TokenChunk | SseBytes | ApiError | None:
         """The next chunk, None at the end, or the error to report when the back end fails mid-stream."""
         try:
             return await anext(chunks, None)

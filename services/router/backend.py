@@ -3,7 +3,9 @@
 A request enters the core; the decision (Dispatch or Reject) may come back at once or later, when a
 held request finds an instance, so each waiting request has a future that the action handler resolves.
 A dispatched request streams from its instance; if the instance fails before the first token, the core
-hears DispatchFailed and routes it again. However the stream ends (done, error, client gone), the
+hears DispatchFailed and routes it again. A streaming request gets the engine's own server-sent events,
+forwarded as bytes (the engine is asked for usage when the client is); a non-streaming one is assembled
+from decoded tokens by the API. However the stream ends (done, error, client gone), the
 `finally` releases the core's accounting exactly once and queues the request's record.
 """
 
@@ -27,7 +29,7 @@ from opscale.services.router import RouterCore
 
 from opscale_services.router.api import RouteRejected
 from opscale_services.router.records import RecordBatcher
-from opscale_services.router.upstream import UpstreamClient, UpstreamError
+from opscale_services.router.upstream import SseBytes, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class LiveRouterBackend:
     def models(self) -> list[str]:
         return self.core.models()
 
-    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
+    async def generate(self, req: ParsedRequest,
+                       trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | SseBytes]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
         request = req.as_request(self.clock.now_s(), self.region)
         # Not the "current" span: an async generator may resume in another context, so the span is
@@ -88,13 +91,22 @@ class LiveRouterBackend:
                 span.set_attribute("opscale.instance_id", instance_id)
                 headers = {**upstream_trace, "x-request-id": request.request_id}
                 try:
-                    async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
-                                                                       headers):
-                        if chunk.is_token:
-                            produced += 1
-                            if first_token_s is None:
+                    if req.stream:
+                        async for block in self.upstream.stream_sse(decision.endpoint, _sse_body(req), headers):
+                            if first_token_s is None and block.chunks:
                                 first_token_s = self.clock.now_s()
-                        yield chunk
+                            produced += block.chunks
+                            if block.completion_tokens is not None:
+                                produced = block.completion_tokens  # the engine's own count is exact
+                            yield block
+                    else:
+                        async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
+                                                                           headers):
+                            if chunk.is_token:
+                                produced += 1
+                                if first_token_s is None:
+                                    first_token_s = self.clock.now_s()
+                            yield chunk
                     status = "ok"
                     return
                 except UpstreamError as exc:
@@ -133,3 +145,12 @@ class LiveRouterBackend:
             return await future
         finally:
             self._waiting.pop(request_id, None)
+
+
+def _sse_body(req: ParsedRequest) -> dict[str, object]:
+    """The engine request of a forwarded stream: the client's usage option goes with it, since the
+    engine's events reach the client unchanged."""
+    body = req.upstream_body()
+    if req.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    return body

@@ -22,6 +22,17 @@ from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 
+def install_fast_loop() -> str:
+    """Make uvloop the event loop policy when it is installed (the `fast` extra): the proxy hot path is
+    event-loop bound. Returns the loop in use, for logs and benchmarks."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("router", settings) as p:

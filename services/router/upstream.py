@@ -2,8 +2,9 @@
 
 Role: POST a streaming `/v1/completions` (or `/v1/chat/completions`) request to an instance's
 OpenAI-compatible endpoint, either a node-agent's engine server (`.../instances/<id>`) or any
-OpenAI-compatible server such as vLLM, and yield its tokens as `TokenChunk`s while the server-sent
-events arrive.
+OpenAI-compatible server such as vLLM, and yield what arrives: decoded `TokenChunk`s
+(`stream_completion`, for answers the router assembles itself) or the engine's own events as bytes
+(`stream_sse`, the streaming hot path, which forwards them without decoding each token).
 
 Every wait is bounded (a router without upstream timeouts hangs on one stalled engine): connecting,
 the first token (an absolute deadline that covers the connection pool, the response headers and the
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.runtime.live.openai_schema import SseDecoder, SseError, TokenChunk
 
-__all__ = ["UpstreamClient", "UpstreamConfig", "UpstreamError", "UpstreamErrorKind", "completion_url"]
+from opscale_services.router.sse_passthrough import SseBytes, SseForwarder, decode_event
+
+__all__ = ["SseBytes", "UpstreamClient", "UpstreamConfig", "UpstreamError", "UpstreamErrorKind", "completion_url"]
 
 UpstreamErrorKind = Literal["connect", "status", "timeout", "protocol"]
 
@@ -121,85 +123,86 @@ class UpstreamClient:
 
     async def stream_completion(self, endpoint_url: str, body: Mapping[str, Any],
                                 headers: Mapping[str, str] | None = None) -> AsyncIterator[TokenChunk]:
-        """Stream one completion from an instance; see the module docstring for the failure modes.
+        """Stream one completion from an instance as decoded tokens; see the module docstring for the
+        failure modes.
 
         `body` is an OpenAI request body (`ParsedRequest.upstream_body()`); `stream` is forced on.
         `headers` carries trace context and `x-request-id`. Chunks are numbered from 0 in `index`.
         """
-        if self._session is None:
-            raise RuntimeError("UpstreamClient.stream_completion called before start()")
-        session = self._session
-        cfg = self.config
-        url = completion_url(endpoint_url, body)
-        payload = dict(body)
-        payload["stream"] = True
-        request_headers = {"Accept": "text/event-stream", **(headers or {})}
-        loop = asyncio.get_running_loop()
-        first_token_deadline = loop.time() + cfg.first_token_timeout_s
-        produced = 0
-        completed = False
-        response: aiohttp.ClientResponse | None = None
-
-        def fail(kind: UpstreamErrorKind, message: str, status: int | None = None) -> UpstreamError:
-            return UpstreamError(kind, message, before_first_token=produced == 0, status=status, endpoint=url)
-
+        exchange = self._exchange(endpoint_url, body, headers)
+        decoder = SseDecoder(self.config.max_event_bytes)
+        finished = False
         try:
-            try:
-                async with asyncio.timeout_at(first_token_deadline):
-                    response = await session.post(url, json=payload, headers=request_headers)
-            except TimeoutError as exc:
-                raise fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
-            except aiohttp.ClientConnectionError as exc:
-                raise fail("connect", f"{type(exc).__name__}: {exc}") from exc
-            if response.status != 200:
-                detail = await self._error_detail(response, first_token_deadline)
-                raise fail("status", f"HTTP {response.status}: {detail}", status=response.status)
-
-            decoder = SseDecoder(cfg.max_event_bytes)
-            finished = False
-            while not completed:
-                try:
-                    if produced == 0:
-                        async with asyncio.timeout_at(first_token_deadline):
-                            data = await response.content.readany()
-                    else:
-                        async with asyncio.timeout(cfg.idle_timeout_s):
-                            data = await response.content.readany()
-                except TimeoutError as exc:
-                    waited = cfg.first_token_timeout_s if produced == 0 else cfg.idle_timeout_s
-                    what = "first token" if produced == 0 else "next token"
-                    raise fail("timeout", f"no {what} within {waited:g} s") from exc
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    raise fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
+            await exchange.open()
+            while not exchange.completed:
+                data = await exchange.read()
                 if not data:
                     if finished and not decoder.pending:
-                        completed = True  # a server that closes after the last chunk without [DONE]
+                        exchange.completed = True  # a server that closes after the last chunk without [DONE]
                         break
-                    raise fail("protocol", f"stream ended before [DONE] after {produced} chunks")
+                    raise exchange.fail("protocol", f"stream ended before [DONE] after {exchange.produced} chunks")
                 try:
                     events = decoder.feed(data)
                 except SseError as exc:
-                    raise fail("protocol", str(exc)) from exc
+                    raise exchange.fail("protocol", str(exc)) from exc
                 for event in events:
                     if event == "[DONE]":
-                        completed = True
+                        exchange.completed = True
                         break
-                    decoded = _decode_event(event)
+                    decoded = decode_event(event)
                     if isinstance(decoded, tuple):
                         text, finish_reason = decoded
                         finished = finished or finish_reason is not None
-                        yield TokenChunk(text, produced, finish_reason)
-                        produced += 1
+                        yield TokenChunk(text, exchange.produced, finish_reason)
+                        exchange.produced += 1
                     elif decoded is not None:
-                        raise fail(decoded.kind, decoded.message)
+                        raise exchange.fail(decoded.kind, decoded.message)  # type: ignore[arg-type]
         finally:
-            if response is not None:
-                if completed:
-                    response.release()  # fully read: the connection goes back to the pool
-                else:
-                    response.close()  # abandoned or broken: drop it, so the engine sees the disconnect
+            exchange.finish()
 
-    async def _error_detail(self, response: aiohttp.ClientResponse, deadline: float) -> str:
+    async def stream_sse(self, endpoint_url: str, body: Mapping[str, Any],
+                         headers: Mapping[str, str] | None = None) -> AsyncIterator[SseBytes]:
+        """Stream one completion from an instance as the engine's own server-sent events, whole events
+        at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
+        `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
+        chunk, and the last block yielded ends with `[DONE]`."""
+        exchange = self._exchange(endpoint_url, body, headers)
+        forwarder = SseForwarder(self.config.max_event_bytes)
+        try:
+            await exchange.open()
+            while not exchange.completed:
+                data = await exchange.read()
+                if not data:
+                    closing = forwarder.end()
+                    if closing is None:
+                        raise exchange.fail("protocol", f"stream ended before [DONE] after {forwarder.chunks} chunks")
+                    exchange.completed = True  # a server that closes after the last chunk without [DONE]
+                    yield closing
+                    break
+                try:
+                    block = forwarder.feed(data)
+                except SseError as exc:
+                    raise exchange.fail("protocol", str(exc)) from exc
+                if block.out is not None:
+                    exchange.completed = block.out.done
+                    exchange.produced = forwarder.chunks
+                    yield block.out
+                if block.failure is not None:
+                    exchange.produced = forwarder.chunks
+                    raise exchange.fail(block.failure.kind, block.failure.message)  # type: ignore[arg-type]
+        finally:
+            exchange.finish()
+
+    def _exchange(self, endpoint_url: str, body: Mapping[str, Any],
+                  headers: Mapping[str, str] | None) -> _Exchange:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.stream_completion called before start()")
+        payload = dict(body)
+        payload["stream"] = True
+        return _Exchange(self, self._session, completion_url(endpoint_url, body), payload,
+                         {"Accept": "text/event-stream", **(headers or {})})
+
+    async def error_detail(self, response: aiohttp.ClientResponse, deadline: float) -> str:
         """The message of an error answer (OpenAI body or plain text), bounded in size and time."""
         try:
             async with asyncio.timeout_at(deadline):
@@ -216,40 +219,65 @@ class UpstreamClient:
         return text[:500]
 
 
-@dataclass(frozen=True, slots=True)
-class _EventFailure:
-    """A failure found in one event."""
+class _Exchange:
+    """One request to an instance: the POST, bounded reads, and the connection's fate at the end.
 
-    kind: UpstreamErrorKind
-    message: str
+    `produced` is how many output chunks reached the caller (a failure with none is retryable);
+    `completed` is set once the stream was read to its end, so the connection is reused."""
 
+    __slots__ = ("_client", "_first_token_deadline", "_headers", "_payload", "_response", "_session",
+                 "completed", "produced", "url")
 
-def _decode_event(data: str) -> tuple[str, str | None] | _EventFailure | None:
-    """(text, finish_reason) of a token event, None for an event without output (a chat role-only
-    delta, a usage chunk), or the failure it reports."""
-    try:
-        obj = json.loads(data)
-    except json.JSONDecodeError:
-        return _EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
-    if not isinstance(obj, dict):
-        return _EventFailure("protocol", f"event is not a JSON object: {data[:200]!r}")
-    error = obj.get("error")
-    if error is not None:
-        message = error.get("message") if isinstance(error, dict) else error
-        return _EventFailure("status", f"engine reported an error mid-stream: {message}")
-    choices = obj.get("choices")
-    if not choices:
-        return None
-    if not isinstance(choices, list) or not isinstance(choices[0], dict):
-        return _EventFailure("protocol", f"malformed choices: {data[:200]!r}")
-    choice = choices[0]
-    text = choice.get("text")
-    if text is None:
-        delta = choice.get("delta")
-        text = (delta.get("content") if isinstance(delta, dict) else None) or ""
-    finish_reason = choice.get("finish_reason")
-    if not isinstance(text, str) or not (finish_reason is None or isinstance(finish_reason, str)):
-        return _EventFailure("protocol", f"malformed choice: {data[:200]!r}")
-    if not text and finish_reason is None:
-        return None
-    return text, finish_reason
+    def __init__(self, client: UpstreamClient, session: aiohttp.ClientSession, url: str,
+                 payload: dict[str, Any], headers: dict[str, str]) -> None:
+        self._client = client
+        self._session = session
+        self.url = url
+        self._payload = payload
+        self._headers = headers
+        self._response: aiohttp.ClientResponse | None = None
+        self._first_token_deadline = asyncio.get_running_loop().time() + client.config.first_token_timeout_s
+        self.produced = 0
+        self.completed = False
+
+    def fail(self, kind: UpstreamErrorKind, message: str, status: int | None = None) -> UpstreamError:
+        return UpstreamError(kind, message, before_first_token=self.produced == 0, status=status, endpoint=self.url)
+
+    async def open(self) -> None:
+        """Send the request and check the answer's status (an error answer raises with its message)."""
+        cfg = self._client.config
+        try:
+            async with asyncio.timeout_at(self._first_token_deadline):
+                self._response = await self._session.post(self.url, json=self._payload, headers=self._headers)
+        except TimeoutError as exc:
+            raise self.fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise self.fail("connect", f"{type(exc).__name__}: {exc}") from exc
+        if self._response.status != 200:
+            detail = await self._client.error_detail(self._response, self._first_token_deadline)
+            raise self.fail("status", f"HTTP {self._response.status}: {detail}", status=self._response.status)
+
+    async def read(self) -> bytes:
+        """The bytes that arrived (b"" at the end), within the first-token deadline or the idle timeout."""
+        assert self._response is not None
+        cfg = self._client.config
+        try:
+            if self.produced == 0:
+                async with asyncio.timeout_at(self._first_token_deadline):
+                    return await self._response.content.readany()
+            async with asyncio.timeout(cfg.idle_timeout_s):
+                return await self._response.content.readany()
+        except TimeoutError as exc:
+            waited = cfg.first_token_timeout_s if self.produced == 0 else cfg.idle_timeout_s
+            what = "first token" if self.produced == 0 else "next token"
+            raise self.fail("timeout", f"no {what} within {waited:g} s") from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise self.fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
+
+    def finish(self) -> None:
+        if self._response is None:
+            return
+        if self.completed:
+            self._response.release()  # fully read: the connection goes back to the pool
+        else:
+            self._response.close()  # abandoned or broken: drop it, so the engine sees the disconnect

@@ -60,10 +60,12 @@ class Engine:
     cut_after: int = 2
     hits: int = 0
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    seen_bodies: list[dict[str, Any]] = field(default_factory=list)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
         body = await request.json()
+        self.seen_bodies.append(body)
         if self.mode == "dies":
             assert request.transport is not None
             request.transport.abort()  # the process died: connection reset, no answer
@@ -84,6 +86,10 @@ class Engine:
                          "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
                 await response.write(f"data: {json.dumps(event)}\n\n".encode())
                 await asyncio.sleep(self.gap_s)  # noqa: TID251 - pacing of a fake engine
+            if (body.get("stream_options") or {}).get("include_usage"):
+                n = min(self.tokens, body["max_tokens"])
+                usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+                await response.write(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):
             self.aborted.set()
@@ -215,3 +221,21 @@ async def test_client_disconnect_cancels_the_engine_request_and_releases_the_cor
         await r.records.flush()
         [record] = r.bus.records()
         assert record.status == "cancelled" and record.output_tokens >= 1
+
+
+async def test_a_stream_is_forwarded_as_the_engines_events_with_its_usage_when_asked() -> None:
+    engine = Engine(tokens=3)
+    async with router({"i-1": engine}) as r, aiohttp.ClientSession() as http:
+        body = {**BODY, "stream_options": {"include_usage": True}}
+        async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+        # the engine's bytes, unchanged (its ids and spacing), and its usage chunk
+        assert raw.startswith(b'data: {"id": "x", "object": "text_completion"')
+        events = sse(raw)
+        assert [e["choices"][0]["text"] for e in events[:3]] == [" t0", " t1", " t2"]
+        assert events[-2]["usage"]["completion_tokens"] == 3 and events[-1] == "[DONE]"
+        assert engine.seen_bodies[0]["stream_options"] == {"include_usage": True}
+        await r.records.flush()
+        [record] = r.bus.records()
+        assert record.status == "ok" and record.output_tokens == 3 and record.first_token_s is not None

@@ -1,0 +1,220 @@
+"""Forwarding an engine's server-sent events to the client as bytes, without decoding every token.
+
+Role: the router's streaming hot path. An OpenAI-compatible engine (vLLM, SGLang, the node-agent's
+engine server) already sends the events the client wants, so re-encoding each token costs the router
+CPU and adds latency for nothing. `SseForwarder` cuts the engine's reads at event boundaries (a client
+never receives half an event, so an error event appended after a broken stream is still well formed)
+and learns what the router must know from cheap byte scans: how many output chunks went by, whether
+the stream ended with `[DONE]`, and the engine's usage count when it sent one. Only these are decoded:
+the events up to the first token (they decide retry-or-not and carry the TTFT), any block that may
+hold an error event, and the usage chunk. An engine that frames events with `\\r` line ends is
+decoded event by event instead (still correct, just not the fast path).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from opscale.runtime.live.openai_schema import SseDecoder, SseError
+
+__all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "decode_event"]
+
+DONE_EVENT = b"data: [DONE]\n\n"
+_EVENT_END = b"\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SseBytes:
+    """Whole server-sent events from the engine, to be written to the client unchanged.
+
+    `chunks`: output chunks in `data` (token events, and a closing chunk that only carries a finish
+    reason, as the decoded path counts them). `completion_tokens`: the engine's own count when `data`
+    holds its usage chunk. `done`: `data` ends the stream (`[DONE]`).
+    """
+
+    data: bytes
+    chunks: int
+    completion_tokens: int | None = None
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventFailure:
+    """What is wrong with one event: an error the engine reported, or a malformed event."""
+
+    kind: str  # "status" or "protocol", as UpstreamError kinds
+    message: str
+
+
+def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
+    """(text, finish_reason) of an output event, None for an event without output (a chat role-only
+    delta, a usage chunk), or the failure it reports."""
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError:
+        return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
+    if not isinstance(obj, dict):
+        return EventFailure("protocol", f"event is not a JSON object: {data[:200]!r}")
+    error = obj.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else error
+        return EventFailure("status", f"engine reported an error mid-stream: {message}")
+    choices = obj.get("choices")
+    if not choices:
+        return None
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return EventFailure("protocol", f"malformed choices: {data[:200]!r}")
+    choice = choices[0]
+    text = choice.get("text")
+    if text is None:
+        delta = choice.get("delta")
+        text = (delta.get("content") if isinstance(delta, dict) else None) or ""
+    finish_reason = choice.get("finish_reason")
+    if not isinstance(text, str) or not (finish_reason is None or isinstance(finish_reason, str)):
+        return EventFailure("protocol", f"malformed choice: {data[:200]!r}")
+    if not text and finish_reason is None:
+        return None
+    return text, finish_reason
+
+
+def _usage_tokens(data: str) -> int | None:
+    """`usage.completion_tokens` of a usage chunk, None for any other event."""
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedBlock:
+    """What one engine read gives the client: `out` (None when no whole event arrived yet), and the
+    failure to raise after writing it, if the engine reported one."""
+
+    out: SseBytes | None
+    failure: EventFailure | None = None
+
+
+class SseForwarder:
+    """Turns one engine stream's reads into whole-event `SseBytes`. Feed every read to `feed`; call
+    `end` when the engine closes the connection. `chunks` counts output chunks so far."""
+
+    __slots__ = ("_decoder", "_finished", "_held", "_last_event", "_max_event_bytes", "_plain", "_tail", "chunks")
+
+    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+        self._max_event_bytes = max_event_bytes
+        self._decoder = SseDecoder(max_event_bytes)
+        self._tail = b""  # the start of an event whose end has not arrived
+        self._plain = True  # events end with \n\n: forward bytes verbatim
+        self._finished = False  # a decoded output chunk carried a finish reason
+        self._last_event = b""  # the last whole block forwarded in scan mode, checked at a close
+        self._held = b""  # events before the first output chunk (a chat role delta): sent with it
+        self.chunks = 0
+
+    def feed(self, data: bytes) -> ForwardedBlock:
+        """The whole events `data` completes. Raises `SseError` for an event over the size bound.
+
+        Nothing is released before the first output chunk, so a failure until then leaves the client
+        untouched and the request can go to another instance."""
+        before_first = self.chunks == 0
+        block = self._feed(data)
+        if not before_first or block.out is None:
+            return block
+        if self.chunks == 0 and block.failure is not None:
+            return ForwardedBlock(None, block.failure)
+        if self.chunks == 0 and not block.out.done:
+            self._held += block.out.data
+            return ForwardedBlock(None)
+        held, self._held = self._held, b""
+        out = block.out
+        return ForwardedBlock(SseBytes(held + out.data, out.chunks, out.completion_tokens, out.done), block.failure)
+
+    def _feed(self, data: bytes) -> ForwardedBlock:
+        if self._plain and b"\r" in data:
+            # \r line ends: the byte scan cannot find event ends; decode from here on
+            self._plain = False
+            data, self._tail = self._tail + data, b""
+        if not self._plain:
+            return self._decoded_block(data, verbatim=None)
+        buf = self._tail + data if self._tail else data
+        cut = buf.rfind(_EVENT_END)
+        if cut < 0:
+            if len(buf) > self._max_event_bytes:
+                raise SseError(f"an event is larger than {self._max_event_bytes} bytes")
+            self._tail = buf
+            return ForwardedBlock(None)
+        cut += len(_EVENT_END)
+        block, self._tail = buf[:cut], buf[cut:]
+        if self.chunks == 0 or b'"error"' in block:
+            # before the first token every event is checked (a failure then may be retried elsewhere);
+            # later only a block that may hold an error event is
+            return self._decoded_block(block, verbatim=block)
+        return ForwardedBlock(self._scanned(block))
+
+    def end(self) -> SseBytes | None:
+        """The engine closed the connection without `[DONE]`: the closing `[DONE]` to send when the
+        stream was complete (its last output chunk had a finish reason), else None (a broken stream)."""
+        if self._tail or self._decoder.pending or self.chunks == 0:
+            return None
+        if not self._finished and self._last_event:
+            last = self._last_event.rstrip(b"\n").rsplit(_EVENT_END, 1)[-1]
+            decoded = decode_event(last.removeprefix(b"data:").strip().decode("utf-8", errors="replace"))
+            self._finished = isinstance(decoded, tuple) and decoded[1] is not None
+        return SseBytes(DONE_EVENT, 0, done=True) if self._finished else None
+
+    def _scanned(self, block: bytes) -> SseBytes:
+        """A block forwarded on a byte scan: events counted by their `data:` lines (JSON escapes
+        newlines, so a line start is never inside a token's text)."""
+        events = block.count(b"\ndata:") + block.startswith(b"data:")
+        done = block.endswith(DONE_EVENT)
+        events -= done
+        usage = None
+        if b'"completion_tokens"' in block:
+            usage, usage_events = self._usage_in(block)
+            events -= usage_events
+        self.chunks += events
+        self._last_event = block
+        return SseBytes(block, events, usage, done)
+
+    @staticmethod
+    def _usage_in(block: bytes) -> tuple[int | None, int]:
+        """The engine's completion-token count in `block`, and how many usage chunks it holds."""
+        usage, found = None, 0
+        decoder = SseDecoder()
+        for event in decoder.feed(block):
+            if event != "[DONE]" and '"completion_tokens"' in event:
+                tokens = _usage_tokens(event)
+                if tokens is not None:
+                    usage, found = tokens, found + 1
+        return usage, found
+
+    def _decoded_block(self, block: bytes, verbatim: bytes | None) -> ForwardedBlock:
+        """Every event of `block` decoded; forwarded as `verbatim` when whole and clean, else
+        re-framed event by event (up to an error, which is returned to raise after the events before it)."""
+        events = self._decoder.feed(block)
+        framed: list[bytes] = []
+        chunks, usage, done = 0, None, False
+        for event in events:
+            if event == "[DONE]":
+                framed.append(DONE_EVENT)
+                done = True
+                break
+            decoded = decode_event(event)
+            if isinstance(decoded, EventFailure):
+                self.chunks += chunks
+                out = SseBytes(b"".join(framed), chunks, usage) if framed else None
+                return ForwardedBlock(out, decoded)
+            framed.append(b"data: " + event.encode() + _EVENT_END)
+            if decoded is None:
+                usage = _usage_tokens(event) if '"completion_tokens"' in event else usage
+                continue
+            chunks += 1
+            self._finished = self._finished or decoded[1] is not None
+        self.chunks += chunks
+        if not framed:
+            return ForwardedBlock(None)
+        whole = verbatim is not None and (not done or verbatim.endswith(DONE_EVENT))
+        return ForwardedBlock(SseBytes(verbatim if whole else b"".join(framed), chunks, usage, done))

@@ -1,0 +1,125 @@
+"""The router's SSE forwarding: whole engine events pass through unchanged however the reads split them,
+output chunks are counted without decoding each event, nothing reaches the client before the first token,
+and failures, usage counts, `\\r` framing and a close without `[DONE]` are handled as the decoded path does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from opscale.runtime.live.openai_schema import SseError
+
+from opscale_services.router.sse_passthrough import DONE_EVENT, SseBytes, SseForwarder
+
+pytestmark = pytest.mark.unit
+
+
+def event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def token(text: str, finish: str | None = None) -> bytes:
+    return event({"id": "c", "object": "text_completion", "choices": [{"index": 0, "text": text,
+                                                                       "finish_reason": finish}]})
+
+
+ROLE = event({"id": "c", "object": "chat.completion.chunk",
+              "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+USAGE = event({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}})
+
+
+def feed_all(forwarder: SseForwarder, reads: list[bytes]) -> list[SseBytes]:
+    out: list[SseBytes] = []
+    for data in reads:
+        block = forwarder.feed(data)
+        assert block.failure is None
+        if block.out is not None:
+            out.append(block.out)
+    return out
+
+
+def split(stream: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+@given(texts=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20))
+def test_any_split_forwards_the_stream_unchanged_in_whole_events_and_counts_every_token(
+        texts: list[str], cuts: list[int]) -> None:
+    stream = b"".join(token(t) for t in texts) + token("", "stop") + DONE_EVENT
+    forwarder = SseForwarder()
+    out = feed_all(forwarder, split(stream, cuts))
+    assert b"".join(o.data for o in out) == stream
+    assert all(o.data.endswith(b"\n\n") for o in out)  # never half an event
+    assert out[-1].done and not any(o.done for o in out[:-1])
+    assert sum(o.chunks for o in out) == forwarder.chunks == len(texts) + 1  # the closing chunk counts, as decoded
+    assert out[0].chunks >= 1  # nothing is released before the first token
+
+
+def test_a_chat_role_delta_waits_for_the_first_token() -> None:
+    forwarder = SseForwarder()
+    assert forwarder.feed(ROLE).out is None
+    first = forwarder.feed(token("hi")).out
+    assert first is not None and first.data == ROLE + token("hi") and first.chunks == 1
+
+
+def test_an_error_before_the_first_token_releases_nothing() -> None:
+    forwarder = SseForwarder()
+    assert forwarder.feed(ROLE).out is None
+    block = forwarder.feed(event({"error": {"message": "out of memory"}}))
+    assert block.out is None and block.failure is not None
+    assert block.failure.kind == "status" and "out of memory" in block.failure.message
+    assert forwarder.chunks == 0
+
+
+def test_an_error_mid_stream_forwards_the_events_before_it_then_fails() -> None:
+    forwarder = SseForwarder()
+    feed_all(forwarder, [token("a")])
+    block = forwarder.feed(token("b") + event({"error": "engine died"}) + DONE_EVENT)
+    assert block.out is not None and block.out.data == token("b") and block.out.chunks == 1
+    assert block.failure is not None and "engine died" in block.failure.message
+
+
+def test_a_malformed_event_before_the_first_token_is_a_protocol_failure() -> None:
+    block = SseForwarder().feed(b"data: {not json\n\n")
+    assert block.out is None and block.failure is not None and block.failure.kind == "protocol"
+
+
+def test_the_engines_usage_chunk_gives_the_exact_count_and_is_not_an_output_chunk() -> None:
+    forwarder = SseForwarder()
+    out = feed_all(forwarder, [token("a"), token("b", "length") + USAGE + DONE_EVENT])
+    assert out[-1].completion_tokens == 7 and out[-1].chunks == 1 and out[-1].done
+    assert forwarder.chunks == 2
+
+
+def test_crlf_framing_is_decoded_and_reframed() -> None:
+    crlf = token("a").replace(b"\n", b"\r\n") + token("b", "stop").replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"
+    forwarder = SseForwarder()
+    out = feed_all(forwarder, split(crlf, [7, 30, 61]))
+    assert b"".join(o.data for o in out) == token("a") + token("b", "stop") + DONE_EVENT
+    assert forwarder.chunks == 2 and out[-1].done
+
+
+def test_a_close_without_done_after_a_finish_reason_is_completed_and_otherwise_broken() -> None:
+    finished = SseForwarder()
+    feed_all(finished, [token("a"), token("b"), token("", "stop")])
+    closing = finished.end()
+    assert closing is not None and closing.data == DONE_EVENT and closing.done
+
+    cut = SseForwarder()
+    feed_all(cut, [token("a"), token("b")])
+    assert cut.end() is None
+    half = SseForwarder()
+    feed_all(half, [token("a") + token("b", "stop")[:10]])
+    assert half.end() is None  # an unfinished event is buffered
+
+
+def test_an_event_over_the_size_bound_is_refused() -> None:
+    forwarder = SseForwarder(max_event_bytes=1024)
+    feed_all(forwarder, [token("a")])
+    with pytest.raises(SseError, match="larger than 1024 bytes"):
+        forwarder.feed(b"data: " + b"x" * 2000)
