@@ -71,3 +71,15 @@ def test_a_spot_preemption_loses_no_request(notice_s: float) -> None:
     if notice_s >= 120.0:
         # Notice longer than a load: the replacements are up before the host goes; nobody notices.
         assert result["slo_attainment"] >= calm.result["slo_attainment"] - 0.01
+
+
+def test_a_solver_time_out_falls_back_to_a_valid_plan() -> None:
+    # The MIP gets a millisecond: every solve ends in the greedy fallback, which still sizes every pool.
+    base = builtin_demo_scenario(seed=4, duration_s=900.0, policy="sageserve_mip")
+    rushed = run_scenario(base.model_copy(update={"policy_params": {"time_limit_s": 0.001, "interval_s": 120.0}}))
+    solves = [d["message"] for d in rushed.collector.decisions if "MIP " in d["message"]]
+    assert solves and all("MIP greedy_fallback" in m for m in solves)
+    assert not any("MIP optimal" in m or "MIP feasible" in m for m in solves)
+    result = rushed.result
+    assert result["dropped"] == 0 and result["completed"] == result["requests"]
+    assert result["slo_attainment"] > 0.98
