@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_experiment import experiment_app
 from opscale.cli_forecast import forecast_app
 from opscale.cli_loadgen import app as loadgen_app
 from opscale.cli_trace import trace_app
@@ -19,6 +20,7 @@ app = typer.Typer(help="opscale: autoscale and route LLM inference across GPU ho
 app.add_typer(loadgen_app, name="loadgen")
 app.add_typer(trace_app, name="trace")
 app.add_typer(forecast_app, name="forecast")
+app.add_typer(experiment_app, name="experiment")
 
 
 def _fail(message: str) -> typer.Exit:

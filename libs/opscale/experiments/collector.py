@@ -9,7 +9,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opscale.engine import SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
@@ -127,6 +127,11 @@ class RunCollector(RunObserver):
         self._arrivals_since = {}
 
     # -- summary -------------------------------------------------------------------------------
+
+    def latencies(self, tier: str, metric: Literal["ttft", "tbt", "e2e"]) -> list[float]:
+        """The completed requests' `metric` latencies (s) of `tier`, sorted; empty for an unseen tier."""
+        totals = self._tiers.get(tier)
+        return sorted(getattr(totals, metric)) if totals is not None else []
 
     def finish(self, end_s: float, running: dict[str, SimEngine]) -> None:
         for instance_id, engine in running.items():

@@ -43,6 +43,10 @@ class RunResult:
 def requests_of(scenario: Scenario) -> Iterator[Request]:
     if scenario.workload is not None:
         return generate_requests(scenario.workload)
+    if scenario.shaped is not None:
+        from opscale.experiments.shaped_workload import generate_shaped_requests
+
+        return generate_shaped_requests(scenario.shaped)
     assert scenario.trace is not None
     return trace_requests(scenario.trace, scenario.seed)
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opscale.engine import EngineConfig
+from opscale.experiments.shaped_workload import ShapedWorkloadConfig
 from opscale.model import Request, TierSpec
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
@@ -100,6 +101,8 @@ class Scenario(BaseModel):
         TierModel(name="batch", ttft_slo_s=600.0, tbt_slo_s=1.0, deadline_s=3600.0, priority=1)])
     workload: SyntheticWorkloadConfig | None = None
     trace: TraceSource | None = None
+    shaped: ShapedWorkloadConfig | None = Field(None, description="Generated multi-region traffic with a real "
+                                                "(ServeGen) or synthetic daily and weekly shape")
     policy: str = Field("reactive", description="Planning policy (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict)
     routing_policy: str = Field("jsq_tokens", description="Routing policy (opscale.routing.registry)")
@@ -141,9 +144,20 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Scenario:
-        if (self.workload is None) == (self.trace is None):
-            raise ValueError("give exactly one of 'workload' (synthetic) or 'trace' (a file)")
+        if sum(source is not None for source in (self.workload, self.trace, self.shaped)) != 1:
+            raise ValueError("give exactly one of 'workload' (synthetic), 'trace' (a file) or 'shaped' "
+                             "(generated with a production shape)")
         regions = {h.region for h in self.hosts}
+        if self.shaped is not None:
+            deployed = {d.model for d in self.deployments}
+            unserved = sorted({s.model for s in self.shaped.streams} - deployed)
+            if unserved:
+                raise ValueError(f"shaped.streams: models {unserved} have no deployment; deployed: "
+                                 f"{sorted(deployed)}")
+            hostless = sorted(set(self.shaped.region_offsets_s) - regions)
+            if hostless:
+                raise ValueError(f"shaped.region_offsets_s: regions {hostless} have no hosts; hosts are in "
+                                 f"{sorted(regions)}")
         for dep in self.deployments:
             missing = [r for r in dep.regions if r not in regions]
             if missing:
@@ -158,19 +172,24 @@ class Scenario(BaseModel):
 
 
 def load_scenario(path: Path) -> Scenario:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"scenario file {path}: invalid YAML: {exc}") from None
+    data = read_yaml(path, "scenario file")
     try:
         return Scenario.model_validate(data or {})
     except ValidationError as exc:
-        raise ScenarioError(_validation_message(exc, f"scenario file {path}")) from None
+        raise ScenarioError(validation_message(exc, f"scenario file {path}")) from None
 
 
-def _validation_message(exc: ValidationError, where: str) -> str:
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document at `path`; a missing file or bad YAML is a ScenarioError naming `what` and the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{what} {path}: invalid YAML: {exc}") from None
+
+
+def validation_message(exc: ValidationError, where: str) -> str:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return f"{where}: {problems}"
 
@@ -213,7 +232,7 @@ def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, s
     try:
         source = TraceSource(path=trace, format=fmt, assign=assign or {}, compress=compress)
     except ValidationError as exc:
-        raise ScenarioError(_validation_message(exc, f"trace {trace}")) from None
+        raise ScenarioError(validation_message(exc, f"trace {trace}")) from None
     last = 0.0
     models: set[str] = set()
     regions: set[str] = set()
@@ -228,7 +247,7 @@ def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, s
         raise ScenarioError(f"trace {trace} requests models that no deployment serves: {unknown}; "
                             f"deployed: {sorted(deployed)} (give --config with a matching scenario, or "
                             f"--assign model=NAME to label the trace's requests)")
-    update: dict[str, Any] = {"trace": source, "workload": None,
+    update: dict[str, Any] = {"trace": source, "workload": None, "shaped": None,
                               "duration_s": max(last + 1.0, 1.0), "seed": seed, "name": f"trace {trace.name}"}
     if policy is not None:
         update["policy"] = policy
