@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_errors import fail as _fail
 from opscale.cli_experiment import experiment_app
 from opscale.cli_forecast import forecast_app
 from opscale.cli_loadgen import app as loadgen_app
@@ -21,11 +22,6 @@ app.add_typer(loadgen_app, name="loadgen")
 app.add_typer(trace_app, name="trace")
 app.add_typer(forecast_app, name="forecast")
 app.add_typer(experiment_app, name="experiment")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()

@@ -9,13 +9,10 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_errors import fail as _fail
+
 experiment_app = typer.Typer(help="Compare planning policies on the same traffic: table, JSON and plots.",
                              no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @experiment_app.callback()

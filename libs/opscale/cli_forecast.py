@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from opscale.cli_errors import fail as _fail
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -19,11 +21,6 @@ if TYPE_CHECKING:
 
 forecast_app = typer.Typer(help="Forecast request rates; backtest the forecasters.", no_args_is_help=True,
                            add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @forecast_app.callback()

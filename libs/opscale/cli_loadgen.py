@@ -12,13 +12,10 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli_errors import fail as _fail
+
 app = typer.Typer(help="Replay traces against an OpenAI-compatible endpoint; compare latency reports.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()

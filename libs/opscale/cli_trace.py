@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from opscale.cli_errors import fail as _fail
+
 if TYPE_CHECKING:
     from opscale.model import Request
     from opscale.traces import ColumnMapping, ReadStats, TraceSummary
@@ -33,11 +35,6 @@ SkipOption = Annotated[bool, typer.Option(
 
 _FETCH_TIMEOUT_S = 60.0
 _CHUNK_BYTES = 1 << 20
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @trace_app.command()
