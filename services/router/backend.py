@@ -73,7 +73,8 @@ class LiveRouterBackend:
                                       kind=SpanKind.SERVER, attributes={
                                           "opscale.request_id": request.request_id, "opscale.model": request.model,
                                           "opscale.tier": request.tier, "opscale.region": request.region})
-        upstream_trace = telemetry.inject_http_headers(context=trace.set_span_in_context(span))
+        headers = {**telemetry.inject_http_headers(context=trace.set_span_in_context(span)),
+                   "x-request-id": request.request_id}
         try:
             decision = await self._decide(RequestArrived(request), request.request_id)
         except BaseException:
@@ -89,7 +90,6 @@ class LiveRouterBackend:
                     raise RouteRejected(decision.status, decision.message, decision.retry_after_s)
                 dispatched, instance_id, served_region = True, decision.instance_id, decision.region
                 span.set_attribute("opscale.instance_id", instance_id)
-                headers = {**upstream_trace, "x-request-id": request.request_id}
                 try:
                     if req.stream:
                         async for block in self.upstream.stream_sse(decision.endpoint, _sse_body(req), headers):

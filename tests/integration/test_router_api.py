@@ -10,11 +10,12 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import pytest
+from _router_service_loopback import serve
 from aiohttp import web
 
 from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
@@ -25,28 +26,12 @@ from opscale_services.node_agent.engine_http import (
     UnknownInstance,
     build_engine_app,
 )
-from opscale_services.node_agent.engine_http import make_runner as make_engine_runner
-from opscale_services.router.api import RouteRejected, build_router_app, make_runner
+from opscale_services.router.api import RouteRejected, build_router_app
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig, UpstreamError, completion_url
 
 pytestmark = pytest.mark.unit
 
 GUARD_S = 10.0  # hang guard only, never a performance threshold
-
-
-@asynccontextmanager
-async def serve(app: web.Application, *, handler_cancellation: bool = True) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port; yields its base URL."""
-    # a short shutdown timeout keeps a failing test from waiting a minute for a stuck handler
-    runner = make_runner(app, handler_cancellation=handler_cancellation, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def sse_payloads(raw: bytes) -> list[Any]:
@@ -377,17 +362,8 @@ class FakeEngineHost:
             self.closed_event.set()
 
 
-@asynccontextmanager
-async def engine(host: FakeEngineHost) -> AsyncIterator[str]:
-    runner = make_engine_runner(build_engine_app(host), shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host_name, port = runner.addresses[0][:2]
-        yield f"http://{host_name}:{port}"
-    finally:
-        await runner.cleanup()
+def engine(host: FakeEngineHost) -> AbstractAsyncContextManager[str]:
+    return serve(build_engine_app(host))
 
 
 async def collect(client: UpstreamClient, url: str, body: dict[str, Any],

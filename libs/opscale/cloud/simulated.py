@@ -166,9 +166,6 @@ class SimulatedCloud:
         spec = self.regions.get(region)
         return 0 if spec is None else max(0, spec.gpu_quota(sku) - self.gpus_held(spec.name, sku))
 
-    def price_usd_per_gpu_h(self, vm_id: str) -> float:
-        return self._price[vm_id]
-
     def account(self, now_s: float | None = None) -> CloudAccount:
         """GPU-hours, cost and preemptions up to `now_s` (default: the latest time seen). Transitions due by
         then are applied first (their events wait for `advance`)."""

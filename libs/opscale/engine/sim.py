@@ -190,7 +190,6 @@ class _Wait:
 
     start_s: float
     end_s: float
-    busy_s: float = 0.0
 
 
 class SimEngine:

@@ -182,7 +182,6 @@ def _experts_touched(experts: int, per_token: int, tokens: int) -> float:
     return experts * (1.0 - (1.0 - per_token / experts) ** tokens)
 
 
-
 def check_token_counts(prefill_tokens: int, prefill_ctx_tokens: int, decode_batch: int,
                        decode_ctx_tokens: int) -> None:
     """The argument check every LatencyModel's iteration_cost starts with."""
@@ -201,6 +200,7 @@ class IterationTime:
     ) -> float:
         return self.iteration_cost(prefill_tokens, prefill_ctx_tokens, decode_batch,  # type: ignore[attr-defined]
                                    decode_ctx_tokens, prefill_attn_pairs=prefill_attn_pairs).time_s
+
 
 def attn_pairs(chunk_tokens: int, cached_tokens: int) -> int:
     """(query, key) pairs of causal attention for `chunk_tokens` new tokens after `cached_tokens`.

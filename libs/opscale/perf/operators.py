@@ -40,6 +40,7 @@ from opscale.perf.latency import (
     IterationCost,
     IterationTime,
     RooflineParams,
+    _experts_touched,
     attn_pairs,
     check_token_counts,
 )
@@ -257,12 +258,8 @@ class RooflineOperatorModel:
         if Operator.ATTN_PROJ in ops:
             total += max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
         if Operator.MLP in ops:
-            if self._experts:
-                # Expected distinct experts a batch routes to, each token picking k of E uniformly.
-                e, k = self._experts, self._experts_per_token
-                touched = e * (1.0 - (1.0 - k / e) ** tokens)
-            else:
-                touched = 1.0
+            # Expected distinct experts a batch routes to, each token picking k of E uniformly.
+            touched = _experts_touched(self._experts, self._experts_per_token, tokens)
             total += max(2 * self._mlp_active_params * tokens * s_flop, self._expert_bytes * touched * s_byte)
         if Operator.LM_HEAD in ops:
             total += max(2 * self._lm_head_params * logit_tokens * s_flop, self._lm_head_params * bpp * s_byte)

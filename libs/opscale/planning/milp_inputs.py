@@ -141,21 +141,6 @@ class Fleet:
     vm_counts: Mapping[VmKey, int] = field(default_factory=dict)
     instances: Mapping[InstanceKey, int] = field(default_factory=dict)
 
-    def vm_gpus(self, skus: Mapping[str, SkuSpec]) -> dict[RegionSku, int]:
-        """GPUs of VMs per (region, SKU), both purchase types."""
-        out: dict[RegionSku, int] = {}
-        for (region, sku, _), n in self.vm_counts.items():
-            if n and sku in skus:
-                out[(region, sku)] = out.get((region, sku), 0) + n * skus[sku].gpus_per_vm
-        return out
-
-    def instance_gpus(self) -> dict[RegionSku, int]:
-        out: dict[RegionSku, int] = {}
-        for (_, region, sku, tp), n in self.instances.items():
-            if n:
-                out[(region, sku)] = out.get((region, sku), 0) + n * tp
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class CostBreakdown:

@@ -57,12 +57,7 @@ def _reroute_shortfalls(inputs: PlanInputs, instances: dict[InstanceKey, int],
     capacity: dict[tuple[str, str], float] = {}
     for (model, region, sku, tp), n in instances.items():
         capacity[(model, region)] = capacity.get((model, region), 0.0) + n * options[(model, sku, tp)]
-    load_i: dict[tuple[str, str], float] = {}
-    load_b: dict[tuple[str, str], float] = {}
-    for key, shares in routing.items():
-        bucket = load_b if tiers[key[2]].deferrable else load_i
-        for region, share in shares.items():
-            bucket[(key[0], region)] = bucket.get((key[0], region), 0.0) + share * inputs.demand_rps[key]
+    load_i, load_b = _loads(inputs, routing)
 
     def excess(mr: tuple[str, str], deferrable: bool) -> float:
         """req/s of this kind of load to take off `mr` so its capacity suffices (negative: room)."""
@@ -107,8 +102,10 @@ def _reroute_shortfalls(inputs: PlanInputs, instances: dict[InstanceKey, int],
     return routing, unserved
 
 
-def _capacity_needed(inputs: PlanInputs, routing: dict[DemandKey, dict[str, float]]) -> dict[tuple[str, str], float]:
-    tiers, rho = inputs.tier_by_name(), inputs.interactive_mean_to_quantile
+def _loads(inputs: PlanInputs, routing: Mapping[DemandKey, Mapping[str, float]]
+           ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """(interactive, deferrable) req/s routed to each (model, region)."""
+    tiers = inputs.tier_by_name()
     interactive: dict[tuple[str, str], float] = {}
     deferrable: dict[tuple[str, str], float] = {}
     for key, shares in routing.items():
@@ -116,6 +113,12 @@ def _capacity_needed(inputs: PlanInputs, routing: dict[DemandKey, dict[str, floa
         bucket = deferrable if tiers[tier].deferrable else interactive
         for region, share in shares.items():
             bucket[(model, region)] = bucket.get((model, region), 0.0) + share * inputs.demand_rps[key]
+    return interactive, deferrable
+
+
+def _capacity_needed(inputs: PlanInputs, routing: dict[DemandKey, dict[str, float]]) -> dict[tuple[str, str], float]:
+    rho = inputs.interactive_mean_to_quantile
+    interactive, deferrable = _loads(inputs, routing)
     return {mr: max(interactive.get(mr, 0.0), rho * interactive.get(mr, 0.0) + deferrable.get(mr, 0.0))
             for mr in set(interactive) | set(deferrable)}
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from opscale.model import Observation, PoolKey, PoolObservation
 from opscale.planning import guards
 from opscale.planning.base import CapacityFn, DeploymentSpec, Effects
+from opscale.planning.pool_load import instance_rps
 
 
 class ReactiveConfig(BaseModel):
@@ -76,11 +77,7 @@ class ReactivePolicy:
         demand = pool.arrival_rps
         if cfg.use_forecast and pool.forecast_rps_hi is not None:
             demand = max(demand, pool.forecast_rps_hi)
-        prompt, output = spec.typical_prompt_tokens, spec.typical_output_tokens
-        if pool.arrival_rps > 0 and pool.prompt_tokens_per_s > 0:
-            prompt = pool.prompt_tokens_per_s / pool.arrival_rps
-            output = max(1.0, pool.output_tokens_per_s / pool.arrival_rps)
-        cap = self.capacity(spec.model, spec.sku, spec.tp, prompt, output)
+        cap = instance_rps(spec, pool, self.capacity)
         raw = guards.sanitize(demand / (cap * cfg.target_util) if cap > 0 else float("nan"), expected)
         raw = guards.clamp(raw, spec.min_replicas, spec.max_replicas)
         st = replace(st, recommendations=tuple(

@@ -61,9 +61,8 @@ class ColumnMapping(BaseModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
-        named = [(k, v) for k, v in self.columns().items()]
         seen: dict[str, str] = {}
-        for key, column in named:
+        for key, column in self.columns().items():
             if column in seen:
                 raise ValueError(f"column {column!r} is mapped to both {seen[column]!r} and {key!r}")
             seen[column] = key

@@ -64,7 +64,6 @@ class LocalProcessActuator:
     def ensure(self, region: str, sku: str, purchase: Purchase, count: int, now_s: float) -> EnsureResult:
         check_count(count)
         spec = self.skus.sku(sku)  # an unknown SKU fails here, naming the known ones
-        self._reap(now_s)
         live = [v for v in pool_vms(self.current(now_s), region, spec.name, purchase) if v.live]
         started = tuple(self._start(region, spec.name, spec.gpus_per_vm, purchase, now_s).vm_id
                         for _ in range(count - len(live)))

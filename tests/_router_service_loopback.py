@@ -1,4 +1,7 @@
-"""Serving an aiohttp app on a free loopback port, for the router service tests."""
+"""Serving an aiohttp app on a free loopback port, for the router service tests (unit and integration).
+
+It lives in tests/ so both tiers import it by name: pytest puts this directory on sys.path when it
+loads tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ from opscale.runtime.live.openai_http import make_runner
 
 
 @asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port (a client disconnect cancels its handler); yields the base URL."""
+async def serve(app: web.Application, *, handler_cancellation: bool = True) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port (by default a client disconnect cancels its handler); yields
+    the base URL."""
     # a short shutdown timeout keeps a failing test from waiting a minute for a stuck handler
-    runner = make_runner(app, shutdown_timeout=1.0)
+    runner = make_runner(app, handler_cancellation=handler_cancellation, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
