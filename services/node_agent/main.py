@@ -14,7 +14,8 @@ from aiohttp import web
 
 from opscale.engine import EngineConfig, SimEngine
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus
-from opscale.perf import default_catalog, latency_model_for, load_profiles, load_time_s
+from opscale.perf import default_catalog, latency_model_for, load_profiles
+from opscale.perf.loading import HostWeightCache, choose_load
 from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.http_tracing import tracing_middleware
@@ -65,16 +66,31 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
 
     openai_backend = settings.engine_backend == "openai"
 
+    # The simulated engines model where weights come from as the simulator does: host memory keeps them
+    # after an instance stops, and a plan may stage them there ahead of a scale-out. An openai server
+    # manages its own weights, so that backend neither reports nor stages any.
+    weights = None if openai_backend else HostWeightCache(settings.weight_cache_gb)
+
     def load_time(spec: InstanceSpec) -> float:
-        if openai_backend:
+        if weights is None:
             return 0.0  # the server runs already; its health decides when it is ready
-        cold = load_time_s(catalog.model(spec.model), catalog.sku(spec.sku), spec.tp, "cold")
-        return cold * settings.load_time_scale
+        model = catalog.model(spec.model)
+        in_memory = weights.has(model.name)
+        weights.loaded(model)
+        choice = choose_load(model, catalog.sku(spec.sku), spec.tp, in_host_memory=in_memory, peer_available=False)
+        return choice.load_s * settings.load_time_scale
+
+    def stage_weights(model_name: str) -> bool:
+        assert weights is not None
+        return weights.stage(catalog.model(model_name), asyncio.get_running_loop().call_later,
+                             time_scale=settings.load_time_scale)
 
     async with LiveProcess("node_agent", settings) as p:
         # The core is built first with the configured ports; once the servers are bound (port 0 picks a
         # free one) its address and endpoint base are set from the real ports, before any heartbeat.
-        core = NodeAgentCore(settings.core_config(), load_time)
+        core = NodeAgentCore(settings.core_config(), load_time,
+                             tuple if weights is None else (lambda: weights.models),
+                             None if weights is None else stage_weights)
 
         async def on_action(action: Action) -> bool:
             match action:

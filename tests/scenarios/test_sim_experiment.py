@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from opscale.cli import app
-from opscale.experiments.experiment import load_experiment
+from opscale.experiments.experiment import find_experiment, load_experiment
 from opscale.experiments.experiment_outputs import run_and_write
 
 pytestmark = pytest.mark.sim
@@ -128,7 +128,9 @@ def test_cli_runs_the_shipped_sageserve_config_shortened(tmp_path: Path) -> None
                                  "--parallel", "1", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["variants"]) == 8 and all(v["ok"] for v in summary["variants"]), summary["variants"]
+    shipped = yaml.safe_load(find_experiment("sageserve").read_text())
+    assert [v["name"] for v in summary["variants"]] == [v["name"] for v in shipped["variants"]]
+    assert all(v["ok"] for v in summary["variants"]), summary["variants"]
     sources = summary["traffic_sources"]
     assert set(sources) == {"Llama-3-8B", "Llama-2-7B", "Llama-3-70B", "Llama-2-70B"}
     real = SHARED_DATA.is_dir()

@@ -83,3 +83,24 @@ def test_a_solver_time_out_falls_back_to_a_valid_plan() -> None:
     result = rushed.result
     assert result["dropped"] == 0 and result["completed"] == result["requests"]
     assert result["slo_attainment"] > 0.98
+
+
+def test_requests_orphaned_by_a_vanished_host_are_served_once_elsewhere() -> None:
+    # The only instance's host goes without notice: its requests wait at the router for the replacement
+    # on the other host. The dead engine must not finish them too (each would count twice).
+    base = Scenario(
+        name="host lost", seed=8, duration_s=240.0, drain_s=900.0,
+        hosts=[HostGroup(region="eu", sku="H100-80GB", gpus=1, count=2)],
+        deployments=[DeploymentSpec(model="Llama-3-8B", sku="H100-80GB", tp=1, min_replicas=1, max_replicas=1)],
+        workload=SyntheticWorkloadConfig(
+            seed=8, start_s=12.0, duration_s=200.0, amplitude=0.0,
+            streams=(StreamSpec(model="Llama-3-8B", region="eu", base_rps=4.0),),
+            prompt_tokens=LengthDistribution(median_tokens=512, sigma=0.5, max_tokens=2048),
+            output_tokens=LengthDistribution(median_tokens=256, sigma=0.5, max_tokens=1024)),
+        policy="static", warm_start_s=60.0)
+    run = run_scenario(base.model_copy(update={"faults": [
+        Fault(kind="spot_preemption", at_s=100.0, host="eu-h100-80gb-1", notice_s=0.0)]}))
+    assert any(d["message"] == "host eu-h100-80gb-1 reclaimed" for d in run.collector.decisions)
+    result = run.result
+    assert result["requests"] == result["requests_submitted"]  # one outcome per request
+    assert result["completed"] == result["requests"] and result["dropped"] == 0

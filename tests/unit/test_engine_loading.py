@@ -10,6 +10,7 @@ from opscale.perf.loading import (
     LoadTimeParams,
     choose_load,
     load_time_s,
+    prefetch_time_s,
     weights_load_time_s,
 )
 
@@ -71,3 +72,17 @@ def test_weights_load_time_errors_name_what_is_loaded() -> None:
     with pytest.raises(ValueError, match="'cold' or 'warm', got 'hot'"):
         weights_load_time_s(1e9, A10G, 1, "hot")  # type: ignore[arg-type]
     assert weights_load_time_s(LLAMA3_8B.weight_bytes, H100, 1, "cold") == load_time_s(LLAMA3_8B, H100, 1, "cold")
+
+
+def test_staging_fetches_weights_once_in_the_download_time_then_they_load_warm() -> None:
+    cache = HostWeightCache(capacity_gb=512.0)
+    timers: list[tuple[float, object]] = []
+    staged: list[str] = []
+    assert cache.stage(LLAMA3_8B, lambda delay, fn: timers.append((delay, fn)), on_staged=staged.append)
+    assert not cache.stage(LLAMA3_8B, lambda delay, fn: timers.append((delay, fn)))  # already on its way
+    [(delay, fire)] = timers
+    assert delay == pytest.approx(prefetch_time_s(LLAMA3_8B)) == pytest.approx(LLAMA3_8B.weight_bytes / 1.5e9)
+    assert not cache.has("Llama-3-8B")  # not until the download ends
+    fire()  # type: ignore[operator]
+    assert cache.has("Llama-3-8B") and staged == ["Llama-3-8B"]
+    assert not cache.stage(LLAMA3_8B, lambda delay, fn: timers.append((delay, fn)))  # here already

@@ -50,6 +50,14 @@ requests = st.builds(Request, request_id=text, model=text, tier=text, region=tex
 outcomes = st.builds(RequestOutcome, request_id=text, model=text, tier=text, region=text, served_region=text,
                      instance_id=text, arrival_s=floats, first_token_s=opt_floats, finish_s=opt_floats,
                      prompt_tokens=u32, output_tokens=u32, status=st.sampled_from(["ok", "rejected", "failed"]) | text)
+def _with_prestage(plan: Plan, models: st.DrawFn) -> Plan:
+    """Pre-staging names only agents the plan assigns (possibly nothing to run): the wire carries it there."""
+    staged = {a: tuple(models(st.lists(text, min_size=1, max_size=2))) for a in plan.assignments
+              if models(st.booleans())}
+    return Plan(plan.epoch, plan.created_s, plan.assignments, plan.agent_regions, plan.routing_weights,
+                plan.vm_counts, plan.reason, staged)
+
+
 plans = st.builds(
     Plan, epoch=u64, created_s=floats,
     assignments=st.dictionaries(text, st.lists(specs, max_size=3).map(tuple), max_size=3),
@@ -57,9 +65,10 @@ plans = st.builds(
     routing_weights=st.dictionaries(st.tuples(text, text), st.dictionaries(text, floats, max_size=3), max_size=3),
     vm_counts=st.dictionaries(st.tuples(text, text, st.sampled_from(["on_demand", "spot"])), u32, max_size=3),
     reason=text,
-)
+).flatmap(lambda plan: st.composite(lambda draw: _with_prestage(plan, draw))())
 heartbeats = st.builds(AgentHeartbeat, agent_id=text, region=text, sku=text, gpus_total=u32, address=text,
-                       epoch=u64, at_s=floats, instances=st.lists(statuses, max_size=3).map(tuple))
+                       epoch=u64, at_s=floats, instances=st.lists(statuses, max_size=3).map(tuple),
+                       terminating_at_s=opt_floats, warm_models=st.lists(text, max_size=3).map(tuple))
 windows = st.builds(WindowStats, model=text, region=text, tier=text, window_s=floats, end_s=floats, requests=u64,
                     completed=u64, arrival_rps=floats, prompt_tokens_per_s=floats, output_tokens_per_s=floats,
                     ttft_p50_s=opt_floats, ttft_p99_s=opt_floats, tbt_p50_s=opt_floats, tbt_p99_s=opt_floats,
@@ -83,7 +92,8 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
     "ForecastIssued": forecasts,
     "PlanPublished": st.builds(PlanPublished, plan=plans),
     "ApplyCommand": st.builds(ApplyCommand, agent_id=text, epoch=u64, command_id=text,
-                              instances=st.lists(specs, max_size=4).map(tuple)),
+                              instances=st.lists(specs, max_size=4).map(tuple),
+                              prestage=st.lists(text, max_size=3).map(tuple)),
     "DrainCommand": st.builds(DrainCommand, agent_id=text, instance_id=text, command_id=text, deadline_s=opt_floats),
     "EngineReport": st.builds(EngineReport, instance_id=text, queued=u32, running=u32, outstanding_tokens=u64,
                               kv_used_frac=floats, tokens_per_s=floats, busy_frac=floats, power_w=floats,
@@ -155,6 +165,8 @@ def test_plan_regions_from_a_producer_that_only_fills_assignments() -> None:
     (InstanceStatus("i", "m", "s", 1, Role.UNIFIED, InstanceState.READY, queued=-1),
      "InstanceStatus.queued: -1 is outside the wire range"),
     (ApplyCommand("a", -5, "c", ()), "ApplyCommand.epoch: -5 is outside the wire range"),
+    (Plan(epoch=1, created_s=0.0, assignments={"a": ()}, prestage={"b": ("m",)}),
+     r"Plan.prestage: agents \['b'\] have no entry in Plan.assignments"),
     (ForecastIssued("m\ud800", "eu", "t", 0, 0, 0, 0, 0, "x"), "ForecastIssued.model: string is not valid UTF-8"),
     (WindowStats("m", "eu", "t", 1.0, 1.0, 1, 1, "fast", 0.0, 0.0, None, None, None, None, None, None, None),
      "WindowStats.arrival_rps: expected a number, got 'fast'"),

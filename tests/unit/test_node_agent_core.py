@@ -78,3 +78,18 @@ def test_drain_deadline_bounds_the_wait_and_heartbeats_are_periodic() -> None:
 def test_command_for_another_agent_is_refused() -> None:
     result, actions = _agent().apply(ApplyCommand("a2", 1, "c1", (_spec(1),)), 0.0)
     assert not result.accepted and actions == [] and "a2" in result.reason
+
+
+def test_a_plan_pre_stages_weights_the_host_does_not_hold() -> None:
+    staged: list[str] = []
+    agent = NodeAgentCore(NodeAgentConfig(agent_id="a1", region="eu", sku="H100-80GB", gpus=8),
+                          load_time_s=lambda spec: 30.0, warm_models=lambda: ("m",),
+                          stage_weights=lambda model: staged.append(model) is None)
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),), prestage=("m", "other")), 0.0)
+    assert staged == ["other"]  # "m" is in host memory already
+    assert agent.heartbeat(0.0).warm_models == ("m",)
+
+
+def test_a_backend_that_cannot_stage_says_so() -> None:
+    _, actions = _agent().apply(ApplyCommand("a1", 1, "c1", (), prestage=("m",)), 0.0)
+    assert any("cannot pre-stage" in getattr(a, "message", "") for a in actions)

@@ -165,3 +165,27 @@ def test_demand_comes_from_router_arrivals_and_ttft_breach_adds_one() -> None:
     planner.handle(_window(5.0, 40.0), 40.0)
     planner.tick(40.0)
     assert planner.plan.replicas()[PoolKey("m", "eu")] == 4 and "SLO backstop" in planner.plan.reason
+
+
+def test_a_policys_prepared_growth_is_staged_on_the_hosts_it_would_use() -> None:
+    from opscale.planning.base import Effects
+
+    class Prepares:
+        name = "prepares"
+
+        def initial_state(self) -> None:
+            return None
+
+        def decide(self, observation, state, now_s):  # type: ignore[no-untyped-def]
+            key = PoolKey("m", "eu")
+            return Effects({key: 1}, None, {key: "steady"}, prepare={key: 3})
+
+    big = DeploymentSpec(model="m", sku="H100-80GB", tp=4, min_replicas=1, max_replicas=8)
+    planner = PlannerCore(Prepares(), [big], PlannerConfig(interval_s=10))
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.handle(heartbeat("a2", "eu"), 0.0)
+    cmds = _commands(planner.tick(0.0))
+    # one instance runs on a1 (so a1 holds the weights); growth to 3 puts one more beside it and the
+    # third on a2, which stages them
+    assert planner.plan.prestage == {"a2": ("m",)}
+    assert cmds["a2"].prestage == ("m",)

@@ -51,15 +51,28 @@ def test_remote_serving_when_allowed_and_the_origin_runs_short_of_gpus() -> None
 
 
 def test_between_solves_bursts_add_and_nothing_is_removed() -> None:
-    policy = SageServeMipPolicy([DEP], ten_rps, SageServeMipConfig(headroom=0.8, interval_s=300.0))
+    policy = SageServeMipPolicy([DEP], ten_rps, SageServeMipConfig(headroom=0.8, interval_s=300.0,
+                                                                   min_resolve_s=30.0))
     first = policy.decide(observe(0.0, {EU: 40.0}, {EU: 2}), policy.initial_state(), 0.0)
     assert first.desired == {EU: 5}
-    calm = policy.decide(observe(60.0, {EU: 10.0}, {EU: 5}), first.state, 60.0)
-    assert calm.desired == {EU: 5}  # demand fell: held until the next solve
-    burst = policy.decide(observe(120.0, {EU: 75.0}, {EU: 5}), calm.state, 120.0)
+    # too soon to solve again: the burst loop adds what full capacity (10 rps each) lacks
+    burst = policy.decide(observe(20.0, {EU: 75.0}, {EU: 5}), first.state, 20.0)
     assert burst.desired == {EU: 8} and burst.reasons[EU].startswith("burst")
-    resolved = policy.decide(observe(300.0, {EU: 10.0}, {EU: 8}), burst.state, 300.0)
+    calm = policy.decide(observe(60.0, {EU: 10.0}, {EU: 8}), burst.state, 60.0)
+    assert calm.desired == {EU: 8}  # demand fell: held until the next solve
+    resolved = policy.decide(observe(300.0, {EU: 10.0}, {EU: 8}), calm.state, 300.0)
     assert resolved.desired == {EU: 2}
+
+
+def test_a_plan_made_for_far_less_demand_is_solved_again_at_once() -> None:
+    policy = SageServeMipPolicy([DEP], ten_rps, SageServeMipConfig(headroom=0.8, interval_s=300.0,
+                                                                   resolve_over=1.25, min_resolve_s=30.0))
+    first = policy.decide(observe(0.0, {EU: 8.0}, {EU: 1}), policy.initial_state(), 0.0)
+    assert first.desired == {EU: 1}
+    within = policy.decide(observe(40.0, {EU: 9.5}, {EU: 1}), first.state, 40.0)
+    assert within.desired == {EU: 1} and within.reasons[EU].startswith("hold")  # within 1.25x: the plan stands
+    over = policy.decide(observe(50.0, {EU: 24.0}, {EU: 1}), within.state, 50.0)
+    assert over.desired == {EU: 3} and over.reasons[EU].startswith("MIP ") and "over the" in over.reasons[EU]
 
 
 def test_the_registry_builds_it_and_names_bad_parameters() -> None:

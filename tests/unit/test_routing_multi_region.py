@@ -69,3 +69,14 @@ def test_spill_over_off_keeps_requests_local() -> None:
     core.handle(heartbeat("a-us", "us", status("u1")), 0.0)
     assert {send(core, n).region for n in range(5)} == {"eu"}
     assert core.handle(RequestArrived(req(9, region="ap")), 9.0) == []  # held: no local, no spill
+
+
+def test_follow_plan_routes_by_the_plans_shares_from_the_first_request() -> None:
+    core = router(saturation_tokens=100_000, follow_plan=True)
+    # before any plan names the pair: local first, as without follow_plan
+    assert send(core, 0, prompt=1).region == "eu"
+    core.handle(PlanPublished(Plan(1, 0.0, routing_weights={("m", "eu"): {"eu": 0.25, "us": 0.75}})), 0.0)
+    shares = Counter(send(core, n, prompt=1).region for n in range(1, 41))
+    assert shares == {"eu": 10, "us": 30}  # ap has no share; nothing is saturated
+    send(core, 41, prompt=200_000, region="us")  # us saturated: its share falls back to the planned rest
+    assert {send(core, n, prompt=1).region for n in range(42, 50)} == {"eu"}

@@ -67,6 +67,10 @@ class RunCollector(RunObserver):
         self.decisions: list[dict[str, Any]] = []
         self._replica_history: dict[str, list[int]] = {}
         self._loads: dict[str, str] = {}  # instance id -> "cold" | "warm"
+        self._weights_staged = 0  # models staged into a host's memory ahead of a scale-out
+        # plans that changed some pool's replica count (not those that only re-weight routing or re-stage)
+        self._scaling_actions = 0
+        self._last_replicas: dict[str, int] = {}
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -101,6 +105,9 @@ class RunCollector(RunObserver):
         """How an instance started during the run loads (the fleet running at the start loads nothing)."""
         self._loads[instance_id] = choice.source
 
+    def weights_staged(self, model: str) -> None:
+        self._weights_staged += 1
+
     def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
         self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
 
@@ -113,8 +120,12 @@ class RunCollector(RunObserver):
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
         self.decisions.append({"at_s": round(now_s, 3), "service": service, "message": message})
         if fields and "replicas" in fields:
-            for pool, n in fields["replicas"].items():
+            replicas = fields["replicas"]
+            for pool, n in replicas.items():
                 self._replica_history.setdefault(pool, []).append(n)
+            if replicas != self._last_replicas:
+                self._scaling_actions += 1
+                self._last_replicas = dict(replicas)
 
     def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
         gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
@@ -172,8 +183,9 @@ class RunCollector(RunObserver):
             # Instances started during the run, by where their weights came from.
             "cold_starts": sum(1 for source in self._loads.values() if source == "cold"),
             "warm_migrations": sum(1 for source in self._loads.values() if source == "warm"),
+            "weights_staged": self._weights_staged,
             "scaling_gpu_s": scaling_gpu_s,
-            "scaling_actions": sum(1 for d in self.decisions if d["message"].startswith("plan epoch")),
+            "scaling_actions": self._scaling_actions,
             "oscillations": _oscillations_per_hour(self._replica_history, end_s),
             # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when
             # prefix caching is off: nothing is looked up).

@@ -111,11 +111,21 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
             return choice.load_s * scenario.load_time_scale
         return load_time
 
+    def stage_on(weights: HostWeightCache) -> Callable[[str], bool]:
+        # The weights stream from remote storage into host memory while the GPUs do other work.
+        return lambda model_name: weights.stage(catalog.model(model_name), world.loop.after,
+                                                time_scale=scenario.load_time_scale,
+                                                on_staged=collector.weights_staged)
+
     for group in scenario.hosts:
         for i in range(group.count):
             agent_id = f"{group.region}-{group.sku.lower()}-{i + 1}"
             config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus)
-            agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, HostWeightCache(group.weight_cache_gb)))
+            weights = HostWeightCache(group.weight_cache_gb)
+            warm = scenario.warm_loads != "off"
+            agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, weights),
+                                             (lambda w=weights: w.models) if warm else tuple,
+                                             stage_on(weights) if warm else None)
 
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)

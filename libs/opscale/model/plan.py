@@ -24,6 +24,8 @@ class Plan:
     routing_weights: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     vm_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (region, sku, purchase)
     reason: str = ""
+    # agent id -> models whose weights it stages into host memory: where the plan expects to scale out next
+    prestage: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def replicas(self) -> dict[PoolKey, int]:
         counts: dict[PoolKey, int] = {}

@@ -15,6 +15,7 @@ Operator replicas load only their operators' weights (`weights_load_time_s`; see
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -77,6 +78,13 @@ def weights_load_time_s(
     return p.warm_start_s + weight_gb / (tp * p.warm_transfer_gbps)
 
 
+def prefetch_time_s(model: ModelSpec, params: LoadTimeParams | None = None) -> float:
+    """Seconds to stage `model`'s weights from remote storage into a host's memory ahead of need (no
+    engine start, no GPU held), after which an instance of it on that host loads warm."""
+    p = params if params is not None else LoadTimeParams()
+    return model.weight_bytes / 1e9 / p.remote_storage_gbps
+
+
 @dataclass(frozen=True, slots=True)
 class LoadChoice:
     """How an instance will load, how long it takes, and why (a reason fit for a decision log)."""
@@ -104,7 +112,8 @@ class HostWeightCache:
     for them; the least recently used are dropped first.
 
     The shell owns one per host: `loaded` when an instance of a model starts or stops on it (its
-    weights passed through host memory), `has` to pick the load source. Mutable bookkeeping: no clock.
+    weights passed through host memory), `has` to pick the load source, `stage` to fetch a model's
+    weights ahead of need. Mutable bookkeeping: no clock of its own (`stage` takes the shell's timer).
     """
 
     def __init__(self, capacity_gb: float) -> None:
@@ -113,6 +122,7 @@ class HostWeightCache:
         self.capacity_gb = capacity_gb
         self._models: OrderedDict[str, float] = OrderedDict()  # name -> GB, least recently used first
         self.used_gb = 0.0
+        self._staging: set[str] = set()
 
     def __contains__(self, model_name: str) -> bool:
         return model_name in self._models
@@ -146,3 +156,20 @@ class HostWeightCache:
         weight_gb = self._models.pop(model_name, None)
         if weight_gb is not None:
             self.used_gb -= weight_gb
+
+    def stage(self, model: ModelSpec, after: Callable[[float, Callable[[], None]], object], *,
+              time_scale: float = 1.0, on_staged: Callable[[str], None] | None = None) -> bool:
+        """Start fetching `model`'s weights from remote storage into this host's memory; `after(delay,
+        fn)` is the shell's timer (the simulator's loop, asyncio's call_later). Returns False when they
+        are here or on their way already."""
+        if model.name in self._models or model.name in self._staging:
+            return False
+        self._staging.add(model.name)
+
+        def staged() -> None:
+            self._staging.discard(model.name)
+            self.loaded(model)
+            if on_staged is not None:
+                on_staged(model.name)
+        after(prefetch_time_s(model) * time_scale, staged)
+        return True

@@ -38,6 +38,9 @@ class Effects:
     # (model, origin region) -> {serving region: share}, for a policy that plans routing across regions
     # (empty: keep the plan's current weights)
     routing_weights: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    # pool -> replicas it may grow to before the policy next re-plans (a forecasting policy knows): the
+    # hosts that would take the growth stage the model's weights now, so the scale-out loads warm
+    prepare: dict[PoolKey, int] = field(default_factory=dict)
 
 
 class PlanningPolicy(Protocol):

@@ -1,7 +1,9 @@
 """Place desired replica counts onto agents (hosts), keeping every instance that stays.
 
-Scale-out puts a new instance on the agent of the right region and SKU with the most free GPUs (ties by
-agent id, so the result is deterministic). Scale-in removes instances that are not yet serving first
+Scale-out puts a new instance on an agent of the right region and SKU whose heartbeat says it holds the
+model's weights in host memory (it loads warm there, in seconds instead of minutes from remote storage),
+else on any; among those, the one with the most free GPUs, which spreads a pool over hosts so that losing
+one host loses little of it (ties by agent id, so the result is deterministic). Scale-in removes instances that are not yet serving first
 (still loading), then the newest. Whatever cannot be placed is reported, not dropped silently: the VM
 layer turns that shortfall into capacity.
 """
@@ -20,6 +22,7 @@ class AgentSlot:
     region: str
     sku: str
     gpus_total: int
+    warm_models: frozenset[str] = frozenset()  # weights in host memory: an instance of these loads warm
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +67,50 @@ def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ..
     return PlacementResult(frozen, next_seq, unplaced)
 
 
+def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceSpec, ...]],
+             agents: list[AgentSlot], deployments: dict[str, DeploymentSpec]) -> dict[str, tuple[str, ...]]:
+    """Where to stage weights ahead of a scale-out: for each pool that may grow to `prepare` replicas,
+    the hosts that placement would give the extra instances (by the same rule as `place`), when they do
+    not hold the model's weights already. Returns {agent id: models}, sorted."""
+    by_id = {a.agent_id: a for a in agents}
+    trial: dict[str, list[InstanceSpec]] = {a.agent_id: list(assignments.get(a.agent_id, ())) for a in agents}
+    # A host running the model holds its weights; a staged host counts as warm from here on, so a second
+    # extra instance goes beside the first rather than staging a third host.
+    warm = {a.agent_id: set(a.warm_models) | {s.model for s in trial[a.agent_id]} for a in agents}
+    staged: dict[str, set[str]] = {}
+    for key, want in sorted(prepare.items(), key=lambda kv: str(kv[0])):
+        dep = deployments.get(key.model)
+        if dep is None:
+            continue
+        have = sum(1 for agent_id, specs in trial.items() for s in specs
+                   if s.model == key.model and s.role == key.role and by_id[agent_id].region == key.region)
+        slots = [AgentSlot(a.agent_id, a.region, a.sku, a.gpus_total, frozenset(warm[a.agent_id])) for a in agents]
+        for n in range(want - have):
+            host = _best_host(key, dep, slots, trial)
+            if host is None:
+                break
+            trial[host].append(InstanceSpec(f"prestage-{n}", key.model, dep.sku, dep.tp, key.role))
+            if key.model not in warm[host]:
+                warm[host].add(key.model)
+                staged.setdefault(host, set()).add(key.model)
+                slots = [AgentSlot(a.agent_id, a.region, a.sku, a.gpus_total, frozenset(warm[a.agent_id]))
+                         for a in agents]
+    return {agent_id: tuple(sorted(models)) for agent_id, models in sorted(staged.items())}
+
+
 def _best_host(key: PoolKey, dep: DeploymentSpec, agents: list[AgentSlot],
                assignments: dict[str, list[InstanceSpec]]) -> str | None:
-    best: tuple[int, str] | None = None
+    best: tuple[bool, int, str] | None = None  # (cold, -free GPUs, agent id): the least is the best
     for agent in agents:
         if agent.region != key.region or agent.sku.lower() != dep.sku.lower():
             continue
         free = agent.gpus_total - sum(s.gpus for s in assignments[agent.agent_id])
-        if free >= dep.tp and (best is None or (-free, agent.agent_id) < (-best[0], best[1])):
-            best = (free, agent.agent_id)
-    return None if best is None else best[1]
+        if free < dep.tp:
+            continue
+        rank = (key.model not in agent.warm_models, -free, agent.agent_id)
+        if best is None or rank < best:
+            best = rank
+    return None if best is None else best[2]
 
 
 def _seq(instance_id: str) -> int:

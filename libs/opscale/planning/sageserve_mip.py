@@ -9,8 +9,13 @@ are what its hosts hold; a change is priced by the MIP's change cost against the
 (keeping a warm instance is cheaper than a cold start). The routing shares go out with the plan, for
 the `multi_region` router. Between solves a fast reactive loop only ever adds instances where the
 observed rate outruns what the plan gave a pool (a burst the forecast missed); scale-in waits for the
-next solve. A solve that finds no optimum in time returns the MIP's best plan or its greedy fallback,
-never nothing.
+next solve. A plan whose demand is clearly wrong is not kept for the rest of the interval: when a pool's
+observed rate exceeds the demand the plan was solved for by `resolve_over` (a burst, or a plan made on
+the first seconds of traffic), the MIP is solved again at once, at most every `min_resolve_s`, so the
+whole fleet is re-balanced rather than only the starved pool topped up. Each pool is prepared for that
+much growth (`Effects.prepare`): the hosts that would take it stage the model's weights into host memory
+now, so the scale-out, when it comes, loads warm instead of from remote storage. A solve that finds no
+optimum in time returns the MIP's best plan or its greedy fallback, never nothing.
 
 Each deployment keeps its one SKU and TP degree (the placement layer places per deployment); the MIP's
 choice among SKUs and purchase types applies when the fleet is elastic (VM autoscaling), not here.
@@ -39,7 +44,10 @@ class SageServeMipConfig(BaseModel):
     interval_s: float = Field(300.0, gt=0, description="Seconds between two solves (SageServe: minutes)")
     time_limit_s: float = Field(1.0, gt=0, description="Wall-time limit of one solve, all included")
     solver: Literal["SCIP", "HIGHS"] = Field("SCIP", description="MIP solver behind OR-Tools")
-    headroom: float = Field(0.8, gt=0, le=1, description="Plan each instance at this fraction of its capacity")
+    # The capacity is the perf model's saturation rate at the TBT objective; queueing needs slack below it.
+    # 0.85 rather than a more cautious 0.8 because a plan that proves short is corrected within seconds
+    # (resolve_over) and warm (prestage), so the slack need not cover a whole interval of surprises.
+    headroom: float = Field(0.85, gt=0, le=1, description="Plan each instance at this fraction of its capacity")
     burst_util: float = Field(1.0, gt=0, description="Between solves, add instances when the observed rate "
                               "exceeds this fraction of the pool's planned capacity")
     rtt_budget_ms: float = Field(0.0, ge=0, description="Interactive demand may be planned to be served in "
@@ -48,6 +56,13 @@ class SageServeMipConfig(BaseModel):
                                  "serves locally and the remote share would go unprovisioned)")
     default_rtt_ms: float = Field(80.0, ge=0, description="Round trip between two regions the catalogue "
                                   "does not know")
+    resolve_over: float = Field(1.25, gt=1, description="Solve again before the interval ends when a pool's "
+                                "observed rate exceeds this multiple of the demand the plan was solved for")
+    min_resolve_s: float = Field(10.0, ge=0, description="Fewest seconds between two solves")
+    backlog_drain_s: float = Field(60.0, gt=0, description="Requests waiting (at the router or in engine "
+                                   "queues) count as extra demand that must be served within this many seconds")
+    prestage: bool = Field(True, description="Stage weights on the hosts that would take each pool's growth "
+                           "up to resolve_over x its replicas, so that scale-out loads warm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,7 @@ class SageServeMipState:
     regions: tuple[str, ...] = ()
     previous: PlanSolution | None = None
     planned: dict[PoolKey, int] = field(default_factory=dict)
+    demand_rps: dict[PoolKey, float] = field(default_factory=dict)  # what the plan was solved for, per origin
     routing_weights: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
 
@@ -82,7 +98,8 @@ class SageServeMipPolicy:
             return Effects({}, state)
         per_instance = self._per_instance_rps(observation)
         reasons: dict[PoolKey, str] = {}
-        solving = now_s - state.last_solve_s >= self.config.interval_s or regions != state.regions
+        why_solve = self._solve_due(pools, regions, state, now_s)
+        solving = bool(why_solve)
         if solving:
             inputs = self._inputs(observation, regions, per_instance)
             solution = solve_plan(inputs, state.previous, self.config.time_limit_s, self.config.solver)
@@ -91,8 +108,9 @@ class SageServeMipPolicy:
                 key = PoolKey(model, region)
                 if key in planned:
                     planned[key] += n
-            state = SageServeMipState(now_s, regions, solution, planned, solution.routing_weights(inputs))
-            why = f"MIP {solution.status.value.lower()} in {solution.solve_s:.2f} s"
+            demand = {PoolKey(m, r): rate for (m, r, _), rate in inputs.demand_rps.items()}
+            state = SageServeMipState(now_s, regions, solution, planned, demand, solution.routing_weights(inputs))
+            why = f"MIP {solution.status.value.lower()} in {solution.solve_s:.2f} s ({why_solve})"
             reasons = {key: why for key in planned}
         load = self._routed_load(pools, state.routing_weights)
         desired: dict[PoolKey, int] = {}
@@ -100,6 +118,9 @@ class SageServeMipPolicy:
             dep = self.deployments[key.model]
             want = state.planned.get(key, pool.expected)
             if not solving:
+                # Nothing is removed between solves: an instance a burst added stays until the next solve
+                # decides (removing it as the burst ebbs would be churn, and the next burst a cold start).
+                want = max(want, pool.expected)
                 # Against full capacity (the plan's has headroom): add only what the plan really lacks.
                 full = per_instance[key.model] / self.config.headroom
                 burst = math.ceil(load[key] / (full * self.config.burst_util))
@@ -108,10 +129,29 @@ class SageServeMipPolicy:
                     reasons[key] = f"burst: {load[key]:.2f} rps over the plan's {state.planned.get(key, 0)}"
             desired[key] = min(dep.max_replicas, max(dep.min_replicas, want))
             reasons.setdefault(key, "hold: between solves")
-        return Effects(desired, state, reasons, routing_weights=state.routing_weights)
+        prepare = {key: min(self.deployments[key.model].max_replicas, math.ceil(n * self.config.resolve_over))
+                   for key, n in desired.items()} if self.config.prestage else {}
+        return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare)
 
-    @staticmethod
-    def _routed_load(pools: dict[PoolKey, PoolObservation],
+    def _solve_due(self, pools: dict[PoolKey, PoolObservation], regions: tuple[str, ...],
+                   state: SageServeMipState, now_s: float) -> str:
+        """Why a solve is due now, or "" when the current plan stands."""
+        cfg = self.config
+        if regions != state.regions:
+            return "regions changed" if state.regions else "first plan"
+        since = now_s - state.last_solve_s
+        if since >= cfg.interval_s:
+            return "interval"
+        if since < cfg.min_resolve_s:
+            return ""
+        for key, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
+            planned_for = state.demand_rps.get(key, 0.0)
+            wanted = self._wanted_rps(pool)
+            if wanted > cfg.resolve_over * planned_for and wanted > 0:
+                return f"{key}: {wanted:.2f} rps over the {planned_for:.2f} planned for"
+        return ""
+
+    def _routed_load(self, pools: dict[PoolKey, PoolObservation],
                      weights: dict[tuple[str, str], dict[str, float]]) -> dict[PoolKey, float]:
         """The rate each pool serves now when every origin's arrivals are split by the plan's shares
         (all local for an origin the plan has no shares for)."""
@@ -121,8 +161,14 @@ class SageServeMipPolicy:
             for region, share in shares.items():
                 key = PoolKey(origin.model, region)
                 if key in load:
-                    load[key] += share * pool.arrival_rps
+                    load[key] += share * self._wanted_rps(pool)
         return load
+
+    def _wanted_rps(self, pool: PoolObservation) -> float:
+        """The rate a pool must serve now: its arrivals, plus its backlog worked off within
+        `backlog_drain_s` (a plan sized on arrivals alone never catches up with a queue that built while
+        capacity was short, as at start-up or after a burst)."""
+        return pool.arrival_rps + pool.queued / self.config.backlog_drain_s
 
     def _per_instance_rps(self, observation: Observation) -> dict[str, float]:
         """Planned req/s of one instance per model, at the mean lengths seen (deployment's until traffic)."""
@@ -142,7 +188,7 @@ class SageServeMipPolicy:
             dep = self.deployments.get(key.model)
             if dep is None:
                 continue
-            rate = max(pool.arrival_rps, pool.forecast_rps_hi or 0.0)
+            rate = max(self._wanted_rps(pool), pool.forecast_rps_hi or 0.0)
             demand[(key.model, key.region, INTERACTIVE)] = demand.get((key.model, key.region, INTERACTIVE), 0.0) + rate
             held = (pool.ready + pool.loading) * dep.tp
             used[(key.region, dep.sku)] = used.get((key.region, dep.sku), 0) + held

@@ -18,6 +18,13 @@ Rules, with L the least outstanding tokens of a local instance:
    least load plus penalty, whatever the weights (a request with nowhere local to go is never held
    while a remote instance is ready).
 
+With `follow_plan`, the planner's shares come first, as SageServe's region router sends each region the
+share of demand its ILP assigned: while any region the plan gives a weight has an instance below
+saturation_tokens, requests go to those regions in proportion to their weights (the origin among them
+when the plan keeps a share at home); the rules above apply only when none does, or before the plan names
+the pair. Use it with a planner that sizes every region for its planned share (sageserve_mip with
+rtt_budget_ms > 0); otherwise the remote share would be unprovisioned.
+
 `spill_penalty_tokens` expresses the cross-region latency as queued work: a penalty of s seconds on
 instances that serve t tokens/s is worth about s * t tokens (0.08 s * 25 000 tokens/s = 2 000).
 """
@@ -44,6 +51,7 @@ class MultiRegion:
     inner: RoutingPolicy
     saturation_tokens: int = 32_768
     spill_penalty_tokens: int = 2_000
+    follow_plan: bool = False
     name: str = "multi_region"
     # smooth weighted round-robin state per (model, origin): region -> current credit
     _credit: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict, repr=False)
@@ -63,9 +71,14 @@ class MultiRegion:
         """The region to serve `request` in (see the module docstring), or None when no region has a
         ready instance."""
         origin = request.region
+        saturation = self.saturation_tokens
+        if self.follow_plan and weights:
+            planned = [(region, weight) for region, weight in weights.items()
+                       if weight > 0 and (load := regions.get(region)) is not None and load.least() < saturation]
+            if planned:
+                return planned[0][0] if len(planned) == 1 else self._share(request, planned)
         local = regions.get(origin)
         local_least = local.least() if local is not None else None
-        saturation = self.saturation_tokens
         if local_least is not None and local_least < saturation:
             return origin
         penalty = self.spill_penalty_tokens

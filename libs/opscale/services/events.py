@@ -49,6 +49,7 @@ class AgentHeartbeat:
     at_s: float
     instances: tuple[InstanceStatus, ...] = ()
     terminating_at_s: float | None = None  # the host is being reclaimed then (spot preemption notice)
+    warm_models: tuple[str, ...] = ()  # models whose weights the host holds in memory (a warm load here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class ApplyCommand:
     epoch: int
     command_id: str
     instances: tuple[InstanceSpec, ...]
+    prestage: tuple[str, ...] = ()  # models whose weights to stage into host memory (a scale-out expected here)
 
 
 @dataclass(frozen=True, slots=True)

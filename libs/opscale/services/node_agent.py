@@ -55,9 +55,15 @@ class NodeAgentCore:
 
     name = "node_agent"
 
-    def __init__(self, config: NodeAgentConfig, load_time_s: Callable[[InstanceSpec], float]) -> None:
+    def __init__(self, config: NodeAgentConfig, load_time_s: Callable[[InstanceSpec], float],
+                 warm_models: Callable[[], tuple[str, ...]] = tuple,
+                 stage_weights: Callable[[str], bool] | None = None) -> None:
         self.config = config
         self.load_time_s = load_time_s
+        self.warm_models = warm_models  # what the host's memory holds now, for the heartbeat
+        # Starts staging a model's weights into host memory (True: started now; False: already under
+        # way). None: the backend cannot stage, and a plan's pre-staging is logged and skipped.
+        self.stage_weights = stage_weights
         self.applied_epoch = 0
         self._instances: dict[str, _Instance] = {}
         self._drains_seen: deque[str] = deque(maxlen=4096)
@@ -91,9 +97,21 @@ class NodeAgentCore:
             if instance_id in desired:
                 continue
             actions.extend(self._begin_drain(inst, now_s, None))
+        actions.extend(self._prestage(cmd.prestage))
         actions.append(Log(self.name, f"{self.config.agent_id} applied epoch {cmd.epoch}",
                            {"instances": sorted(desired)}))
         return ApplyResult(True, cmd.epoch, "applied"), actions
+
+    def _prestage(self, models: tuple[str, ...]) -> list[Action]:
+        wanted = [m for m in models if m not in self.warm_models()] if self.terminating_at_s is None else []
+        if not wanted:
+            return []
+        if self.stage_weights is None:
+            return [Log(self.name, f"{self.config.agent_id}: cannot pre-stage {wanted}: the engine backend "
+                    "does not stage weights; a scale-out here loads them then", {"models": wanted})]
+        started = [m for m in wanted if self.stage_weights(m)]
+        return [Log(self.name, f"{self.config.agent_id} staging weights of {started} into host memory",
+                    {"models": started})] if started else []
 
     def drain(self, cmd: DrainCommand, now_s: float) -> tuple[bool, str, list[Action]]:
         if cmd.command_id in self._drains_seen:
@@ -189,4 +207,4 @@ class NodeAgentCore:
             ))
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),
-                              self.terminating_at_s)
+                              self.terminating_at_s, self.warm_models())

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation
 from opscale.planning import DeploymentSpec, PlanningPolicy
-from opscale.planning.placement import AgentSlot, next_seq_after, place
+from opscale.planning.placement import AgentSlot, next_seq_after, place, prestage
 from opscale.services import subjects
 from opscale.services.actions import Action, Log, Publish, SendCommand, Store
 from opscale.services.events import (
@@ -223,7 +223,8 @@ class PlannerCore:
         # a lost agent, dropping them from the current assignments places them again elsewhere now,
         # while they still drain.
         usable = {a: hb for a, hb in self._agents.items() if hb.terminating_at_s is None}
-        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total) for a, hb in sorted(usable.items())]
+        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total, frozenset(hb.warm_models))
+                  for a, hb in sorted(usable.items())]
         states = {st.instance_id: st.state for hb in self._agents.values() for st in hb.instances}
         current = {a: specs for a, specs in self.plan.assignments.items() if a in usable}
         result = place(effects.desired, current, agents, self.deployments, states, self._next_seq)
@@ -233,8 +234,10 @@ class PlannerCore:
             actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: no free GPUs",
                                {"pool": str(key), "unplaced": n}))
         new_assignments = result.assignments
+        staging = prestage(effects.prepare, new_assignments, agents, self.deployments)
         weights = effects.routing_weights or self.plan.routing_weights
-        if _same_assignments(self.plan.assignments, new_assignments) and weights == self.plan.routing_weights:
+        if (_same_assignments(self.plan.assignments, new_assignments) and weights == self.plan.routing_weights
+                and staging == self.plan.prestage):
             return actions
         reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
                            if not why.startswith(("steady", "hold")))
@@ -242,7 +245,9 @@ class PlannerCore:
             epoch=self.plan.epoch + 1, created_s=now_s, assignments=new_assignments,
             agent_regions={a: hb.region for a, hb in self._agents.items()},
             routing_weights=weights, vm_counts=self.plan.vm_counts,
-            reason=reason or ("placement changed" if new_assignments != self.plan.assignments else "routing changed"),
+            reason=reason or ("placement changed" if new_assignments != self.plan.assignments
+                              else "routing changed" if weights != self.plan.routing_weights else "pre-staging changed"),
+            prestage=staging,
         )
         actions.append(Store("plan", self.plan))
         actions.append(Publish(subjects.plans(), PlanPublished(self.plan)))
@@ -255,7 +260,8 @@ class PlannerCore:
     def _command(self, agent_id: str, now_s: float) -> SendCommand:
         self._sent[agent_id] = (self.plan.epoch, now_s)
         return SendCommand(agent_id, ApplyCommand(agent_id, self.plan.epoch, f"apply-{self.plan.epoch}-{agent_id}",
-                                                  self.plan.assignments.get(agent_id, ())))
+                                                  self.plan.assignments.get(agent_id, ()),
+                                                  self.plan.prestage.get(agent_id, ())))
 
     def _resend(self, now_s: float) -> list[Action]:
         actions: list[Action] = []

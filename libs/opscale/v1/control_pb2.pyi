@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("epoch", "command_id", "agent_id", "instances")
+    __slots__ = ("epoch", "command_id", "agent_id", "instances", "prestage")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PRESTAGE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     command_id: str
     agent_id: str
     instances: _containers.RepeatedCompositeFieldContainer[_events_pb2.InstanceSpec]
-    def __init__(self, epoch: _Optional[int] = ..., command_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[_events_pb2.InstanceSpec, _Mapping]]] = ...) -> None: ...
+    prestage: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, epoch: _Optional[int] = ..., command_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[_events_pb2.InstanceSpec, _Mapping]]] = ..., prestage: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("accepted", "applied_epoch", "reason", "instances")

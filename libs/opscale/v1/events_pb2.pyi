@@ -74,7 +74,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
-    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s")
+    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class AgentHeartbeat(_message.Message):
     AT_S_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     TERMINATING_AT_S_FIELD_NUMBER: _ClassVar[int]
+    WARM_MODELS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     region: str
     sku: str
@@ -93,7 +94,8 @@ class AgentHeartbeat(_message.Message):
     at_s: float
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     terminating_at_s: float
-    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ...) -> None: ...
+    warm_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
     __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status")
@@ -209,14 +211,16 @@ class ForecastIssued(_message.Message):
     def __init__(self, model: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., at_s: _Optional[float] = ..., horizon_s: _Optional[float] = ..., mean_rps: _Optional[float] = ..., lo_rps: _Optional[float] = ..., hi_rps: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
 
 class AgentAssignment(_message.Message):
-    __slots__ = ("agent_id", "region", "instances")
+    __slots__ = ("agent_id", "region", "instances", "prestage")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PRESTAGE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     region: str
     instances: _containers.RepeatedCompositeFieldContainer[InstanceSpec]
-    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceSpec, _Mapping]]] = ...) -> None: ...
+    prestage: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceSpec, _Mapping]]] = ..., prestage: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RoutingWeight(_message.Message):
     __slots__ = ("model", "origin_region", "weights")

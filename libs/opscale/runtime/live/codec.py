@@ -252,12 +252,18 @@ def _plan_to_pb(plan: Plan) -> events_pb2.Plan:
         created_s=_float(plan.created_s, "Plan.created_s"),
         reason=_str(plan.reason, "Plan.reason"),
     )
+    # Pre-staging travels in the agent's AgentAssignment, so an agent it names must have one.
+    strays = sorted(set(plan.prestage) - set(plan.assignments))
+    if strays:
+        raise CodecError(f"Plan.prestage: agents {strays} have no entry in Plan.assignments")
     for agent_id, specs in plan.assignments.items():
         where = f"Plan.assignments[{agent_id!r}]"
         msg.assignments.append(events_pb2.AgentAssignment(
             agent_id=_str(agent_id, f"{where} agent id"),
             region=_str(plan.agent_regions.get(agent_id, ""), f"Plan.agent_regions[{agent_id!r}]"),
             instances=[_spec_to_pb(s, f"{where}[{i}]") for i, s in enumerate(specs)],
+            prestage=[_str(m, f"Plan.prestage[{agent_id!r}][{i}]")
+                      for i, m in enumerate(plan.prestage.get(agent_id, ()))],
         ))
     for agent_id, region in plan.agent_regions.items():
         msg.agent_regions[_str(agent_id, "Plan.agent_regions key")] = _str(
@@ -287,11 +293,14 @@ def _plan_to_pb(plan: Plan) -> events_pb2.Plan:
 
 def _plan_from_pb(msg: events_pb2.Plan) -> Plan:
     assignments: dict[str, tuple[InstanceSpec, ...]] = {}
+    prestage: dict[str, tuple[str, ...]] = {}
     agent_regions: dict[str, str] = dict(msg.agent_regions)
     for a in msg.assignments:
         if a.agent_id in assignments:
             raise CodecError(f"Plan.assignments: agent {a.agent_id!r} appears twice")
         assignments[a.agent_id] = tuple(_spec_from_pb(s) for s in a.instances)
+        if a.prestage:
+            prestage[a.agent_id] = tuple(a.prestage)
         # A producer that only fills AgentAssignment.region still gets its regions across.
         if a.region and a.agent_id not in agent_regions:
             agent_regions[a.agent_id] = a.region
@@ -308,7 +317,8 @@ def _plan_from_pb(msg: events_pb2.Plan) -> Plan:
             raise CodecError(f"Plan.vm_counts: {cell!r} appears twice")
         vms[cell] = vc.count
     return Plan(epoch=msg.epoch, created_s=msg.created_s, assignments=assignments,
-                agent_regions=agent_regions, routing_weights=routing, vm_counts=vms, reason=msg.reason)
+                agent_regions=agent_regions, routing_weights=routing, vm_counts=vms, reason=msg.reason,
+                prestage=prestage)
 
 
 # -- events ------------------------------------------------------------------------------------------------
@@ -326,6 +336,7 @@ def _heartbeat_to_pb(hb: AgentHeartbeat) -> events_pb2.AgentHeartbeat:
         instances=[_status_to_pb(s, f"AgentHeartbeat.instances[{i}]") for i, s in enumerate(hb.instances)],
         terminating_at_s=(None if hb.terminating_at_s is None
                           else _float(hb.terminating_at_s, "AgentHeartbeat.terminating_at_s")),
+        warm_models=[_str(m, f"AgentHeartbeat.warm_models[{i}]") for i, m in enumerate(hb.warm_models)],
     )
 
 
@@ -333,7 +344,8 @@ def _heartbeat_from_pb(msg: events_pb2.AgentHeartbeat) -> AgentHeartbeat:
     return AgentHeartbeat(agent_id=msg.agent_id, region=msg.region, sku=msg.sku, gpus_total=msg.gpus_total,
                           address=msg.address, epoch=msg.epoch, at_s=msg.at_s,
                           instances=tuple(_status_from_pb(s) for s in msg.instances),
-                          terminating_at_s=msg.terminating_at_s if msg.HasField("terminating_at_s") else None)
+                          terminating_at_s=msg.terminating_at_s if msg.HasField("terminating_at_s") else None,
+                          warm_models=tuple(msg.warm_models))
 
 
 _WINDOW_OPTIONAL = ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s", "e2e_p99_s",
@@ -427,12 +439,13 @@ def _apply_to_pb(cmd: ApplyCommand) -> control_pb2.ApplyRequest:
         epoch=_u64(cmd.epoch, "ApplyCommand.epoch"),
         command_id=_str(cmd.command_id, "ApplyCommand.command_id"),
         instances=[_spec_to_pb(s, f"ApplyCommand.instances[{i}]") for i, s in enumerate(cmd.instances)],
+        prestage=[_str(m, f"ApplyCommand.prestage[{i}]") for i, m in enumerate(cmd.prestage)],
     )
 
 
 def _apply_from_pb(msg: control_pb2.ApplyRequest) -> ApplyCommand:
     return ApplyCommand(agent_id=msg.agent_id, epoch=msg.epoch, command_id=msg.command_id,
-                        instances=tuple(_spec_from_pb(s) for s in msg.instances))
+                        instances=tuple(_spec_from_pb(s) for s in msg.instances), prestage=tuple(msg.prestage))
 
 
 def _drain_to_pb(cmd: DrainCommand) -> control_pb2.DrainRequest:

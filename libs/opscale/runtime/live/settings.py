@@ -331,6 +331,9 @@ class NodeAgentSettings(LiveSettings):
     tick_s: float = Field(0.5, gt=0, description="Period of the node-agent core's tick")
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies the modelled model-load time of the "
                                    "simulated engines (e.g. 0.05 for a quick local stack)")
+    weight_cache_gb: float = Field(512.0, ge=0, description="Simulated engines: host memory that keeps model "
+                                   "weights after an instance stops (a later start of the model loads warm), "
+                                   "and where a plan's pre-staged weights go")
     engine_options: dict[str, Any] = Field(default_factory=dict,
                                            description="Simulated engine settings (opscale.engine.EngineConfig)")
     profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout); "

@@ -187,6 +187,7 @@ class SimWorld:
             hosted = self._engines.pop(instance_id)
             self._by_agent[agent_id].pop(instance_id, None)
             self._advance(hosted, now)
+            hosted.generation += 1  # its queued wake must not run the engine any further
             self.observer.engine_stopped(instance_id, hosted.engine, now)
             self._fail_orphans(instance_id)
         self.observer.decision("world", f"host {agent_id} reclaimed", None, now)
@@ -285,6 +286,7 @@ class SimWorld:
                     if hosted is not None:
                         self._by_agent[hosted.agent_id].pop(instance_id, None)
                         self._advance(hosted, now)
+                        hosted.generation += 1  # its queued wake must not run the engine any further
                         self.observer.engine_stopped(instance_id, hosted.engine, now)
                         self._fail_orphans(instance_id)
                 case Store(key=key, value=value):
@@ -342,10 +344,12 @@ class SimWorld:
                 self.loop.at(next_s, self._wake, hosted, hosted.generation)
 
     def _fail_orphans(self, instance_id: str) -> None:
-        """Requests still on a stopped engine (a drain deadline passed) go back to their router."""
+        """Requests still on a stopped engine (a drain deadline passed, or its host was reclaimed) go
+        back to their router: no longer in flight here, whether the router re-dispatches or holds them."""
         for request, iid, attempt in list(self._inflight.values()):
             if iid != instance_id:
                 continue
+            del self._inflight[request.request_id]
             router = self.routers.get(request.region) or next(iter(self.routers.values()))
             failed = DispatchFailed(request, instance_id, "instance stopped with the request in flight", attempt)
             self._apply(router.name, router.handle(failed, self.loop.now_s), router)
