@@ -1,9 +1,12 @@
 """What the opscale router adds to a streaming request, and how much load it carries, against vllm-router.
 
 Three processes share the machine, as they would share a host: a fixed-latency streaming upstream
-(an aiohttp OpenAI-compatible server: first token after `--token-gap-ms`, then `--tokens` tokens
-`--token-gap-ms` apart), the router under test, and an open-loop load generator (a new process per
-step). The same run measures, against the same upstream:
+(an OpenAI-compatible server on raw asyncio protocols, bench/_loopback_http.py: first token after
+`--token-gap-ms`, then `--tokens` tokens `--token-gap-ms` apart), the router under test, and an open-loop
+load generator (a new process per step, same module). Both measuring tools are written to cost little
+per request and per token (keep-alive, chunked SSE, no body parsing beyond the event delimiters), so that
+at the measured rate they are not what is measured: the `direct` row shows their own ceiling. The same
+run measures, against the same upstream:
 
   direct       the load generator hits the upstream itself (the baseline)
   opscale      through opscale's router: its HTTP API, RouterCore and pooled upstream client, started as
@@ -11,6 +14,10 @@ step). The same run measures, against the same upstream:
                (no node-agent, NATS or Redis: request records go to an in-memory bus that counts them)
   vllm-router  through vllm-router (PyPI `vllm-router`), installed on first use into its own venv under
                `--venv-dir` (default .bench-venvs/vllm-router); skipped with a note when it cannot be
+
+The load is open loop: send times are fixed in advance (`i / rate`), and TTFT and end-to-end latency
+count from each request's scheduled send time, so a slow target cannot slow the offered load (no
+coordinated omission); `send_lag_p99_ms` says how late the generator itself was.
 
 For each: TTFT and end-to-end p50/p99 at `--rate` requests/s (open loop, streaming), the router's added TTFT (through
 it minus direct), and the maximum sustained rate, found by ramping the offered rate until a step has
@@ -22,9 +29,10 @@ which takes out the fixed streaming time). Capacity is measured twice: the open-
 vllm-router) is pinned with taskset to its own CPU, the upstream and load generators to another, so
 the router's CPU is its own; the JSON states the pinning and the load average before and after.
 
-    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 1] [--load-procs 2]
+    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 1] [--load-procs 1]
 
-The last line of output is one JSON object (with the machine).
+`--profile-out PATH` runs opscale's router under cProfile (for finding hot spots; its latencies are
+then not comparable). The last line of output is one JSON object (with the machine).
 """
 
 from __future__ import annotations
@@ -73,36 +81,16 @@ def install_loop() -> str:
 
 
 def run_upstream(port: int, tokens: int, gap_s: float) -> None:
-    from aiohttp import web
+    from _loopback_http import UpstreamAnswer, serve_upstream
 
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        n = min(tokens, int(body.get("max_tokens") or tokens))
-        response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
-        response.content_type = "text/event-stream"
-        await response.prepare(request)
-        rid = request.headers.get("x-request-id", "cmpl-bench")
-        for i in range(n):
-            await asyncio.sleep(gap_s)  # noqa: TID251 - the fake engine's token pacing
-            finish = "length" if i == n - 1 else None
-            event = {"id": rid, "object": "text_completion", "created": 0, "model": MODEL,
-                     "choices": [{"index": 0, "text": f" t{i}", "logprobs": None, "finish_reason": finish}]}
-            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/models", models)
     install_loop()
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await serve_upstream(port, UpstreamAnswer(MODEL, tokens, gap_s), stop)
+
+    asyncio.run(main())
 
 
 # -- the opscale router, fed one heartbeat -----------------------------------------------------------
@@ -118,7 +106,9 @@ class CountingBus:
         self.published += len(event) if isinstance(event, tuple) else 1
 
 
-def run_opscale(port: int, upstream_url: str) -> None:
+def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) -> None:
+    """The opscale router process. With `profile_out`, it runs under cProfile and writes the stats
+    there when it stops (`python -m pstats PATH`, or `--profile-out` on the command line)."""
     loop_name = install_loop()
 
     async def main() -> None:
@@ -167,72 +157,30 @@ def run_opscale(port: int, upstream_url: str) -> None:
         await runner.cleanup()
         await upstream.close()
 
-    asyncio.run(main())
+    if not profile_out:
+        asyncio.run(main())
+        return
+    import cProfile
+
+    with cProfile.Profile() as profiler:
+        asyncio.run(main())
+    profiler.dump_stats(profile_out)
 
 
 # -- the open-loop load generator ----------------------------------------------------------------
 
 
-def run_load(url: str, rate: float, duration_s: float, tokens: int) -> None:
+def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file: str) -> None:
+    from urllib.parse import urlsplit
+
+    from _loopback_http import OpenLoopLoad
+
     install_loop()
-
-    async def main() -> dict[str, Any]:
-        import aiohttp
-
-        body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
-        ttfts: list[float] = []
-        e2es: list[float] = []
-        errors: dict[str, int] = {}
-        done = 0
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
-        timeout = aiohttp.ClientTimeout(total=60.0)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            async def one() -> None:
-                nonlocal done
-                start = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/v1/completions", data=body,
-                                            headers={"Content-Type": "application/json"}) as resp:
-                        if resp.status != 200:
-                            errors[f"http_{resp.status}"] = errors.get(f"http_{resp.status}", 0) + 1
-                            await resp.read()
-                            return
-                        first = True
-                        ok = False
-                        async for chunk in resp.content.iter_any():
-                            if first and b'"text"' in chunk:
-                                ttfts.append(time.perf_counter() - start)
-                                first = False
-                            if b"[DONE]" in chunk:
-                                ok = True
-                        if ok:
-                            done += 1
-                            e2es.append(time.perf_counter() - start)
-                        else:
-                            errors["no_done"] = errors.get("no_done", 0) + 1
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-
-            n = max(1, int(rate * duration_s))
-            tasks: list[asyncio.Task[None]] = []
-            begin = time.perf_counter()
-            lag_s = 0.0
-            for i in range(n):
-                due = begin + i / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # noqa: TID251 - open-loop arrival schedule
-                else:
-                    lag_s = max(lag_s, -delay)
-                tasks.append(asyncio.create_task(one()))
-            sent_s = time.perf_counter() - begin
-            await asyncio.gather(*tasks)
-            wall_s = time.perf_counter() - begin
-        return {"offered_rps": rate, "sent": n, "completed": done, "errors": errors, "send_s": round(sent_s, 3),
-                "wall_s": round(wall_s, 3), "max_send_lag_ms": round(lag_s * 1e3, 2),
-                "ttft_s": ttfts, "e2e_s": e2es}
-
-    print(json.dumps(asyncio.run(main())), flush=True)
+    target = urlsplit(url)
+    body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
+    load = OpenLoopLoad(target.hostname or "127.0.0.1", target.port or 80, "/v1/completions", body)
+    result = asyncio.run(load.run(rate, duration_s))
+    Path(result_file).write_text(json.dumps(result.to_json()))
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -265,16 +213,20 @@ def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
               cpus: str | None) -> dict[str, Any]:
     """One open-loop step from `procs` load processes, each offering rate/procs (so the Python client is
     not the bottleneck), pinned to `cpus` when given; their samples are merged."""
-    cmd = [sys.executable, __file__, "--role", "load", "--url", url, "--rate", str(rate / procs),
-           "--step-s", str(duration_s), "--tokens", str(tokens)]
-    running = [subprocess.Popen(pinned(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(procs)]
     parts = []
-    for proc in running:
-        out, err = proc.communicate(timeout=duration_s + 120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"load generator failed: {err[-2000:]}")
-        parts.append(json.loads(out.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        # each process writes its samples to a file: a pipe is no place for a few hundred KiB of JSON
+        results = [Path(tmp) / f"load-{i}.json" for i in range(procs)]
+        running = [subprocess.Popen(pinned([sys.executable, __file__, "--role", "load", "--url", url, "--rate",
+                                            str(rate / procs), "--step-s", str(duration_s), "--tokens", str(tokens),
+                                            "--result-file", str(result)], cpus),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for result in results]
+        for proc, result in zip(running, results, strict=True):
+            _, err = proc.communicate(timeout=duration_s + 120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"load generator failed: {err[-2000:]}")
+            parts.append(json.loads(result.read_text()))
     ttfts = sorted(t for p in parts for t in p["ttft_s"])
     e2es = sorted(t for p in parts for t in p["e2e_s"])
     errors: dict[str, int] = {}
@@ -285,10 +237,17 @@ def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
     def ms(values: list[float], q: float) -> float | None:
         return round(_pct(values, q) * 1e3, 3) if values else None
 
+    events: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["events_per_response"].items():
+            events[k] = events.get(k, 0) + v
     return {"offered_rps": rate, "load_procs": procs, "sent": sum(p["sent"] for p in parts),
             "completed": sum(p["completed"] for p in parts), "errors": errors,
             "send_s": max(p["send_s"] for p in parts), "wall_s": max(p["wall_s"] for p in parts),
+            "send_lag_p99_ms": max(p["send_lag_p99_ms"] for p in parts),
             "max_send_lag_ms": max(p["max_send_lag_ms"] for p in parts),
+            "connections_opened": sum(p["connections_opened"] for p in parts),
+            "events_per_response": events,
             "ttft_p50_ms": ms(ttfts, 0.5), "ttft_p99_ms": ms(ttfts, 0.99),
             "ttft_mean_ms": round(statistics.fmean(ttfts) * 1e3, 3) if ttfts else None,
             "e2e_p50_ms": ms(e2es, 0.5), "e2e_p99_ms": ms(e2es, 0.99)}
@@ -332,11 +291,26 @@ def sustained(step: dict[str, Any], degraded_ttft_ms: float) -> bool:
             and step["ttft_p99_ms"] is not None and step["ttft_p99_ms"] <= degraded_ttft_ms)
 
 
-def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None) -> dict[str, Any]:
+    """The step at `--rate`, the ramp and wrk against `url`. With `server_pid`, the at-rate step also
+    reports that process's CPU per completed request (what the router costs, independent of queueing)."""
     def step_at(rate: float) -> dict[str, Any]:
         return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load)
 
+    cpu_before = cpu_s(server_pid) if server_pid else None
     at_rate = step_at(args.rate)
+    cpu_after = cpu_s(server_pid) if server_pid else None
+    if cpu_before is not None and cpu_after is not None and at_rate["completed"]:
+        at_rate["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1e3 / at_rate["completed"], 3)
     ramp: list[dict[str, Any]] = []
     max_rate = 0.0
     for rate in RAMP_RPS:
@@ -390,13 +364,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         results["direct"] = measure("direct", upstream_url, args)
 
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, env=env,
+        profiling = ("--profile-out", args.profile_out) if args.profile_out else ()
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, env=env,
                         cpus=args.cpu_router)
         procs.append(opscale)
         line = opscale.stdout.readline() if opscale.stdout else ""
         if not line.startswith("{"):
             raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
-        results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args)}
+        results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid)}
         stop(opscale)
 
         exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
@@ -410,7 +385,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(vr)
             wait_http(f"http://127.0.0.1:{vr_port}/health", 60)
             results["vllm_router"] = {"version": "0.1.17",
-                                      **measure("vllm-router", f"http://127.0.0.1:{vr_port}", args)}
+                                      **measure("vllm-router", f"http://127.0.0.1:{vr_port}", args, vr.pid)}
     finally:
         for proc in procs:
             stop(proc)
@@ -430,6 +405,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "opscale_wrk_rps": results["opscale"]["wrk_closed_loop"].get("rps"),
         "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
         "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
+        "opscale_cpu_ms_per_request": results["opscale"]["at_rate"].get("server_cpu_ms_per_request"),
         "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
     }
     if "vllm_router" in results:
@@ -437,6 +413,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         summary["vllm_router_added_ttft_p50_ms"] = added("vllm_router", "ttft_p50_ms")
         summary["vllm_router_added_ttft_p99_ms"] = added("vllm_router", "ttft_p99_ms")
         summary["vllm_router_max_sustained_rps"] = vr_max
+        summary["vllm_router_cpu_ms_per_request"] = results["vllm_router"]["at_rate"].get("server_cpu_ms_per_request")
         summary["vllm_router_added_e2e_p50_ms"] = added("vllm_router", "e2e_p50_ms")
         summary["vllm_router_added_e2e_p99_ms"] = added("vllm_router", "e2e_p99_ms")
         vr_wrk, ops_wrk = results["vllm_router"]["wrk_closed_loop"].get("rps"), summary["opscale_wrk_rps"]
@@ -448,8 +425,9 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "router_proxy",
         "machine": {**machine(), "loadavg_1_5_15_before": load_before,
                     "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
-        "processes": "separate: upstream, router under test, and --load-procs open-loop load processes per step "
-                     "(uvloop when installed), plus wrk (compiled, closed loop) for capacity",
+        "processes": "separate: upstream (raw asyncio protocols), router under test, and --load-procs open-loop "
+                     "load processes per step (raw asyncio protocols; uvloop when installed), plus wrk (compiled, "
+                     "closed loop) for capacity",
         "cpu_pinning": {"upstream": args.cpu_upstream, "router": args.cpu_router, "load": args.cpu_load,
                         "taskset": shutil.which("taskset") is not None},
         "opscale_registration": "router core fed one agent heartbeat directly (no node-agent, NATS or Redis); "
@@ -472,11 +450,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=500.0, help="Offered rate of the latency measurement (req/s)")
     parser.add_argument("--step-s", type=float, default=5.0, help="Seconds of load per measurement step")
     parser.add_argument("--tokens", type=int, default=16, help="Tokens each streamed answer has")
     parser.add_argument("--token-gap-ms", type=float, default=1.0, help="Upstream delay before each token")
-    parser.add_argument("--load-procs", type=int, default=2, help="Open-loop load processes per step")
+    parser.add_argument("--load-procs", type=int, default=1,
+                        help="Open-loop load processes per step (on the load CPU; one carries a few thousand "
+                             "streams/s, and more on the same CPU only add switching)")
     parser.add_argument("--wrk-connections", type=int, default=64, help="Streams wrk keeps busy (capacity)")
     two = (os.cpu_count() or 1) >= 2
     parser.add_argument("--cpu-upstream", default="0" if two else None, help="taskset CPU list of the upstream")
@@ -488,13 +469,16 @@ def main() -> None:
     parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),
                         help="Where vllm-router is installed (its own venv)")
     parser.add_argument("--no-vllm-router", action="store_true", help="Skip the vllm-router comparison")
+    parser.add_argument("--profile-out", default=None,
+                        help="Run opscale's router under cProfile and write its stats to this file (for finding "
+                             "hot spots: profiling slows the router, so its latencies are then not comparable)")
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
     elif args.role == "opscale":
-        run_opscale(args.port, args.upstream)
+        run_opscale(args.port, args.upstream, args.profile_out)
     elif args.role == "load":
-        run_load(args.url, args.rate, args.step_s, args.tokens)
+        run_load(args.url, args.rate, args.step_s, args.tokens, args.result_file)
     else:
         print(json.dumps(orchestrate(args)))
 

@@ -14,11 +14,13 @@ that is waiting for a token rather than writing one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.base_protocol import BaseProtocol
 
 from opscale.runtime.live.openai_http import (
     REQUEST_ID_KEY,
@@ -130,6 +132,33 @@ def upstream_api_error(exc: UpstreamError) -> ApiError:
     return error_for_status(502, f"The model instance failed ({exc.kind})", code="upstream_error")
 
 
+class _ClientSink:
+    """Writes spliced events straight to the client's connection, framed as the HTTP chunks aiohttp's
+    writer would frame them, without its per-write work (`of` returns None unless the response is
+    chunked and uncompressed). While the connection is paused (the client's buffer is full) or
+    closing it writes nothing and says so, and the events go through `response.write`, which waits."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: BaseProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    @classmethod
+    def of(cls, request: web.Request, response: web.StreamResponse) -> _ClientSink | None:
+        transport, protocol = request.transport, request.protocol
+        if (transport is None or not isinstance(protocol, BaseProtocol) or response.compression
+                or response.headers.get(hdrs.TRANSFER_ENCODING) != "chunked"):
+            return None
+        return cls(transport, protocol)  # type: ignore[arg-type]
+
+    def write(self, data: bytes) -> bool:
+        if self._protocol.writing_paused or self._transport.is_closing():
+            return False
+        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
+
+
 class _RouterApi:
     """The handlers, bound to one back end. One instance per app: no module-level state."""
 
@@ -151,8 +180,13 @@ class _RouterApi:
         return await self._generate(request, RequestKind.CHAT)
 
     async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
-        raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), request.content_length,
-                                 self._max_body_bytes)
+        length = request.content_length
+        if length is not None and length <= self._max_body_bytes:
+            # the usual case, a declared length within the bound: one read (aiohttp's parser holds the
+            # body to that length), not a chunk iterator
+            raw: bytes | ApiError = await request.read()
+        else:
+            raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
         if isinstance(raw, ApiError):
             return error_response(raw)
         parsed = parse_completion(raw, kind, headers=request.headers)
@@ -217,16 +251,25 @@ class _RouterApi:
 
     async def _forward(self, request: web.Request, req: ParsedRequest, first: SseBytes,
                        chunks: AsyncIterator[TokenChunk | SseBytes]) -> web.StreamResponse:
-        """The engine's events written as they come; the back end's blocks end with `[DONE]`."""
+        """The engine's events written as they come; the back end's blocks end with `[DONE]`.
+
+        After the first block, a back end that is an async generator is sent a sink for the rest
+        (`asend`): the upstream client then writes the engine's events to this client's connection
+        from its read callback (see UpstreamClient.stream_sse), and the blocks that come back only
+        count them, or carry what the sink could not take."""
         response = self._sse_response(req)
         chunk_count = 0
         try:
             await response.prepare(request)
             block: TokenChunk | SseBytes | ApiError | None = first
+            sink: _ClientSink | None = None
             while isinstance(block, SseBytes):
                 chunk_count += block.chunks
-                await response.write(block.data)
-                block = await self._next_chunk(req, chunks, chunk_count)
+                if block.data:
+                    await response.write(block.data)  # aiohttp's writer: waits while the client is slow
+                    if sink is None:
+                        sink = _ClientSink.of(request, response)  # the head is sent with the first write
+                block = await self._next_chunk(req, chunks, chunk_count, sink)
             if isinstance(block, ApiError):
                 # as in _stream: the status line is sent, so the failure is an error event
                 await response.write(sse_event(block.body()))
@@ -279,11 +322,19 @@ class _RouterApi:
         return response
 
     @staticmethod
-    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk | SseBytes],
-                          tokens: int) -> TokenChunk | SseBytes | ApiError | None:
-        """The next chunk, None at the end, or the error to report when the back end fails mid-stream."""
+    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk | SseBytes], tokens: int,
+                          sink: _ClientSink | None = None) -> TokenChunk | SseBytes | ApiError | None:
+        """The next chunk, None at the end, or the error to report when the back end fails mid-stream.
+        `sink` goes to a back end that is an async generator (see _forward)."""
         try:
+            if sink is not None and isinstance(chunks, AsyncGenerator):
+                try:
+                    return await chunks.asend(sink)
+                except StopAsyncIteration:
+                    return None
             return await anext(chunks, None)
+        except ConnectionResetError:
+            raise  # the client is gone: the caller's disconnect path
         except RouteRejected as exc:
             return exc.to_api_error()
         except UpstreamError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -29,7 +29,7 @@ from opscale.services.router import RouterCore
 
 from opscale_services.router.api import RouteRejected
 from opscale_services.router.records import RecordBatcher
-from opscale_services.router.upstream import SseBytes, UpstreamClient, UpstreamError
+from opscale_services.router.upstream import SseBytes, SseSink, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class LiveRouterBackend:
     def models(self) -> list[str]:
         return self.core.models()
 
-    async def generate(self, req: ParsedRequest,
-                       trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | SseBytes]:
+    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
+                       ) -> AsyncGenerator[TokenChunk | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
         request = req.as_request(self.clock.now_s(), self.region)
         # Not the "current" span: an async generator may resume in another context, so the span is
@@ -92,13 +92,23 @@ class LiveRouterBackend:
                 span.set_attribute("opscale.instance_id", instance_id)
                 try:
                     if req.stream:
-                        async for block in self.upstream.stream_sse(decision.endpoint, _sse_body(req), headers):
-                            if first_token_s is None and block.chunks:
-                                first_token_s = self.clock.now_s()
-                            produced += block.chunks
-                            if block.completion_tokens is not None:
-                                produced = block.completion_tokens  # the engine's own count is exact
-                            yield block
+                        # the API may send a sink back for the events that follow (splicing): relayed as is
+                        stream = self.upstream.stream_sse(decision.endpoint, _sse_body(req), headers)
+                        try:
+                            sink: SseSink | None = None
+                            while True:
+                                try:
+                                    block = await stream.asend(sink)
+                                except StopAsyncIteration:
+                                    break
+                                if first_token_s is None and block.chunks:
+                                    first_token_s = self.clock.now_s()
+                                produced += block.chunks
+                                if block.completion_tokens is not None:
+                                    produced = block.completion_tokens  # the engine's own count is exact
+                                sink = yield block
+                        finally:
+                            await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
                         async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
                                                                            headers):

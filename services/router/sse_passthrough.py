@@ -15,28 +15,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from opscale.runtime.live.openai_schema import SseDecoder, SseError
 
-__all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "decode_event"]
+__all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event"]
 
 DONE_EVENT = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
 
 
-@dataclass(frozen=True, slots=True)
-class SseBytes:
+class SseBytes(NamedTuple):
     """Whole server-sent events from the engine, to be written to the client unchanged.
 
     `chunks`: output chunks in `data` (token events, and a closing chunk that only carries a finish
     reason, as the decoded path counts them). `completion_tokens`: the engine's own count when `data`
     holds its usage chunk. `done`: `data` ends the stream (`[DONE]`).
+
+    A named tuple rather than a frozen dataclass: one is made per engine read, and a frozen dataclass
+    costs twice as much to build, a measurable share of the router's CPU per token.
     """
 
     data: bytes
     chunks: int
     completion_tokens: int | None = None
     done: bool = False
+
+
+class SseSink(Protocol):
+    """Where spliced events go: the client's connection (see UpstreamClient.stream_sse)."""
+
+    def write(self, data: bytes) -> bool:
+        """Write whole events now and return True; or return False without writing when the client
+        is not keeping up (or is gone), so the caller holds them and waits as a task would."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +101,9 @@ def _usage_tokens(data: str) -> int | None:
     return tokens if isinstance(tokens, int) else None
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardedBlock:
+class ForwardedBlock(NamedTuple):
     """What one engine read gives the client: `out` (None when no whole event arrived yet), and the
-    failure to raise after writing it, if the engine reported one."""
+    failure to raise after writing it, if the engine reported one. (A named tuple, as SseBytes.)"""
 
     out: SseBytes | None
     failure: EventFailure | None = None
@@ -119,6 +130,10 @@ class SseForwarder:
 
         Nothing is released before the first output chunk, so a failure until then leaves the client
         untouched and the request can go to another instance."""
+        if (self.chunks and not self._tail and data.endswith(_EVENT_END) and self._plain
+                and b"\r" not in data and b'"error"' not in data):
+            # the steady state: tokens flowing, whole events per read, nothing to decode
+            return ForwardedBlock(self._scanned(data))
         before_first = self.chunks == 0
         block = self._feed(data)
         if not before_first or block.out is None:

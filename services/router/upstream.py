@@ -1,4 +1,4 @@
-"""The router's client to engine instances: one pooled aiohttp session, streaming completions.
+"""The router's client to engine instances: one connection pool (http1.py), streaming completions.
 
 Role: POST a streaming `/v1/completions` (or `/v1/chat/completions`) request to an instance's
 OpenAI-compatible endpoint, either a node-agent's engine server (`.../instances/<id>`) or any
@@ -18,17 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Literal
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.runtime.live.openai_schema import SseDecoder, SseError, TokenChunk
 
-from opscale_services.router.sse_passthrough import SseBytes, SseForwarder, decode_event
+from opscale_services.router.http1 import (
+    ConnectionFailed,
+    ConnectionLost,
+    Endpoint,
+    Http1Connection,
+    Http1Pool,
+    ProtocolViolation,
+    encode_request,
+)
+from opscale_services.router.sse_passthrough import (
+    EventFailure,
+    SseBytes,
+    SseForwarder,
+    SseSink,
+    decode_event,
+)
 
-__all__ = ["SseBytes", "UpstreamClient", "UpstreamConfig", "UpstreamError", "UpstreamErrorKind", "completion_url"]
+__all__ = ["SseBytes", "SseSink", "UpstreamClient", "UpstreamConfig", "UpstreamError", "UpstreamErrorKind", "completion_url"]
 
 UpstreamErrorKind = Literal["connect", "status", "timeout", "protocol"]
 
@@ -96,23 +110,22 @@ class UpstreamClient:
 
     def __init__(self, config: UpstreamConfig | None = None) -> None:
         self.config = config or UpstreamConfig()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
+        self._endpoints: dict[str, Endpoint] = {}  # parsed request URLs: one or two per instance
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._pool is not None:
             return
         cfg = self.config
-        connector = aiohttp.TCPConnector(limit=cfg.max_connections, limit_per_host=cfg.max_connections_per_host,
-                                         keepalive_timeout=cfg.keepalive_s)
-        # No total or read timeout here: a stream lasts as long as its tokens flow; the per-read
-        # deadlines in stream_completion bound every wait instead.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        # No total or read timeout on a connection: a stream lasts as long as its tokens flow; the
+        # per-exchange deadlines below bound every wait instead.
+        self._pool = Http1Pool(max_connections=cfg.max_connections, max_per_host=cfg.max_connections_per_host,
+                               keepalive_s=cfg.keepalive_s, connect_timeout_s=cfg.connect_timeout_s)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def __aenter__(self) -> UpstreamClient:
         await self.start()
@@ -161,16 +174,31 @@ class UpstreamClient:
             exchange.finish()
 
     async def stream_sse(self, endpoint_url: str, body: Mapping[str, Any],
-                         headers: Mapping[str, str] | None = None) -> AsyncIterator[SseBytes]:
+                         headers: Mapping[str, str] | None = None) -> AsyncGenerator[SseBytes, SseSink | None]:
         """Stream one completion from an instance as the engine's own server-sent events, whole events
         at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
         `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
-        chunk, and the last block yielded ends with `[DONE]`."""
+        chunk, and the last block yielded ends with `[DONE]` (or says `done` with no data when the
+        events went through a sink).
+
+        Splicing: a caller that sends an `SseSink` into the generator (`asend(sink)`, after a block)
+        has the following events written to it straight from the connection's read callback, with no
+        task switch per engine read; the next block it receives then only counts them (`data` is
+        what is still to write: events held back while the client was not keeping up, or the closing
+        `[DONE]`). `anext` (or `asend(None)`) keeps the plain block-by-block path."""
         exchange = self._exchange(endpoint_url, body, headers)
         forwarder = SseForwarder(self.config.max_event_bytes)
         try:
             await exchange.open()
+            sink: SseSink | None = None
             while not exchange.completed:
+                if sink is not None:
+                    spliced, failure = await exchange.splice(forwarder, sink)
+                    exchange.completed = spliced.done
+                    sink = yield spliced
+                    if failure is not None:
+                        raise exchange.fail(failure.kind, failure.message)  # type: ignore[arg-type]
+                    continue
                 data = await exchange.read()
                 if not data:
                     closing = forwarder.end()
@@ -186,7 +214,7 @@ class UpstreamClient:
                 if block.out is not None:
                     exchange.completed = block.out.done
                     exchange.produced = forwarder.chunks
-                    yield block.out
+                    sink = yield block.out
                 if block.failure is not None:
                     exchange.produced = forwarder.chunks
                     raise exchange.fail(block.failure.kind, block.failure.message)  # type: ignore[arg-type]
@@ -195,48 +223,91 @@ class UpstreamClient:
 
     def _exchange(self, endpoint_url: str, body: Mapping[str, Any],
                   headers: Mapping[str, str] | None) -> _Exchange:
-        if self._session is None:
+        if self._pool is None:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
         payload["stream"] = True
-        return _Exchange(self, self._session, completion_url(endpoint_url, body), payload,
-                         {"Accept": "text/event-stream", **(headers or {})})
+        url = completion_url(endpoint_url, body)
+        endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            if len(self._endpoints) >= _MAX_CACHED_ENDPOINTS:
+                self._endpoints.clear()  # instances come and go: never let the cache grow with them
+            endpoint = self._endpoints[url] = Endpoint.parse(url)
+        request = encode_request("POST", endpoint, {"Content-Type": "application/json",
+                                                    "Accept": "text/event-stream", **(headers or {})},
+                                 json.dumps(payload).encode())
+        return _Exchange(self, self._pool, endpoint, url, request)
 
-    async def error_detail(self, response: aiohttp.ClientResponse, deadline: float) -> str:
+    async def error_detail(self, conn: Http1Connection, reason: str, deadline: float) -> str:
         """The message of an error answer (OpenAI body or plain text), bounded in size and time."""
+        limit = self.config.max_error_body_bytes
+        parts: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout_at(deadline):
-                raw = await response.content.read(self.config.max_error_body_bytes)
-        except (TimeoutError, aiohttp.ClientError):
-            return response.reason or "no body"
-        text = raw.decode("utf-8", errors="replace")
+                while size < limit:
+                    data = await conn.read()
+                    if not data:
+                        break
+                    parts.append(data)
+                    size += len(data)
+        except (TimeoutError, ConnectionLost, ProtocolViolation):
+            return reason or "no body"
+        text = b"".join(parts)[:limit].decode("utf-8", errors="replace")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
-            return text.strip()[:500] or (response.reason or "no body")
+            return text.strip()[:500] or (reason or "no body")
         if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
             return str(obj["error"].get("message", ""))[:500]
         return text[:500]
 
 
+_MAX_CACHED_ENDPOINTS = 4096
+
+
+class _Splice:
+    """What one splice saw: output chunks forwarded, the engine's usage count, events held for a slow
+    client, the end, a failure."""
+
+    __slots__ = ("chunks", "done", "failure", "held", "usage")
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.usage: int | None = None
+        self.held: list[bytes] = []
+        self.done = False
+        self.failure: EventFailure | None = None
+
+
+class _IdleTimeout(Exception):
+    """Raised into a read that waited `idle_timeout_s` for the next bytes (see _Exchange._check_idle)."""
+
+
 class _Exchange:
-    """One request to an instance: the POST, bounded reads, and the connection's fate at the end.
+    """One request to an instance: sending it, bounded reads, and the connection's fate at the end.
 
     `produced` is how many output chunks reached the caller (a failure with none is retryable);
     `completed` is set once the stream was read to its end, so the connection is reused."""
 
-    __slots__ = ("_client", "_first_token_deadline", "_headers", "_payload", "_response", "_session",
-                 "completed", "produced", "url")
+    __slots__ = ("_client", "_conn", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop", "_pool",
+                 "_request", "_waiting_since", "completed", "produced", "url")
 
-    def __init__(self, client: UpstreamClient, session: aiohttp.ClientSession, url: str,
-                 payload: dict[str, Any], headers: dict[str, str]) -> None:
+    def __init__(self, client: UpstreamClient, pool: Http1Pool, endpoint: Endpoint, url: str, request: bytes) -> None:
         self._client = client
-        self._session = session
+        self._pool = pool
+        self._endpoint = endpoint
         self.url = url
-        self._payload = payload
-        self._headers = headers
-        self._response: aiohttp.ClientResponse | None = None
-        self._first_token_deadline = asyncio.get_running_loop().time() + client.config.first_token_timeout_s
+        self._request = request
+        self._conn: Http1Connection | None = None
+        self._loop = asyncio.get_running_loop()
+        self._first_token_deadline = self._loop.time() + client.config.first_token_timeout_s
+        # The idle timeout once tokens flow: one lazy timer per stream, not one per read (a timeout
+        # context per read costs ~10 us, a share of the router's CPU per token). `_waiting_since` is when
+        # the read in progress began (None between reads); the timer re-arms itself to that read's
+        # deadline and fails the read only when it has waited `idle_timeout_s`.
+        self._waiting_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.produced = 0
         self.completed = False
 
@@ -248,36 +319,123 @@ class _Exchange:
         cfg = self._client.config
         try:
             async with asyncio.timeout_at(self._first_token_deadline):
-                self._response = await self._session.post(self.url, json=self._payload, headers=self._headers)
+                self._conn, head = await self._pool.exchange_head(self._endpoint, self._request)
         except TimeoutError as exc:
             raise self.fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
-        except aiohttp.ClientConnectionError as exc:
+        except (ConnectionFailed, ConnectionLost) as exc:
             raise self.fail("connect", f"{type(exc).__name__}: {exc}") from exc
-        if self._response.status != 200:
-            detail = await self._client.error_detail(self._response, self._first_token_deadline)
-            raise self.fail("status", f"HTTP {self._response.status}: {detail}", status=self._response.status)
+        except ProtocolViolation as exc:
+            raise self.fail("protocol", f"bad response: {exc}") from exc
+        if head.status != 200:
+            detail = await self._client.error_detail(self._conn, head.reason, self._first_token_deadline)
+            raise self.fail("status", f"HTTP {head.status}: {detail}", status=head.status)
 
     async def read(self) -> bytes:
         """The bytes that arrived (b"" at the end), within the first-token deadline or the idle timeout."""
-        assert self._response is not None
+        conn = self._conn
+        assert conn is not None
         cfg = self._client.config
         try:
             if self.produced == 0:
                 async with asyncio.timeout_at(self._first_token_deadline):
-                    return await self._response.content.readany()
-            async with asyncio.timeout(cfg.idle_timeout_s):
-                return await self._response.content.readany()
-        except TimeoutError as exc:
+                    return await conn.read()
+            self._waiting_since = now = self._loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self._loop.call_at(now + cfg.idle_timeout_s, self._check_idle)
+            try:
+                return await conn.read()
+            finally:
+                self._waiting_since = None
+        except (TimeoutError, _IdleTimeout) as exc:
             waited = cfg.first_token_timeout_s if self.produced == 0 else cfg.idle_timeout_s
             what = "first token" if self.produced == 0 else "next token"
             raise self.fail("timeout", f"no {what} within {waited:g} s") from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except (ConnectionLost, ProtocolViolation) as exc:
             raise self.fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
 
-    def finish(self) -> None:
-        if self._response is None:
-            return
-        if self.completed:
-            self._response.release()  # fully read: the connection goes back to the pool
+    async def splice(self, forwarder: SseForwarder, sink: SseSink) -> tuple[SseBytes, EventFailure | None]:
+        """Forward the engine's events to `sink` from the connection's read callback until the stream
+        ends, fails, or the client stops keeping up (then reading pauses and the events are held).
+
+        Returns one block for the caller: `chunks` counts every output chunk forwarded or held, `data`
+        holds what the sink did not take (held events, a closing `[DONE]`), `done` says the stream
+        ended; and the failure the engine reported, if any, to raise once that block is delivered."""
+        conn = self._conn
+        assert conn is not None
+        loop = self._loop
+        state = _Splice()
+
+        def on_body(data: bytes) -> None:
+            if state.failure is not None or state.done:
+                return  # nothing is forwarded after a failure or the end
+            self._waiting_since = loop.time()  # progress: the idle clock restarts
+            try:
+                block = forwarder.feed(data)
+            except SseError as exc:
+                state.failure = EventFailure("protocol", str(exc))
+                conn.wake()
+                return
+            out = block.out
+            if out is not None:
+                state.chunks += out.chunks
+                if out.completion_tokens is not None:
+                    state.usage = out.completion_tokens
+                if state.held or not sink.write(out.data):
+                    state.held.append(out.data)  # the client is not keeping up: the task takes over and waits
+                    conn.pause()
+                    conn.wake()
+                if out.done:
+                    state.done = True
+                    conn.wake()
+            if block.failure is not None:
+                state.failure = block.failure
+                conn.wake()
+
+        cfg = self._client.config
+        pending = conn.take_buffered()
+        conn.on_body = on_body
+        try:
+            if pending:
+                on_body(pending)
+            while state.failure is None and not state.done and not state.held:
+                self._waiting_since = loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = loop.call_at(self._waiting_since + cfg.idle_timeout_s, self._check_idle)
+                ended = await conn.wait_signal()
+                if ended and state.failure is None and not state.done and not state.held:
+                    closing = forwarder.end()  # the body ended without [DONE]
+                    if closing is None:
+                        raise self.fail("protocol", f"stream ended before [DONE] after {forwarder.chunks} chunks")
+                    state.held.append(closing.data)
+                    state.done = True
+        except _IdleTimeout as exc:
+            raise self.fail("timeout", f"no next token within {cfg.idle_timeout_s:g} s") from exc
+        except (ConnectionLost, ProtocolViolation) as exc:
+            raise self.fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.on_body = None
+            self._waiting_since = None
+        self.produced = forwarder.chunks
+        return SseBytes(b"".join(state.held), state.chunks, state.usage, state.done), state.failure
+
+    def _check_idle(self) -> None:
+        """The idle timer: fail the read in progress if it has waited too long, else wait for its deadline."""
+        self._idle_timer = None
+        since = self._waiting_since
+        if since is None or self._conn is None:
+            return  # between reads (the caller is busy writing): the next read re-arms the timer
+        due = since + self._client.config.idle_timeout_s
+        if self._loop.time() >= due:
+            self._conn.abort(_IdleTimeout())  # wakes the waiting read with it
         else:
-            self._response.close()  # abandoned or broken: drop it, so the engine sees the disconnect
+            self._idle_timer = self._loop.call_at(due, self._check_idle)
+
+    def finish(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # read to its end: the connection goes back to the pool (once the engine's closing bytes
+            # arrive); abandoned or broken: it is closed, so the engine sees the disconnect
+            self._pool.release(conn, body_consumed=self.completed)
