@@ -13,8 +13,17 @@ to M bare SimEngines, each driven directly from event to event (as `opscale.engi
 the cost of everything around the engines is visible as `shell_overhead` (world wall / engine wall).
 Both include generating the synthetic requests; `generate_only_s` says how much that is.
 
+Compiled variant, also in the same run (unless `--no-compiled`): the same worlds in a child process
+that imports the optional compiled build (OPSCALE_COMPILE=1, the modules of
+opscale._native_modules compiled with mypyc; see bench/_compiled_build.py), built into
+.bench-venvs/ on first use and reused while the sources are unchanged. `compiled` reports its
+requests/s beside the pure Python ones, its speed-up, the mypy (mypyc) version, and `same_results`:
+whether both builds completed and dropped the same requests with the same SLO attainment, as the
+same seed must give.
+
     python bench/sim_speed.py                      # N = 10k and 100k, M = 100
     python bench/sim_speed.py --requests 10000 100000 1000000 --instances 200
+    python bench/sim_speed.py --no-compiled        # pure Python only
 
 Prints progress on stderr and one JSON object as the last line of stdout. Timings are reported,
 never asserted.
@@ -25,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _compiled_build import compiled_build, compiled_modules_loaded  # noqa: E402
 from _machine import machine  # noqa: E402
 
 from opscale.engine import Finished, SimEngine  # noqa: E402
@@ -89,7 +101,7 @@ def run_world(scenario: Scenario) -> dict[str, Any]:
         "requests": result["requests"], "simulated_s": result["simulated_s"], "wall_s": wall_s,
         "requests_per_s": result["requests"] / wall_s, "events": result["events"],
         "events_per_s": result["events"] / wall_s, "simulated_s_per_wall_s": result["simulated_s"] / wall_s,
-        "dropped": result["dropped"], "slo_attainment": result["slo_attainment"],
+        "completed": result["completed"], "dropped": result["dropped"], "slo_attainment": result["slo_attainment"],
         "mean_gpu_util": result["mean_gpu_util"], "ttft_p99_s": result["ttft_p99_s"],
     }
 
@@ -130,6 +142,53 @@ def generate_only_s(scenario: Scenario) -> float:
     return time.perf_counter() - started
 
 
+# What the compiled build must reproduce exactly, run for run.
+SAME_RESULT_FIELDS = ("requests", "completed", "dropped", "slo_attainment")
+
+
+def run_compiled(sizes: list[int], instances: int, offered_rps: float, seed: int) -> dict[str, Any]:
+    """The worlds of `sizes` in a child process that imports the compiled build (built if needed)."""
+    build = compiled_build()
+    how = "reused" if build.reused else f"built in {build.build_s:.0f} s"
+    print(f"compiled build: {build.site.parent.name} ({how})", file=sys.stderr)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = os.pathsep.join([str(build.site), *inherited])
+    command = [sys.executable, __file__, "--compiled-child", "--instances", str(instances),
+               "--offered-rps", repr(offered_rps), "--seed", str(seed), "--requests", *map(str, sizes)]
+    child = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, stdout=subprocess.PIPE, text=True,
+                           check=True)
+    runs = json.loads(child.stdout.splitlines()[-1])
+    return {"mypyc": build.mypy_version, "modules": list(build.modules), "build_s": build.build_s,
+            "build_reused": build.reused, "runs": runs}
+
+
+def result_mismatches(pure_runs: list[dict[str, Any]], compiled_runs: list[dict[str, Any]]) -> list[str]:
+    """Where the compiled runs' SAME_RESULT_FIELDS differ from the pure ones of the same size (none: [])."""
+    mismatches = []
+    for compiled in compiled_runs:
+        n = compiled["requests_target"]
+        pure = next(r for r in pure_runs if r["requests_target"] == n)
+        mismatches += [f"N={n} {name}: pure {pure[name]}, compiled {compiled[name]}"
+                       for name in SAME_RESULT_FIELDS if compiled[name] != pure[name]]
+    return mismatches
+
+
+def compiled_child(sizes: list[int], instances: int, offered_rps: float, seed: int) -> None:
+    """In the child: check that the compiled modules are the ones imported, run, print the runs as JSON."""
+    from opscale._native_modules import NATIVE_MODULES
+
+    loaded = compiled_modules_loaded(NATIVE_MODULES)
+    if not all(loaded.values()):
+        sys.exit(f"not compiled in this process: {sorted(m for m, ok in loaded.items() if not ok)}")
+    runs = []
+    for n in sizes:
+        world = {"requests_target": n, **run_world(build_scenario(n, instances, offered_rps, seed))}
+        print(f"N={n}: compiled world {world['requests']} requests in {world['wall_s']:.2f} s "
+              f"({world['requests_per_s']:.0f} req/s)", file=sys.stderr)
+        runs.append(world)
+    print(json.dumps(runs))
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -158,8 +217,15 @@ def main() -> None:
     parser.add_argument("--load", type=_load_fraction, default=0.6,
                         help="offered load as a fraction of the fleet's modelled capacity (default 0.6)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled build's variant")
+    # The compiled variant's child process (internal): the offered load exactly as the parent sized it.
+    parser.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--offered-rps", type=float, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     sizes = sorted(set(ns.requests))
+    if ns.compiled_child:
+        compiled_child(sizes, ns.instances, ns.offered_rps, ns.seed)
+        return
 
     capacity_rps = instance_capacity_rps()
     offered_rps = ns.load * capacity_rps * ns.instances
@@ -183,6 +249,26 @@ def main() -> None:
     def linearity(rows: list[dict[str, Any]]) -> float:
         return (rows[-1]["wall_s"] / rows[-1]["requests"]) / (rows[0]["wall_s"] / rows[0]["requests"])
 
+    compiled: dict[str, Any] | None = None
+    if not ns.no_compiled:
+        try:
+            compiled = run_compiled(sizes, ns.instances, offered_rps, ns.seed)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"compiled variant skipped: {exc}", file=sys.stderr)
+            compiled = {"error": str(exc)}
+        else:
+            mismatches = result_mismatches(runs, compiled["runs"])
+            if mismatches:
+                print("compiled build differs from pure Python: " + "; ".join(mismatches), file=sys.stderr)
+            pure_wall_s = {r["requests_target"]: r["wall_s"] for r in runs}
+            compiled.update({
+                "requests_per_s": {str(r["requests_target"]): r["requests_per_s"] for r in compiled["runs"]},
+                "speedup": {str(r["requests_target"]): pure_wall_s[r["requests_target"]] / r["wall_s"]
+                            for r in compiled["runs"]},
+                "linearity": linearity(compiled["runs"]),
+                "same_results": not mismatches, "compared": list(SAME_RESULT_FIELDS), "mismatches": mismatches,
+            })
+
     result = {
         "benchmark": "sim_speed", "instances": ns.instances, "model": MODEL, "sku": SKU,
         "load_fraction": ns.load, "instance_capacity_rps": capacity_rps, "offered_rps": offered_rps,
@@ -192,6 +278,7 @@ def main() -> None:
         "linearity": linearity(runs),
         "baseline": {"what": "the same requests, dealt round-robin to bare SimEngines driven directly",
                      "runs": baseline_runs, "linearity": linearity(baseline_runs)},
+        "compiled": compiled,
     }
     print(json.dumps(result))
 

@@ -6,13 +6,13 @@ Everything here drives the real simulation (runner, SimWorld, every service core
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _fingerprint import fingerprint  # noqa: F401  (re-exported: the scenario tests import it from here)
 
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
@@ -78,15 +78,6 @@ def one_pool_scenario(trace: Path, duration_s: float, *, name: str, seed: int = 
 def ready_series(run: RunResult, pool: str = POOL) -> list[tuple[float, int]]:
     """(sample time, ready instances of `pool`) over the run's timeline."""
     return [(p.at_s, p.instances.get(pool, 0)) for p in run.collector.timeline]
-
-
-def fingerprint(run: RunResult) -> str:
-    """Everything a run reports except its wall-clock time, as canonical JSON: the result, every
-    logged decision and the timeline. Equal strings mean equal runs (NaN included, unlike ==)."""
-    result = {k: v for k, v in run.result.items() if k != "wall_s"}
-    timeline = [dataclasses.asdict(p) for p in run.collector.timeline]
-    return json.dumps({"result": result, "decisions": run.collector.decisions, "timeline": timeline},
-                      sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True)

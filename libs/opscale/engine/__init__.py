@@ -3,16 +3,11 @@ recompute preemption, prefix caching and prefill/decode roles, advanced in close
 steps (see opscale.engine.sim)."""
 
 from opscale.engine.config import EngineConfig
+from opscale.engine.errors import EngineNotAcceptingError, RequestTooLargeError, WrongRoleError
 from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, PrefillDone, Tokens
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.engine.replay import replay, replay_disaggregated
-from opscale.engine.sim import (
-    EngineNotAcceptingError,
-    EngineState,
-    RequestTooLargeError,
-    SimEngine,
-    WrongRoleError,
-)
+from opscale.engine.sim import EngineState, SimEngine
 
 __all__ = [
     "EngineConfig", "EngineNotAcceptingError", "EngineOutput", "EngineState", "Finished", "FirstToken",

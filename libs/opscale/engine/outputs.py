@@ -14,7 +14,9 @@ streams from the decode worker), so the KV transfer counts towards TTFT.
 Outputs are values: nothing changes one once the engine has made it. They are slotted dataclasses but
 not declared frozen, because a frozen dataclass sets each field through object.__setattr__ and is about
 four times as slow to build; an engine makes one or more for every request, and a large simulation
-makes millions.
+makes millions. For the same reason each writes out its __init__ (the dataclass keeps it and still
+makes __eq__ and __repr__): the compiled build (opscale._native_modules) compiles a written __init__,
+but leaves the one a dataclass generates at import time interpreted, slower there than in plain Python.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class FirstToken:
     request_id: str
     at_s: float
 
+    def __init__(self, request_id: str, at_s: float) -> None:
+        self.request_id = request_id
+        self.at_s = at_s
+
 
 @dataclass(slots=True)
 class Tokens:
@@ -37,6 +43,11 @@ class Tokens:
     request_id: str
     count: int
     at_s: float
+
+    def __init__(self, request_id: str, count: int, at_s: float) -> None:
+        self.request_id = request_id
+        self.count = count
+        self.at_s = at_s
 
 
 @dataclass(slots=True)
@@ -49,6 +60,14 @@ class Finished:
     output_tokens: int
     prompt_tokens: int
 
+    def __init__(self, request_id: str, at_s: float, first_token_s: float, output_tokens: int,
+                 prompt_tokens: int) -> None:
+        self.request_id = request_id
+        self.at_s = at_s
+        self.first_token_s = first_token_s
+        self.output_tokens = output_tokens
+        self.prompt_tokens = prompt_tokens
+
 
 @dataclass(slots=True)
 class Preempted:
@@ -56,6 +75,10 @@ class Preempted:
 
     request_id: str
     at_s: float
+
+    def __init__(self, request_id: str, at_s: float) -> None:
+        self.request_id = request_id
+        self.at_s = at_s
 
 
 @dataclass(slots=True)
@@ -73,6 +96,12 @@ class PrefillDone:
     at_s: float
     kv_bytes: int
     first_token_s: float
+
+    def __init__(self, request_id: str, at_s: float, kv_bytes: int, first_token_s: float) -> None:
+        self.request_id = request_id
+        self.at_s = at_s
+        self.kv_bytes = kv_bytes
+        self.first_token_s = first_token_s
 
 
 EngineOutput = FirstToken | Tokens | Finished | Preempted | PrefillDone

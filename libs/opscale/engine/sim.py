@@ -47,12 +47,12 @@ import math
 from array import array
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import reduce
 from operator import add
 
 from opscale.engine.config import EngineConfig
+from opscale.engine.errors import EngineNotAcceptingError, RequestTooLargeError, WrongRoleError
 from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, PrefillDone, Tokens
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.model import ModelSpec, Request, Role, Sku
@@ -65,18 +65,6 @@ class EngineState(StrEnum):
     ACCEPTING = "accepting"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-class EngineNotAcceptingError(RuntimeError):
-    """`submit` on an engine that is draining or stopped."""
-
-
-class RequestTooLargeError(ValueError):
-    """A request that this engine can never serve: longer than the model allows or than its KV cache."""
-
-
-class WrongRoleError(ValueError):
-    """`submit` on a decode engine or `submit_prefilled` on one that is not a decode engine."""
 
 
 class _Seq:
@@ -115,22 +103,29 @@ class _Seq:
         self.kv_at_s = 0.0  # when the KV lands (set at admission)
 
 
-# The plans below are values, never changed once made, yet not declared frozen: a frozen dataclass's
-# __init__ sets each field through object.__setattr__, which makes it about four times as slow to build,
-# and the engine builds one or two plans for every event it runs.
-@dataclass(slots=True)
+# The plans below are values, never changed once made, and the engine builds one or two for every event
+# it runs. So they are plain slotted classes with their __init__ written out rather than dataclasses:
+# a frozen dataclass's __init__ sets each field through object.__setattr__ (about four times as slow
+# to build), and the compiled build (opscale._native_modules) compiles a written __init__ but leaves
+# the one a dataclass generates at import time interpreted, which makes a plan slower to build there
+# than in plain Python. Nothing compares or prints plans, so nothing else of a dataclass is missed.
 class _DecodeRun:
     """k decode steps of a fixed batch, starting at `start_s` (nothing mutated until commit)."""
 
-    start_s: float
-    end_s: float
-    k: int
-    batch: int
-    ctx0: int  # total KV context of the batch at the first step, sum of (computed + 1)
-    fixed_s: float
-    per_ctx_s: float
-    busy_fixed_s: float
-    busy_per_ctx_s: float
+    __slots__ = ("start_s", "end_s", "k", "batch", "ctx0", "fixed_s", "per_ctx_s", "busy_fixed_s",
+                 "busy_per_ctx_s")
+
+    def __init__(self, start_s: float, end_s: float, k: int, batch: int, ctx0: int, fixed_s: float,
+                 per_ctx_s: float, busy_fixed_s: float, busy_per_ctx_s: float) -> None:
+        self.start_s = start_s
+        self.end_s = end_s
+        self.k = k
+        self.batch = batch
+        self.ctx0 = ctx0  # total KV context of the batch at the first step, sum of (computed + 1)
+        self.fixed_s = fixed_s
+        self.per_ctx_s = per_ctx_s
+        self.busy_fixed_s = busy_fixed_s
+        self.busy_per_ctx_s = busy_per_ctx_s
 
     def elapsed_s(self, steps: int) -> float:
         """Time of the first `steps` steps: steps*(fixed + c*S0) + c*batch*steps*(steps-1)/2."""
@@ -168,28 +163,35 @@ class _DecodeRun:
         return m
 
 
-@dataclass(slots=True)
 class _Step:
     """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
 
-    start_s: float
-    end_s: float
-    busy_s: float
-    victims: tuple[_Seq, ...]  # most recently admitted first
-    admits: tuple[_Seq, ...]  # the waiting queue's heads it admits, in order (empty on the lean path,
-    # where the admissions are the chunks of sequences not yet admitted)
-    hits: tuple[int, ...]  # cached prefix blocks each admission reuses (empty when caching is off)
-    chunks: tuple[tuple[_Seq, int], ...]  # prefill chunks: running ones first, then admissions
-    batch: int  # decoding sequences after preemption
-    new_blocks: int  # KV blocks the decode tokens take
+    __slots__ = ("start_s", "end_s", "busy_s", "victims", "admits", "hits", "chunks", "batch", "new_blocks")
+
+    def __init__(self, start_s: float, end_s: float, busy_s: float, victims: tuple[_Seq, ...],
+                 admits: tuple[_Seq, ...], hits: tuple[int, ...], chunks: tuple[tuple[_Seq, int], ...],
+                 batch: int, new_blocks: int) -> None:
+        self.start_s = start_s
+        self.end_s = end_s
+        self.busy_s = busy_s
+        self.victims = victims  # most recently admitted first
+        # The waiting queue's heads it admits, in order (empty on the lean path, where the admissions
+        # are the chunks of sequences not yet admitted).
+        self.admits = admits
+        self.hits = hits  # cached prefix blocks each admission reuses (empty when caching is off)
+        self.chunks = chunks  # prefill chunks: running ones first, then admissions
+        self.batch = batch  # decoding sequences after preemption
+        self.new_blocks = new_blocks  # KV blocks the decode tokens take
 
 
-@dataclass(slots=True)
 class _Wait:
     """Nothing to compute until a KV transfer lands at `end_s` (decode role)."""
 
-    start_s: float
-    end_s: float
+    __slots__ = ("start_s", "end_s")
+
+    def __init__(self, start_s: float, end_s: float) -> None:
+        self.start_s = start_s
+        self.end_s = end_s
 
 
 class SimEngine:
@@ -542,11 +544,10 @@ class SimEngine:
             raise ValueError(f"request {request.request_id} is already in instance {self.instance_id}")
         plan = self._plan
         if plan is not None:
-            kind = type(plan)
-            if kind is _Step:
+            if isinstance(plan, _Step):
                 if plan.start_s >= now_s:
                     self._plan = None  # decided at this very instant: decide again with the newcomer
-            elif kind is _Wait:
+            elif isinstance(plan, _Wait):
                 # Waiting for a transfer is no iteration: the scheduler can take the newcomer now.
                 self._plan = None
                 self._clock_s = max(self._clock_s, now_s)
@@ -584,10 +585,9 @@ class SimEngine:
             if plan.end_s > now_s:
                 return
             self._plan = None
-            kind = type(plan)  # exact types: the plan classes are final
-            if kind is _DecodeRun:
+            if isinstance(plan, _DecodeRun):
                 self._commit_run(plan, out)
-            elif kind is _Step:
+            elif isinstance(plan, _Step):
                 self._commit_step(plan, out)
             else:
                 self._commit_wait(plan, out)

@@ -9,13 +9,23 @@ catch up to the time the loop stopped at.
 
 This is the innermost loop of every simulation: it avoids per-event allocations beyond the queue
 entry itself, and `at` / `after` are written out rather than calling each other.
+
+While `run` runs, Python's cyclic garbage collector makes a pass every GC_PASS_EVERY net allocations
+instead of its default 700 (the process's own setting is put back when `run` returns). A simulation
+makes millions of short-lived objects (queue entries, plans, outcomes) that reference counting frees,
+and next to no reference cycles (a 100k-request run leaves a few hundred objects to the collector), so
+at the default cadence the collector spends about 5% of a run finding nothing. Cycles are still
+collected, only later; nothing a run reports depends on when.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable
 from typing import Any
+
+GC_PASS_EVERY = 50_000  # net allocations of container objects between two youngest-generation passes
 
 
 class EventLoop:
@@ -68,6 +78,8 @@ class EventLoop:
         queue = self._queue
         pop = heapq.heappop
         ran = 0
+        young, middle, old = gc.get_threshold()
+        gc.set_threshold(max(young, GC_PASS_EVERY), middle, old)
         try:
             while queue and queue[0][0] <= until_s:
                 time_s, seq, fn, args = pop(queue)
@@ -80,6 +92,7 @@ class EventLoop:
                     on_progress(time_s)
                     next_progress = time_s + progress_every_s
         finally:
+            gc.set_threshold(young, middle, old)
             self.events_run += ran
             self.current_seq = 0
         self.now_s = max(self.now_s, until_s)

@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from opscale.engine import Finished, SimEngine
-from opscale.engine.sim import RequestTooLargeError
+from opscale.engine import Finished, RequestTooLargeError, SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome
 from opscale.runtime.sim.bus import InProcessBus
 from opscale.runtime.sim.loop import EventLoop
@@ -149,9 +148,9 @@ class SimWorld:
         if actions:
             self._apply(router.name, actions, router)
         # The next arrival (_schedule_next_arrival, written out: once per request).
-        request = next(requests, None)
-        if request is not None and request.arrival_s <= until_s:
-            self.loop.at(request.arrival_s, self._arrive, request, requests, until_s)
+        upcoming = next(requests, None)
+        if upcoming is not None and upcoming.arrival_s <= until_s:
+            self.loop.at(upcoming.arrival_s, self._arrive, upcoming, requests, until_s)
 
     def _to(self, core: Any) -> Callable[[str, Any], None]:
         def deliver(subject: str, event: Any) -> None:
@@ -273,21 +272,21 @@ class SimWorld:
                     agent = source
                     engine = self.engine_factory(spec)
                     engine.emit_first_tokens = False  # first-token times come with Finished; nothing streams
-                    hosted = _Hosted(engine, agent.config.agent_id, agent.config.region)
-                    self._engines[spec.instance_id] = hosted
-                    self._by_agent.setdefault(hosted.agent_id, {})[spec.instance_id] = hosted
+                    started = _Hosted(engine, agent.config.agent_id, agent.config.region)
+                    self._engines[spec.instance_id] = started
+                    self._by_agent.setdefault(started.agent_id, {})[spec.instance_id] = started
                     self.observer.engine_started(spec, agent.config.region, load_s, now)
                 case DrainEngine(instance_id=instance_id):
-                    hosted = self._engines.get(instance_id)
-                    if hosted is not None:
-                        hosted.engine.drain()
+                    draining = self._engines.get(instance_id)
+                    if draining is not None:
+                        draining.engine.drain()
                 case StopEngine(instance_id=instance_id):
-                    hosted = self._engines.pop(instance_id, None)
-                    if hosted is not None:
-                        self._by_agent[hosted.agent_id].pop(instance_id, None)
-                        self._advance(hosted, now)
-                        hosted.generation += 1  # its queued wake must not run the engine any further
-                        self.observer.engine_stopped(instance_id, hosted.engine, now)
+                    stopped = self._engines.pop(instance_id, None)
+                    if stopped is not None:
+                        self._by_agent[stopped.agent_id].pop(instance_id, None)
+                        self._advance(stopped, now)
+                        stopped.generation += 1  # its queued wake must not run the engine any further
+                        self.observer.engine_stopped(instance_id, stopped.engine, now)
                         self._fail_orphans(instance_id)
                 case Store(key=key, value=value):
                     self.store[key] = value
