@@ -274,12 +274,7 @@ class Http1Connection(asyncio.Protocol):
             if self._mode == _DONE:
                 return b""
             await self._wait()
-        body, self._body = self._body, []
-        self._body_bytes = 0
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return body[0] if len(body) == 1 else b"".join(body)
+        return self.take_buffered()
 
     @property
     def may_complete(self) -> bool:
