@@ -90,6 +90,25 @@ def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     return text, finish_reason
 
 
+def _first_output_end(block: bytes) -> int | None:
+    """Where the first event of `block` (whole events) that carries output ends; None when none does
+    before a failure, `[DONE]` or the end (those go through the full decode)."""
+    start = 0
+    while (end := block.find(_EVENT_END, start)) >= 0:
+        end += len(_EVENT_END)
+        events = SseDecoder().feed(block[start:end])
+        if events:
+            if events[0] == "[DONE]":
+                return None
+            decoded = decode_event(events[0])
+            if isinstance(decoded, EventFailure):
+                return None
+            if decoded is not None:
+                return end
+        start = end
+    return None
+
+
 def _usage_tokens(data: str) -> int | None:
     """`usage.completion_tokens` of a usage chunk, None for any other event."""
     try:
@@ -163,9 +182,21 @@ class SseForwarder:
             return ForwardedBlock(None)
         cut += len(_EVENT_END)
         block, self._tail = buf[:cut], buf[cut:]
+        if self.chunks == 0 and len(block) > block.find(_EVENT_END) + len(_EVENT_END) and b'"error"' not in block:
+            # Several events before the first token: every event is checked (a failure then may be
+            # retried elsewhere) up to that token; what follows it in the same read is scanned like any
+            # later block. A router that falls behind reads many events at once, and decoding them all
+            # would make it fall further behind.
+            cut = _first_output_end(block)
+            if cut is not None and cut < len(block):
+                head = self._decoded_block(block[:cut], verbatim=block[:cut])
+                if head.out is not None and head.failure is None and not head.out.done:
+                    rest = self._scanned(block[cut:])
+                    usage = rest.completion_tokens if rest.completion_tokens is not None else head.out.completion_tokens
+                    return ForwardedBlock(SseBytes(head.out.data + rest.data, head.out.chunks + rest.chunks,
+                                                   usage, rest.done))
         if self.chunks == 0 or b'"error"' in block:
-            # before the first token every event is checked (a failure then may be retried elsewhere);
-            # later only a block that may hold an error event is
+            # later, only a block that may hold an error event is decoded
             return self._decoded_block(block, verbatim=block)
         return ForwardedBlock(self._scanned(block))
 

@@ -123,3 +123,15 @@ def test_an_event_over_the_size_bound_is_refused() -> None:
     feed_all(forwarder, [token("a")])
     with pytest.raises(SseError, match="larger than 1024 bytes"):
         forwarder.feed(b"data: " + b"x" * 2000)
+
+
+def test_a_whole_stream_in_the_first_read_is_decoded_only_up_to_its_first_token() -> None:
+    # a router that fell behind reads everything at once: the same bytes, counts and usage come out
+    stream = ROLE + token("a") + token("b") + token("c", "length") + USAGE + DONE_EVENT
+    forwarder = SseForwarder()
+    [out] = feed_all(forwarder, [stream])
+    assert out.data == stream and out.chunks == 3 and out.completion_tokens == 7 and out.done
+    assert forwarder.chunks == 3
+    # and an error event anywhere in that read still fails the stream after the events before it
+    failing = SseForwarder().feed(token("a") + event({"error": {"message": "boom"}}))
+    assert failing.failure is not None and failing.out is not None and failing.out.chunks == 1
