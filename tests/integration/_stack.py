@@ -36,7 +36,6 @@ class LiveStack:
     model: str = "Llama-3-8B"
     router_port: int = field(default_factory=free_port)
     agent_grpc_port: int = field(default_factory=free_port)
-    agent_http_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     processes: dict[str, LiveProcess] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -72,7 +71,7 @@ class LiveStack:
                 core={"interval_s": 1.0, "resend_after_s": 1.0})),
             ("node_agent", node_agent.run, load_settings(
                 NodeAgentSettings, **c, agent_id="agent-1", region=self.region, sku="H100-80GB", gpus=8,
-                grpc_host="127.0.0.1", grpc_port=self.agent_grpc_port, http_port=self.agent_http_port,
+                grpc_host="127.0.0.1", grpc_port=self.agent_grpc_port, http_port=0,
                 advertise_host="127.0.0.1", heartbeat_interval_s=0.5, tick_s=0.2, load_time_scale=0.02)),
             ("router", router.run, load_settings(
                 RouterSettings, **c, http_host="127.0.0.1", http_port=self.router_port, grpc_port=free_port(),

@@ -50,7 +50,7 @@ def print_summary(run: RunResult, console: Console) -> None:
     for label, value in (
             ("GPU-hours", f"{r['gpu_hours']:.1f}"), ("cost", f"${r['cost_usd']:,.0f}"),
             ("energy", f"{r['energy_kwh']:.1f} kWh"), ("mean GPU utilisation", f"{r['mean_gpu_util'] * 100:.0f}%"),
-            ("scaling actions (plan epochs)", str(r["scaling_actions"])),
+            ("scaling actions (plans that change replicas)", str(r["scaling_actions"])),
             ("cold starts / warm migrations", f"{r['cold_starts']} / {r['warm_migrations']}"),
             ("GPU-seconds spent loading", f"{r['scaling_gpu_s']:,.0f}"),
             ("oscillations per hour", f"{r['oscillations']:.2f}"),

@@ -103,7 +103,10 @@ class NodeAgentCore:
         return ApplyResult(True, cmd.epoch, "applied"), actions
 
     def _prestage(self, models: tuple[str, ...]) -> list[Action]:
-        wanted = [m for m in models if m not in self.warm_models()] if self.terminating_at_s is None else []
+        if self.terminating_at_s is not None:
+            return []
+        warm = self.warm_models()
+        wanted = [m for m in models if m not in warm]
         if not wanted:
             return []
         if self.stage_weights is None:

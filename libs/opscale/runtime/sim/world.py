@@ -183,12 +183,7 @@ class SimWorld:
             return
         now = self.loop.now_s
         for instance_id in list(self._by_agent.get(agent_id, {})):
-            hosted = self._engines.pop(instance_id)
-            self._by_agent[agent_id].pop(instance_id, None)
-            self._advance(hosted, now)
-            hosted.generation += 1  # its queued wake must not run the engine any further
-            self.observer.engine_stopped(instance_id, hosted.engine, now)
-            self._fail_orphans(instance_id)
+            self._stop_engine(instance_id, now)
         self.observer.decision("world", f"host {agent_id} reclaimed", None, now)
 
     def replace_planner(self, planner: PlannerCore) -> None:
@@ -281,13 +276,7 @@ class SimWorld:
                     if draining is not None:
                         draining.engine.drain()
                 case StopEngine(instance_id=instance_id):
-                    stopped = self._engines.pop(instance_id, None)
-                    if stopped is not None:
-                        self._by_agent[stopped.agent_id].pop(instance_id, None)
-                        self._advance(stopped, now)
-                        stopped.generation += 1  # its queued wake must not run the engine any further
-                        self.observer.engine_stopped(instance_id, stopped.engine, now)
-                        self._fail_orphans(instance_id)
+                    self._stop_engine(instance_id, now)
                 case Store(key=key, value=value):
                     self.store[key] = value
                 case Log(service=svc, message=message, fields=fields):
@@ -341,6 +330,18 @@ class SimWorld:
             hosted.wake_s = next_s
             if next_s is not None:
                 self.loop.at(next_s, self._wake, hosted, hosted.generation)
+
+    def _stop_engine(self, instance_id: str, now_s: float) -> None:
+        """The engine runs up to now and stops (a StopEngine, or its host gone); what it still held goes
+        back to the routers."""
+        stopped = self._engines.pop(instance_id, None)
+        if stopped is None:
+            return
+        self._by_agent[stopped.agent_id].pop(instance_id, None)
+        self._advance(stopped, now_s)
+        stopped.generation += 1  # its queued wake must not run the engine any further
+        self.observer.engine_stopped(instance_id, stopped.engine, now_s)
+        self._fail_orphans(instance_id)
 
     def _fail_orphans(self, instance_id: str) -> None:
         """Requests still on a stopped engine (a drain deadline passed, or its host was reclaimed) go
