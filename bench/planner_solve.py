@@ -1,6 +1,6 @@
 """Solve time and cost of the multi-region MIP planner (`opscale.planning.milp`) on a seeded instance.
 
-The instance comes from `opscale.planning.milp_synthetic` (see there): --demand sageserve (default) is
+The instance comes from `opscale.planning.milp.synthetic` (see there): --demand sageserve (default) is
 SageServe's scale, O(10-100) instances per model x region; --demand small is the stress case where most
 demands are a fraction of one instance; report the two separately. Solves it within the time limit
 (everything included: `solve_s`, of which `build_s` before the solver started), and compares with the
@@ -26,11 +26,11 @@ from _machine import machine  # noqa: E402
 
 from opscale.model import Purchase  # noqa: E402
 from opscale.planning.milp import solve_plan  # noqa: E402
-from opscale.planning.milp_candidates import DEFAULT_MAX_SERVING_REGIONS  # noqa: E402
-from opscale.planning.milp_check import evaluate_costs, violations  # noqa: E402
-from opscale.planning.milp_greedy import greedy_plan  # noqa: E402
-from opscale.planning.milp_inputs import PlanInputs, PlanSolution  # noqa: E402
-from opscale.planning.milp_synthetic import DemandProfile, synthetic_instance  # noqa: E402
+from opscale.planning.milp.candidates import DEFAULT_MAX_SERVING_REGIONS  # noqa: E402
+from opscale.planning.milp.check import evaluate_costs, violations  # noqa: E402
+from opscale.planning.milp.greedy import greedy_plan  # noqa: E402
+from opscale.planning.milp.inputs import PlanInputs, PlanSolution  # noqa: E402
+from opscale.planning.milp.synthetic import DemandProfile, synthetic_instance  # noqa: E402
 
 
 def summary(inputs: PlanInputs, solution: PlanSolution) -> dict[str, object]:

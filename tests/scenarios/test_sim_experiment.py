@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from opscale.cli import app
-from opscale.experiments.experiment import find_experiment, load_experiment
-from opscale.experiments.experiment_outputs import run_and_write
+from opscale.experiments.comparison import find_experiment, load_experiment
+from opscale.experiments.pipeline import run_and_write
 
 pytestmark = pytest.mark.sim
 

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 CORE = ROOT / "libs" / "opscale"
 FORBIDDEN = {"nats", "grpc", "redis", "asyncio", "aiohttp", "httpx", "opentelemetry", "uvloop"}
 EXEMPT = (CORE / "runtime" / "live", CORE / "v1")

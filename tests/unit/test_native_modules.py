@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 
 from opscale._native_modules import MYPY_REQUIREMENT, NATIVE_MODULES
 
 pytestmark = pytest.mark.unit
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_listed_module_is_a_python_source_file() -> None:

@@ -59,20 +59,20 @@ def _chiron(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: A
 
 
 def _sageserve_reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
-    from opscale.planning.sageserve_reactive import SageServeReactiveConfig, SageServeReactivePolicy
+    from opscale.planning.sageserve.reactive import SageServeReactiveConfig, SageServeReactivePolicy
 
     return SageServeReactivePolicy(deployments, _config("sageserve_reactive", SageServeReactiveConfig, params))
 
 
 def _sageserve_mip(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
-    from opscale.planning.sageserve_mip import SageServeMipConfig, SageServeMipPolicy
+    from opscale.planning.sageserve.mip import SageServeMipConfig, SageServeMipPolicy
 
     return SageServeMipPolicy(deployments, capacity, _config("sageserve_mip", SageServeMipConfig, params))
 
 
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     def make(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
-        from opscale.planning.sageserve_lt import SageServeLtConfig, SageServeLtPolicy
+        from opscale.planning.sageserve.long_term import SageServeLtConfig, SageServeLtPolicy
 
         if "variant" in params:
             raise ValueError(f"planning policy 'sageserve_{variant}' fixes the variant; drop 'variant' "

@@ -1,0 +1,69 @@
+"""`opscale experiment`: run several planning policies on the same traffic and seed, and compare them.
+Thin: parses options, shows progress, then calls opscale.experiments. Bad input (a missing file, an
+invalid field) is one red line on stderr and exit code 2; a variant that fails is a row of the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opscale.cli.errors import fail as _fail
+
+experiment_app = typer.Typer(help="Compare planning policies on the same traffic: table, JSON and plots.",
+                             no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@experiment_app.callback()
+def _group() -> None:
+    """Compare planning policies on the same traffic: table, JSON and plots."""
+
+
+@experiment_app.command("run")
+def run(
+    config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve)")],
+    out: Annotated[Path, typer.Option(help="Folder for summary.md, summary.json, plots and one folder per "
+                                      "variant")] = Path("experiment-out"),
+    parallel: Annotated[int | None, typer.Option(help="Variants run at once, one process each (default: the "
+                                                 "config's, else the CPU cores)", min=1)] = None,
+    hours: Annotated[float | None, typer.Option(help="Simulated hours of traffic (shorter or longer than the "
+                                                "config's)", min=0.001)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Real data (the layout of shared/data) for a shaped "
+                                                  "workload; default: the config's data_dir")] = None,
+) -> None:
+    """Run every variant of CONFIG, each in its own process, with progress in simulated time; write
+    OUT/<variant>/result.json, OUT/summary.md, OUT/summary.json and PNG plots."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment
+    from opscale.experiments.pipeline import run_and_write
+
+    try:
+        exp, base = load_experiment(find_experiment(config))
+    except ExperimentError as exc:
+        raise _fail(str(exc)) from None
+    console = Console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, TaskID] = {v.name: bar.add_task(v.name, total=None, sim="waiting")
+                                    for v in exp.variants}
+
+        def progress(name: str, now_s: float, end_s: float) -> None:
+            bar.update(tasks[name], completed=now_s, total=end_s, sim=f"{now_s / 3600:.2f} / {end_s / 3600:.2f} "
+                       f"simulated h")
+
+        try:
+            outputs = run_and_write(exp, base, out, parallel=parallel, hours=hours, data_dir=data_dir,
+                                    progress=progress)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        for outcome in outputs.outcomes:
+            bar.update(tasks[outcome.name], sim="done" if outcome.ok else "[red]failed",
+                       completed=1, total=1)
+    console.print((out / "summary.md").read_text())
+    failed = [o.name for o in outputs.outcomes if not o.ok]
+    console.print(f"wrote {', '.join(str(p) for p in outputs.paths)} and one result.json per variant")
+    if failed:
+        console.print(f"[red]{len(failed)} variant(s) failed: {', '.join(failed)} (see summary.md)")

@@ -1,0 +1,187 @@
+"""Experiment configs: one base scenario (the fleet, the traffic and the seed) and the variants compared
+on it (a planning policy each, with optional routing and other scenario overrides), validated from YAML.
+
+What must be equal for a fair comparison is fixed here: a variant may not change the traffic, the seed or
+the duration. Running the variants is variant_runner.py's job; this module only builds their scenarios.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opscale.experiments.scenario import Scenario, ScenarioError, load_scenario, read_yaml, validation_message
+
+# Fields that define the traffic every variant sees; a variant overriding them would compare apples
+# with oranges.
+FIXED_FIELDS = frozenset({"seed", "workload", "trace", "shaped", "duration_s", "name"})
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot run: the message names the file and the field."""
+
+
+class Variant(BaseModel):
+    """One policy to compare: its name (a folder name in the output), planning policy and overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Unique; names the variant's output folder")
+    policy: str = Field(min_length=1, description="Planning policy (opscale.planning.registry)")
+    policy_params: dict[str, Any] = Field(default_factory=dict)
+    routing_policy: str | None = Field(None, description="Routing policy; None: the base scenario's")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Other Scenario fields, merged into "
+                                      "the base (nested mappings merge key by key)")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not _VARIANT_NAME.match(value):
+            raise ValueError(f"{value!r} must be a folder name: letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _not_the_traffic(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted(FIXED_FIELDS & set(value))
+        if fixed:
+            raise ValueError(f"{fixed} are the same for every variant (the traffic, seed and duration); set them "
+                             f"in the base scenario")
+        unknown = sorted(set(value) - set(Scenario.model_fields))
+        if unknown:
+            raise ValueError(f"unknown scenario fields {unknown}")
+        return value
+
+
+class ReferenceFigure(BaseModel):
+    """A published figure, and which of our variants and metric answer it: ours is the relative change of
+    `metric` for each of `variants` against `baseline`."""
+
+    model_config = ConfigDict(extra="forbid")
+    claim: str = Field(min_length=1, description="The published figure, quoted")
+    source: str = Field(min_length=1, description="Where it is published")
+    metric: str = Field(min_length=1, description="result.json key compared (e.g. gpu_hours, scaling_gpu_s)")
+    variants: list[str] = Field(min_length=1, description="Our variants whose change is reported")
+    baseline: str = Field(min_length=1, description="Our variant the change is measured against")
+    paper_change_pct: float | None = Field(None, description="The published change, percent (negative: less)")
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("experiment", min_length=1)
+    description: str = ""
+    base: Scenario | None = Field(None, description="The base scenario, inline")
+    base_file: Path | None = Field(None, description="The base scenario's YAML, relative to this config")
+    variants: list[Variant] = Field(min_length=1)
+    parallel: int | None = Field(None, ge=1, description="Variants run at once, one process each (None: cores)")
+    reference: list[ReferenceFigure] = Field(default_factory=list, description="Published figures to print "
+                                             "beside ours in summary.md")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.base is None) == (self.base_file is None):
+            raise ValueError("give exactly one of 'base' (the scenario inline) or 'base_file' (its YAML)")
+        names = [v.name for v in self.variants]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variants: names {twice} appear more than once")
+        for i, figure in enumerate(self.reference):
+            unknown = sorted({*figure.variants, figure.baseline} - set(names))
+            if unknown:
+                raise ValueError(f"reference.{i}: variants {unknown} are not in 'variants' ({names})")
+        return self
+
+    def workers(self) -> int:
+        return self.parallel or os.cpu_count() or 1
+
+
+def load_experiment(path: Path) -> tuple[ExperimentConfig, Scenario]:
+    """The config at `path` and its base scenario (read from `base_file` when not inline)."""
+    try:
+        data = read_yaml(path, "experiment config")
+    except ScenarioError as exc:
+        raise ExperimentError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"experiment config {path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ExperimentError(validation_message(exc, f"experiment config {path}")) from None
+    if config.base is not None:
+        return config, config.base
+    assert config.base_file is not None
+    base_path = config.base_file if config.base_file.is_absolute() else path.parent / config.base_file
+    try:
+        return config, load_scenario(base_path)
+    except ScenarioError as exc:
+        raise ExperimentError(f"experiment config {path}: base_file: {exc}") from None
+
+
+def shipped_experiments() -> dict[str, Path]:
+    """The configs shipped with opscale, by name (file stem)."""
+    folder = resources.files("opscale").joinpath("data", "experiments")
+    if not folder.is_dir():
+        return {}
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def find_experiment(name_or_path: str) -> Path:
+    """A config path as given, or a shipped config by name (`sageserve`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_experiments()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise ExperimentError(f"experiment config {name_or_path} does not exist, and no shipped config has that name "
+                          f"(shipped: {', '.join(sorted(shipped)) or 'none'})")
+
+
+def variant_scenario(base: Scenario, variant: Variant, hours: float | None = None) -> Scenario:
+    """The scenario `variant` runs: the base with its policy and overrides; `hours` resets the duration
+    (of a generated workload; a trace's is its own)."""
+    data = base.model_dump()
+    if hours is not None:
+        data.update(_duration_update(base, hours))
+    data = _merge(data, variant.overrides)
+    data.update({"name": f"{base.name} | {variant.name}", "policy": variant.policy,
+                 "policy_params": variant.policy_params})
+    if variant.routing_policy is not None:
+        data["routing_policy"] = variant.routing_policy
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ExperimentError(validation_message(exc, f"variant {variant.name!r}")) from None
+
+
+def _duration_update(base: Scenario, hours: float) -> dict[str, Any]:
+    if not hours > 0:
+        raise ExperimentError(f"--hours must be positive, got {hours!r}")
+    if base.trace is not None:
+        raise ExperimentError("--hours needs a generated workload ('workload' or 'shaped'); a trace's duration is "
+                              "its own (window the trace instead)")
+    duration_s = hours * 3600.0
+    update: dict[str, Any] = {"duration_s": duration_s}
+    for field in ("workload", "shaped"):
+        source = getattr(base, field)
+        if source is not None:
+            if duration_s <= source.start_s:
+                raise ExperimentError(f"--hours {hours:g} ends before the first arrival ({source.start_s:g} s)")
+            update[field] = {**source.model_dump(), "duration_s": duration_s - source.start_s}
+    return update
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
