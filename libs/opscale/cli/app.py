@@ -51,6 +51,13 @@ def simulate(
         help="Label requests: FIELD=VALUE[:WEIGHT],... for model, tier or region, drawn per request; "
              "repeatable, e.g. --assign model=Llama-3-8B --assign region=eu-west:1,us-east:1")] = None,
     compress: Annotated[float, typer.Option(help="Play the trace this many times faster", min=1e-6)] = 1.0,
+    window: Annotated[str | None, typer.Option(
+        help="Replay only arrivals in START:END trace seconds (either side may be empty); START becomes "
+             "time 0, as in `opscale loadgen replay`")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="Replay at most this many requests of the window",
+                                                     min=1)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Label every request with this model, as `opscale loadgen replay --model` sends them")] = None,
     policy: Annotated[str | None, typer.Option(help="Planning policy; overrides the config")] = None,
     config: Annotated[Path | None, typer.Option(help="Scenario YAML (fleet, deployments, tiers, policies)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
@@ -60,6 +67,7 @@ def simulate(
     from opscale.cli.trace import parse_assign
     from opscale.experiments.runner import run_and_report
     from opscale.experiments.scenario import ScenarioError, load_scenario, scenario_for_trace
+    from opscale.traces import TraceWindow
 
     if not trace.exists():
         raise _fail(f"trace file {trace} does not exist")
@@ -67,7 +75,8 @@ def simulate(
         labels = dict(parse_assign(spec) for spec in assign or [])
         base = load_scenario(config) if config else None
         scenario = scenario_for_trace(trace, format, base=base, seed=seed, policy=policy, assign=labels,
-                                      compress=compress)
+                                      compress=compress, window=TraceWindow.parse(window),
+                                      max_requests=max_requests, model=model)
         run_and_report(scenario, out)
     except (ScenarioError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -183,10 +183,10 @@ def _pipeline(path: Path, fmt: str | None, mapping: Path | None, skip_invalid: b
         assign_by_weights,
         compress_time,
         parse_rule,
-        time_window,
     )
+    from opscale.traces.window import TraceWindow
 
-    bounds = _window(window) if window else None
+    span = TraceWindow.parse(window)
     weights = [parse_assign(spec) for spec in assign]
     parsed_rules = [parse_rule(r) for r in rules]
     passes = [0]
@@ -198,8 +198,7 @@ def _pipeline(path: Path, fmt: str | None, mapping: Path | None, skip_invalid: b
         stats_for_pass = read_stats if passes[0] == 0 else ReadStats()
         passes[0] += 1
         stream: Iterator[Request] = _open_trace(path, fmt, mapping, skip_invalid, stats_for_pass)
-        if bounds:
-            stream = time_window(stream, *bounds, rebase=True)
+        stream = span.select(stream, rebase=True)
         if compress is not None:
             stream = compress_time(stream, compress)
         for k, (field, values) in enumerate(weights):
@@ -209,14 +208,6 @@ def _pipeline(path: Path, fmt: str | None, mapping: Path | None, skip_invalid: b
         return stream
 
     return build
-
-
-def _window(text: str) -> tuple[float, float]:
-    try:
-        start, end = (float(part) for part in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--window must be START:END in seconds, got {text!r}") from None
-    return start, end
 
 
 def parse_assign(spec: str) -> tuple[str, dict[str, float]]:

@@ -18,7 +18,7 @@ from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.planner import PlannerConfig
 from opscale.services.router import RouterConfig
-from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, trace_format
+from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, TraceWindow, trace_format
 
 
 class ScenarioError(ValueError):
@@ -60,6 +60,20 @@ class TraceSource(BaseModel):
     assign: dict[Literal["model", "tier", "region"], dict[str, float]] = Field(
         default_factory=dict, description="Per label, relative weights of the values drawn for each request")
     compress: float = Field(1.0, gt=0, description="Time compression factor (2: the trace plays twice as fast)")
+    window_start_s: float | None = Field(None, ge=0, description="Replay only arrivals from this trace second "
+                                         "on; it becomes time 0 (as `opscale loadgen replay --window` does)")
+    window_end_s: float | None = Field(None, gt=0, description="Replay only arrivals before this trace second")
+    max_requests: int | None = Field(None, ge=1, description="Replay at most this many requests of the window")
+    model: str | None = Field(None, min_length=1, description="Label every request with this model (as "
+                              "`opscale loadgen replay --model` sends every request to one model)")
+
+    @model_validator(mode="after")
+    def _window_order(self) -> TraceSource:
+        self.window()  # an end before the start is named here
+        return self
+
+    def window(self) -> TraceWindow:
+        return TraceWindow(self.window_start_s, self.window_end_s)
 
     @field_validator("format")
     @classmethod
@@ -225,12 +239,18 @@ def builtin_demo_scenario(seed: int = 1, policy: str = "reactive", duration_s: f
 
 
 def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, seed: int, policy: str | None,
-                       assign: dict[str, dict[str, float]] | None = None, compress: float = 1.0) -> Scenario:
-    """The scenario to replay `trace` (read as `fmt`, detected when None; labels drawn from `assign`;
-    time compressed by `compress`): `base`'s fleet and policies (the demo's when none), the trace's own
-    duration."""
+                       assign: dict[str, dict[str, float]] | None = None, compress: float = 1.0,
+                       window: TraceWindow | None = None, max_requests: int | None = None,
+                       model: str | None = None) -> Scenario:
+    """The scenario to replay `trace` (read as `fmt`, detected when None; cut to `window`, its start
+    moved to time 0, and `max_requests`; every request's model set to `model`, other labels drawn from
+    `assign`; time compressed by `compress`): `base`'s fleet and policies (the demo's when none), the
+    slice's own duration."""
+    window = window or TraceWindow()
     try:
-        source = TraceSource(path=trace, format=fmt, assign=assign or {}, compress=compress)
+        source = TraceSource(path=trace, format=fmt, assign=assign or {}, compress=compress,
+                             window_start_s=window.start_s, window_end_s=window.end_s, max_requests=max_requests,
+                             model=model)
     except ValidationError as exc:
         raise ScenarioError(validation_message(exc, f"trace {trace}")) from None
     last = 0.0
@@ -258,9 +278,12 @@ def trace_requests(source: TraceSource, seed: int) -> Iterator[Request]:
     """The requests of `source`, labelled and compressed as it says, lazily."""
     from opscale.traces import assign_by_weights, compress_time, read_trace
 
-    requests: Iterator[Request] = read_trace(source.path, source.format)
+    requests: Iterator[Request] = source.window().select(read_trace(source.path, source.format), rebase=True,
+                                                         max_requests=source.max_requests)
     for offset, (label, weights) in enumerate(sorted(source.assign.items())):
         requests = assign_by_weights(requests, label, weights, seed + offset)
+    if source.model is not None:  # one model for every request, whatever the trace or `assign` says
+        requests = assign_by_weights(requests, "model", {source.model: 1.0}, seed)
     if source.compress != 1.0:
         requests = compress_time(requests, source.compress)
     return requests

@@ -29,10 +29,11 @@ from opscale.traces.transforms import (
     thin,
     time_window,
 )
+from opscale.traces.window import TraceWindow
 
 __all__ = [
     "AssignRule", "ColumnMapping", "LengthDistribution", "ReadOptions", "ReadStats", "RequestLabels",
-    "ServeGenConfig", "StreamSpec", "SyntheticWorkloadConfig", "TraceFormat", "TraceFormatError", "TraceSummary",
+    "ServeGenConfig", "StreamSpec", "SyntheticWorkloadConfig", "TraceFormat", "TraceFormatError", "TraceSummary", "TraceWindow",
     "assign_by_rules", "assign_by_weights", "compress_time", "detect_format", "generate_requests",
     "generate_servegen_requests", "parse_rule", "rate_rps", "read_azure_trace", "read_burstgpt_trace",
     "read_csv_trace", "read_jsonl_trace", "read_mapped_csv", "read_mapped_jsonl", "read_mooncake_trace",

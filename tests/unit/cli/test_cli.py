@@ -53,6 +53,35 @@ def test_simulate_replays_a_csv_trace(tmp_path: Path) -> None:
     assert data["requests"] == data["completed"] == 200 and data["policy"] == "reactive"
 
 
+def test_simulate_replays_the_window_and_model_that_loadgen_replay_would(tmp_path: Path) -> None:
+    # The same --window and --model as `opscale loadgen replay`: the slice's start becomes time 0 and every
+    # request goes to the one model, whatever the trace names.
+    trace = tmp_path / "trace.csv"
+    write_csv_trace(trace, [Request(f"q{i}", "gpt-9", "interactive", "eu-west", float(i), 500, 50)
+                            for i in range(300)])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["simulate", "--trace", str(trace), "--window", "100:160", "--model", "Llama-3-8B",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "result.json").read_text())
+    assert data["requests"] == data["completed"] == 60
+    assert data["simulated_s"] < 100  # rebased: the run covers the 60 s slice (and its drain), not trace time
+    capped = runner.invoke(app, ["simulate", "--trace", str(trace), "--window", "100:", "--max-requests", "25",
+                                 "--model", "Llama-3-8B", "--out", str(tmp_path / "capped")])
+    assert capped.exit_code == 0, capped.output
+    assert json.loads((tmp_path / "capped" / "result.json").read_text())["requests"] == 25
+
+
+@pytest.mark.parametrize("window, message", [("600", "expected START:END"), ("9:3", "END (3 s) must be after START"),
+                                             ("a:5", "START 'a' is not a number")])
+def test_simulate_names_a_bad_window(tmp_path: Path, window: str, message: str) -> None:
+    trace = tmp_path / "trace.csv"
+    write_csv_trace(trace, [Request("q1", "Llama-3-8B", "interactive", "eu-west", 1.0, 10, 10)])
+    result = runner.invoke(app, ["simulate", "--trace", str(trace), "--window", window])
+    assert result.exit_code == 2 and "--window" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
 def test_simulate_names_the_bad_line_of_a_trace(tmp_path: Path) -> None:
     trace = tmp_path / "bad.csv"
     trace.write_text("arrival_s,model,tier,region,prompt_tokens,output_tokens\n"

@@ -53,7 +53,7 @@ def test_stats_skip_invalid_reports_the_count(tmp_path: Path) -> None:
     (["trace", "stats", "{bad}"], ":242: field 'ContextTokens': expected an integer >= 1, got 'oops'"),
     (["trace", "stats", "{good}", "--format", "parquet"], "unknown trace format 'parquet'"),
     (["trace", "convert", "{good}", "{out}", "--to", "xml"], "--to must be csv or jsonl"),
-    (["trace", "convert", "{good}", "{out}", "--window", "10"], "--window must be START:END"),
+    (["trace", "convert", "{good}", "{out}", "--window", "10"], "--window '10': expected START:END"),
     (["trace", "convert", "{good}", "{out}", "--rule", "tier batch"], "cannot read rule"),
     (["trace", "fetch", "imagenet"], "unknown trace dataset 'imagenet'; known: azure2023, azure2024"),
 ])

@@ -110,7 +110,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path) -> None:
     _fails(["replay", str(trace), "--url", "localhost:8000"], "http://")
     _fails(["replay", str(trace), "--url", url, "--no-progress"], "cannot reach")
     _fails(["replay", str(trace), "--url", url, "--window", "10"], "START:END")
-    _fails(["replay", str(trace), "--url", url, "--window", "9:3"], "END must be after START")
+    _fails(["replay", str(trace), "--url", url, "--window", "9:3"], "END (3 s) must be after START (9 s)")
     _fails(["replay", str(trace), "--url", url, "--window", "100:"], "no request in window")
     _fails(["replay", str(trace), "--url", url, "--compress", "0"], "--compress")
     _fails(["replay", str(trace), "--url", url, "--api", "embeddings"], "--api")
