@@ -15,10 +15,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from opscale.runtime.live.settings import SERVICE_SETTINGS, SettingsError, load_settings
+import yaml
+
+from opscale.experiments.scenario import ScenarioError
+from opscale.runtime.live.settings import SERVICE_SETTINGS, SettingsError, load_settings, read_config_file
 
 from opscale_services.common import configure_logging
 
@@ -38,29 +44,45 @@ def serve_service(service: str, config: Path | None) -> None:
     asyncio.run(main.run(settings))
 
 
-def stack_environments(agents: int, base_env: dict[str, str],
-                       port_base: int | None = None) -> list[tuple[str, dict[str, str]]]:
-    """(service, environment) for every process of a local stack with `agents` node-agents.
+def stack_environments(agents: int | Sequence[Mapping[str, str]], base_env: Mapping[str, str],
+                       port_base: int | None = None,
+                       routers: Sequence[Mapping[str, str]] = ({},)) -> list[tuple[str, dict[str, str]]]:
+    """(service, environment) for every process of a local stack: the aggregator, forecaster and planner,
+    `routers` (each an environment that gives it its identity) and `agents` (a count of default agents,
+    or one identity environment per agent).
 
     Without `port_base` the control-plane services keep their documented ports (router 8000 and 50052,
-    ops 9100-9103) and agent i gets gRPC 50061+i, engines 9201+i, ops 9111+i. With it, every port is an
-    offset from `port_base`, so two stacks (or a test) can run side by side."""
+    ops 9100-9103; a further router k gets 8000+k, 50052+k and ops 9190+k) and agent i gets gRPC
+    50061+i, engines 9201+i, ops 9111+i. With it, every port is an offset from `port_base` (the first
+    router's API at the base, agents from base+10, further routers after the agents), so two stacks (or
+    a test) can run side by side."""
     b = port_base
-    ports = {} if b is None else {
-        "router": {"HTTP_PORT": b, "GRPC_PORT": b + 1, "OPS_PORT": b + 2},
-        "aggregator": {"OPS_PORT": b + 3}, "forecaster": {"OPS_PORT": b + 4}, "planner": {"OPS_PORT": b + 5}}
+    identities = ([{"OPSCALE_NODE_AGENT_AGENT_ID": f"local-agent-{i + 1}"} for i in range(agents)]
+                  if isinstance(agents, int) else list(agents))
+    ports = {} if b is None else {"aggregator": {"OPS_PORT": b + 3}, "forecaster": {"OPS_PORT": b + 4},
+                                  "planner": {"OPS_PORT": b + 5}}
     procs: list[tuple[str, dict[str, str]]] = []
-    for name in ("aggregator", "forecaster", "planner", "router"):
+    for name in ("aggregator", "forecaster", "planner"):
         env = dict(base_env)
         for field, port in ports.get(name, {}).items():
             env[f"OPSCALE_{name.upper()}_{field}"] = str(port)
         procs.append((name, env))
-    for i in range(agents):
-        env = dict(base_env)
-        prefix = "OPSCALE_NODE_AGENT_"
+    for k, identity in enumerate(routers):
+        if b is None:
+            http, grpc, ops = (8000, 50052, 9100) if k == 0 else (8000 + k, 50052 + k, 9190 + k)
+        else:
+            first = b if k == 0 else b + 10 + 3 * len(identities) + 3 * (k - 1)
+            http, grpc, ops = first, first + 1, first + 2
+        env = {**base_env, **identity}
+        if b is not None or k > 0:
+            env.update({"OPSCALE_ROUTER_HTTP_PORT": str(http), "OPSCALE_ROUTER_GRPC_PORT": str(grpc),
+                        "OPSCALE_ROUTER_OPS_PORT": str(ops)})
+        procs.append(("router", env))
+    prefix = "OPSCALE_NODE_AGENT_"
+    for i, identity in enumerate(identities):
+        env = {**base_env, **identity}
         grpc, http, ops = (50061 + i, 9201 + i, 9111 + i) if b is None else (b + 10 + 3 * i, b + 11 + 3 * i,
                                                                                 b + 12 + 3 * i)
-        env[f"{prefix}AGENT_ID"] = f"local-agent-{i + 1}"
         env[f"{prefix}GRPC_PORT"] = str(grpc)
         env[f"{prefix}HTTP_PORT"] = str(http)
         env[f"{prefix}OPS_PORT"] = str(ops)
@@ -69,18 +91,65 @@ def stack_environments(agents: int, base_env: dict[str, str],
     return procs
 
 
-def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base: int | None = None) -> int:
+def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base: int | None = None,
+              scenario: Path | None = None) -> int:
+    """Run the local stack until SIGINT/SIGTERM or a child's death: `agents` default node-agents with
+    `config`'s settings, or, with `scenario`, the scenario's routers and hosts with the settings it implies
+    (opscale_services.scenario_stack) laid over `config`'s."""
     configure_logging("INFO")
-    # Validate every service's settings before starting anything, so a typo fails fast and clearly.
-    for cls in SERVICE_SETTINGS.values():
-        try:
-            load_settings(cls, config)
-        except SettingsError as exc:
-            log.error("%s", exc)
-            return 2
     base = dict(os.environ)
-    if config is not None:
-        base["OPSCALE_CONFIG"] = str(config)
+    routers: Sequence[Mapping[str, str]] = ({},)
+    agent_envs: int | list[dict[str, str]] = agents
+    with tempfile.TemporaryDirectory(prefix="opscale-up-") as folder:
+        if scenario is not None:
+            try:
+                config, routers, agent_envs = _scenario_stack(scenario, config, Path(folder))
+            except (ScenarioError, SettingsError) as exc:
+                log.error("%s", exc)
+                return 2
+        # Validate every service's settings before starting anything, so a typo fails fast and clearly.
+        for cls in SERVICE_SETTINGS.values():
+            try:
+                load_settings(cls, config)
+            except SettingsError as exc:
+                log.error("%s", exc)
+                return 2
+        if config is not None:
+            base["OPSCALE_CONFIG"] = str(config)
+        return _supervise(stack_environments(agent_envs, base, port_base, routers), grace_s)
+
+
+def _scenario_stack(scenario_path: Path, config: Path | None,
+                    folder: Path) -> tuple[Path, list[dict[str, str]], list[dict[str, str]]]:
+    """The settings file (the scenario's settings over `config`'s), router and agent identities of a
+    scenario's stack. The file is written into `folder`, which lives as long as the stack."""
+    from opscale.experiments.scenario import load_scenario
+
+    from opscale_services.scenario_stack import scenario_processes, scenario_settings
+
+    scenario = load_scenario(scenario_path)
+    merged = _deep_merge(read_config_file(config) if config is not None else {}, scenario_settings(scenario))
+    path = folder / "settings.yaml"
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    processes = scenario_processes(scenario)
+    log.info("scenario %s: %d router(s), %d host(s), policy %s", scenario.name,
+             sum(p.service == "router" for p in processes), sum(p.service == "node-agent" for p in processes),
+             scenario.policy)
+    return (path, [p.env for p in processes if p.service == "router"],
+            [p.env for p in processes if p.service == "node-agent"])
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _supervise(processes: list[tuple[str, dict[str, str]]], grace_s: float) -> int:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 
@@ -90,7 +159,7 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for service, env in stack_environments(agents, base, port_base):
+        for service, env in processes:
             cmd = [sys.executable, "-m", "opscale.cli", "serve", service]
             children.append((service, subprocess.Popen(cmd, env=env)))
             log.info("started %s (pid %d)", service, children[-1][1].pid)

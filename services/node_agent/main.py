@@ -55,7 +55,9 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     catalog = default_catalog()
     catalog.sku(settings.sku)  # an unknown SKU fails here, naming the known ones
-    engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1})
+    # A live engine streams every token as it is made: one decode step per event, tokens always reported
+    # (a scenario written for the simulator may turn them off to save time there).
+    engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1, "emit_tokens": True})
 
     profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
 

@@ -100,8 +100,12 @@ def serve(
 
 @app.command()
 def up(
-    agents: Annotated[int, typer.Option(help="Simulated GPU hosts (node-agents) to start")] = 2,
+    agents: Annotated[int | None, typer.Option(help="Simulated GPU hosts (node-agents) to start (default 2); "
+                                                    "with --scenario, the scenario's hosts instead")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file shared by every service")] = None,
+    scenario: Annotated[Path | None, typer.Option(
+        help="Scenario YAML, as `opscale simulate --config` reads it: start its fleet (a router per region, "
+             "a simulated node-agent per host) with its tiers, policies and engine settings")] = None,
     port_base: Annotated[int | None, typer.Option(
         help="Put every port at an offset from this one (router API at the base); default: the documented "
              "ports (router 8000, ops 9100-9103, agents from 9111)")] = None,
@@ -110,7 +114,11 @@ def up(
     against NATS and Redis at the configured URLs; Ctrl-C or SIGTERM stops it cleanly."""
     from opscale_services.launcher import run_stack
 
-    if agents < 1:
+    if agents is not None and scenario is not None:
+        raise _fail("--agents and --scenario exclude each other: a scenario names its own hosts")
+    if agents is not None and agents < 1:
         raise _fail("--agents must be at least 1")
-    raise typer.Exit(code=run_stack(agents, config, port_base=port_base))
-
+    if scenario is not None and not scenario.exists():
+        raise _fail(f"scenario file {scenario} does not exist")
+    raise typer.Exit(code=run_stack(agents if agents is not None else 2, config, port_base=port_base,
+                                    scenario=scenario))

@@ -15,7 +15,7 @@ from typing import Any
 
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
-from opscale.experiments.scenario import Scenario, trace_requests
+from opscale.experiments.scenario import Scenario, ScenarioError, trace_requests
 from opscale.model import InstanceSpec, InstanceState, ModelSpec, Request, Sku
 from opscale.perf import Catalog, LatencyModel, default_catalog, latency_model_for, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
@@ -47,7 +47,9 @@ def requests_of(scenario: Scenario) -> Iterator[Request]:
         from opscale.experiments.shaped_workload import generate_shaped_requests
 
         return generate_shaped_requests(scenario.shaped)
-    assert scenario.trace is not None
+    if scenario.trace is None:
+        raise ScenarioError(f"scenario {scenario.name!r} names no traffic: give it a 'workload', 'trace' or "
+                            f"'shaped' section, or replay a trace on its fleet with `opscale simulate --trace`")
     return trace_requests(scenario.trace, scenario.seed)
 
 
@@ -118,8 +120,7 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                                 on_staged=collector.weights_staged)
 
     for group in scenario.hosts:
-        for i in range(group.count):
-            agent_id = f"{group.region}-{group.sku.lower()}-{i + 1}"
+        for agent_id in group.host_ids():
             config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus)
             weights = HostWeightCache(group.weight_cache_gb)
             warm = scenario.warm_loads != "off"

@@ -36,6 +36,11 @@ class HostGroup(BaseModel):
     weight_cache_gb: float = Field(512.0, ge=0, description="Host memory that keeps model weights after an "
                                    "instance loads or stops, so the next instance of that model here loads warm")
 
+    def host_ids(self) -> list[str]:
+        """The hosts' agent ids, `<region>-<sku>-<n>`: the same in the simulator and a live stack started
+        from the scenario, so a fault or a plan that names a host means one host in both."""
+        return [f"{self.region}-{self.sku.lower()}-{i + 1}" for i in range(self.count)]
+
 
 class TierModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -158,8 +163,10 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Scenario:
-        if sum(source is not None for source in (self.workload, self.trace, self.shaped)) != 1:
-            raise ValueError("give exactly one of 'workload' (synthetic), 'trace' (a file) or 'shaped' "
+        # None at all is a fleet without traffic: what `opscale up --scenario` runs, and what `opscale
+        # simulate --config` gives a trace to.
+        if sum(source is not None for source in (self.workload, self.trace, self.shaped)) > 1:
+            raise ValueError("give at most one of 'workload' (synthetic), 'trace' (a file) or 'shaped' "
                              "(generated with a production shape)")
         regions = {h.region for h in self.hosts}
         if self.shaped is not None:

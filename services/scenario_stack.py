@@ -1,0 +1,79 @@
+"""One scenario file for both runtimes: the live settings and processes that run a scenario's fleet.
+
+`opscale simulate --config FILE` reads a scenario (hosts, deployments, tiers, policies, engine settings);
+`opscale up --scenario FILE` starts the same fleet live: a router per region with the scenario's routing
+policy, the planner with its planning policy and deployments, the aggregator and forecaster with their
+settings, and one simulated node-agent per host with the host's region, SKU, GPUs, weight cache and the
+scenario's engine settings. Host identities are the simulator's (`HostGroup.host_ids`), so a plan or a
+fault that names a host means the same host in both.
+
+What the simulator models and the live stack does not take from the scenario: the workload (the live stack
+serves whatever is sent to it; replay a trace with `opscale loadgen replay`), `faults`, `warm_loads` peers
+and `start_provisioned` (live instances load as the planner places them, before the replay starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from opscale.experiments.scenario import Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioProcess:
+    """One process of the stack: the service to serve and the environment variables that make it this
+    router or this host (identity, region, ports come from the stack's port plan)."""
+
+    service: str
+    env: dict[str, str]
+
+
+def scenario_settings(scenario: Scenario) -> dict[str, Any]:
+    """The live settings file (shared keys and a section per service, see opscale.runtime.live.settings)
+    that configures every service as `scenario` configures the simulation."""
+    deployed = [d.model for d in scenario.deployments]
+    return {
+        "tiers": [t.model_dump(mode="json") for t in scenario.tiers],
+        "router": {"core": {"policy": scenario.routing_policy, "models": deployed, **scenario.router}},
+        "aggregator": {"core": scenario.aggregator.model_dump(mode="json")},
+        "forecaster": {"core": scenario.forecaster.model_dump(mode="json")},
+        "planner": {
+            "policy": scenario.policy,
+            "policy_params": scenario.policy_params,
+            "deployments": [d.model_dump(mode="json") for d in scenario.deployments],
+            "engine": _engine_options(scenario),
+            "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
+            "core": scenario.planner.model_dump(mode="json"),
+        },
+        "node_agent": {
+            "engine_options": _engine_options(scenario),
+            "load_time_scale": scenario.load_time_scale,
+            "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
+        },
+    }
+
+
+def scenario_processes(scenario: Scenario) -> list[ScenarioProcess]:
+    """The routers (one per region, in region order) and node-agents (one per host, in the scenario's
+    order) of `scenario`, each with the environment that gives it its identity."""
+    processes = [ScenarioProcess("router", {"OPSCALE_ROUTER_CORE__REGION": region,
+                                            "OPSCALE_ROUTER_CORE__ROUTER_ID": f"router-{region}"})
+                 for region in scenario.regions()]
+    prefix = "OPSCALE_NODE_AGENT_"
+    for group in scenario.hosts:
+        for agent_id in group.host_ids():
+            processes.append(ScenarioProcess("node-agent", {
+                f"{prefix}AGENT_ID": agent_id,
+                f"{prefix}REGION": group.region,
+                f"{prefix}SKU": group.sku,
+                f"{prefix}GPUS": str(group.gpus),
+                f"{prefix}WEIGHT_CACHE_GB": str(group.weight_cache_gb),
+            }))
+    return processes
+
+
+def _engine_options(scenario: Scenario) -> dict[str, Any]:
+    # The simulation turns token outputs off to save time; a live engine streams every token, and the
+    # node-agent sets its own step size, so neither is the scenario's to say.
+    return scenario.engine.model_dump(mode="json", exclude={"emit_tokens", "max_run_steps"})
