@@ -117,7 +117,10 @@ class PlannerCore:
             actions.append(Log(self.name, f"agent {agent_id} lost: its instances will be re-placed"))
         if self._relearning and not self._relearned(now_s):
             return actions
-        if self._next_tick_s is None or now_s >= self._next_tick_s:
+        # Until a host has reported there is nothing to place on: the first decision waits for the first
+        # heartbeat (the next tick after it), not for a whole interval, so a fleet starting up gets its
+        # instances at once, in the simulator as in the live stack.
+        if self._agents and (self._next_tick_s is None or now_s >= self._next_tick_s):
             self._next_tick_s = now_s + self.config.interval_s
             actions.extend(self._decide(now_s))
         actions.extend(self._resend(now_s))

@@ -45,6 +45,16 @@ def _ready_heartbeat(planner: PlannerCore, agent: str, at_s: float):
     return heartbeat(agent, "eu", *(status(s.instance_id) for s in specs), at_s=at_s, epoch=planner.plan.epoch)
 
 
+def test_the_first_decision_waits_for_the_first_heartbeat_not_for_an_interval() -> None:
+    # A planner that starts before its hosts have reported (the simulator's t=0, a live stack starting
+    # up) places the fleet on the first tick after a heartbeat, not a whole interval later.
+    planner = _planner()
+    assert _commands(planner.tick(0.0)) == {} and planner.plan.epoch == 0
+    planner.handle(heartbeat("a1", "eu", at_s=0.001), 0.001)
+    assert _commands(planner.tick(1.0))["a1"].epoch == 1
+    assert planner.plan.replicas() == {PoolKey("m", "eu"): 1}
+
+
 def test_min_replicas_then_scale_up_to_demand_over_target_utilisation() -> None:
     planner = _planner(target_util=0.7)
     planner.handle(heartbeat("a1", "eu"), 0.0)
