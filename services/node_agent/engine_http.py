@@ -10,13 +10,18 @@ produces them. The simulated engine produces no text, so each token's text is sy
 `" tok2"`, ...). Unknown instances answer 404 and draining or loading ones 503, with OpenAI error
 bodies. When the client (the router) disconnects, the host's generator is closed (`aclose`), which is
 how the engine drops the request.
+
+The router's request id, tier, origin region and prompt-token estimate arrive in request headers
+(routed_headers.py) and the engine serves the request under them; a direct client that sends none gets
+a fresh id, the body's tier (default `interactive`), the node-agent's region and this server's own
+estimate. A bad header value is a 400 naming the header.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
@@ -27,11 +32,10 @@ from opscale.runtime.live.openai_http import (
     error_response,
     make_runner,
     openai_errors_middleware,
+    sse_response,
     unix_now_s,
 )
 from opscale.runtime.live.openai_schema import (
-    SSE_CONTENT_TYPE,
-    SSE_DONE,
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -41,13 +45,13 @@ from opscale.runtime.live.openai_schema import (
     internal_error,
     parse_completion,
     read_limited,
-    sse_event,
-    stream_chunk,
-    usage_chunk,
 )
+from opscale.runtime.live.openai_stream import OpenAIStreamWriter, error_events
+from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
 
 __all__ = [
-    "EngineHost", "InstanceNotAccepting", "RequestTooLarge", "UnknownInstance", "build_engine_app", "make_runner", "token_text",
+    "EngineHost", "EngineRequest", "InstanceNotAccepting", "RequestTooLarge", "UnknownInstance", "build_engine_app",
+    "make_runner", "token_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 _READ_CHUNK_BYTES = 64 * 1024
-# The router's request id travels in this header, so engine logs and the router's records agree.
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # A draining or loading instance may take other work soon; clients should wait this long before retrying.
 _NOT_ACCEPTING_RETRY_AFTER_S = 1.0
 
@@ -74,6 +76,18 @@ class RequestTooLarge(Exception):
     """The prompt plus `max_tokens` do not fit the instance's context window: the client's fault (400)."""
 
 
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """One request for an engine: the router's id, tier, origin region (None: the host's own region)
+    and prompt-token count, and the output bound."""
+
+    request_id: str
+    tier: str
+    region: str | None
+    prompt_tokens: int
+    max_tokens: int
+
+
 class EngineHost(Protocol):
     """The node-agent's engines, as this server needs them.
 
@@ -83,8 +97,7 @@ class EngineHost(Protocol):
     early cancels the request in the engine.
     """
 
-    def generate(self, instance_id: str, request_id: str, prompt_tokens: int,
-                 max_tokens: int) -> AsyncIterator[int]: ...
+    def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]: ...
 
 
 def token_text(position: int) -> str:
@@ -128,14 +141,16 @@ class _EngineServer:
                                  self._max_body_bytes)
         if isinstance(raw, ApiError):
             return error_response(raw)
-        given_id = request.headers.get("x-request-id")
-        parsed = parse_completion(raw, kind,
-                                  request_id=given_id if given_id and _REQUEST_ID_RE.match(given_id) else None)
+        routed = parse_routed_headers(request.headers)
+        if isinstance(routed, ApiError):
+            return error_response(routed)
+        parsed = parse_completion(raw, kind, request_id=routed.request_id, prompt_tokens=routed.prompt_tokens)
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
 
-        counts = self._host.generate(instance_id, parsed.request_id, parsed.prompt_tokens, parsed.max_tokens)
+        counts = self._host.generate(instance_id, EngineRequest(
+            parsed.request_id, routed.tier or parsed.tier, routed.region, parsed.prompt_tokens, parsed.max_tokens))
         try:
             # Wait for the first token before sending headers: an unknown or draining instance must
             # still be able to answer with its status, and the router's first-token deadline covers it.
@@ -168,14 +183,12 @@ class _EngineServer:
         text = "".join(token_text(i) for i in range(1, produced + 1))
         body = completion_response(req, text, finish_reason_for(produced, req.max_tokens), produced,
                                    int(self._wall_clock_s()))
-        return web.json_response(body, headers={"x-request-id": req.request_id})
+        return web.json_response(body, headers={REQUEST_ID_HEADER: req.request_id})
 
     async def _stream(self, request: web.Request, req: ParsedRequest, first: int | None,
                       counts: AsyncIterator[int]) -> web.StreamResponse:
-        created_s = int(self._wall_clock_s())
-        response = web.StreamResponse(headers={"Cache-Control": "no-cache", "x-request-id": req.request_id})
-        response.content_type = SSE_CONTENT_TYPE
-        response.charset = "utf-8"
+        writer = OpenAIStreamWriter(req, int(self._wall_clock_s()))
+        response = sse_response(req.request_id)
         produced = 0
         try:
             await response.prepare(request)
@@ -186,21 +199,15 @@ class _EngineServer:
                 count = min(count, req.max_tokens)  # an engine overshooting the limit is not passed on
                 for position in range(produced + 1, count + 1):
                     reason = "length" if position >= req.max_tokens else None
-                    await response.write(sse_event(
-                        stream_chunk(req, token_text(position), reason, created_s, first=position == 1)))
+                    await response.write(writer.chunk(token_text(position), reason))
                 produced = max(produced, count)
                 count = await self._next_count(req, counts, produced)
                 if isinstance(count, ApiError):
-                    await response.write(sse_event(count.body()))
-                    await response.write(SSE_DONE)
+                    await response.write(error_events(count))
                     await response.write_eof()
                     return response
-            if produced < req.max_tokens:
-                # The engine stopped before the limit: a closing chunk says so.
-                await response.write(sse_event(stream_chunk(req, "", "stop", created_s, first=produced == 0)))
-            if req.include_usage:
-                await response.write(sse_event(usage_chunk(req, produced, created_s)))
-            await response.write(SSE_DONE)
+            # An engine that stopped before the limit gets a closing chunk that says so (`stop`).
+            await response.write(writer.end())
             await response.write_eof()
         except ConnectionResetError:
             log.info("client of request %s disconnected after %d tokens", req.request_id, produced)

@@ -4,6 +4,8 @@ Each instance is a SimEngine (the very engine the simulator runs) driven by one 
 until the engine's next iteration ends on the wall clock, advances it, and hands each request's tokens to
 its stream. The engines run with `max_run_steps=1`, so every decode step is its own event and tokens
 stream one by one, as from a real engine. A request whose client goes away is cancelled in the engine.
+Each request enters the engine with the tier and origin region the router gave it (the node-agent's own
+region for a direct client), and the engine server's span names them.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from opscale.engine import Finished, FirstToken, SimEngine, Tokens
 from opscale.engine.sim import EngineNotAcceptingError, RequestTooLargeError
 from opscale.model import InstanceSpec, Request
 from opscale.runtime.clock import Clock
 from opscale.services.events import EngineReport
 
-from opscale_services.node_agent.engine_http import InstanceNotAccepting, RequestTooLarge, UnknownInstance
+from opscale_services.node_agent.engine_http import (
+    EngineRequest,
+    InstanceNotAccepting,
+    RequestTooLarge,
+    UnknownInstance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +102,22 @@ class RealtimeEngines:
 
     # -- EngineHost ----------------------------------------------------------------------------
 
-    async def generate(self, instance_id: str, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncIterator[int]:
+    async def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]:
         running = self._engines.get(instance_id)
         if running is None:
             raise UnknownInstance(f"no instance {instance_id!r} on this node")
         if not self.is_accepting(instance_id):
             raise InstanceNotAccepting(f"instance {instance_id!r} is not accepting requests")
-        request = Request(request_id, running.spec.model, "interactive", self.region, self._now(),
-                          max(1, prompt_tokens), max(1, max_tokens))
+        request_id = request.request_id
+        submitted = Request(request_id, running.spec.model, request.tier, request.region or self.region,
+                            self._now(), max(1, request.prompt_tokens), max(1, request.max_tokens))
+        # the engine server's span (the caller's context) says what the engine was given
+        trace.get_current_span().set_attributes({
+            "opscale.request_id": request_id, "opscale.tier": submitted.tier, "opscale.region": submitted.region,
+            "opscale.prompt_tokens": submitted.prompt_tokens, "opscale.instance_id": instance_id})
         queue: asyncio.Queue[object] = asyncio.Queue()
         try:
-            running.engine.submit(request, request.arrival_s)
+            running.engine.submit(submitted, submitted.arrival_s)
         except EngineNotAcceptingError as exc:
             raise InstanceNotAccepting(str(exc)) from None
         except RequestTooLargeError as exc:

@@ -6,11 +6,13 @@ on their own (started by systemd, a container, a person); the agent neither star
 only decides which instance id they serve under and whether they take new work.
 
 The proxy forwards bytes: the request body as received and the server's event stream as it arrives,
-with no parsing per token, so it adds little to a real engine's latency. It counts the requests in
-flight per instance (the count a drain waits on, and the load reported when the server has no metrics)
-and closes the server's response when the router goes away, which is how vLLM learns to abort the
-request. vLLM's (or SGLang's) Prometheus metrics, when readable, add KV-cache use, the queue and the
-generation rate to the heartbeat.
+with no parsing per token, so it adds little to a real engine's latency; the answer's `usage` is the
+server's own count (vLLM's, in its last streamed chunk when `stream_options.include_usage` asks for
+it). It checks the router's routed headers (routed_headers.py) as the simulated engine's server does,
+and passes the request id on. It counts the requests in flight per instance (the count a drain waits
+on, and the load reported when the server has no metrics) and closes the server's response when the
+router goes away, which is how vLLM learns to abort the request. vLLM's (or SGLang's) Prometheus
+metrics, when readable, add KV-cache use, the queue and the generation rate to the heartbeat.
 
 It must not decide anything: which instances exist and when they drain is the node-agent core's.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from opscale.model import InstanceSpec
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
-from opscale.runtime.live.openai_schema import error_for_status
+from opscale.runtime.live.openai_schema import ApiError, error_for_status
+from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
 from opscale.runtime.live.settings import OpenAIEngineSettings
 from opscale.services.events import EngineReport
 
@@ -43,8 +45,7 @@ _MAX_BODY_BYTES = 1 << 20
 _MAX_ERROR_BYTES = 64 * 1024
 _NOT_ACCEPTING_RETRY_AFTER_S = 1.0
 # Headers passed on to the server: content type, the request id and trace context.
-_FORWARDED_HEADERS = ("content-type", "x-request-id", "traceparent", "tracestate", "baggage")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_FORWARDED_HEADERS = ("content-type", REQUEST_ID_HEADER, "traceparent", "tracestate", "baggage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +245,12 @@ class OpenAIEngines:
                 retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
         if request.content_length is not None and request.content_length > _MAX_BODY_BYTES:
             return error_response(error_for_status(413, f"Request body over {_MAX_BODY_BYTES} bytes"))
+        routed = parse_routed_headers(request.headers)
+        if isinstance(routed, ApiError):
+            return error_response(routed)
         body = await request.read()
         url = f"{_base(bound.server.base_url)}/v1/{request.match_info['endpoint']}"
         headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
-        if "x-request-id" in headers and not _REQUEST_ID_RE.match(headers["x-request-id"]):
-            del headers["x-request-id"]
         headers.update(self._auth(bound.server))
         bound.in_flight += 1
         upstream: aiohttp.ClientResponse | None = None

@@ -28,11 +28,10 @@ from opscale.runtime.live.openai_http import (
     error_response,
     make_runner,
     openai_errors_middleware,
+    sse_response,
     unix_now_s,
 )
 from opscale.runtime.live.openai_schema import (
-    SSE_CONTENT_TYPE,
-    SSE_DONE,
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -44,10 +43,9 @@ from opscale.runtime.live.openai_schema import (
     models_response,
     parse_completion,
     read_limited,
-    sse_event,
-    stream_chunk,
-    usage_chunk,
 )
+from opscale.runtime.live.openai_stream import EngineUsage, OpenAIStreamWriter, error_events
+from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
 
 from opscale_services.router.upstream import SseBytes, UpstreamError
 
@@ -90,9 +88,11 @@ class RouteRejected(Exception):
 class RouterBackend(Protocol):
     """What the API needs from the router: the served models and a token stream per request.
 
-    `generate` is an async generator (`async def ... yield TokenChunk(...)`). For a streaming request it
-    may instead yield `SseBytes`, whole server-sent events written to the client unchanged and ending
-    with `[DONE]` (the engine's own events, forwarded without re-encoding). It raises `RouteRejected`
+    `generate` is an async generator (`async def ... yield TokenChunk(...)`), which may also yield the
+    engine's `EngineUsage`: the answer's usage then reports the engine's counts rather than the
+    router's. For a streaming request it may instead yield `SseBytes`, whole server-sent events written
+    to the client unchanged and ending with `[DONE]` (the engine's own events, forwarded without
+    re-encoding). It raises `RouteRejected`
     before its first chunk when the request cannot be served, and `UpstreamError` when the engine fails
     after retries are exhausted. The API always closes it (`aclose`), also when the client disconnects;
     its `finally` is where in-flight accounting is released and upstream work cancelled.
@@ -101,7 +101,7 @@ class RouterBackend(Protocol):
     def models(self) -> list[str]: ...
 
     def generate(self, req: ParsedRequest,
-                 trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | SseBytes]: ...
+                 trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage | SseBytes]: ...
 
 
 def build_router_app(
@@ -201,7 +201,7 @@ class _RouterApi:
         try:
             # The first chunk is awaited before any header is sent, so a refusal still gets its status.
             try:
-                first: TokenChunk | SseBytes | None = await anext(chunks)
+                first: TokenChunk | EngineUsage | SseBytes | None = await anext(chunks)
             except StopAsyncIteration:
                 first = None
             except RouteRejected as exc:
@@ -217,51 +217,48 @@ class _RouterApi:
         finally:
             await aclose_quietly(chunks)
 
-    async def _collect(self, req: ParsedRequest, first: TokenChunk | None,
-                       chunks: AsyncIterator[TokenChunk]) -> web.Response:
+    async def _collect(self, req: ParsedRequest, first: TokenChunk | EngineUsage | None,
+                       chunks: AsyncIterator[TokenChunk | EngineUsage]) -> web.Response:
         texts: list[str] = []
         tokens = 0
         finish: str | None = None
+        usage: EngineUsage | None = None
         chunk = first
         try:
             while chunk is not None:
-                texts.append(chunk.text)
-                tokens += chunk.is_token
-                finish = chunk.finish_reason or finish
+                if isinstance(chunk, EngineUsage):
+                    usage = chunk
+                else:
+                    texts.append(chunk.text)
+                    tokens += chunk.is_token
+                    finish = chunk.finish_reason or finish
                 chunk = await anext(chunks, None)
         except RouteRejected as exc:
             return error_response(exc.to_api_error())
         except UpstreamError as exc:
             log.warning("request %s failed after %d tokens: %s", req.request_id, tokens, exc)
             return error_response(upstream_api_error(exc))
+        prompt_tokens = None
+        if usage is not None:  # the engine's counts are exact; the router's are an estimate and a chunk count
+            prompt_tokens = usage.prompt_tokens
+            tokens = usage.completion_tokens if usage.completion_tokens is not None else tokens
         body = completion_response(req, "".join(texts), finish or finish_reason_for(tokens, req.max_tokens),
-                                   tokens, int(self._wall_clock_s()))
-        return web.json_response(body, headers={"x-request-id": req.request_id})
-
-    @staticmethod
-    def _sse_response(req: ParsedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # proxies such as nginx must not hold events back
-            "x-request-id": req.request_id,
-        })
-        response.content_type = SSE_CONTENT_TYPE
-        response.charset = "utf-8"
-        return response
+                                   tokens, int(self._wall_clock_s()), prompt_tokens=prompt_tokens)
+        return web.json_response(body, headers={REQUEST_ID_HEADER: req.request_id})
 
     async def _forward(self, request: web.Request, req: ParsedRequest, first: SseBytes,
-                       chunks: AsyncIterator[TokenChunk | SseBytes]) -> web.StreamResponse:
+                       chunks: AsyncIterator[TokenChunk | EngineUsage | SseBytes]) -> web.StreamResponse:
         """The engine's events written as they come; the back end's blocks end with `[DONE]`.
 
         After the first block, a back end that is an async generator is sent a sink for the rest
         (`asend`): the upstream client then writes the engine's events to this client's connection
         from its read callback (see UpstreamClient.stream_sse), and the blocks that come back only
         count them, or carry what the sink could not take."""
-        response = self._sse_response(req)
+        response = sse_response(req.request_id)
         chunk_count = 0
         try:
             await response.prepare(request)
-            block: TokenChunk | SseBytes | ApiError | None = first
+            block: TokenChunk | EngineUsage | SseBytes | ApiError | None = first
             sink: _ClientSink | None = None
             while isinstance(block, SseBytes):
                 chunk_count += block.chunks
@@ -272,8 +269,7 @@ class _RouterApi:
                 block = await self._next_chunk(req, chunks, chunk_count, sink)
             if isinstance(block, ApiError):
                 # as in _stream: the status line is sent, so the failure is an error event
-                await response.write(sse_event(block.body()))
-                await response.write(SSE_DONE)
+                await response.write(error_events(block))
             elif block is not None:
                 raise TypeError("a back end mixed decoded tokens into a forwarded event stream")
             await response.write_eof()
@@ -281,49 +277,41 @@ class _RouterApi:
             log.info("client of request %s disconnected after %d chunks", req.request_id, chunk_count)
         return response
 
-    async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | None,
-                      chunks: AsyncIterator[TokenChunk]) -> web.StreamResponse:
-        created_s = int(self._wall_clock_s())
-        response = self._sse_response(req)
-        tokens = 0
-        finished = False
+    async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | EngineUsage | None,
+                      chunks: AsyncIterator[TokenChunk | EngineUsage]) -> web.StreamResponse:
+        writer = OpenAIStreamWriter(req, int(self._wall_clock_s()))
+        response = sse_response(req.request_id)
+        usage: EngineUsage | None = None
         try:
             await response.prepare(request)
             chunk = first
-            is_first = True
             while chunk is not None:
-                tokens += chunk.is_token
-                finished = finished or chunk.finish_reason is not None
-                await response.write(sse_event(
-                    stream_chunk(req, chunk.text, chunk.finish_reason, created_s, first=is_first)))
-                is_first = False
-                following = await self._next_chunk(req, chunks, tokens)
+                if isinstance(chunk, EngineUsage):
+                    usage = chunk
+                else:
+                    await response.write(writer.chunk(chunk.text, chunk.finish_reason))
+                following = await self._next_chunk(req, chunks, writer.tokens)
                 if isinstance(following, ApiError):
                     # The status line is already sent: report the failure as an error event, as
                     # OpenAI and vLLM do, and end the stream normally.
-                    await response.write(sse_event(following.body()))
-                    await response.write(SSE_DONE)
+                    await response.write(error_events(following))
                     await response.write_eof()
                     return response
                 if isinstance(following, SseBytes):
                     raise TypeError("a back end mixed forwarded events into a decoded token stream")
                 chunk = following
-            if not finished:
-                # The back end ended without a reason: close the choice as OpenAI clients expect.
-                reason = finish_reason_for(tokens, req.max_tokens)
-                await response.write(sse_event(stream_chunk(req, "", reason, created_s, first=is_first)))
-            if req.include_usage:
-                await response.write(sse_event(usage_chunk(req, tokens, created_s)))
-            await response.write(SSE_DONE)
+            # The writer closes the choice if the back end ended without a reason, as OpenAI clients expect.
+            await response.write(writer.end(usage))
             await response.write_eof()
         except ConnectionResetError:
             # The client went away; the caller's finally closes the back end's stream.
-            log.info("client of request %s disconnected after %d tokens", req.request_id, tokens)
+            log.info("client of request %s disconnected after %d tokens", req.request_id, writer.tokens)
         return response
 
     @staticmethod
-    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk | SseBytes], tokens: int,
-                          sink: _ClientSink | None = None) -> TokenChunk | SseBytes | ApiError | None:
+    async def _next_chunk(req: ParsedRequest, chunks: AsyncIterator[TokenChunk | EngineUsage | SseBytes],
+                          tokens: int, sink: _ClientSink | None = None
+                          ) -> TokenChunk | EngineUsage | SseBytes | ApiError | None:
         """The next chunk, None at the end, or the error to report when the back end fails mid-stream.
         `sink` goes to a back end that is an async generator (see _forward)."""
         try:

@@ -5,8 +5,11 @@ held request finds an instance, so each waiting request has a future that the ac
 A dispatched request streams from its instance; if the instance fails before the first token, the core
 hears DispatchFailed and routes it again. A streaming request gets the engine's own server-sent events,
 forwarded as bytes (the engine is asked for usage when the client is); a non-streaming one is assembled
-from decoded tokens by the API. However the stream ends (done, error, client gone), the
-`finally` releases the core's accounting exactly once and queues the request's record.
+from decoded tokens by the API (the engine is always asked for usage). The upstream request carries the
+request's id, tier, origin region and prompt-token estimate (routed_headers.py), so the engine serves
+the request the router routed. However the stream ends (done, error, client gone), the `finally`
+releases the core's accounting exactly once and queues the request's record, whose token counts are
+the engine's own when it reported them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
+from opscale.runtime.live.openai_stream import EngineUsage
+from opscale.runtime.live.routed_headers import routed_headers
 from opscale.services.actions import Action, Dispatch, Reject
 from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
 from opscale.services.router import RouterCore
@@ -64,7 +69,7 @@ class LiveRouterBackend:
         return self.core.models()
 
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
-                       ) -> AsyncGenerator[TokenChunk | SseBytes, SseSink | None]:
+                       ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
         request = req.as_request(self.clock.now_s(), self.region)
         # Not the "current" span: an async generator may resume in another context, so the span is
@@ -74,7 +79,7 @@ class LiveRouterBackend:
                                           "opscale.request_id": request.request_id, "opscale.model": request.model,
                                           "opscale.tier": request.tier, "opscale.region": request.region})
         headers = {**telemetry.inject_http_headers(context=trace.set_span_in_context(span)),
-                   "x-request-id": request.request_id}
+                   **routed_headers(request)}
         try:
             decision = await self._decide(RequestArrived(request), request.request_id)
         except BaseException:
@@ -82,6 +87,7 @@ class LiveRouterBackend:
             raise
         attempt = 1
         produced, first_token_s, status, instance_id, served_region = 0, None, "failed", "", ""
+        usage: EngineUsage | None = None
         dispatched = False
         try:
             while True:
@@ -93,7 +99,7 @@ class LiveRouterBackend:
                 try:
                     if req.stream:
                         # the API may send a sink back for the events that follow (splicing): relayed as is
-                        stream = self.upstream.stream_sse(decision.endpoint, _sse_body(req), headers)
+                        stream = self.upstream.stream_sse(decision.endpoint, _engine_body(req), headers)
                         try:
                             sink: SseSink | None = None
                             while True:
@@ -104,15 +110,16 @@ class LiveRouterBackend:
                                 if first_token_s is None and block.chunks:
                                     first_token_s = self.clock.now_s()
                                 produced += block.chunks
-                                if block.completion_tokens is not None:
-                                    produced = block.completion_tokens  # the engine's own count is exact
+                                usage = block.usage or usage
                                 sink = yield block
                         finally:
                             await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
-                        async for chunk in self.upstream.stream_completion(decision.endpoint, req.upstream_body(),
+                        async for chunk in self.upstream.stream_completion(decision.endpoint, _engine_body(req),
                                                                            headers):
-                            if chunk.is_token:
+                            if isinstance(chunk, EngineUsage):
+                                usage = chunk
+                            elif chunk.is_token:
                                 produced += 1
                                 if first_token_s is None:
                                     first_token_s = self.clock.now_s()
@@ -132,9 +139,14 @@ class LiveRouterBackend:
             raise
         finally:
             now = self.clock.now_s()
+            # the engine's own counts are exact; the router's are an estimate (prompt) and a chunk count
+            prompt_tokens = request.prompt_tokens
+            if usage is not None:
+                prompt_tokens = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
+                produced = usage.completion_tokens if usage.completion_tokens is not None else produced
             outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, served_region,
                                      instance_id, request.arrival_s, first_token_s,
-                                     now if status == "ok" else None, request.prompt_tokens, produced, status)
+                                     now if status == "ok" else None, prompt_tokens, produced, status)
             if dispatched:
                 self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
             self.records.add(outcome)
@@ -157,10 +169,11 @@ class LiveRouterBackend:
             self._waiting.pop(request_id, None)
 
 
-def _sse_body(req: ParsedRequest) -> dict[str, object]:
-    """The engine request of a forwarded stream: the client's usage option goes with it, since the
-    engine's events reach the client unchanged."""
+def _engine_body(req: ParsedRequest) -> dict[str, object]:
+    """The engine request. A forwarded stream asks for usage only when its client did, since the
+    engine's events reach the client unchanged; an answer the router assembles always asks, so its
+    usage (and the record) hold the engine's counts rather than the router's estimate."""
     body = req.upstream_body()
-    if req.include_usage:
+    if req.include_usage or not req.stream:
         body["stream_options"] = {"include_usage": True}
     return body

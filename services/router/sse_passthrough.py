@@ -5,7 +5,7 @@ engine server) already sends the events the client wants, so re-encoding each to
 CPU and adds latency for nothing. `SseForwarder` cuts the engine's reads at event boundaries (a client
 never receives half an event, so an error event appended after a broken stream is still well formed)
 and learns what the router must know from cheap byte scans: how many output chunks went by, whether
-the stream ended with `[DONE]`, and the engine's usage count when it sent one. Only these are decoded:
+the stream ended with `[DONE]`, and the engine's usage counts when it sent them. Only these are decoded:
 the events up to the first token (they decide retry-or-not and carry the TTFT), any block that may
 hold an error event, and the usage chunk. An engine that frames events with `\\r` line ends is
 decoded event by event instead (still correct, just not the fast path).
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from opscale.runtime.live.openai_schema import SseDecoder, SseError
+from opscale.runtime.live.openai_stream import EngineUsage, engine_usage
 
-__all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event"]
+__all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event",
+           "event_usage"]
 
 DONE_EVENT = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -29,8 +31,8 @@ class SseBytes(NamedTuple):
     """Whole server-sent events from the engine, to be written to the client unchanged.
 
     `chunks`: output chunks in `data` (token events, and a closing chunk that only carries a finish
-    reason, as the decoded path counts them). `completion_tokens`: the engine's own count when `data`
-    holds its usage chunk. `done`: `data` ends the stream (`[DONE]`).
+    reason, as the decoded path counts them). `usage`: the engine's own token counts when `data` holds
+    its usage chunk. `done`: `data` ends the stream (`[DONE]`).
 
     A named tuple rather than a frozen dataclass: one is made per engine read, and a frozen dataclass
     costs twice as much to build, a measurable share of the router's CPU per token.
@@ -38,7 +40,7 @@ class SseBytes(NamedTuple):
 
     data: bytes
     chunks: int
-    completion_tokens: int | None = None
+    usage: EngineUsage | None = None
     done: bool = False
 
 
@@ -109,15 +111,13 @@ def _first_output_end(block: bytes) -> int | None:
     return None
 
 
-def _usage_tokens(data: str) -> int | None:
-    """`usage.completion_tokens` of a usage chunk, None for any other event."""
+def event_usage(data: str) -> EngineUsage | None:
+    """The engine's counts in a usage chunk, None for any other event."""
     try:
         obj = json.loads(data)
     except json.JSONDecodeError:
         return None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return tokens if isinstance(tokens, int) else None
+    return engine_usage(obj) if isinstance(obj, dict) else None
 
 
 class ForwardedBlock(NamedTuple):
@@ -164,7 +164,7 @@ class SseForwarder:
             return ForwardedBlock(None)
         held, self._held = self._held, b""
         out = block.out
-        return ForwardedBlock(SseBytes(held + out.data, out.chunks, out.completion_tokens, out.done), block.failure)
+        return ForwardedBlock(SseBytes(held + out.data, out.chunks, out.usage, out.done), block.failure)
 
     def _feed(self, data: bytes) -> ForwardedBlock:
         if self._plain and b"\r" in data:
@@ -192,7 +192,7 @@ class SseForwarder:
                 head = self._decoded_block(block[:cut], verbatim=block[:cut])
                 if head.out is not None and head.failure is None and not head.out.done:
                     rest = self._scanned(block[cut:])
-                    usage = rest.completion_tokens if rest.completion_tokens is not None else head.out.completion_tokens
+                    usage = rest.usage if rest.usage is not None else head.out.usage
                     return ForwardedBlock(SseBytes(head.out.data + rest.data, head.out.chunks + rest.chunks,
                                                    usage, rest.done))
         if self.chunks == 0 or b'"error"' in block:
@@ -226,15 +226,15 @@ class SseForwarder:
         return SseBytes(block, events, usage, done)
 
     @staticmethod
-    def _usage_in(block: bytes) -> tuple[int | None, int]:
-        """The engine's completion-token count in `block`, and how many usage chunks it holds."""
+    def _usage_in(block: bytes) -> tuple[EngineUsage | None, int]:
+        """The engine's token counts in `block`, and how many usage chunks it holds."""
         usage, found = None, 0
         decoder = SseDecoder()
         for event in decoder.feed(block):
             if event != "[DONE]" and '"completion_tokens"' in event:
-                tokens = _usage_tokens(event)
-                if tokens is not None:
-                    usage, found = tokens, found + 1
+                counts = event_usage(event)
+                if counts is not None:
+                    usage, found = counts, found + 1
         return usage, found
 
     def _decoded_block(self, block: bytes, verbatim: bytes | None) -> ForwardedBlock:
@@ -255,7 +255,7 @@ class SseForwarder:
                 return ForwardedBlock(out, decoded)
             framed.append(b"data: " + event.encode() + _EVENT_END)
             if decoded is None:
-                usage = _usage_tokens(event) if '"completion_tokens"' in event else usage
+                usage = event_usage(event) if '"completion_tokens"' in event else usage
                 continue
             chunks += 1
             self._finished = self._finished or decoded[1] is not None

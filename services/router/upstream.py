@@ -2,8 +2,8 @@
 
 Role: POST a streaming `/v1/completions` (or `/v1/chat/completions`) request to an instance's
 OpenAI-compatible endpoint, either a node-agent's engine server (`.../instances/<id>`) or any
-OpenAI-compatible server such as vLLM, and yield what arrives: decoded `TokenChunk`s
-(`stream_completion`, for answers the router assembles itself) or the engine's own events as bytes
+OpenAI-compatible server such as vLLM, and yield what arrives: decoded `TokenChunk`s and the engine's
+usage (`stream_completion`, for answers the router assembles itself) or the engine's own events as bytes
 (`stream_sse`, the streaming hot path, which forwards them without decoding each token).
 
 Every wait is bounded (a router without upstream timeouts hangs on one stalled engine): connecting,
@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.runtime.live.openai_schema import SseDecoder, SseError, TokenChunk
+from opscale.runtime.live.openai_stream import EngineUsage
 
 from opscale_services.router.http1 import (
     ConnectionFailed,
@@ -40,6 +41,7 @@ from opscale_services.router.sse_passthrough import (
     SseForwarder,
     SseSink,
     decode_event,
+    event_usage,
 )
 
 __all__ = ["SseBytes", "SseSink", "UpstreamClient", "UpstreamConfig", "UpstreamError", "UpstreamErrorKind", "completion_url"]
@@ -135,12 +137,15 @@ class UpstreamClient:
         await self.close()
 
     async def stream_completion(self, endpoint_url: str, body: Mapping[str, Any],
-                                headers: Mapping[str, str] | None = None) -> AsyncIterator[TokenChunk]:
+                                headers: Mapping[str, str] | None = None
+                                ) -> AsyncIterator[TokenChunk | EngineUsage]:
         """Stream one completion from an instance as decoded tokens; see the module docstring for the
         failure modes.
 
         `body` is an OpenAI request body (`ParsedRequest.upstream_body()`); `stream` is forced on.
-        `headers` carries trace context and `x-request-id`. Chunks are numbered from 0 in `index`.
+        `headers` carries trace context and the routed headers (routed_headers.py). Chunks are
+        numbered from 0 in `index`. When the engine reports usage (the body asked with
+        `stream_options.include_usage`), its counts come as an `EngineUsage`, after the last chunk.
         """
         exchange = self._exchange(endpoint_url, body, headers)
         decoder = SseDecoder(self.config.max_event_bytes)
@@ -170,6 +175,8 @@ class UpstreamClient:
                         exchange.produced += 1
                     elif decoded is not None:
                         raise exchange.fail(decoded.kind, decoded.message)  # type: ignore[arg-type]
+                    elif '"usage"' in event and (usage := event_usage(event)) is not None:
+                        yield usage
         finally:
             exchange.finish()
 
@@ -274,7 +281,7 @@ class _Splice:
 
     def __init__(self) -> None:
         self.chunks = 0
-        self.usage: int | None = None
+        self.usage: EngineUsage | None = None
         self.held: list[bytes] = []
         self.done = False
         self.failure: EventFailure | None = None
@@ -378,8 +385,8 @@ class _Exchange:
             out = block.out
             if out is not None:
                 state.chunks += out.chunks
-                if out.completion_tokens is not None:
-                    state.usage = out.completion_tokens
+                if out.usage is not None:
+                    state.usage = out.usage
                 if state.held or not sink.write(out.data):
                     state.held.append(out.data)  # the client is not keeping up: the task takes over and waits
                     conn.pause()

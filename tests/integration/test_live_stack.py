@@ -1,7 +1,9 @@
 """The whole live stack on real NATS and Redis: a streaming chat completion goes through the router's
 HTTP API to a node-agent's simulated engine and back; the router learned the instance from heartbeats;
 the request's record reaches the aggregator's window in Redis; the trace continues from router to agent;
-the agent ignores an older epoch and a repeated one changes nothing."""
+a batch request from another region keeps its id, tier, origin region and prompt count from the router
+through the engine to the record and the aggregator's window; the agent ignores an older epoch and a
+repeated one changes nothing."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import aiohttp
 import pytest
 from _stack import LiveStack
 
-from opscale.model import InstanceState
+from opscale.model import InstanceState, RequestOutcome
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.store import RedisStore
+from opscale.services import subjects
 from opscale.services.events import ApplyCommand
 
 pytestmark = pytest.mark.integration
@@ -72,16 +75,21 @@ async def _stream_chat(session: aiohttp.ClientSession, url: str, model: str) -> 
     return events, done
 
 
+async def _serving(session: aiohttp.ClientSession, stack: LiveStack) -> None:
+    """Wait until the router learned the model from the agent's heartbeats and an instance is ready."""
+    async def model_ready() -> bool:
+        async with session.get(f"{stack.router_url}/v1/models") as resp:
+            models = [m["id"] for m in (await resp.json())["data"]]
+        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+            hb = await agent.status()
+        return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
+
+    await _eventually(model_ready)
+
+
 async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_url: str, namespace: str) -> None:
     async with aiohttp.ClientSession() as session:
-        async def model_ready() -> bool:
-            async with session.get(f"{stack.router_url}/v1/models") as resp:
-                models = [m["id"] for m in (await resp.json())["data"]]
-            async with NodeAgentClient(stack.agent_address, 2.0) as agent:
-                hb = await agent.status()
-            return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
-
-        await _eventually(model_ready)  # the router learned the model from the agent's heartbeats
+        await _serving(session, stack)
         events, done = await _stream_chat(session, stack.router_url, stack.model)
 
     assert done, "the stream must end with [DONE]"
@@ -107,6 +115,57 @@ async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_
     engine_spans = [s for s in agent_spans if s.name.startswith("POST /instances/")]
     assert engine_spans and all(s.context.trace_id == request_span.context.trace_id for s in engine_spans)
     assert engine_spans[0].parent is not None and engine_spans[0].parent.span_id == request_span.context.span_id
+
+
+async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end_to_end(
+        stack: LiveStack, redis_url: str, namespace: str) -> None:
+    body = {"model": stack.model, "messages": [{"role": "user", "content": "summarise the quarterly report"}],
+            "max_tokens": 5, "opscale_tier": "batch"}
+    async with aiohttp.ClientSession() as session:
+        await _serving(session, stack)
+        # the router runs in eu-west; the client says the request comes from us-east
+        async with session.post(f"{stack.router_url}/v1/chat/completions", json=body,
+                                headers={"x-opscale-region": "us-east"}) as resp:
+            assert resp.status == 200, await resp.text()
+            request_id = resp.headers["x-request-id"]
+            answer = await resp.json()
+    assert answer["id"] == request_id and answer["usage"]["completion_tokens"] == 5
+    prompt_tokens = answer["usage"]["prompt_tokens"]  # the engine's count, as the router estimated it once
+
+    # the node-agent's engine served it under the router's id, tier, origin region and prompt count
+    agent_spans = stack.processes["node_agent"].tracer_provider.memory_exporter
+
+    async def engine_span():  # noqa: ANN202
+        return next((s for s in agent_spans.get_finished_spans()
+                     if (s.attributes or {}).get("opscale.request_id") == request_id), None)
+
+    span = await _eventually(engine_span)
+    attributes = dict(span.attributes or {})
+    assert (attributes["opscale.tier"], attributes["opscale.region"], attributes["opscale.prompt_tokens"]) == (
+        "batch", "us-east", prompt_tokens)
+
+    # the record the router published, as the aggregator and planner consume it, says the same
+    bus = stack.processes["router"].bus
+
+    async def published() -> RequestOutcome | None:
+        batch = await bus.last(subjects.records("us-east"))
+        return next((r for r in batch or () if r.request_id == request_id), None)
+
+    outcome = await _eventually(published)
+    assert (outcome.tier, outcome.region, outcome.served_region, outcome.status) == (
+        "batch", "us-east", "eu-west", "ok")
+    assert (outcome.prompt_tokens, outcome.output_tokens) == (prompt_tokens, 5)
+
+    store = RedisStore(redis_url, namespace)
+    try:
+        async def batch_window_counts_it() -> bool:
+            windows = await store.windows(f"window:10:{stack.model}:us-east:batch")
+            return any(w.requests >= 1 and w.completed >= 1 for w in windows.values())
+
+        await _eventually(batch_window_counts_it)  # the aggregator's window of the origin region and tier
+        assert not await store.windows(f"window:*:{stack.model}:eu-west:batch")
+    finally:
+        await store.close()
 
 
 async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: LiveStack) -> None:

@@ -19,8 +19,17 @@ from _router_service_loopback import serve
 from aiohttp import web
 
 from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
+from opscale.runtime.live.openai_stream import EngineUsage
+from opscale.runtime.live.routed_headers import (
+    PROMPT_TOKENS_HEADER,
+    REGION_HEADER,
+    REQUEST_ID_HEADER,
+    TIER_HEADER,
+    routed_headers,
+)
 
 from opscale_services.node_agent.engine_http import (
+    EngineRequest,
     InstanceNotAccepting,
     RequestTooLarge,
     UnknownInstance,
@@ -53,11 +62,14 @@ async def wait_for_event(event: asyncio.Event) -> None:
 
 
 class FakeBackend:
-    """Yields `n_tokens` chunks per request; can refuse, fail, or stall. Records every request."""
+    """Yields `n_tokens` chunks per request, then `usage` when set (as an engine reports it); can
+    refuse, fail, or stall. Records every request."""
 
     def __init__(self, n_tokens: int = 3, *, reject: RouteRejected | None = None, fail_after: int | None = None,
-                 failure: Exception | None = None, stall_after: int | None = None, finish: bool = True) -> None:
+                 failure: Exception | None = None, stall_after: int | None = None, finish: bool = True,
+                 usage: EngineUsage | None = None) -> None:
         self.n_tokens = n_tokens
+        self.usage = usage
         self.reject = reject
         self.fail_after = fail_after
         self.failure = failure or RuntimeError("boom")
@@ -70,7 +82,8 @@ class FakeBackend:
     def models(self) -> list[str]:
         return ["m1", "m2"]
 
-    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
+    async def generate(self, req: ParsedRequest,
+                       trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage]:
         self.seen.append((req, trace_headers))
         try:
             if req.model not in self.models():  # as the router core decides
@@ -88,6 +101,8 @@ class FakeBackend:
                 self.yielded += 1
                 i += 1
                 await asyncio.sleep(0)  # noqa: TID251 - let the server notice a disconnect
+            if self.usage is not None:
+                yield self.usage
         finally:
             self.closed.set()
 
@@ -168,6 +183,19 @@ async def test_non_streaming_completion_and_chat_bodies() -> None:
     assert chat["object"] == "chat.completion"
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": " t0 t1 t2 t3"}
     assert chat["usage"]["prompt_tokens"] == 3 + 4 + 1  # priming + one message + "abcd"
+
+
+async def test_the_engines_usage_wins_over_the_routers_estimate_in_both_answers() -> None:
+    backend = FakeBackend(3, usage=EngineUsage(41, 3))
+    async with serve(build_router_app(backend)) as url, aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/v1/completions", json={"model": "m1", "prompt": "abcdefgh"}) as resp:
+            whole = await resp.json()
+        body = {"model": "m1", "prompt": "abcdefgh", "stream": True, "stream_options": {"include_usage": True}}
+        async with http.post(f"{url}/v1/completions", json=body) as resp:
+            payloads = sse_payloads(await resp.read())
+    assert whole["usage"] == {"prompt_tokens": 41, "completion_tokens": 3, "total_tokens": 44}  # not the estimate, 2
+    assert [p["choices"][0]["text"] for p in payloads[:-2]] == [" t0", " t1", " t2"]
+    assert payloads[-2]["usage"] == {"prompt_tokens": 41, "completion_tokens": 3, "total_tokens": 44}
 
 
 async def test_models_list() -> None:
@@ -335,9 +363,10 @@ class FakeEngineHost:
         self.closed: list[str] = []
         self.closed_event = asyncio.Event()
         self.calls: list[tuple[str, str, int, int]] = []
+        self.requests: list[EngineRequest] = []
 
-    async def generate(self, instance_id: str, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncIterator[int]:
+    async def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]:
+        request_id, prompt_tokens, max_tokens = request.request_id, request.prompt_tokens, request.max_tokens
         state = self.instances.get(instance_id)
         if state is None:
             raise UnknownInstance(instance_id)
@@ -346,6 +375,7 @@ class FakeEngineHost:
         if prompt_tokens + max_tokens > self.context_tokens:
             raise RequestTooLarge(f"{prompt_tokens} + {max_tokens} tokens > context of {self.context_tokens}")
         self.calls.append((instance_id, request_id, prompt_tokens, max_tokens))
+        self.requests.append(request)
         try:
             count = 0
             limit = min(max_tokens, self.stop_after or max_tokens)
@@ -411,6 +441,55 @@ async def test_engine_non_streaming_body() -> None:
             assert resp.status == 400
     assert body["choices"][0]["text"] == " tok1 tok2 tok3"
     assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+
+
+async def test_the_engine_server_serves_a_request_under_the_routers_facts() -> None:
+    host = FakeEngineHost()
+    body = {"model": "m1", "prompt": "abcd", "max_tokens": 2, "opscale_tier": "gold"}
+    routed = {REQUEST_ID_HEADER: "cmpl-r7", TIER_HEADER: "batch", REGION_HEADER: "us-east",
+              PROMPT_TOKENS_HEADER: "123"}
+    async with engine(host) as base, aiohttp.ClientSession() as http:
+        url = f"{base}/instances/i-ready/v1/completions"
+        async with http.post(url, json=body, headers=routed) as resp:
+            assert resp.status == 200 and resp.headers[REQUEST_ID_HEADER] == "cmpl-r7"
+            answer = await resp.json()
+        async with http.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}},
+                             headers=routed) as resp:
+            streamed = sse_payloads(await resp.read())
+        # a direct client: the body's tier (else interactive), the host's region, this server's estimate
+        async with http.post(url, json=body) as resp:
+            assert resp.status == 200
+        async with http.post(url, json={"model": "m1", "prompt": "abcd", "max_tokens": 2}) as resp:
+            assert resp.status == 200
+            direct_id = resp.headers[REQUEST_ID_HEADER]
+    assert host.requests[:2] == [EngineRequest("cmpl-r7", "batch", "us-east", 123, 2)] * 2
+    assert answer["id"] == "cmpl-r7" and answer["usage"]["prompt_tokens"] == 123  # carried, not estimated again
+    assert streamed[-2]["usage"]["prompt_tokens"] == 123 and streamed[0]["id"] == "cmpl-r7"
+    tiered, plain = host.requests[2:]
+    assert (tiered.tier, tiered.region, tiered.prompt_tokens) == ("gold", None, 1)
+    assert (plain.request_id, plain.tier, plain.region) == (direct_id, "interactive", None)
+    assert direct_id.startswith("cmpl-") and direct_id != "cmpl-r7"
+
+
+@pytest.mark.parametrize(("header", "value"), [
+    (REQUEST_ID_HEADER, "no spaces allowed"),
+    (TIER_HEADER, "batch.low"),
+    (REGION_HEADER, "us east"),
+    (PROMPT_TOKENS_HEADER, "many"),
+])
+async def test_a_bad_routed_header_is_a_400_naming_it(header: str, value: str) -> None:
+    host = FakeEngineHost()
+    async with engine(host) as base, aiohttp.ClientSession() as http:
+        url = f"{base}/instances/i-ready/v1/completions"
+        for stream in (False, True):
+            async with http.post(url, json={"model": "m1", "prompt": "x", "stream": stream},
+                                 headers={header: value}) as resp:
+                assert resp.status == 400
+                error = (await resp.json())["error"]
+                assert error["param"] == header and header in error["message"] and value in error["message"]
+        async with http.post(url, json={"model": "m1", "prompt": "x", "max_tokens": 1}) as resp:
+            assert resp.status == 200  # the server keeps serving
+    assert len(host.requests) == 1
 
 
 @pytest.mark.parametrize(("instance", "status", "code"), [
@@ -574,9 +653,11 @@ class ProxyBackend:
     def models(self) -> list[str]:
         return ["m1"]
 
-    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
-        headers = {**trace_headers, "x-request-id": req.request_id}
-        async for chunk in self.client.stream_completion(self.endpoint, req.upstream_body(), headers):
+    async def generate(self, req: ParsedRequest,
+                       trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage]:
+        headers = {**trace_headers, **routed_headers(req.as_request(0.0, "local"))}
+        body = {**req.upstream_body(), "stream_options": {"include_usage": True}}
+        async for chunk in self.client.stream_completion(self.endpoint, body, headers):
             yield chunk
 
 
@@ -586,14 +667,15 @@ async def test_streaming_passes_through_router_to_engine_and_disconnect_reaches_
         backend = ProxyBackend(client, f"{engine_base}/instances/i-ready")
         async with serve(build_router_app(backend)) as router, aiohttp.ClientSession() as http:
             body = {"model": "m1", "prompt": "abcdefgh", "max_tokens": 5, "stream": True,
-                    "stream_options": {"include_usage": True}}
-            async with http.post(f"{router}/v1/completions", json=body) as resp:
+                    "stream_options": {"include_usage": True}, "opscale_tier": "batch"}
+            async with http.post(f"{router}/v1/completions", json=body, headers={REGION_HEADER: "eu"}) as resp:
                 assert resp.status == 200
                 payloads = sse_payloads(await resp.read())
                 request_id = resp.headers["x-request-id"]
             assert "".join(p["choices"][0]["text"] for p in payloads[:-2]) == " tok1 tok2 tok3 tok4 tok5"
             assert payloads[-2]["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
-            assert host.calls[0][1] == request_id  # the router's id reached the engine
+            # the router's id, tier, origin region and prompt estimate reached the engine
+            assert host.requests[0] == EngineRequest(request_id, "batch", "eu", 2, 5)
 
             host.closed_event.clear()
             await _disconnect_after_first_event(router)

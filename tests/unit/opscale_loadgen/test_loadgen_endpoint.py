@@ -27,6 +27,7 @@ from opscale_loadgen.client import EndpointError, SendOptions, endpoint_base, se
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.prompts import ApiKind
 from opscale_services.node_agent.engine_http import (
+    EngineRequest,
     InstanceNotAccepting,
     RequestTooLarge,
     build_engine_app,
@@ -44,9 +45,9 @@ class ScriptedHost:
     authorizations: set[str | None] = field(default_factory=set)  # Authorization headers received
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def generate(self, instance_id: str, request_id: str, prompt_tokens: int,
-                       max_tokens: int) -> AsyncIterator[int]:
-        self.seen.append((instance_id, prompt_tokens, max_tokens))
+    async def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]:
+        max_tokens = request.max_tokens
+        self.seen.append((instance_id, request.prompt_tokens, max_tokens))
         if instance_id == "busy":
             raise InstanceNotAccepting("draining")
         if instance_id == "too_large":

@@ -1,8 +1,9 @@
 """The live router end to end on loopback: its HTTP API, RouterCore and pooled upstream client in front
 of small aiohttp engines that stream, die or stall. Admission (429 with Retry-After and an OpenAI body),
-re-routing a request whose instance died before its first token, an error event after it, and a client
-disconnect that reaches the engine and releases the core's accounting. The bus is an in-memory recorder:
-these need no NATS, so they are `unit` tests even though they open sockets."""
+re-routing a request whose instance died before its first token, an error event after it, a client
+disconnect that reaches the engine and releases the core's accounting, the routed headers the engine
+receives, and the engine's usage counts preferred over the router's in answers and records. The bus is
+an in-memory recorder: these need no NATS, so they are `unit` tests even though they open sockets."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ from prometheus_client import CollectorRegistry
 from opscale.model import InstanceState, InstanceStatus, Role
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.routed_headers import (
+    PROMPT_TOKENS_HEADER,
+    REGION_HEADER,
+    REQUEST_ID_HEADER,
+    TIER_HEADER,
+)
 from opscale.services.events import AgentHeartbeat
 from opscale.services.router import RouterConfig, RouterCore
 
@@ -52,20 +59,24 @@ class RecordingBus:
 @dataclass
 class Engine:
     """An OpenAI-compatible engine: `mode` ok (streams `tokens`), dies before the first token (resets the
-    connection), answers 503, or cuts the stream after `cut_after` tokens."""
+    connection), answers 503, or cuts the stream after `cut_after` tokens. Asked for usage, it reports
+    `prompt_tokens` as its own count of the prompt (as vLLM does, from its tokenizer)."""
 
     mode: str = "ok"
     tokens: int = 4
+    prompt_tokens: int = 1
     gap_s: float = 0.0
     cut_after: int = 2
     hits: int = 0
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     seen_bodies: list[dict[str, Any]] = field(default_factory=list)
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
         body = await request.json()
         self.seen_bodies.append(body)
+        self.seen_headers.append({name.lower(): value for name, value in request.headers.items()})
         if self.mode == "dies":
             assert request.transport is not None
             request.transport.abort()  # the process died: connection reset, no answer
@@ -88,7 +99,8 @@ class Engine:
                 await asyncio.sleep(self.gap_s)  # noqa: TID251 - pacing of a fake engine
             if (body.get("stream_options") or {}).get("include_usage"):
                 n = min(self.tokens, body["max_tokens"])
-                usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+                usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                         "total_tokens": self.prompt_tokens + n}
                 await response.write(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):
@@ -239,3 +251,55 @@ async def test_a_stream_is_forwarded_as_the_engines_events_with_its_usage_when_a
         await r.records.flush()
         [record] = r.bus.records()
         assert record.status == "ok" and record.output_tokens == 3 and record.first_token_s is not None
+
+
+async def test_the_engine_is_told_the_routers_request_id_tier_origin_region_and_prompt_count() -> None:
+    engine = Engine(tokens=2)
+    async with router({"i-1": engine}) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json={**BODY, "opscale_tier": "batch"},
+                             headers={REGION_HEADER: "us-east"}) as resp:
+            assert resp.status == 200
+            request_id = resp.headers[REQUEST_ID_HEADER]
+            await resp.read()
+        seen = engine.seen_headers[0]
+        # "hello" is 5 characters: the router's estimate is 2 tokens
+        assert (seen[REQUEST_ID_HEADER], seen[TIER_HEADER], seen[REGION_HEADER], seen[PROMPT_TOKENS_HEADER]) == (
+            request_id, "batch", "us-east", "2")
+        await r.records.flush()
+        [record] = r.bus.records()
+        assert (record.request_id, record.tier, record.region, record.served_region) == (
+            request_id, "batch", "us-east", "local")
+        assert [subject for subject, _ in r.bus.published if subject.startswith("opscale.records.")] == [
+            "opscale.records.us-east"]  # published under the origin region
+
+
+async def test_an_assembled_answer_and_its_record_report_the_engines_token_counts() -> None:
+    engine = Engine(tokens=3, prompt_tokens=37)
+    async with router({"i-1": engine}) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json={**BODY, "stream": False}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        # asked for usage although the client could not (a whole answer has no stream options)
+        assert engine.seen_bodies[0]["stream_options"] == {"include_usage": True}
+        assert body["choices"][0]["text"] == " t0 t1 t2"
+        assert body["usage"] == {"prompt_tokens": 37, "completion_tokens": 3, "total_tokens": 40}
+        await r.records.flush()
+        [record] = r.bus.records()
+        assert (record.prompt_tokens, record.output_tokens, record.status) == (37, 3, "ok")
+
+
+async def test_a_forwarded_streams_record_takes_the_engines_prompt_count_when_the_engine_reported_it() -> None:
+    engine = Engine(tokens=3, prompt_tokens=37)
+    async with router({"i-1": engine}) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions",
+                             json={**BODY, "stream_options": {"include_usage": True}}) as resp:
+            events = sse(await resp.read())
+        assert events[-2]["usage"]["prompt_tokens"] == 37  # the engine's own chunk, forwarded
+        async with http.post(f"{r.url}/v1/completions", json=BODY) as resp:
+            assert all("usage" not in e for e in sse(await resp.read())[:-1])
+        # not asked for usage, the engine sends none: its events reach the client unchanged
+        assert "stream_options" not in engine.seen_bodies[1]
+        await r.records.flush()
+        with_usage, without = r.bus.records()
+        assert (with_usage.prompt_tokens, with_usage.output_tokens) == (37, 3)
+        assert (without.prompt_tokens, without.output_tokens) == (2, 3)  # the router's estimate and count

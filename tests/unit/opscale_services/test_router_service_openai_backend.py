@@ -15,8 +15,9 @@ import pytest
 from _router_service_loopback import serve
 from aiohttp import web
 
-from opscale.model import InstanceSpec
+from opscale.model import InstanceSpec, Request
 from opscale.runtime.clock import VirtualClock
+from opscale.runtime.live.routed_headers import PROMPT_TOKENS_HEADER, REQUEST_ID_HEADER, routed_headers
 from opscale.runtime.live.settings import OpenAIEngineSettings
 
 from opscale_services.node_agent.openai_engines import (
@@ -52,6 +53,7 @@ class FakeVllm:
     healthy: bool = True
     generated: float = 100.0
     seen_auth: list[str | None] = field(default_factory=list)
+    seen_request_ids: list[str | None] = field(default_factory=list)
     seen_bodies: list[dict[str, object]] = field(default_factory=list)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,6 +73,7 @@ class FakeVllm:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.seen_auth.append(request.headers.get("Authorization"))
+        self.seen_request_ids.append(request.headers.get(REQUEST_ID_HEADER))
         body = await request.json()
         self.seen_bodies.append(body)
         if body.get("max_tokens") == 0:
@@ -137,6 +140,25 @@ async def test_requests_stream_through_the_agent_and_load_is_reported() -> None:
         assert report.kv_used_frac == 0.25 and report.running == 3 and report.queued == 2
         assert report.tokens_per_s == pytest.approx(30.0)
         assert report.idle
+
+
+async def test_routed_headers_are_checked_and_the_request_id_passed_on_to_the_server() -> None:
+    fake = FakeVllm(tokens=2)
+    async with agent_with(fake) as (engines, proxy_url, _):
+        await engines.check()
+        url = f"{proxy_url}/instances/i-1/v1/completions"
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 2, "stream": True}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=body, headers={PROMPT_TOKENS_HEADER: "lots"}) as resp:
+                assert resp.status == 400
+                error = (await resp.json())["error"]
+                assert error["param"] == PROMPT_TOKENS_HEADER and "'lots'" in error["message"]
+            assert fake.seen_bodies == []  # refused before the server saw it
+            sent = routed_headers(Request("cmpl-9", "tiny", "batch", "us-east", 0.0, 3, 2))
+            async with http.post(url, json=body, headers=sent) as resp:
+                assert resp.status == 200
+                await resp.read()
+        assert fake.seen_request_ids == ["cmpl-9"]
 
 
 async def test_a_router_disconnect_aborts_the_request_on_the_server() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from opscale.runtime.live.openai_schema import SseError
+from opscale.runtime.live.openai_stream import EngineUsage
 
 from opscale_services.router.sse_passthrough import DONE_EVENT, SseBytes, SseForwarder
 
@@ -92,7 +93,7 @@ def test_a_malformed_event_before_the_first_token_is_a_protocol_failure() -> Non
 def test_the_engines_usage_chunk_gives_the_exact_count_and_is_not_an_output_chunk() -> None:
     forwarder = SseForwarder()
     out = feed_all(forwarder, [token("a"), token("b", "length") + USAGE + DONE_EVENT])
-    assert out[-1].completion_tokens == 7 and out[-1].chunks == 1 and out[-1].done
+    assert out[-1].usage == EngineUsage(3, 7) and out[-1].chunks == 1 and out[-1].done
     assert forwarder.chunks == 2
 
 
@@ -130,7 +131,7 @@ def test_a_whole_stream_in_the_first_read_is_decoded_only_up_to_its_first_token(
     stream = ROLE + token("a") + token("b") + token("c", "length") + USAGE + DONE_EVENT
     forwarder = SseForwarder()
     [out] = feed_all(forwarder, [stream])
-    assert out.data == stream and out.chunks == 3 and out.completion_tokens == 7 and out.done
+    assert out.data == stream and out.chunks == 3 and out.usage == EngineUsage(3, 7) and out.done
     assert forwarder.chunks == 3
     # and an error event anywhere in that read still fails the stream after the events before it
     failing = SseForwarder().feed(token("a") + event({"error": {"message": "boom"}}))

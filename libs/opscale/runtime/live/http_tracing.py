@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.runtime.live import telemetry
+from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,7 +25,7 @@ def tracing_middleware(provider: trace.TracerProvider | None, name: str) -> Call
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         parent = telemetry.extract_headers(request.headers)
         attributes = {"http.request.method": request.method, "url.path": request.path}
-        request_id = request.headers.get("x-request-id")
+        request_id = request.headers.get(REQUEST_ID_HEADER)
         if request_id:
             attributes["opscale.request_id"] = request_id
         with tracer.start_as_current_span(f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER,

@@ -1,6 +1,6 @@
 """aiohttp plumbing shared by opscale's OpenAI-compatible servers (the router's API and the node-agent's
-engine server): every error leaves as an OpenAI error body, a client disconnect cancels its handler, and
-token streams are closed quietly."""
+engine server): every error leaves as an OpenAI error body, a client disconnect cancels its handler,
+event streams start with the same head, and token streams are closed quietly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from opscale.runtime.live.openai_schema import ApiError, error_for_status, internal_error
+from opscale.runtime.live.openai_schema import SSE_CONTENT_TYPE, ApiError, error_for_status, internal_error
+from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = No
     if extra_headers:
         headers.update(extra_headers)
     return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+def sse_response(request_id: str) -> web.StreamResponse:
+    """The head of a server-sent event answer, before `prepare`: never cached, never held back by a
+    proxy such as nginx, and naming the request."""
+    response = web.StreamResponse(headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: request_id})
+    response.content_type = SSE_CONTENT_TYPE
+    response.charset = "utf-8"
+    return response
 
 
 @web.middleware

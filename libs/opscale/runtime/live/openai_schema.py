@@ -13,7 +13,9 @@ Token counts: opscale has no tokenizer in the control plane. `estimate_tokens` c
 4 characters (rounded up, at least 1), OpenAI's published rule of thumb for English text; chat requests
 add 4 tokens per message for the role and separators and 3 for the assistant's reply prefix, as in
 OpenAI's token-counting guide. The estimate is deterministic and cheap; the router only needs it to
-weigh requests against each other, and `usage.prompt_tokens` reports the same number.
+weigh requests against each other. The router estimates once and hands the count on to the engine
+server (`parse_completion(prompt_tokens=...)`); `usage.prompt_tokens` reports the engine's own count
+when the engine gave one, else this estimate.
 """
 
 from __future__ import annotations
@@ -363,12 +365,14 @@ def parse_completion(
     *,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
+    prompt_tokens: int | None = None,
 ) -> ParsedRequest | ApiError:
     """Validate a request body (and the `x-opscale-region` header). Never raises on bad input.
 
     `kind` is "completion" or "chat". `headers` is any case-insensitive mapping (aiohttp's
     `request.headers`); a plain dict must use lower-case keys. `request_id` defaults to a fresh
-    `cmpl-…` / `chatcmpl-…` id.
+    `cmpl-…` / `chatcmpl-…` id. `prompt_tokens`, when given (the router's count, carried to an engine
+    server), is taken as is rather than estimated again.
     """
     kind = RequestKind(kind)
     try:
@@ -387,27 +391,24 @@ def parse_completion(
     if not isinstance(obj, dict):
         return invalid_request(f"The request body must be a JSON object, got a JSON {_json_kind(obj)}")
 
-    region: str | None = None
-    if headers is not None:
-        region = headers.get(REGION_HEADER)
-        if region is not None and not _NAME_RE.match(region):
-            return invalid_request(
-                f"header {REGION_HEADER}: must be 1-64 characters of letters, digits, '-' or '_', "
-                f"got {region[:80]!r}", param=REGION_HEADER,
-            )
+    region = None if headers is None else name_header(headers, REGION_HEADER)
+    if isinstance(region, ApiError):
+        return region
 
     try:
         if kind is RequestKind.CHAT:
             chat = ChatBody.model_validate(obj)
             common: _CommonBody = chat
             max_tokens = chat.max_completion_tokens or chat.max_tokens or DEFAULT_CHAT_MAX_TOKENS
-            prompt_tokens = estimate_chat_tokens(chat.messages)
+            if prompt_tokens is None:
+                prompt_tokens = estimate_chat_tokens(chat.messages)
         else:
             completion = CompletionBody.model_validate(obj)
             common = completion
             max_tokens = completion.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
             prompt = completion.prompt
-            prompt_tokens = estimate_tokens(prompt) if isinstance(prompt, str) else max(1, len(prompt))
+            if prompt_tokens is None:
+                prompt_tokens = estimate_tokens(prompt) if isinstance(prompt, str) else max(1, len(prompt))
     except ValidationError as exc:
         return _validation_error(exc)
 
@@ -425,6 +426,18 @@ def parse_completion(
         user=common.user,
         body=forwarded,
     )
+
+
+def name_header(headers: Mapping[str, str], header: str) -> str | ApiError | None:
+    """The value of a header that holds a region or tier name (None when absent), or the 400 that
+    names the header and the bad value."""
+    value = headers.get(header)
+    if value is not None and not _NAME_RE.match(value):
+        return invalid_request(
+            f"header {header}: must be 1-64 characters of letters, digits, '-' or '_', got {value[:80]!r}",
+            param=header,
+        )
+    return value
 
 
 def _json_kind(obj: object) -> str:
@@ -495,8 +508,9 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_response(req: ParsedRequest, text: str, finish_reason: str, completion_tokens: int,
-                        created_s: int) -> dict[str, Any]:
-    """A whole (non-streaming) response: `text_completion` or `chat.completion` by the request's kind."""
+                        created_s: int, *, prompt_tokens: int | None = None) -> dict[str, Any]:
+    """A whole (non-streaming) response: `text_completion` or `chat.completion` by the request's kind.
+    `prompt_tokens` is the engine's count when it reported one (default: the request's estimate)."""
     if req.kind is RequestKind.CHAT:
         choice: dict[str, Any] = {
             "index": 0,
@@ -514,7 +528,7 @@ def completion_response(req: ParsedRequest, text: str, finish_reason: str, compl
         "created": created_s,
         "model": req.model,
         "choices": [choice],
-        "usage": usage_dict(req.prompt_tokens, completion_tokens),
+        "usage": usage_dict(req.prompt_tokens if prompt_tokens is None else prompt_tokens, completion_tokens),
     }
 
 
@@ -541,8 +555,10 @@ def stream_chunk(req: ParsedRequest, text: str, finish_reason: str | None, creat
     return chunk
 
 
-def usage_chunk(req: ParsedRequest, completion_tokens: int, created_s: int) -> dict[str, Any]:
-    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, usage."""
+def usage_chunk(req: ParsedRequest, completion_tokens: int, created_s: int, *,
+                prompt_tokens: int | None = None) -> dict[str, Any]:
+    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, usage.
+    `prompt_tokens` as in `completion_response`."""
     obj = "chat.completion.chunk" if req.kind is RequestKind.CHAT else "text_completion"
     return {
         "id": req.request_id,
@@ -550,7 +566,7 @@ def usage_chunk(req: ParsedRequest, completion_tokens: int, created_s: int) -> d
         "created": created_s,
         "model": req.model,
         "choices": [],
-        "usage": usage_dict(req.prompt_tokens, completion_tokens),
+        "usage": usage_dict(req.prompt_tokens if prompt_tokens is None else prompt_tokens, completion_tokens),
     }
 
 

@@ -207,6 +207,18 @@ def test_completion_and_chat_response_bodies() -> None:
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hey"}
 
 
+def test_a_given_prompt_count_is_taken_as_is_and_an_engines_count_wins_in_usage() -> None:
+    raw = json.dumps({**COMPLETION, "prompt": "x" * 400}).encode()  # estimated alone: 100 tokens
+    carried = parse_completion(raw, "completion", prompt_tokens=7)
+    assert isinstance(carried, ParsedRequest) and carried.prompt_tokens == 7
+    chat = parse_completion(json.dumps(CHAT).encode(), "chat", prompt_tokens=9)
+    assert isinstance(chat, ParsedRequest) and chat.prompt_tokens == 9
+    assert completion_response(carried, "a", "stop", 1, 0)["usage"]["prompt_tokens"] == 7
+    assert completion_response(carried, "a", "stop", 1, 0, prompt_tokens=31)["usage"] == {
+        "prompt_tokens": 31, "completion_tokens": 1, "total_tokens": 32}
+    assert usage_chunk(carried, 4, 0, prompt_tokens=31)["usage"]["prompt_tokens"] == 31
+
+
 def test_stream_chunks_and_usage_chunk() -> None:
     chat = _parse({**CHAT, "stream": True, "stream_options": {"include_usage": True}}, "chat")
     first = stream_chunk(chat, "a", None, 1, first=True)
