@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Plan, Request, RequestOutcome, Role
 from opscale.runtime.live import codec
 from opscale.runtime.live.codec import CodecError, decode, encode
@@ -18,7 +19,6 @@ from opscale.services.events import (
     ApplyCommand,
     DispatchFailed,
     DrainCommand,
-    EngineReport,
     ForecastIssued,
     PlanPublished,
     RequestArrived,

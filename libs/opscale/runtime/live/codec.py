@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
 from opscale.model.instance import InstanceState, Role
 from opscale.services.events import (
@@ -32,7 +33,6 @@ from opscale.services.events import (
     ApplyCommand,
     DispatchFailed,
     DrainCommand,
-    EngineReport,
     ForecastIssued,
     PlanPublished,
     RequestArrived,
