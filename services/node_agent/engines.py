@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from opscale.engine import Finished, FirstToken, SimEngine, Tokens
+from opscale.engine.outputs import EngineReport
 from opscale.engine.sim import EngineNotAcceptingError, RequestTooLargeError
 from opscale.model import InstanceSpec, Request
 from opscale.runtime.clock import Clock
-from opscale.services.events import EngineReport
 
 from opscale_services.node_agent.engine_http import (
     EngineRequest,

@@ -1,5 +1,6 @@
-"""What a simulated engine reports as it runs: first tokens, token counts, completions, preemptions,
-and the hand-off of a prefilled request from a prefill instance to a decode instance.
+"""What an engine reports: per request as it runs (first tokens, token counts, completions,
+preemptions, and the hand-off of a prefilled request from a prefill instance to a decode instance), and
+its load as a whole (`EngineReport`, read by the node-agent before each tick).
 
 Every output is stamped with the simulated time at which it happened. `FirstToken` carries the first
 output token and `Tokens` the later ones, so for every finished request
@@ -17,6 +18,7 @@ four times as slow to build; an engine makes one or more for every request, and 
 makes millions. For the same reason each writes out its __init__ (the dataclass keeps it and still
 makes __eq__ and __repr__): the compiled build (opscale._native_modules) compiles a written __init__,
 but leaves the one a dataclass generates at import time interpreted, slower there than in plain Python.
+`EngineReport`, made once per instance and tick, is an ordinary frozen dataclass.
 """
 
 from __future__ import annotations
@@ -105,3 +107,19 @@ class PrefillDone:
 
 
 EngineOutput = FirstToken | Tokens | Finished | Preempted | PrefillDone
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReport:
+    """An engine backend's load, as the node-agent's shell reads it before each tick (the simulated
+    engine's `report`, or a real server's metrics)."""
+
+    instance_id: str
+    queued: int
+    running: int
+    outstanding_tokens: int
+    kv_used_frac: float
+    tokens_per_s: float
+    busy_frac: float
+    power_w: float
+    idle: bool

@@ -53,12 +53,19 @@ from operator import add
 
 from opscale.engine.config import EngineConfig
 from opscale.engine.errors import EngineNotAcceptingError, RequestTooLargeError, WrongRoleError
-from opscale.engine.outputs import EngineOutput, Finished, FirstToken, Preempted, PrefillDone, Tokens
+from opscale.engine.outputs import (
+    EngineOutput,
+    EngineReport,
+    Finished,
+    FirstToken,
+    Preempted,
+    PrefillDone,
+    Tokens,
+)
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.model import ModelSpec, Request, Role, Sku
 from opscale.perf.latency import LatencyModel
 from opscale.perf.operators import Footprint
-from opscale.services.events import EngineReport
 
 
 class EngineState(StrEnum):

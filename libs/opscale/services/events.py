@@ -1,13 +1,16 @@
 """Events delivered to services. Each is an immutable value: a frozen dataclass, except the three made
 once per request (RequestArrived, RequestFinished, DispatchFailed), which are slotted dataclasses not
 declared frozen because a frozen one costs three times as much to build (see opscale.model.request);
-nothing mutates them either. The live runtime maps events to and from the protobuf messages of
-proto/opscale/v1 (see opscale.runtime.live.codec)."""
+nothing mutates them either. `EngineReport` is the engine's own output (opscale.engine.outputs); the
+node-agent receives it as an event. The live runtime maps events to and from the protobuf messages of
+proto/opscale/v1 field by field (see opscale.runtime.live.codec): a field added here needs its proto
+field too, or the codec refuses to load."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
 
 
@@ -136,21 +139,6 @@ class DrainCommand:
     instance_id: str
     command_id: str
     deadline_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EngineReport:
-    """An engine backend's load, as the node-agent's shell reads it before each tick."""
-
-    instance_id: str
-    queued: int
-    running: int
-    outstanding_tokens: int
-    kv_used_frac: float
-    tokens_per_s: float
-    busy_frac: float
-    power_w: float
-    idle: bool
 
 
 Event = (

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus
 from opscale.services import subjects
 from opscale.services.actions import Action, DrainEngine, Log, Publish, StartEngine, StopEngine
-from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, EngineReport, Event
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, Event
 
 
 class NodeAgentConfig(BaseModel):

@@ -132,8 +132,29 @@ class RequestRecordBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[RequestRecord, _Mapping]]] = ...) -> None: ...
 
 class RouterLoad(_message.Message):
-    __slots__ = ("router_id", "region", "at_s", "pending_by_model")
+    __slots__ = ("router_id", "region", "at_s", "pending_by_model", "interval_s", "arrivals_by_model", "prompt_tokens_by_model", "output_tokens_by_model")
     class PendingByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ArrivalsByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PromptTokensByModelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OutputTokensByModelEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -144,11 +165,19 @@ class RouterLoad(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     AT_S_FIELD_NUMBER: _ClassVar[int]
     PENDING_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    ARRIVALS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
     router_id: str
     region: str
     at_s: float
     pending_by_model: _containers.ScalarMap[str, int]
-    def __init__(self, router_id: _Optional[str] = ..., region: _Optional[str] = ..., at_s: _Optional[float] = ..., pending_by_model: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    interval_s: float
+    arrivals_by_model: _containers.ScalarMap[str, int]
+    prompt_tokens_by_model: _containers.ScalarMap[str, int]
+    output_tokens_by_model: _containers.ScalarMap[str, int]
+    def __init__(self, router_id: _Optional[str] = ..., region: _Optional[str] = ..., at_s: _Optional[float] = ..., pending_by_model: _Optional[_Mapping[str, int]] = ..., interval_s: _Optional[float] = ..., arrivals_by_model: _Optional[_Mapping[str, int]] = ..., prompt_tokens_by_model: _Optional[_Mapping[str, int]] = ..., output_tokens_by_model: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class WindowStats(_message.Message):
     __slots__ = ("model", "region", "tier", "window_s", "end_s", "requests", "completed", "arrival_rps", "prompt_tokens_per_s", "output_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s", "e2e_p99_s", "slo_attainment")

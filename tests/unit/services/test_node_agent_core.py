@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceState
 from opscale.services.actions import DrainEngine, Publish, StartEngine, StopEngine
-from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, EngineReport
+from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
 from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
 
 pytestmark = pytest.mark.unit
