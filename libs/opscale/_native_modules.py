@@ -15,8 +15,13 @@ by setup.py and the build backend without importing opscale: keep it free of imp
 """
 
 NATIVE_MODULES: tuple[str, ...] = (
-    # the simulated engine: most of a simulation's time
+    # the simulated engine and its layers: most of a simulation's time
     "opscale.engine.sim",
+    "opscale.engine.scheduler",
+    "opscale.engine.decode_run",
+    "opscale.engine.kv",
+    "opscale.engine.sequence",
+    "opscale.engine.usage",
     "opscale.engine.outputs",
     "opscale.engine.prefix_cache",
     # the simulation shell: event loop, bus, world, and the collector of per-request outcomes
