@@ -49,6 +49,7 @@ from _machine import machine  # noqa: E402
 from opscale.engine import Finished, SimEngine  # noqa: E402
 from opscale.experiments.runner import requests_of, run_scenario  # noqa: E402
 from opscale.experiments.scenario import HostGroup, Scenario  # noqa: E402
+from opscale.model import DEFAULT_TIERS, latency_objective  # noqa: E402
 from opscale.perf import RooflineLatencyModel, default_catalog  # noqa: E402
 from opscale.planning import DeploymentSpec  # noqa: E402
 from opscale.planning.capacity import CapacityEstimator  # noqa: E402
@@ -58,7 +59,7 @@ MODEL = "Llama-3-8B"
 SKU = "H100-80GB"
 REGION = "bench"
 GPUS_PER_HOST = 8
-TBT_SLO_S = 0.1  # the default interactive tier's, which sizes the capacity estimate
+TBT_SLO_S = latency_objective(DEFAULT_TIERS).tbt_slo_s  # what sizes the capacity estimate of the default tiers
 # The demo's chat-like request shape.
 PROMPT_TOKENS = LengthDistribution(median_tokens=1024, sigma=0.8, max_tokens=6144)
 OUTPUT_TOKENS = LengthDistribution(median_tokens=256, sigma=0.7, max_tokens=1536)

@@ -14,8 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from opscale.experiments.scenario import TierModel
-from opscale.model import DEFAULT_TIERS, TierSpec
+from opscale.model import DEFAULT_TIERS, TierModel, TierSpec
 
 
 class TiersFileError(ValueError):

@@ -17,7 +17,7 @@ from opscale_services.common import LiveProcess
 async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("aggregator", settings) as p:
-        core = AggregatorCore(settings.core)
+        core = AggregatorCore(settings.core, settings.tier_specs())
         host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
         ns = settings.namespace or "default"
         records = await p.bus.subscribe(subjects.RECORDS_ALL, f"aggregator-records-{ns}", host.deliver,

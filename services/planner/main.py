@@ -12,9 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from opscale.perf import default_catalog, latency_model_for, load_profiles
-from opscale.planning import make_planning_policy
-from opscale.planning.capacity import CapacityEstimator
+from opscale.perf import LatencyModels, default_catalog, load_profiles
+from opscale.planning import build_planning_stack
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import PlannerSettings
@@ -32,10 +31,10 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("planner", settings) as p:
         profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
-        capacity = CapacityEstimator(default_catalog(), settings.tbt_budget_s,
-                                     latency_factory=lambda m, s, tp: latency_model_for(m, s, tp, profiles=profiles))
-        policy = make_planning_policy(settings.policy, settings.deployments, capacity, **settings.policy_params)
-        core = PlannerCore(policy, settings.deployments, settings.core)
+        stack = build_planning_stack(settings.deployments, settings.tier_specs(), settings.policy,
+                                     settings.policy_params, catalog=default_catalog(),
+                                     latency=LatencyModels(profiles))
+        core = PlannerCore(stack.policy, settings.deployments, settings.core)
         clients: dict[str, NodeAgentClient] = {}
         sending: set[asyncio.Task[None]] = set()
 

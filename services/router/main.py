@@ -36,7 +36,7 @@ def install_fast_loop() -> str:
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("router", settings) as p:
-        core = RouterCore(settings.core)
+        core = RouterCore(settings.core, tiers=settings.tier_specs())
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
                                                  idle_timeout_s=settings.upstream_read_timeout_s))
         await upstream.start()

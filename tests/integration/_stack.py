@@ -34,6 +34,8 @@ class LiveStack:
     namespace: str
     region: str = "eu-west"
     model: str = "Llama-3-8B"
+    # The shared tier table every service is given (None: the built-in tiers)
+    tiers: list[dict[str, Any]] | None = None
     router_port: int = field(default_factory=free_port)
     agent_grpc_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -41,8 +43,9 @@ class LiveStack:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def _common(self) -> dict[str, Any]:
-        return {"nats_url": self.nats_url, "redis_url": self.redis_url, "namespace": self.namespace,
-                "ops_host": "127.0.0.1", "ops_port": 0, "tracing_exporter": "memory", "stop_timeout_s": 5.0}
+        common = {"nats_url": self.nats_url, "redis_url": self.redis_url, "namespace": self.namespace,
+                  "ops_host": "127.0.0.1", "ops_port": 0, "tracing_exporter": "memory", "stop_timeout_s": 5.0}
+        return common if self.tiers is None else {**common, "tiers": self.tiers}
 
     @property
     def agent_address(self) -> str:

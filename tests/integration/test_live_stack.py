@@ -1,9 +1,9 @@
 """The whole live stack on real NATS and Redis: a streaming chat completion goes through the router's
 HTTP API to a node-agent's simulated engine and back; the router learned the instance from heartbeats;
-the request's record reaches the aggregator's window in Redis; the trace continues from router to agent;
-a batch request from another region keeps its id, tier, origin region and prompt count from the router
-through the engine to the record and the aggregator's window; the agent ignores an older epoch and a
-repeated one changes nothing."""
+the request's record reaches the aggregator's window in Redis, judged by the stack's shared tier table;
+the trace continues from router to agent; a batch request from another region keeps its id, tier, origin
+region and prompt count from the router through the engine to the record and the aggregator's window; the
+agent ignores an older epoch and a repeated one changes nothing."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # 
 
 @pytest.fixture
 async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[LiveStack]:
-    s = LiveStack(nats_url, redis_url, namespace)
+    # A TTFT objective that no request meets: SLO attainment shows which tier table the aggregator judged by.
+    s = LiveStack(nats_url, redis_url, namespace, tiers=[{"name": "interactive", "ttft_slo_s": 1e-6, "tbt_slo_s": 0.1}])
     try:
         await s.start()
         yield s
@@ -105,6 +106,8 @@ async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_
             return any(w.requests >= 1 and w.completed >= 1 for w in windows.values())
 
         await _eventually(window_counts_it)  # the request's record reached the aggregator's window in Redis
+        windows = await store.windows(f"window:10:{stack.model}:eu-west:interactive")
+        assert {w.slo_attainment for w in windows.values() if w.requests} == {0.0}  # the shared tiers' objective
     finally:
         await store.close()
 

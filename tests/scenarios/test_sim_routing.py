@@ -14,8 +14,8 @@ import pytest
 
 from opscale.engine import EngineConfig
 from opscale.experiments.runner import RunResult, run_scenario
-from opscale.experiments.scenario import HostGroup, Scenario, TierModel, TraceSource
-from opscale.model import Request
+from opscale.experiments.scenario import HostGroup, Scenario, TraceSource
+from opscale.model import Request, TierModel
 from opscale.planning import DeploymentSpec
 from opscale.traces import write_csv_trace
 

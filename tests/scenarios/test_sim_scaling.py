@@ -23,6 +23,7 @@ from _sim_scenarios import (
 from opscale.experiments import runner
 from opscale.experiments.runner import RunResult, run_scenario
 from opscale.experiments.scenario import HostGroup, Scenario
+from opscale.model import DEFAULT_TIERS, latency_objective
 from opscale.perf import default_catalog
 from opscale.planning import DeploymentSpec
 from opscale.planning.capacity import CapacityEstimator
@@ -142,7 +143,8 @@ def _peak_replicas() -> int:
     capacity at the reactive policy's own target utilisation (the same sizing rule, held all day)."""
     mean_prompt = DAY_PROMPT.median_tokens * math.exp(DAY_PROMPT.sigma ** 2 / 2)  # lognormal mean
     mean_output = DAY_OUTPUT.median_tokens * math.exp(DAY_OUTPUT.sigma ** 2 / 2)
-    capacity_rps = CapacityEstimator(default_catalog(), 0.1)(MODEL, SKU, 1, mean_prompt, mean_output)
+    capacity_rps = CapacityEstimator(default_catalog(), latency_objective(DEFAULT_TIERS).tbt_slo_s)(
+        MODEL, SKU, 1, mean_prompt, mean_output)
     peak_rps = DAY_BASE_RPS * (1 + DAY_AMPLITUDE)
     return math.ceil(peak_rps / (capacity_rps * ReactiveConfig().target_util))
 

@@ -16,11 +16,10 @@ from typing import Any
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import Scenario, ScenarioError, trace_requests
-from opscale.model import InstanceSpec, InstanceState, ModelSpec, Request, Sku
-from opscale.perf import Catalog, LatencyModel, default_catalog, latency_model_for, load_profiles
+from opscale.model import InstanceSpec, InstanceState, Request
+from opscale.perf import Catalog, LatencyModels, default_catalog, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
-from opscale.planning import make_planning_policy
-from opscale.planning.capacity import CapacityEstimator
+from opscale.planning import build_planning_stack
 from opscale.runtime.sim.loop import EventLoop
 from opscale.runtime.sim.world import SimWorld, WorldConfig
 from opscale.services.aggregator import AggregatorCore
@@ -58,30 +57,16 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
     """The world of `scenario`. Instances started before `provisioned_until_s` are loaded at once."""
     catalog = catalog or default_catalog()
     tiers = scenario.tier_specs()
-    for dep in scenario.deployments:  # unknown names fail here, naming the known ones
-        catalog.model(dep.model)
-        catalog.sku(dep.sku)
-    interactive = [t for t in tiers.values() if t.deadline_s is None] or list(tiers.values())
-    profiles = load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None
-    latency_models: dict[tuple[str, str, int], LatencyModel] = {}
-
-    def latency_model(model: ModelSpec, sku: Sku, tp: int) -> LatencyModel:
-        # One model per (model, SKU, TP), shared by the engines and the capacity estimates, as the live
-        # node-agent and planner use the same calibrated model.
-        key = (model.name, sku.name, tp)
-        latency = latency_models.get(key)
-        if latency is None:
-            latency = latency_models[key] = latency_model_for(model, sku, tp, profiles=profiles)
-        return latency
-
-    capacity = CapacityEstimator(catalog, min(t.tbt_slo_s for t in interactive),
-                                 max_batch=scenario.engine.max_num_seqs,
-                                 gpu_memory_utilization=scenario.engine.gpu_memory_utilization,
-                                 latency_factory=latency_model)
+    # One model per (model, SKU, TP), shared by the engines and the capacity estimates, as the live
+    # node-agent and planner use the same calibrated model.
+    latency_model = LatencyModels(load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None)
 
     def new_planner() -> PlannerCore:
-        policy = make_planning_policy(scenario.policy, scenario.deployments, capacity, **scenario.policy_params)
-        return PlannerCore(policy, scenario.deployments, scenario.planner)
+        # The whole planning stack, as a (re)started live planner builds it: a restarted planner's
+        # policy has lost its memory.
+        stack = build_planning_stack(scenario.deployments, tiers, scenario.policy, scenario.policy_params,
+                                     catalog=catalog, latency=latency_model, engine=scenario.engine)
+        return PlannerCore(stack.policy, scenario.deployments, scenario.planner)
 
     def restart_planner() -> None:
         # The planner dies; a new one, with a fresh policy (its memory is gone), continues from the plan

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from opscale.engine import EngineConfig
 from opscale.experiments.shaped_workload import ShapedWorkloadConfig
-from opscale.model import Request, TierSpec
+from opscale.model import Request, TierList, TierSpec, default_tier_models, tier_table
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -40,18 +40,6 @@ class HostGroup(BaseModel):
         """The hosts' agent ids, `<region>-<sku>-<n>`: the same in the simulator and a live stack started
         from the scenario, so a fault or a plan that names a host means one host in both."""
         return [f"{self.region}-{self.sku.lower()}-{i + 1}" for i in range(self.count)]
-
-
-class TierModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    ttft_slo_s: float = Field(gt=0)
-    tbt_slo_s: float = Field(gt=0)
-    deadline_s: float | None = Field(None, gt=0)
-    priority: int = 0
-
-    def spec(self) -> TierSpec:
-        return TierSpec(self.name, self.ttft_slo_s, self.tbt_slo_s, self.deadline_s, self.priority)
 
 
 class TraceSource(BaseModel):
@@ -115,9 +103,8 @@ class Scenario(BaseModel):
     drain_s: float = Field(900.0, ge=0, description="After the last arrival, time allowed to finish in-flight work")
     hosts: list[HostGroup] = Field(min_length=1)
     deployments: list[DeploymentSpec] = Field(min_length=1)
-    tiers: list[TierModel] = Field(default_factory=lambda: [
-        TierModel(name="interactive", ttft_slo_s=2.0, tbt_slo_s=0.1),
-        TierModel(name="batch", ttft_slo_s=600.0, tbt_slo_s=1.0, deadline_s=3600.0, priority=1)])
+    tiers: TierList = Field(default_factory=default_tier_models, description="Service tiers and their latency "
+                            "objectives (opscale.model.tiers: the built-in ones by default)")
     workload: SyntheticWorkloadConfig | None = None
     trace: TraceSource | None = None
     shaped: ShapedWorkloadConfig | None = Field(None, description="Generated multi-region traffic with a real "
@@ -183,10 +170,22 @@ class Scenario(BaseModel):
             missing = [r for r in dep.regions if r not in regions]
             if missing:
                 raise ValueError(f"deployment {dep.model!r} names regions without hosts: {missing}")
+        self._known_tiers()
         return self
 
+    def _known_tiers(self) -> None:
+        """Every tier the workload draws is one of `tiers`, so each request is judged by an objective."""
+        named = {t.name for t in self.tiers}
+        drawn = {"workload.tier_weights": self.workload.tier_weights if self.workload else {},
+                 "shaped.tier_weights": self.shaped.tier_weights if self.shaped else {},
+                 "trace.assign.tier": self.trace.assign.get("tier", {}) if self.trace else {}}
+        for where, weights in drawn.items():
+            unknown = sorted(set(weights) - named)
+            if unknown:
+                raise ValueError(f"{where}: unknown tiers {unknown}; the scenario's tiers: {sorted(named)}")
+
     def tier_specs(self) -> dict[str, TierSpec]:
-        return {t.name: t.spec() for t in self.tiers}
+        return tier_table(self.tiers)
 
     def regions(self) -> list[str]:
         return sorted({h.region for h in self.hosts})

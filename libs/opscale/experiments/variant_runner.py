@@ -184,16 +184,10 @@ def _timeline(run: Any) -> Timeline:
 
 
 def _instance_rps(scenario: Scenario) -> dict[str, float]:
-    from opscale.perf import default_catalog, latency_model_for, load_profiles
-    from opscale.planning.capacity import CapacityEstimator
+    from opscale.perf import LatencyModels, default_catalog, load_profiles
+    from opscale.planning import capacity_estimator
 
-    catalog = default_catalog()
     profiles = load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None
-    tiers = scenario.tier_specs()
-    interactive = [t for t in tiers.values() if t.deadline_s is None] or list(tiers.values())
-    capacity = CapacityEstimator(catalog, min(t.tbt_slo_s for t in interactive),
-                                 max_batch=scenario.engine.max_num_seqs,
-                                 gpu_memory_utilization=scenario.engine.gpu_memory_utilization,
-                                 latency_factory=lambda m, s, tp: latency_model_for(m, s, tp, profiles=profiles))
+    capacity = capacity_estimator(scenario.tier_specs(), default_catalog(), LatencyModels(profiles), scenario.engine)
     return {d.model: capacity(d.model, d.sku, d.tp, d.typical_prompt_tokens, d.typical_output_tokens)
             for d in scenario.deployments}

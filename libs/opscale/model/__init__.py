@@ -6,10 +6,19 @@ from opscale.model.llm import ModelSpec
 from opscale.model.observation import InstanceStatus, Observation, PoolKey, PoolObservation
 from opscale.model.plan import Plan
 from opscale.model.request import Request, RequestOutcome, TierSpec
-from opscale.model.tiers import DEFAULT_TIERS
+from opscale.model.tiers import (
+    DEFAULT_TIERS,
+    LatencyObjective,
+    TierList,
+    TierModel,
+    default_tier_models,
+    latency_objective,
+    tier_table,
+)
 
 __all__ = [
-    "DEFAULT_TIERS", "Instance", "InstanceSpec", "InstanceState", "InstanceStatus", "ModelSpec", "Observation", "Plan",
-    "PoolKey", "PoolObservation", "Purchase", "Region", "Request", "RequestOutcome", "Role", "Sku",
-    "TierSpec", "Vm", "VmState",
+    "DEFAULT_TIERS", "Instance", "InstanceSpec", "InstanceState", "InstanceStatus", "LatencyObjective", "ModelSpec",
+    "Observation", "Plan", "PoolKey", "PoolObservation", "Purchase", "Region", "Request", "RequestOutcome", "Role",
+    "Sku", "TierList", "TierModel", "TierSpec", "Vm", "VmState", "default_tier_models", "latency_objective",
+    "tier_table",
 ]

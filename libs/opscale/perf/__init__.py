@@ -39,7 +39,7 @@ from opscale.perf.latency import (
     weights_fit,
 )
 from opscale.perf.loading import LoadSource, LoadTimeParams, load_time_s
-from opscale.perf.profiled import ProfiledLatencyModel, latency_model_for
+from opscale.perf.profiled import LatencyModels, ProfiledLatencyModel, latency_model_for
 from opscale.perf.profiles import (
     Curve,
     ModelShape,
@@ -53,7 +53,7 @@ from opscale.perf.profiles import (
 
 __all__ = [
     "CALIBRATED_PARAMS", "DEFAULT_INTERCONNECT_GBPS", "GENERIC", "AllReduceFit", "Catalog", "CatalogError",
-    "Curve", "DenseWork", "GpuRoof", "IterationCost", "LatencyModel", "LoadSource", "LoadTimeParams",
+    "Curve", "DenseWork", "GpuRoof", "IterationCost", "LatencyModel", "LatencyModels", "LoadSource", "LoadTimeParams",
     "ModelShape", "NetworkProfile", "OperatorProfile", "ProfileError", "ProfileLookupError", "ProfileSet",
     "ProfiledLatencyModel", "RooflineFit", "RooflineLatencyModel", "RooflineParams", "UnknownNameError",
     "attn_pairs", "calibrate", "calibrated_params", "default_catalog", "dense_layer_work", "fit_allreduce",

@@ -202,3 +202,19 @@ def latency_model_for(model: ModelSpec, sku: Sku, tp: int, *, profiles: ProfileS
     if profile is None or tp not in profile.curves:
         return roofline
     return ProfiledLatencyModel(model, sku, tp, profile, roofline, network=profiles.network_for(sku.name))
+
+
+class LatencyModels:
+    """`latency_model_for` built once per (model, SKU, TP) and then shared, so the engines of a run and
+    the capacity estimates sizing them ask the same model (as a live node-agent and planner do)."""
+
+    def __init__(self, profiles: ProfileSet | None = None) -> None:
+        self.profiles = profiles
+        self._models: dict[tuple[str, str, int], LatencyModel] = {}
+
+    def __call__(self, model: ModelSpec, sku: Sku, tp: int) -> LatencyModel:
+        key = (model.name, sku.name, tp)
+        latency = self._models.get(key)
+        if latency is None:
+            latency = self._models[key] = latency_model_for(model, sku, tp, profiles=self.profiles)
+        return latency

@@ -18,9 +18,10 @@ per-tier demand, so the mapping is:
   unabsorbed batch arrivals would take longer than `batch_deadline_s` to drain on the spare room, and
   then just enough to drain by the deadline at `batch_util`;
 - the local autoscaler cannot set a batch size through Effects: it keeps a batch-size factor per pool
-  (halved when TBT p99 exceeds the objective, raised by a tenth while well under it) and the global
-  autoscaler plans with c x factor, since an instance capped at a smaller batch decodes proportionally
-  fewer tokens per second (decode throughput is roughly linear in batch below saturation).
+  (halved when TBT p99 exceeds the tiers' objective, `LatencyObjective.tbt_slo_s`, raised by a tenth
+  while well under it) and the global autoscaler plans with c x factor, since an instance capped at a
+  smaller batch decodes proportionally fewer tokens per second (decode throughput is roughly linear in
+  batch below saturation).
 
 Scale-up is immediate; scale-down takes the highest recommendation of a stabilisation window and waits
 while anything is loading. Defaults marked (inferred) are not in any source.
@@ -33,7 +34,14 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.model import Observation, PoolKey, PoolObservation
+from opscale.model import (
+    DEFAULT_TIERS,
+    LatencyObjective,
+    Observation,
+    PoolKey,
+    PoolObservation,
+    latency_objective,
+)
 from opscale.planning import guards
 from opscale.planning.base import CapacityFn, DeploymentSpec, Effects
 from opscale.planning.pool_load import decide_each_pool, instance_rps
@@ -51,7 +59,6 @@ class ChironConfig(BaseModel):
     batch_util: float = Field(0.95, gt=0, le=1, description="Load a batch-pool instance is sized for (inferred)")
     batch_deadline_s: float = Field(86400.0, gt=0, description="Queued batch work must drain within this "
                                     "(SageServe's NIW SLA, 24 h)")
-    tbt_slo_s: float = Field(0.1, gt=0, description="TBT objective the local autoscaler keeps")
     local_slack: float = Field(0.2, ge=0, lt=1, description="Raise the batch factor only while TBT p99 is "
                                "below (1 - this) x the objective (inferred)")
     local_increase: float = Field(0.1, gt=0, le=1, description="Additive batch-factor increase (inferred)")
@@ -86,13 +93,14 @@ class ChironSizing:
         return self.mixed + self.batch
 
 
-def local_batch_factor(factor: float, tbt_p99_s: float | None, cfg: ChironConfig) -> float:
-    """Chiron's local autoscaler as AIMD on the TBT slack: halve on a breach, grow while well under."""
+def local_batch_factor(factor: float, tbt_p99_s: float | None, tbt_slo_s: float, cfg: ChironConfig) -> float:
+    """Chiron's local autoscaler as AIMD on the TBT slack: halve on a breach of `tbt_slo_s`, grow while
+    well under it."""
     if tbt_p99_s is None or not math.isfinite(tbt_p99_s):
         return factor
-    if tbt_p99_s > cfg.tbt_slo_s:
+    if tbt_p99_s > tbt_slo_s:
         return max(cfg.min_batch_factor, factor * cfg.local_decrease)
-    if tbt_p99_s < cfg.tbt_slo_s * (1 - cfg.local_slack):
+    if tbt_p99_s < tbt_slo_s * (1 - cfg.local_slack):
         return min(1.0, factor + cfg.local_increase)
     return factor
 
@@ -125,8 +133,9 @@ class ChironPolicy:
     name = "chiron"
 
     def __init__(self, deployments: list[DeploymentSpec], capacity: CapacityFn,
-                 config: ChironConfig | None = None) -> None:
+                 config: ChironConfig | None = None, objective: LatencyObjective | None = None) -> None:
         self.config = config or ChironConfig()
+        self.objective = objective or latency_objective(DEFAULT_TIERS)
         self.deployments = {d.model: d for d in deployments}
         self.capacity = capacity
 
@@ -142,7 +151,7 @@ class ChironPolicy:
     def _decide_pool(self, spec: DeploymentSpec, pool: PoolObservation, st: ChironPoolState,
                      now_s: float) -> tuple[int, str, ChironPoolState]:
         cfg = self.config
-        factor = local_batch_factor(st.batch_factor, pool.tbt_p99_s, cfg)
+        factor = local_batch_factor(st.batch_factor, pool.tbt_p99_s, self.objective.tbt_slo_s, cfg)
         capacity = instance_rps(spec, pool, self.capacity) * factor
         expected = pool.expected
         if capacity <= 0 or not math.isfinite(capacity):

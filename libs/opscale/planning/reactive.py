@@ -5,31 +5,39 @@ count is ceil(demand / (capacity x target_util)). Scale-up acts when u on the *e
 plus loading) exceeds target x (1 + tolerance), so capacity still loading is never ordered twice.
 Scale-down acts only when u is below target x (1 - tolerance), after `down_delay_s` since the last
 change, on the highest recommendation of the stabilisation window, only if the survivors absorb the
-load, and never while the pool is still converging (anything loading). When TTFT p99 breaches its
-objective while requests queue, one more instance is added whatever the model says (negative feedback
-for a capacity model that is off).
+load, and never while the pool is still converging (anything loading). When TTFT p99 breaches the
+tiers' objective (`LatencyObjective.ttft_slo_s`, the strictest latency-sensitive tier's) while requests
+queue, one more instance is added whatever the model says (negative feedback for a capacity model that
+is off).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.model import Observation, PoolKey, PoolObservation
+from opscale.model import (
+    DEFAULT_TIERS,
+    LatencyObjective,
+    Observation,
+    PoolKey,
+    PoolObservation,
+    latency_objective,
+)
 from opscale.planning import guards
 from opscale.planning.base import CapacityFn, DeploymentSpec, Effects
 from opscale.planning.pool_load import instance_rps
 
 
 class ReactiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     target_util: float = Field(0.7, gt=0, le=1, description="Utilisation the pool is sized for")
     tolerance: float = Field(0.1, ge=0, lt=1, description="Hysteresis band around the target (fraction)")
     up_delay_s: float = Field(15.0, ge=0, description="Minimum time between two scale-ups of a pool")
     down_delay_s: float = Field(120.0, ge=0, description="Minimum time since the last change before scale-down")
     down_window_s: float = Field(300.0, ge=0, description="Scale-down stabilisation window")
     max_down_step: int = Field(2, ge=1, description="Instances removed per decision at most")
-    ttft_slo_s: float = Field(2.0, gt=0, description="TTFT objective for the SLO backstop")
     use_forecast: bool = Field(False, description="Plan on max(observed, forecast upper bound); off for a purely "
                                "reactive scaler (forecast-driven planning is the SageServe planner's job)")
 
@@ -50,8 +58,9 @@ class ReactivePolicy:
     name = "reactive"
 
     def __init__(self, deployments: list[DeploymentSpec], capacity: CapacityFn,
-                 config: ReactiveConfig | None = None) -> None:
+                 config: ReactiveConfig | None = None, objective: LatencyObjective | None = None) -> None:
         self.config = config or ReactiveConfig()
+        self.objective = objective or latency_objective(DEFAULT_TIERS)
         self.deployments = {d.model: d for d in deployments}
         self.capacity = capacity
 
@@ -91,12 +100,13 @@ class ReactivePolicy:
             # Not an "up" for the up-delay: the next decision, with real traffic seen, may add more at once.
             return target, f"cold start: {waiting} waiting, demand {demand:.2f} rps", _changed(st, now_s, up=False)
 
-        slo_breach = (pool.ttft_p99_s is not None and pool.ttft_p99_s > cfg.ttft_slo_s and waiting > 0
+        ttft_slo_s = self.objective.ttft_slo_s
+        slo_breach = (pool.ttft_p99_s is not None and pool.ttft_p99_s > ttft_slo_s and waiting > 0
                       and pool.loading == 0)
         if slo_breach and now_s - st.last_up_s >= cfg.up_delay_s:
             target = guards.clamp(max(raw, expected + 1), spec.min_replicas, spec.max_replicas)
             if target > expected:
-                return (target, f"SLO backstop: TTFT p99 {pool.ttft_p99_s:.2f}s > {cfg.ttft_slo_s}s with "
+                return (target, f"SLO backstop: TTFT p99 {pool.ttft_p99_s:.2f}s > {ttft_slo_s}s with "
                         f"{waiting} queued", _changed(st, now_s, up=True))
 
         if raw > expected and util > cfg.target_util * (1 + cfg.tolerance):

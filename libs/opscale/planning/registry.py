@@ -1,13 +1,15 @@
-"""Registry of planning policies, chosen by name in config."""
+"""Registry of planning policies, chosen by name in config. Each is built with the deployments, the
+capacity estimate, the latency objective derived from the service tiers, and its own parameters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from opscale.model import DEFAULT_TIERS, LatencyObjective, TierSpec, latency_objective
 from opscale.planning.base import CapacityFn, DeploymentSpec, PlanningPolicy
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -25,13 +27,20 @@ class PlanningPolicyName(StrEnum):
     SAGESERVE_MIP = "sageserve_mip"
 
 
-def _reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+# Objectives are the tiers' (opscale.model.tiers), not a policy's: these former parameters are refused
+# with that explanation rather than with "unknown field".
+_TIER_OBJECTIVES = ("ttft_slo_s", "tbt_slo_s")
+
+
+def _reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+              **params: Any) -> PlanningPolicy:
     from opscale.planning.reactive import ReactiveConfig, ReactivePolicy
 
-    return ReactivePolicy(deployments, capacity, ReactiveConfig(**params))
+    return ReactivePolicy(deployments, capacity, _config("reactive", ReactiveConfig, params), objective)
 
 
-def _static(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+def _static(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+            **params: Any) -> PlanningPolicy:
     from opscale.planning.static import StaticPolicy
 
     return StaticPolicy(deployments, **params)
@@ -46,32 +55,37 @@ def _config(policy: str, cls: type[ConfigT], params: dict[str, Any]) -> ConfigT:
         raise ValueError(f"planning policy {policy!r}: {problems}") from None
 
 
-def _kpa(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+def _kpa(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+         **params: Any) -> PlanningPolicy:
     from opscale.planning.kpa import KpaConfig, KpaPolicy
 
     return KpaPolicy(deployments, capacity, _config("kpa", KpaConfig, params))
 
 
-def _chiron(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+def _chiron(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+            **params: Any) -> PlanningPolicy:
     from opscale.planning.chiron import ChironConfig, ChironPolicy
 
-    return ChironPolicy(deployments, capacity, _config("chiron", ChironConfig, params))
+    return ChironPolicy(deployments, capacity, _config("chiron", ChironConfig, params), objective)
 
 
-def _sageserve_reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+def _sageserve_reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+                        **params: Any) -> PlanningPolicy:
     from opscale.planning.sageserve.reactive import SageServeReactiveConfig, SageServeReactivePolicy
 
     return SageServeReactivePolicy(deployments, _config("sageserve_reactive", SageServeReactiveConfig, params))
 
 
-def _sageserve_mip(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+def _sageserve_mip(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+                   **params: Any) -> PlanningPolicy:
     from opscale.planning.sageserve.mip import SageServeMipConfig, SageServeMipPolicy
 
     return SageServeMipPolicy(deployments, capacity, _config("sageserve_mip", SageServeMipConfig, params))
 
 
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
-    def make(deployments: list[DeploymentSpec], capacity: CapacityFn, **params: Any) -> PlanningPolicy:
+    def make(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+             **params: Any) -> PlanningPolicy:
         from opscale.planning.sageserve.long_term import SageServeLtConfig, SageServeLtPolicy
 
         if "variant" in params:
@@ -96,11 +110,18 @@ _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
 }
 
 
-def make_planning_policy(name: str, deployments: list[DeploymentSpec], capacity: CapacityFn,
-                         **params: Any) -> PlanningPolicy:
+def make_planning_policy(name: str, deployments: list[DeploymentSpec], capacity: CapacityFn, *,
+                         tiers: Mapping[str, TierSpec] | None = None, **params: Any) -> PlanningPolicy:
+    """The planning policy called `name` with its `params`; the objectives it defends come from `tiers`
+    (the built-in tiers when None)."""
     try:
         key = PlanningPolicyName(name)
     except ValueError:
         known = ", ".join(n.value for n in PlanningPolicyName)
         raise ValueError(f"unknown planning policy {name!r}; known policies: {known}") from None
-    return _FACTORIES[key](deployments, capacity, **params)
+    moved = [p for p in _TIER_OBJECTIVES if p in params]
+    if moved:
+        raise ValueError(f"planning policy {name!r}: {moved[0]} (got {params[moved[0]]!r}) is not a policy "
+                         f"parameter; latency objectives come from the tiers (their {moved[0]})")
+    objective = latency_objective(tiers if tiers is not None else DEFAULT_TIERS)
+    return _FACTORIES[key](deployments, capacity, objective, **params)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, model_validator
@@ -65,9 +66,9 @@ class AggregatorCore:
 
     name = "aggregator"
 
-    def __init__(self, config: AggregatorConfig | None = None, tiers: dict[str, TierSpec] | None = None) -> None:
+    def __init__(self, config: AggregatorConfig | None = None, tiers: Mapping[str, TierSpec] | None = None) -> None:
         self.config = config or AggregatorConfig()
-        self.tiers = tiers or DEFAULT_TIERS
+        self.tiers = dict(tiers) if tiers is not None else dict(DEFAULT_TIERS)
         self._slots: dict[tuple[str, str, str], deque[_Slot]] = {}
         self._agents: dict[str, AgentHeartbeat] = {}
         self._seen: set[str] = set()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from opscale.model import Observation, PoolKey, PoolObservation
+from opscale.model import Observation, PoolKey, PoolObservation, TierSpec
 from opscale.planning import DeploymentSpec, make_planning_policy
 from opscale.planning.chiron import ChironConfig, ChironPolicy, local_batch_factor, size_pools
 
@@ -54,12 +54,22 @@ def test_a_large_backlog_adds_batch_instances() -> None:
 
 
 def test_local_autoscaler_halves_on_a_breach_and_grows_with_slack() -> None:
-    cfg = ChironConfig(tbt_slo_s=0.1)
-    assert local_batch_factor(1.0, 0.2, cfg) == 0.5
-    assert local_batch_factor(0.3, 0.2, cfg) == cfg.min_batch_factor
-    assert local_batch_factor(0.5, 0.05, cfg) == pytest.approx(0.6)
-    assert local_batch_factor(0.5, 0.09, cfg) == 0.5  # within the slack band: unchanged
-    assert local_batch_factor(0.5, None, cfg) == 0.5
+    cfg = ChironConfig()
+    assert local_batch_factor(1.0, 0.2, 0.1, cfg) == 0.5
+    assert local_batch_factor(0.3, 0.2, 0.1, cfg) == cfg.min_batch_factor
+    assert local_batch_factor(0.5, 0.05, 0.1, cfg) == pytest.approx(0.6)
+    assert local_batch_factor(0.5, 0.09, 0.1, cfg) == 0.5  # within the slack band: unchanged
+    assert local_batch_factor(0.5, None, 0.1, cfg) == 0.5
+
+
+def test_the_tbt_objective_is_the_tiers() -> None:
+    relaxed = {"interactive": TierSpec("interactive", ttft_slo_s=2.0, tbt_slo_s=0.5)}
+    policy = make_planning_policy("chiron", [DEP], five_rps, tiers=relaxed, interactive_fraction=1.0)
+    state = policy.decide(obs(6.0, 2), policy.initial_state(), 0.0).state
+    kept = policy.decide(obs(6.0, 2, tbt_p99_s=0.3), state, 10.0)  # 0.3 s breaches 0.1 s, not 0.5 s
+    assert kept.desired[KEY] == 2 and "batch factor 1.00" in kept.reasons[KEY]
+    with pytest.raises(ValueError, match=r"tbt_slo_s \(got 0.1\) is not a policy parameter.*tiers"):
+        make_planning_policy("chiron", [DEP], five_rps, tbt_slo_s=0.1)
 
 
 def test_policy_plans_more_instances_after_a_tbt_breach() -> None:

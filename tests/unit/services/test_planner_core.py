@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from _builders import heartbeat, status
 
-from opscale.model import InstanceState, PoolKey
+from opscale.model import InstanceState, PoolKey, TierSpec
 from opscale.planning import DeploymentSpec, make_planning_policy
 from opscale.planning.reactive import ReactiveConfig, ReactivePolicy
 from opscale.services.actions import SendCommand, Store
@@ -175,6 +175,31 @@ def test_demand_comes_from_router_arrivals_and_ttft_breach_adds_one() -> None:
     planner.handle(_window(5.0, 40.0), 40.0)
     planner.tick(40.0)
     assert planner.plan.replicas()[PoolKey("m", "eu")] == 4 and "SLO backstop" in planner.plan.reason
+
+
+def test_the_ttft_backstop_defends_the_tiers_objective() -> None:
+    # The same breach as above (TTFT p99 5 s with requests queued) is within a tier table whose
+    # strictest latency-sensitive TTFT is 10 s: no backstop.
+    tiers = {"chat": TierSpec("chat", ttft_slo_s=10.0, tbt_slo_s=0.1),
+             "bulk": TierSpec("bulk", ttft_slo_s=1.0, tbt_slo_s=1.0, deadline_s=600.0)}
+    policy = make_planning_policy("reactive", [DEP], one_rps, tiers=tiers, target_util=0.7, up_delay_s=0)
+    assert policy.objective.ttft_slo_s == 10.0  # the deadline tier's 1 s TTFT is not an objective
+    planner = PlannerCore(policy, [DEP], PlannerConfig(interval_s=10))
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    for t in (10.0, 20.0, 30.0):
+        planner.handle(_load(2.0, t), t)
+    planner.handle(_ready_heartbeat(planner, "a1", 30.0), 30.0)
+    planner.tick(30.0)
+    planner.handle(_ready_heartbeat(planner, "a1", 35.0), 35.0)
+    planner.handle(_load(2.0, 40.0, pending=5), 40.0)
+    planner.handle(_window(5.0, 40.0), 40.0)
+    planner.tick(40.0)
+    assert planner.plan.replicas()[PoolKey("m", "eu")] == 3 and "SLO backstop" not in planner.plan.reason
+    with pytest.raises(ValueError, match=r"'reactive': ttft_slo_s \(got 2.0\) is not a policy parameter"):
+        make_planning_policy("reactive", [DEP], one_rps, ttft_slo_s=2.0)
+    with pytest.raises(ValueError, match=r"'reactive': target_utl: Extra inputs"):
+        make_planning_policy("reactive", [DEP], one_rps, target_utl=0.5)
 
 
 def test_a_policys_prepared_growth_is_staged_on_the_hosts_it_would_use() -> None:

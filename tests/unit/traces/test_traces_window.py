@@ -28,7 +28,7 @@ def test_select_keeps_exactly_the_arrivals_in_the_window(arrivals: list[float], 
     expected = [r for r in trace if start <= r.arrival_s < end]
     assert [r.request_id for r in kept] == [r.request_id for r in expected]
     offset = start if rebase else 0.0
-    assert all(math.isclose(k.arrival_s, e.arrival_s - offset, abs_tol=1e-9) for k, e in zip(kept, expected))
+    assert all(math.isclose(k.arrival_s, e.arrival_s - offset, abs_tol=1e-9) for k, e in zip(kept, expected, strict=True))
 
 
 def test_open_bounds_and_a_request_cap() -> None:

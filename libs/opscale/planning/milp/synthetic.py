@@ -23,7 +23,7 @@ import math
 import random
 from enum import StrEnum
 
-from opscale.model import Purchase
+from opscale.model import DEFAULT_TIERS, Purchase, latency_objective
 from opscale.perf import Catalog, load_catalog
 from opscale.planning.capacity import CapacityEstimator
 from opscale.planning.milp.catalog import capacity_table, planned_model, sku_specs
@@ -78,7 +78,8 @@ def synthetic_instance(regions: int, models: int, skus: int, seed: int,
     base_names = catalog.model_names
     names = {f"{base_names[i % len(base_names)]}#{i}": base_names[i % len(base_names)] for i in range(models)}
     planned = {n: planned_model(catalog, base, name=n) for n, base in names.items()}
-    capacity = capacity_table(CapacityEstimator(catalog, tbt_budget_s=0.1), planned, names, sku_list)
+    capacity = capacity_table(CapacityEstimator(catalog, latency_objective(DEFAULT_TIERS).tbt_slo_s), planned, names,
+                              sku_list)
 
     if profile == DemandProfile.SAGESERVE:
         demand = _sageserve_demand(rng, planned, region_names, capacity, catalog)

@@ -12,10 +12,17 @@ Sources, strongest first:
      node_agent) holds that service's fields and overrides the shared ones;
   5. defaults.
 
+`tiers` (the service tiers and their objectives, opscale.model.tiers) is shared and only shared: the
+router, the aggregator and the planner must judge and plan by one table, so a service section or a
+service-prefixed variable that sets it is an error.
+
 Example file:
 
     nats_url: nats://nats:4222
     namespace: staging
+    tiers:
+      - {name: interactive, ttft_slo_s: 1.0, tbt_slo_s: 0.05}
+      - {name: batch, ttft_slo_s: 600, tbt_slo_s: 1.0, deadline_s: 3600, priority: 1}
     router:
       http_port: 8080
       core: {policy: jsq_tokens}
@@ -47,6 +54,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from opscale.model import TierList, TierSpec, default_tier_models, tier_table
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -69,6 +77,8 @@ __all__ = [
 
 CONFIG_ENV = "OPSCALE_CONFIG"
 SHARED_ENV_PREFIX = "OPSCALE_"
+# Settings that every service must see alike: set at the top level of the file or by OPSCALE_<FIELD>.
+SHARED_ONLY = ("tiers",)
 _NAMESPACE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,31})?$")
 
 S = TypeVar("S", bound="LiveSettings")
@@ -145,7 +155,24 @@ class _YamlSource(PydanticBaseSettingsSource):
             if section is not None and not isinstance(section, dict):
                 raise SettingsError(f"config file {path}: section {section_name!r} must be a mapping, "
                                     f"got {section!r}")
+            for name in SHARED_ONLY:
+                if name in (section or {}):
+                    raise SettingsError(f"config file {path}: '{section_name}.{name}': {name} are shared by every "
+                                        f"service; set them at the top level of the file")
             values.update(section or {})
+        return values
+
+
+class _ServiceEnvSource(EnvSettingsSource):
+    """OPSCALE_<SERVICE>_<FIELD>, refusing the shared-only fields."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        prefix = self.settings_cls.model_config.get("env_prefix", "") or ""
+        for name in SHARED_ONLY:
+            if name in values and prefix != SHARED_ENV_PREFIX:
+                raise SettingsError(f"{prefix}{name.upper()}: {name} are shared by every service; set "
+                                    f"{SHARED_ENV_PREFIX}{name.upper()} or the top-level {name!r} of the config file")
         return values
 
 
@@ -178,6 +205,9 @@ class LiveSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Root log level")
     request_timeout_s: float = Field(5.0, gt=0, description="Timeout of each NATS/Redis request")
     stop_timeout_s: float = Field(10.0, gt=0, description="How long shutdown waits for loops to end")
+    tiers: TierList = Field(default_factory=default_tier_models, description="Service tiers and their latency "
+                            "objectives, the same for every service: the router orders and judges requests by "
+                            "them, the aggregator counts SLO attainment, the planner sizes capacity for them")
 
     @field_validator("nats_url")
     @classmethod
@@ -206,6 +236,10 @@ class LiveSettings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    def tier_specs(self) -> dict[str, TierSpec]:
+        """The tiers as the service cores take them."""
+        return tier_table(self.tiers)
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,
@@ -213,7 +247,7 @@ class LiveSettings(BaseSettings):
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         shared_env = _SharedEnvSource(settings_cls, env_prefix=SHARED_ENV_PREFIX, env_nested_delimiter="__")
-        return init_settings, env_settings, shared_env, _YamlSource(settings_cls)
+        return init_settings, _ServiceEnvSource(settings_cls), shared_env, _YamlSource(settings_cls)
 
 
 def _service_config(prefix: str) -> SettingsConfigDict:
@@ -280,7 +314,6 @@ class PlannerSettings(LiveSettings):
     agent_call_timeout_s: float = Field(5.0, gt=0, description="Deadline of each gRPC call to a node-agent")
     policy: str = Field("reactive", description="Planning policy name (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the planning policy")
-    tbt_budget_s: float = Field(0.1, gt=0, description="TBT objective that per-instance capacity is sized for")
     profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout) for "
                                       "capacity estimates; without it the calibrated roofline model is used")
     deployments: list[DeploymentSpec] = Field(
@@ -379,6 +412,8 @@ def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
     if not loc:
         return f"{cls.__name__}"
     dotted = ".".join(str(p) for p in loc)
+    if loc[0] in SHARED_ONLY:
+        return f"{dotted!r} (env {SHARED_ENV_PREFIX}{str(loc[0]).upper()} or the top-level {dotted!r} in the config file)"
     prefix = cls.model_config.get("env_prefix", SHARED_ENV_PREFIX) or ""
     env = prefix + "__".join(str(p).upper() for p in loc)
     where = [f"env {env}"]

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from opscale.model import TierSpec
 from opscale.runtime.live.settings import (
     CONFIG_ENV,
     SERVICE_SETTINGS,
+    AggregatorSettings,
     NodeAgentSettings,
     PlannerSettings,
     RouterSettings,
@@ -133,3 +135,51 @@ def test_node_agent_settings_derive_the_core_config() -> None:
     assert (core.agent_id, core.region, core.sku, core.gpus) == ("gpu-7", "eu", "A100-80GB", 4)
     assert core.address == "10.0.0.7:50999"
     assert core.heartbeat_interval_s == agent.heartbeat_interval_s
+
+
+def test_one_tier_table_in_the_file_reaches_every_service(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+tiers:
+  - {name: chat, ttft_slo_s: 1.5, tbt_slo_s: 0.05}
+  - {name: bulk, ttft_slo_s: 900, tbt_slo_s: 2.0, deadline_s: 7200, priority: 1}
+router: {http_port: 8080}
+""")
+    expected = {"chat": TierSpec("chat", 1.5, 0.05), "bulk": TierSpec("bulk", 900.0, 2.0, 7200.0, 1)}
+    for cls in SERVICE_SETTINGS.values():
+        assert load_settings(cls, path).tier_specs() == expected
+
+
+def test_tiers_from_the_shared_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSCALE_TIERS", '[{"name": "chat", "ttft_slo_s": 1.0, "tbt_slo_s": 0.05}]')
+    assert load_settings(PlannerSettings).tier_specs() == {"chat": TierSpec("chat", 1.0, 0.05)}
+
+
+def test_tiers_are_shared_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = write(tmp_path, "planner:\n  tiers: [{name: chat, ttft_slo_s: 1.0, tbt_slo_s: 0.05}]\n")
+    with pytest.raises(SettingsError, match=r"'planner.tiers': tiers are shared by every service; set them at "
+                                            r"the top level"):
+        load_settings(PlannerSettings, section)
+    monkeypatch.setenv("OPSCALE_ROUTER_TIERS", '[{"name": "chat", "ttft_slo_s": 1.0, "tbt_slo_s": 0.05}]')
+    with pytest.raises(SettingsError, match="OPSCALE_ROUTER_TIERS: tiers are shared by every service; set "
+                                            "OPSCALE_TIERS"):
+        load_settings(RouterSettings)
+
+
+def test_bad_tiers_are_named_with_where_to_set_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "tiers: [{name: chat, ttft_slo_s: -1, tbt_slo_s: 0.05}, {ttft_slo_s: 1, tbt_slo_s: 1}]\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(AggregatorSettings, path)
+    message = str(err.value)
+    assert ("'tiers.0.ttft_slo_s' (env OPSCALE_TIERS or the top-level 'tiers.0.ttft_slo_s' in the config file): "
+            "Input should be greater than 0; got -1") in message
+    assert "'tiers.1.name' (env OPSCALE_TIERS or the top-level 'tiers.1.name' in the config file): Field required" \
+        in message
+    duplicate = write(tmp_path, "tiers: [{name: chat, ttft_slo_s: 1, tbt_slo_s: 1}, {name: chat, ttft_slo_s: 2, "
+                                "tbt_slo_s: 1}]\n")
+    with pytest.raises(SettingsError, match="tier 'chat' appears twice"):
+        load_settings(RouterSettings, duplicate)
+
+
+def test_the_planner_has_no_tbt_budget_of_its_own(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"'planner.tbt_budget_s' in the config file\): Extra inputs"):
+        load_settings(PlannerSettings, write(tmp_path, "planner: {tbt_budget_s: 0.1}\n"))
