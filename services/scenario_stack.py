@@ -35,6 +35,9 @@ def scenario_settings(scenario: Scenario) -> dict[str, Any]:
     deployed = [d.model for d in scenario.deployments]
     return {
         "tiers": [t.model_dump(mode="json") for t in scenario.tiers],
+        # The simulation may turn token outputs off to save time; a live engine streams every token and
+        # the node-agent sets its own step size, so neither is the scenario's to say.
+        "engine": scenario.engine.model_dump(mode="json", exclude={"emit_tokens", "max_run_steps"}),
         "router": {"core": {"policy": scenario.routing_policy, "models": deployed, **scenario.router}},
         "aggregator": {"core": scenario.aggregator.model_dump(mode="json")},
         "forecaster": {"core": scenario.forecaster.model_dump(mode="json")},
@@ -42,12 +45,10 @@ def scenario_settings(scenario: Scenario) -> dict[str, Any]:
             "policy": scenario.policy,
             "policy_params": scenario.policy_params,
             "deployments": [d.model_dump(mode="json") for d in scenario.deployments],
-            "engine": _engine_options(scenario),
             "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
             "core": scenario.planner.model_dump(mode="json"),
         },
         "node_agent": {
-            "engine_options": _engine_options(scenario),
             "load_time_scale": scenario.load_time_scale,
             "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
         },
@@ -71,9 +72,3 @@ def scenario_processes(scenario: Scenario) -> list[ScenarioProcess]:
                 f"{prefix}WEIGHT_CACHE_GB": str(group.weight_cache_gb),
             }))
     return processes
-
-
-def _engine_options(scenario: Scenario) -> dict[str, Any]:
-    # The simulation turns token outputs off to save time; a live engine streams every token, and the
-    # node-agent sets its own step size, so neither is the scenario's to say.
-    return scenario.engine.model_dump(mode="json", exclude={"emit_tokens", "max_run_steps"})

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from opscale.engine import EngineConfig, SimEngine
+from opscale.engine import SimEngine
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus
 from opscale.perf import default_catalog, latency_model_for, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
@@ -57,7 +57,7 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
     catalog.sku(settings.sku)  # an unknown SKU fails here, naming the known ones
     # A live engine streams every token as it is made: one decode step per event, tokens always reported
     # (a scenario written for the simulator may turn them off to save time there).
-    engine_config = EngineConfig(**{**settings.engine_options, "max_run_steps": 1, "emit_tokens": True})
+    engine_config = settings.engine.model_copy(update={"max_run_steps": 1, "emit_tokens": True})
 
     profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
 

@@ -33,7 +33,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
         stack = build_planning_stack(settings.deployments, settings.tier_specs(), settings.policy,
                                      settings.policy_params, catalog=default_catalog(),
-                                     latency=LatencyModels(profiles))
+                                     latency=LatencyModels(profiles), engine=settings.engine)
         core = PlannerCore(stack.policy, settings.deployments, settings.core)
         clients: dict[str, NodeAgentClient] = {}
         sending: set[asyncio.Task[None]] = set()

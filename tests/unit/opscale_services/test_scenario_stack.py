@@ -69,6 +69,6 @@ def test_the_scenario_settings_configure_every_service(tmp_path: Path) -> None:
     assert settings["router"].core.models == ["Llama-3-8B"]
     assert settings["planner"].policy == "kpa"
     assert [d.regions for d in settings["planner"].deployments] == [["eu", "us"]]
-    agent = settings["node_agent"]
-    assert agent.engine_options["max_num_seqs"] == 64 and "emit_tokens" not in agent.engine_options
-    assert agent.load_time_scale == 0.1
+    assert all(s.engine.max_num_seqs == 64 for s in settings.values())  # the planner sizes for the agents' engines
+    assert [t.name for t in settings["aggregator"].tiers] == [t.name for t in _scenario().tiers]
+    assert settings["node_agent"].load_time_scale == 0.1

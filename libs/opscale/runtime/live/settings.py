@@ -12,9 +12,10 @@ Sources, strongest first:
      node_agent) holds that service's fields and overrides the shared ones;
   5. defaults.
 
-`tiers` (the service tiers and their objectives, opscale.model.tiers) is shared and only shared: the
-router, the aggregator and the planner must judge and plan by one table, so a service section or a
-service-prefixed variable that sets it is an error.
+`tiers` (the service tiers and their objectives, opscale.model.tiers) and `engine` (the simulated
+engines' settings) are shared and only shared: the router, the aggregator and the planner must judge and
+plan by one tier table, and the planner must size capacity for the engines the node-agents run, so a
+service section or a service-prefixed variable that sets either is an error.
 
 Example file:
 
@@ -54,6 +55,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from opscale.engine import EngineConfig
 from opscale.model import TierList, TierSpec, default_tier_models, tier_table
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
@@ -78,7 +80,7 @@ __all__ = [
 CONFIG_ENV = "OPSCALE_CONFIG"
 SHARED_ENV_PREFIX = "OPSCALE_"
 # Settings that every service must see alike: set at the top level of the file or by OPSCALE_<FIELD>.
-SHARED_ONLY = ("tiers",)
+SHARED_ONLY = ("tiers", "engine")
 _NAMESPACE_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,31})?$")
 
 S = TypeVar("S", bound="LiveSettings")
@@ -157,8 +159,8 @@ class _YamlSource(PydanticBaseSettingsSource):
                                     f"got {section!r}")
             for name in SHARED_ONLY:
                 if name in (section or {}):
-                    raise SettingsError(f"config file {path}: '{section_name}.{name}': {name} are shared by every "
-                                        f"service; set them at the top level of the file")
+                    raise SettingsError(f"config file {path}: '{section_name}.{name}': '{name}' is shared by every "
+                                        f"service; set it at the top level of the file")
             values.update(section or {})
         return values
 
@@ -171,7 +173,7 @@ class _ServiceEnvSource(EnvSettingsSource):
         prefix = self.settings_cls.model_config.get("env_prefix", "") or ""
         for name in SHARED_ONLY:
             if name in values and prefix != SHARED_ENV_PREFIX:
-                raise SettingsError(f"{prefix}{name.upper()}: {name} are shared by every service; set "
+                raise SettingsError(f"{prefix}{name.upper()}: '{name}' is shared by every service; set "
                                     f"{SHARED_ENV_PREFIX}{name.upper()} or the top-level {name!r} of the config file")
         return values
 
@@ -208,6 +210,9 @@ class LiveSettings(BaseSettings):
     tiers: TierList = Field(default_factory=default_tier_models, description="Service tiers and their latency "
                             "objectives, the same for every service: the router orders and judges requests by "
                             "them, the aggregator counts SLO attainment, the planner sizes capacity for them")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Settings of the simulated engines "
+                                 "(opscale.engine.EngineConfig), the same for every service: the node-agents run "
+                                 "engines with them, the planner sizes per-instance capacity for them")
 
     @field_validator("nats_url")
     @classmethod
@@ -367,8 +372,6 @@ class NodeAgentSettings(LiveSettings):
     weight_cache_gb: float = Field(512.0, ge=0, description="Simulated engines: host memory that keeps model "
                                    "weights after an instance stops (a later start of the model loads warm), "
                                    "and where a plan's pre-staged weights go")
-    engine_options: dict[str, Any] = Field(default_factory=dict,
-                                           description="Simulated engine settings (opscale.engine.EngineConfig)")
     profiles_dir: Path | None = Field(None, description="Folder of measured operator profiles (vidur layout); "
                                       "without it the calibrated roofline model is used")
     engine_backend: Literal["sim", "openai"] = Field(
@@ -378,14 +381,6 @@ class NodeAgentSettings(LiveSettings):
         default_factory=list, description="With engine_backend openai: the servers, one per instance")
     engine_health_interval_s: float = Field(2.0, gt=0, description="openai backend: period of health and "
                                             "metrics checks of each server")
-
-    @field_validator("engine_options")
-    @classmethod
-    def _engine_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from opscale.engine import EngineConfig
-
-        EngineConfig(**value)  # a bad option is named here, at start-up, not when the first engine starts
-        return value
 
     def address(self, bound_port: int | None = None) -> str:
         """host:port others use to reach this agent's gRPC server."""

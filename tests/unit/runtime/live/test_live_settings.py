@@ -122,8 +122,8 @@ def test_bad_json_in_a_nested_env_value(monkeypatch: pytest.MonkeyPatch) -> None
 def test_cross_field_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(15.0\)"):
         load_settings(PlannerSettings, lease_renew_s=20.0)
-    with pytest.raises(SettingsError, match="engine_options.*max_num_seqs"):
-        load_settings(NodeAgentSettings, engine_options={"max_num_seqs": 0})
+    with pytest.raises(SettingsError, match="engine.max_num_seqs"):
+        load_settings(NodeAgentSettings, engine={"max_num_seqs": 0})
     monkeypatch.setenv("OPSCALE_LOG_LEVEL", "debug")
     assert load_settings(RouterSettings).log_level == "DEBUG"
 
@@ -154,15 +154,24 @@ def test_tiers_from_the_shared_environment_variable(monkeypatch: pytest.MonkeyPa
     assert load_settings(PlannerSettings).tier_specs() == {"chat": TierSpec("chat", 1.0, 0.05)}
 
 
-def test_tiers_are_shared_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    section = write(tmp_path, "planner:\n  tiers: [{name: chat, ttft_slo_s: 1.0, tbt_slo_s: 0.05}]\n")
-    with pytest.raises(SettingsError, match=r"'planner.tiers': tiers are shared by every service; set them at "
+@pytest.mark.parametrize("name, value", [("tiers", '[{"name": "chat", "ttft_slo_s": 1.0, "tbt_slo_s": 0.05}]'),
+                                         ("engine", '{"max_num_seqs": 32}')])
+def test_tiers_and_engine_are_shared_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                          value: str) -> None:
+    section = write(tmp_path, f"planner:\n  {name}: {value}\n")
+    with pytest.raises(SettingsError, match=rf"'planner.{name}': '{name}' is shared by every service; set it at "
                                             r"the top level"):
         load_settings(PlannerSettings, section)
-    monkeypatch.setenv("OPSCALE_ROUTER_TIERS", '[{"name": "chat", "ttft_slo_s": 1.0, "tbt_slo_s": 0.05}]')
-    with pytest.raises(SettingsError, match="OPSCALE_ROUTER_TIERS: tiers are shared by every service; set "
-                                            "OPSCALE_TIERS"):
+    monkeypatch.setenv(f"OPSCALE_ROUTER_{name.upper()}", value)
+    with pytest.raises(SettingsError, match=f"OPSCALE_ROUTER_{name.upper()}: '{name}' is shared by every service; "
+                                            f"set OPSCALE_{name.upper()}"):
         load_settings(RouterSettings)
+
+
+def test_the_planner_sizes_for_the_engines_the_agents_run(tmp_path: Path) -> None:
+    path = write(tmp_path, "engine: {max_num_seqs: 32, gpu_memory_utilization: 0.8}\n")
+    planner, agent = load_settings(PlannerSettings, path), load_settings(NodeAgentSettings, path)
+    assert planner.engine == agent.engine and planner.engine.max_num_seqs == 32
 
 
 def test_bad_tiers_are_named_with_where_to_set_them(tmp_path: Path) -> None:
