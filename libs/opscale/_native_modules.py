@@ -24,6 +24,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "opscale.runtime.sim.bus",
     "opscale.runtime.sim.world",
     "opscale.experiments.collector",
+    "opscale.reporting.latencies",
     # made or read once per request by the above
     "opscale.model.request",
     "opscale.services.events",

@@ -21,17 +21,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from opscale.runtime.live.openai_http import (
-    REQUEST_ID_KEY,
-    aclose_quietly,
-    error_response,
-    make_runner,
-    openai_errors_middleware,
-    unix_now_s,
-)
-from opscale.runtime.live.openai_schema import (
-    SSE_CONTENT_TYPE,
-    SSE_DONE,
+from opscale.openai.schema import (
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -41,9 +31,17 @@ from opscale.runtime.live.openai_schema import (
     internal_error,
     parse_completion,
     read_limited,
-    sse_event,
     stream_chunk,
     usage_chunk,
+)
+from opscale.openai.sse import SSE_CONTENT_TYPE, SSE_DONE, sse_event
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    unix_now_s,
 )
 
 __all__ = [

@@ -29,9 +29,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from opscale.model import InstanceSpec
+from opscale.openai.schema import error_for_status
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
-from opscale.runtime.live.openai_schema import error_for_status
 from opscale.runtime.live.settings import OpenAIEngineSettings
 from opscale.services.events import EngineReport
 

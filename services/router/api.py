@@ -1,6 +1,6 @@
 """The router's OpenAI-compatible HTTP API (aiohttp): `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
 
-Role: validate the request (opscale.runtime.live.openai_schema), hand it to a `RouterBackend`, which
+Role: validate the request (opscale.openai.schema), hand it to a `RouterBackend`, which
 picks an instance and streams tokens from it, and turn those tokens into server-sent events or one JSON
 body. It decides nothing about routing: admission, instance choice and retries belong to the back end,
 which refuses by raising `RouteRejected`.
@@ -22,17 +22,7 @@ from typing import Protocol
 from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 
-from opscale.runtime.live.openai_http import (
-    REQUEST_ID_KEY,
-    aclose_quietly,
-    error_response,
-    make_runner,
-    openai_errors_middleware,
-    unix_now_s,
-)
-from opscale.runtime.live.openai_schema import (
-    SSE_CONTENT_TYPE,
-    SSE_DONE,
+from opscale.openai.schema import (
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -44,9 +34,17 @@ from opscale.runtime.live.openai_schema import (
     models_response,
     parse_completion,
     read_limited,
-    sse_event,
     stream_chunk,
     usage_chunk,
+)
+from opscale.openai.sse import SSE_CONTENT_TYPE, SSE_DONE, sse_event
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    unix_now_s,
 )
 
 from opscale_services.router.upstream import SseBytes, UpstreamError

@@ -19,10 +19,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
+from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
-from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
 from opscale.services.actions import Action, Dispatch, Reject
 from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
 from opscale.services.router import RouterCore

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from opscale.runtime.live.openai_schema import SseDecoder, SseError
+from opscale.openai.sse import SseDecoder, SseError
 
 __all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event"]
 

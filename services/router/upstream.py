@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.runtime.live.openai_schema import SseDecoder, SseError, TokenChunk
+from opscale.openai.schema import TokenChunk
+from opscale.openai.sse import SseDecoder, SseError
 
 from opscale_services.router.http1 import (
     ConnectionFailed,

@@ -18,7 +18,7 @@ import pytest
 from _router_service_loopback import serve
 from aiohttp import web
 
-from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
+from opscale.openai.schema import ParsedRequest, TokenChunk
 
 from opscale_services.node_agent.engine_http import (
     InstanceNotAccepting,

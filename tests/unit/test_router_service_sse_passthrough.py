@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opscale.runtime.live.openai_schema import SseError
+from opscale.openai.sse import SseError
 
 from opscale_services.router.sse_passthrough import DONE_EVENT, SseBytes, SseForwarder
 

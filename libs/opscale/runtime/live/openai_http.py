@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from opscale.runtime.live.openai_schema import ApiError, error_for_status, internal_error
+from opscale.openai.schema import ApiError, error_for_status, internal_error
 
 log = logging.getLogger(__name__)
 
