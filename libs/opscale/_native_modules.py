@@ -29,6 +29,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "opscale.model.request",
     "opscale.services.events",
     "opscale.services.actions",
+    "opscale.routing.base",  # LoadIndex: policies' KeyedLoadIndex, a native class, derives from it
     "opscale.routing.policies",
     "opscale.stats",
 )
