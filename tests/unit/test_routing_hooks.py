@@ -1,4 +1,4 @@
-"""The optional hooks of routing policies are protocols (opscale.routing.base), which the router
+"""The optional hooks of routing policies are protocols (opscale.routing.hooks), which the router
 checks once: every policy of the registry that defines a hook's method is an instance of that hook's
 protocol (a policy that names a method right but misses the rest of its protocol would otherwise be
 silently routed without it), and the router core finds each hook its policy has."""

@@ -1,23 +1,17 @@
-"""The routing-policy contract: what a policy sees of an instance, the ways it may choose, and the
-load index the router keeps of every pool.
+"""The routing-policy contract: what a policy sees of an instance, how it chooses, and the load index
+the router keeps of every pool.
 
-Every policy answers `choose(request, candidates)`, a plain function of the list it is given. A policy
-may offer more, each declared here as a protocol that the router checks once, when it is built:
-- `IndexedRoutingPolicy`: it keeps an incremental structure (a load index, a hash ring): the router
-  builds the index when a pool's membership changes, tells it which candidate changed after every
-  dispatch, completion and heartbeat, and then asks for a choice without a scan over every candidate;
-- `LoadRoutingPolicy`: it chooses from the router's own `LoadIndex` of outstanding tokens;
-- `RegionRoutingPolicy`: it picks the region first and leaves the instance to an inner policy;
-- `NotingRoutingPolicy`: it adds a note to the reason of each dispatch it chose.
-Nothing here does I/O or reads a clock.
+Every policy answers `choose(request, candidates)`, a plain function of the list it is given. The
+hooks a policy may offer besides (an index of its own, a choice from the router's `LoadIndex`, a region
+choice, a note on each dispatch) are declared in opscale.routing.hooks. Nothing here does I/O or reads
+a clock. On the router's per-request path (`LoadIndex`, `Candidate`): the compiled build compiles it.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from opscale.model import Request, Role
 
@@ -128,67 +122,9 @@ class CandidateIndex(Protocol):
         ...
 
 
-@runtime_checkable
-class IndexedRoutingPolicy(Protocol):
-    """A policy whose choice comes from an index the router keeps in step with its candidates."""
-
-    name: str
-
-    def choose(self, request: Request, candidates: list[Candidate]) -> Candidate: ...
-
-    def build_index(self, candidates: list[Candidate], loads: LoadIndex | None = None) -> CandidateIndex:
-        """An index over `candidates` (never empty), as they are now. `loads`, when given, is the
-        caller's own index of the same candidates' outstanding tokens, kept current by the caller: the
-        policy may read it (rather than keep a copy of the same numbers) but must not change it."""
-        ...
-
-    def choose_indexed(self, request: Request, candidates: list[Candidate], index: CandidateIndex) -> int:
-        """The same kind of choice as `choose`, as a position in `candidates`, read from `index`."""
-        ...
-
-
-@runtime_checkable
-class LoadRoutingPolicy(Protocol):
-    """A policy that chooses the least-loaded candidate by outstanding tokens, which the router keeps
-    in a `LoadIndex` per pool whatever the policy: it needs no index of its own."""
-
-    name: str
-
-    def choose(self, request: Request, candidates: list[Candidate]) -> Candidate: ...
-
-    def choose_by_load(self, request: Request, loads: LoadIndex) -> int:
-        """The same choice as `choose`, as a position in the pool that `loads` indexes."""
-        ...
-
-
 class RegionLoad(Protocol):
     """What a region-choosing policy sees of one region's pool of a model (the router's `LoadIndex`)."""
 
     def least(self) -> int:
         """The fewest outstanding tokens of any ready instance of the model in this region."""
-        ...
-
-
-@runtime_checkable
-class RegionRoutingPolicy(Protocol):
-    """A policy that picks the region to serve a request in; `inner` then picks the instance there."""
-
-    name: str
-    inner: RoutingPolicy
-
-    def choose(self, request: Request, candidates: list[Candidate]) -> Candidate: ...
-
-    def choose_region(self, request: Request, regions: Mapping[str, RegionLoad],
-                      weights: Mapping[str, float] | None) -> str | None:
-        """The region for `request` among `regions` (each ready one's load), given the newest plan's
-        routing `weights` for the request's (model, origin region); None when none can serve it."""
-        ...
-
-
-@runtime_checkable
-class NotingRoutingPolicy(Protocol):
-    """A policy with something to say about the instance it chose (slo_aware: a TTFT at risk)."""
-
-    def note(self, request: Request, chosen: Candidate) -> str | None:
-        """A note for the dispatch reason of `request`, sent to `chosen`; None when there is nothing to say."""
         ...

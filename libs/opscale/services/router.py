@@ -8,9 +8,9 @@ region and spills to another region only when its own has no ready instance (or,
 policy, when its own instances are saturated).
 
 Candidates are kept per (model, region) pool, each with a load index over outstanding tokens and, for a
-policy that keeps one (see opscale.routing.base.IndexedRoutingPolicy), the policy's own index; both
+policy that keeps one (see opscale.routing.hooks.IndexedRoutingPolicy), the policy's own index; both
 are told of every change to a candidate, so a decision never scans the pool. Which of its optional
-hooks a policy offers (the protocols of opscale.routing.base) is checked once, when the core is built. The multi_region policy
+hooks a policy offers (the protocols of opscale.routing.hooks) is checked once, when the core is built. The multi_region policy
 is fed, per request, every region's least outstanding tokens and the newest plan's `routing_weights`
 for the request's (model, origin region).
 
@@ -112,7 +112,7 @@ class RouterCore:
         self.policy = policy or make_routing_policy(self.config.policy, self.config.policy_params, tiers=self.tiers)
         make_hold_queue(self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params,
                         tiers=self.tiers)  # a bad name or parameter fails here, not at the first held request
-        # The policy's optional hooks, found once (opscale.routing.base). A region-choosing policy
+        # The policy's optional hooks, found once (opscale.routing.hooks). A region-choosing policy
         # (multi_region) picks the region; its inner policy picks the instance.
         policy = self.policy
         self._choose_region = policy.choose_region if isinstance(policy, RegionRoutingPolicy) else None
