@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from opscale.experiments.latency_report import LatencyRecord, RequestStatus
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import REGION_HEADER, SSE_CONTENT_TYPE, SseDecoder, SseError
+from opscale.openai.schema import REGION_HEADER
+from opscale.openai.sse import SSE_CONTENT_TYPE, SseDecoder, SseError
+from opscale.reporting.latency_report import LatencyRecord, RequestStatus
 
 from opscale_loadgen.clock import ReplayClock
 from opscale_loadgen.prompts import ApiKind, request_body

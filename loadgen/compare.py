@@ -1,8 +1,9 @@
 """`opscale loadgen compare A.json B.json`: two latency reports side by side.
 
-Either file may be a load generator report (report.json) or a simulator result (result.json): both use
-the same key names (opscale.experiments.latency_report), so a live replay and a simulation of the same
-trace line up row by row. A metric one file lacks (result.json has no p90) shows as "-".
+Either file may be a load generator report (report.json) or a simulator result (result.json): both build
+their TTFT/TBT/E2E figures with one builder (opscale.reporting.latencies), so a live replay and a
+simulation of the same trace line up row by row with no translation. A metric only one file measures
+(the replay's inter-token latency and send counts) shows as "-" on the other side.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 from rich.table import Table
 
+from opscale.reporting.latencies import LATENCY_KEYS, PERCENTILES
+
 _COUNTS = ("requests", "sent", "completed", "dropped", "not_sent")
-_LATENCIES = tuple(f"{m}_p{q}_s" for m in ("ttft", "tbt", "e2e", "itl") for q in (50, 90, 99))
+_LATENCIES = (*LATENCY_KEYS, *(f"itl_p{q}_s" for q in PERCENTILES))
 _REPLAY = ("intended_rps", "achieved_rps", "send_lateness_p50_s", "send_lateness_p99_s", "send_lateness_max_s")
 
 

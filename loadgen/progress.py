@@ -10,7 +10,7 @@ from typing import Self
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from opscale.experiments.latency_report import LatencyRecord, RequestStatus
+from opscale.reporting.latency_report import LatencyRecord, RequestStatus
 
 
 class ReplayProgress:

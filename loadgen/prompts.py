@@ -4,7 +4,7 @@
 The prompt approximation. A trace gives token counts, not text, and the endpoint's tokenizer is unknown.
 The prompt is made of words of three lower-case letters, each preceded by a space (" the", " and", ...):
 - opscale's router and simulated engine estimate one token per 4 characters
-  (`opscale.runtime.live.openai_schema.estimate_tokens`), so each word is exactly one token there;
+  (`opscale.openai.schema.estimate_tokens`), so each word is exactly one token there;
 - BPE tokenizers (Llama 3, GPT-4's cl100k, Mistral) encode each of these common words with its leading
   space as one token, so vLLM sees about the same count (within a few percent; the chat template adds
   its own tokens, which opscale estimates as 4 per message + 3, and which are subtracted here).
@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import CHAT_REPLY_PRIMING_TOKENS, CHAT_TOKENS_PER_MESSAGE
+from opscale.openai.schema import CHAT_REPLY_PRIMING_TOKENS, CHAT_TOKENS_PER_MESSAGE
 
 # Common English words that are one token (with their leading space) in the usual BPE vocabularies.
 WORDS: tuple[str, ...] = (

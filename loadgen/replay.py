@@ -3,7 +3,7 @@
 `replay` runs inside an event loop (the integration tests call it next to a live stack); `run_replay` is
 the command line's entry: it owns the loop and turns Ctrl-C into a clean stop (the first stops sending
 and lets answers in flight finish for up to `drain_s`; a second cancels them), after which the partial
-report is still written. Output, in `out`: `report.json` (opscale.experiments.latency_report's shape
+report is still written. Output, in `out`: `report.json` (opscale.reporting.latency_report's shape
 plus a `run` block saying what was replayed) and `requests.csv` (one row per trace request of the slice,
 in completion order; never-sent requests last).
 """
@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from opscale.experiments.latency_report import LatencyCsvWriter, LatencyRecord, LatencyReportBuilder
 from opscale.model import DEFAULT_TIERS, Request, TierSpec
+from opscale.reporting.latency_report import LatencyCsvWriter, LatencyRecord, LatencyReportBuilder
 
 from opscale_loadgen.client import SendOptions, endpoint_base, send_request
 from opscale_loadgen.clock import MonotonicClock, ReplayClock

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from opscale.experiments.latency_report import LatencyRecord, RequestStatus
 from opscale.model import Request
+from opscale.reporting.latency_report import LatencyRecord, RequestStatus
 
 from opscale_loadgen.clock import ReplayClock
 

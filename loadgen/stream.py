@@ -1,7 +1,7 @@
 """Reading one streamed OpenAI answer: which events are tokens, when each arrived, how it ended.
 
 `StreamTally` is fed the `data` of each server-sent event (decoded by
-`opscale.runtime.live.openai_schema.SseDecoder`) with the time it was received; it does no I/O, so the
+`opscale.openai.sse.SseDecoder`) with the time it was received; it does no I/O, so the
 parsing is tested without a server. It understands both endpoints' chunks: chat (`choices[0].delta.content`)
 and completions (`choices[0].text`); a chunk with empty text (the chat role chunk, a closing chunk that only
 carries `finish_reason`) is not a token. The usage chunk (`"choices": []`, `"usage": {...}`) gives the

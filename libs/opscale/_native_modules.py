@@ -29,10 +29,12 @@ NATIVE_MODULES: tuple[str, ...] = (
     "opscale.runtime.sim.bus",
     "opscale.runtime.sim.world",
     "opscale.experiments.collector",
+    "opscale.reporting.latencies",
     # made or read once per request by the above
     "opscale.model.request",
     "opscale.services.events",
     "opscale.services.actions",
+    "opscale.routing.base",  # LoadIndex: policies' KeyedLoadIndex, a native class, derives from it
     "opscale.routing.policies",
     "opscale.stats",
 )

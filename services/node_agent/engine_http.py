@@ -26,16 +26,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from opscale.runtime.live.openai_http import (
-    REQUEST_ID_KEY,
-    aclose_quietly,
-    error_response,
-    make_runner,
-    openai_errors_middleware,
-    sse_response,
-    unix_now_s,
-)
-from opscale.runtime.live.openai_schema import (
+from opscale.openai.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
+from opscale.openai.schema import (
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -46,8 +38,16 @@ from opscale.runtime.live.openai_schema import (
     parse_completion,
     read_limited,
 )
-from opscale.runtime.live.openai_stream import OpenAIStreamWriter, error_events
-from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
+from opscale.openai.stream import OpenAIStreamWriter, error_events
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    sse_response,
+    unix_now_s,
+)
 
 __all__ = [
     "EngineHost", "EngineRequest", "InstanceNotAccepting", "RequestTooLarge", "UnknownInstance", "build_engine_app",

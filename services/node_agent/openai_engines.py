@@ -31,10 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec
+from opscale.openai.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
+from opscale.openai.schema import ApiError, error_for_status
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
-from opscale.runtime.live.openai_schema import ApiError, error_for_status
-from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
 from opscale.runtime.live.settings import OpenAIEngineSettings
 
 __all__ = ["OpenAIEngines", "ServerMetrics", "build_openai_proxy_app", "parse_server_metrics"]

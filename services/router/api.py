@@ -1,6 +1,6 @@
 """The router's OpenAI-compatible HTTP API (aiohttp): `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
 
-Role: validate the request (opscale.runtime.live.openai_schema), hand it to a `RouterBackend`, which
+Role: validate the request (opscale.openai.schema), hand it to a `RouterBackend`, which
 picks an instance and streams tokens from it, and turn those tokens into server-sent events or one JSON
 body. It decides nothing about routing: admission, instance choice and retries belong to the back end,
 which refuses by raising `RouteRejected`.
@@ -22,16 +22,8 @@ from typing import Protocol
 from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 
-from opscale.runtime.live.openai_http import (
-    REQUEST_ID_KEY,
-    aclose_quietly,
-    error_response,
-    make_runner,
-    openai_errors_middleware,
-    sse_response,
-    unix_now_s,
-)
-from opscale.runtime.live.openai_schema import (
+from opscale.openai.routed_headers import REQUEST_ID_HEADER
+from opscale.openai.schema import (
     ApiError,
     ParsedRequest,
     RequestKind,
@@ -44,8 +36,16 @@ from opscale.runtime.live.openai_schema import (
     parse_completion,
     read_limited,
 )
-from opscale.runtime.live.openai_stream import EngineUsage, OpenAIStreamWriter, error_events
-from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
+from opscale.openai.stream import EngineUsage, OpenAIStreamWriter, error_events
+from opscale.runtime.live.openai_http import (
+    REQUEST_ID_KEY,
+    aclose_quietly,
+    error_response,
+    make_runner,
+    openai_errors_middleware,
+    sse_response,
+    unix_now_s,
+)
 
 from opscale_services.router.upstream import SseBytes, UpstreamError
 

@@ -22,12 +22,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
+from opscale.openai.routed_headers import routed_headers
+from opscale.openai.schema import ParsedRequest, TokenChunk
+from opscale.openai.stream import EngineUsage
 from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
-from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
-from opscale.runtime.live.openai_stream import EngineUsage
-from opscale.runtime.live.routed_headers import routed_headers
 from opscale.services.actions import Action, Dispatch, Reject
 from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
 from opscale.services.router import RouterCore

@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from opscale.runtime.live.openai_schema import SseDecoder, SseError
-from opscale.runtime.live.openai_stream import EngineUsage, engine_usage
+from opscale.openai.sse import SseDecoder, SseError
+from opscale.openai.stream import EngineUsage, engine_usage
 
 __all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event",
            "event_usage"]

@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.runtime.live.openai_schema import SseDecoder, SseError, TokenChunk
-from opscale.runtime.live.openai_stream import EngineUsage
+from opscale.openai.schema import TokenChunk
+from opscale.openai.sse import SseDecoder, SseError
+from opscale.openai.stream import EngineUsage
 
 from opscale_services.router.http1 import (
     ConnectionFailed,

@@ -15,8 +15,8 @@ import pytest
 from _stack import LiveStack
 from test_live_stack import stack  # noqa: F401 - the live stack fixture, shared
 
-from opscale.experiments.latency_report import read_latency_csv
 from opscale.model import InstanceState
+from opscale.reporting.latency_report import read_latency_csv
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.traces import (
     LengthDistribution,

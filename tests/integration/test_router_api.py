@@ -18,15 +18,15 @@ import pytest
 from _router_service_loopback import serve
 from aiohttp import web
 
-from opscale.runtime.live.openai_schema import ParsedRequest, TokenChunk
-from opscale.runtime.live.openai_stream import EngineUsage
-from opscale.runtime.live.routed_headers import (
+from opscale.openai.routed_headers import (
     PROMPT_TOKENS_HEADER,
     REGION_HEADER,
     REQUEST_ID_HEADER,
     TIER_HEADER,
     routed_headers,
 )
+from opscale.openai.schema import ParsedRequest, TokenChunk
+from opscale.openai.stream import EngineUsage
 
 from opscale_services.node_agent.engine_http import (
     EngineRequest,

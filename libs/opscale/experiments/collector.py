@@ -1,12 +1,13 @@
 """Collects what a simulation run produces and summarises it into the result schema of DESIGN.md.
 
-Per request it keeps only a few floats per tier, so a million-request run stays small. GPU time is
-counted from an engine's start (loading included: those GPUs are held) to its stop.
+Per request it keeps only a few floats per tier, so a million-request run stays small. The latency
+figures come from `opscale.reporting.latencies`, the builder the load generator's report uses, so
+result.json and a replay's report.json share their latency keys. GPU time is counted from an engine's
+start (loading included: those GPUs are held) to its stop.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,25 +15,17 @@ from typing import Any, Literal
 from opscale.engine import SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
 from opscale.perf.loading import LoadChoice
+from opscale.reporting.latencies import LatencySamples, latency_figures
 from opscale.runtime.sim.world import RunObserver
-from opscale.stats import percentile_sorted
-
-
-def _doubles() -> array[float]:
-    return array("d")
 
 
 @dataclass(slots=True)
 class _TierTotals:
-    # Latencies as raw doubles: a million-request run keeps three million of them, and a float object
-    # each would triple the memory and scatter it.
     requests: int = 0
     completed: int = 0
     dropped: int = 0
     met: int = 0
-    ttft: array[float] = field(default_factory=_doubles)
-    tbt: array[float] = field(default_factory=_doubles)
-    e2e: array[float] = field(default_factory=_doubles)
+    latencies: LatencySamples = field(default_factory=LatencySamples)
 
 
 @dataclass(slots=True)
@@ -94,12 +87,7 @@ class RunCollector(RunObserver):
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
             totals.met += 1
-        if (v := outcome.ttft_s) is not None:
-            totals.ttft.append(v)
-        if (v := outcome.tbt_s) is not None:
-            totals.tbt.append(v)
-        if (v := outcome.e2e_s) is not None:
-            totals.e2e.append(v)
+        totals.latencies.add(outcome)
 
     def load_chosen(self, instance_id: str, choice: LoadChoice) -> None:
         """How an instance started during the run loads (the fleet running at the start loads nothing)."""
@@ -142,7 +130,7 @@ class RunCollector(RunObserver):
     def latencies(self, tier: str, metric: Literal["ttft", "tbt", "e2e"]) -> list[float]:
         """The completed requests' `metric` latencies (s) of `tier`, sorted; empty for an unseen tier."""
         totals = self._tiers.get(tier)
-        return sorted(getattr(totals, metric)) if totals is not None else []
+        return sorted(totals.latencies.of(metric)) if totals is not None else []
 
     def finish(self, end_s: float, running: dict[str, SimEngine]) -> None:
         for instance_id, engine in running.items():
@@ -150,17 +138,12 @@ class RunCollector(RunObserver):
 
     def summary(self, end_s: float) -> dict[str, Any]:
         counts = {"requests": 0, "completed": 0, "dropped": 0, "met": 0}
-        everyone: tuple[list[float], list[float], list[float]] = ([], [], [])
         tiers: dict[str, Any] = {}
         for name, t in sorted(self._tiers.items()):
-            latencies = (sorted(t.ttft), sorted(t.tbt), sorted(t.e2e))
-            tiers[name] = _latency_block(t.requests, t.completed, t.dropped, t.met, *latencies)
+            tiers[name] = _latency_block(t.requests, t.completed, t.dropped, t.met, latency_figures([t.latencies]))
             for attr in counts:
                 counts[attr] += getattr(t, attr)
-            for whole, part in zip(everyone, latencies, strict=True):
-                whole += part
-        # Each whole-run list is one sorted run per tier: Timsort merges them rather than sorting afresh.
-        ttft, tbt, e2e = (sorted(whole) for whole in everyone)
+        everyone = latency_figures([t.latencies for t in self._tiers.values()])
         gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
         hit_tokens = queried_tokens = 0
         for life in self._lives.values():
@@ -174,7 +157,7 @@ class RunCollector(RunObserver):
             cost += held_s / 3600 * gpus * self.sku_of(life.spec.sku).price_usd_per_h
             scaling_gpu_s += min(life.load_s, held_s) * gpus
         result = _latency_block(counts["requests"], counts["completed"], counts["dropped"], counts["met"],
-                                ttft, tbt, e2e)
+                                everyone)
         result.update({
             "gpu_hours": gpu_s / 3600,
             "cost_usd": cost,
@@ -195,14 +178,11 @@ class RunCollector(RunObserver):
         return result
 
 
-def _latency_block(requests: int, completed: int, dropped: int, met: int, ttft: list[float], tbt: list[float],
-                   e2e: list[float]) -> dict[str, Any]:
-    """Counts and latency percentiles of a set of requests; the latency lists come sorted."""
+def _latency_block(requests: int, completed: int, dropped: int, met: int,
+                   figures: dict[str, float | None]) -> dict[str, Any]:
+    """Counts, latency figures (opscale.reporting.latencies) and SLO attainment of a set of requests."""
     return {
-        "requests": requests, "completed": completed, "dropped": dropped,
-        "ttft_p50_s": percentile_sorted(ttft, 50), "ttft_p99_s": percentile_sorted(ttft, 99),
-        "tbt_p50_s": percentile_sorted(tbt, 50), "tbt_p99_s": percentile_sorted(tbt, 99),
-        "e2e_p50_s": percentile_sorted(e2e, 50), "e2e_p99_s": percentile_sorted(e2e, 99),
+        "requests": requests, "completed": completed, "dropped": dropped, **figures,
         "slo_attainment": met / requests if requests else 1.0,
     }
 

@@ -4,9 +4,16 @@ the requests it holds while no instance can take them.
 Policies are pure and fast (the router decides per request, target < 50 µs); they never do I/O.
 """
 
-from opscale.routing.base import Candidate, CandidateIndex, IndexedRoutingPolicy, RoutingPolicy
+from opscale.routing.base import Candidate, CandidateIndex, LoadIndex, RoutingPolicy
 from opscale.routing.hold_queue import HoldQueue
+from opscale.routing.hooks import (
+           IndexedRoutingPolicy,
+           LoadRoutingPolicy,
+           NotingRoutingPolicy,
+           RegionRoutingPolicy,
+)
 from opscale.routing.registry import HoldOrderName, RoutingPolicyName, make_hold_queue, make_routing_policy
 
-__all__ = ["Candidate", "CandidateIndex", "HoldOrderName", "HoldQueue", "IndexedRoutingPolicy", "RoutingPolicy",
-           "RoutingPolicyName", "make_hold_queue", "make_routing_policy"]
+__all__ = ["Candidate", "CandidateIndex", "HoldOrderName", "HoldQueue", "IndexedRoutingPolicy", "LoadIndex",
+           "LoadRoutingPolicy", "NotingRoutingPolicy", "RegionRoutingPolicy", "RoutingPolicy", "RoutingPolicyName",
+           "make_hold_queue", "make_routing_policy"]

@@ -34,16 +34,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from opscale.model import Request
-from opscale.routing.base import Candidate, RoutingPolicy
-
-
-class RegionLoad(Protocol):
-    def least(self) -> int:
-        """The fewest outstanding tokens of any ready instance of the model in this region."""
-        ...
+from opscale.routing.base import Candidate, RegionLoad, RoutingPolicy
 
 
 @dataclass(slots=True)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from opscale.model import Request
-from opscale.routing.base import Candidate
-from opscale.routing.policies import LoadIndex
+from opscale.routing.base import Candidate, LoadIndex
 
 _MASK64 = (1 << 64) - 1
 # Ring points are cached per instance id; past this many ids (instances come and go over days) the

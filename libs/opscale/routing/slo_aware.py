@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from opscale.model import Request, TierSpec
 from opscale.model.tiers import DEFAULT_TIERS
-from opscale.routing.base import Candidate
-from opscale.routing.policies import KeyedLoadIndex, LoadIndex
+from opscale.routing.base import Candidate, LoadIndex
+from opscale.routing.policies import KeyedLoadIndex
 
 if TYPE_CHECKING:
     from opscale.perf.catalog import Catalog

@@ -8,8 +8,9 @@ region and spills to another region only when its own has no ready instance (or,
 policy, when its own instances are saturated).
 
 Candidates are kept per (model, region) pool, each with a load index over outstanding tokens and, for a
-policy that keeps one (see opscale.routing.base.IndexedRoutingPolicy), the policy's own index; both
-are told of every change to a candidate, so a decision never scans the pool. The multi_region policy
+policy that keeps one (see opscale.routing.hooks.IndexedRoutingPolicy), the policy's own index; both
+are told of every change to a candidate, so a decision never scans the pool. Which of its optional
+hooks a policy offers (the protocols of opscale.routing.hooks) is checked once, when the core is built. The multi_region policy
 is fed, per request, every region's least outstanding tokens and the newest plan's `routing_weights`
 for the request's (model, origin region).
 
@@ -34,11 +35,14 @@ from opscale.routing import (
     CandidateIndex,
     HoldQueue,
     IndexedRoutingPolicy,
+    LoadIndex,
+    LoadRoutingPolicy,
+    NotingRoutingPolicy,
+    RegionRoutingPolicy,
     RoutingPolicy,
     make_hold_queue,
     make_routing_policy,
 )
-from opscale.routing.policies import LoadIndex
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
 from opscale.services.events import (
@@ -108,13 +112,17 @@ class RouterCore:
         self.policy = policy or make_routing_policy(self.config.policy, self.config.policy_params, tiers=self.tiers)
         make_hold_queue(self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params,
                         tiers=self.tiers)  # a bad name or parameter fails here, not at the first held request
-        # A region-choosing policy (multi_region) picks the region; its inner policy picks the instance.
-        self._choose_region = getattr(self.policy, "choose_region", None)
-        chooser: RoutingPolicy = self.policy.inner if self._choose_region is not None else self.policy  # type: ignore[attr-defined]
+        # The policy's optional hooks, found once (opscale.routing.hooks). A region-choosing policy
+        # (multi_region) picks the region; its inner policy picks the instance.
+        policy = self.policy
+        self._choose_region = policy.choose_region if isinstance(policy, RegionRoutingPolicy) else None
+        chooser: RoutingPolicy = policy.inner if isinstance(policy, RegionRoutingPolicy) else policy
         self._chooser = chooser
-        self._indexed = isinstance(chooser, IndexedRoutingPolicy)
-        self._choose_by_load = None if self._indexed else getattr(chooser, "choose_by_load", None)
-        self._note = getattr(self.policy, "note", None)  # slo_aware marks requests likely to miss their TTFT
+        self._index_policy = chooser if isinstance(chooser, IndexedRoutingPolicy) else None
+        self._choose_by_load = (chooser.choose_by_load if self._index_policy is None
+                                and isinstance(chooser, LoadRoutingPolicy) else None)
+        # slo_aware marks requests likely to miss their TTFT
+        self._note = policy.note if isinstance(policy, NotingRoutingPolicy) else None
         self._admission_limit = self.config.max_outstanding_tokens_per_instance
         self._candidates: dict[str, Candidate] = {}
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
@@ -314,12 +322,13 @@ class RouterCore:
 
     def _try_dispatch_by_region(self, request: Request) -> Dispatch | None:
         regions = self._regions.get(request.model)
-        if not regions:
+        choose_region = self._choose_region
+        if not regions or choose_region is None:
             return None
         if self._admission_limit is not None or not self.config.spill_over:
             regions = {r: loads for r, loads in regions.items()
                        if self._open(loads) and (self.config.spill_over or r == request.region)}
-        region = self._choose_region(request, regions, self._weights.get((request.model, request.region)))
+        region = choose_region(request, regions, self._weights.get((request.model, request.region)))
         if region is None:
             return None
         key = (request.model, region)
@@ -328,8 +337,9 @@ class RouterCore:
 
     def _dispatch(self, request: Request, pool: list[Candidate], key: tuple[str, str], reason: str) -> Dispatch:
         """Dispatch `request` to the instance the policy chooses in one (model, region) pool."""
-        if self._indexed:
-            chosen = pool[self._chooser.choose_indexed(request, pool, self._policy_index[key])]  # type: ignore[attr-defined]
+        index_policy = self._index_policy
+        if index_policy is not None:
+            chosen = pool[index_policy.choose_indexed(request, pool, self._policy_index[key])]
         elif self._choose_by_load is not None:
             chosen = pool[self._choose_by_load(request, self._ready_loads[key])]
         else:
@@ -475,9 +485,9 @@ class RouterCore:
             pools.setdefault((cand.model, cand.region), []).append(cand)
         self._ready = pools
         self._ready_loads = {key: LoadIndex([c.outstanding_tokens for c in cands]) for key, cands in pools.items()}
-        chooser = self._chooser
-        self._policy_index = ({key: chooser.build_index(cands, self._ready_loads[key])  # type: ignore[attr-defined]
-                               for key, cands in pools.items()} if self._indexed else {})
+        index_policy = self._index_policy
+        self._policy_index = ({key: index_policy.build_index(cands, self._ready_loads[key])
+                               for key, cands in pools.items()} if index_policy is not None else {})
         self._regions = {}
         for (model, region), loads in self._ready_loads.items():
             self._regions.setdefault(model, {})[region] = loads

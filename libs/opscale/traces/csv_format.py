@@ -7,9 +7,10 @@ is seconds from the start of the trace, non-decreasing; token counts are integer
 empty `request_id` becomes `<file stem>-<row index>`. Files ending in `.gz` are gzip-compressed.
 
 Reading streams (a file of any size costs one row of memory, plus the set of ids seen) and every
-problem raises TraceFormatError as `path:line: column 'x': message`, or, with
+problem raises TraceFormatError as `path:line: field 'x': message`, or, with
 `ReadOptions(skip_invalid=True)`, a bad row is counted in `ReadOptions.stats` and skipped (a bad header
-always raises). This module is the trace reader's edge: it opens files, and nothing else.
+always raises). Validation, parsing and that skip-or-raise loop are the ones every trace reader shares
+(opscale.traces.reading); this module only knows the columns.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from typing import IO
 
 from opscale.model import Request
 from opscale.traces.csv_rows import csv_rows, read_header
-from opscale.traces.reading import ReadOptions, ReadStats, TraceFormatError, guarded
+from opscale.traces.reading import (
+    FieldError,
+    ReadOptions,
+    file_stem,
+    guarded,
+    parse_count,
+    parse_seconds,
+    parse_text,
+    validated,
+)
 
 REQUIRED_COLUMNS = ("arrival_s", "model", "tier", "region", "prompt_tokens", "output_tokens")
 OPTIONAL_COLUMNS = ("request_id",)
@@ -68,73 +78,29 @@ def _open(path: Path, mode: str) -> IO[str]:
 def _read(path: Path, handle: IO[str], options: ReadOptions) -> Iterator[Request]:
     reader, rows = csv_rows(path, handle)
     columns = read_header(path, reader, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
-    col = columns.index
-    width = columns.width
-    id_col = col.get("request_id")
-    stem = path.name.removesuffix(".gz").removesuffix(".csv")
-    stats = options.stats if options.stats is not None else ReadStats()
+    has_id = columns.has("request_id")
+    stem = file_stem(path)
     seen: set[str] = set()
-    last_s = -math.inf
-    index = 0
-    for line, row in rows:
-        stats.records += 1
-        where = f"{path}:{line}"
-        try:
-            if len(row) < width:
-                raise TraceFormatError(f"{where}: expected at least {width} columns, got {len(row)}")
-            arrival_s = _float(row[col["arrival_s"]], where, "arrival_s")
-            if arrival_s < last_s:
-                raise TraceFormatError(f"{where}: column 'arrival_s': {arrival_s!r} is before the previous "
-                                       f"row's {last_s!r}; the trace must be sorted by arrival")
-            request_id = row[id_col].strip() if id_col is not None else ""
-            if not request_id:
-                request_id = f"{stem}-{index}"
-            if request_id in seen:
-                raise TraceFormatError(f"{where}: column 'request_id': {request_id!r} appears twice")
-            request = Request(
-                request_id=request_id,
-                model=_text(row[col["model"]], where, "model"),
-                tier=_text(row[col["tier"]], where, "tier"),
-                region=_text(row[col["region"]], where, "region"),
-                arrival_s=arrival_s,
-                prompt_tokens=_count(row[col["prompt_tokens"]], where, "prompt_tokens"),
-                output_tokens=_count(row[col["output_tokens"]], where, "output_tokens"),
-            )
-        except TraceFormatError as exc:
-            if not options.skip_invalid:
-                raise
-            stats.note_invalid(str(exc))
-            index += 1
-            continue
-        last_s = arrival_s
-        seen.add(request_id)
-        stats.requests += 1
+
+    def parse(record: object, index: int) -> Request:
+        row: list[str] = record  # type: ignore[assignment]
+        columns.check_width(row)
+        arrival_s = parse_seconds(columns.get(row, "arrival_s"), "arrival_s")
+        request_id = (columns.get(row, "request_id").strip() if has_id else "") or f"{stem}-{index}"
+        if request_id in seen:
+            raise FieldError("request_id", f"{request_id!r} appears twice")
+        return Request(
+            request_id=request_id,
+            model=parse_text(columns.get(row, "model"), "model"),
+            tier=parse_text(columns.get(row, "tier"), "tier"),
+            region=parse_text(columns.get(row, "region"), "region"),
+            arrival_s=arrival_s,
+            prompt_tokens=parse_count(columns.get(row, "prompt_tokens"), "prompt_tokens"),
+            output_tokens=parse_count(columns.get(row, "output_tokens"), "output_tokens"),
+        )
+
+    # An id counts as seen once its row is accepted (the arrival-order check comes after `parse`):
+    # the next row is parsed only after this one is handed on.
+    for request in validated(path, rows, parse, options, "arrival_s"):
+        seen.add(request.request_id)
         yield request
-        index += 1
-
-
-def _float(raw: str, where: str, column: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise TraceFormatError(f"{where}: column {column!r}: expected a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise TraceFormatError(f"{where}: column {column!r}: expected a finite number >= 0, got {raw!r}")
-    return value
-
-
-def _count(raw: str, where: str, column: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise TraceFormatError(f"{where}: column {column!r}: expected an integer >= 1, got {raw!r}") from None
-    if value < 1:
-        raise TraceFormatError(f"{where}: column {column!r}: expected an integer >= 1, got {raw!r}")
-    return value
-
-
-def _text(raw: str, where: str, column: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise TraceFormatError(f"{where}: column {column!r}: must not be empty")
-    return value

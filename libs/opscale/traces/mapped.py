@@ -82,8 +82,11 @@ def read_mapped_csv(path: str | Path, mapping: ColumnMapping, options: ReadOptio
 
     def records(handle: IO[str]) -> Iterator[Request]:
         reader, rows = csv_rows(path, handle)
-        required_columns = [mapping.arrival, mapping.prompt_tokens, mapping.output_tokens]
-        optional = [c for c in mapping.columns().values() if c not in required_columns]
+        # Every column the mapping names is read from each row, so the header must have it; only the
+        # prefix ids may be absent (a trace without them).
+        named = mapping.columns()
+        optional = [named["prefix_hashes"]] if "prefix_hashes" in named else []
+        required_columns = [c for c in named.values() if c not in optional]
         columns = read_header(path, reader, required_columns, optional)
         return validated(path, rows, _parser(path, mapping, opts, _csv_getter(columns), _csv_hashes),
                          opts, mapping.arrival)

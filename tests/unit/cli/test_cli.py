@@ -15,11 +15,12 @@ from opscale.traces import write_csv_trace
 
 pytestmark = pytest.mark.sim
 
-RESULT_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s",
-               "e2e_p99_s", "slo_attainment", "gpu_hours", "cost_usd", "energy_kwh", "mean_gpu_util", "cold_starts",
-               "warm_migrations", "scaling_gpu_s", "oscillations", "wall_s", "policy", "seed", "tiers"}
-TIER_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s",
-             "e2e_p99_s", "slo_attainment"}
+RESULT_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tbt_p50_s", "tbt_p90_s",
+               "tbt_p99_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "slo_attainment", "gpu_hours", "cost_usd",
+               "energy_kwh", "mean_gpu_util", "cold_starts", "warm_migrations", "scaling_gpu_s", "oscillations", "wall_s",
+               "policy", "seed", "tiers"}
+TIER_KEYS = {"requests", "completed", "dropped", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tbt_p50_s", "tbt_p90_s",
+             "tbt_p99_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "slo_attainment"}
 
 runner = CliRunner()
 

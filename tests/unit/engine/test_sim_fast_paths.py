@@ -13,7 +13,7 @@ from opscale.engine import EngineConfig, Finished, FirstToken, SimEngine, Tokens
 from opscale.model import Request
 from opscale.perf import RooflineLatencyModel, load_catalog
 from opscale.routing import Candidate
-from opscale.routing.policies import LoadIndex
+from opscale.routing.base import LoadIndex
 from opscale.runtime.sim.loop import EventLoop
 from opscale.services.events import RequestArrived, RequestFinished
 from opscale.services.router import RouterCore

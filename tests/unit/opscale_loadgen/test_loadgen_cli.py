@@ -14,8 +14,8 @@ from test_loadgen_endpoint import ScriptedHost, endpoint_in_thread, free_port, r
 from typer.testing import CliRunner
 
 from opscale.cli import app
-from opscale.experiments.latency_report import read_latency_csv
 from opscale.model import Request
+from opscale.reporting.latency_report import read_latency_csv
 from opscale.traces import write_csv_trace
 
 from opscale_loadgen.replay import ReplayConfig, replay

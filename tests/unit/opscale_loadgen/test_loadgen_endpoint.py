@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from opscale.experiments.latency_report import RequestStatus
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import sse_event
+from opscale.openai.sse import sse_event
+from opscale.reporting.latency_report import RequestStatus
 
 from opscale_loadgen.client import EndpointError, SendOptions, endpoint_base, send_request
 from opscale_loadgen.clock import MonotonicClock

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opscale.experiments.latency_report import (
+from opscale.model import DEFAULT_TIERS, RequestOutcome
+from opscale.reporting.latency_report import (
     REPORT_KIND,
     LatencyRecord,
     RequestStatus,
@@ -19,7 +20,6 @@ from opscale.experiments.latency_report import (
     read_latency_csv,
     write_latency_csv,
 )
-from opscale.model import DEFAULT_TIERS, RequestOutcome
 from opscale.stats import percentile
 
 pytestmark = pytest.mark.unit

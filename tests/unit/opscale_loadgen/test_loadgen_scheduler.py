@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_loadgen_endpoint import ScriptedHost, running_endpoint
 
-from opscale.experiments.latency_report import LatencyRecord, RequestStatus
 from opscale.model import Request
+from opscale.reporting.latency_report import LatencyRecord, RequestStatus
 
 from opscale_loadgen.client import SendOptions, send_request
 from opscale_loadgen.clock import MonotonicClock, VirtualClock

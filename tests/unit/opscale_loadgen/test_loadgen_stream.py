@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import SseDecoder, estimate_tokens, parse_completion
+from opscale.openai.schema import estimate_tokens, parse_completion
+from opscale.openai.sse import SseDecoder
 
 from opscale_loadgen.prompts import ApiKind, prompt_text, request_body
 from opscale_loadgen.stream import StreamProblem, StreamTally

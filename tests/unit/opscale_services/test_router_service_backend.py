@@ -21,14 +21,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceState, InstanceStatus, Role
-from opscale.runtime.clock import WallClock
-from opscale.runtime.live.host import CoreHost
-from opscale.runtime.live.routed_headers import (
+from opscale.openai.routed_headers import (
     PROMPT_TOKENS_HEADER,
     REGION_HEADER,
     REQUEST_ID_HEADER,
     TIER_HEADER,
 )
+from opscale.runtime.clock import WallClock
+from opscale.runtime.live.host import CoreHost
 from opscale.services.events import AgentHeartbeat
 from opscale.services.router import RouterConfig, RouterCore
 

@@ -16,8 +16,8 @@ from _router_service_loopback import serve
 from aiohttp import web
 
 from opscale.model import InstanceSpec, Request
+from opscale.openai.routed_headers import PROMPT_TOKENS_HEADER, REQUEST_ID_HEADER, routed_headers
 from opscale.runtime.clock import VirtualClock
-from opscale.runtime.live.routed_headers import PROMPT_TOKENS_HEADER, REQUEST_ID_HEADER, routed_headers
 from opscale.runtime.live.settings import OpenAIEngineSettings
 
 from opscale_services.node_agent.openai_engines import (

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opscale.runtime.live.openai_schema import SseError
-from opscale.runtime.live.openai_stream import EngineUsage
+from opscale.openai.sse import SseError
+from opscale.openai.stream import EngineUsage
 
 from opscale_services.router.sse_passthrough import DONE_EVENT, SseBytes, SseForwarder
 

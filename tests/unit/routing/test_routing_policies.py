@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from opscale.model import Role
 from opscale.routing import Candidate, IndexedRoutingPolicy, RoutingPolicyName, make_routing_policy
+from opscale.routing.base import LoadIndex
 from opscale.routing.policies import (
     JoinShortestQueue,
     LeastKvUsage,
-    LoadIndex,
     PowerOfTwoChoices,
     RandomChoice,
     RoundRobin,

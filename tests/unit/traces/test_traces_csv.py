@@ -1,4 +1,4 @@
-"""The CSV trace format: round trips, and every kind of bad line named by file, line and column."""
+"""The CSV trace format: round trips, and every kind of bad line named by file, line and field."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 
 from opscale.model import Request
 from opscale.traces import (
+    ReadOptions,
+    ReadStats,
     StreamSpec,
     SyntheticWorkloadConfig,
     TraceFormatError,
@@ -64,16 +66,17 @@ def test_empty_request_id_gets_the_default(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("row", "message"), [
-    ("abc,m,t,eu,10,10,a", "column 'arrival_s': expected a number of seconds, got 'abc'"),
-    ("-1,m,t,eu,10,10,a", "column 'arrival_s': expected a finite number >= 0, got '-1'"),
-    ("nan,m,t,eu,10,10,a", "column 'arrival_s': expected a finite number >= 0, got 'nan'"),
-    ("1,m,t,eu,0,10,a", "column 'prompt_tokens': expected an integer >= 1, got '0'"),
-    ("1,m,t,eu,10,1.5,a", "column 'output_tokens': expected an integer >= 1, got '1.5'"),
-    ("1,m,t,eu,ten,10,a", "column 'prompt_tokens': expected an integer >= 1, got 'ten'"),
-    ("1, ,t,eu,10,10,a", "column 'model': must not be empty"),
+    ("abc,m,t,eu,10,10,a", "field 'arrival_s': expected a number, got 'abc'"),
+    ("-1,m,t,eu,10,10,a", "field 'arrival_s': expected a finite number >= 0, got '-1'"),
+    ("nan,m,t,eu,10,10,a", "field 'arrival_s': expected a finite number >= 0, got 'nan'"),
+    ("1,m,t,eu,0,10,a", "field 'prompt_tokens': expected an integer >= 1, got '0'"),
+    ("1,m,t,eu,10,1.5,a", "field 'output_tokens': expected an integer >= 1, got '1.5'"),
+    ("1,m,t,eu,ten,10,a", "field 'prompt_tokens': expected an integer >= 1, got 'ten'"),
+    ("1, ,t,eu,10,10,a", "field 'model': must not be empty"),
+    ("1,m,t,eu,10,10,first", "field 'request_id': 'first' appears twice"),
     ("1,m,t,eu,10", "expected at least 7 columns, got 5"),
 ])
-def test_a_bad_value_names_file_line_and_column(tmp_path: Path, row: str, message: str) -> None:
+def test_a_bad_value_names_file_line_and_field(tmp_path: Path, row: str, message: str) -> None:
     path = write(tmp_path, HEADER + "0,m,t,eu,10,10,first\n" + row + "\n")
     with pytest.raises(TraceFormatError, match=f"^{path}:3: {message}".replace("(", r"\(").replace(")", r"\)")):
         list(read_csv_trace(path))
@@ -83,20 +86,31 @@ def test_rows_before_a_bad_line_are_streamed(tmp_path: Path) -> None:
     path = write(tmp_path, HEADER + "0,m,t,eu,10,10,a\n1,m,t,eu,10,10,b\n2,m,t,eu,x,10,c\n")
     reader = read_csv_trace(path)
     assert [next(reader).request_id, next(reader).request_id] == ["a", "b"]
-    with pytest.raises(TraceFormatError, match=":4: column 'prompt_tokens'"):
+    with pytest.raises(TraceFormatError, match=":4: field 'prompt_tokens'"):
         next(reader)
 
 
 def test_unsorted_arrivals_are_refused_with_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, HEADER + "0,m,t,eu,10,10,a\n\n5,m,t,eu,10,10,b\n4.5,m,t,eu,10,10,c\n")
-    with pytest.raises(TraceFormatError, match=r":5: column 'arrival_s': 4\.5 is before the previous row's 5\.0"):
+    with pytest.raises(TraceFormatError, match=r":5: field 'arrival_s': 4\.5 s is before the previous record's 5\.0 s"):
         list(read_csv_trace(path))
 
 
 def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, HEADER + "0,m,t,eu,10,10,a\n1,m,t,eu,10,10,a\n")
-    with pytest.raises(TraceFormatError, match=":3: column 'request_id': 'a' appears twice"):
+    with pytest.raises(TraceFormatError, match=":3: field 'request_id': 'a' appears twice"):
         list(read_csv_trace(path))
+
+
+def test_an_id_is_taken_only_by_an_accepted_row(tmp_path: Path) -> None:
+    # c at 4.0 is out of order and skipped, so the later c is its first; "trace-3" is the default id of
+    # the fourth row, which an explicit id may not repeat
+    path = write(tmp_path, HEADER + "0,m,t,eu,1,1,a\n5,m,t,eu,1,1,b\n4,m,t,eu,1,1,c\n6,m,t,eu,1,1,\n"
+                                    "7,m,t,eu,1,1,c\n8,m,t,eu,1,1,trace-3\n")
+    stats = ReadStats()
+    kept = list(read_csv_trace(path, ReadOptions(skip_invalid=True, stats=stats)))
+    assert [r.request_id for r in kept] == ["a", "b", "trace-3", "c"]
+    assert stats.invalid == 2 and "field 'request_id': 'trace-3' appears twice" in stats.examples[1]
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -149,7 +149,7 @@ def test_opscale_csv_skips_and_counts_bad_rows(tmp_path: Path) -> None:
     kept = list(read_trace(path, options=ReadOptions(skip_invalid=True, stats=stats)))
     assert [r.arrival_s for r in kept] == [0.0, 2.0]
     assert (stats.records, stats.invalid) == (4, 2)
-    assert ":3: column 'prompt_tokens'" in stats.examples[0] and ":5: column 'arrival_s'" in stats.examples[1]
+    assert ":3: field 'prompt_tokens'" in stats.examples[0] and ":5: field 'arrival_s'" in stats.examples[1]
 
 
 def test_mapped_csv_with_milliseconds_labels_and_prefix_ids(tmp_path: Path) -> None:
@@ -160,6 +160,15 @@ def test_mapped_csv_with_milliseconds_labels_and_prefix_ids(tmp_path: Path) -> N
     requests = list(read_trace(path, mapping=mapping))
     assert [(r.arrival_s, r.model, r.prompt_tokens, r.prefix_hashes) for r in requests] == [
         (0.0, "a", 10, (1, 2)), (0.5, "b", 20, ())]
+
+
+def test_mapped_csv_header_must_have_every_named_column_but_the_prefix_ids(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.csv", "t,in,out\n1,2,3\n")
+    mapping = ColumnMapping(arrival="t", prompt_tokens="in", output_tokens="out", prefix_hashes="blocks")
+    assert [r.prefix_hashes for r in read_trace(path, "mapped-csv", mapping=mapping)] == [()]
+    with pytest.raises(TraceFormatError, match=r"x\.csv:1: header lacks column\(s\) 'who'"):
+        list(read_trace(path, "mapped-csv", mapping=ColumnMapping(arrival="t", prompt_tokens="in",
+                                                                  output_tokens="out", model="who")))
 
 
 def test_mapped_jsonl_with_datetimes_and_ids(tmp_path: Path) -> None:

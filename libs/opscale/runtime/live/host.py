@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from opscale.model import Plan, RequestOutcome
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.bus import Delivery, NatsBus
 from opscale.runtime.live.store import RedisStore
 from opscale.services.actions import Action, Log, Publish, Store
+from opscale.services.core import ServiceCore
 from opscale.services.events import PlanPublished, RequestFinished, WindowStats
 
 log = logging.getLogger(__name__)
 
 ActionHandler = Callable[[Action], Awaitable[bool]]
-
-
-class ServiceCore(Protocol):
-    name: str
-
-    def handle(self, event: Any, now_s: float) -> list[Action]: ...
-
-    def tick(self, now_s: float) -> list[Action]: ...
 
 
 class CoreHost:

@@ -12,8 +12,8 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from opscale.openai.routed_headers import REQUEST_ID_HEADER
 from opscale.runtime.live import telemetry
-from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

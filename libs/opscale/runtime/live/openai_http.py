@@ -12,8 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from opscale.runtime.live.openai_schema import SSE_CONTENT_TYPE, ApiError, error_for_status, internal_error
-from opscale.runtime.live.routed_headers import REQUEST_ID_HEADER
+from opscale.openai.routed_headers import REQUEST_ID_HEADER
+from opscale.openai.schema import ApiError, error_for_status, internal_error
+from opscale.openai.sse import SSE_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from opscale.services.actions import (
     Store,
 )
 from opscale.services.aggregator import AggregatorCore
+from opscale.services.core import ServiceCore
 from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
 from opscale.services.forecaster import ForecasterCore
 from opscale.services.node_agent import NodeAgentCore
@@ -152,7 +153,7 @@ class SimWorld:
         if upcoming is not None and upcoming.arrival_s <= until_s:
             self.loop.at(upcoming.arrival_s, self._arrive, upcoming, requests, until_s)
 
-    def _to(self, core: Any) -> Callable[[str, Any], None]:
+    def _to(self, core: ServiceCore) -> Callable[[str, Any], None]:
         def deliver(subject: str, event: Any) -> None:
             self._apply(core.name, core.handle(event, self.loop.now_s), core)
         return deliver
@@ -221,7 +222,7 @@ class SimWorld:
             if actions:
                 self._apply(aggregator.name, actions, aggregator)
 
-    def _ticker(self, core: Any) -> Callable[[float], None]:
+    def _ticker(self, core: ServiceCore) -> Callable[[float], None]:
         def tick(now_s: float) -> None:
             self._apply(core.name, core.tick(now_s), core)
         return tick
@@ -243,7 +244,7 @@ class SimWorld:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def _apply(self, service: str, actions: list[Action], source: Any) -> None:
+    def _apply(self, service: str, actions: list[Action], source: ServiceCore) -> None:
         now = self.loop.now_s
         for action in actions:
             if type(action) is Dispatch:  # one per request: before the pattern matching of the rest
@@ -264,13 +265,15 @@ class SimWorld:
                     if agent is not None:
                         self.loop.after(self.config.intra_region_latency_s, self._deliver_command, agent, command)
                 case StartEngine(spec=spec, load_s=load_s):
-                    agent = source
+                    if not isinstance(source, NodeAgentCore):
+                        raise TypeError(f"{service} asked to start an engine; only a node-agent hosts engines")
                     engine = self.engine_factory(spec)
                     engine.emit_first_tokens = False  # first-token times come with Finished; nothing streams
-                    started = _Hosted(engine, agent.config.agent_id, agent.config.region)
+                    host = source.config
+                    started = _Hosted(engine, host.agent_id, host.region)
                     self._engines[spec.instance_id] = started
                     self._by_agent.setdefault(started.agent_id, {})[spec.instance_id] = started
-                    self.observer.engine_started(spec, agent.config.region, load_s, now)
+                    self.observer.engine_started(spec, host.region, load_s, now)
                 case DrainEngine(instance_id=instance_id):
                     draining = self._engines.get(instance_id)
                     if draining is not None:
@@ -285,14 +288,14 @@ class SimWorld:
     def _deliver_command(self, agent: NodeAgentCore, command: Any) -> None:
         self._apply(agent.name, agent.handle(command, self.loop.now_s), agent)
 
-    def _dispatch(self, action: Dispatch, router: RouterCore) -> None:
+    def _dispatch(self, action: Dispatch, router: ServiceCore) -> None:
         hosted = self._engines.get(action.instance_id)
         config = self.config
         latency = (config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
                    else config.inter_region_latency_s)
         self.loop.after(latency, self._submit, action, router)
 
-    def _submit(self, action: Dispatch, router: RouterCore) -> None:
+    def _submit(self, action: Dispatch, router: ServiceCore) -> None:
         request, now, instance_id = action.request, self.loop.now_s, action.instance_id
         hosted = self._engines.get(instance_id)
         previous = self._inflight.get(request.request_id)

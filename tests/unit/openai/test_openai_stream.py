@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from opscale.runtime.live.openai_schema import ParsedRequest, error_for_status, parse_completion
-from opscale.runtime.live.openai_stream import EngineUsage, OpenAIStreamWriter, engine_usage, error_events
+from opscale.openai.schema import ParsedRequest, error_for_status, parse_completion
+from opscale.openai.stream import EngineUsage, OpenAIStreamWriter, engine_usage, error_events
 
 pytestmark = pytest.mark.unit
 

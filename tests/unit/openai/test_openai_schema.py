@@ -7,15 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from opscale.runtime.live.openai_schema import (
+from opscale.openai.schema import (
     DEFAULT_CHAT_MAX_TOKENS,
     DEFAULT_COMPLETION_MAX_TOKENS,
-    SSE_DONE,
     ApiError,
     ParsedRequest,
     RequestKind,
-    SseDecoder,
-    SseError,
     TokenChunk,
     body_too_large,
     completion_response,
@@ -24,10 +21,10 @@ from opscale.runtime.live.openai_schema import (
     model_not_found,
     parse_completion,
     read_limited,
-    sse_event,
     stream_chunk,
     usage_chunk,
 )
+from opscale.openai.sse import SSE_DONE, SseDecoder, SseError, sse_event
 
 pytestmark = pytest.mark.unit
 

@@ -20,15 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opscale.runtime.live.openai_schema import (
-    SSE_DONE,
-    ApiError,
-    ParsedRequest,
-    finish_reason_for,
-    sse_event,
-    stream_chunk,
-    usage_chunk,
-)
+from opscale.openai.schema import ApiError, ParsedRequest, finish_reason_for, stream_chunk, usage_chunk
+from opscale.openai.sse import SSE_DONE, sse_event
 
 __all__ = ["EngineUsage", "OpenAIStreamWriter", "engine_usage", "error_events"]
 

@@ -4,9 +4,10 @@ Role: turn per-request records (`LatencyRecord`: when a request was sent or arri
 its finish, its output tokens, its status and optionally every gap between tokens) into a JSON-ready
 dict of counts, errors by class, TTFT/TBT/E2E percentiles (p50, p90, p99) and SLO attainment, for the
 whole run and per tier; and write the records as a per-request CSV. It does no network I/O and reads no
-clock: the load generator (opscale_loadgen) measures, this module summarises. The simulator calls
-`latency_report_from_outcomes` on its `RequestOutcome`s, so a live replay and a simulated run of the
-same trace compare key for key (`opscale loadgen compare`).
+clock: the load generator (opscale_loadgen) measures, this module summarises. The TTFT/TBT/E2E
+percentiles come from `opscale.reporting.latencies`, the builder the simulator's result.json uses too,
+so a live replay and a simulated run of the same trace compare key for key (`opscale loadgen compare`);
+`latency_report_from_outcomes` gives a simulation's outcomes this report's full shape.
 
 Definitions, the same as the simulator's result.json:
 - TTFT = first token - arrival; E2E = finish - arrival; TBT = a request's mean time between output
@@ -40,11 +41,11 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from opscale.model import RequestOutcome, TierSpec
+from opscale.reporting.latencies import PERCENTILES, LatencySamples
 from opscale.stats import LogHistogram, percentile_sorted
 
 REPORT_KIND = "opscale.latency_report"
 REPORT_VERSION = 1
-PERCENTILES = (50, 90, 99)
 ITL_RELATIVE_ACCURACY = 0.01
 
 
@@ -111,7 +112,7 @@ def _doubles() -> array[float]:
 
 @dataclass(slots=True)
 class _Totals:
-    """Running totals of one tier (or of the whole run); latencies as raw doubles, as the collector does."""
+    """Running totals of one tier (or of the whole run)."""
 
     requests: int = 0
     sent: int = 0
@@ -120,9 +121,7 @@ class _Totals:
     output_tokens: int = 0
     short_outputs: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    ttft: array[float] = field(default_factory=_doubles)
-    tbt: array[float] = field(default_factory=_doubles)
-    e2e: array[float] = field(default_factory=_doubles)
+    latencies: LatencySamples = field(default_factory=LatencySamples)
     itl: LogHistogram = field(default_factory=lambda: LogHistogram(ITL_RELATIVE_ACCURACY))
 
     def block(self) -> dict[str, Any]:
@@ -136,10 +135,7 @@ class _Totals:
             "output_tokens": self.output_tokens,
             "short_outputs": self.short_outputs,
         }
-        for name, values in (("ttft", self.ttft), ("tbt", self.tbt), ("e2e", self.e2e)):
-            ordered = sorted(values)
-            for q in PERCENTILES:
-                out[f"{name}_p{q}_s"] = percentile_sorted(ordered, q)
+        out.update(self.latencies.figures())
         for q in PERCENTILES:
             out[f"itl_p{q}_s"] = self.itl.quantile(q)
         out["slo_attainment"] = self.met / self.sent if self.sent else None
@@ -169,9 +165,10 @@ class LatencyReportBuilder:
         spec = self._specs.get(record.tier)
         if spec is None:
             self._no_spec.add(record.tier)
-        met = spec is not None and record.status == RequestStatus.OK and record.as_outcome().meets(spec)
+        outcome = record.as_outcome()
+        met = spec is not None and record.status == RequestStatus.OK and outcome.meets(spec)
         for t in (totals, self._all):
-            self._count(t, record, met)
+            self._count(t, record, outcome, met)
         self._count_replay(record)
 
     def add_all(self, records: Iterable[LatencyRecord]) -> Self:
@@ -180,7 +177,7 @@ class LatencyReportBuilder:
         return self
 
     @staticmethod
-    def _count(t: _Totals, r: LatencyRecord, met: bool) -> None:
+    def _count(t: _Totals, r: LatencyRecord, outcome: RequestOutcome, met: bool) -> None:
         t.requests += 1
         if not r.sent:
             return
@@ -194,13 +191,8 @@ class LatencyReportBuilder:
         if r.requested_tokens and r.output_tokens < r.requested_tokens:
             t.short_outputs += 1
         if r.arrival_s is None:
-            return
-        if r.first_token_s is not None:
-            t.ttft.append(r.first_token_s - r.arrival_s)
-        if r.finish_s is not None:
-            t.e2e.append(r.finish_s - r.arrival_s)
-            if r.first_token_s is not None and r.output_tokens >= 2:
-                t.tbt.append((r.finish_s - r.first_token_s) / (r.output_tokens - 1))
+            return  # sent at an unknown time: no latency to measure
+        t.latencies.add(outcome)
         for gap in r.token_gaps_s or ():
             t.itl.add(gap)
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import REGION_HEADER, ApiError, invalid_request, name_header
+from opscale.openai.schema import REGION_HEADER, ApiError, invalid_request, name_header
 
 __all__ = [
     "PROMPT_TOKENS_HEADER", "REGION_HEADER", "REQUEST_ID_HEADER", "TIER_HEADER", "RoutedFacts",

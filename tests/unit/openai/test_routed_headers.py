@@ -8,8 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from opscale.model import Request
-from opscale.runtime.live.openai_schema import ApiError
-from opscale.runtime.live.routed_headers import (
+from opscale.openai.routed_headers import (
     PROMPT_TOKENS_HEADER,
     REGION_HEADER,
     REQUEST_ID_HEADER,
@@ -18,6 +17,7 @@ from opscale.runtime.live.routed_headers import (
     parse_routed_headers,
     routed_headers,
 )
+from opscale.openai.schema import ApiError
 
 pytestmark = pytest.mark.unit
 
