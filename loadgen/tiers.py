@@ -1,10 +1,11 @@
-"""Service tiers to judge a replay against: opscale's defaults, or a YAML file.
+"""Service tiers to judge a replay against: opscale's defaults (opscale.model.tiers), or a YAML file.
 
-The file is a list of tiers, or a mapping with a `tiers` list (so a scenario file works as it is):
+The file is a list of tiers, or a mapping with a `tiers` list (so a scenario file, or the live settings
+file, works as it is), for example:
 
     tiers:
-      - {name: interactive, ttft_slo_s: 2.0, tbt_slo_s: 0.1}
-      - {name: batch, ttft_slo_s: 600, tbt_slo_s: 1.0, deadline_s: 3600}
+      - {name: chat, ttft_slo_s: 1.0, tbt_slo_s: 0.05}
+      - {name: offline, ttft_slo_s: 900, tbt_slo_s: 1.0, deadline_s: 7200, priority: 1}
 """
 
 from __future__ import annotations
