@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,22 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
 DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "live_vs_sim.yaml"
 FIGURES = ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "e2e_p50_s", "e2e_p99_s")
-
-
-def _free_block(size: int = 64) -> int:
-    """A base port with `size` free ports above it (the stack's port plan)."""
-    for base in range(21000, 60000, 97):
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 def _label_trace(trace: Path, region: str, tier: str, dest: Path) -> None:
@@ -120,10 +103,10 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def run_live(args: argparse.Namespace, scenario: Any, labelled: Path, out: Path, opscale: list[str]) -> dict[str, Any]:
-    from opscale.runtime.live.local_servers import start_nats, start_redis
+    from opscale.runtime.live.local_servers import free_port_block, start_nats, start_redis
 
     nats, redis = start_nats(), start_redis()
-    base = _free_block()
+    base = free_port_block(64)
     namespace = "lvs"
     env = dict(os.environ, OPSCALE_NATS_URL=nats.url, OPSCALE_REDIS_URL=redis.url, OPSCALE_NAMESPACE=namespace,
                OPSCALE_OPS_HOST="127.0.0.1", OPSCALE_ROUTER_HTTP_HOST="127.0.0.1",

@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -123,12 +122,13 @@ def _scenario_stack(scenario_path: Path, config: Path | None,
                     folder: Path) -> tuple[Path, list[dict[str, str]], list[dict[str, str]]]:
     """The settings file (the scenario's settings over `config`'s), router and agent identities of a
     scenario's stack. The file is written into `folder`, which lives as long as the stack."""
+    from opscale.experiments.comparison import merge_overrides
     from opscale.experiments.scenario import load_scenario
 
     from opscale_services.scenario_stack import scenario_processes, scenario_settings
 
     scenario = load_scenario(scenario_path)
-    merged = _deep_merge(read_config_file(config) if config is not None else {}, scenario_settings(scenario))
+    merged = merge_overrides(read_config_file(config) if config is not None else {}, scenario_settings(scenario))
     path = folder / "settings.yaml"
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     processes = scenario_processes(scenario)
@@ -137,16 +137,6 @@ def _scenario_stack(scenario_path: Path, config: Path | None,
              scenario.policy)
     return (path, [p.env for p in processes if p.service == "router"],
             [p.env for p in processes if p.service == "node-agent"])
-
-
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _supervise(processes: list[tuple[str, dict[str, str]]], grace_s: float) -> int:

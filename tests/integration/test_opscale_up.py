@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,30 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from opscale.runtime.live.local_servers import free_port_block
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_block(size: int = 20) -> int:
-    """A base port with `size` free ports above it (checked, not guaranteed; loopback only)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + size > 65000:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 def _post(url: str, body: dict, timeout_s: float) -> tuple[int, dict]:
@@ -51,14 +31,31 @@ def _post(url: str, body: dict, timeout_s: float) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str, redis_url: str,
-                                                                  namespace: str) -> None:
-    base = _free_block()
+SCENARIO = """
+name: one host
+duration_s: 60
+hosts: [{region: eu-west, sku: H100-80GB, gpus: 8, count: 1}]
+deployments: [{model: Llama-3-8B, sku: H100-80GB, tp: 1, min_replicas: 1, max_replicas: 2}]
+engine: {max_num_seqs: 32}
+load_time_scale: 0.02
+"""
+
+
+@pytest.mark.parametrize("fleet", ["agents", "scenario"])
+def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str, redis_url: str, namespace: str,
+                                                                  fleet: str, tmp_path: Path) -> None:
+    # `--agents 1`: one default host; `--scenario`: the fleet of a simulation scenario file
+    base = free_port_block(64)
+    if fleet == "scenario":
+        (tmp_path / "scenario.yaml").write_text(SCENARIO)
+        launch = ["--scenario", str(tmp_path / "scenario.yaml")]
+    else:
+        launch = ["--agents", "1"]
     env = dict(os.environ, OPSCALE_NATS_URL=nats_url, OPSCALE_REDIS_URL=redis_url, OPSCALE_NAMESPACE=namespace,
                OPSCALE_NODE_AGENT_LOAD_TIME_SCALE="0.02", OPSCALE_NODE_AGENT_HEARTBEAT_INTERVAL_S="0.5",
                OPSCALE_OPS_HOST="127.0.0.1", OPSCALE_ROUTER_HTTP_HOST="127.0.0.1",
                OPSCALE_NODE_AGENT_GRPC_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "opscale.cli", "up", "--agents", "1", "--port-base", str(base)],
+    proc = subprocess.Popen([sys.executable, "-m", "opscale.cli", "up", *launch, "--port-base", str(base)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
@@ -88,6 +85,8 @@ def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str,
     text = output.decode()
     assert proc.returncode == 0, text[-3000:]
     assert "stack stopped" in text and "killing it" not in text
+    if fleet == "scenario":
+        assert "scenario one host: 1 router(s), 1 host(s), policy reactive" in text
 
 
 @pytest.fixture(autouse=True)

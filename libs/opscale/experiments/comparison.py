@@ -148,7 +148,7 @@ def variant_scenario(base: Scenario, variant: Variant, hours: float | None = Non
     data = base.model_dump()
     if hours is not None:
         data.update(_duration_update(base, hours))
-    data = _merge(data, variant.overrides)
+    data = merge_overrides(data, variant.overrides)
     data.update({"name": f"{base.name} | {variant.name}", "policy": variant.policy,
                  "policy_params": variant.policy_params})
     if variant.routing_policy is not None:
@@ -176,11 +176,12 @@ def _duration_update(base: Scenario, hours: float) -> dict[str, Any]:
     return update
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it, mappings merged key by key, anything else replaced."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_overrides(merged[key], value)
         else:
             merged[key] = value
     return merged

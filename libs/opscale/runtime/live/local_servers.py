@@ -28,6 +28,7 @@ __all__ = [
     "LocalServer",
     "LocalServerError",
     "ensure_nats",
+    "free_port_block",
     "ensure_redis",
     "nats_status",
     "redis_status",
@@ -84,6 +85,26 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """A base port with `size` free loopback ports from it up: room for a whole local stack's port plan
+    (`opscale up --port-base`). Checked when called, not reserved."""
+    for _ in range(50):
+        base = _free_port()
+        if base + size > 65000:
+            continue
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise LocalServerError(f"no block of {size} free loopback ports found")
 
 
 def nats_status(url: str, timeout_s: float = 1.0) -> Status:
