@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from opscale.experiments.scenario import ScenarioError
 from opscale.runtime.live.settings import SERVICE_SETTINGS, SettingsError, load_settings, read_config_file
 
 from opscale_services.common import configure_logging
@@ -101,6 +100,8 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
     agent_envs: int | list[dict[str, str]] = agents
     with tempfile.TemporaryDirectory(prefix="opscale-up-") as folder:
         if scenario is not None:
+            from opscale.experiments.scenario import ScenarioError  # only `up --scenario` reads one
+
             try:
                 config, routers, agent_envs = _scenario_stack(scenario, config, Path(folder))
             except (ScenarioError, SettingsError) as exc:
