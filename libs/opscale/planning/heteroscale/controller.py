@@ -42,7 +42,6 @@ from opscale.model import LatencyObjective
 from opscale.planning.heteroscale.config import FeedbackTier, HeteroScaleConfig, LatencyFeedback
 from opscale.planning.heteroscale.ratio import RoleBounds, arrange
 
-
 # A tier fires at its threshold: 0.11 s against 1.1 x 0.1 s (0.11000000000000001 in floating point) is at it.
 _THRESHOLD_REL_TOL = 1e-9
 
