@@ -15,6 +15,7 @@ from typing import Any, Literal
 from opscale.engine import SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
 from opscale.perf.loading import LoadChoice
+from opscale.perf.transfer import Topology
 from opscale.reporting.latencies import LatencySamples, latency_figures
 from opscale.runtime.sim.world import RunObserver
 
@@ -64,6 +65,8 @@ class RunCollector(RunObserver):
         # plans that changed some pool's replica count (not those that only re-weight routing or re-stage)
         self._scaling_actions = 0
         self._last_replicas: dict[str, int] = {}
+        # KV transfers of disaggregated deployments, by topology: [count, seconds]
+        self._kv_transfers: dict[str, list[float]] = {}
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -114,6 +117,13 @@ class RunCollector(RunObserver):
             if replicas != self._last_replicas:
                 self._scaling_actions += 1
                 self._last_replicas = dict(replicas)
+
+    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None:
+        totals = self._kv_transfers.get(topology.value)
+        if totals is None:
+            totals = self._kv_transfers[topology.value] = [0, 0.0]
+        totals[0] += 1
+        totals[1] += seconds
 
     def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
         gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
@@ -175,6 +185,9 @@ class RunCollector(RunObserver):
             "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
             "tiers": tiers,
         })
+        if self._kv_transfers:  # only runs with a disaggregated deployment move KV between instances
+            result["kv_transfers"] = {topology: {"count": int(n), "mean_s": total / n}
+                                      for topology, (n, total) in sorted(self._kv_transfers.items())}
         return result
 
 

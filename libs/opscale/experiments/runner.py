@@ -16,7 +16,7 @@ from typing import Any
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import Scenario, ScenarioError, trace_requests
-from opscale.model import InstanceSpec, InstanceState, Request
+from opscale.model import InstanceSpec, InstanceState, Request, Role
 from opscale.perf import Catalog, LatencyModels, default_catalog, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
 from opscale.planning import build_planning_stack
@@ -105,8 +105,10 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
                                                 on_staged=collector.weights_staged)
 
     for group in scenario.hosts:
+        s0, s1, s2 = group.switches()
         for agent_id in group.host_ids():
-            config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus)
+            config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus,
+                                     s0=s0, s1=s1, s2=s2)
             weights = HostWeightCache(group.weight_cache_gb)
             warm = scenario.warm_loads != "off"
             agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, weights),
@@ -116,11 +118,12 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
         return SimEngine(spec.instance_id, model, sku, spec.tp, latency_model(model, sku, spec.tp),
-                         scenario.engine)
+                         scenario.engine, role=spec.role)
 
     collector = RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
-                     ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig())
+                     ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig(),
+                     scenario.transfer)
     for fault in scenario.faults:
         if fault.kind == "planner_restart":
             world.loop.at(fault.at_s, restart_planner)
@@ -146,7 +149,9 @@ def run_scenario(scenario: Scenario, progress: ProgressFn | None = None) -> RunR
         ready: dict[str, int] = {}
         for agent in world.agents.values():
             for st in agent.heartbeat(now_s).instances:
-                key = f"{st.model}/{agent.config.region}"
+                # a disaggregated deployment's pools are told apart by role: "model/region/prefill"
+                key = (f"{st.model}/{agent.config.region}" if st.role is Role.UNIFIED
+                       else f"{st.model}/{agent.config.region}/{st.role}")
                 ready[key] = ready.get(key, 0) + (st.state == InstanceState.READY)
         collector.sample(now_s, ready)
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opscale.engine import EngineConfig
 from opscale.experiments.shaped_workload import ShapedWorkloadConfig
 from opscale.model import Request, TierList, TierSpec, default_tier_models, tier_table
+from opscale.perf.transfer import TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -26,7 +27,14 @@ class ScenarioError(ValueError):
 
 
 class HostGroup(BaseModel):
-    """`count` identical GPU hosts (one node-agent each) in one region."""
+    """`count` identical GPU hosts (one node-agent each) in one region.
+
+    Where they sit in the network (HeteroScale's switch tiers, which price a KV transfer between two
+    hosts: opscale.perf.transfer): under the leaf switch `s0`, in the mini-pod `s1`, in the big-pod `s2`.
+    By default a group's hosts share one leaf named after the group (`<region>-<sku>`), that leaf is its
+    own mini-pod, and every mini-pod of a region sits in one big-pod named after the region. Switch names
+    are a tree: a leaf is under one mini-pod and a mini-pod under one big-pod, in one region.
+    """
 
     model_config = ConfigDict(extra="forbid")
     region: str = Field(min_length=1)
@@ -35,6 +43,14 @@ class HostGroup(BaseModel):
     count: int = Field(1, ge=1, description="How many such hosts")
     weight_cache_gb: float = Field(512.0, ge=0, description="Host memory that keeps model weights after an "
                                    "instance loads or stops, so the next instance of that model here loads warm")
+    s0: str | None = Field(None, min_length=1, description="Leaf switch of these hosts; default `<region>-<sku>`")
+    s1: str | None = Field(None, min_length=1, description="Mini-pod switch above the leaf; default: the leaf's name")
+    s2: str | None = Field(None, min_length=1, description="Big-pod switch above the mini-pod; default: the region")
+
+    def switches(self) -> tuple[str, str, str]:
+        """(S0, S1, S2) of these hosts, defaults filled in (see the class docstring)."""
+        s0 = self.s0 or f"{self.region}-{self.sku.lower()}"
+        return s0, self.s1 or s0, self.s2 or self.region
 
     def host_ids(self) -> list[str]:
         """The hosts' agent ids, `<region>-<sku>-<n>`: the same in the simulator and a live stack started
@@ -131,6 +147,8 @@ class Scenario(BaseModel):
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     sample_interval_s: float = Field(60.0, gt=0, description="Spacing of the timeline in result plots")
     faults: list[Fault] = Field(default_factory=list, description="Failures injected during the run")
+    transfer: TransferParams = Field(default_factory=TransferParams, description="Bandwidth and latency of "
+                                     "each network path a disaggregated deployment's KV cache takes")
     profiles_dir: Path | None = Field(None, description="Measured operator profiles (vidur's data/profiling "
                                       "layout) for the engines and capacity estimates; None: the calibrated "
                                       "roofline model shipped with opscale")
@@ -170,8 +188,38 @@ class Scenario(BaseModel):
             missing = [r for r in dep.regions if r not in regions]
             if missing:
                 raise ValueError(f"deployment {dep.model!r} names regions without hosts: {missing}")
+            self._role_hosts(dep)
+        self._switch_tree()
         self._known_tiers()
         return self
+
+    def _role_hosts(self, dep: DeploymentSpec) -> None:
+        """Each pool of a disaggregated deployment has hosts of its SKU in some region it serves."""
+        if not dep.disaggregated:
+            return
+        served = set(dep.regions) or {h.region for h in self.hosts}
+        for role in dep.roles():
+            sku = dep.pool(role).sku
+            if not any(h.region in served and h.sku.casefold() == sku.casefold() for h in self.hosts):
+                raise ValueError(f"deployment {dep.model!r}: {role.value}.sku {sku!r} has no hosts in its regions "
+                                 f"{sorted(served)}")
+
+    def _switch_tree(self) -> None:
+        """Every switch has one parent (a leaf one mini-pod, a mini-pod one big-pod) and one region."""
+        parent: dict[tuple[str, str], tuple[str, str]] = {}  # (tier, switch) -> (parent or region, group)
+        for group in self.hosts:
+            s0, s1, s2 = group.switches()
+            where = f"hosts {group.region}/{group.sku}"
+            for tier, switch, above in (("s0", s0, s1), ("s1", s1, s2), ("s2", s2, group.region)):
+                known = parent.setdefault((tier, switch), (above, where))
+                if known[0] != above:
+                    kind = "region" if tier == "s2" else "parent"
+                    raise ValueError(f"hosts: {tier} switch {switch!r} has {kind} {known[0]!r} ({known[1]}) and "
+                                     f"{above!r} ({where}); a switch sits under one {kind}")
+
+    def host_switches(self) -> dict[str, tuple[str, str, str]]:
+        """Every host's (S0, S1, S2), by agent id."""
+        return {agent_id: group.switches() for group in self.hosts for agent_id in group.host_ids()}
 
     def _known_tiers(self) -> None:
         """Every tier the workload draws is one of `tiers`, so each request is judged by an objective."""

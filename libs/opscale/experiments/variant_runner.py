@@ -21,6 +21,7 @@ from typing import Any
 
 from opscale.experiments.comparison import ExperimentConfig, Variant, variant_scenario
 from opscale.experiments.scenario import Scenario
+from opscale.model import Role
 
 # Percentiles at which each tier's TTFT distribution is kept for the CDF plot: fine in the tail, where
 # policies differ. 0 and 100 are the minimum and maximum.
@@ -155,7 +156,7 @@ def _timeline(run: Any) -> Timeline:
     deployments = {d.model: d for d in scenario.deployments}
     timeline = Timeline()
     regions = scenario.regions()
-    skus = sorted({d.sku for d in scenario.deployments})
+    skus = sorted({sku for d in scenario.deployments for sku in d.skus()})
     for series in (timeline.demand_gpus, timeline.ready_gpus):
         series.update({r: [] for r in regions})
     timeline.gpus_by_sku.update({s: [] for s in skus})
@@ -167,14 +168,16 @@ def _timeline(run: Any) -> Timeline:
         for pool, arrivals in point.arrivals_per_min.items():
             model, region = pool.split("/", 1)
             dep = deployments.get(model)
-            if dep is not None and region in demand:
-                demand[region] += arrivals / scenario.sample_interval_s / per_instance[model] * dep.tp
+            if dep is not None and region in demand:  # a disaggregated deployment needs both its pools
+                demand[region] += sum(arrivals / scenario.sample_interval_s / per_instance[(model, role)]
+                                      * dep.pool(role).tp for role in dep.roles())
         for pool, count in point.instances.items():
-            model, region = pool.split("/", 1)
+            model, region, *role = pool.split("/")  # "model/region", or "model/region/role" (disaggregated)
             dep = deployments.get(model)
             if dep is not None and region in ready:
-                ready[region] += count * dep.tp
-                by_sku[dep.sku] += count * dep.tp
+                shape = dep.pool(Role(role[0]) if role else Role.UNIFIED)
+                ready[region] += count * shape.tp
+                by_sku[shape.sku] += count * shape.tp
         for region in regions:
             timeline.demand_gpus[region].append(demand[region])
             timeline.ready_gpus[region].append(ready[region])
@@ -183,11 +186,16 @@ def _timeline(run: Any) -> Timeline:
     return timeline
 
 
-def _instance_rps(scenario: Scenario) -> dict[str, float]:
+def _instance_rps(scenario: Scenario) -> dict[tuple[str, Role], float]:
     from opscale.perf import LatencyModels, default_catalog, load_profiles
     from opscale.planning import capacity_estimator
 
     profiles = load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None
     capacity = capacity_estimator(scenario.tier_specs(), default_catalog(), LatencyModels(profiles), scenario.engine)
-    return {d.model: capacity(d.model, d.sku, d.tp, d.typical_prompt_tokens, d.typical_output_tokens)
-            for d in scenario.deployments}
+    rates = {}
+    for d in scenario.deployments:
+        for role in d.roles():
+            shape = d.pool(role)
+            rates[(d.model, role)] = capacity(d.model, shape.sku, shape.tp, d.typical_prompt_tokens,
+                                              d.typical_output_tokens, role)
+    return rates

@@ -1,15 +1,18 @@
 """Data movement between GPUs: KV-cache transfer from a prefill to a decode instance, and activations
 between operator groups, priced by the network path between the two ends.
 
-time = link latency + bytes / link bandwidth, with the link chosen by topology: the same host (NVLink
-or PCIe peer-to-peer), the same leaf switch (RDMA), across switches (RDMA through the spine; HeteroScale
-measures about 20% less KV bandwidth than under one switch) or across regions (WAN). The KV of a
+time = link latency + bytes / link bandwidth, with the link chosen by topology. Hosts sit under switches
+as in HeteroScale's clusters: S0 (the host's leaf), S1 (a mini-pod of leaves), S2 (a big-pod of mini-pods).
+The path is the nearest level two ends share: the same host (NVLink or PCIe peer-to-peer), the same S0
+(RDMA under one leaf), the same S1 (through the mini-pod switch; HeteroScale measures about 20% less KV
+bandwidth across switches than under one), the same S2 (through the big-pod switch), the same region
+across big-pods, or across regions (WAN). The KV of a
 tensor-parallel instance is sharded over its GPUs, and with one NIC per GPU (GPUDirect RDMA) or one
 NVLink port per GPU the shards move in parallel over `parallel_links` links; a WAN path does not scale.
 
 Example: 2048 prompt tokens of Llama-3-8B carry 2048 x 131072 B = 268 MB of KV: 6.7 ms over one 40 GB/s
-RDMA link under one switch and 8.4 ms across switches (plus 0.1 and 0.2 ms of latency), 255 ms across
-regions (214 ms at 1.25 GB/s plus 40 ms).
+RDMA link under one switch and 8.4 ms across leaves of one mini-pod (plus 0.1 and 0.2 ms of latency),
+10.5 ms across mini-pods, 13.1 ms across big-pods, 255 ms across regions (214 ms at 1.25 GB/s plus 40 ms).
 
 Pure arithmetic: no I/O, no clock.
 """
@@ -33,8 +36,10 @@ class Topology(StrEnum):
     """Where two GPUs are relative to each other, nearest first."""
 
     SAME_HOST = "same_host"
-    SAME_SWITCH = "same_switch"
-    CROSS_SWITCH = "cross_switch"
+    SAME_SWITCH = "same_switch"  # different hosts under one S0 (leaf)
+    CROSS_SWITCH = "cross_switch"  # different S0s under one S1 (mini-pod)
+    CROSS_S1 = "cross_s1"  # different S1s under one S2 (big-pod)
+    CROSS_S2 = "cross_s2"  # different S2s in one region
     CROSS_REGION = "cross_region"
 
 
@@ -61,7 +66,9 @@ class Link:
 
 class TransferParams(BaseModel):
     """Bandwidth and latency of each kind of path. Defaults: 400 Gb/s RDMA NICs, one per GPU, at about
-    80% of line rate; HeteroScale's ~20% loss across switches; a 10 Gb/s inter-region flow."""
+    80% of line rate; HeteroScale's ~20% loss across switches, taken again for each switch tier above
+    (the paper measures only the first tier: an assumption, to be replaced by measured figures); a
+    10 Gb/s inter-region flow."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,7 +85,17 @@ class TransferParams(BaseModel):
     cross_switch_gbps: float = Field(
         32.0, gt=0, description="RDMA bandwidth between hosts under different leaf switches, GB/s per link.")
     cross_switch_latency_s: float = Field(
-        200e-6, ge=0, description="Fixed cost of one RDMA transfer through the spine, seconds.")
+        200e-6, ge=0, description="Fixed cost of one RDMA transfer through the mini-pod (S1) switch, seconds.")
+    cross_s1_gbps: float = Field(
+        25.6, gt=0, description="RDMA bandwidth between hosts of different mini-pods under one big-pod (S2), "
+                                "GB/s per link: cross_switch_gbps less another ~20% (one more switch tier).")
+    cross_s1_latency_s: float = Field(
+        300e-6, ge=0, description="Fixed cost of one RDMA transfer through the big-pod (S2) switch, seconds.")
+    cross_s2_gbps: float = Field(
+        20.5, gt=0, description="RDMA bandwidth between hosts of different big-pods in one region, GB/s per "
+                                "link: cross_s1_gbps less another ~20%.")
+    cross_s2_latency_s: float = Field(
+        400e-6, ge=0, description="Fixed cost of one RDMA transfer through the tier above the big-pods, seconds.")
     cross_region_gbps: float = Field(
         1.25, gt=0, description="Bandwidth of one transfer between regions, GB/s (does not scale with links).")
     cross_region_latency_s: float = Field(
@@ -96,6 +113,10 @@ class TransferParams(BaseModel):
                 return Link(self.same_switch_latency_s, self.same_switch_gbps)
             case Topology.CROSS_SWITCH:
                 return Link(self.cross_switch_latency_s, self.cross_switch_gbps)
+            case Topology.CROSS_S1:
+                return Link(self.cross_s1_latency_s, self.cross_s1_gbps)
+            case Topology.CROSS_S2:
+                return Link(self.cross_s2_latency_s, self.cross_s2_gbps)
             case Topology.CROSS_REGION:
                 return Link(self.cross_region_latency_s, self.cross_region_gbps)
         raise AssertionError(topology)  # _topology admits nothing else
@@ -103,17 +124,26 @@ class TransferParams(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where an instance (or an operator replica) runs: region, leaf switch and host names."""
+    """Where an instance (or an operator replica) runs: region, leaf switch (S0) and host names, and the
+    mini-pod (S1) and big-pod (S2) above the leaf; an empty s1 or s2 is unknown, and two unknowns count
+    as the same switch (a placement that names only leaves prices every cross-leaf path alike)."""
 
     region: str
     switch: str
     host: str
+    s1: str = ""
+    s2: str = ""
 
 
 def topology_between(a: Placement, b: Placement) -> Topology:
-    """The path between two placements. Switch and host names are taken as unique within a region."""
+    """The path between two placements: the nearest level they share. Switch and host names are taken as
+    unique within a region."""
     if a.region != b.region:
         return Topology.CROSS_REGION
+    if a.s2 != b.s2:
+        return Topology.CROSS_S2
+    if a.s1 != b.s1:
+        return Topology.CROSS_S1
     if a.switch != b.switch:
         return Topology.CROSS_SWITCH
     if a.host != b.host:

@@ -6,6 +6,8 @@ The largest B with s(B) <= the TBT budget gives B/s(B) output tokens per second.
 the same engine time, so at a request rate r the engine spends r·p seconds per second prefilling
 (p = prefill time of one prompt), leaving (1 - r·p) for decode:
     r · n_out = (1 - r·p) · B / s(B)   =>   r = 1 / (n_out·s(B)/B + p).
+A disaggregated deployment's instances do one phase each: a prefill instance sustains r = 1 / p (its
+signal is prompt tokens/s: r · n_prompt), a decode instance r = B / (n_out·s(B)) (output tokens/s).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from opscale.model import ModelSpec, Sku
+from opscale.model import ModelSpec, Role, Sku
 from opscale.perf import Catalog, RooflineLatencyModel
 
 
@@ -25,8 +27,12 @@ class SupportsStepLatency(Protocol):
 
 
 def sustainable_rps(latency: SupportsStepLatency, tbt_budget_s: float, mean_prompt_tokens: float,
-                    mean_output_tokens: float, max_batch: int = 256, kv_token_capacity: int | None = None) -> float:
-    """Requests/s one instance sustains at the TBT budget (see the module docstring)."""
+                    mean_output_tokens: float, max_batch: int = 256, kv_token_capacity: int | None = None,
+                   role: Role = Role.UNIFIED) -> float:
+    """Requests/s one instance of `role` sustains at the TBT budget (see the module docstring)."""
+    prefill = latency.prefill_s(max(1, round(mean_prompt_tokens)), 0)
+    if role is Role.PREFILL:
+        return 1.0 / prefill
     mean_ctx = mean_prompt_tokens + mean_output_tokens / 2
     best_batch, best_step = 1, None
     for batch in _batch_grid(max_batch):
@@ -38,7 +44,8 @@ def sustainable_rps(latency: SupportsStepLatency, tbt_budget_s: float, mean_prom
             break
         best_batch, best_step = batch, step
     assert best_step is not None
-    prefill = latency.prefill_s(max(1, round(mean_prompt_tokens)), 0)
+    if role is Role.DECODE:
+        return best_batch / (mean_output_tokens * best_step)
     return 1.0 / (mean_output_tokens * best_step / best_batch + prefill)
 
 
@@ -65,10 +72,11 @@ class CapacityEstimator:
         self.max_batch = max_batch
         self.gpu_memory_utilization = gpu_memory_utilization
         self.latency_factory = latency_factory or RooflineLatencyModel
-        self._cache: dict[tuple[str, str, int, int, int], float] = {}
+        self._cache: dict[tuple[str, str, int, int, int, Role], float] = {}
 
-    def __call__(self, model: str, sku: str, tp: int, prompt_tokens: float, output_tokens: float) -> float:
-        key = (model, sku, tp, _bucket(prompt_tokens), _bucket(output_tokens))
+    def __call__(self, model: str, sku: str, tp: int, prompt_tokens: float, output_tokens: float,
+                 role: Role = Role.UNIFIED) -> float:
+        key = (model, sku, tp, _bucket(prompt_tokens), _bucket(output_tokens), role)
         rate = self._cache.get(key)
         if rate is None:
             spec, gpu = self.catalog.model(model), self.catalog.sku(sku)
@@ -77,7 +85,7 @@ class CapacityEstimator:
                 raise ValueError(f"{model} does not fit on {tp} x {sku}: weights need "
                                  f"{spec.weight_bytes / 1e9:.0f} GB")
             rate = sustainable_rps(self.latency_factory(spec, gpu, tp), self.tbt_budget_s, key[3], key[4],
-                                   self.max_batch, int(kv_bytes // spec.kv_bytes_per_token))
+                                   self.max_batch, int(kv_bytes // spec.kv_bytes_per_token), role)
             self._cache[key] = rate
         return rate
 

@@ -3,7 +3,9 @@
 Scale-out puts a new instance on an agent of the right region and SKU whose heartbeat says it holds the
 model's weights in host memory (it loads warm there, in seconds instead of minutes from remote storage),
 else on any; among those, the one with the most free GPUs, which spreads a pool over hosts so that losing
-one host loses little of it (ties by agent id, so the result is deterministic). Scale-in removes instances that are not yet serving first
+one host loses little of it (ties by agent id, so the result is deterministic). A disaggregated
+deployment's prefill and decode pools are placed each with its own SKU and TP (DeploymentSpec.pool),
+their instances marked with their role and named `<model>-<region>-<role>-<seq>`. Scale-in removes instances that are not yet serving first
 (still loading), then the newest. Whatever cannot be placed is reported, not dropped silently: the VM
 layer turns that shortfall into capacity.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opscale.model import InstanceSpec, InstanceState, PoolKey
-from opscale.planning.base import DeploymentSpec
+from opscale.model import InstanceSpec, InstanceState, PoolKey, Role
+from opscale.planning.base import DeploymentSpec, RolePoolSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +56,16 @@ def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ..
             for agent_id, spec in (loading + ready)[: have - want]:
                 assignments[agent_id].remove(spec)
         elif want > have:
-            dep = deployments[key.model]
+            shape = deployments[key.model].pool(key.role)
+            prefix = f"{key.model}-{key.region}-" if key.role is Role.UNIFIED else f"{key.model}-{key.region}-{key.role}-"
             for _ in range(want - have):
-                host = _best_host(key, dep, agents, assignments)
+                host = _best_host(key, shape, agents, assignments)
                 if host is None:
                     unplaced[key] = unplaced.get(key, 0) + 1
                     continue
-                instance_id = f"{key.model}-{key.region}-{next_seq:05d}"
+                instance_id = f"{prefix}{next_seq:05d}"
                 next_seq += 1
-                assignments[host].append(InstanceSpec(instance_id, key.model, dep.sku, dep.tp, key.role))
+                assignments[host].append(InstanceSpec(instance_id, key.model, shape.sku, shape.tp, key.role))
     frozen = {a: tuple(sorted(specs, key=lambda s: s.instance_id)) for a, specs in assignments.items()}
     return PlacementResult(frozen, next_seq, unplaced)
 
@@ -82,14 +85,15 @@ def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceS
         dep = deployments.get(key.model)
         if dep is None:
             continue
+        shape = dep.pool(key.role)
         have = sum(1 for agent_id, specs in trial.items() for s in specs
                    if s.model == key.model and s.role == key.role and by_id[agent_id].region == key.region)
         slots = [AgentSlot(a.agent_id, a.region, a.sku, a.gpus_total, frozenset(warm[a.agent_id])) for a in agents]
         for n in range(want - have):
-            host = _best_host(key, dep, slots, trial)
+            host = _best_host(key, shape, slots, trial)
             if host is None:
                 break
-            trial[host].append(InstanceSpec(f"prestage-{n}", key.model, dep.sku, dep.tp, key.role))
+            trial[host].append(InstanceSpec(f"prestage-{n}", key.model, shape.sku, shape.tp, key.role))
             if key.model not in warm[host]:
                 warm[host].add(key.model)
                 staged.setdefault(host, set()).add(key.model)
@@ -98,14 +102,14 @@ def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceS
     return {agent_id: tuple(sorted(models)) for agent_id, models in sorted(staged.items())}
 
 
-def _best_host(key: PoolKey, dep: DeploymentSpec, agents: list[AgentSlot],
+def _best_host(key: PoolKey, shape: RolePoolSpec, agents: list[AgentSlot],
                assignments: dict[str, list[InstanceSpec]]) -> str | None:
     best: tuple[bool, int, str] | None = None  # (cold, -free GPUs, agent id): the least is the best
     for agent in agents:
-        if agent.region != key.region or agent.sku.lower() != dep.sku.lower():
+        if agent.region != key.region or agent.sku.lower() != shape.sku.lower():
             continue
         free = agent.gpus_total - sum(s.gpus for s in assignments[agent.agent_id])
-        if free < dep.tp:
+        if free < shape.tp:
             continue
         rank = (key.model not in agent.warm_models, -free, agent.agent_id)
         if best is None or rank < best:

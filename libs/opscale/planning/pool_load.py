@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from opscale.model import Observation, PoolKey, PoolObservation
+from opscale.model import Observation, PoolKey, PoolObservation, Role
 from opscale.planning.base import CapacityFn, DeploymentSpec
 
 
@@ -25,9 +25,14 @@ def mean_lengths(spec: DeploymentSpec, pool: PoolObservation) -> tuple[float, fl
 
 
 def instance_rps(spec: DeploymentSpec, pool: PoolObservation, capacity: CapacityFn) -> float:
-    """Requests/s one instance sustains at the SLO for the pool's request shape."""
+    """Requests/s one instance sustains at the SLO for the pool's request shape. In a prefill or decode
+    pool (`spec` that pool's view, DeploymentSpec.for_role) the rate of one instance doing that phase:
+    demand over it sizes a prefill pool by prompt tokens/s and a decode pool by output tokens/s."""
     prompt, output = mean_lengths(spec, pool)
-    return capacity(spec.model, spec.sku, spec.tp, prompt, output)
+    role = pool.key.role
+    if role is Role.UNIFIED:
+        return capacity(spec.model, spec.sku, spec.tp, prompt, output)
+    return capacity(spec.model, spec.sku, spec.tp, prompt, output, role=role)  # type: ignore[call-arg]
 
 
 def instance_prompt_tps(spec: DeploymentSpec, pool: PoolObservation, capacity: CapacityFn) -> float:

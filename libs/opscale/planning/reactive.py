@@ -9,6 +9,11 @@ load, and never while the pool is still converging (anything loading). When TTFT
 tiers' objective (`LatencyObjective.ttft_slo_s`, the strictest latency-sensitive tier's) while requests
 queue, one more instance is added whatever the model says (negative feedback for a capacity model that
 is off).
+
+A disaggregated deployment's prefill and decode pools are sized each on its own, by the same rules, on
+its own signal: demand over one prefill instance's rate (prompt tokens/s) and over one decode
+instance's (output tokens/s), within each pool's bounds. This is HeteroScale's "independent per-pool"
+baseline, not its coordinated P/D-ratio policy.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class ReactivePolicy:
             spec = self.deployments.get(key.model)
             if spec is None:
                 continue
+            spec = spec.for_role(key.role)
             count, why, pools[key] = self._decide_pool(spec, pool, pools.get(key, PoolState()), now_s)
             desired[key], reasons[key] = count, why
         return Effects(desired, ReactiveState(pools), reasons)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from opscale.model import DEFAULT_TIERS, LatencyObjective, TierSpec, latency_objective
-from opscale.planning.base import CapacityFn, DeploymentSpec, PlanningPolicy
+from opscale.planning.base import CapacityFn, DeploymentSpec, PlanningPolicy, refuse_disaggregated
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -97,6 +97,10 @@ def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     return make
 
 
+# Policies that size a disaggregated deployment's prefill and decode pools (each on its own signal);
+# the others refuse one by name.
+_DISAGGREGATION_AWARE = frozenset({PlanningPolicyName.REACTIVE, PlanningPolicyName.STATIC})
+
 _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.REACTIVE: _reactive,
     PlanningPolicyName.STATIC: _static,
@@ -123,5 +127,7 @@ def make_planning_policy(name: str, deployments: list[DeploymentSpec], capacity:
     if moved:
         raise ValueError(f"planning policy {name!r}: {moved[0]} (got {params[moved[0]]!r}) is not a policy "
                          f"parameter; latency objectives come from the tiers (their {moved[0]})")
+    if key not in _DISAGGREGATION_AWARE:
+        refuse_disaggregated(name, deployments)
     objective = latency_objective(tiers if tiers is not None else DEFAULT_TIERS)
     return _FACTORIES[key](deployments, capacity, objective, **params)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opscale.engine.config import EngineConfig
-from opscale.model import ModelSpec, Sku, TierSpec, latency_objective
+from opscale.model import ModelSpec, Role, Sku, TierSpec, latency_objective
 from opscale.perf import Catalog
 from opscale.planning.base import DeploymentSpec, PlanningPolicy
 from opscale.planning.capacity import CapacityEstimator, SupportsStepLatency
@@ -48,7 +48,13 @@ def build_planning_stack(deployments: list[DeploymentSpec], tiers: Mapping[str, 
     naming it; so is a deployment of a model or SKU the catalogue does not know."""
     for dep in deployments:  # unknown names fail here, naming the known ones, not at the first decision
         catalog.model(dep.model)
-        catalog.sku(dep.sku)
+        if not dep.disaggregated:
+            catalog.sku(dep.pool(Role.UNIFIED).sku)
+        for role in dep.roles() if dep.disaggregated else ():
+            try:
+                catalog.sku(dep.pool(role).sku)
+            except ValueError as exc:
+                raise ValueError(f"deployment {dep.model!r}: {role.value}.sku: {exc}") from None
     capacity = capacity_estimator(tiers, catalog, latency, engine)
     return PlanningStack(capacity, make_planning_policy(policy, deployments, capacity, tiers=tiers,
                                                         **dict(policy_params)))

@@ -1,5 +1,6 @@
 """Static provisioning: a fixed replica count per pool, whatever the load (the peak-provisioning
-baseline users run today)."""
+baseline users run today). A disaggregated deployment's prefill and decode pools each get their own
+maximum (or `replicas`)."""
 
 from __future__ import annotations
 
@@ -22,5 +23,5 @@ class StaticPolicy:
         for key in observation.pools:
             spec = self.deployments.get(key.model)
             if spec is not None:
-                desired[key] = self.replicas if self.replicas is not None else spec.max_replicas
+                desired[key] = self.replicas if self.replicas is not None else spec.pool(key.role).max_replicas
         return Effects(desired, None, {k: "static" for k in desired})

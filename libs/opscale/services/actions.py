@@ -20,13 +20,17 @@ class Publish:
 
 @dataclass(slots=True)  # once per request: not frozen for speed (see opscale.services.events), never mutated
 class Dispatch:
-    """Send a request to an instance. `reason` says why this instance was chosen."""
+    """Send a request to an instance. `reason` says why this instance was chosen. For a disaggregated
+    model `instance_id` is the prefill instance and `decode_instance_id` the decode instance its KV goes
+    to when the prefill is done; "" for a unified one."""
 
     request: Request
     instance_id: str
     region: str
     endpoint: str
     reason: str = ""
+    decode_instance_id: str = ""
+    decode_endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,18 @@ class DispatchFailed:
     attempt: int = 1
 
 
+@dataclass(slots=True)
+class PrefillHandedOff:
+    """A prefill instance finished a request's prefill and handed its KV to the decode instance it was
+    paired with (opscale.engine.outputs.PrefillDone): the router stops counting the request against the
+    prefill instance; the decode instance keeps it until it finishes."""
+
+    request_id: str
+    prefill_instance_id: str
+    decode_instance_id: str
+    at_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class AgentHeartbeat:
     """A node-agent's periodic report: who it is, where, its free GPUs and every instance it runs."""
@@ -53,6 +65,11 @@ class AgentHeartbeat:
     instances: tuple[InstanceStatus, ...] = ()
     terminating_at_s: float | None = None  # the host is being reclaimed then (spot preemption notice)
     warm_models: tuple[str, ...] = ()  # models whose weights the host holds in memory (a warm load here)
+    # Where the host sits in the network (HeteroScale's tiers): its leaf switch, mini-pod and big-pod;
+    # "" when not configured. A KV transfer between two hosts is priced by the nearest tier they share.
+    s0: str = ""
+    s1: str = ""
+    s2: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +159,6 @@ class DrainCommand:
 
 
 Event = (
-    RequestArrived | RequestFinished | DispatchFailed | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
+    RequestArrived | RequestFinished | DispatchFailed | PrefillHandedOff | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
     | ApplyCommand | DrainCommand | EngineReport
 )

@@ -31,6 +31,9 @@ class NodeAgentConfig(BaseModel):
     address: str = Field("", description="host:port of this agent's control server")
     endpoint_base: str = Field("", description="Base URL of the engines' OpenAI-compatible server")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
+    s0: str = Field("", description="Leaf switch of this host (HeteroScale's S0); '' when not configured")
+    s1: str = Field("", description="Mini-pod switch above the leaf (S1)")
+    s2: str = Field("", description="Big-pod switch above the mini-pod (S2)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,4 +214,5 @@ class NodeAgentCore:
             ))
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),
-                              self.terminating_at_s, self.warm_models())
+                              self.terminating_at_s, self.warm_models(), self.config.s0, self.config.s1,
+                              self.config.s2)

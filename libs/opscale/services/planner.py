@@ -21,7 +21,7 @@ from collections import deque
 
 from pydantic import BaseModel, Field
 
-from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation
+from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation, Role
 from opscale.planning import DeploymentSpec, PlanningPolicy
 from opscale.planning.placement import AgentSlot, next_seq_after, place, prestage
 from opscale.services import subjects
@@ -142,11 +142,13 @@ class PlannerCore:
     def observe(self, now_s: float) -> Observation:
         """The planner's current view (also what golden decision traces record)."""
         states: dict[str, tuple[str, InstanceState, int, int]] = {}
+        roles: dict[str, Role] = {}
         busy: dict[PoolKey, list[float]] = {}
         kv: dict[PoolKey, list[float]] = {}
         for hb in self._agents.values():
             for st in hb.instances:
                 states[st.instance_id] = (hb.region, st.state, st.queued, st.running)
+                roles[st.instance_id] = st.role
                 if st.state == InstanceState.READY:
                     key = PoolKey(st.model, hb.region, st.role)
                     busy.setdefault(key, []).append(st.busy_frac)
@@ -174,7 +176,7 @@ class PlannerCore:
             planned = {s.instance_id for specs in self.plan.assignments.values() for s in specs}
             draining = sum(1 for iid, (region, state, _, _) in states.items()
                            if iid not in planned and region == key.region and state == InstanceState.DRAINING
-                           and iid.startswith(f"{key.model}-"))
+                           and iid.startswith(f"{key.model}-") and roles[iid] == key.role)
             windows = [w for (m, r, _), w in self._windows.items() if m == key.model and r == key.region]
             forecasts = [f for (m, r, _), f in self._forecasts.items() if m == key.model and r == key.region]
             rps, prompt_tps, output_tps = self._demand(key.model, key.region, now_s)
@@ -213,8 +215,10 @@ class PlannerCore:
             for region in regions:
                 if dep.regions and region not in dep.regions:
                     continue
-                if any(hb.region == region and hb.sku.lower() == dep.sku.lower() for hb in self._agents.values()):
-                    keys.append(PoolKey(dep.model, region))
+                for role in dep.roles():  # a disaggregated deployment has a prefill and a decode pool
+                    sku = dep.pool(role).sku.lower()
+                    if any(hb.region == region and hb.sku.lower() == sku for hb in self._agents.values()):
+                        keys.append(PoolKey(dep.model, region, role))
         return keys
 
     def _decide(self, now_s: float) -> list[Action]:

@@ -18,6 +18,14 @@ An instance stops taking new work the moment the router learns it is leaving, no
 heartbeat: when a heartbeat reports it draining, and when the newest plan no longer assigns an instance
 an earlier plan did (the planner is scaling it in; its agent drains it shortly). A request whose
 dispatch failed is routed again to an instance it has not tried yet, up to `max_attempts` in all.
+
+A disaggregated model's instances (role prefill or decode) form, per (model, region), a prefill list and
+a decode list apart from the unified pools. Its request is dispatched as a pair (`Dispatch` with a
+`decode_instance_id`), chosen by opscale.routing.pd_pairing (the configured policy when it is
+`pd_pairing`, else one with default parameters): prefill on the instance with the fewest outstanding
+prefill tokens, decode by KV use, near the prefill. The request counts against both until the prefill
+is handed off (`PrefillHandedOff`), then against the decode instance until it finishes. A pair needs
+both roles ready in one region: the origin's first, another region's with spill-over.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opscale.model import InstanceState, Plan, Request, TierSpec
+from opscale.model import InstanceState, Plan, Request, Role, TierSpec
 from opscale.model.tiers import DEFAULT_TIERS
 from opscale.routing import (
     Candidate,
@@ -43,6 +51,7 @@ from opscale.routing import (
     make_hold_queue,
     make_routing_policy,
 )
+from opscale.routing.pd_pairing import PdPairing
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
 from opscale.services.events import (
@@ -50,6 +59,7 @@ from opscale.services.events import (
     DispatchFailed,
     Event,
     PlanPublished,
+    PrefillHandedOff,
     RequestArrived,
     RequestFinished,
     RouterLoad,
@@ -139,6 +149,12 @@ class RouterCore:
         self._known_models: set[str] = set(self.config.models)
         # request_id -> (instance_id, tokens charged, prompt tokens charged)
         self._routed: dict[str, tuple[str, int, int]] = {}
+        # Disaggregated models: (model, region) -> (prefill candidates, decode candidates), and a request
+        # paired there, until its prefill is handed off -> (decode instance_id, tokens charged to it).
+        self._pd_ready: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]] = {}
+        self._pd_models: set[str] = set()
+        self._pd_decode: dict[str, tuple[str, int]] = {}
+        self._pairing = self._chooser if isinstance(self._chooser, PdPairing) else PdPairing()
         # request_id -> instances whose dispatch of it failed: a retry goes elsewhere
         self._tried: dict[str, set[str]] = {}
         # The newest plan's epoch and instances; instances an earlier plan assigned and the newest does
@@ -221,6 +237,9 @@ class RouterCore:
             case PlanPublished(plan=plan):
                 self._observe_plan(plan)
                 return []
+            case PrefillHandedOff(request_id=request_id):
+                self._hand_off(request_id)
+                return []
             case _:
                 return []
 
@@ -284,6 +303,8 @@ class RouterCore:
         return limit is None or loads.least() < limit
 
     def _try_dispatch(self, request: Request) -> Dispatch | None:
+        if self._pd_models and request.model in self._pd_models:
+            return self._try_dispatch_pair(request)
         if self._tried and request.request_id in self._tried:
             return self._try_dispatch_untried(request, self._tried[request.request_id])
         if self._choose_region is not None:
@@ -299,6 +320,49 @@ class RouterCore:
         if remote:
             return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
         return None
+
+    def _try_dispatch_pair(self, request: Request) -> Dispatch | None:
+        """A disaggregated model's request: a (prefill, decode) pair of one region, among the instances
+        below the admission limit that this request has not failed on; the origin region first."""
+        tried = self._tried.get(request.request_id, ()) if self._tried else ()
+        limit = self._admission_limit
+
+        def usable(cands: list[Candidate]) -> list[Candidate]:
+            return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)]
+
+        regions = [request.region]
+        if self.config.spill_over:
+            regions += sorted(r for (m, r) in self._pd_ready if m == request.model and r != request.region)
+        for region in regions:
+            pools = self._pd_ready.get((request.model, region))
+            if pools is None:
+                continue
+            prefill, decode = usable(pools[0]), usable(pools[1])
+            if prefill and decode:
+                p, d = self._pairing.choose_pair(request, prefill, decode)
+                return self._dispatch_pair(request, p, d,
+                                           self._reason_local if region == request.region else self._reason_spill)
+        return None
+
+    def _dispatch_pair(self, request: Request, prefill: Candidate, decode: Candidate, reason: str) -> Dispatch:
+        prompt, output = request.prompt_tokens, request.output_tokens
+        prefill.outstanding_tokens += prompt
+        prefill.outstanding_prefill_tokens += prompt
+        prefill.in_flight += 1
+        decode.outstanding_tokens += output
+        decode.in_flight += 1
+        self._routed[request.request_id] = (prefill.instance_id, prompt, prompt)
+        self._pd_decode[request.request_id] = (decode.instance_id, output)
+        return Dispatch(request, prefill.instance_id, prefill.region, prefill.endpoint, reason,
+                        decode.instance_id, decode.endpoint)
+
+    def _hand_off(self, request_id: str) -> None:
+        """The prefill is done: the request now counts against its decode instance only."""
+        decode = self._pd_decode.pop(request_id, None)
+        if decode is None:
+            return  # a duplicate, or a request no longer routed
+        self._release(request_id)
+        self._routed[request_id] = (decode[0], decode[1], 0)
 
     def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
         """A retry: the policy chooses among the open instances this request has not failed on, its own
@@ -373,6 +437,10 @@ class RouterCore:
                 slot.index.update(slot.position)
 
     def _release(self, request_id: str) -> None:
+        if self._pd_decode:
+            decode = self._pd_decode.pop(request_id, None)
+            if decode is not None:  # released before its hand-off (a failure): the decode side too
+                self._uncharge(decode[0], decode[1], 0)
         routed = self._routed.pop(request_id, None)
         if routed is None:
             return  # a duplicate completion (at-least-once delivery) changes nothing
@@ -384,6 +452,14 @@ class RouterCore:
             left = cand.outstanding_prefill_tokens - prompt
             cand.outstanding_prefill_tokens = left if left > 0 else 0
             cand.in_flight = cand.in_flight - 1 if cand.in_flight > 0 else 0
+            self._touch(cand)
+
+    def _uncharge(self, instance_id: str, charge: int, prompt: int) -> None:
+        cand = self._candidates.get(instance_id)
+        if cand is not None:
+            cand.outstanding_tokens = max(0, cand.outstanding_tokens - charge)
+            cand.outstanding_prefill_tokens = max(0, cand.outstanding_prefill_tokens - prompt)
+            cand.in_flight = max(0, cand.in_flight - 1)
             self._touch(cand)
 
     def _dispatch_held(self, now_s: float) -> list[Action]:
@@ -481,8 +557,15 @@ class RouterCore:
 
     def _rebuild_index(self) -> None:
         pools: dict[tuple[str, str], list[Candidate]] = {}
+        pd_pools: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]] = {}
         for cand in sorted(self._candidates.values(), key=lambda c: c.instance_id):
-            pools.setdefault((cand.model, cand.region), []).append(cand)
+            if cand.role is Role.UNIFIED:
+                pools.setdefault((cand.model, cand.region), []).append(cand)
+            else:
+                lists = pd_pools.setdefault((cand.model, cand.region), ([], []))
+                lists[cand.role is Role.DECODE].append(cand)
+        self._pd_ready = pd_pools
+        self._pd_models = {model for model, _ in pd_pools}
         self._ready = pools
         self._ready_loads = {key: LoadIndex([c.outstanding_tokens for c in cands]) for key, cands in pools.items()}
         index_policy = self._index_policy

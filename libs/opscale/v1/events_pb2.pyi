@@ -74,7 +74,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
-    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models")
+    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models", "s0", "s1", "s2")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,9 @@ class AgentHeartbeat(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     TERMINATING_AT_S_FIELD_NUMBER: _ClassVar[int]
     WARM_MODELS_FIELD_NUMBER: _ClassVar[int]
+    S0_FIELD_NUMBER: _ClassVar[int]
+    S1_FIELD_NUMBER: _ClassVar[int]
+    S2_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     region: str
     sku: str
@@ -95,7 +98,10 @@ class AgentHeartbeat(_message.Message):
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     terminating_at_s: float
     warm_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    s0: str
+    s1: str
+    s2: str
+    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ..., s0: _Optional[str] = ..., s1: _Optional[str] = ..., s2: _Optional[str] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
     __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status")
@@ -336,6 +342,18 @@ class DispatchFailed(_message.Message):
     reason: str
     attempt: int
     def __init__(self, request: _Optional[_Union[Request, _Mapping]] = ..., instance_id: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class PrefillHandedOff(_message.Message):
+    __slots__ = ("request_id", "prefill_instance_id", "decode_instance_id", "at_s")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DECODE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prefill_instance_id: str
+    decode_instance_id: str
+    at_s: float
+    def __init__(self, request_id: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., decode_instance_id: _Optional[str] = ..., at_s: _Optional[float] = ...) -> None: ...
 
 class EngineReport(_message.Message):
     __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle")

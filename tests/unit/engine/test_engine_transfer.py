@@ -40,10 +40,23 @@ def test_transfer_time_is_latency_plus_bytes_over_bandwidth() -> None:
 
 def test_farther_paths_are_slower() -> None:
     times = [kv_transfer_s(LLAMA3_8B, 4096, t, sku_name="H100-80GB") for t in Topology]
-    assert times == sorted(times) and len(set(times)) == 4
-    # HeteroScale: about 20% less KV bandwidth across switches than under one.
+    assert times == sorted(times) and len(set(times)) == len(Topology) == 6
+    # HeteroScale: about 20% less KV bandwidth across switches than under one; taken again per tier above.
     p = TransferParams()
     assert p.cross_switch_gbps / p.same_switch_gbps == pytest.approx(0.8)
+    assert p.cross_s1_gbps / p.cross_switch_gbps == pytest.approx(0.8)
+    assert p.cross_s2_gbps / p.cross_s1_gbps == pytest.approx(0.8, rel=0.01)
+
+
+def test_transfer_time_by_switch_tier() -> None:
+    # The module docstring's example: 2048 tokens of Llama-3-8B (268 MB) over one link per tier.
+    nbytes = 2048 * 131072
+    expected = {Topology.SAME_SWITCH: 100e-6 + nbytes / 40e9, Topology.CROSS_SWITCH: 200e-6 + nbytes / 32e9,
+                Topology.CROSS_S1: 300e-6 + nbytes / 25.6e9, Topology.CROSS_S2: 400e-6 + nbytes / 20.5e9}
+    for topology, seconds in expected.items():
+        assert kv_transfer_s(LLAMA3_8B, 2048, topology) == pytest.approx(seconds)
+    assert kv_transfer_s(LLAMA3_8B, 2048, Topology.CROSS_S1) == pytest.approx(0.0108, abs=1e-4)
+    assert kv_transfer_s(LLAMA3_8B, 2048, Topology.CROSS_S2) == pytest.approx(0.0135, abs=1e-4)
 
 
 def test_same_host_bandwidth_follows_the_sku() -> None:
@@ -68,6 +81,16 @@ def test_topology_between_placements() -> None:
     assert topology_between(a, Placement("eu", "s1", "h2")) is Topology.SAME_SWITCH
     assert topology_between(a, Placement("eu", "s2", "h3")) is Topology.CROSS_SWITCH
     assert topology_between(a, Placement("us", "s1", "h1")) is Topology.CROSS_REGION
+
+
+def test_topology_is_the_nearest_switch_tier_two_hosts_share() -> None:
+    a = Placement("eu", "leaf-1", "h1", s1="pod-a", s2="big-1")
+    assert topology_between(a, Placement("eu", "leaf-1", "h1", "pod-a", "big-1")) is Topology.SAME_HOST
+    assert topology_between(a, Placement("eu", "leaf-1", "h2", "pod-a", "big-1")) is Topology.SAME_SWITCH
+    assert topology_between(a, Placement("eu", "leaf-2", "h3", "pod-a", "big-1")) is Topology.CROSS_SWITCH
+    assert topology_between(a, Placement("eu", "leaf-3", "h4", "pod-b", "big-1")) is Topology.CROSS_S1
+    assert topology_between(a, Placement("eu", "leaf-4", "h5", "pod-c", "big-2")) is Topology.CROSS_S2
+    assert topology_between(a, Placement("us", "leaf-1", "h1", "pod-a", "big-1")) is Topology.CROSS_REGION
 
 
 def test_bad_inputs_are_clear_errors() -> None:

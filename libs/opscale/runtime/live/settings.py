@@ -381,6 +381,19 @@ class NodeAgentSettings(LiveSettings):
         default_factory=list, description="With engine_backend openai: the servers, one per instance")
     engine_health_interval_s: float = Field(2.0, gt=0, description="openai backend: period of health and "
                                             "metrics checks of each server")
+    s0: str = Field("", description="Leaf switch of this host (HeteroScale's S0), reported in heartbeats; '' "
+                    "when not configured")
+    s1: str = Field("", description="Mini-pod switch above the leaf (S1); needs s0")
+    s2: str = Field("", description="Big-pod switch above the mini-pod (S2); needs s1")
+
+    @model_validator(mode="after")
+    def _switch_chain(self) -> NodeAgentSettings:
+        # A tier above an unknown one locates nothing: name the gap rather than report half a position.
+        for tier, below in (("s1", "s0"), ("s2", "s1")):
+            if getattr(self, tier) and not getattr(self, below):
+                raise ValueError(f"{tier} is {getattr(self, tier)!r} but {below} is not set; give the switches "
+                                 f"from the leaf up (s0, s1, s2)")
+        return self
 
     def address(self, bound_port: int | None = None) -> str:
         """host:port others use to reach this agent's gRPC server."""
@@ -390,7 +403,8 @@ class NodeAgentSettings(LiveSettings):
     def core_config(self, bound_port: int | None = None) -> NodeAgentConfig:
         """The node-agent core's config derived from these settings (one owner per fact)."""
         return NodeAgentConfig(agent_id=self.agent_id, region=self.region, sku=self.sku, gpus=self.gpus,
-                               address=self.address(bound_port), heartbeat_interval_s=self.heartbeat_interval_s)
+                               address=self.address(bound_port), heartbeat_interval_s=self.heartbeat_interval_s,
+                               s0=self.s0, s1=self.s1, s2=self.s2)
 
 
 SERVICE_SETTINGS: dict[str, type[LiveSettings]] = {

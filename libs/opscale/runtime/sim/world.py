@@ -12,6 +12,13 @@ the time and in the order it would have had as a bus event (its delivery time an
 taken from the loop), so the aggregator's state and everything it publishes are exactly what per-record
 delivery gives, at a fraction of the cost: the live router batches its records too. Every other
 message uses the bus.
+
+A disaggregated model's request comes as a pair (`Dispatch.decode_instance_id`): it runs on the prefill
+engine; when that emits PrefillDone the world hands it to the decode engine (`submit_prefilled`) with its
+KV landing after the transfer between the two hosts, priced by opscale.perf.transfer for the nearest
+switch tier they share (their agents' S0/S1/S2), and tells the router (PrefillHandedOff). The first token
+reaches the client from the decode engine, so the transfer counts towards TTFT. A decode instance that
+no longer accepts work fails the request back to its router, which pairs it again (nothing is lost).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from opscale.engine import Finished, RequestTooLargeError, SimEngine
+from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome
+from opscale.perf.transfer import Placement, Topology, TransferParams, topology_between
 from opscale.runtime.sim.bus import InProcessBus
 from opscale.runtime.sim.loop import EventLoop
 from opscale.services import subjects
@@ -41,7 +49,7 @@ from opscale.services.actions import (
 )
 from opscale.services.aggregator import AggregatorCore
 from opscale.services.core import ServiceCore
-from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
+from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
 from opscale.services.forecaster import ForecasterCore
 from opscale.services.node_agent import NodeAgentCore
 from opscale.services.planner import PlannerCore
@@ -63,6 +71,8 @@ class RunObserver:
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None: ...
 
+    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None: ...
+
 
 @dataclass(slots=True)
 class _Hosted:
@@ -72,6 +82,7 @@ class _Hosted:
     engine: SimEngine
     agent_id: str
     region: str
+    placement: Placement  # the host's network position, which prices a KV transfer from or to it
     generation: int = 0  # of the engine's wake that counts; older queued wakes do nothing
     wake_s: float | None = None  # when that wake is due; None when none is queued
 
@@ -99,11 +110,13 @@ class SimWorld:
     engine_factory: EngineFactory
     observer: RunObserver = field(default_factory=RunObserver)
     config: WorldConfig = field(default_factory=WorldConfig)
+    transfer: TransferParams = field(default_factory=TransferParams)
     store: dict[str, Any] = field(default_factory=dict)
     bus: InProcessBus = field(init=False)
     _engines: dict[str, _Hosted] = field(default_factory=dict, init=False)
     _by_agent: dict[str, dict[str, _Hosted]] = field(default_factory=dict, init=False)
     _inflight: dict[str, tuple[Request, str, int]] = field(default_factory=dict, init=False)
+    _paired: dict[str, str] = field(default_factory=dict, init=False)  # request -> its decode instance, in prefill
     # Request records on their way to the aggregator: (delivery time, sequence number, record).
     _records: deque[tuple[float, int, RequestFinished]] = field(default_factory=deque, init=False)
     requests_submitted: int = field(default=0, init=False)
@@ -257,6 +270,7 @@ class SimWorld:
                     self._dispatch(action, source)
                 case Reject(request=request, status=status):
                     self._inflight.pop(request.request_id, None)  # a retried request may be refused at last
+                    self._paired.pop(request.request_id, None)
                     self._record(RequestOutcome(request.request_id, request.model, request.tier, request.region,
                                                 "", "", request.arrival_s, None, None, request.prompt_tokens,
                                                 0, "rejected" if status < 500 else "failed"))
@@ -270,7 +284,8 @@ class SimWorld:
                     engine = self.engine_factory(spec)
                     engine.emit_first_tokens = False  # first-token times come with Finished; nothing streams
                     host = source.config
-                    started = _Hosted(engine, host.agent_id, host.region)
+                    started = _Hosted(engine, host.agent_id, host.region,
+                                      Placement(host.region, host.s0, host.agent_id, host.s1, host.s2))
                     self._engines[spec.instance_id] = started
                     self._by_agent.setdefault(started.agent_id, {})[spec.instance_id] = started
                     self.observer.engine_started(spec, host.region, load_s, now)
@@ -302,6 +317,8 @@ class SimWorld:
         attempt = 1 if previous is None else previous[2] + 1
         agent = self.agents.get(hosted.agent_id) if hosted else None
         self._inflight[request.request_id] = (request, instance_id, attempt)
+        if action.decode_instance_id:
+            self._paired[request.request_id] = action.decode_instance_id
         if hosted is None or agent is None or not agent.is_accepting(instance_id):
             failed = DispatchFailed(request, instance_id, "instance is not accepting requests", attempt)
             self._apply(router.name, router.handle(failed, now), router)
@@ -326,6 +343,8 @@ class SimWorld:
         for out in engine.advance(now):  # _advance, written out: once per request
             if type(out) is Finished:
                 self._finish(out, hosted)
+            elif type(out) is PrefillDone:
+                self._hand_off(out, hosted)
         # The engine's next wake. When the newcomer joined a queue, the one already queued is still right.
         next_s = engine.next_event_s()
         if next_s != hosted.wake_s:
@@ -353,9 +372,63 @@ class SimWorld:
             if iid != instance_id:
                 continue
             del self._inflight[request.request_id]
+            self._paired.pop(request.request_id, None)
             router = self.routers.get(request.region) or next(iter(self.routers.values()))
             failed = DispatchFailed(request, instance_id, "instance stopped with the request in flight", attempt)
             self._apply(router.name, router.handle(failed, self.loop.now_s), router)
+
+    # -- prefill/decode hand-off -----------------------------------------------------------------
+
+    def _hand_off(self, out: PrefillDone, prefill: _Hosted) -> None:
+        """A prefill is done: the request moves to its paired decode engine, its KV landing after the
+        transfer between the two hosts (see the module docstring)."""
+        entry = self._inflight.get(out.request_id)
+        if entry is None:
+            return
+        request, prefill_id, attempt = entry
+        decode_id = self._paired.pop(out.request_id, "")
+        now = self.loop.now_s
+        router = self.routers.get(request.region) or next(iter(self.routers.values()))
+        decode = self._engines.get(decode_id)
+        agent = self.agents.get(decode.agent_id) if decode is not None else None
+        if decode is None or agent is None or not agent.is_accepting(decode_id):
+            del self._inflight[out.request_id]
+            failed = DispatchFailed(request, decode_id or prefill_id, "decode instance is not accepting requests",
+                                    attempt)
+            self._apply(router.name, router.handle(failed, now), router)
+            return
+        topology = topology_between(prefill.placement, decode.placement)
+        links = 1 if topology is Topology.CROSS_REGION else min(prefill.engine.tp, decode.engine.tp)
+        transfer_s = self.transfer.link(topology, prefill.engine.sku.name).transfer_s(out.kv_bytes, links)
+        self._inflight[out.request_id] = (request, decode_id, attempt)
+        try:
+            # the KV streams out from the end of the prefill (PrefillDone.at_s), however late the world
+            # hands the request over
+            decode.engine.submit_prefilled(request, now, max(now, out.at_s + transfer_s))
+        except RequestTooLargeError as exc:
+            # the decode instance can never hold it: refused, not retried (as on a unified instance)
+            del self._inflight[out.request_id]
+            refused = RequestOutcome(request.request_id, request.model, request.tier, request.region, decode.region,
+                                     decode_id, request.arrival_s, None, None, request.prompt_tokens, 0, "rejected")
+            record = RequestFinished(refused)
+            self._record(refused, record)
+            self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
+            self._apply(router.name, router.handle(record, now), router)
+            return
+        self.observer.kv_transfer(request.request_id, topology, transfer_s, now)
+        self._apply(router.name, router.handle(PrefillHandedOff(request.request_id, prefill_id, decode_id, now), now),
+                    router)
+        self._advance(decode, now)
+        self._rewake(decode)
+
+    def _rewake(self, hosted: _Hosted) -> None:
+        """Queue the engine's next wake, when it changed (a submit may bring it forward)."""
+        next_s = hosted.engine.next_event_s()
+        if next_s != hosted.wake_s:
+            hosted.generation += 1
+            hosted.wake_s = next_s
+            if next_s is not None:
+                self.loop.at(next_s, self._wake, hosted, hosted.generation)
 
     # -- engines -------------------------------------------------------------------------------
 
@@ -363,6 +436,8 @@ class SimWorld:
         for out in hosted.engine.advance(now_s):
             if type(out) is Finished:
                 self._finish(out, hosted)
+            elif type(out) is PrefillDone:
+                self._hand_off(out, hosted)
 
     def _wake(self, hosted: _Hosted, generation: int) -> None:
         # _advance written out, and the engine's next wake queued: this runs a few times per request.
@@ -372,6 +447,8 @@ class SimWorld:
         for out in engine.advance(self.loop.now_s):
             if type(out) is Finished:
                 self._finish(out, hosted)
+            elif type(out) is PrefillDone:
+                self._hand_off(out, hosted)
         hosted.generation = generation = generation + 1
         hosted.wake_s = next_s = engine.next_event_s()
         if next_s is not None:
