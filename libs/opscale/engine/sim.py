@@ -287,15 +287,19 @@ class SimEngine(Scheduler):
         stopped = self._state is EngineState.STOPPED
         plan = None if stopped else (self._plan if self._plan is not None else self._make_plan())
         power_w = 0.0 if stopped else usage.idle_w
+        decode_tokens = done.decode_tokens
         if plan is not None and not isinstance(plan, Wait):
             run_s = plan.end_s - plan.start_s
             if plan.start_s < now_s:
-                # The run in flight counts its time inside the window, and its FLOPs in proportion.
+                # The run in flight counts its time inside the window, and its FLOPs in proportion;
+                # a decode run, also the tokens of its steps over by now_s (it may run for many seconds).
                 inside_s = max(0.0, min(plan.end_s, now_s) - max(plan.start_s, since))
                 busy += inside_s
                 if run_s > 0:
                     plan_flops = plan.flops if isinstance(plan, Step) else plan.flops(plan.k, self.flops_model)
                     flops += plan_flops * inside_s / run_s
+                if isinstance(plan, DecodeRun):
+                    decode_tokens += plan.batch * (_steps_over(plan, now_s) - _steps_over(plan, since))
             busy_s = plan.busy_s if isinstance(plan, Step) else plan.busy_s(plan.k)
             power_w = usage.idle_w + usage.dynamic_w * (busy_s / run_s if run_s > 0 else 0.0)
         return EngineReport(
@@ -309,7 +313,7 @@ class SimEngine(Scheduler):
             power_w=power_w,
             idle=self.is_idle,
             sm_activity=min(1.0, flops / (window_s * self.peak_flops_per_s)),
-            decode_tps=done.decode_tokens / window_s,
+            decode_tps=decode_tokens / window_s,
             prefill_tps=done.prefill_tokens / window_s,
             prefill_missed_tps=done.prefill_computed_tokens / window_s,
         )
@@ -599,3 +603,8 @@ class SimEngine(Scheduler):
             self.cancelled += 1
         self._cancelled.clear()
 
+
+def _steps_over(run: DecodeRun, at_s: float) -> int:
+    """The steps of `run` that have ended by `at_s`."""
+    steps = run.steps_by(at_s)  # the fewest steps ending at or after at_s
+    return steps if steps == 0 or run.start_s + run.elapsed_s(steps) <= at_s else steps - 1
