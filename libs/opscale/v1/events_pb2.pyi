@@ -225,6 +225,32 @@ class WindowStats(_message.Message):
     slo_attainment: float
     def __init__(self, model: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., window_s: _Optional[float] = ..., end_s: _Optional[float] = ..., requests: _Optional[int] = ..., completed: _Optional[int] = ..., arrival_rps: _Optional[float] = ..., prompt_tokens_per_s: _Optional[float] = ..., output_tokens_per_s: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., ttft_p99_s: _Optional[float] = ..., tbt_p50_s: _Optional[float] = ..., tbt_p99_s: _Optional[float] = ..., e2e_p50_s: _Optional[float] = ..., e2e_p99_s: _Optional[float] = ..., slo_attainment: _Optional[float] = ...) -> None: ...
 
+class PoolUtilisation(_message.Message):
+    __slots__ = ("model", "region", "role", "window_s", "end_s", "instances", "gpu_util", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTIL_FIELD_NUMBER: _ClassVar[int]
+    SM_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    region: str
+    role: Role
+    window_s: float
+    end_s: float
+    instances: float
+    gpu_util: float
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float
+    def __init__(self, model: _Optional[str] = ..., region: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., window_s: _Optional[float] = ..., end_s: _Optional[float] = ..., instances: _Optional[float] = ..., gpu_util: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...
+
 class ForecastIssued(_message.Message):
     __slots__ = ("model", "region", "tier", "at_s", "horizon_s", "mean_rps", "lo_rps", "hi_rps", "method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
