@@ -60,10 +60,10 @@ class DecodeRun:
             steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
 
     def flops(self, steps: int, flops: ModelFlops) -> float:
-        """FLOPs of the first `steps` steps: steps*batch*decode_per_seq + per_pair*(context summed
-        over the steps), the context growing by the batch each step as in `elapsed_s`."""
-        return (flops.decode_per_seq * self.batch * steps
-                + flops.per_pair * (steps * self.ctx0 + self.batch * steps * (steps - 1) / 2))
+        """FLOPs of the first `steps` steps: batch*steps decode tokens, attending over the context summed
+        over the steps (it grows by the batch each step, as in `elapsed_s`)."""
+        tokens = self.batch * steps
+        return flops.of_work(tokens, tokens, steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
 
     def cut(self, steps: int) -> DecodeRun:
         """The same run stopped after its first `steps` steps."""
@@ -106,11 +106,6 @@ class DecodeSet(KvAccounting):
         super().__init__(config, total_blocks)
         self.latency = latency
         self.flops_model = flops
-        # The FLOP coefficients as plain floats: every iteration's FLOPs are counted on the hot path.
-        self._flops_per_token = flops.per_token
-        self._flops_per_logit = flops.per_logit
-        self._flops_per_seq = flops.decode_per_seq
-        self._flops_per_pair = flops.per_pair
         self._max_run = config.max_run_steps
         self._steps = 0  # D: decode steps taken by the engine so far
         self._dec_n = 0

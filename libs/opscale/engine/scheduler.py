@@ -36,16 +36,16 @@ from opscale.perf.latency import LatencyModel
 class Step:
     """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
 
-    __slots__ = ("start_s", "end_s", "busy_s", "flops", "victims", "admits", "hits", "chunks", "batch", "new_blocks",
-                 "prefill_tokens", "cached_tokens")
+    __slots__ = ("start_s", "end_s", "busy_s", "attention", "victims", "admits", "hits", "chunks", "batch",
+                 "new_blocks", "prefill_tokens", "cached_tokens")
 
-    def __init__(self, start_s: float, end_s: float, busy_s: float, flops: float, victims: tuple[Seq, ...],
+    def __init__(self, start_s: float, end_s: float, busy_s: float, attention: int, victims: tuple[Seq, ...],
                  admits: tuple[Seq, ...], hits: tuple[int, ...], chunks: tuple[tuple[Seq, int], ...],
                  batch: int, new_blocks: int, prefill_tokens: int, cached_tokens: int) -> None:
         self.start_s = start_s
         self.end_s = end_s
         self.busy_s = busy_s
-        self.flops = flops  # see opscale.perf.flops
+        self.attention = attention  # (query, key) pairs its attention spans: prefill chunks' and decode contexts'
         self.victims = victims  # most recently admitted first
         # The waiting queue's heads it admits, in order (empty on the lean path, where the admissions
         # are the chunks of sequences not yet admitted).
@@ -56,6 +56,12 @@ class Step:
         self.new_blocks = new_blocks  # KV blocks the decode tokens take
         self.prefill_tokens = prefill_tokens  # prompt tokens the chunks compute (the sum of chunks' n)
         self.cached_tokens = cached_tokens  # prompt tokens the admissions take from the prefix cache
+
+    def flops(self, flops: ModelFlops) -> float:
+        """Its FLOPs: its decode tokens and prefill chunks through the GEMMs, logits for the decode tokens
+        and the prefill's last token (as the roofline counts them), and its attention."""
+        prefill = self.prefill_tokens
+        return flops.of_work(prefill + self.batch, self.batch + (1 if prefill else 0), self.attention)
 
 
 class Wait:
@@ -207,17 +213,16 @@ class Scheduler(DecodeSet):
         if prefill:
             cost = self.latency.iteration_cost(prefill, prefill_ctx, batch, ctx, prefill_attn_pairs=pairs)
             time_s, busy_s = cost.time_s, cost.busy_s
-            # self.flops_model.iteration(prefill, batch, ctx, pairs), written out: once per step.
-            flops = (self._flops_per_token * (prefill + batch) + self._flops_per_logit * (batch + 1)
-                     + self._flops_per_pair * (pairs + ctx))
+            attention = pairs + ctx
         elif batch or victims:
             fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode_coeffs(batch)
             time_s = fixed_s + per_ctx_s * ctx
             busy_s = busy_fixed_s + busy_per_ctx_s * ctx
-            flops = self._flops_per_seq * batch + self._flops_per_pair * ctx
+            attention = ctx
         else:
-            time_s = busy_s = flops = 0.0  # it only reserves KV for prefilled requests: no iteration runs
-        return Step(start_s, start_s + time_s, busy_s, flops, tuple(victims), tuple(admits) if admits else (),
+            time_s = busy_s = 0.0  # it only reserves KV for prefilled requests: no iteration runs
+            attention = 0
+        return Step(start_s, start_s + time_s, busy_s, attention, tuple(victims), tuple(admits) if admits else (),
                     tuple(hits) if hits else (), tuple(chunks),
                     batch, new_blocks, prefill, cached_total)
 
@@ -242,7 +247,7 @@ class Scheduler(DecodeSet):
         if not admits:
             return None
         hits = (0,) * len(admits) if self._cache is not None else ()
-        self._continuation = Step(start_s, start_s, 0.0, 0.0, (), tuple(admits), hits, (), 0, 0, 0, 0)
+        self._continuation = Step(start_s, start_s, 0.0, 0, (), tuple(admits), hits, (), 0, 0, 0, 0)
         return self._continuation
 
     def _note_zero_pass(self, step: Step) -> None:

@@ -116,10 +116,11 @@ class SimEngine(Scheduler):
         self._kv_bytes_per_token = model.kv_bytes_per_token
         if footprint is None:
             self._usage = UsageMeter(sku.idle_power_w * tp, (sku.max_power_w - sku.idle_power_w) * tp,
-                                     cfg.report_window_s)
+                                     cfg.report_window_s, self.flops_model)
             self.peak_flops_per_s = sku.peak_tflops * 1e12 * tp
         else:
-            self._usage = UsageMeter(footprint.idle_power_w, footprint.dynamic_power_w, cfg.report_window_s)
+            self._usage = UsageMeter(footprint.idle_power_w, footprint.dynamic_power_w, cfg.report_window_s,
+                                     self.flops_model)
             self.peak_flops_per_s = footprint.peak_flops_per_s
 
         self._state = EngineState.ACCEPTING
@@ -266,7 +267,7 @@ class SimEngine(Scheduler):
         elif plan is not None and plan.start_s < now_s:
             # The iteration in flight ran until now at its own power; its outputs are lost.
             if isinstance(plan, Step):
-                busy_s, flops = plan.busy_s, plan.flops
+                busy_s, flops = plan.busy_s, plan.flops(self.flops_model)
             else:
                 busy_s, flops = plan.busy_s(plan.k), plan.flops(plan.k, self.flops_model)
             self._usage.record_interrupted(plan.start_s, now_s, plan.end_s - plan.start_s, busy_s, flops)
@@ -296,10 +297,12 @@ class SimEngine(Scheduler):
                 inside_s = max(0.0, min(plan.end_s, now_s) - max(plan.start_s, since))
                 busy += inside_s
                 if run_s > 0:
-                    plan_flops = plan.flops if isinstance(plan, Step) else plan.flops(plan.k, self.flops_model)
+                    plan_flops = plan.flops(self.flops_model) if isinstance(plan, Step) else plan.flops(
+                        plan.k, self.flops_model)
                     flops += plan_flops * inside_s / run_s
                 if isinstance(plan, DecodeRun):
-                    decode_tokens += plan.batch * (_steps_over(plan, now_s) - _steps_over(plan, since))
+                    steps = _steps_over(plan, now_s) - (_steps_over(plan, since) if plan.start_s < since else 0)
+                    decode_tokens += plan.batch * steps
             busy_s = plan.busy_s if isinstance(plan, Step) else plan.busy_s(plan.k)
             power_w = usage.idle_w + usage.dynamic_w * (busy_s / run_s if run_s > 0 else 0.0)
         return EngineReport(
@@ -446,12 +449,13 @@ class SimEngine(Scheduler):
             # Cached prefixes make way as the KV grows; nothing is released before the run's end.
             self._cache.evict_to(self.total_blocks - self._used_blocks)
         self._steps += k
-        # run.busy_s(k) and run.flops(k), written out (the same expressions): once per decode run.
-        batch = run.batch
-        ctx_steps = k * run.ctx0 + batch * k * (k - 1) / 2  # the batch's context summed over the k steps
+        # run.busy_s(k), written out (the same expression, so the same rounding): once per decode run.
+        # The batch's context summed over the k steps, k * ctx0 + batch * k * (k - 1) / 2, is also the
+        # (query, key) pairs of its attention.
+        tokens = run.batch * k
+        ctx_steps = k * run.ctx0 + tokens * (k - 1) / 2
         busy_s = k * run.busy_fixed_s + run.busy_per_ctx_s * ctx_steps
-        flops = self._flops_per_seq * batch * k + self._flops_per_pair * ctx_steps
-        self._usage.record_run(run.start_s, end, busy_s, batch * k, flops)
+        self._usage.record_run(run.start_s, end, busy_s, tokens, ctx_steps)
         if self._emit_tokens:
             for seq in self._running.values():
                 if seq.decoding:
@@ -529,8 +533,8 @@ class SimEngine(Scheduler):
             self._hist[seq.base % self._bs] += 1
             heapq.heappush(self._finish_heap, (seq.output - seq.gbase, seq.admit_no, seq.stint, seq))
         computed = step.prefill_tokens
-        self._usage.record_run(start, end, step.busy_s, tokens, step.flops, computed + step.cached_tokens, computed,
-                               tokens - step.batch)
+        self._usage.record_run(start, end, step.busy_s, tokens, step.attention, computed + step.cached_tokens,
+                               computed, tokens - step.batch)
         heap = self._finish_heap
         if heap and heap[0][0] <= self._steps:
             self._pop_finished(end, out)

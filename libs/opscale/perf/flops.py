@@ -48,6 +48,11 @@ class ModelFlops:
                    per_logit=2.0 * model.vocab * model.hidden,
                    per_pair=4.0 * model.heads * model.head_dim * model.layers)
 
+    def of_work(self, new_tokens: float, logit_tokens: float, attn_pairs: float) -> float:
+        """The FLOPs of `new_tokens` tokens through the GEMMs, `logit_tokens` through the LM head and
+        `attn_pairs` (query, key) pairs of attention: the one formula every count below applies."""
+        return self.per_token * new_tokens + self.per_logit * logit_tokens + self.per_pair * attn_pairs
+
     @property
     def decode_per_seq(self) -> float:
         """A decode token's FLOPs outside attention: its GEMMs and its logits."""
@@ -55,7 +60,7 @@ class ModelFlops:
 
     def decode_step(self, batch: int, ctx_tokens: int) -> float:
         """A decode iteration of `batch` sequences whose KV contexts total `ctx_tokens` tokens."""
-        return self.decode_per_seq * batch + self.per_pair * ctx_tokens
+        return self.of_work(batch, batch, ctx_tokens)
 
     def iteration(self, prefill_tokens: int, decode_batch: int, decode_ctx_tokens: int,
                   prefill_attn_pairs: int) -> float:
@@ -64,5 +69,4 @@ class ModelFlops:
         pairs, plus a decode token for each of `decode_batch` sequences over `decode_ctx_tokens`."""
         if not prefill_tokens:
             return self.decode_step(decode_batch, decode_ctx_tokens)
-        return (self.per_token * (prefill_tokens + decode_batch) + self.per_logit * (decode_batch + 1)
-                + self.per_pair * (prefill_attn_pairs + decode_ctx_tokens))
+        return self.of_work(prefill_tokens + decode_batch, decode_batch + 1, prefill_attn_pairs + decode_ctx_tokens)
