@@ -12,7 +12,17 @@ it). It checks the router's routed headers (routed_headers.py) as the simulated 
 and passes the request id on. It counts the requests in flight per instance (the count a drain waits
 on, and the load reported when the server has no metrics) and closes the server's response when the
 router goes away, which is how vLLM learns to abort the request. vLLM's (or SGLang's) Prometheus
-metrics, when readable, add KV-cache use, the queue and the generation rate to the heartbeat.
+metrics, when readable, add KV-cache use, the queue and token rates to the heartbeat, each rate the
+change of a counter between two reads:
+- `tokens_per_s`: generated tokens (`generation_tokens_total`);
+- `decode_tps`: generated tokens less first tokens (the TTFT histogram's count: one per request whose
+  prefill sampled its first token), so tokens of decode steps only; all generated tokens when the
+  server has no TTFT histogram;
+- `prefill_tps`: prompt tokens (`prompt_tokens_total`, prefix-cache hits included);
+- `prefill_missed_tps`: prompt tokens less prefix-cache hits (vLLM v1's `prefix_cache_hits_total`,
+  in tokens); the prompt rate itself when the server does not count hits.
+`sm_activity` is reported as 0: neither server exports the FLOPs it does, and GPU counters (DCGM's
+SM activity) are not read here. `busy_frac` is 1 while the server runs a request, 0 otherwise.
 
 It must not decide anything: which instances exist and when they drain is the node-agent core's.
 """
@@ -37,7 +47,8 @@ from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
 from opscale.runtime.live.settings import OpenAIEngineSettings
 
-__all__ = ["OpenAIEngines", "ServerMetrics", "build_openai_proxy_app", "parse_server_metrics"]
+__all__ = ["OpenAIEngines", "ServerMetrics", "ServerRates", "build_openai_proxy_app", "parse_server_metrics",
+           "server_rates"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,19 @@ class ServerMetrics:
     running: int | None = None
     waiting: int | None = None
     generated_tokens_total: float | None = None
+    first_tokens_total: float | None = None
+    prompt_tokens_total: float | None = None
+    prefix_cache_hit_tokens_total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRates:
+    """Token rates from two reads of a server's counters (see the module docstring)."""
+
+    tokens_per_s: float = 0.0
+    decode_tps: float = 0.0
+    prefill_tps: float = 0.0
+    prefill_missed_tps: float = 0.0
 
 
 # vLLM v0 and v1, then SGLang, names for the same facts; the first present wins.
@@ -63,6 +87,9 @@ _KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:to
 _RUNNING_NAMES = ("vllm:num_requests_running", "sglang:num_running_reqs")
 _WAITING_NAMES = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
 _GENERATED_NAMES = ("vllm:generation_tokens_total", "sglang:generation_tokens_total")
+_FIRST_TOKEN_NAMES = ("vllm:time_to_first_token_seconds_count", "sglang:time_to_first_token_seconds_count")
+_PROMPT_NAMES = ("vllm:prompt_tokens_total", "sglang:prompt_tokens_total")
+_PREFIX_HIT_NAMES = ("vllm:prefix_cache_hits_total",)
 
 
 def parse_server_metrics(text: str) -> ServerMetrics:
@@ -82,7 +109,31 @@ def parse_server_metrics(text: str) -> ServerMetrics:
     return ServerMetrics(kv_used_frac=None if kv is None else min(1.0, max(0.0, kv)),
                          running=None if running is None else int(running),
                          waiting=None if waiting is None else int(waiting),
-                         generated_tokens_total=first(_GENERATED_NAMES))
+                         generated_tokens_total=first(_GENERATED_NAMES), first_tokens_total=first(_FIRST_TOKEN_NAMES),
+                         prompt_tokens_total=first(_PROMPT_NAMES), prefix_cache_hit_tokens_total=first(_PREFIX_HIT_NAMES))
+
+
+def server_rates(before: ServerMetrics, after: ServerMetrics, elapsed_s: float) -> ServerRates | None:
+    """The token rates between two reads `elapsed_s` apart; None when they give none (no time between
+    them, or a counter that went down: the server restarted). A rate whose counter is absent is 0.
+
+    Example: 1000 then 1600 generated tokens, 10 then 16 first tokens, 2 s apart: tokens_per_s 300.0,
+    decode_tps 297.0.
+    """
+    if not elapsed_s > 0:
+        return None
+    counters = ("generated_tokens_total", "first_tokens_total", "prompt_tokens_total", "prefix_cache_hit_tokens_total")
+    rates: dict[str, float | None] = {}
+    for name in counters:
+        old, new = getattr(before, name), getattr(after, name)
+        if old is not None and new is not None and new < old:
+            return None
+        rates[name] = None if old is None or new is None else (new - old) / elapsed_s
+    generated, first, prompt, hits = (rates[name] for name in counters)
+    generated = generated or 0.0
+    prompt = prompt or 0.0
+    return ServerRates(tokens_per_s=generated, decode_tps=max(0.0, generated - (first or 0.0)), prefill_tps=prompt,
+                       prefill_missed_tps=max(0.0, prompt - (hits or 0.0)))
 
 
 @dataclass(slots=True)
@@ -94,8 +145,8 @@ class _Bound:
     healthy: bool = False
     in_flight: int = 0
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
-    tokens_per_s: float = 0.0
-    last_generated: tuple[float, float] | None = None  # (at_s, generated tokens total)
+    metrics_at_s: float | None = None  # when `metrics` were read
+    rates: ServerRates = field(default_factory=ServerRates)
     responses: set[aiohttp.ClientResponse] = field(default_factory=set)
 
 
@@ -178,10 +229,13 @@ class OpenAIEngines:
             m = b.metrics
             running = m.running if m.running is not None else b.in_flight
             waiting = m.waiting or 0
+            rates = b.rates
             out.append(EngineReport(instance_id, queued=waiting, running=running, outstanding_tokens=0,
                                     kv_used_frac=m.kv_used_frac if m.kv_used_frac is not None else 0.0,
-                                    tokens_per_s=b.tokens_per_s, busy_frac=1.0 if running else 0.0,
-                                    power_w=0.0, idle=b.in_flight == 0))
+                                    tokens_per_s=rates.tokens_per_s, busy_frac=1.0 if running else 0.0,
+                                    power_w=0.0, idle=b.in_flight == 0, sm_activity=0.0,
+                                    decode_tps=rates.decode_tps, prefill_tps=rates.prefill_tps,
+                                    prefill_missed_tps=rates.prefill_missed_tps))
         return out
 
     # -- health and metrics --------------------------------------------------------------------
@@ -222,13 +276,11 @@ class OpenAIEngines:
             log.debug("metrics of %s unreadable: %s", url, exc)
             return
         now = self.clock.now_s()
-        total = metrics.generated_tokens_total
-        if total is not None and bound.last_generated is not None:
-            at_s, before = bound.last_generated
-            if now > at_s and total >= before:
-                bound.tokens_per_s = (total - before) / (now - at_s)
-        bound.last_generated = None if total is None else (now, total)
-        bound.metrics = metrics
+        if bound.metrics_at_s is not None:
+            rates = server_rates(bound.metrics, metrics, now - bound.metrics_at_s)
+            if rates is not None:
+                bound.rates = rates
+        bound.metrics, bound.metrics_at_s = metrics, now
 
     # -- the proxy -----------------------------------------------------------------------------
 

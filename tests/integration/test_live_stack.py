@@ -108,6 +108,13 @@ async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_
         await _eventually(window_counts_it)  # the request's record reached the aggregator's window in Redis
         windows = await store.windows(f"window:10:{stack.model}:eu-west:interactive")
         assert {w.slo_attainment for w in windows.values() if w.requests} == {0.0}  # the shared tiers' objective
+
+        async def pool_utilisation_stored() -> bool:
+            return bool(await store.pool_utilisations(f"poolutil:10:{stack.model}:eu-west:unified"))
+
+        await _eventually(pool_utilisation_stored)  # the heartbeats' figures reached a pool window in Redis
+        [util] = (await store.pool_utilisations(f"poolutil:10:{stack.model}:eu-west:unified")).values()
+        assert util.instances >= 1 and 0.0 <= util.sm_activity <= util.gpu_util <= 1.0
     finally:
         await store.close()
 

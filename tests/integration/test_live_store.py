@@ -9,9 +9,9 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
-from opscale.model import InstanceSpec, Plan
+from opscale.model import InstanceSpec, Plan, Role
 from opscale.runtime.live.store import RedisStore, StoreError
-from opscale.services.events import WindowStats
+from opscale.services.events import PoolUtilisation, WindowStats
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,18 @@ async def test_windows_round_trip_and_listing(store: RedisStore) -> None:
     eu = await store.windows("eu/*")
     assert eu == {"eu/llama/chat/60": window("llama", 60), "eu/mistral/chat/60": window("mistral", 6)}
     assert len(await store.windows()) == 3
+
+
+async def test_pool_utilisation_windows_round_trip_apart_from_the_request_windows(store: RedisStore) -> None:
+    util = PoolUtilisation(model="llama", region="eu", role=Role.DECODE, window_s=60.0, end_s=600.0, instances=3.0,
+                           gpu_util=0.97, sm_activity=0.12, decode_tps=5400.0, prefill_tps=0.0, prefill_missed_tps=0.0)
+    await store.put_pool_utilisation("60:llama:eu:decode", util, ttl_s=60.0)
+    await store.put_window("60:llama:eu:chat", window("llama", 60), ttl_s=60.0)
+    assert await store.get_pool_utilisation("60:llama:eu:decode") == util
+    assert await store.pool_utilisations() == {"60:llama:eu:decode": util}
+    assert list(await store.windows()) == ["60:llama:eu:chat"]
+    with pytest.raises(StoreError, match="expected PoolUtilisation, got WindowStats"):
+        await store.put_pool_utilisation("60:llama:eu:chat", window("llama", 1), ttl_s=60.0)  # type: ignore[arg-type]
 
 
 async def test_plan_epoch_never_goes_backwards(store: RedisStore) -> None:

@@ -1,7 +1,10 @@
 """The built-in demo (two regions, two models, a compressed day of diurnal load), cut to a 20-minute
-slice: every request is served and the interactive tier meets its SLO."""
+slice: every request is served, the interactive tier meets its SLO, and result.json's per-pool block
+(GPU utilisation, SM activity, token rates, GPU-hours) agrees with the run's figures."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -38,3 +41,23 @@ def test_demo_slice_scales_every_pool(demo: RunResult) -> None:
             peak[pool] = max(peak.get(pool, 0), ready)
     assert len(peak) == 4
     assert all(n >= 2 for n in peak.values()), peak
+
+
+def test_demo_slice_reports_both_utilisation_figures_per_pool(demo: RunResult) -> None:
+    result = demo.result
+    pools = result["pools"]
+    assert sorted(pools) == [f"{model}/{region}/unified" for model in ("Llama-3-70B", "Llama-3-8B")
+                             for region in ("eu-west", "us-east")]
+    assert sum(p["gpu_hours"] for p in pools.values()) == pytest.approx(result["gpu_hours"], rel=1e-12)
+    # Both utilisations are over the GPU time held: the pools' GPU-hour-weighted busy fractions make the
+    # run's. SM activity is weighted by peak FLOP/s as well, so it lies within the pools' range.
+    weighted_busy = sum(p["gpu_util"] * p["gpu_hours"] for p in pools.values()) / result["gpu_hours"]
+    assert weighted_busy == pytest.approx(result["mean_gpu_util"], rel=1e-9)
+    sm = [p["sm_activity"] for p in pools.values()]
+    assert min(sm) <= result["mean_sm_activity"] <= max(sm)
+    for name, p in pools.items():
+        # The roofline computes at no more than compute_efficiency of the peak while busy.
+        assert 0.0 < p["sm_activity"] < 0.7 * p["gpu_util"] <= 0.7, name
+        assert p["decode_tps"] > 0 and p["prefill_tps"] > p["decode_tps"], name  # the demo's prompts are long
+        assert p["prefill_missed_tps"] == p["prefill_tps"], name  # no prefix caching in the demo
+    assert json.loads(json.dumps(result))["pools"] == pools  # plain JSON, as result.json writes it

@@ -23,6 +23,7 @@ import math
 from opscale.engine.config import EngineConfig
 from opscale.engine.kv import KvAccounting
 from opscale.engine.sequence import Seq
+from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
 
 
@@ -57,6 +58,12 @@ class DecodeRun:
     def busy_s(self, steps: int) -> float:
         return steps * self.busy_fixed_s + self.busy_per_ctx_s * (
             steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
+
+    def flops(self, steps: int, flops: ModelFlops) -> float:
+        """FLOPs of the first `steps` steps: batch*steps decode tokens, attending over the context summed
+        over the steps (it grows by the batch each step, as in `elapsed_s`)."""
+        tokens = self.batch * steps
+        return flops.of_work(tokens, tokens, steps * self.ctx0 + self.batch * steps * (steps - 1) / 2)
 
     def cut(self, steps: int) -> DecodeRun:
         """The same run stopped after its first `steps` steps."""
@@ -95,9 +102,10 @@ class DecodeSet(KvAccounting):
     KV block at which step) and a heap of finishing steps.
     """
 
-    def __init__(self, config: EngineConfig, total_blocks: int, latency: LatencyModel) -> None:
+    def __init__(self, config: EngineConfig, total_blocks: int, latency: LatencyModel, flops: ModelFlops) -> None:
         super().__init__(config, total_blocks)
         self.latency = latency
+        self.flops_model = flops
         self._max_run = config.max_run_steps
         self._steps = 0  # D: decode steps taken by the engine so far
         self._dec_n = 0

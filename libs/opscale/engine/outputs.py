@@ -112,7 +112,16 @@ EngineOutput = FirstToken | Tokens | Finished | Preempted | PrefillDone
 @dataclass(frozen=True, slots=True)
 class EngineReport:
     """An engine backend's load, as the node-agent's shell reads it before each tick (the simulated
-    engine's `report`, or a real server's metrics)."""
+    engine's `report`, or a real server's metrics). Rates and fractions are over the engine's report
+    window (`EngineConfig.report_window_s` for the simulated one).
+
+    Two utilisation figures, not to be confused (opscale.engine.usage): `busy_frac` is GPU utilisation
+    as nvidia-smi defines it, the fraction of time a kernel runs; `sm_activity` is the compute used
+    over the peak, FLOPs over (time x peak FLOP/s of the instance's GPUs). A busy decode engine has
+    busy_frac near 1 and a low sm_activity. Token rates: `tokens_per_s` counts every output token,
+    `decode_tps` those of decode steps (not the token a prefill samples), `prefill_tps` the prompt
+    tokens prefilled (prefix-cache hits included) and `prefill_missed_tps` those actually computed.
+    """
 
     instance_id: str
     queued: int
@@ -123,3 +132,7 @@ class EngineReport:
     busy_frac: float
     power_w: float
     idle: bool
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float

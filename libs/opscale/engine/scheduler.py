@@ -28,6 +28,7 @@ import math
 from opscale.engine.config import EngineConfig
 from opscale.engine.decode_run import DecodeSet
 from opscale.engine.sequence import Seq
+from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
 
 
@@ -35,14 +36,16 @@ from opscale.perf.latency import LatencyModel
 class Step:
     """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
 
-    __slots__ = ("start_s", "end_s", "busy_s", "victims", "admits", "hits", "chunks", "batch", "new_blocks")
+    __slots__ = ("start_s", "end_s", "busy_s", "attention", "victims", "admits", "hits", "chunks", "batch",
+                 "new_blocks", "prefill_tokens", "cached_tokens")
 
-    def __init__(self, start_s: float, end_s: float, busy_s: float, victims: tuple[Seq, ...],
+    def __init__(self, start_s: float, end_s: float, busy_s: float, attention: int, victims: tuple[Seq, ...],
                  admits: tuple[Seq, ...], hits: tuple[int, ...], chunks: tuple[tuple[Seq, int], ...],
-                 batch: int, new_blocks: int) -> None:
+                 batch: int, new_blocks: int, prefill_tokens: int, cached_tokens: int) -> None:
         self.start_s = start_s
         self.end_s = end_s
         self.busy_s = busy_s
+        self.attention = attention  # (query, key) pairs its attention spans: prefill chunks' and decode contexts'
         self.victims = victims  # most recently admitted first
         # The waiting queue's heads it admits, in order (empty on the lean path, where the admissions
         # are the chunks of sequences not yet admitted).
@@ -51,6 +54,14 @@ class Step:
         self.chunks = chunks  # prefill chunks: running ones first, then admissions
         self.batch = batch  # decoding sequences after preemption
         self.new_blocks = new_blocks  # KV blocks the decode tokens take
+        self.prefill_tokens = prefill_tokens  # prompt tokens the chunks compute (the sum of chunks' n)
+        self.cached_tokens = cached_tokens  # prompt tokens the admissions take from the prefix cache
+
+    def flops(self, flops: ModelFlops) -> float:
+        """Its FLOPs: its decode tokens and prefill chunks through the GEMMs, logits for the decode tokens
+        and the prefill's last token (as the roofline counts them), and its attention."""
+        prefill = self.prefill_tokens
+        return flops.of_work(prefill + self.batch, self.batch + (1 if prefill else 0), self.attention)
 
 
 class Wait:
@@ -71,9 +82,9 @@ class Scheduler(DecodeSet):
     prefilled request to receive.
     """
 
-    def __init__(self, config: EngineConfig, total_blocks: int, latency: LatencyModel, *,
+    def __init__(self, config: EngineConfig, total_blocks: int, latency: LatencyModel, flops: ModelFlops, *,
                  decode_only: bool) -> None:
-        super().__init__(config, total_blocks, latency)
+        super().__init__(config, total_blocks, latency, flops)
         self._max_seqs = config.max_num_seqs
         self._budget = config.max_batched_tokens
         self._lean = self._cache is None and not decode_only
@@ -126,7 +137,7 @@ class Scheduler(DecodeSet):
                     break
         budget = self._budget - batch
         chunks: list[tuple[Seq, int]] = []
-        prefill = prefill_ctx = pairs = 0
+        prefill = prefill_ctx = pairs = cached_total = 0
         for seq in self._prefilling.values():
             if budget <= 0:
                 break
@@ -197,19 +208,23 @@ class Scheduler(DecodeSet):
                 budget -= n
                 prefill += n
                 prefill_ctx += cached
+                cached_total += cached
                 pairs += n * cached + n * (n + 1) // 2
         if prefill:
             cost = self.latency.iteration_cost(prefill, prefill_ctx, batch, ctx, prefill_attn_pairs=pairs)
             time_s, busy_s = cost.time_s, cost.busy_s
+            attention = pairs + ctx
         elif batch or victims:
             fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s = self._decode_coeffs(batch)
             time_s = fixed_s + per_ctx_s * ctx
             busy_s = busy_fixed_s + busy_per_ctx_s * ctx
+            attention = ctx
         else:
             time_s = busy_s = 0.0  # it only reserves KV for prefilled requests: no iteration runs
-        return Step(start_s, start_s + time_s, busy_s, tuple(victims), tuple(admits) if admits else (),
+            attention = 0
+        return Step(start_s, start_s + time_s, busy_s, attention, tuple(victims), tuple(admits) if admits else (),
                     tuple(hits) if hits else (), tuple(chunks),
-                    batch, new_blocks)
+                    batch, new_blocks, prefill, cached_total)
 
     def _continue_zero_pass(self, start_s: float) -> Step | None:
         """Prefilled requests that arrive at the instant of a zero-time admission pass join that pass.
@@ -232,7 +247,7 @@ class Scheduler(DecodeSet):
         if not admits:
             return None
         hits = (0,) * len(admits) if self._cache is not None else ()
-        self._continuation = Step(start_s, start_s, 0.0, (), tuple(admits), hits, (), 0, 0)
+        self._continuation = Step(start_s, start_s, 0.0, 0, (), tuple(admits), hits, (), 0, 0, 0, 0)
         return self._continuation
 
     def _note_zero_pass(self, step: Step) -> None:

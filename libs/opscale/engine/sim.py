@@ -45,6 +45,7 @@ from opscale.engine.scheduler import Scheduler, Step, Wait
 from opscale.engine.sequence import Seq
 from opscale.engine.usage import UsageMeter
 from opscale.model import ModelSpec, Request, Role, Sku
+from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
 from opscale.perf.operators import Footprint
 
@@ -67,10 +68,14 @@ class SimEngine(Scheduler):
     GPUs are not `tp` GPUs of one SKU (an operator-split deployment, see opscale.perf.operators).
 
     Accounting, as of the last step boundary: `busy_s` (time in iterations), `energy_j` (power
-    integrated from the first call, idle draw included), `preemptions`, `prefill_tokens_computed`
-    (recomputation included, cached prefix tokens excluded), `output_tokens`, `finished`, `cancelled`,
+    integrated from the first call, idle draw included), `flops` (arithmetic done, over
+    `peak_flops_per_s` of its GPUs: SM activity), `preemptions`, `prefill_tokens` (prompt tokens
+    prefilled, cached prefix tokens and recomputation included), `prefill_tokens_computed`
+    (recomputation included, cached prefix tokens excluded), `output_tokens`, `decode_tokens` (the
+    output tokens of decode steps, i.e. all but the token a prefill samples), `finished`, `cancelled`,
     `handed_off` (prefill role), `prefix_hit_tokens` and `prefix_queried_tokens` (prompt tokens
-    admitted for prefill, recomputation included) with their ratio `prefix_hit_rate`.
+    admitted for prefill, recomputation included) with their ratio `prefix_hit_rate`. The meter
+    (opscale.engine.usage) says what GPU utilisation and SM activity mean.
 
     `emit_first_tokens` (default True): a shell that takes first-token times from `Finished` and streams
     nothing (the simulation world) sets it to False, and no `FirstToken` outputs are made: one object
@@ -102,7 +107,7 @@ class SimEngine(Scheduler):
                 f"for a KV cache in {where}")
         self._prefill_only = self.role is Role.PREFILL
         self._decode_only = self.role is Role.DECODE
-        super().__init__(cfg, total_blocks, latency, decode_only=self._decode_only)
+        super().__init__(cfg, total_blocks, latency, ModelFlops.of(model), decode_only=self._decode_only)
         max_len = cfg.max_model_len if cfg.max_model_len is not None else model.max_context
         # A request must fit the KV cache on its own, or it could never run.
         self.max_request_tokens = min(max_len, total_blocks * bs)
@@ -111,9 +116,12 @@ class SimEngine(Scheduler):
         self._kv_bytes_per_token = model.kv_bytes_per_token
         if footprint is None:
             self._usage = UsageMeter(sku.idle_power_w * tp, (sku.max_power_w - sku.idle_power_w) * tp,
-                                     cfg.report_window_s)
+                                     cfg.report_window_s, self.flops_model)
+            self.peak_flops_per_s = sku.peak_tflops * 1e12 * tp
         else:
-            self._usage = UsageMeter(footprint.idle_power_w, footprint.dynamic_power_w, cfg.report_window_s)
+            self._usage = UsageMeter(footprint.idle_power_w, footprint.dynamic_power_w, cfg.report_window_s,
+                                     self.flops_model)
+            self.peak_flops_per_s = footprint.peak_flops_per_s
 
         self._state = EngineState.ACCEPTING
         self._plan: DecodeRun | Step | Wait | None = None
@@ -124,7 +132,6 @@ class SimEngine(Scheduler):
         self._started = False  # energy is integrated from the engine's first call
 
         # Accounting (the KV layer counts prefix hits, the scheduler preemptions, the meter the rest).
-        self.prefill_tokens_computed = 0
         self.finished = 0
         self.cancelled = 0
         self.handed_off = 0
@@ -158,8 +165,25 @@ class SimEngine(Scheduler):
         return self._usage.energy_j
 
     @property
+    def flops(self) -> float:
+        """Floating-point work done in iterations (opscale.perf.flops)."""
+        return self._usage.flops
+
+    @property
     def output_tokens(self) -> int:
         return self._usage.output_tokens
+
+    @property
+    def decode_tokens(self) -> int:
+        return self._usage.decode_tokens
+
+    @property
+    def prefill_tokens(self) -> int:
+        return self._usage.prefill_tokens
+
+    @property
+    def prefill_tokens_computed(self) -> int:
+        return self._usage.prefill_computed_tokens
 
     def submit(self, request: Request, now_s: float) -> None:
         """Queue `request`, arriving at `now_s`. Raises EngineNotAcceptingError when draining or stopped,
@@ -242,8 +266,11 @@ class SimEngine(Scheduler):
             self._usage.idle_until(now_s)
         elif plan is not None and plan.start_s < now_s:
             # The iteration in flight ran until now at its own power; its outputs are lost.
-            busy_s = plan.busy_s if isinstance(plan, Step) else plan.busy_s(plan.k)
-            self._usage.record_interrupted(plan.start_s, now_s, plan.end_s - plan.start_s, busy_s)
+            if isinstance(plan, Step):
+                busy_s, flops = plan.busy_s, plan.flops(self.flops_model)
+            else:
+                busy_s, flops = plan.busy_s(plan.k), plan.flops(plan.k, self.flops_model)
+            self._usage.record_interrupted(plan.start_s, now_s, plan.end_s - plan.start_s, busy_s, flops)
         unfinished = [s.req for s in self._running.values()] + [s.req for s in self._waiting]
         self._state = EngineState.STOPPED
         self._plan = None
@@ -256,14 +283,26 @@ class SimEngine(Scheduler):
         usage = self._usage
         window_s = usage.window_s
         since = now_s - window_s
-        busy, tokens = usage.window(now_s)
+        done = usage.window(now_s)
+        busy, flops = done.busy_s, done.flops
         stopped = self._state is EngineState.STOPPED
         plan = None if stopped else (self._plan if self._plan is not None else self._make_plan())
         power_w = 0.0 if stopped else usage.idle_w
+        decode_tokens = done.decode_tokens
         if plan is not None and not isinstance(plan, Wait):
-            if plan.start_s < now_s:
-                busy += max(0.0, min(plan.end_s, now_s) - max(plan.start_s, since))
             run_s = plan.end_s - plan.start_s
+            if plan.start_s < now_s:
+                # The run in flight counts its time inside the window, and its FLOPs in proportion;
+                # a decode run, also the tokens of its steps over by now_s (it may run for many seconds).
+                inside_s = max(0.0, min(plan.end_s, now_s) - max(plan.start_s, since))
+                busy += inside_s
+                if run_s > 0:
+                    plan_flops = plan.flops(self.flops_model) if isinstance(plan, Step) else plan.flops(
+                        plan.k, self.flops_model)
+                    flops += plan_flops * inside_s / run_s
+                if isinstance(plan, DecodeRun):
+                    steps = _steps_over(plan, now_s) - (_steps_over(plan, since) if plan.start_s < since else 0)
+                    decode_tokens += plan.batch * steps
             busy_s = plan.busy_s if isinstance(plan, Step) else plan.busy_s(plan.k)
             power_w = usage.idle_w + usage.dynamic_w * (busy_s / run_s if run_s > 0 else 0.0)
         return EngineReport(
@@ -272,10 +311,14 @@ class SimEngine(Scheduler):
             running=len(self._running),
             outstanding_tokens=self.outstanding_tokens(),
             kv_used_frac=self._used_blocks / self.total_blocks,
-            tokens_per_s=tokens / window_s,
+            tokens_per_s=done.output_tokens / window_s,
             busy_frac=min(1.0, busy / window_s),
             power_w=power_w,
             idle=self.is_idle,
+            sm_activity=min(1.0, flops / (window_s * self.peak_flops_per_s)),
+            decode_tps=decode_tokens / window_s,
+            prefill_tps=done.prefill_tokens / window_s,
+            prefill_missed_tps=done.prefill_computed_tokens / window_s,
         )
 
     def outstanding_tokens(self) -> int:
@@ -406,9 +449,13 @@ class SimEngine(Scheduler):
             # Cached prefixes make way as the KV grows; nothing is released before the run's end.
             self._cache.evict_to(self.total_blocks - self._used_blocks)
         self._steps += k
-        # run.busy_s(k), written out (the same expression): once per decode run.
-        busy_s = k * run.busy_fixed_s + run.busy_per_ctx_s * (k * run.ctx0 + run.batch * k * (k - 1) / 2)
-        self._usage.record_run(run.start_s, end, busy_s, run.batch * k)
+        # run.busy_s(k), written out (the same expression, so the same rounding): once per decode run.
+        # The batch's context summed over the k steps, k * ctx0 + batch * k * (k - 1) / 2, is also the
+        # (query, key) pairs of its attention.
+        tokens = run.batch * k
+        ctx_steps = k * run.ctx0 + tokens * (k - 1) / 2
+        busy_s = k * run.busy_fixed_s + run.busy_per_ctx_s * ctx_steps
+        self._usage.record_run(run.start_s, end, busy_s, tokens, ctx_steps)
         if self._emit_tokens:
             for seq in self._running.values():
                 if seq.decoding:
@@ -456,7 +503,6 @@ class SimEngine(Scheduler):
                 self._prefilling[seq.admit_no] = seq
                 self._used_blocks += -(-seq.target // self._bs)
             seq.computed += n
-            self.prefill_tokens_computed += n
             if seq.hashes and seq.reg < len(seq.hashes):
                 self._register(seq)
             if seq.computed < seq.target:
@@ -486,7 +532,9 @@ class SimEngine(Scheduler):
             self._dec_left_sum += seq.output - seq.gbase
             self._hist[seq.base % self._bs] += 1
             heapq.heappush(self._finish_heap, (seq.output - seq.gbase, seq.admit_no, seq.stint, seq))
-        self._usage.record_run(start, end, step.busy_s, tokens)
+        computed = step.prefill_tokens
+        self._usage.record_run(start, end, step.busy_s, tokens, step.attention, computed + step.cached_tokens,
+                               computed, tokens - step.batch)
         heap = self._finish_heap
         if heap and heap[0][0] <= self._steps:
             self._pop_finished(end, out)
@@ -559,3 +607,8 @@ class SimEngine(Scheduler):
             self.cancelled += 1
         self._cancelled.clear()
 
+
+def _steps_over(run: DecodeRun, at_s: float) -> int:
+    """The steps of `run` that have ended by `at_s`."""
+    steps = run.steps_by(at_s)  # the fewest steps ending at or after at_s
+    return steps if steps == 0 or run.start_s + run.elapsed_s(steps) <= at_s else steps - 1

@@ -4,6 +4,20 @@ Per request it keeps only a few floats per tier, so a million-request run stays 
 figures come from `opscale.reporting.latencies`, the builder the load generator's report uses, so
 result.json and a replay's report.json share their latency keys. GPU time is counted from an engine's
 start (loading included: those GPUs are held) to its stop.
+
+Utilisation, for the run and per pool (`"pools": {"<model>/<region>/<role>": {...}}`), both over the
+GPU time held:
+- `mean_gpu_util` (per pool `gpu_util`): GPU utilisation as nvidia-smi defines it, the fraction of time
+  a kernel runs: GPU-seconds in iterations over GPU-seconds held;
+- `mean_sm_activity` (per pool `sm_activity`): the compute used over the peak, FLOPs done (the
+  performance model's count, opscale.perf.flops) over (time held x peak FLOP/s of the GPUs). A decode
+  pool can be busy all the time and still use a few percent of its compute.
+Per pool also `gpu_hours` (they sum to the run's) and token rates over the run: `decode_tps` (output
+tokens of decode steps), `prefill_tps` (prompt tokens prefilled, prefix-cache hits included) and
+`prefill_missed_tps` (prompt tokens actually computed).
+
+Example: one pool of one H100 (989 TFLOP/s) held 100 s, in iterations 90 s that did 4.9e15 FLOPs:
+gpu_util 0.9, sm_activity 4.9e15 / (100 x 9.89e14) = 0.05.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opscale.engine import SimEngine
-from opscale.model import InstanceSpec, Request, RequestOutcome, Sku, TierSpec
+from opscale.model import InstanceSpec, PoolKey, Request, RequestOutcome, Sku, TierSpec
 from opscale.perf.loading import LoadChoice
 from opscale.perf.transfer import Topology
 from opscale.reporting.latencies import LatencySamples, latency_figures
@@ -38,8 +52,44 @@ class _EngineLife:
     stop_s: float | None = None
     energy_j: float = 0.0
     busy_s: float = 0.0
+    flops: float = 0.0
+    peak_flops_per_s: float = 0.0
+    decode_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_computed_tokens: int = 0
     prefix_hit_tokens: int = 0
     prefix_queried_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _PoolTotals:
+    gpu_s: float = 0.0  # held
+    busy_gpu_s: float = 0.0
+    peak_flop: float = 0.0  # what the GPUs held could have done: time held x peak FLOP/s
+    flops: float = 0.0
+    decode_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_computed_tokens: int = 0
+
+    def add(self, life: _EngineLife, held_s: float) -> None:
+        gpus = life.spec.gpus
+        self.gpu_s += held_s * gpus
+        self.busy_gpu_s += life.busy_s * gpus
+        self.peak_flop += held_s * life.peak_flops_per_s
+        self.flops += life.flops
+        self.decode_tokens += life.decode_tokens
+        self.prefill_tokens += life.prefill_tokens
+        self.prefill_computed_tokens += life.prefill_computed_tokens
+
+    def figures(self, end_s: float) -> dict[str, float]:
+        return {
+            "gpu_hours": self.gpu_s / 3600,
+            "gpu_util": self.busy_gpu_s / self.gpu_s if self.gpu_s else 0.0,
+            "sm_activity": self.flops / self.peak_flop if self.peak_flop else 0.0,
+            "decode_tps": self.decode_tokens / end_s if end_s > 0 else 0.0,
+            "prefill_tps": self.prefill_tokens / end_s if end_s > 0 else 0.0,
+            "prefill_missed_tps": self.prefill_computed_tokens / end_s if end_s > 0 else 0.0,
+        }
 
 
 @dataclass(slots=True)
@@ -106,6 +156,9 @@ class RunCollector(RunObserver):
         life = self._lives.get(instance_id)
         if life is not None and life.stop_s is None:
             life.stop_s, life.energy_j, life.busy_s = now_s, engine.energy_j, engine.busy_s
+            life.flops, life.peak_flops_per_s = engine.flops, engine.peak_flops_per_s
+            life.decode_tokens, life.prefill_tokens = engine.decode_tokens, engine.prefill_tokens
+            life.prefill_computed_tokens = engine.prefill_tokens_computed
             life.prefix_hit_tokens, life.prefix_queried_tokens = engine.prefix_hit_tokens, engine.prefix_queried_tokens
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
@@ -156,6 +209,7 @@ class RunCollector(RunObserver):
         everyone = latency_figures([t.latencies for t in self._tiers.values()])
         gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
         hit_tokens = queried_tokens = 0
+        pools: dict[str, _PoolTotals] = {}
         for life in self._lives.values():
             hit_tokens += life.prefix_hit_tokens
             queried_tokens += life.prefix_queried_tokens
@@ -166,13 +220,21 @@ class RunCollector(RunObserver):
             energy_j += life.energy_j
             cost += held_s / 3600 * gpus * self.sku_of(life.spec.sku).price_usd_per_h
             scaling_gpu_s += min(life.load_s, held_s) * gpus
+            pool = str(PoolKey(life.spec.model, life.region, life.spec.role))
+            totals = pools.get(pool)
+            if totals is None:
+                totals = pools[pool] = _PoolTotals()
+            totals.add(life, held_s)
+        flops = sum(totals.flops for totals in pools.values())
+        peak_flop = sum(totals.peak_flop for totals in pools.values())
         result = _latency_block(counts["requests"], counts["completed"], counts["dropped"], counts["met"],
                                 everyone)
         result.update({
             "gpu_hours": gpu_s / 3600,
             "cost_usd": cost,
             "energy_kwh": energy_j / 3.6e6,
-            "mean_gpu_util": busy_gpu_s / gpu_s if gpu_s else 0.0,
+            "mean_gpu_util": busy_gpu_s / gpu_s if gpu_s else 0.0,  # time busy, as nvidia-smi (module docstring)
+            "mean_sm_activity": flops / peak_flop if peak_flop else 0.0,  # compute used / peak
             # Instances started during the run, by where their weights came from.
             "cold_starts": sum(1 for source in self._loads.values() if source == "cold"),
             "warm_migrations": sum(1 for source in self._loads.values() if source == "warm"),
@@ -184,6 +246,7 @@ class RunCollector(RunObserver):
             # prefix caching is off: nothing is looked up).
             "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
             "tiers": tiers,
+            "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })
         if self._kv_transfers:  # only runs with a disaggregated deployment move KV between instances
             result["kv_transfers"] = {topology: {"count": int(n), "mean_s": total / n}

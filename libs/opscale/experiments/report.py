@@ -49,7 +49,10 @@ def print_summary(run: RunResult, console: Console) -> None:
     fleet.add_column("", justify="right", no_wrap=True)
     for label, value in (
             ("GPU-hours", f"{r['gpu_hours']:.1f}"), ("cost", f"${r['cost_usd']:,.0f}"),
-            ("energy", f"{r['energy_kwh']:.1f} kWh"), ("mean GPU utilisation", f"{r['mean_gpu_util'] * 100:.0f}%"),
+            ("energy", f"{r['energy_kwh']:.1f} kWh"),
+            # Two figures, not one: a decode engine is busy all the time at a small fraction of its compute.
+            ("GPU utilisation (time busy, as nvidia-smi)", f"{r['mean_gpu_util'] * 100:.0f}%"),
+            ("SM activity (compute used / peak)", f"{r['mean_sm_activity'] * 100:.1f}%"),
             ("scaling actions (plans that change replicas)", str(r["scaling_actions"])),
             ("cold starts / warm migrations", f"{r['cold_starts']} / {r['warm_migrations']}"),
             ("GPU-seconds spent loading", f"{r['scaling_gpu_s']:,.0f}"),
@@ -57,6 +60,17 @@ def print_summary(run: RunResult, console: Console) -> None:
             ("simulated / wall", f"{r['simulated_s'] / 3600:.2f} h / {r['wall_s']:.1f} s")):
         fleet.add_row(label, value)
     console.print(fleet)
+    # One column per pool, its name over three lines, so that it fits a narrow terminal as the tiers do.
+    pools = Table(title="pools (token rates: means over the run)", title_justify="left")
+    pools.add_column("", no_wrap=True)
+    for name in r["pools"]:
+        pools.add_column(name.replace("/", "\n"), justify="right", no_wrap=True)
+    for label, key, fmt in (
+            ("GPU-hours", "gpu_hours", "{:.1f}"), ("GPU util (time busy)", "gpu_util", "{:.0%}"),
+            ("SM activity", "sm_activity", "{:.1%}"), ("decode tokens/s", "decode_tps", "{:,.0f}"),
+            ("prefill tokens/s", "prefill_tps", "{:,.0f}"), ("  of them computed", "prefill_missed_tps", "{:,.0f}")):
+        pools.add_row(label, *(fmt.format(p[key]) for p in r["pools"].values()))
+    console.print(pools)
 
 
 def write_outputs(run: RunResult, out: Path) -> list[Path]:

@@ -21,7 +21,9 @@ class PoolKey:
 
 @dataclass(frozen=True, slots=True)
 class InstanceStatus:
-    """An instance's state and load as its node-agent reports it in a heartbeat."""
+    """An instance's state and load as its node-agent reports it in a heartbeat: the engine's report
+    (opscale.engine.outputs.EngineReport, which defines each figure; `busy_frac` is GPU utilisation as
+    nvidia-smi has it, time busy, and `sm_activity` the compute used over the peak)."""
 
     instance_id: str
     model: str
@@ -37,6 +39,10 @@ class InstanceStatus:
     tokens_per_s: float = 0.0
     busy_frac: float = 0.0
     power_w: float = 0.0
+    sm_activity: float = 0.0
+    decode_tps: float = 0.0
+    prefill_tps: float = 0.0
+    prefill_missed_tps: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

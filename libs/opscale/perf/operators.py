@@ -122,13 +122,14 @@ class OperatorGroup:
 
 @dataclass(frozen=True, slots=True)
 class Footprint:
-    """What a deployment's GPUs give an engine: KV-cache bytes and power draw (idle, and the extra at
-    full utilisation), summed over its GPUs."""
+    """What a deployment's GPUs give an engine: KV-cache bytes, power draw (idle, and the extra at full
+    utilisation) and peak dense FLOP/s (what SM activity is measured against), summed over its GPUs."""
 
     kv_budget_bytes: float
     idle_power_w: float
     dynamic_power_w: float
     gpus: int
+    peak_flops_per_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +391,7 @@ class OperatorSplitLatencyModel(IterationTime):
         """
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
-        kv_budget = idle_w = dynamic_w = 0.0
+        kv_budget = idle_w = dynamic_w = peak_flops = 0.0
         for group in self.groups:
             memory = gpu_memory_utilization * group.tp * group.sku.gpu_memory_gb * 1e9
             weights = group.weight_bytes(self.model)
@@ -403,7 +404,8 @@ class OperatorSplitLatencyModel(IterationTime):
                 kv_budget += group.replicas * (memory - weights)
             idle_w += group.gpus * group.sku.idle_power_w
             dynamic_w += group.gpus * (group.sku.max_power_w - group.sku.idle_power_w)
-        return Footprint(kv_budget, idle_w, dynamic_w, sum(g.gpus for g in self.groups))
+            peak_flops += group.gpus * group.sku.peak_tflops * 1e12
+        return Footprint(kv_budget, idle_w, dynamic_w, sum(g.gpus for g in self.groups), peak_flops)
 
     def throughput_bound(self, ctx_tokens: int, phase: Literal["decode", "prefill"] = "decode") -> ThroughputBound:
         """The token rate no schedule can beat: the slowest stage's, with every group's replicas running

@@ -11,6 +11,14 @@ dropped, and non-finite values are normalised once.
 
 Example: 30 records finishing inside a 10 s window with 400 prompt tokens each give arrival_rps 3.0 and
 prompt_tokens_per_s 1200.0.
+
+Pool utilisation (`PoolUtilisation`, per model, region and role): at every publish it samples the fresh
+heartbeats' serving instances (ready or draining) of each pool, and each window is the merge of the
+samples of its slots: GPU utilisation (time busy, as nvidia-smi) and SM activity (compute used over the
+peak) as means over the GPUs sampled, token rates as the mean of the sampled pool totals. Each instance's
+figures are already means over its engine's report window, so a 10 s window is one sample and a 1-minute
+window six. Example: samples of one 2-GPU instance at busy 1.0 and of it and a 1-GPU one at 1.0 and 0.4
+give gpu_util (2 + 2 + 0.4) / 5 = 0.88.
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, model_validator
 
-from opscale.model import DEFAULT_TIERS, InstanceState, RequestOutcome, TierSpec
+from opscale.model import DEFAULT_TIERS, InstanceState, InstanceStatus, RequestOutcome, Role, TierSpec
 from opscale.services import subjects
 from opscale.services.actions import Action, Publish, Store
-from opscale.services.events import AgentHeartbeat, Event, RequestFinished, WindowStats
+from opscale.services.events import AgentHeartbeat, Event, PoolUtilisation, RequestFinished, WindowStats
 from opscale.stats import LogHistogram, finite_or_none
 
 
@@ -61,6 +69,33 @@ class _Slot:
     e2e: LogHistogram = field(default_factory=LogHistogram)
 
 
+@dataclass(slots=True)
+class _PoolSample:
+    """One publish's view of one pool's serving instances: GPU-weighted sums of the two utilisations,
+    totals of the token rates."""
+
+    index: int
+    instances: int = 0
+    gpus: int = 0
+    busy_gpus: float = 0.0
+    sm_gpus: float = 0.0
+    decode_tps: float = 0.0
+    prefill_tps: float = 0.0
+    prefill_missed_tps: float = 0.0
+
+    def add(self, st: InstanceStatus) -> None:
+        self.instances += 1
+        self.gpus += st.tp
+        self.busy_gpus += (finite_or_none(st.busy_frac) or 0.0) * st.tp
+        self.sm_gpus += (finite_or_none(st.sm_activity) or 0.0) * st.tp
+        self.decode_tps += finite_or_none(st.decode_tps) or 0.0
+        self.prefill_tps += finite_or_none(st.prefill_tps) or 0.0
+        self.prefill_missed_tps += finite_or_none(st.prefill_missed_tps) or 0.0
+
+
+_SERVING = (InstanceState.READY, InstanceState.DRAINING)
+
+
 class AggregatorCore:
     """`handle(event, now_s)` / `tick(now_s)` -> actions. See the module docstring."""
 
@@ -71,6 +106,7 @@ class AggregatorCore:
         self.tiers = dict(tiers) if tiers is not None else dict(DEFAULT_TIERS)
         self._slots: dict[tuple[str, str, str], deque[_Slot]] = {}
         self._agents: dict[str, AgentHeartbeat] = {}
+        self._pool_samples: dict[tuple[str, str, Role], deque[_PoolSample]] = {}
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._next_publish_s: float | None = None
@@ -102,6 +138,7 @@ class AggregatorCore:
                 actions.append(Publish(subjects.windows(region, model), stats))
                 actions.append(Store(f"window:{int(window_s)}:{model}:{region}:{tier}", stats))
         actions.extend(self._pool_actions(now_s))
+        actions.extend(self._utilisation_actions(now_s))
         return actions
 
     # -- records -------------------------------------------------------------------------------
@@ -225,3 +262,57 @@ class AggregatorCore:
             value["at_s"] = now_s
             actions.append(Store(f"pool:{model}:{region}", value))
         return actions
+
+    # -- pool utilisation ----------------------------------------------------------------------
+
+    def _utilisation_actions(self, now_s: float) -> list[Action]:
+        """Sample the pools (after _pool_actions dropped the silent agents), then publish and store each
+        pool's windows."""
+        index = self._slot_of(now_s)
+        fresh: dict[tuple[str, str, Role], _PoolSample] = {}
+        for hb in self._agents.values():
+            for st in hb.instances:
+                if st.state in _SERVING:
+                    key = (st.model, hb.region, st.role)
+                    sample = fresh.get(key)
+                    if sample is None:
+                        sample = fresh[key] = _PoolSample(index)
+                    sample.add(st)
+        for key, sample in fresh.items():
+            samples = self._pool_samples.setdefault(key, deque())
+            if samples and samples[-1].index == index:
+                samples.pop()  # two publishes in one slot: the newer view wins
+            samples.append(sample)
+        oldest = index - round(max(self.config.windows_s) / self.config.publish_interval_s)
+        actions: list[Action] = []
+        for key in sorted(self._pool_samples):
+            samples = self._pool_samples[key]
+            while samples and samples[0].index <= oldest:
+                samples.popleft()
+            if not samples:
+                del self._pool_samples[key]
+                continue
+            model, region, role = key
+            for window_s in self.config.windows_s:
+                first = index - round(window_s / self.config.publish_interval_s) + 1
+                stats = _merge(model, region, role, window_s, now_s, [s for s in samples if s.index >= first])
+                if stats is not None:
+                    actions.append(Publish(subjects.pool_utilisation(region, model), stats))
+                    actions.append(Store(f"poolutil:{int(window_s)}:{model}:{region}:{role}", stats))
+        return actions
+
+
+def _merge(model: str, region: str, role: Role, window_s: float, end_s: float,
+           samples: list[_PoolSample]) -> PoolUtilisation | None:
+    """One window of a pool from its samples (see the module docstring); None when it has none."""
+    if not samples:
+        return None
+    n = len(samples)
+    gpus = sum(s.gpus for s in samples)
+    return PoolUtilisation(
+        model=model, region=region, role=role, window_s=window_s, end_s=end_s,
+        instances=sum(s.instances for s in samples) / n,
+        gpu_util=sum(s.busy_gpus for s in samples) / gpus if gpus else 0.0,
+        sm_activity=sum(s.sm_gpus for s in samples) / gpus if gpus else 0.0,
+        decode_tps=sum(s.decode_tps for s in samples) / n, prefill_tps=sum(s.prefill_tps for s in samples) / n,
+        prefill_missed_tps=sum(s.prefill_missed_tps for s in samples) / n)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
+from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome, Role
 
 
 @dataclass(slots=True)
@@ -117,6 +117,32 @@ class WindowStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolUtilisation:
+    """How hard one pool (model, region, role) worked over one window ending at `end_s`, from its
+    instances' heartbeats (see opscale.services.aggregator): `gpu_util` is GPU utilisation as nvidia-smi
+    has it (time busy) and `sm_activity` the compute used over the peak, both means over the pool's
+    GPUs; the token rates are the pool's totals (`decode_tps`: tokens of decode steps, `prefill_tps`:
+    prompt tokens prefilled, prefix-cache hits included, `prefill_missed_tps`: those computed);
+    `instances` is the mean number of serving instances.
+
+    Example: two 1-GPU instances busy 1.0 and 0.5 at SM activity 0.1 and 0.3, decoding 900 and 300
+    tokens/s -> gpu_util 0.75, sm_activity 0.2, decode_tps 1200.0, instances 2.0.
+    """
+
+    model: str
+    region: str
+    role: Role
+    window_s: float
+    end_s: float
+    instances: float
+    gpu_util: float
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float
+
+
+@dataclass(frozen=True, slots=True)
 class ForecastIssued:
     """Expected arrival rate of one (model, region, tier) over `horizon_s` after `at_s`, with an
     interval [lo, hi]."""
@@ -159,6 +185,6 @@ class DrainCommand:
 
 
 Event = (
-    RequestArrived | RequestFinished | DispatchFailed | PrefillHandedOff | AgentHeartbeat | RouterLoad | WindowStats | ForecastIssued | PlanPublished
-    | ApplyCommand | DrainCommand | EngineReport
+    RequestArrived | RequestFinished | DispatchFailed | PrefillHandedOff | AgentHeartbeat | RouterLoad | WindowStats
+    | PoolUtilisation | ForecastIssued | PlanPublished | ApplyCommand | DrainCommand | EngineReport
 )

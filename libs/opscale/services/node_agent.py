@@ -210,7 +210,9 @@ class NodeAgentCore:
                 queued=r.queued if r else 0, running=r.running if r else 0,
                 outstanding_tokens=r.outstanding_tokens if r else 0, kv_used_frac=r.kv_used_frac if r else 0.0,
                 tokens_per_s=r.tokens_per_s if r else 0.0, busy_frac=r.busy_frac if r else 0.0,
-                power_w=r.power_w if r else 0.0,
+                power_w=r.power_w if r else 0.0, sm_activity=r.sm_activity if r else 0.0,
+                decode_tps=r.decode_tps if r else 0.0, prefill_tps=r.prefill_tps if r else 0.0,
+                prefill_missed_tps=r.prefill_missed_tps if r else 0.0,
             ))
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),

@@ -24,6 +24,10 @@ def windows(region: str, model: str) -> str:
     return f"{PREFIX}.windows.{region}.{_token(model)}"
 
 
+def pool_utilisation(region: str, model: str) -> str:
+    return f"{PREFIX}.poolutil.{region}.{_token(model)}"
+
+
 def forecasts(region: str, model: str) -> str:
     return f"{PREFIX}.forecasts.{region}.{_token(model)}"
 
@@ -36,6 +40,7 @@ HEARTBEATS_ALL = f"{PREFIX}.heartbeat.>"
 RECORDS_ALL = f"{PREFIX}.records.>"
 ROUTER_LOAD_ALL = f"{PREFIX}.routerload.>"
 WINDOWS_ALL = f"{PREFIX}.windows.>"
+POOL_UTILISATION_ALL = f"{PREFIX}.poolutil.>"
 FORECASTS_ALL = f"{PREFIX}.forecasts.>"
 PLANS_ALL = f"{PREFIX}.plans.>"
 

@@ -42,7 +42,7 @@ class InstanceSpec(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "model", "sku", "tp", "role", "state", "endpoint", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w")
+    __slots__ = ("instance_id", "model", "sku", "tp", "role", "state", "endpoint", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,10 @@ class InstanceStatus(_message.Message):
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     BUSY_FRAC_FIELD_NUMBER: _ClassVar[int]
     POWER_W_FIELD_NUMBER: _ClassVar[int]
+    SM_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model: str
     sku: str
@@ -71,7 +75,11 @@ class InstanceStatus(_message.Message):
     tokens_per_s: float
     busy_frac: float
     power_w: float
-    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ...) -> None: ...
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
     __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models", "s0", "s1", "s2")
@@ -223,6 +231,32 @@ class WindowStats(_message.Message):
     slo_attainment: float
     def __init__(self, model: _Optional[str] = ..., region: _Optional[str] = ..., tier: _Optional[str] = ..., window_s: _Optional[float] = ..., end_s: _Optional[float] = ..., requests: _Optional[int] = ..., completed: _Optional[int] = ..., arrival_rps: _Optional[float] = ..., prompt_tokens_per_s: _Optional[float] = ..., output_tokens_per_s: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., ttft_p99_s: _Optional[float] = ..., tbt_p50_s: _Optional[float] = ..., tbt_p99_s: _Optional[float] = ..., e2e_p50_s: _Optional[float] = ..., e2e_p99_s: _Optional[float] = ..., slo_attainment: _Optional[float] = ...) -> None: ...
 
+class PoolUtilisation(_message.Message):
+    __slots__ = ("model", "region", "role", "window_s", "end_s", "instances", "gpu_util", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTIL_FIELD_NUMBER: _ClassVar[int]
+    SM_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    region: str
+    role: Role
+    window_s: float
+    end_s: float
+    instances: float
+    gpu_util: float
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float
+    def __init__(self, model: _Optional[str] = ..., region: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., window_s: _Optional[float] = ..., end_s: _Optional[float] = ..., instances: _Optional[float] = ..., gpu_util: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...
+
 class ForecastIssued(_message.Message):
     __slots__ = ("model", "region", "tier", "at_s", "horizon_s", "mean_rps", "lo_rps", "hi_rps", "method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -356,7 +390,7 @@ class PrefillHandedOff(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., decode_instance_id: _Optional[str] = ..., at_s: _Optional[float] = ...) -> None: ...
 
 class EngineReport(_message.Message):
-    __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle")
+    __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +400,10 @@ class EngineReport(_message.Message):
     BUSY_FRAC_FIELD_NUMBER: _ClassVar[int]
     POWER_W_FIELD_NUMBER: _ClassVar[int]
     IDLE_FIELD_NUMBER: _ClassVar[int]
+    SM_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     queued: int
     running: int
@@ -375,4 +413,8 @@ class EngineReport(_message.Message):
     busy_frac: float
     power_w: float
     idle: bool
-    def __init__(self, instance_id: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., idle: _Optional[bool] = ...) -> None: ...
+    sm_activity: float
+    decode_tps: float
+    prefill_tps: float
+    prefill_missed_tps: float
+    def __init__(self, instance_id: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., idle: _Optional[bool] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...

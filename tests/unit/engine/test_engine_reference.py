@@ -402,7 +402,8 @@ def test_operator_split_engine_matches_step_by_step_reference(workload: tuple[En
     # footprint keeps the plain engine's KV budget so that preemptions still happen.
     config, requests = workload
     kv_budget = config.gpu_memory_utilization * SKU.gpu_memory_gb * 1e9 - MODEL.weight_bytes
-    footprint = Footprint(kv_budget, 2 * SKU.idle_power_w, 2 * (SKU.max_power_w - SKU.idle_power_w), 3)
+    footprint = Footprint(kv_budget, 2 * SKU.idle_power_w, 2 * (SKU.max_power_w - SKU.idle_power_w), 3,
+                          3 * SKU.peak_tflops * 1e12)
     engine = SimEngine("e", MODEL, SKU, 1, SPLIT, config, footprint=footprint)
     expected = reference_run(requests, config, engine.total_blocks, latency=SPLIT)
     check_against_reference(engine, replay(engine, requests), expected)

@@ -22,8 +22,10 @@ from opscale.runtime.live.settings import OpenAIEngineSettings
 
 from opscale_services.node_agent.openai_engines import (
     OpenAIEngines,
+    ServerRates,
     build_openai_proxy_app,
     parse_server_metrics,
+    server_rates,
 )
 from opscale_services.router.upstream import UpstreamClient, UpstreamError
 
@@ -41,7 +43,21 @@ vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0
 vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25
 # TYPE vllm:generation_tokens counter
 vllm:generation_tokens_total{engine="0",model_name="tiny"} {tokens}
+# TYPE vllm:prompt_tokens counter
+vllm:prompt_tokens_total{engine="0",model_name="tiny"} {prompt}
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} {hits}
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="tiny"} {first}
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} {first}
+vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny"} {first}
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="tiny"} 1.5
 """
+
+
+def vllm_metrics(tokens: float, prompt: float = 0.0, hits: float = 0.0, first: float = 0.0) -> str:
+    return (VLLM_METRICS.replace("{tokens}", str(tokens)).replace("{prompt}", str(prompt))
+            .replace("{hits}", str(hits)).replace("{first}", str(first)))
 
 
 @dataclass
@@ -52,6 +68,9 @@ class FakeVllm:
     gap_s: float = 0.0
     healthy: bool = True
     generated: float = 100.0
+    prompt: float = 0.0
+    prefix_hits: float = 0.0
+    first_tokens: float = 0.0
     seen_auth: list[str | None] = field(default_factory=list)
     seen_request_ids: list[str | None] = field(default_factory=list)
     seen_bodies: list[dict[str, object]] = field(default_factory=list)
@@ -69,7 +88,7 @@ class FakeVllm:
         return web.Response(status=200 if self.healthy else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=VLLM_METRICS.replace("{tokens}", str(self.generated)))
+        return web.Response(text=vllm_metrics(self.generated, self.prompt, self.prefix_hits, self.first_tokens))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.seen_auth.append(request.headers.get("Authorization"))
@@ -114,11 +133,25 @@ async def agent_with(fake: FakeVllm, *, api_key: str = "", accepting: bool = Tru
             await engines.close()
 
 
-def test_vllm_metrics_give_kv_use_queue_and_generated_tokens() -> None:
-    m = parse_server_metrics(VLLM_METRICS.replace("{tokens}", "1234"))
+def test_vllm_metrics_give_kv_use_queue_and_token_counters() -> None:
+    m = parse_server_metrics(vllm_metrics(1234, prompt=5000, hits=2048, first=7))
     assert (m.kv_used_frac, m.running, m.waiting, m.generated_tokens_total) == (0.25, 3, 2, 1234.0)
+    assert (m.prompt_tokens_total, m.prefix_cache_hit_tokens_total, m.first_tokens_total) == (5000.0, 2048.0, 7.0)
     sglang = parse_server_metrics("# TYPE sglang:token_usage gauge\nsglang:token_usage 1.7\n")
     assert sglang.kv_used_frac == 1.0 and sglang.running is None  # clamped; absent stays absent
+
+
+def test_token_rates_come_from_counter_changes_and_a_counter_that_falls_gives_none() -> None:
+    before = parse_server_metrics(vllm_metrics(1000, prompt=8000, hits=1000, first=10))
+    after = parse_server_metrics(vllm_metrics(1600, prompt=12000, hits=4000, first=16))
+    rates = server_rates(before, after, 2.0)
+    assert rates == ServerRates(tokens_per_s=300.0, decode_tps=297.0, prefill_tps=2000.0, prefill_missed_tps=500.0)
+    assert server_rates(after, before, 2.0) is None  # the server restarted: no rate from this pair
+    assert server_rates(before, after, 0.0) is None
+    # A server that counts neither first tokens nor prefix-cache hits: decode = generated, missed = prompt.
+    bare = [parse_server_metrics(f"vllm:generation_tokens_total {g}\nvllm:prompt_tokens_total {p}\n")
+            for g, p in ((10, 100), (30, 500))]
+    assert server_rates(*bare, 1.0) == ServerRates(20.0, 20.0, 400.0, 400.0)
 
 
 async def test_requests_stream_through_the_agent_and_load_is_reported() -> None:
@@ -133,12 +166,14 @@ async def test_requests_stream_through_the_agent_and_load_is_reported() -> None:
         assert texts == [" w0", " w1", " w2", " w3"]
         assert fake.seen_auth == ["Bearer sekret"] and fake.seen_bodies[0]["stream"] is True
         assert engines.in_flight("i-1") == 0
-        fake.generated = 160.0
+        fake.generated, fake.first_tokens, fake.prompt, fake.prefix_hits = 160.0, 4.0, 600.0, 200.0
         clock.advance(2.0)
         await engines.check()
         [report] = engines.reports()
         assert report.kv_used_frac == 0.25 and report.running == 3 and report.queued == 2
-        assert report.tokens_per_s == pytest.approx(30.0)
+        assert report.tokens_per_s == pytest.approx(30.0) and report.decode_tps == pytest.approx(28.0)
+        assert report.prefill_tps == pytest.approx(300.0) and report.prefill_missed_tps == pytest.approx(200.0)
+        assert report.sm_activity == 0.0  # a real server does not say what compute it used
         assert report.idle
 
 

@@ -21,7 +21,7 @@ def _spec(n: int, tp: int = 1) -> InstanceSpec:
 
 
 def _report(instance_id: str, idle: bool, running: int = 0) -> EngineReport:
-    return EngineReport(instance_id, 0, running, running * 10, 0.1, 0.0, 0.5, 300.0, idle)
+    return EngineReport(instance_id, 0, running, running * 10, 0.1, 0.0, 0.5, 300.0, idle, 0.1, 0.0, 0.0, 0.0)
 
 
 def _states(agent: NodeAgentCore, now_s: float) -> dict[str, InstanceState]:

@@ -1,7 +1,7 @@
 """The live event bus: NATS JetStream with protobuf payloads.
 
-One stream per kind of event (heartbeat, routerload, records, windows, forecasts, plans), created or updated at
-start-up with retention limits by age and size; the plans stream keeps the last N plans per subject so
+One stream per kind of event (heartbeat, routerload, records, windows, poolutil, forecasts, plans), created or
+updated at start-up with retention limits by age and size; the plans stream keeps the last N plans per subject so
 `last()` can read the newest plan. Events go out as `(type header, protobuf payload)` through the codec,
 with `Nats-Msg-Id` for JetStream's de-duplication window and W3C trace context in the headers.
 
@@ -96,6 +96,9 @@ DEFAULT_STREAMS: tuple[StreamSpec, ...] = (
     # Request records feed the aggregator; a day lets a restarted aggregator rebuild its windows.
     StreamSpec("records", "RECORDS", max_age_s=86_400.0, max_bytes=1024 * _MIB),
     StreamSpec("windows", "WINDOWS", max_age_s=7 * 86_400.0, max_bytes=256 * _MIB),
+    # Per-pool utilisation windows (the aggregator's, from heartbeats): on a kind of their own, so that
+    # the windows' consumers (forecaster, planner) receive only the request windows they read.
+    StreamSpec("poolutil", "POOLUTIL", max_age_s=7 * 86_400.0, max_bytes=128 * _MIB),
     StreamSpec("forecasts", "FORECASTS", max_age_s=7 * 86_400.0, max_bytes=128 * _MIB),
     # Plans never expire by age: an agent that starts must find the newest one.
     StreamSpec("plans", "PLANS", max_age_s=None, max_bytes=64 * _MIB, max_msgs_per_subject=100),

@@ -53,6 +53,7 @@ from opscale.services.events import (
     DrainCommand,
     ForecastIssued,
     PlanPublished,
+    PoolUtilisation,
     PrefillHandedOff,
     RequestArrived,
     RequestFinished,
@@ -259,7 +260,7 @@ def _build() -> dict[str, WireType]:
     plan = add("Plan", Plan, Layout.PLAN, _plan_codec(table["InstanceSpec"].codec))
     for cls, message in ((AgentHeartbeat, events_pb2.AgentHeartbeat), (RouterLoad, events_pb2.RouterLoad),
                          (DispatchFailed, events_pb2.DispatchFailed), (PrefillHandedOff, events_pb2.PrefillHandedOff),
-                         (WindowStats, events_pb2.WindowStats),
+                         (WindowStats, events_pb2.WindowStats), (PoolUtilisation, events_pb2.PoolUtilisation),
                          (ForecastIssued, events_pb2.ForecastIssued), (EngineReport, events_pb2.EngineReport),
                          (ApplyCommand, control_pb2.ApplyRequest), (DrainCommand, control_pb2.DrainRequest)):
         field_by_field(cls, message)

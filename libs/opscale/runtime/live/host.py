@@ -18,7 +18,7 @@ from opscale.runtime.live.bus import Delivery, NatsBus
 from opscale.runtime.live.store import RedisStore
 from opscale.services.actions import Action, Log, Publish, Store
 from opscale.services.core import ServiceCore
-from opscale.services.events import PlanPublished, RequestFinished, WindowStats
+from opscale.services.events import PlanPublished, PoolUtilisation, RequestFinished, WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class CoreHost:
                 log.warning("plan epoch %d not stored: the store holds epoch %s", value.epoch, saved.stored_epoch)
         elif isinstance(value, WindowStats):
             await self.store.put_window(key, value, self.window_ttl_s)
+        elif isinstance(value, PoolUtilisation):
+            await self.store.put_pool_utilisation(key, value, self.window_ttl_s)
         else:
             await self.store.set_json(key, value, ttl_s=self.window_ttl_s if key.startswith(("window:", "pool:",
                                                                                                  "forecast:")) else None)

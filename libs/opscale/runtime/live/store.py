@@ -1,4 +1,5 @@
-"""Shared state in Redis: JSON values, aggregated windows, the current plan and leader leases.
+"""Shared state in Redis: JSON values, aggregated windows (of requests, and of pool utilisation), the
+current plan and leader leases.
 
 The plan is stored as protobuf bytes (the codec) next to its epoch in one hash, and saving is a Lua
 script that refuses an epoch older than the stored one, so a planner that lost its lease and wakes up
@@ -23,7 +24,7 @@ import redis.exceptions
 
 from opscale.model import Plan
 from opscale.runtime.live import codec
-from opscale.services.events import WindowStats
+from opscale.services.events import PoolUtilisation, WindowStats
 
 __all__ = ["PlanSave", "RedisStore", "StoreError"]
 
@@ -172,32 +173,55 @@ class RedisStore:
 
     async def put_window(self, key: str, value: WindowStats, ttl_s: float) -> None:
         """Store one aggregated window (protobuf) for `ttl_s` seconds; a newer put replaces it."""
-        if not isinstance(value, WindowStats):
-            raise StoreError(f"put_window {key!r}: expected WindowStats, got {type(value).__name__}")
-        _, payload = codec.encode(value)
-        full = self.key("window:" + key)
-        px = _ttl_ms(ttl_s, "put_window")
-        await self._call("SET", full, lambda: self._redis.set(full, payload, px=px))
+        await self._put_event("window:", "put_window", key, value, ttl_s)
 
     async def get_window(self, key: str) -> WindowStats | None:
-        full = self.key("window:" + key)
-        raw = await self._call("GET", full, lambda: self._redis.get(full))
-        return None if raw is None else _decode_window(full, raw)
+        window: WindowStats | None = await self._get_event("window:", WindowStats, key)
+        return window
 
     async def windows(self, pattern: str = "*") -> dict[str, WindowStats]:
         """Every stored window whose key matches the glob `pattern`, by key (without the prefix)."""
-        match = self.key("window:" + pattern)
-        strip = len(self.key("window:"))
+        return await self._events("window:", WindowStats, pattern)
 
-        async def run() -> dict[str, WindowStats]:
+    async def put_pool_utilisation(self, key: str, value: PoolUtilisation, ttl_s: float) -> None:
+        """Store one pool-utilisation window (protobuf) for `ttl_s` seconds; a newer put replaces it."""
+        await self._put_event("poolutil:", "put_pool_utilisation", key, value, ttl_s)
+
+    async def get_pool_utilisation(self, key: str) -> PoolUtilisation | None:
+        window: PoolUtilisation | None = await self._get_event("poolutil:", PoolUtilisation, key)
+        return window
+
+    async def pool_utilisations(self, pattern: str = "*") -> dict[str, PoolUtilisation]:
+        """Every stored pool-utilisation window whose key matches the glob `pattern`, by key (without the
+        prefix)."""
+        return await self._events("poolutil:", PoolUtilisation, pattern)
+
+    async def _put_event(self, prefix: str, op: str, key: str, value: Any, ttl_s: float) -> None:
+        if not isinstance(value, _STORED_EVENTS[prefix]):
+            raise StoreError(f"{op} {key!r}: expected {_STORED_EVENTS[prefix].__name__}, got {type(value).__name__}")
+        _, payload = codec.encode(value)
+        full = self.key(prefix + key)
+        px = _ttl_ms(ttl_s, op)
+        await self._call("SET", full, lambda: self._redis.set(full, payload, px=px))
+
+    async def _get_event(self, prefix: str, cls: type[T], key: str) -> T | None:
+        full = self.key(prefix + key)
+        raw = await self._call("GET", full, lambda: self._redis.get(full))
+        return None if raw is None else _decode_event(cls, full, raw)
+
+    async def _events(self, prefix: str, cls: type[T], pattern: str) -> dict[str, T]:
+        match = self.key(prefix + pattern)
+        strip = len(self.key(prefix))
+
+        async def run() -> dict[str, T]:
             keys = [k async for k in self._redis.scan_iter(match=match, count=500)]
-            out: dict[str, WindowStats] = {}
+            out: dict[str, T] = {}
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 for k, raw in zip(chunk, await self._redis.mget(chunk), strict=True):
                     if raw is not None:  # expired between SCAN and MGET
                         name = k.decode()
-                        out[name[strip:]] = _decode_window(name, raw)
+                        out[name[strip:]] = _decode_event(cls, name, raw)
             return out
 
         return await self._call("SCAN+MGET", match, run)
@@ -274,9 +298,13 @@ def _check_holder(holder: str) -> None:
         raise StoreError(f"lease holder must be a non-empty string, got {holder!r}")
 
 
-def _decode_window(key: str, raw: bytes) -> WindowStats:
+# The events stored as protobuf, by key prefix: the aggregator's two kinds of window.
+_STORED_EVENTS: dict[str, type] = {"window:": WindowStats, "poolutil:": PoolUtilisation}
+
+
+def _decode_event(cls: type[T], key: str, raw: bytes) -> T:
     try:
-        window: WindowStats = codec.decode("WindowStats", raw)
+        value: T = codec.decode(cls.__name__, raw)
     except codec.CodecError as exc:
-        raise StoreError(f"window {key!r}: {exc}") from None
-    return window
+        raise StoreError(f"{cls.__name__} {key!r}: {exc}") from None
+    return value

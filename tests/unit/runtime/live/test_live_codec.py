@@ -24,6 +24,7 @@ from opscale.services.events import (
     DrainCommand,
     ForecastIssued,
     PlanPublished,
+    PoolUtilisation,
     PrefillHandedOff,
     RequestArrived,
     RequestFinished,
@@ -58,7 +59,8 @@ def counts(values: st.SearchStrategy[int] = u32) -> st.SearchStrategy[dict[str, 
 specs = st.builds(InstanceSpec, instance_id=text, model=text, sku=text, tp=st.sampled_from([2, 4, 8]), role=roles)
 statuses = st.builds(InstanceStatus, instance_id=text, model=text, sku=text, tp=u32, role=roles, state=states,
                      endpoint=text, queued=u32, running=u32, outstanding_tokens=u64, kv_used_frac=reals,
-                     tokens_per_s=reals, busy_frac=reals, power_w=reals)
+                     tokens_per_s=reals, busy_frac=reals, power_w=reals, sm_activity=reals, decode_tps=reals,
+                     prefill_tps=reals, prefill_missed_tps=reals)
 requests = st.builds(Request, request_id=text, model=text, tier=text, region=text,
                      arrival_s=st.floats(0, 1e12).filter(bool), prompt_tokens=u32, output_tokens=u32,
                      prefix_hashes=tuples(i64, 5))
@@ -103,6 +105,9 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
                              requests=u64, completed=u64, arrival_rps=reals, prompt_tokens_per_s=reals,
                              output_tokens_per_s=reals, ttft_p50_s=reals, ttft_p99_s=reals, tbt_p50_s=reals,
                              tbt_p99_s=reals, e2e_p50_s=reals, e2e_p99_s=reals, slo_attainment=reals),
+    "PoolUtilisation": st.builds(PoolUtilisation, model=text, region=text, role=roles, window_s=reals, end_s=reals,
+                                 instances=reals, gpu_util=reals, sm_activity=reals, decode_tps=reals,
+                                 prefill_tps=reals, prefill_missed_tps=reals),
     "ForecastIssued": st.builds(ForecastIssued, model=text, region=text, tier=text, at_s=reals, horizon_s=reals,
                                 mean_rps=reals, lo_rps=reals, hi_rps=reals, method=text),
     "PlanPublished": st.builds(PlanPublished, plan=plans()),
@@ -111,7 +116,8 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
     "DrainCommand": st.builds(DrainCommand, agent_id=text, instance_id=text, command_id=text, deadline_s=reals),
     "EngineReport": st.builds(EngineReport, instance_id=text, queued=u32, running=u32, outstanding_tokens=u64,
                               kv_used_frac=reals, tokens_per_s=reals, busy_frac=reals, power_w=reals,
-                              idle=st.just(True)),
+                              idle=st.just(True), sm_activity=reals, decode_tps=reals, prefill_tps=reals,
+                              prefill_missed_tps=reals),
     codec.BATCH_TYPE: tuples(outcomes, 5),
 }
 
