@@ -59,7 +59,7 @@ async def _wait_until_ready(nats_url: str, namespace: str, agents: list[tuple[st
     """Wait until the agents' heartbeats report `instances` ready instances (or the stack has died);
     returns how many are."""
     from opscale.model import InstanceState
-    from opscale.runtime.live.bus import NatsBus
+    from opscale.runtime.live.bus import BusError, NatsBus
     from opscale.services import subjects
 
     bus = NatsBus(namespace)
@@ -72,7 +72,7 @@ async def _wait_until_ready(nats_url: str, namespace: str, agents: list[tuple[st
             for region, agent_id in agents:
                 try:
                     hb = await bus.last(subjects.heartbeat(region, agent_id))
-                except Exception:  # the stream may not exist yet while the stack starts
+                except BusError:  # the stream may not exist yet while the stack starts
                     hb = None
                 if hb is not None:
                     ready += sum(st.state == InstanceState.READY for st in hb.instances)
