@@ -54,16 +54,27 @@ class PoolObservation:
     """
 
     key: PoolKey
-    ready: int = 0
+    ready: int = 0  # serving and discoverable (withdrawn ones are not counted here)
     loading: int = 0
     draining: int = 0
+    # Router-side demand: what arrived at the routers (requests, and their prompt and output tokens per s).
     arrival_rps: float = 0.0
     prompt_tokens_per_s: float = 0.0
     output_tokens_per_s: float = 0.0
     queued: int = 0
     running: int = 0
-    busy_frac: float = 0.0  # mean over ready instances
+    busy_frac: float = 0.0  # GPU utilisation (time busy, as nvidia-smi has it): mean over ready instances
     kv_used_frac: float = 0.0  # mean over ready instances
+    # Measured in the engines (heartbeats, InstanceStatus): what the pool's instances actually did.
+    # Token rates are sums over every running, ready instance, withdrawn ones included (they still finish
+    # work the service took); SM activity is the mean over the ready, discoverable ones, like busy_frac.
+    sm_activity: float = 0.0
+    decode_tps: float = 0.0
+    prefill_tps: float = 0.0
+    prefill_missed_tps: float = 0.0
+    # Withdrawn from discovery by a soft scale-in (Plan.withdrawn): still running, restorable at once, not
+    # in `ready` nor `expected`.
+    withdrawn: int = 0
     ttft_p99_s: float | None = None
     tbt_p99_s: float | None = None
     forecast_rps_hi: float | None = None

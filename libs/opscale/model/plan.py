@@ -15,6 +15,16 @@ class Plan:
     `assignments` maps an agent id to the instances it should run; it is the one owner of "what should
     run where" (replica counts per pool are derived from it). `routing_weights` maps (model, origin
     region) to the share of demand each serving region should take.
+
+    `withdrawn` maps an assigned instance id to when it was withdrawn from discovery by a soft scale-in:
+    its agent keeps it running (it is still assigned) but routers send it no new request, and the
+    planner either restores it (drops it from `withdrawn`: it serves again at once, with no load) or, once
+    its watch window has passed, unassigns it (then it drains and stops like any scale-in).
+
+    `ready_ratio_tolerance` maps a disaggregated model to the tolerance of its Ready-ratio gate: while one
+    role's ready instances outnumber their share of the plan's P/D split by more than this fraction,
+    routers hold back the newly ready instances of that role (opscale.routing.ready_gate). A model it
+    does not name has no gate.
     """
 
     epoch: int
@@ -26,6 +36,12 @@ class Plan:
     reason: str = ""
     # agent id -> models whose weights it stages into host memory: where the plan expects to scale out next
     prestage: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    withdrawn: dict[str, float] = field(default_factory=dict)  # instance id -> withdrawn at (s)
+    ready_ratio_tolerance: dict[str, float] = field(default_factory=dict)  # model -> gate tolerance
+
+    def discoverable(self) -> dict[str, InstanceSpec]:
+        """The assigned instances routers may send new requests to: all but the withdrawn ones."""
+        return {iid: s for iid, s in self.instances().items() if iid not in self.withdrawn}
 
     def replicas(self) -> dict[PoolKey, int]:
         counts: dict[PoolKey, int] = {}

@@ -117,7 +117,7 @@ def refuse_disaggregated(policy: str, deployments: list[DeploymentSpec]) -> None
     split = [d.model for d in deployments if d.disaggregated]
     if split:
         raise ValueError(f"planning policy {policy!r} sizes unified deployments only; {split} are disaggregated "
-                         f"(prefill/decode): use 'reactive' or 'static' for them")
+                         f"(prefill/decode): use 'heteroscale', 'pd_hpa', 'reactive' or 'static' for them")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +133,12 @@ class Effects:
     # pool -> replicas it may grow to before the policy next re-plans (a forecasting policy knows): the
     # hosts that would take the growth stage the model's weights now, so the scale-out loads warm
     prepare: dict[PoolKey, int] = field(default_factory=dict)
+    # Soft scale-in (HeteroScale, PAPERS.md §3.5): > 0 makes a scale-in of ready instances first withdraw
+    # them from discovery for this many seconds, restorable at once, before they are stopped
+    # (opscale.planning.soft_scale_in); 0 stops them at once (drained, as every scale-in is).
+    soft_scale_in_s: float = 0.0
+    # model -> tolerance of the Ready-ratio gate routers apply to its disaggregated pools (Plan.ready_ratio_tolerance)
+    ready_ratio_tolerance: dict[str, float] = field(default_factory=dict)
 
 
 class PlanningPolicy(Protocol):

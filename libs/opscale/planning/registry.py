@@ -25,6 +25,8 @@ class PlanningPolicyName(StrEnum):
     SAGESERVE_LT_U = "sageserve_lt_u"
     SAGESERVE_LT_UA = "sageserve_lt_ua"
     SAGESERVE_MIP = "sageserve_mip"
+    HETEROSCALE = "heteroscale"
+    PD_HPA = "pd_hpa"
 
 
 # Objectives are the tiers' (opscale.model.tiers), not a policy's: these former parameters are refused
@@ -83,6 +85,23 @@ def _sageserve_mip(deployments: list[DeploymentSpec], capacity: CapacityFn, obje
     return SageServeMipPolicy(deployments, capacity, _config("sageserve_mip", SageServeMipConfig, params))
 
 
+def _heteroscale(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+                 **params: Any) -> PlanningPolicy:
+    from opscale.planning.heteroscale.policy import HeteroScalePolicy
+
+    try:
+        return HeteroScalePolicy(deployments, objective, params)
+    except ValueError as exc:
+        raise ValueError(f"planning policy 'heteroscale': {exc}") from None
+
+
+def _pd_hpa(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+            **params: Any) -> PlanningPolicy:
+    from opscale.planning.pd_hpa import PdHpaConfig, PdHpaPolicy
+
+    return PdHpaPolicy(deployments, _config("pd_hpa", PdHpaConfig, params))
+
+
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     def make(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
              **params: Any) -> PlanningPolicy:
@@ -99,7 +118,8 @@ def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
 
 # Policies that size a disaggregated deployment's prefill and decode pools (each on its own signal);
 # the others refuse one by name.
-_DISAGGREGATION_AWARE = frozenset({PlanningPolicyName.REACTIVE, PlanningPolicyName.STATIC})
+_DISAGGREGATION_AWARE = frozenset({PlanningPolicyName.REACTIVE, PlanningPolicyName.STATIC,
+                                   PlanningPolicyName.HETEROSCALE, PlanningPolicyName.PD_HPA})
 
 _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.REACTIVE: _reactive,
@@ -111,6 +131,8 @@ _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.SAGESERVE_LT_U: _sageserve_lt("lt_u"),
     PlanningPolicyName.SAGESERVE_LT_UA: _sageserve_lt("lt_ua"),
     PlanningPolicyName.SAGESERVE_MIP: _sageserve_mip,
+    PlanningPolicyName.HETEROSCALE: _heteroscale,
+    PlanningPolicyName.PD_HPA: _pd_hpa,
 }
 
 

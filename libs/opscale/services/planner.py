@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation, Role
 from opscale.planning import DeploymentSpec, PlanningPolicy
 from opscale.planning.placement import AgentSlot, next_seq_after, place, prestage
+from opscale.planning.soft_scale_in import soft_scale_in
 from opscale.services import subjects
 from opscale.services.actions import Action, Log, Publish, SendCommand, Store
 from opscale.services.events import (
@@ -143,16 +144,29 @@ class PlannerCore:
         """The planner's current view (also what golden decision traces record)."""
         states: dict[str, tuple[str, InstanceState, int, int]] = {}
         roles: dict[str, Role] = {}
+        withdrawn = self.plan.withdrawn
         busy: dict[PoolKey, list[float]] = {}
         kv: dict[PoolKey, list[float]] = {}
+        sm: dict[PoolKey, list[float]] = {}
+        # (decode, prefill, cache-missed prefill) tokens/s summed over the pool's ready instances
+        rates: dict[PoolKey, list[float]] = {}
         for hb in self._agents.values():
             for st in hb.instances:
                 states[st.instance_id] = (hb.region, st.state, st.queued, st.running)
                 roles[st.instance_id] = st.role
                 if st.state == InstanceState.READY:
                     key = PoolKey(st.model, hb.region, st.role)
+                    # A withdrawn instance still finishes the work the service took (its tokens count),
+                    # but is no longer one of the pool's serving instances (its means do not).
+                    sums = rates.setdefault(key, [0.0, 0.0, 0.0])
+                    sums[0] += st.decode_tps
+                    sums[1] += st.prefill_tps
+                    sums[2] += st.prefill_missed_tps
+                    if st.instance_id in withdrawn:
+                        continue
                     busy.setdefault(key, []).append(st.busy_frac)
                     kv.setdefault(key, []).append(st.kv_used_frac)
+                    sm.setdefault(key, []).append(st.sm_activity)
         pending_by_pool: dict[tuple[str, str], int] = {}
         for router_id, pending in self._pending.items():
             for model, n in pending.items():
@@ -161,7 +175,7 @@ class PlannerCore:
 
         pools: dict[PoolKey, PoolObservation] = {}
         for key in self._pool_keys():
-            ready = loading = draining = queued = running = 0
+            ready = loading = draining = queued = running = hidden = 0
             for agent_id, specs in self.plan.assignments.items():
                 if self.plan.agent_regions.get(agent_id) != key.region:
                     continue
@@ -169,6 +183,11 @@ class PlannerCore:
                     if spec.model != key.model or spec.role != key.role:
                         continue
                     _, state, q, r = states.get(spec.instance_id, (key.region, InstanceState.LOADING, 0, 0))
+                    if spec.instance_id in withdrawn:
+                        hidden += 1
+                        queued += q
+                        running += r
+                        continue
                     ready += state == InstanceState.READY
                     loading += state == InstanceState.LOADING
                     queued += q
@@ -180,11 +199,14 @@ class PlannerCore:
             windows = [w for (m, r, _), w in self._windows.items() if m == key.model and r == key.region]
             forecasts = [f for (m, r, _), f in self._forecasts.items() if m == key.model and r == key.region]
             rps, prompt_tps, output_tps = self._demand(key.model, key.region, now_s)
+            decode_tps, prefill_tps, missed_tps = rates.get(key, (0.0, 0.0, 0.0))
             pools[key] = PoolObservation(
                 key=key, ready=ready, loading=loading, draining=draining,
                 arrival_rps=rps, prompt_tokens_per_s=prompt_tps, output_tokens_per_s=output_tps,
                 queued=queued + pending_by_pool.get((key.model, key.region), 0), running=running,
                 busy_frac=_mean(busy.get(key, [])), kv_used_frac=_mean(kv.get(key, [])),
+                sm_activity=_mean(sm.get(key, [])), decode_tps=decode_tps, prefill_tps=prefill_tps,
+                prefill_missed_tps=missed_tps, withdrawn=hidden,
                 ttft_p99_s=max((w.ttft_p99_s for w in windows if w.ttft_p99_s is not None), default=None),
                 tbt_p99_s=max((w.tbt_p99_s for w in windows if w.tbt_p99_s is not None), default=None),
                 forecast_rps_hi=sum(f.hi_rps for f in forecasts) if forecasts else None,
@@ -234,17 +256,28 @@ class PlannerCore:
                   for a, hb in sorted(usable.items())]
         states = {st.instance_id: st.state for hb in self._agents.values() for st in hb.instances}
         current = {a: specs for a, specs in self.plan.assignments.items() if a in usable}
-        result = place(effects.desired, current, agents, self.deployments, states, self._next_seq)
+        # Soft scale-in first (a no-op for a policy that does not ask for it and has nothing withdrawn):
+        # it restores withdrawn instances before placement would place new ones, and withdraws instead
+        # of removing; placement then realises the counts it hands on.
+        soft = soft_scale_in(effects.desired, current, {a.agent_id: a.region for a in agents}, states,
+                             self.plan.withdrawn, effects.soft_scale_in_s, now_s)
+        result = place(soft.desired, soft.assignments, agents, self.deployments, states, self._next_seq)
         self._next_seq = result.next_seq
         actions: list[Action] = []
+        for key, note in sorted(soft.notes.items(), key=lambda kv: str(kv[0])):
+            actions.append(Log(self.name, f"{key}: {note}", {"pool": str(key)}))
         for key, n in result.unplaced.items():
             actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: no free GPUs",
                                {"pool": str(key), "unplaced": n}))
         new_assignments = result.assignments
         staging = prestage(effects.prepare, new_assignments, agents, self.deployments)
         weights = effects.routing_weights or self.plan.routing_weights
+        placed = {s.instance_id for specs in new_assignments.values() for s in specs}
+        withdrawn = {iid: at for iid, at in soft.withdrawn.items() if iid in placed}
+        gates = dict(effects.ready_ratio_tolerance)
+        discovery_same = withdrawn == self.plan.withdrawn and gates == self.plan.ready_ratio_tolerance
         if (_same_assignments(self.plan.assignments, new_assignments) and weights == self.plan.routing_weights
-                and staging == self.plan.prestage):
+                and staging == self.plan.prestage and discovery_same):
             return actions
         reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
                            if not why.startswith(("steady", "hold")))
@@ -253,8 +286,9 @@ class PlannerCore:
             agent_regions={a: hb.region for a, hb in self._agents.items()},
             routing_weights=weights, vm_counts=self.plan.vm_counts,
             reason=reason or ("placement changed" if new_assignments != self.plan.assignments
-                              else "routing changed" if weights != self.plan.routing_weights else "pre-staging changed"),
-            prestage=staging,
+                              else "routing changed" if weights != self.plan.routing_weights
+                              else "discovery changed" if not discovery_same else "pre-staging changed"),
+            prestage=staging, withdrawn=withdrawn, ready_ratio_tolerance=gates,
         )
         actions.append(Store("plan", self.plan))
         actions.append(Publish(subjects.plans(), PlanPublished(self.plan)))

@@ -26,6 +26,13 @@ a decode list apart from the unified pools. Its request is dispatched as a pair 
 prefill tokens, decode by KV use, near the prefill. The request counts against both until the prefill
 is handed off (`PrefillHandedOff`), then against the decode instance until it finishes. A pair needs
 both roles ready in one region: the origin's first, another region's with spill-over.
+
+Discovery follows the plan beyond its assignments. An instance the plan lists as withdrawn (a soft
+scale-in, `Plan.withdrawn`) takes no new request while it keeps running; when a newer plan restores it,
+it is a candidate again at once, from its agent's newest heartbeat (no load, no wait for the next
+heartbeat). For a model the plan names in `Plan.ready_ratio_tolerance`, the Ready-ratio gate
+(opscale.routing.ready_gate) holds back newly ready instances of the role that is over-represented
+against the plan's P/D split, until the other role catches up.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from opscale.routing import (
     make_routing_policy,
 )
 from opscale.routing.pd_pairing import PdPairing
+from opscale.routing.ready_gate import paused
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
 from opscale.services.events import (
@@ -99,6 +107,7 @@ class _Agent:
     last_seen_s: float
     instance_ids: set[str] = field(default_factory=set)  # ready ones: the router's candidates
     reported: set[str] = field(default_factory=set)  # every instance of its newest heartbeat, in any state
+    last: AgentHeartbeat | None = None  # its newest heartbeat: replayed when a plan restores an instance
 
 
 @dataclass(slots=True)
@@ -161,7 +170,14 @@ class RouterCore:
         # not are being scaled in and take no new work, even while their heartbeat still says ready.
         self._plan_epoch = -1
         self._planned: set[str] = set()
-        self._withdrawn: set[str] = set()
+        self._leaving: set[str] = set()
+        # Assigned but withdrawn from discovery by a soft scale-in (the newest plan's `withdrawn`).
+        self._hidden: set[str] = set()
+        # Ready-ratio gate (opscale.routing.ready_gate): model -> tolerance, (model, region) -> the plan's
+        # discoverable (prefill, decode) counts, and the disaggregated instances already admitted.
+        self._gates: dict[str, float] = {}
+        self._planned_split: dict[tuple[str, str], tuple[int, int]] = {}
+        self._admitted: set[str] = set()
         self._held: dict[str, HoldQueue] = {}
         self._next_report_s = 0.0
         self._last_report_s: float | None = None
@@ -236,7 +252,7 @@ class RouterCore:
                 return self._dispatch_held(now_s)
             case PlanPublished(plan=plan):
                 self._observe_plan(plan)
-                return []
+                return self._dispatch_held(now_s) if self._held else []  # a restored instance takes them now
             case PrefillHandedOff(request_id=request_id):
                 self._hand_off(request_id)
                 return []
@@ -501,15 +517,31 @@ class RouterCore:
         # the newest plan's weights replace the previous ones whole: a pair it no longer names has none
         self._weights = {key: dict(w) for key, w in plan.routing_weights.items()}
         planned = {s.instance_id for specs in plan.assignments.values() for s in specs}
-        # Withdrawn ids are kept while some agent still reports the instance; once it is gone for good
+        # Leaving ids are kept while some agent still reports the instance; once it is gone for good
         # the id is forgotten, so the set stays as small as the fleet.
         reported = {i for agent in self._agents.values() for i in agent.reported}
-        self._withdrawn = {i for i in (self._withdrawn | self._planned) - planned if i in reported}
+        self._leaving = {i for i in (self._leaving | self._planned) - planned if i in reported}
         self._planned = planned
-        gone = [i for i in self._withdrawn if i in self._candidates]
+        restored = self._hidden - set(plan.withdrawn)
+        self._hidden = set(plan.withdrawn)
+        gates = dict(plan.ready_ratio_tolerance)
+        split: dict[tuple[str, str], list[int]] = {}
+        for agent_id, specs in plan.assignments.items():
+            for spec in specs:
+                if spec.role is not Role.UNIFIED and spec.instance_id not in self._hidden:
+                    counts = split.setdefault((spec.model, plan.agent_regions.get(agent_id, "")), [0, 0])
+                    counts[spec.role is Role.DECODE] += 1
+        split_t = {key: (p, d) for key, (p, d) in split.items()}
+        regate = gates != self._gates or (gates and split_t != self._planned_split)
+        self._gates, self._planned_split = gates, split_t
+        gone = [i for i in self._leaving | self._hidden if i in self._candidates]
         for instance_id in gone:
             self._drop_candidate(instance_id)
-        if gone:
+        # A restored instance serves again at once: its agent's newest heartbeat makes it a candidate.
+        for agent in list(self._agents.values()):
+            if restored & agent.reported and agent.last is not None:
+                self._observe_agent(agent.last, agent.last_seen_s)
+        if gone or regate:
             self._rebuild_index()
 
     def _observe_agent(self, hb: AgentHeartbeat, now_s: float) -> None:
@@ -518,12 +550,13 @@ class RouterCore:
         seen: set[str] = set()
         changed = False
         agent.reported = {st.instance_id for st in hb.instances}
-        withdrawn = self._withdrawn
+        agent.last = hb
+        leaving, hidden = self._leaving, self._hidden
         for st in hb.instances:
             self._known_models.add(st.model)
             ready = st.state == InstanceState.READY
-            if not ready or (withdrawn and st.instance_id in withdrawn):
-                continue  # loading, draining, stopped and planned-away instances take no new requests
+            if not ready or (leaving and st.instance_id in leaving) or (hidden and st.instance_id in hidden):
+                continue  # loading, draining, stopped, planned-away and withdrawn instances take no new requests
             seen.add(st.instance_id)
             kv = st.kv_used_frac
             kv = kv if 0.0 <= kv <= 1.0 else (1.0 if kv > 1.0 else 0.0)  # NaN and negatives: unknown, 0
@@ -543,6 +576,22 @@ class RouterCore:
         agent.instance_ids = seen
         if changed:
             self._rebuild_index()
+
+    def _gate(self, pd_pools: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]]
+              ) -> dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]]:
+        """The disaggregated pools less what the Ready-ratio gate holds back (see the module docstring)."""
+        gated = {}
+        for key, (prefill, decode) in pd_pools.items():
+            tolerance = self._gates.get(key[0])
+            planned = self._planned_split.get(key)
+            if tolerance is None or planned is None:
+                gated[key] = (prefill, decode)
+                continue
+            held = paused([c.instance_id for c in prefill], [c.instance_id for c in decode], self._admitted,
+                          planned, tolerance)
+            gated[key] = ([c for c in prefill if c.instance_id not in held],
+                          [c for c in decode if c.instance_id not in held])
+        return gated
 
     def _forget_agent(self, agent_id: str) -> None:
         agent = self._agents.pop(agent_id)
@@ -564,6 +613,10 @@ class RouterCore:
             else:
                 lists = pd_pools.setdefault((cand.model, cand.region), ([], []))
                 lists[cand.role is Role.DECODE].append(cand)
+        if self._gates:
+            pd_pools = self._gate(pd_pools)
+        if pd_pools or self._admitted:
+            self._admitted = {c.instance_id for p, d in pd_pools.values() for c in (*p, *d)}
         self._pd_ready = pd_pools
         self._pd_models = {model for model, _ in pd_pools}
         self._ready = pools

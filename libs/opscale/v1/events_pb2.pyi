@@ -321,7 +321,7 @@ class VmCount(_message.Message):
     def __init__(self, region: _Optional[str] = ..., sku: _Optional[str] = ..., purchase: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("epoch", "created_s", "assignments", "routing_weights", "reason", "vm_counts", "agent_regions")
+    __slots__ = ("epoch", "created_s", "assignments", "routing_weights", "reason", "vm_counts", "agent_regions", "withdrawn", "ready_ratio_tolerance")
     class AgentRegionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,20 @@ class Plan(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class WithdrawnEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ReadyRatioToleranceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CREATED_S_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +350,8 @@ class Plan(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     VM_COUNTS_FIELD_NUMBER: _ClassVar[int]
     AGENT_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    READY_RATIO_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     created_s: float
     assignments: _containers.RepeatedCompositeFieldContainer[AgentAssignment]
@@ -343,7 +359,9 @@ class Plan(_message.Message):
     reason: str
     vm_counts: _containers.RepeatedCompositeFieldContainer[VmCount]
     agent_regions: _containers.ScalarMap[str, str]
-    def __init__(self, epoch: _Optional[int] = ..., created_s: _Optional[float] = ..., assignments: _Optional[_Iterable[_Union[AgentAssignment, _Mapping]]] = ..., routing_weights: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., reason: _Optional[str] = ..., vm_counts: _Optional[_Iterable[_Union[VmCount, _Mapping]]] = ..., agent_regions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    withdrawn: _containers.ScalarMap[str, float]
+    ready_ratio_tolerance: _containers.ScalarMap[str, float]
+    def __init__(self, epoch: _Optional[int] = ..., created_s: _Optional[float] = ..., assignments: _Optional[_Iterable[_Union[AgentAssignment, _Mapping]]] = ..., routing_weights: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., reason: _Optional[str] = ..., vm_counts: _Optional[_Iterable[_Union[VmCount, _Mapping]]] = ..., agent_regions: _Optional[_Mapping[str, str]] = ..., withdrawn: _Optional[_Mapping[str, float]] = ..., ready_ratio_tolerance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Request(_message.Message):
     __slots__ = ("request_id", "model", "tier", "region", "arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes")

@@ -25,13 +25,15 @@ pytestmark = pytest.mark.unit
 
 OBJECTIVE = LatencyObjective(ttft_slo_s=2.0, tbt_slo_s=0.1)
 PERIOD_S = 30.0
-WIDE = {"max_prefill": 10_000, "max_decode": 10_000}
+# The role bounds are the deployment's (DeploymentSpec role pools), given to the controller beside its config.
+WIDE = {"min_prefill": 1, "max_prefill": 10_000, "min_decode": 1, "max_decode": 10_000}
 
 
 def controller(**overrides: object) -> HeteroScaleController:
-    fields: dict[str, object] = {"decode_tps_per_instance": 100.0, "pd_ratio": "1:3", **WIDE}
-    fields.update(overrides)
-    return HeteroScaleController(HeteroScaleConfig.model_validate(fields))
+    bounds = {**WIDE, **{k: v for k, v in overrides.items() if k in WIDE}}
+    fields: dict[str, object] = {"decode_tps_per_instance": 100.0, "pd_ratio": "1:3"}
+    fields.update({k: v for k, v in overrides.items() if k not in WIDE})
+    return HeteroScaleController(HeteroScaleConfig.model_validate(fields), RoleBounds(**bounds))  # type: ignore[arg-type]
 
 
 def seen(prefill: int, decode: int, decode_tps: float, *, loading: int = 0, tbt_p99_s: float | None = None,
@@ -370,7 +372,7 @@ def test_a_schedule_on_its_ratio_is_accepted() -> None:
     ({"ttft_feedback": {"severe": {"over_objective": 1.5, "capacity_step": 0.05}}}, "severe.capacity_step"),
     ({"scale_in_cooldown_s": -1}, "scale_in_cooldown_s"),
     ({"scale_out_cooldown_s": -1}, "scale_out_cooldown_s"),
-    ({"min_decode": 9, "max_decode": 4}, "min_decode"),
+    ({"min_decode": 1}, "min_decode"),  # bounds belong to the deployment's role pools, not here
     ({"scale_out_step_fraction": 0}, "scale_out_step_fraction"),
     ({"signal": "gpu_util"}, "signal"),
     ({"target_util": 0.7}, "target_util"),
@@ -397,16 +399,17 @@ def test_the_defaults_are_papers_section_5() -> None:
 def test_a_decision_becomes_counts_per_prefill_and_decode_pool() -> None:
     ctl = controller()
     prefill_pool = PoolObservation(PoolKey("m", "eu", Role.PREFILL), ready=1, loading=1, ttft_p99_s=0.5)
-    decode_pool = PoolObservation(PoolKey("m", "eu", Role.DECODE), ready=6, output_tokens_per_s=4000.0,
-                                  tbt_p99_s=0.05)
-    observation = observe_service(prefill_pool, decode_pool, OBJECTIVE, prefill_missed_tps=0.0)
+    # The signal is the engines' measured decode TPS, not the routers' demand (output_tokens_per_s).
+    decode_pool = PoolObservation(PoolKey("m", "eu", Role.DECODE), ready=6, decode_tps=4000.0,
+                                  output_tokens_per_s=1.0, tbt_p99_s=0.05)
+    observation = observe_service(prefill_pool, decode_pool, OBJECTIVE)
     assert (observation.prefill_total, observation.loading, observation.tbt_p99_s) == (2, 1, 0.05)
     decision = ctl.decide(observation, ctl.initial_state(), 0.0)
     assert desired_pools("m", "eu", decision) == {PoolKey("m", "eu", Role.PREFILL): 10,
                                                   PoolKey("m", "eu", Role.DECODE): 30}
     assert set(pool_reasons("m", "eu", decision).values()) == {decision.reason}
     with pytest.raises(ValueError, match="decode: pool m/eu/prefill is not a decode pool"):
-        observe_service(prefill_pool, prefill_pool, OBJECTIVE, prefill_missed_tps=0.0)
+        observe_service(prefill_pool, prefill_pool, OBJECTIVE)
 
 
 def test_a_bad_observation_is_refused_with_the_field_named() -> None:

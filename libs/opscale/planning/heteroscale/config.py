@@ -1,5 +1,6 @@
-"""The HeteroScale controller's configuration: its signal, per-instance target, P/D ratio, role bounds,
-stability settings and latency-feedback tiers.
+"""The HeteroScale controller's configuration: its signal, per-instance target, P/D ratio, stability
+settings and latency-feedback tiers. The role bounds are not here: they are the deployment's
+(DeploymentSpec.prefill/decode min_replicas and max_replicas), handed to the controller as RoleBounds.
 
 The per-instance target and the P/D ratio are per-service results of HeteroScale's stress test
 (Algorithm 1), so they have no default; every other default is the one PAPERS.md §5 infers, cited field
@@ -85,10 +86,6 @@ class HeteroScaleConfig(BaseModel):
         "prefill_missed_tps")
     pd_ratio: float = Field(gt=0, description="Target prefill instances per decode instance (1:3 is 1/3; "
                             "HeteroScale's optima range from 1:5 to 9:1, PAPERS.md §3.5)")
-    min_prefill: int = Field(1, ge=0, description="Fewest prefill instances")
-    max_prefill: int = Field(64, ge=1, description="Most prefill instances")
-    min_decode: int = Field(1, ge=0, description="Fewest decode instances")
-    max_decode: int = Field(64, ge=1, description="Most decode instances")
     # PAPERS.md §5: deadband of ±10% around the target; separate out and in fields are the hysteresis.
     scale_out_above: float = Field(0.10, ge=0, description="Scale out when the required instances exceed "
                                    "the current ones by more than this fraction")
@@ -124,10 +121,6 @@ class HeteroScaleConfig(BaseModel):
     def _consistent(self) -> HeteroScaleConfig:
         if self.target_per_instance is None:
             raise ValueError(f"{self.signal}_per_instance: required when signal is {self.signal!r}")
-        for role in ("prefill", "decode"):
-            lo, hi = getattr(self, f"min_{role}"), getattr(self, f"max_{role}")
-            if lo > hi:
-                raise ValueError(f"min_{role} ({lo}) must not exceed max_{role} ({hi})")
         return self
 
     @property

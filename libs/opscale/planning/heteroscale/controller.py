@@ -110,9 +110,10 @@ class _Breach:
 
 
 class HeteroScaleController:
-    def __init__(self, config: HeteroScaleConfig) -> None:
+    def __init__(self, config: HeteroScaleConfig, bounds: RoleBounds | None = None) -> None:
         self.config = config
-        self.bounds = RoleBounds(config.min_prefill, config.max_prefill, config.min_decode, config.max_decode)
+        # The deployment's role bounds (its prefill and decode pools' min/max_replicas); none: unbounded.
+        self.bounds = bounds if bounds is not None else RoleBounds()
 
     def initial_state(self) -> ControllerState:
         return ControllerState()

@@ -4,7 +4,8 @@ time of day alone.
 
 A schedule lists (time of day, prefill, decode) entries, sorted; an entry holds from its time until the
 next one, and the last entry of the day holds past midnight until the first. Example: entries at 08:00
-(4P/12D) and 20:00 (1P/3D) give 1P/3D from 20:00 to 08:00 and 4P/12D in the day.
+(4P/12D) and 20:00 (1P/3D) give 1P/3D from 20:00 to 08:00 and 4P/12D in the day. The deployment's
+role bounds (RoleBounds, from its prefill and decode pools) clamp each role's count.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from opscale.planning.heteroscale.config import parse_pd_ratio
 from opscale.planning.heteroscale.controller import ControllerState, ScaleDecision, ServiceObservation
-from opscale.planning.heteroscale.ratio import prefill_share, ratio_error
+from opscale.planning.heteroscale.ratio import RoleBounds, prefill_share, ratio_error
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -63,8 +64,9 @@ class PeriodicConfig(BaseModel):
 
 
 class PeriodicController:
-    def __init__(self, config: PeriodicConfig) -> None:
+    def __init__(self, config: PeriodicConfig, bounds: RoleBounds | None = None) -> None:
         self.config = config
+        self.bounds = bounds if bounds is not None else RoleBounds()
 
     def initial_state(self) -> ControllerState:
         return ControllerState()
@@ -77,7 +79,9 @@ class PeriodicController:
 
     def decide(self, observation: ServiceObservation, state: ControllerState, now_s: float) -> ScaleDecision:
         entry = self.entry_at(now_s)
-        pair = (entry.prefill, entry.decode)
+        b = self.bounds
+        pair = (min(max(entry.prefill, b.min_prefill), b.max_prefill),
+                min(max(entry.decode, b.min_decode), b.max_decode))
         current = (observation.prefill_total, observation.decode_total)
         if sum(pair) > sum(current):
             state = ControllerState(last_scale_out_s=now_s, last_change_s=now_s)

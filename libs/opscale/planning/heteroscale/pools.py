@@ -13,11 +13,13 @@ def service_pools(model: str, region: str) -> tuple[PoolKey, PoolKey]:
     return PoolKey(model, region, Role.PREFILL), PoolKey(model, region, Role.DECODE)
 
 
-def observe_service(prefill: PoolObservation, decode: PoolObservation, objective: LatencyObjective,
-                    prefill_missed_tps: float) -> ServiceObservation:
-    """A service's observation from its two pools. Decode TPS is the decode pool's output tokens/s; TBT is
-    the decode pool's and TTFT the prefill pool's. The cache-missed prefill TPS is passed in because the
-    pool's prompt tokens/s counts cache hits too (the distortion HeteroScale's metric study warns of)."""
+def observe_service(prefill: PoolObservation, decode: PoolObservation, objective: LatencyObjective) -> ServiceObservation:
+    """A service's observation from its two pools. The signals are what the engines measured (heartbeats):
+    decode TPS is the decode pool's decode tokens/s, and the prefill signal the prefill pool's
+    cache-missed prompt tokens/s (raw prefill TPS counts prefix-cache hits too, the distortion
+    HeteroScale's metric study warns of); not the routers' demand, which counts what arrived rather
+    than what was served. TBT is the decode pool's p99 and TTFT the prefill pool's. Counts are the
+    discoverable instances (withdrawn ones are not capacity the controller has)."""
     if prefill.key.role != Role.PREFILL:
         raise ValueError(f"prefill: pool {prefill.key} is not a prefill pool")
     if decode.key.role != Role.DECODE:
@@ -25,7 +27,7 @@ def observe_service(prefill: PoolObservation, decode: PoolObservation, objective
     if (prefill.key.model, prefill.key.region) != (decode.key.model, decode.key.region):
         raise ValueError(f"prefill/decode: pools {prefill.key} and {decode.key} belong to different services")
     return ServiceObservation(
-        decode_tps=decode.output_tokens_per_s, prefill_missed_tps=prefill_missed_tps,
+        decode_tps=decode.decode_tps, prefill_missed_tps=prefill.prefill_missed_tps,
         prefill_ready=prefill.ready, prefill_total=prefill.expected,
         decode_ready=decode.ready, decode_total=decode.expected, objective=objective,
         tbt_p99_s=decode.tbt_p99_s, ttft_p99_s=prefill.ttft_p99_s)

@@ -124,10 +124,10 @@ def _at(segment: str, encode: Callable[[Any], T], value: Any) -> T:
 # -- the Plan: tuple keys become messages, and each agent's pre-staging rides in its AgentAssignment ------
 
 _PLAN_FIELDS = ("epoch", "created_s", "assignments", "agent_regions", "routing_weights", "vm_counts", "reason",
-                "prestage")
+                "prestage", "withdrawn", "ready_ratio_tolerance")
 _PLAN_WIRE = {  # the fields of each message the Plan's conversion writes and reads
     events_pb2.Plan: ("epoch", "created_s", "assignments", "agent_regions", "routing_weights", "vm_counts",
-                      "reason"),
+                      "reason", "withdrawn", "ready_ratio_tolerance"),
     events_pb2.AgentAssignment: ("agent_id", "region", "instances", "prestage"),
     events_pb2.RoutingWeight: ("model", "origin_region", "weights"),
     events_pb2.VmCount: ("region", "sku", "purchase", "count"),
@@ -145,6 +145,7 @@ def _plan_codec(spec: MessageCodec) -> MessageCodec:
     nested = {events_pb2.InstanceSpec.DESCRIPTOR.full_name: spec}
     epoch, created, reason = (encoder_for(plan_f[n]) for n in ("epoch", "created_s", "reason"))
     regions = encoder_for(plan_f["agent_regions"])
+    withdrawn, gates = encoder_for(plan_f["withdrawn"]), encoder_for(plan_f["ready_ratio_tolerance"])
     agent_id, region = encoder_for(assignment_f["agent_id"]), encoder_for(assignment_f["region"])
     specs = encoder_for(assignment_f["instances"], nested, _ENUMS)
     models = encoder_for(assignment_f["prestage"])
@@ -188,6 +189,8 @@ def _plan_codec(spec: MessageCodec) -> MessageCodec:
         return {"epoch": _at(".epoch", epoch, plan.epoch), "created_s": _at(".created_s", created, plan.created_s),
                 "reason": _at(".reason", reason, plan.reason),
                 "agent_regions": _at(".agent_regions", regions, plan.agent_regions),
+                "withdrawn": _at(".withdrawn", withdrawn, plan.withdrawn),
+                "ready_ratio_tolerance": _at(".ready_ratio_tolerance", gates, plan.ready_ratio_tolerance),
                 "assignments": assignments, "routing_weights": weights, "vm_counts": vms}
 
     def from_pb(msg: events_pb2.Plan) -> Plan:
@@ -219,7 +222,8 @@ def _plan_codec(spec: MessageCodec) -> MessageCodec:
         try:
             return Plan(epoch=msg.epoch, created_s=msg.created_s, assignments=assignments,
                         agent_regions=agent_regions, routing_weights=routing, vm_counts=vms, reason=msg.reason,
-                        prestage=prestage)
+                        prestage=prestage, withdrawn=dict(msg.withdrawn),
+                        ready_ratio_tolerance=dict(msg.ready_ratio_tolerance))
         except (TypeError, ValueError) as exc:
             raise FieldRefused(str(exc)) from None
 

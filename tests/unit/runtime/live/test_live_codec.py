@@ -81,7 +81,9 @@ def plans(draw: st.DrawFn) -> Plan:
                                              min_size=1, max_size=3)),
         vm_counts=draw(st.dictionaries(st.tuples(text, text, st.sampled_from(["on_demand", "spot"])), u32,
                                        min_size=1, max_size=3)),
-        reason=draw(text), prestage={agent: draw(tuples(text, 2)) for agent in staged})
+        reason=draw(text), prestage={agent: draw(tuples(text, 2)) for agent in staged},
+        withdrawn=draw(st.dictionaries(text, reals, min_size=1, max_size=3)),
+        ready_ratio_tolerance=draw(st.dictionaries(text, reals, min_size=1, max_size=3)))
 
 
 STRATEGIES: dict[str, st.SearchStrategy[object]] = {
