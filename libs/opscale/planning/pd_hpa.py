@@ -12,7 +12,8 @@ utilisation as nvidia-smi has it, time busy, mean over ready instances):
   Kubernetes treats not-yet-ready pods: they can neither push a scale-up nor excuse a scale-down);
 - scale-up is limited to max(double, +4 instances) per decision (Kubernetes' default scale-up policy);
 - stabilisation: a scale-up takes the lowest recommendation of the last `scale_up_window_s` (0 s in
-  Kubernetes), a scale-down the highest of the last `scale_down_window_s` (300 s in Kubernetes);
+  Kubernetes), a scale-down the highest of the last `scale_down_window_s` (300 s in Kubernetes); a pool
+  first seen counts its current size as a recommendation, so it is not shrunk before a window passes;
 - the pool's replica bounds (its DeploymentSpec role pool); a pool with no instance and requests
   waiting starts with max(1, min_replicas) (HPA itself never scales from zero; a planner must).
 """
@@ -64,7 +65,12 @@ class PdHpaPolicy:
             shape = spec.pool(key.role)
             raw, why = self._recommend(pool)
             raw = min(max(raw, shape.min_replicas), shape.max_replicas)
+            first_seen = key not in recs
             history = tuple((t, n) for t, n in (*recs.get(key, ()), (now_s, raw)) if now_s - t <= keep_s)
+            if first_seen:
+                # Its current size counts as recommended (as for an HPA that has been running), so the
+                # first decision cannot shrink it before a window has been observed.
+                history = ((now_s - self.config.scale_down_window_s, pool.expected), *history)
             recs[key] = history
             desired[key], reasons[key] = self._stabilised(pool, history, raw, why, now_s)
         return Effects(desired, PdHpaState(recs), reasons)
@@ -78,13 +84,17 @@ class PdHpaPolicy:
             return 0, "no instance, no demand"
         if pool.ready == 0:
             return current, "hold: no ready instance reports utilisation"
-        busy = pool.busy_frac * pool.ready
-        up = pool.busy_frac > cfg.target_util
-        usage = (busy if up else busy + pool.loading) / current  # loading: idle for up, busy for down
-        ratio = usage / cfg.target_util
         text = f"GPU util {pool.busy_frac:.2f} on {pool.ready} ready (target {cfg.target_util:.2f})"
+        ratio = pool.busy_frac / cfg.target_util
         if abs(ratio - 1.0) <= cfg.tolerance:
             return current, f"steady: {text}"
+        if pool.loading:
+            up = ratio > 1.0
+            busy = pool.busy_frac * pool.ready + (0 if up else pool.loading)  # loading: idle up, busy down
+            ratio = busy / current / cfg.target_util
+            # As Kubernetes: counting them may not reverse the direction; then nothing changes.
+            if abs(ratio - 1.0) <= cfg.tolerance or (ratio > 1.0) != up:
+                return current, f"hold: {text}, {pool.loading} loading"
         raw = math.ceil(current * ratio - 1e-9)
         if raw > current:
             raw = min(raw, max(2 * current, current + 4))
