@@ -2,8 +2,10 @@
 
 Every `interval_s` it builds an Observation from the newest heartbeats (actual instances and their
 states), the aggregator's 1-minute windows (demand, latency), forecasts and the routers' pending
-counts; asks its policy for desired replicas per pool; places them onto agents; and, when the placement
-changed, publishes a new plan under the next epoch and sends each agent its desired state. Control is
+counts; asks its policy for desired replicas per pool; applies a soft scale-in when the policy asks for
+one (opscale.planning.soft_scale_in: withdraw from discovery, restore, or let go after the window;
+`Plan.withdrawn`); places them onto agents; and, when the placement or discovery changed, publishes a
+new plan under the next epoch and sends each agent its desired state. Control is
 level-triggered: an agent whose heartbeat shows an older epoch than the plan gets its command again
 (same epoch and command id, so a repeat changes nothing). Only the shell that holds the planner lease
 runs this; a restarted planner calls `restore(plan)` and continues from the stored plan.

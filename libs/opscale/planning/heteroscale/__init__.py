@@ -1,8 +1,9 @@
 """HeteroScale's scaling policies for disaggregated (prefill/decode) services, as pure per-service
 decision code: the metric-driven controller (proportional control on decode TPS or cache-missed prefill
 TPS, tiered latency feedback, deadband, cooldowns, damping) and the periodic schedule (PAPERS.md §3.3-3.5).
-`pools` maps a service's decision onto its prefill and decode pools; nothing here is registered as a
-planning policy yet."""
+`pools` maps a service's decision onto its prefill and decode pools; `policy` is the `heteroscale`
+planning policy that runs them per service (registered in opscale.planning.registry), with `params` its
+parameters (defaults and per-service overrides)."""
 
 from opscale.planning.heteroscale.config import FeedbackTier, HeteroScaleConfig, LatencyFeedback
 from opscale.planning.heteroscale.controller import (

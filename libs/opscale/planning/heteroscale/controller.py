@@ -28,8 +28,9 @@ previous scale-out (time for new instances to load and the signal to reflect the
 come slowly. A scale-in also waits while any instance is loading. Counts compared are totals (ready plus
 loading), so capacity already ordered is never ordered twice.
 
-Left to the wiring (they need the router and the planner): soft scale-in (withdraw from discovery, watch
-SLOs, restore or terminate) and the Ready-ratio gate on service discovery.
+Outside the controller, because they need the planner and the router: soft scale-in (withdraw from
+discovery, watch, restore or stop: opscale.planning.soft_scale_in, asked for by the `heteroscale`
+policy) and the Ready-ratio gate on service discovery (opscale.routing.ready_gate, in the router).
 """
 
 from __future__ import annotations
