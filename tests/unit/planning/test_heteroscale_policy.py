@@ -183,3 +183,9 @@ def test_a_unified_deployment_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"\['u'\] are unified"):
         make_planning_policy("heteroscale", [DeploymentSpec(model="u", sku="H100-80GB")], _rps,
                              tiers=DEFAULT_TIERS, decode_tps_per_instance=1.0, pd_ratio=1)
+
+
+def test_requests_waiting_on_a_service_whose_instances_are_all_withdrawn_bring_it_back() -> None:
+    pol = policy(deployment(min_p=0, min_d=0))
+    effects = pol.decide(observe(0, 0, 0.0, queued=2, withdrawn=(1, 2)), pol.initial_state(), 0.0)
+    assert pair(effects) == (1, 1)  # the planner restores withdrawn instances before it places new ones

@@ -11,7 +11,7 @@ together at the target P/D ratio. Replica bounds are the deployment's role pools
 service.
 
 Around the controllers:
-- cold start: a metric-driven service with no instance (none ready, loading or withdrawn) and demand at
+- cold start: a metric-driven service with no discoverable instance (none ready or loading) and demand at
   the routers (requests held or arriving) starts at once, not at its next period, with the instances the
   routers' output tokens/s (or prompt tokens/s, on the prefill signal) call for, at least the smallest
   split its bounds allow with both roles; the controller's signal cannot, as no engine reports yet;
@@ -95,8 +95,9 @@ class HeteroScalePolicy:
                 seen = observe_service(prefill, decode, self.objective)
                 st = services.get((model, region), ServiceState(controller.initial_state()))
                 waiting = max(prefill.queued, decode.queued) > 0 or max(prefill.arrival_rps, decode.arrival_rps) > 0
-                if (isinstance(controller, HeteroScaleController) and seen.total == 0
-                        and prefill.withdrawn + decode.withdrawn == 0 and waiting):
+                # With every instance withdrawn the cold start restores them (the planner restores
+                # before it places), so requests never wait on a signal that cannot come.
+                if isinstance(controller, HeteroScaleController) and seen.total == 0 and waiting:
                     decision = _cold_start(controller, decode.output_tokens_per_s, prefill.prompt_tokens_per_s,
                                            st.controller, now_s)
                 elif now_s < st.next_decision_s:
