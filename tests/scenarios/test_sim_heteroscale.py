@@ -1,17 +1,20 @@
 """`heteroscale` in the simulator: a disaggregated deployment (prefill on H100, decode on H20) under a
 rising load. The planner scales both pools together, every plan keeps the P/D ratio within one instance,
-the interactive SLO is attained and no request is dropped. `pd_hpa`, the paper's baseline, runs on the
-same scenario."""
+the interactive SLO is attained and no request is dropped. Under a dip and a return of the load, the
+instances withdrawn at the dip serve again at the return without a new one being started. `pd_hpa`,
+the paper's baseline, runs on the rising load too."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _sim_scenarios import Phase, write_phased_trace
 
 from opscale.experiments import runner
 from opscale.experiments.runner import RunResult
-from opscale.experiments.scenario import HostGroup, Scenario
+from opscale.experiments.scenario import HostGroup, Scenario, TraceSource
 from opscale.model import Role
 from opscale.planning import DeploymentSpec
 from opscale.planning.base import RolePoolSpec
@@ -45,24 +48,34 @@ def _scenario(policy: str, params: dict[str, Any]) -> Scenario:
         policy=policy, policy_params=params, warm_start_s=60.0, sample_interval_s=30.0)
 
 
-def _run(policy: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-         ) -> tuple[RunResult, list[tuple[float, int, int]]]:
-    """Run the scenario; also the planner's discoverable (prefill, decode) split every 5 s."""
-    plans: list[tuple[float, int, int]] = []
+Watched = tuple[float, int, int, frozenset[str]]  # at, discoverable prefill and decode, every assigned id
+
+
+def _run_watched(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> tuple[RunResult, list[Watched]]:
+    """Run `scenario`; also the planner's plan every 5 s."""
+    plans: list[Watched] = []
     build = runner.build_world
 
     def build_and_watch(*args: Any, **kwargs: Any) -> Any:
         world, collector = build(*args, **kwargs)
 
         def watch(now_s: float) -> None:
-            roles = [s.role for s in world.planner.plan.discoverable().values()]
-            plans.append((now_s, roles.count(Role.PREFILL), roles.count(Role.DECODE)))
+            plan = world.planner.plan
+            roles = [s.role for s in plan.discoverable().values()]
+            plans.append((now_s, roles.count(Role.PREFILL), roles.count(Role.DECODE), frozenset(plan.instances())))
 
-        world.loop.every(5.0, watch, start_s=5.0, until_s=DURATION_S)
+        world.loop.every(5.0, watch, start_s=5.0, until_s=scenario.duration_s)
         return world, collector
 
     monkeypatch.setattr(runner, "build_world", build_and_watch)
-    return runner.run_scenario(_scenario(policy, params)), plans
+    return runner.run_scenario(scenario), plans
+
+
+def _run(policy: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[RunResult, list[tuple[float, int, int]]]:
+    """Run the rising-load scenario; also the planner's discoverable (prefill, decode) split every 5 s."""
+    result, plans = _run_watched(_scenario(policy, params), monkeypatch)
+    return result, [(t, p, d) for t, p, d, _ in plans]
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +106,21 @@ def test_the_slo_is_attained_and_no_request_is_dropped(
 def test_pd_hpa_serves_the_same_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
     result, _ = _run("pd_hpa", {"target_util": 0.7}, monkeypatch)
     assert result.result["dropped"] == 0 and result.result["completed"] == result.result["requests"]
+
+
+def test_instances_withdrawn_at_a_dip_serve_again_at_the_return_without_a_new_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = tmp_path / "dip.csv"
+    write_phased_trace(trace, (Phase(10.0, 290.0, 8.0), Phase(300.0, 150.0, 1.5), Phase(450.0, 250.0, 8.0)), seed=3)
+    params = {**HETEROSCALE, "decode_tps_per_instance": 200.0, "scale_in_cooldown_s": 60.0,
+              "scale_in_step_fraction": 1.0, "soft_scale_in_s": 240.0}
+    scenario = _scenario("heteroscale", params).model_copy(update={
+        "duration_s": 700.0, "workload": None, "trace": TraceSource(path=trace), "seed": 3})
+    result, plans = _run_watched(scenario, monkeypatch)
+    assert result.result["dropped"] == 0
+    at = {t: (p + d, ids) for t, p, d, ids in plans}
+    serving_before, ids_before = at[440.0]  # the end of the dip: most instances withdrawn, still assigned
+    serving_after, ids_after = at[500.0]  # the load is back
+    assert len(ids_before) >= 2 * serving_before
+    assert serving_after >= serving_before + 4
+    assert ids_after == ids_before  # the withdrawn ones serve again: none new was placed or loaded
