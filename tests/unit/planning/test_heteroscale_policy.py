@@ -189,3 +189,13 @@ def test_requests_waiting_on_a_service_whose_instances_are_all_withdrawn_bring_i
     pol = policy(deployment(min_p=0, min_d=0))
     effects = pol.decide(observe(0, 0, 0.0, queued=2, withdrawn=(1, 2)), pol.initial_state(), 0.0)
     assert pair(effects) == (1, 1)  # the planner restores withdrawn instances before it places new ones
+
+
+def test_a_decision_reads_the_mean_signal_of_its_whole_period() -> None:
+    pol = policy(period_s=30.0)
+    first = pol.decide(observe(3, 9, 1200.0), pol.initial_state(), 0.0)  # steady at 12 instances
+    state = first.state
+    for now, tps in ((10.0, 3000.0), (20.0, 1200.0)):  # one spike between two decisions
+        state = pol.decide(observe(3, 9, tps, now_s=now), state, now).state
+    decision = pol.decide(observe(3, 9, 1200.0, now_s=30.0), state, 30.0)
+    assert pair(decision) == (5, 13)  # mean 1800 tokens/s: 18 instances, not the spike's 30

@@ -8,7 +8,9 @@ p99 of the decode pool, TTFT p99 of the prefill pool, the objective from the tie
 (metric-driven HeteroScaleController or scheduled PeriodicController, per service, `params`) at the
 controller's own period, and writes the decision back to both pools, so prefill and decode always move
 together at the target P/D ratio. Replica bounds are the deployment's role pools'. State is kept per
-service.
+service. The planner observes more often than a controller decides (every `interval_s`, 10 s, against
+`period_s`, 30 s): the throughput signal a controller reads is the mean of the samples since its last
+decision, so a decision reads its whole period rather than the engines' last report window.
 
 Around the controllers:
 - cold start: a metric-driven service with no discoverable instance (none ready or loading) and demand at
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opscale.model import LatencyObjective, Observation, PoolKey
@@ -45,6 +47,7 @@ from opscale.planning.heteroscale.ratio import RoleBounds
 class ServiceState:
     controller: ControllerState = field(default_factory=ControllerState)
     next_decision_s: float = -math.inf
+    samples: tuple[tuple[float, float], ...] = ()  # (decode TPS, missed prefill TPS) since the last decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +103,19 @@ class HeteroScalePolicy:
                 if isinstance(controller, HeteroScaleController) and seen.total == 0 and waiting:
                     decision = _cold_start(controller, decode.output_tokens_per_s, prefill.prompt_tokens_per_s,
                                            st.controller, now_s)
+                    samples: tuple[tuple[float, float], ...] = ()
                 elif now_s < st.next_decision_s:
                     pair = (seen.prefill_total, seen.decode_total)
                     decision = ScaleDecision(*pair, f"hold: next decision at {st.next_decision_s:.0f} s",
                                              st.controller, st.next_decision_s)
+                    samples = (*st.samples, (seen.decode_tps, seen.prefill_missed_tps))
                 else:
+                    period = (*st.samples, (seen.decode_tps, seen.prefill_missed_tps))
+                    seen = replace(seen, decode_tps=sum(s[0] for s in period) / len(period),
+                                   prefill_missed_tps=sum(s[1] for s in period) / len(period))
                     decision = controller.decide(seen, st.controller, now_s)
-                services[(model, region)] = ServiceState(decision.state, decision.next_decision_s)
+                    samples = ()
+                services[(model, region)] = ServiceState(decision.state, decision.next_decision_s, samples)
                 desired.update(desired_pools(model, region, decision))
                 reasons.update(pool_reasons(model, region, decision))
         tolerance = self.settings.ready_ratio_tolerance
