@@ -64,7 +64,10 @@ class DeploymentSpec(BaseModel):
             raise ValueError(f"deployment {self.model!r}: a disaggregated deployment gives both 'prefill' and "
                              f"'decode'; '{missing}' is missing")
         if self.disaggregated:
-            mixed = [f for f in _UNIFIED_SHAPE if f in self.model_fields_set]
+            # Set to something else than its default: a deployment dumped and validated again (a scenario
+            # merged with overrides) carries the defaults as set fields, and those say nothing.
+            defaults = type(self).model_fields
+            mixed = [f for f in _UNIFIED_SHAPE if f in self.model_fields_set and getattr(self, f) != defaults[f].default]
             if mixed:
                 raise ValueError(f"deployment {self.model!r}: {mixed} belong to a unified deployment; a "
                                  f"disaggregated one sets them per role under 'prefill' and 'decode'")

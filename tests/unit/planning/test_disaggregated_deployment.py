@@ -100,3 +100,10 @@ def test_static_gives_each_role_pool_its_own_maximum() -> None:
              for key in (PoolKey("Llama-3-8B", "eu", Role.PREFILL), PoolKey("Llama-3-8B", "eu", Role.DECODE))}
     effects = policy.decide(Observation(0.0, pools, {}), policy.initial_state(), 0.0)
     assert {k.role: n for k, n in effects.desired.items()} == {Role.PREFILL: 4, Role.DECODE: 8}
+
+
+def test_a_disaggregated_deployment_survives_a_dump_and_a_new_validation() -> None:
+    # Scenarios merged with overrides (opscale simulate --config, experiment variants) dump and validate
+    # their deployments again: the unified fields' defaults come back as set fields.
+    dep = DeploymentSpec(model="m", prefill=RolePoolSpec(sku="H100-80GB"), decode=RolePoolSpec(sku="H20"))
+    assert DeploymentSpec.model_validate(dep.model_dump()) == dep
