@@ -1,4 +1,5 @@
-"""Serving an aiohttp app on a free loopback port, for the router service tests (unit and integration).
+"""Serving an aiohttp app on a free loopback port, and a bus that only records, for the router service
+tests (unit and integration).
 
 It lives in tests/ so both tiers import it by name: pytest puts this directory on sys.path when it
 loads tests/conftest.py."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -27,3 +29,16 @@ async def serve(app: web.Application, *, handler_cancellation: bool = True) -> A
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+class RecordingBus:
+    """What the router publishes (request records, load reports), kept in memory."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any]] = []
+
+    async def publish(self, subject: str, event: Any, msg_id: str | None = None) -> None:
+        self.published.append((subject, event))
+
+    def records(self) -> list[Any]:
+        return [r for _, event in self.published if isinstance(event, tuple) for r in event]

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _router_service_loopback import serve
+from _router_service_loopback import RecordingBus, serve
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -41,19 +41,6 @@ pytestmark = pytest.mark.unit
 
 GUARD_S = 10.0  # hang guard only, never a performance threshold
 BODY = {"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True}
-
-
-class RecordingBus:
-    """What the router publishes (request records, load reports), kept in memory."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, Any]] = []
-
-    async def publish(self, subject: str, event: Any, msg_id: str | None = None) -> None:
-        self.published.append((subject, event))
-
-    def records(self) -> list[Any]:
-        return [r for _, event in self.published if isinstance(event, tuple) for r in event]
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 
 from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome
-from opscale.perf.transfer import Placement, Topology, TransferParams, topology_between
+from opscale.perf.transfer import Placement, Topology, TransferParams, handoff_s
 from opscale.runtime.sim.bus import InProcessBus
 from opscale.runtime.sim.loop import EventLoop
 from opscale.services import subjects
@@ -397,9 +397,9 @@ class SimWorld:
                                     attempt)
             self._apply(router.name, router.handle(failed, now), router)
             return
-        topology = topology_between(prefill.placement, decode.placement)
-        links = 1 if topology is Topology.CROSS_REGION else min(prefill.engine.tp, decode.engine.tp)
-        transfer_s = self.transfer.link(topology, prefill.engine.sku.name).transfer_s(out.kv_bytes, links)
+        topology, transfer_s = handoff_s(self.transfer, prefill.placement, decode.placement, out.kv_bytes,
+                                         source_sku=prefill.engine.sku.name, source_tp=prefill.engine.tp,
+                                         dest_tp=decode.engine.tp)
         self._inflight[out.request_id] = (request, decode_id, attempt)
         try:
             # the KV streams out from the end of the prefill (PrefillDone.at_s), however late the world
