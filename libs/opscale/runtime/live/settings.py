@@ -56,7 +56,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from opscale.engine import EngineConfig
-from opscale.model import TierList, TierSpec, default_tier_models, tier_table
+from opscale.model import Role, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
@@ -345,6 +345,10 @@ class OpenAIEngineSettings(BaseModel):
                           "(with or without /v1)")
     served_model_name: str = Field(..., min_length=1, description="The model name the server answers to; instances "
                                    "of this model placed on the agent are bound to this server")
+    role: Role = Field(Role.UNIFIED, description="What the server was started to do: unified (whole requests), or "
+                       "prefill / decode for a server the operator started in P/D mode with its own KV connector "
+                       "(vLLM --kv-transfer-config with NixlConnector); only instances of this role bind to it, "
+                       "and heartbeats report them in that role's pool")
     api_key: str = Field("", description="Bearer token sent to the server; empty: none")
     metrics_path: str = Field("/metrics", description="Prometheus metrics of the server (vLLM: KV cache usage, "
                               "queue); empty: not read")
