@@ -17,8 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _router_service_loopback import RecordingBus, serve
-from prometheus_client import CollectorRegistry
+from _router_service_loopback import LiveRouter, live_router, serve
 
 from opscale.engine import EngineConfig, SimEngine
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Role
@@ -26,16 +25,11 @@ from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS
 from opscale.perf import default_catalog, latency_model_for
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.runtime.clock import WallClock
-from opscale.runtime.live.host import CoreHost
-from opscale.services.events import AgentHeartbeat, PrefillHandedOff
+from opscale.services.events import PrefillHandedOff
 from opscale.services.router import RouterConfig, RouterCore
 
 from opscale_services.node_agent.engine_http import build_engine_app
 from opscale_services.node_agent.engines import RealtimeEngines
-from opscale_services.router.api import build_router_app
-from opscale_services.router.backend import LiveRouterBackend
-from opscale_services.router.records import RecordBatcher
-from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 pytestmark = pytest.mark.unit
 
@@ -62,13 +56,8 @@ class Host:
 
 
 @dataclass
-class PdRouter:
-    url: str
-    core: RouterCore
-    host: CoreHost
-    bus: RecordingBus
-    records: RecordBatcher
-    handed_off: list[PrefillHandedOff]
+class PdRouter(LiveRouter):
+    handed_off: list[PrefillHandedOff]  # what the core heard between the two steps
 
 
 @asynccontextmanager
@@ -97,18 +86,8 @@ async def pd_router(prefills: dict[str, str | None], decodes: dict[str, str | No
             return handle(event, now_s)
 
         core.handle = spy  # type: ignore[method-assign]
-        bus = RecordingBus()
-        clock = WallClock()
-        upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=2.0))
-        await stack.enter_async_context(upstream)
-        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local")
-        host_shell = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
-        backend.host = host_shell
-        await host_shell.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(),
-                                               tuple(statuses)))
-        url = await stack.enter_async_context(serve(build_router_app(backend)))
-        yield PdRouter(url, core, host_shell, bus, records, handed_off)
+        live = await stack.enter_async_context(live_router(core, statuses))
+        yield PdRouter(live.url, live.core, live.host, live.bus, live.records, handed_off)
 
 
 def sse(raw: bytes) -> list[Any]:
