@@ -3,8 +3,8 @@
 `opscale simulate --config FILE` reads a scenario (hosts, deployments, tiers, policies, engine settings);
 `opscale up --scenario FILE` starts the same fleet live: a router per region with the scenario's routing
 policy, the planner with its planning policy and deployments, the aggregator and forecaster with their
-settings, and one simulated node-agent per host with the host's region, SKU, GPUs, weight cache and the
-scenario's engine settings. Host identities are the simulator's (`HostGroup.host_ids`), so a plan or a
+settings, and one simulated node-agent per host with the host's region, SKU, GPUs, weight cache, switches
+(S0/S1/S2) and the scenario's engine and KV-transfer settings. Host identities are the simulator's (`HostGroup.host_ids`), so a plan or a
 fault that names a host means the same host in both.
 
 What the simulator models and the live stack does not take from the scenario: the workload (the live stack
@@ -44,12 +44,14 @@ def scenario_settings(scenario: Scenario) -> dict[str, Any]:
         "planner": {
             "policy": scenario.policy,
             "policy_params": scenario.policy_params,
-            "deployments": [d.model_dump(mode="json") for d in scenario.deployments],
+            # as written: a disaggregated deployment refuses the unified fields its defaults would fill in
+            "deployments": [d.model_dump(mode="json", exclude_unset=True) for d in scenario.deployments],
             "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
             "core": scenario.planner.model_dump(mode="json"),
         },
         "node_agent": {
             "load_time_scale": scenario.load_time_scale,
+            "transfer": scenario.transfer.model_dump(mode="json"),
             "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
         },
     }
@@ -63,8 +65,12 @@ def scenario_processes(scenario: Scenario) -> list[ScenarioProcess]:
                  for region in scenario.regions()]
     prefix = "OPSCALE_NODE_AGENT_"
     for group in scenario.hosts:
+        s0, s1, s2 = group.switches()
         for agent_id in group.host_ids():
             processes.append(ScenarioProcess("node-agent", {
+                f"{prefix}S0": s0,
+                f"{prefix}S1": s1,
+                f"{prefix}S2": s2,
                 f"{prefix}AGENT_ID": agent_id,
                 f"{prefix}REGION": group.region,
                 f"{prefix}SKU": group.sku,

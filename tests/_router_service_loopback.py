@@ -1,16 +1,30 @@
-"""Serving an aiohttp app on a free loopback port, for the router service tests (unit and integration).
+"""Serving an aiohttp app on a free loopback port, a bus that only records, and the live router around a
+core, for the router service tests (unit and integration).
 
 It lives in tests/ so both tiers import it by name: pytest puts this directory on sys.path when it
 loads tests/conftest.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from opscale.model import InstanceStatus
+from opscale.runtime.clock import WallClock
+from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_http import make_runner
+from opscale.services.events import AgentHeartbeat
+from opscale.services.router import RouterCore
+
+from opscale_services.router.api import build_router_app
+from opscale_services.router.backend import LiveRouterBackend
+from opscale_services.router.records import RecordBatcher
+from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 
 @asynccontextmanager
@@ -27,3 +41,43 @@ async def serve(app: web.Application, *, handler_cancellation: bool = True) -> A
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+class RecordingBus:
+    """What the router publishes (request records, load reports), kept in memory."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any]] = []
+
+    async def publish(self, subject: str, event: Any, msg_id: str | None = None) -> None:
+        self.published.append((subject, event))
+
+    def records(self) -> list[Any]:
+        return [r for _, event in self.published if isinstance(event, tuple) for r in event]
+
+
+@dataclass
+class LiveRouter:
+    url: str
+    core: RouterCore
+    host: CoreHost
+    bus: RecordingBus
+    records: RecordBatcher
+
+
+@asynccontextmanager
+async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus]) -> AsyncIterator[LiveRouter]:
+    """The live router (HTTP API, back end, pooled upstream client) around `core`, serving on loopback,
+    with `statuses` registered through one heartbeat (none when empty) and a bus that only records."""
+    async with AsyncExitStack() as stack:
+        bus = RecordingBus()
+        clock = WallClock()
+        upstream = await stack.enter_async_context(UpstreamClient(UpstreamConfig(connect_timeout_s=2.0)))
+        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
+        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
+        backend.host = host
+        if statuses:
+            await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), tuple(statuses)))
+        url = await stack.enter_async_context(serve(build_router_app(backend)))
+        yield LiveRouter(url, core, host, bus, records)

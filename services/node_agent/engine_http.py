@@ -15,17 +15,24 @@ The router's request id, tier, origin region and prompt-token estimate arrive in
 (routed_headers.py) and the engine serves the request under them; a direct client that sends none gets
 a fresh id, the body's tier (default `interactive`), the node-agent's region and this server's own
 estimate. A bad header value is a 400 naming the header.
+
+Disaggregated instances serve one step each of vLLM's `kv_transfer_params` protocol
+(opscale.openai.kv_transfer): a prefill instance answers a prefill step (`do_remote_decode`) with one
+JSON completion whose `kv_transfer_params` say where its KV is; a decode instance serves a decode step
+(`do_remote_prefill`, those parameters) like any request, streamed or not. A whole request sent to
+either, or a step sent to an instance of the other role, is a 400 that says so (code `wrong_role`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, KvStep, kv_step
 from opscale.openai.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
 from opscale.openai.schema import (
     ApiError,
@@ -50,8 +57,8 @@ from opscale.runtime.live.openai_http import (
 )
 
 __all__ = [
-    "EngineHost", "EngineRequest", "InstanceNotAccepting", "RequestTooLarge", "UnknownInstance", "build_engine_app",
-    "make_runner", "token_text",
+    "BadKvTransfer", "EngineHost", "EngineRequest", "InstanceNotAccepting", "PrefillEngineHost", "RequestTooLarge",
+    "UnknownInstance", "WrongRole", "build_engine_app", "make_runner", "token_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,19 @@ class RequestTooLarge(Exception):
     """The prompt plus `max_tokens` do not fit the instance's context window: the client's fault (400)."""
 
 
+class WrongRole(Exception):
+    """The request is not one this instance's role serves: a whole request to a prefill or decode
+    instance, or a prefill or decode step to an instance of another role (400)."""
+
+
+class BadKvTransfer(Exception):
+    """A decode step whose `kv_transfer_params` cannot be read (400 naming the field)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class EngineRequest:
     """One request for an engine: the router's id, tier, origin region (None: the host's own region)
@@ -86,6 +106,8 @@ class EngineRequest:
     region: str | None
     prompt_tokens: int
     max_tokens: int
+    # a decode step: the `kv_transfer_params` of the prefill instance's answer; None for a whole request
+    kv_transfer: Mapping[str, Any] | None = None
 
 
 class EngineHost(Protocol):
@@ -98,6 +120,15 @@ class EngineHost(Protocol):
     """
 
     def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]: ...
+
+
+@runtime_checkable
+class PrefillEngineHost(EngineHost, Protocol):
+    """A host that also runs prefill instances: `prefill` runs the prefill step of `request` and returns
+    the `kv_transfer_params` for its decode step; it raises as `generate` does before its first value,
+    and `WrongRole` when the instance is not a prefill instance."""
+
+    async def prefill(self, instance_id: str, request: EngineRequest) -> dict[str, Any]: ...
 
 
 def token_text(position: int) -> str:
@@ -148,31 +179,39 @@ class _EngineServer:
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
+        step = kv_step(parsed.body)
+        engine_request = EngineRequest(parsed.request_id, routed.tier or parsed.tier, routed.region,
+                                       parsed.prompt_tokens, parsed.max_tokens,
+                                       parsed.body[KV_TRANSFER_PARAMS] if step is KvStep.DECODE else None)
+        if step is KvStep.PREFILL:
+            return await self._prefill(instance_id, parsed, engine_request)
 
-        counts = self._host.generate(instance_id, EngineRequest(
-            parsed.request_id, routed.tier or parsed.tier, routed.region, parsed.prompt_tokens, parsed.max_tokens))
+        counts = self._host.generate(instance_id, engine_request)
         try:
             # Wait for the first token before sending headers: an unknown or draining instance must
             # still be able to answer with its status, and the router's first-token deadline covers it.
             try:
                 first = await anext(counts, None)
-            except UnknownInstance:
-                return error_response(error_for_status(
-                    404, f"No instance '{instance_id}' on this node", param="instance_id", code="instance_not_found"))
-            except InstanceNotAccepting as exc:
-                detail = f": {exc}" if str(exc) else ""
-                return error_response(error_for_status(
-                    503, f"Instance '{instance_id}' is not accepting requests{detail}", code="instance_not_accepting",
-                    retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S))
-            except RequestTooLarge as exc:
-                return error_response(error_for_status(
-                    400, f"The request does not fit instance '{instance_id}': {exc}", param="max_tokens",
-                    code="context_length_exceeded"))
+            except (UnknownInstance, InstanceNotAccepting, RequestTooLarge, WrongRole, BadKvTransfer) as exc:
+                return error_response(_refusal(instance_id, exc))
             if parsed.stream:
                 return await self._stream(request, parsed, first, counts)
             return await self._collect(parsed, first, counts)
         finally:
             await aclose_quietly(counts)
+
+    async def _prefill(self, instance_id: str, req: ParsedRequest, engine_request: EngineRequest) -> web.Response:
+        """A prefill step: one completion (the first token) that carries where the KV is."""
+        host = self._host
+        if not isinstance(host, PrefillEngineHost):
+            return error_response(_refusal(instance_id, WrongRole("this server runs no prefill instances")))
+        try:
+            params = await host.prefill(instance_id, engine_request)
+        except (UnknownInstance, InstanceNotAccepting, RequestTooLarge, WrongRole) as exc:
+            return error_response(_refusal(instance_id, exc))
+        body = completion_response(req, token_text(1), "length", 1, int(self._wall_clock_s()))
+        body[KV_TRANSFER_PARAMS] = params
+        return web.json_response(body, headers={REQUEST_ID_HEADER: req.request_id})
 
     async def _collect(self, req: ParsedRequest, first: int | None, counts: AsyncIterator[int]) -> web.Response:
         produced = 0
@@ -225,3 +264,21 @@ class _EngineServer:
         except Exception:
             log.exception("engine failed mid-stream on request %s after %d tokens", req.request_id, produced)
             return internal_error(req.request_id)
+
+
+def _refusal(instance_id: str, exc: Exception) -> ApiError:
+    """The error answer for a request the instance refuses before its first token."""
+    if isinstance(exc, UnknownInstance):
+        return error_for_status(404, f"No instance '{instance_id}' on this node", param="instance_id",
+                                code="instance_not_found")
+    if isinstance(exc, InstanceNotAccepting):
+        detail = f": {exc}" if str(exc) else ""
+        return error_for_status(503, f"Instance '{instance_id}' is not accepting requests{detail}",
+                                code="instance_not_accepting", retry_after_s=_NOT_ACCEPTING_RETRY_AFTER_S)
+    if isinstance(exc, BadKvTransfer):
+        return exc.error
+    if isinstance(exc, WrongRole):
+        return error_for_status(400, f"Instance '{instance_id}' cannot serve this request: {exc}",
+                                param=KV_TRANSFER_PARAMS, code="wrong_role")
+    return error_for_status(400, f"The request does not fit instance '{instance_id}': {exc}", param="max_tokens",
+                            code="context_length_exceeded")

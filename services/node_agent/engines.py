@@ -6,6 +6,13 @@ its stream. The engines run with `max_run_steps=1`, so every decode step is its 
 stream one by one, as from a real engine. A request whose client goes away is cancelled in the engine.
 Each request enters the engine with the tier and origin region the router gave it (the node-agent's own
 region for a direct client), and the engine server's span names them.
+
+Disaggregated instances (opscale.openai.kv_transfer): a prefill engine runs a prefill step and, at its
+PrefillDone, answers where the KV is (`SimKvHandoff`: this host, its region and switches, the instance's
+SKU and TP, the KV's size). A decode engine takes a decode step with those parameters: it pulls the KV
+as a KV connector would, so the transfer starts when the request arrives and lasts what
+opscale.perf.transfer prices for the switch tier the two hosts share (`handoff_s`, the simulator's own
+pricing); the request's first token leaves when the KV has landed, so the transfer is part of its TTFT.
 """
 
 from __future__ import annotations
@@ -15,26 +22,40 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 
-from opscale.engine import Finished, FirstToken, SimEngine, Tokens
+from opscale.engine import Finished, FirstToken, PrefillDone, SimEngine, Tokens
+from opscale.engine.errors import WrongRoleError
 from opscale.engine.outputs import EngineReport
 from opscale.engine.sim import EngineNotAcceptingError, RequestTooLargeError
-from opscale.model import InstanceSpec, Request
+from opscale.model import InstanceSpec, Request, Role
+from opscale.openai.kv_transfer import SimKvHandoff
+from opscale.perf.transfer import Placement, TransferParams, handoff_s
 from opscale.runtime.clock import Clock
 
 from opscale_services.node_agent.engine_http import (
+    BadKvTransfer,
     EngineRequest,
     InstanceNotAccepting,
     RequestTooLarge,
     UnknownInstance,
+    WrongRole,
 )
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[InstanceSpec], SimEngine]
 _END = object()
+# Why an instance refuses a request its role does not serve, by the instance's role.
+_ROLE_HINT = {
+    Role.UNIFIED: "it is a unified instance: it serves whole requests, not a prefill or decode step",
+    Role.PREFILL: "it is a prefill instance: it serves the prefill step of a disaggregated request "
+                  "(kv_transfer_params.do_remote_decode); send requests through the router",
+    Role.DECODE: "it is a decode instance: it serves the decode step of a disaggregated request "
+                 "(the kv_transfer_params a prefill instance answered with); send requests through the router",
+}
 
 
 @dataclass(slots=True)
@@ -50,11 +71,13 @@ class _Running:
 class RealtimeEngines:
     """Implements the engine server's EngineHost and the agent shell's start/drain/stop/report."""
 
-    def __init__(self, clock: Clock, factory: EngineFactory, region: str,
-                 is_accepting: Callable[[str], bool]) -> None:
+    def __init__(self, clock: Clock, factory: EngineFactory, placement: Placement,
+                 is_accepting: Callable[[str], bool], transfer: TransferParams | None = None) -> None:
         self.clock = clock
         self.factory = factory
-        self.region = region
+        self.placement = placement  # this host (`host` is the agent id): where a KV hand-off starts or lands
+        self.region = placement.region
+        self.transfer = transfer if transfer is not None else TransferParams()
         self.is_accepting = is_accepting
         self._engines: dict[str, _Running] = {}
         self._last_s = 0.0
@@ -103,28 +126,8 @@ class RealtimeEngines:
     # -- EngineHost ----------------------------------------------------------------------------
 
     async def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]:
-        running = self._engines.get(instance_id)
-        if running is None:
-            raise UnknownInstance(f"no instance {instance_id!r} on this node")
-        if not self.is_accepting(instance_id):
-            raise InstanceNotAccepting(f"instance {instance_id!r} is not accepting requests")
+        running, queue = self._submit(instance_id, request, prefill_step=False)
         request_id = request.request_id
-        submitted = Request(request_id, running.spec.model, request.tier, request.region or self.region,
-                            self._now(), max(1, request.prompt_tokens), max(1, request.max_tokens))
-        # the engine server's span (the caller's context) says what the engine was given
-        trace.get_current_span().set_attributes({
-            "opscale.request_id": request_id, "opscale.tier": submitted.tier, "opscale.region": submitted.region,
-            "opscale.prompt_tokens": submitted.prompt_tokens, "opscale.instance_id": instance_id})
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        try:
-            running.engine.submit(submitted, submitted.arrival_s)
-        except EngineNotAcceptingError as exc:
-            raise InstanceNotAccepting(str(exc)) from None
-        except RequestTooLargeError as exc:
-            raise RequestTooLarge(str(exc)) from None
-        running.streams[request_id] = queue
-        running.produced[request_id] = 0
-        running.wake.set()
         finished = False
         try:
             while True:
@@ -137,11 +140,82 @@ class RealtimeEngines:
                 assert isinstance(item, int)
                 yield item
         finally:
-            running.streams.pop(request_id, None)
-            running.produced.pop(request_id, None)
-            if not finished and instance_id in self._engines:
-                running.engine.cancel(request_id, self._now())
-                running.wake.set()
+            self._forget(instance_id, running, request_id, finished)
+
+    async def prefill(self, instance_id: str, request: EngineRequest) -> dict[str, Any]:
+        """The prefill step of a disaggregated request: its KV hand-off parameters once the prefill is done."""
+        running, queue = self._submit(instance_id, request, prefill_step=True)
+        done = False
+        try:
+            item = await queue.get()
+            while not isinstance(item, PrefillDone):
+                if isinstance(item, Exception):
+                    raise item
+                item = await queue.get()  # a prefill engine streams nothing before its hand-off
+            done = True
+            spec = running.spec
+            p = self.placement
+            return SimKvHandoff(instance_id, p.host, p.region, p.switch, p.s1, p.s2, spec.sku, spec.tp,
+                                item.kv_bytes).params()
+        finally:
+            self._forget(instance_id, running, request.request_id, done)
+
+    def _submit(self, instance_id: str, request: EngineRequest,
+                prefill_step: bool) -> tuple[_Running, asyncio.Queue[object]]:
+        """Enter `request` into the instance's engine as its role takes it (see the module docstring);
+        raises the engine server's exceptions for what the instance refuses."""
+        running = self._engines.get(instance_id)
+        if running is None:
+            raise UnknownInstance(f"no instance {instance_id!r} on this node")
+        if not self.is_accepting(instance_id):
+            raise InstanceNotAccepting(f"instance {instance_id!r} is not accepting requests")
+        role = running.spec.role
+        decode_step = request.kv_transfer is not None
+        wants = Role.PREFILL if prefill_step else Role.DECODE if decode_step else Role.UNIFIED
+        if role is not wants:
+            raise WrongRole(_ROLE_HINT[role])
+        now = self._now()
+        request_id = request.request_id
+        submitted = Request(request_id, running.spec.model, request.tier, request.region or self.region,
+                            now, max(1, request.prompt_tokens), max(1, request.max_tokens))
+        # the engine server's span (the caller's context) says what the engine was given
+        span = trace.get_current_span()
+        span.set_attributes({
+            "opscale.request_id": request_id, "opscale.tier": submitted.tier, "opscale.region": submitted.region,
+            "opscale.prompt_tokens": submitted.prompt_tokens, "opscale.instance_id": instance_id})
+        try:
+            if request.kv_transfer is not None:
+                handoff = SimKvHandoff.from_params(request.kv_transfer)
+                if not isinstance(handoff, SimKvHandoff):
+                    raise BadKvTransfer(handoff)
+                source = Placement(handoff.region, handoff.s0, handoff.host, handoff.s1, handoff.s2)
+                topology, transfer_s = handoff_s(self.transfer, source, self.placement, handoff.kv_bytes,
+                                                 source_sku=handoff.sku, source_tp=handoff.tp,
+                                                 dest_tp=running.spec.tp)
+                span.set_attributes({"opscale.prefill_instance_id": handoff.engine_id,
+                                     "opscale.kv_topology": topology.value, "opscale.kv_transfer_s": transfer_s})
+                running.engine.submit_prefilled(submitted, now, now + transfer_s)
+            else:
+                running.engine.submit(submitted, now)
+        except EngineNotAcceptingError as exc:
+            raise InstanceNotAccepting(str(exc)) from None
+        except RequestTooLargeError as exc:
+            raise RequestTooLarge(str(exc)) from None
+        except WrongRoleError as exc:  # the checks above make this a bug; still the request's answer, not a crash
+            raise WrongRole(str(exc)) from None
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        running.streams[request_id] = queue
+        running.produced[request_id] = 0
+        running.wake.set()
+        return running, queue
+
+    def _forget(self, instance_id: str, running: _Running, request_id: str, finished: bool) -> None:
+        """The request's stream is over: an unfinished one (the client went away) is cancelled in the engine."""
+        running.streams.pop(request_id, None)
+        running.produced.pop(request_id, None)
+        if not finished and instance_id in self._engines:
+            running.engine.cancel(request_id, self._now())
+            running.wake.set()
 
     # -- the driver ----------------------------------------------------------------------------
 
@@ -175,3 +249,5 @@ class RealtimeEngines:
                     if running.produced.get(out.request_id, 0) < out.output_tokens:
                         queue.put_nowait(out.output_tokens)
                     queue.put_nowait(_END)
+                elif isinstance(out, PrefillDone):
+                    queue.put_nowait(out)  # the prefill step's answer

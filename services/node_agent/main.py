@@ -123,7 +123,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
             p.supervisor.every("engine-health", settings.engine_health_interval_s, openai_engines.check,
                                timeout_s=max(5.0, settings.engine_health_interval_s))
         else:
-            engines = RealtimeEngines(p.clock, make_engine, settings.region, is_accepting=core.is_accepting)
+            engines = RealtimeEngines(p.clock, make_engine, settings.placement(), is_accepting=core.is_accepting,
+                                      transfer=settings.transfer)
             app = build_engine_app(engines)
         p.on_exit(engines.close)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)

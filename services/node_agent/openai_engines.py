@@ -24,6 +24,14 @@ change of a counter between two reads:
 `sm_activity` is reported as 0: neither server exports the FLOPs it does, and GPU counters (DCGM's
 SM activity) are not read here. `busy_frac` is 1 while the server runs a request, 0 otherwise.
 
+Disaggregated serving: each server says the role it was started in (`role` in its settings: unified,
+prefill or decode); an instance binds only to a server of its own model and role, so the instance the
+heartbeat reports in the prefill or decode pool is fronted by a server started for that. The operator
+starts those servers in P/D mode with their own KV connector (vLLM with NixlConnector, say); the router
+drives vLLM's two-step `kv_transfer_params` protocol through this proxy (opscale.openai.kv_transfer), whose
+bodies and answers pass here unchanged, and the servers move the KV between themselves. opscale moves no
+KV for a real engine and prices no transfer: the TTFT it records is the servers' own.
+
 It must not decide anything: which instances exist and when they drain is the node-agent core's.
 """
 
@@ -193,15 +201,17 @@ class OpenAIEngines:
     # -- lifecycle (driven by the node-agent core's actions) -----------------------------------
 
     def start(self, spec: InstanceSpec) -> None:
-        """Bind `spec` to a configured server of its model that serves no other instance."""
+        """Bind `spec` to a configured server of its model and role that serves no other instance."""
         if spec.instance_id in self._bound:
             return
         taken = {id(b.server) for b in self._bound.values()}
-        server = next((s for s in self.servers if s.served_model_name == spec.model and id(s) not in taken), None)
+        server = next((s for s in self.servers if s.served_model_name == spec.model and s.role == spec.role
+                       and id(s) not in taken), None)
         if server is None:
-            served = sorted({s.served_model_name for s in self.servers}) or ["none"]
-            log.error("instance %s of %r placed on this agent, but no free OpenAI-compatible server serves that "
-                      "model (configured: %s); it stays unready", spec.instance_id, spec.model, ", ".join(served))
+            served = sorted({f"{s.served_model_name} ({s.role})" for s in self.servers}) or ["none"]
+            log.error("instance %s of %r (%s) placed on this agent, but no free OpenAI-compatible server serves that "
+                      "model in that role (configured: %s); it stays unready", spec.instance_id, spec.model,
+                      spec.role, ", ".join(served))
             return
         self._bound[spec.instance_id] = _Bound(spec, server)
 

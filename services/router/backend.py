@@ -10,6 +10,13 @@ request's id, tier, origin region and prompt-token estimate (routed_headers.py),
 the request the router routed. However the stream ends (done, error, client gone), the `finally`
 releases the core's accounting exactly once and queues the request's record, whose token counts are
 the engine's own when it reported them.
+
+A disaggregated model's decision is a pair (`Dispatch.decode_instance_id`), served in two steps as vLLM's
+disaggregated proxy serves one (opscale.openai.kv_transfer): the prefill instance runs the prefill and
+answers where its KV is; the core hears PrefillHandedOff, as in the simulator, so the request then counts
+against the decode instance only; the decode instance pulls the KV and streams the tokens, so the
+transfer is part of the TTFT. Either step failing before the first token is a DispatchFailed for the
+instance that failed, and the core pairs the request again; the record names both instances.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
+from opscale.openai.kv_transfer import decode_body, prefill_body
 from opscale.openai.routed_headers import routed_headers
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.openai.stream import EngineUsage
@@ -29,7 +37,7 @@ from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
 from opscale.services.actions import Action, Dispatch, Reject
-from opscale.services.events import DispatchFailed, RequestArrived, RequestFinished
+from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
 from opscale.services.router import RouterCore
 
 from opscale_services.router.api import RouteRejected
@@ -87,6 +95,7 @@ class LiveRouterBackend:
             raise
         attempt = 1
         produced, first_token_s, status, instance_id, served_region = 0, None, "failed", "", ""
+        prefill_id = ""
         usage: EngineUsage | None = None
         dispatched = False
         try:
@@ -95,11 +104,23 @@ class LiveRouterBackend:
                     status = "rejected"
                     raise RouteRejected(decision.status, decision.message, decision.retry_after_s)
                 dispatched, instance_id, served_region = True, decision.instance_id, decision.region
+                endpoint, body, prefill_id = decision.endpoint, _engine_body(req), ""
                 span.set_attribute("opscale.instance_id", instance_id)
                 try:
+                    if decision.decode_instance_id:
+                        # A disaggregated pair: the prefill instance's answer says where the KV is, the
+                        # decode instance pulls it and streams (opscale.openai.kv_transfer).
+                        prefill_id = instance_id
+                        params = await self.upstream.prefill(endpoint, prefill_body(body), headers)
+                        await self.host.handle(PrefillHandedOff(request.request_id, prefill_id,
+                                                                decision.decode_instance_id, self.clock.now_s()))
+                        instance_id, endpoint = decision.decode_instance_id, decision.decode_endpoint
+                        body = decode_body(body, params)
+                        span.set_attributes({"opscale.prefill_instance_id": prefill_id,
+                                             "opscale.instance_id": instance_id})
                     if req.stream:
                         # the API may send a sink back for the events that follow (splicing): relayed as is
-                        stream = self.upstream.stream_sse(decision.endpoint, _engine_body(req), headers)
+                        stream = self.upstream.stream_sse(endpoint, body, headers)
                         try:
                             sink: SseSink | None = None
                             while True:
@@ -115,8 +136,7 @@ class LiveRouterBackend:
                         finally:
                             await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
-                        async for chunk in self.upstream.stream_completion(decision.endpoint, _engine_body(req),
-                                                                           headers):
+                        async for chunk in self.upstream.stream_completion(endpoint, body, headers):
                             if isinstance(chunk, EngineUsage):
                                 usage = chunk
                             elif chunk.is_token:
@@ -129,6 +149,7 @@ class LiveRouterBackend:
                 except UpstreamError as exc:
                     if not (exc.before_first_token and exc.retryable):
                         raise
+                    # the instance whose step failed (a pair's prefill or decode) is the one not to try again
                     log.info("request %s: %s failed before its first token (%s); re-routing", request.request_id,
                              instance_id, exc)
                     decision = await self._decide(DispatchFailed(request, instance_id, str(exc), attempt),
@@ -146,7 +167,7 @@ class LiveRouterBackend:
                 produced = usage.completion_tokens if usage.completion_tokens is not None else produced
             outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, served_region,
                                      instance_id, request.arrival_s, first_token_s,
-                                     now if status == "ok" else None, prompt_tokens, produced, status)
+                                     now if status == "ok" else None, prompt_tokens, produced, status, prefill_id)
             if dispatched:
                 self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
             self.records.add(outcome)

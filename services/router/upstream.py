@@ -8,7 +8,8 @@ usage (`stream_completion`, for answers the router assembles itself) or the engi
 
 Every wait is bounded (a router without upstream timeouts hangs on one stalled engine): connecting,
 the first token (an absolute deadline that covers the connection pool, the response headers and the
-engine's queue and prefill), and each gap between later reads. Every failure is an `UpstreamError` that
+engine's queue and prefill), and each gap between later reads. A disaggregated request's first step,
+the prefill, is one JSON answer (`prefill`) whose KV hand-off parameters the decode step carries. Every failure is an `UpstreamError` that
 says what failed and whether a token had already been produced, so the router retries another instance
 only when the client has seen nothing yet. Closing the generator (`aclose`) closes the connection,
 which is how the engine learns that the request was abandoned.
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
 from opscale.openai.schema import TokenChunk
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage
@@ -229,12 +231,43 @@ class UpstreamClient:
         finally:
             exchange.finish()
 
+    async def prefill(self, endpoint_url: str, body: Mapping[str, Any],
+                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Step 1 of a disaggregated request (opscale.openai.kv_transfer): POST `body` (a prefill body,
+        not streamed) to a prefill instance and return its answer's `kv_transfer_params`, for the decode
+        instance. The whole exchange is bounded by the first-token deadline (the prefill is the first
+        token's work); an answer of more than `max_event_bytes`, not JSON, or without the parameters is
+        a `protocol` error. Every failure is before the first token: another pair may serve it."""
+        exchange = self._exchange(endpoint_url, body, headers, stream=False)
+        limit = self.config.max_event_bytes
+        parts: list[bytes] = []
+        size = 0
+        try:
+            await exchange.open()
+            while data := await exchange.read():
+                size += len(data)
+                if size > limit:
+                    raise exchange.fail("protocol", f"prefill answer larger than {limit} bytes")
+                parts.append(data)
+            exchange.completed = True
+        finally:
+            exchange.finish()
+        try:
+            answer = json.loads(b"".join(parts))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise exchange.fail("protocol", f"prefill answer is not JSON: {exc}") from exc
+        params = handoff_params(answer)
+        if params is None:
+            raise exchange.fail("protocol", f"prefill answer has no {KV_TRANSFER_PARAMS}: is the instance a "
+                                "prefill instance with a KV connector?")
+        return params
+
     def _exchange(self, endpoint_url: str, body: Mapping[str, Any],
-                  headers: Mapping[str, str] | None) -> _Exchange:
+                  headers: Mapping[str, str] | None, *, stream: bool = True) -> _Exchange:
         if self._pool is None:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
-        payload["stream"] = True
+        payload["stream"] = stream
         url = completion_url(endpoint_url, body)
         endpoint = self._endpoints.get(url)
         if endpoint is None:
@@ -242,7 +275,8 @@ class UpstreamClient:
                 self._endpoints.clear()  # instances come and go: never let the cache grow with them
             endpoint = self._endpoints[url] = Endpoint.parse(url)
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
-                                                    "Accept": "text/event-stream", **(headers or {})},
+                                                    "Accept": "text/event-stream" if stream else "application/json",
+                                                    **(headers or {})},
                                  json.dumps(payload).encode())
         return _Exchange(self, self._pool, endpoint, url, request)
 

@@ -4,10 +4,14 @@ asyncio tasks in one event loop, against real NATS and Redis, in the test's own 
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from opscale.runtime.live.settings import (
     AggregatorSettings,
@@ -103,3 +107,16 @@ class LiveStack:
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if errors:
             raise errors[0]
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> str:
+    """Stop an `opscale up` process as a user does (SIGTERM) and return its output; a stack that does not
+    stop within 45 s is killed and fails the test."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"opscale up did not stop within 45 s:\n{output.decode()[-3000:]}")
+    return output.decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _stack import stop_up
 
 from opscale.runtime.live.local_servers import free_port_block
 
@@ -75,14 +75,7 @@ def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str,
         with urllib.request.urlopen(f"http://127.0.0.1:{base + 2}/healthz", timeout=5) as health:
             assert health.status == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=45)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            pytest.fail(f"opscale up did not stop within 45 s:\n{output.decode()[-3000:]}")
-    text = output.decode()
+        text = stop_up(proc)
     assert proc.returncode == 0, text[-3000:]
     assert "stack stopped" in text and "killing it" not in text
     if fleet == "scenario":

@@ -64,6 +64,8 @@ def test_one_prefill_two_decode_serve_every_request_through_both_pools(monkeypat
     # every request was prefilled on the prefill instance and decoded on a decode instance
     assert {o.instance_id.split("-")[-2] for o in outcomes} == {"decode"}
     assert len({o.instance_id for o in outcomes}) == 2
+    # the record names the prefill instance too, as the live router's does
+    assert {o.prefill_instance_id.split("-")[-2] for o in outcomes} == {"prefill"}
     assert len(transfers) == len(outcomes)
     assert {t for _, t, _ in transfers} == {Topology.CROSS_SWITCH}  # two leaves of one mini-pod
 

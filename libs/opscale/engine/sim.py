@@ -49,6 +49,13 @@ from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
 from opscale.perf.operators import Footprint
 
+# A KV landing this little after a step boundary joins at that boundary. A landing time is the admission
+# time plus a transfer recovered from absolute times (kv_ready_s - now_s), so two transfers of the same
+# length land an ulp or two apart; without the slack the later one misses the boundary the other joins
+# at and waits a whole decode step (tens of ms) for a difference of 1e-16 s. 1 ns is far above the
+# rounding of any simulated time (an ulp of 1e6 s is 1e-10 s) and far below any step.
+LANDING_SLACK_S = 1e-9
+
 
 class EngineState(StrEnum):
     ACCEPTING = "accepting"
@@ -426,7 +433,7 @@ class SimEngine(Scheduler):
                                     per_ctx_s, busy_fixed_s, busy_per_ctx_s)
                     if self._transferring:
                         # A KV landing mid-run joins at the first boundary at or after it: cut there.
-                        landing_s = min(s.kv_at_s for s in self._transferring.values())
+                        landing_s = min(s.kv_at_s for s in self._transferring.values()) - LANDING_SLACK_S
                         steps = max(1, run.steps_by(landing_s))
                         if steps < k:
                             run = run.cut(steps)
@@ -546,9 +553,9 @@ class SimEngine(Scheduler):
         self._join_landed(wait.end_s, out)
 
     def _join_landed(self, end: float, out: list[EngineOutput]) -> None:
-        """Prefilled requests whose KV has landed by this boundary join the decode batch, in admission
-        order; the first token, handed over with the KV, reaches the client now."""
-        landed = [seq for seq in self._transferring.values() if seq.kv_at_s <= end]
+        """Prefilled requests whose KV has landed by this boundary (within LANDING_SLACK_S) join the
+        decode batch, in admission order; the first token, handed over with the KV, reaches the client now."""
+        landed = [seq for seq in self._transferring.values() if seq.kv_at_s <= end + LANDING_SLACK_S]
         for seq in landed:
             del self._transferring[seq.admit_no]
             seq.xfer_s = None

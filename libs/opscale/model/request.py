@@ -81,6 +81,9 @@ class RequestOutcome:
     prompt_tokens: int
     output_tokens: int
     status: str = "ok"  # ok | rejected | failed | cancelled
+    # A disaggregated request: the instance that ran its prefill; `instance_id` is the decode instance
+    # that streamed its tokens. "" for a request served whole by one instance.
+    prefill_instance_id: str = ""
 
     @property
     def ttft_s(self) -> float | None:

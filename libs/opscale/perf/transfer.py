@@ -151,6 +151,17 @@ def topology_between(a: Placement, b: Placement) -> Topology:
     return Topology.SAME_HOST
 
 
+def handoff_s(params: TransferParams, source: Placement, dest: Placement, nbytes: float, *,
+              source_sku: str | None, source_tp: int, dest_tp: int) -> tuple[Topology, float]:
+    """The path between a prefill instance at `source` and a decode instance at `dest`, and the seconds
+    its `nbytes` of KV take over it: the shards of a tensor-parallel instance move in parallel over
+    min(source_tp, dest_tp) links, except across regions (one WAN flow). The one pricing of a P/D
+    hand-off: the simulator's world and the live node-agent's decode side both use it."""
+    topology = topology_between(source, dest)
+    links = 1 if topology is Topology.CROSS_REGION else min(source_tp, dest_tp)
+    return topology, params.link(topology, source_sku).transfer_s(nbytes, links)
+
+
 def kv_bytes(model: ModelSpec, tokens: int) -> int:
     """KV-cache bytes of `tokens` tokens: tokens x model.kv_bytes_per_token (all layers, K and V)."""
     _check_tokens(tokens)

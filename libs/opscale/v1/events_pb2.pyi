@@ -112,7 +112,7 @@ class AgentHeartbeat(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ..., s0: _Optional[str] = ..., s1: _Optional[str] = ..., s2: _Optional[str] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status")
+    __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status", "prefill_instance_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class RequestRecord(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     tier: str
@@ -137,7 +138,8 @@ class RequestRecord(_message.Message):
     prompt_tokens: int
     output_tokens: int
     status: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., served_region: _Optional[str] = ..., instance_id: _Optional[str] = ..., arrival_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    prefill_instance_id: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., served_region: _Optional[str] = ..., instance_id: _Optional[str] = ..., arrival_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ...) -> None: ...
 
 class RequestRecordBatch(_message.Message):
     __slots__ = ("records",)

@@ -353,8 +353,21 @@ def _same_instant(outputs: list[int], max_num_seqs: int = 2) -> tuple[EngineConf
     return config, requests, {r.request_id: 0.0 for r in requests}
 
 
+def _equal_transfers_in_rounding() -> tuple[EngineConfig, list[Request], dict[str, float]]:
+    """Two prefilled requests with the same 1 ms transfer, submitted at 0.5 s and 1.0 s and admitted together
+    when a long decode frees the KV: their landing times, rebuilt from absolute times, differ by an ulp.
+    Both must join at the one boundary (regression: the later by 1e-16 s waited a whole decode step)."""
+    config = EngineConfig(max_num_seqs=2, max_batched_tokens=18, gpu_memory_utilization=0.58, block_size=1)
+    requests = [Request("r0", MODEL.name, "interactive", "eu", 0.0, 443, 45),
+                Request("r1", MODEL.name, "interactive", "eu", 0.0, 404, 1),
+                Request("r2", MODEL.name, "interactive", "eu", 0.5, 1, 1),
+                Request("r3", MODEL.name, "interactive", "eu", 1.0, 1, 2)]
+    return config, requests, {"r0": 0.0, "r1": 0.0, "r2": 0.001, "r3": 0.001}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefilled_workloads())
+@example(_equal_transfers_in_rounding())
 @example(_same_instant([2, 1]))
 @example(_same_instant([1, 2, 1]))
 @example(_same_instant([1, 1, 1, 1, 2, 1]))

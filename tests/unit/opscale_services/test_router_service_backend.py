@@ -16,9 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _router_service_loopback import serve
+from _router_service_loopback import LiveRouter, live_router, serve
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceState, InstanceStatus, Role
 from opscale.openai.routed_headers import (
@@ -27,33 +26,12 @@ from opscale.openai.routed_headers import (
     REQUEST_ID_HEADER,
     TIER_HEADER,
 )
-from opscale.runtime.clock import WallClock
-from opscale.runtime.live.host import CoreHost
-from opscale.services.events import AgentHeartbeat
 from opscale.services.router import RouterConfig, RouterCore
-
-from opscale_services.router.api import build_router_app
-from opscale_services.router.backend import LiveRouterBackend
-from opscale_services.router.records import RecordBatcher
-from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 pytestmark = pytest.mark.unit
 
 GUARD_S = 10.0  # hang guard only, never a performance threshold
 BODY = {"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True}
-
-
-class RecordingBus:
-    """What the router publishes (request records, load reports), kept in memory."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, Any]] = []
-
-    async def publish(self, subject: str, event: Any, msg_id: str | None = None) -> None:
-        self.published.append((subject, event))
-
-    def records(self) -> list[Any]:
-        return [r for _, event in self.published if isinstance(event, tuple) for r in event]
 
 
 @dataclass
@@ -115,35 +93,14 @@ def engine_app(engine: Engine) -> web.Application:
     return app
 
 
-@dataclass
-class Router:
-    url: str
-    core: RouterCore
-    host: CoreHost
-    bus: RecordingBus
-    records: RecordBatcher
-
-
 @asynccontextmanager
-async def router(engines: dict[str, Engine], config: RouterConfig | None = None) -> AsyncIterator[Router]:
+async def router(engines: dict[str, Engine], config: RouterConfig | None = None) -> AsyncIterator[LiveRouter]:
     """The live router with `engines` registered (instance id -> engine) through one heartbeat."""
     async with AsyncExitStack() as stack:
         urls = {i: await stack.enter_async_context(serve(engine_app(e))) for i, e in engines.items()}
-        core = RouterCore(config or RouterConfig(models=["m"]))
-        bus = RecordingBus()
-        clock = WallClock()
-        upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=2.0))
-        await stack.enter_async_context(upstream)
-        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local")
-        host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
-        backend.host = host
-        if urls:
-            statuses = tuple(InstanceStatus(i, "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=u)
-                             for i, u in sorted(urls.items()))
-            await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), statuses))
-        url = await stack.enter_async_context(serve(build_router_app(backend)))
-        yield Router(url, core, host, bus, records)
+        statuses = [InstanceStatus(i, "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=u)
+                    for i, u in sorted(urls.items())]
+        yield await stack.enter_async_context(live_router(RouterCore(config or RouterConfig(models=["m"])), statuses))
 
 
 def sse(raw: bytes) -> list[Any]:

@@ -15,7 +15,7 @@ import pytest
 from _router_service_loopback import serve
 from aiohttp import web
 
-from opscale.model import InstanceSpec, Request
+from opscale.model import InstanceSpec, Request, Role
 from opscale.openai.routed_headers import PROMPT_TOKENS_HEADER, REQUEST_ID_HEADER, routed_headers
 from opscale.runtime.clock import VirtualClock
 from opscale.runtime.live.settings import OpenAIEngineSettings
@@ -262,3 +262,25 @@ async def test_a_dead_server_is_unhealthy_and_an_instance_without_a_server_stays
         assert [r.instance_id for r in engines.reports()] == ["i-1"]
     finally:
         await engines.close()
+
+
+async def test_an_instance_binds_only_to_a_server_of_its_role() -> None:
+    # The operator started one prefill and one decode server (P/D mode, its own KV connector): the planner's
+    # prefill and decode instances each bind to theirs, and a unified instance of the model finds none.
+    servers = [OpenAIEngineSettings(base_url="http://127.0.0.1:9", served_model_name="tiny", role=role)
+               for role in (Role.DECODE, Role.PREFILL)]
+    engines = OpenAIEngines(servers, VirtualClock(), is_accepting=lambda _: True)
+    await engines.start_session()
+    try:
+        engines.start(InstanceSpec("i-p", "tiny", "H100-80GB", 1, Role.PREFILL))
+        engines.start(InstanceSpec("i-u", "tiny", "H100-80GB", 1, Role.UNIFIED))
+        engines.start(InstanceSpec("i-d", "tiny", "H100-80GB", 1, Role.DECODE))
+        # (ignoring roles, i-p would take the decode server listed first, i-u the prefill one, i-d none)
+        assert {r.instance_id for r in engines.reports()} == {"i-p", "i-d"}
+    finally:
+        await engines.close()
+
+
+def test_a_servers_role_must_be_one_opscale_knows() -> None:
+    with pytest.raises(ValueError, match="role"):
+        OpenAIEngineSettings(base_url="http://127.0.0.1:9", served_model_name="tiny", role="prefil")  # type: ignore[arg-type]

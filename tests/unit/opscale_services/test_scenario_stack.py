@@ -43,7 +43,10 @@ def test_a_router_per_region_and_a_node_agent_per_host_named_as_the_simulator_na
         host for group in scenario.hosts for host in group.host_ids()]
     assert agents[2] == {"OPSCALE_NODE_AGENT_AGENT_ID": "us-a100-80gb-1", "OPSCALE_NODE_AGENT_REGION": "us",
                          "OPSCALE_NODE_AGENT_SKU": "A100-80GB", "OPSCALE_NODE_AGENT_GPUS": "4",
-                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0"}
+                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0",
+                         # the simulator's default switches: the leaf named after region and SKU
+                         "OPSCALE_NODE_AGENT_S0": "us-a100-80gb", "OPSCALE_NODE_AGENT_S1": "us-a100-80gb",
+                         "OPSCALE_NODE_AGENT_S2": "us"}
 
 
 @pytest.mark.parametrize("port_base", [None, 30000])
@@ -72,3 +75,4 @@ def test_the_scenario_settings_configure_every_service(tmp_path: Path) -> None:
     assert all(s.engine.max_num_seqs == 64 for s in settings.values())  # the planner sizes for the agents' engines
     assert [t.name for t in settings["aggregator"].tiers] == [t.name for t in _scenario().tiers]
     assert settings["node_agent"].load_time_scale == 0.1
+    assert settings["node_agent"].transfer == _scenario().transfer  # prices a live KV hand-off as the simulator does

@@ -56,7 +56,8 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from opscale.engine import EngineConfig
-from opscale.model import TierList, TierSpec, default_tier_models, tier_table
+from opscale.model import Role, TierList, TierSpec, default_tier_models, tier_table
+from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -344,6 +345,10 @@ class OpenAIEngineSettings(BaseModel):
                           "(with or without /v1)")
     served_model_name: str = Field(..., min_length=1, description="The model name the server answers to; instances "
                                    "of this model placed on the agent are bound to this server")
+    role: Role = Field(Role.UNIFIED, description="What the server was started to do: unified (whole requests), or "
+                       "prefill / decode for a server the operator started in P/D mode with its own KV connector "
+                       "(vLLM --kv-transfer-config with NixlConnector); only instances of this role bind to it, "
+                       "and heartbeats report them in that role's pool")
     api_key: str = Field("", description="Bearer token sent to the server; empty: none")
     metrics_path: str = Field("/metrics", description="Prometheus metrics of the server (vLLM: KV cache usage, "
                               "queue); empty: not read")
@@ -385,6 +390,10 @@ class NodeAgentSettings(LiveSettings):
                     "when not configured")
     s1: str = Field("", description="Mini-pod switch above the leaf (S1); needs s0")
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2); needs s1")
+    transfer: TransferParams = Field(
+        default_factory=TransferParams, description="Simulated engines: bandwidth and latency of each network "
+        "path, which price the KV transfer of a disaggregated request into a decode instance here (a "
+        "scenario's `transfer`)")
 
     @model_validator(mode="after")
     def _switch_chain(self) -> NodeAgentSettings:
@@ -399,6 +408,10 @@ class NodeAgentSettings(LiveSettings):
         """host:port others use to reach this agent's gRPC server."""
         host = self.advertise_host or _hostname()
         return f"{host}:{bound_port if bound_port is not None else self.grpc_port}"
+
+    def placement(self) -> Placement:
+        """Where this host sits in the network (the agent id names the host), for KV hand-offs."""
+        return Placement(self.region, self.s0, self.agent_id, self.s1, self.s2)
 
     def core_config(self, bound_port: int | None = None) -> NodeAgentConfig:
         """The node-agent core's config derived from these settings (one owner per fact)."""

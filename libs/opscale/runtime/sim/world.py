@@ -31,7 +31,7 @@ from typing import Any
 
 from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
 from opscale.model import InstanceSpec, Request, RequestOutcome
-from opscale.perf.transfer import Placement, Topology, TransferParams, topology_between
+from opscale.perf.transfer import Placement, Topology, TransferParams, handoff_s
 from opscale.runtime.sim.bus import InProcessBus
 from opscale.runtime.sim.loop import EventLoop
 from opscale.services import subjects
@@ -117,6 +117,8 @@ class SimWorld:
     _by_agent: dict[str, dict[str, _Hosted]] = field(default_factory=dict, init=False)
     _inflight: dict[str, tuple[Request, str, int]] = field(default_factory=dict, init=False)
     _paired: dict[str, str] = field(default_factory=dict, init=False)  # request -> its decode instance, in prefill
+    # request -> the instance that prefilled it, while it decodes elsewhere: its record names both
+    _prefilled_on: dict[str, str] = field(default_factory=dict, init=False)
     # Request records on their way to the aggregator: (delivery time, sequence number, record).
     _records: deque[tuple[float, int, RequestFinished]] = field(default_factory=deque, init=False)
     requests_submitted: int = field(default=0, init=False)
@@ -373,6 +375,7 @@ class SimWorld:
                 continue
             del self._inflight[request.request_id]
             self._paired.pop(request.request_id, None)
+            self._prefilled_on.pop(request.request_id, None)
             router = self.routers.get(request.region) or next(iter(self.routers.values()))
             failed = DispatchFailed(request, instance_id, "instance stopped with the request in flight", attempt)
             self._apply(router.name, router.handle(failed, self.loop.now_s), router)
@@ -397,9 +400,9 @@ class SimWorld:
                                     attempt)
             self._apply(router.name, router.handle(failed, now), router)
             return
-        topology = topology_between(prefill.placement, decode.placement)
-        links = 1 if topology is Topology.CROSS_REGION else min(prefill.engine.tp, decode.engine.tp)
-        transfer_s = self.transfer.link(topology, prefill.engine.sku.name).transfer_s(out.kv_bytes, links)
+        topology, transfer_s = handoff_s(self.transfer, prefill.placement, decode.placement, out.kv_bytes,
+                                         source_sku=prefill.engine.sku.name, source_tp=prefill.engine.tp,
+                                         dest_tp=decode.engine.tp)
         self._inflight[out.request_id] = (request, decode_id, attempt)
         try:
             # the KV streams out from the end of the prefill (PrefillDone.at_s), however late the world
@@ -415,6 +418,7 @@ class SimWorld:
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
             self._apply(router.name, router.handle(record, now), router)
             return
+        self._prefilled_on[out.request_id] = prefill_id
         self.observer.kv_transfer(request.request_id, topology, transfer_s, now)
         self._apply(router.name, router.handle(PrefillHandedOff(request.request_id, prefill_id, decode_id, now), now),
                     router)
@@ -459,9 +463,10 @@ class SimWorld:
         if entry is None:
             return
         request, instance_id, _ = entry
+        prefill_id = self._prefilled_on.pop(out.request_id, "") if self._prefilled_on else ""
         outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, hosted.region,
                                  instance_id, request.arrival_s, out.first_token_s, out.at_s, request.prompt_tokens,
-                                 out.output_tokens, "ok")
+                                 out.output_tokens, "ok", prefill_id)
         record = RequestFinished(outcome)  # immutable: the aggregator's record and the router's event alike
         # _record, written out: once per request.
         self.observer.outcome(outcome)

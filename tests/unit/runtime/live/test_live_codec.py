@@ -66,7 +66,8 @@ requests = st.builds(Request, request_id=text, model=text, tier=text, region=tex
                      prefix_hashes=tuples(i64, 5))
 outcomes = st.builds(RequestOutcome, request_id=text, model=text, tier=text, region=text, served_region=text,
                      instance_id=text, arrival_s=reals, first_token_s=reals, finish_s=reals, prompt_tokens=u32,
-                     output_tokens=u32, status=st.sampled_from(["rejected", "failed"]) | text)
+                     output_tokens=u32, status=st.sampled_from(["rejected", "failed"]) | text,
+                     prefill_instance_id=text)
 
 
 @st.composite
