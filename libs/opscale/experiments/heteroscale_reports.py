@@ -17,6 +17,7 @@ from typing import Any
 from opscale.experiments.heteroscale_metrics import SIGNALS, MetricsOutcome
 from opscale.experiments.heteroscale_ratio import RatioOutcome
 from opscale.experiments.report import _jsonable
+from opscale.planning.heteroscale.curation import best_split
 
 # PAPERS.md §3.5: "optimum ranges 1P/5D to 9P/1D with length mix, hardware and SLO priority".
 PAPER_RATIO_RANGE = "1P/5D to 9P/1D (PAPERS.md §3.5)"
@@ -136,6 +137,8 @@ def write_ratio(out: Path, outcome: RatioOutcome) -> list[Path]:
         variants.append({"name": m.name, "result": {
             "lengths": m.lengths, "mean_prompt_tokens": m.mean_prompt_tokens,
             "mean_output_tokens": m.mean_output_tokens, "best_ratio": cur.chosen.split.label,
+            "best_ratio_per_gpu": best_split(cur.table, "per_gpu").split.label,
+            "best_ratio_per_dollar": best_split(cur.table, "per_dollar").split.label,
             "best_split": {"prefill": cur.chosen.split.prefill, "decode": cur.chosen.split.decode},
             "max_rate_rps": cur.chosen.best.rate_rps if cur.chosen.best else None,
             "params": cur.params(), "table": cur.measured(), "wall_s": m.wall_s}})
@@ -161,14 +164,14 @@ def _ratio_markdown(summary: dict[str, Any]) -> str:
              f"{summary['tier']['tbt_slo_s']:g} s; best by decode TPS {summary['objective'].replace('_', ' ')}; "
              f"{summary['wall_s']:.0f} s wall. Paper's optima: {summary['paper_range']}.", "",
              "Decode TPS within SLO (tokens/s) per P:D:", "",
-             "| mix (mean prompt / output) | " + " | ".join(labels) + " | best |",
-             "|---|" + "---|" * (len(labels) + 1)]
+             "| mix (mean prompt / output) | " + " | ".join(labels) + " | best per GPU | best per $ |",
+             "|---|" + "---|" * (len(labels) + 2)]
     for v in variants:
         r = v["result"]
         cells = [f"**{_fmt(row['decode_tps'], '.0f')}**" if row["ratio"] == r["best_ratio"]
                  else _fmt(row["decode_tps"], ".0f") for row in r["table"]]
         lines.append(f"| {v['name']} ({r['mean_prompt_tokens']:.0f} / {r['mean_output_tokens']:.0f}) | "
-                     + " | ".join(cells) + f" | {r['best_ratio']} |")
+                     + " | ".join(cells) + f" | {r['best_ratio_per_gpu']} | {r['best_ratio_per_dollar']} |")
     lines += ["", "Lengths: " + "; ".join(f"{v['name']}: {v['result']['lengths']}" for v in variants), ""]
     return "\n".join(lines)
 
