@@ -107,6 +107,9 @@ def test_curate_command_writes_the_policy_parameters(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["heteroscale", "curate", "--scenario", str(scenario), "--model", "nope",
                               "--out", str(out)])
     assert bad.exit_code == 2 and "--model" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["heteroscale", "curate", "--scenario", str(scenario), "--model", "Llama-3-8B",
+                                  "--lengths", "absent.csv", "--data-dir", str(tmp_path), "--out", str(out)])
+    assert missing.exit_code == 2 and "--lengths" in missing.output
 
 
 def test_experiment_run_runs_a_study_config(tmp_path: Path) -> None:

@@ -57,7 +57,10 @@ def curate(
         world = load_scenario(scenario)
         service = service_from_scenario(world, model, tier)
         mix, scenario_data = scenario_mix(world, model, lengths)
-        sampler = mix.sampler(data_dir if data_dir is not None else scenario_data)
+        root = data_dir if data_dir is not None else scenario_data
+        if lengths is not None and (root is None or not (root / lengths).is_file()):
+            raise _fail(f"--lengths: {lengths} is not a file under the data directory {root} (--data-dir)")
+        sampler = mix.sampler(root)
         console.print(f"[dim]{model}: lengths {sampler.source}; {instances} instances")
         curation = curate_service(
             service, sampler, instances=instances, objective=chosen, settings=ProbeSettings(seed=seed),
