@@ -134,7 +134,8 @@ def score(series: SignalSeries, config: MetricsStudyConfig) -> list[dict[str, An
             "name": name, "what": what,
             "result": {
                 "snr": snr, "r2": fit.r2 if fit else None, "elasticity": elastic,
-                "lag_s": lag * config.window_s if lag is not None else None,
+                # a signal that does not move with the load has no lag to speak of
+                "lag_s": lag * config.window_s if lag is not None and snr > 0 else None,
                 "step_response_s": steps,
                 "light_load_level": light, "peak_level": peak,
                 "light_over_peak": light / peak if peak else None,

@@ -64,9 +64,10 @@ def _metrics_markdown(summary: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary["variants"]:
         r = row["result"]
-        steps = ", ".join(f"{_fmt(v, '.1f')} s" for v in r["step_response_s"].values()) or "-"
+        steps = ", ".join("-" if v is None else f"{v:.1f} s" for v in r["step_response_s"].values()) or "-"
+        lag = "-" if r["lag_s"] is None else f"{r['lag_s']:.0f} s"
         lines.append(f"| {row['name']} | {_fmt(r['snr'], '.1f')} | {_fmt(r['r2'])} | {_fmt(r['elasticity'])} | "
-                     f"{_fmt(r['lag_s'], '.0f')} s | {steps} | {_fmt(r['light_over_peak'])} | {r['verdict']} | "
+                     f"{lag} | {steps} | {_fmt(r['light_over_peak'])} | {r['verdict']} | "
                      f"{r['paper'] or '-'} |")
     th = summary["thresholds"]
     lines += ["", f"A signal works when R² >= {th['min_r2']:g}, elasticity in {th['elasticity'][0]:g}-"

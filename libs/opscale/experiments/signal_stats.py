@@ -12,7 +12,8 @@ proportional to the load, and how late it follows a change. Pure numpy on plain 
   control, required = signal / per-instance target, assumes); near 0 for one that saturates.
 - `xcorr_lag`: the lag (in windows) at which the signal's changes correlate best with the load's.
 - `step_response`: the time after a step until the signal covers 63% of its change (linear between
-  windows); None when the change is within 3 noise deviations.
+  windows); None when there is no change to follow: within 3 noise deviations, or under 5% of the level
+  (a signal pinned at 1 that dips once has noise 0, and no response).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def xcorr_lag(load: Sequence[float], y: Sequence[float], max_lag: int) -> int | 
 
 
 def step_response(t: Sequence[float], y: Sequence[float], step_s: float, settle_s: float,
-                  fraction: float = 0.63) -> float | None:
+                  fraction: float = 0.63, min_rel_change: float = 0.05) -> float | None:
     """Seconds after a step at `step_s` until `y` first covers `fraction` of its change: from the mean of
     the windows before the step (within settle_s) to the mean of the windows ending in the second half of
     [step_s, step_s + settle_s]. Windows are stamped at their end; linear between them."""
@@ -124,7 +125,7 @@ def step_response(t: Sequence[float], y: Sequence[float], step_s: float, settle_
         return None
     lo, hi = float(before.mean()), float(after.mean())
     change = hi - lo
-    if abs(change) <= 3 * noise_std(ys):
+    if abs(change) <= max(3 * noise_std(ys), min_rel_change * max(abs(lo), abs(hi))):
         return None
     goal = lo + fraction * change
     prev_t, prev_y = step_s, lo

@@ -77,4 +77,6 @@ def test_step_response_measures_a_first_order_lag() -> None:
     down = 6.0 - y
     assert st.step_response(t, down, 100.0, settle_s=150.0) == pytest.approx(tau, rel=0.05)
     assert st.step_response(t, np.ones_like(t), 100.0, settle_s=150.0) is None  # no change, no response
+    pinned = np.where(t < 200, 1.0, 0.99)  # noiseless, and a 1% dip is no response to follow
+    assert st.step_response(t, pinned, 100.0, settle_s=150.0) is None
     assert math.isfinite(st.step_response(t, y, 100.0, settle_s=150.0, fraction=0.5) or math.nan)
