@@ -180,6 +180,6 @@ def run_metrics_study(config: MetricsStudyConfig, data_dir: Path | None = None,
     series = SignalSeries()
     run = run_fleet(service, p, d, schedule_requests(schedule, sampler, service.model, service.tier.name, config.seed),
                     LOAD_START_S + schedule.duration_s, seed=config.seed, window_s=config.window_s,
-                    on_window=window_sampler(series, schedule, config.window_s))
+                    on_window=window_sampler(series, schedule, config.window_s), report_window_s=config.window_s)
     return MetricsOutcome(config, series, score(series, config), peak, peak_source, sampler.source,
                           len(run.outcomes), time.perf_counter() - started)

@@ -8,7 +8,8 @@ and its two studies (heteroscale-metrics, heteroscale-ratio).
 - `RateSchedule`: the arrival rate over time, piecewise linear between points (a ramp, holds, steps);
   arrivals are a Poisson process with that rate (thinning), seeded.
 - `run_fleet`: the simulation itself, the ordinary world of opscale.experiments.runner, with a callback
-  every `window_s` that can read each engine's report (what its heartbeat says) and the outcomes so far.
+  every `window_s` that can read each engine's report (what its heartbeat says; the metric study makes
+  the engines report over that same window) and the outcomes so far.
 - `constant_probe`: a `Probe` for curation: a constant rate, a warm-up, then a measured window; decode and
   prefill TPS from the engines' own counters, TTFT/TBT p99 over the requests that arrived in the window.
 
@@ -243,12 +244,13 @@ WindowFn = Callable[[float, dict[str, SimEngine], list[RequestOutcome]], None]
 
 def run_fleet(service: Service, prefill: int, decode: int, requests: Iterator[Request], load_end_s: float,
               *, seed: int = 0, drain_s: float = 60.0, window_s: float | None = None,
-              on_window: WindowFn | None = None) -> FleetRun:
+              on_window: WindowFn | None = None, report_window_s: float | None = None) -> FleetRun:
     """Serve `requests` on the fleet until `load_end_s` plus at most `drain_s`; call `on_window(now, engines,
-    outcomes so far)` every `window_s` (engines report over the same window)."""
+    outcomes so far)` every `window_s`. `report_window_s` replaces the window the engines' reports cover (the
+    service's engine setting otherwise)."""
     from opscale.experiments.runner import build_world
 
-    scenario = fleet_scenario(service, prefill, decode, load_end_s, seed, window_s)
+    scenario = fleet_scenario(service, prefill, decode, load_end_s, seed, report_window_s)
     outcomes: list[RequestOutcome] = []
     collector = _RecordingCollector(scenario.tier_specs(), default_catalog().sku, outcomes)
     world, _ = build_world(scenario, provisioned_until_s=LOAD_START_S, collector=collector)
