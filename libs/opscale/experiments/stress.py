@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opscale.engine import EngineConfig, SimEngine
 from opscale.experiments.collector import RunCollector
+from opscale.experiments.scenario import HostGroup, Scenario
 from opscale.model import Request, RequestOutcome, Role, TierModel, TierSpec
 from opscale.perf import default_catalog
 from opscale.perf.transfer import TransferParams
@@ -192,7 +193,7 @@ class Service:
         return gpus, usd
 
 
-def service_from_scenario(scenario: Any, model: str, tier: str = "interactive") -> Service:
+def service_from_scenario(scenario: Scenario, model: str, tier: str = "interactive") -> Service:
     """The service `model` of a scenario (a disaggregated deployment), with its tier's objectives and the
     scenario's engine and transfer settings."""
     deployment = next((d for d in scenario.deployments if d.model == model), None)
@@ -210,10 +211,8 @@ def service_from_scenario(scenario: Any, model: str, tier: str = "interactive") 
 
 
 def fleet_scenario(service: Service, prefill: int, decode: int, duration_s: float, seed: int,
-                   report_window_s: float | None = None) -> Any:
+                   report_window_s: float | None = None) -> Scenario:
     """A scenario holding `prefill` + `decode` instances of the service (static policy), hosts to fit."""
-    from opscale.experiments.scenario import HostGroup, Scenario
-
     gpus_by_sku: dict[str, int] = {}
     for shape, count in ((service.prefill, prefill), (service.decode, decode)):
         gpus_by_sku[shape.sku] = gpus_by_sku.get(shape.sku, 0) + shape.tp * count
@@ -256,10 +255,15 @@ def run_fleet(service: Service, prefill: int, decode: int, requests: Iterator[Re
     world, _ = build_world(scenario, provisioned_until_s=LOAD_START_S, collector=collector)
     horizon = load_end_s + drain_s
     world.start(requests, until_s=horizon)
+    serving: list[int] = []
+    world.loop.at(LOAD_START_S, lambda: serving.append(len(world.engines())))
     if on_window is not None and window_s is not None:
         world.loop.every(window_s, lambda now: on_window(now, world.engines(), outcomes), start_s=LOAD_START_S
                          + window_s, until_s=load_end_s + 1e-9)
     world.loop.run(load_end_s)
+    if serving != [prefill + decode]:  # a probe of a fleet that is not there would measure nothing true
+        raise ValueError(f"stress fleet {prefill}P/{decode}D: {serving[0] if serving else 0} instances serve when the "
+                         f"load begins at {LOAD_START_S:g} s")
     end_s = load_end_s
     while end_s < horizon and (world.in_flight() or any(r.pending() for r in world.routers.values())):
         end_s = min(horizon, end_s + 5.0)
