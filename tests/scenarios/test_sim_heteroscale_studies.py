@@ -16,7 +16,8 @@ from opscale.cli import app
 from opscale.experiments.comparison import find_experiment
 from opscale.experiments.heteroscale_curation import curate_service
 from opscale.experiments.heteroscale_study_config import MetricsStudyConfig, RatioStudyConfig
-from opscale.experiments.stress import ProbeSettings, RateSchedule, Service, WorkloadMix
+from opscale.experiments.stress import ProbeSettings, Service
+from opscale.experiments.stress_traffic import RateSchedule, WorkloadMix
 from opscale.model.tiers import INTERACTIVE
 from opscale.planning.base import RolePoolSpec
 from opscale.traces import LengthDistribution

@@ -18,14 +18,8 @@ from typing import Any
 
 import yaml
 
-from opscale.experiments.stress import (
-    DEFAULT_PROBE,
-    MixSampler,
-    ProbeSettings,
-    Service,
-    WorkloadMix,
-    constant_probe,
-)
+from opscale.experiments.stress import DEFAULT_PROBE, ProbeSettings, Service, constant_probe
+from opscale.experiments.stress_traffic import MixSampler, WorkloadMix
 from opscale.planning.heteroscale.curation import (
     CuratedService,
     Objective,

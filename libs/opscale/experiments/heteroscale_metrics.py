@@ -26,13 +26,8 @@ import numpy as np
 from opscale.engine import SimEngine
 from opscale.experiments import signal_stats as st
 from opscale.experiments.heteroscale_study_config import MetricsStudyConfig
-from opscale.experiments.stress import (
-    LOAD_START_S,
-    RateSchedule,
-    constant_probe,
-    run_fleet,
-    schedule_requests,
-)
+from opscale.experiments.stress import constant_probe, run_fleet
+from opscale.experiments.stress_traffic import LOAD_START_S, RateSchedule, schedule_requests
 from opscale.model import RequestOutcome, Role
 from opscale.planning.heteroscale.curation import max_rate_meeting
 from opscale.stats import percentile_sorted

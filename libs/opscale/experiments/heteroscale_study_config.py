@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from opscale.engine import EngineConfig
 from opscale.experiments.comparison import ExperimentError
 from opscale.experiments.scenario import ScenarioError, read_yaml, validation_message
-from opscale.experiments.stress import ProbeSettings, RateSchedule, Service, WorkloadMix
+from opscale.experiments.stress import ProbeSettings, Service
+from opscale.experiments.stress_traffic import RateSchedule, WorkloadMix
 from opscale.model import TierModel
 from opscale.perf.transfer import TransferParams
 from opscale.planning.base import RolePoolSpec
