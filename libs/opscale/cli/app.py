@@ -11,6 +11,7 @@ import typer
 from opscale.cli.errors import fail as _fail
 from opscale.cli.experiment import experiment_app
 from opscale.cli.forecast import forecast_app
+from opscale.cli.heteroscale import heteroscale_app
 from opscale.cli.loadgen import app as loadgen_app
 from opscale.cli.trace import trace_app
 
@@ -22,6 +23,7 @@ app.add_typer(loadgen_app, name="loadgen")
 app.add_typer(trace_app, name="trace")
 app.add_typer(forecast_app, name="forecast")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(heteroscale_app, name="heteroscale")
 
 
 @app.command()

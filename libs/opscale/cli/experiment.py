@@ -5,11 +5,14 @@ invalid field) is one red line on stderr and exit code 2; a variant that fails i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from opscale.cli.errors import fail as _fail
+
+if TYPE_CHECKING:
+    from opscale.experiments.heteroscale_study_config import MetricsStudyConfig, RatioStudyConfig
 
 experiment_app = typer.Typer(help="Compare planning policies on the same traffic: table, JSON and plots.",
                              no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -33,15 +36,23 @@ def run(
                                                   "workload; default: the config's data_dir")] = None,
 ) -> None:
     """Run every variant of CONFIG, each in its own process, with progress in simulated time; write
-    OUT/<variant>/result.json, OUT/summary.md, OUT/summary.json and PNG plots."""
+    OUT/<variant>/result.json, OUT/summary.md, OUT/summary.json and PNG plots. A study config (a `study`
+    key: heteroscale-metrics, heteroscale-ratio) runs its study and writes OUT/summary.json, summary.md
+    and its plots."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment
+    from opscale.experiments.heteroscale_study_config import load_study
     from opscale.experiments.pipeline import run_and_write
 
     try:
-        exp, base = load_experiment(find_experiment(config))
+        path = find_experiment(config)
+        study = load_study(path)
+        if study is not None:
+            _run_study(study, out, hours=hours, data_dir=data_dir)
+            return
+        exp, base = load_experiment(path)
     except ExperimentError as exc:
         raise _fail(str(exc)) from None
     console = Console()
@@ -67,3 +78,21 @@ def run(
     console.print(f"wrote {', '.join(str(p) for p in outputs.paths)} and one result.json per variant")
     if failed:
         console.print(f"[red]{len(failed)} variant(s) failed: {', '.join(failed)} (see summary.md)")
+
+
+def _run_study(study: MetricsStudyConfig | RatioStudyConfig, out: Path, *, hours: float | None,
+               data_dir: Path | None) -> None:
+    """A HeteroScale study: one process (its probes are short and sequential), progress as log lines."""
+    from rich.console import Console
+
+    from opscale.experiments.heteroscale_studies import run_study
+
+    if hours is not None:
+        raise _fail(f"--hours: the load of a study ({study.study}) is its config's; edit the config instead")
+    console = Console()
+    try:
+        paths = run_study(study, out, data_dir, log=lambda line: console.print(f"[dim]{line}"))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print((out / "summary.md").read_text())
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")

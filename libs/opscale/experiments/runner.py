@@ -52,9 +52,10 @@ def requests_of(scenario: Scenario) -> Iterator[Request]:
     return trace_requests(scenario.trace, scenario.seed)
 
 
-def build_world(scenario: Scenario, catalog: Catalog | None = None,
-                provisioned_until_s: float = 0.0) -> tuple[SimWorld, RunCollector]:
-    """The world of `scenario`. Instances started before `provisioned_until_s` are loaded at once."""
+def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_until_s: float = 0.0,
+                collector: RunCollector | None = None) -> tuple[SimWorld, RunCollector]:
+    """The world of `scenario`. Instances started before `provisioned_until_s` are loaded at once.
+    `collector`: the run's observer, when the caller keeps more than RunCollector does."""
     catalog = catalog or default_catalog()
     tiers = scenario.tier_specs()
     # One model per (model, SKU, TP), shared by the engines and the capacity estimates, as the live
@@ -120,7 +121,7 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None,
         return SimEngine(spec.instance_id, model, sku, spec.tp, latency_model(model, sku, spec.tp),
                          scenario.engine, role=spec.role)
 
-    collector = RunCollector(tiers, catalog.sku)
+    collector = collector if collector is not None else RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
                      ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig(),
                      scenario.transfer)

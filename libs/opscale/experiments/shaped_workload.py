@@ -200,7 +200,7 @@ def _sources(config: ShapedWorkloadConfig, spec: ShapedStream) -> StreamSources:
     lengths_source = _fallback_lengths(config)
     path = _lengths_file(config, spec)
     if path is not None:
-        prompts, outputs = _length_pairs(path)
+        prompts, outputs = length_pairs(path)
         lengths_source = spec.lengths or ""
     return StreamSources(shape, shape_source, prompts, outputs, lengths_source)
 
@@ -215,7 +215,10 @@ def _servegen_series(folder: Path) -> tuple[float, ...]:
     return tuple(servegen_rate_series(folder, SHAPE_STEP_S))
 
 
-def _length_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+# A lengths file is read once per process: the HeteroScale studies sample the same file for every probe.
+@functools.lru_cache(maxsize=8)
+def length_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (prompt, output) token counts of every request of the trace at `path`, as two arrays."""
     from opscale.traces import read_trace
 
     pairs = [(r.prompt_tokens, r.output_tokens) for r in read_trace(path)]
