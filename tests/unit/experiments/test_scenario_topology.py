@@ -23,7 +23,8 @@ def _scenario(hosts: list[dict[str, Any]], deployments: list[dict[str, Any]] | N
 
 def test_switches_default_to_one_leaf_and_mini_pod_per_group_and_one_big_pod_per_region() -> None:
     scenario = _scenario([{"region": "eu", "sku": "H100-80GB", "count": 2},
-                          {"region": "eu", "sku": "H20", "s0": "leaf-7", "s1": "pod-b", "s2": "big-2"}])
+                          {"region": "eu", "sku": "H20", "s0": "leaf-7", "s1": "pod-b", "s2": "big-2"}],
+                         [{**SPLIT, "scheduling_domain": "none"}])  # P and D in two big-pods: no group holds both
     assert scenario.host_switches() == {
         "eu-h100-80gb-1": ("eu-h100-80gb", "eu-h100-80gb", "eu"),
         "eu-h100-80gb-2": ("eu-h100-80gb", "eu-h100-80gb", "eu"),

@@ -56,7 +56,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from opscale.engine import EngineConfig
-from opscale.model import TierList, TierSpec, default_tier_models, tier_table
+from opscale.model import RdmaPriority, TierList, TierSpec, default_tier_models, tier_table
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -385,6 +385,9 @@ class NodeAgentSettings(LiveSettings):
                     "when not configured")
     s1: str = Field("", description="Mini-pod switch above the leaf (S1); needs s0")
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2); needs s1")
+    rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup "
+                                        "(low, medium, high), reported in heartbeats: placement uses high-priority "
+                                        "hosts last and frees them first")
 
     @model_validator(mode="after")
     def _switch_chain(self) -> NodeAgentSettings:
@@ -404,7 +407,7 @@ class NodeAgentSettings(LiveSettings):
         """The node-agent core's config derived from these settings (one owner per fact)."""
         return NodeAgentConfig(agent_id=self.agent_id, region=self.region, sku=self.sku, gpus=self.gpus,
                                address=self.address(bound_port), heartbeat_interval_s=self.heartbeat_interval_s,
-                               s0=self.s0, s1=self.s1, s2=self.s2)
+                               s0=self.s0, s1=self.s1, s2=self.s2, rdma_priority=self.rdma_priority)
 
 
 SERVICE_SETTINGS: dict[str, type[LiveSettings]] = {
