@@ -24,6 +24,14 @@ from opscale.model import Observation, PoolKey, Role
 CapacityFn = Callable[[str, str, int, float, float], float]
 
 
+def _sku_mapping(value: Any, info: ValidationInfo) -> Any:
+    """compatible_skus as {SKU: tp}: a plain list (the common case, the same GPUs per instance) takes the
+    pool's own tp; a mapping sets a tp per SKU."""
+    if isinstance(value, list | tuple):
+        return {name: info.data.get("tp", 1) for name in value}
+    return value
+
+
 class RolePoolSpec(BaseModel):
     """One role's pool of a disaggregated deployment: its SKU, tensor-parallel degree and replica bounds
     per region, and the SKUs it may also run on when its own has no room (HeteroScale's heterogeneous
@@ -41,10 +49,7 @@ class RolePoolSpec(BaseModel):
     @field_validator("compatible_skus", mode="before")
     @classmethod
     def _names_take_the_pool_tp(cls, value: Any, info: ValidationInfo) -> Any:
-        # A plain list is the common case (same GPUs per instance); a mapping sets a tp per SKU.
-        if isinstance(value, list | tuple):
-            return {name: info.data.get("tp", 1) for name in value}
-        return value
+        return _sku_mapping(value, info)
 
     @model_validator(mode="after")
     def _bounds(self) -> RolePoolSpec:
@@ -99,6 +104,11 @@ class DeploymentSpec(BaseModel):
     domains: list[str] = Field(
         default_factory=list, description="Disaggregated: the S1 or S2 switches (per scheduling_domain) its groups "
         "may use; empty: any in its regions")
+
+    @field_validator("compatible_skus", mode="before")
+    @classmethod
+    def _names_take_the_tp(cls, value: Any, info: ValidationInfo) -> Any:
+        return _sku_mapping(value, info)
 
     @model_validator(mode="after")
     def _one_shape(self) -> DeploymentSpec:

@@ -18,7 +18,7 @@ The cycle:
    medium-priority GPUs, spans the fewest S1s (P and D under one mini-pod move KV ~20% faster), and leaves
    the least free capacity behind (best fit: big empty domains stay whole for big groups). Inside a domain
    a host is chosen by: the preferred SKU before compatible ones (each with its own tp), low priority
-   before high, the S1 that holds the other role's instances, a host holding the weights in memory (loads
+   before high, an S1 that already holds the group's instances (P and D under one mini-pod), a host holding the weights in memory (loads
    warm, seconds instead of minutes), the most free GPUs (losing one host loses little of a pool), the id.
 5. Virtual deduction: every choice is taken off the cycle's view of free GPUs at once, so the later
    requests of the same cycle see it gone; the view is rebuilt from the heartbeats next cycle.
@@ -113,7 +113,7 @@ def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceS
     return {agent_id: tuple(sorted(models)) for agent_id, models in sorted(staged.items())}
 
 
-# (SKU rank, priority rank, not beside the other role, cold, -free GPUs, agent id): the least is the best
+# (SKU rank, priority rank, outside the group's S1s, cold, -free GPUs, agent id): the least is the best
 _HostRank = tuple[int, int, bool, bool, int, str]
 
 
@@ -240,7 +240,7 @@ class _Cycle:
         groups = {d: roles for d, roles in self._group_sizes(dep, key.region, tier).items() if d in domains}
         # Grow a group: one that lacks this role first (a spill group becomes a pair), then the largest.
         for name in sorted(groups, key=lambda d: (key.role in groups[d], -sum(groups[d].values()), d)):
-            host = self._best_host(dep, key, domains[name], self._partner_s1(dep, key, domains[name]))
+            host = self._best_host(dep, key, domains[name], self._group_s1(dep, domains[name]))
             if host is not None:
                 return host
         # Every group is full (or there is none yet): create one in the best other domain.
@@ -253,7 +253,7 @@ class _Cycle:
             return None
         best = min(options)
         members = domains[best[1]]
-        return self._best_host(dep, key, members, self._partner_s1(dep, key, members))
+        return self._best_host(dep, key, members, self._group_s1(dep, members))
 
     def _trial(self, dep: DeploymentSpec, region: str, members: list[AgentSlot], floor: dict[Role, int],
                remaining: dict[Role, int]) -> tuple[int, int, int, int, int, int] | None:
@@ -264,11 +264,10 @@ class _Cycle:
             return None
         free = {a.agent_id: self.free[a.agent_id] for a in members}
         by_id = {a.agent_id: a for a in members}
-        s1s: dict[Role, set[str]] = {}
+        s1s: set[str] = set()
         unplaced = compatible = high = medium = 0
         for role in _interleave(remaining):
-            other = set().union(*(s for r, s in s1s.items() if r is not role))
-            host = _pick(dep, PoolKey(dep.model, region, role), members, free, self.warm, other, True)
+            host = _pick(dep, PoolKey(dep.model, region, role), members, free, self.warm, s1s, True)
             if host is None:
                 unplaced += 1
                 continue
@@ -278,13 +277,13 @@ class _Cycle:
             compatible += sku.casefold() != dep.pool(role).sku.casefold()
             high += tp * (agent.rdma_priority is RdmaPriority.HIGH)
             medium += tp * (agent.rdma_priority is RdmaPriority.MEDIUM)
-            s1s.setdefault(role, set()).add(agent.s1)
-        spanned = len(set().union(*s1s.values())) if s1s else 0
-        return unplaced, compatible, high, medium, spanned, sum(free.values())
+            s1s.add(agent.s1)
+        return unplaced, compatible, high, medium, len(s1s), sum(free.values())
 
-    def _partner_s1(self, dep: DeploymentSpec, key: PoolKey, members: list[AgentSlot]) -> set[str]:
-        """The S1s of `members` that run `dep`'s other role: an instance beside them moves KV ~20% faster."""
-        return {a.s1 for a in members for s in self.runs[a.agent_id] if s.model == dep.model and s.role != key.role}
+    def _group_s1(self, dep: DeploymentSpec, members: list[AgentSlot]) -> set[str]:
+        """The S1s of `members` that run `dep`'s instances: the group stays compact under them, so that its
+        prefill and decode instances share a mini-pod (KV moves ~20% faster than across one)."""
+        return {a.s1 for a in members for s in self.runs[a.agent_id] if s.model == dep.model}
 
     def _best_host(self, dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot],
                    partner_s1: set[str]) -> tuple[str, str, int] | None:
