@@ -61,10 +61,11 @@ class HostGroup(BaseModel):
         s0 = self.s0 or f"{self.region}-{self.sku.lower()}"
         return s0, self.s1 or s0, self.s2 or self.region
 
-    def host_ids(self) -> list[str]:
-        """The hosts' agent ids, `<region>-<sku>-<n>`: the same in the simulator and a live stack started
-        from the scenario, so a fault or a plan that names a host means one host in both."""
-        return [f"{self.region}-{self.sku.lower()}-{i + 1}" for i in range(self.count)]
+    def host_ids(self, first: int = 1) -> list[str]:
+        """The hosts' agent ids, `<region>-<sku>-<n>` from n = `first`: the same in the simulator and a live
+        stack started from the scenario, so a fault or a plan that names a host means one host in both.
+        Scenario.host_groups numbers on across the groups of one region and SKU."""
+        return [f"{self.region}-{self.sku.lower()}-{first + i}" for i in range(self.count)]
 
 
 class TraceSource(BaseModel):
@@ -253,11 +254,24 @@ class Scenario(BaseModel):
                              f"{region!r} can hold the group's minimum ({wanted}); the largest, {largest!r}, has "
                              f"{sum(by_sku.values())} GPUs ({held})")
 
+    def host_groups(self) -> list[tuple[HostGroup, list[str]]]:
+        """Each host group with its hosts' agent ids. Several groups of one region and SKU (the same GPUs
+        under different switches) number on, `<region>-<sku>-1` to `-<n>` over all of them, so no two
+        hosts share an id."""
+        first: dict[tuple[str, str], int] = {}
+        groups = []
+        for group in self.hosts:
+            kind = (group.region, group.sku.lower())
+            n = first.get(kind, 1)
+            groups.append((group, group.host_ids(n)))
+            first[kind] = n + group.count
+        return groups
+
     def agent_slots(self) -> list[AgentSlot]:
         """Every host as placement sees it (its SKU, GPUs, switches and subgroup priority), nothing placed."""
         return [AgentSlot(agent_id, group.region, group.sku, group.gpus, frozenset(), *group.switches(),
                           group.rdma_priority)
-                for group in self.hosts for agent_id in group.host_ids()]
+                for group, ids in self.host_groups() for agent_id in ids]
 
     def _switch_tree(self) -> None:
         """Every switch has one parent (a leaf one mini-pod, a mini-pod one big-pod) and one region."""
@@ -274,7 +288,7 @@ class Scenario(BaseModel):
 
     def host_switches(self) -> dict[str, tuple[str, str, str]]:
         """Every host's (S0, S1, S2), by agent id."""
-        return {agent_id: group.switches() for group in self.hosts for agent_id in group.host_ids()}
+        return {agent_id: group.switches() for group, ids in self.host_groups() for agent_id in ids}
 
     def _known_tiers(self) -> None:
         """Every tier the workload draws is one of `tiers`, so each request is judged by an objective."""

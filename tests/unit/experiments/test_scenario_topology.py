@@ -114,3 +114,11 @@ def test_a_group_that_fits_with_compatible_skus_loads_and_a_blind_planner_needs_
     with pytest.raises(ScenarioError, match=f"scenario file {re.escape(str(bad))}: .*deployment 'm': domains names "
                                             r"\['pod-q'\]"):
         load_scenario(bad)
+
+
+def test_groups_of_one_region_and_sku_under_different_switches_number_their_hosts_on() -> None:
+    scenario = _scenario([{"region": "eu", "sku": "H20", "count": 2, "s0": "leaf-a", "s1": "pod-a", "s2": "big-1"},
+                          {"region": "eu", "sku": "H20", "count": 1, "s0": "leaf-b", "s1": "pod-b", "s2": "big-1"}],
+                         [{**SPLIT, "prefill": {"sku": "H20"}}])
+    assert [ids for _, ids in scenario.host_groups()] == [["eu-h20-1", "eu-h20-2"], ["eu-h20-3"]]
+    assert scenario.host_switches()["eu-h20-3"] == ("leaf-b", "pod-b", "big-1")
