@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from opscale.experiments import runner
+from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import HostGroup, Scenario
+from opscale.model import InstanceSpec
 from opscale.planning import DeploymentSpec
 from opscale.planning.base import RolePoolSpec
 from opscale.services.planner import PlannerConfig
@@ -48,3 +50,24 @@ def test_aware_placement_keeps_the_kv_under_one_mini_pod_and_blind_placement_cro
     assert set(near) <= {"same_host", "same_switch", "cross_switch"} and sum(near.values()) == aware["completed"]
     assert far.get("cross_s1", 0) == blind["completed"]  # every decode instance in the other mini-pod
     assert blind["ttft_p50_s"] > aware["ttft_p50_s"]  # the slower path shows in the first token
+
+
+def test_a_pool_spread_over_its_preferred_and_a_compatible_sku_serves_on_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    # decode prefers H20 but one host of 2 GPUs holds only two instances: the other two run on L20
+    scenario = _scenario(True).model_copy(update={
+        "hosts": [HostGroup(region="eu", sku="H100-80GB", gpus=8, s0="a-prefill", s1="pod-a", s2="big-1"),
+                  HostGroup(region="eu", sku="H20", gpus=2, s0="a-decode", s1="pod-a", s2="big-1"),
+                  HostGroup(region="eu", sku="L20", gpus=4, s0="a-l20", s1="pod-a", s2="big-1")],
+        "deployments": [DeploymentSpec(model=MODEL, scheduling_domain="s1",
+                                       prefill=RolePoolSpec(sku="H100-80GB", min_replicas=2, max_replicas=2),
+                                       decode=RolePoolSpec(sku="H20", min_replicas=4, max_replicas=4,
+                                                           compatible_skus=["L20"]))]})
+    specs: dict[str, InstanceSpec] = {}
+    decoded_on: set[str] = set()
+    started, finished = RunCollector.engine_started, RunCollector.outcome
+    monkeypatch.setattr(RunCollector, "engine_started", lambda self, spec, *a: (specs.__setitem__(
+        spec.instance_id, spec), started(self, spec, *a))[1])
+    monkeypatch.setattr(RunCollector, "outcome", lambda self, o: (decoded_on.add(o.instance_id), finished(self, o))[1])
+    run = runner.run_scenario(Scenario.model_validate(scenario.model_dump()))
+    assert run.result["dropped"] == 0 and run.result["completed"] > 100
+    assert {(specs[i].sku, specs[i].tp) for i in decoded_on} == {("H20", 1), ("L20", 1)}
