@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -32,6 +32,9 @@ def _sku_mapping(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+CompatibleSkus = Annotated[dict[str, int], BeforeValidator(_sku_mapping)]
+
+
 class RolePoolSpec(BaseModel):
     """One role's pool of a disaggregated deployment: its SKU, tensor-parallel degree and replica bounds
     per region, and the SKUs it may also run on when its own has no room (HeteroScale's heterogeneous
@@ -42,14 +45,9 @@ class RolePoolSpec(BaseModel):
     tp: int = Field(1, description="Tensor-parallel degree (GPUs per instance)")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(64, ge=1)
-    compatible_skus: dict[str, int] = Field(
+    compatible_skus: CompatibleSkus = Field(
         default_factory=dict, description="SKUs an instance may run on when the preferred one has no room, in "
         "order of preference, each with its tensor-parallel degree (a list of names: the same `tp`)")
-
-    @field_validator("compatible_skus", mode="before")
-    @classmethod
-    def _names_take_the_pool_tp(cls, value: Any, info: ValidationInfo) -> Any:
-        return _sku_mapping(value, info)
 
     @model_validator(mode="after")
     def _bounds(self) -> RolePoolSpec:
@@ -96,7 +94,7 @@ class DeploymentSpec(BaseModel):
     typical_output_tokens: float = Field(256.0, gt=0)
     prefill: RolePoolSpec | None = Field(None, description="Disaggregated: the prefill pool (with `decode`)")
     decode: RolePoolSpec | None = Field(None, description="Disaggregated: the decode pool (with `prefill`)")
-    compatible_skus: dict[str, int] = Field(
+    compatible_skus: CompatibleSkus = Field(
         default_factory=dict, description="A unified deployment's other SKUs, as RolePoolSpec.compatible_skus")
     scheduling_domain: SchedulingDomain = Field(
         "s2", description="Disaggregated: the switch tier that holds each of its deployment groups (its prefill "
@@ -104,11 +102,6 @@ class DeploymentSpec(BaseModel):
     domains: list[str] = Field(
         default_factory=list, description="Disaggregated: the S1 or S2 switches (per scheduling_domain) its groups "
         "may use; empty: any in its regions")
-
-    @field_validator("compatible_skus", mode="before")
-    @classmethod
-    def _names_take_the_tp(cls, value: Any, info: ValidationInfo) -> Any:
-        return _sku_mapping(value, info)
 
     @model_validator(mode="after")
     def _one_shape(self) -> DeploymentSpec:
