@@ -4,7 +4,9 @@ Measures `RouterCore.handle(RequestArrived)` (the decision and its accounting) f
 in the registry, with a steady number of requests in flight (completions are fed back between
 arrivals, not timed), against a baseline of the cheapest possible decision (picking a fixed candidate)
 measured in the same run. Two choices the router does not make per arrival are timed on their own:
-`pd_pairing.choose_pair` (a prefill/decode pair from N/2 + N/2 candidates, with its index updates) and
+`pd_pairing.choose_pair` (a prefill/decode pair from N/2 + N/2 candidates, with its index updates; the
+hosts sit under switches, two hosts a leaf, four leaves a mini-pod, four mini-pods a big-pod, unless
+`--no-switches`) and
 `tier_priority.hold` (holding a request in a tier-priority queue of about N requests and taking the
 next one out). Instances report spread KV usage and requests carry prefix hashes, so least_kv and
 prefix_affinity take their real paths.
@@ -126,13 +128,18 @@ class RouterWorkload:
 class PairingWorkload:
     """choose_pair_indexed plus the index updates its dispatch and an earlier completion cause."""
 
-    def __init__(self, instances: int, in_flight: int) -> None:
+    def __init__(self, instances: int, in_flight: int, switches: bool = True) -> None:
         self.policy = PdPairing()
         half = max(1, instances // 2)
-        self.prefill = [Candidate(f"p{i}", "m", "eu", "", f"a{i // PER_AGENT}", role=Role.PREFILL)
+
+        def where(i: int) -> dict[str, str]:
+            host = i // PER_AGENT
+            return {"s0": f"l{host // 2}", "s1": f"p{host // 8}", "s2": f"b{host // 32}"} if switches else {}
+
+        self.prefill = [Candidate(f"p{i}", "m", "eu", "", f"a{i // PER_AGENT}", role=Role.PREFILL, **where(i))
                         for i in range(half)]
         self.decode = [Candidate(f"d{i}", "m", "eu", "", f"a{i // PER_AGENT}", role=Role.DECODE,
-                                 kv_usage=(i * 37 % 100) / 100) for i in range(half)]
+                                 kv_usage=(i * 37 % 100) / 100, **where(i)) for i in range(half)]
         self.index = self.policy.build_pair_index(self.prefill, self.decode)
         self.in_flight = in_flight
         self.pending: deque[tuple[int, int, int, int]] = deque()
@@ -197,6 +204,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=20000, help="timed requests per workload")
     parser.add_argument("--in-flight", type=int, default=2000, help="requests kept in flight while measuring")
+    parser.add_argument("--no-switches", action="store_true", help="pd_pairing: hosts name no switches")
     ns = parser.parse_args()
 
     builders: dict[str, Callable[[], RouterWorkload | PairingWorkload | HoldWorkload]] = {
@@ -204,7 +212,7 @@ def main() -> None:
     for name in RoutingPolicyName:
         builders[name.value] = lambda name=name: RouterWorkload(make_routing_policy(name.value), ns.instances,
                                                                 ns.in_flight)
-    builders["pd_pairing.choose_pair"] = lambda: PairingWorkload(ns.instances, ns.in_flight)
+    builders["pd_pairing.choose_pair"] = lambda: PairingWorkload(ns.instances, ns.in_flight, not ns.no_switches)
     builders["tier_priority.hold"] = lambda: HoldWorkload(ns.instances)
     workloads = {name: build() for name, build in builders.items()}
     samples = {name: Samples() for name in workloads}
@@ -225,6 +233,7 @@ def main() -> None:
     policies = {name: s.summary() for name, s in samples.items()}
     result = {
         "benchmark": "router_decision", "instances": ns.instances, "requests": ns.requests,
+        "pairing_switches": not ns.no_switches,
         "machine": {**machine(), "load_avg_1m": [load_before, os.getloadavg()[0]]}, "baseline": {"policy": "first_candidate", **baseline}, "policies": policies,
         "decision_p99_us": {name: r["decision_p99_us"] for name, r in policies.items()},
         "wall_decision_p99_us": {name: r["wall_decision_p99_us"] for name, r in policies.items()},

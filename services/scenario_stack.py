@@ -64,17 +64,19 @@ def scenario_processes(scenario: Scenario) -> list[ScenarioProcess]:
                                             "OPSCALE_ROUTER_CORE__ROUTER_ID": f"router-{region}"})
                  for region in scenario.regions()]
     prefix = "OPSCALE_NODE_AGENT_"
-    for group in scenario.hosts:
+    for group, host_ids in scenario.host_groups():
         s0, s1, s2 = group.switches()
-        for agent_id in group.host_ids():
+        for agent_id in host_ids:
             processes.append(ScenarioProcess("node-agent", {
-                f"{prefix}S0": s0,
-                f"{prefix}S1": s1,
-                f"{prefix}S2": s2,
                 f"{prefix}AGENT_ID": agent_id,
                 f"{prefix}REGION": group.region,
                 f"{prefix}SKU": group.sku,
                 f"{prefix}GPUS": str(group.gpus),
                 f"{prefix}WEIGHT_CACHE_GB": str(group.weight_cache_gb),
+                # where the host sits, reported in its heartbeats: what placement and pairing read
+                f"{prefix}S0": s0,
+                f"{prefix}S1": s1,
+                f"{prefix}S2": s2,
+                f"{prefix}RDMA_PRIORITY": group.rdma_priority.value,
             }))
     return processes

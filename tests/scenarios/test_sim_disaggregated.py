@@ -29,7 +29,9 @@ def _scenario(decode_s1: str, decode_s2: str, *, rps: float, policy: str = "stat
         hosts=[HostGroup(region="eu", sku="H100-80GB", gpus=8, count=1, s0="leaf-p", s1="pod-a", s2="big-1"),
                HostGroup(region="eu", sku="H20", gpus=8, count=1, s0="leaf-d", s1=decode_s1, s2=decode_s2)],
         deployments=[DeploymentSpec(model=MODEL, prefill=RolePoolSpec(sku="H100-80GB", min_replicas=1, max_replicas=1),
-                                    decode=RolePoolSpec(sku="H20", min_replicas=2, max_replicas=2))],
+                                    decode=RolePoolSpec(sku="H20", min_replicas=2, max_replicas=2),
+                                    # the far case puts P and D in two big-pods on purpose: no group binds them
+                                    scheduling_domain="s2" if decode_s2 == "big-1" else "none")],
         workload=SyntheticWorkloadConfig(
             seed=5, start_s=20.0, duration_s=220.0, amplitude=0.0, period_s=240.0,
             streams=(StreamSpec(model=MODEL, region="eu", base_rps=rps),), tier_weights={"interactive": 1.0},

@@ -105,11 +105,11 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
                                                 time_scale=scenario.load_time_scale,
                                                 on_staged=collector.weights_staged)
 
-    for group in scenario.hosts:
+    for group, host_ids in scenario.host_groups():
         s0, s1, s2 = group.switches()
-        for agent_id in group.host_ids():
+        for agent_id in host_ids:
             config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus,
-                                     s0=s0, s1=s1, s2=s2)
+                                     s0=s0, s1=s1, s2=s2, rdma_priority=group.rdma_priority)
             weights = HostWeightCache(group.weight_cache_gb)
             warm = scenario.warm_loads != "off"
             agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, weights),

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from opscale.engine import EngineConfig
 from opscale.experiments.shaped_workload import ShapedWorkloadConfig
-from opscale.model import Request, TierList, TierSpec, default_tier_models, tier_table
+from opscale.model import RdmaPriority, Request, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import TransferParams
 from opscale.planning import DeploymentSpec
+from opscale.planning.placement import AgentSlot, fits
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.planner import PlannerConfig
@@ -34,6 +35,12 @@ class HostGroup(BaseModel):
     By default a group's hosts share one leaf named after the group (`<region>-<sku>`), that leaf is its
     own mini-pod, and every mini-pod of a region sits in one big-pod named after the region. Switch names
     are a tree: a leaf is under one mini-pod and a mini-pod under one big-pod, in one region.
+
+    `rdma_priority` is the priority of the RDMA subgroup the hosts belong to (HeteroScale, PAPERS.md §3.6:
+    low, an S2 of one GPU type; medium, an S2 of several types; high, S1s of mixed types, kept for the most
+    demanding P/D services). Placement spends low-priority hosts first and high last, and scale-in frees
+    high first. The default is low: hosts nobody declared scarce are the ordinary pool, and a fleet that
+    declares no priorities is placed by fit alone.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -46,16 +53,19 @@ class HostGroup(BaseModel):
     s0: str | None = Field(None, min_length=1, description="Leaf switch of these hosts; default `<region>-<sku>`")
     s1: str | None = Field(None, min_length=1, description="Mini-pod switch above the leaf; default: the leaf's name")
     s2: str | None = Field(None, min_length=1, description="Big-pod switch above the mini-pod; default: the region")
+    rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of these hosts' RDMA subgroup: "
+                                        "low (used first), medium, high (used last, freed first)")
 
     def switches(self) -> tuple[str, str, str]:
         """(S0, S1, S2) of these hosts, defaults filled in (see the class docstring)."""
         s0 = self.s0 or f"{self.region}-{self.sku.lower()}"
         return s0, self.s1 or s0, self.s2 or self.region
 
-    def host_ids(self) -> list[str]:
-        """The hosts' agent ids, `<region>-<sku>-<n>`: the same in the simulator and a live stack started
-        from the scenario, so a fault or a plan that names a host means one host in both."""
-        return [f"{self.region}-{self.sku.lower()}-{i + 1}" for i in range(self.count)]
+    def host_ids(self, first: int = 1) -> list[str]:
+        """The hosts' agent ids, `<region>-<sku>-<n>` from n = `first`: the same in the simulator and a live
+        stack started from the scenario, so a fault or a plan that names a host means one host in both.
+        Scenario.host_groups numbers on across the groups of one region and SKU."""
+        return [f"{self.region}-{self.sku.lower()}-{first + i}" for i in range(self.count)]
 
 
 class TraceSource(BaseModel):
@@ -190,6 +200,8 @@ class Scenario(BaseModel):
                 raise ValueError(f"deployment {dep.model!r} names regions without hosts: {missing}")
             self._role_hosts(dep)
         self._switch_tree()
+        for dep in self.deployments:
+            self._group_domains(dep)
         self._known_tiers()
         return self
 
@@ -199,10 +211,67 @@ class Scenario(BaseModel):
             return
         served = set(dep.regions) or {h.region for h in self.hosts}
         for role in dep.roles():
-            sku = dep.pool(role).sku
-            if not any(h.region in served and h.sku.casefold() == sku.casefold() for h in self.hosts):
-                raise ValueError(f"deployment {dep.model!r}: {role.value}.sku {sku!r} has no hosts in its regions "
-                                 f"{sorted(served)}")
+            pool = dep.pool(role)
+            skus = {sku.casefold() for sku, _ in pool.choices()}
+            if not any(h.region in served and h.sku.casefold() in skus for h in self.hosts):
+                also = f" (nor its compatible_skus {list(pool.compatible_skus)})" if pool.compatible_skus else ""
+                raise ValueError(f"deployment {dep.model!r}: {role.value}.sku {pool.sku!r}{also} has no hosts in its "
+                                 f"regions {sorted(served)}")
+
+    def _group_domains(self, dep: DeploymentSpec) -> None:
+        """A disaggregated deployment's groups have somewhere to go: every switch its `domains` names is one
+        the hosts declare at its scheduling_domain tier, and in each region it serves some such domain holds
+        its pools' minimum counts (placement refuses to open a group anywhere smaller)."""
+        tier = dep.scheduling_domain
+        if not dep.disaggregated or tier == "none":
+            return
+        served = set(dep.regions) or set(self.regions())
+        slots = [slot for slot in self.agent_slots() if slot.region in served]
+        declared = {slot.switch(tier) for slot in slots}
+        unknown = sorted(set(dep.domains) - declared)
+        if unknown:
+            raise ValueError(f"deployment {dep.model!r}: domains names {unknown}, which no host group declares as "
+                             f"an {tier} switch in its regions {sorted(served)}; declared: {sorted(declared)}")
+        if not self.planner.topology_aware:
+            return  # a blind planner places no groups
+        need = {role: dep.pool(role).min_replicas for role in dep.roles()}
+        for region in sorted(served):
+            domains: dict[str, list[AgentSlot]] = {}
+            for slot in slots:
+                if slot.region == region and (not dep.domains or slot.switch(tier) in dep.domains):
+                    domains.setdefault(slot.switch(tier), []).append(slot)
+            if not domains or any(fits(dep, members, {s.agent_id: s.gpus_total for s in members}, need)
+                                  for members in domains.values()):
+                continue
+            wanted = ", ".join(f"{n} {role.value} x tp {dep.pool(role).tp} on "
+                               f"{'/'.join(sku for sku, _ in dep.pool(role).choices())}" for role, n in need.items())
+            largest, members = max(domains.items(), key=lambda kv: (sum(s.gpus_total for s in kv[1]), kv[0]))
+            by_sku: dict[str, int] = {}
+            for s in members:
+                by_sku[s.sku] = by_sku.get(s.sku, 0) + s.gpus_total
+            held = ", ".join(f"{sku} {gpus}" for sku, gpus in sorted(by_sku.items()))
+            raise ValueError(f"deployment {dep.model!r}: scheduling_domain {tier}: no {tier} switch of region "
+                             f"{region!r} can hold the group's minimum ({wanted}); the largest, {largest!r}, has "
+                             f"{sum(by_sku.values())} GPUs ({held})")
+
+    def host_groups(self) -> list[tuple[HostGroup, list[str]]]:
+        """Each host group with its hosts' agent ids. Several groups of one region and SKU (the same GPUs
+        under different switches) number on, `<region>-<sku>-1` to `-<n>` over all of them, so no two
+        hosts share an id."""
+        first: dict[tuple[str, str], int] = {}
+        groups = []
+        for group in self.hosts:
+            kind = (group.region, group.sku.lower())
+            n = first.get(kind, 1)
+            groups.append((group, group.host_ids(n)))
+            first[kind] = n + group.count
+        return groups
+
+    def agent_slots(self) -> list[AgentSlot]:
+        """Every host as placement sees it (its SKU, GPUs, switches and subgroup priority), nothing placed."""
+        return [AgentSlot(agent_id, group.region, group.sku, group.gpus, frozenset(), *group.switches(),
+                          group.rdma_priority)
+                for group, ids in self.host_groups() for agent_id in ids]
 
     def _switch_tree(self) -> None:
         """Every switch has one parent (a leaf one mini-pod, a mini-pod one big-pod) and one region."""
@@ -219,7 +288,7 @@ class Scenario(BaseModel):
 
     def host_switches(self) -> dict[str, tuple[str, str, str]]:
         """Every host's (S0, S1, S2), by agent id."""
-        return {agent_id: group.switches() for group in self.hosts for agent_id in group.host_ids()}
+        return {agent_id: group.switches() for group, ids in self.host_groups() for agent_id in ids}
 
     def _known_tiers(self) -> None:
         """Every tier the workload draws is one of `tiers`, so each request is judged by an objective."""

@@ -1,6 +1,6 @@
 """Typed domain objects shared by every part of opscale. Pure data: no I/O, no clock."""
 
-from opscale.model.cloud import Purchase, Region, Sku, Vm, VmState
+from opscale.model.cloud import Purchase, RdmaPriority, Region, Sku, Vm, VmState
 from opscale.model.instance import Instance, InstanceSpec, InstanceState, Role
 from opscale.model.llm import ModelSpec
 from opscale.model.observation import InstanceStatus, Observation, PoolKey, PoolObservation
@@ -18,7 +18,7 @@ from opscale.model.tiers import (
 
 __all__ = [
     "DEFAULT_TIERS", "Instance", "InstanceSpec", "InstanceState", "InstanceStatus", "LatencyObjective", "ModelSpec",
-    "Observation", "Plan", "PoolKey", "PoolObservation", "Purchase", "Region", "Request", "RequestOutcome", "Role",
-    "Sku", "TierList", "TierModel", "TierSpec", "Vm", "VmState", "default_tier_models", "latency_objective",
-    "tier_table",
+    "Observation", "Plan", "PoolKey", "PoolObservation", "Purchase", "RdmaPriority", "Region", "Request",
+    "RequestOutcome", "Role", "Sku", "TierList", "TierModel", "TierSpec", "Vm", "VmState", "default_tier_models",
+    "latency_objective", "tier_table",
 ]

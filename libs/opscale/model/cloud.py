@@ -47,6 +47,25 @@ class Purchase(StrEnum):
     SPOT = "spot"
 
 
+class RdmaPriority(StrEnum):
+    """How scarce a host's RDMA subgroup is (HeteroScale's subgroup priorities, PAPERS.md §3.6): `low`, an
+    ordinary pool (an S2 of one GPU type), used first; `medium`, an S2 of several types with homogeneous
+    S1s; `high`, S1s of mixed types, the tightest affinity, kept for the most demanding P/D services.
+    Placement uses high-priority hosts last and scale-in frees them first."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """0 (low) to 2 (high): the order in which placement spends them."""
+        return _RDMA_RANK[self]
+
+
+_RDMA_RANK = {RdmaPriority.LOW: 0, RdmaPriority.MEDIUM: 1, RdmaPriority.HIGH: 2}
+
+
 class VmState(StrEnum):
     PROVISIONING = "provisioning"
     RUNNING = "running"

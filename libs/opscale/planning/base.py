@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from opscale.model import Observation, PoolKey, Role
 
@@ -16,24 +24,54 @@ from opscale.model import Observation, PoolKey, Role
 CapacityFn = Callable[[str, str, int, float, float], float]
 
 
+def _sku_mapping(value: Any, info: ValidationInfo) -> Any:
+    """compatible_skus as {SKU: tp}: a plain list (the common case, the same GPUs per instance) takes the
+    pool's own tp; a mapping sets a tp per SKU."""
+    if isinstance(value, list | tuple):
+        return {name: info.data.get("tp", 1) for name in value}
+    return value
+
+
+CompatibleSkus = Annotated[dict[str, int], BeforeValidator(_sku_mapping)]
+
+
 class RolePoolSpec(BaseModel):
     """One role's pool of a disaggregated deployment: its SKU, tensor-parallel degree and replica bounds
-    per region."""
+    per region, and the SKUs it may also run on when its own has no room (HeteroScale's heterogeneous
+    allocation: the preferred GPU type first, then the compatible ones, in the order given)."""
 
     model_config = ConfigDict(extra="forbid")
-    sku: str = Field(min_length=1, description="GPU SKU name from the catalogue")
+    sku: str = Field(min_length=1, description="GPU SKU name from the catalogue (the preferred one)")
     tp: int = Field(1, description="Tensor-parallel degree (GPUs per instance)")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(64, ge=1)
+    compatible_skus: CompatibleSkus = Field(
+        default_factory=dict, description="SKUs an instance may run on when the preferred one has no room, in "
+        "order of preference, each with its tensor-parallel degree (a list of names: the same `tp`)")
 
     @model_validator(mode="after")
     def _bounds(self) -> RolePoolSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        for name, tp in self.compatible_skus.items():
+            if not name:
+                raise ValueError("compatible_skus: a SKU name is empty")
+            if name.casefold() == self.sku.casefold():
+                raise ValueError(f"compatible_skus: {name!r} is the pool's own sku; list the other SKUs it may use")
+            if tp not in (1, 2, 4, 8):
+                raise ValueError(f"compatible_skus.{name}: tp must be 1, 2, 4 or 8, got {tp!r}")
         return self
 
+    def choices(self) -> list[tuple[str, int]]:
+        """(SKU, tp) an instance of this pool may take, the preferred first."""
+        return [(self.sku, self.tp), *self.compatible_skus.items()]
 
-_UNIFIED_SHAPE = ("sku", "tp", "min_replicas", "max_replicas")
+
+_UNIFIED_SHAPE = ("sku", "tp", "min_replicas", "max_replicas", "compatible_skus")
+
+# Which switch tier bounds a deployment group (PAPERS.md §3.6): its prefill and decode instances of one
+# region live under one S1 (mini-pod) or one S2 (big-pod); "none": anywhere in the region.
+SchedulingDomain = Literal["s1", "s2", "none"]
 
 
 class DeploymentSpec(BaseModel):
@@ -56,6 +94,14 @@ class DeploymentSpec(BaseModel):
     typical_output_tokens: float = Field(256.0, gt=0)
     prefill: RolePoolSpec | None = Field(None, description="Disaggregated: the prefill pool (with `decode`)")
     decode: RolePoolSpec | None = Field(None, description="Disaggregated: the decode pool (with `prefill`)")
+    compatible_skus: CompatibleSkus = Field(
+        default_factory=dict, description="A unified deployment's other SKUs, as RolePoolSpec.compatible_skus")
+    scheduling_domain: SchedulingDomain = Field(
+        "s2", description="Disaggregated: the switch tier that holds each of its deployment groups (its prefill "
+        "and decode instances of one region): one S1 (mini-pod), one S2 (big-pod), or none (anywhere)")
+    domains: list[str] = Field(
+        default_factory=list, description="Disaggregated: the S1 or S2 switches (per scheduling_domain) its groups "
+        "may use; empty: any in its regions")
 
     @model_validator(mode="after")
     def _one_shape(self) -> DeploymentSpec:
@@ -64,10 +110,7 @@ class DeploymentSpec(BaseModel):
             raise ValueError(f"deployment {self.model!r}: a disaggregated deployment gives both 'prefill' and "
                              f"'decode'; '{missing}' is missing")
         if self.disaggregated:
-            # Set to something else than its default: a deployment dumped and validated again (a scenario
-            # merged with overrides) carries the defaults as set fields, and those say nothing.
-            defaults = type(self).model_fields
-            mixed = [f for f in _UNIFIED_SHAPE if f in self.model_fields_set and getattr(self, f) != defaults[f].default]
+            mixed = self._given(_UNIFIED_SHAPE)
             if mixed:
                 raise ValueError(f"deployment {self.model!r}: {mixed} belong to a unified deployment; a "
                                  f"disaggregated one sets them per role under 'prefill' and 'decode'")
@@ -77,7 +120,24 @@ class DeploymentSpec(BaseModel):
         elif self.min_replicas > self.max_replicas:
             raise ValueError(f"deployment {self.model!r}: min_replicas ({self.min_replicas}) is above "
                              f"max_replicas ({self.max_replicas})")
+        if not self.disaggregated:
+            grouping = self._given(("scheduling_domain", "domains"))
+            if grouping:
+                raise ValueError(f"deployment {self.model!r}: {grouping} bind a disaggregated deployment's "
+                                 f"prefill and decode to one domain; a unified deployment has no pair to bind")
+            try:
+                self.pool(Role.UNIFIED)  # its compatible_skus are checked as a pool's
+            except ValidationError as exc:
+                raise ValueError(f"deployment {self.model!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        elif self.domains and self.scheduling_domain == "none":
+            raise ValueError(f"deployment {self.model!r}: domains {self.domains} need scheduling_domain s1 or s2, "
+                             f"not 'none'")
         return self
+
+    def _given(self, names: tuple[str, ...]) -> list[str]:
+        """Which of `names` hold other than their defaults. Not `model_fields_set`: a dumped and reloaded
+        deployment (an experiment variant's scenario) sets every field, to its default where not given."""
+        return [f for f in names if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)]
 
     @property
     def disaggregated(self) -> bool:
@@ -92,7 +152,7 @@ class DeploymentSpec(BaseModel):
         if role is Role.UNIFIED and not self.disaggregated:
             assert self.sku is not None  # the validator requires it
             return RolePoolSpec(sku=self.sku, tp=self.tp, min_replicas=self.min_replicas,
-                                max_replicas=self.max_replicas)
+                                max_replicas=self.max_replicas, compatible_skus=self.compatible_skus)
         shape = self.prefill if role is Role.PREFILL else self.decode if role is Role.DECODE else None
         if shape is None:
             raise ValueError(f"deployment {self.model!r} has no {role} pool; its roles: "
@@ -100,8 +160,8 @@ class DeploymentSpec(BaseModel):
         return shape
 
     def skus(self) -> list[str]:
-        """Every SKU its pools run on."""
-        return sorted({self.pool(role).sku for role in self.roles()})
+        """Every SKU its pools may run on (preferred and compatible)."""
+        return sorted({sku for role in self.roles() for sku, _ in self.pool(role).choices()})
 
     def for_role(self, role: Role) -> DeploymentSpec:
         """A unified-shaped view of its pool of `role` (that pool's SKU, TP and bounds): what a per-pool
@@ -111,7 +171,7 @@ class DeploymentSpec(BaseModel):
         shape = self.pool(role)
         return DeploymentSpec(model=self.model, sku=shape.sku, tp=shape.tp, regions=self.regions,
                               min_replicas=shape.min_replicas, max_replicas=shape.max_replicas,
-                              typical_prompt_tokens=self.typical_prompt_tokens,
+                              compatible_skus=shape.compatible_skus, typical_prompt_tokens=self.typical_prompt_tokens,
                               typical_output_tokens=self.typical_output_tokens)
 
 

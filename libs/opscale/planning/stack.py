@@ -50,11 +50,15 @@ def build_planning_stack(deployments: list[DeploymentSpec], tiers: Mapping[str, 
         catalog.model(dep.model)
         if not dep.disaggregated:
             catalog.sku(dep.pool(Role.UNIFIED).sku)
-        for role in dep.roles() if dep.disaggregated else ():
-            try:
-                catalog.sku(dep.pool(role).sku)
-            except ValueError as exc:
-                raise ValueError(f"deployment {dep.model!r}: {role.value}.sku: {exc}") from None
+        for role in dep.roles():
+            pool = dep.pool(role)
+            where = "" if role is Role.UNIFIED else f"{role.value}."
+            for field, sku in ((f"{where}sku", pool.sku),
+                               *((f"{where}compatible_skus", name) for name in pool.compatible_skus)):
+                try:
+                    catalog.sku(sku)
+                except ValueError as exc:
+                    raise ValueError(f"deployment {dep.model!r}: {field}: {exc}") from None
     capacity = capacity_estimator(tiers, catalog, latency, engine)
     return PlanningStack(capacity, make_planning_policy(policy, deployments, capacity, tiers=tiers,
                                                         **dict(policy_params)))

@@ -40,6 +40,11 @@ class Candidate:
     sku: str = ""
     tp: int = 1
     role: Role = Role.UNIFIED
+    # The host's switches (its agent's heartbeat): leaf, mini-pod, big-pod; "" when not configured.
+    # pd_pairing prefers the decode instance nearest the prefill one.
+    s0: str = ""
+    s1: str = ""
+    s2: str = ""
 
 
 class LoadIndex:

@@ -3,17 +3,21 @@ disaggregated deployment.
 
 Prefill goes to the instance with the fewest outstanding prefill tokens. Decode goes to the instance
 with the least KV-cache usage (in steps of `kv_step`, then fewest outstanding tokens, as least_kv
-ranks), preferring the prefill instance's own topology domain because the KV cache moves from one to the
-other: a decode instance on the same agent (host / rack) as the prefill, else one in the same region,
-is taken when its KV usage is within `domain_slack_kv` of the best decode instance anywhere.
+ranks), preferring the decode instances nearest the prefill instance in the network because the KV
+cache moves from one to the other (opscale.perf.transfer prices it by the tier the two hosts share):
+the tightest domain of the prefill that has a decode instance within `domain_slack_kv` of the best
+decode instance anywhere wins, in the order same host (agent), same S0 (leaf), same S1 (mini-pod), same
+S2 (big-pod), same region. Switch names are taken as unique within a region; candidates that name none
+("") share one switch at each tier, so a fleet without switch names pairs by host, then region.
 
-Example: prefill on agent a1; decode candidates d1 (a1, 40 % KV), d2 (a2, 35 %); with a slack of 10 %
-the pair is (prefill, d1): 5 % more KV is cheaper than moving the cache between hosts.
+Example: prefill on agent a1 under leaf l1; decode candidates d1 (a2, l1, 40 % KV), d2 (a3, l2, 35 %);
+with a slack of 10 % the pair is (prefill, d1): 5 % more KV is cheaper than moving the cache across leaves.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -29,13 +33,25 @@ def _prefill_key(c: Candidate) -> int:
     return _NEVER if c.role is Role.DECODE else c.outstanding_prefill_tokens
 
 
-class PdPairIndex:
-    """Load indexes over one pool's prefill and decode candidates, with the decode candidates grouped
-    by region and by (region, agent) so that the domain preference costs a handful of reads.
-    `update_prefill(i)` / `update_decode(i)` after a candidate of either list changed."""
+def _domains(c: Candidate) -> tuple[tuple[str, ...], ...]:
+    """The domains of `c` above its host, nearest first: its S0, S1 and S2 (each within its region), and
+    its region."""
+    return (("s0", c.region, c.s0), ("s1", c.region, c.s1), ("s2", c.region, c.s2), ("region", c.region))
 
-    __slots__ = ("prefill", "decode", "prefill_loads", "decode_loads", "_by_region", "_region_of", "_by_agent",
-                 "single_region")
+
+# One domain's decode candidates: their positions in the pool's decode list and a load index over them
+# (their keys copied from the pool's index, not recomputed).
+_Domain = tuple[list[int], LoadIndex]
+
+
+class PdPairIndex:
+    """Load indexes over one pool's prefill and decode candidates, with the decode candidates grouped by
+    agent and by each network domain (S0, S1, S2, region) so that the nearness preference costs a handful
+    of reads. A domain holding every decode candidate needs no index of its own (its best is the pool's
+    best), and domains with the same members share one: a fleet without switch names costs no more than
+    grouping by region. `update_prefill(i)` / `update_decode(i)` after a candidate of either list changed."""
+
+    __slots__ = ("prefill", "decode", "prefill_loads", "decode_loads", "_by_agent", "_member_of", "_chains")
 
     def __init__(self, prefill: list[Candidate], decode: list[Candidate], rank: LeastKvUsage) -> None:
         if not prefill or not decode:
@@ -44,34 +60,62 @@ class PdPairIndex:
         self.decode = decode
         self.prefill_loads = KeyedLoadIndex(prefill, _prefill_key)
         self.decode_loads = rank.build_index(decode)
-        regions: dict[str, list[int]] = {}
         self._by_agent: dict[tuple[str, str], list[int]] = {}
+        members: dict[tuple[str, ...], list[int]] = {}
         for i, d in enumerate(decode):
-            regions.setdefault(d.region, []).append(i)
             self._by_agent.setdefault((d.region, d.agent_id), []).append(i)
-        # With one region (the usual pool) the region's best is the best anywhere: no second index.
-        self.single_region = len(regions) == 1
-        # region -> (positions in `decode`, load index over those candidates)
-        self._by_region = ({} if self.single_region else
-                           {r: (pos, rank.build_index([decode[i] for i in pos])) for r, pos in regions.items()})
-        where = {i: (index, local) for pos, index in self._by_region.values() for local, i in enumerate(pos)}
-        self._region_of = [where.get(i) for i in range(len(decode))]  # decode position -> (region index, place)
+            for domain in _domains(d):
+                members.setdefault(domain, []).append(i)
+        shared: dict[tuple[int, ...], _Domain] = {}
+        indexed: dict[tuple[str, ...], _Domain] = {}
+        for domain, pos in members.items():
+            if len(pos) < len(decode):
+                entry = shared.get(tuple(pos))
+                if entry is None:
+                    entry = shared[tuple(pos)] = (pos, LoadIndex([self.decode_loads[i] for i in pos]))
+                indexed[domain] = entry
+        # decode position -> (domain index's `set`, its place there) for every distinct domain index it is
+        # in: an update copies the pool index's new key into each (the bound method saves a lookup; these
+        # updates are most of a decision's cost)
+        self._member_of: list[list[tuple[Callable[[int, int], None], int]]] = [[] for _ in decode]
+        for pos, index in shared.values():
+            for local, i in enumerate(pos):
+                self._member_of[i].append((index.set, local))
+        # prefill position -> the distinct decode domains around it, nearest first, up to the first that
+        # holds every decode candidate (from there on the pool's best is the domain's best)
+        chains: dict[tuple[tuple[str, ...], ...], tuple[_Domain, ...]] = {}
+        self._chains: list[tuple[_Domain, ...]] = []
+        for p in prefill:
+            where = _domains(p)
+            chain = chains.get(where)
+            if chain is None:
+                found: list[_Domain] = []
+                for domain in where:
+                    entry = indexed.get(domain)
+                    if entry is None:
+                        if domain in members:  # every decode candidate is in it
+                            break
+                        continue  # no decode candidate in this domain
+                    if not found or found[-1] is not entry:
+                        found.append(entry)
+                chain = chains[where] = tuple(found)
+            self._chains.append(chain)
 
     def update_prefill(self, i: int) -> None:
         self.prefill_loads.update(i)
 
     def update_decode(self, i: int) -> None:
-        self.decode_loads.update(i)
-        if not self.single_region:
-            index, local = self._region_of[i]  # type: ignore[misc]
-            index.update(local)
+        loads = self.decode_loads
+        loads.update(i)
+        members = self._member_of[i]
+        if members:
+            key = loads[i]
+            for set_load, local in members:
+                set_load(local, key)
 
-    def best_in_region(self, region: str) -> int | None:
-        entry = self._by_region.get(region)
-        if entry is None:
-            return None
-        pos, index = entry
-        return pos[index.first_min()]
+    def domains_of(self, prefill_pos: int) -> tuple[_Domain, ...]:
+        """The decode domains around prefill `prefill_pos`, nearest first (see __init__)."""
+        return self._chains[prefill_pos]
 
     def on_agent(self, region: str, agent_id: str) -> list[int]:
         return self._by_agent.get((region, agent_id), [])
@@ -104,9 +148,9 @@ class PdPairing:
         p = min(prefill, key=_prefill_key)
         rank = self._decode_rank.rank
         best = min(decode, key=rank)
-        same_region = [d for d in decode if d.region == p.region]
-        same_agent = [d for d in same_region if d.agent_id == p.agent_id]
-        for domain in (same_agent, same_region):
+        same_agent = [d for d in decode if d.region == p.region and d.agent_id == p.agent_id]
+        nearness = [same_agent, *([d for d in decode if dom in _domains(d)] for dom in _domains(p))]
+        for domain in nearness:
             if domain:
                 near = min(domain, key=rank)
                 if self._close_enough(rank(near), rank(best)):
@@ -130,11 +174,10 @@ class PdPairing:
             near = min(same_agent, key=loads.__getitem__)  # a host's few instances
             if loads[near] >> KV_LOAD_BITS <= within:
                 return p_pos, near
-        if index.single_region:
-            return p_pos, best  # the region's best is the best (or the prefill's region has no decode)
-        near_region = index.best_in_region(p.region)
-        if near_region is not None and loads[near_region] >> KV_LOAD_BITS <= within:
-            return p_pos, near_region
+        for pos, domain in index.domains_of(p_pos):  # nearest first; none: the pool's best is the nearest
+            near = pos[domain.first_min()]
+            if loads[near] >> KV_LOAD_BITS <= within:
+                return p_pos, near
         return p_pos, best
 
     def _close_enough(self, key: int, best_key: int) -> bool:

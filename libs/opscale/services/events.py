@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome, Role
+from opscale.model import InstanceSpec, InstanceStatus, Plan, RdmaPriority, Request, RequestOutcome, Role
 
 
 @dataclass(slots=True)
@@ -70,6 +70,8 @@ class AgentHeartbeat:
     s0: str = ""
     s1: str = ""
     s2: str = ""
+    # The priority of the host's RDMA subgroup: placement spends high-priority hosts last, frees them first.
+    rdma_priority: RdmaPriority = RdmaPriority.LOW
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceState, InstanceStatus
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus, RdmaPriority
 from opscale.services import subjects
 from opscale.services.actions import Action, DrainEngine, Log, Publish, StartEngine, StopEngine
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, Event
@@ -34,6 +34,8 @@ class NodeAgentConfig(BaseModel):
     s0: str = Field("", description="Leaf switch of this host (HeteroScale's S0); '' when not configured")
     s1: str = Field("", description="Mini-pod switch above the leaf (S1)")
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2)")
+    rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup: "
+                                        "placement uses high-priority hosts last (opscale.planning.placement)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,4 +219,4 @@ class NodeAgentCore:
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),
                               self.terminating_at_s, self.warm_models(), self.config.s0, self.config.s1,
-                              self.config.s2)
+                              self.config.s2, self.config.rdma_priority)

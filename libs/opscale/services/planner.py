@@ -47,6 +47,9 @@ class PlannerConfig(BaseModel):
     latency_window_s: float = Field(60.0, gt=0, description="Which aggregator window gives latency percentiles")
     agent_timeout_s: float = Field(15.0, gt=0, description="An agent silent this long is considered lost")
     resend_after_s: float = Field(5.0, gt=0, description="Re-send a command to an agent not yet converged")
+    topology_aware: bool = Field(True, description="Place by the network: deployment groups in one scheduling "
+                                 "domain, RDMA subgroup priorities (opscale.planning.placement); False: blind to "
+                                 "switches, each instance on the host with the most free GPUs")
 
 
 class PlannerCore:
@@ -240,8 +243,9 @@ class PlannerCore:
                 if dep.regions and region not in dep.regions:
                     continue
                 for role in dep.roles():  # a disaggregated deployment has a prefill and a decode pool
-                    sku = dep.pool(role).sku.lower()
-                    if any(hb.region == region and hb.sku.lower() == sku for hb in self._agents.values()):
+                    # a pool may run on its preferred SKU or a compatible one: a host of either serves it
+                    skus = {sku.casefold() for sku, _ in dep.pool(role).choices()}
+                    if any(hb.region == region and hb.sku.casefold() in skus for hb in self._agents.values()):
                         keys.append(PoolKey(dep.model, region, role))
         return keys
 
@@ -254,7 +258,8 @@ class PlannerCore:
         # a lost agent, dropping them from the current assignments places them again elsewhere now,
         # while they still drain.
         usable = {a: hb for a, hb in self._agents.items() if hb.terminating_at_s is None}
-        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total, frozenset(hb.warm_models))
+        agents = [AgentSlot(a, hb.region, hb.sku, hb.gpus_total, frozenset(hb.warm_models), hb.s0, hb.s1, hb.s2,
+                            hb.rdma_priority)
                   for a, hb in sorted(usable.items())]
         states = {st.instance_id: st.state for hb in self._agents.values() for st in hb.instances}
         current = {a: specs for a, specs in self.plan.assignments.items() if a in usable}
@@ -263,16 +268,19 @@ class PlannerCore:
         # of removing; placement then realises the counts it hands on.
         soft = soft_scale_in(effects.desired, current, {a.agent_id: a.region for a in agents}, states,
                              self.plan.withdrawn, effects.soft_scale_in_s, now_s)
-        result = place(soft.desired, soft.assignments, agents, self.deployments, states, self._next_seq)
+        aware = self.config.topology_aware
+        result = place(soft.desired, soft.assignments, agents, self.deployments, states, self._next_seq,
+                       topology_aware=aware)
         self._next_seq = result.next_seq
         actions: list[Action] = []
         for key, note in sorted(soft.notes.items(), key=lambda kv: str(kv[0])):
             actions.append(Log(self.name, f"{key}: {note}", {"pool": str(key)}))
         for key, n in result.unplaced.items():
-            actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: no free GPUs",
+            why = result.reasons.get(key, "no free GPUs")
+            actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: {why}",
                                {"pool": str(key), "unplaced": n}))
         new_assignments = result.assignments
-        staging = prestage(effects.prepare, new_assignments, agents, self.deployments)
+        staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware)
         weights = effects.routing_weights or self.plan.routing_weights
         placed = {s.instance_id for specs in new_assignments.values() for s in specs}
         withdrawn = {iid: at for iid, at in soft.withdrawn.items() if iid in placed}

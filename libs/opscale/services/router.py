@@ -564,7 +564,7 @@ class RouterCore:
             if cand is None:
                 self._candidates[st.instance_id] = Candidate(st.instance_id, st.model, hb.region, st.endpoint,
                                                              hb.agent_id, kv_usage=kv, sku=hb.sku, tp=st.tp,
-                                                             role=st.role)
+                                                             role=st.role, s0=hb.s0, s1=hb.s1, s2=hb.s2)
                 changed = True
             elif cand.kv_usage != kv:
                 cand.kv_usage = kv

@@ -40,13 +40,12 @@ def test_a_router_per_region_and_a_node_agent_per_host_named_as_the_simulator_na
     agents = [p.env for p in processes if p.service == "node-agent"]
     assert [r["OPSCALE_ROUTER_CORE__REGION"] for r in routers] == ["eu", "us"]
     assert [a["OPSCALE_NODE_AGENT_AGENT_ID"] for a in agents] == [
-        host for group in scenario.hosts for host in group.host_ids()]
+        host for _, hosts in scenario.host_groups() for host in hosts]
     assert agents[2] == {"OPSCALE_NODE_AGENT_AGENT_ID": "us-a100-80gb-1", "OPSCALE_NODE_AGENT_REGION": "us",
                          "OPSCALE_NODE_AGENT_SKU": "A100-80GB", "OPSCALE_NODE_AGENT_GPUS": "4",
-                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0",
-                         # the simulator's default switches: the leaf named after region and SKU
-                         "OPSCALE_NODE_AGENT_S0": "us-a100-80gb", "OPSCALE_NODE_AGENT_S1": "us-a100-80gb",
-                         "OPSCALE_NODE_AGENT_S2": "us"}
+                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0", "OPSCALE_NODE_AGENT_S0": "us-a100-80gb",
+                         "OPSCALE_NODE_AGENT_S1": "us-a100-80gb", "OPSCALE_NODE_AGENT_S2": "us",
+                         "OPSCALE_NODE_AGENT_RDMA_PRIORITY": "low"}
 
 
 @pytest.mark.parametrize("port_base", [None, 30000])

@@ -31,6 +31,9 @@ SPLIT = DeploymentSpec(model="Llama-3-8B", prefill=RolePoolSpec(sku="H100-80GB",
      r"\['sku'\] belong to a unified deployment"),
     ({}, "'sku' is required"),
     ({"sku": "H100-80GB", "min_replicas": 3, "max_replicas": 2}, r"min_replicas \(3\) is above max_replicas \(2\)"),
+    ({"prefill": {"sku": "H20", "compatible_skus": ["h20"]}, "decode": {"sku": "H20"}},
+     r"prefill\n.*compatible_skus: 'h20' is the pool's own sku"),
+    ({"sku": "H20", "compatible_skus": {"L20": 3}}, r"deployment 'm': compatible_skus\.L20: tp must be 1, 2, 4 or 8"),
 ])
 def test_bad_deployments_name_the_field(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -53,6 +56,17 @@ def test_an_unknown_role_sku_is_named() -> None:
     bad = SPLIT.model_copy(update={"decode": RolePoolSpec(sku="TPU-v9")})
     with pytest.raises(ValueError, match="deployment 'Llama-3-8B': decode.sku: .*TPU-v9"):
         build_planning_stack([bad], {}, "reactive", {}, catalog=default_catalog(), latency=LatencyModels())
+    also = SPLIT.model_copy(update={"decode": RolePoolSpec(sku="H20", compatible_skus=["L20", "TPU-v9"])})
+    with pytest.raises(ValueError, match="deployment 'Llama-3-8B': decode.compatible_skus: .*TPU-v9"):
+        build_planning_stack([also], {}, "reactive", {}, catalog=default_catalog(), latency=LatencyModels())
+
+
+def test_compatible_skus_keep_their_order_and_a_list_takes_the_pool_tp() -> None:
+    pool = RolePoolSpec(sku="H20", tp=2, compatible_skus=["L20", "A100-80GB"])
+    assert pool.choices() == [("H20", 2), ("L20", 2), ("A100-80GB", 2)]
+    assert RolePoolSpec(sku="H20", compatible_skus={"L20": 4}).choices() == [("H20", 1), ("L20", 4)]
+    dumped = DeploymentSpec(model="m", prefill=pool, decode=pool, scheduling_domain="s1").model_dump()
+    assert DeploymentSpec.model_validate(dumped).pool(Role.DECODE) == pool  # an experiment variant reloads it
 
 
 @pytest.mark.parametrize("policy", ["kpa", "chiron", "sageserve_mip", "sageserve_lt_i", "sageserve_reactive"])

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceStatus, Plan, Request, RequestOutcome
+from opscale.model import InstanceSpec, InstanceStatus, Plan, RdmaPriority, Request, RequestOutcome
 from opscale.model.instance import InstanceState, Role
 from opscale.runtime.live.derived_codec import (
     FieldRefused,
@@ -110,7 +110,8 @@ class WireType:
     codec: MessageCodec
 
 
-_ENUMS = MappingProxyType({"opscale.v1.Role": Role, "opscale.v1.InstanceState": InstanceState})
+_ENUMS = MappingProxyType({"opscale.v1.Role": Role, "opscale.v1.InstanceState": InstanceState,
+                           "opscale.v1.RdmaPriority": RdmaPriority})
 """The Python enum of each proto enum; their members are matched by name when the codec is built."""
 
 

@@ -56,7 +56,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from opscale.engine import EngineConfig
-from opscale.model import Role, TierList, TierSpec, default_tier_models, tier_table
+from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.services.aggregator import AggregatorConfig
@@ -394,6 +394,9 @@ class NodeAgentSettings(LiveSettings):
         default_factory=TransferParams, description="Simulated engines: bandwidth and latency of each network "
         "path, which price the KV transfer of a disaggregated request into a decode instance here (a "
         "scenario's `transfer`)")
+    rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup "
+                                        "(low, medium, high), reported in heartbeats: placement uses high-priority "
+                                        "hosts last and frees them first")
 
     @model_validator(mode="after")
     def _switch_chain(self) -> NodeAgentSettings:
@@ -417,7 +420,7 @@ class NodeAgentSettings(LiveSettings):
         """The node-agent core's config derived from these settings (one owner per fact)."""
         return NodeAgentConfig(agent_id=self.agent_id, region=self.region, sku=self.sku, gpus=self.gpus,
                                address=self.address(bound_port), heartbeat_interval_s=self.heartbeat_interval_s,
-                               s0=self.s0, s1=self.s1, s2=self.s2)
+                               s0=self.s0, s1=self.s1, s2=self.s2, rdma_priority=self.rdma_priority)
 
 
 SERVICE_SETTINGS: dict[str, type[LiveSettings]] = {

@@ -13,7 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Plan, Request, RequestOutcome, Role
+from opscale.model import (
+    InstanceSpec,
+    InstanceState,
+    InstanceStatus,
+    Plan,
+    RdmaPriority,
+    Request,
+    RequestOutcome,
+    Role,
+)
 from opscale.runtime.live import codec
 from opscale.runtime.live.codec import CodecError, decode, encode
 from opscale.services import events
@@ -100,7 +109,8 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
                                   decode_instance_id=text, at_s=reals),
     "AgentHeartbeat": st.builds(AgentHeartbeat, agent_id=text, region=text, sku=text, gpus_total=u32, address=text,
                                 epoch=u64, at_s=reals, instances=tuples(statuses), terminating_at_s=reals,
-                                warm_models=tuples(text), s0=text, s1=text, s2=text),
+                                warm_models=tuples(text), s0=text, s1=text, s2=text,
+                                rdma_priority=st.sampled_from([RdmaPriority.MEDIUM, RdmaPriority.HIGH])),
     "RouterLoad": st.builds(RouterLoad, router_id=text, region=text, at_s=reals, pending_by_model=counts(),
                             interval_s=reals, arrivals_by_model=counts(u64), prompt_tokens_by_model=counts(u64),
                             output_tokens_by_model=counts(u64)),
