@@ -4,15 +4,20 @@ asyncio tasks in one event loop, against real NATS and Redis, in the test's own 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from opscale.runtime.live.local_servers import free_port_block
 from opscale.runtime.live.settings import (
     AggregatorSettings,
     ForecasterSettings,
@@ -23,6 +28,9 @@ from opscale.runtime.live.settings import (
 )
 
 from opscale_services.common import LiveProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -120,3 +128,33 @@ def stop_up(proc: subprocess.Popen[bytes]) -> str:
         output, _ = proc.communicate()
         pytest.fail(f"opscale up did not stop within 45 s:\n{output.decode()[-3000:]}")
     return output.decode()
+
+
+def start_up_scenario(scenario: str, tmp_path: Path, nats_url: str, redis_url: str,
+                      namespace: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`opscale up --scenario` of the scenario YAML `scenario` on a free block of ports, in the test's
+    namespace, every server on 127.0.0.1 and heartbeats every 0.5 s: (the process, its port base, where
+    the router's API listens). Stop it with `stop_up`."""
+    (tmp_path / "scenario.yaml").write_text(scenario)
+    base = free_port_block(64)
+    env = dict(os.environ, OPSCALE_NATS_URL=nats_url, OPSCALE_REDIS_URL=redis_url, OPSCALE_NAMESPACE=namespace,
+               OPSCALE_NODE_AGENT_HEARTBEAT_INTERVAL_S="0.5", OPSCALE_OPS_HOST="127.0.0.1",
+               OPSCALE_ROUTER_HTTP_HOST="127.0.0.1", OPSCALE_NODE_AGENT_GRPC_HOST="127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "opscale.cli", "up", "--scenario", str(tmp_path / "scenario.yaml"),
+                             "--port-base", str(base)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    return proc, base
+
+
+async def eventually(probe: Callable[[], T], proc: subprocess.Popen[bytes], timeout_s: float) -> T:
+    """The first truthy value of `probe()`, polled while an `opscale up` process runs; fails the test when
+    the stack exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"opscale up exited early:\n{proc.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        value = probe()
+        if value:
+            return value
+        await asyncio.sleep(0.2)  # noqa: TID251 - polling what a live stack published
+    raise AssertionError(f"not within {timeout_s} s")

@@ -10,17 +10,14 @@ refuses: serving the request whole on one instance is not how it went.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from _stack import stop_up
+from _stack import eventually, start_up_scenario, stop_up
 from conftest import BusFactory
 
 from opscale.engine import EngineConfig, PrefillDone, SimEngine
@@ -28,13 +25,11 @@ from opscale.model import InstanceState, Request, RequestOutcome, Role
 from opscale.perf import default_catalog, latency_model_for
 from opscale.perf.transfer import Placement, Topology, TransferParams, kv_transfer_s, topology_between
 from opscale.runtime.live.bus import Delivery
-from opscale.runtime.live.local_servers import free_port_block
 from opscale.services import subjects
 from opscale.services.events import AgentHeartbeat
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "Llama-3-8B"
 PROMPT_TOKENS = 3000
 OUTPUT_TOKENS = 6
@@ -88,14 +83,7 @@ async def test_a_disaggregated_deployment_streams_from_decode_with_the_kv_transf
     await bus.subscribe(subjects.HEARTBEATS_ALL, "test-pd-heartbeats", on_heartbeat, deliver="new")
     await bus.subscribe(subjects.RECORDS_ALL, "test-pd-records", on_records, deliver="new")
 
-    (tmp_path / "scenario.yaml").write_text(SCENARIO)
-    base = free_port_block(64)
-    env = dict(os.environ, OPSCALE_NATS_URL=nats_url, OPSCALE_REDIS_URL=redis_url, OPSCALE_NAMESPACE=namespace,
-               OPSCALE_NODE_AGENT_HEARTBEAT_INTERVAL_S="0.5", OPSCALE_OPS_HOST="127.0.0.1",
-               OPSCALE_ROUTER_HTTP_HOST="127.0.0.1", OPSCALE_NODE_AGENT_GRPC_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "opscale.cli", "up", "--scenario", str(tmp_path / "scenario.yaml"),
-                             "--port-base", str(base)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc, base = start_up_scenario(SCENARIO, tmp_path, nats_url, redis_url, namespace)
     try:
         ready = await _ready_instances(heartbeats, proc, timeout_s=120)
         [prefill] = [i for i in ready if i[1].role is Role.PREFILL]
@@ -129,7 +117,7 @@ async def test_a_disaggregated_deployment_streams_from_decode_with_the_kv_transf
                 refused = await direct.json()
                 assert direct.status == 400 and refused["error"]["code"] == "wrong_role", refused
 
-        record = await _eventually(lambda: records.get(request_id), proc, timeout_s=30)
+        record = await eventually(lambda: records.get(request_id), proc, timeout_s=30)
         assert record.status == "ok" and record.output_tokens == OUTPUT_TOKENS
         # the router's record: prefilled on the prefill instance, streamed from a decode instance
         assert record.prefill_instance_id == prefill[1].instance_id
@@ -165,16 +153,4 @@ async def _ready_instances(heartbeats: dict[str, AgentHeartbeat], proc: subproce
                  if st.model == MODEL and st.state == InstanceState.READY]
         return found if len(found) == 3 else None
 
-    return await _eventually(ready, proc, timeout_s)
-
-
-async def _eventually(probe, proc: subprocess.Popen[bytes], timeout_s: float):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"opscale up exited early:\n{proc.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
-        value = probe()
-        if value:
-            return value
-        await asyncio.sleep(0.2)  # noqa: TID251 - polling what a live stack published
-    raise AssertionError(f"not within {timeout_s} s")
+    return await eventually(ready, proc, timeout_s)

@@ -23,29 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from _stack import stop_up
+from _stack import eventually, start_up_scenario, stop_up
 from conftest import BusFactory
 
 from opscale.model import Plan, Role
 from opscale.planning.heteroscale.config import parse_pd_ratio
 from opscale.planning.heteroscale.ratio import RoleBounds, arrange
 from opscale.runtime.live.bus import Delivery
-from opscale.runtime.live.local_servers import free_port_block
 from opscale.services import subjects
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "Llama-3-8B"
 PD_RATIO = "1:2"
 BOUNDS = RoleBounds(min_prefill=1, max_prefill=3, min_decode=1, max_decode=6)
@@ -121,24 +117,17 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
     await bus.subscribe(subjects.PLANS_ALL, "test-pd-scaling-plans", on_plan, deliver="new")
     await bus.subscribe(subjects.RECORDS_ALL, "test-pd-scaling-records", on_records, deliver="new")
 
-    (tmp_path / "scenario.yaml").write_text(SCENARIO)
-    base = free_port_block(64)
-    env = dict(os.environ, OPSCALE_NATS_URL=nats_url, OPSCALE_REDIS_URL=redis_url, OPSCALE_NAMESPACE=namespace,
-               OPSCALE_NODE_AGENT_HEARTBEAT_INTERVAL_S="0.5", OPSCALE_OPS_HOST="127.0.0.1",
-               OPSCALE_ROUTER_HTTP_HOST="127.0.0.1", OPSCALE_NODE_AGENT_GRPC_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "opscale.cli", "up", "--scenario", str(tmp_path / "scenario.yaml"),
-                             "--port-base", str(base)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc, base = start_up_scenario(SCENARIO, tmp_path, nats_url, redis_url, namespace)
     try:
         async with aiohttp.ClientSession() as session:
             # The minimum, 1P/1D, serving end to end: one request streams through both roles.
-            await _eventually(lambda: plans and counts_of(plans[-1]) == (1, 1), proc, timeout_s=90)
+            await eventually(lambda: plans and (plans[-1].prefill, plans[-1].decode) == (1, 1), proc, timeout_s=90)
             await _eventually_served(session, base, proc, timeout_s=60)
             load_began = time.monotonic()
             del plans[:-1]  # the last plan before the load is its starting point
             outcomes = await _rising_load(session, base, proc)
         # the routers' records of the load's requests (and of the probe's), published in batches
-        await _eventually(lambda: len(served_by) >= len(outcomes), proc, timeout_s=30)
+        await eventually(lambda: len(served_by) >= len(outcomes), proc, timeout_s=30)
     finally:
         output = stop_up(proc)
     assert proc.returncode == 0, output[-3000:]
@@ -149,7 +138,8 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
     print(f"\nP/D live scaling ({len(outcomes)} requests at {STEPS_RPS} req/s, {STEP_S:.0f} s each; offered "
           f"{[r * OUTPUT_TOKENS for r in STEPS_RPS]} output tokens/s):")
     for p, tps in seen_tps:
-        print(f"  t={p.at_s - load_began:5.1f}s epoch {p.epoch}: {p.prefill}P/{p.decode}D"
+        step = min(len(STEPS_RPS), max(0, int((p.at_s - load_began) // STEP_S) + 1))  # 0: before the load
+        print(f"  t={p.at_s - load_began:5.1f}s (step {step}) epoch {p.epoch}: {p.prefill}P/{p.decode}D"
               + (f", decode TPS seen {tps:.0f}" if tps is not None else "") + f"  [{p.reason[:110]}]")
 
     # Every request completed, all its tokens served.
@@ -181,10 +171,6 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
     assert top_seen <= 1.5 * top_offered, (top_seen, top_offered)
     assert top_seen >= 0.25 * top_offered, (top_seen, top_offered)
     assert re.search(rf"plan epoch \d+: .*{re.escape(MODEL)}.*scale out", output), output[-3000:]
-
-
-def counts_of(plan: SeenPlan) -> tuple[int, int]:
-    return plan.prefill, plan.decode
 
 
 def _seen_decode_tps(reason: str) -> float | None:
@@ -238,14 +224,3 @@ async def _eventually_served(session: aiohttp.ClientSession, base: int, proc: su
         await asyncio.sleep(0.3)  # noqa: TID251 - waiting for instances to become ready
     raise AssertionError(f"no request served within {timeout_s} s: {last}")
 
-
-async def _eventually(probe, proc: subprocess.Popen[bytes], timeout_s: float):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"opscale up exited early:\n{proc.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
-        value = probe()
-        if value:
-            return value
-        await asyncio.sleep(0.2)  # noqa: TID251 - polling what a live stack published
-    raise AssertionError(f"not within {timeout_s} s")
