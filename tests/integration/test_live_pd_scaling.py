@@ -34,10 +34,11 @@ import pytest
 from _stack import eventually, start_up_scenario, stop_up
 from conftest import BusFactory
 
-from opscale.model import Plan, Role
+from opscale.model import InstanceState, Plan, Role
 from opscale.planning.heteroscale.config import parse_pd_ratio
 from opscale.planning.heteroscale.ratio import RoleBounds, arrange
 from opscale.runtime.live.bus import Delivery
+from opscale.runtime.live.store import RedisStore
 from opscale.services import subjects
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,7 @@ class SeenPlan:
     prefill: int
     decode: int
     reason: str
+    instances: frozenset[str]  # the model's discoverable instances
 
 
 def counts(plan: Plan) -> tuple[int, int]:
@@ -99,15 +101,23 @@ def counts(plan: Plan) -> tuple[int, int]:
 
 
 async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
-        nats_url: str, redis_url: str, namespace: str, bus_factory: BusFactory, tmp_path: Path) -> None:
+        nats_url: str, redis_url: str, namespace: str, bus_factory: BusFactory, store: RedisStore,
+        tmp_path: Path) -> None:
     bus = await bus_factory()
     plans: list[SeenPlan] = []
     served_by: dict[str, tuple[str, str]] = {}  # request id -> (prefill instance, decode instance)
+    ready: set[str] = set()  # instances a heartbeat has reported ready
 
     async def on_plan(delivery: Delivery) -> None:
         plan = delivery.event.plan
         prefill, decode = counts(plan)
-        plans.append(SeenPlan(time.monotonic(), plan.epoch, prefill, decode, plan.reason))
+        plans.append(SeenPlan(time.monotonic(), plan.epoch, prefill, decode, plan.reason,
+                              frozenset(i for i, spec in plan.discoverable().items() if spec.model == MODEL)))
+
+    async def on_heartbeat(delivery: Delivery) -> None:
+        for st in delivery.event.instances:
+            if st.state == InstanceState.READY:
+                ready.add(st.instance_id)
 
     async def on_records(delivery: Delivery) -> None:
         for outcome in delivery.event:
@@ -116,6 +126,7 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
 
     await bus.subscribe(subjects.PLANS_ALL, "test-pd-scaling-plans", on_plan, deliver="new")
     await bus.subscribe(subjects.RECORDS_ALL, "test-pd-scaling-records", on_records, deliver="new")
+    await bus.subscribe(subjects.HEARTBEATS_ALL, "test-pd-scaling-heartbeats", on_heartbeat, deliver="new")
 
     proc, base = start_up_scenario(SCENARIO, tmp_path, nats_url, redis_url, namespace)
     try:
@@ -128,6 +139,9 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
             outcomes = await _rising_load(session, base, proc)
         # the routers' records of the load's requests (and of the probe's), published in batches
         await eventually(lambda: len(served_by) >= len(outcomes), proc, timeout_s=30)
+        # every instance the last plan asked for came up (loads are short against the load's last step)
+        await eventually(lambda: plans[-1].instances <= ready, proc, timeout_s=30)
+        stored = await store.load_plan()  # what a restarted planner would continue from
     finally:
         output = stop_up(proc)
     assert proc.returncode == 0, output[-3000:]
@@ -148,16 +162,19 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
 
     # Both pools grew from 1P/1D, and every plan kept the ratio within one instance of its total's split.
     start, grown = plans[0], plans[-1]
+    assert stored is not None and (stored.epoch, counts(stored)) == (grown.epoch, (grown.prefill, grown.decode))
     assert (start.prefill, start.decode) == (1, 1)
     assert grown.prefill > start.prefill and grown.decode > start.decode, plans
     for p in plans:
         want = arrange(p.prefill + p.decode, share, BOUNDS)
         assert abs(p.prefill - want[0]) <= 1 and abs(p.decode - want[1]) <= 1, (p, want)
 
-    # The instances it added served: the router paired requests across the grown pools.
+    # The decode instances it added served: the router spread the decodes (each holds a request for a
+    # while) over the grown pool. Prefills are short: how many prefill instances took one is the
+    # routing's tie-break, not the planner's doing, so it is reported, not asserted.
     prefills, decodes = {p for p, _ in served_by.values()}, {d for _, d in served_by.values()}
     print(f"  served by {len(prefills)} prefill and {len(decodes)} decode instances")
-    assert len(prefills) > start.prefill and len(decodes) > start.decode, served_by
+    assert len(decodes) > start.decode, served_by
 
     # The planner said why, for the service's pools: scale out on the decode TPS it measured, which is the
     # decode pool's real tokens (non-zero, no more than the load offered, a good share of it at the top).
