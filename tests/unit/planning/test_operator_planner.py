@@ -4,20 +4,33 @@ scaling, and bad configuration is refused naming the field. Also the operator DA
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opscale.model import LatencyObjective
 from opscale.perf import default_catalog
-from opscale.perf.operators import Operator, operator_weight_bytes
+from opscale.perf.calibration import calibrated_params
+from opscale.perf.operators import (
+    ALL_OPERATORS,
+    Operator,
+    OperatorSplitLatencyModel,
+    operator_weight_bytes,
+    roofline_factory,
+    single_group,
+)
+from opscale.perf.transfer import Link
 from opscale.planning.operators import (
     NodeKind,
     OperatorPlanner,
     OperatorPlannerConfig,
     Phase,
+    StageCosts,
     Workload,
     build_dag,
+    cheapest_plan,
     partitions,
 )
 
@@ -80,6 +93,28 @@ def test_there_are_fifteen_ways_to_group_four_families() -> None:
     assert all(frozenset().union(*p) == frozenset(Operator) for p in parts)
 
 
+# --- costs come from the perf model -------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", [QWEN7, CATALOG.model("Llama-3-8B")])
+def test_a_whole_model_stage_costs_what_the_engine_model_says(model: object) -> None:
+    # One stage holding every family is model-level serving: the same numbers as the engine's
+    # operator-split latency model with a single group, so the planner has no cost model of its own.
+    engine = OperatorSplitLatencyModel(roofline_factory(model, calibrated_params(H100.name)),  # type: ignore[arg-type]
+                                       single_group(H100), Link(0.0, 1.0))
+    costs = StageCosts(model, H100)  # type: ignore[arg-type]
+    assert costs.prefill_s(ALL_OPERATORS, 1, 1, 1024) == pytest.approx(engine.prefill_s(1024), rel=1e-12)
+    fixed_s, per_ctx_s = engine.decode_step_coeffs(32)
+    assert costs.decode_s(ALL_OPERATORS, 1, 32, 1500.0) == pytest.approx(fixed_s + per_ctx_s * 32 * 1500, rel=1e-12)
+
+
+def test_the_shared_expert_costs_extra_and_needs_two_h100s() -> None:
+    costs = StageCosts(QWEN57, H100)
+    mlp = frozenset({Operator.MLP})
+    assert costs.tp_for(mlp) == 2 and costs.tp_for(frozenset({Operator.ATTENTION, Operator.ATTN_PROJ})) == 1
+    no_shared = StageCosts(dataclasses.replace(QWEN57, shared_expert_intermediate=0), H100)
+    assert costs.prefill_s(mlp, 2, 4, 1024) > no_shared.prefill_s(mlp, 2, 4, 1024)
+
+
 # --- the laws of the planner -----------------------------------------------------------------------------
 
 LOADS = st.floats(0.5, 150.0)
@@ -116,6 +151,14 @@ def test_greedy_is_within_five_percent_of_the_oracle_and_never_above_model_level
     greedy, oracle, base = PLANNER.plan(workload), PLANNER.oracle(workload), PLANNER.model_level(workload)
     assert oracle.meets_slo and oracle.gpus <= greedy.gpus <= base.gpus
     assert greedy.gpus <= 1.05 * oracle.gpus
+
+
+@settings(max_examples=10, deadline=None)
+@given(rps=st.floats(1.0, 150.0))
+def test_moe_greedy_is_within_five_percent_of_the_oracle(rps: float) -> None:
+    workload = Workload(rps, 1024, 256)
+    greedy, oracle = MOE_PLANNER.plan(workload), MOE_PLANNER.oracle(workload)
+    assert oracle.meets_slo and oracle.gpus <= greedy.gpus <= 1.05 * oracle.gpus
 
 
 def test_moe_decode_splits_attention_from_the_experts_and_saves_gpus() -> None:
@@ -161,6 +204,13 @@ def test_an_slo_no_gpu_can_meet_is_refused_naming_the_field(objective: LatencyOb
     for sku in CATALOG.skus:
         with pytest.raises(ValueError, match=rf"{field}=.* cannot be met by Qwen2-7B on {sku.name}"):
             OperatorPlanner(QWEN7, sku, objective).plan(Workload(1.0, 1024, 256))
+
+
+def test_cheapest_plan_picks_a_sku_and_names_the_slo_no_sku_meets() -> None:
+    plan = cheapest_plan(QWEN7, CATALOG.skus, OBJECTIVE, Workload(20.0, 1024, 256))
+    assert plan.meets_slo and plan.sku in {s.name for s in CATALOG.skus}
+    with pytest.raises(ValueError, match=r"^tbt_slo_s cannot be met by Qwen2-7B on any of"):
+        cheapest_plan(QWEN7, CATALOG.skus, LatencyObjective(ttft_slo_s=1.0, tbt_slo_s=1e-4), Workload(1.0, 1024, 256))
 
 
 def test_bad_workload_and_objective_name_the_field() -> None:

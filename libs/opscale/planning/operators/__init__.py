@@ -14,11 +14,11 @@ from opscale.planning.operators.dag import (
     build_dag,
 )
 from opscale.planning.operators.plan import OperatorPlan, PhasePlan, StagePlan
-from opscale.planning.operators.planner import OperatorPlanner, partitions
+from opscale.planning.operators.planner import OperatorPlanner, cheapest_plan, partitions
 from opscale.planning.operators.queueing import StageQueue, erlang_b, erlang_c, mmr_wait
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "NODE_OPERATOR", "Edge", "NodeKind", "OperatorDag", "OperatorNode", "OperatorPlan",
     "OperatorPlanner", "OperatorPlannerConfig", "PhasePlan", "Phase", "StageCosts", "StagePlan", "StageQueue",
-    "Workload", "build_dag", "erlang_b", "erlang_c", "mmr_wait", "partitions",
+    "Workload", "build_dag", "cheapest_plan", "erlang_b", "erlang_c", "mmr_wait", "partitions",
 ]

@@ -30,9 +30,8 @@ Pure arithmetic: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import product
 
 from opscale.model import LatencyObjective, ModelSpec, Sku
 from opscale.perf.operators import Operator
@@ -199,33 +198,32 @@ class OperatorPlanner:
                          else (self.objective.tbt_slo_s, "tbt_slo_s"))
         lam = workload.arrival_rps * (1 if phase is Phase.PREFILL else workload.output_tokens)
         curves: dict[frozenset[Operator], _Curve | None] = {}
+        candidates: list[tuple[tuple[frozenset[Operator], ...], list[_Curve]]] = []
         fastest = _INF
-        best: tuple[int, float, tuple[frozenset[Operator], ...], list[int]] | None = None
         for part in parts:
-            stage_curves = []
             for ops in part:
                 if ops not in curves:
                     curves[ops] = self._curve(workload, phase, ops, lam, budget)
-                stage_curves.append(curves[ops])
-            if any(c is None for c in stage_curves):
-                continue
-            cs: list[_Curve] = stage_curves  # type: ignore[assignment]
-            fastest = min(fastest, sum(c.shape.floor_s for c in cs))
+            stage_curves = [curves[ops] for ops in part]
+            if all(c is not None for c in stage_curves):
+                candidates.append((part, stage_curves))  # type: ignore[arg-type]
+                fastest = min(fastest, sum(c.shape.floor_s for c in stage_curves))  # type: ignore[union-attr]
+        best: tuple[int, float, tuple[frozenset[Operator], ...], list[int]] | None = None
+        for part, cs in candidates:
             found = _greedy(cs, budget, self.config.max_replicas)
-            if found is None:
-                continue
-            if search == "oracle":
-                found = _exhaustive(cs, budget, sum(c.shape.tp * r for c, r in zip(cs, found, strict=True)),
-                                    self.config.max_replicas) or found
-            gpus = sum(c.shape.tp * r for c, r in zip(cs, found, strict=True))
-            latency = sum(c(r) for c, r in zip(cs, found, strict=True))
-            if best is None or (gpus, latency) < best[:2]:
-                best = (gpus, latency, part, found)
+            if found is not None:
+                best = _better(best, part, cs, found)
+        if search == "oracle" and best is not None:
+            bound = best[0]
+            for part, cs in candidates:
+                found = _exhaustive(cs, budget, bound, self.config.max_replicas)
+                if found is not None:
+                    best = _better(best, part, cs, found)
         if best is None:
             if fastest > budget:
                 raise ValueError(
                     f"{field}={budget:g} s cannot be met by {self.model.name} on {self.sku.name}: the fastest "
-                    f"{phase.value} path takes {fastest:.4g} s at batch 1 with no queueing")
+                    f"{phase.value} path takes {fastest:.4g} s at its fastest batch with no queueing")
             raise ValueError(
                 f"{phase.value} of {workload.arrival_rps:g} requests/s on {self.sku.name} needs more than "
                 f"max_replicas={self.config.max_replicas} replicas of a stage (or more memory per replica) "
@@ -294,6 +292,45 @@ class OperatorPlanner:
         return _StageShape(ops, tp, tuple(options), seq_kv, room)
 
 
+def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjective, workload: Workload,
+                  config: OperatorPlannerConfig | None = None) -> OperatorPlan:
+    """The operator-level plan of least on-demand cost per hour over `skus` (one SKU per plan).
+
+    Raises ValueError naming the objective field when no SKU can meet it at any load, listing each
+    SKU's reason."""
+    if not skus:
+        raise ValueError("skus: none given; the planner needs at least one GPU type")
+    best: OperatorPlan | None = None
+    best_cost = _INF
+    reasons: list[str] = []
+    for sku in skus:
+        try:
+            plan = OperatorPlanner(model, sku, objective, config).plan(workload)
+        except ValueError as exc:
+            reasons.append(str(exc))
+            continue
+        cost = plan.gpus * sku.price_usd_per_h
+        if cost < best_cost:
+            best, best_cost = plan, cost
+    if best is None:
+        fields = sorted({f for r in reasons for f in ("ttft_slo_s", "tbt_slo_s") if r.startswith(f)})
+        what = " and ".join(fields) if fields else "the workload"
+        raise ValueError(f"{what} cannot be met by {model.name} on any of {[s.name for s in skus]}: "
+                         + "; ".join(reasons))
+    return best
+
+
+def _better(best: tuple[int, float, tuple[frozenset[Operator], ...], list[int]] | None,
+            part: tuple[frozenset[Operator], ...], curves: Sequence[_Curve],
+            replicas: list[int]) -> tuple[int, float, tuple[frozenset[Operator], ...], list[int]]:
+    """The better of `best` and (part, replicas): fewer GPUs, then lower latency."""
+    gpus = sum(c.shape.tp * r for c, r in zip(curves, replicas, strict=True))
+    latency = sum(c(r) for c, r in zip(curves, replicas, strict=True))
+    if best is None or (gpus, latency) < best[:2]:
+        return (gpus, latency, part, replicas)
+    return best
+
+
 def _greedy(curves: Sequence[_Curve], budget: float, max_replicas: int) -> list[int] | None:
     """Replicas per stage meeting `budget`, grown by latency gained per GPU, then pruned; None if the
     budget cannot be met within `max_replicas` per stage."""
@@ -303,17 +340,11 @@ def _greedy(curves: Sequence[_Curve], budget: float, max_replicas: int) -> list[
     lat = [c(r) for c, r in zip(curves, replicas, strict=True)]
     total = sum(lat)
     while total > budget:
-        best_score, best_move = 0.0, None
-        for s, c in enumerate(curves):
-            r = replicas[s]
-            for target in (r + 1, *c.thresholds(r + 1)):
-                if target > max_replicas:
-                    break
-                gain = lat[s] - c(target)
-                if gain > 0:
-                    score = gain / (c.shape.tp * (target - r))
-                    if score > best_score:
-                        best_score, best_move = score, (s, target)
+        best_move = _best_move(curves, replicas, lat, max_replicas, far=False)
+        if best_move is None:
+            # f is flat one replica on (the best batch's quantile wait is already 0) but a faster
+            # batch may win further out: look geometrically before giving up.
+            best_move = _best_move(curves, replicas, lat, max_replicas, far=True)
         if best_move is None:
             return None
         s, target = best_move
@@ -334,24 +365,52 @@ def _greedy(curves: Sequence[_Curve], budget: float, max_replicas: int) -> list[
     return replicas
 
 
+def _best_move(curves: Sequence[_Curve], replicas: list[int], lat: list[float], max_replicas: int,
+               far: bool) -> tuple[int, int] | None:
+    """(stage, new replica count) with the largest latency gain per added GPU; None if nothing gains.
+    Candidates: one more replica, the counts where another batch size becomes stable, and with `far`
+    every power-of-two step up to `max_replicas`."""
+    best_score, best_move = 0.0, None
+    for s, c in enumerate(curves):
+        r = replicas[s]
+        targets = [r + 1, *c.thresholds(r + 1)]
+        if far:
+            step = 2
+            while r + step <= max_replicas:
+                targets.append(r + step)
+                step *= 2
+        for target in targets:
+            if target > max_replicas:
+                continue
+            gain = lat[s] - c(target)
+            if gain > 0:
+                score = gain / (c.shape.tp * (target - r))
+                if score > best_score:
+                    best_score, best_move = score, (s, target)
+    return best_move
+
+
 def _exhaustive(curves: Sequence[_Curve], budget: float, max_gpus: int, max_replicas: int) -> list[int] | None:
-    """The fewest-GPU replica vector (ties: the lowest latency) meeting `budget` with at most `max_gpus`."""
-    ranges = []
-    for c in curves:
-        top = min(max_replicas, c.r_min + max_gpus // c.shape.tp)
-        ranges.append(range(c.r_min, top + 1))
+    """The fewest-GPU replica vector (ties: the lowest latency) meeting `budget` with at most `max_gpus`:
+    every vector is visited, less those that already spend more GPUs than the bound."""
+    n = len(curves)
+    tps = [c.shape.tp for c in curves]
+    # GPUs the stages after s need at least, to bound each stage's range.
+    rest_min = [sum(tps[j] * curves[j].r_min for j in range(s + 1, n)) for s in range(n)]
     best: tuple[int, float, list[int]] | None = None
-    for vector in _vectors(ranges, curves, max_gpus):
-        latency = sum(c(r) for c, r in zip(curves, vector, strict=True))
-        if latency > budget:
-            continue
-        gpus = sum(c.shape.tp * r for c, r in zip(curves, vector, strict=True))
-        if best is None or (gpus, latency) < best[:2]:
-            best = (gpus, latency, list(vector))
+    vector = [0] * n
+
+    def visit(s: int, gpus: int, latency: float) -> None:
+        nonlocal best
+        if s == n:
+            if latency <= budget and (best is None or (gpus, latency) < best[:2]):
+                best = (gpus, latency, list(vector))
+            return
+        c = curves[s]
+        top = min(max_replicas, (max_gpus - gpus - rest_min[s]) // tps[s])
+        for r in range(c.r_min, top + 1):
+            vector[s] = r
+            visit(s + 1, gpus + tps[s] * r, latency + c(r))
+
+    visit(0, 0, 0.0)
     return None if best is None else best[2]
-
-
-def _vectors(ranges: Sequence[range], curves: Sequence[_Curve], max_gpus: int) -> Iterator[tuple[int, ...]]:
-    for vector in product(*ranges):
-        if sum(c.shape.tp * r for c, r in zip(curves, vector, strict=True)) <= max_gpus:
-            yield vector
