@@ -24,6 +24,14 @@ stable, since f_s is not convex), until the budget is met; then remove replicas 
 need. Oracle (`oracle`): every replica vector of every partition up to the greedy answer's GPUs.
 Baseline (`model_level`): the one-stage partition, the same queueing model.
 
+Approximations, the same for both levels: a request waits once per stage per forward pass (stages
+pipeline the layers, as MegaScale-Infer's ping-pong does), not once per layer visit; summing per-stage
+wait quantiles bounds the path's quantile from above; each stage pays its own per-iteration overhead
+(its own scheduler), where the engine's synchronous split model pays one; the decode attention
+replicas share one queue although a sequence's KV pins it to one of them; their KV floor comes from
+Little's law with every token at the TBT budget; the prefill-to-decode KV hand-off is in neither
+budget. SM shares (spatial partitions of a GPU) are not modelled, so GPUs are whole.
+
 Pure arithmetic: no I/O, no clock.
 """
 
