@@ -20,11 +20,17 @@ class ModelSpec:
     experts_per_token: int = 0
     bytes_per_param: int = 2
     max_context: int = 8192
+    # A mixture's always-on shared expert (Qwen2-MoE's shared_expert_intermediate_size): a gated MLP of
+    # this width that every token runs beside its routed experts; 0: none.
+    shared_expert_intermediate: int = 0
 
     def __post_init__(self) -> None:
         for label in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab"):
             if getattr(self, label) <= 0:
                 raise ValueError(f"model {self.name!r}: {label} must be positive, got {getattr(self, label)!r}")
+        if self.shared_expert_intermediate < 0:
+            raise ValueError(f"model {self.name!r}: shared_expert_intermediate must be >= 0, "
+                             f"got {self.shared_expert_intermediate!r}")
         if self.heads % self.kv_heads:
             raise ValueError(f"model {self.name!r}: heads ({self.heads}) must be a multiple of kv_heads")
 
@@ -36,11 +42,16 @@ class ModelSpec:
     def mlp_params_per_layer(self) -> int:
         # gated MLP: up, gate and down projections
         per_expert = 3 * self.hidden * self.intermediate
-        return per_expert * max(1, self.experts)
+        return per_expert * max(1, self.experts) + self.shared_expert_params_per_layer
 
     @property
     def active_mlp_params_per_layer(self) -> int:
-        return 3 * self.hidden * self.intermediate * max(1, self.experts_per_token if self.experts else 1)
+        routed = 3 * self.hidden * self.intermediate * max(1, self.experts_per_token if self.experts else 1)
+        return routed + self.shared_expert_params_per_layer
+
+    @property
+    def shared_expert_params_per_layer(self) -> int:
+        return 3 * self.hidden * self.shared_expert_intermediate
 
     @property
     def attn_params_per_layer(self) -> int:

@@ -14,7 +14,7 @@ from opscale.perf import Catalog, CatalogError, UnknownNameError, load_catalog, 
 
 pytestmark = pytest.mark.unit
 
-REQUIRED_MODELS = ("Llama-2-7B", "Llama-3-8B", "Llama-3-70B", "Mixtral-8x7B", "Qwen2-7B")
+REQUIRED_MODELS = ("Llama-2-7B", "Llama-3-8B", "Llama-3-70B", "Mixtral-8x7B", "Qwen2-7B", "Qwen2-57B-A14B")
 REQUIRED_SKUS = ("A100-80GB", "H100-80GB", "H200", "L40S", "A10G", "H20", "L20")
 
 GOOD_SKU = """
@@ -47,6 +47,7 @@ def test_builtin_entries_set_every_field_of_their_type(file: str, key: str, cls:
 
 @pytest.mark.parametrize(("name", "billions"), [
     ("Llama-2-7B", 6.74), ("Llama-3-8B", 8.03), ("Llama-3-70B", 70.55), ("Mixtral-8x7B", 46.70), ("Qwen2-7B", 7.62),
+    ("Qwen2-57B-A14B", 57.40),
 ])
 def test_parameter_counts_match_the_published_sizes(name: str, billions: float) -> None:
     assert load_catalog().model(name).params / 1e9 == pytest.approx(billions, rel=0.01)

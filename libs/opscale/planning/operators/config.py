@@ -1,0 +1,75 @@
+"""What the operator planner is asked: the workload shape and rate, and the search's settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from opscale.perf.operators import Operator
+from opscale.perf.transfer import Topology, TransferParams
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Poisson arrivals of `arrival_rps` requests/s with `prompt_tokens` prompt and `output_tokens`
+    output tokens each (means)."""
+
+    arrival_rps: float
+    prompt_tokens: int
+    output_tokens: int
+
+    def __post_init__(self) -> None:
+        if not (self.arrival_rps > 0 and math.isfinite(self.arrival_rps)):
+            raise ValueError(f"workload arrival_rps must be a finite positive number, got {self.arrival_rps!r}")
+        for label in ("prompt_tokens", "output_tokens"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"workload {label} must be a positive integer, got {value!r}")
+
+
+class OperatorPlannerConfig(BaseModel):
+    """Settings of `opscale.planning.operators.planner.OperatorPlanner`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_sizes: tuple[int, ...] = Field(
+        DEFAULT_BATCH_SIZES, description="Batch sizes (customers per stage iteration) the search may pick "
+                                         "from: prompts for prefill, sequences for decode.")
+    max_batch: dict[Operator, int] = Field(
+        default_factory=dict, description="Per operator family, the largest batch a stage holding it may run "
+                                          "(e.g. {'attention': 32}); a stage takes the smallest cap of its families.")
+    wait_quantile: float | None = Field(
+        0.99, gt=0, lt=1, description="Quantile of each stage's Erlang-C wait counted against the budget; "
+                                      "None counts the mean wait.")
+    topology: Topology = Field(
+        Topology.SAME_HOST, description="Path between stages apart (opscale.perf.transfer): the placement "
+                                        "must honour it; same_host prices NVLink.")
+    transfer: TransferParams = Field(default_factory=TransferParams)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_replicas: int = Field(512, ge=1, description="Most replicas of one stage.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("batch_sizes must name at least one batch size")
+        bad = [b for b in value if b < 1]
+        if bad:
+            raise ValueError(f"batch_sizes must be positive integers, got {bad[0]!r}")
+        return tuple(sorted(set(value)))
+
+    @field_validator("max_batch", mode="before")
+    @classmethod
+    def _caps(cls, value: object) -> object:
+        if isinstance(value, dict):
+            known = [op.value for op in Operator]
+            for name, cap in value.items():
+                if str(name) not in known:
+                    raise ValueError(f"unknown operator {name!r}; known: {', '.join(known)}")
+                if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                    raise ValueError(f"max_batch[{str(name)!r}] must be a positive integer, got {cap!r}")
+        return value
