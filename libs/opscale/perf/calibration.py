@@ -340,7 +340,18 @@ def calibrate(profiles: ProfileSet, roofs: Mapping[str, GpuRoof],
 # a100, h100 and a40 together (a40 with the datasheet roofs of REFERENCE_ROOFS), with the median of the
 # two measured all-reduce latencies and each SKU's default link bandwidth. The per-iteration
 # overhead is not fitted (operator profiles time kernels, not the scheduler) and keeps its default.
-#
+CALIBRATED_PARAMS: Mapping[str, RooflineParams] = {
+    "a100-80gb": RooflineParams(
+        compute_efficiency=0.715, bandwidth_efficiency=0.765, elementwise_efficiency=0.4071,
+        layer_overhead_s=3.983e-05, allreduce_latency_s=3.36e-05, interconnect_gbps=153.9),
+    "h100-80gb": RooflineParams(
+        compute_efficiency=0.715, bandwidth_efficiency=0.85, elementwise_efficiency=0.3808,
+        layer_overhead_s=3.211e-05, allreduce_latency_s=2.26e-05, interconnect_gbps=323.8),
+    GENERIC: RooflineParams(
+        compute_efficiency=0.725, bandwidth_efficiency=0.78, elementwise_efficiency=0.4145,
+        layer_overhead_s=3.29e-05, allreduce_latency_s=2.81e-05),
+}
+
 # The whole-iteration terms (host_layer_s, sequence_overhead_s, prefill_overhead_s, prefill_pair_s;
 # `latency.whole_iteration_s`) are what operator profiles cannot see. They are fitted by
 # `iteration_fit.fit_iteration` over the kernel calibration above to Splitwise's measured Llama-2-70B
@@ -354,30 +365,30 @@ def calibrate(profiles: ProfileSet, roofs: Mapping[str, GpuRoof],
 # LLaMA-7B host-bound (30 vs 69 tokens/s with CUDA graphs). So the fitted host floor, 0.51 ms per
 # layer on the A100 hosts and 0.33 ms on the H100 hosts (~41 and ~26 ms for 80 layers; Splitwise's
 # decode step stays at ~44 and ~30 ms from TP4 to TP8), is an eager engine's; an engine replaying
-# CUDA graphs has a far lower one (set host_layer_s lower to price it). Per sequence, ~0.25 ms of
-# sampling and output processing; per prefill, ~16 ms of prompt preparation; and ~1.4e-10 s per
-# (query, key) pair and layer of prompt attention that does not shrink with TP (its mechanism is not
-# identified: the sharded roofline prices Splitwise's TP2 prompts well and its TP4/8 long prompts
-# 14-40% low, and this term is the one that predicts each TP degree from the other two).
-CALIBRATED_PARAMS: Mapping[str, RooflineParams] = {
-    "a100-80gb": RooflineParams(
-        compute_efficiency=0.715, bandwidth_efficiency=0.765, elementwise_efficiency=0.4071,
-        layer_overhead_s=3.983e-05, allreduce_latency_s=3.36e-05, interconnect_gbps=153.9,
-        host_layer_s=0.00051, sequence_overhead_s=0.000276, prefill_overhead_s=0.015968,
-        prefill_pair_s=1.325e-10),
-    "h100-80gb": RooflineParams(
-        compute_efficiency=0.715, bandwidth_efficiency=0.85, elementwise_efficiency=0.3808,
-        layer_overhead_s=3.211e-05, allreduce_latency_s=2.26e-05, interconnect_gbps=323.8,
-        host_layer_s=0.000325, sequence_overhead_s=0.0002382, prefill_overhead_s=0.016155,
-        prefill_pair_s=1.447e-10),
-    GENERIC: RooflineParams(
-        compute_efficiency=0.725, bandwidth_efficiency=0.78, elementwise_efficiency=0.4145,
-        layer_overhead_s=3.29e-05, allreduce_latency_s=2.81e-05,
-        host_layer_s=0.0004175, sequence_overhead_s=0.0002571, prefill_overhead_s=0.0160615,
-        prefill_pair_s=1.386e-10),
+# CUDA graphs has a far lower one. Per sequence, ~0.25 ms of sampling and output processing; per
+# prefill, ~16 ms of prompt preparation; and ~1.4e-10 s per (query, key) pair and layer of prompt
+# attention that does not shrink with TP (its mechanism is not identified: the sharded roofline
+# prices Splitwise's TP2 prompts well and its TP4/8 long prompts 14-40% low, and this term is the one
+# that predicts each TP degree from the other two).
+#
+# They describe the engine (its host and software stack), not the GPU, so they are kept apart from
+# the kernel calibration and priced only on request (`calibrated_params(sku, whole_iteration=True)`):
+# turning them on for every simulation halves a small model's decode throughput at large batches
+# (per-sequence host time) and moves most experiment figures.
+WHOLE_ITERATION_TERMS: Mapping[str, Mapping[str, float]] = {
+    "a100-80gb": {"host_layer_s": 0.00051, "sequence_overhead_s": 0.000276, "prefill_overhead_s": 0.015968,
+                  "prefill_pair_s": 1.325e-10},
+    "h100-80gb": {"host_layer_s": 0.000325, "sequence_overhead_s": 0.0002382, "prefill_overhead_s": 0.016155,
+                  "prefill_pair_s": 1.447e-10},
+    GENERIC: {"host_layer_s": 0.0004175, "sequence_overhead_s": 0.0002571, "prefill_overhead_s": 0.0160615,
+              "prefill_pair_s": 1.386e-10},
 }
 
 
-def calibrated_params(sku: str) -> RooflineParams:
-    """The shipped calibration of `sku` (any case), or the generic one for a SKU without profiles."""
-    return CALIBRATED_PARAMS.get(sku.casefold(), CALIBRATED_PARAMS[GENERIC])
+def calibrated_params(sku: str, *, whole_iteration: bool = False) -> RooflineParams:
+    """The shipped calibration of `sku` (any case), or the generic one for a SKU without profiles; with
+    `whole_iteration`, plus the whole-iteration terms fitted to Splitwise (`WHOLE_ITERATION_TERMS`)."""
+    params = CALIBRATED_PARAMS.get(sku.casefold(), CALIBRATED_PARAMS[GENERIC])
+    if whole_iteration:
+        params = params.model_copy(update=WHOLE_ITERATION_TERMS.get(sku.casefold(), WHOLE_ITERATION_TERMS[GENERIC]))
+    return params

@@ -242,7 +242,8 @@ def test_decode_stays_linear_in_the_total_context(tp: int) -> None:
 
 
 def test_attention_lm_head_and_overhead_come_from_the_roofline() -> None:
-    model = profiled()
+    fallback = RooflineLatencyModel(LLAMA2_7B, A100, 1, calibrated_params(A100.name, whole_iteration=True))
+    model = ProfiledLatencyModel(LLAMA2_7B, A100, 1, llama2_7b_profile(), fallback)
     roof = model.fallback
     tokens, ctx = 512, 3000
     p = roof.params

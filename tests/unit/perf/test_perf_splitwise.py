@@ -17,14 +17,13 @@ import pytest
 from _paths import SHARED_DATA
 
 from opscale.perf import (
-    CALIBRATED_PARAMS,
     LatencyModel,
     RooflineLatencyModel,
     RooflineParams,
     calibrated_params,
     load_catalog,
 )
-from opscale.perf.calibration import GENERIC
+from opscale.perf.calibration import GENERIC, WHOLE_ITERATION_TERMS
 from opscale.perf.iteration_fit import (
     IterationSample,
     ModelAt,
@@ -118,12 +117,14 @@ def test_each_held_out_tp_degree_is_within_15_percent(
 def test_the_shipped_whole_iteration_terms_are_what_the_data_gives(
     iterations: dict[tuple[str, str], list[IterationSample]], sku_name: str,
 ) -> None:
-    shipped = calibrated_params(sku_name)
+    shipped = calibrated_params(sku_name, whole_iteration=True)
     fit = fit_iteration(iterations[(sku_name, "Llama-2-70B")], load_catalog().model("Llama-2-70B"),
                         roofline_at(sku_name), shipped)
     assert fit.params == shipped
-    assert CALIBRATED_PARAMS[GENERIC].host_layer_s == pytest.approx(
-        (CALIBRATED_PARAMS["a100-80gb"].host_layer_s + CALIBRATED_PARAMS["h100-80gb"].host_layer_s) / 2)
+    assert kernel_params(shipped) == calibrated_params(sku_name)  # the kernel calibration is not touched
+    for field, generic in WHOLE_ITERATION_TERMS[GENERIC].items():
+        assert generic == pytest.approx(
+            (WHOLE_ITERATION_TERMS["a100-80gb"][field] + WHOLE_ITERATION_TERMS["h100-80gb"][field]) / 2)
 
 
 def test_splitwise_rows_become_one_sample_per_configuration(
