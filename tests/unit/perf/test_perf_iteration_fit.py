@@ -16,8 +16,6 @@ from opscale.perf.iteration_fit import (
     predict_iterations,
 )
 from opscale.perf.latency import attn_pairs, whole_iteration_s
-from opscale.perf.operators import OperatorSplitLatencyModel, roofline_factory, single_group
-from opscale.perf.transfer import Link
 
 pytestmark = pytest.mark.unit
 
@@ -130,15 +128,3 @@ llama2-70b,a40,512,1,128,300,90,4
     assert got == {("decode", 1, 576): pytest.approx(0.045), ("prefill", 1, 0): pytest.approx(0.105),
                    ("decode", 8, 8 * 576): pytest.approx(0.045)}
 
-
-@pytest.mark.parametrize("tp", [1, 4])
-def test_one_operator_group_prices_the_terms_as_the_model_level_roofline(tp: int) -> None:
-    params = calibrated_params(A100.name, whole_iteration=True)
-    base = RooflineLatencyModel(LLAMA2_70B, A100, tp, params)
-    whole = OperatorSplitLatencyModel(roofline_factory(LLAMA2_70B, params), single_group(A100, tp), Link(10e-6, 360.0))
-    for args in [(512, 0, 0, 0), (100, 300, 16, 5000), (0, 0, 64, 64 * 900), (0, 0, 0, 0), (3000, 1000, 1, 10)]:
-        a, b = base.iteration_cost(*args), whole.iteration_cost(*args)
-        assert b.time_s == pytest.approx(a.time_s, rel=1e-12)
-        assert b.busy_s == pytest.approx(a.busy_s, rel=1e-12, abs=1e-15)
-    for batch in (0, 1, 7, 256):
-        assert whole.decode_step_coeffs(batch) == pytest.approx(base.decode_step_coeffs(batch), rel=1e-12)
