@@ -16,6 +16,19 @@ fixed per-layer time (kernel launch floors, which dominate them at small batches
 Decode iterations are linear in the total KV context: `fixed_s(batch) + per_ctx_token_s * S`. The
 simulated engine relies on that shape to advance a whole run of decode steps in closed form.
 
+Whole iterations. Kernel-level pieces (what vidur's operator profiles measure) miss what measured
+whole iterations show (Splitwise's Llama-2-70B steps on A100/H100 at TP 2/4/8; bench/perf_fidelity.py):
+- a host floor: an engine that launches kernels eagerly spends host time per layer issuing them, and
+  the GPU work overlaps it, so the forward pass takes max(layers * host_layer_s, GPU time). At high TP
+  the GPU share shrinks and the floor binds: Splitwise's decode step stays at ~44 ms (A100) and
+  ~30 ms (H100) from TP4 to TP8 where the GPU time halves;
+- serial host work after the forward pass, per sequence (`sequence_overhead_s`), and before a prefill
+  (`prefill_overhead_s`);
+- a long-prompt prefill attention cost per (query, key) pair and layer that does not shrink with TP
+  (`prefill_pair_s`).
+All four are 0 by default (a GPU-bound engine, e.g. one replaying CUDA graphs, has no host floor).
+Decode attention stays outside the max, so decode iterations keep the linear shape below.
+
 Pure arithmetic: no I/O, no clock.
 """
 
@@ -68,6 +81,24 @@ class RooflineParams(BaseModel):
     layer_overhead_s: float = Field(
         0.0, ge=0, description="Fixed time per transformer layer per iteration, seconds: the launch floors "
                                "of the layer's kernels. Counted only when the iteration has tokens.")
+    # Whole-iteration terms (see "Whole iterations" in the module docstring). Operator profiles time
+    # kernels alone and cannot see them; they are fitted to measured whole iterations (Splitwise's
+    # Llama-2-70B prefill and decode steps, `calibration.fit_iteration`). 0 leaves them out.
+    host_layer_s: float = Field(
+        0.0, ge=0, description="Host (CPU) time to issue one layer's kernels in an iteration, seconds, for an "
+                               "engine that launches kernels eagerly (no CUDA graphs). The GPU runs while the "
+                               "host issues, so the iteration's kernels and all-reduces take max(layers * "
+                               "host_layer_s, their GPU time): a floor that does not shrink with TP.")
+    sequence_overhead_s: float = Field(
+        0.0, ge=0, description="Host time per sequence that produces a token in an iteration, seconds: "
+                               "sampling and output processing, after the forward pass (serial).")
+    prefill_overhead_s: float = Field(
+        0.0, ge=0, description="Extra fixed time of an iteration that prefills prompt tokens, seconds: prompt "
+                               "input and attention-metadata preparation (serial).")
+    prefill_pair_s: float = Field(
+        0.0, ge=0, description="Time per (query, key) pair of prefill attention per layer that does not "
+                               "shrink with TP, seconds: the long-prompt attention cost that whole "
+                               "iterations show beyond the sharded roofline.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +300,8 @@ class RooflineLatencyModel(IterationTime):
             self._elementwise_s_per_token = per_token / (
                 sku.mem_bandwidth_gbps * 1e9 * p.elementwise_efficiency * tp)
         self._layers_overhead_s = p.layer_overhead_s * layers
+        self._host_floor_s = p.host_layer_s * layers
+        self._prefill_pair_s = p.prefill_pair_s * layers
         self._decode_cache: dict[int, tuple[float, float, float]] = {}
 
     def __repr__(self) -> str:
@@ -337,9 +370,12 @@ class RooflineLatencyModel(IterationTime):
         # Logits are computed for the decode tokens and the last token of the prefill.
         busy_s = self._linear_s(tokens, decode_batch + 1)
         busy_s += self.prefill_attention_s(pairs, prefill_ctx_tokens + prefill_tokens)
-        busy_s += self._decode_s_per_ctx * decode_ctx_tokens
-        time_s = (busy_s + self._allreduce_s(tokens) + self.params.iteration_overhead_s
-                  + self._layers_overhead_s)
+        gpu_s = busy_s + self._allreduce_s(tokens) + self._layers_overhead_s
+        extra_s = self._prefill_pair_s * pairs
+        decode_attn_s = self._decode_s_per_ctx * decode_ctx_tokens
+        busy_s += extra_s + decode_attn_s
+        time_s = (whole_iteration_s(self.params, self._host_floor_s, gpu_s, decode_batch + 1, prefill=True)
+                  + extra_s + decode_attn_s)
         return IterationCost(time_s=time_s, busy_s=busy_s)
 
     # --- pieces -------------------------------------------------------------------------------------
@@ -354,8 +390,8 @@ class RooflineLatencyModel(IterationTime):
                 cached = (self.params.iteration_overhead_s, 0.0, self._decode_s_per_ctx)
             else:
                 busy_s = self._linear_s(batch, batch)
-                fixed_s = (busy_s + self._allreduce_s(batch) + self.params.iteration_overhead_s
-                           + self._layers_overhead_s)
+                gpu_s = busy_s + self._allreduce_s(batch) + self._layers_overhead_s
+                fixed_s = whole_iteration_s(self.params, self._host_floor_s, gpu_s, batch, prefill=False)
                 cached = (fixed_s, busy_s, self._decode_s_per_ctx)
             self._decode_cache[batch] = cached
         return cached
@@ -379,6 +415,20 @@ class RooflineLatencyModel(IterationTime):
             return 0.0
         per_call = self.params.allreduce_latency_s + self._allreduce_s_per_token * tokens
         return self._allreduce_calls * per_call
+
+
+def whole_iteration_s(params: RooflineParams, host_floor_s: float, gpu_s: float, sequences: int, *,
+                      prefill: bool) -> float:
+    """An iteration's time from the GPU time of its forward pass (kernels and all-reduces, without the
+    decode attention over the KV context, which the caller adds): the host floor overlaps it, and the
+    serial host work (per-iteration and per-sequence overhead, and the prefill's) follows.
+
+    Example: host floor 40 ms, GPU 11 ms, 4 ms overhead, 8 sequences at 0.25 ms -> 40 + 4 + 2 = 46 ms.
+    """
+    serial_s = params.iteration_overhead_s + params.sequence_overhead_s * sequences
+    if prefill:
+        serial_s += params.prefill_overhead_s
+    return max(gpu_s, host_floor_s) + serial_s
 
 
 def weights_fit(model: ModelSpec, sku: Sku, tp: int, gpu_memory_utilization: float = 1.0) -> bool:

@@ -9,6 +9,8 @@ the MLP or experts on another), an engine iteration of T tokens costs
     + sum over groups g of rounds_g x cost_g(its operators, the batch spread over replicas_g x rounds_g)
     + sum over group boundaries crossed in the forward pass of (link latency + activation bytes / bandwidth)
 
+(with the whole-iteration terms of `opscale.perf.latency.whole_iteration_s` when the params price them:
+the engine's host floor overlaps the groups' and links' time, and its serial host work follows)
 where rounds_g = ceil(ceil(T / replicas_g) / max_batch_tokens_g): a replica runs at most
 max_batch_tokens_g tokens at once, and the replicas of a group work in parallel on equal shares. The
 activations of T tokens at a boundary are T x hidden x bytes_per_param (opscale.perf.transfer) and move
@@ -43,6 +45,7 @@ from opscale.perf.latency import (
     _experts_touched,
     attn_pairs,
     check_token_counts,
+    whole_iteration_s,
 )
 from opscale.perf.loading import LoadSource, LoadTimeParams, weights_load_time_s
 from opscale.perf.transfer import Link, activation_bytes
@@ -159,6 +162,7 @@ class OperatorCostModel(Protocol):
 
     model: ModelSpec
     iteration_overhead_s: float
+    params: RooflineParams
 
     def ops_cost(
         self, ops: frozenset[Operator], prefill_tokens: float, prefill_ctx_tokens: float, decode_batch: float,
@@ -317,6 +321,17 @@ class OperatorSplitLatencyModel(IterationTime):
                                  f"not {self.model.name!r}")
         self.link = link
         self._overhead_s = max(cost.iteration_overhead_s for cost in self._costs)
+        # The whole-iteration terms (`latency.whole_iteration_s`): one engine drives every group, so its
+        # host floor and serial host work are the largest any group's params give; the unsharded
+        # prefill attention time goes with the attention group.
+        layers = self.model.layers
+        self._host_floor_s = max(cost.params.host_layer_s for cost in self._costs) * layers
+        self._serial = self._costs[0].params.model_copy(update={
+            "iteration_overhead_s": self._overhead_s,
+            "sequence_overhead_s": max(cost.params.sequence_overhead_s for cost in self._costs),
+            "prefill_overhead_s": max(cost.params.prefill_overhead_s for cost in self._costs)})
+        self._pair_s = tuple(cost.params.prefill_pair_s * layers if Operator.ATTENTION in group.operators else 0.0
+                             for group, cost in zip(self.groups, self._costs, strict=True))
         self._act_bytes_per_token = activation_bytes(self.model, 1)
         self.crossings = self._count_crossings(owner)
         # Energy: group g's replicas each stay busy for its busy time; the engine multiplies one busy
@@ -368,16 +383,20 @@ class OperatorSplitLatencyModel(IterationTime):
                                  busy_s=busy_fixed_s + busy_per_ctx_s * decode_ctx_tokens)
         pairs = prefill_attn_pairs if prefill_attn_pairs is not None else attn_pairs(prefill_tokens, prefill_ctx_tokens)
         tokens = prefill_tokens + decode_batch
-        time_s = self._overhead_s + self._transfers_s(tokens)
-        busy_s = 0.0
-        for group, cost, share in zip(self.groups, self._costs, self._power_share, strict=True):
+        gpu_s = self._transfers_s(tokens)
+        extra_s = busy_s = 0.0
+        for group, cost, share, pair_s in zip(self.groups, self._costs, self._power_share, self._pair_s, strict=True):
             rounds = self._rounds(group, tokens)
             div = group.replicas * rounds
             # Logits for the decode tokens and the last token of the prefill, as the base model counts.
             c = cost.ops_cost(group.operators, prefill_tokens / div, prefill_ctx_tokens / div, decode_batch / div,
                               decode_ctx_tokens / div, pairs / div, (decode_batch + 1) / div)
-            time_s += rounds * c.time_s
-            busy_s += share * rounds * c.busy_s
+            # Decode attention stays outside the host floor, as in the model-level roofline.
+            decode_attn_s = cost.ops_decode_coeffs(group.operators, 0)[1] * decode_ctx_tokens / div
+            gpu_s += rounds * (c.time_s - decode_attn_s)
+            extra_s += rounds * (decode_attn_s + pair_s * pairs / div)
+            busy_s += share * rounds * (c.busy_s + pair_s * pairs / div)
+        time_s = whole_iteration_s(self._serial, self._host_floor_s, gpu_s, decode_batch + 1, prefill=True) + extra_s
         return IterationCost(time_s=time_s, busy_s=busy_s)
 
     # --- deployment figures ------------------------------------------------------------------------------
@@ -460,17 +479,20 @@ class OperatorSplitLatencyModel(IterationTime):
             return cached
         if batch < 0:
             raise ValueError(f"decode batch must be >= 0, got {batch}")
-        fixed_s = self._overhead_s + self._transfers_s(batch)
+        gpu_s = self._transfers_s(batch)
         per_ctx_s = busy_fixed_s = busy_per_ctx_s = 0.0
         for group, cost, share in zip(self.groups, self._costs, self._power_share, strict=True):
             rounds = self._rounds(group, batch)
             div = group.replicas * rounds
             f, pc, bf, bpc = cost.ops_decode_coeffs(group.operators, batch / div)
             # rounds x (f + pc x S / div): the context is spread like the batch.
-            fixed_s += rounds * f
+            gpu_s += rounds * f
             per_ctx_s += pc / group.replicas
             busy_fixed_s += share * rounds * bf
             busy_per_ctx_s += share * bpc / group.replicas
+        # An empty iteration pays the scheduler's overhead only, as in the model-level roofline.
+        fixed_s = (whole_iteration_s(self._serial, self._host_floor_s, gpu_s, batch, prefill=False) if batch > 0
+                   else self._overhead_s + gpu_s)
         cached = (fixed_s, per_ctx_s, busy_fixed_s, busy_per_ctx_s)
         self._decode_cache[batch] = cached
         return cached

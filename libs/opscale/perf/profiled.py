@@ -7,7 +7,9 @@ model, SKU and TP degree:
 - attention (absent from the profiles), the LM head and the per-iteration overhead come from a
   `RooflineLatencyModel` of the same model, SKU and TP (normally calibrated: `calibrated_params`);
 - the tensor-parallel all-reduces (two per layer, T*hidden*bytes_per_param each) from a
-  `NetworkProfile` when it measured this TP degree on one node, else from the roofline.
+  `NetworkProfile` when it measured this TP degree on one node, else from the roofline;
+- the whole-iteration terms (host floor, serial host work, TP-independent prefill attention) from the
+  roofline's params, combined as `latency.whole_iteration_s` does for the roofline.
 Profiled operators depend only on the number of new tokens, and attention alone on the KV context,
 so a decode iteration stays `fixed_s(batch) + per_ctx_token_s * S`, the shape the engine's
 closed-form decode runs rely on. Profiled kernel time counts as busy (the GPU runs kernels);
@@ -31,6 +33,7 @@ from opscale.perf.latency import (
     RooflineParams,
     attn_pairs,
     check_token_counts,
+    whole_iteration_s,
 )
 from opscale.perf.profiles import (
     EMBEDDING_OP,
@@ -92,6 +95,9 @@ class ProfiledLatencyModel(IterationTime):
         self._bytes_per_token = model.hidden * model.bytes_per_param
         self._per_ctx_s = fallback.decode_attention_s_per_ctx_token
         self._overhead_s = fallback.params.iteration_overhead_s
+        # The whole-iteration terms, as the roofline prices them (`latency.whole_iteration_s`).
+        self._host_floor_s = fallback.params.host_layer_s * model.layers
+        self._prefill_pair_s = fallback.params.prefill_pair_s * model.layers
         self._ops_cache: dict[int, float] = {}
         self._decode_cache: dict[int, tuple[float, float]] = {}
 
@@ -155,8 +161,12 @@ class ProfiledLatencyModel(IterationTime):
         # Logits for the decode tokens and the prefill's last token, as the roofline counts them.
         busy_s = self.operators_s(tokens) + self.fallback.lm_head_s(decode_batch + 1)
         busy_s += self.fallback.prefill_attention_s(pairs, prefill_ctx_tokens + prefill_tokens)
-        busy_s += self._per_ctx_s * decode_ctx_tokens
-        time_s = busy_s + self.allreduce_s(tokens) + self._overhead_s
+        gpu_s = busy_s + self.allreduce_s(tokens)
+        extra_s = self._prefill_pair_s * pairs
+        decode_attn_s = self._per_ctx_s * decode_ctx_tokens
+        busy_s += extra_s + decode_attn_s
+        time_s = (whole_iteration_s(self.params, self._host_floor_s, gpu_s, decode_batch + 1, prefill=True)
+                  + extra_s + decode_attn_s)
         return IterationCost(time_s=time_s, busy_s=busy_s)
 
     def _decode_coeffs(self, batch: int) -> tuple[float, float]:
@@ -169,7 +179,9 @@ class ProfiledLatencyModel(IterationTime):
                 cached = (self._overhead_s, 0.0)
             else:
                 busy_s = self.operators_s(batch) + self.fallback.lm_head_s(batch)
-                cached = (busy_s + self.allreduce_s(batch) + self._overhead_s, busy_s)
+                fixed_s = whole_iteration_s(self.params, self._host_floor_s, busy_s + self.allreduce_s(batch),
+                                            batch, prefill=False)
+                cached = (fixed_s, busy_s)
             if len(self._decode_cache) >= _CACHE_LIMIT:
                 self._decode_cache.clear()
             self._decode_cache[batch] = cached

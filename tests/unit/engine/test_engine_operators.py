@@ -41,12 +41,15 @@ def split(attention: tuple[int, int] = (1, 1), mlp: tuple[int, int] = (1, 1), li
     return OperatorSplitLatencyModel(roofline_factory(LLAMA3_8B), groups, link)
 
 
-@pytest.mark.parametrize(("model_name", "tp", "calibrated"), [
-    ("Llama-3-8B", 1, False), ("Llama-3-8B", 2, True), ("Llama-3-70B", 4, True), ("Mixtral-8x7B", 8, False),
+@pytest.mark.parametrize(("model_name", "tp", "calibration"), [
+    ("Llama-3-8B", 1, None), ("Llama-3-8B", 2, "kernel"), ("Llama-3-70B", 4, "kernel"), ("Mixtral-8x7B", 8, None),
+    ("Llama-3-70B", 4, "whole_iteration"), ("Llama-3-8B", 1, "whole_iteration"),
 ])
-def test_one_group_holding_every_operator_is_the_model_level_roofline(model_name: str, tp: int, calibrated: bool) -> None:
+def test_one_group_holding_every_operator_is_the_model_level_roofline(model_name: str, tp: int,
+                                                                     calibration: str | None) -> None:
     model = CATALOG.model(model_name)
-    params = calibrated_params(H100.name) if calibrated else None
+    params = (calibrated_params(H100.name, whole_iteration=calibration == "whole_iteration")
+              if calibration else None)
     base = RooflineLatencyModel(model, H100, tp, params)
     whole = OperatorSplitLatencyModel(roofline_factory(model, params), single_group(H100, tp), FAST_LINK)
     for args in [(512, 0, 0, 0), (100, 300, 16, 5000), (0, 0, 64, 64 * 900), (0, 0, 0, 0), (3000, 1000, 1, 10)]:

@@ -30,6 +30,7 @@ from opscale.perf import (
     load_profiles,
     roofs_for,
 )
+from opscale.perf.iteration_fit import kernel_params
 
 pytestmark = pytest.mark.unit
 
@@ -117,10 +118,12 @@ def test_the_roofline_is_within_25_percent_with_the_skus_profiles_withheld(
     assert roofline_mape < 0.25
 
 
-def test_the_shipped_calibration_is_what_the_data_gives(fits: dict[str, RooflineFit]) -> None:
+def test_the_shipped_kernel_calibration_is_what_the_data_gives(fits: dict[str, RooflineFit]) -> None:
+    # The whole-iteration terms come from Splitwise's iterations, not from operator profiles: they are
+    # checked in test_perf_splitwise.py.
     fresh = {name.casefold(): fit.params for name, fit in fits.items()}
     for key, shipped in CALIBRATED_PARAMS.items():
-        assert fresh[key] == shipped, key
+        assert fresh[key] == kernel_params(shipped), key
 
 
 def test_real_profiles_keep_decode_linear_in_context(profiles: ProfileSet) -> None:

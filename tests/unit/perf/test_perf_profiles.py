@@ -242,11 +242,18 @@ def test_decode_stays_linear_in_the_total_context(tp: int) -> None:
 
 
 def test_attention_lm_head_and_overhead_come_from_the_roofline() -> None:
-    model = profiled()
+    fallback = RooflineLatencyModel(LLAMA2_7B, A100, 1, calibrated_params(A100.name, whole_iteration=True))
+    model = ProfiledLatencyModel(LLAMA2_7B, A100, 1, llama2_7b_profile(), fallback)
     roof = model.fallback
     tokens, ctx = 512, 3000
-    expected = (model.operators_s(tokens) + roof.lm_head_s(1) + roof.prefill_attention_s(
-        attn_pairs(tokens, ctx), tokens + ctx) + roof.params.iteration_overhead_s)
+    p = roof.params
+    gpu_s = model.operators_s(tokens) + roof.lm_head_s(1) + roof.prefill_attention_s(
+        attn_pairs(tokens, ctx), tokens + ctx)
+    # The whole-iteration terms as the roofline prices them: host floor, serial host work, and the
+    # prefill attention that does not shrink with TP.
+    expected = (max(gpu_s, p.host_layer_s * LLAMA2_7B.layers) + p.iteration_overhead_s + p.sequence_overhead_s
+                + p.prefill_overhead_s + p.prefill_pair_s * LLAMA2_7B.layers * attn_pairs(tokens, ctx))
+    assert p.host_layer_s > 0 and p.prefill_overhead_s > 0
     assert model.prefill_s(tokens, ctx) == pytest.approx(expected)
     # Cached context makes the chunk's attention, and only it, slower.
     assert model.prefill_s(tokens, ctx) > model.prefill_s(tokens, 0)
