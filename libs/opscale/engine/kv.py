@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import deque
 
 from opscale.engine.config import EngineConfig
+from opscale.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvCacheEvent
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.engine.sequence import Seq
 from opscale.model import Request
@@ -51,8 +52,10 @@ class KvAccounting:
         self._cache: PrefixCache | None = None
         self._pb_tokens = config.prefix_block_tokens
         self._pb_blocks = config.prefix_block_tokens // self._bs
+        # KV events (EngineConfig.kv_events): stores are recorded as they happen, evictions by the cache.
+        self._kv_events: list[KvCacheEvent] | None = [] if config.kv_events else None
         if config.enable_prefix_caching:
-            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks)
+            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks, track_evictions=config.kv_events)
         self.prefix_hit_tokens = 0
         self.prefix_queried_tokens = 0
 
@@ -82,6 +85,24 @@ class KvAccounting:
                     return hashes[:i]
                 seen.add(block_hash)
         return hashes
+
+    def take_kv_events(self) -> list[KvCacheEvent]:
+        """The KV events since the last call, in order (empty unless EngineConfig.kv_events): what a
+        node-agent forwards to the routers, batched."""
+        events = self._kv_events
+        if not events and (self._cache is None or not self._cache.evicted):
+            return []
+        self._flush_evictions()
+        assert events is not None  # evictions are tracked only with events on
+        self._kv_events = []
+        return events
+
+    def _flush_evictions(self) -> None:
+        """Turn the cache's evictions so far into one BlockRemoved, keeping the events in order."""
+        cache, events = self._cache, self._kv_events
+        if cache is not None and cache.evicted and events is not None:
+            events.append(BlockRemoved(tuple(cache.evicted)))
+            cache.evicted.clear()
 
     # --- what an admission would take (reads state, never changes it) --------------------------------
 
@@ -154,6 +175,8 @@ class KvAccounting:
         cache = self._cache
         assert cache is not None
         full = min(len(seq.hashes), seq.computed // self._pb_tokens)
+        events = self._kv_events
+        stored: list[int] | None = [] if events is not None else None  # positions in the prompt
         while seq.reg < full:
             block_hash = seq.hashes[seq.reg]
             seq.reg += 1
@@ -163,6 +186,24 @@ class KvAccounting:
                     seq.pinned = []
                 seq.pinned.append(block_hash)
                 seq.shared += self._pb_blocks
+                if stored is not None:
+                    stored.append(seq.reg - 1)
+        if stored:
+            self._record_stored(seq.hashes, stored)
+
+    def _record_stored(self, hashes: tuple[int, ...], positions: list[int]) -> None:
+        """One BlockStored per run of consecutive prompt blocks newly cached (a block cached already by
+        another sequence splits the run), each naming the block before it as its parent, as vLLM does."""
+        events = self._kv_events
+        assert events is not None
+        self._flush_evictions()  # an eviction before these stores reaches the router before them
+        start = 0
+        for k in range(1, len(positions) + 1):
+            if k == len(positions) or positions[k] != positions[k - 1] + 1:
+                first = positions[start]
+                events.append(BlockStored(tuple(hashes[p] for p in positions[start:k]),
+                                          hashes[first - 1] if first else None, (), self._pb_tokens))
+                start = k
 
     def _release(self, seq: Seq, held_tokens: int) -> None:
         """Free the KV blocks `seq` owns for `held_tokens` tokens and let go of its prefix entries."""
@@ -178,6 +219,9 @@ class KvAccounting:
         self._prefilling.clear()
         self._transferring.clear()
         if self._cache is not None:
+            if self._kv_events is not None:
+                self._flush_evictions()
+                self._kv_events.append(AllBlocksCleared())
             self._cache.clear()
         self._used_blocks = 0
 
