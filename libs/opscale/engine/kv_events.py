@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opscale.model.kv_events import KvBlockEvent, KvEventKind
+
 GPU = "GPU"
 CPU = "CPU"
 
@@ -46,3 +48,13 @@ class AllBlocksCleared:
 
 
 KvCacheEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+def as_block_event(event: KvCacheEvent) -> KvBlockEvent:
+    """The wire form of one engine KV event (opscale.model.kv_events)."""
+    if isinstance(event, BlockStored):
+        return KvBlockEvent(KvEventKind.STORED, event.block_hashes, event.parent_block_hash, event.token_ids,
+                            event.block_size, event.medium)
+    if isinstance(event, BlockRemoved):
+        return KvBlockEvent(KvEventKind.REMOVED, event.block_hashes, medium=event.medium)
+    return KvBlockEvent(KvEventKind.CLEARED)

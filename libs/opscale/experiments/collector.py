@@ -245,6 +245,7 @@ class RunCollector(RunObserver):
             # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when
             # prefix caching is off: nothing is looked up).
             "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
+            "prefix_hit_tokens": hit_tokens,  # from GPU memory
             "tiers": tiers,
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })

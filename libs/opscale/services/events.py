@@ -9,10 +9,20 @@ field too, or the codec refuses to load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceStatus, Plan, RdmaPriority, Request, RequestOutcome, Role
+from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
+
+# The router-facing KV events (KvEventBatch of KvBlockEvent) are model types, because the routing layer
+# keeps the prefix index and may not import services; they are events of this module all the same, on
+# the wire through the same codec.
+
+__all__ = [
+    "AgentHeartbeat", "ApplyCommand", "DispatchFailed", "DrainCommand", "EngineReport", "Event", "ForecastIssued",
+    "KvBlockEvent", "KvEventBatch", "KvEventKind", "PlanPublished", "PoolUtilisation", "PrefillHandedOff",
+    "RequestArrived", "RequestFinished", "RouterLoad", "WindowStats",
+]
 
 
 @dataclass(slots=True)
@@ -73,42 +83,6 @@ class AgentHeartbeat:
     s2: str = ""
     # The priority of the host's RDMA subgroup: placement spends high-priority hosts last, frees them first.
     rdma_priority: RdmaPriority = RdmaPriority.LOW
-
-
-class KvEventKind(StrEnum):
-    """Which of vLLM's KV events a `KvBlockEvent` is (opscale.engine.kv_events)."""
-
-    STORED = "stored"  # BlockStored
-    REMOVED = "removed"  # BlockRemoved
-    CLEARED = "cleared"  # AllBlocksCleared
-
-
-@dataclass(frozen=True, slots=True)
-class KvBlockEvent:
-    """One KV event of an engine, as it travels: vLLM's BlockStored, BlockRemoved or AllBlocksCleared
-    flattened into one message (`kind` says which; the fields a kind lacks stay empty). Block hashes are
-    chained from the prefix (a hash names its whole prefix), 64-bit signed as Request.prefix_hashes;
-    `parent_block_hash` is the block before the first stored one (None: they start the prompt)."""
-
-    kind: KvEventKind
-    block_hashes: tuple[int, ...] = ()
-    parent_block_hash: int | None = None
-    token_ids: tuple[int, ...] = ()
-    block_size: int = 0
-    medium: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class KvEventBatch:
-    """The KV events of one instance since its previous batch, in order, as its node-agent forwards them
-    to the routers (one batch per instance per report tick). `seq` counts that instance's batches from 1:
-    a router applies a batch only after the one before it (a redelivered or older one is dropped)."""
-
-    instance_id: str
-    model: str
-    at_s: float
-    seq: int
-    events: tuple[KvBlockEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
+from opscale.engine.kv_events import as_block_event
 from opscale.model import InstanceSpec, Request, RequestOutcome
 from opscale.perf.transfer import Placement, Topology, TransferParams, handoff_s
 from opscale.runtime.sim.bus import InProcessBus
@@ -49,7 +50,13 @@ from opscale.services.actions import (
 )
 from opscale.services.aggregator import AggregatorCore
 from opscale.services.core import ServiceCore
-from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
+from opscale.services.events import (
+    DispatchFailed,
+    KvEventBatch,
+    PrefillHandedOff,
+    RequestArrived,
+    RequestFinished,
+)
 from opscale.services.forecaster import ForecasterCore
 from opscale.services.node_agent import NodeAgentCore
 from opscale.services.planner import PlannerCore
@@ -85,6 +92,7 @@ class _Hosted:
     placement: Placement  # the host's network position, which prices a KV transfer from or to it
     generation: int = 0  # of the engine's wake that counts; older queued wakes do nothing
     wake_s: float | None = None  # when that wake is due; None when none is queued
+    kv_seq: int = 0  # KV event batches published for this engine
 
 
 @dataclass(slots=True)
@@ -128,6 +136,7 @@ class SimWorld:
         for router in self.routers.values():
             self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(router))
             self.bus.subscribe(subjects.PLANS_ALL, self._to(router))
+            self.bus.subscribe(subjects.KV_EVENTS_ALL, self._to(router))
         self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_aggregator)
         self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_planner)
         self.loop.on_stop(self._records_due)
@@ -250,12 +259,24 @@ class SimWorld:
             # iteration boundary, so no advance is needed here.
             for hosted in self._by_agent.get(agent.config.agent_id, {}).values():
                 agent.handle(hosted.engine.report(now_s), now_s)
+                self._publish_kv_events(hosted, now_s)
             self._apply(agent.name, agent.tick(now_s), agent)
             ready_s = agent.next_ready_s()
             if ready_s is not None and ready_s < now_s + self.config.agent_tick_s:
                 # wake exactly when an instance finishes loading, not at the next whole tick
                 self.loop.at(ready_s, lambda: self._apply(agent.name, agent.tick(self.loop.now_s), agent))
         return tick
+
+    def _publish_kv_events(self, hosted: _Hosted, now_s: float) -> None:
+        """The engine's KV events since the last tick, one batch on the bus, as a live node-agent
+        forwards them (none unless its EngineConfig.kv_events is on)."""
+        events = hosted.engine.take_kv_events()
+        if events:
+            hosted.kv_seq += 1
+            engine = hosted.engine
+            batch = KvEventBatch(engine.instance_id, engine.model.name, now_s, hosted.kv_seq,
+                                 tuple(as_block_event(e) for e in events))
+            self.bus.publish(subjects.kv_events(hosted.region, hosted.agent_id), batch)
 
     # -- actions -------------------------------------------------------------------------------
 
