@@ -116,6 +116,7 @@ class SimEngine(Scheduler):
         self._decode_only = self.role is Role.DECODE
         super().__init__(cfg, total_blocks, latency, ModelFlops.of(model), decode_only=self._decode_only)
         max_len = cfg.max_model_len if cfg.max_model_len is not None else model.max_context
+        self.max_model_len = max_len
         # A request must fit the KV cache on its own, or it could never run.
         self.max_request_tokens = min(max_len, total_blocks * bs)
         self._emit_tokens = cfg.emit_tokens

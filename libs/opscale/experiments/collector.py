@@ -117,6 +117,8 @@ class RunCollector(RunObserver):
         self._last_replicas: dict[str, int] = {}
         # KV transfers of disaggregated deployments, by topology: [count, seconds]
         self._kv_transfers: dict[str, list[float]] = {}
+        self._causes: dict[str, str] = {}  # request id -> why it is being dropped (the world says so first)
+        self._dropped_by_cause: dict[str, int] = {}
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -135,12 +137,17 @@ class RunCollector(RunObserver):
         totals.requests += 1
         if outcome.status != "ok":
             totals.dropped += 1
+            cause = self._causes.pop(outcome.request_id, outcome.status)  # "unfinished" names itself
+            self._dropped_by_cause[cause] = self._dropped_by_cause.get(cause, 0) + 1
             return
         totals.completed += 1
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
             totals.met += 1
         totals.latencies.add(outcome)
+
+    def drop_cause(self, request_id: str, cause: str) -> None:
+        self._causes[request_id] = cause
 
     def load_chosen(self, instance_id: str, choice: LoadChoice) -> None:
         """How an instance started during the run loads (the fleet running at the start loads nothing)."""
@@ -229,6 +236,8 @@ class RunCollector(RunObserver):
         peak_flop = sum(totals.peak_flop for totals in pools.values())
         result = _latency_block(counts["requests"], counts["completed"], counts["dropped"], counts["met"],
                                 everyone)
+        # Dropped requests per cause (opscale.runtime.sim.world.DROP_CAUSES), largest first.
+        result["dropped_by_cause"] = dict(sorted(self._dropped_by_cause.items(), key=lambda kv: (-kv[1], kv[0])))
         result.update({
             "gpu_hours": gpu_s / 3600,
             "cost_usd": cost,

@@ -80,6 +80,22 @@ class RunObserver:
 
     def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None: ...
 
+    def drop_cause(self, request_id: str, cause: str) -> None:
+        """Why the request whose failed outcome comes next was dropped (a key of DROP_CAUSES)."""
+
+
+# Why a request was dropped, by cause key: result.json counts dropped requests per cause.
+DROP_CAUSES = {
+    "longer_than_context": "prompt + output longer than the model's context (max_model_len)",
+    "larger_than_kv_cache": "prompt + output larger than an instance's whole KV cache",
+    "model_not_served": "no deployment serves its model (404)",
+    "queue_full": "the router's hold queue was full (429)",
+    "no_capacity_in_time": "no instance could take it within the router's pending timeout (503)",
+    "dispatch_failed": "every dispatch attempt failed (502)",
+    "unfinished": "still queued or running when the run ended (drain_s)",
+}
+_REJECT_CAUSES = {404: "model_not_served", 429: "queue_full", 503: "no_capacity_in_time", 502: "dispatch_failed"}
+
 
 @dataclass(slots=True)
 class _Hosted:
@@ -294,6 +310,7 @@ class SimWorld:
                 case Reject(request=request, status=status):
                     self._inflight.pop(request.request_id, None)  # a retried request may be refused at last
                     self._paired.pop(request.request_id, None)
+                    self.observer.drop_cause(request.request_id, _REJECT_CAUSES.get(status, f"http_{status}"))
                     self._record(RequestOutcome(request.request_id, request.model, request.tier, request.region,
                                                 "", "", request.arrival_s, None, None, request.prompt_tokens,
                                                 0, "rejected" if status < 500 else "failed"))
@@ -358,6 +375,8 @@ class SimWorld:
                                      instance_id, request.arrival_s, None, None, request.prompt_tokens, 0,
                                      "rejected")
             record = RequestFinished(refused)
+            too_long = request.prompt_tokens + request.output_tokens > hosted.engine.max_model_len
+            self.observer.drop_cause(request.request_id, "longer_than_context" if too_long else "larger_than_kv_cache")
             self._record(refused, record)
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
             self._apply(router.name, router.handle(record, now), router)
@@ -435,6 +454,8 @@ class SimWorld:
             refused = RequestOutcome(request.request_id, request.model, request.tier, request.region, decode.region,
                                      decode_id, request.arrival_s, None, None, request.prompt_tokens, 0, "rejected")
             record = RequestFinished(refused)
+            too_long = request.prompt_tokens + request.output_tokens > decode.engine.max_model_len
+            self.observer.drop_cause(request.request_id, "longer_than_context" if too_long else "larger_than_kv_cache")
             self._record(refused, record)
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
             self._apply(router.name, router.handle(record, now), router)
