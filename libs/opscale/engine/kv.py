@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections import deque
 
 from opscale.engine.config import EngineConfig
-from opscale.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvCacheEvent
+from opscale.engine.host_tier import HostTier
+from opscale.engine.kv_events import CPU, AllBlocksCleared, BlockRemoved, BlockStored, KvCacheEvent
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.engine.sequence import Seq
 from opscale.model import Request
@@ -55,8 +56,14 @@ class KvAccounting:
         # KV events (EngineConfig.kv_events): stores are recorded as they happen, evictions by the cache.
         self._kv_events: list[KvCacheEvent] | None = [] if config.kv_events else None
         if config.enable_prefix_caching:
-            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks, track_evictions=config.kv_events)
-        self.prefix_hit_tokens = 0
+            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks,
+                                      track_evictions=config.kv_events or config.host_kv_cache_gb > 0)
+        # The host-memory tier (EngineConfig.host_kv_cache_gb), set up by the engine, which knows the
+        # model's KV bytes: blocks it holds and the seconds one takes to load back over PCIe.
+        self._host: HostTier | None = None
+        self._host_block_s = 0.0
+        self.prefix_hit_tokens = 0  # from the GPU cache
+        self.prefix_host_hit_tokens = 0  # loaded back from the host tier
         self.prefix_queried_tokens = 0
 
     @property
@@ -96,6 +103,41 @@ class KvAccounting:
         assert events is not None  # evictions are tracked only with events on
         self._kv_events = []
         return events
+
+    def _evict(self) -> None:
+        """Evict unused prefix entries until the running sequences' KV fits; with a host tier, what
+        leaves the GPU is kept in host memory (what that pushes out of host memory is gone)."""
+        cache = self._cache
+        assert cache is not None
+        evicted = cache.evicted
+        if evicted is None:
+            cache.evict_to(self.total_blocks - self._used_blocks)
+            return
+        before = len(evicted)
+        cache.evict_to(self.total_blocks - self._used_blocks)
+        host = self._host
+        if host is None or len(evicted) == before:
+            return
+        moved = evicted[before:]
+        events = self._kv_events
+        if events is None:
+            evicted.clear()  # kept only to move them here
+        else:
+            self._flush_evictions()
+        dropped: list[int] = []
+        for block_hash in moved:
+            dropped += host.put(block_hash)
+        if events is not None:
+            events.append(BlockStored(tuple(moved), None, (), self._pb_tokens, CPU))
+            if dropped:
+                events.append(BlockRemoved(tuple(dropped), CPU))
+
+    def _host_hits(self, seq: Seq, hit: int) -> int:
+        """Prompt blocks of `seq` after its `hit` GPU-cached ones that the host tier holds (at least one
+        prompt token is left to compute)."""
+        host = self._host
+        assert host is not None
+        return host.run_from(seq.hashes, hit, min(len(seq.hashes), (seq.target - 1) // self._pb_tokens))
 
     def _flush_evictions(self) -> None:
         """Turn the cache's evictions so far into one BlockRemoved, keeping the events in order."""
@@ -139,9 +181,11 @@ class KvAccounting:
 
     # --- moving blocks (the scheduler's decisions, applied) ------------------------------------------
 
-    def _admit(self, admits: tuple[Seq, ...], hits: tuple[int, ...], start_s: float) -> None:
+    def _admit(self, admits: tuple[Seq, ...], hits: tuple[int, ...], host_hits: tuple[int, ...],
+               start_s: float) -> None:
         """Admit the queue's heads `admits` at `start_s`, `hits` cached prefix blocks each (empty when
-        caching is off): KV reserved, cached prefix blocks pinned, transfers begun."""
+        caching is off) and `host_hits` blocks after those loaded back from the host tier (empty without
+        one): KV reserved, cached prefix blocks pinned, transfers begun."""
         bs, waiting, cache = self._bs, self._waiting, self._cache
         for i, seq in enumerate(admits):
             waiting.popleft()  # admissions are the queue's heads, in order
@@ -168,6 +212,13 @@ class KvAccounting:
                     seq.computed = hit * self._pb_tokens
                     blocks -= seq.shared
                     self.prefix_hit_tokens += seq.computed
+                if host_hits and host_hits[i]:
+                    # Loaded into blocks of its own, as if computed: registered in the GPU cache at commit.
+                    loaded = host_hits[i]
+                    assert self._host is not None
+                    self._host.touch(seq.hashes[hit:hit + loaded])
+                    seq.computed = (hit + loaded) * self._pb_tokens
+                    self.prefix_host_hit_tokens += loaded * self._pb_tokens
             self._used_blocks += blocks
 
     def _register(self, seq: Seq) -> None:
@@ -223,6 +274,8 @@ class KvAccounting:
                 self._flush_evictions()
                 self._kv_events.append(AllBlocksCleared())
             self._cache.clear()
+            if self._host is not None:
+                self._host.clear()  # the engine's process held it
         self._used_blocks = 0
 
     def _unpin(self, seq: Seq) -> None:

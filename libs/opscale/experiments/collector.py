@@ -58,6 +58,7 @@ class _EngineLife:
     prefill_tokens: int = 0
     prefill_computed_tokens: int = 0
     prefix_hit_tokens: int = 0
+    prefix_host_hit_tokens: int = 0
     prefix_queried_tokens: int = 0
 
 
@@ -167,6 +168,7 @@ class RunCollector(RunObserver):
             life.decode_tokens, life.prefill_tokens = engine.decode_tokens, engine.prefill_tokens
             life.prefill_computed_tokens = engine.prefill_tokens_computed
             life.prefix_hit_tokens, life.prefix_queried_tokens = engine.prefix_hit_tokens, engine.prefix_queried_tokens
+            life.prefix_host_hit_tokens = engine.prefix_host_hit_tokens
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
         self.decisions.append({"at_s": round(now_s, 3), "service": service, "message": message})
@@ -215,10 +217,11 @@ class RunCollector(RunObserver):
                 counts[attr] += getattr(t, attr)
         everyone = latency_figures([t.latencies for t in self._tiers.values()])
         gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
-        hit_tokens = queried_tokens = 0
+        hit_tokens = queried_tokens = host_hit_tokens = 0
         pools: dict[str, _PoolTotals] = {}
         for life in self._lives.values():
             hit_tokens += life.prefix_hit_tokens
+            host_hit_tokens += life.prefix_host_hit_tokens
             queried_tokens += life.prefix_queried_tokens
             held_s = (life.stop_s if life.stop_s is not None else end_s) - life.start_s
             gpus = life.spec.gpus
@@ -255,6 +258,7 @@ class RunCollector(RunObserver):
             # prefix caching is off: nothing is looked up).
             "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
             "prefix_hit_tokens": hit_tokens,  # from GPU memory
+            "prefix_host_hit_tokens": host_hit_tokens,  # loaded back from host memory (EngineConfig.host_kv_cache_gb)
             "tiers": tiers,
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })

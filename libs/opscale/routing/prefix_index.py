@@ -12,6 +12,9 @@ Two sources feed it:
   taken to be on the instance it was routed to. Events confirm or remove them; an instance that sends
   no events is tracked from dispatches alone.
 
+Only blocks in GPU memory are indexed; events of another tier (medium "CPU": a host-memory tier) are
+counted and left out.
+
 Bounded: at most `max_blocks` (hash, instance) entries over all models, and `max_blocks_per_instance`
 per instance, whose least recently stored or routed entries make way for new ones. A store that would
 grow the index past `max_blocks` is dropped. An instance that leaves is forgotten. Nothing an engine
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_GPU_MEDIA = frozenset({"GPU", ""})  # "": a sender that names no tier (vLLM's events before it had one)
 
 
 @dataclass(slots=True)
@@ -46,6 +50,7 @@ class KvIndexStats:
     out_of_order: int = 0  # removals of a block the instance does not hold: ignored
     overflow: int = 0  # stores refused because the index is full
     evicted: int = 0  # entries an instance's bound pushed out (oldest first)
+    other_medium: int = 0  # events of a tier other than the GPU (a host-memory tier): not indexed
 
 
 def _valid_hash(h: object) -> bool:
@@ -106,6 +111,15 @@ class PrefixIndex:
             hashes = event.block_hashes
             if kind is KvEventKind.CLEARED:
                 self.forget(instance_id, keep_seq=True)
+                continue
+            medium = event.medium
+            if not isinstance(medium, str):
+                stats.malformed += 1
+                continue
+            if medium not in _GPU_MEDIA:
+                # Only GPU-resident blocks are indexed: a host-tier block is no prefill skipped for free
+                # (it is loaded over PCIe), and one index of both tiers would lose a block held in both.
+                stats.other_medium += 1
                 continue
             if not isinstance(hashes, tuple) or not hashes or not all(_valid_hash(h) for h in hashes):
                 stats.malformed += 1

@@ -66,8 +66,10 @@ def test_index_counts_and_drops_what_it_refuses() -> None:
     index.apply(batch("a", 3, KvBlockEvent(STORED), stored(2**70)), known=True)  # no hashes; out of int64
     index.apply(batch("a", 4, stored(10, 11, 12, 13, 14)), known=True)  # a flood past the bound
     index.apply(batch("a", 5, stored(20), model="other"), known=True)  # an instance serves one model
+    index.apply(batch("a", 6, KvBlockEvent(STORED, (30,), None, (), 512, "CPU")), known=True)  # a host tier's
     stats = index.stats
     assert (stats.stale, stats.out_of_order, stats.malformed, stats.overflow) == (1, 1, 3, 2)
+    assert stats.other_medium == 1
     assert len(index) == 5
 
 
