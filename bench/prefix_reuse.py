@@ -12,13 +12,21 @@ prompt tokens, the bound's measure), `host_hit_rate` (from the host-memory tier,
 `ratio_to_bound`, `ttft_p50_s`, `ttft_p99_s`, `gpu_hours`, `completed`, `dropped` and `wall_s`. Prints
 one JSON object as its last line; a Mooncake head that is absent is reported as skipped.
 
-    python bench/prefix_reuse.py                      # ~1-2 minutes
+    python bench/prefix_reuse.py                      # about 20 s
     python bench/prefix_reuse.py --instances 8 --policies kv_aware,jsq_tokens
+    python bench/prefix_reuse.py --diagnose           # where reuse is lost, step by step (README)
+
+`--diagnose` measures, per Mooncake head, the hit rate at each step from the bound to the fleet: one
+engine with an unbounded cache (it must equal the bound), one with an H100's cache, a single LRU cache
+as large as the fleet's caches together (a trace-level reference: no fleet can do better), then the
+fleet under each policy and setting, then a host reclaimed mid-run (scale-in: its instances' caches
+are lost, their replacements start cold).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -32,8 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine  # noqa: E402
 
+from opscale.engine import EngineConfig, SimEngine  # noqa: E402
 from opscale.experiments.runner import run_scenario  # noqa: E402
 from opscale.experiments.scenario import Scenario  # noqa: E402
+from opscale.model import Request  # noqa: E402
+from opscale.perf import RooflineLatencyModel, default_catalog  # noqa: E402
 from opscale.traces.mooncake import read_mooncake_trace  # noqa: E402
 from opscale.traces.prefix_reuse import prefix_reuse_bound  # noqa: E402
 
@@ -47,7 +58,7 @@ BLOCK = 512  # Mooncake's hash_ids granularity, and the engines' prefix_block_to
 
 def multi_turn_trace(path: Path, seed: int, conversations: int = 500, span_s: float = 600.0) -> None:
     """A Mooncake-format trace of multi-turn chat: each conversation opens with one of 8 shared system
-    prompts (1-4k tokens), then turns (1-8, mean about 4) each resend the system prompt and the whole
+    prompts (1-4k tokens), then turns (1-8, mean about 3) each resend the system prompt and the whole
     history plus a new user message; turns are a think time (exponential, mean 30 s) after the previous
     answer would be read. Full 512-token blocks get ids chained from the prefix, as Mooncake's: a system
     prompt's own blocks are shared by every conversation using it, a conversation's by its turns."""
@@ -106,9 +117,9 @@ def scenario(trace: Path, policy: str, instances: int, host_tier_gb: float) -> S
 
 
 def run_one(trace: Path, policy: str, instances: int, host_tier_gb: float, prompt_tokens: int,
-            bound: float, duration_s: float) -> dict[str, Any]:
+            bound: float, duration_s: float, **update: Any) -> dict[str, Any]:
     sc = scenario(trace, policy, instances, host_tier_gb)
-    sc = sc.model_copy(update={"duration_s": duration_s})
+    sc = Scenario.model_validate({**sc.model_dump(), "duration_s": duration_s, **update})
     started = time.perf_counter()
     result = run_scenario(sc).result
     hit = result["prefix_hit_tokens"] / prompt_tokens
@@ -122,6 +133,105 @@ def run_one(trace: Path, policy: str, instances: int, host_tier_gb: float, promp
     }
 
 
+def one_engine(requests: list[Request], memory_gb: float | None) -> float:
+    """GPU hit rate of one Qwen2-7B engine fed the requests in arrival order; memory_gb None: a cache
+    that holds everything (and a context that takes every prompt)."""
+    catalog = default_catalog()
+    model, sku = catalog.model(MODEL), catalog.sku(SKU)
+    if memory_gb is None:
+        sku = dataclasses.replace(sku, gpu_memory_gb=100_000.0)
+    config = EngineConfig(enable_prefix_caching=True, emit_tokens=False,
+                          max_model_len=model.max_context * 2 if memory_gb is None else None)
+    engine = SimEngine("i-1", model, sku, 1, RooflineLatencyModel(model, sku, 1), config)
+    for request in requests:
+        while (at := engine.next_event_s()) is not None and at <= request.arrival_s:
+            engine.advance(at)
+        if request.prompt_tokens + request.output_tokens <= engine.max_request_tokens:
+            engine.submit(request, request.arrival_s)
+    while (at := engine.next_event_s()) is not None:
+        engine.advance(at)
+    return engine.prefix_hit_tokens / sum(r.prompt_tokens for r in requests)
+
+
+def shared_lru(requests: list[Request], capacity_blocks: int) -> float:
+    """Hit rate of one LRU cache of `capacity_blocks` prefix blocks, touched by every prompt (no load, no
+    pinning): the most any fleet whose caches hold that much together can reach."""
+    lru: dict[int, None] = {}
+    hit = 0
+    for r in requests:
+        full = r.prefix_hashes[:r.prompt_tokens // BLOCK]
+        limit = min(len(full), (r.prompt_tokens - 1) // BLOCK)
+        k = 0
+        while k < limit and full[k] in lru:
+            k += 1
+        hit += k * BLOCK
+        for h in full:
+            lru.pop(h, None)
+            lru[h] = None
+        while len(lru) > capacity_blocks:
+            del lru[next(iter(lru))]
+    return hit / sum(r.prompt_tokens for r in requests)
+
+
+def diagnose(instances: int, host_tier_gb: float) -> dict[str, Any]:
+    catalog = default_catalog()
+    model, sku = catalog.model(MODEL), catalog.sku(SKU)
+    probe = SimEngine("probe", model, sku, 1, RooflineLatencyModel(model, sku, 1), EngineConfig())
+    per_instance_blocks = probe.total_blocks * probe.config.block_size // BLOCK
+    table: dict[str, Any] = {"instances": instances, "h100_cache_prefix_blocks": per_instance_blocks, "workloads": {}}
+    for name, file in MOONCAKE.items():
+        if (HEADS / file).exists():
+            steps = diagnose_workload(HEADS / file, instances, host_tier_gb, per_instance_blocks, sku.gpu_memory_gb)
+            bound = steps["bound (one unbounded cache, trace-level)"]
+            for k, v in steps.items():
+                print(f"{name:24s} {v:7.2%}  {v / bound:6.1%} of bound  {k}", file=sys.stderr)
+            table["workloads"][name] = {k: round(v, 4) for k, v in steps.items()}
+    return table
+
+
+def diagnose_workload(path: Path, instances: int, host_tier_gb: float, per_instance_blocks: int,
+                      memory_gb: float) -> dict[str, float]:
+    """The hit rate at each step (see the module docstring), by step."""
+    requests = [dataclasses.replace(r, model=MODEL) for r in read_mooncake_trace(path)]
+    bound = prefix_reuse_bound(requests, BLOCK)
+    prompt_tokens = sum(r.prompt_tokens for r in requests)
+    duration_s = requests[-1].arrival_s + 1.0
+
+    def fleet(policy: str, params: dict[str, Any] | None = None, kv_events: bool = True, host_gb: float = 0.0,
+              **update: Any) -> float:
+        engine = {"enable_prefix_caching": True, "kv_events": kv_events, "emit_tokens": False,
+                  "host_kv_cache_gb": host_gb}
+        run = run_one(path, policy, instances, 0.0, prompt_tokens, bound, duration_s, engine=engine,
+                      router={"policy_params": params or {}}, **update)
+        return float(run["hit_rate"] + run["host_hit_rate"])
+
+    hosts = -(-instances // 8)
+    n = f"{instances} instances,"
+    steps = {
+        "bound (one unbounded cache, trace-level)": bound,
+        "1 instance, unbounded cache (engine)": one_engine(requests, None),
+        "1 instance, H100 cache (engine)": one_engine(requests, memory_gb),
+        f"one LRU as large as {instances} H100 caches (trace-level reference)":
+            shared_lru(requests, instances * per_instance_blocks),
+        f"{n} round_robin": fleet("round_robin"),
+        f"{n} jsq_tokens": fleet("jsq_tokens"),
+        f"{n} prefix_affinity (first hash only)": fleet("prefix_affinity"),
+        f"{n} prefix_affinity (first 8 hashes)": fleet("prefix_affinity", {"prefix_blocks": 8}),
+        f"{n} prefix_affinity (first 8 hashes, load bound c=4)": fleet("prefix_affinity",
+                                                                       {"prefix_blocks": 8, "load_factor": 4.0}),
+        f"{n} kv_aware, load bound c=1.25": fleet("kv_aware", {"load_factor": 1.25}),
+        f"{n} kv_aware, no KV events (routed blocks only)": fleet("kv_aware", kv_events=False),
+        f"{n} kv_aware": fleet("kv_aware"),
+        f"{n} kv_aware, a host reclaimed at 300 s (scale-in)":
+            fleet("kv_aware", hosts=[{"region": "local", "sku": SKU, "gpus": 8, "count": hosts + 1}],
+                  faults=[{"kind": "spot_preemption", "at_s": 300.0, "host": "local-h100-80gb-1", "notice_s": 30.0}]),
+    }
+    if host_tier_gb > 0:
+        steps[f"{n} kv_aware, + {host_tier_gb:g} GB host tier each (GPU + host hits)"] = fleet(
+            "kv_aware", host_gb=host_tier_gb)
+    return steps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=16, help="Qwen2-7B TP1 instances (H100s); default 16")
@@ -130,7 +240,11 @@ def main() -> int:
                         help="host-memory KV tier per instance, GB (0: off); a second kv_aware run uses it")
     parser.add_argument("--seed", type=int, default=7, help="seed of the multi-turn synthetic workload")
     parser.add_argument("--workloads", default="mooncake_conversation,mooncake_synthetic,multi_turn")
+    parser.add_argument("--diagnose", action="store_true", help="the step-by-step diagnosis instead (see above)")
     ns = parser.parse_args()
+    if ns.diagnose:
+        print(json.dumps({"diagnosis": diagnose(ns.instances, ns.host_tier_gb), "machine": machine()}))
+        return 0
     policies = [p for p in ns.policies.split(",") if p]
     wanted = [w for w in ns.workloads.split(",") if w]
     out: dict[str, Any] = {

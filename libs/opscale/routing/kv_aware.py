@@ -4,7 +4,7 @@ Cost of instance i (the shape of Dynamo's KV router cost):
 
     cost_i = prefill_i + load_i
     prefill_i = max(prompt - cached_i x block_tokens, 1)      prompt tokens still to compute there
-    load_i = outstanding prefill tokens_i + decode_weight x outstanding output tokens_i
+    load_i = load_weight x (outstanding prefill tokens_i + decode_weight x outstanding output tokens_i)
 
 `cached_i` is the number of the request's leading prefix blocks instance i holds, from the router's
 global prefix index (opscale.routing.prefix_index), fed by the engines' KV events and by the router's
@@ -17,15 +17,23 @@ per instance, 1.25 allows one or two each and sends a follow-up turn away from i
 holder runs another request (bench/prefix_reuse.py on the Mooncake heads, 16 H100s: 68% and 41% of the
 bound at 1.25, 83% and 89% at 4, TTFT p99 no worse).
 
+Why load_weight defaults to 0.25, not 1: the router's outstanding prefill tokens count each prompt until
+its request finishes (it learns of completions, not of prefill ends), several times the prefill queue
+really ahead of a newcomer; and a prompt token served from a cache is compute the whole fleet saves, not
+only this request's wait. At weight 1 the holder of a long cached conversation looks busier than it is
+and the turn goes elsewhere, copying the prefix into a second cache. Same bench: 83% / 89% of the bound
+at 1, 94% / 92% at 0.25 (8 instances: 66% / 68% against 80% / 78%), TTFT p99 no worse; at 0 load is
+ignored, requests pile up and both fall.
+
 A decision does not scan the pool: the least-loaded instance comes from an index of `load_i` (the cost of
 an instance holding nothing of the prompt is prompt + load_i, least there), and only instances holding
 some of the prompt are costed one by one, deepest match first; a shallower group whose whole saving
 cannot beat the best cost so far is skipped. Ties go to the lowest position in the pool, so a choice
 does not depend on set order.
 
-Example: prompt 4096 tokens (8 blocks); instance A holds 6 of them and has load 3000, B holds none and
-has load 0: A costs 1024 + 3000 = 4024, B 4096 + 0: A wins. With decode_weight 2 and 1000 output tokens
-outstanding on A as well, A costs 6024 and B wins.
+Example (load_weight 1): prompt 4096 tokens (8 blocks); instance A holds 6 of them and has 3000
+outstanding prefill tokens, B holds none and has none: A costs 1024 + 3000 = 4024, B 4096 + 0: A wins.
+With decode_weight 2 and 1000 output tokens outstanding on A as well, A costs 6024 and B wins.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ class KvAware:
     count a dispatched request's blocks as held by its instance until events say otherwise."""
 
     decode_weight: float = 1.0
+    load_weight: float = 0.25
     load_factor: float = 4.0
     block_tokens: int = 512
     max_blocks: int = 1_000_000
@@ -77,6 +86,8 @@ class KvAware:
     def __post_init__(self) -> None:
         if not (self.decode_weight >= 0 and math.isfinite(self.decode_weight)):
             raise ValueError(f"kv_aware: decode_weight must be a number >= 0, got {self.decode_weight!r}")
+        if not (self.load_weight >= 0 and math.isfinite(self.load_weight)):
+            raise ValueError(f"kv_aware: load_weight must be a number >= 0, got {self.load_weight!r}")
         if not (self.load_factor > 1.0 and math.isfinite(self.load_factor)):
             raise ValueError(f"kv_aware: load_factor must be a number above 1, got {self.load_factor!r}")
         if self.block_tokens < 1:
@@ -86,7 +97,7 @@ class KvAware:
     def load(self, c: Candidate) -> int:
         """load_i: outstanding prefill tokens plus decode_weight x outstanding output tokens."""
         prefill = c.outstanding_prefill_tokens
-        return prefill + int(self.decode_weight * max(0, c.outstanding_tokens - prefill))
+        return int(self.load_weight * (prefill + self.decode_weight * max(0, c.outstanding_tokens - prefill)))
 
     # -- the router's hooks (opscale.routing.hooks.KvRoutingPolicy) ------------------------------
 

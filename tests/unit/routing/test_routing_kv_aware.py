@@ -91,7 +91,7 @@ def pool(n: int) -> list[Candidate]:
 
 
 def test_kv_aware_prefers_the_cached_prefix_unless_load_outweighs_it() -> None:
-    policy = KvAware()
+    policy = KvAware(load_weight=1.0)
     cands = pool(3)
     policy.observe_kv(batch("i2", 1, stored(*range(1, 7))), known=True)  # 6 of the 8 blocks on i2
     index = policy.build_index(cands)
@@ -102,6 +102,9 @@ def test_kv_aware_prefers_the_cached_prefix_unless_load_outweighs_it() -> None:
     index.update(2)
     assert policy.choose_indexed(r, cands, index) == 0
     assert policy.choose(r, cands).instance_id == "i0"
+    lighter = KvAware(load_weight=0.25)  # load counts a quarter: 1000 + 1024 < 4096
+    lighter.observe_kv(batch("i2", 1, stored(*range(1, 7))), known=True)
+    assert lighter.choose_indexed(r, cands, lighter.build_index(cands)) == 2
 
 
 def test_kv_aware_keeps_within_its_load_bound() -> None:
