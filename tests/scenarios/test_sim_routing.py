@@ -1,5 +1,6 @@
 """Routing policies judged on whole simulated runs (fixed seeds): prefix affinity raises the prefix-cache
-hit rate on a shared-prefix trace; tier priority keeps interactive TTFT within its objective in an
+hit rate on a shared-prefix trace; kv_aware, fed the engines' KV events, keeps conversations on the
+instances that hold them where first-block affinity cannot; tier priority keeps interactive TTFT within its objective in an
 overload where first-come-first-served does not; spilling to another region keeps SLO attainment when
 one region saturates. Behaviour is asserted, not exact figures."""
 
@@ -138,3 +139,59 @@ def test_spilling_to_another_region_keeps_slo_when_one_region_saturates(tmp_path
     assert local["slo_attainment"] < 0.9  # the hot region alone cannot keep up
     assert spill["slo_attainment"] > 0.95
     assert spill["slo_attainment"] > local["slo_attainment"] + 0.1
+
+
+def _write_conversation_trace(path: Path, *, conversations: int, turns: int, seed: int) -> None:
+    """A Mooncake-format chat trace: every prompt opens with one shared system-prompt block (as in the
+    Mooncake conversation trace, whose requests all share their first block), then the conversation's
+    history, which grows by two blocks a turn and is resent whole."""
+    rng = random.Random(seed)
+    rows = []
+    for conv in range(conversations):
+        t_s = FIRST_ARRIVAL_S + rng.uniform(0.0, 40.0)
+        for turn in range(turns):
+            blocks = 3 + 2 * turn
+            hashes = [0] + [1000 * conv + b for b in range(1, blocks)] + [10**7 + 100 * conv + turn]
+            rows.append((t_s, {"input_length": blocks * BLOCK_TOKENS + 100, "output_length": rng.randint(16, 48),
+                               "hash_ids": hashes}))
+            t_s += rng.uniform(4.0, 12.0)
+    rows.sort(key=lambda r: r[0])
+    with path.open("w") as out:
+        for t_s, row in rows:
+            out.write(json.dumps({"timestamp": round(t_s * 1000), **row}) + "\n")
+
+
+def test_kv_aware_follows_the_engines_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opscale.experiments import runner
+    from opscale.routing.kv_aware import KvAware
+
+    trace = tmp_path / "chat.jsonl"
+    _write_conversation_trace(trace, conversations=60, turns=6, seed=4)
+    engine = EngineConfig(emit_tokens=False, enable_prefix_caching=True, kv_events=True, gpu_memory_utilization=0.3)
+    worlds: list[Any] = []
+    build = runner.build_world
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        world, collector = build(*args, **kwargs)
+        worlds.append(world)
+        return world, collector
+
+    monkeypatch.setattr(runner, "build_world", capture)
+
+    def run(policy: str) -> dict[str, Any]:
+        scenario = Scenario(
+            name=f"chat {policy}", seed=5, duration_s=120.0, drain_s=120.0,
+            trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
+            routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
+        return run_scenario(scenario).result
+
+    spread, affine, aware = run("jsq_tokens"), run("prefix_affinity"), run("kv_aware")
+    assert spread["dropped"] == affine["dropped"] == aware["dropped"] == 0
+    # prefix_affinity keys on the first block, which every request shares: no better than spreading
+    assert aware["prefix_hit_tokens"] > 1.3 * max(spread["prefix_hit_tokens"], affine["prefix_hit_tokens"])
+    policy = next(iter(worlds[-1].routers.values())).policy
+    assert isinstance(policy, KvAware)
+    stats = policy.index.stats
+    # the engines' events reached the router through the node-agents' ticks, none of them refused
+    assert stats.batches > 0 and stats.stored > 0 and stats.removed > 0
+    assert stats.malformed == stats.unknown_instance == stats.stale == stats.out_of_order == 0
