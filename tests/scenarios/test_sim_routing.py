@@ -53,6 +53,15 @@ def _fleet(region_hosts: dict[str, int], replicas: int, **extra: Any) -> dict[st
     }
 
 
+def _run_mooncake(trace: Path, policy: str, engine: EngineConfig, duration_s: float) -> dict[str, Any]:
+    """A Mooncake-format trace on 6 instances of one host in eu under `policy`: the run's result."""
+    scenario = Scenario(
+        name=f"{trace.stem} {policy}", seed=5, duration_s=duration_s, drain_s=120.0,
+        trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
+        routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
+    return run_scenario(scenario).result
+
+
 def test_prefix_affinity_raises_the_prefix_cache_hit_rate(tmp_path: Path) -> None:
     trace = tmp_path / "shared_prefix.jsonl"
     _write_shared_prefix_trace(trace, documents=24, requests=1500, rps=25.0, seed=3)
@@ -60,11 +69,7 @@ def test_prefix_affinity_raises_the_prefix_cache_hit_rate(tmp_path: Path) -> Non
     engine = EngineConfig(emit_tokens=False, enable_prefix_caching=True, gpu_memory_utilization=0.25)
 
     def run(policy: str) -> dict[str, Any]:
-        scenario = Scenario(
-            name=f"prefix {policy}", seed=5, duration_s=85.0, drain_s=120.0,
-            trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
-            routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
-        return run_scenario(scenario).result
+        return _run_mooncake(trace, policy, engine, 85.0)
 
     spread, affine = run("jsq_tokens"), run("prefix_affinity")
     assert spread["dropped"] == affine["dropped"] == 0
@@ -179,11 +184,7 @@ def test_kv_aware_follows_the_engines_caches(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(runner, "build_world", capture)
 
     def run(policy: str) -> dict[str, Any]:
-        scenario = Scenario(
-            name=f"chat {policy}", seed=5, duration_s=120.0, drain_s=120.0,
-            trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
-            routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
-        return run_scenario(scenario).result
+        return _run_mooncake(trace, policy, engine, 120.0)
 
     spread, affine, aware = run("jsq_tokens"), run("prefix_affinity"), run("kv_aware")
     assert spread["dropped"] == affine["dropped"] == aware["dropped"] == 0
