@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine  # noqa: E402
 
-from opscale.engine import EngineConfig, SimEngine  # noqa: E402
+from opscale.engine import EngineConfig, SimEngine, replay  # noqa: E402
 from opscale.experiments.runner import run_scenario  # noqa: E402
 from opscale.experiments.scenario import Scenario  # noqa: E402
 from opscale.model import Request  # noqa: E402
@@ -143,34 +143,8 @@ def one_engine(requests: list[Request], memory_gb: float | None) -> float:
     config = EngineConfig(enable_prefix_caching=True, emit_tokens=False,
                           max_model_len=model.max_context * 2 if memory_gb is None else None)
     engine = SimEngine("i-1", model, sku, 1, RooflineLatencyModel(model, sku, 1), config)
-    for request in requests:
-        while (at := engine.next_event_s()) is not None and at <= request.arrival_s:
-            engine.advance(at)
-        if request.prompt_tokens + request.output_tokens <= engine.max_request_tokens:
-            engine.submit(request, request.arrival_s)
-    while (at := engine.next_event_s()) is not None:
-        engine.advance(at)
+    replay(engine, [r for r in requests if r.prompt_tokens + r.output_tokens <= engine.max_request_tokens])
     return engine.prefix_hit_tokens / sum(r.prompt_tokens for r in requests)
-
-
-def shared_lru(requests: list[Request], capacity_blocks: int) -> float:
-    """Hit rate of one LRU cache of `capacity_blocks` prefix blocks, touched by every prompt (no load, no
-    pinning): the most any fleet whose caches hold that much together can reach."""
-    lru: dict[int, None] = {}
-    hit = 0
-    for r in requests:
-        full = r.prefix_hashes[:r.prompt_tokens // BLOCK]
-        limit = min(len(full), (r.prompt_tokens - 1) // BLOCK)
-        k = 0
-        while k < limit and full[k] in lru:
-            k += 1
-        hit += k * BLOCK
-        for h in full:
-            lru.pop(h, None)
-            lru[h] = None
-        while len(lru) > capacity_blocks:
-            del lru[next(iter(lru))]
-    return hit / sum(r.prompt_tokens for r in requests)
 
 
 def diagnose(instances: int, host_tier_gb: float) -> dict[str, Any]:
@@ -212,7 +186,7 @@ def diagnose_workload(path: Path, instances: int, host_tier_gb: float, per_insta
         "1 instance, unbounded cache (engine)": one_engine(requests, None),
         "1 instance, H100 cache (engine)": one_engine(requests, memory_gb),
         f"one LRU as large as {instances} H100 caches (trace-level reference)":
-            shared_lru(requests, instances * per_instance_blocks),
+            prefix_reuse_bound(requests, BLOCK, capacity_blocks=instances * per_instance_blocks),
         f"{n} round_robin": fleet("round_robin"),
         f"{n} jsq_tokens": fleet("jsq_tokens"),
         f"{n} prefix_affinity (first hash only)": fleet("prefix_affinity"),

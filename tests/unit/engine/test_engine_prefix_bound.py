@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from _paths import SHARED_DATA
 
-from opscale.engine import EngineConfig, SimEngine
+from opscale.engine import EngineConfig, SimEngine, replay
 from opscale.model import Request
 from opscale.perf import RooflineLatencyModel, load_catalog
 from opscale.traces.mooncake import read_mooncake_trace
@@ -32,6 +32,9 @@ def test_bound_counts_leading_full_blocks_seen_before() -> None:
     assert prefix_reuse_bound(requests) == pytest.approx((1024 + 512) / (1024 + 1536 + 1024))
     assert prefix_reuse_bound([req(0, 100, (1,)), req(1, 100, (1,))]) == 0.0  # no full block
     assert prefix_reuse_bound([]) == 0.0
+    # a cache of 2 blocks: the second prompt's third block pushes block 1 out, and the third prompt misses
+    assert prefix_reuse_bound(requests, capacity_blocks=2) == pytest.approx(1024 / (1024 + 1536 + 1024))
+    assert prefix_reuse_bound(requests, capacity_blocks=3) == prefix_reuse_bound(requests)
 
 
 def unbounded_hit_rate(requests: list[Request]) -> float:
@@ -39,16 +42,9 @@ def unbounded_hit_rate(requests: list[Request]) -> float:
     sku = dataclasses.replace(H100, gpu_memory_gb=100_000.0)
     engine = SimEngine("i-1", QWEN, sku, 1, RooflineLatencyModel(QWEN, sku, 1),
                        EngineConfig(enable_prefix_caching=True, emit_tokens=False, max_model_len=QWEN.max_context * 2))
-    prompt_tokens = 0
-    for request in requests:
-        while (at := engine.next_event_s()) is not None and at <= request.arrival_s:
-            engine.advance(at)
-        engine.submit(request, request.arrival_s)
-        prompt_tokens += request.prompt_tokens
-    while (at := engine.next_event_s()) is not None:
-        engine.advance(at)
+    replay(engine, requests)
     assert engine.finished == len(requests) and engine.preemptions == 0
-    return engine.prefix_hit_tokens / prompt_tokens
+    return engine.prefix_hit_tokens / sum(r.prompt_tokens for r in requests)
 
 
 @pytest.mark.parametrize(("name", "expected"), [("conversation_trace_head2000.jsonl", 0.29),
