@@ -62,7 +62,7 @@ def print_summary(run: RunResult, console: Console) -> None:
             ("simulated / wall", f"{r['simulated_s'] / 3600:.2f} h / {r['wall_s']:.1f} s")):
         fleet.add_row(label, value)
     console.print(fleet)
-    _print_drops(r, console)
+    _print_drops(run, console)
     # One column per pool, its name over three lines, so that it fits a narrow terminal as the tiers do.
     pools = Table(title="pools (token rates: means over the run)", title_justify="left")
     pools.add_column("", no_wrap=True)
@@ -76,17 +76,19 @@ def print_summary(run: RunResult, console: Console) -> None:
     console.print(pools)
 
 
-def _print_drops(r: dict[str, Any], console: Console) -> None:
+def _print_drops(run: RunResult, console: Console) -> None:
     """Dropped requests by cause, and what to do about the one a fleet choice causes."""
+    from opscale.experiments.scenario import context_hint
     from opscale.runtime.sim.world import DROP_CAUSES
 
+    r = run.result
     causes = r.get("dropped_by_cause") or {}
     for cause, n in causes.items():
         console.print(f"dropped: {n:,} {cause} ({DROP_CAUSES.get(cause, cause)})")
     if "longer_than_context" in causes:
-        console.print("[yellow]hint: the fleet's models have too short a context for these requests; replay the "
-                      "trace with --config on a scenario that deploys a long-context model (e.g. Qwen2-7B, "
-                      "131,072 tokens): see the README, \"Simulating a Mooncake trace\"[/yellow]")
+        hint = context_hint(run.scenario)
+        if hint is not None:
+            console.print(f"[yellow]hint: {hint}[/yellow]", highlight=False)
 
 
 def write_outputs(run: RunResult, out: Path) -> list[Path]:

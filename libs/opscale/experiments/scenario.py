@@ -423,10 +423,13 @@ def context_hint(scenario: Scenario) -> str | None:
         return None
     longest = max(catalog.models, key=lambda m: m.max_context)
     served = ", ".join(f"{m} ({n:,} tokens)" for m, n in sorted(limits.items()))
-    return (f"{too_long:,} of {total:,} requests are longer than their model's context and will be dropped "
-            f"(deployed: {served}). Replay the trace on a fleet with a long-context model: write a scenario "
-            f"YAML with its hosts and deployments and give it with --config (e.g. {longest.name}, "
-            f"{longest.max_context:,} tokens; see the README's \"Simulating a Mooncake trace\").")
+    dropped = (f"{too_long:,} of {total:,} requests are longer than their model's context and are dropped "
+               f"(deployed: {served})")
+    if longest.max_context <= min(limits.values()):
+        return f"{dropped}; no model in the catalogue has a longer context."
+    return (f"{dropped}. Replay the trace on a fleet with a long-context model: write a scenario YAML with its "
+            f"hosts and deployments and give it with --config (e.g. {longest.name}, {longest.max_context:,} "
+            f"tokens; see the README's \"Simulating a Mooncake trace\").")
 
 
 def trace_requests(source: TraceSource, seed: int) -> Iterator[Request]:
