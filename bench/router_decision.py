@@ -9,7 +9,9 @@ hosts sit under switches, two hosts a leaf, four leaves a mini-pod, four mini-po
 `--no-switches`) and
 `tier_priority.hold` (holding a request in a tier-priority queue of about N requests and taking the
 next one out). Instances report spread KV usage and requests carry prefix hashes, so least_kv and
-prefix_affinity take their real paths.
+prefix_affinity take their real paths. `kv_aware.chat` times kv_aware on chat-shaped requests (8 prefix
+blocks: one of 8 system prompts every instance holds, then a conversation's own blocks, held by one
+instance) over a prefix index fed by KV events, which keep arriving between timed batches.
 
 How it measures, so that other load on a shared machine falls on every row alike:
 - rounds: every workload (the baseline included) runs ROUND requests in turn, round after round, so a
@@ -45,7 +47,14 @@ from opscale.model import InstanceState, InstanceStatus, Request, RequestOutcome
 from opscale.routing import RoutingPolicyName, make_hold_queue, make_routing_policy  # noqa: E402
 from opscale.routing.base import Candidate  # noqa: E402
 from opscale.routing.pd_pairing import PdPairing  # noqa: E402
-from opscale.services.events import AgentHeartbeat, RequestArrived, RequestFinished  # noqa: E402
+from opscale.services.events import (  # noqa: E402
+    AgentHeartbeat,
+    KvBlockEvent,
+    KvEventBatch,
+    KvEventKind,
+    RequestArrived,
+    RequestFinished,
+)
 from opscale.services.router import RouterConfig, RouterCore  # noqa: E402
 from opscale.stats import percentile  # noqa: E402
 
@@ -91,8 +100,20 @@ def collect_between_batches(n: int) -> None:
         gc.collect(0)
 
 
+CONVERSATIONS = 2000
+
+
+def chat_request(n: int) -> Request:
+    """A turn of conversation n % CONVERSATIONS: its system prompt's block, then 7 blocks of its own."""
+    conv = n % CONVERSATIONS
+    hashes = (conv % 8, *(10_000 + conv * 8 + k for k in range(7)))
+    return Request(f"r{n}", "m", "interactive", "eu", float(n), 4096 + n % 500, 10 + n % 200, prefix_hashes=hashes)
+
+
 class RouterWorkload:
     """Arrivals into a router of N instances, with `in_flight` requests kept running."""
+
+    make_request: Callable[[int], Request] = staticmethod(request)
 
     def __init__(self, policy: object, instances: int, in_flight: int) -> None:
         self.router = RouterCore(RouterConfig(policy="jsq_tokens"), policy=policy)  # type: ignore[arg-type]
@@ -111,7 +132,7 @@ class RouterWorkload:
         cpu, wall = time.thread_time_ns, time.perf_counter_ns
         for n in range(self.next, self.next + count):
             collect_between_batches(n)
-            req = request(n)
+            req = self.make_request(n)
             event = RequestArrived(req)
             w0, c0 = wall(), cpu()
             [dispatch] = router.handle(event, float(n))
@@ -123,6 +144,35 @@ class RouterWorkload:
             if len(pending) > self.in_flight:  # keep a steady number of requests in flight
                 router.handle(RequestFinished(pending.popleft()), float(n))
         self.next += count
+
+
+class KvChatWorkload(RouterWorkload):
+    """kv_aware on chat turns; every instance holds the 8 system prompts, each conversation's blocks sit
+    on one instance, and each instance re-reports a conversation between timed batches."""
+
+    make_request = staticmethod(chat_request)
+
+    def __init__(self, instances: int, in_flight: int) -> None:
+        super().__init__(make_routing_policy("kv_aware"), instances, in_flight)
+        self.instances = instances
+        self.seq = [0] * instances
+        for i in range(instances):
+            convs = range(i, CONVERSATIONS, instances)
+            events = (KvBlockEvent(KvEventKind.STORED, tuple(range(8)), None, (), 512, "GPU"),
+                      *(KvBlockEvent(KvEventKind.STORED, chat_request(c).prefix_hashes[1:], c % 8, (), 512, "GPU")
+                        for c in convs))
+            self._publish(i, events)
+
+    def _publish(self, i: int, events: tuple[KvBlockEvent, ...]) -> None:
+        self.seq[i] += 1
+        self.router.handle(KvEventBatch(f"i{i}", "m", 0.0, self.seq[i], events), 0.0)
+
+    def run(self, count: int, samples: Samples | None) -> None:
+        super().run(count, samples)
+        for i in range(0, self.instances, 7):  # untimed: a few instances report between batches
+            conv = (self.next + i) % CONVERSATIONS
+            self._publish(i, (KvBlockEvent(KvEventKind.STORED, chat_request(conv).prefix_hashes[1:], conv % 8, (),
+                                           512, "GPU"),))
 
 
 class PairingWorkload:
@@ -212,6 +262,7 @@ def main() -> None:
     for name in RoutingPolicyName:
         builders[name.value] = lambda name=name: RouterWorkload(make_routing_policy(name.value), ns.instances,
                                                                 ns.in_flight)
+    builders["kv_aware.chat"] = lambda: KvChatWorkload(ns.instances, ns.in_flight)
     builders["pd_pairing.choose_pair"] = lambda: PairingWorkload(ns.instances, ns.in_flight, not ns.no_switches)
     builders["tier_priority.hold"] = lambda: HoldWorkload(ns.instances)
     workloads = {name: build() for name, build in builders.items()}

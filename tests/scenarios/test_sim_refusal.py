@@ -10,6 +10,7 @@ from _sim_scenarios import MODEL, REGION, Phase, RecordingCollector, one_pool_sc
 
 from opscale.experiments import runner
 from opscale.experiments.runner import run_scenario
+from opscale.experiments.scenario import context_hint
 from opscale.model import Request
 from opscale.perf import default_catalog
 from opscale.traces import write_csv_trace
@@ -36,7 +37,10 @@ def test_request_beyond_max_context_is_rejected_and_counted(tmp_path: Path) -> N
     assert {s for rid, s in collector.status_of.items() if rid != "too-long"} == {"ok"}
     assert len(collector.status_of) == len(requests)
     assert run.result["dropped"] == 1
+    assert run.result["dropped_by_cause"] == {"longer_than_context": 1}
     assert run.result["tiers"]["interactive"]["dropped"] == 1
     assert run.result["completed"] == len(requests) - 1
+    hint = context_hint(run.scenario)
+    assert hint is not None and hint.startswith("1 of ") and "--config" in hint
     refusals = [d for d in collector.decisions if d["message"].startswith("too-long refused")]
     assert len(refusals) == 1 and str(max_context) in refusals[0]["message"]

@@ -1,5 +1,6 @@
 """Routing policies judged on whole simulated runs (fixed seeds): prefix affinity raises the prefix-cache
-hit rate on a shared-prefix trace; tier priority keeps interactive TTFT within its objective in an
+hit rate on a shared-prefix trace; kv_aware, fed the engines' KV events, keeps conversations on the
+instances that hold them where first-block affinity cannot; tier priority keeps interactive TTFT within its objective in an
 overload where first-come-first-served does not; spilling to another region keeps SLO attainment when
 one region saturates. Behaviour is asserted, not exact figures."""
 
@@ -52,6 +53,15 @@ def _fleet(region_hosts: dict[str, int], replicas: int, **extra: Any) -> dict[st
     }
 
 
+def _run_mooncake(trace: Path, policy: str, engine: EngineConfig, duration_s: float) -> dict[str, Any]:
+    """A Mooncake-format trace on 6 instances of one host in eu under `policy`: the run's result."""
+    scenario = Scenario(
+        name=f"{trace.stem} {policy}", seed=5, duration_s=duration_s, drain_s=120.0,
+        trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
+        routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
+    return run_scenario(scenario).result
+
+
 def test_prefix_affinity_raises_the_prefix_cache_hit_rate(tmp_path: Path) -> None:
     trace = tmp_path / "shared_prefix.jsonl"
     _write_shared_prefix_trace(trace, documents=24, requests=1500, rps=25.0, seed=3)
@@ -59,11 +69,7 @@ def test_prefix_affinity_raises_the_prefix_cache_hit_rate(tmp_path: Path) -> Non
     engine = EngineConfig(emit_tokens=False, enable_prefix_caching=True, gpu_memory_utilization=0.25)
 
     def run(policy: str) -> dict[str, Any]:
-        scenario = Scenario(
-            name=f"prefix {policy}", seed=5, duration_s=85.0, drain_s=120.0,
-            trace=TraceSource(path=trace, format="mooncake", assign={"model": {MODEL: 1}, "region": {"eu": 1}}),
-            routing_policy=policy, engine=engine, **_fleet({"eu": 1}, replicas=6))
-        return run_scenario(scenario).result
+        return _run_mooncake(trace, policy, engine, 85.0)
 
     spread, affine = run("jsq_tokens"), run("prefix_affinity")
     assert spread["dropped"] == affine["dropped"] == 0
@@ -138,3 +144,55 @@ def test_spilling_to_another_region_keeps_slo_when_one_region_saturates(tmp_path
     assert local["slo_attainment"] < 0.9  # the hot region alone cannot keep up
     assert spill["slo_attainment"] > 0.95
     assert spill["slo_attainment"] > local["slo_attainment"] + 0.1
+
+
+def _write_conversation_trace(path: Path, *, conversations: int, turns: int, seed: int) -> None:
+    """A Mooncake-format chat trace: every prompt opens with one shared system-prompt block (as in the
+    Mooncake conversation trace, whose requests all share their first block), then the conversation's
+    history, which grows by two blocks a turn and is resent whole."""
+    rng = random.Random(seed)
+    rows = []
+    for conv in range(conversations):
+        t_s = FIRST_ARRIVAL_S + rng.uniform(0.0, 40.0)
+        for turn in range(turns):
+            blocks = 3 + 2 * turn
+            hashes = [0] + [1000 * conv + b for b in range(1, blocks)] + [10**7 + 100 * conv + turn]
+            rows.append((t_s, {"input_length": blocks * BLOCK_TOKENS + 100, "output_length": rng.randint(16, 48),
+                               "hash_ids": hashes}))
+            t_s += rng.uniform(4.0, 12.0)
+    rows.sort(key=lambda r: r[0])
+    with path.open("w") as out:
+        for t_s, row in rows:
+            out.write(json.dumps({"timestamp": round(t_s * 1000), **row}) + "\n")
+
+
+def test_kv_aware_follows_the_engines_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opscale.experiments import runner
+    from opscale.routing.kv_aware import KvAware
+
+    trace = tmp_path / "chat.jsonl"
+    _write_conversation_trace(trace, conversations=60, turns=6, seed=4)
+    engine = EngineConfig(emit_tokens=False, enable_prefix_caching=True, kv_events=True, gpu_memory_utilization=0.3)
+    worlds: list[Any] = []
+    build = runner.build_world
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        world, collector = build(*args, **kwargs)
+        worlds.append(world)
+        return world, collector
+
+    monkeypatch.setattr(runner, "build_world", capture)
+
+    def run(policy: str) -> dict[str, Any]:
+        return _run_mooncake(trace, policy, engine, 120.0)
+
+    spread, affine, aware = run("jsq_tokens"), run("prefix_affinity"), run("kv_aware")
+    assert spread["dropped"] == affine["dropped"] == aware["dropped"] == 0
+    # prefix_affinity keys on the first block, which every request shares: no better than spreading
+    assert aware["prefix_hit_tokens"] > 1.3 * max(spread["prefix_hit_tokens"], affine["prefix_hit_tokens"])
+    policy = next(iter(worlds[-1].routers.values())).policy
+    assert isinstance(policy, KvAware)
+    stats = policy.index.stats
+    # the engines' events reached the router through the node-agents' ticks, none of them refused
+    assert stats.batches > 0 and stats.stored > 0 and stats.removed > 0
+    assert stats.malformed == stats.unknown_instance == stats.stale == stats.out_of_order == 0

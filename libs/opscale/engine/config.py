@@ -36,6 +36,17 @@ class EngineConfig(BaseModel):
         512, ge=1, description="Tokens covered by one entry of a request's `prefix_hashes` (Mooncake's "
                                "hash_ids granularity). Must be a multiple of block_size when prefix "
                                "caching is on.")
+    kv_events: bool = Field(
+        False, description="Publish KV-cache events (blocks stored and removed, chained prefix hashes; vLLM's "
+                           "--kv-events-config): the router's global prefix index follows each instance's cache "
+                           "from them (routing_policy kv_aware). Needs enable_prefix_caching.")
+    host_kv_cache_gb: float = Field(
+        0.0, ge=0, description="Host-memory KV tier per instance, GB (LMCache / Mooncake Store style): prefix "
+                               "blocks evicted from the GPU are kept there and loaded back over PCIe instead of "
+                               "recomputed; 0: off. Needs enable_prefix_caching.")
+    host_kv_load_gbps: float | None = Field(
+        None, gt=0, description="Host-to-GPU bandwidth for loading host-tier blocks back, GB/s per instance; "
+                                "None: opscale.perf.transfer.PCIE_P2P_GBPS (PCIe Gen4 x16).")
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> Self:
@@ -47,4 +58,10 @@ class EngineConfig(BaseModel):
         if self.enable_prefix_caching and self.prefix_block_tokens % self.block_size:
             raise ValueError(f"prefix_block_tokens ({self.prefix_block_tokens}) must be a multiple of "
                              f"block_size ({self.block_size}) when enable_prefix_caching is on")
+        if self.host_kv_cache_gb > 0 and not self.enable_prefix_caching:
+            raise ValueError(f"host_kv_cache_gb ({self.host_kv_cache_gb:g}) needs enable_prefix_caching: the host "
+                             f"tier keeps the prefix blocks the GPU cache evicts")
+        if self.kv_events and not self.enable_prefix_caching:
+            raise ValueError("kv_events (True) needs enable_prefix_caching: without a prefix cache there are no "
+                             "cached blocks to report")
         return self

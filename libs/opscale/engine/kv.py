@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import deque
 
 from opscale.engine.config import EngineConfig
+from opscale.engine.host_tier import HostTier
+from opscale.engine.kv_events import CPU, AllBlocksCleared, BlockRemoved, BlockStored, KvCacheEvent
 from opscale.engine.prefix_cache import PrefixCache
 from opscale.engine.sequence import Seq
 from opscale.model import Request
@@ -51,9 +53,17 @@ class KvAccounting:
         self._cache: PrefixCache | None = None
         self._pb_tokens = config.prefix_block_tokens
         self._pb_blocks = config.prefix_block_tokens // self._bs
+        # KV events (EngineConfig.kv_events): stores are recorded as they happen, evictions by the cache.
+        self._kv_events: list[KvCacheEvent] | None = [] if config.kv_events else None
         if config.enable_prefix_caching:
-            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks)
-        self.prefix_hit_tokens = 0
+            self._cache = PrefixCache(config.prefix_block_tokens, self._pb_blocks,
+                                      track_evictions=config.kv_events or config.host_kv_cache_gb > 0)
+        # The host-memory tier (EngineConfig.host_kv_cache_gb), set up by the engine, which knows the
+        # model's KV bytes: blocks it holds and the seconds one takes to load back over PCIe.
+        self._host: HostTier | None = None
+        self._host_block_s = 0.0
+        self.prefix_hit_tokens = 0  # from the GPU cache
+        self.prefix_host_hit_tokens = 0  # loaded back from the host tier
         self.prefix_queried_tokens = 0
 
     @property
@@ -82,6 +92,59 @@ class KvAccounting:
                     return hashes[:i]
                 seen.add(block_hash)
         return hashes
+
+    def take_kv_events(self) -> list[KvCacheEvent]:
+        """The KV events since the last call, in order (empty unless EngineConfig.kv_events): what a
+        node-agent forwards to the routers, batched."""
+        events = self._kv_events
+        if not events and (self._cache is None or not self._cache.evicted):
+            return []
+        self._flush_evictions()
+        assert events is not None  # evictions are tracked only with events on
+        self._kv_events = []
+        return events
+
+    def _evict(self) -> None:
+        """Evict unused prefix entries until the running sequences' KV fits; with a host tier, what
+        leaves the GPU is kept in host memory (what that pushes out of host memory is gone)."""
+        cache = self._cache
+        assert cache is not None
+        evicted = cache.evicted
+        if evicted is None:
+            cache.evict_to(self.total_blocks - self._used_blocks)
+            return
+        before = len(evicted)
+        cache.evict_to(self.total_blocks - self._used_blocks)
+        host = self._host
+        if host is None or len(evicted) == before:
+            return
+        moved = evicted[before:]
+        events = self._kv_events
+        if events is None:
+            evicted.clear()  # kept only to move them here
+        else:
+            self._flush_evictions()
+        dropped: list[int] = []
+        for block_hash in moved:
+            dropped += host.put(block_hash)
+        if events is not None:
+            events.append(BlockStored(tuple(moved), None, (), self._pb_tokens, CPU))
+            if dropped:
+                events.append(BlockRemoved(tuple(dropped), CPU))
+
+    def _host_hits(self, seq: Seq, hit: int) -> int:
+        """Prompt blocks of `seq` after its `hit` GPU-cached ones that the host tier holds (at least one
+        prompt token is left to compute)."""
+        host = self._host
+        assert host is not None
+        return host.run_from(seq.hashes, hit, min(len(seq.hashes), (seq.target - 1) // self._pb_tokens))
+
+    def _flush_evictions(self) -> None:
+        """Turn the cache's evictions so far into one BlockRemoved, keeping the events in order."""
+        cache, events = self._cache, self._kv_events
+        if cache is not None and cache.evicted and events is not None:
+            events.append(BlockRemoved(tuple(cache.evicted)))
+            cache.evicted.clear()
 
     # --- what an admission would take (reads state, never changes it) --------------------------------
 
@@ -118,9 +181,11 @@ class KvAccounting:
 
     # --- moving blocks (the scheduler's decisions, applied) ------------------------------------------
 
-    def _admit(self, admits: tuple[Seq, ...], hits: tuple[int, ...], start_s: float) -> None:
+    def _admit(self, admits: tuple[Seq, ...], hits: tuple[int, ...], host_hits: tuple[int, ...],
+               start_s: float) -> None:
         """Admit the queue's heads `admits` at `start_s`, `hits` cached prefix blocks each (empty when
-        caching is off): KV reserved, cached prefix blocks pinned, transfers begun."""
+        caching is off) and `host_hits` blocks after those loaded back from the host tier (empty without
+        one): KV reserved, cached prefix blocks pinned, transfers begun."""
         bs, waiting, cache = self._bs, self._waiting, self._cache
         for i, seq in enumerate(admits):
             waiting.popleft()  # admissions are the queue's heads, in order
@@ -147,6 +212,13 @@ class KvAccounting:
                     seq.computed = hit * self._pb_tokens
                     blocks -= seq.shared
                     self.prefix_hit_tokens += seq.computed
+                if host_hits and host_hits[i]:
+                    # Loaded into blocks of its own, as if computed: registered in the GPU cache at commit.
+                    loaded = host_hits[i]
+                    assert self._host is not None
+                    self._host.touch(seq.hashes[hit:hit + loaded])
+                    seq.computed = (hit + loaded) * self._pb_tokens
+                    self.prefix_host_hit_tokens += loaded * self._pb_tokens
             self._used_blocks += blocks
 
     def _register(self, seq: Seq) -> None:
@@ -154,6 +226,8 @@ class KvAccounting:
         cache = self._cache
         assert cache is not None
         full = min(len(seq.hashes), seq.computed // self._pb_tokens)
+        events = self._kv_events
+        stored: list[int] | None = [] if events is not None else None  # positions in the prompt
         while seq.reg < full:
             block_hash = seq.hashes[seq.reg]
             seq.reg += 1
@@ -163,6 +237,24 @@ class KvAccounting:
                     seq.pinned = []
                 seq.pinned.append(block_hash)
                 seq.shared += self._pb_blocks
+                if stored is not None:
+                    stored.append(seq.reg - 1)
+        if stored:
+            self._record_stored(seq.hashes, stored)
+
+    def _record_stored(self, hashes: tuple[int, ...], positions: list[int]) -> None:
+        """One BlockStored per run of consecutive prompt blocks newly cached (a block cached already by
+        another sequence splits the run), each naming the block before it as its parent, as vLLM does."""
+        events = self._kv_events
+        assert events is not None
+        self._flush_evictions()  # an eviction before these stores reaches the router before them
+        start = 0
+        for k in range(1, len(positions) + 1):
+            if k == len(positions) or positions[k] != positions[k - 1] + 1:
+                first = positions[start]
+                events.append(BlockStored(tuple(hashes[p] for p in positions[start:k]),
+                                          hashes[first - 1] if first else None, (), self._pb_tokens))
+                start = k
 
     def _release(self, seq: Seq, held_tokens: int) -> None:
         """Free the KV blocks `seq` owns for `held_tokens` tokens and let go of its prefix entries."""
@@ -178,7 +270,12 @@ class KvAccounting:
         self._prefilling.clear()
         self._transferring.clear()
         if self._cache is not None:
+            if self._kv_events is not None:
+                self._flush_evictions()
+                self._kv_events.append(AllBlocksCleared())
             self._cache.clear()
+            if self._host is not None:
+                self._host.clear()  # the engine's process held it
         self._used_blocks = 0
 
     def _unpin(self, seq: Seq) -> None:

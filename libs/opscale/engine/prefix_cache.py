@@ -21,10 +21,12 @@ from collections.abc import Sequence
 class PrefixCache:
     """Cached prefix blocks by hash: a reference count each, and an LRU of the unreferenced ones."""
 
-    __slots__ = ("block_tokens", "kv_blocks", "_refs", "_lru", "evictable_blocks")
+    __slots__ = ("block_tokens", "kv_blocks", "_refs", "_lru", "evictable_blocks", "evicted")
 
-    def __init__(self, block_tokens: int, kv_blocks_per_entry: int) -> None:
+    def __init__(self, block_tokens: int, kv_blocks_per_entry: int, *, track_evictions: bool = False) -> None:
         self.block_tokens = block_tokens
+        # The hashes evicted since the owner last took them (its KV events); None: not kept.
+        self.evicted: list[int] | None = [] if track_evictions else None
         self.kv_blocks = kv_blocks_per_entry  # KV blocks one entry occupies
         self._refs: dict[int, int] = {}  # every cached hash -> running sequences using it
         self._lru: OrderedDict[int, None] = OrderedDict()  # hashes with no reference, oldest first
@@ -86,11 +88,13 @@ class PrefixCache:
 
     def evict_to(self, room_blocks: int) -> None:
         """Evict unreferenced entries, least recently released first, until they fit in `room_blocks`."""
-        lru, refs = self._lru, self._refs
+        lru, refs, evicted = self._lru, self._refs, self.evicted
         while self.evictable_blocks > room_blocks and lru:
             block_hash, _ = lru.popitem(last=False)
             del refs[block_hash]
             self.evictable_blocks -= self.kv_blocks
+            if evicted is not None:
+                evicted.append(block_hash)
 
     def clear(self) -> None:
         self._refs.clear()

@@ -37,11 +37,12 @@ class Step:
     """One general (mixed) iteration, fully decided at `start_s` and applied at `end_s`."""
 
     __slots__ = ("start_s", "end_s", "busy_s", "attention", "victims", "admits", "hits", "chunks", "batch",
-                 "new_blocks", "prefill_tokens", "cached_tokens")
+                 "new_blocks", "prefill_tokens", "cached_tokens", "host_hits")
 
     def __init__(self, start_s: float, end_s: float, busy_s: float, attention: int, victims: tuple[Seq, ...],
                  admits: tuple[Seq, ...], hits: tuple[int, ...], chunks: tuple[tuple[Seq, int], ...],
-                 batch: int, new_blocks: int, prefill_tokens: int, cached_tokens: int) -> None:
+                 batch: int, new_blocks: int, prefill_tokens: int, cached_tokens: int,
+                 host_hits: tuple[int, ...] = ()) -> None:
         self.start_s = start_s
         self.end_s = end_s
         self.busy_s = busy_s
@@ -55,7 +56,8 @@ class Step:
         self.batch = batch  # decoding sequences after preemption
         self.new_blocks = new_blocks  # KV blocks the decode tokens take
         self.prefill_tokens = prefill_tokens  # prompt tokens the chunks compute (the sum of chunks' n)
-        self.cached_tokens = cached_tokens  # prompt tokens the admissions take from the prefix cache
+        self.cached_tokens = cached_tokens  # prompt tokens the admissions take from the prefix cache (and host tier)
+        self.host_hits = host_hits  # blocks each admission loads back from the host tier (empty without one)
 
     def flops(self, flops: ModelFlops) -> float:
         """Its FLOPs: its decode tokens and prefill chunks through the GEMMs, logits for the decode tokens
@@ -151,6 +153,8 @@ class Scheduler(DecodeSet):
             pairs += n * seq.computed + n * (n + 1) // 2
         admits: list[Seq] = []
         hits: list[int] = []
+        host_hits: list[int] = []
+        load_s = 0.0  # copying host-tier blocks back over PCIe, before the iteration's compute
         if not victims and self._lean:
             # Admissions stay in `chunks` only; the commit admits each as it meets it.
             free_now = free - new_blocks
@@ -186,6 +190,7 @@ class Scheduler(DecodeSet):
                     admits.append(seq)
                     if caching:
                         hits.append(0)
+                        host_hits.append(0)
                     continue
                 if budget <= 0:
                     break
@@ -200,9 +205,12 @@ class Scheduler(DecodeSet):
                     taken.update(seq.hashes[:hit])
                 free_now -= blocks
                 admits.append(seq)
+                loaded = self._host_hits(seq, hit) if self._host is not None and seq.hashes else 0
                 if caching:
                     hits.append(hit)
-                cached = hit * self._pb_tokens
+                    host_hits.append(loaded)
+                load_s += loaded * self._host_block_s
+                cached = (hit + loaded) * self._pb_tokens
                 n = min(seq.target - cached, budget)
                 chunks.append((seq, n))
                 budget -= n
@@ -222,9 +230,9 @@ class Scheduler(DecodeSet):
         else:
             time_s = busy_s = 0.0  # it only reserves KV for prefilled requests: no iteration runs
             attention = 0
-        return Step(start_s, start_s + time_s, busy_s, attention, tuple(victims), tuple(admits) if admits else (),
-                    tuple(hits) if hits else (), tuple(chunks),
-                    batch, new_blocks, prefill, cached_total)
+        return Step(start_s, start_s + time_s + load_s, busy_s, attention, tuple(victims),
+                    tuple(admits) if admits else (), tuple(hits) if hits else (), tuple(chunks),
+                    batch, new_blocks, prefill, cached_total, tuple(host_hits) if load_s else ())
 
     def _continue_zero_pass(self, start_s: float) -> Step | None:
         """Prefilled requests that arrive at the instant of a zero-time admission pass join that pass.

@@ -32,6 +32,7 @@ from enum import StrEnum
 from opscale.engine.config import EngineConfig
 from opscale.engine.decode_run import DecodeRun
 from opscale.engine.errors import EngineNotAcceptingError, RequestTooLargeError, WrongRoleError
+from opscale.engine.host_tier import HostTier
 from opscale.engine.outputs import (
     EngineOutput,
     EngineReport,
@@ -48,6 +49,7 @@ from opscale.model import ModelSpec, Request, Role, Sku
 from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
 from opscale.perf.operators import Footprint
+from opscale.perf.transfer import PCIE_P2P_GBPS
 
 # A KV landing this little after a step boundary joins at that boundary. A landing time is the admission
 # time plus a transfer recovered from absolute times (kv_ready_s - now_s), so two transfers of the same
@@ -116,11 +118,21 @@ class SimEngine(Scheduler):
         self._decode_only = self.role is Role.DECODE
         super().__init__(cfg, total_blocks, latency, ModelFlops.of(model), decode_only=self._decode_only)
         max_len = cfg.max_model_len if cfg.max_model_len is not None else model.max_context
+        self.max_model_len = max_len
         # A request must fit the KV cache on its own, or it could never run.
         self.max_request_tokens = min(max_len, total_blocks * bs)
         self._emit_tokens = cfg.emit_tokens
         self.emit_first_tokens = True
         self._kv_bytes_per_token = model.kv_bytes_per_token
+        if cfg.host_kv_cache_gb > 0 and self._cache is not None:
+            block_bytes = cfg.prefix_block_tokens * model.kv_bytes_per_token
+            capacity = int(cfg.host_kv_cache_gb * 1e9 // block_bytes)
+            if capacity < 1:
+                raise ValueError(f"host_kv_cache_gb ({cfg.host_kv_cache_gb:g}) holds no {cfg.prefix_block_tokens}-token "
+                                 f"block of {model.name} ({block_bytes / 1e9:.3f} GB each)")
+            gbps = cfg.host_kv_load_gbps if cfg.host_kv_load_gbps is not None else PCIE_P2P_GBPS
+            self._host = HostTier(capacity)
+            self._host_block_s = block_bytes / (gbps * 1e9)
         if footprint is None:
             self._usage = UsageMeter(sku.idle_power_w * tp, (sku.max_power_w - sku.idle_power_w) * tp,
                                      cfg.report_window_s, self.flops_model)
@@ -454,7 +466,7 @@ class SimEngine(Scheduler):
         self._used_blocks += self._new_blocks(k)
         if self._cache is not None:
             # Cached prefixes make way as the KV grows; nothing is released before the run's end.
-            self._cache.evict_to(self.total_blocks - self._used_blocks)
+            self._evict()
         self._steps += k
         # run.busy_s(k), written out (the same expression, so the same rounding): once per decode run.
         # The batch's context summed over the k steps, k * ctx0 + batch * k * (k - 1) / 2, is also the
@@ -493,10 +505,10 @@ class SimEngine(Scheduler):
                         out.append(Tokens(seq.rid, 1, end))
         if not self._lean:
             if step.admits:
-                self._admit(step.admits, step.hits, start)
+                self._admit(step.admits, step.hits, step.host_hits, start)
             if self._cache is not None:
                 # Evict when the KV is taken (decode growth, admissions), before this boundary frees any.
-                self._cache.evict_to(self.total_blocks - self._used_blocks)
+                self._evict()
         d = self._steps
         waiting = self._waiting
         prefill_only = self._prefill_only

@@ -58,6 +58,7 @@ class _EngineLife:
     prefill_tokens: int = 0
     prefill_computed_tokens: int = 0
     prefix_hit_tokens: int = 0
+    prefix_host_hit_tokens: int = 0
     prefix_queried_tokens: int = 0
 
 
@@ -117,6 +118,8 @@ class RunCollector(RunObserver):
         self._last_replicas: dict[str, int] = {}
         # KV transfers of disaggregated deployments, by topology: [count, seconds]
         self._kv_transfers: dict[str, list[float]] = {}
+        self._causes: dict[str, str] = {}  # request id -> why it is being dropped (the world says so first)
+        self._dropped_by_cause: dict[str, int] = {}
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -135,12 +138,17 @@ class RunCollector(RunObserver):
         totals.requests += 1
         if outcome.status != "ok":
             totals.dropped += 1
+            cause = self._causes.pop(outcome.request_id, outcome.status)  # "unfinished" names itself
+            self._dropped_by_cause[cause] = self._dropped_by_cause.get(cause, 0) + 1
             return
         totals.completed += 1
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
             totals.met += 1
         totals.latencies.add(outcome)
+
+    def drop_cause(self, request_id: str, cause: str) -> None:
+        self._causes[request_id] = cause
 
     def load_chosen(self, instance_id: str, choice: LoadChoice) -> None:
         """How an instance started during the run loads (the fleet running at the start loads nothing)."""
@@ -160,6 +168,7 @@ class RunCollector(RunObserver):
             life.decode_tokens, life.prefill_tokens = engine.decode_tokens, engine.prefill_tokens
             life.prefill_computed_tokens = engine.prefill_tokens_computed
             life.prefix_hit_tokens, life.prefix_queried_tokens = engine.prefix_hit_tokens, engine.prefix_queried_tokens
+            life.prefix_host_hit_tokens = engine.prefix_host_hit_tokens
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None:
         self.decisions.append({"at_s": round(now_s, 3), "service": service, "message": message})
@@ -208,10 +217,11 @@ class RunCollector(RunObserver):
                 counts[attr] += getattr(t, attr)
         everyone = latency_figures([t.latencies for t in self._tiers.values()])
         gpu_s = energy_j = busy_gpu_s = cost = scaling_gpu_s = 0.0
-        hit_tokens = queried_tokens = 0
+        hit_tokens = queried_tokens = host_hit_tokens = 0
         pools: dict[str, _PoolTotals] = {}
         for life in self._lives.values():
             hit_tokens += life.prefix_hit_tokens
+            host_hit_tokens += life.prefix_host_hit_tokens
             queried_tokens += life.prefix_queried_tokens
             held_s = (life.stop_s if life.stop_s is not None else end_s) - life.start_s
             gpus = life.spec.gpus
@@ -229,6 +239,8 @@ class RunCollector(RunObserver):
         peak_flop = sum(totals.peak_flop for totals in pools.values())
         result = _latency_block(counts["requests"], counts["completed"], counts["dropped"], counts["met"],
                                 everyone)
+        # Dropped requests per cause (opscale.runtime.sim.world.DROP_CAUSES), largest first.
+        result["dropped_by_cause"] = dict(sorted(self._dropped_by_cause.items(), key=lambda kv: (-kv[1], kv[0])))
         result.update({
             "gpu_hours": gpu_s / 3600,
             "cost_usd": cost,
@@ -245,6 +257,8 @@ class RunCollector(RunObserver):
             # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when
             # prefix caching is off: nothing is looked up).
             "prefix_hit_rate": hit_tokens / queried_tokens if queried_tokens else 0.0,
+            "prefix_hit_tokens": hit_tokens,  # from GPU memory
+            "prefix_host_hit_tokens": host_hit_tokens,  # loaded back from host memory (EngineConfig.host_kv_cache_gb)
             "tiers": tiers,
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })

@@ -57,9 +57,12 @@ def print_summary(run: RunResult, console: Console) -> None:
             ("cold starts / warm migrations", f"{r['cold_starts']} / {r['warm_migrations']}"),
             ("GPU-seconds spent loading", f"{r['scaling_gpu_s']:,.0f}"),
             ("oscillations per hour", f"{r['oscillations']:.2f}"),
+            ("prompt tokens from prefix caches (GPU / host)",
+             f"{r['prefix_hit_tokens']:,} / {r.get('prefix_host_hit_tokens', 0):,}"),
             ("simulated / wall", f"{r['simulated_s'] / 3600:.2f} h / {r['wall_s']:.1f} s")):
         fleet.add_row(label, value)
     console.print(fleet)
+    _print_drops(run, console)
     # One column per pool, its name over three lines, so that it fits a narrow terminal as the tiers do.
     pools = Table(title="pools (token rates: means over the run)", title_justify="left")
     pools.add_column("", no_wrap=True)
@@ -71,6 +74,21 @@ def print_summary(run: RunResult, console: Console) -> None:
             ("prefill tokens/s", "prefill_tps", "{:,.0f}"), ("  of them computed", "prefill_missed_tps", "{:,.0f}")):
         pools.add_row(label, *(fmt.format(p[key]) for p in r["pools"].values()))
     console.print(pools)
+
+
+def _print_drops(run: RunResult, console: Console) -> None:
+    """Dropped requests by cause, and what to do about the one a fleet choice causes."""
+    from opscale.experiments.scenario import context_hint
+    from opscale.runtime.sim.world import DROP_CAUSES
+
+    r = run.result
+    causes = r.get("dropped_by_cause") or {}
+    for cause, n in causes.items():
+        console.print(f"dropped: {n:,} {cause} ({DROP_CAUSES.get(cause, cause)})")
+    if "longer_than_context" in causes:
+        hint = context_hint(run.scenario)
+        if hint is not None:
+            console.print(f"[yellow]hint: {hint}[/yellow]", highlight=False)
 
 
 def write_outputs(run: RunResult, out: Path) -> list[Path]:

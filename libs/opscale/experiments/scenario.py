@@ -370,6 +370,12 @@ def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, s
     `assign`; time compressed by `compress`): `base`'s fleet and policies (the demo's when none), the
     slice's own duration."""
     window = window or TraceWindow()
+    # The config's own trace section labels the requests too: its `assign` (each label the command line
+    # gives replaces the config's for that label) and its `model`, unless --model names one.
+    configured = base.trace if base is not None else None
+    if configured is not None:
+        assign = {**configured.assign, **(assign or {})}
+        model = model if model is not None else configured.model
     try:
         source = TraceSource(path=trace, format=fmt, assign=assign or {}, compress=compress,
                              window_start_s=window.start_s, window_end_s=window.end_s, max_requests=max_requests,
@@ -395,6 +401,35 @@ def scenario_for_trace(trace: Path, fmt: str | None, *, base: Scenario | None, s
     if policy is not None:
         update["policy"] = policy
     return Scenario.model_validate({**template.model_dump(), **update})
+
+
+def context_hint(scenario: Scenario) -> str | None:
+    """A hint when some of the scenario's trace requests are longer than the context of the model they
+    would be served by (they would be dropped as `longer_than_context`); None when all fit or there is no
+    trace. Names the longest context the catalogue offers and how to choose the fleet."""
+    if scenario.trace is None:
+        return None
+    from opscale.perf import default_catalog
+
+    catalog = default_catalog()
+    limits = {d.model: scenario.engine.max_model_len or catalog.model(d.model).max_context
+              for d in scenario.deployments}
+    total = too_long = 0
+    for request in trace_requests(scenario.trace, scenario.seed):
+        total += 1
+        limit = limits.get(request.model)
+        too_long += limit is not None and request.prompt_tokens + request.output_tokens > limit
+    if not too_long:
+        return None
+    longest = max(catalog.models, key=lambda m: m.max_context)
+    served = ", ".join(f"{m} ({n:,} tokens)" for m, n in sorted(limits.items()))
+    dropped = (f"{too_long:,} of {total:,} requests are longer than their model's context and are dropped "
+               f"(deployed: {served})")
+    if longest.max_context <= min(limits.values()):
+        return f"{dropped}; no model in the catalogue has a longer context."
+    return (f"{dropped}. Replay the trace on a fleet with a long-context model: write a scenario YAML with its "
+            f"hosts and deployments and give it with --config (e.g. {longest.name}, {longest.max_context:,} "
+            f"tokens; see the README's \"Simulating a Mooncake trace\").")
 
 
 def trace_requests(source: TraceSource, seed: int) -> Iterator[Request]:

@@ -8,12 +8,14 @@ from opscale.routing.base import Candidate, CandidateIndex, LoadIndex, RoutingPo
 from opscale.routing.hold_queue import HoldQueue
 from opscale.routing.hooks import (
            IndexedRoutingPolicy,
+           KvRoutingPolicy,
            LoadRoutingPolicy,
            NotingRoutingPolicy,
            RegionRoutingPolicy,
 )
 from opscale.routing.registry import HoldOrderName, RoutingPolicyName, make_hold_queue, make_routing_policy
 
-__all__ = ["Candidate", "CandidateIndex", "HoldOrderName", "HoldQueue", "IndexedRoutingPolicy", "LoadIndex",
+__all__ = ["Candidate", "CandidateIndex", "HoldOrderName", "HoldQueue", "IndexedRoutingPolicy", "KvRoutingPolicy",
+           "LoadIndex",
            "LoadRoutingPolicy", "NotingRoutingPolicy", "RegionRoutingPolicy", "RoutingPolicy", "RoutingPolicyName",
            "make_hold_queue", "make_routing_policy"]

@@ -6,7 +6,9 @@ when it is built (`isinstance`), rather than probing for methods by name on ever
   dispatch, completion and heartbeat, and then asks for a choice without a scan over every candidate;
 - `LoadRoutingPolicy`: it chooses from the router's own `LoadIndex` of outstanding tokens;
 - `RegionRoutingPolicy`: it picks the region first and leaves the instance to an inner policy;
-- `NotingRoutingPolicy`: it adds a note to the reason of each dispatch it chose.
+- `NotingRoutingPolicy`: it adds a note to the reason of each dispatch it chose;
+- `KvRoutingPolicy`: it follows the instances' KV caches (a global prefix index): the router hands it
+  every KvEventBatch, every dispatch, and every instance that leaves.
 
 They are apart from opscale.routing.base because that module is compiled in the optional compiled
 build, and a compiled class cannot be a runtime-checkable protocol.
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from opscale.model import Request
+from opscale.model.kv_events import KvEventBatch
 from opscale.routing.base import Candidate, CandidateIndex, LoadIndex, RegionLoad, RoutingPolicy
 
 
@@ -76,4 +79,21 @@ class NotingRoutingPolicy(Protocol):
 
     def note(self, request: Request, chosen: Candidate) -> str | None:
         """A note for the dispatch reason of `request`, sent to `chosen`; None when there is nothing to say."""
+        ...
+
+
+@runtime_checkable
+class KvRoutingPolicy(Protocol):
+    """A policy that routes on what each instance's KV cache holds (kv_aware)."""
+
+    def observe_kv(self, batch: KvEventBatch, known: bool) -> None:
+        """An instance's KV events; `known`: the router knows that instance (else they are dropped)."""
+        ...
+
+    def routed(self, request: Request, chosen: Candidate) -> None:
+        """`request` was dispatched to `chosen` (whichever path chose it)."""
+        ...
+
+    def forget_instance(self, instance_id: str) -> None:
+        """The instance left the router's candidates: forget what it held."""
         ...

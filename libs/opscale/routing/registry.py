@@ -17,6 +17,7 @@ from opscale.model import TierSpec
 from opscale.model.tiers import DEFAULT_TIERS
 from opscale.routing.base import RoutingPolicy
 from opscale.routing.hold_queue import FifoHoldQueue, HoldQueue, TierPriorityHoldQueue
+from opscale.routing.kv_aware import KvAware
 from opscale.routing.multi_region import MultiRegion
 from opscale.routing.pd_pairing import PdPairing
 from opscale.routing.policies import (
@@ -36,6 +37,7 @@ class RoutingPolicyName(StrEnum):
     POWER_OF_TWO = "power_of_two"
     LEAST_KV = "least_kv"
     PREFIX_AFFINITY = "prefix_affinity"
+    KV_AWARE = "kv_aware"
     SLO_AWARE = "slo_aware"
     PD_PAIRING = "pd_pairing"
     MULTI_REGION = "multi_region"
@@ -77,6 +79,7 @@ _FACTORIES: dict[RoutingPolicyName, Callable[..., RoutingPolicy]] = {
     RoutingPolicyName.POWER_OF_TWO: lambda tiers, **p: PowerOfTwoChoices(**p),
     RoutingPolicyName.LEAST_KV: lambda tiers, **p: LeastKvUsage(**p),
     RoutingPolicyName.PREFIX_AFFINITY: lambda tiers, **p: PrefixAffinity(**p),
+    RoutingPolicyName.KV_AWARE: lambda tiers, **p: KvAware(**p),
     RoutingPolicyName.SLO_AWARE: _slo_aware,
     RoutingPolicyName.PD_PAIRING: lambda tiers, **p: PdPairing(**p),
     RoutingPolicyName.MULTI_REGION: _multi_region,

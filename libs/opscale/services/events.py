@@ -12,6 +12,17 @@ from dataclasses import dataclass, field
 
 from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceStatus, Plan, RdmaPriority, Request, RequestOutcome, Role
+from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
+
+# The router-facing KV events (KvEventBatch of KvBlockEvent) are model types, because the routing layer
+# keeps the prefix index and may not import services; they are events of this module all the same, on
+# the wire through the same codec.
+
+__all__ = [
+    "AgentHeartbeat", "ApplyCommand", "DispatchFailed", "DrainCommand", "EngineReport", "Event", "ForecastIssued",
+    "KvBlockEvent", "KvEventBatch", "KvEventKind", "PlanPublished", "PoolUtilisation", "PrefillHandedOff",
+    "RequestArrived", "RequestFinished", "RouterLoad", "WindowStats",
+]
 
 
 @dataclass(slots=True)
@@ -187,6 +198,7 @@ class DrainCommand:
 
 
 Event = (
-    RequestArrived | RequestFinished | DispatchFailed | PrefillHandedOff | AgentHeartbeat | RouterLoad | WindowStats
+    RequestArrived | RequestFinished | DispatchFailed | PrefillHandedOff | AgentHeartbeat | KvEventBatch | RouterLoad
+    | WindowStats
     | PoolUtilisation | ForecastIssued | PlanPublished | ApplyCommand | DrainCommand | EngineReport
 )

@@ -50,6 +50,7 @@ from opscale.routing import (
     CandidateIndex,
     HoldQueue,
     IndexedRoutingPolicy,
+    KvRoutingPolicy,
     LoadIndex,
     LoadRoutingPolicy,
     NotingRoutingPolicy,
@@ -66,6 +67,7 @@ from opscale.services.events import (
     AgentHeartbeat,
     DispatchFailed,
     Event,
+    KvEventBatch,
     PlanPublished,
     PrefillHandedOff,
     RequestArrived,
@@ -140,6 +142,8 @@ class RouterCore:
         self._index_policy = chooser if isinstance(chooser, IndexedRoutingPolicy) else None
         self._choose_by_load = (chooser.choose_by_load if self._index_policy is None
                                 and isinstance(chooser, LoadRoutingPolicy) else None)
+        # kv_aware follows the instances' KV caches: it is told of KV events, dispatches and departures
+        self._kv = chooser if isinstance(chooser, KvRoutingPolicy) else None
         # slo_aware marks requests likely to miss their TTFT
         self._note = policy.note if isinstance(policy, NotingRoutingPolicy) else None
         self._admission_limit = self.config.max_outstanding_tokens_per_instance
@@ -255,6 +259,12 @@ class RouterCore:
                 return self._dispatch_held(now_s) if self._held else []  # a restored instance takes them now
             case PrefillHandedOff(request_id=request_id):
                 self._hand_off(request_id)
+                return []
+            case KvEventBatch(instance_id=instance_id):
+                if self._kv is not None:  # other policies have no use for them
+                    # Only a candidate's events count: one that left (or never came) would hold index
+                    # entries that no decision reads and nothing removes.
+                    self._kv.observe_kv(event, isinstance(instance_id, str) and instance_id in self._candidates)
                 return []
             case _:
                 return []
@@ -438,6 +448,8 @@ class RouterCore:
             if slot.index is not None:
                 slot.index.update(slot.position)
         self._routed[request.request_id] = (chosen.instance_id, charge, prompt)
+        if self._kv is not None:
+            self._kv.routed(request, chosen)
         if self._note is not None:
             note = self._note(request, chosen)
             if note is not None:
@@ -601,8 +613,10 @@ class RouterCore:
 
     def _drop_candidate(self, instance_id: str) -> None:
         # Requests already routed there keep their accounting entry until they finish; the candidate
-        # object only stops receiving new work.
+        # object only stops receiving new work. What its KV cache held no longer draws requests.
         self._candidates.pop(instance_id, None)
+        if self._kv is not None:
+            self._kv.forget_instance(instance_id)
 
     def _rebuild_index(self) -> None:
         pools: dict[tuple[str, str], list[Candidate]] = {}

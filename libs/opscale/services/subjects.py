@@ -32,6 +32,10 @@ def forecasts(region: str, model: str) -> str:
     return f"{PREFIX}.forecasts.{region}.{_token(model)}"
 
 
+def kv_events(region: str, agent_id: str) -> str:
+    return f"{PREFIX}.kvevents.{region}.{_token(agent_id)}"
+
+
 def plans() -> str:
     return f"{PREFIX}.plans.global"
 
@@ -43,6 +47,7 @@ WINDOWS_ALL = f"{PREFIX}.windows.>"
 POOL_UTILISATION_ALL = f"{PREFIX}.poolutil.>"
 FORECASTS_ALL = f"{PREFIX}.forecasts.>"
 PLANS_ALL = f"{PREFIX}.plans.>"
+KV_EVENTS_ALL = f"{PREFIX}.kvevents.>"
 
 
 def kind_of(subject: str) -> str:

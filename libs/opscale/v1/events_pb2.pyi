@@ -25,6 +25,12 @@ class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_STATE_READY: _ClassVar[InstanceState]
     INSTANCE_STATE_DRAINING: _ClassVar[InstanceState]
     INSTANCE_STATE_STOPPED: _ClassVar[InstanceState]
+
+class KvEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_EVENT_KIND_STORED: _ClassVar[KvEventKind]
+    KV_EVENT_KIND_REMOVED: _ClassVar[KvEventKind]
+    KV_EVENT_KIND_CLEARED: _ClassVar[KvEventKind]
 ROLE_UNIFIED: Role
 ROLE_PREFILL: Role
 ROLE_DECODE: Role
@@ -35,6 +41,9 @@ INSTANCE_STATE_LOADING: InstanceState
 INSTANCE_STATE_READY: InstanceState
 INSTANCE_STATE_DRAINING: InstanceState
 INSTANCE_STATE_STOPPED: InstanceState
+KV_EVENT_KIND_STORED: KvEventKind
+KV_EVENT_KIND_REMOVED: KvEventKind
+KV_EVENT_KIND_CLEARED: KvEventKind
 
 class InstanceSpec(_message.Message):
     __slots__ = ("instance_id", "model", "sku", "tp", "role")
@@ -419,6 +428,36 @@ class PrefillHandedOff(_message.Message):
     decode_instance_id: str
     at_s: float
     def __init__(self, request_id: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., decode_instance_id: _Optional[str] = ..., at_s: _Optional[float] = ...) -> None: ...
+
+class KvBlockEvent(_message.Message):
+    __slots__ = ("kind", "block_hashes", "parent_block_hash", "token_ids", "block_size", "medium")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_BLOCK_HASH_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEDIUM_FIELD_NUMBER: _ClassVar[int]
+    kind: KvEventKind
+    block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    parent_block_hash: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    block_size: int
+    medium: str
+    def __init__(self, kind: _Optional[_Union[KvEventKind, str]] = ..., block_hashes: _Optional[_Iterable[int]] = ..., parent_block_hash: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ..., medium: _Optional[str] = ...) -> None: ...
+
+class KvEventBatch(_message.Message):
+    __slots__ = ("instance_id", "model", "at_s", "seq", "events")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    model: str
+    at_s: float
+    seq: int
+    events: _containers.RepeatedCompositeFieldContainer[KvBlockEvent]
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., at_s: _Optional[float] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[KvBlockEvent, _Mapping]]] = ...) -> None: ...
 
 class EngineReport(_message.Message):
     __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")

@@ -125,3 +125,31 @@ def test_every_service_name_has_a_process() -> None:
     assert set(MODULES) == set(SERVICE_NAMES)
     for module in MODULES.values():
         assert callable(importlib.import_module(f"opscale_services.{module}.main").run)
+
+
+def test_simulate_takes_the_configs_trace_labels_and_kv_aware_routing(tmp_path: Path) -> None:
+    # A Mooncake trace names no model: the config's trace.assign labels it (no --assign needed), and its
+    # engine and routing settings (prefix caching, KV events, kv_aware) are the run's.
+    trace = tmp_path / "chat.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 1000 * i, "input_length": 2100 + 600 * i, "output_length": 20,
+                                         "hash_ids": list(range(5 + i))}) + "\n" for i in range(12)))
+    config = tmp_path / "scenario.yaml"
+    config.write_text(f"""
+name: mooncake on qwen
+duration_s: 60
+hosts: [{{region: local, sku: H100-80GB, gpus: 8, count: 1}}]
+deployments:
+  - {{model: Qwen2-7B, sku: H100-80GB, tp: 1, min_replicas: 4, max_replicas: 4}}
+policy: static
+routing_policy: kv_aware
+engine: {{enable_prefix_caching: true, kv_events: true, emit_tokens: false}}
+trace: {{path: {trace}, assign: {{model: {{Qwen2-7B: 1}}}}}}
+""")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["simulate", "--config", str(config), "--trace", str(trace), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "result.json").read_text())
+    assert data["completed"] == 12 and data["dropped_by_cause"] == {}
+    assert data["routing_policy"] == "kv_aware"
+    # every turn after the first finds its predecessor's blocks: kv_aware sent it where they are
+    assert data["prefix_hit_tokens"] >= 11 * 4 * 512

@@ -52,6 +52,9 @@ from opscale.services.events import (
     DispatchFailed,
     DrainCommand,
     ForecastIssued,
+    KvBlockEvent,
+    KvEventBatch,
+    KvEventKind,
     PlanPublished,
     PoolUtilisation,
     PrefillHandedOff,
@@ -111,7 +114,7 @@ class WireType:
 
 
 _ENUMS = MappingProxyType({"opscale.v1.Role": Role, "opscale.v1.InstanceState": InstanceState,
-                           "opscale.v1.RdmaPriority": RdmaPriority})
+                           "opscale.v1.RdmaPriority": RdmaPriority, "opscale.v1.KvEventKind": KvEventKind})
 """The Python enum of each proto enum; their members are matched by name when the codec is built."""
 
 
@@ -260,14 +263,16 @@ def _build() -> dict[str, WireType]:
 
     # Model types, in the order they nest; the messages named like them, except the outcome's.
     for cls, message in ((InstanceSpec, events_pb2.InstanceSpec), (InstanceStatus, events_pb2.InstanceStatus),
-                         (Request, events_pb2.Request), (RequestOutcome, events_pb2.RequestRecord)):
+                         (Request, events_pb2.Request), (RequestOutcome, events_pb2.RequestRecord),
+                         (KvBlockEvent, events_pb2.KvBlockEvent)):
         by_message[message.DESCRIPTOR.full_name] = field_by_field(cls, message)
     plan = add("Plan", Plan, Layout.PLAN, _plan_codec(table["InstanceSpec"].codec))
     for cls, message in ((AgentHeartbeat, events_pb2.AgentHeartbeat), (RouterLoad, events_pb2.RouterLoad),
                          (DispatchFailed, events_pb2.DispatchFailed), (PrefillHandedOff, events_pb2.PrefillHandedOff),
                          (WindowStats, events_pb2.WindowStats), (PoolUtilisation, events_pb2.PoolUtilisation),
                          (ForecastIssued, events_pb2.ForecastIssued), (EngineReport, events_pb2.EngineReport),
-                         (ApplyCommand, control_pb2.ApplyRequest), (DrainCommand, control_pb2.DrainRequest)):
+                         (ApplyCommand, control_pb2.ApplyRequest), (DrainCommand, control_pb2.DrainRequest),
+                         (KvEventBatch, events_pb2.KvEventBatch)):
         field_by_field(cls, message)
     for cls, inner in ((RequestArrived, table["Request"].codec), (RequestFinished, table["RequestOutcome"].codec),
                        (PlanPublished, plan)):

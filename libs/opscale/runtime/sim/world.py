@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
+from opscale.engine.kv_events import as_block_event
 from opscale.model import InstanceSpec, Request, RequestOutcome
 from opscale.perf.transfer import Placement, Topology, TransferParams, handoff_s
 from opscale.runtime.sim.bus import InProcessBus
@@ -49,7 +50,13 @@ from opscale.services.actions import (
 )
 from opscale.services.aggregator import AggregatorCore
 from opscale.services.core import ServiceCore
-from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
+from opscale.services.events import (
+    DispatchFailed,
+    KvEventBatch,
+    PrefillHandedOff,
+    RequestArrived,
+    RequestFinished,
+)
 from opscale.services.forecaster import ForecasterCore
 from opscale.services.node_agent import NodeAgentCore
 from opscale.services.planner import PlannerCore
@@ -73,6 +80,22 @@ class RunObserver:
 
     def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None: ...
 
+    def drop_cause(self, request_id: str, cause: str) -> None:
+        """Why the request whose failed outcome comes next was dropped (a key of DROP_CAUSES)."""
+
+
+# Why a request was dropped, by cause key: result.json counts dropped requests per cause.
+DROP_CAUSES = {
+    "longer_than_context": "prompt + output longer than the model's context (max_model_len)",
+    "larger_than_kv_cache": "prompt + output larger than an instance's whole KV cache",
+    "model_not_served": "no deployment serves its model (404)",
+    "queue_full": "the router's hold queue was full (429)",
+    "no_capacity_in_time": "no instance could take it within the router's pending timeout (503)",
+    "dispatch_failed": "every dispatch attempt failed (502)",
+    "unfinished": "still queued or running when the run ended (drain_s)",
+}
+_REJECT_CAUSES = {404: "model_not_served", 429: "queue_full", 503: "no_capacity_in_time", 502: "dispatch_failed"}
+
 
 @dataclass(slots=True)
 class _Hosted:
@@ -85,6 +108,7 @@ class _Hosted:
     placement: Placement  # the host's network position, which prices a KV transfer from or to it
     generation: int = 0  # of the engine's wake that counts; older queued wakes do nothing
     wake_s: float | None = None  # when that wake is due; None when none is queued
+    kv_seq: int = 0  # KV event batches published for this engine
 
 
 @dataclass(slots=True)
@@ -128,6 +152,7 @@ class SimWorld:
         for router in self.routers.values():
             self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to(router))
             self.bus.subscribe(subjects.PLANS_ALL, self._to(router))
+            self.bus.subscribe(subjects.KV_EVENTS_ALL, self._to(router))
         self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_aggregator)
         self.bus.subscribe(subjects.HEARTBEATS_ALL, self._to_planner)
         self.loop.on_stop(self._records_due)
@@ -250,12 +275,24 @@ class SimWorld:
             # iteration boundary, so no advance is needed here.
             for hosted in self._by_agent.get(agent.config.agent_id, {}).values():
                 agent.handle(hosted.engine.report(now_s), now_s)
+                self._publish_kv_events(hosted, now_s)
             self._apply(agent.name, agent.tick(now_s), agent)
             ready_s = agent.next_ready_s()
             if ready_s is not None and ready_s < now_s + self.config.agent_tick_s:
                 # wake exactly when an instance finishes loading, not at the next whole tick
                 self.loop.at(ready_s, lambda: self._apply(agent.name, agent.tick(self.loop.now_s), agent))
         return tick
+
+    def _publish_kv_events(self, hosted: _Hosted, now_s: float) -> None:
+        """The engine's KV events since the last tick, one batch on the bus, as a live node-agent
+        forwards them (none unless its EngineConfig.kv_events is on)."""
+        events = hosted.engine.take_kv_events()
+        if events:
+            hosted.kv_seq += 1
+            engine = hosted.engine
+            batch = KvEventBatch(engine.instance_id, engine.model.name, now_s, hosted.kv_seq,
+                                 tuple(as_block_event(e) for e in events))
+            self.bus.publish(subjects.kv_events(hosted.region, hosted.agent_id), batch)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -273,6 +310,7 @@ class SimWorld:
                 case Reject(request=request, status=status):
                     self._inflight.pop(request.request_id, None)  # a retried request may be refused at last
                     self._paired.pop(request.request_id, None)
+                    self.observer.drop_cause(request.request_id, _REJECT_CAUSES.get(status, f"http_{status}"))
                     self._record(RequestOutcome(request.request_id, request.model, request.tier, request.region,
                                                 "", "", request.arrival_s, None, None, request.prompt_tokens,
                                                 0, "rejected" if status < 500 else "failed"))
@@ -337,6 +375,8 @@ class SimWorld:
                                      instance_id, request.arrival_s, None, None, request.prompt_tokens, 0,
                                      "rejected")
             record = RequestFinished(refused)
+            too_long = request.prompt_tokens + request.output_tokens > hosted.engine.max_model_len
+            self.observer.drop_cause(request.request_id, "longer_than_context" if too_long else "larger_than_kv_cache")
             self._record(refused, record)
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
             self._apply(router.name, router.handle(record, now), router)
@@ -414,6 +454,8 @@ class SimWorld:
             refused = RequestOutcome(request.request_id, request.model, request.tier, request.region, decode.region,
                                      decode_id, request.arrival_s, None, None, request.prompt_tokens, 0, "rejected")
             record = RequestFinished(refused)
+            too_long = request.prompt_tokens + request.output_tokens > decode.engine.max_model_len
+            self.observer.drop_cause(request.request_id, "longer_than_context" if too_long else "larger_than_kv_cache")
             self._record(refused, record)
             self.observer.decision("engine", f"{request.request_id} refused: {exc}", None, now)
             self._apply(router.name, router.handle(record, now), router)

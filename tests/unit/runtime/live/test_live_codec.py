@@ -32,6 +32,9 @@ from opscale.services.events import (
     DispatchFailed,
     DrainCommand,
     ForecastIssued,
+    KvBlockEvent,
+    KvEventBatch,
+    KvEventKind,
     PlanPublished,
     PoolUtilisation,
     PrefillHandedOff,
@@ -96,7 +99,15 @@ def plans(draw: st.DrawFn) -> Plan:
         ready_ratio_tolerance=draw(st.dictionaries(text, reals, min_size=1, max_size=3)))
 
 
+# Block hashes are signed 64-bit (Request.prefix_hashes' wire type); kinds away from STORED, the wire default.
+kv_events = st.builds(KvBlockEvent, kind=st.sampled_from([KvEventKind.REMOVED, KvEventKind.CLEARED]),
+                      block_hashes=tuples(i64, 5), parent_block_hash=i64, token_ids=tuples(u32), block_size=u32,
+                      medium=text)
+
 STRATEGIES: dict[str, st.SearchStrategy[object]] = {
+    "KvBlockEvent": kv_events,
+    "KvEventBatch": st.builds(KvEventBatch, instance_id=text, model=text, at_s=reals, seq=u64,
+                              events=tuples(kv_events, 4)),
     "InstanceSpec": specs,
     "InstanceStatus": statuses,
     "Request": requests,

@@ -192,3 +192,18 @@ def test_bad_tiers_are_named_with_where_to_set_them(tmp_path: Path) -> None:
 def test_the_planner_has_no_tbt_budget_of_its_own(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"'planner.tbt_budget_s' in the config file\): Extra inputs"):
         load_settings(PlannerSettings, write(tmp_path, "planner: {tbt_budget_s: 0.1}\n"))
+
+
+def test_kv_aware_routing_and_kv_events_come_from_the_same_settings_objects(tmp_path: Path) -> None:
+    # The live stack reads the simulator's own objects: EngineConfig (prefix caching, KV events, host
+    # tier) at the top level, RouterConfig under router.core.
+    path = write(tmp_path, """
+engine: {enable_prefix_caching: true, kv_events: true, host_kv_cache_gb: 64}
+router: {core: {policy: kv_aware, policy_params: {decode_weight: 0.5, max_blocks: 200000}}}
+""")
+    router, agent = load_settings(RouterSettings, path), load_settings(NodeAgentSettings, path)
+    assert agent.engine.kv_events and agent.engine.host_kv_cache_gb == 64
+    assert router.core.policy == "kv_aware" and router.core.policy_params["decode_weight"] == 0.5
+    bad = write(tmp_path, "engine: {kv_events: true}\n")
+    with pytest.raises(SettingsError, match="kv_events"):
+        load_settings(NodeAgentSettings, bad)
