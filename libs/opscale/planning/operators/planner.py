@@ -30,7 +30,9 @@ budget allows. Oracle (`oracle`): every frontier vector of every partition up to
 cost (exact for the cost; the last stage takes its cheapest point that fits the remaining budget).
 Baseline (`model_level`): the one-stage partition on whole GPUs, the same queueing model.
 Finally the replicas of both phases are packed onto whole GPUs (`packing`; partitions of prefill and
-decode stages may share a GPU) and the plan's power and energy are computed (`energy`).
+decode stages may share a GPU) and the plan's power and energy are computed (`energy`). The cost the
+search minimises ignores packing fragments, so a plan with partitions is compared with the same search
+on whole GPUs and the one on fewer packed GPUs is returned.
 
 Approximations, the same for both levels: a request waits once per stage per forward pass (stages
 pipeline the layers, as MegaScale-Infer's ping-pong does), not once per layer visit; summing per-stage
@@ -135,14 +137,15 @@ class _StageShape:
 class _Curve:
     """f(R) of one stage at one share and arrival rate: the best latency over its batch sizes, memoised."""
 
-    __slots__ = ("shape", "lam", "quantile", "r_min", "_memo", "_erlang_b")
+    __slots__ = ("shape", "lam", "quantile", "r_min", "floor_s", "_memo", "_erlang_b", "_loads")
 
     def __init__(self, shape: _StageShape, lam: float, quantile: float | None) -> None:
         self.shape, self.lam, self.quantile = shape, lam, quantile
         self._memo: dict[int, tuple[float, int]] = {}
         self._erlang_b: list[list[float]] = [[1.0] for _ in shape.options]
-        stable = min(math.floor(lam / o.mu) + 1 for o in shape.options)
-        self.r_min = max(stable, shape.r_floor())
+        self._loads = [lam / o.mu for o in shape.options]
+        self.r_min = max(min(math.floor(a) + 1 for a in self._loads), shape.r_floor())
+        self.floor_s = shape.floor_s
 
     def __call__(self, replicas: int) -> float:
         return self.best(replicas)[0]
@@ -162,10 +165,12 @@ class _Curve:
             shape = self.shape
             kv_each = shape.kv_total_bytes / (replicas * shape.tp)
             for i, o in enumerate(shape.options):
-                if o.fixed_bytes + kv_each > shape.gpu_bytes:
-                    continue  # this batch's workspace leaves no room for the KV in flight
-                wait = self._wait(i, o, replicas)
-                total = wait + o.service_s + o.transfer_s
+                if self._loads[i] >= replicas or o.fixed_bytes + kv_each > shape.gpu_bytes:
+                    continue  # unstable, or this batch's workspace leaves no room for the KV in flight
+                floor = o.service_s + o.transfer_s
+                if floor >= best[0]:
+                    continue  # cannot win whatever its wait
+                total = self._wait(i, o, replicas) + floor
                 if total < best[0]:
                     best = (total, i)
         self._memo[replicas] = best
@@ -232,7 +237,7 @@ class _Frontier:
             c_cost, k, r = heapq.heappop(heap)
             curve = self.curves[k]
             lat = curve(r)
-            if r < self._max_replicas and lat > curve.shape.floor_s:
+            if r < self._max_replicas and lat > curve.floor_s:
                 heapq.heappush(heap, (curve.cost(r + 1), k, r + 1))
             if c_cost == _INF or (self.points and lat >= self.points[-1].latency):
                 continue
@@ -299,15 +304,24 @@ class OperatorPlanner:
     # --- search -----------------------------------------------------------------------------------------
 
     def _plan(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
-              shares: Sequence[float], level: str, search: str) -> OperatorPlan:
-        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search)
-        decode = self._phase(workload, Phase.DECODE, parts, shares, search)
+              shares: Sequence[float], level: str, search: str,
+              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None) -> OperatorPlan:
+        curves = {} if curves is None else curves  # f(R) memos of this workload, shared by both searches
+        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves)
+        decode = self._phase(workload, Phase.DECODE, parts, shares, search, curves)
         demands = [ReplicaDemand(f"{p.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp)
                    for p in (prefill, decode) for s in p.stages for i in range(s.replicas)]
         packing = pack(demands, self.costs.memory_bytes(1))
         energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
-        return OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
+        plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
                             prefill, decode, packing, energy)
+        if tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages):
+            # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
+            # more GPUs than the whole-GPU plan does. Never return the worse of the two.
+            whole = self._plan(workload, parts, _WHOLE, level, search, curves)
+            if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
+                return whole
+        return plan
 
     def _family_busy(self, workload: Workload) -> FamilyBusy:
         def busy(phase: Phase, stage: StagePlan, op: Operator) -> float:
@@ -316,7 +330,8 @@ class OperatorPlanner:
         return busy
 
     def _phase(self, workload: Workload, phase: Phase, parts: Sequence[tuple[frozenset[Operator], ...]],
-               shares: Sequence[float], search: str) -> PhasePlan:
+               shares: Sequence[float], search: str,
+               curves: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> PhasePlan:
         budget, field = ((self.objective.ttft_slo_s, "ttft_slo_s") if phase is Phase.PREFILL
                          else (self.objective.tbt_slo_s, "tbt_slo_s"))
         lam = workload.arrival_rps * (1 if phase is Phase.PREFILL else workload.output_tokens)
@@ -326,11 +341,11 @@ class OperatorPlanner:
         for part in parts:
             for ops in part:
                 if ops not in fronts:
-                    fronts[ops] = self._frontier(workload, phase, ops, lam, shares)
+                    fronts[ops] = self._frontier(workload, phase, ops, lam, shares, curves)
             stage_fronts = [fronts[ops] for ops in part]
             if all(f is not None for f in stage_fronts):
                 candidates.append((part, stage_fronts))  # type: ignore[arg-type]
-                fastest = min(fastest, sum(min(c.shape.floor_s for c in f.curves)  # type: ignore[union-attr]
+                fastest = min(fastest, sum(min(c.floor_s for c in f.curves)  # type: ignore[union-attr]
                                            for f in stage_fronts))
         best: _Best | None = None
         for part, fs in candidates:
@@ -368,12 +383,17 @@ class OperatorPlanner:
                          arrival_rate=curve.lam, busy_s=busy)
 
     def _frontier(self, workload: Workload, phase: Phase, ops: frozenset[Operator], lam: float,
-                  shares: Sequence[float]) -> _Frontier | None:
+                  shares: Sequence[float],
+                  memo: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> _Frontier | None:
         curves = []
         for share in shares:
-            shape = self._shape(workload, phase, ops, share)
-            if shape is not None:
-                curves.append(_Curve(shape, lam, self.config.wait_quantile))
+            curve = memo.get((phase, ops, share))
+            if curve is None:
+                shape = self._shape(workload, phase, ops, share)
+                if shape is None:
+                    continue
+                curve = memo[(phase, ops, share)] = _Curve(shape, lam, self.config.wait_quantile)
+            curves.append(curve)
         if not curves:
             return None
         front = _Frontier(curves, self.config.max_replicas)
