@@ -109,11 +109,9 @@ class _StageShape:
     options: tuple[_Option, ...]  # sorted by batch
     gpu_bytes: float  # usable memory of one GPU
     holds_kv: bool  # decode attention: the KV of every sequence in flight lives on its replicas
+    floor_s: float  # the fastest batch's service + transfer: no replica count does better
+    min_fixed_bytes: float  # the smallest batch's fixed bytes
     kv_total_bytes: float = 0.0  # that KV (all GPUs of all replicas), set per arrival rate
-
-    @property
-    def floor_s(self) -> float:
-        return min(o.service_s + o.transfer_s for o in self.options)
 
     def replica_bytes(self, option: _Option, replicas: int) -> float:
         """Per GPU of each of `replicas` replicas running `option`: its fixed bytes and the larger of its
@@ -130,7 +128,7 @@ class _StageShape:
         """Fewest replicas whose memory holds the KV in flight (Little's law; see `_shape`)."""
         if self.kv_total_bytes <= 0:
             return 1
-        room = self.gpu_bytes - min(o.fixed_bytes for o in self.options)
+        room = self.gpu_bytes - self.min_fixed_bytes
         return max(1, math.ceil(self.kv_total_bytes / (room * self.tp)))
 
 
@@ -315,9 +313,11 @@ class OperatorPlanner:
         energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
         plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
                             prefill, decode, packing, energy)
-        if tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages):
+        if (tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages)
+                and packing.gpus > math.ceil(plan.gpu_cost - 1e-9)):
             # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
-            # more GPUs than the whole-GPU plan does. Never return the worse of the two.
+            # more GPUs than the whole-GPU plan does. Never return the worse of the two. (When packing
+            # lost nothing, the whole-GPU plan, whose cost is no lower, cannot pack onto fewer.)
             whole = self._plan(workload, parts, _WHOLE, level, search, curves)
             if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
                 return whole
@@ -444,7 +444,9 @@ class OperatorPlanner:
             options.append(_Option(b, service, transfer, b / service, weights + transient, held))
         if not options:
             return None
-        return _StageShape(ops, tp, share, tuple(options), gpu_bytes, holds_kv=has_attention and phase is Phase.DECODE)
+        return _StageShape(ops, tp, share, tuple(options), gpu_bytes, holds_kv=has_attention and phase is Phase.DECODE,
+                           floor_s=min(o.service_s + o.transfer_s for o in options),
+                           min_fixed_bytes=min(o.fixed_bytes for o in options))
 
 
 def _mean_seq(workload: Workload, phase: Phase) -> float:
