@@ -6,16 +6,26 @@ are, and `cold_plan_ms` reports the first call that builds them), its GPUs again
 baseline on the same queueing model (the comparison in the same run), and against the exhaustive
 oracle on the small cases (`oracle_gap`: the fraction of extra GPUs over the oracle, worst over the
 cases; the exhaustive search is bounded by the greedy answer's GPUs, which any better plan must
-undercut, so it is exact). Wall time is the headline; `plan_cpu_*` is the thread's CPU time, free of
+undercut, so it is exact). Wall time is the headline, timed after `gc.freeze()` of the start-up heap
+(the default collector's full passes over that heap are reported as `plan_*_unfrozen_gc`); `plan_cpu_*` is the thread's CPU time, free of
 the preemptions of a shared machine. OpScale reports 2.6 ms median / 3.2 ms p99 at 7B. Prints one JSON object as its last line.
 
     python bench/operator_planner.py --model Qwen2-7B --sku H100-80GB
     python bench/operator_planner.py --model Qwen2-57B-A14B --ttft 2
+    python bench/operator_planner.py --shares 1          # whole GPUs only (no spatial sharing)
+    python bench/operator_planner.py --bandwidth-floor 0.5 --interference 0.2   # sharing sensitivity
+
+Operator-level stages may run on SM shares (`--shares`, MPS-style partitions priced by
+`opscale.perf.sm_share`); their replicas, with both phases', are packed onto whole GPUs, and
+`operator_gpus` is the packed count (`operator_gpu_cost` the GPU-equivalents before packing).
+`oracle_gap` compares packed GPUs; `oracle_cost_gap` the pre-packing cost the oracle minimises.
+Power is the plan's predicted draw at its load (`opscale.planning.operators.energy`).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -28,7 +38,8 @@ from _machine import machine  # noqa: E402
 
 from opscale.model import LatencyObjective  # noqa: E402
 from opscale.perf import default_catalog  # noqa: E402
-from opscale.planning.operators import OperatorPlanner, Workload  # noqa: E402
+from opscale.perf.sm_share import SmShareParams  # noqa: E402
+from opscale.planning.operators import OperatorPlanner, OperatorPlannerConfig, StagePlan, Workload  # noqa: E402
 
 LOADS = (10, 20, 40, 60, 80, 100, 120, 160, 200, 240)  # requests/s: OpScale's 10-100 QPS and its sweeps
 ORACLE_LOADS = (1, 2, 5, *LOADS)  # bounded by the greedy answer, the exhaustive search stays small here
@@ -37,6 +48,26 @@ ORACLE_LOADS = (1, 2, 5, *LOADS)  # bounded by the greedy answer, the exhaustive
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _time_plans(planner: OperatorPlanner, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Wall and thread-CPU milliseconds of `repeats` greedy plans per load (CPU: the same plans without
+    the preemptions of a shared machine)."""
+    wall: list[float] = []
+    cpu: list[float] = []
+    for rps in LOADS:
+        workload = Workload(float(rps), args.prompt, args.output)
+        for _ in range(args.repeats):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            planner.plan(workload)
+            wall.append((time.perf_counter() - start) * 1e3)
+            cpu.append((time.thread_time() - start_cpu) * 1e3)
+    return wall, cpu
+
+
+def _stage(s: StagePlan) -> str:
+    share = "" if s.share >= 1 else f" sm{s.share:g}"
+    return f"{s.name} x{s.replicas} tp{s.tp}{share} b{s.batch}"
 
 
 def main() -> None:
@@ -48,35 +79,48 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=1024)
     parser.add_argument("--output", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=50, help="timed plans per load")
+    parser.add_argument("--shares", type=float, nargs="+", default=list(SmShareParams().shares),
+                        help="SM shares a stage replica may run on")
+    parser.add_argument("--bandwidth-floor", type=float, default=SmShareParams().bandwidth_floor)
+    parser.add_argument("--interference", type=float, default=SmShareParams().interference)
     args = parser.parse_args()
+    sharing = SmShareParams(shares=tuple(args.shares), bandwidth_floor=args.bandwidth_floor,
+                            interference=args.interference)
 
     catalog = default_catalog()
     model, sku = catalog.model(args.model), catalog.sku(args.sku)
-    planner = OperatorPlanner(model, sku, LatencyObjective(ttft_slo_s=args.ttft, tbt_slo_s=args.tbt))
+    planner = OperatorPlanner(model, sku, LatencyObjective(ttft_slo_s=args.ttft, tbt_slo_s=args.tbt),
+                              OperatorPlannerConfig(sharing=sharing))
 
     start = time.perf_counter()
     planner.plan(Workload(LOADS[0], args.prompt, args.output))
     cold_ms = (time.perf_counter() - start) * 1e3
 
-    times_ms: list[float] = []
-    cpu_ms: list[float] = []  # this thread's CPU time: the same plans without the preemptions of a shared machine
+    # First with the interpreter's default collector: a full collection walks every object the process
+    # holds (imports, catalogues, pydantic models) and lands inside some plans. Then, as a latency-bound
+    # controller would run, with that start-up heap frozen (gc.freeze: kept out of later collections).
+    unfrozen_ms = _time_plans(planner, args)[0]
+    gc.collect()
+    gc.freeze()
+    times_ms, cpu_ms = _time_plans(planner, args)
     loads = []
     for rps in LOADS:
         workload = Workload(float(rps), args.prompt, args.output)
-        for _ in range(args.repeats):
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            plan = planner.plan(workload)
-            times_ms.append((time.perf_counter() - start) * 1e3)
-            cpu_ms.append((time.thread_time() - start_cpu) * 1e3)
+        plan = planner.plan(workload)
         base = planner.model_level(workload)
         loads.append({
             "rps": rps, "operator_gpus": plan.gpus, "model_gpus": base.gpus,
             "gpu_ratio": round(plan.gpus / base.gpus, 3),
-            "prefill": {"operator_gpus": plan.prefill.gpus, "model_gpus": base.prefill.gpus,
-                        "stages": [f"{s.name} x{s.replicas} tp{s.tp} b{s.batch}" for s in plan.prefill.stages],
+            "operator_gpu_cost": round(plan.gpu_cost, 3), "packing_lower_bound": plan.packing.lower_bound,
+            "operator_power_w": round(plan.energy.power_w, 1), "model_power_w": round(base.energy.power_w, 1),
+            "energy_ratio": round(plan.energy.power_w / base.energy.power_w, 3),
+            "operator_j_per_output_token": round(plan.energy.j_per_output_token, 4),
+            "model_j_per_output_token": round(base.energy.j_per_output_token, 4),
+            "prefill": {"operator_gpu_cost": round(plan.prefill.gpus, 3), "model_gpus": base.prefill.gpus,
+                        "stages": [_stage(s) for s in plan.prefill.stages],
                         "ttft_pred_s": round(plan.prefill.latency_s, 4)},
-            "decode": {"operator_gpus": plan.decode.gpus, "model_gpus": base.decode.gpus,
-                       "stages": [f"{s.name} x{s.replicas} tp{s.tp} b{s.batch}" for s in plan.decode.stages],
+            "decode": {"operator_gpu_cost": round(plan.decode.gpus, 3), "model_gpus": base.decode.gpus,
+                       "stages": [_stage(s) for s in plan.decode.stages],
                        "tbt_pred_s": round(plan.decode.latency_s, 5)},
             "meets_slo": plan.meets_slo,
         })
@@ -89,7 +133,10 @@ def main() -> None:
         oracle = planner.oracle(workload)
         oracle_ms = (time.perf_counter() - start) * 1e3
         oracle_cases.append({"rps": rps, "greedy_gpus": greedy.gpus, "oracle_gpus": oracle.gpus,
-                             "gap": round(greedy.gpus / oracle.gpus - 1, 4), "oracle_ms": round(oracle_ms, 2)})
+                             "gap": round(greedy.gpus / oracle.gpus - 1, 4),
+                             "greedy_cost": round(greedy.gpu_cost, 3), "oracle_cost": round(oracle.gpu_cost, 3),
+                             "cost_gap": round(greedy.gpu_cost / oracle.gpu_cost - 1, 4),
+                             "oracle_ms": round(oracle_ms, 2)})
 
     total_op = sum(r["operator_gpus"] for r in loads)
     total_model = sum(r["model_gpus"] for r in loads)
@@ -99,9 +146,16 @@ def main() -> None:
         "plan_p50_ms": round(statistics.median(times_ms), 3), "plan_p99_ms": round(_pct(times_ms, 0.99), 3),
         "plan_cpu_p50_ms": round(statistics.median(cpu_ms), 3), "plan_cpu_p99_ms": round(_pct(cpu_ms, 0.99), 3),
         "cold_plan_ms": round(cold_ms, 3), "plans_timed": len(times_ms),
-        "oracle_gap": max(c["gap"] for c in oracle_cases), "oracle_cases": oracle_cases,
+        "plan_p50_ms_unfrozen_gc": round(statistics.median(unfrozen_ms), 3),
+        "plan_p99_ms_unfrozen_gc": round(_pct(unfrozen_ms, 0.99), 3),
+        "gc": "plan_* timed after gc.freeze() of the start-up heap; *_unfrozen_gc with the default collector",
+        "oracle_gap": max(c["gap"] for c in oracle_cases),
+        "oracle_cost_gap": max(c["cost_gap"] for c in oracle_cases), "oracle_cases": oracle_cases,
+        "sharing": sharing.model_dump(mode="json"),
         "baseline": "model_level: whole-model replicas on the same M/M/R model (one stage per phase)",
         "gpu_ratio_over_loads": round(total_op / total_model, 3),
+        "energy_ratio_over_loads": round(sum(r["operator_power_w"] for r in loads)
+                                         / sum(r["model_power_w"] for r in loads), 3),
         "loads": loads,
         "paper": {"plan_p50_ms": 2.6, "plan_p99_ms": 3.2, "source": "OpScale, PAPERS.md §1.6 (7B)"},
         "machine": machine(),

@@ -13,12 +13,14 @@ from opscale.planning.operators.dag import (
     Phase,
     build_dag,
 )
+from opscale.planning.operators.energy import OperatorEnergy, PlanEnergy, plan_energy
+from opscale.planning.operators.packing import GpuSlot, Packing, ReplicaDemand, pack
 from opscale.planning.operators.plan import OperatorPlan, PhasePlan, StagePlan
 from opscale.planning.operators.planner import OperatorPlanner, cheapest_plan, partitions
 from opscale.planning.operators.queueing import StageQueue, erlang_b, erlang_c, mmr_wait
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES", "NODE_OPERATOR", "Edge", "NodeKind", "OperatorDag", "OperatorNode", "OperatorPlan",
+    "DEFAULT_BATCH_SIZES", "NODE_OPERATOR", "Edge", "GpuSlot", "OperatorEnergy", "Packing", "PlanEnergy", "ReplicaDemand", "NodeKind", "OperatorDag", "OperatorNode", "OperatorPlan",
     "OperatorPlanner", "OperatorPlannerConfig", "PhasePlan", "Phase", "StageCosts", "StagePlan", "StageQueue",
-    "Workload", "build_dag", "cheapest_plan", "erlang_b", "erlang_c", "mmr_wait", "partitions",
+    "Workload", "build_dag", "cheapest_plan", "erlang_b", "erlang_c", "mmr_wait", "pack", "partitions", "plan_energy",
 ]

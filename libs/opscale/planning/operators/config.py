@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from opscale.perf.operator_profiles import AttentionKernel
 from opscale.perf.operators import Operator
+from opscale.perf.sm_share import SmShareParams
 from opscale.perf.transfer import Topology, TransferParams
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -51,6 +53,13 @@ class OperatorPlannerConfig(BaseModel):
     transfer: TransferParams = Field(default_factory=TransferParams)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_replicas: int = Field(512, ge=1, description="Most replicas of one stage.")
+    sharing: SmShareParams = Field(
+        default_factory=SmShareParams, description="SM shares a stage replica may run on and how a share "
+                                                   "is priced (opscale.perf.sm_share); the model-level "
+                                                   "baseline always runs whole GPUs.")
+    attention_kernel: AttentionKernel = Field(
+        AttentionKernel.FLASH, description="Attention kernel whose workspace a replica holds: flash "
+                                           "(O(seq)) or eager (materialised scores, O(seq^2)).")
 
     @field_validator("batch_sizes")
     @classmethod

@@ -28,14 +28,10 @@ from enum import StrEnum
 from functools import cached_property
 
 from opscale.model import ModelSpec
+from opscale.perf.operator_profiles import Phase
 from opscale.perf.operators import Operator
 
 _INDEX_BYTES = 4  # a routed expert's int32 index
-
-
-class Phase(StrEnum):
-    PREFILL = "prefill"
-    DECODE = "decode"
 
 
 class NodeKind(StrEnum):

@@ -1,8 +1,10 @@
 """The operator planner (PAPERS.md §1.3): replicas and batch size per operator stage so that the prefill
 path meets the TTFT budget and the decode path the TBT budget, with the fewest GPUs.
 
-Model. Prefill and decode are planned as separate pools. A phase's forward pass is cut into stages,
-each a set of operator families (`opscale.perf.operators.Operator`) run together on whole GPUs:
+Model. Prefill and decode are planned as separate queues. A phase's forward pass is cut into stages,
+each a set of operator families (`opscale.perf.operators.Operator`) run together on whole GPUs or on an
+SM share of one (`opscale.perf.sm_share`: MPS-style spatial partitions, priced by
+`opscale.perf.operator_profiles`):
 co-locating small families (the LM head with the projections, say) is choosing a coarser partition,
 priced exactly by the perf model, instead of splitting a GPU it cannot price. Every partition of the
 families is searched (15 for four families); the one-block partition is the model-level baseline, so
@@ -14,15 +16,23 @@ the transfers of the stage's outgoing DAG edges (`OperatorDag.crossings`, priced
 `opscale.perf.transfer` path of the configured topology, one per edge and layer). b is a cap: a
 replica may run less when the queue is short, so S(b) bounds the service time from above.
 
-Because the path latency is a sum of per-stage terms, each stage's best batch for a given replica
-count is independent of the others: f_s(R) = min over b of [wait + S(b) + transfer(b)]. The search is
-then over replica counts only.
+Because the path latency is a sum of per-stage terms, each stage's best batch for a given share and
+replica count is independent of the others: f_s(share, R) = min over b of [wait + S(b) + transfer(b)].
+A replica's GPU cost is tp at a whole share, else max(share, its memory / a GPU's usable memory) (the
+dominant resource: SMs or memory); a stage's cost is the sum over its replicas. Over shares and replica
+counts each stage has a Pareto frontier of (cost, latency) points, generated lazily in cost order
+(`_Frontier`); the search is over one frontier point per stage.
 
-Greedy (`plan`): start each stage at its fewest stable replicas, then add capacity where the latency
-gained per GPU is largest (looking ahead to the replica counts where a smaller, faster batch becomes
-stable, since f_s is not convex), until the budget is met; then remove replicas the budget does not
-need. Oracle (`oracle`): every replica vector of every partition up to the greedy answer's GPUs.
-Baseline (`model_level`): the one-stage partition, the same queueing model.
+Greedy (`plan`): start each stage at its cheapest stable point, then move the stage whose next
+frontier points (within a look-ahead window of GPU cost, doubled when nothing in it gains, since f_s is
+not convex) gain the most latency per GPU added, until the budget is met; then step back where the
+budget allows. Oracle (`oracle`): every frontier vector of every partition up to the greedy answer's
+cost (exact for the cost; the last stage takes its cheapest point that fits the remaining budget).
+Baseline (`model_level`): the one-stage partition on whole GPUs, the same queueing model.
+Finally the replicas of both phases are packed onto whole GPUs (`packing`; partitions of prefill and
+decode stages may share a GPU) and the plan's power and energy are computed (`energy`). The cost the
+search minimises ignores packing fragments, so a plan with partitions is compared with the same search
+on whole GPUs and the one on fewer packed GPUs is returned.
 
 Approximations, the same for both levels: a request waits once per stage per forward pass (stages
 pipeline the layers, as MegaScale-Infer's ping-pong does), not once per layer visit; summing per-stage
@@ -30,28 +40,35 @@ wait quantiles bounds the path's quantile from above; each stage pays its own pe
 (its own scheduler), where the engine's synchronous split model pays one; the decode attention
 replicas share one queue although a sequence's KV pins it to one of them; their KV floor comes from
 Little's law with every token at the TBT budget; the prefill-to-decode KV hand-off is in neither
-budget. SM shares (spatial partitions of a GPU) are not modelled, so GPUs are whole.
+budget. A partition below a whole GPU is charged the co-location slowdown wherever packing puts it.
 
 Pure arithmetic: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opscale.model import LatencyObjective, ModelSpec, Sku
 from opscale.perf.operators import Operator
+from opscale.perf.profiles import ProfileSet
 from opscale.planning.operators.config import OperatorPlannerConfig, Workload
 from opscale.planning.operators.costs import StageCosts
 from opscale.planning.operators.dag import OperatorDag, Phase, build_dag
+from opscale.planning.operators.energy import FamilyBusy, plan_energy
+from opscale.planning.operators.packing import ReplicaDemand, pack
 from opscale.planning.operators.plan import OperatorPlan, PhasePlan, StagePlan
 from opscale.planning.operators.queueing import wait_quantile_s
 
 _FAMILIES = tuple(Operator)
 _ALL = frozenset(_FAMILIES)
 _INF = math.inf
+_WHOLE = (1.0,)
 
 
 def partitions(items: Sequence[Operator]) -> list[tuple[frozenset[Operator], ...]]:
@@ -78,41 +95,63 @@ class _Option:
     service_s: float
     transfer_s: float
     mu: float
+    fixed_bytes: float  # per GPU of a replica: weights + this batch's activations and attention workspace
+    held_bytes: float  # per GPU: this batch's KV (attention stages)
 
 
 @dataclass(frozen=True, slots=True)
 class _StageShape:
-    """What a stage costs for one workload shape, independent of the arrival rate."""
+    """What a stage costs at one SM share for one workload shape, independent of the arrival rate."""
 
     ops: frozenset[Operator]
     tp: int
+    share: float
     options: tuple[_Option, ...]  # sorted by batch
-    kv_bytes_per_seq: float  # decode attention: the KV each running sequence holds; 0 otherwise
-    kv_room_bytes: float
+    gpu_bytes: float  # usable memory of one GPU
+    holds_kv: bool  # decode attention: the KV of every sequence in flight lives on its replicas
+    floor_s: float  # the fastest batch's service + transfer: no replica count does better
+    min_fixed_bytes: float  # the smallest batch's fixed bytes
+    kv_total_bytes: float = 0.0  # that KV (all GPUs of all replicas), set per arrival rate
 
-    @property
-    def floor_s(self) -> float:
-        return min(o.service_s + o.transfer_s for o in self.options)
+    def replica_bytes(self, option: _Option, replicas: int) -> float:
+        """Per GPU of each of `replicas` replicas running `option`: its fixed bytes and the larger of its
+        batch's KV and its share of the KV in flight."""
+        return option.fixed_bytes + max(option.held_bytes, self.kv_total_bytes / (replicas * self.tp))
+
+    def cost(self, option: _Option, replicas: int) -> float:
+        """GPU-equivalents of `replicas` replicas running `option` (see the module docstring)."""
+        if self.share >= 1.0:
+            return float(self.tp * replicas)
+        return replicas * max(self.share, self.replica_bytes(option, replicas) / self.gpu_bytes)
+
+    def r_floor(self) -> int:
+        """Fewest replicas whose memory holds the KV in flight (Little's law; see `_shape`)."""
+        if self.kv_total_bytes <= 0:
+            return 1
+        room = self.gpu_bytes - self.min_fixed_bytes
+        return max(1, math.ceil(self.kv_total_bytes / (room * self.tp)))
 
 
 class _Curve:
-    """f(R) of one stage at one arrival rate: the best latency over its batch sizes, memoised."""
+    """f(R) of one stage at one share and arrival rate: the best latency over its batch sizes, memoised."""
 
-    __slots__ = ("shape", "lam", "quantile", "r_min", "_memo", "_erlang_b")
+    __slots__ = ("shape", "lam", "quantile", "r_min", "floor_s", "_memo", "_erlang_b", "_loads")
 
-    def __init__(self, shape: _StageShape, lam: float, quantile: float | None, r_floor: int) -> None:
+    def __init__(self, shape: _StageShape, lam: float, quantile: float | None) -> None:
         self.shape, self.lam, self.quantile = shape, lam, quantile
         self._memo: dict[int, tuple[float, int]] = {}
         self._erlang_b: list[list[float]] = [[1.0] for _ in shape.options]
-        stable = min(math.floor(lam / o.mu) + 1 for o in shape.options)
-        self.r_min = max(stable, r_floor)
-
-    def thresholds(self, above: int) -> list[int]:
-        """Replica counts above `above` at which another batch size becomes stable."""
-        return sorted({r for o in self.shape.options if (r := math.floor(self.lam / o.mu) + 1) > above})
+        self._loads = [lam / o.mu for o in shape.options]
+        self.r_min = max(min(math.floor(a) + 1 for a in self._loads), shape.r_floor())
+        self.floor_s = shape.floor_s
 
     def __call__(self, replicas: int) -> float:
         return self.best(replicas)[0]
+
+    def cost(self, replicas: int) -> float:
+        """GPU cost at `replicas`, running the batch `best` picks (inf when none is stable)."""
+        _, i = self.best(replicas)
+        return _INF if i < 0 else self.shape.cost(self.shape.options[i], replicas)
 
     def best(self, replicas: int) -> tuple[float, int]:
         """(latency, option index) at `replicas`; (inf, -1) when no batch size is stable."""
@@ -121,9 +160,15 @@ class _Curve:
             return hit
         best = (_INF, -1)
         if replicas >= self.r_min:
-            for i, o in enumerate(self.shape.options):
-                wait = self._wait(i, o, replicas)
-                total = wait + o.service_s + o.transfer_s
+            shape = self.shape
+            kv_each = shape.kv_total_bytes / (replicas * shape.tp)
+            for i, o in enumerate(shape.options):
+                if self._loads[i] >= replicas or o.fixed_bytes + kv_each > shape.gpu_bytes:
+                    continue  # unstable, or this batch's workspace leaves no room for the KV in flight
+                floor = o.service_s + o.transfer_s
+                if floor >= best[0]:
+                    continue  # cannot win whatever its wait
+                total = self._wait(i, o, replicas) + floor
                 if total < best[0]:
                     best = (total, i)
         self._memo[replicas] = best
@@ -155,25 +200,87 @@ class _Curve:
         return replicas * br / (replicas - load * (1.0 - br))
 
 
+@dataclass(frozen=True, slots=True)
+class _Point:
+    cost: float
+    latency: float
+    curve: int  # index of the share's curve in the frontier
+    replicas: int
+
+
+class _Frontier:
+    """The (cost, latency) Pareto frontier of one stage over its shares and replica counts, generated
+    lazily in cost order: a heap holds each share's next replica count; a point is kept only if it is
+    faster than every cheaper one (f is non-increasing in R, so a share stops once it reaches its floor)."""
+
+    __slots__ = ("curves", "points", "costs", "_heap", "_max_replicas")
+
+    def __init__(self, curves: Sequence[_Curve], max_replicas: int) -> None:
+        self.curves = tuple(curves)
+        self.points: list[_Point] = []
+        self.costs: list[float] = []
+        self._max_replicas = max_replicas
+        self._heap = [(c.cost(c.r_min), k, c.r_min) for k, c in enumerate(self.curves)
+                      if c.r_min <= max_replicas]
+        heapq.heapify(self._heap)
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._heap
+
+    def extend_to(self, cost: float) -> None:
+        """Generate every frontier point of cost <= `cost`."""
+        heap = self._heap
+        while heap and heap[0][0] <= cost:
+            c_cost, k, r = heapq.heappop(heap)
+            curve = self.curves[k]
+            lat = curve(r)
+            if r < self._max_replicas and lat > curve.floor_s:
+                heapq.heappush(heap, (curve.cost(r + 1), k, r + 1))
+            if c_cost == _INF or (self.points and lat >= self.points[-1].latency):
+                continue
+            # Points no cheaper than this faster one are dominated (a batch change can lower the cost).
+            while self.points and self.costs[-1] >= c_cost:
+                self.points.pop()
+                self.costs.pop()
+            self.points.append(_Point(c_cost, lat, k, r))
+            self.costs.append(c_cost)
+
+    def first(self) -> _Point | None:
+        while not self.points and self._heap:
+            self.extend_to(self._heap[0][0])
+        return self.points[0] if self.points else None
+
+    def upto(self, cost: float) -> int:
+        """Number of frontier points of cost <= `cost` (after generating them)."""
+        self.extend_to(cost)
+        return bisect.bisect_right(self.costs, cost)
+
+
+_Best = tuple[float, float, tuple[frozenset[Operator], ...], list[_Frontier], list[int]]
+
+
 class OperatorPlanner:
     """Plans `model` on `sku` against `objective` (TTFT budget for prefill, TBT for decode).
 
     Raises ValueError at planning time naming the objective field an SLO cannot meet on this SKU at
-    any load, or `max_replicas` when the load needs more replicas than allowed.
+    any load, or `max_replicas` when the load needs more replicas than allowed. `profiles`: measured
+    vidur profiles to price the families they cover (default: the calibrated roofline alone).
     """
 
     def __init__(self, model: ModelSpec, sku: Sku, objective: LatencyObjective,
-                 config: OperatorPlannerConfig | None = None) -> None:
+                 config: OperatorPlannerConfig | None = None, *, profiles: ProfileSet | None = None) -> None:
         for label in ("ttft_slo_s", "tbt_slo_s"):
             value = getattr(objective, label)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{label} must be a finite positive number of seconds, got {value!r}")
         self.model, self.sku, self.objective = model, sku, objective
         self.config = config if config is not None else OperatorPlannerConfig()
-        self.costs = StageCosts(model, sku, gpu_memory_utilization=self.config.gpu_memory_utilization)
+        self.costs = StageCosts(model, sku, gpu_memory_utilization=self.config.gpu_memory_utilization,
+                                sharing=self.config.sharing, profiles=profiles)
         self.dags: dict[Phase, OperatorDag] = {p: build_dag(model, p) for p in Phase}
         self.link = self.config.transfer.link(self.config.topology, sku.name)
-        self._shapes: dict[tuple[Phase, frozenset[Operator], int, int], _StageShape | None] = {}
+        self._shapes: dict[tuple[Phase, frozenset[Operator], float, int, int], _StageShape | None] = {}
 
     def __repr__(self) -> str:
         return f"OperatorPlanner({self.model.name!r}, {self.sku.name!r})"
@@ -181,52 +288,75 @@ class OperatorPlanner:
     # --- the three searches -----------------------------------------------------------------------------
 
     def plan(self, workload: Workload) -> OperatorPlan:
-        """The greedy operator-level plan."""
-        return self._plan(workload, _PARTITIONS, "operator", "greedy")
+        """The greedy operator-level plan, on the configured SM shares."""
+        return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "greedy")
 
     def model_level(self, workload: Workload) -> OperatorPlan:
-        """The baseline: whole-model replicas on the same queueing model."""
-        return self._plan(workload, ((_ALL,),), "model", "greedy")
+        """The baseline: whole-model replicas on whole GPUs, on the same queueing model."""
+        return self._plan(workload, ((_ALL,),), _WHOLE, "model", "greedy")
 
     def oracle(self, workload: Workload) -> OperatorPlan:
-        """The fewest-GPU plan over every partition and replica vector (exponential: small cases only)."""
-        return self._plan(workload, _PARTITIONS, "operator", "oracle")
+        """The least-cost plan over every partition, share and replica vector (exponential: small cases)."""
+        return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "oracle")
 
     # --- search -----------------------------------------------------------------------------------------
 
     def _plan(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
-              level: str, search: str) -> OperatorPlan:
-        phases = {p: self._phase(workload, p, parts, search) for p in Phase}
-        return OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
-                            phases[Phase.PREFILL], phases[Phase.DECODE])
+              shares: Sequence[float], level: str, search: str,
+              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None) -> OperatorPlan:
+        curves = {} if curves is None else curves  # f(R) memos of this workload, shared by both searches
+        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves)
+        decode = self._phase(workload, Phase.DECODE, parts, shares, search, curves)
+        demands = [ReplicaDemand(f"{p.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp)
+                   for p in (prefill, decode) for s in p.stages for i in range(s.replicas)]
+        packing = pack(demands, self.costs.memory_bytes(1))
+        energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
+        plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
+                            prefill, decode, packing, energy)
+        if (tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages)
+                and packing.gpus > math.ceil(plan.gpu_cost - 1e-9)):
+            # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
+            # more GPUs than the whole-GPU plan does. Never return the worse of the two. (When packing
+            # lost nothing, the whole-GPU plan, whose cost is no lower, cannot pack onto fewer.)
+            whole = self._plan(workload, parts, _WHOLE, level, search, curves)
+            if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
+                return whole
+        return plan
+
+    def _family_busy(self, workload: Workload) -> FamilyBusy:
+        def busy(phase: Phase, stage: StagePlan, op: Operator) -> float:
+            return self.costs.busy_s(frozenset({op}), phase, stage.tp, stage.batch, _mean_seq(workload, phase),
+                                     stage.share)
+        return busy
 
     def _phase(self, workload: Workload, phase: Phase, parts: Sequence[tuple[frozenset[Operator], ...]],
-               search: str) -> PhasePlan:
+               shares: Sequence[float], search: str,
+               curves: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> PhasePlan:
         budget, field = ((self.objective.ttft_slo_s, "ttft_slo_s") if phase is Phase.PREFILL
                          else (self.objective.tbt_slo_s, "tbt_slo_s"))
         lam = workload.arrival_rps * (1 if phase is Phase.PREFILL else workload.output_tokens)
-        curves: dict[frozenset[Operator], _Curve | None] = {}
-        candidates: list[tuple[tuple[frozenset[Operator], ...], list[_Curve]]] = []
+        fronts: dict[frozenset[Operator], _Frontier | None] = {}
+        candidates: list[tuple[tuple[frozenset[Operator], ...], list[_Frontier]]] = []
         fastest = _INF
         for part in parts:
             for ops in part:
-                if ops not in curves:
-                    curves[ops] = self._curve(workload, phase, ops, lam, budget)
-            stage_curves = [curves[ops] for ops in part]
-            if all(c is not None for c in stage_curves):
-                candidates.append((part, stage_curves))  # type: ignore[arg-type]
-                fastest = min(fastest, sum(c.shape.floor_s for c in stage_curves))  # type: ignore[union-attr]
-        best: tuple[int, float, tuple[frozenset[Operator], ...], list[int]] | None = None
-        for part, cs in candidates:
-            found = _greedy(cs, budget, self.config.max_replicas)
+                if ops not in fronts:
+                    fronts[ops] = self._frontier(workload, phase, ops, lam, shares, curves)
+            stage_fronts = [fronts[ops] for ops in part]
+            if all(f is not None for f in stage_fronts):
+                candidates.append((part, stage_fronts))  # type: ignore[arg-type]
+                fastest = min(fastest, sum(min(c.floor_s for c in f.curves)  # type: ignore[union-attr]
+                                           for f in stage_fronts))
+        best: _Best | None = None
+        for part, fs in candidates:
+            found = _greedy(fs, budget)
             if found is not None:
-                best = _better(best, part, cs, found)
+                best = _better(best, part, fs, found)
         if search == "oracle" and best is not None:
-            bound = best[0]
-            for part, cs in candidates:
-                found = _exhaustive(cs, budget, bound, self.config.max_replicas)
+            for part, fs in candidates:
+                found = _exhaustive(fs, budget, best[0])
                 if found is not None:
-                    best = _better(best, part, cs, found)
+                    best = _better(best, part, fs, found)
         if best is None:
             if fastest > budget:
                 raise ValueError(
@@ -236,68 +366,94 @@ class OperatorPlanner:
                 f"{phase.value} of {workload.arrival_rps:g} requests/s on {self.sku.name} needs more than "
                 f"max_replicas={self.config.max_replicas} replicas of a stage (or more memory per replica) "
                 f"to meet {field}={budget:g} s")
-        _, _, part, replicas = best
-        return PhasePlan(phase, budget, tuple(self._stage_plan(curves[ops], r)  # type: ignore[arg-type]
-                                              for ops, r in zip(part, replicas, strict=True)))
+        _, _, part, fs, idx = best
+        seq = _mean_seq(workload, phase)
+        stages = tuple(self._stage_plan(f, f.points[i], phase, seq) for f, i in zip(fs, idx, strict=True))
+        return PhasePlan(phase, budget, stages)
 
-    def _stage_plan(self, curve: _Curve, replicas: int) -> StagePlan:
-        _, i = curve.best(replicas)
-        o = curve.shape.options[i]
-        wait, p_wait, util = curve.queue(i, replicas)
-        return StagePlan(curve.shape.ops, curve.shape.tp, replicas, o.batch, o.service_s, o.transfer_s,
-                         wait, p_wait, util)
+    def _stage_plan(self, front: _Frontier, point: _Point, phase: Phase, seq: float) -> StagePlan:
+        curve = front.curves[point.curve]
+        shape, r = curve.shape, point.replicas
+        _, i = curve.best(r)
+        o = shape.options[i]
+        wait, p_wait, util = curve.queue(i, r)
+        busy = self.costs.busy_s(shape.ops, phase, shape.tp, o.batch, seq, shape.share)
+        return StagePlan(shape.ops, shape.tp, r, o.batch, o.service_s, o.transfer_s, wait, p_wait, util,
+                         share=shape.share, replica_bytes=shape.replica_bytes(o, r), gpu_cost=shape.cost(o, r),
+                         arrival_rate=curve.lam, busy_s=busy)
 
-    def _curve(self, workload: Workload, phase: Phase, ops: frozenset[Operator], lam: float,
-               budget: float) -> _Curve | None:
-        shape = self._shape(workload, phase, ops)
-        if shape is None:
+    def _frontier(self, workload: Workload, phase: Phase, ops: frozenset[Operator], lam: float,
+                  shares: Sequence[float],
+                  memo: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> _Frontier | None:
+        curves = []
+        for share in shares:
+            curve = memo.get((phase, ops, share))
+            if curve is None:
+                shape = self._shape(workload, phase, ops, share)
+                if shape is None:
+                    continue
+                curve = memo[(phase, ops, share)] = _Curve(shape, lam, self.config.wait_quantile)
+            curves.append(curve)
+        if not curves:
             return None
-        r_floor = 1
-        if shape.kv_bytes_per_seq:
-            # Little's law: sequences in flight = arrivals x decode time, at most output x TBT budget each.
-            in_flight = workload.arrival_rps * workload.output_tokens * budget
-            r_floor = max(1, math.ceil(in_flight * shape.kv_bytes_per_seq / shape.kv_room_bytes))
-        return _Curve(shape, lam, self.config.wait_quantile, r_floor)
+        front = _Frontier(curves, self.config.max_replicas)
+        return front if front.first() is not None else None
 
-    def _shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator]) -> _StageShape | None:
-        key = (phase, ops, workload.prompt_tokens, workload.output_tokens)
-        if key in self._shapes:
-            return self._shapes[key]
-        shape = self._shapes[key] = self._build_shape(workload, phase, ops)
+    def _shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator], share: float) -> _StageShape | None:
+        key = (phase, ops, share, workload.prompt_tokens, workload.output_tokens)
+        if key not in self._shapes:
+            self._shapes[key] = self._build_shape(workload, phase, ops, share)
+        shape = self._shapes[key]
+        if shape is not None and shape.holds_kv:
+            # The KV in flight scales with the arrival rate: Little's law, every token at the TBT budget.
+            in_flight = workload.arrival_rps * workload.output_tokens * self.objective.tbt_slo_s
+            per_seq = (workload.prompt_tokens + workload.output_tokens) * self.model.kv_bytes_per_token
+            shape = dataclasses.replace(shape, kv_total_bytes=in_flight * per_seq)
         return shape
 
-    def _build_shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator]) -> _StageShape | None:
+    def _build_shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator],
+                     share: float) -> _StageShape | None:
         tp = self.costs.tp_for(ops)
-        if tp is None:
-            return None
+        if tp is None or (share < 1.0 and tp > 1):
+            return None  # spatial partitions are priced for single-GPU replicas only
         cap = min((self.config.max_batch.get(op, _INF) for op in ops), default=_INF)
-        room = self.costs.kv_room_bytes(ops, tp)
-        kv = self.model.kv_bytes_per_token
+        gpu_bytes = self.costs.memory_bytes(1)
+        weights = self.costs.weight_bytes(ops) / tp
+        kv = self.model.kv_bytes_per_token / tp
         prompt, output = workload.prompt_tokens, workload.output_tokens
         crossing = self.dags[phase].crossings(ops)
         tokens_per_customer = prompt if phase is Phase.PREFILL else 1
         has_attention = Operator.ATTENTION in ops
+        seq = prompt if phase is Phase.PREFILL else prompt + output
         options = []
         for b in self.config.batch_sizes:
             if b > cap:
                 break
-            if has_attention:
-                held = b * prompt if phase is Phase.PREFILL else b * (prompt + output)
-                if held * kv > room:
-                    break
+            held = b * seq * kv if has_attention else 0.0
+            transient = self.costs.transient_bytes(ops, phase, tp, b, seq, self.config.attention_kernel)
+            if weights + held + transient > gpu_bytes:
+                break
             if phase is Phase.PREFILL:
-                service = self.costs.prefill_s(ops, tp, b, prompt)
+                service = self.costs.prefill_s(ops, tp, b, prompt, share)
             else:
-                service = self.costs.decode_s(ops, tp, b, prompt + output / 2)
+                service = self.costs.decode_s(ops, tp, b, prompt + output / 2, share)
             transfer = 0.0
             if crossing.edges:
                 nbytes = b * tokens_per_customer * crossing.bytes_per_token
                 transfer = crossing.edges * self.link.latency_s + nbytes / (self.link.gbps * 1e9)
-            options.append(_Option(b, service, transfer, b / service))
+            options.append(_Option(b, service, transfer, b / service, weights + transient, held))
         if not options:
             return None
-        seq_kv = (prompt + output) * kv if has_attention and phase is Phase.DECODE else 0.0
-        return _StageShape(ops, tp, tuple(options), seq_kv, room)
+        return _StageShape(ops, tp, share, tuple(options), gpu_bytes, holds_kv=has_attention and phase is Phase.DECODE,
+                           floor_s=min(o.service_s + o.transfer_s for o in options),
+                           min_fixed_bytes=min(o.fixed_bytes for o in options))
+
+
+def _mean_seq(workload: Workload, phase: Phase) -> float:
+    """The tokens a customer attends over: the prompt in prefill, the mean context in decode."""
+    if phase is Phase.PREFILL:
+        return float(workload.prompt_tokens)
+    return workload.prompt_tokens + workload.output_tokens / 2
 
 
 def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjective, workload: Workload,
@@ -328,97 +484,108 @@ def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjec
     return best
 
 
-def _better(best: tuple[int, float, tuple[frozenset[Operator], ...], list[int]] | None,
-            part: tuple[frozenset[Operator], ...], curves: Sequence[_Curve],
-            replicas: list[int]) -> tuple[int, float, tuple[frozenset[Operator], ...], list[int]]:
-    """The better of `best` and (part, replicas): fewer GPUs, then lower latency."""
-    gpus = sum(c.shape.tp * r for c, r in zip(curves, replicas, strict=True))
-    latency = sum(c(r) for c, r in zip(curves, replicas, strict=True))
-    if best is None or (gpus, latency) < best[:2]:
-        return (gpus, latency, part, replicas)
+def _better(best: _Best | None, part: tuple[frozenset[Operator], ...], fronts: list[_Frontier],
+            idx: list[int]) -> _Best:
+    """The better of `best` and (part, points): lower GPU cost, then lower latency."""
+    points = [f.points[i] for f, i in zip(fronts, idx, strict=True)]
+    cost = sum(p.cost for p in points)
+    latency = sum(p.latency for p in points)
+    if best is None or (cost, latency) < best[:2]:
+        return (cost, latency, part, fronts, idx)
     return best
 
 
-def _greedy(curves: Sequence[_Curve], budget: float, max_replicas: int) -> list[int] | None:
-    """Replicas per stage meeting `budget`, grown by latency gained per GPU, then pruned; None if the
-    budget cannot be met within `max_replicas` per stage."""
-    replicas = [c.r_min for c in curves]
-    if any(r > max_replicas for r in replicas):
+def _greedy(fronts: Sequence[_Frontier], budget: float) -> list[int] | None:
+    """A frontier point per stage meeting `budget`, grown by latency gained per GPU added, then pruned;
+    None if the budget cannot be met."""
+    idx = [0] * len(fronts)
+    points = [f.first() for f in fronts]
+    if any(p is None for p in points):
         return None
-    lat = [c(r) for c, r in zip(curves, replicas, strict=True)]
+    lat = [p.latency for p in points]  # type: ignore[union-attr]
+    cost = [p.cost for p in points]  # type: ignore[union-attr]
     total = sum(lat)
     while total > budget:
-        best_move = _best_move(curves, replicas, lat, max_replicas, far=False)
-        if best_move is None:
-            # f is flat one replica on (the best batch's quantile wait is already 0) but a faster
-            # batch may win further out: look geometrically before giving up.
-            best_move = _best_move(curves, replicas, lat, max_replicas, far=True)
-        if best_move is None:
-            return None
-        s, target = best_move
-        replicas[s] = target
-        new = curves[s](target)
-        total += new - lat[s]
-        lat[s] = new
-    # Prune: give back replicas the budget does not need, the widest stages first.
-    for s in sorted(range(len(curves)), key=lambda i: -curves[i].shape.tp):
-        c = curves[s]
-        while replicas[s] > c.r_min:
-            smaller = c(replicas[s] - 1)
-            if total - lat[s] + smaller > budget:
+        move = None
+        window = 1.0
+        while move is None:
+            move = _best_move(fronts, idx, lat, cost, window)
+            if move is not None or all(f.exhausted for f in fronts):
                 break
-            total += smaller - lat[s]
-            lat[s] = smaller
-            replicas[s] -= 1
-    return replicas
+            window *= 2
+        if move is None:
+            return None
+        s, j = move
+        p = fronts[s].points[j]
+        total += p.latency - lat[s]
+        idx[s], lat[s], cost[s] = j, p.latency, p.cost
+    # Prune: step back along the frontiers while the budget holds, the costliest stages first.
+    for s in sorted(range(len(fronts)), key=lambda k: -cost[k]):
+        f = fronts[s]
+        while idx[s] > 0:
+            p = f.points[idx[s] - 1]
+            if total - lat[s] + p.latency > budget:
+                break
+            total += p.latency - lat[s]
+            idx[s], lat[s], cost[s] = idx[s] - 1, p.latency, p.cost
+    return idx
 
 
-def _best_move(curves: Sequence[_Curve], replicas: list[int], lat: list[float], max_replicas: int,
-               far: bool) -> tuple[int, int] | None:
-    """(stage, new replica count) with the largest latency gain per added GPU; None if nothing gains.
-    Candidates: one more replica, the counts where another batch size becomes stable, and with `far`
-    every power-of-two step up to `max_replicas`."""
+def _best_move(fronts: Sequence[_Frontier], idx: list[int], lat: list[float], cost: list[float],
+               window: float) -> tuple[int, int] | None:
+    """(stage, frontier index) with the largest latency gain per GPU added among the points within
+    `window` GPUs of each stage's current cost; None if none gains."""
     best_score, best_move = 0.0, None
-    for s, c in enumerate(curves):
-        r = replicas[s]
-        targets = [r + 1, *c.thresholds(r + 1)]
-        if far:
-            step = 2
-            while r + step <= max_replicas:
-                targets.append(r + step)
-                step *= 2
-        for target in targets:
-            if target > max_replicas:
-                continue
-            gain = lat[s] - c(target)
-            if gain > 0:
-                score = gain / (c.shape.tp * (target - r))
-                if score > best_score:
-                    best_score, best_move = score, (s, target)
+    for s, f in enumerate(fronts):
+        end = f.upto(cost[s] + window)
+        for j in range(idx[s] + 1, end):
+            p = f.points[j]
+            score = (lat[s] - p.latency) / (p.cost - cost[s])
+            if score > best_score:
+                best_score, best_move = score, (s, j)
     return best_move
 
 
-def _exhaustive(curves: Sequence[_Curve], budget: float, max_gpus: int, max_replicas: int) -> list[int] | None:
-    """The fewest-GPU replica vector (ties: the lowest latency) meeting `budget` with at most `max_gpus`:
-    every vector is visited, less those that already spend more GPUs than the bound."""
-    n = len(curves)
-    tps = [c.shape.tp for c in curves]
-    # GPUs the stages after s need at least, to bound each stage's range.
-    rest_min = [sum(tps[j] * curves[j].r_min for j in range(s + 1, n)) for s in range(n)]
-    best: tuple[int, float, list[int]] | None = None
+def _exhaustive(fronts: Sequence[_Frontier], budget: float, max_cost: float) -> list[int] | None:
+    """The least-cost frontier vector (ties: the lowest latency) meeting `budget` at cost <= `max_cost`:
+    every vector is visited, less those already over the bound; the last stage takes its cheapest
+    point that fits the remaining budget (its frontier's latency falls as its cost grows)."""
+    n = len(fronts)
+    first_cost = [f.points[0].cost for f in fronts]
+    rest_min = [sum(first_cost[j] for j in range(s + 1, n)) for s in range(n)]
+    tops = [f.upto(max_cost - sum(first_cost) + first_cost[s] + 1e-9) for s, f in enumerate(fronts)]
+    best_lat = [fronts[s].points[tops[s] - 1].latency for s in range(n)]
+    rest_lat = [sum(best_lat[j] for j in range(s + 1, n)) for s in range(n)]
+    best: tuple[float, float, list[int]] | None = None
     vector = [0] * n
 
-    def visit(s: int, gpus: int, latency: float) -> None:
+    def visit(s: int, spent: float, latency: float) -> None:
         nonlocal best
-        if s == n:
-            if latency <= budget and (best is None or (gpus, latency) < best[:2]):
-                best = (gpus, latency, list(vector))
+        f = fronts[s]
+        if s == n - 1:
+            # The cheapest point of the last stage that fits what is left of the budget.
+            lo, hi = 0, tops[s]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if latency + f.points[mid].latency <= budget:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if lo < tops[s]:
+                p = f.points[lo]
+                key = (spent + p.cost, latency + p.latency)
+                if key[0] <= max_cost + 1e-9 and (best is None or key < best[:2]):
+                    vector[s] = lo
+                    best = (key[0], key[1], list(vector))
             return
-        c = curves[s]
-        top = min(max_replicas, (max_gpus - gpus - rest_min[s]) // tps[s])
-        for r in range(c.r_min, top + 1):
-            vector[s] = r
-            visit(s + 1, gpus + tps[s] * r, latency + c(r))
+        for j in range(tops[s]):
+            p = f.points[j]
+            if spent + p.cost + rest_min[s] > max_cost + 1e-9:
+                break
+            if latency + p.latency + rest_lat[s] > budget:
+                continue
+            vector[s] = j
+            visit(s + 1, spent + p.cost, latency + p.latency)
 
-    visit(0, 0, 0.0)
+    visit(0, 0.0, 0.0)
     return None if best is None else best[2]
