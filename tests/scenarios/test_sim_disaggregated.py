@@ -48,7 +48,8 @@ def _run(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Requ
     note_outcome, note_transfer = collector.outcome, collector.kv_transfer
     monkeypatch.setattr(collector, "outcome", lambda o: (outcomes.append(o), note_outcome(o)))
     monkeypatch.setattr(collector, "kv_transfer",
-                        lambda rid, t, s, now: (transfers.append((rid, t, s)), note_transfer(rid, t, s, now)))
+                        lambda rid, t, s, nbytes, now: (transfers.append((rid, t, s)),
+                                                         note_transfer(rid, t, s, nbytes, now)))
     horizon = scenario.duration_s + scenario.drain_s
     world.start(runner.requests_of(scenario), until_s=horizon)
     world.loop.every(scenario.sample_interval_s, lambda now: collector.sample(now, {

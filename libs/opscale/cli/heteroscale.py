@@ -22,7 +22,8 @@ def _group() -> None:
 
 @heteroscale_app.command("curate")
 def curate(
-    scenario: Annotated[Path, typer.Option(help="Scenario YAML with the service's disaggregated deployment")],
+    scenario: Annotated[Path, typer.Option(help="Scenario YAML with the service's disaggregated deployment; with "
+                                           "--variant, an experiment config (a path or a shipped name)")],
     model: Annotated[str, typer.Option(help="The service (a disaggregated deployment's model)")],
     out: Annotated[Path, typer.Option(help="YAML written: {model: {decode_tps_per_instance, "
                                       "prefill_missed_tps_per_instance, pd_ratio}}")] = Path("curated.yaml"),
@@ -35,18 +36,22 @@ def curate(
     data_dir: Annotated[Path | None, typer.Option(help="Real data (shared/data layout); default: the "
                                                   "scenario's shaped data_dir")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the stress test's arrivals and lengths")] = 0,
+    variant: Annotated[str | None, typer.Option(help="Curate for this variant of the experiment config --scenario "
+                                                "(its deployments, SKUs and tiers)")] = None,
 ) -> None:
     """Stress-test MODEL's workload at every P/D split of INSTANCES instances (bisecting the highest rate
     meeting TTFT and TBT p99), choose the best ratio and set each per-instance target at 80% of the TPS
     there; write OUT (with the measured table in comments) and OUT's .table.json."""
     from rich.console import Console
 
+    from opscale.experiments.comparison import ExperimentError
     from opscale.experiments.heteroscale_curation import (
         curate_service,
+        curation_scenario,
         scenario_mix,
         write_curated,
     )
-    from opscale.experiments.scenario import ScenarioError, load_scenario
+    from opscale.experiments.scenario import ScenarioError
     from opscale.experiments.stress import ProbeSettings, service_from_scenario
 
     if objective not in ("per_gpu", "per_dollar"):
@@ -54,7 +59,7 @@ def curate(
     chosen: Literal["per_gpu", "per_dollar"] = "per_gpu" if objective == "per_gpu" else "per_dollar"
     console = Console()
     try:
-        world = load_scenario(scenario)
+        world = curation_scenario(scenario, variant)
         service = service_from_scenario(world, model, tier)
         mix, scenario_data = scenario_mix(world, model, lengths)
         root = data_dir if data_dir is not None else scenario_data
@@ -67,7 +72,7 @@ def curate(
             progress=lambda s, r: console.print(f"[dim]  {s.label:>5} ({s.prefill}P/{s.decode}D): "
                                                 f"{r.best.rate_rps if r.best else 0:.2f} req/s within the SLO"))
         paths = write_curated([curation], out)
-    except (ScenarioError, ValueError) as exc:
+    except (ScenarioError, ExperimentError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(out.read_text())
     console.print(f"wrote {', '.join(str(p) for p in paths)}")

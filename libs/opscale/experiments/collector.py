@@ -16,6 +16,14 @@ Per pool also `gpu_hours` (they sum to the run's) and token rates over the run: 
 tokens of decode steps), `prefill_tps` (prompt tokens prefilled, prefix-cache hits included) and
 `prefill_missed_tps` (prompt tokens actually computed).
 
+Per token and per KV transfer:
+- `usd_per_m_output_tokens`: the run's cost over the output tokens of the completed requests, per million
+  (HeteroScale's "cost per token": what the fleet cost for what it served);
+- `kv_transfers`: per topology (the switch tier the prefill and decode hosts share) the count, mean
+  seconds, GB moved and `gbps`, the effective bandwidth (bytes over transfer seconds, latency included);
+  `kv_effective_gbps` is the same over all transfers: HeteroScale measures ~20% less KV bandwidth when
+  placement ignores switches.
+
 Example: one pool of one H100 (989 TFLOP/s) held 100 s, in iterations 90 s that did 4.9e15 FLOPs:
 gpu_util 0.9, sm_activity 4.9e15 / (100 x 9.89e14) = 0.05.
 """
@@ -116,10 +124,11 @@ class RunCollector(RunObserver):
         # plans that changed some pool's replica count (not those that only re-weight routing or re-stage)
         self._scaling_actions = 0
         self._last_replicas: dict[str, int] = {}
-        # KV transfers of disaggregated deployments, by topology: [count, seconds]
+        # KV transfers of disaggregated deployments, by topology: [count, seconds, bytes]
         self._kv_transfers: dict[str, list[float]] = {}
         self._causes: dict[str, str] = {}  # request id -> why it is being dropped (the world says so first)
         self._dropped_by_cause: dict[str, int] = {}
+        self._output_tokens = 0  # of completed requests
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -142,6 +151,7 @@ class RunCollector(RunObserver):
             self._dropped_by_cause[cause] = self._dropped_by_cause.get(cause, 0) + 1
             return
         totals.completed += 1
+        self._output_tokens += outcome.output_tokens
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
             totals.met += 1
@@ -180,12 +190,13 @@ class RunCollector(RunObserver):
                 self._scaling_actions += 1
                 self._last_replicas = dict(replicas)
 
-    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None:
+    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, nbytes: float, now_s: float) -> None:
         totals = self._kv_transfers.get(topology.value)
         if totals is None:
-            totals = self._kv_transfers[topology.value] = [0, 0.0]
+            totals = self._kv_transfers[topology.value] = [0, 0.0, 0.0]
         totals[0] += 1
         totals[1] += seconds
+        totals[2] += nbytes
 
     def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
         gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
@@ -244,6 +255,7 @@ class RunCollector(RunObserver):
         result.update({
             "gpu_hours": gpu_s / 3600,
             "cost_usd": cost,
+            "usd_per_m_output_tokens": cost / self._output_tokens * 1e6 if self._output_tokens else None,
             "energy_kwh": energy_j / 3.6e6,
             "mean_gpu_util": busy_gpu_s / gpu_s if gpu_s else 0.0,  # time busy, as nvidia-smi (module docstring)
             "mean_sm_activity": flops / peak_flop if peak_flop else 0.0,  # compute used / peak
@@ -263,8 +275,12 @@ class RunCollector(RunObserver):
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })
         if self._kv_transfers:  # only runs with a disaggregated deployment move KV between instances
-            result["kv_transfers"] = {topology: {"count": int(n), "mean_s": total / n}
-                                      for topology, (n, total) in sorted(self._kv_transfers.items())}
+            result["kv_transfers"] = {topology: {"count": int(n), "mean_s": total_s / n, "gb": nbytes / 1e9,
+                                                 "gbps": _gbps(nbytes, total_s)}
+                                      for topology, (n, total_s, nbytes) in sorted(self._kv_transfers.items())}
+            moved = [sum(t[i] for t in self._kv_transfers.values()) for i in range(3)]
+            result["kv_transfer_mean_s"] = moved[1] / moved[0]
+            result["kv_effective_gbps"] = _gbps(moved[2], moved[1])
         return result
 
 
@@ -275,6 +291,11 @@ def _latency_block(requests: int, completed: int, dropped: int, met: int,
         "requests": requests, "completed": completed, "dropped": dropped, **figures,
         "slo_attainment": met / requests if requests else 1.0,
     }
+
+
+def _gbps(nbytes: float, seconds: float) -> float | None:
+    """Effective bandwidth, GB/s: bytes moved over the seconds the moves took (None when they took none)."""
+    return nbytes / seconds / 1e9 if seconds > 0 else None
 
 
 def _oscillations_per_hour(history: dict[str, list[int]], end_s: float) -> float:

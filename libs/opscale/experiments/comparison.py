@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -59,8 +59,10 @@ class Variant(BaseModel):
 
 
 class ReferenceFigure(BaseModel):
-    """A published figure, and which of our variants and metric answer it: ours is the relative change of
-    `metric` for each of `variants` against `baseline`."""
+    """A published figure, and which of our variants and metric answer it: ours is the change of `metric`
+    for each of `variants` against `baseline`, relative (percent of the baseline: "41% higher cost per
+    token") or in percentage points (`change: points`, for a metric that is itself a fraction: "GPU
+    utilisation +26.6 pp" is 0.50 -> 0.766)."""
 
     model_config = ConfigDict(extra="forbid")
     claim: str = Field(min_length=1, description="The published figure, quoted")
@@ -68,7 +70,10 @@ class ReferenceFigure(BaseModel):
     metric: str = Field(min_length=1, description="result.json key compared (e.g. gpu_hours, scaling_gpu_s)")
     variants: list[str] = Field(min_length=1, description="Our variants whose change is reported")
     baseline: str = Field(min_length=1, description="Our variant the change is measured against")
-    paper_change_pct: float | None = Field(None, description="The published change, percent (negative: less)")
+    change: Literal["relative", "points"] = Field("relative", description="relative: percent of the baseline; "
+                                                  "points: percentage points of a fraction (utilisation)")
+    paper_change_pct: float | None = Field(None, description="The published change (negative: less): percent, or "
+                                           "percentage points with change: points")
 
 
 class ExperimentConfig(BaseModel):

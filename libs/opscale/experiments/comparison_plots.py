@@ -87,14 +87,16 @@ def _ttft_cdf(path: Path, done: list[VariantOutcome], tier: str, title: str) -> 
 
 
 def _gpus_by_sku(path: Path, done: list[VariantOutcome], title: str) -> None:
-    first = done[0].timeline
-    assert first is not None
-    skus = sorted(first.gpus_by_sku)
+    # Every SKU any variant ran on: variants may deploy on different SKUs (a colocated fleet on one, a
+    # disaggregated one on two), and a variant that never used a SKU draws zero GPUs of it.
+    skus = sorted({sku for o in done if o.timeline is not None for sku in o.timeline.gpus_by_sku})
     fig, axes = _panels(len(skus), 2.8)
     for ax, sku in zip(axes, skus, strict=True):
         for o in done:
             assert o.timeline is not None
-            ax.step(_hours(o), o.timeline.gpus_by_sku.get(sku, []), where="post", linewidth=0.9, label=o.name)
+            hours = _hours(o)
+            ax.step(hours, o.timeline.gpus_by_sku.get(sku) or [0] * len(hours), where="post", linewidth=0.9,
+                    label=o.name)
         ax.set_title(f"{sku}: GPUs of ready instances", fontsize=9)
     _label_gpu_panels(axes)
     _save(fig, path, f"GPUs by SKU: {title}")

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment, variant_scenario
+from opscale.experiments.scenario import Scenario, load_scenario
 from opscale.experiments.stress import DEFAULT_PROBE, ProbeSettings, Service, constant_probe
 from opscale.experiments.stress_traffic import MixSampler, WorkloadMix
 from opscale.planning.heteroscale.curation import (
@@ -107,6 +109,20 @@ def curation_record(c: Curation) -> dict[str, Any]:
 
 def _s(value: float | None) -> str:
     return f"{value:7.3f}s" if value is not None else "      -"
+
+
+def curation_scenario(path: Path, variant: str | None = None) -> Scenario:
+    """The scenario a curation reads: the scenario YAML at `path`; with `variant`, that variant of the
+    experiment config `path` (a file or a shipped name), so an experiment's curated parameters are
+    measured on the deployments and tiers its variant runs."""
+    if variant is None:
+        return load_scenario(path)
+    config, base = load_experiment(find_experiment(str(path)))
+    chosen = next((v for v in config.variants if v.name == variant), None)
+    if chosen is None:
+        raise ExperimentError(f"--variant: {variant!r} is not a variant of {config.name}; variants: "
+                              f"{[v.name for v in config.variants]}")
+    return variant_scenario(base, chosen)
 
 
 def scenario_mix(scenario: Any, model: str, lengths: str | None = None) -> tuple[WorkloadMix, Path | None]:

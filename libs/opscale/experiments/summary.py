@@ -25,18 +25,22 @@ def latency_tier(base: Scenario) -> str:
     return (interactive or [t.name for t in base.tiers])[0]
 
 
-def change_pct(outcomes: list[VariantOutcome], metric: str, variant: str, baseline: str) -> float | None:
-    """Relative change of `metric` from `baseline` to `variant`, percent; None when either failed or the
-    baseline is 0."""
+def change_pct(outcomes: list[VariantOutcome], metric: str, variant: str, baseline: str,
+               change: str = "relative") -> float | None:
+    """Change of `metric` from `baseline` to `variant`: relative, percent of the baseline; or `points`,
+    the difference of two fractions in percentage points (0.50 -> 0.62 is +12). None when either failed,
+    or a relative change from 0."""
     results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
     ours, base = results.get(variant, {}).get(metric), results.get(baseline, {}).get(metric)
-    if not isinstance(ours, int | float) or not isinstance(base, int | float) or base == 0:
+    if not isinstance(ours, int | float) or not isinstance(base, int | float):
         return None
-    return (ours - base) / base * 100.0
+    if change == "points":
+        return (ours - base) * 100.0
+    return (ours - base) / base * 100.0 if base != 0 else None
 
 
 def reference_rows(figures: list[ReferenceFigure], outcomes: list[VariantOutcome]) -> list[dict[str, Any]]:
-    return [{**f.model_dump(), "ours_change_pct": {v: change_pct(outcomes, f.metric, v, f.baseline)
+    return [{**f.model_dump(), "ours_change_pct": {v: change_pct(outcomes, f.metric, v, f.baseline, f.change)
                                                    for v in f.variants}}
             for f in figures]
 
@@ -68,12 +72,15 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
         lines += ["Traffic sources:", ""]
         lines += [f"- {model}: rate shape {s['rate_shape']}; lengths {s['lengths']}" for model, s in sources.items()]
         lines.append("")
+    # KV columns only where some variant moved KV between instances (a disaggregated deployment).
+    kv = any("kv_effective_gbps" in (o.result or {}) for o in outcomes)
     header = ["variant", "policy", *(f"SLO {t}" for t in tiers), f"TTFT p99 {lat}", f"TBT p99 {lat}",
-              "GPU-h", "cost $", "energy kWh", "cold starts", "scaling GPU-s", "scaling actions",
-              "oscillations/h", "wall s"]
+              "GPU-h", "cost $", "$/M output tokens", "GPU util", "SM activity", "energy kWh", "cold starts",
+              "scaling GPU-s", "scaling actions", "oscillations/h", *(("KV GB/s", "KV mean") if kv else ()),
+              "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for o in outcomes:
-        lines.append("| " + " | ".join(_row(o, tiers, lat, len(header))) + " |")
+        lines.append("| " + " | ".join(_row(o, tiers, lat, len(header), kv)) + " |")
     if config.reference:
         # A saving only counts with the SLO kept: each of ours is shown with its latency tier's attainment.
         slo = {o.name: o.result.get("tiers", {}).get(lat, {}).get("slo_attainment")
@@ -82,13 +89,14 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
                   f"| published figure | source | metric | paper | ours (vs baseline; SLO {lat}) |",
                   "|---|---|---|---|---|"]
         for row in reference_rows(config.reference, outcomes):
-            paper = "-" if row["paper_change_pct"] is None else f"{row['paper_change_pct']:+.0f}%"
-            ours = "; ".join(f"{v} {_pct(p)} (SLO {_percent(slo.get(v))})" for v, p in row["ours_change_pct"].items())
+            unit = " pp" if row["change"] == "points" else "%"
+            paper = "-" if row["paper_change_pct"] is None else f"{row['paper_change_pct']:+.1f}{unit}"
+            ours = "; ".join(f"{v} {_pct(p, unit)} (SLO {_percent(slo.get(v))})"
+                             for v, p in row["ours_change_pct"].items())
             lines.append(f"| {row['claim']} | {row['source']} | {row['metric']} | {paper} | "
                          f"{ours}; vs {row['baseline']} (SLO {_percent(slo.get(row['baseline']))}) |")
-        lines += ["", "The paper's figures are for its own fleet (3 regions x 4 models, 40 DGX-A100 servers per "
-                  "region, a week of O365 traffic); ours are for the simulated fleet above. Compare the direction "
-                  "and rough size, not the digits."]
+        lines += ["", "The paper's figures are for its own fleet and traffic; ours are for the simulated fleet "
+                  "above. Compare the direction and rough size, not the digits."]
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +109,7 @@ def write_summary(out: Path, config: ExperimentConfig, base: Scenario, outcomes:
     return [md, js]
 
 
-def _row(o: VariantOutcome, tiers: list[str], lat: str, width: int) -> list[str]:
+def _row(o: VariantOutcome, tiers: list[str], lat: str, width: int, kv: bool = False) -> list[str]:
     if not o.ok or o.result is None:
         error = (o.error or "failed").replace("|", "\\|").replace("\n", " ")
         return [o.name, o.policy, f"**failed**: {error}", *("" for _ in range(width - 3))]
@@ -109,20 +117,30 @@ def _row(o: VariantOutcome, tiers: list[str], lat: str, width: int) -> list[str]
     tier_results = r.get("tiers", {})
     slo = [_percent(tier_results.get(t, {}).get("slo_attainment")) for t in tiers]
     lat_block = tier_results.get(lat, r)
+    per_token = r.get("usd_per_m_output_tokens")
+    kv_cells = (_number(r.get("kv_effective_gbps"), "{:.1f}"), _seconds(r.get("kv_transfer_mean_s"))) if kv else ()
     return [o.name, o.policy, *slo, _seconds(lat_block.get("ttft_p99_s")), _seconds(lat_block.get("tbt_p99_s")),
-            f"{r['gpu_hours']:.1f}", f"{r['cost_usd']:,.0f}", f"{r['energy_kwh']:.1f}", str(r["cold_starts"]),
-            f"{r['scaling_gpu_s']:,.0f}", str(r["scaling_actions"]), f"{r['oscillations']:.2f}", f"{r['wall_s']:.0f}"]
+            f"{r['gpu_hours']:.1f}", f"{r['cost_usd']:,.0f}", _number(per_token, "{:.2f}"),
+            _percent(r.get("mean_gpu_util"), 1), _percent(r.get("mean_sm_activity"), 1), f"{r['energy_kwh']:.1f}",
+            str(r["cold_starts"]), f"{r['scaling_gpu_s']:,.0f}", str(r["scaling_actions"]), f"{r['oscillations']:.2f}",
+            *kv_cells, f"{r['wall_s']:.0f}"]
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
+def _percent(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
+def _pct(value: float | None, unit: str = "%") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}{unit}"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 0.01:
+        return f"{value * 1000:.1f} ms"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"

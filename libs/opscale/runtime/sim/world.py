@@ -78,7 +78,8 @@ class RunObserver:
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None: ...
 
-    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, now_s: float) -> None: ...
+    def kv_transfer(self, request_id: str, topology: Topology, seconds: float, nbytes: float, now_s: float) -> None:
+        ...
 
     def drop_cause(self, request_id: str, cause: str) -> None:
         """Why the request whose failed outcome comes next was dropped (a key of DROP_CAUSES)."""
@@ -461,7 +462,7 @@ class SimWorld:
             self._apply(router.name, router.handle(record, now), router)
             return
         self._prefilled_on[out.request_id] = prefill_id
-        self.observer.kv_transfer(request.request_id, topology, transfer_s, now)
+        self.observer.kv_transfer(request.request_id, topology, transfer_s, out.kv_bytes, now)
         self._apply(router.name, router.handle(PrefillHandedOff(request.request_id, prefill_id, decode_id, now), now),
                     router)
         self._advance(decode, now)

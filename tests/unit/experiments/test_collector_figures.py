@@ -1,0 +1,66 @@
+"""The result figures HeteroScale's experiment compares, as RunCollector computes them: the cost per
+million output tokens served, and the KV transfers' effective bandwidth per topology and over all."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from opscale.experiments.collector import RunCollector
+from opscale.model import DEFAULT_TIERS, InstanceSpec, RequestOutcome
+from opscale.perf.catalog import default_catalog
+from opscale.perf.transfer import Topology
+
+pytestmark = pytest.mark.unit
+
+
+def _engine(**counts: float) -> Any:
+    fields = dict.fromkeys(("energy_j", "busy_s", "flops", "peak_flops_per_s", "decode_tokens", "prefill_tokens",
+                            "prefill_tokens_computed", "prefix_hit_tokens", "prefix_queried_tokens"), 0)
+    return SimpleNamespace(**{**fields, **counts})
+
+
+def _outcome(request_id: str, tokens: int, status: str = "ok") -> RequestOutcome:
+    return RequestOutcome(request_id, "m", "interactive", "eu", "eu", "i1", 0.0, 0.5, 2.0, 100, tokens, status)
+
+
+def test_cost_per_million_output_tokens_counts_what_was_served() -> None:
+    catalog = default_catalog()
+    collector = RunCollector(dict(DEFAULT_TIERS), catalog.sku)
+    collector.engine_started(InstanceSpec("i1", "m", "H20", 2), "eu", 0.0, 0.0)
+    collector.engine_stopped("i1", _engine(), 3600.0)  # 2 H20 GPUs for an hour
+    for i in range(4):
+        collector.outcome(_outcome(f"r{i}", 250_000))
+    collector.outcome(_outcome("dropped", 999_999, status="rejected"))  # served nothing
+    result = collector.summary(3600.0)
+    cost = 2 * catalog.sku("H20").price_usd_per_h
+    assert result["cost_usd"] == pytest.approx(cost)
+    assert result["usd_per_m_output_tokens"] == pytest.approx(cost / 1.0)  # 1 M tokens served
+    assert "kv_transfers" not in result and "kv_effective_gbps" not in result  # nothing disaggregated
+
+
+def test_effective_kv_bandwidth_is_bytes_over_transfer_time_per_topology_and_overall() -> None:
+    collector = RunCollector(dict(DEFAULT_TIERS), default_catalog().sku)
+    collector.kv_transfer("a", Topology.CROSS_SWITCH, 0.01, 320e6, 1.0)  # 32 GB/s
+    collector.kv_transfer("b", Topology.CROSS_SWITCH, 0.03, 960e6, 2.0)
+    collector.kv_transfer("c", Topology.CROSS_S1, 0.05, 1280e6, 3.0)  # 25.6 GB/s
+    result = collector.summary(60.0)
+    near, far = result["kv_transfers"]["cross_switch"], result["kv_transfers"]["cross_s1"]
+    assert near["count"] == 2 and near["gb"] == pytest.approx(1.28) and near["gbps"] == pytest.approx(32.0)
+    assert near["mean_s"] == pytest.approx(0.02) and far["gbps"] == pytest.approx(25.6)
+    assert result["kv_effective_gbps"] == pytest.approx(2.56e9 / 0.09 / 1e9)
+    assert result["kv_transfer_mean_s"] == pytest.approx(0.03)
+    assert result["usd_per_m_output_tokens"] is None  # no request served: no cost per token
+
+
+def test_curation_reads_an_experiment_variants_scenario_and_names_an_unknown_variant() -> None:
+    from pathlib import Path
+
+    from opscale.experiments.heteroscale_curation import curation_scenario
+
+    homogeneous = curation_scenario(Path("heteroscale"), "heteroscale_homogeneous")
+    assert {(d.prefill.sku, d.decode.sku) for d in homogeneous.deployments if d.prefill and d.decode} == {("H20", "H20")}
+    with pytest.raises(ValueError, match="--variant: 'nope' is not a variant of heteroscale"):
+        curation_scenario(Path("heteroscale"), "nope")
