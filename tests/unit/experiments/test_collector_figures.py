@@ -18,7 +18,8 @@ pytestmark = pytest.mark.unit
 
 def _engine(**counts: float) -> Any:
     fields = dict.fromkeys(("energy_j", "busy_s", "flops", "peak_flops_per_s", "decode_tokens", "prefill_tokens",
-                            "prefill_tokens_computed", "prefix_hit_tokens", "prefix_queried_tokens"), 0)
+                            "prefill_tokens_computed", "prefix_hit_tokens", "prefix_queried_tokens",
+                            "prefix_host_hit_tokens"), 0)
     return SimpleNamespace(**{**fields, **counts})
 
 
