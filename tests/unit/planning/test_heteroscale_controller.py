@@ -198,7 +198,7 @@ def test_a_scale_in_waits_its_cooldown_after_a_scale_out() -> None:
         assert (held.prefill, held.decode) == (10, 30)
         assert "scale-in cooldown" in held.reason
     scaled = ctl.decide(seen(10, 30, 1000.0), out.state, 1600.0)
-    assert (scaled.prefill, scaled.decode) == (3, 7)
+    assert (scaled.prefill, scaled.decode) == (3, 8)  # 10 required: 2.5P and 7.5D, each covered
     # A scale-in is a change too: the next one waits another 600 s.
     assert "cooldown" in ctl.decide(seen(10, 30, 100.0), scaled.state, 1630.0).reason
 

@@ -198,4 +198,4 @@ def test_a_decision_reads_the_mean_signal_of_its_whole_period() -> None:
     for now, tps in ((10.0, 3000.0), (20.0, 1200.0)):  # one spike between two decisions
         state = pol.decide(observe(3, 9, tps, now_s=now), state, now).state
     decision = pol.decide(observe(3, 9, 1200.0, now_s=30.0), state, 30.0)
-    assert pair(decision) == (5, 13)  # mean 1800 tokens/s: 18 instances, not the spike's 30
+    assert pair(decision) == (5, 14)  # mean 1800 tokens/s: 18 instances (4.5P, 13.5D covered), not the spike's 30

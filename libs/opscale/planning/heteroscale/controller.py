@@ -41,7 +41,7 @@ from typing import Protocol
 
 from opscale.model import LatencyObjective
 from opscale.planning.heteroscale.config import FeedbackTier, HeteroScaleConfig, LatencyFeedback
-from opscale.planning.heteroscale.ratio import RoleBounds, arrange
+from opscale.planning.heteroscale.ratio import RoleBounds, arrange, covering_total
 
 # A tier fires at its threshold: 0.11 s against 1.1 x 0.1 s (0.11000000000000001 in floating point) is at it.
 _THRESHOLD_REL_TOL = 1e-9
@@ -162,7 +162,7 @@ class HeteroScaleController:
         if required is None:
             return decision(current, "hold: signal is not a finite non-negative number")
         signal_text = f"{cfg.signal} needs {required:.1f} instances, {total} serve"
-        wanted = self.arrange(math.ceil(required - 1e-9))
+        wanted = self.arrange(covering_total(required, self.config.pd_ratio))
         if required > total * (1 + cfg.scale_out_above) and sum(wanted) > total:
             if not out_ready:
                 return decision(current, f"hold: {signal_text}, in scale-out cooldown")
@@ -197,7 +197,7 @@ class HeteroScaleController:
         instance, never past it."""
         if required is None:
             return total
-        target = sum(self.arrange(math.ceil(required - 1e-9)))
+        target = sum(self.arrange(covering_total(required, self.config.pd_ratio)))
         gap = target - total
         if gap == 0:
             return total

@@ -40,7 +40,7 @@ from opscale.planning.heteroscale.controller import ControllerState, HeteroScale
 from opscale.planning.heteroscale.params import HeteroScaleSettings, parse_params
 from opscale.planning.heteroscale.periodic import PeriodicController
 from opscale.planning.heteroscale.pools import desired_pools, observe_service, pool_reasons, service_pools
-from opscale.planning.heteroscale.ratio import RoleBounds
+from opscale.planning.heteroscale.ratio import RoleBounds, covering_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ def _cold_start(controller: HeteroScaleController, output_tps: float, prompt_tps
     cfg = controller.config
     demand = output_tps if cfg.signal == "decode_tps" else prompt_tps
     target = cfg.target_per_instance or 1.0
-    total = max(2, math.ceil(demand / target - 1e-9)) if math.isfinite(demand) and demand > 0 else 2
+    total = max(2, covering_total(demand / target, cfg.pd_ratio)) if math.isfinite(demand) and demand > 0 else 2
     pair = controller.arrange(total)
     reason = (f"cold start: no instance, demand waiting ({demand:.0f} {cfg.signal.replace('_tps', '')} tokens/s at "
               f"the routers) -> {pair[0]}P/{pair[1]}D")

@@ -5,7 +5,8 @@ each role gets the nearest whole number to its exact share, and a disaggregated 
 instances has at least one of each role. Each role is then within one instance of its exact share.
 
 Example: at 1:3 (a prefill share of 1/4), 10 instances split 3P/7D (2.5 rounds half up to 3);
-11 split 3P/8D; 1 becomes 1P/1D, because neither role serves alone.
+11 split 3P/8D; 1 becomes 1P/1D, because neither role serves alone. A required capacity becomes a total by
+`covering_total`, so that neither role is rounded below its share of it.
 
 Both counts grow with the total (by 0 or 1 each per added instance), which is what lets bounds be met by
 moving the total: a total is raised until the split meets both minimums and lowered until it fits both
@@ -41,6 +42,27 @@ def split(total: int, pd_ratio: float) -> tuple[int, int]:
     prefill = math.floor(total * prefill_share(pd_ratio) + 0.5)
     prefill = min(max(prefill, 1), total - 1)
     return prefill, total - prefill
+
+
+def covering_total(required: float, pd_ratio: float) -> int:
+    """The fewest instances whose split gives each role at least its share of `required` instances.
+
+    Proportional control asks for `required` instances of the P/D group; rounding each role to the
+    nearest count would leave one role short of its share (9 instances at 1:3 split 2P/7D, and the two
+    prefill instances then carry 2.25 instances' worth of prompts). Both roles must cover their share,
+    so the total grows until they do: 9 required at 1:3 gives 10 (3P/7D), still within one instance of
+    the ratio. Never fewer than ceil(required)."""
+    if not required > 0:
+        return 0
+    share = prefill_share(pd_ratio)
+    need_prefill = math.ceil(required * share - 1e-9)
+    need_decode = math.ceil(required * (1.0 - share) - 1e-9)
+    total = max(math.ceil(required - 1e-9), need_prefill + need_decode - 1, 1)
+    while True:
+        prefill, decode = split(total, pd_ratio)
+        if prefill >= need_prefill and decode >= need_decode:
+            return total
+        total += 1
 
 
 def arrange(total: int, pd_ratio: float, bounds: RoleBounds) -> tuple[int, int]:
