@@ -136,3 +136,4 @@ class EngineReport:
     decode_tps: float
     prefill_tps: float
     prefill_missed_tps: float
+    kv_capacity_tokens: int = 0  # tokens its KV cache holds (0: unknown)

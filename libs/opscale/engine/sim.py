@@ -338,6 +338,7 @@ class SimEngine(Scheduler):
             decode_tps=decode_tokens / window_s,
             prefill_tps=done.prefill_tokens / window_s,
             prefill_missed_tps=done.prefill_computed_tokens / window_s,
+            kv_capacity_tokens=self.total_blocks * self._bs,
         )
 
     def outstanding_tokens(self) -> int:

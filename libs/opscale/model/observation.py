@@ -43,6 +43,7 @@ class InstanceStatus:
     decode_tps: float = 0.0
     prefill_tps: float = 0.0
     prefill_missed_tps: float = 0.0
+    kv_capacity_tokens: int = 0  # tokens the instance's KV cache holds (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,23 @@ class Candidate:
     s0: str = ""
     s1: str = ""
     s2: str = ""
+    # The KV the router has sent here and not seen finish: prompt plus output tokens of each routed,
+    # unfinished request (its footprint once decoded), and what the cache holds (the heartbeat's; 0:
+    # unknown). Between heartbeats `kv_usage` is stale; this is what the router itself knows.
+    kv_inflight_tokens: int = 0
+    kv_capacity_tokens: int = 0
+
+    def kv_estimate(self) -> float:
+        """KV usage as the router can best tell: the heartbeat's, or the share of the cache its routed,
+        unfinished requests will fill, whichever is larger (the heartbeat lags a burst by seconds)."""
+        kv = self.kv_usage
+        kv = kv if 0.0 <= kv <= 1.0 else (1.0 if kv > 1.0 else 0.0)  # NaN and negatives count as empty
+        cap = self.kv_capacity_tokens
+        if cap > 0:
+            routed = self.kv_inflight_tokens / cap
+            if routed > kv:
+                kv = routed if routed < 1.0 else 1.0
+        return kv
 
 
 class LoadIndex:

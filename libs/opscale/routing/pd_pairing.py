@@ -3,7 +3,9 @@ disaggregated deployment.
 
 Prefill goes to the instance with the fewest outstanding prefill tokens. Decode goes to the instance
 with the least KV-cache usage (in steps of `kv_step`, then fewest outstanding tokens, as least_kv
-ranks), preferring the decode instances nearest the prefill instance in the network because the KV
+ranks; the usage is `Candidate.kv_estimate()`, which counts the KV of the requests the router has paired
+there and not seen finish, because between two heartbeats one emptied instance would take a whole
+burst), preferring the decode instances nearest the prefill instance in the network because the KV
 cache moves from one to the other (opscale.perf.transfer prices it by the tier the two hosts share):
 the tightest domain of the prefill that has a decode instance within `domain_slack_kv` of the best
 decode instance anywhere wins, in the order same host (agent), same S0 (leaf), same S1 (mini-pod), same
@@ -132,7 +134,7 @@ class PdPairing:
     _slack_steps: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._decode_rank = LeastKvUsage(self.kv_step)  # validates kv_step
+        self._decode_rank = LeastKvUsage(self.kv_step, estimate_in_flight=True)  # validates kv_step
         if not (0.0 <= self.domain_slack_kv <= 1.0 and math.isfinite(self.domain_slack_kv)):
             raise ValueError(f"pd_pairing: domain_slack_kv must be in [0, 1], got {self.domain_slack_kv!r}")
         self._slack_steps = round(self.domain_slack_kv / self.kv_step)

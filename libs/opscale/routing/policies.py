@@ -68,6 +68,11 @@ class LeastKvUsage:
 
     kv_step: float = 0.05
     name: str = "least_kv"
+    # Rank on `Candidate.kv_estimate()` (the heartbeat's usage, or the share the router's own routed,
+    # unfinished requests will fill, whichever is larger) instead of the heartbeat's alone: P/D pairing
+    # does, because between two heartbeats one emptied decode instance would otherwise take every
+    # hand-off of a burst and overflow its cache (the requests then wait seconds for admission).
+    estimate_in_flight: bool = False
     _key: Callable[[Candidate], int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,7 +86,11 @@ class LeastKvUsage:
             load = c.outstanding_tokens
             return (int(kv * steps) << KV_LOAD_BITS) | (load if load < _KV_LOAD_MAX else _KV_LOAD_MAX)
 
-        self._key = key
+        def estimated_key(c: Candidate) -> int:
+            load = c.outstanding_tokens
+            return (int(c.kv_estimate() * steps) << KV_LOAD_BITS) | (load if load < _KV_LOAD_MAX else _KV_LOAD_MAX)
+
+        self._key = estimated_key if self.estimate_in_flight else key
 
     def rank(self, candidate: Candidate) -> int:
         """The ranking key: KV step in the high bits, outstanding tokens in the low ones (less is better)."""

@@ -215,6 +215,7 @@ class NodeAgentCore:
                 power_w=r.power_w if r else 0.0, sm_activity=r.sm_activity if r else 0.0,
                 decode_tps=r.decode_tps if r else 0.0, prefill_tps=r.prefill_tps if r else 0.0,
                 prefill_missed_tps=r.prefill_missed_tps if r else 0.0,
+                kv_capacity_tokens=r.kv_capacity_tokens if r else 0,
             ))
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),

@@ -167,6 +167,8 @@ class RouterCore:
         self._pd_ready: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]] = {}
         self._pd_models: set[str] = set()
         self._pd_decode: dict[str, tuple[str, int]] = {}
+        # request id -> (decode instance, KV tokens charged to its kv_inflight_tokens) until it finishes
+        self._pd_kv: dict[str, tuple[str, int]] = {}
         self._pairing = self._chooser if isinstance(self._chooser, PdPairing) else PdPairing()
         # request_id -> instances whose dispatch of it failed: a retry goes elsewhere
         self._tried: dict[str, set[str]] = {}
@@ -377,6 +379,8 @@ class RouterCore:
         prefill.in_flight += 1
         decode.outstanding_tokens += output
         decode.in_flight += 1
+        decode.kv_inflight_tokens += prompt + output
+        self._pd_kv[request.request_id] = (decode.instance_id, prompt + output)
         self._routed[request.request_id] = (prefill.instance_id, prompt, prompt)
         self._pd_decode[request.request_id] = (decode.instance_id, output)
         return Dispatch(request, prefill.instance_id, prefill.region, prefill.endpoint, reason,
@@ -387,8 +391,11 @@ class RouterCore:
         decode = self._pd_decode.pop(request_id, None)
         if decode is None:
             return  # a duplicate, or a request no longer routed
+        kv = self._pd_kv.pop(request_id, None)  # its KV stays charged to the decode instance until it ends
         self._release(request_id)
         self._routed[request_id] = (decode[0], decode[1], 0)
+        if kv is not None:
+            self._pd_kv[request_id] = kv
 
     def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
         """A retry: the policy chooses among the open instances this request has not failed on, its own
@@ -465,6 +472,12 @@ class RouterCore:
                 slot.index.update(slot.position)
 
     def _release(self, request_id: str) -> None:
+        if self._pd_kv:
+            kv = self._pd_kv.pop(request_id, None)
+            if kv is not None:
+                cand = self._candidates.get(kv[0])
+                if cand is not None:
+                    cand.kv_inflight_tokens = max(0, cand.kv_inflight_tokens - kv[1])
         if self._pd_decode:
             decode = self._pd_decode.pop(request_id, None)
             if decode is not None:  # released before its hand-off (a failure): the decode side too
@@ -576,12 +589,15 @@ class RouterCore:
             if cand is None:
                 self._candidates[st.instance_id] = Candidate(st.instance_id, st.model, hb.region, st.endpoint,
                                                              hb.agent_id, kv_usage=kv, sku=hb.sku, tp=st.tp,
-                                                             role=st.role, s0=hb.s0, s1=hb.s1, s2=hb.s2)
+                                                             role=st.role, s0=hb.s0, s1=hb.s1, s2=hb.s2,
+                                                             kv_capacity_tokens=st.kv_capacity_tokens)
                 changed = True
-            elif cand.kv_usage != kv:
-                cand.kv_usage = kv
-                if not changed:
-                    self._touch(cand)  # a rebuild below would read it anyway
+            else:
+                cand.kv_capacity_tokens = st.kv_capacity_tokens
+                if cand.kv_usage != kv:
+                    cand.kv_usage = kv
+                    if not changed:
+                        self._touch(cand)  # a rebuild below would read it anyway
         for gone in agent.instance_ids - seen:
             self._drop_candidate(gone)
             changed = True

@@ -60,7 +60,7 @@ class InstanceSpec(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "model", "sku", "tp", "role", "state", "endpoint", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
+    __slots__ = ("instance_id", "model", "sku", "tp", "role", "state", "endpoint", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps", "kv_capacity_tokens")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class InstanceStatus(_message.Message):
     DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model: str
     sku: str
@@ -97,7 +98,8 @@ class InstanceStatus(_message.Message):
     decode_tps: float
     prefill_tps: float
     prefill_missed_tps: float
-    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...
+    kv_capacity_tokens: int
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
     __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models", "s0", "s1", "s2", "rdma_priority")
@@ -460,7 +462,7 @@ class KvEventBatch(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., at_s: _Optional[float] = ..., seq: _Optional[int] = ..., events: _Optional[_Iterable[_Union[KvBlockEvent, _Mapping]]] = ...) -> None: ...
 
 class EngineReport(_message.Message):
-    __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps")
+    __slots__ = ("instance_id", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "idle", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps", "kv_capacity_tokens")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -474,6 +476,7 @@ class EngineReport(_message.Message):
     DECODE_TPS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TPS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MISSED_TPS_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     queued: int
     running: int
@@ -487,4 +490,5 @@ class EngineReport(_message.Message):
     decode_tps: float
     prefill_tps: float
     prefill_missed_tps: float
-    def __init__(self, instance_id: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., idle: _Optional[bool] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ...) -> None: ...
+    kv_capacity_tokens: int
+    def __init__(self, instance_id: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., idle: _Optional[bool] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...

@@ -62,3 +62,45 @@ def test_a_pair_waits_until_both_roles_are_ready() -> None:
     assert router.handle(RequestArrived(req(1)), 0.1) == []  # held: no decode instance yet
     [held] = router.handle(heartbeat("a2", "eu", _st("d1", Role.DECODE)), 0.5)
     assert isinstance(held, Dispatch) and (held.instance_id, held.decode_instance_id) == ("p1", "d1")
+
+
+def _sized(instance_id: str, role: Role, kv: float = 0.0, capacity: int = 0) -> InstanceStatus:
+    return InstanceStatus(instance_id, "m", "H100-80GB", 1, role, InstanceState.READY,
+                          endpoint=f"http://x/{instance_id}", kv_used_frac=kv, kv_capacity_tokens=capacity)
+
+
+def test_a_burst_between_heartbeats_is_spread_by_the_kv_the_router_itself_sent() -> None:
+    # d-new reported an empty cache, d-old a 30%-full one, two seconds of traffic before the next
+    # heartbeat: by the heartbeats alone every hand-off of the burst would go to d-new and overflow it.
+    router = RouterCore()
+    router.handle(heartbeat("a1", "eu", _sized("p1", Role.PREFILL), _sized("d-new", Role.DECODE, 0.0, 10_000),
+                            _sized("d-old", Role.DECODE, 0.30, 10_000)), 0.0)
+    chosen = [router.handle(RequestArrived(req(i, prompt=900, output=100)), 0.01 * i)[0].decode_instance_id
+              for i in range(1, 9)]
+    assert chosen[:3] == ["d-new"] * 3  # 0, 10, 20% of its cache: still below d-old's 30%
+    assert "d-old" in chosen[3:]  # then d-new's routed KV (the requests' prompt + output) passes d-old's
+
+
+def test_routed_kv_stays_charged_to_the_decode_instance_until_the_request_ends() -> None:
+    router = RouterCore()
+    router.handle(heartbeat("a1", "eu", _sized("p1", Role.PREFILL), _sized("d1", Role.DECODE, 0.0, 10_000)), 0.0)
+    router.handle(RequestArrived(req(1, prompt=900, output=100)), 0.1)
+    decode = router._candidates["d1"]
+    assert decode.kv_inflight_tokens == 1000 and decode.kv_estimate() == pytest.approx(0.1)
+    router.handle(PrefillHandedOff("r1", "p1", "d1", 0.3), 0.3)
+    assert decode.kv_inflight_tokens == 1000  # the KV moved to d1 and stays there while it decodes
+    router.handle(RequestFinished(outcome(1, arrival=0.1, ttft=0.3, e2e=1.0)), 1.1)
+    assert decode.kv_inflight_tokens == 0
+
+
+def test_a_failed_pair_releases_the_decode_instances_routed_kv() -> None:
+    router = RouterCore()
+    router.handle(heartbeat("a1", "eu", _sized("p1", Role.PREFILL), _sized("d1", Role.DECODE, 0.0, 10_000),
+                            _sized("d2", Role.DECODE, 0.0, 10_000)), 0.0)
+    [first] = router.handle(RequestArrived(req(1, prompt=900, output=100)), 0.1)
+    [retry] = router.handle(DispatchFailed(first.request, first.decode_instance_id,
+                                           "decode instance is not accepting requests"), 0.2)
+    assert retry.decode_instance_id != first.decode_instance_id
+    # charged once, to the instance it is paired with now
+    assert {c.instance_id: c.kv_inflight_tokens for c in router._candidates.values() if c.role is Role.DECODE
+            and c.kv_inflight_tokens} == {retry.decode_instance_id: 1000}

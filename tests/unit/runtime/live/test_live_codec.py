@@ -72,7 +72,7 @@ specs = st.builds(InstanceSpec, instance_id=text, model=text, sku=text, tp=st.sa
 statuses = st.builds(InstanceStatus, instance_id=text, model=text, sku=text, tp=u32, role=roles, state=states,
                      endpoint=text, queued=u32, running=u32, outstanding_tokens=u64, kv_used_frac=reals,
                      tokens_per_s=reals, busy_frac=reals, power_w=reals, sm_activity=reals, decode_tps=reals,
-                     prefill_tps=reals, prefill_missed_tps=reals)
+                     prefill_tps=reals, prefill_missed_tps=reals, kv_capacity_tokens=u64)
 requests = st.builds(Request, request_id=text, model=text, tier=text, region=text,
                      arrival_s=st.floats(0, 1e12).filter(bool), prompt_tokens=u32, output_tokens=u32,
                      prefix_hashes=tuples(i64, 5))
@@ -141,7 +141,7 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
     "EngineReport": st.builds(EngineReport, instance_id=text, queued=u32, running=u32, outstanding_tokens=u64,
                               kv_used_frac=reals, tokens_per_s=reals, busy_frac=reals, power_w=reals,
                               idle=st.just(True), sm_activity=reals, decode_tps=reals, prefill_tps=reals,
-                              prefill_missed_tps=reals),
+                              prefill_missed_tps=reals, kv_capacity_tokens=u64),
     codec.BATCH_TYPE: tuples(outcomes, 5),
 }
 
