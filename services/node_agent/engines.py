@@ -129,6 +129,8 @@ class RealtimeEngines:
         """Each engine's KV events since the last call (none unless EngineConfig.kv_events is on)."""
         out: list[KvEventsOf] = []
         for instance_id, r in self._engines.items():
+            if not r.engine.config.kv_events:
+                continue
             events = r.engine.take_kv_events()
             if events:
                 out.append((instance_id, r.spec.model, [as_block_event(e) for e in events]))

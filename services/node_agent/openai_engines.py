@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+import zmq
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -223,7 +224,11 @@ class OpenAIEngines:
             return
         bound = self._bound[spec.instance_id] = _Bound(spec, server)
         if server.kv_events_endpoint:
-            bound.kv_events = VllmKvSubscriber(server.kv_events_endpoint, server.kv_events_topic)
+            try:
+                bound.kv_events = VllmKvSubscriber(server.kv_events_endpoint, server.kv_events_topic)
+            except zmq.ZMQError as exc:  # an endpoint ZMQ cannot parse: the instance serves, without events
+                log.error("instance %s: KV events of %s not read: %s", spec.instance_id,
+                          server.kv_events_endpoint, exc)
 
     def drain(self, instance_id: str) -> None:
         """Nothing to tell the server: the core stops accepting and the proxy refuses new requests."""

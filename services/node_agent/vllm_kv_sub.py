@@ -37,7 +37,11 @@ class VllmKvSubscriber:
         self._socket = (context or zmq.asyncio.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self._socket.connect(endpoint)
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError:
+            self._socket.close(linger=0)
+            raise
         self._task = asyncio.create_task(self._run(), name=f"vllm-kv-events {endpoint}")
 
     async def _run(self) -> None:

@@ -14,10 +14,14 @@ import zmq
 import zmq.asyncio
 
 from opscale.engine import kv_events as engine_events
+from opscale.model import InstanceSpec
 from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
 from opscale.openai.vllm_kv_events import VllmKvReader
 from opscale.routing.prefix_index import PrefixIndex
+from opscale.runtime.clock import WallClock
+from opscale.runtime.live.settings import OpenAIEngineSettings
 
+from opscale_services.node_agent.openai_engines import OpenAIEngines
 from opscale_services.node_agent.vllm_kv_sub import VllmKvSubscriber
 
 
@@ -185,3 +189,32 @@ async def test_a_subscriber_past_its_bound_tells_the_router_to_forget_rather_tha
         await sub.close()
         pub.close()
         ctx.term()
+
+
+async def test_an_openai_instance_forwards_its_servers_events_and_a_bad_endpoint_only_loses_them() -> None:
+    ctx = zmq.asyncio.Context.instance()  # the one the engines' subscribers use
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    servers = [OpenAIEngineSettings(base_url="http://127.0.0.1:1", served_model_name="served-a",
+                                    kv_events_endpoint="tcp://"),
+               OpenAIEngineSettings(base_url="http://127.0.0.1:2", served_model_name="served-b",
+                                    kv_events_endpoint=f"tcp://127.0.0.1:{port}")]
+    engines = OpenAIEngines(servers, WallClock(), is_accepting=lambda _: True)
+    try:
+        engines.start(InstanceSpec("a1", "served-a", "H100-80GB"))  # ZMQ cannot parse its endpoint: no events
+        engines.start(InstanceSpec("b1", "served-b", "H100-80GB"))
+        await asyncio.wait_for(pub.recv(), 30.0)
+        await pub.send_multipart(frames(0, BlockStored([1, 2], None, [], 16, None, "GPU")))
+        taken: list = []
+
+        def arrived() -> bool:
+            taken.extend(engines.take_kv_events())
+            return bool(taken)
+
+        await wait_for(arrived)
+        [(instance_id, model, events)] = taken
+        assert (instance_id, model, [e.block_hashes for e in events]) == ("b1", "served-b", [(1, 2)])
+    finally:
+        await engines.close()
+        pub.close()
