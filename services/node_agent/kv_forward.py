@@ -4,8 +4,10 @@ Each tick of the agent takes what every engine stored, removed or cleared since 
 simulated engines' EngineConfig.kv_events; vLLM's own publisher for the openai backend) and publishes
 it as KvEventBatch on `opscale.kvevents.<region>.<agent>`, one batch per instance with events, at most
 `batch_max` events a batch (a burst goes out as several batches, in order). Each instance's batches
-are numbered from 1 (`seq`): a router applies a batch only after the one before it, so a redelivered
-batch is dropped there. Batching per tick keeps the message rate at one per instance per tick however
+are numbered (`seq`) up from `seq_base`: a router applies a batch only if its seq is above the last
+it applied for that instance, so a redelivered batch is dropped there. The agent starts the numbers
+at its start time in microseconds, so an agent that restarts (its instances keep their ids) numbers
+above everything it sent before, and the router does not take its new batches for stale ones. Batching per tick keeps the message rate at one per instance per tick however
 fast an engine runs, and bounds how stale the router's index is to one tick plus the bus.
 
 A publish that fails (the bus is down) loses that batch: the router's index then misses those events
@@ -31,12 +33,14 @@ Publish = Callable[[str, KvEventBatch], Awaitable[object]]
 class KvForwarder:
     """See the module docstring."""
 
-    def __init__(self, region: str, agent_id: str, publish: Publish, batch_max: int = 512) -> None:
+    def __init__(self, region: str, agent_id: str, publish: Publish, batch_max: int = 512,
+                 seq_base: int = 0) -> None:
         if batch_max < 1:
             raise ValueError(f"kv_events_batch_max must be >= 1, got {batch_max}")
         self.subject = subjects.kv_events(region, agent_id)
         self.publish = publish
         self.batch_max = batch_max
+        self.seq_base = seq_base
         self._seq: dict[str, int] = {}
         self.published_batches = 0
         self.published_events = 0
@@ -47,7 +51,7 @@ class KvForwarder:
         for instance_id, model, events in taken:
             for start in range(0, len(events), self.batch_max):
                 chunk = tuple(events[start:start + self.batch_max])
-                seq = self._seq.get(instance_id, 0) + 1
+                seq = self._seq.get(instance_id, self.seq_base) + 1
                 self._seq[instance_id] = seq
                 batch = KvEventBatch(instance_id, model, now_s, seq, chunk)
                 try:

@@ -145,7 +145,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
 
         # The engines' KV events (engine.kv_events for the simulated engines; a server's
         # kv_events_endpoint for the openai backend), batched per instance each tick
-        kv = KvForwarder(settings.region, settings.agent_id, p.bus.publish, settings.kv_events_batch_max)
+        kv = KvForwarder(settings.region, settings.agent_id, p.bus.publish, settings.kv_events_batch_max,
+                         seq_base=int(p.clock.now_s() * 1e6))
 
         async def tick() -> None:
             now = p.clock.now_s()

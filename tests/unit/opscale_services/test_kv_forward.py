@@ -37,3 +37,8 @@ async def test_events_are_batched_per_instance_in_order_and_bounded() -> None:
     await fwd.forward([("i1", "m", [stored(8)])], 3.0)
     assert fwd.failed_batches == 1 and sent[-1][1].seq == 5  # the lost batch keeps its number
     assert fwd.published_events == 7
+
+    # an agent that restarts numbers its batches above everything it sent before
+    later = KvForwarder("eu", "agent.1", publish, seq_base=1_000)
+    await later.forward([("i1", "m", [stored(1)])], 4.0)
+    assert sent[-1][1].seq == 1_001
