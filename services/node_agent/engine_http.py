@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, KvStep, kv_step
+from opscale.openai.prefix_blocks import prefix_block_hashes
 from opscale.openai.routed_headers import REQUEST_ID_HEADER, parse_routed_headers
 from opscale.openai.schema import (
     ApiError,
@@ -108,6 +109,8 @@ class EngineRequest:
     max_tokens: int
     # a decode step: the `kv_transfer_params` of the prefill instance's answer; None for a whole request
     kv_transfer: Mapping[str, Any] | None = None
+    # the prompt's prefix blocks (opscale.openai.prefix_blocks), for an engine with a prefix cache
+    prefix_hashes: tuple[int, ...] = ()
 
 
 class EngineHost(Protocol):
@@ -141,11 +144,14 @@ def build_engine_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     wall_clock_s: Callable[[], float] = unix_now_s,
+    prefix_block_tokens: int = 0,
 ) -> web.Application:
-    """The engine server app for every instance of `host`."""
+    """The engine server app for every instance of `host`. `prefix_block_tokens` > 0: each request's
+    prompt is hashed into prefix blocks of that many tokens for the engines' prefix cache (the engines'
+    EngineConfig.prefix_block_tokens; 0: engines without one)."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    server = _EngineServer(host, max_body_bytes, wall_clock_s)
+    server = _EngineServer(host, max_body_bytes, wall_clock_s, prefix_block_tokens)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
     app.router.add_post("/instances/{instance_id}/v1/completions", server.completions)
     app.router.add_post("/instances/{instance_id}/v1/chat/completions", server.chat_completions)
@@ -155,8 +161,10 @@ def build_engine_app(
 class _EngineServer:
     """The handlers, bound to one host. One instance per app: no module-level state."""
 
-    def __init__(self, host: EngineHost, max_body_bytes: int, wall_clock_s: Callable[[], float]) -> None:
+    def __init__(self, host: EngineHost, max_body_bytes: int, wall_clock_s: Callable[[], float],
+                 prefix_block_tokens: int = 0) -> None:
         self._host = host
+        self._prefix_block_tokens = prefix_block_tokens
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
 
@@ -182,7 +190,8 @@ class _EngineServer:
         step = kv_step(parsed.body)
         engine_request = EngineRequest(parsed.request_id, routed.tier or parsed.tier, routed.region,
                                        parsed.prompt_tokens, parsed.max_tokens,
-                                       parsed.body[KV_TRANSFER_PARAMS] if step is KvStep.DECODE else None)
+                                       parsed.body[KV_TRANSFER_PARAMS] if step is KvStep.DECODE else None,
+                                       prefix_block_hashes(parsed.body, self._prefix_block_tokens))
         if step is KvStep.PREFILL:
             return await self._prefill(instance_id, parsed, engine_request)
 

@@ -28,6 +28,7 @@ from opentelemetry import trace
 
 from opscale.engine import Finished, FirstToken, PrefillDone, SimEngine, Tokens
 from opscale.engine.errors import WrongRoleError
+from opscale.engine.kv_events import as_block_event
 from opscale.engine.outputs import EngineReport
 from opscale.engine.sim import EngineNotAcceptingError, RequestTooLargeError
 from opscale.model import InstanceSpec, Request, Role
@@ -43,6 +44,7 @@ from opscale_services.node_agent.engine_http import (
     UnknownInstance,
     WrongRole,
 )
+from opscale_services.node_agent.kv_forward import KvEventsOf
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,17 @@ class RealtimeEngines:
         now = self._now()
         return [r.engine.report(now) for r in self._engines.values()]
 
+    def take_kv_events(self) -> list[KvEventsOf]:
+        """Each engine's KV events since the last call (none unless EngineConfig.kv_events is on)."""
+        out: list[KvEventsOf] = []
+        for instance_id, r in self._engines.items():
+            if not r.engine.config.kv_events:
+                continue
+            events = r.engine.take_kv_events()
+            if events:
+                out.append((instance_id, r.spec.model, [as_block_event(e) for e in events]))
+        return out
+
     # -- EngineHost ----------------------------------------------------------------------------
 
     async def generate(self, instance_id: str, request: EngineRequest) -> AsyncIterator[int]:
@@ -177,7 +190,8 @@ class RealtimeEngines:
         now = self._now()
         request_id = request.request_id
         submitted = Request(request_id, running.spec.model, request.tier, request.region or self.region,
-                            now, max(1, request.prompt_tokens), max(1, request.max_tokens))
+                            now, max(1, request.prompt_tokens), max(1, request.max_tokens),
+                            prefix_hashes=request.prefix_hashes)
         # the engine server's span (the caller's context) says what the engine was given
         span = trace.get_current_span()
         span.set_attributes({

@@ -27,6 +27,7 @@ from opscale.services.node_agent import NodeAgentCore
 from opscale_services.common import LiveProcess
 from opscale_services.node_agent.engine_http import build_engine_app, make_runner
 from opscale_services.node_agent.engines import RealtimeEngines
+from opscale_services.node_agent.kv_forward import KvForwarder
 from opscale_services.node_agent.openai_engines import OpenAIEngines, build_openai_proxy_app
 
 
@@ -125,7 +126,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         else:
             engines = RealtimeEngines(p.clock, make_engine, settings.placement(), is_accepting=core.is_accepting,
                                       transfer=settings.transfer)
-            app = build_engine_app(engines)
+            app = build_engine_app(engines, prefix_block_tokens=engine_config.prefix_block_tokens
+                                   if engine_config.enable_prefix_caching else 0)
         p.on_exit(engines.close)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
 
@@ -141,11 +143,17 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         core.config = settings.core_config(grpc_port).model_copy(
             update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})
 
+        # The engines' KV events (engine.kv_events for the simulated engines; a server's
+        # kv_events_endpoint for the openai backend), batched per instance each tick
+        kv = KvForwarder(settings.region, settings.agent_id, p.bus.publish, settings.kv_events_batch_max,
+                         seq_base=int(p.clock.now_s() * 1e6))
+
         async def tick() -> None:
             now = p.clock.now_s()
             for report in engines.reports():
                 core.handle(report, now)
             await host.tick()
+            await kv.forward(engines.take_kv_events(), now)
 
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
         if on_start is not None:

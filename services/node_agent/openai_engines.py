@@ -32,6 +32,10 @@ drives vLLM's two-step `kv_transfer_params` protocol through this proxy (opscale
 bodies and answers pass here unchanged, and the servers move the KV between themselves. opscale moves no
 KV for a real engine and prices no transfer: the TTFT it records is the servers' own.
 
+KV events: a server that names a `kv_events_endpoint` (vLLM's --kv-events-config publisher) is read
+from the moment an instance binds to it (vllm_kv_sub.py); its events go to the routers as that
+instance's, batched each tick (kv_forward.py).
+
 It must not decide anything: which instances exist and when they drain is the node-agent core's.
 """
 
@@ -44,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
+import zmq
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,6 +59,9 @@ from opscale.openai.schema import ApiError, error_for_status
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
 from opscale.runtime.live.settings import OpenAIEngineSettings
+
+from opscale_services.node_agent.kv_forward import KvEventsOf
+from opscale_services.node_agent.vllm_kv_sub import VllmKvSubscriber
 
 __all__ = ["OpenAIEngines", "ServerMetrics", "ServerRates", "build_openai_proxy_app", "parse_server_metrics",
            "server_rates"]
@@ -156,6 +164,7 @@ class _Bound:
     metrics_at_s: float | None = None  # when `metrics` were read
     rates: ServerRates = field(default_factory=ServerRates)
     responses: set[aiohttp.ClientResponse] = field(default_factory=set)
+    kv_events: VllmKvSubscriber | None = None  # the server's KV event publisher, when it names one
 
 
 def _base(url: str) -> str:
@@ -213,7 +222,13 @@ class OpenAIEngines:
                       "model in that role (configured: %s); it stays unready", spec.instance_id, spec.model,
                       spec.role, ", ".join(served))
             return
-        self._bound[spec.instance_id] = _Bound(spec, server)
+        bound = self._bound[spec.instance_id] = _Bound(spec, server)
+        if server.kv_events_endpoint:
+            try:
+                bound.kv_events = VllmKvSubscriber(server.kv_events_endpoint, server.kv_events_topic)
+            except zmq.ZMQError as exc:  # an endpoint ZMQ cannot parse: the instance serves, without events
+                log.error("instance %s: KV events of %s not read: %s", spec.instance_id,
+                          server.kv_events_endpoint, exc)
 
     def drain(self, instance_id: str) -> None:
         """Nothing to tell the server: the core stops accepting and the proxy refuses new requests."""
@@ -224,6 +239,8 @@ class OpenAIEngines:
         if bound is not None:
             for response in list(bound.responses):
                 response.close()
+            if bound.kv_events is not None:
+                await bound.kv_events.close()
 
     def healthy(self, instance_id: str) -> bool:
         bound = self._bound.get(instance_id)
@@ -232,6 +249,15 @@ class OpenAIEngines:
     def in_flight(self, instance_id: str) -> int:
         bound = self._bound.get(instance_id)
         return 0 if bound is None else bound.in_flight
+
+    def take_kv_events(self) -> list[KvEventsOf]:
+        """Each server's KV events since the last call, as its instance's (servers that name a
+        kv_events_endpoint)."""
+        out: list[KvEventsOf] = []
+        for instance_id, b in self._bound.items():
+            if b.kv_events is not None and (events := b.kv_events.take()):
+                out.append((instance_id, b.spec.model, events))
+        return out
 
     def reports(self) -> list[EngineReport]:
         out: list[EngineReport] = []

@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
 from opscale.openai.kv_transfer import decode_body, prefill_body
+from opscale.openai.prefix_blocks import prefix_block_hashes
 from opscale.openai.routed_headers import routed_headers
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.openai.stream import EngineUsage
@@ -51,8 +52,11 @@ Decision = Dispatch | Reject
 
 class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
-                 region: str, tracer_provider: trace.TracerProvider | None = None) -> None:
+                 region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
+        # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
+        # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
+        self.prefix_block_tokens = prefix_block_tokens
         self.core = core
         self.clock = clock
         self.upstream = upstream
@@ -79,7 +83,8 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
                        ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
-        request = req.as_request(self.clock.now_s(), self.region)
+        request = req.as_request(self.clock.now_s(), self.region,
+                                 prefix_block_hashes(req.body, self.prefix_block_tokens))
         # Not the "current" span: an async generator may resume in another context, so the span is
         # passed explicitly (into the upstream headers) and ended in `finally`.
         span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),

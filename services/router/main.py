@@ -18,6 +18,7 @@ from opscale_services.common import LiveProcess
 from opscale_services.router.api import build_router_app, make_runner
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
+from opscale_services.router.kv_metrics import KvIndexCollector
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -43,7 +44,10 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         p.on_exit(upstream.close)
         records = RecordBatcher(p.bus, p.registry, batch_max=settings.records_batch_max)
         p.on_exit(records.flush)  # runs before the bus closes: registered after it
-        backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider)
+        # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
+        engine = settings.engine
+        backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
+                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
         backend.host = host
 
@@ -53,6 +57,13 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             sub = await p.bus.subscribe(subject, f"router-{rid}-{name}-{ns}"[:64], host.deliver,
                                         deliver="last_per_subject")
             p.on_exit(sub.stop)
+        if core.follows_kv_events():
+            # Every engine's KV events, in order (one consumer, so an instance's batches keep their seq
+            # order); a new router reads what the stream still holds (minutes) and follows from there.
+            sub = await p.bus.subscribe(subjects.KV_EVENTS_ALL, f"router-{rid}-kvevents-{ns}"[:64], host.deliver,
+                                        deliver="all", max_pending=2000, max_deliveries=1)
+            p.on_exit(sub.stop)
+            p.registry.register(KvIndexCollector(core))
 
         runner = make_runner(build_router_app(backend))
         await runner.setup()

@@ -35,8 +35,10 @@ class KvBlockEvent:
 @dataclass(frozen=True, slots=True)
 class KvEventBatch:
     """The KV events of one instance since its previous batch, in order, as its node-agent forwards them
-    to the routers (one batch per instance per report tick). `seq` counts that instance's batches from 1:
-    a router applies a batch only after the one before it (a redelivered or older one is dropped)."""
+    to the routers (one batch per instance per report tick). `seq` numbers that instance's batches,
+    increasing (from 1 in the simulator; a live node-agent starts at its start time in microseconds,
+    so that it numbers above its earlier runs): a router applies a batch only if its seq is above the
+    last it applied (a redelivered or older one is dropped)."""
 
     instance_id: str
     model: str

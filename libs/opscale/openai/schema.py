@@ -302,8 +302,9 @@ class ParsedRequest:
             out["model"] = model
         return out
 
-    def as_request(self, arrival_s: float, default_region: str) -> Request:
-        """The control plane's view of this request; `max_tokens` is its output bound."""
+    def as_request(self, arrival_s: float, default_region: str, prefix_hashes: tuple[int, ...] = ()) -> Request:
+        """The control plane's view of this request; `max_tokens` is its output bound; `prefix_hashes`:
+        its prompt's prefix blocks (opscale.openai.prefix_blocks), when the router routes on them."""
         return Request(
             request_id=self.request_id,
             model=self.model,
@@ -312,6 +313,7 @@ class ParsedRequest:
             arrival_s=arrival_s,
             prompt_tokens=self.prompt_tokens,
             output_tokens=self.max_tokens,
+            prefix_hashes=prefix_hashes,
         )
 
 

@@ -60,6 +60,7 @@ from opscale.routing import (
     make_routing_policy,
 )
 from opscale.routing.pd_pairing import PdPairing
+from opscale.routing.prefix_index import KvIndexStats, PrefixIndex
 from opscale.routing.ready_gate import paused
 from opscale.services import subjects
 from opscale.services.actions import Action, Dispatch, Publish, Reject
@@ -207,6 +208,15 @@ class RouterCore:
 
     def in_flight(self) -> int:
         return len(self._routed)
+
+    def follows_kv_events(self) -> bool:
+        """The routing policy reads the engines' KV events (kv_aware): the live router subscribes to them."""
+        return self._kv is not None
+
+    def kv_index_stats(self) -> KvIndexStats | None:
+        """What the policy's prefix index applied and refused, when it keeps one."""
+        index = getattr(self._kv, "index", None)
+        return index.stats if isinstance(index, PrefixIndex) else None
 
     def routing_weights(self, model: str, origin: str) -> dict[str, float] | None:
         """The newest plan's share of (model, origin)'s demand per serving region, if it names one."""

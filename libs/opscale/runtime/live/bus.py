@@ -1,6 +1,6 @@
 """The live event bus: NATS JetStream with protobuf payloads.
 
-One stream per kind of event (heartbeat, routerload, records, windows, poolutil, forecasts, plans), created or
+One stream per kind of event (heartbeat, routerload, records, windows, poolutil, forecasts, kvevents, plans), created or
 updated at start-up with retention limits by age and size; the plans stream keeps the last N plans per subject so
 `last()` can read the newest plan. Events go out as `(type header, protobuf payload)` through the codec,
 with `Nats-Msg-Id` for JetStream's de-duplication window and W3C trace context in the headers.
@@ -100,6 +100,10 @@ DEFAULT_STREAMS: tuple[StreamSpec, ...] = (
     # the windows' consumers (forecaster, planner) receive only the request windows they read.
     StreamSpec("poolutil", "POOLUTIL", max_age_s=7 * 86_400.0, max_bytes=128 * _MIB),
     StreamSpec("forecasts", "FORECASTS", max_age_s=7 * 86_400.0, max_bytes=128 * _MIB),
+    # The engines' KV events (opscale.services.node_agent's forwarder, one batch per instance per tick): a
+    # router's prefix index follows them as they come, and one that starts reads the last minutes back
+    # (the blocks still cached then). Kept in memory: they are many, small and soon stale.
+    StreamSpec("kvevents", "KVEVENTS", max_age_s=300.0, max_bytes=256 * _MIB, storage="memory"),
     # Plans never expire by age: an agent that starts must find the newest one.
     StreamSpec("plans", "PLANS", max_age_s=None, max_bytes=64 * _MIB, max_msgs_per_subject=100),
 )

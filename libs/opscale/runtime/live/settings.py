@@ -278,6 +278,19 @@ class RouterSettings(LiveSettings):
     records_batch_max: int = Field(500, ge=1, description="Records per published batch")
     core: RouterConfig = Field(default_factory=RouterConfig, description="Routing policy settings")
 
+    @model_validator(mode="after")
+    def _kv_blocks_as_engines(self) -> RouterSettings:
+        # kv_aware names a prompt's blocks as the engines cache them: its block size is the engines'
+        # prefix_block_tokens (one owner); a different one given to the policy is refused.
+        if self.core.policy == "kv_aware":
+            params = self.core.policy_params
+            given = params.setdefault("block_tokens", self.engine.prefix_block_tokens)
+            if given != self.engine.prefix_block_tokens:
+                raise ValueError(f"core.policy_params.block_tokens is {given!r} but engine.prefix_block_tokens is "
+                                 f"{self.engine.prefix_block_tokens}: leave block_tokens out, the engines' "
+                                 f"prefix block size is used")
+        return self
+
 
 class AggregatorSettings(LiveSettings):
     """The aggregator process: request records and heartbeats in, windows out (and to Redis)."""
@@ -352,6 +365,12 @@ class OpenAIEngineSettings(BaseModel):
     api_key: str = Field("", description="Bearer token sent to the server; empty: none")
     metrics_path: str = Field("/metrics", description="Prometheus metrics of the server (vLLM: KV cache usage, "
                               "queue); empty: not read")
+    kv_events_endpoint: str = Field("", pattern=r"^$|^(tcp|ipc|inproc)://", description="ZMQ endpoint of the "
+                                    "server's KV event publisher (vLLM --kv-events-config's endpoint, as this host "
+                                    "reaches it, e.g. tcp://127.0.0.1:5557); the node-agent forwards its events to "
+                                    "the routers (engine.kv_events on). Empty: none read")
+    kv_events_topic: str = Field("", description="Topic of the server's KV events (vLLM's kv-events-config topic; "
+                                 "empty: all)")
 
 
 class NodeAgentSettings(LiveSettings):
@@ -386,6 +405,9 @@ class NodeAgentSettings(LiveSettings):
         default_factory=list, description="With engine_backend openai: the servers, one per instance")
     engine_health_interval_s: float = Field(2.0, gt=0, description="openai backend: period of health and "
                                             "metrics checks of each server")
+    kv_events_batch_max: int = Field(512, ge=1, description="With engine.kv_events on: most KV events in one "
+                                     "published batch (an instance's events of one tick go out in as many "
+                                     "batches as need be)")
     s0: str = Field("", description="Leaf switch of this host (HeteroScale's S0), reported in heartbeats; '' "
                     "when not configured")
     s1: str = Field("", description="Mini-pod switch above the leaf (S1); needs s0")

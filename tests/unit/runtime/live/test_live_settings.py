@@ -207,3 +207,11 @@ router: {core: {policy: kv_aware, policy_params: {decode_weight: 0.5, max_blocks
     bad = write(tmp_path, "engine: {kv_events: true}\n")
     with pytest.raises(SettingsError, match="kv_events"):
         load_settings(NodeAgentSettings, bad)
+
+
+def test_kv_aware_takes_its_block_size_from_the_engines() -> None:
+    engine = {"enable_prefix_caching": True, "prefix_block_tokens": 64}
+    settings = RouterSettings(engine=engine, core={"policy": "kv_aware"})
+    assert settings.core.policy_params["block_tokens"] == 64
+    with pytest.raises(ValueError, match=r"block_tokens is 512 but engine.prefix_block_tokens is 64"):
+        RouterSettings(engine=engine, core={"policy": "kv_aware", "policy_params": {"block_tokens": 512}})
