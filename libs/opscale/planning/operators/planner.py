@@ -295,6 +295,21 @@ class OperatorPlanner:
         """The baseline: whole-model replicas on whole GPUs, on the same queueing model."""
         return self._plan(workload, ((_ALL,),), _WHOLE, "model", "greedy")
 
+    def plan_partition(self, workload: Workload, prefill: Sequence[frozenset[Operator]],
+                       decode: Sequence[frozenset[Operator]]) -> OperatorPlan:
+        """The greedy operator-level plan keeping a running deployment's stages (`prefill`'s and
+        `decode`'s partitions of the operator families): the runtime re-plans replicas, shares and
+        batches, never the split, since resharding costs far more than replicating (PAPERS.md §1.6)."""
+        parts = []
+        for label, partition in (("prefill", prefill), ("decode", decode)):
+            part = tuple(frozenset(Operator(op) for op in block) for block in partition)
+            if sorted(op for block in part for op in block) != sorted(_FAMILIES):
+                raise ValueError(f"{label} partition must hold every operator family exactly once, got "
+                                 f"{[sorted(op.value for op in b) for b in part]}")
+            parts.append((part,))
+        return self._plan(workload, parts[0], self.config.sharing.shares, "operator", "greedy",
+                          decode_parts=parts[1])
+
     def oracle(self, workload: Workload) -> OperatorPlan:
         """The least-cost plan over every partition, share and replica vector (exponential: small cases)."""
         return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "oracle")
@@ -303,10 +318,14 @@ class OperatorPlanner:
 
     def _plan(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
               shares: Sequence[float], level: str, search: str,
-              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None) -> OperatorPlan:
+              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None,
+              decode_parts: Sequence[tuple[frozenset[Operator], ...]] | None = None) -> OperatorPlan:
+        """`parts` are the partitions searched for both phases, or prefill's alone when `decode_parts`
+        are given."""
         curves = {} if curves is None else curves  # f(R) memos of this workload, shared by both searches
         prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves)
-        decode = self._phase(workload, Phase.DECODE, parts, shares, search, curves)
+        decode = self._phase(workload, Phase.DECODE, parts if decode_parts is None else decode_parts, shares,
+                             search, curves)
         demands = [ReplicaDemand(f"{p.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp)
                    for p in (prefill, decode) for s in p.stages for i in range(s.replicas)]
         packing = pack(demands, self.costs.memory_bytes(1))
@@ -318,7 +337,7 @@ class OperatorPlanner:
             # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
             # more GPUs than the whole-GPU plan does. Never return the worse of the two. (When packing
             # lost nothing, the whole-GPU plan, whose cost is no lower, cannot pack onto fewer.)
-            whole = self._plan(workload, parts, _WHOLE, level, search, curves)
+            whole = self._plan(workload, parts, _WHOLE, level, search, curves, decode_parts)
             if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
                 return whole
         return plan
