@@ -97,4 +97,4 @@ def test_a_load_step_is_absorbed_by_operator_replicas_before_a_full_replica_coul
     window = (STEP_S, STEP_S + 15.0)
     assert op.slo_attainment(*window) >= 0.85
     assert op.slo_attainment(*window) >= model.slo_attainment(*window) + 0.1
-    assert op.slo_attainment() >= 0.95 > model.slo_attainment()
+    assert op.slo_attainment() >= 0.9 > model.slo_attainment()

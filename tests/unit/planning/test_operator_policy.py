@@ -69,6 +69,30 @@ def test_more_load_never_gives_fewer_gpus_and_the_split_is_kept() -> None:
     assert costs == sorted(costs) and costs[-1] > costs[0]
 
 
+def test_re_plans_keep_each_stage_s_share_and_change_its_replicas() -> None:
+    policy = _policy("operator_level")
+    state = policy.decide(_observe(3.0), policy.initial_state(), 0.0).state
+    first = {s.name: s.share for s in state.targets[KEY].stages}
+    for rps in (10.0, 20.0, 30.0, 40.0):
+        state = policy.decide(_observe(rps), state, 0.0).state
+        assert {s.name: s.share for s in state.targets[KEY].stages} == first
+    assert state.targets[KEY].gpu_cost > policy.targets(MODEL, Workload(3.0, 1024, 64)).gpu_cost
+    free = _policy("operator_level", sticky_shares=False)
+    assert free.decide(_observe(3.0), free.initial_state(), 0.0).desired  # the switch is accepted
+
+
+def test_the_scale_in_window_keeps_the_recent_peak() -> None:
+    policy = _policy("operator_level", scale_in_window_s=5.0)
+    state = policy.decide(_observe(2.0), policy.initial_state(), -10.0).state
+    low = sum(s.replicas for s in state.targets[KEY].stages)
+    state = policy.decide(_observe(40.0), state, 0.0).state
+    peak = {s.name: s.replicas for s in state.targets[KEY].stages}
+    state = policy.decide(_observe(2.0), state, 3.0).state  # within the window: held
+    assert {s.name: s.replicas for s in state.targets[KEY].stages} == peak
+    state = policy.decide(_observe(2.0), state, 9.0).state  # past it: follows the plan
+    assert sum(s.replicas for s in state.targets[KEY].stages) == low < sum(peak.values())
+
+
 def test_a_backlog_is_planned_as_extra_arrivals() -> None:
     policy = _policy("operator_level")
     calm = policy.decide(_observe(10.0), policy.initial_state(), 0.0).state.targets[KEY]

@@ -63,6 +63,13 @@ class OperatorPolicyConfig(BaseModel):
     partition_rps: float | None = Field(
         None, gt=0, description="partition 'planned': the arrival rate whose plan fixes the stages (the peak the "
                                 "split is provisioned for). None: the first rate observed.")
+    scale_in_window_s: float = Field(
+        0.0, ge=0, description="A stage keeps the most replicas any plan of the last this many seconds gave it "
+                               "(a stabilisation window: noise in a short rate window does not churn replicas "
+                               "that cost a load each); 0: every plan is followed at once.")
+    sticky_shares: bool = Field(
+        True, description="operator_level: re-plans keep each stage's SM share and change its replica count "
+                          "(a share change replaces the stage's replicas, each paying a load).")
     load: LoadTimeParams = Field(default_factory=LoadTimeParams)
     full_replica_source: LoadSource = Field(
         "warm", description="Where a whole replica's weights come from (an operator replica always attaches "
@@ -108,6 +115,8 @@ class StageTargets:
 @dataclass(frozen=True, slots=True)
 class OperatorPolicyState:
     targets: dict[PoolKey, StageTargets] = field(default_factory=dict)
+    # (pool, stage name) -> the (time, replicas) its recent plans gave, for scale_in_window_s
+    recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]] = field(default_factory=dict)
 
 
 class OperatorScalingPolicy:
@@ -169,10 +178,23 @@ class OperatorScalingPolicy:
                 split = [[s.operators for s in shape.phase(phase).stages] for phase in (Phase.PREFILL, Phase.DECODE)]
             else:
                 split = [[s.operators for s in previous.phase(phase)] for phase in (Phase.PREFILL, Phase.DECODE)]
-            plan = planner.plan_partition(workload, *split)
+            plan = self._replan(planner, workload, split, previous)
         stages = tuple(self._target(planner, phase, stage)
                        for phase in (Phase.PREFILL, Phase.DECODE) for stage in plan.phase(phase).stages)
         return StageTargets(self.level, stages, plan)
+
+    def _replan(self, planner: OperatorPlanner, workload: Workload, split: list[list[frozenset[Operator]]],
+                previous: StageTargets | None) -> OperatorPlan:
+        """Keep the running stages' SM shares (`sticky_shares`): a new share means new replicas, each
+        paying a load, for capacity the running ones give by adding replicas at their share. Where the
+        kept shares cannot meet the budget at all, the shares are re-chosen."""
+        if previous is not None and self.config.sticky_shares:
+            try:
+                return planner.plan_partition(workload, *split, shares={(s.phase, s.operators): s.share
+                                                                         for s in previous.stages})
+            except ValueError:
+                pass
+        return planner.plan_partition(workload, *split)
 
     def _target(self, planner: OperatorPlanner, phase: Phase, stage: StagePlan) -> StageTarget:
         if self.level == "model" or stage.operators == frozenset(Operator):
@@ -186,6 +208,7 @@ class OperatorScalingPolicy:
 
     def decide(self, observation: Observation, state: OperatorPolicyState, now_s: float) -> Effects:
         targets = dict(state.targets)
+        recent = dict(state.recent)
         desired: dict[PoolKey, int] = {}
         reasons: dict[PoolKey, str] = {}
         for key, pool in observation.pools.items():
@@ -203,6 +226,7 @@ class OperatorScalingPolicy:
                 desired[key] = deployment.max_replicas
                 reasons[key] = f"{self.name}: {exc}"
                 continue
+            found = self._stabilised(key, found, recent, now_s)
             targets[key] = found
             # Node-agents run whole instances: the whole replicas of the same load (see the docstring).
             whole = _whole_replicas(found.plan if self.level == "model" else
@@ -212,7 +236,22 @@ class OperatorScalingPolicy:
             reasons[key] = (f"{self.name}: {workload.arrival_rps:.2f} req/s -> "
                             + ", ".join(f"{s.name} x{s.replicas}" for s in found.stages)
                             + f"; {desired[key]} whole instance(s){note}")
-        return Effects(desired=desired, state=replace(state, targets=targets), reasons=reasons)
+        return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons)
+
+    def _stabilised(self, key: PoolKey, found: StageTargets, recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]],
+                    now_s: float) -> StageTargets:
+        """Each stage at the most replicas its plans of the last scale_in_window_s gave (at the current
+        share; a share change resets the stage's history)."""
+        window = self.config.scale_in_window_s
+        if window <= 0:
+            return found
+        stages = []
+        for stage in found.stages:
+            name = (key, f"{stage.name}@{stage.share:g}")
+            kept = tuple(p for p in recent.get(name, ()) if p[0] > now_s - window) + ((now_s, stage.replicas),)
+            recent[name] = kept
+            stages.append(replace(stage, replicas=max(r for _, r in kept)))
+        return replace(found, stages=tuple(stages))
 
 
 def _whole_replicas(plan: OperatorPlan, tp: int) -> int:
