@@ -145,6 +145,12 @@ class StageRunResult:
                   if since_s <= a < until_s and self.ttft_s.get(r, math.inf) > self.ttft_slo_s]
         return max(misses) - since_s if misses else 0.0
 
+    def first_ready_s(self, since_s: float, until_s: float) -> float | None:
+        """Seconds from `since_s` until the first replica added in [since_s, until_s) served; None if none
+        was added."""
+        readies = [e.ready_s for e in self.scale_ups if since_s <= e.added_s < until_s]
+        return min(readies) - since_s if readies else None
+
     def capacity_ready_s(self, since_s: float, until_s: float) -> float | None:
         """Seconds from `since_s` until the last replica added in [since_s, until_s) was ready; None if
         none was added."""
