@@ -98,3 +98,28 @@ def test_a_load_step_is_absorbed_by_operator_replicas_before_a_full_replica_coul
     assert op.slo_attainment(*window) >= 0.85
     assert op.slo_attainment(*window) >= model.slo_attainment(*window) + 0.1
     assert op.slo_attainment() >= 0.9 > model.slo_attainment()
+
+
+@pytest.mark.parametrize("level", ["operator", "model"])
+def test_gpu_hours_are_the_capacity_held_over_time(runs: dict[str, StageRunResult], level: str) -> None:
+    """The GPU-hours charged agree with the GPU-equivalents the loop saw held at each tick (loading
+    replicas included), integrated over the run: one accounting for both levels."""
+    run = runs[level]
+    sampled = sum(g for _, g in run.gpu_cost_timeline) * INTERVAL_S / 3600
+    assert run.gpu_hours == pytest.approx(sampled, rel=0.1)
+
+
+def test_a_one_token_request_finishes_at_its_first_token() -> None:
+    policy = make_planning_policy("operator_level", [DEPLOYMENT], lambda *a, **k: 1.0, tiers=TIERS)
+    assert isinstance(policy, OperatorScalingPolicy)
+    run = StageWorld(policy, MODEL, initial_rps=1.0).run([Request("a", MODEL, "interactive", "sim", 0.5, 512, 1)], 5.0)
+    assert run.completed == 1 and run.mean_tbt_s["a"] == 0.0 and 0 < run.ttft_s["a"] < 1.0
+
+
+def test_the_world_refuses_requests_of_another_model_and_bad_intervals() -> None:
+    policy = make_planning_policy("model_level", [DEPLOYMENT], lambda *a, **k: 1.0, tiers=TIERS)
+    assert isinstance(policy, OperatorScalingPolicy)
+    with pytest.raises(ValueError, match="Llama-3-8B"):
+        StageWorld(policy, MODEL).run([Request("a", "Llama-3-8B", "interactive", "sim", 0.5, 512, 4)], 5.0)
+    with pytest.raises(ValueError, match="interval_s"):
+        StageWorld(policy, MODEL, interval_s=0.0)
