@@ -27,6 +27,8 @@ class PlanningPolicyName(StrEnum):
     SAGESERVE_MIP = "sageserve_mip"
     HETEROSCALE = "heteroscale"
     PD_HPA = "pd_hpa"
+    OPERATOR_LEVEL = "operator_level"
+    MODEL_LEVEL = "model_level"
 
 
 # Objectives are the tiers' (opscale.model.tiers), not a policy's: these former parameters are refused
@@ -102,6 +104,23 @@ def _pd_hpa(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: 
     return PdHpaPolicy(deployments, _config("pd_hpa", PdHpaConfig, params))
 
 
+def _operator_scaling(level: str) -> Callable[..., PlanningPolicy]:
+    def make(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+             **params: Any) -> PlanningPolicy:
+        from opscale.planning.operators.policy import OperatorPolicyConfig, OperatorScalingPolicy
+
+        name = f"{level}_level"
+        try:
+            return OperatorScalingPolicy(deployments, objective, _config(name, OperatorPolicyConfig, params),
+                                         level)  # type: ignore[arg-type]
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith("planning policy") else
+                             f"planning policy {name!r}: {message}") from None
+
+    return make
+
+
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     def make(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
              **params: Any) -> PlanningPolicy:
@@ -133,6 +152,8 @@ _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.SAGESERVE_MIP: _sageserve_mip,
     PlanningPolicyName.HETEROSCALE: _heteroscale,
     PlanningPolicyName.PD_HPA: _pd_hpa,
+    PlanningPolicyName.OPERATOR_LEVEL: _operator_scaling("operator"),
+    PlanningPolicyName.MODEL_LEVEL: _operator_scaling("model"),
 }
 
 

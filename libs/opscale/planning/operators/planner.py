@@ -51,7 +51,7 @@ import bisect
 import dataclasses
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from opscale.model import LatencyObjective, ModelSpec, Sku
@@ -295,6 +295,25 @@ class OperatorPlanner:
         """The baseline: whole-model replicas on whole GPUs, on the same queueing model."""
         return self._plan(workload, ((_ALL,),), _WHOLE, "model", "greedy")
 
+    def plan_partition(self, workload: Workload, prefill: Sequence[frozenset[Operator]],
+                       decode: Sequence[frozenset[Operator]],
+                       shares: Mapping[tuple[Phase, frozenset[Operator]], float] | None = None) -> OperatorPlan:
+        """The greedy operator-level plan keeping a running deployment's stages (`prefill`'s and
+        `decode`'s partitions of the operator families): the runtime re-plans replicas and batches,
+        never the split, since resharding costs far more than replicating (PAPERS.md §1.6). `shares`
+        pins the SM share of the stages it names (their running replicas'); the others take any
+        configured share."""
+        parts = []
+        for label, partition in (("prefill", prefill), ("decode", decode)):
+            part = tuple(frozenset(Operator(op) for op in block) for block in partition)
+            if sorted(op for block in part for op in block) != sorted(_FAMILIES):
+                raise ValueError(f"{label} partition must hold every operator family exactly once, got "
+                                 f"{[sorted(op.value for op in b) for b in part]}")
+            parts.append((part,))
+        pinned = None if shares is None else {key: (share,) for key, share in shares.items()}
+        return self._plan(workload, parts[0], self.config.sharing.shares, "operator", "greedy",
+                          decode_parts=parts[1], stage_shares=pinned)
+
     def oracle(self, workload: Workload) -> OperatorPlan:
         """The least-cost plan over every partition, share and replica vector (exponential: small cases)."""
         return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "oracle")
@@ -303,22 +322,27 @@ class OperatorPlanner:
 
     def _plan(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
               shares: Sequence[float], level: str, search: str,
-              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None) -> OperatorPlan:
+              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None,
+              decode_parts: Sequence[tuple[frozenset[Operator], ...]] | None = None,
+              stage_shares: Mapping[tuple[Phase, frozenset[Operator]], Sequence[float]] | None = None) -> OperatorPlan:
+        """`parts` are the partitions searched for both phases, or prefill's alone when `decode_parts`
+        are given; `stage_shares` replaces `shares` for the stages it names."""
         curves = {} if curves is None else curves  # f(R) memos of this workload, shared by both searches
-        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves)
-        decode = self._phase(workload, Phase.DECODE, parts, shares, search, curves)
+        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves, stage_shares)
+        decode = self._phase(workload, Phase.DECODE, parts if decode_parts is None else decode_parts, shares,
+                             search, curves, stage_shares)
         demands = [ReplicaDemand(f"{p.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp)
                    for p in (prefill, decode) for s in p.stages for i in range(s.replicas)]
         packing = pack(demands, self.costs.memory_bytes(1))
         energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
         plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
                             prefill, decode, packing, energy)
-        if (tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages)
+        if (stage_shares is None and tuple(shares) != _WHOLE and any(s.share < 1 for p in (prefill, decode) for s in p.stages)
                 and packing.gpus > math.ceil(plan.gpu_cost - 1e-9)):
             # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
             # more GPUs than the whole-GPU plan does. Never return the worse of the two. (When packing
             # lost nothing, the whole-GPU plan, whose cost is no lower, cannot pack onto fewer.)
-            whole = self._plan(workload, parts, _WHOLE, level, search, curves)
+            whole = self._plan(workload, parts, _WHOLE, level, search, curves, decode_parts)
             if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
                 return whole
         return plan
@@ -331,7 +355,8 @@ class OperatorPlanner:
 
     def _phase(self, workload: Workload, phase: Phase, parts: Sequence[tuple[frozenset[Operator], ...]],
                shares: Sequence[float], search: str,
-               curves: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> PhasePlan:
+               curves: dict[tuple[Phase, frozenset[Operator], float], _Curve],
+               stage_shares: Mapping[tuple[Phase, frozenset[Operator]], Sequence[float]] | None = None) -> PhasePlan:
         budget, field = ((self.objective.ttft_slo_s, "ttft_slo_s") if phase is Phase.PREFILL
                          else (self.objective.tbt_slo_s, "tbt_slo_s"))
         lam = workload.arrival_rps * (1 if phase is Phase.PREFILL else workload.output_tokens)
@@ -341,7 +366,8 @@ class OperatorPlanner:
         for part in parts:
             for ops in part:
                 if ops not in fronts:
-                    fronts[ops] = self._frontier(workload, phase, ops, lam, shares, curves)
+                    own = shares if stage_shares is None else stage_shares.get((phase, ops), shares)
+                    fronts[ops] = self._frontier(workload, phase, ops, lam, own, curves)
             stage_fronts = [fronts[ops] for ops in part]
             if all(f is not None for f in stage_fronts):
                 candidates.append((part, stage_fronts))  # type: ignore[arg-type]

@@ -1,0 +1,263 @@
+"""The `operator_level` and `model_level` planning policies (issue 14 items 5-6): per model and region,
+the operator planner on the observed arrival rate and token lengths against the tiers' objectives.
+
+Both run the same queueing model (`OperatorPlanner`); they differ only in what may be scaled:
+
+- `operator_level`: the stages of the operator plan (sets of operator families, each on whole GPUs or
+  an SM share). The first plan of a pool fixes its partition; later plans re-size the replicas of
+  those stages only (`OperatorPlanner.plan_partition`): replication, never resharding (PAPERS.md §1.6).
+  The floor is one replica of every stage of each phase: the base instance, split into its stages.
+- `model_level`: one stage holding every operator, on whole GPUs: whole replicas.
+
+What a policy decides for a pool is `StageTargets`: replicas per (phase, stage), with what each
+replica costs (GPU-equivalents, SM share, batch cap) and how long one takes to become ready
+(`load_s`): an operator replica joins the running base engine and loads only its operators' weights
+(`opscale.perf.loading.attach_load_time_s`); a whole replica starts an engine and loads the model
+(`opscale.perf.loading.load_time_s`, warm). The targets are the policy's state (`OperatorPolicyState`),
+the one owner of the operator replicas; `opscale.runtime.sim.operator_stages` executes them.
+
+`Effects.desired` (what the planner core and the node-agents actuate) carries whole instances per pool:
+node-agents do not run operator replicas yet, so through them `operator_level` falls back to the
+model-level count of the same plan's load and says so in its reason (as the `openai` backend will:
+vLLM and SGLang do not split operators). Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from opscale.model import LatencyObjective, Observation, PoolKey, Role
+from opscale.perf import default_catalog
+from opscale.perf.loading import LoadSource, LoadTimeParams, attach_load_time_s, load_time_s
+from opscale.perf.operators import Operator
+from opscale.planning.base import DeploymentSpec, Effects
+from opscale.planning.operators.config import OperatorPlannerConfig, Workload
+from opscale.planning.operators.dag import Phase
+from opscale.planning.operators.plan import OperatorPlan, StagePlan
+from opscale.planning.operators.planner import OperatorPlanner
+
+Level = Literal["operator", "model"]
+
+
+class OperatorPolicyConfig(BaseModel):
+    """Parameters of `operator_level` and `model_level` (the objectives are the tiers')."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    planner: OperatorPlannerConfig = Field(default_factory=OperatorPlannerConfig)
+    min_rps: float = Field(0.1, gt=0, description="Arrival rate planned for when a pool sees less (or none).")
+    headroom: float = Field(1.0, ge=1, description="Factor on the observed arrival rate before planning.")
+    backlog_drain_s: float = Field(
+        2.0, gt=0, description="Requests queued in the pool are planned as extra arrivals over this many "
+                               "seconds, so a step's backlog drains instead of only its new rate being met.")
+    partition: Literal["per_operator", "planned"] = Field(
+        "per_operator", description="operator_level: each pool's stages, fixed for the run (resharding costs far "
+                                    "more than replicating, PAPERS.md §1.6). per_operator: one stage per operator "
+                                    "family, so the bottleneck family alone scales (OpScale's elastic operator "
+                                    "replicas); planned: the partition of the plan at partition_rps.")
+    partition_rps: float | None = Field(
+        None, gt=0, description="partition 'planned': the arrival rate whose plan fixes the stages (the peak the "
+                                "split is provisioned for). None: the first rate observed.")
+    scale_in_window_s: float = Field(
+        0.0, ge=0, description="A stage keeps the most replicas any plan of the last this many seconds gave it "
+                               "(a stabilisation window: noise in a short rate window does not churn replicas "
+                               "that cost a load each); 0: every plan is followed at once.")
+    sticky_shares: bool = Field(
+        True, description="operator_level: re-plans keep each stage's SM share and change its replica count "
+                          "(a share change replaces the stage's replicas, each paying a load).")
+    load: LoadTimeParams = Field(default_factory=LoadTimeParams)
+    full_replica_source: LoadSource = Field(
+        "warm", description="Where a whole replica's weights come from (an operator replica always attaches "
+                            "to a running engine and pulls its operators' weights warm).")
+
+
+@dataclass(frozen=True, slots=True)
+class StageTarget:
+    """The replicas one stage should have: each on `share` of `tp` GPUs (`gpu_cost` GPU-equivalents),
+    running batches of up to `batch` customers, ready `load_s` after it is added."""
+
+    phase: Phase
+    operators: frozenset[Operator]
+    replicas: int
+    tp: int
+    share: float
+    batch: int
+    gpu_cost: float
+    load_s: float
+    transfer_s: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.phase.value}/" + "+".join(sorted(op.value for op in self.operators))
+
+
+@dataclass(frozen=True, slots=True)
+class StageTargets:
+    """A pool's stages, prefill's then decode's, in path order; and the plan they come from."""
+
+    level: Level
+    stages: tuple[StageTarget, ...]
+    plan: OperatorPlan
+
+    def phase(self, phase: Phase) -> tuple[StageTarget, ...]:
+        return tuple(s for s in self.stages if s.phase is phase)
+
+    @property
+    def gpu_cost(self) -> float:
+        return sum(s.replicas * s.gpu_cost for s in self.stages)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorPolicyState:
+    targets: dict[PoolKey, StageTargets] = field(default_factory=dict)
+    # (pool, stage name) -> the (time, replicas) its recent plans gave, for scale_in_window_s
+    recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]] = field(default_factory=dict)
+
+
+class OperatorScalingPolicy:
+    """`operator_level` or `model_level` (see the module docstring)."""
+
+    def __init__(self, deployments: list[DeploymentSpec], objective: LatencyObjective,
+                 config: OperatorPolicyConfig, level: Level) -> None:
+        self.level: Level = level
+        self.name = f"{level}_level"
+        self.config = config
+        self.objective = objective
+        catalog = default_catalog()
+        self._deployments = {d.model: d for d in deployments}
+        self._planners: dict[str, OperatorPlanner] = {}
+        for d in deployments:
+            if d.disaggregated:
+                raise ValueError(f"planning policy {self.name!r}: deployment {d.model!r} is disaggregated; "
+                                 f"the operator planner splits a unified deployment itself")
+            assert d.sku is not None  # a unified deployment has one
+            self._planners[d.model] = OperatorPlanner(catalog.model(d.model), catalog.sku(d.sku), objective,
+                                                      config.planner)
+            try:  # an objective no replica count meets on this SKU is bad config: say so now, by field
+                self.targets(d.model, self.workload(d, 0.0, 0.0, 0.0))
+            except ValueError as exc:
+                raise ValueError(f"planning policy {self.name!r}: deployment {d.model!r} on {d.sku}: {exc}") from None
+
+    def planner(self, model: str) -> OperatorPlanner:
+        return self._planners[model]
+
+    def deployment(self, model: str) -> DeploymentSpec:
+        return self._deployments[model]
+
+    def initial_state(self) -> OperatorPolicyState:
+        return OperatorPolicyState()
+
+    def workload(self, deployment: DeploymentSpec, rps: float, prompt_tps: float, output_tps: float,
+                 queued: int = 0) -> Workload:
+        """What a pool is planned for: its observed rate plus its backlog over backlog_drain_s (times
+        headroom, at least min_rps) and mean lengths (the deployment's typical ones until traffic is seen)."""
+        if rps > 0 and prompt_tps > 0 and output_tps > 0:
+            prompt, output = prompt_tps / rps, output_tps / rps
+        else:
+            prompt, output = deployment.typical_prompt_tokens, deployment.typical_output_tokens
+        rate = (rps + queued / self.config.backlog_drain_s) * self.config.headroom
+        return Workload(max(rate, self.config.min_rps), max(1, round(prompt)),
+                        max(1, round(output)))
+
+    def targets(self, model: str, workload: Workload, previous: StageTargets | None = None) -> StageTargets:
+        """The stages and replicas for `workload`: keeping `previous`'s partition at operator level."""
+        planner = self._planners[model]
+        if self.level == "model":
+            plan = planner.model_level(workload)
+        else:
+            if previous is None and self.config.partition == "per_operator":
+                split = [[frozenset({op}) for op in Operator]] * 2
+            elif previous is None:
+                rate = self.config.partition_rps
+                shape = planner.plan(workload if rate is None else replace(workload, arrival_rps=rate))
+                split = [[s.operators for s in shape.phase(phase).stages] for phase in (Phase.PREFILL, Phase.DECODE)]
+            else:
+                split = [[s.operators for s in previous.phase(phase)] for phase in (Phase.PREFILL, Phase.DECODE)]
+            plan = self._replan(planner, workload, split, previous)
+        stages = tuple(self._target(planner, phase, stage)
+                       for phase in (Phase.PREFILL, Phase.DECODE) for stage in plan.phase(phase).stages)
+        return StageTargets(self.level, stages, plan)
+
+    def _replan(self, planner: OperatorPlanner, workload: Workload, split: list[list[frozenset[Operator]]],
+                previous: StageTargets | None) -> OperatorPlan:
+        """Keep the running stages' SM shares (`sticky_shares`): a new share means new replicas, each
+        paying a load, for capacity the running ones give by adding replicas at their share. Where the
+        kept shares cannot meet the budget at all, the shares are re-chosen."""
+        if previous is not None and self.config.sticky_shares:
+            try:
+                return planner.plan_partition(workload, *split, shares={(s.phase, s.operators): s.share
+                                                                         for s in previous.stages})
+            except ValueError:
+                pass
+        return planner.plan_partition(workload, *split)
+
+    def _target(self, planner: OperatorPlanner, phase: Phase, stage: StagePlan) -> StageTarget:
+        if self.level == "model" or stage.operators == frozenset(Operator):
+            # A replica of every operator is a whole replica: a new engine, the whole model's weights.
+            load = load_time_s(planner.model, planner.sku, stage.tp, self.config.full_replica_source, self.config.load)
+        else:
+            load = attach_load_time_s(planner.costs.weight_bytes(stage.operators), stage.tp, self.config.load)
+        per_replica = stage.gpu_cost / stage.replicas
+        return StageTarget(phase, stage.operators, max(1, stage.replicas), stage.tp, stage.share, stage.batch,
+                           per_replica, load, stage.transfer_s)
+
+    def decide(self, observation: Observation, state: OperatorPolicyState, now_s: float) -> Effects:
+        targets = dict(state.targets)
+        recent = dict(state.recent)
+        desired: dict[PoolKey, int] = {}
+        reasons: dict[PoolKey, str] = {}
+        for key, pool in observation.pools.items():
+            deployment = self._deployments.get(key.model)
+            if deployment is None or key.role is not Role.UNIFIED:
+                continue
+            if deployment.regions and key.region not in deployment.regions:
+                continue
+            workload = self.workload(deployment, pool.arrival_rps, pool.prompt_tokens_per_s, pool.output_tokens_per_s,
+                                     pool.queued)
+            try:
+                found = self.targets(key.model, workload, targets.get(key))
+            except ValueError as exc:
+                # More load than max_replicas allows: keep the last targets, hold the pool at its bound.
+                desired[key] = deployment.max_replicas
+                reasons[key] = f"{self.name}: {exc}"
+                continue
+            found = self._stabilised(key, found, recent, now_s)
+            targets[key] = found
+            # Node-agents run whole instances: the whole replicas of the same load (see the docstring).
+            whole = _whole_replicas(found.plan if self.level == "model" else
+                                    self._planners[key.model].model_level(workload), deployment.tp)
+            desired[key] = min(max(whole, deployment.min_replicas), deployment.max_replicas)
+            note = "" if self.level == "model" else " (node-agents run whole instances: model-level fallback)"
+            reasons[key] = (f"{self.name}: {workload.arrival_rps:.2f} req/s -> "
+                            + ", ".join(f"{s.name} x{s.replicas}" for s in found.stages)
+                            + f"; {desired[key]} whole instance(s){note}")
+        return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons)
+
+    def _stabilised(self, key: PoolKey, found: StageTargets, recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]],
+                    now_s: float) -> StageTargets:
+        """Each stage at the most replicas its plans of the last scale_in_window_s gave (at the current
+        share; a share change resets the stage's history)."""
+        window = self.config.scale_in_window_s
+        if window <= 0:
+            return found
+        stages = []
+        for stage in found.stages:
+            name = (key, f"{stage.name}@{stage.share:g}")
+            kept = tuple(p for p in recent.get(name, ()) if p[0] > now_s - window) + ((now_s, stage.replicas),)
+            recent[name] = kept
+            stages.append(replace(stage, replicas=max(r for _, r in kept)))
+        return replace(found, stages=tuple(stages))
+
+
+def _whole_replicas(plan: OperatorPlan, tp: int) -> int:
+    return max(1, math.ceil(plan.gpus / tp))
+
+
+def make_policy(level: Level, deployments: list[DeploymentSpec], objective: LatencyObjective,
+                params: Mapping[str, object]) -> OperatorScalingPolicy:
+    return OperatorScalingPolicy(deployments, objective, OperatorPolicyConfig(**params), level)

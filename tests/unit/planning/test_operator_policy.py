@@ -1,0 +1,168 @@
+"""The `operator_level` and `model_level` planning policies (issue 14 items 5-6): what they plan per
+pool, how fast a replica of each kind becomes ready, and the errors their config gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from opscale.model import Observation, PoolKey, PoolObservation, Role
+from opscale.perf import default_catalog
+from opscale.perf.loading import attach_load_time_s, load_time_s
+from opscale.perf.operators import Operator, operator_weight_bytes
+from opscale.planning.base import DeploymentSpec
+from opscale.planning.operators import Workload
+from opscale.planning.operators.dag import Phase
+from opscale.planning.operators.policy import OperatorScalingPolicy
+from opscale.planning.registry import make_planning_policy
+
+MODEL, SKU = "Qwen2-7B", "H100-80GB"
+DEPLOYMENT = DeploymentSpec(model=MODEL, sku=SKU, min_replicas=1, max_replicas=16,
+                            typical_prompt_tokens=1024, typical_output_tokens=64)
+KEY = PoolKey(MODEL, "eu")
+
+
+def _policy(name: str, **params: object) -> OperatorScalingPolicy:
+    policy = make_planning_policy(name, [DEPLOYMENT], lambda *a, **k: 1.0, **params)
+    assert isinstance(policy, OperatorScalingPolicy)
+    return policy
+
+
+def _observe(rps: float, queued: int = 0) -> Observation:
+    pool = PoolObservation(KEY, arrival_rps=rps, prompt_tokens_per_s=rps * 1024, output_tokens_per_s=rps * 64,
+                           queued=queued)
+    return Observation(now_s=0.0, pools={KEY: pool})
+
+
+def test_model_level_plans_whole_replicas_that_load_the_whole_model() -> None:
+    policy = _policy("model_level")
+    effects = policy.decide(_observe(20.0), policy.initial_state(), 0.0)
+    targets = effects.state.targets[KEY]
+    assert [s.operators for s in targets.stages] == [frozenset(Operator)] * 2
+    catalog = default_catalog()
+    full = load_time_s(catalog.model(MODEL), catalog.sku(SKU), 1, "warm")
+    assert all(s.share == 1.0 and s.load_s == pytest.approx(full) for s in targets.stages)
+    assert effects.desired[KEY] * DEPLOYMENT.tp >= targets.plan.gpus
+
+
+def test_operator_level_scales_single_operators_that_load_in_under_a_second() -> None:
+    policy = _policy("operator_level")
+    targets = policy.decide(_observe(20.0), policy.initial_state(), 0.0).state.targets[KEY]
+    for phase in (Phase.PREFILL, Phase.DECODE):
+        assert sorted(op for s in targets.phase(phase) for op in s.operators) == sorted(Operator)
+        assert all(len(s.operators) == 1 for s in targets.phase(phase))
+    catalog = default_catalog()
+    full = load_time_s(catalog.model(MODEL), catalog.sku(SKU), 1, "warm")
+    for stage in targets.stages:
+        assert stage.load_s < 1.0 < full
+        (op,) = stage.operators
+        assert stage.load_s == pytest.approx(attach_load_time_s(operator_weight_bytes(catalog.model(MODEL), op), stage.tp))
+
+
+def test_more_load_never_gives_fewer_gpus_and_the_split_is_kept() -> None:
+    policy = _policy("operator_level")
+    state = policy.initial_state()
+    costs = []
+    for rps in (2.0, 5.0, 10.0, 20.0, 40.0):
+        state = policy.decide(_observe(rps), state, 0.0).state
+        costs.append(state.targets[KEY].gpu_cost)
+        assert all(len(s.operators) == 1 for s in state.targets[KEY].stages)
+    assert costs == sorted(costs) and costs[-1] > costs[0]
+
+
+def test_re_plans_keep_each_stage_s_share_and_change_its_replicas() -> None:
+    policy = _policy("operator_level")
+    state = policy.decide(_observe(3.0), policy.initial_state(), 0.0).state
+    first = {s.name: s.share for s in state.targets[KEY].stages}
+    for rps in (10.0, 20.0, 30.0, 40.0):
+        state = policy.decide(_observe(rps), state, 0.0).state
+        assert {s.name: s.share for s in state.targets[KEY].stages} == first
+    assert state.targets[KEY].gpu_cost > policy.targets(MODEL, Workload(3.0, 1024, 64)).gpu_cost
+    free = _policy("operator_level", sticky_shares=False)
+    assert free.decide(_observe(3.0), free.initial_state(), 0.0).desired  # the switch is accepted
+
+
+def test_the_scale_in_window_keeps_the_recent_peak() -> None:
+    policy = _policy("operator_level", scale_in_window_s=5.0)
+    state = policy.decide(_observe(2.0), policy.initial_state(), -10.0).state
+    low = sum(s.replicas for s in state.targets[KEY].stages)
+    state = policy.decide(_observe(40.0), state, 0.0).state
+    peak = {s.name: s.replicas for s in state.targets[KEY].stages}
+    state = policy.decide(_observe(2.0), state, 3.0).state  # within the window: held
+    assert {s.name: s.replicas for s in state.targets[KEY].stages} == peak
+    state = policy.decide(_observe(2.0), state, 9.0).state  # past it: follows the plan
+    assert sum(s.replicas for s in state.targets[KEY].stages) == low < sum(peak.values())
+
+
+def test_a_backlog_is_planned_as_extra_arrivals() -> None:
+    policy = _policy("operator_level")
+    calm = policy.decide(_observe(10.0), policy.initial_state(), 0.0).state.targets[KEY]
+    backed_up = policy.decide(_observe(10.0, queued=60), policy.initial_state(), 0.0).state.targets[KEY]
+    assert backed_up.plan.workload.arrival_rps > calm.plan.workload.arrival_rps
+    assert backed_up.gpu_cost > calm.gpu_cost
+
+
+def test_through_node_agents_operator_level_falls_back_to_whole_instances_and_says_so() -> None:
+    operator, model = _policy("operator_level"), _policy("model_level")
+    op_effects = operator.decide(_observe(20.0), operator.initial_state(), 0.0)
+    model_effects = model.decide(_observe(20.0), model.initial_state(), 0.0)
+    assert op_effects.desired == model_effects.desired
+    assert "model-level fallback" in op_effects.reasons[KEY]
+    assert DEPLOYMENT.min_replicas <= op_effects.desired[KEY] <= DEPLOYMENT.max_replicas
+
+
+def test_pools_of_other_models_and_roles_are_left_alone() -> None:
+    policy = _policy("operator_level")
+    other = PoolKey("Llama-3-8B", "eu")
+    prefill = PoolKey(MODEL, "eu", Role.PREFILL)
+    obs = Observation(now_s=0.0, pools={other: PoolObservation(other, arrival_rps=5.0),
+                                        prefill: PoolObservation(prefill, arrival_rps=5.0)})
+    assert policy.decide(obs, policy.initial_state(), 0.0).desired == {}
+
+
+def test_planned_partition_is_the_plan_at_partition_rps() -> None:
+    policy = _policy("operator_level", partition="planned", partition_rps=40.0)
+    targets = policy.targets(MODEL, Workload(5.0, 2048, 64))
+    again = policy.targets(MODEL, Workload(60.0, 2048, 64), targets)
+    assert [s.operators for s in again.stages] == [s.operators for s in targets.stages]
+
+
+@pytest.mark.parametrize(("params", "names"), [
+    ({"partition": "per_layer"}, "partition"),
+    ({"min_rps": 0}, "min_rps"),
+    ({"backlog_drain_s": -1}, "backlog_drain_s"),
+    ({"planner": {"batch_sizes": [0]}}, "batch_sizes"),
+    ({"planner": {"max_batch": {"softmax": 4}}}, "softmax"),
+    ({"ttft_slo_s": 1.0}, "tiers"),
+])
+def test_bad_config_names_the_field(params: dict[str, object], names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        _policy("operator_level", **params)
+
+
+def test_an_slo_no_gpu_can_meet_names_the_objective() -> None:
+    from opscale.model import TierSpec
+
+    with pytest.raises(ValueError, match="model_level.*ttft_slo_s"):
+        make_planning_policy("model_level", [DEPLOYMENT], lambda *a, **k: 1.0,
+                             tiers={"interactive": TierSpec("interactive", ttft_slo_s=1e-4, tbt_slo_s=0.1)})
+
+
+def test_a_disaggregated_deployment_is_refused_by_name() -> None:
+    from opscale.planning.base import RolePoolSpec
+
+    split = DeploymentSpec(model=MODEL, prefill=RolePoolSpec(sku=SKU), decode=RolePoolSpec(sku=SKU))
+    with pytest.raises(ValueError, match="operator_level.*disaggregated"):
+        make_planning_policy("operator_level", [split], lambda *a, **k: 1.0)
+
+
+def test_plan_partition_refuses_a_partition_that_misses_an_operator() -> None:
+    planner = _policy("operator_level").planner(MODEL)
+    with pytest.raises(ValueError, match="decode partition"):
+        planner.plan_partition(Workload(5.0, 512, 64), [frozenset(Operator)], [frozenset({Operator.MLP})])
+
+
+def test_attach_load_time_is_weight_bytes_over_the_warm_path() -> None:
+    assert attach_load_time_s(12e9, 1) == pytest.approx(1.0)
+    assert attach_load_time_s(12e9, 2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="tp"):
+        attach_load_time_s(1e9, 0)
