@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from _operator_planners import CATALOG, H100, MOE_PLANNER, OBJECTIVE, PLANNER, QWEN7, QWEN57, WHOLE
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opscale.model import LatencyObjective
-from opscale.perf import default_catalog
 from opscale.perf.calibration import calibrated_params
 from opscale.perf.operators import (
     ALL_OPERATORS,
@@ -21,7 +21,6 @@ from opscale.perf.operators import (
     roofline_factory,
     single_group,
 )
-from opscale.perf.sm_share import SmShareParams
 from opscale.perf.transfer import Link
 from opscale.planning.operators import (
     NodeKind,
@@ -37,14 +36,6 @@ from opscale.planning.operators import (
 
 pytestmark = pytest.mark.unit
 
-CATALOG = default_catalog()
-QWEN7 = CATALOG.model("Qwen2-7B")
-QWEN57 = CATALOG.model("Qwen2-57B-A14B")
-H100 = CATALOG.sku("H100-80GB")
-OBJECTIVE = LatencyObjective(ttft_slo_s=1.0, tbt_slo_s=0.1)
-PLANNER = OperatorPlanner(QWEN7, H100, OBJECTIVE)
-WHOLE = OperatorPlanner(QWEN7, H100, OBJECTIVE, OperatorPlannerConfig(sharing=SmShareParams(shares=(1.0,))))
-MOE_PLANNER = OperatorPlanner(QWEN57, H100, LatencyObjective(ttft_slo_s=2.0, tbt_slo_s=0.1))
 
 
 # --- the DAG ---------------------------------------------------------------------------------------------

@@ -8,14 +8,13 @@ import csv
 import statistics
 
 import pytest
+from _operator_planners import CATALOG, H100, MOE_PLANNER, OBJECTIVE, PLANNER, QWEN7, WHOLE
 from _paths import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opscale.model import LatencyObjective
-from opscale.perf import default_catalog
 from opscale.perf.operators import Operator
-from opscale.perf.sm_share import SmShareParams
 from opscale.planning.operators import (
     OperatorPlan,
     OperatorPlanner,
@@ -28,14 +27,6 @@ from opscale.planning.operators import (
 
 pytestmark = pytest.mark.unit
 
-CATALOG = default_catalog()
-QWEN7 = CATALOG.model("Qwen2-7B")
-QWEN57 = CATALOG.model("Qwen2-57B-A14B")
-H100 = CATALOG.sku("H100-80GB")
-OBJECTIVE = LatencyObjective(ttft_slo_s=1.0, tbt_slo_s=0.1)
-PLANNER = OperatorPlanner(QWEN7, H100, OBJECTIVE)
-WHOLE = OperatorPlanner(QWEN7, H100, OBJECTIVE, OperatorPlannerConfig(sharing=SmShareParams(shares=(1.0,))))
-MOE_PLANNER = OperatorPlanner(QWEN57, H100, LatencyObjective(ttft_slo_s=2.0, tbt_slo_s=0.1))
 LOADS = st.floats(0.5, 150.0)
 SHAPES = st.sampled_from([(256, 64), (1024, 256), (4096, 128)])
 GPU_BYTES = PLANNER.costs.memory_bytes(1)
