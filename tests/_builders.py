@@ -11,8 +11,9 @@ def req(i: int, model: str = "m", region: str = "eu", tier: str = "interactive",
     return Request(f"r{i}", model, tier, region, t, prompt, output)
 
 
-def status(instance_id: str, model: str = "m", state: InstanceState = InstanceState.READY, **kw: float) -> InstanceStatus:
-    return InstanceStatus(instance_id, model, "H100-80GB", 1, Role.UNIFIED, state, endpoint=f"http://x/{instance_id}", **kw)
+def status(instance_id: str, model: str = "m", state: InstanceState = InstanceState.READY, *,
+           role: Role = Role.UNIFIED, **kw: float) -> InstanceStatus:
+    return InstanceStatus(instance_id, model, "H100-80GB", 1, role, state, endpoint=f"http://x/{instance_id}", **kw)
 
 
 def heartbeat(agent_id: str, region: str, *statuses: InstanceStatus, at_s: float = 0.0, epoch: int = 0,

@@ -6,6 +6,7 @@ loads tests/conftest.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -81,3 +82,13 @@ async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus]) -> A
             await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), tuple(statuses)))
         url = await stack.enter_async_context(serve(build_router_app(backend)))
         yield LiveRouter(url, core, host, bus, records)
+
+
+def sse(raw: bytes) -> list[Any]:
+    """A streamed response body's data events: each JSON payload decoded, and "[DONE]"."""
+    out: list[Any] = []
+    for event in raw.decode().split("\n\n"):
+        if event.startswith("data: "):
+            data = event[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

@@ -24,12 +24,6 @@ class HostTier:
         self.capacity = capacity
         self._lru: OrderedDict[int, None] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def __contains__(self, block_hash: int) -> bool:
-        return block_hash in self._lru
-
     def put(self, block_hash: int) -> list[int]:
         """Keep a block evicted from the GPU; returns the blocks pushed out to make room."""
         lru = self._lru

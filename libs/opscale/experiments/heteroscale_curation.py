@@ -68,9 +68,11 @@ class Curation:
 
 
 def curate_service(service: Service, sampler: MixSampler, *, instances: int = 8, objective: Objective = "per_gpu",
-                   settings: ProbeSettings = DEFAULT_PROBE, progress: SplitProgress | None = None) -> Curation:
+                   settings: ProbeSettings = DEFAULT_PROBE, rel_tol: float = 0.03,
+                   progress: SplitProgress | None = None) -> Curation:
     """Algorithm 1 for one service: every split of `instances`, the best by `objective`."""
-    results = sweep_splits(service, sampler, budget_splits(instances), settings=settings, progress=progress)
+    results = sweep_splits(service, sampler, budget_splits(instances), settings=settings, rel_tol=rel_tol,
+                           progress=progress)
     return Curation(curate(service.model, results, objective), sampler.source, settings, instances)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from opscale.experiments.heteroscale_curation import sweep_splits
+from opscale.experiments.heteroscale_curation import curate_service
 from opscale.experiments.heteroscale_study_config import RatioStudyConfig
-from opscale.planning.heteroscale.curation import CuratedService, budget_splits, curate
+from opscale.planning.heteroscale.curation import CuratedService
 
 
 @dataclass(slots=True)
@@ -45,10 +45,9 @@ def run_ratio_study(config: RatioStudyConfig, data_dir: Path | None = None,
         sampler = mix.sampler(data_dir if data_dir is not None else config.data_dir)
         prompt, output = sampler.means(np.random.default_rng(config.seed))
         say(f"{mix.name}: {sampler.source}, mean prompt {prompt:.0f} / output {output:.0f} tokens")
-        results = sweep_splits(service, sampler, budget_splits(config.instances), settings=settings,
-                               rel_tol=config.probe.rel_tol,
-                               progress=lambda s, r: say(f"  {s.label:>4} ({s.prefill}P/{s.decode}D): "
-                                                         f"{r.best.rate_rps if r.best else 0:.2f} req/s"))
-        curated = curate(service.model, results, config.objective)
+        curated = curate_service(service, sampler, instances=config.instances, objective=config.objective,
+                                 settings=settings, rel_tol=config.probe.rel_tol,
+                                 progress=lambda s, r: say(f"  {s.label:>4} ({s.prefill}P/{s.decode}D): "
+                                                           f"{r.best.rate_rps if r.best else 0:.2f} req/s")).service
         mixes.append(MixOutcome(mix.name, sampler.source, prompt, output, curated, time.perf_counter() - t0))
     return RatioOutcome(config, mixes, time.perf_counter() - started)

@@ -135,6 +135,15 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
     return world, collector
 
 
+def drain(world: SimWorld, end_s: float, horizon_s: float, step_s: float) -> float:
+    """Run `world` on from `end_s` in steps of `step_s` while requests are in flight or held, up to
+    `horizon_s`; returns where it stopped."""
+    while end_s < horizon_s and (world.in_flight() or any(r.pending() for r in world.routers.values())):
+        end_s = min(horizon_s, end_s + step_s)
+        world.loop.run(end_s)
+    return end_s
+
+
 def run_scenario(scenario: Scenario, progress: ProgressFn | None = None) -> RunResult:
     started = time.perf_counter()
     requests = requests_of(scenario)
@@ -159,10 +168,7 @@ def run_scenario(scenario: Scenario, progress: ProgressFn | None = None) -> RunR
     loop.every(scenario.sample_interval_s, sample, start_s=scenario.sample_interval_s, until_s=horizon)
     report = (lambda now_s: progress(now_s, scenario.duration_s)) if progress else None
     loop.run(scenario.duration_s, on_progress=report, progress_every_s=60.0)
-    end_s = scenario.duration_s
-    while end_s < horizon and (world.in_flight() or any(r.pending() for r in world.routers.values())):
-        end_s = min(horizon, end_s + 10.0)
-        loop.run(end_s)
+    end_s = drain(world, scenario.duration_s, horizon, 10.0)
     for outcome in world.unfinished(end_s):
         collector.outcome(outcome)
     collector.finish(end_s, world.engines())

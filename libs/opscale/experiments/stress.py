@@ -116,7 +116,7 @@ def run_fleet(service: Service, prefill: int, decode: int, requests: Iterator[Re
     """Serve `requests` on the fleet until `load_end_s` plus at most `drain_s`; call `on_window(now, engines,
     outcomes so far)` every `window_s`. `report_window_s` replaces the window the engines' reports cover (the
     service's engine setting otherwise)."""
-    from opscale.experiments.runner import build_world
+    from opscale.experiments.runner import build_world, drain
 
     scenario = fleet_scenario(service, prefill, decode, load_end_s, seed, report_window_s)
     outcomes: list[RequestOutcome] = []
@@ -133,10 +133,7 @@ def run_fleet(service: Service, prefill: int, decode: int, requests: Iterator[Re
     if serving != [prefill + decode]:  # a probe of a fleet that is not there would measure nothing true
         raise ValueError(f"stress fleet {prefill}P/{decode}D: {serving[0] if serving else 0} instances serve when the "
                          f"load begins at {LOAD_START_S:g} s")
-    end_s = load_end_s
-    while end_s < horizon and (world.in_flight() or any(r.pending() for r in world.routers.values())):
-        end_s = min(horizon, end_s + 5.0)
-        world.loop.run(end_s)
+    end_s = drain(world, load_end_s, horizon, 5.0)
     outcomes.extend(world.unfinished(end_s))
     return FleetRun(outcomes, world.engines(), end_s)
 

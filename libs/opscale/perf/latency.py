@@ -83,7 +83,7 @@ class RooflineParams(BaseModel):
                                "of the layer's kernels. Counted only when the iteration has tokens.")
     # Whole-iteration terms (see "Whole iterations" in the module docstring). Operator profiles time
     # kernels alone and cannot see them; they are fitted to measured whole iterations (Splitwise's
-    # Llama-2-70B prefill and decode steps, `calibration.fit_iteration`). 0 leaves them out.
+    # Llama-2-70B prefill and decode steps, `iteration_fit.fit_iteration`). 0 leaves them out.
     host_layer_s: float = Field(
         0.0, ge=0, description="Host (CPU) time to issue one layer's kernels in an iteration, seconds, for an "
                                "engine that launches kernels eagerly (no CUDA graphs). The GPU runs while the "

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.model import Observation, PoolKey, PoolObservation
+from opscale.planning import guards
 from opscale.planning.base import DeploymentSpec, Effects
 
 
@@ -105,7 +106,7 @@ class PdHpaPolicy:
         cfg = self.config
         current = pool.expected
         up = min((n for t, n in history if now_s - t <= cfg.scale_up_window_s), default=raw)
-        down = max((n for t, n in history if now_s - t <= cfg.scale_down_window_s), default=raw)
+        down = guards.stabilised_down(history, now_s, cfg.scale_down_window_s, raw)
         if up > current:
             return up, f"scale up: {why} -> {up}"
         if down < current:

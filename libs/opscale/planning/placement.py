@@ -199,9 +199,9 @@ class _Cycle:
             agent, spec = self.agents[member[0]], member[1]
             serving = states.get(spec.instance_id) == InstanceState.READY
             if not self.aware:  # not-ready first (they serve nobody yet), then the newest
-                return (0, serving, 0, -_seq(spec.instance_id))
+                return (0, serving, 0, -instance_seq(spec.instance_id))
             group = sizes.get(agent.switch(tier), 0) if tier is not None else 0
-            return (-agent.rdma_priority.rank, serving, group, -_seq(spec.instance_id))
+            return (-agent.rdma_priority.rank, serving, group, -instance_seq(spec.instance_id))
 
         for agent_id, spec in sorted(self.members(key), key=victim_rank)[:count]:
             self.runs[agent_id].remove(spec)
@@ -347,11 +347,12 @@ def _interleave(needs: dict[Role, int]) -> list[Role]:
     return [role for _, _, role in sorted(slots)]
 
 
-def _seq(instance_id: str) -> int:
+def instance_seq(instance_id: str) -> int:
+    """The sequence number instance ids end with (placement names them so); newer is larger, -1 for none."""
     tail = instance_id.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
 
 
 def next_seq_after(assignments: dict[str, tuple[InstanceSpec, ...]]) -> int:
     """The sequence number to use after every instance in `assignments` (for a restarted planner)."""
-    return 1 + max((_seq(s.instance_id) for specs in assignments.values() for s in specs), default=0)
+    return 1 + max((instance_seq(s.instance_id) for specs in assignments.values() for s in specs), default=0)

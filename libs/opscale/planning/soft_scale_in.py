@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from opscale.model import InstanceSpec, InstanceState, PoolKey
+from opscale.planning.placement import instance_seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ def soft_scale_in(desired: dict[PoolKey, int], current: dict[str, tuple[Instance
         # Most recently withdrawn first. One just past its window still runs: wanted back now, it is
         # restored rather than replaced by a new one.
         hidden = sorted((s.instance_id for s in members if s.instance_id in kept),
-                        key=lambda iid: (kept[iid], _seq(iid)), reverse=True)
+                        key=lambda iid: (kept[iid], instance_seq(iid)), reverse=True)
         active = [s for s in members if s.instance_id not in kept]
         if want > len(active) and hidden:
             back = hidden[: want - len(active)]
@@ -71,7 +72,7 @@ def soft_scale_in(desired: dict[PoolKey, int], current: dict[str, tuple[Instance
         elif want < len(active) and window_s > 0:
             not_ready = sum(1 for s in active if states.get(s.instance_id) != InstanceState.READY)
             ready = sorted((s.instance_id for s in active if states.get(s.instance_id) == InstanceState.READY),
-                           key=_seq, reverse=True)
+                           key=instance_seq, reverse=True)
             go = ready[: max(0, len(active) - want - not_ready)]
             for iid in go:
                 kept[iid] = now_s
@@ -84,9 +85,3 @@ def soft_scale_in(desired: dict[PoolKey, int], current: dict[str, tuple[Instance
         kept.pop(iid, None)
     remaining = {agent: tuple(s for s in specs if s.instance_id not in expired) for agent, specs in current.items()}
     return SoftScaleIn(adjusted, remaining, kept, tuple(restored), tuple(added), tuple(sorted(expired)), notes)
-
-
-def _seq(instance_id: str) -> int:
-    """The sequence number instance ids end with (placement names them so); newer is larger."""
-    tail = instance_id.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1

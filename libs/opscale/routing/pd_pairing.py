@@ -21,13 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from opscale.model import Request, Role
 from opscale.routing.base import Candidate, LoadIndex
 from opscale.routing.policies import KV_LOAD_BITS, KeyedLoadIndex, LeastKvUsage
 
-_prefill_queue = attrgetter("outstanding_prefill_tokens")
 _NEVER = 1 << 62  # the prefill key of a decode-only instance: chosen only if nothing else is there
 
 

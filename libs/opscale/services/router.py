@@ -37,8 +37,9 @@ against the plan's P/D split, until the other role catches up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -167,9 +168,9 @@ class RouterCore:
         # paired there, until its prefill is handed off -> (decode instance_id, tokens charged to it).
         self._pd_ready: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]] = {}
         self._pd_models: set[str] = set()
-        self._pd_decode: dict[str, tuple[str, int]] = {}
-        # request id -> (decode instance, KV tokens charged to its kv_inflight_tokens) until it finishes
-        self._pd_kv: dict[str, tuple[str, int]] = {}
+        # request id -> (decode instance, prompt, output tokens) until it ends; its `_routed` entry names the
+        # prefill instance until the hand-off, the decode instance after it
+        self._pd: dict[str, tuple[str, int, int]] = {}
         self._pairing = self._chooser if isinstance(self._chooser, PdPairing) else PdPairing()
         # request_id -> instances whose dispatch of it failed: a retry goes elsewhere
         self._tried: dict[str, set[str]] = {}
@@ -363,11 +364,6 @@ class RouterCore:
         """A disaggregated model's request: a (prefill, decode) pair of one region, among the instances
         below the admission limit that this request has not failed on; the origin region first."""
         tried = self._tried.get(request.request_id, ()) if self._tried else ()
-        limit = self._admission_limit
-
-        def usable(cands: list[Candidate]) -> list[Candidate]:
-            return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)]
-
         regions = [request.region]
         if self.config.spill_over:
             regions += sorted(r for (m, r) in self._pd_ready if m == request.model and r != request.region)
@@ -375,7 +371,7 @@ class RouterCore:
             pools = self._pd_ready.get((request.model, region))
             if pools is None:
                 continue
-            prefill, decode = usable(pools[0]), usable(pools[1])
+            prefill, decode = self._open_untried(pools[0], tried), self._open_untried(pools[1], tried)
             if prefill and decode:
                 p, d = self._pairing.choose_pair(request, prefill, decode)
                 return self._dispatch_pair(request, p, d,
@@ -390,32 +386,28 @@ class RouterCore:
         decode.outstanding_tokens += output
         decode.in_flight += 1
         decode.kv_inflight_tokens += prompt + output
-        self._pd_kv[request.request_id] = (decode.instance_id, prompt + output)
+        self._pd[request.request_id] = (decode.instance_id, prompt, output)
         self._routed[request.request_id] = (prefill.instance_id, prompt, prompt)
-        self._pd_decode[request.request_id] = (decode.instance_id, output)
         return Dispatch(request, prefill.instance_id, prefill.region, prefill.endpoint, reason,
                         decode.instance_id, decode.endpoint)
 
     def _hand_off(self, request_id: str) -> None:
         """The prefill is done: the request now counts against its decode instance only."""
-        decode = self._pd_decode.pop(request_id, None)
-        if decode is None:
+        pd, routed = self._pd.get(request_id), self._routed.get(request_id)
+        if pd is None or routed is None or routed[0] == pd[0]:
             return  # a duplicate, or a request no longer routed
-        kv = self._pd_kv.pop(request_id, None)  # its KV stays charged to the decode instance until it ends
-        self._release(request_id)
-        self._routed[request_id] = (decode[0], decode[1], 0)
-        if kv is not None:
-            self._pd_kv[request_id] = kv
+        self._uncharge(*routed)  # its KV stays charged to the decode instance until it ends
+        self._routed[request_id] = (pd[0], pd[2], 0)
+
+    def _open_untried(self, cands: list[Candidate], tried: Collection[str]) -> list[Candidate]:
+        """The candidates below the admission limit that the request has not failed on."""
+        limit = self._admission_limit
+        return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)]
 
     def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
         """A retry: the policy chooses among the open instances this request has not failed on, its own
         region first. Rare, so it filters the pools rather than keeping an index without them."""
-        limit = self._admission_limit
-
-        def untried(cands: list[Candidate]) -> list[Candidate]:
-            return [c for c in cands if c.instance_id not in tried
-                    and (limit is None or c.outstanding_tokens < limit)]
-
+        untried = partial(self._open_untried, tried=tried)
         local = untried(self._ready.get((request.model, request.region), []))
         if local:
             return self._dispatch_to(request, self._chooser.choose(request, local), self._reason_local)
@@ -482,28 +474,18 @@ class RouterCore:
                 slot.index.update(slot.position)
 
     def _release(self, request_id: str) -> None:
-        if self._pd_kv:
-            kv = self._pd_kv.pop(request_id, None)
-            if kv is not None:
-                cand = self._candidates.get(kv[0])
-                if cand is not None:
-                    cand.kv_inflight_tokens = max(0, cand.kv_inflight_tokens - kv[1])
-        if self._pd_decode:
-            decode = self._pd_decode.pop(request_id, None)
-            if decode is not None:  # released before its hand-off (a failure): the decode side too
-                self._uncharge(decode[0], decode[1], 0)
         routed = self._routed.pop(request_id, None)
         if routed is None:
             return  # a duplicate completion (at-least-once delivery) changes nothing
-        instance_id, charge, prompt = routed
-        cand = self._candidates.get(instance_id)
-        if cand is not None:
-            left = cand.outstanding_tokens - charge
-            cand.outstanding_tokens = left if left > 0 else 0
-            left = cand.outstanding_prefill_tokens - prompt
-            cand.outstanding_prefill_tokens = left if left > 0 else 0
-            cand.in_flight = cand.in_flight - 1 if cand.in_flight > 0 else 0
-            self._touch(cand)
+        if self._pd:
+            pd = self._pd.pop(request_id, None)
+            if pd is not None:
+                decode = self._candidates.get(pd[0])
+                if decode is not None:
+                    decode.kv_inflight_tokens = max(0, decode.kv_inflight_tokens - pd[1] - pd[2])
+                if routed[0] != pd[0]:  # released before its hand-off (a failure): the decode side too
+                    self._uncharge(pd[0], pd[2], 0)
+        self._uncharge(*routed)
 
     def _uncharge(self, instance_id: str, charge: int, prompt: int) -> None:
         cand = self._candidates.get(instance_id)

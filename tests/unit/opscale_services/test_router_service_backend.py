@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _router_service_loopback import LiveRouter, live_router, serve
+from _router_service_loopback import LiveRouter, live_router, serve, sse
 from aiohttp import web
 
 from opscale.model import InstanceState, InstanceStatus, Role
@@ -101,15 +101,6 @@ async def router(engines: dict[str, Engine], config: RouterConfig | None = None)
         statuses = [InstanceStatus(i, "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=u)
                     for i, u in sorted(urls.items())]
         yield await stack.enter_async_context(live_router(RouterCore(config or RouterConfig(models=["m"])), statuses))
-
-
-def sse(raw: bytes) -> list[Any]:
-    out: list[Any] = []
-    for event in raw.decode().split("\n\n"):
-        if event.startswith("data: "):
-            data = event[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 async def test_full_hold_queue_is_429_with_retry_after_and_an_openai_body() -> None:

@@ -9,7 +9,6 @@ tests even though they open sockets."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _router_service_loopback import LiveRouter, live_router, serve
+from _router_service_loopback import LiveRouter, live_router, serve, sse
 
 from opscale.engine import EngineConfig, SimEngine
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Role
@@ -88,11 +87,6 @@ async def pd_router(prefills: dict[str, str | None], decodes: dict[str, str | No
         core.handle = spy  # type: ignore[method-assign]
         live = await stack.enter_async_context(live_router(core, statuses))
         yield PdRouter(live.url, live.core, live.host, live.bus, live.records, handed_off)
-
-
-def sse(raw: bytes) -> list[Any]:
-    return [json.loads(e[6:]) if e[6:] != "[DONE]" else "[DONE]" for e in raw.decode().split("\n\n")
-            if e.startswith("data: ")]
 
 
 async def test_a_pair_prefills_on_one_instance_and_streams_from_the_other() -> None:

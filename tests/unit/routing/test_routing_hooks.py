@@ -9,8 +9,8 @@ import pytest
 
 from opscale.routing import (
     IndexedRoutingPolicy,
+    KvRoutingPolicy,
     LoadRoutingPolicy,
-    NotingRoutingPolicy,
     RegionRoutingPolicy,
     RoutingPolicyName,
     make_routing_policy,
@@ -20,7 +20,8 @@ from opscale.services.router import RouterConfig, RouterCore
 pytestmark = pytest.mark.unit
 
 HOOKS = {"choose_indexed": IndexedRoutingPolicy, "choose_by_load": LoadRoutingPolicy,
-         "choose_region": RegionRoutingPolicy, "note": NotingRoutingPolicy}
+         "choose_region": RegionRoutingPolicy, "observe_kv": KvRoutingPolicy}
+# (NotingRoutingPolicy names one method, `note`: having it is being one, so it needs no check here)
 # slo_aware's predictor reads the performance model unless given a fixed rate
 PARAMS = {RoutingPolicyName.SLO_AWARE: {"prefill_tokens_per_s": 10_000.0}}
 

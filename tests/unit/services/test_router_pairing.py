@@ -4,9 +4,9 @@ accounting to the decode instance at the hand-off, and loses nothing when either
 from __future__ import annotations
 
 import pytest
-from _builders import heartbeat, outcome, req
+from _builders import heartbeat, outcome, req, status
 
-from opscale.model import InstanceState, InstanceStatus, Role
+from opscale.model import InstanceStatus, Role
 from opscale.services.actions import Dispatch
 from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
 from opscale.services.router import RouterConfig, RouterCore
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 
 def _st(instance_id: str, role: Role) -> InstanceStatus:
-    return InstanceStatus(instance_id, "m", "H100-80GB", 1, role, InstanceState.READY, endpoint=f"http://x/{instance_id}")
+    return status(instance_id, role=role)
 
 
 def _router() -> RouterCore:
@@ -65,8 +65,7 @@ def test_a_pair_waits_until_both_roles_are_ready() -> None:
 
 
 def _sized(instance_id: str, role: Role, kv: float = 0.0, capacity: int = 0) -> InstanceStatus:
-    return InstanceStatus(instance_id, "m", "H100-80GB", 1, role, InstanceState.READY,
-                          endpoint=f"http://x/{instance_id}", kv_used_frac=kv, kv_capacity_tokens=capacity)
+    return status(instance_id, role=role, kv_used_frac=kv, kv_capacity_tokens=capacity)
 
 
 def test_a_burst_between_heartbeats_is_spread_by_the_kv_the_router_itself_sent() -> None:

@@ -36,7 +36,12 @@ from typing import Any
 from opscale.model import LatencyObjective, Observation, PoolKey
 from opscale.planning.base import DeploymentSpec, Effects
 from opscale.planning.heteroscale.config import HeteroScaleConfig
-from opscale.planning.heteroscale.controller import ControllerState, HeteroScaleController, ScaleDecision
+from opscale.planning.heteroscale.controller import (
+    ControllerState,
+    HeteroScaleController,
+    ScaleDecision,
+    ServiceController,
+)
 from opscale.planning.heteroscale.params import HeteroScaleSettings, parse_params
 from opscale.planning.heteroscale.periodic import PeriodicController
 from opscale.planning.heteroscale.pools import desired_pools, observe_service, pool_reasons, service_pools
@@ -74,7 +79,7 @@ class HeteroScalePolicy:
         self.objective = objective
         self.settings: HeteroScaleSettings
         self.settings, configs = parse_params(params or {}, [d.model for d in deployments])
-        self.controllers: dict[str, HeteroScaleController | PeriodicController] = {}
+        self.controllers: dict[str, ServiceController] = {}
         for dep in deployments:
             cfg = configs[dep.model]
             bounds = role_bounds(dep)

@@ -59,10 +59,6 @@ class StageCosts:
     def memory_bytes(self, tp: int) -> float:
         return self.gpu_memory_utilization * tp * self.sku.gpu_memory_gb * 1e9
 
-    def kv_room_bytes(self, ops: frozenset[Operator], tp: int) -> float:
-        """What a replica has left for KV cache after its weights."""
-        return self.memory_bytes(tp) - self.weight_bytes(ops)
-
     def transient_bytes(self, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: int,
                         kernel: AttentionKernel) -> float:
         """Per GPU of a replica: the iteration's activations and attention workspace (not weights or KV)."""

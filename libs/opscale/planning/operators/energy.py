@@ -17,7 +17,7 @@ Pure arithmetic: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from opscale.model import Sku
@@ -56,13 +56,6 @@ class PlanEnergy:
     def of(self, operator: Operator | str, phase: Phase | str) -> OperatorEnergy:
         op, ph = Operator(operator), Phase(phase)
         return next(e for e in self.operators if e.operator is op and e.phase is ph)
-
-    def by_phase(self) -> Mapping[Phase, float]:
-        """Watts per phase."""
-        out = {p: 0.0 for p in Phase}
-        for e in self.operators:
-            out[e.phase] += e.power_w
-        return out
 
 
 def plan_energy(sku: Sku, workload: Workload, phases: tuple[PhasePlan, ...], packing: Packing,

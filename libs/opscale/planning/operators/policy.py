@@ -25,7 +25,6 @@ vLLM and SGLang do not split operators). Pure: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -256,8 +255,3 @@ class OperatorScalingPolicy:
 
 def _whole_replicas(plan: OperatorPlan, tp: int) -> int:
     return max(1, math.ceil(plan.gpus / tp))
-
-
-def make_policy(level: Level, deployments: list[DeploymentSpec], objective: LatencyObjective,
-                params: Mapping[str, object]) -> OperatorScalingPolicy:
-    return OperatorScalingPolicy(deployments, objective, OperatorPolicyConfig(**params), level)
