@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from opscale.runtime.live.local_servers import free_port_block
+from opscale.runtime.live.local_servers import free_port, free_port_block
 from opscale.runtime.live.settings import (
     AggregatorSettings,
     ForecasterSettings,
@@ -31,12 +30,6 @@ from opscale_services.common import LiveProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

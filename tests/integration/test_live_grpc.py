@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +12,7 @@ import pytest
 
 from opscale.model import InstanceSpec, InstanceState, InstanceStatus, Role
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient, start_node_agent_server
+from opscale.runtime.live.local_servers import free_port
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
 from opscale.v1 import control_pb2, control_pb2_grpc, events_pb2
 
@@ -127,14 +127,8 @@ async def test_every_call_has_a_deadline(agent: tuple[TinyAgent, str]) -> None:
     impl.block_status.set()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unavailable_agent_is_retried_until_it_comes_up(caplog: pytest.LogCaptureFixture) -> None:
-    port = _free_port()
+    port = free_port()
     impl = TinyAgent()
     client = NodeAgentClient(f"127.0.0.1:{port}", timeout_s=2.0, attempts=50, backoff_base_s=0.02,
                              backoff_max_s=0.05)
@@ -155,7 +149,7 @@ async def test_unavailable_agent_is_retried_until_it_comes_up(caplog: pytest.Log
 
 
 async def test_unavailable_agent_gives_up_after_the_attempts() -> None:
-    async with NodeAgentClient(f"127.0.0.1:{_free_port()}", timeout_s=1.0, attempts=2, backoff_base_s=0.01) as client:
+    async with NodeAgentClient(f"127.0.0.1:{free_port()}", timeout_s=1.0, attempts=2, backoff_base_s=0.01) as client:
         with pytest.raises(AgentCallError) as err:
             await client.status()
     assert err.value.code == "UNAVAILABLE" and err.value.method == "Status"

@@ -97,3 +97,15 @@ def test_the_session_fixtures_start_their_own_servers_when_the_urls_are_dead() -
     assert "opscale tests: started valkey-server" in out and f"(nothing usable at redis://127.0.0.1:{redis_port}" in out
     assert out.count("opscale tests: stopped") == 2
     assert nats_status(f"nats://127.0.0.1:{nats_port}") == "absent"
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
+    """A port checked free but not yet bound must not be one the kernel can hand to an outgoing
+    connection (to NATS, Redis) in the meantime: that race once failed CI with 'address already in use'."""
+    from opscale.runtime.live.local_servers import _ephemeral_floor, free_port, free_port_block
+
+    floor = _ephemeral_floor()
+    for _ in range(20):
+        assert 10_000 <= free_port() < floor
+    base = free_port_block(64)
+    assert 10_000 <= base and base + 64 <= floor

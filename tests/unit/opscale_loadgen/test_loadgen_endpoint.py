@@ -22,6 +22,7 @@ from aiohttp import web
 from opscale.model import Request
 from opscale.openai.sse import sse_event
 from opscale.reporting.latency_report import RequestStatus
+from opscale.runtime.live.local_servers import free_port
 
 from opscale_loadgen.client import EndpointError, SendOptions, endpoint_base, send_request
 from opscale_loadgen.clock import MonotonicClock
@@ -125,14 +126,6 @@ def endpoint_in_thread() -> Iterator[tuple[str, ScriptedHost]]:
         loop: asyncio.AbstractEventLoop = box["loop"]  # type: ignore[assignment]
         loop.call_soon_threadsafe(box["stop"].set)  # type: ignore[attr-defined]
         thread.join(30)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the client's error classes, each from a real exchange ------------------------------------------

