@@ -117,7 +117,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
 
         engines: RealtimeEngines | OpenAIEngines
         if openai_backend:
-            openai_engines = OpenAIEngines(settings.openai_engines, p.clock, is_accepting=core.is_accepting)
+            openai_engines = OpenAIEngines(settings.openai_engines, p.clock, is_accepting=core.is_accepting,
+                                           kv_block_tokens=settings.engine.prefix_block_tokens)
             await openai_engines.start_session()
             engines = openai_engines
             app = build_openai_proxy_app(openai_engines)

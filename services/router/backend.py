@@ -22,15 +22,17 @@ instance that failed, and the core pairs the request again; the record names bot
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
 from opscale.openai.kv_transfer import decode_body, prefill_body
-from opscale.openai.prefix_blocks import prefix_block_hashes
+from opscale.openai.prefix_blocks import prefix_block_hashes, token_block_hashes
+from opscale.openai.prompt_tokens import PromptTokenizer
 from opscale.openai.routed_headers import routed_headers
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.openai.stream import EngineUsage
@@ -52,11 +54,16 @@ Decision = Dispatch | Reject
 
 class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
-                 region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0) -> None:
+                 region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0,
+                 tokenizers: Mapping[str, PromptTokenizer] | None = None) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
         # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
         # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
         self.prefix_block_tokens = prefix_block_tokens
+        # per model: its tokenizer, so its prompts' blocks are named by token ids as the node-agents rename
+        # vLLM's; a model without one is hashed as text
+        self.tokenizers = dict(tokenizers or {})
+        self.untokenized = 0  # prompts of a model with a tokenizer that it could not tokenize: hashed as text
         self.core = core
         self.clock = clock
         self.upstream = upstream
@@ -64,6 +71,20 @@ class LiveRouterBackend:
         self.region = region
         self.host: CoreHost | None = None
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
+
+    def _prefix(self, req: ParsedRequest) -> tuple[tuple[int, ...], int | None]:
+        """The prompt's prefix block hashes and, when its model has a tokenizer, its exact token count
+        (None: the estimate stands): of its token ids when tokenized, else of its text."""
+        block = self.prefix_block_tokens
+        if block < 1:
+            return (), None
+        tokenizer = self.tokenizers.get(req.model)
+        if tokenizer is not None:
+            ids = tokenizer.token_ids(req.body)
+            if ids is not None:
+                return token_block_hashes(ids, block), max(1, len(ids))
+            self.untokenized += 1
+        return prefix_block_hashes(req.body, block), None
 
     # -- the host's action hook: decisions for waiting requests ------------------------------
 
@@ -83,8 +104,10 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
                        ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
-        request = req.as_request(self.clock.now_s(), self.region,
-                                 prefix_block_hashes(req.body, self.prefix_block_tokens))
+        hashes, prompt_tokens = self._prefix(req)
+        request = req.as_request(self.clock.now_s(), self.region, hashes)
+        if prompt_tokens is not None:
+            request = dataclasses.replace(request, prompt_tokens=prompt_tokens)
         # Not the "current" span: an async generator may resume in another context, so the span is
         # passed explicitly (into the upstream headers) and ended in `finally`.
         span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),

@@ -1,0 +1,165 @@
+"""A model's prompts as the token ids its vLLM server will compute from them, so the router can name a
+prompt's KV blocks as the engines cache them (opscale.openai.prefix_blocks.token_block_hashes).
+
+The model's Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers` library) encodes:
+- a completion's prompt string with the tokenizer's special tokens (BOS), as vLLM's /v1/completions does;
+  a token-array prompt is taken as is;
+- a chat's messages rendered through the model's chat template first, as vLLM's /v1/chat/completions does
+  (transformers' apply_chat_template): Jinja in a sandbox with trim_blocks and lstrip_blocks, the
+  `loopcontrols` extension, a `tojson` filter, `raise_exception`, the tokenizer's special tokens
+  (bos_token, eos_token, ...) as variables and `add_generation_prompt` true unless the body says
+  otherwise (`chat_template_kwargs` are passed on); the rendered text is encoded without special tokens
+  (the template writes them). Text parts of a message's content are joined with newlines, as vLLM does
+  for a template that takes content as a string.
+
+The template comes from settings, else from `chat_template.jinja` or `tokenizer_config.json` beside the
+tokenizer. A body this cannot render (the template raises, e.g. roles that do not alternate) or encode
+gives None: the router then hashes the prompt's text, and vLLM will refuse the request anyway.
+
+Templates that print today's date call `strftime_now`; it is given the clock the caller passes (none:
+such a template fails to render and the prompt's text is hashed), since nothing here reads time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+class TokenizerLoadError(ValueError):
+    """A tokenizer or chat template that cannot be loaded; the message names the file."""
+
+
+def _template_error(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _content_text(content: Any) -> Any:
+    if isinstance(content, list):  # text parts, joined as vLLM joins them for a string-content template
+        return "\n".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    return content
+
+
+class PromptTokenizer:
+    """One model's tokenizer and chat template (see the module docstring)."""
+
+    __slots__ = ("tokenizer", "template", "special_tokens", "_now")
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str = "", special_tokens: Mapping[str, str] | None = None,
+                 now: Callable[[], datetime] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.special_tokens = dict(special_tokens or {})
+        self._now = now
+        self.template: jinja2.Template | None = None
+        if chat_template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+            env.filters["tojson"] = _tojson
+            env.globals["raise_exception"] = _template_error
+            env.globals["strftime_now"] = self._strftime_now
+            try:
+                self.template = env.from_string(chat_template)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TokenizerLoadError(f"chat template, line {exc.lineno}: {exc.message}") from exc
+
+    def _strftime_now(self, fmt: str) -> str:
+        if self._now is None:
+            raise jinja2.TemplateError("strftime_now: no clock given")
+        return self._now().strftime(fmt)
+
+    @classmethod
+    def from_files(cls, path: Path, chat_template: str = "", now: Callable[[], datetime] | None = None
+                   ) -> PromptTokenizer:
+        """Load a tokenizer: `path` a tokenizer.json or the folder holding it (a Hugging Face model folder,
+        whose tokenizer_config.json gives the special tokens); `chat_template` a Jinja template, inline or
+        as the path of a .jinja file ('': the folder's chat_template.jinja, else tokenizer_config.json's).
+        A file that is absent or unreadable raises TokenizerLoadError naming it."""
+        folder = path if path.is_dir() else path.parent
+        tokenizer_json = folder / "tokenizer.json" if path.is_dir() else path
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the library raises its own Exception subclass for any bad file
+            raise TokenizerLoadError(f"tokenizer {tokenizer_json}: {exc}") from exc
+        config: dict[str, Any] = {}
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                loaded = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise TokenizerLoadError(f"{config_path}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise TokenizerLoadError(f"{config_path}: not a JSON object")
+            config = loaded
+        template = chat_template
+        if template and "{" not in template:  # a path, not a template
+            try:
+                template = Path(template).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise TokenizerLoadError(f"chat_template {chat_template}: {exc}") from exc
+        elif not template and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        elif not template:
+            template = _config_template(config, config_path)
+        special = {}
+        for key in _SPECIAL_TOKEN_KEYS:
+            value = config.get(key)
+            if isinstance(value, Mapping):  # an AddedToken written out: {"content": "<s>", ...}
+                value = value.get("content")
+            if isinstance(value, str):
+                special[key] = value
+        return cls(tokenizer, template, special, now)
+
+    def token_ids(self, body: Mapping[str, Any]) -> list[int] | None:
+        """The token ids vLLM computes for a validated completion or chat body; None when this cannot tell
+        (no chat template for a chat, a template that refuses the messages, a prompt of several strings)."""
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            text = self.render_chat(body)
+            return None if text is None else self.tokenizer.encode(text, add_special_tokens=False).ids
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True).ids
+        if isinstance(prompt, list) and all(type(t) is int for t in prompt):
+            return prompt
+        return None
+
+    def render_chat(self, body: Mapping[str, Any]) -> str | None:
+        """A chat body's messages through the chat template; None when there is no template or it refuses."""
+        if self.template is None:
+            return None
+        messages = [{**m, "content": _content_text(m.get("content"))} for m in body.get("messages", ())
+                    if isinstance(m, Mapping)]
+        kwargs = body.get("chat_template_kwargs")
+        variables: dict[str, Any] = {**self.special_tokens, **(kwargs if isinstance(kwargs, Mapping) else {})}
+        generation = body.get("add_generation_prompt", True)
+        variables.update(messages=messages, add_generation_prompt=generation if isinstance(generation, bool) else True,
+                         tools=body.get("tools"), documents=None)
+        try:
+            return self.template.render(**variables)
+        except Exception:  # a template is code from a config: whatever it raises, this prompt is not tokenized
+            return None
+
+
+def _config_template(config: Mapping[str, Any], path: Path) -> str:
+    template = config.get("chat_template", "")
+    if isinstance(template, list):  # named templates: the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default", "")
+    if not isinstance(template, str):
+        raise TokenizerLoadError(f"{path}: chat_template is neither a string nor a list of named templates")
+    return template
