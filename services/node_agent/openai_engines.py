@@ -262,6 +262,10 @@ class OpenAIEngines:
                 out.append((instance_id, b.spec.model, events))
         return out
 
+    def kv_subscribers(self) -> dict[str, VllmKvSubscriber]:
+        """The KV event subscriber of each bound instance whose server names one."""
+        return {instance_id: b.kv_events for instance_id, b in self._bound.items() if b.kv_events is not None}
+
     def reports(self) -> list[EngineReport]:
         out: list[EngineReport] = []
         for instance_id, b in self._bound.items():

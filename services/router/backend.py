@@ -31,8 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from opscale.model import RequestOutcome
 from opscale.openai.kv_transfer import decode_body, prefill_body
-from opscale.openai.prefix_blocks import prefix_block_hashes, token_block_hashes
-from opscale.openai.prompt_tokens import PromptTokenizer
+from opscale.openai.prompt_tokens import PromptTokenizer, prompt_prefix_hashes
 from opscale.openai.routed_headers import routed_headers
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.openai.stream import EngineUsage
@@ -63,7 +62,6 @@ class LiveRouterBackend:
         # per model: its tokenizer, so its prompts' blocks are named by token ids as the node-agents rename
         # vLLM's; a model without one is hashed as text
         self.tokenizers = dict(tokenizers or {})
-        self.untokenized = 0  # prompts of a model with a tokenizer that it could not tokenize: hashed as text
         self.core = core
         self.clock = clock
         self.upstream = upstream
@@ -73,18 +71,11 @@ class LiveRouterBackend:
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
 
     def _prefix(self, req: ParsedRequest) -> tuple[tuple[int, ...], int | None]:
-        """The prompt's prefix block hashes and, when its model has a tokenizer, its exact token count
-        (None: the estimate stands): of its token ids when tokenized, else of its text."""
-        block = self.prefix_block_tokens
-        if block < 1:
-            return (), None
         tokenizer = self.tokenizers.get(req.model)
-        if tokenizer is not None:
-            ids = tokenizer.token_ids(req.body)
-            if ids is not None:
-                return token_block_hashes(ids, block), max(1, len(ids))
-            self.untokenized += 1
-        return prefix_block_hashes(req.body, block), None
+        hashes, prompt_tokens = prompt_prefix_hashes(req.body, self.prefix_block_tokens, tokenizer)
+        if tokenizer is not None and prompt_tokens is None and self.prefix_block_tokens > 0:
+            log.debug("request %s: not tokenized (its chat template refused it), its text is hashed", req.request_id)
+        return hashes, prompt_tokens
 
     # -- the host's action hook: decisions for waiting requests ------------------------------
 

@@ -252,7 +252,7 @@ async def test_with_vllm_a_tokenized_prompt_goes_to_the_server_whose_renamed_kv_
                          if st.model == MODEL and st.state == InstanceState.READY]
                 return found if len(found) == 2 else None
 
-            await poll(ready, 120)
+            instances = await poll(ready, 120)
             for f in fakes:  # each server's publisher has its agent's subscriber
                 assert (await asyncio.wait_for(f.pub.recv(), 60))[0] == 1
 
@@ -289,6 +289,14 @@ async def test_with_vllm_a_tokenized_prompt_goes_to_the_server_whose_renamed_kv_
             assert fakes[1].prompts[0].startswith(prompts["cooking"])
             for outcome in ("malformed", "unknown_instance"):
                 assert not registry.get_sample_value("opscale_router_kv_index_total", {"outcome": outcome})
+            # the agent shows what it renamed on its /metrics, per instance
+            agent = stack.processes["node_agent"].registry
+
+            def renamed(outcome: str) -> float:
+                return sum(agent.get_sample_value("opscale_node_agent_vllm_kv_renamed_total",
+                                                  {"instance_id": i, "outcome": outcome}) or 0 for i in instances)
+
+            assert renamed("stored") == sum(blocks.values()) and renamed("unknown_parent") == 0
         finally:
             await stack.close()
             for f in fakes:

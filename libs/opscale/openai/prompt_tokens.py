@@ -33,6 +33,8 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from opscale.openai.prefix_blocks import prefix_block_hashes, token_block_hashes
+
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
 
@@ -153,6 +155,22 @@ class PromptTokenizer:
             return self.template.render(**variables)
         except Exception:  # a template is code from a config: whatever it raises, this prompt is not tokenized
             return None
+
+
+def prompt_prefix_hashes(body: Mapping[str, Any], block_tokens: int, tokenizer: PromptTokenizer | None
+                         ) -> tuple[tuple[int, ...], int | None]:
+    """A validated body's prefix block hashes of `block_tokens` tokens and, when `tokenizer` tokenized it,
+    its exact prompt length (None: not tokenized, the caller's estimate stands): the hashes of its token
+    ids (token_block_hashes, as the node-agents rename vLLM's blocks) when the tokenizer can tell them,
+    else of its text (prefix_block_hashes, as the simulated engines name theirs). ((), None) when
+    `block_tokens` < 1."""
+    if block_tokens < 1:
+        return (), None
+    if tokenizer is not None:
+        ids = tokenizer.token_ids(body)
+        if ids is not None:
+            return token_block_hashes(ids, block_tokens), max(1, len(ids))
+    return prefix_block_hashes(body, block_tokens), None
 
 
 def _config_template(config: Mapping[str, Any], path: Path) -> str:
