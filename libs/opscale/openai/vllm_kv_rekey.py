@@ -7,9 +7,11 @@ So the node-agent renames each stored block into opscale's hash of the same toke
 and the router, hashing a tokenized prompt the same way, finds it in its index.
 
 Per instance, a map vLLM hash -> opscale hash remembers what was renamed, for the events that name blocks
-by vLLM's hash only: a stored block's parent, and removals. An opscale hash may stand for several vLLM
-blocks (the same tokens under two LoRAs or cache salts, or two images behind the same placeholder
-tokens): each is counted, and the router is told of a removal only when the last of them goes.
+by vLLM's hash only: a stored block's parent, and removals. Both names may stand for several blocks, and
+the router is told of a removal only when the last of them goes: vLLM does not deduplicate its cache
+(two requests that fill the same block at once each cache a copy, stored and removed one by one), and
+one opscale hash stands for every vLLM hash of the same tokens (the same tokens under two LoRAs or cache
+salts, or two images behind the same placeholder tokens).
 
 Dropped and counted, never raised (`stats`):
 - a store whose parent this map does not hold (`unknown_parent`: events were lost, or the parent was
@@ -28,7 +30,7 @@ none, and they would multiply the bus's traffic. No I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opscale.model.kv_events import KvBlockEvent, KvEventKind
@@ -54,7 +56,7 @@ class VllmKvRekeyer:
     router hashes (engine.prefix_block_tokens; vLLM's --block-size must equal it); `max_blocks`: the
     bound of the map."""
 
-    __slots__ = ("block_size", "max_blocks", "stats", "_opscale_of", "_count")
+    __slots__ = ("block_size", "max_blocks", "stats", "_opscale_of", "_copies", "_count")
 
     def __init__(self, block_size: int, max_blocks: int = 1_000_000) -> None:
         if block_size < 1 or max_blocks < 1:
@@ -63,7 +65,8 @@ class VllmKvRekeyer:
         self.max_blocks = max_blocks
         self.stats = KvRekeyStats()
         self._opscale_of: dict[int, int] = {}  # vLLM hash -> opscale hash
-        self._count: dict[int, int] = {}  # opscale hash -> vLLM blocks it stands for
+        self._copies: dict[int, int] = {}  # vLLM hash -> blocks held under it, where more than one
+        self._count: dict[int, int] = {}  # opscale hash -> vLLM hashes that stand for it
 
     def __len__(self) -> int:
         return len(self._opscale_of)
@@ -75,9 +78,10 @@ class VllmKvRekeyer:
             if event.kind is KvEventKind.STORED:
                 out.extend(self._stored(event))
             elif event.kind is KvEventKind.REMOVED:
-                out.extend(self._removed(event.block_hashes, event.medium))
+                out.extend(self._removed(event))
             else:
                 self._opscale_of.clear()
+                self._copies.clear()
                 self._count.clear()
                 self.stats.cleared += 1
                 out.append(event)
@@ -98,7 +102,7 @@ class VllmKvRekeyer:
             if parent is None:
                 stats.unknown_parent += 1
                 return []
-        opscale_of, count = self._opscale_of, self._count
+        opscale_of, copies, count = self._opscale_of, self._copies, self._count
         # Only as many blocks as the map has room for are hashed: a flood costs no more than the bound.
         room = self.max_blocks - len(opscale_of) + sum(1 for h in vllm_hashes if h in opscale_of)
         hashes = token_block_hashes(event.token_ids, self.block_size, parent, limit=room)
@@ -106,39 +110,48 @@ class VllmKvRekeyer:
             stats.overflow += len(vllm_hashes) - len(hashes)
             if not hashes:
                 return []
-        renamed: list[int] = []  # vLLM blocks stored again under other tokens (vLLM does not): the old name goes
+        gone: list[int] = []
         for vllm_hash, ours in zip(vllm_hashes, hashes, strict=False):
             before = opscale_of.get(vllm_hash)
             if before == ours:
-                continue  # stored again: still one block
-            if before is not None:
-                renamed.append(vllm_hash)
+                # vLLM does not deduplicate: two requests that fill the same block at once each cache one,
+                # and each is removed on its own
+                copies[vllm_hash] = copies.get(vllm_hash, 1) + 1
                 continue
+            if before is not None:  # one vLLM hash over other tokens (a collision): the new block wins
+                copies.pop(vllm_hash, None)
+                if self._release(before):
+                    gone.append(before)
             opscale_of[vllm_hash] = ours
             count[ours] = count.get(ours, 0) + 1
-        out = self._removed(renamed, event.medium) if renamed else []
-        for vllm_hash, ours in zip(vllm_hashes, hashes, strict=False):
-            if vllm_hash not in opscale_of:
-                opscale_of[vllm_hash] = ours
-                count[ours] = count.get(ours, 0) + 1
         stats.stored += len(hashes)
+        out = [KvBlockEvent(KvEventKind.REMOVED, tuple(gone), medium=event.medium)] if gone else []
         out.append(KvBlockEvent(KvEventKind.STORED, hashes, parent, (), self.block_size, event.medium))
         return out
 
-    def _removed(self, vllm_hashes: Sequence[int], medium: str) -> list[KvBlockEvent]:
+    def _removed(self, event: KvBlockEvent) -> list[KvBlockEvent]:
+        opscale_of, copies = self._opscale_of, self._copies
         gone: list[int] = []
-        for vllm_hash in vllm_hashes:
-            ours = self._opscale_of.pop(vllm_hash, None)
+        for vllm_hash in event.block_hashes:
+            ours = opscale_of.get(vllm_hash)
             if ours is None:
                 self.stats.unknown_removal += 1
                 continue
             self.stats.removed += 1
+            held = copies.get(vllm_hash)
+            if held is not None:  # another block of this hash stays
+                if held > 2:
+                    copies[vllm_hash] = held - 1
+                else:
+                    del copies[vllm_hash]
+                continue
+            del opscale_of[vllm_hash]
             if self._release(ours):
                 gone.append(ours)
-        return [KvBlockEvent(KvEventKind.REMOVED, tuple(gone), medium=medium)] if gone else []
+        return [KvBlockEvent(KvEventKind.REMOVED, tuple(gone), medium=event.medium)] if gone else []
 
     def _release(self, ours: int) -> bool:
-        """One vLLM block of `ours` went; True when it was the last."""
+        """One vLLM hash of `ours` went; True when it was the last."""
         left = self._count[ours] - 1
         if left:
             self._count[ours] = left

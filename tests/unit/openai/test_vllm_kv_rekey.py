@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from _tiny_tokenizer import write_model_folder
 from _vllm_kv_wire import AllBlocksCleared, BlockRemoved, BlockStored, frames
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
@@ -161,36 +161,51 @@ def test_hostile_events_are_counted_and_dropped_never_raised() -> None:
     assert index.stats.malformed == 0
 
 
-# A vLLM cache as a model: sequences of blocks over a few token chains; stores of a chain's next blocks,
-# removals of leaves (vLLM evicts a sequence's last blocks first), clears.
-ops = st.lists(st.tuples(st.sampled_from(["store", "remove", "clear"]), st.integers(0, 3), st.integers(1, 3)),
-               max_size=40)
+# A vLLM cache as a model: copies of each block of a few token chains. `store` extends a chain past the
+# blocks held; `copy` caches a chain's first blocks again (two requests filled them at once: vLLM keeps
+# both, under one hash); `remove` evicts one copy of a chain's last blocks (vLLM evicts a sequence's
+# tail first); `clear` drops everything. Copies stay non-increasing along a chain, so what is held is a
+# prefix of it.
+ops = st.lists(st.tuples(st.sampled_from(["store", "copy", "remove", "clear"]), st.integers(0, 1),
+                         st.integers(1, 4)), max_size=40)
 
 
 @given(ops)
+@example([("store", 0, 2), ("copy", 0, 2), ("remove", 0, 1), ("store", 1, 1), ("remove", 0, 2)])
 def test_the_index_holds_exactly_the_names_of_the_blocks_vllm_holds(steps: list[tuple[str, int, int]]) -> None:
-    chains = [[c * 100 + t for t in range(6 * BLOCK)] for c in range(4)]
+    chains = [[c * 100 + t for t in range(6 * BLOCK)] for c in range(2)]
     index = PrefixIndex()
     agent = Agent(index)
     server = VllmServer()
-    held = [0] * len(chains)  # blocks of each chain vLLM holds (a prefix)
+    copies = [[0] * 6 for _ in chains]
     for op, chain, count in steps:
-        tokens = chains[chain]
+        tokens, n = chains[chain], copies[chain]
         hashes = [vllm_hash(chain, i) for i in range(6)]
-        if op == "store" and held[chain] < 6:
-            start, end = held[chain], min(6, held[chain] + count)
-            agent.feed(server.send(BlockStored(hashes[start:end], hashes[start - 1] if start else None,
-                                               tokens[start * BLOCK:end * BLOCK], BLOCK, None, "GPU")))
-            held[chain] = end
-        elif op == "remove" and held[chain]:
-            start = max(0, held[chain] - count)
-            agent.feed(server.send(BlockRemoved(hashes[start:held[chain]][::-1], "GPU")))
-            held[chain] = start
+        held = sum(1 for c in n if c)
+        if op == "store" and held < 6:
+            end = min(6, held + count)
+            agent.feed(server.send(BlockStored(hashes[held:end], hashes[held - 1] if held else None,
+                                               tokens[held * BLOCK:end * BLOCK], BLOCK, None, "GPU")))
+            n[held:end] = [1] * (end - held)
+        elif op == "copy" and held:
+            end = min(held, count)
+            agent.feed(server.send(BlockStored(hashes[:end], None, tokens[:end * BLOCK], BLOCK, None, "GPU")))
+            n[:end] = [c + 1 for c in n[:end]]
+        elif op == "remove" and held:
+            evicted = []
+            for _ in range(count):
+                last = max((i for i, c in enumerate(n) if c), default=None)
+                if last is None:
+                    break
+                n[last] -= 1
+                evicted.append(hashes[last])
+            agent.feed(server.send(BlockRemoved(evicted, "GPU")))
         elif op == "clear":
             agent.feed(server.send(AllBlocksCleared()))
-            held = [0] * len(chains)
-    for chain, n in enumerate(held):
+            copies = [[0] * 6 for _ in chains]
+    held_blocks = [sum(1 for c in n if c) for n in copies]
+    for chain, held in enumerate(held_blocks):
         names = token_block_hashes(chains[chain], BLOCK)
-        assert index.matched_blocks(MODEL, names) == ({"i1": n} if n else {})
-    assert len(index) == sum(held) == len(agent.rekeyer)
+        assert index.matched_blocks(MODEL, names) == ({"i1": held} if held else {})
+    assert len(index) == sum(held_blocks) == len(agent.rekeyer)
     assert agent.rekeyer.stats.unknown_parent == 0 and agent.rekeyer.stats.unknown_removal == 0
