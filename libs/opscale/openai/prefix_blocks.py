@@ -94,8 +94,10 @@ def token_block_hashes(token_ids: Sequence[int], block_size: int, parent: int | 
         blocks = min(blocks, max(0, limit))
     out: list[int] = []
     digest = b"" if parent is None else (parent & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
-    for b in range(blocks):
-        digest = _chain(digest, _words(token_ids[b * block_size:(b + 1) * block_size]))
+    data = _words(token_ids[:blocks * block_size])  # packed once: a block is then a slice of it
+    size = 4 * block_size
+    for start in range(0, blocks * size, size):
+        digest = _chain(digest, data[start:start + size])
         out.append(int.from_bytes(digest, "big", signed=True))
     return tuple(out)
 
