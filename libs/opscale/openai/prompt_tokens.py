@@ -9,8 +9,10 @@ The model's Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers` l
   `loopcontrols` extension, a `tojson` filter, `raise_exception`, the tokenizer's special tokens
   (bos_token, eos_token, ...) as variables and `add_generation_prompt` true unless the body says
   otherwise (`chat_template_kwargs` are passed on); the rendered text is encoded without special tokens
-  (the template writes them). Text parts of a message's content are joined with newlines, as vLLM does
-  for a template that takes content as a string.
+  (the template writes them). A message's content is given as vLLM gives it: to a template that loops
+  over a message's content (its Jinja source has a `for` over `...['content']`, or over a variable set
+  from it), a list of text parts, a string content becoming one part; to any other, a string, text parts
+  joined with newlines. Absent content is an empty list or string.
 
 The template comes from settings, else from `chat_template.jinja` or `tokenizer_config.json` beside the
 tokenizer. A body this cannot render (the template raises, e.g. roles that do not alternate) or encode
@@ -30,6 +32,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
@@ -51,16 +54,55 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _content_text(content: Any) -> Any:
-    if isinstance(content, list):  # text parts, joined as vLLM joins them for a string-content template
-        return "\n".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
-    return content
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+    return []
+
+
+def _content(content: Any, as_parts: bool) -> str | list[dict[str, str]]:
+    texts = _texts(content)
+    return [{"type": "text", "text": t} for t in texts] if as_parts else "\n".join(texts)
+
+
+def _peel(node: jinja2.nodes.Node) -> jinja2.nodes.Node:
+    """The value under filters, tests and slices: `m['content'] | reverse` and `m['content'][1:]` loop
+    over the content."""
+    while True:
+        if isinstance(node, jinja2.nodes.Filter | jinja2.nodes.Test) and node.node is not None:
+            node = node.node
+        elif isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Slice):
+            node = node.node
+        else:
+            return node
+
+
+def _is_content(node: jinja2.nodes.Node, names: set[str]) -> bool:
+    node = _peel(node)
+    if isinstance(node, jinja2.nodes.Getitem):
+        return isinstance(node.arg, jinja2.nodes.Const) and node.arg.value == "content"
+    if isinstance(node, jinja2.nodes.Getattr):
+        return node.attr == "content"
+    return isinstance(node, jinja2.nodes.Name) and node.name in names
+
+
+def loops_over_content(env: jinja2.Environment, source: str) -> bool:
+    """Whether a chat template iterates a message's content (it takes content as a list of parts, vLLM's
+    "openai" content format) rather than printing it (a string)."""
+    tree = env.parse(source)
+    names: set[str] = set()  # variables set from a message's content
+    for assign in tree.find_all(jinja2.nodes.Assign):
+        if isinstance(assign.target, jinja2.nodes.Name) and _is_content(assign.node, names):
+            names.add(assign.target.name)
+    return any(_is_content(loop.iter, names) for loop in tree.find_all(jinja2.nodes.For))
 
 
 class PromptTokenizer:
     """One model's tokenizer and chat template (see the module docstring)."""
 
-    __slots__ = ("tokenizer", "template", "special_tokens", "_now")
+    __slots__ = ("tokenizer", "template", "content_as_parts", "special_tokens", "_now")
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str = "", special_tokens: Mapping[str, str] | None = None,
                  now: Callable[[], datetime] | None = None) -> None:
@@ -68,6 +110,7 @@ class PromptTokenizer:
         self.special_tokens = dict(special_tokens or {})
         self._now = now
         self.template: jinja2.Template | None = None
+        self.content_as_parts = False
         if chat_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                 extensions=[jinja2.ext.loopcontrols])
@@ -76,6 +119,7 @@ class PromptTokenizer:
             env.globals["strftime_now"] = self._strftime_now
             try:
                 self.template = env.from_string(chat_template)
+                self.content_as_parts = loops_over_content(env, chat_template)
             except jinja2.TemplateSyntaxError as exc:
                 raise TokenizerLoadError(f"chat template, line {exc.lineno}: {exc.message}") from exc
 
@@ -144,7 +188,8 @@ class PromptTokenizer:
         """A chat body's messages through the chat template; None when there is no template or it refuses."""
         if self.template is None:
             return None
-        messages = [{**m, "content": _content_text(m.get("content"))} for m in body.get("messages", ())
+        parts = self.content_as_parts
+        messages = [{**m, "content": _content(m.get("content"), parts)} for m in body.get("messages", ())
                     if isinstance(m, Mapping)]
         kwargs = body.get("chat_template_kwargs")
         variables: dict[str, Any] = {**self.special_tokens, **(kwargs if isinstance(kwargs, Mapping) else {})}

@@ -82,3 +82,23 @@ def test_a_template_given_in_settings_wins_and_bad_files_are_named(tmp_path: Pat
         PromptTokenizer.from_files(folder, str(tmp_path / "missing.jinja"))
     with pytest.raises(TokenizerLoadError, match="line 1"):
         PromptTokenizer.from_files(folder, "{% for m in messages %}")
+
+
+PARTS_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{% for p in m['content'] %} {{ p['text'] }}"
+                  "{% endfor %} </s>{% endfor %}")
+
+
+@pytest.mark.parametrize("template, loops", [
+    (TEMPLATE, False),
+    (PARTS_TEMPLATE, True),
+    ("{% for m in messages %}{% set c = m.content %}{% for p in c | list %}{{ p.text }}{% endfor %}{% endfor %}", True),
+    ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% endif %}{% endfor %}", False),
+])
+def test_a_template_that_loops_over_content_gets_text_parts_as_vllm_gives_them(template: str, loops: bool) -> None:
+    tokenizer = PromptTokenizer(build_tokenizer(), template)
+    assert tokenizer.content_as_parts is loops
+    if loops and template == PARTS_TEMPLATE:
+        two_parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "paris"},
+                                                                {"type": "text", "text": "berlin"}]},
+                                  {"role": "assistant", "content": "rome"}, {"role": "user", "content": None}]}
+        assert tokenizer.render_chat(two_parts) == "<|user|> paris berlin </s><|assistant|> rome </s><|user|> </s>"
