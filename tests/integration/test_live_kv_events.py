@@ -215,7 +215,9 @@ async def test_with_vllm_a_tokenized_prompt_goes_to_the_server_whose_renamed_kv_
     model_dir = write_model_folder(tmp_path / "model")
     tokenizer = PromptTokenizer.from_files(model_dir)
     words = "the trip to rome and paris by train or plane details about day one two three"
-    prompts = {"travel": f"tell me more about {words} " * 3, "cooking": f"how long do i boil an egg {words} " * 3}
+    # the second prompt is long enough (over 2,048 tokens by the router's estimate) to be tokenized off
+    # the router's event loop
+    prompts = {"travel": f"tell me more about {words} " * 3, "cooking": f"how long do i boil an egg {words} " * 100}
     bus = await bus_factory()
     heartbeats: dict[str, AgentHeartbeat] = {}
     kv_batches: list[KvEventBatch] = []
