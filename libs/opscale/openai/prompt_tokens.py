@@ -6,8 +6,8 @@ The model's Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers` l
   a token-array prompt is taken as is;
 - a chat's messages rendered through the model's chat template first, as vLLM's /v1/chat/completions does
   (transformers' apply_chat_template): Jinja in a sandbox with trim_blocks and lstrip_blocks, the
-  `loopcontrols` extension, a `tojson` filter, `raise_exception`, the tokenizer's special tokens
-  (bos_token, eos_token, ...) as variables and `add_generation_prompt` true unless the body says
+  `loopcontrols` extension, `{% generation %}` blocks, a `tojson` filter, `raise_exception`, the
+  tokenizer's special tokens (bos_token, eos_token, ...) as variables and `add_generation_prompt` true unless the body says
   otherwise (`chat_template_kwargs` are passed on); the rendered text is encoded without special tokens
   (the template writes them). A message's content is given as vLLM gives it: to a template that loops
   over a message's content (its Jinja source has a `for` over `...['content']`, or over a variable set
@@ -33,6 +33,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
@@ -43,6 +44,18 @@ _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_
 
 class TokenizerLoadError(ValueError):
     """A tokenizer or chat template that cannot be loaded; the message names the file."""
+
+
+class _GenerationBlocks(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`, which transformers' templates use to mark the assistant's
+    tokens (for training masks): rendered as its body, as apply_chat_template renders it."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
 
 
 def _template_error(message: str) -> None:
@@ -113,7 +126,7 @@ class PromptTokenizer:
         self.content_as_parts = False
         if chat_template:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=[jinja2.ext.loopcontrols])
+                                                extensions=[jinja2.ext.loopcontrols, _GenerationBlocks])
             env.filters["tojson"] = _tojson
             env.globals["raise_exception"] = _template_error
             env.globals["strftime_now"] = self._strftime_now

@@ -93,10 +93,13 @@ PARTS_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{% for p in m['cont
     (PARTS_TEMPLATE, True),
     ("{% for m in messages %}{% set c = m.content %}{% for p in c | list %}{{ p.text }}{% endfor %}{% endfor %}", True),
     ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% endif %}{% endfor %}", False),
+    # transformers' assistant-mask blocks render as their body
+    ("{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}", False),
 ])
 def test_a_template_that_loops_over_content_gets_text_parts_as_vllm_gives_them(template: str, loops: bool) -> None:
     tokenizer = PromptTokenizer(build_tokenizer(), template)
     assert tokenizer.content_as_parts is loops
+    assert tokenizer.render_chat({"messages": [{"role": "user", "content": "rome"}]}) is not None
     if loops and template == PARTS_TEMPLATE:
         two_parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "paris"},
                                                                 {"type": "text", "text": "berlin"}]},
