@@ -7,9 +7,9 @@ The model's Hugging Face tokenizer (`tokenizer.json`, read by the `tokenizers` l
 - a chat's messages rendered through the model's chat template first, as vLLM's /v1/chat/completions does
   (transformers' apply_chat_template): Jinja in a sandbox with trim_blocks and lstrip_blocks, the
   `loopcontrols` extension, `{% generation %}` blocks, a `tojson` filter, `raise_exception`, the
-  tokenizer's special tokens (bos_token, eos_token, ...) as variables and `add_generation_prompt` true unless the body says
-  otherwise (`chat_template_kwargs` are passed on); the rendered text is encoded without special tokens
-  (the template writes them). A message's content is given as vLLM gives it: to a template that loops
+  tokenizer's special tokens (bos_token, eos_token, ...) as variables and `add_generation_prompt` true
+  unless the body says otherwise (`chat_template_kwargs` are passed on); the rendered text is encoded
+  without special tokens (the template writes them). A message's content is given as vLLM gives it: to a template that loops
   over a message's content (its Jinja source has a `for` over `...['content']`, or over a variable set
   from it), a list of text parts, a string content becoming one part; to any other, a string, text parts
   joined with newlines. Absent content is an empty list or string.
