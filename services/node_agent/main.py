@@ -29,6 +29,7 @@ from opscale_services.node_agent.engine_http import build_engine_app, make_runne
 from opscale_services.node_agent.engines import RealtimeEngines
 from opscale_services.node_agent.kv_forward import KvForwarder
 from opscale_services.node_agent.openai_engines import OpenAIEngines, build_openai_proxy_app
+from opscale_services.node_agent.vllm_kv_metrics import VllmKvCollector
 
 
 class _Control:
@@ -117,8 +118,10 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
 
         engines: RealtimeEngines | OpenAIEngines
         if openai_backend:
-            openai_engines = OpenAIEngines(settings.openai_engines, p.clock, is_accepting=core.is_accepting)
+            openai_engines = OpenAIEngines(settings.openai_engines, p.clock, is_accepting=core.is_accepting,
+                                           kv_block_tokens=settings.engine.prefix_block_tokens)
             await openai_engines.start_session()
+            p.registry.register(VllmKvCollector(openai_engines.kv_subscribers))
             engines = openai_engines
             app = build_openai_proxy_app(openai_engines)
             p.supervisor.every("engine-health", settings.engine_health_interval_s, openai_engines.check,

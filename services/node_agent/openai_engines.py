@@ -33,8 +33,9 @@ bodies and answers pass here unchanged, and the servers move the KV between them
 KV for a real engine and prices no transfer: the TTFT it records is the servers' own.
 
 KV events: a server that names a `kv_events_endpoint` (vLLM's --kv-events-config publisher) is read
-from the moment an instance binds to it (vllm_kv_sub.py); its events go to the routers as that
-instance's, batched each tick (kv_forward.py).
+from the moment an instance binds to it (vllm_kv_sub.py); its events, renamed into opscale's block
+hashes of `kv_block_tokens` tokens (engine.prefix_block_tokens, which must be vLLM's --block-size), go to
+the routers as that instance's, batched each tick (kv_forward.py).
 
 It must not decide anything: which instances exist and when they drain is the node-agent core's.
 """
@@ -181,8 +182,9 @@ class OpenAIEngines:
 
     def __init__(self, servers: Sequence[OpenAIEngineSettings], clock: Clock, is_accepting: Callable[[str], bool], *,
                  connect_timeout_s: float = 3.0, health_timeout_s: float = 2.0, read_timeout_s: float = 300.0,
-                 max_connections: int = 1024) -> None:
+                 max_connections: int = 1024, kv_block_tokens: int = 16) -> None:
         self.servers = list(servers)
+        self.kv_block_tokens = kv_block_tokens
         self.clock = clock
         self.is_accepting = is_accepting
         self._connect_timeout_s = connect_timeout_s
@@ -225,7 +227,8 @@ class OpenAIEngines:
         bound = self._bound[spec.instance_id] = _Bound(spec, server)
         if server.kv_events_endpoint:
             try:
-                bound.kv_events = VllmKvSubscriber(server.kv_events_endpoint, server.kv_events_topic)
+                bound.kv_events = VllmKvSubscriber(server.kv_events_endpoint, self.kv_block_tokens,
+                                                 server.kv_events_topic)
             except zmq.ZMQError as exc:  # an endpoint ZMQ cannot parse: the instance serves, without events
                 log.error("instance %s: KV events of %s not read: %s", spec.instance_id,
                           server.kv_events_endpoint, exc)
@@ -258,6 +261,10 @@ class OpenAIEngines:
             if b.kv_events is not None and (events := b.kv_events.take()):
                 out.append((instance_id, b.spec.model, events))
         return out
+
+    def kv_subscribers(self) -> dict[str, VllmKvSubscriber]:
+        """The KV event subscriber of each bound instance whose server names one."""
+        return {instance_id: b.kv_events for instance_id, b in self._bound.items() if b.kv_events is not None}
 
     def reports(self) -> list[EngineReport]:
         out: list[EngineReport] = []

@@ -5,12 +5,16 @@ the logic is opscale.services.router."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from aiohttp import web
 
+from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
+from opscale.openai.schema import CHARS_PER_TOKEN
 from opscale.runtime.live.host import CoreHost
-from opscale.runtime.live.settings import RouterSettings
+from opscale.runtime.live.settings import RouterSettings, SettingsError
 from opscale.services import subjects
 from opscale.services.router import RouterCore
 
@@ -22,6 +26,8 @@ from opscale_services.router.kv_metrics import KvIndexCollector
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
+log = logging.getLogger(__name__)
+
 
 def install_fast_loop() -> str:
     """Make uvloop the event loop policy when it is installed (the `fast` extra): the proxy hot path is
@@ -32,6 +38,23 @@ def install_fast_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
+    """Each configured model's tokenizer (settings.tokenizers); says at start-up how prompts are hashed."""
+    tokenizers: dict[str, PromptTokenizer] = {}
+    for model, t in settings.tokenizers.items():
+        try:
+            tokenizers[model] = PromptTokenizer.from_files(t.path, t.chat_template, now=datetime.now)
+        except TokenizerLoadError as exc:
+            raise SettingsError(f"router.tokenizers.{model}: {exc}") from None
+    for model, tokenizer in tokenizers.items():
+        log.info("prefix blocks of %s: token ids (tokenizer %s%s), as vLLM's KV events are renamed", model,
+                 settings.tokenizers[model].path, "" if tokenizer.template else "; no chat template: chats hashed as text")
+    log.info("prefix blocks of %s: prompt text, %d characters a token (the simulated engines' naming; vLLM's blocks "
+             "match only prompts tokenized: give the model a tokenizer in router.tokenizers)",
+             "every other model" if tokenizers else "every model", CHARS_PER_TOKEN)
+    return tokenizers
 
 
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
@@ -47,7 +70,11 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
         engine = settings.engine
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
-                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0)
+                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0,
+                                    load_tokenizers(settings) if engine.enable_prefix_caching else {})
+        if settings.tokenizers and not engine.enable_prefix_caching:
+            log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
+                        "blocks are hashed")
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
         backend.host = host
 

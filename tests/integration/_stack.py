@@ -41,6 +41,8 @@ class LiveStack:
     model: str = "Llama-3-8B"
     # The shared tier table every service is given (None: the built-in tiers)
     tiers: list[dict[str, Any]] | None = None
+    # Per service ("router", "node_agent", ...): settings that replace the stack's own (top-level keys)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     router_port: int = field(default_factory=free_port)
     agent_grpc_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,22 +70,27 @@ class LiveStack:
         from opscale_services.router import main as router
 
         c = self._common()
+        o = self.overrides
         services: list[tuple[str, Callable[..., Awaitable[None]], Any]] = [
-            ("aggregator", aggregator.run, load_settings(
-                AggregatorSettings, **c, tick_s=0.2, core={"publish_interval_s": 1.0, "windows_s": [10.0, 60.0]})),
-            ("forecaster", forecaster.run, load_settings(ForecasterSettings, **c, tick_s=1.0)),
-            ("planner", planner.run, load_settings(
-                PlannerSettings, **c, tick_s=0.2, lease_ttl_s=3.0, lease_renew_s=0.5, holder_id="test-planner",
-                deployments=[{"model": self.model, "sku": "H100-80GB", "tp": 1, "min_replicas": 1,
-                              "max_replicas": 2}],
-                core={"interval_s": 1.0, "resend_after_s": 1.0})),
-            ("node_agent", node_agent.run, load_settings(
-                NodeAgentSettings, **c, agent_id="agent-1", region=self.region, sku="H100-80GB", gpus=8,
-                grpc_host="127.0.0.1", grpc_port=self.agent_grpc_port, http_port=0,
-                advertise_host="127.0.0.1", heartbeat_interval_s=0.5, tick_s=0.2, load_time_scale=0.02)),
-            ("router", router.run, load_settings(
-                RouterSettings, **c, http_host="127.0.0.1", http_port=self.router_port, grpc_port=free_port(),
-                tick_s=0.2, records_flush_s=0.2, core={"region": self.region, "router_id": "router-test"})),
+            ("aggregator", aggregator.run, load_settings(AggregatorSettings, **{
+                **c, "tick_s": 0.2, "core": {"publish_interval_s": 1.0, "windows_s": [10.0, 60.0]},
+                **o.get("aggregator", {})})),
+            ("forecaster", forecaster.run, load_settings(ForecasterSettings, **{**c, "tick_s": 1.0,
+                                                                                **o.get("forecaster", {})})),
+            ("planner", planner.run, load_settings(PlannerSettings, **{
+                **c, "tick_s": 0.2, "lease_ttl_s": 3.0, "lease_renew_s": 0.5, "holder_id": "test-planner",
+                "deployments": [{"model": self.model, "sku": "H100-80GB", "tp": 1, "min_replicas": 1,
+                                 "max_replicas": 2}],
+                "core": {"interval_s": 1.0, "resend_after_s": 1.0}, **o.get("planner", {})})),
+            ("node_agent", node_agent.run, load_settings(NodeAgentSettings, **{
+                **c, "agent_id": "agent-1", "region": self.region, "sku": "H100-80GB", "gpus": 8,
+                "grpc_host": "127.0.0.1", "grpc_port": self.agent_grpc_port, "http_port": 0,
+                "advertise_host": "127.0.0.1", "heartbeat_interval_s": 0.5, "tick_s": 0.2, "load_time_scale": 0.02,
+                **o.get("node_agent", {})})),
+            ("router", router.run, load_settings(RouterSettings, **{
+                **c, "http_host": "127.0.0.1", "http_port": self.router_port, "grpc_port": free_port(),
+                "tick_s": 0.2, "records_flush_s": 0.2, "core": {"region": self.region, "router_id": "router-test"},
+                **o.get("router", {})})),
         ]
         for name, run, settings in services:
             started = asyncio.Event()

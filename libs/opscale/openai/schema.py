@@ -14,7 +14,8 @@ Token counts: opscale has no tokenizer in the control plane. `estimate_tokens` c
 4 characters (rounded up, at least 1), OpenAI's published rule of thumb for English text; chat requests
 add 4 tokens per message for the role and separators and 3 for the assistant's reply prefix, as in
 OpenAI's token-counting guide. The estimate is deterministic and cheap; the router only needs it to
-weigh requests against each other. The router estimates once and hands the count on to the engine
+weigh requests against each other. (A router given a model's tokenizer, opscale.openai.prompt_tokens,
+counts that model's prompt tokens exactly when it hashes their KV blocks.) The router estimates once and hands the count on to the engine
 server (`parse_completion(prompt_tokens=...)`); `usage.prompt_tokens` reports the engine's own count
 when the engine gave one, else this estimate.
 """

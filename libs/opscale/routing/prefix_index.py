@@ -1,7 +1,8 @@
 """The router's global prefix index: per model, which instances hold which KV blocks, by block hash.
 
-Block hashes are chained from the prompt's start (vLLM's, or a trace's hash ids), so a hash names its
-whole prefix and the index can be a flat map, hash -> instances holding it (the radix tree of Dynamo's
+Block hashes are chained from the prompt's start (opscale's hashes of token ids or text,
+opscale.openai.prefix_blocks, in which the node-agents rename vLLM's blocks; or a trace's hash ids), so
+a hash names its whole prefix and the index can be a flat map, hash -> instances holding it (the radix tree of Dynamo's
 KV router, flattened: a tree path and a chain of hashes name the same thing). A request's match on an
 instance is the number of its leading hashes that instance holds, found by walking the request's
 hashes and intersecting holder sets until a miss.

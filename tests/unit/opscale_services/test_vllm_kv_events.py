@@ -1,7 +1,8 @@
 """The node-agent's reader of vLLM's KV events (--kv-events-config): messages made in vLLM's exact wire
 format (msgspec structs mirroring vllm/distributed/kv_events.py, msgpack-encoded, multipart [topic, seq,
-payload]) sent over a real ZMQ PUB socket on localhost decode into the same prefix-index updates as the
-equivalent opscale events; bad messages, unknown tags, repeats and sequence gaps are counted and dropped."""
+payload]) decode into the same prefix-index updates as the equivalent opscale events, and sent over a
+real ZMQ PUB socket on localhost arrive renamed into opscale's token hashes; bad messages, unknown tags,
+repeats and sequence gaps are counted and dropped."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
+from _vllm_kv_wire import ENCODER, AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, Unknown, frames
 
 from opscale.engine import kv_events as engine_events
 from opscale.model import InstanceSpec
 from opscale.model.kv_events import KvBlockEvent, KvEventBatch, KvEventKind
+from opscale.openai.prefix_blocks import token_block_hashes
 from opscale.openai.vllm_kv_events import VllmKvReader
 from opscale.routing.prefix_index import PrefixIndex
 from opscale.runtime.clock import WallClock
@@ -24,52 +27,10 @@ from opscale.runtime.live.settings import OpenAIEngineSettings
 from opscale_services.node_agent.openai_engines import OpenAIEngines
 from opscale_services.node_agent.vllm_kv_sub import VllmKvSubscriber
 
-
-# vLLM's types, as its publisher defines them (vllm/distributed/kv_events.py).
-class EventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    ts: float
-    events: list[Any]
-
-
-class KVCacheEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, tag=True):
-    """Base class of vLLM's KV cache events."""
-
-
-class BlockStored(KVCacheEvent):
-    block_hashes: list[int | bytes]
-    parent_block_hash: int | bytes | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-
-
-class BlockRemoved(KVCacheEvent):
-    block_hashes: list[int | bytes]
-    medium: str | None
-
-
-class AllBlocksCleared(KVCacheEvent):
-    pass
-
-
-class KVEventBatch(EventBatch):
-    events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-
-
-class Unknown(KVCacheEvent):  # a tag some future vLLM may send
-    x: int
-
-
-ENCODER = msgspec.msgpack.Encoder()
 MODEL = "m"
 # A sha256 block hash (newer vLLM) whose first 8 bytes read 5, and plain int hashes (older vLLM).
 SHA_5 = (5).to_bytes(8, "big") + b"\xab" * 24
 TOKENS = list(range(48))
-
-
-def frames(seq: int, *events: KVCacheEvent, topic: bytes = b"kv") -> list[bytes]:
-    return [topic, seq.to_bytes(8, "big"), ENCODER.encode(KVEventBatch(ts=1.0, events=list(events)))]
 
 
 # The same history in both forms: vLLM's messages and the opscale engine's events.
@@ -106,12 +67,22 @@ async def wait_for(predicate: Any, timeout_s: float = 30.0) -> None:
     await asyncio.wait_for(poll(), timeout_s)
 
 
-async def test_vllm_messages_over_zmq_decode_into_the_same_index_updates_as_opscale_events() -> None:
+def test_vllm_messages_decode_into_the_same_index_updates_as_opscale_events() -> None:
+    reader = VllmKvReader()
+    decoded = [list(reader.feed(frames(seq, *events))) for seq, events in enumerate(VLLM_MESSAGES)]
+    expected = [[engine_events.as_block_event(e) for e in batch] for batch in OPSCALE_EVENTS]
+    assert decoded == expected
+    same_index(index_of(decoded), index_of(expected))
+    assert index_of(decoded).matched_blocks(MODEL, [11, 12]) == {"i1": 1}  # 12 was removed
+    assert reader.stats.gaps == 0 and reader.stats.malformed == 0
+
+
+async def test_vllm_messages_over_zmq_arrive_renamed_into_opscale_token_hashes() -> None:
     ctx = zmq.asyncio.Context()
     pub = ctx.socket(zmq.XPUB)  # an XPUB sees the subscription arrive, so nothing is sent before it
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub = VllmKvSubscriber(f"tcp://127.0.0.1:{port}", topic="kv", context=ctx)
+    sub = VllmKvSubscriber(f"tcp://127.0.0.1:{port}", 16, topic="kv", context=ctx)
     try:
         assert (await asyncio.wait_for(pub.recv(), 30.0))[0] == 1  # the subscription
         for seq, events in enumerate(VLLM_MESSAGES):
@@ -125,14 +96,17 @@ async def test_vllm_messages_over_zmq_decode_into_the_same_index_updates_as_opsc
         pub.close()
         ctx.term()
 
-    # The events arrive in order; cut them back into the three messages to compare batch for batch.
-    sizes = [len(m) for m in VLLM_MESSAGES]
-    decoded = [taken[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
-    expected = [[engine_events.as_block_event(e) for e in batch] for batch in OPSCALE_EVENTS]
-    assert decoded == expected
-    same_index(index_of(decoded), index_of(expected))
-    assert index_of(decoded).matched_blocks(MODEL, [11, 12]) == {"i1": 1}  # 12 was removed
-    assert sub.reader.stats.gaps == 0 and sub.reader.stats.malformed == 0
+    # Blocks are named by their tokens, chained: 21 and 22 hold the tokens of 11 and 12, so they get their
+    # names, and the name of 11 stays held while 21 does.
+    a, b, c = token_block_hashes(TOKENS, 16)
+    [d] = token_block_hashes(TOKENS[:16], 16, parent=c)
+    assert [(e.kind, e.block_hashes) for e in taken] == [
+        (KvEventKind.STORED, (a, b, c)), (KvEventKind.STORED, (d,)), (KvEventKind.REMOVED, (b,)),
+        (KvEventKind.REMOVED, (c,)), (KvEventKind.STORED, (a, b))]
+    assert all(e.token_ids == () for e in taken)  # the router needs no tokens: they stay off the bus
+    index = index_of([taken])
+    assert index.matched_blocks(MODEL, [a, b, c]) == {"i1": 2} and index.matched_blocks(MODEL, [d]) == {"i1": 1}
+    assert sub.rekeyer.stats.unknown_parent == 0 and sub.rekeyer.stats.unknown_removal == 0
 
 
 def test_bad_messages_unknown_tags_and_sequence_gaps_are_counted_and_dropped() -> None:
@@ -177,14 +151,15 @@ async def test_a_subscriber_past_its_bound_tells_the_router_to_forget_rather_tha
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub = VllmKvSubscriber(f"tcp://127.0.0.1:{port}", max_pending=3, context=ctx)
+    sub = VllmKvSubscriber(f"tcp://127.0.0.1:{port}", 16, max_pending=3, context=ctx)
     try:
         await asyncio.wait_for(pub.recv(), 30.0)
         for seq in range(5):  # one event each: the 4th is past the bound of 3 waiting
-            await pub.send_multipart(frames(seq, BlockStored([seq + 1], None, [], 16, None, "GPU")))
+            await pub.send_multipart(frames(seq, BlockStored([seq + 1], None, [seq] * 16, 16, None, "GPU")))
         await wait_for(lambda: sub.reader.stats.messages == 5)
         assert sub.overflows == 1
-        assert [(e.kind, e.block_hashes) for e in sub.take()] == [(KvEventKind.CLEARED, ()), (KvEventKind.STORED, (5,))]
+        assert [(e.kind, e.block_hashes) for e in sub.take()] == [(KvEventKind.CLEARED, ()),
+                                                                  (KvEventKind.STORED, token_block_hashes([4] * 16, 16))]
     finally:
         await sub.close()
         pub.close()
@@ -205,7 +180,7 @@ async def test_an_openai_instance_forwards_its_servers_events_and_a_bad_endpoint
         engines.start(InstanceSpec("a1", "served-a", "H100-80GB"))  # ZMQ cannot parse its endpoint: no events
         engines.start(InstanceSpec("b1", "served-b", "H100-80GB"))
         await asyncio.wait_for(pub.recv(), 30.0)
-        await pub.send_multipart(frames(0, BlockStored([1, 2], None, [], 16, None, "GPU")))
+        await pub.send_multipart(frames(0, BlockStored([1, 2], None, list(range(32)), 16, None, "GPU")))
         taken: list = []
 
         def arrived() -> bool:
@@ -214,7 +189,8 @@ async def test_an_openai_instance_forwards_its_servers_events_and_a_bad_endpoint
 
         await wait_for(arrived)
         [(instance_id, model, events)] = taken
-        assert (instance_id, model, [e.block_hashes for e in events]) == ("b1", "served-b", [(1, 2)])
+        assert (instance_id, model, [e.block_hashes for e in events]) == (
+            "b1", "served-b", [token_block_hashes(range(32), 16)])  # renamed: engines' blocks of 16 tokens
     finally:
         await engines.close()
         pub.close()

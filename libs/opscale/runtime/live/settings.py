@@ -260,6 +260,25 @@ def _service_config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, env_nested_delimiter="__", extra="forbid", validate_default=True)
 
 
+class TokenizerSettings(BaseModel):
+    """One model's tokenizer, with which the router names a prompt's KV blocks as vLLM caches them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(..., description="The model's Hugging Face tokenizer.json, or the folder holding it (and "
+                       "tokenizer_config.json, whose chat template and special tokens are used)")
+    chat_template: str = Field("", description="A Jinja chat template, inline or as the path of a .jinja file, as "
+                               "vLLM's --chat-template takes it; empty: the folder's chat_template.jinja, else "
+                               "tokenizer_config.json's")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+
 class RouterSettings(LiveSettings):
     """The router process: OpenAI-compatible HTTP API, gRPC Route, request records."""
 
@@ -277,6 +296,11 @@ class RouterSettings(LiveSettings):
     records_flush_s: float = Field(1.0, gt=0, description="Longest wait before request records are published")
     records_batch_max: int = Field(500, ge=1, description="Records per published batch")
     core: RouterConfig = Field(default_factory=RouterConfig, description="Routing policy settings")
+    tokenizers: dict[str, TokenizerSettings] = Field(
+        default_factory=dict, description="Per model name: its tokenizer. With prefix caching on, the prompts of a "
+        "model named here are tokenized (chats through the chat template, as vLLM does) and their blocks of "
+        "engine.prefix_block_tokens token ids hashed, as the node-agents rename vLLM's KV events; other models' "
+        "prompts are hashed as text (4 characters a token), as the simulated engines cache them")
 
     @model_validator(mode="after")
     def _kv_blocks_as_engines(self) -> RouterSettings:
