@@ -5,10 +5,13 @@ the logic is opscale.services.router."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from opscale.routing.tenants import KeyTable
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import RouterSettings
 from opscale.services import subjects
@@ -16,11 +19,14 @@ from opscale.services.router import RouterCore
 
 from opscale_services.common import LiveProcess
 from opscale_services.router.api import build_router_app, make_runner
+from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
 from opscale_services.router.kv_metrics import KvIndexCollector
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+
+log = logging.getLogger(__name__)
 
 
 def install_fast_loop() -> str:
@@ -46,8 +52,10 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         p.on_exit(records.flush)  # runs before the bus closes: registered after it
         # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
         engine = settings.engine
+        gate = tenant_gate(settings, p.clock.now_s, p.registry)
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
-                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0)
+                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0,
+                                    on_finished=gate.settle if gate is not None else None)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
         backend.host = host
 
@@ -65,7 +73,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        runner = make_runner(build_router_app(backend))
+        runner = make_runner(build_router_app(backend, gate=gate))
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
@@ -79,3 +87,15 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         if on_start is not None:
             on_start(p)
         await p.run(stop)
+
+
+def tenant_gate(settings: RouterSettings, now_s: Callable[[], float],
+                registry: CollectorRegistry | None) -> TenantGate | None:
+    """The API-key gate the settings ask for, or None (said loudly: anyone who reaches the API may use it)."""
+    if not settings.auth.active:
+        log.warning("API keys are OFF: anyone who reaches %s:%d may use the API (set router.auth to require keys)",
+                    settings.http_host, settings.http_port)
+        return None
+    table = KeyTable(settings.auth.key_specs(), now_s())
+    log.info("API keys are on: %d key(s) (%s)", len(table), ", ".join(table.key_ids()))
+    return TenantGate(table, now_s, registry)
