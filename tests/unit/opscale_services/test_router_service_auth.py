@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +26,7 @@ from opscale.routing.tenants import ApiKeySpec, KeyTable
 from opscale.runtime.clock import WallClock
 from opscale.services.router import RouterConfig, RouterCore
 
+from opscale_services.launcher import AUTH_OFF_WARNING, run_stack
 from opscale_services.router.auth import TenantGate
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
@@ -190,3 +193,20 @@ async def test_no_secret_or_wrong_key_in_logs_metrics_or_error_bodies(caplog: py
     for secret in (SECRET_A, SECRET_B, WRONG):
         for text in (caplog.text, metrics, published, *bodies):
             assert secret not in text
+
+
+@pytest.mark.parametrize(("router_section", "warned"), [("{}", True), ("{auth: {enabled: false}}", True),
+                                                        (f"{{auth: {{keys: [{{id: a, secret: {SECRET_A}}}]}}}}", False)])
+def test_opscale_up_warns_loudly_when_keys_are_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture, router_section: str,
+                                                   warned: bool) -> None:
+    for name in list(os.environ):
+        if name.startswith("OPSCALE_"):
+            monkeypatch.delenv(name)
+    # the planner's settings are refused, so the stack stops after checking them all and starts nothing
+    config = tmp_path / "opscale.yaml"
+    config.write_text(f"router: {router_section}\nplanner: {{lease_ttl_s: -1}}\n")
+    caplog.set_level(logging.INFO)
+    assert run_stack(1, config) == 2
+    assert (AUTH_OFF_WARNING in caplog.text) is warned
+    assert SECRET_A not in caplog.text
