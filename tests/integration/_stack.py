@@ -41,6 +41,8 @@ class LiveStack:
     model: str = "Llama-3-8B"
     # The shared tier table every service is given (None: the built-in tiers)
     tiers: list[dict[str, Any]] | None = None
+    # The router's API-key settings (RouterSettings.auth; None: its default, no keys)
+    router_auth: dict[str, Any] | None = None
     router_port: int = field(default_factory=free_port)
     agent_grpc_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,7 +85,8 @@ class LiveStack:
                 advertise_host="127.0.0.1", heartbeat_interval_s=0.5, tick_s=0.2, load_time_scale=0.02)),
             ("router", router.run, load_settings(
                 RouterSettings, **c, http_host="127.0.0.1", http_port=self.router_port, grpc_port=free_port(),
-                tick_s=0.2, records_flush_s=0.2, core={"region": self.region, "router_id": "router-test"})),
+                tick_s=0.2, records_flush_s=0.2, core={"region": self.region, "router_id": "router-test"},
+                **({} if self.router_auth is None else {"auth": self.router_auth}))),
         ]
         for name, run, settings in services:
             started = asyncio.Event()
