@@ -57,6 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
 MODEL = "bench-model"
+# `--auth`: the opscale router asks for this key (one tenant, limits far above any rate measured, so the
+# request and token buckets run on every request without refusing one) and the load generator sends it.
+BENCH_KEY = "sk-bench-0123456789abcdef"
+BENCH_KEY_SPEC = {"id": "bench", "secret": BENCH_KEY, "requests_per_min": 1e9, "tokens_per_min": 1e12}
 ROOT = Path(__file__).resolve().parents[1]
 RAMP_RPS = (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
 
@@ -106,9 +110,10 @@ class CountingBus:
         self.published += len(event) if isinstance(event, tuple) else 1
 
 
-def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) -> None:
+def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, auth: bool = False) -> None:
     """The opscale router process. With `profile_out`, it runs under cProfile and writes the stats
-    there when it stops (`python -m pstats PATH`, or `--profile-out` on the command line)."""
+    there when it stops (`python -m pstats PATH`, or `--profile-out` on the command line). With `auth`,
+    it asks for BENCH_KEY."""
     loop_name = install_loop()
 
     async def main() -> None:
@@ -116,12 +121,14 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
         from prometheus_client import CollectorRegistry
 
         from opscale.model import InstanceState, InstanceStatus, Role
+        from opscale.routing.tenants import ApiKeySpec, KeyTable
         from opscale.runtime.clock import WallClock
         from opscale.runtime.live.host import CoreHost
         from opscale.services.events import AgentHeartbeat
         from opscale.services.router import RouterConfig, RouterCore
 
         from opscale_services.router.api import build_router_app, make_runner
+        from opscale_services.router.auth import TenantGate
         from opscale_services.router.backend import LiveRouterBackend
         from opscale_services.router.records import RecordBatcher
         from opscale_services.router.upstream import UpstreamClient
@@ -132,14 +139,17 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
         upstream = UpstreamClient()
         await upstream.start()
         records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        gate = (TenantGate(KeyTable([ApiKeySpec.model_validate(BENCH_KEY_SPEC)], clock.now_s()), clock.now_s,
+                           CollectorRegistry()) if auth else None)
+        backend = LiveRouterBackend(core, clock, upstream, records, "local",
+                                    on_finished=gate.settle if gate is not None else None)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         status = InstanceStatus("upstream-0", MODEL, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY,
                                 endpoint=upstream_url)
         await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
                                          (status,)))
-        runner = make_runner(build_router_app(backend), access_log=None)
+        runner = make_runner(build_router_app(backend, gate=gate), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
@@ -170,7 +180,7 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
 # -- the open-loop load generator ----------------------------------------------------------------
 
 
-def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file: str) -> None:
+def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file: str, auth: bool = False) -> None:
     from urllib.parse import urlsplit
 
     from _loopback_http import OpenLoopLoad
@@ -178,7 +188,8 @@ def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file:
     install_loop()
     target = urlsplit(url)
     body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
-    load = OpenLoopLoad(target.hostname or "127.0.0.1", target.port or 80, "/v1/completions", body)
+    load = OpenLoopLoad(target.hostname or "127.0.0.1", target.port or 80, "/v1/completions", body,
+                        headers={"Authorization": f"Bearer {BENCH_KEY}"} if auth else None)
     result = asyncio.run(load.run(rate, duration_s))
     Path(result_file).write_text(json.dumps(result.to_json()))
 
@@ -210,16 +221,17 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
-              cpus: str | None) -> dict[str, Any]:
+              cpus: str | None, auth: bool = False) -> dict[str, Any]:
     """One open-loop step from `procs` load processes, each offering rate/procs (so the Python client is
-    not the bottleneck), pinned to `cpus` when given; their samples are merged."""
+    not the bottleneck), pinned to `cpus` when given; their samples are merged. With `auth` they send
+    BENCH_KEY."""
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
         # each process writes its samples to a file: a pipe is no place for a few hundred KiB of JSON
         results = [Path(tmp) / f"load-{i}.json" for i in range(procs)]
         running = [subprocess.Popen(pinned([sys.executable, __file__, "--role", "load", "--url", url, "--rate",
                                             str(rate / procs), "--step-s", str(duration_s), "--tokens", str(tokens),
-                                            "--result-file", str(result)], cpus),
+                                            "--result-file", str(result), *(["--auth"] if auth else [])], cpus),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                    for result in results]
         for proc, result in zip(running, results, strict=True):
@@ -472,13 +484,14 @@ def main() -> None:
     parser.add_argument("--profile-out", default=None,
                         help="Run opscale's router under cProfile and write its stats to this file (for finding "
                              "hot spots: profiling slows the router, so its latencies are then not comparable)")
+    parser.add_argument("--auth", action="store_true", help=argparse.SUPPRESS)  # roles opscale and load: API key
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
     elif args.role == "opscale":
-        run_opscale(args.port, args.upstream, args.profile_out)
+        run_opscale(args.port, args.upstream, args.profile_out, args.auth)
     elif args.role == "load":
-        run_load(args.url, args.rate, args.step_s, args.tokens, args.result_file)
+        run_load(args.url, args.rate, args.step_s, args.tokens, args.result_file, args.auth)
     else:
         print(json.dumps(orchestrate(args)))
 

@@ -19,17 +19,20 @@ No secret is ever logged, counted or echoed: the tenant is named by its key id, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from opscale.model import RequestOutcome
 from opscale.openai.schema import ApiError, ParsedRequest
 from opscale.routing.tenants import KeyTable, Tenant
 from opscale.runtime.live.openai_http import error_response
 
-__all__ = ["OPEN_PATHS", "TENANT_KEY", "TenantGate", "presented_key"]
+__all__ = ["OPEN_PATHS", "TENANT_KEY", "TenantGate", "TenantUsage", "presented_key"]
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +66,9 @@ class TenantGate:
     def __init__(self, table: KeyTable, now_s: Callable[[], float], registry: CollectorRegistry | None = None) -> None:
         self.table = table
         self._now_s = now_s
-        self._auth_failures = Counter("opscale_router_auth_failures", "API requests refused for a missing or "
-                                      "unknown key", ["reason"], registry=registry)
-        self._refused = Counter("opscale_router_tenant_refused", "Requests of a tenant refused at the door: a "
-                                "model its key may not use, or over its request or token rate",
-                                ["tenant", "limit"], registry=registry)
-        self._requests = Counter("opscale_router_tenant_requests", "Requests of a tenant that ended, by status",
-                                 ["tenant", "status"], registry=registry)
-        self._tokens = Counter("opscale_router_tenant_tokens", "Tokens of a tenant's ended requests (prompt, "
-                               "output)", ["tenant", "kind"], registry=registry)
-        for reason in ("missing", "invalid"):
-            self._auth_failures.labels(reason)
-        for key_id in table.key_ids():  # every tenant's series exists from the start, at zero
-            self._tokens.labels(key_id, "prompt")
-            self._tokens.labels(key_id, "output")
+        self.usage = TenantUsage(table.key_ids())
+        if registry is not None:
+            registry.register(self.usage)
 
     @web.middleware
     async def middleware(self, request: web.Request,
@@ -85,11 +77,11 @@ class TenantGate:
             return await handler(request)
         presented = presented_key(request.headers)
         if presented is None:
-            self._auth_failures.labels("missing").inc()
+            self.usage.auth_failures["missing"] += 1
             return error_response(_MISSING, _CHALLENGE)
         tenant = self.table.authenticate(presented)
         if tenant is None:
-            self._auth_failures.labels("invalid").inc()
+            self.usage.auth_failures["invalid"] += 1
             log.debug("refused a request to %s from %s: unknown API key", request.path, request.remote)
             return error_response(_WRONG, _CHALLENGE)
         request[TENANT_KEY] = tenant
@@ -101,7 +93,7 @@ class TenantGate:
         refusal = tenant.admit(req.model, req.prompt_tokens, self._now_s())
         if refusal is None:
             return None
-        self._refused.labels(tenant.key_id, refusal.limit).inc()
+        self.usage.refused[tenant.key_id, refusal.limit] += 1
         if refusal.limit == "model":
             return ApiError(404, refusal.message, "invalid_request_error", "model", "model_not_found")
         return ApiError(429, refusal.message, refusal.limit, None, "rate_limit_exceeded", refusal.retry_after_s)
@@ -112,14 +104,57 @@ class TenantGate:
         if tenant is None:
             return
         # "rejected": refused by the router core (no capacity) before it ran: its prompt charge comes back
-        tenant.settle(outcome.prompt_tokens, outcome.output_tokens, outcome.status != "rejected", self._now_s())
-        self._requests.labels(tenant.key_id, outcome.status).inc()
-        if outcome.status != "rejected":
-            self._tokens.labels(tenant.key_id, "prompt").inc(outcome.prompt_tokens)
-            self._tokens.labels(tenant.key_id, "output").inc(outcome.output_tokens)
+        ran = outcome.status != "rejected"
+        tenant.settle(outcome.prompt_tokens, outcome.output_tokens, ran, self._now_s())
+        self.usage.count(outcome, ran)
 
     @staticmethod
     def visible_models(request: web.Request, models: list[str]) -> list[str]:
         """The models `GET /v1/models` lists to this request's key: those it may use."""
         tenant = request.get(TENANT_KEY)
         return models if tenant is None else [m for m in models if tenant.may_use(m)]
+
+
+class TenantUsage(Collector):
+    """What each tenant used and was refused, as plain counts read at each scrape (a Prometheus counter's
+    lock and label lookup per request would cost more than the gate's own work):
+    `opscale_router_tenant_requests_total{tenant,status}` (ended requests: ok, failed, cancelled,
+    rejected), `opscale_router_tenant_tokens_total{tenant,kind}` (prompt and output tokens of requests
+    that ran), `opscale_router_tenant_refused_total{tenant,limit}` (model, requests, tokens) and
+    `opscale_router_auth_failures_total{reason}` (missing, invalid). Tenants are the configured key ids,
+    a bounded set; a secret or a wrong key never becomes a label."""
+
+    def __init__(self, key_ids: list[str]) -> None:
+        self.auth_failures: Counter[str] = Counter({"missing": 0, "invalid": 0})
+        self.refused: Counter[tuple[str, str]] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        # every tenant's token series exists from the start, at zero
+        self.prompt_tokens: dict[str, int] = dict.fromkeys(key_ids, 0)
+        self.output_tokens: dict[str, int] = dict.fromkeys(key_ids, 0)
+
+    def count(self, outcome: RequestOutcome, ran: bool) -> None:
+        self.requests[outcome.tenant, outcome.status] += 1
+        if ran:
+            self.prompt_tokens[outcome.tenant] += outcome.prompt_tokens
+            self.output_tokens[outcome.tenant] += outcome.output_tokens
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        failures = CounterMetricFamily("opscale_router_auth_failures", "API requests refused for a missing or "
+                                       "unknown key", labels=["reason"])
+        for reason, n in sorted(self.auth_failures.items()):
+            failures.add_metric([reason], float(n))
+        refused = CounterMetricFamily("opscale_router_tenant_refused", "Requests of a tenant refused at the door: "
+                                      "a model its key may not use, or over its request or token rate",
+                                      labels=["tenant", "limit"])
+        for (tenant, limit), n in sorted(self.refused.items()):
+            refused.add_metric([tenant, limit], float(n))
+        requests = CounterMetricFamily("opscale_router_tenant_requests", "Requests of a tenant that ended, by "
+                                       "status", labels=["tenant", "status"])
+        for (tenant, status), n in sorted(self.requests.items()):
+            requests.add_metric([tenant, status], float(n))
+        tokens = CounterMetricFamily("opscale_router_tenant_tokens", "Tokens of a tenant's requests that ran",
+                                     labels=["tenant", "kind"])
+        for kind, counts in (("prompt", self.prompt_tokens), ("output", self.output_tokens)):
+            for tenant, n in sorted(counts.items()):
+                tokens.add_metric([tenant, kind], float(n))
+        yield from (failures, refused, requests, tokens)
