@@ -595,7 +595,9 @@ def load_settings(cls: type[S], config_path: str | Path | None = None, **overrid
             field = match.group(1)
             names = [f"{cls.model_config.get('env_prefix', SHARED_ENV_PREFIX)}{field.upper()}",
                      f"{SHARED_ENV_PREFIX}{field.upper()}"]
-            found = [f"{n}={os.environ[n]!r}" for n in dict.fromkeys(names) if n in os.environ]
+            # the variable is named; its value is shown unless it may hold a secret (router.auth's keys)
+            found = [n if _may_hold_secret((field,), os.environ[n]) else f"{n}={os.environ[n]!r}"
+                     for n in dict.fromkeys(names) if n in os.environ]
             detail = f"{field!r}: the environment value is not valid JSON" + (f" ({', '.join(found)})" if found else "")
         raise SettingsError(f"invalid {cls.service_name} settings: {detail}") from None
     finally:

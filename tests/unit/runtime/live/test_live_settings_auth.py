@@ -102,3 +102,13 @@ def test_inline_key_errors_name_the_field_and_never_echo_the_secret(key: dict[st
         load_settings(RouterSettings, auth={"keys": [key]})
     assert message in str(info.value)
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["OPSCALE_ROUTER_AUTH", "OPSCALE_ROUTER_AUTH__KEYS"])
+def test_malformed_json_in_the_environment_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch,
+                                                                      name: str) -> None:
+    monkeypatch.setenv(name, '{"keys": [{"id": "a", "secret": "' + SECRET + '"}')
+    with pytest.raises(SettingsError) as info:
+        load_settings(RouterSettings)
+    assert "'auth'" in str(info.value) and "not valid JSON" in str(info.value)
+    assert SECRET not in str(info.value)
