@@ -270,7 +270,8 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
 
 
-def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpus: str | None) -> dict[str, Any]:
+def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpus: str | None,
+                 auth: bool = False) -> dict[str, Any]:
     """Closed-loop capacity with wrk (compiled, so the client costs little): `connections` streams kept
     busy for `duration_s`; requests/s completed and wrk's latency percentiles of whole responses."""
     exe = shutil.which("wrk")
@@ -280,6 +281,7 @@ def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpu
     script = ROOT / ".bench-venvs" / "wrk_post.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      + (f'wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"\n' if auth else "") +
                       f"wrk.body = {json.dumps(body)}\n"
                       "done = function(summary, latency, requests)\n"
                       "  io.write(string.format('WRK %d %d %d %d %d %d\\n', summary.requests, summary.duration,\n"
@@ -312,11 +314,12 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None) -> dict[str, Any]:
+def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None,
+            auth: bool = False) -> dict[str, Any]:
     """The step at `--rate`, the ramp and wrk against `url`. With `server_pid`, the at-rate step also
     reports that process's CPU per completed request (what the router costs, independent of queueing)."""
     def step_at(rate: float) -> dict[str, Any]:
-        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load)
+        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, auth)
 
     cpu_before = cpu_s(server_pid) if server_pid else None
     at_rate = step_at(args.rate)
@@ -331,7 +334,7 @@ def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | Non
         if not sustained(step, args.degraded_ttft_ms):
             break
         max_rate = float(rate)
-    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load)
+    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load, auth)
     print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms, e2e p50 "
           f"{at_rate['e2e_p50_ms']} ms, p99 {at_rate['e2e_p99_ms']} ms at {args.rate} rps; max sustained "
           f"{max_rate:.0f} rps; wrk {capacity.get('rps')} rps", file=sys.stderr, flush=True)
@@ -377,13 +380,15 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         profiling = ("--profile-out", args.profile_out) if args.profile_out else ()
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, env=env,
-                        cpus=args.cpu_router)
+        keyed = ("--auth",) if args.auth else ()
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, *keyed,
+                        env=env, cpus=args.cpu_router)
         procs.append(opscale)
         line = opscale.stdout.readline() if opscale.stdout else ""
         if not line.startswith("{"):
             raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
-        results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid)}
+        measured = measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid, args.auth)
+        results["opscale"] = {"loop": json.loads(line)["loop"], "auth": args.auth, **measured}
         stop(opscale)
 
         exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
@@ -418,6 +423,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
         "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
         "opscale_cpu_ms_per_request": results["opscale"]["at_rate"].get("server_cpu_ms_per_request"),
+        "opscale_auth": args.auth,
         "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
     }
     if "vllm_router" in results:
@@ -484,7 +490,8 @@ def main() -> None:
     parser.add_argument("--profile-out", default=None,
                         help="Run opscale's router under cProfile and write its stats to this file (for finding "
                              "hot spots: profiling slows the router, so its latencies are then not comparable)")
-    parser.add_argument("--auth", action="store_true", help=argparse.SUPPRESS)  # roles opscale and load: API key
+    parser.add_argument("--auth", action="store_true", help="opscale's router asks for an API key (one tenant "
+                        "whose limits never bind) and the load tools send it")
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
