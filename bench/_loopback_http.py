@@ -323,10 +323,11 @@ class OpenLoopLoad:
     request that finds none idle opens another (its connect time counts against its latency)."""
 
     def __init__(self, host: str, port: int, path: str, body: bytes, *, warm_connections: int = 64,
-                 drain_timeout_s: float = 30.0) -> None:
+                 drain_timeout_s: float = 30.0, headers: dict[str, str] | None = None) -> None:
         self._host, self._port = host, port
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self._request_bytes = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                               f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+                               f"Accept: text/event-stream\r\n{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
         self._warm = warm_connections
         self._drain_timeout_s = drain_timeout_s
         self._idle: list[ClientProtocol] = []

@@ -57,6 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
 MODEL = "bench-model"
+# `--auth`: the opscale router asks for this key (one tenant, limits far above any rate measured, so the
+# request and token buckets run on every request without refusing one) and the load generator sends it.
+BENCH_KEY = "sk-bench-0123456789abcdef"
+BENCH_KEY_SPEC = {"id": "bench", "secret": BENCH_KEY, "requests_per_min": 1e9, "tokens_per_min": 1e12}
 ROOT = Path(__file__).resolve().parents[1]
 RAMP_RPS = (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
 
@@ -106,9 +110,10 @@ class CountingBus:
         self.published += len(event) if isinstance(event, tuple) else 1
 
 
-def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) -> None:
+def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, auth: bool = False) -> None:
     """The opscale router process. With `profile_out`, it runs under cProfile and writes the stats
-    there when it stops (`python -m pstats PATH`, or `--profile-out` on the command line)."""
+    there when it stops (`python -m pstats PATH`, or `--profile-out` on the command line). With `auth`,
+    it asks for BENCH_KEY."""
     loop_name = install_loop()
 
     async def main() -> None:
@@ -116,12 +121,14 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
         from prometheus_client import CollectorRegistry
 
         from opscale.model import InstanceState, InstanceStatus, Role
+        from opscale.routing.tenants import ApiKeySpec, KeyTable
         from opscale.runtime.clock import WallClock
         from opscale.runtime.live.host import CoreHost
         from opscale.services.events import AgentHeartbeat
         from opscale.services.router import RouterConfig, RouterCore
 
         from opscale_services.router.api import build_router_app, make_runner
+        from opscale_services.router.auth import TenantGate
         from opscale_services.router.backend import LiveRouterBackend
         from opscale_services.router.records import RecordBatcher
         from opscale_services.router.upstream import UpstreamClient
@@ -132,14 +139,17 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
         upstream = UpstreamClient()
         await upstream.start()
         records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        gate = (TenantGate(KeyTable([ApiKeySpec.model_validate(BENCH_KEY_SPEC)], clock.now_s()), clock.now_s,
+                           CollectorRegistry()) if auth else None)
+        backend = LiveRouterBackend(core, clock, upstream, records, "local",
+                                    on_finished=gate.settle if gate is not None else None)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         status = InstanceStatus("upstream-0", MODEL, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY,
                                 endpoint=upstream_url)
         await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
                                          (status,)))
-        runner = make_runner(build_router_app(backend), access_log=None)
+        runner = make_runner(build_router_app(backend, gate=gate), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
@@ -170,7 +180,7 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None) ->
 # -- the open-loop load generator ----------------------------------------------------------------
 
 
-def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file: str) -> None:
+def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file: str, auth: bool = False) -> None:
     from urllib.parse import urlsplit
 
     from _loopback_http import OpenLoopLoad
@@ -178,7 +188,8 @@ def run_load(url: str, rate: float, duration_s: float, tokens: int, result_file:
     install_loop()
     target = urlsplit(url)
     body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
-    load = OpenLoopLoad(target.hostname or "127.0.0.1", target.port or 80, "/v1/completions", body)
+    load = OpenLoopLoad(target.hostname or "127.0.0.1", target.port or 80, "/v1/completions", body,
+                        headers={"Authorization": f"Bearer {BENCH_KEY}"} if auth else None)
     result = asyncio.run(load.run(rate, duration_s))
     Path(result_file).write_text(json.dumps(result.to_json()))
 
@@ -210,16 +221,17 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
-              cpus: str | None) -> dict[str, Any]:
+              cpus: str | None, auth: bool = False) -> dict[str, Any]:
     """One open-loop step from `procs` load processes, each offering rate/procs (so the Python client is
-    not the bottleneck), pinned to `cpus` when given; their samples are merged."""
+    not the bottleneck), pinned to `cpus` when given; their samples are merged. With `auth` they send
+    BENCH_KEY."""
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
         # each process writes its samples to a file: a pipe is no place for a few hundred KiB of JSON
         results = [Path(tmp) / f"load-{i}.json" for i in range(procs)]
         running = [subprocess.Popen(pinned([sys.executable, __file__, "--role", "load", "--url", url, "--rate",
                                             str(rate / procs), "--step-s", str(duration_s), "--tokens", str(tokens),
-                                            "--result-file", str(result)], cpus),
+                                            "--result-file", str(result), *(["--auth"] if auth else [])], cpus),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                    for result in results]
         for proc, result in zip(running, results, strict=True):
@@ -258,7 +270,8 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
 
 
-def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpus: str | None) -> dict[str, Any]:
+def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpus: str | None,
+                 auth: bool = False) -> dict[str, Any]:
     """Closed-loop capacity with wrk (compiled, so the client costs little): `connections` streams kept
     busy for `duration_s`; requests/s completed and wrk's latency percentiles of whole responses."""
     exe = shutil.which("wrk")
@@ -268,6 +281,7 @@ def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpu
     script = ROOT / ".bench-venvs" / "wrk_post.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      + (f'wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"\n' if auth else "") +
                       f"wrk.body = {json.dumps(body)}\n"
                       "done = function(summary, latency, requests)\n"
                       "  io.write(string.format('WRK %d %d %d %d %d %d\\n', summary.requests, summary.duration,\n"
@@ -300,11 +314,12 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None) -> dict[str, Any]:
+def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None,
+            auth: bool = False) -> dict[str, Any]:
     """The step at `--rate`, the ramp and wrk against `url`. With `server_pid`, the at-rate step also
     reports that process's CPU per completed request (what the router costs, independent of queueing)."""
     def step_at(rate: float) -> dict[str, Any]:
-        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load)
+        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, auth)
 
     cpu_before = cpu_s(server_pid) if server_pid else None
     at_rate = step_at(args.rate)
@@ -319,7 +334,7 @@ def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | Non
         if not sustained(step, args.degraded_ttft_ms):
             break
         max_rate = float(rate)
-    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load)
+    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load, auth)
     print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms, e2e p50 "
           f"{at_rate['e2e_p50_ms']} ms, p99 {at_rate['e2e_p99_ms']} ms at {args.rate} rps; max sustained "
           f"{max_rate:.0f} rps; wrk {capacity.get('rps')} rps", file=sys.stderr, flush=True)
@@ -365,13 +380,15 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         profiling = ("--profile-out", args.profile_out) if args.profile_out else ()
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, env=env,
-                        cpus=args.cpu_router)
+        keyed = ("--auth",) if args.auth else ()
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, *keyed,
+                        env=env, cpus=args.cpu_router)
         procs.append(opscale)
         line = opscale.stdout.readline() if opscale.stdout else ""
         if not line.startswith("{"):
             raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
-        results["opscale"] = {"loop": json.loads(line)["loop"], **measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid)}
+        measured = measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid, args.auth)
+        results["opscale"] = {"loop": json.loads(line)["loop"], "auth": args.auth, **measured}
         stop(opscale)
 
         exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
@@ -406,6 +423,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
         "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
         "opscale_cpu_ms_per_request": results["opscale"]["at_rate"].get("server_cpu_ms_per_request"),
+        "opscale_auth": args.auth,
         "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
     }
     if "vllm_router" in results:
@@ -472,13 +490,15 @@ def main() -> None:
     parser.add_argument("--profile-out", default=None,
                         help="Run opscale's router under cProfile and write its stats to this file (for finding "
                              "hot spots: profiling slows the router, so its latencies are then not comparable)")
+    parser.add_argument("--auth", action="store_true", help="opscale's router asks for an API key (one tenant "
+                        "whose limits never bind) and the load tools send it")
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
     elif args.role == "opscale":
-        run_opscale(args.port, args.upstream, args.profile_out)
+        run_opscale(args.port, args.upstream, args.profile_out, args.auth)
     elif args.role == "load":
-        run_load(args.url, args.rate, args.step_s, args.tokens, args.result_file)
+        run_load(args.url, args.rate, args.step_s, args.tokens, args.result_file, args.auth)
     else:
         print(json.dumps(orchestrate(args)))
 

@@ -1,6 +1,7 @@
 """Starting live services: `opscale serve SERVICE` (one, in this process) and `opscale up` (the whole
 local stack as child processes).
 
+`up` serves the API without keys unless the settings configure some, and warns loudly when it does.
 `up` gives each node-agent its own identity and ports through environment variables, forwards Ctrl-C or
 SIGTERM to every child as SIGTERM, waits for them to stop, and kills only what is still running after
 the grace period. If a child dies on its own, the others are stopped too, and the exit code says so.
@@ -22,11 +23,22 @@ from pathlib import Path
 
 import yaml
 
-from opscale.runtime.live.settings import SERVICE_SETTINGS, SettingsError, load_settings, read_config_file
+from opscale.runtime.live.settings import (
+    SERVICE_SETTINGS,
+    RouterSettings,
+    SettingsError,
+    load_settings,
+    read_config_file,
+)
 
 from opscale_services.common import configure_logging
 
 log = logging.getLogger("opscale.up")
+
+# `opscale up` is the local demo stack: it serves without API keys unless its settings configure some
+# (router.auth), and says so where nobody can miss it.
+AUTH_OFF_WARNING = ("!!! API keys are OFF: the router's OpenAI API serves anyone who can reach it. This is the "
+                    "local demo setting; configure router.auth (keys_file or keys) to require keys. !!!")
 
 MODULES = {"router": "router", "aggregator": "aggregator", "forecaster": "forecaster", "planner": "planner",
            "node-agent": "node_agent"}
@@ -110,10 +122,12 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
         # Validate every service's settings before starting anything, so a typo fails fast and clearly.
         for cls in SERVICE_SETTINGS.values():
             try:
-                load_settings(cls, config)
+                settings = load_settings(cls, config)
             except SettingsError as exc:
                 log.error("%s", exc)
                 return 2
+            if isinstance(settings, RouterSettings) and not settings.auth.active:
+                log.warning(AUTH_OFF_WARNING)
         if config is not None:
             base["OPSCALE_CONFIG"] = str(config)
         return _supervise(stack_environments(agent_envs, base, port_base, routers), grace_s)

@@ -47,6 +47,7 @@ from opscale.runtime.live.openai_http import (
     unix_now_s,
 )
 
+from opscale_services.router.auth import TENANT_KEY, TenantGate
 from opscale_services.router.upstream import SseBytes, UpstreamError
 
 __all__ = [
@@ -109,13 +110,16 @@ def build_router_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     wall_clock_s: Callable[[], float] = unix_now_s,
+    gate: TenantGate | None = None,
 ) -> web.Application:
-    """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields."""
+    """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields. With a
+    `gate`, every request but `/health` needs an API key, and each key's models and limits apply."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    api = _RouterApi(backend, max_body_bytes, wall_clock_s)
+    api = _RouterApi(backend, max_body_bytes, wall_clock_s, gate)
     # client_max_size guards any handler that would call request.read(); ours read with read_limited.
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
+    middlewares = [openai_errors_middleware] if gate is None else [openai_errors_middleware, gate.middleware]
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_get("/v1/models", api.list_models)
@@ -162,16 +166,21 @@ class _ClientSink:
 class _RouterApi:
     """The handlers, bound to one back end. One instance per app: no module-level state."""
 
-    def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float]) -> None:
+    def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float],
+                 gate: TenantGate | None = None) -> None:
         self._backend = backend
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
+        self._gate = gate
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        return web.json_response(models_response(self._backend.models(), int(self._wall_clock_s())))
+        models = self._backend.models()
+        if self._gate is not None:
+            models = self._gate.visible_models(request, models)
+        return web.json_response(models_response(models, int(self._wall_clock_s())))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, RequestKind.COMPLETION)
@@ -189,10 +198,17 @@ class _RouterApi:
             raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
         if isinstance(raw, ApiError):
             return error_response(raw)
-        parsed = parse_completion(raw, kind, headers=request.headers)
+        tenant = request.get(TENANT_KEY)  # set by the gate's middleware; None without a gate
+        if tenant is None:
+            parsed = parse_completion(raw, kind, headers=request.headers)
+        else:
+            parsed = parse_completion(raw, kind, headers=request.headers, default_tier=tenant.default_tier,
+                                      tenant=tenant.key_id)
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
+        if tenant is not None and self._gate is not None and (refused := self._gate.admit(tenant, parsed)):
+            return error_response(refused)
         # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core
         # owns the set of served models, and may hold a request for a model that is scaling up from zero.
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -58,7 +58,8 @@ _TOKENIZE_IN_THREAD_TOKENS = 2048
 class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
                  region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0,
-                 tokenizers: Mapping[str, PromptTokenizer] | None = None) -> None:
+                 tokenizers: Mapping[str, PromptTokenizer] | None = None,
+                 on_finished: Callable[[RequestOutcome], None] | None = None) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
         # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
         # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
@@ -71,6 +72,8 @@ class LiveRouterBackend:
         self.upstream = upstream
         self.records = records
         self.region = region
+        # told every request's outcome as it is recorded (the tenant gate settles token charges with it)
+        self.on_finished = on_finished
         self.host: CoreHost | None = None
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
 
@@ -111,7 +114,8 @@ class LiveRouterBackend:
         span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),
                                       kind=SpanKind.SERVER, attributes={
                                           "opscale.request_id": request.request_id, "opscale.model": request.model,
-                                          "opscale.tier": request.tier, "opscale.region": request.region})
+                                          "opscale.tier": request.tier, "opscale.region": request.region,
+                                          "opscale.tenant": request.tenant})
         headers = {**telemetry.inject_http_headers(context=trace.set_span_in_context(span)),
                    **routed_headers(request)}
         try:
@@ -193,10 +197,13 @@ class LiveRouterBackend:
                 produced = usage.completion_tokens if usage.completion_tokens is not None else produced
             outcome = RequestOutcome(request.request_id, request.model, request.tier, request.region, served_region,
                                      instance_id, request.arrival_s, first_token_s,
-                                     now if status == "ok" else None, prompt_tokens, produced, status, prefill_id)
+                                     now if status == "ok" else None, prompt_tokens, produced, status, prefill_id,
+                                     request.tenant)
             if dispatched:
                 self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
             self.records.add(outcome)
+            if self.on_finished is not None:
+                self.on_finished(outcome)
             span.set_attribute("opscale.status", status)
             span.set_attribute("opscale.output_tokens", produced)
             if status in ("failed", "rejected"):

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
 from opscale.openai.schema import CHARS_PER_TOKEN
+from opscale.routing.tenants import KeyTable
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import RouterSettings, SettingsError
 from opscale.services import subjects
@@ -20,6 +22,7 @@ from opscale.services.router import RouterCore
 
 from opscale_services.common import LiveProcess
 from opscale_services.router.api import build_router_app, make_runner
+from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
 from opscale_services.router.kv_metrics import KvIndexCollector
@@ -69,9 +72,11 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         p.on_exit(records.flush)  # runs before the bus closes: registered after it
         # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
         engine = settings.engine
+        gate = tenant_gate(settings, p.clock.now_s, p.registry)
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
                                     engine.prefix_block_tokens if engine.enable_prefix_caching else 0,
-                                    load_tokenizers(settings) if engine.enable_prefix_caching else {})
+                                    load_tokenizers(settings) if engine.enable_prefix_caching else {},
+                                    on_finished=gate.settle if gate is not None else None)
         if settings.tokenizers and not engine.enable_prefix_caching:
             log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
                         "blocks are hashed")
@@ -92,7 +97,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        runner = make_runner(build_router_app(backend))
+        runner = make_runner(build_router_app(backend, gate=gate))
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
@@ -106,3 +111,15 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         if on_start is not None:
             on_start(p)
         await p.run(stop)
+
+
+def tenant_gate(settings: RouterSettings, now_s: Callable[[], float],
+                registry: CollectorRegistry | None) -> TenantGate | None:
+    """The API-key gate the settings ask for, or None (said loudly: anyone who reaches the API may use it)."""
+    if not settings.auth.active:
+        log.warning("API keys are OFF: anyone who reaches %s:%d may use the API (set router.auth to require keys)",
+                    settings.http_host, settings.http_port)
+        return None
+    table = KeyTable(settings.auth.key_specs(), now_s())
+    log.info("API keys are on: %d key(s) (%s)", len(table), ", ".join(table.key_ids()))
+    return TenantGate(table, now_s, registry)

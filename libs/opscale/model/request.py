@@ -36,7 +36,8 @@ class Request:
 
     `output_tokens` is the number of tokens the request will generate (known to traces and the
     simulator; a live request's `max_tokens` is its upper bound). `prefix_hashes` identify reusable
-    KV-cache blocks of the prompt, when the trace provides them.
+    KV-cache blocks of the prompt, when the trace provides them. `tenant` is the id of the API key that
+    sent it (opscale.routing.tenants; never the secret), "" when the router asks for no key.
     """
 
     request_id: str
@@ -47,6 +48,7 @@ class Request:
     prompt_tokens: int
     output_tokens: int
     prefix_hashes: tuple[int, ...] = field(default=())
+    tenant: str = ""
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
@@ -84,6 +86,7 @@ class RequestOutcome:
     # A disaggregated request: the instance that ran its prefill; `instance_id` is the decode instance
     # that streamed its tokens. "" for a request served whole by one instance.
     prefill_instance_id: str = ""
+    tenant: str = ""  # the API key id the request came with (Request.tenant)
 
     @property
     def ttft_s(self) -> float | None:

@@ -167,7 +167,7 @@ class _CommonBody(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    opscale_tier: str = DEFAULT_TIER
+    opscale_tier: str | None = None  # None: the key's default tier, else DEFAULT_TIER (see parse_completion)
 
     @field_validator("n")
     @classmethod
@@ -192,8 +192,8 @@ class _CommonBody(BaseModel):
 
     @field_validator("opscale_tier")
     @classmethod
-    def _tier_name(cls, value: str) -> str:
-        return _check_name(value, "tier")
+    def _tier_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_name(value, "tier")
 
 
 class CompletionBody(_CommonBody):
@@ -276,7 +276,8 @@ class ParsedRequest:
 
     `body` is the client's JSON object without opscale's own fields: what is forwarded to an
     OpenAI-compatible engine (see `upstream_body`). `region` is the `x-opscale-region` header, None
-    when absent (the router then uses its own region).
+    when absent (the router then uses its own region). `tenant` is the id of the API key that sent it
+    ("" when the router asks for none).
     """
 
     request_id: str
@@ -290,6 +291,7 @@ class ParsedRequest:
     region: str | None
     user: str | None
     body: Mapping[str, Any] = field(repr=False)
+    tenant: str = ""
 
     def upstream_body(self, model: str | None = None) -> dict[str, Any]:
         """The body to POST to an engine: always streaming, `max_tokens` made explicit, and `model`
@@ -315,6 +317,7 @@ class ParsedRequest:
             prompt_tokens=self.prompt_tokens,
             output_tokens=self.max_tokens,
             prefix_hashes=prefix_hashes,
+            tenant=self.tenant,
         )
 
 
@@ -370,13 +373,16 @@ def parse_completion(
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
     prompt_tokens: int | None = None,
+    default_tier: str | None = None,
+    tenant: str = "",
 ) -> ParsedRequest | ApiError:
     """Validate a request body (and the `x-opscale-region` header). Never raises on bad input.
 
     `kind` is "completion" or "chat". `headers` is any case-insensitive mapping (aiohttp's
     `request.headers`); a plain dict must use lower-case keys. `request_id` defaults to a fresh
     `cmpl-…` / `chatcmpl-…` id. `prompt_tokens`, when given (the router's count, carried to an engine
-    server), is taken as is rather than estimated again.
+    server), is taken as is rather than estimated again. A body without `opscale_tier` gets
+    `default_tier` (the API key's), else `interactive`; `tenant` is the API key's id, when there is one.
     """
     kind = RequestKind(kind)
     try:
@@ -425,10 +431,11 @@ def parse_completion(
         max_tokens=max_tokens,
         stream=common.stream,
         include_usage=bool(common.stream_options and common.stream_options.include_usage),
-        tier=common.opscale_tier,
+        tier=common.opscale_tier or default_tier or DEFAULT_TIER,
         region=region,
         user=common.user,
         body=forwarded,
+        tenant=tenant,
     )
 
 

@@ -134,7 +134,7 @@ class AgentHeartbeat(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ..., s0: _Optional[str] = ..., s1: _Optional[str] = ..., s2: _Optional[str] = ..., rdma_priority: _Optional[_Union[RdmaPriority, str]] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status", "prefill_instance_id")
+    __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status", "prefill_instance_id", "tenant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class RequestRecord(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     tier: str
@@ -161,7 +162,8 @@ class RequestRecord(_message.Message):
     output_tokens: int
     status: str
     prefill_instance_id: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., served_region: _Optional[str] = ..., instance_id: _Optional[str] = ..., arrival_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., served_region: _Optional[str] = ..., instance_id: _Optional[str] = ..., arrival_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., status: _Optional[str] = ..., prefill_instance_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class RequestRecordBatch(_message.Message):
     __slots__ = ("records",)
@@ -388,7 +390,7 @@ class Plan(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., created_s: _Optional[float] = ..., assignments: _Optional[_Iterable[_Union[AgentAssignment, _Mapping]]] = ..., routing_weights: _Optional[_Iterable[_Union[RoutingWeight, _Mapping]]] = ..., reason: _Optional[str] = ..., vm_counts: _Optional[_Iterable[_Union[VmCount, _Mapping]]] = ..., agent_regions: _Optional[_Mapping[str, str]] = ..., withdrawn: _Optional[_Mapping[str, float]] = ..., ready_ratio_tolerance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "model", "tier", "region", "arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes")
+    __slots__ = ("request_id", "model", "tier", "region", "arrival_s", "prompt_tokens", "output_tokens", "prefix_hashes", "tenant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +399,7 @@ class Request(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     tier: str
@@ -405,7 +408,8 @@ class Request(_message.Message):
     prompt_tokens: int
     output_tokens: int
     prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., arrival_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[str] = ..., region: _Optional[str] = ..., arrival_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., prefix_hashes: _Optional[_Iterable[int]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class DispatchFailed(_message.Message):
     __slots__ = ("request", "instance_id", "reason", "attempt")

@@ -45,7 +45,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -59,6 +67,7 @@ from opscale.engine import EngineConfig
 from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
+from opscale.routing.tenants import ApiKeySpec
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.node_agent import NodeAgentConfig
@@ -68,6 +77,7 @@ from opscale.services.router import RouterConfig
 __all__ = [
     "CONFIG_ENV",
     "AggregatorSettings",
+    "AuthSettings",
     "ForecasterSettings",
     "LiveSettings",
     "NodeAgentSettings",
@@ -277,6 +287,75 @@ class TokenizerSettings(BaseModel):
         if not value.exists():
             raise ValueError(f"{value} does not exist")
         return value
+class AuthSettings(BaseModel):
+    """API keys at the router (opscale.routing.tenants). Keys come from `keys_file` (YAML or JSON: a list
+    of keys, or a mapping whose `keys` is one; a mounted Kubernetes Secret) and from `keys` (inline, or
+    env OPSCALE_ROUTER_AUTH__KEYS as a JSON list, from a Secret). Each secret is hashed while the
+    settings are read; only its SHA-256 is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(None, description="true: every API request needs a key (the router refuses to "
+                                 "start without one); false: anyone who reaches the API may use it (the local "
+                                 "demo stack); unset: on when keys are configured")
+    keys_file: Path | None = Field(None, description="YAML or JSON file of keys (a list, or a mapping with `keys`)")
+    keys: list[ApiKeySpec] = Field(default_factory=list, description="Keys given inline or by environment")
+    _file_keys: list[ApiKeySpec] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _read_keys_file(self) -> AuthSettings:
+        if self.keys_file is not None:
+            self._file_keys = _read_keys_file(self.keys_file)
+        seen: set[str] = set()
+        for spec in self.key_specs():
+            if spec.id in seen:
+                raise ValueError(f"key id {spec.id!r} is configured twice (keys_file and keys together)")
+            seen.add(spec.id)
+        if self.enabled and not seen:
+            raise ValueError("enabled is true but no key is configured: give keys_file or keys (env "
+                             "OPSCALE_ROUTER_AUTH__KEYS), or set enabled false to serve without keys")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the API asks for keys: as `enabled` says, or, unset, when keys are configured."""
+        return self.enabled if self.enabled is not None else bool(self.key_specs())
+
+    def key_specs(self) -> list[ApiKeySpec]:
+        """Every configured key: the file's, then the inline ones."""
+        return [*self._file_keys, *self.keys]
+
+
+def _read_keys_file(path: Path) -> list[ApiKeySpec]:
+    """The keys of a YAML or JSON keys file; ValueError naming the file and the entry (never a secret)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"keys file {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"keys file {path} cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"keys file {path}: invalid YAML or JSON{where}") from None
+    entries = data.get("keys") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"keys file {path}: expected a list of keys or a mapping with a `keys` list")
+    specs = []
+    for index, entry in enumerate(entries):
+        name = f"keys file {path}: entry {index}"
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            name += f" (id {entry['id'][:64]!r})"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{name}: expected a mapping with id and secret or secret_sha256")
+        try:
+            specs.append(ApiKeySpec.model_validate(entry))
+        except ValidationError as exc:
+            # the field and the reason, never the value: it may be the secret
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'key'}: {err['msg']}"
+                                 for err in exc.errors(include_url=False, include_input=False))
+            raise ValueError(f"{name}: {problems}") from None
+    return specs
 
 
 class RouterSettings(LiveSettings):
@@ -301,6 +380,16 @@ class RouterSettings(LiveSettings):
         "model named here are tokenized (chats through the chat template, as vLLM does) and their blocks of "
         "engine.prefix_block_tokens token ids hashed, as the node-agents rename vLLM's KV events; other models' "
         "prompts are hashed as text (4 characters a token), as the simulated engines cache them")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys, tenants and their limits")
+
+    @model_validator(mode="after")
+    def _default_tiers_exist(self) -> RouterSettings:
+        tiers = {t.name for t in self.tiers}
+        for spec in self.auth.key_specs():
+            if spec.default_tier is not None and spec.default_tier not in tiers:
+                raise ValueError(f"auth: key {spec.id!r} has default_tier {spec.default_tier!r}, which is not a "
+                                 f"configured tier ({', '.join(sorted(tiers))})")
+        return self
 
     @model_validator(mode="after")
     def _kv_blocks_as_engines(self) -> RouterSettings:
@@ -495,6 +584,14 @@ def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
     return f"{dotted!r} ({' or '.join(where)})"
 
 
+def _may_hold_secret(loc: tuple[Any, ...], value: Any) -> bool:
+    """Whether a rejected value must not be echoed: the whole settings (a check across fields), or
+    anything under `auth` but a number or a flag (a key entry, a secret, or a mapping holding one)."""
+    if not loc:
+        return True
+    return loc[0] == "auth" and not isinstance(value, int | float | bool | type(None))
+
+
 def load_settings(cls: type[S], config_path: str | Path | None = None, **overrides: Any) -> S:
     """Build `cls` from overrides, environment, the config file and defaults (see the module docstring).
 
@@ -508,7 +605,7 @@ def load_settings(cls: type[S], config_path: str | Path | None = None, **overrid
         for err in exc.errors(include_url=False):
             loc = tuple(err.get("loc", ()))
             value = err.get("input")
-            shown = "" if err.get("type") == "missing" else f"; got {value!r}"
+            shown = "" if err.get("type") == "missing" or _may_hold_secret(loc, value) else f"; got {value!r}"
             lines.append(f"{_describe(cls, loc)}: {err.get('msg')}{shown}")
         raise SettingsError(f"invalid {cls.service_name} settings:\n  " + "\n  ".join(lines)) from None
     except PydanticSettingsError as exc:
@@ -520,7 +617,9 @@ def load_settings(cls: type[S], config_path: str | Path | None = None, **overrid
             field = match.group(1)
             names = [f"{cls.model_config.get('env_prefix', SHARED_ENV_PREFIX)}{field.upper()}",
                      f"{SHARED_ENV_PREFIX}{field.upper()}"]
-            found = [f"{n}={os.environ[n]!r}" for n in dict.fromkeys(names) if n in os.environ]
+            # the variable is named; its value is shown unless it may hold a secret (router.auth's keys)
+            found = [n if _may_hold_secret((field,), os.environ[n]) else f"{n}={os.environ[n]!r}"
+                     for n in dict.fromkeys(names) if n in os.environ]
             detail = f"{field!r}: the environment value is not valid JSON" + (f" ({', '.join(found)})" if found else "")
         raise SettingsError(f"invalid {cls.service_name} settings: {detail}") from None
     finally:

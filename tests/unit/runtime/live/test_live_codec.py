@@ -75,11 +75,11 @@ statuses = st.builds(InstanceStatus, instance_id=text, model=text, sku=text, tp=
                      prefill_tps=reals, prefill_missed_tps=reals, kv_capacity_tokens=u64)
 requests = st.builds(Request, request_id=text, model=text, tier=text, region=text,
                      arrival_s=st.floats(0, 1e12).filter(bool), prompt_tokens=u32, output_tokens=u32,
-                     prefix_hashes=tuples(i64, 5))
+                     prefix_hashes=tuples(i64, 5), tenant=text)
 outcomes = st.builds(RequestOutcome, request_id=text, model=text, tier=text, region=text, served_region=text,
                      instance_id=text, arrival_s=reals, first_token_s=reals, finish_s=reals, prompt_tokens=u32,
                      output_tokens=u32, status=st.sampled_from(["rejected", "failed"]) | text,
-                     prefill_instance_id=text)
+                     prefill_instance_id=text, tenant=text)
 
 
 @st.composite
