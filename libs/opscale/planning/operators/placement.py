@@ -221,6 +221,7 @@ class _Stage:
     allowance: float  # the slowdown the planner priced
     partners: tuple[tuple[int, float, float], ...]  # (stage, edges, bytes per full batch) it sends to
     slowdown: float = 1.0  # its slowest placed replica's
+    network_s: float = 0.0  # its transfer with every partner on another host
 
 
 class _Layout:
@@ -258,14 +259,21 @@ class _Layout:
 
     # -- opening GPUs --
 
-    def open(self, r: _Replica, count: int) -> list[int]:
-        """`count` new GPUs on one host for `r`: the nearest host with room (ties: the lowest), else a new one."""
-        hosts = [h for h, free in enumerate(self.host_free) if free >= count]
-        if hosts:
-            host = min(hosts, key=lambda h: (self.locality(r, -1, h), h))
-        else:
-            host = len(self.host_free)
-            self.host_free.append(self.per_host)
+    def open(self, r: _Replica, count: int, *, reserve: bool = False, host: int | None = None) -> list[int]:
+        """`count` new GPUs on one host for `r`: `host` if given, else the nearest host with room (ties: the
+        lowest), else a new one. `reserve` keeps a GPU free on the host where it can (for partitions of
+        partner stages), opening a new host before taking a host's last GPU."""
+        if host is None:
+            hosts = [h for h, free in enumerate(self.host_free) if free >= count + reserve]
+            if not hosts and reserve and self.per_host > count:
+                hosts = [len(self.host_free)]
+                self.host_free.append(self.per_host)
+            hosts = hosts or [h for h, free in enumerate(self.host_free) if free >= count]
+            if hosts:
+                host = min(hosts, key=lambda h: (self.locality(r, -1, h), h))
+            else:
+                host = len(self.host_free)
+                self.host_free.append(self.per_host)
         self.host_free[host] -= count
         opened = []
         for _ in range(count):
@@ -340,46 +348,80 @@ class _Layout:
         return wait + service + transfer
 
 
-def _place(replicas: list[_Replica], layout: _Layout) -> None:
+def _place(replicas: list[_Replica], layout: _Layout, cover: bool = False) -> None:
     """Every replica of one group (a phase: its stages exchange activations) onto GPUs of `layout`:
-    whole-GPU replicas first, then the partitions (see the module docstring)."""
-    parts: list[_Replica] = []
+    whole-GPU replicas first, then the partitions (see the module docstring). `cover`: the phase's
+    budget does not survive its edges crossing the network, so each partition stage first puts a
+    replica on each host holding its partners (while it has replicas), and whole-GPU replicas leave a
+    GPU of each host for them."""
+    parts = [r for r in replicas if not r.whole]
     for r in replicas:
         if r.whole:
             if r.tp > layout.per_host:
                 raise ValueError(f"replica {r.label!r} spans tp={r.tp} GPUs, more than a host's "
                                  f"gpus_per_host={layout.per_host}")
-            for gpu in layout.open(r, r.tp):
+            for gpu in layout.open(r, r.tp, reserve=cover and bool(parts)):
                 layout.put(r, gpu, 1.0)
-        else:
-            parts.append(r)
     gpu_bytes = layout.gpu_bytes
     parts.sort(key=lambda d: (-max(d.share, d.memory_bytes / gpu_bytes), d.label))
+    if cover:
+        parts = _cover_hosts(parts, layout)
     for r in parts:
-        best: tuple[float, int, int] | None = None
-        best_changes: list[tuple[_Replica, float]] = []
-        for g in layout.partitioned:
-            sm, mem = layout.sm[g], layout.mem[g]
-            if sm + r.share > 1 + _EPS or mem + r.memory_bytes > gpu_bytes * (1 + _EPS):
-                continue
-            left = (1 - sm - r.share) + (gpu_bytes - mem - r.memory_bytes) / gpu_bytes
-            if best is not None and left > best[0] + _EPS:
-                continue  # cannot win: the penalty is never negative
-            ok, lost, changes = layout.trial(r, g)
-            if not ok:
-                continue
-            key = (left + lost, layout.locality(r, g, layout.host[g]), g)
-            if best is None or key < best:
-                best, best_changes = key, changes
-        if best is None:
+        gpu, changes = _best_spot(r, layout, layout.partitioned)
+        if gpu < 0:
             gpu = layout.open(r, 1)[0]
             layout.partitioned.append(gpu)
-            best_changes = [(r, 1.0)] if r.stage >= 0 and layout.sharing is not None else []
-        else:
-            gpu = best[2]
+            changes = [(r, 1.0)] if r.stage >= 0 and layout.sharing is not None else []
         layout.put(r, gpu, r.share)
-        if best_changes:
-            layout.commit(best_changes)
+        layout.commit(changes)
+
+
+def _best_spot(r: _Replica, layout: _Layout, gpus: Iterable[int]) -> tuple[int, list[tuple[_Replica, float]]]:
+    """The open GPU of `gpus` of least cost (room left + GPU-equivalents lost to contention; ties: the
+    nearest to `r`'s partners, then the lowest) where `r` fits and every budget holds; -1 if none."""
+    gpu_bytes = layout.gpu_bytes
+    best: tuple[float, int, int] | None = None
+    best_changes: list[tuple[_Replica, float]] = []
+    for g in gpus:
+        sm, mem = layout.sm[g], layout.mem[g]
+        if sm + r.share > 1 + _EPS or mem + r.memory_bytes > gpu_bytes * (1 + _EPS):
+            continue
+        left = (1 - sm - r.share) + (gpu_bytes - mem - r.memory_bytes) / gpu_bytes
+        if best is not None and left > best[0] + _EPS:
+            continue  # cannot win: the penalty is never negative
+        ok, lost, changes = layout.trial(r, g)
+        if not ok:
+            continue
+        key = (left + lost, layout.locality(r, g, layout.host[g]), g)
+        if best is None or key < best:
+            best, best_changes = key, changes
+    return (-1, []) if best is None else (best[2], best_changes)
+
+
+def _cover_hosts(parts: list[_Replica], layout: _Layout) -> list[_Replica]:
+    """Puts a replica of each partition stage on each host holding replicas of its partners and none of
+    its own (on a partition GPU of that host, else a new GPU there when the host has one free), while the
+    stage has replicas left; returns the replicas still to place."""
+    left = list(parts)
+    for s in sorted({r.stage for r in parts}):
+        partners = [t for t, _, _ in layout.stages[s].partners]
+        for host in sorted({h for t in partners for h in layout.stage_hosts[t]}):
+            if host in layout.stage_hosts[s]:
+                continue
+            r = next((x for x in left if x.stage == s), None)
+            if r is None:
+                break
+            gpu, changes = _best_spot(r, layout, [g for g in layout.partitioned if layout.host[g] == host])
+            if gpu < 0:
+                if layout.host_free[host] < 1:
+                    continue
+                gpu = layout.open(r, 1, host=host)[0]
+                layout.partitioned.append(gpu)
+                changes = [(r, 1.0)] if layout.sharing is not None else []
+            layout.put(r, gpu, r.share)
+            layout.commit(changes)
+            left.remove(r)
+    return left
 
 
 def _slots(layout: _Layout) -> tuple[GpuSlot, ...]:
@@ -442,8 +484,11 @@ class Placer:
             first = len(stages)
             for s in phase.stages:
                 stages.append(_Stage(p_index, s, slowdown(s.share, self.sharing), ()))
+            network = self.links[Locality.NETWORK]
             for t in range(first, len(stages)):
                 stages[t].partners = self._partners(phase.phase, workload, stages, t, range(first, len(stages)))
+                stages[t].network_s = sum(e * network.latency_s + b / (network.gbps * 1e9)
+                                          for _, e, b in stages[t].partners)
             seq = workload.mean_seq(phase.phase)
             for t in range(first, len(stages)):
                 s = stages[t].plan
@@ -460,8 +505,12 @@ class Placer:
         # whole-GPU replicas round robin over its stages, so that a host fills with partners (stage A's
         # replica 0, stage B's replica 0, A's 1, ...), not with one stage alone.
         replicas.sort(key=lambda r: (stages[r.stage].phase, int(r.label.rsplit("#", 1)[1]), r.stage))
-        for p_index in range(len(phases)):
-            _place([r for r in replicas if stages[r.stage].phase == p_index], layout)
+        for p_index, phase in enumerate(phases):
+            members = [t for t, s in enumerate(stages) if s.phase == p_index]
+            # Cover hosts only where the path would break its budget with every edge on the network.
+            over_network = sum(layout.latency(t, stages[t].allowance, stages[t].network_s) for t in members)
+            _place([r for r in replicas if stages[r.stage].phase == p_index], layout,
+                   cover=over_network > phase.budget_s * (1 + _EPS))
         placed = []
         totals = [0.0] * len(phases)
         by_stage: list[list[_Replica]] = [[] for _ in stages]
