@@ -27,11 +27,14 @@ GPU at once. What a partition of share s in (0, 1] gets:
   fraction x the neighbours' compute load, where a neighbour's load is its SM share x the fraction of
   time its kernels run x the fraction of that which is HBM-bound (or compute-bound). The defaults fit
   the case study: 0.195 / 0.6 and 0.014 / 0.6 (both clients busy, one neighbour on 60% of the SMs).
-  Two busy memory-bound halves of a GPU slow each other by ~16%, above the 10% allowance; a prefill
-  partition beside a decode one by ~1%, well under it. The placement checks the latency budget with
-  these slowdowns in place of the allowance.
+  Qwen2-7B on an H100: two busy memory-bound decode halves of a GPU slow each other by 16%, above the
+  10% allowance; a prefill quarter (8 x 1K-token prompts, HBM busy 20% of its kernel time) beside a busy
+  decode three-quarters by 5%, the decode by 1.6%, both under it. The placement checks the latency
+  budget with these slowdowns in place of the allowance (`opscale.planning.operators.placement`). The
+  linear law and its two coefficients are an assumption fitted to one case study, to be replaced by
+  co-location measurements.
 - Memory: partitions share the GPU's memory; placement must fit the sum of their weights, KV caches
-  and workspaces (the planner's packing does). MPS can cap it per client
+  and workspaces (the planner's placement does). MPS can cap it per client
   (`CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`).
 
 Fixed costs (the per-iteration overhead and kernel launch floors) are CPU-side and do not scale with s.

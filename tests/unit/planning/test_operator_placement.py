@@ -276,3 +276,10 @@ def test_moe_plan_places_its_tensor_parallel_replicas_within_a_host() -> None:
             hosts_of.setdefault(label, set()).add(slot.host)
     assert all(len(h) == 1 for h in hosts_of.values())  # a tp group's all-reduce stays on NVLink
     assert any(s.tp > 1 for p in (plan.prefill, plan.decode) for s in p.stages)
+
+
+def test_a_host_of_no_gpus_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="gpus_per_host"):
+        OperatorPlannerConfig.model_validate({"hosts": {"gpus_per_host": 0}})
+    with pytest.raises(ValueError, match="between_hosts"):
+        OperatorPlannerConfig.model_validate({"hosts": {"between_hosts": "next_door"}})

@@ -34,7 +34,15 @@ A hop goes to the nearest replica of the next stage (locality-aware dispatch amo
 assumption: the router's capacity-weighted shortest queue may send it further) and a stage's transfer
 is its worst replica's. The placed latency of each phase (`PlacedPhase`) swaps the planner's transfer
 (priced at `OperatorPlannerConfig.topology`) for this one; while placing, the planner's transfer is
-used, and the placed one is checked once every replica has its GPU.
+used, and the placed one is checked once every replica has its GPU (`Packing.meets_slo`).
+
+Hosts. A phase is placed at a time (its stages exchange activations; prefill and decode do not, though
+their partitions may share GPUs), its whole-GPU replicas round robin over its stages so that a host
+fills with partners. Where the phase's path would break its budget with every edge on the network,
+whole-GPU replicas leave a GPU of each host free and each partition stage first puts a replica on every
+host holding its partners (while it has replicas): the spots elsewhere are not SLO-feasible then. A
+stage of fewer replicas than the hosts its partners span still sends some edges over the network, and
+the placed latency says whether the budget survives.
 
 Replication over resharding. Changing a running stage's tp or SM share restarts every replica of it
 with new shards; adding replicas at its layout loads only the new ones. OpScale measures resharding at
@@ -200,6 +208,7 @@ class _Replica:
     busy: float = 0.0  # fraction of time its kernels run
     slowdown: float = 1.0
     gpu: int = -1
+    index: int = 0  # among its stage's replicas
 
     @property
     def whole(self) -> bool:
@@ -497,14 +506,15 @@ class Placer:
                                      f"{s.replica_bytes / 1e9:.2f} GB do not fit one GPU of {self.gpu_bytes / 1e9:.2f} GB")
                 fraction = self._fraction(phase.phase, s, seq) if s.share < 1 else 0.0
                 busy = min(1.0, s.busy_fraction)
-                replicas.extend(_Replica(f"{phase.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp, t,
-                                         fraction, busy) for i in range(s.replicas))
+                prefix = f"{phase.phase.value}/{s.name}#"
+                replicas.extend(_Replica(f"{prefix}{i}", s.share, s.replica_bytes, s.tp, t, fraction, busy, index=i)
+                                for i in range(s.replicas))
         layout = _Layout(self.gpu_bytes, self.gpus_per_host, stages, [p.budget_s for p in phases],
                          self.sharing, self.quantile)
         # A phase at a time (its stages exchange activations; the phases do not), and within it the
         # whole-GPU replicas round robin over its stages, so that a host fills with partners (stage A's
         # replica 0, stage B's replica 0, A's 1, ...), not with one stage alone.
-        replicas.sort(key=lambda r: (stages[r.stage].phase, int(r.label.rsplit("#", 1)[1]), r.stage))
+        replicas.sort(key=lambda r: (stages[r.stage].phase, r.index, r.stage))
         for p_index, phase in enumerate(phases):
             members = [t for t, s in enumerate(stages) if s.phase == p_index]
             # Cover hosts only where the path would break its budget with every edge on the network.
