@@ -283,3 +283,14 @@ def test_a_host_of_no_gpus_is_refused_naming_the_field() -> None:
         OperatorPlannerConfig.model_validate({"hosts": {"gpus_per_host": 0}})
     with pytest.raises(ValueError, match="between_hosts"):
         OperatorPlannerConfig.model_validate({"hosts": {"between_hosts": "next_door"}})
+
+
+@settings(max_examples=20, deadline=None)
+@given(rps=st.floats(0.5, 200.0), shape=SHAPES)
+def test_whole_gpu_replicas_are_placed_at_the_latency_the_planner_priced(rps: float, shape: tuple[int, int]) -> None:
+    # Model level: one stage per phase on whole GPUs, so no neighbour and no edge between GPUs.
+    plan = PLANNER.model_level(Workload(rps, *shape))
+    assert plan.gpus == plan.gpu_cost
+    for placed in plan.packing.phases:
+        assert placed.latency_s == pytest.approx(plan.phase(placed.phase).latency_s)
+    assert all(s.slowdown == 1.0 and s.transfer_s == 0.0 for s in plan.packing.stages)
