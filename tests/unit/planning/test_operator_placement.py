@@ -202,16 +202,19 @@ def test_locality_breaks_ties_same_device_first() -> None:
 
 
 def test_locality_prefers_nvlink_to_the_network_when_costs_tie() -> None:
-    # Hosts of two GPUs. Decode's three 0.75 partitions fill host 0 and open host 1; prefill's whole-GPU
-    # attention takes the free GPU of host 1. Its partner (0.25) fits any of the three partition GPUs
-    # equally well: it goes to host 1, over NVLink from its partner, not across the network.
-    decode = _phase(Phase.DECODE, 1.0, _stage(ALL, 3, 0.75))
-    prefill = _phase(Phase.PREFILL, 1.0, _stage(ATTENTION, 1, 1.0), _stage(REST, 1, 0.25))
+    # Hosts of two GPUs. Decode's three 0.75 partitions open GPUs 0 and 1 (host 0) and 2 (host 1);
+    # prefill's attention partition opens GPU 3 (host 1). Its partner (0.25, 35 GB) cannot join it (40 GB
+    # there) and fits each decode GPU equally well: it goes to GPU 2, over NVLink from its partner, not
+    # to GPU 0 across the network.
+    decode = _phase(Phase.DECODE, 1.0, _stage(ALL, 3, 0.75, replica_bytes=30e9))
+    prefill = _phase(Phase.PREFILL, 1.0, _stage(ATTENTION, 1, 0.75, replica_bytes=40e9),
+                     _stage(REST, 1, 0.25, replica_bytes=35e9))
     placer = _placer(gpus_per_host=2)
     placed = placer.place((decode, prefill), Workload(1.0, 1024, 256))
-    by_label = {label: slot for slot in placed.slots for label in slot.replicas}
-    assert placed.gpus == 4
-    assert by_label["prefill/attention#0"].host == by_label["prefill/attn_proj+lm_head+mlp#0"].host == 1
+    index = {label: k for k, slot in enumerate(placed.slots) for label in slot.replicas}
+    assert placed.gpus == 4 and index["prefill/attention#0"] == 3
+    assert index["prefill/attn_proj+lm_head+mlp#0"] == 2
+    assert placed.slots[2].host == placed.slots[3].host == 1
     # The edge between them is priced on the NVLink path of perf.transfer.
     rest = next(s for s in placed.stages if s.name == "attn_proj+lm_head+mlp")
     nvlink = placer.links[Locality.SAME_HOST]

@@ -36,11 +36,12 @@ is its worst replica's. The placed latency of each phase (`PlacedPhase`) swaps t
 (priced at `OperatorPlannerConfig.topology`) for this one; while placing, the planner's transfer is
 used, and the placed one is checked once every replica has its GPU (`Packing.meets_slo`).
 
-Hosts. A phase is placed at a time (its stages exchange activations; prefill and decode do not, though
-their partitions may share GPUs), its whole-GPU replicas round robin over its stages so that a host
-fills with partners. Where the phase's path would break its budget with every edge on the network,
+Hosts. The whole-GPU replicas are placed a phase at a time (its stages exchange activations; prefill
+and decode do not), round robin over its stages so that a host fills with partners; then the
+partitions of both phases together, so that the largest go first and the small fill the gaps. Where the phase's path would break its budget with every edge on the network,
 whole-GPU replicas leave a GPU of each host free and each partition stage first puts a replica on every
-host holding its partners (while it has replicas): the spots elsewhere are not SLO-feasible then. A
+host holding its partners (while it has replicas): spots on other hosts are taken as infeasible then
+(a conservative test: it prices every edge of the path on the network). A
 stage of fewer replicas than the hosts its partners span still sends some edges over the network, and
 the placed latency says whether the budget survives.
 
@@ -357,25 +358,30 @@ class _Layout:
         return wait + service + transfer
 
 
-def _place(replicas: list[_Replica], layout: _Layout, cover: bool = False) -> None:
-    """Every replica of one group (a phase: its stages exchange activations) onto GPUs of `layout`:
-    whole-GPU replicas first, then the partitions (see the module docstring). `cover`: the phase's
-    budget does not survive its edges crossing the network, so each partition stage first puts a
-    replica on each host holding its partners (while it has replicas), and whole-GPU replicas leave a
-    GPU of each host for them."""
-    parts = [r for r in replicas if not r.whole]
-    for r in replicas:
-        if r.whole:
-            if r.tp > layout.per_host:
-                raise ValueError(f"replica {r.label!r} spans tp={r.tp} GPUs, more than a host's "
-                                 f"gpus_per_host={layout.per_host}")
-            for gpu in layout.open(r, r.tp, reserve=cover and bool(parts)):
-                layout.put(r, gpu, 1.0)
+def _place(groups: Sequence[tuple[list[_Replica], bool]], layout: _Layout) -> None:
+    """Every replica onto GPUs of `layout` (see the module docstring): group by group (a phase: its
+    stages exchange activations), its whole-GPU replicas; then the partitions of every group together,
+    best fit decreasing. A group's flag `cover`: its budget does not survive its edges crossing the
+    network, so its whole-GPU replicas leave a GPU of each host free and each of its partition stages
+    first puts a replica on each host holding its partners (while it has replicas)."""
     gpu_bytes = layout.gpu_bytes
-    parts.sort(key=lambda d: (-max(d.share, d.memory_bytes / gpu_bytes), d.label))
-    if cover:
-        parts = _cover_hosts(parts, layout)
-    for r in parts:
+
+    def dominant_first(d: _Replica) -> tuple[float, str]:
+        return -max(d.share, d.memory_bytes / gpu_bytes), d.label
+
+    rest: list[_Replica] = []
+    for replicas, cover in groups:
+        parts = sorted((r for r in replicas if not r.whole), key=dominant_first)
+        for r in replicas:
+            if r.whole:
+                if r.tp > layout.per_host:
+                    raise ValueError(f"replica {r.label!r} spans tp={r.tp} GPUs, more than a host's "
+                                     f"gpus_per_host={layout.per_host}")
+                for gpu in layout.open(r, r.tp, reserve=cover and bool(parts)):
+                    layout.put(r, gpu, 1.0)
+        rest.extend(_cover_hosts(parts, layout) if cover else parts)
+    rest.sort(key=dominant_first)
+    for r in rest:
         gpu, changes = _best_spot(r, layout, layout.partitioned)
         if gpu < 0:
             gpu = layout.open(r, 1)[0]
@@ -464,7 +470,7 @@ def pack(demands: Iterable[ReplicaDemand], gpu_memory_bytes: float, gpus_per_hos
     Raises ValueError naming the replica whose demand no GPU can hold."""
     replicas = _checked(demands, gpu_memory_bytes)
     layout = _Layout(gpu_memory_bytes, gpus_per_host)
-    _place(replicas, layout)
+    _place([(replicas, False)], layout)
     return Packing(gpu_memory_bytes, _slots(layout), _lower_bound(replicas, gpu_memory_bytes))
 
 
@@ -515,12 +521,14 @@ class Placer:
         # whole-GPU replicas round robin over its stages, so that a host fills with partners (stage A's
         # replica 0, stage B's replica 0, A's 1, ...), not with one stage alone.
         replicas.sort(key=lambda r: (stages[r.stage].phase, r.index, r.stage))
+        groups = []
         for p_index, phase in enumerate(phases):
             members = [t for t, s in enumerate(stages) if s.phase == p_index]
             # Cover hosts only where the path would break its budget with every edge on the network.
             over_network = sum(layout.latency(t, stages[t].allowance, stages[t].network_s) for t in members)
-            _place([r for r in replicas if stages[r.stage].phase == p_index], layout,
-                   cover=over_network > phase.budget_s * (1 + _EPS))
+            groups.append(([r for r in replicas if stages[r.stage].phase == p_index],
+                           over_network > phase.budget_s * (1 + _EPS)))
+        _place(groups, layout)
         placed = []
         totals = [0.0] * len(phases)
         by_stage: list[list[_Replica]] = [[] for _ in stages]
