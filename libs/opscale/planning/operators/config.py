@@ -70,8 +70,11 @@ class OperatorPlannerConfig(BaseModel):
         0.99, gt=0, lt=1, description="Quantile of each stage's Erlang-C wait counted against the budget; "
                                       "None counts the mean wait.")
     topology: Topology = Field(
-        Topology.SAME_HOST, description="Path between stages apart (opscale.perf.transfer): the placement "
-                                        "must honour it; same_host prices NVLink.")
+        Topology.SAME_HOST, description="Path the search prices between stages apart (opscale.perf.transfer; "
+                                        "same_host: NVLink). The placement prices the path of where the "
+                                        "replicas land and reports whether the budgets hold "
+                                        "(OperatorPlan.packing.meets_slo); plans spanning hosts may set "
+                                        "the between-hosts path here.")
     transfer: TransferParams = Field(default_factory=TransferParams)
     hosts: GpuTopology = Field(
         default_factory=GpuTopology, description="Hosts the replicas are placed on (placement's locality "
