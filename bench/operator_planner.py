@@ -19,6 +19,8 @@ Operator-level stages may run on SM shares (`--shares`, MPS-style partitions pri
 `opscale.perf.sm_share`); their replicas, with both phases', are packed onto whole GPUs, and
 `operator_gpus` is the packed count (`operator_gpu_cost` the GPU-equivalents before packing).
 `oracle_gap` compares packed GPUs; `oracle_cost_gap` the pre-packing cost the oracle minimises.
+`placed` is the placement's view (`opscale.planning.operators.placement`): hosts used, and the path
+latencies with the contention its co-located replicas cause and the transfers of where they sit.
 Power is the plan's predicted draw at its load (`opscale.planning.operators.energy`).
 """
 
@@ -123,6 +125,9 @@ def main() -> None:
                        "stages": [_stage(s) for s in plan.decode.stages],
                        "tbt_pred_s": round(plan.decode.latency_s, 5)},
             "meets_slo": plan.meets_slo,
+            "placed": {"hosts": plan.packing.hosts, "meets_slo": plan.packing.meets_slo,
+                       "ttft_s": round(plan.packing.phases[0].latency_s, 4),
+                       "tbt_s": round(plan.packing.phases[1].latency_s, 5)},
         })
 
     oracle_cases = []

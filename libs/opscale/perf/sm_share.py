@@ -18,10 +18,23 @@ GPU at once. What a partition of share s in (0, 1] gets:
   inference"); MPS under memory contention about 30% slower (Villarrubia et al., arXiv 2604.22430);
   interference through caches and bandwidth characterised by Elvinger et al., SoCC'25 (arXiv
   2501.16909). The default `interference` = 0.10 multiplies a partition's kernel time by 1.10 whenever
-  it shares its GPU. It is charged to every replica below a whole GPU, wherever it is placed, so a plan's
-  latency holds on any packing.
+  it shares its GPU. It is charged to every replica below a whole GPU, wherever it is placed: the
+  planner's allowance, so a plan's latency holds wherever contention stays within it.
+- Contention by neighbour (placement, `contention_slowdown`): the same case study shows memory-bound work
+  suffering far more than compute-bound work (TPOT, decode, +19.5% against TTFT, prefill, +1.4%, with
+  each client on 60% of the SMs). So a partition's kernel time grows by `memory_interference` x its own
+  HBM-bound fraction x the neighbours' HBM load, plus `compute_interference` x its compute-bound
+  fraction x the neighbours' compute load, where a neighbour's load is its SM share x the fraction of
+  time its kernels run x the fraction of that which is HBM-bound (or compute-bound). The defaults fit
+  the case study: 0.195 / 0.6 and 0.014 / 0.6 (both clients busy, one neighbour on 60% of the SMs).
+  Qwen2-7B on an H100: two busy memory-bound decode halves of a GPU slow each other by 16%, above the
+  10% allowance; a prefill quarter (8 x 1K-token prompts, HBM busy 20% of its kernel time) beside a busy
+  decode three-quarters by 5%, the decode by 1.6%, both under it. The placement checks the latency
+  budget with these slowdowns in place of the allowance (`opscale.planning.operators.placement`). The
+  linear law and its two coefficients are an assumption fitted to one case study, to be replaced by
+  co-location measurements.
 - Memory: partitions share the GPU's memory; placement must fit the sum of their weights, KV caches
-  and workspaces (the planner's packing does). MPS can cap it per client
+  and workspaces (the planner's placement does). MPS can cap it per client
   (`CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`).
 
 Fixed costs (the per-iteration overhead and kernel launch floors) are CPU-side and do not scale with s.
@@ -59,7 +72,13 @@ class SmShareParams(BaseModel):
                                      "max(s, floor). 0 is proportional, the conservative law.")
     interference: float = Field(
         0.10, ge=0, description="Kernel-time penalty of a partition that shares its GPU (0.10: 10% "
-                                "slower), charged to every replica below a whole GPU.")
+                                "slower), charged to every replica below a whole GPU by the planner.")
+    memory_interference: float = Field(
+        0.325, ge=0, description="Placement: kernel-time penalty of an HBM-bound partition per unit of its "
+                                 "neighbours' HBM load (SM share x busy fraction x HBM-bound fraction).")
+    compute_interference: float = Field(
+        0.023, ge=0, description="Placement: kernel-time penalty of a compute-bound partition per unit of its "
+                                 "neighbours' compute load.")
 
     @field_validator("shares")
     @classmethod
@@ -82,6 +101,16 @@ def slowdown(share: float, params: SmShareParams) -> float:
     """Kernel-time factor for co-location: 1 on a whole GPU, 1 + interference below it."""
     check_share(share)
     return 1.0 if share >= 1.0 else 1.0 + params.interference
+
+
+def contention_slowdown(memory_fraction: float, neighbour_memory_load: float, neighbour_compute_load: float,
+                        params: SmShareParams) -> float:
+    """Kernel-time factor of a partition whose kernels are HBM-bound `memory_fraction` of their time,
+    beside neighbours putting `neighbour_memory_load` and `neighbour_compute_load` on the GPU (see the
+    module docstring): 1 when alone."""
+    m = min(1.0, max(0.0, memory_fraction))
+    return (1.0 + params.memory_interference * m * neighbour_memory_load
+            + params.compute_interference * (1.0 - m) * neighbour_compute_load)
 
 
 def partition_sku(sku: Sku, share: float, params: SmShareParams) -> Sku:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from opscale.perf.operator_profiles import AttentionKernel
+from opscale.perf.operator_profiles import AttentionKernel, Phase
 from opscale.perf.operators import Operator
 from opscale.perf.sm_share import SmShareParams
 from opscale.perf.transfer import Topology, TransferParams
@@ -32,6 +32,28 @@ class Workload:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"workload {label} must be a positive integer, got {value!r}")
 
+    def mean_seq(self, phase: Phase) -> float:
+        """The tokens a customer attends over: the prompt in prefill, the mean context in decode."""
+        if phase is Phase.PREFILL:
+            return float(self.prompt_tokens)
+        return self.prompt_tokens + self.output_tokens / 2
+
+    def tokens_per_customer(self, phase: Phase) -> int:
+        """New tokens one customer brings through a stage: its prompt in prefill, one token in decode."""
+        return self.prompt_tokens if phase is Phase.PREFILL else 1
+
+
+class GpuTopology(BaseModel):
+    """The GPUs operator replicas are placed on: hosts of `gpus_per_host` GPUs joined by NVLink (the
+    `same_host` path of `opscale.perf.transfer`), hosts joined by the `between_hosts` path."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpus_per_host: int | None = Field(
+        None, ge=1, description="GPUs per host, joined by NVLink; None: the SKU's gpus_per_vm.")
+    between_hosts: Topology = Field(
+        Topology.SAME_SWITCH, description="Path between GPUs of different hosts (RDMA under one leaf by default).")
+
 
 class OperatorPlannerConfig(BaseModel):
     """Settings of `opscale.planning.operators.planner.OperatorPlanner`."""
@@ -48,9 +70,15 @@ class OperatorPlannerConfig(BaseModel):
         0.99, gt=0, lt=1, description="Quantile of each stage's Erlang-C wait counted against the budget; "
                                       "None counts the mean wait.")
     topology: Topology = Field(
-        Topology.SAME_HOST, description="Path between stages apart (opscale.perf.transfer): the placement "
-                                        "must honour it; same_host prices NVLink.")
+        Topology.SAME_HOST, description="Path the search prices between stages apart (opscale.perf.transfer; "
+                                        "same_host: NVLink). The placement prices the path of where the "
+                                        "replicas land and reports whether the budgets hold "
+                                        "(OperatorPlan.packing.meets_slo); plans spanning hosts may set "
+                                        "the between-hosts path here.")
     transfer: TransferParams = Field(default_factory=TransferParams)
+    hosts: GpuTopology = Field(
+        default_factory=GpuTopology, description="Hosts the replicas are placed on (placement's locality "
+                                                 "and the transfer it prices on every edge between GPUs).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_replicas: int = Field(512, ge=1, description="Most replicas of one stage.")
     sharing: SmShareParams = Field(

@@ -14,11 +14,17 @@ attention also holds the KV cache of what it serves (`kv_bytes_per_token` per ca
 attention workspace of its kernel (FlashAttention or materialised scores); `replica_bytes` adds the
 iteration's activations, for packing partitions onto GPUs.
 
+Contention: `memory_bound_fraction` is the share of a stage's kernel time its HBM traffic takes on the
+roofline (its busy time on a roof with free compute over its busy time on the real roof: 1 when every
+kernel is memory-bound), which sets how much it suffers from and inflicts on a neighbour on the same
+GPU (`opscale.perf.sm_share.contention_slowdown`).
+
 Pure arithmetic: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from opscale.model import ModelSpec, Sku
@@ -44,6 +50,8 @@ class StageCosts:
         self.operators = OperatorProfiles(model, sku, profiles=profiles, params=params, sharing=sharing)
         self.params = self.operators.params
         self.gpu_memory_utilization = gpu_memory_utilization
+        self._sharing = sharing
+        self._rooflines: tuple[OperatorProfiles, OperatorProfiles] | None = None
 
     def weight_bytes(self, ops: Iterable[Operator]) -> int:
         return sum(operator_weight_bytes(self.model, op) for op in frozenset(ops))
@@ -84,9 +92,27 @@ class StageCosts:
     def busy_s(self, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
                share: float = 1.0) -> float:
         """Kernel time (what draws dynamic power) of one iteration at the stage's batch."""
-        if phase is Phase.PREFILL:
-            tokens = batch * int(seq)
-            cost = self.operators.ops_cost(ops, tp, share, tokens, 0.0, batch * seq * (seq + 1) / 2, float(batch))
-        else:
-            cost = self.operators.ops_cost(ops, tp, share, 0.0, float(batch), 0.0, float(batch), batch * seq)
-        return cost.busy_s
+        return _busy_s(self.operators, ops, phase, tp, batch, seq, share)
+
+    def memory_bound_fraction(self, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
+                              share: float = 1.0) -> float:
+        """Fraction in [0, 1] of the stage's kernel time its HBM traffic takes on the roofline (see the
+        module docstring; measured profiles do not say, so the roofline's split stands for them)."""
+        if self._rooflines is None:
+            free_compute = dataclasses.replace(self.sku, peak_tflops=self.sku.peak_tflops * 1e9)
+            self._rooflines = (
+                OperatorProfiles(self.model, self.sku, params=self.params, sharing=self._sharing),
+                OperatorProfiles(self.model, free_compute, params=self.params, sharing=self._sharing))
+        real, memory_only = self._rooflines
+        whole = _busy_s(real, ops, phase, tp, batch, seq, share)
+        return min(1.0, _busy_s(memory_only, ops, phase, tp, batch, seq, share) / whole) if whole > 0 else 0.0
+
+
+def _busy_s(profiles: OperatorProfiles, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
+            share: float) -> float:
+    if phase is Phase.PREFILL:
+        tokens = batch * int(seq)
+        cost = profiles.ops_cost(ops, tp, share, tokens, 0.0, batch * seq * (seq + 1) / 2, float(batch))
+    else:
+        cost = profiles.ops_cost(ops, tp, share, 0.0, float(batch), 0.0, float(batch), batch * seq)
+    return cost.busy_s

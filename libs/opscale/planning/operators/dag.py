@@ -139,10 +139,15 @@ class OperatorDag:
     def crossings(self, stage: Iterable[Operator]) -> Crossings:
         """Edges from a node of a family in `stage` to a node of a family outside it."""
         inside = frozenset(stage)
+        return self.crossings_between(inside, frozenset(Operator) - inside)
+
+    def crossings_between(self, source: Iterable[Operator], dest: Iterable[Operator]) -> Crossings:
+        """Edges from a node of a family in `source` to a node of a family in `dest` (disjoint sets)."""
+        src, dst = frozenset(source), frozenset(dest)
         count = total = 0
         by_name = self._by_name
         for e in self.edges:
-            if by_name[e.src].operator in inside and by_name[e.dst].operator not in inside:
+            if by_name[e.src].operator in src and by_name[e.dst].operator in dst:
                 count += 1
                 total += e.bytes_per_token
         return Crossings(count, total)

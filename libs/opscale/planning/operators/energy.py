@@ -24,7 +24,7 @@ from opscale.model import Sku
 from opscale.perf.operators import Operator
 from opscale.planning.operators.config import Workload
 from opscale.planning.operators.dag import Phase
-from opscale.planning.operators.packing import Packing
+from opscale.planning.operators.placement import Packing
 from opscale.planning.operators.plan import PhasePlan, StagePlan
 
 # (stage, family) -> the family's kernel seconds in one full batch of the stage

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from opscale.perf.operators import Operator
 from opscale.planning.operators.config import Workload
 from opscale.planning.operators.dag import Phase
-from opscale.planning.operators.packing import Packing
+from opscale.planning.operators.placement import Packing
 
 if TYPE_CHECKING:
     from opscale.planning.operators.energy import PlanEnergy

@@ -29,8 +29,9 @@ not convex) gain the most latency per GPU added, until the budget is met; then s
 budget allows. Oracle (`oracle`): every frontier vector of every partition up to the greedy answer's
 cost (exact for the cost; the last stage takes its cheapest point that fits the remaining budget).
 Baseline (`model_level`): the one-stage partition on whole GPUs, the same queueing model.
-Finally the replicas of both phases are packed onto whole GPUs (`packing`; partitions of prefill and
-decode stages may share a GPU) and the plan's power and energy are computed (`energy`). The cost the
+Finally the replicas of both phases are placed on whole GPUs of hosts (`placement`: contention-aware
+best fit with a locality tie-break; partitions of prefill and decode stages may share a GPU) and the
+plan's power and energy are computed (`energy`). The cost the
 search minimises ignores packing fragments, so a plan with partitions is compared with the same search
 on whole GPUs and the one on fewer packed GPUs is returned.
 
@@ -40,7 +41,9 @@ wait quantiles bounds the path's quantile from above; each stage pays its own pe
 (its own scheduler), where the engine's synchronous split model pays one; the decode attention
 replicas share one queue although a sequence's KV pins it to one of them; their KV floor comes from
 Little's law with every token at the TBT budget; the prefill-to-decode KV hand-off is in neither
-budget. A partition below a whole GPU is charged the co-location slowdown wherever packing puts it.
+budget. A partition below a whole GPU is charged the flat co-location allowance wherever it lands;
+placement then checks each path against its budget with the slowdowns its neighbours actually cause and
+the transfers of where its replicas sit (`OperatorPlan.packing.phases`).
 
 Pure arithmetic: no I/O, no clock.
 """
@@ -61,7 +64,7 @@ from opscale.planning.operators.config import OperatorPlannerConfig, Workload
 from opscale.planning.operators.costs import StageCosts
 from opscale.planning.operators.dag import OperatorDag, Phase, build_dag
 from opscale.planning.operators.energy import FamilyBusy, plan_energy
-from opscale.planning.operators.packing import ReplicaDemand, pack
+from opscale.planning.operators.placement import Placer
 from opscale.planning.operators.plan import OperatorPlan, PhasePlan, StagePlan
 from opscale.planning.operators.queueing import wait_quantile_s
 
@@ -280,6 +283,7 @@ class OperatorPlanner:
                                 sharing=self.config.sharing, profiles=profiles)
         self.dags: dict[Phase, OperatorDag] = {p: build_dag(model, p) for p in Phase}
         self.link = self.config.transfer.link(self.config.topology, sku.name)
+        self.placer = Placer(self.costs, self.dags, self.config, sku)
         self._shapes: dict[tuple[Phase, frozenset[Operator], float, int, int], _StageShape | None] = {}
 
     def __repr__(self) -> str:
@@ -331,9 +335,7 @@ class OperatorPlanner:
         prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves, stage_shares)
         decode = self._phase(workload, Phase.DECODE, parts if decode_parts is None else decode_parts, shares,
                              search, curves, stage_shares)
-        demands = [ReplicaDemand(f"{p.phase.value}/{s.name}#{i}", s.share, s.replica_bytes, s.tp)
-                   for p in (prefill, decode) for s in p.stages for i in range(s.replicas)]
-        packing = pack(demands, self.costs.memory_bytes(1))
+        packing = self.placer.place((prefill, decode), workload)
         energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
         plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
                             prefill, decode, packing, energy)
@@ -477,9 +479,7 @@ class OperatorPlanner:
 
 def _mean_seq(workload: Workload, phase: Phase) -> float:
     """The tokens a customer attends over: the prompt in prefill, the mean context in decode."""
-    if phase is Phase.PREFILL:
-        return float(workload.prompt_tokens)
-    return workload.prompt_tokens + workload.output_tokens / 2
+    return workload.mean_seq(phase)
 
 
 def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjective, workload: Workload,
