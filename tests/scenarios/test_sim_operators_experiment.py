@@ -102,6 +102,9 @@ def test_summary_has_the_operator_tables(tiny_run: Path) -> None:
         assert [c["rps"] for c in cases] == [1.0, 2.0]
         assert all(c["greedy_cost"] >= c["oracle_cost"] - 1e-9 for c in cases)  # the oracle is exact
     assert set(tables["by_phase"]) == {"prefill", "decode"}
+    assert set(tables["by_model"]) == set(MODELS)
+    for name, row in tables["by_model"].items():
+        assert row["simulated_gpu_hours_ratio"] > 0 and row["planner_gpu_hours_ratio"] > 0, name
     paper = tables["beside_paper"]
     assert paper["paper_gpu_ratio"] == pytest.approx(0.6) and paper["paper_throughput_ratio"] == 1.6
     assert set(paper["simulated_world"]) == {"gpu_hours_ratio", "energy_ratio"}

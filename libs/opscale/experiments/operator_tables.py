@@ -96,6 +96,7 @@ def operator_tables(config: ExperimentConfig, base: Scenario, outcomes: list[Var
         "variants": _variant_rows(outcomes, [d.model for d in base.deployments]),
         "models": models,
         "by_phase": _by_phase(models),
+        "by_model": _by_model(tables, outcomes, models),
         "paper": tables.paper.model_dump(),
         "beside_paper": _beside_paper(tables, outcomes, models),
     }
@@ -244,6 +245,28 @@ def _by_phase(models: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _by_model(tables: OperatorTablesConfig, outcomes: list[VariantOutcome],
+              models: dict[str, Any]) -> dict[str, Any]:
+    """Per model, operator level / model level: GPU-hours and energy in the simulated world and on the
+    planner's model, and throughput at the fixed GPU budget."""
+    results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
+    op, ml = results.get(tables.operator_variant), results.get(tables.model_variant)
+
+    def simulated(model: str, key: str) -> float | None:
+        if op is None or ml is None:
+            return None
+        mine, base = (sum(p.get(key, 0.0) for k, p in r["pools"].items() if k.startswith(f"{model}/"))
+                      for r in (op, ml))
+        return _ratio(mine, base)
+
+    return {name: {"simulated_gpu_hours_ratio": simulated(name, "gpu_hours"),
+                   "simulated_energy_ratio": simulated(name, "energy_kwh"),
+                   "planner_gpu_hours_ratio": m["over_traffic"]["gpu_hours_ratio"],
+                   "planner_energy_ratio": m["over_traffic"]["energy_ratio"],
+                   "throughput_ratio": m["throughput_at_fixed_gpus"]["ratio"]}
+            for name, m in models.items()}
+
+
 def _beside_paper(tables: OperatorTablesConfig, outcomes: list[VariantOutcome],
                   models: dict[str, Any]) -> dict[str, Any]:
     results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
@@ -302,6 +325,10 @@ def _markdown(tables: OperatorTablesConfig, data: dict[str, Any], tiers: list[st
                          f"{t['energy_kwh']:.2f} |")
         t = m["over_traffic"]
         lines.append(f"| {name} | operator / model | | | {_x(t['gpu_hours_ratio'])} | | | {_x(t['energy_ratio'])} |")
+    lines += ["", "By model (operator / model level): " + "; ".join(
+        f"{name} GPU-h {_x(v['simulated_gpu_hours_ratio'])} simulated, {_x(v['planner_gpu_hours_ratio'])} planned, "
+        f"energy {_x(v['simulated_energy_ratio'])} simulated, {_x(v['planner_energy_ratio'])} planned"
+        for name, v in data["by_model"].items()) + "."]
     lines += ["", "By phase, all models (GPU-equivalents before packing, operator / model level): "
               + "; ".join(f"{p} {v['operator_level_gpu_hours']:.2f} / {v['model_level_gpu_hours']:.2f} GPU-h "
                           f"({_x(v['ratio'])})" for p, v in data["by_phase"].items()) + ".", "",

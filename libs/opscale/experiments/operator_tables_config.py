@@ -24,7 +24,7 @@ class OperatorTablesConfig(BaseModel):
                                   "`operator_level`; its policy_params give the planner's settings")
     model_variant: str = Field("model_level", min_length=1, description="The variant running its baseline, "
                                "`model_level`")
-    oracle_rps: tuple[float, ...] = Field((1.0, 2.0, 5.0, 10.0), min_length=1, description="Arrival rates "
+    oracle_rps: tuple[float, ...] = Field((5.0, 10.0, 20.0, 40.0), min_length=1, description="Arrival rates "
                                           "(req/s) of the small cases on which the greedy search is compared "
                                           "with the exhaustive oracle")
     fixed_gpus: dict[str, int] = Field(default_factory=dict, description="Per model, the GPU budget of the "
