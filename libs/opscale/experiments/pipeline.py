@@ -43,8 +43,8 @@ def run_and_write(config: ExperimentConfig, base: Scenario, out: Path, *, parall
                   progress: ProgressFn | None = None) -> ExperimentOutputs:
     base = with_data_dir(base, data_dir)
     sources = describe_sources(base.shaped) if base.shaped is not None else {}
+    shown = with_hours(base, hours)  # a bad --hours (a trace's duration is its own) fails before any run
     outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress)
-    shown = with_hours(base, hours)
     sections = [] if config.operators is None else [_operator_section(config, shown, outcomes, progress)]
     paths = write_summary(out, config, shown, outcomes, sources, sections)
     paths += write_plots(out, outcomes, latency_tier(base), config.name)
