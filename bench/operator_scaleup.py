@@ -2,12 +2,8 @@
 (issue 14 item 6; PAPERS.md §1.6: OpScale measures 0.03 s for one operator, 0.18 s for 50% of the
 operators, 0.33 s for all of them and 10.68 s for a full Qwen2-7B replica).
 
-The table comes from the weight bytes moved (`opscale.perf.loading`): an operator replica attaches to
-the running base engine and pulls its operators' weights over the warm path
-(`attach_load_time_s`); a full replica starts an engine and loads the model (`load_time_s`, warm and
-cold). "one operator, one layer" is one layer's share of a family (OpScale's operators are per layer);
-"one family" is a family over every layer (what this repo's operator replicas hold); "50%" and "all"
-are that share of the model's weight bytes, attached.
+The table is `opscale.planning.operators.scaleup.scaleup_table` (from the weight bytes moved; see
+its docstring), the one the `operators` experiment reports.
 
 The step: Poisson arrivals stepping x6 (5 -> 30 requests/s of ~2K-token prompts) on one pool,
 run in the stage-queue world (`opscale.runtime.sim.operator_stages`) by `operator_level` and
@@ -34,35 +30,18 @@ from _machine import machine  # noqa: E402
 
 from opscale.model import Request, TierSpec  # noqa: E402
 from opscale.perf import default_catalog  # noqa: E402
-from opscale.perf.loading import attach_load_time_s, load_time_s  # noqa: E402
-from opscale.perf.operators import Operator, operator_weight_bytes  # noqa: E402
 from opscale.planning.base import DeploymentSpec  # noqa: E402
-from opscale.planning.operators.costs import StageCosts  # noqa: E402
+from opscale.planning.operators.scaleup import PAPER_QWEN2_7B_S  # noqa: E402
+from opscale.planning.operators.scaleup import scaleup_table as scaleup_table_of  # noqa: E402
 from opscale.planning.registry import make_planning_policy  # noqa: E402
 from opscale.runtime.sim.operator_stages import StageWorld  # noqa: E402
 
-PAPER = {"one_operator_s": 0.03, "half_operators_s": 0.18, "all_operators_s": 0.33, "full_replica_s": 10.68}
+PAPER = PAPER_QWEN2_7B_S
 
 
 def scaleup_table(model_name: str, sku_name: str) -> dict[str, object]:
     catalog = default_catalog()
-    model, sku = catalog.model(model_name), catalog.sku(sku_name)
-    costs = StageCosts(model, sku)
-    tp = costs.tp_for(frozenset(Operator)) or 8
-    families = {op.value: attach_load_time_s(operator_weight_bytes(model, op), costs.tp_for(frozenset({op})) or tp)
-                for op in Operator}
-    per_layer = {op.value: attach_load_time_s(operator_weight_bytes(model, op) / model.layers,
-                                              costs.tp_for(frozenset({op})) or tp)
-                 for op in (Operator.ATTN_PROJ, Operator.MLP)}
-    return {
-        "model": model_name, "sku": sku_name, "tp": tp,
-        "one_operator_one_layer_s": per_layer,
-        "one_family_s": families,
-        "half_operators_s": attach_load_time_s(model.weight_bytes / 2, tp),
-        "all_operators_s": attach_load_time_s(model.weight_bytes, tp),
-        "full_replica_warm_s": load_time_s(model, sku, tp, "warm"),
-        "full_replica_cold_s": load_time_s(model, sku, tp, "cold"),
-    }
+    return scaleup_table_of(catalog.model(model_name), catalog.sku(sku_name))
 
 
 def step_run(model: str, sku: str, ttft: float, tbt: float, low: float, high: float, seed: int) -> dict[str, object]:

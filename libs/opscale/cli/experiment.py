@@ -25,7 +25,7 @@ def _group() -> None:
 
 @experiment_app.command("run")
 def run(
-    config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve)")],
+    config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve, heteroscale, operators)")],
     out: Annotated[Path, typer.Option(help="Folder for summary.md, summary.json, plots and one folder per "
                                       "variant")] = Path("experiment-out"),
     parallel: Annotated[int | None, typer.Option(help="Variants run at once, one process each (default: the "
@@ -44,7 +44,7 @@ def run(
 
     from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment
     from opscale.experiments.heteroscale_study_config import load_study
-    from opscale.experiments.pipeline import run_and_write
+    from opscale.experiments.pipeline import TABLES_PROGRESS, run_and_write
 
     try:
         path = find_experiment(config)
@@ -60,8 +60,13 @@ def run(
                   TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, TaskID] = {v.name: bar.add_task(v.name, total=None, sim="waiting")
                                     for v in exp.variants}
+        if exp.operators is not None:  # the operator planner's tables, after the variants
+            tasks[TABLES_PROGRESS] = bar.add_task(TABLES_PROGRESS, total=None, sim="waiting")
 
         def progress(name: str, now_s: float, end_s: float) -> None:
+            if name == TABLES_PROGRESS:
+                bar.update(tasks[name], completed=now_s, total=end_s, sim=f"{now_s:.0f} / {end_s:.0f} steps")
+                return
             bar.update(tasks[name], completed=now_s, total=end_s, sim=f"{now_s / 3600:.2f} / {end_s / 3600:.2f} "
                        f"simulated h")
 

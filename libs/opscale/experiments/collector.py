@@ -12,9 +12,10 @@ GPU time held:
 - `mean_sm_activity` (per pool `sm_activity`): the compute used over the peak, FLOPs done (the
   performance model's count, opscale.perf.flops) over (time held x peak FLOP/s of the GPUs). A decode
   pool can be busy all the time and still use a few percent of its compute.
-Per pool also `gpu_hours` (they sum to the run's) and token rates over the run: `decode_tps` (output
-tokens of decode steps), `prefill_tps` (prompt tokens prefilled, prefix-cache hits included) and
-`prefill_missed_tps` (prompt tokens actually computed).
+Per pool also `gpu_hours` and `energy_kwh` (they sum to the run's) and token rates over the run:
+`decode_tps` (output tokens of decode steps), `prefill_tps` (prompt tokens prefilled, prefix-cache hits
+included) and `prefill_missed_tps` (prompt tokens actually computed). GPUs held over the run:
+`mean_gpus` (GPU-seconds over the run's seconds, drain included) and `peak_gpus` (the most held at once).
 
 Per token and per KV transfer:
 - `usd_per_m_output_tokens`: the run's cost over the output tokens of the completed requests, per million
@@ -79,10 +80,12 @@ class _PoolTotals:
     decode_tokens: int = 0
     prefill_tokens: int = 0
     prefill_computed_tokens: int = 0
+    energy_j: float = 0.0
 
     def add(self, life: _EngineLife, held_s: float) -> None:
         gpus = life.spec.gpus
         self.gpu_s += held_s * gpus
+        self.energy_j += life.energy_j
         self.busy_gpu_s += life.busy_s * gpus
         self.peak_flop += held_s * life.peak_flops_per_s
         self.flops += life.flops
@@ -93,6 +96,7 @@ class _PoolTotals:
     def figures(self, end_s: float) -> dict[str, float]:
         return {
             "gpu_hours": self.gpu_s / 3600,
+            "energy_kwh": self.energy_j / 3.6e6,
             "gpu_util": self.busy_gpu_s / self.gpu_s if self.gpu_s else 0.0,
             "sm_activity": self.flops / self.peak_flop if self.peak_flop else 0.0,
             "decode_tps": self.decode_tokens / end_s if end_s > 0 else 0.0,
@@ -219,6 +223,18 @@ class RunCollector(RunObserver):
         for instance_id, engine in running.items():
             self.engine_stopped(instance_id, engine, end_s)
 
+    def _peak_gpus(self, end_s: float) -> int:
+        """The most GPUs held at once (loading included): a sweep over every engine's start and stop."""
+        changes: list[tuple[float, int]] = []
+        for life in self._lives.values():
+            changes.append((life.start_s, life.spec.gpus))
+            changes.append((life.stop_s if life.stop_s is not None else end_s, -life.spec.gpus))
+        held = peak = 0
+        for _, delta in sorted(changes):  # at equal times a stop (negative) comes before a start
+            held += delta
+            peak = max(peak, held)
+        return peak
+
     def summary(self, end_s: float) -> dict[str, Any]:
         counts = {"requests": 0, "completed": 0, "dropped": 0, "met": 0}
         tiers: dict[str, Any] = {}
@@ -254,6 +270,8 @@ class RunCollector(RunObserver):
         result["dropped_by_cause"] = dict(sorted(self._dropped_by_cause.items(), key=lambda kv: (-kv[1], kv[0])))
         result.update({
             "gpu_hours": gpu_s / 3600,
+            "mean_gpus": gpu_s / end_s if end_s > 0 else 0.0,
+            "peak_gpus": self._peak_gpus(end_s),
             "cost_usd": cost,
             "usd_per_m_output_tokens": cost / self._output_tokens * 1e6 if self._output_tokens else None,
             "energy_kwh": energy_j / 3.6e6,

@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from opscale.experiments.operator_tables_config import OperatorTablesConfig
 from opscale.experiments.scenario import Scenario, ScenarioError, load_scenario, read_yaml, validation_message
 
 # Fields that define the traffic every variant sees; a variant overriding them would compare apples
@@ -76,6 +77,21 @@ class ReferenceFigure(BaseModel):
                                            "percentage points with change: points")
 
 
+class AcceptanceCheck(BaseModel):
+    """A criterion the experiment must meet, checked on the results and printed plainly (PASS / FAIL):
+    `metric` of `variant` stands in `relation` to `factor` x the same metric of `baseline` (e.g. GPU-hours
+    <= 0.85 x the baseline's). `metric` is a result.json key, dotted for a nested one
+    (`tiers.interactive.slo_attainment`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    claim: str = Field(min_length=1, description="What is checked, in words")
+    metric: str = Field(min_length=1, description="result.json key, dotted for a nested one")
+    variant: str = Field(min_length=1, description="Our variant checked")
+    baseline: str = Field(min_length=1, description="The variant it is checked against")
+    relation: Literal["<", "<=", ">", ">="] = Field(description="ours <relation> factor x baseline's")
+    factor: float = Field(1.0, gt=0, allow_inf_nan=False, description="Multiplies the baseline's value")
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("experiment", min_length=1)
@@ -86,6 +102,11 @@ class ExperimentConfig(BaseModel):
     parallel: int | None = Field(None, ge=1, description="Variants run at once, one process each (None: cores)")
     reference: list[ReferenceFigure] = Field(default_factory=list, description="Published figures to print "
                                              "beside ours in summary.md")
+    acceptance: list[AcceptanceCheck] = Field(default_factory=list, description="Criteria checked on the "
+                                              "results, printed as PASS / FAIL in summary.md")
+    operators: OperatorTablesConfig | None = Field(None, description="The operator planner's tables (throughput "
+                                                   "at fixed GPUs, gains by phase and model, scale-up latency, "
+                                                   "oracle gap) beside the variants' results")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -99,6 +120,15 @@ class ExperimentConfig(BaseModel):
             unknown = sorted({*figure.variants, figure.baseline} - set(names))
             if unknown:
                 raise ValueError(f"reference.{i}: variants {unknown} are not in 'variants' ({names})")
+        for i, check in enumerate(self.acceptance):
+            unknown = sorted({check.variant, check.baseline} - set(names))
+            if unknown:
+                raise ValueError(f"acceptance.{i}: variants {unknown} are not in 'variants' ({names})")
+        if self.operators is not None:
+            for label in ("operator_variant", "model_variant"):
+                name = getattr(self.operators, label)
+                if name not in names:
+                    raise ValueError(f"operators.{label}: variant {name!r} is not in 'variants' ({names})")
         return self
 
     def workers(self) -> int:
@@ -150,9 +180,7 @@ def find_experiment(name_or_path: str) -> Path:
 def variant_scenario(base: Scenario, variant: Variant, hours: float | None = None) -> Scenario:
     """The scenario `variant` runs: the base with its policy and overrides; `hours` resets the duration
     (of a generated workload; a trace's is its own)."""
-    data = base.model_dump()
-    if hours is not None:
-        data.update(_duration_update(base, hours))
+    data = with_hours(base, hours).model_dump()
     data = merge_overrides(data, variant.overrides)
     data.update({"name": f"{base.name} | {variant.name}", "policy": variant.policy,
                  "policy_params": variant.policy_params})
@@ -162,6 +190,13 @@ def variant_scenario(base: Scenario, variant: Variant, hours: float | None = Non
         return Scenario.model_validate(data)
     except ValidationError as exc:
         raise ExperimentError(validation_message(exc, f"variant {variant.name!r}")) from None
+
+
+def with_hours(base: Scenario, hours: float | None) -> Scenario:
+    """`base` with its generated workload lasting `hours` (None: as it is)."""
+    if hours is None:
+        return base
+    return Scenario.model_validate({**base.model_dump(), **_duration_update(base, hours)})
 
 
 def _duration_update(base: Scenario, hours: float) -> dict[str, Any]:

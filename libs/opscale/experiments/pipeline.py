@@ -9,12 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from opscale.experiments.comparison import ExperimentConfig
+from opscale.experiments.comparison import ExperimentConfig, with_hours
 from opscale.experiments.comparison_plots import write_plots
 from opscale.experiments.scenario import Scenario
 from opscale.experiments.shaped_workload import describe_sources
-from opscale.experiments.summary import latency_tier, write_summary
+from opscale.experiments.summary import SummarySection, latency_tier, write_summary
 from opscale.experiments.variant_runner import ProgressFn, VariantOutcome, run_experiment
+
+# The name under which the operator planner's tables report progress (beside the variants' names).
+TABLES_PROGRESS = "planner tables"
 
 
 @dataclass(slots=True)
@@ -40,8 +43,23 @@ def run_and_write(config: ExperimentConfig, base: Scenario, out: Path, *, parall
                   progress: ProgressFn | None = None) -> ExperimentOutputs:
     base = with_data_dir(base, data_dir)
     sources = describe_sources(base.shaped) if base.shaped is not None else {}
+    shown = with_hours(base, hours)  # a bad --hours (a trace's duration is its own) fails before any run
     outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress)
-    shown = base if hours is None else base.model_copy(update={"duration_s": hours * 3600.0})
-    paths = write_summary(out, config, shown, outcomes, sources)
+    sections = [] if config.operators is None else [_operator_section(config, shown, outcomes, progress)]
+    paths = write_summary(out, config, shown, outcomes, sources, sections)
     paths += write_plots(out, outcomes, latency_tier(base), config.name)
     return ExperimentOutputs(outcomes, paths, sources)
+
+
+def _operator_section(config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
+                      progress: ProgressFn | None) -> SummarySection:
+    """The operator planner's tables; a scenario they cannot be computed for is a section saying why (the
+    variants' results are written all the same)."""
+    from opscale.experiments.operator_tables import SECTION_KEY, operator_tables
+
+    report = (lambda done, total: progress(TABLES_PROGRESS, done, total)) if progress else None
+    try:
+        return operator_tables(config, base, outcomes, report)
+    except ValueError as exc:
+        return SummarySection(SECTION_KEY, {"error": str(exc)},
+                              f"## Operator level against model level\n\n**failed**: {exc}\n")

@@ -230,19 +230,12 @@ def length_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _stream(config: ShapedWorkloadConfig, index: int, spec: ShapedStream, region: str,
             sources: StreamSources) -> Iterator[Request]:
-    window_s = SHAPE_STEP_S / config.compress  # simulated seconds per shape window
-    offset_s = config.region_offsets_s[region]
     tiers = list(config.tier_weights)
     weights = np.array([config.tier_weights[t] for t in tiers], dtype=float)
     weights /= weights.sum()
-    end_s = config.start_s + config.duration_s
     prefix, model = f"sh{config.seed}-{index}-", spec.model
     n = 0
-    for k in range(math.ceil(config.duration_s / window_s)):
-        lo_s = config.start_s + k * window_s
-        hi_s = min(end_s, lo_s + window_s)
-        tau_s = config.shape_start_s + (lo_s + hi_s) / 2 * config.compress + offset_s
-        rate = spec.mean_rps * shape_rate(sources.shape, tau_s)
+    for k, (lo_s, hi_s, rate) in enumerate(_windows(config, spec, sources, region)):
         rng = np.random.default_rng(np.random.SeedSequence(entropy=config.seed, spawn_key=(index, k)))
         count = int(rng.poisson(rate * (hi_s - lo_s)))
         if count == 0:
@@ -254,6 +247,29 @@ def _stream(config: ShapedWorkloadConfig, index: int, spec: ShapedStream, region
                                                    outputs.tolist(), strict=True):
             yield Request(f"{prefix}{n}", model, tiers[tier], region, arrival_s, prompt, output)
             n += 1
+
+
+def window_rates(config: ShapedWorkloadConfig, model: str, region: str) -> list[tuple[float, float, float]]:
+    """The expected arrival rate of `model` in `region` per simulated shape window: (start s, end s,
+    req/s), the rates the generator draws its Poisson counts from."""
+    spec = next((s for s in config.streams if s.model == model), None)
+    if spec is None:
+        raise ValueError(f"shaped.streams: no stream of model {model!r}")
+    if region not in config.region_offsets_s:
+        raise ValueError(f"shaped.region_offsets_s: no region {region!r}")
+    return list(_windows(config, spec, _sources(config, spec), region))
+
+
+def _windows(config: ShapedWorkloadConfig, spec: ShapedStream, sources: StreamSources,
+             region: str) -> Iterator[tuple[float, float, float]]:
+    window_s = SHAPE_STEP_S / config.compress  # simulated seconds per shape window
+    offset_s = config.region_offsets_s[region]
+    end_s = config.start_s + config.duration_s
+    for k in range(math.ceil(config.duration_s / window_s)):
+        lo_s = config.start_s + k * window_s
+        hi_s = min(end_s, lo_s + window_s)
+        tau_s = config.shape_start_s + (lo_s + hi_s) / 2 * config.compress + offset_s
+        yield lo_s, hi_s, spec.mean_rps * shape_rate(sources.shape, tau_s)
 
 
 def _lengths(rng: np.random.Generator, config: ShapedWorkloadConfig, spec: ShapedStream, sources: StreamSources,

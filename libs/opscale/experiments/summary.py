@@ -10,13 +10,52 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opscale.experiments.comparison import ExperimentConfig, ReferenceFigure
+from opscale.experiments.comparison import AcceptanceCheck, ExperimentConfig, ReferenceFigure
 from opscale.experiments.report import _jsonable
 from opscale.experiments.scenario import Scenario
 from opscale.experiments.variant_runner import VariantOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class SummarySection:
+    """More than the variants' table: `data` under `key` in summary.json, `markdown` appended to summary.md."""
+
+    key: str
+    data: dict[str, Any]
+    markdown: str
+
+
+_RELATIONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def metric_value(result: dict[str, Any] | None, metric: str) -> float | None:
+    """`metric` of a result: a key, or a dotted path of keys (`tiers.interactive.slo_attainment`); None when
+    absent or not a number."""
+    value: Any = result
+    for key in metric.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def acceptance_rows(checks: list[AcceptanceCheck], outcomes: list[VariantOutcome]) -> list[dict[str, Any]]:
+    """Each check with both values, the bound and `passed` (None when a variant failed or lacks the metric)."""
+    results = {o.name: o.result for o in outcomes if o.ok}
+    rows = []
+    for check in checks:
+        ours = metric_value(results.get(check.variant), check.metric)
+        base = metric_value(results.get(check.baseline), check.metric)
+        bound = None if base is None else check.factor * base
+        passed = None if ours is None or bound is None else bool(_RELATIONS[check.relation](ours, bound))
+        rows.append({**check.model_dump(), "ours": ours, "baseline_value": base, "bound": bound, "passed": passed})
+    return rows
 
 
 def latency_tier(base: Scenario) -> str:
@@ -31,8 +70,8 @@ def change_pct(outcomes: list[VariantOutcome], metric: str, variant: str, baseli
     the difference of two fractions in percentage points (0.50 -> 0.62 is +12). None when either failed,
     or a relative change from 0."""
     results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
-    ours, base = results.get(variant, {}).get(metric), results.get(baseline, {}).get(metric)
-    if not isinstance(ours, int | float) or not isinstance(base, int | float):
+    ours, base = metric_value(results.get(variant), metric), metric_value(results.get(baseline), metric)
+    if ours is None or base is None:
         return None
     if change == "points":
         return (ours - base) * 100.0
@@ -46,7 +85,7 @@ def reference_rows(figures: list[ReferenceFigure], outcomes: list[VariantOutcome
 
 
 def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                 sources: dict[str, dict[str, str]]) -> dict[str, Any]:
+                 sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> dict[str, Any]:
     return _jsonable({
         "experiment": config.name, "scenario": base.name, "seed": base.seed, "duration_s": base.duration_s,
         "traffic_sources": sources,
@@ -54,11 +93,13 @@ def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[Varian
                       "result": {k: v for k, v in (o.result or {}).items() if k != "ttft_cdf"} or None}
                      for o in outcomes],
         "reference": reference_rows(config.reference, outcomes),
+        "acceptance": acceptance_rows(config.acceptance, outcomes),
+        **{section.key: section.data for section in sections},
     })
 
 
 def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                     sources: dict[str, dict[str, str]]) -> str:
+                     sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> str:
     lat = latency_tier(base)
     tiers = [t.name for t in base.tiers]
     lines = [f"# Experiment: {config.name}", ""]
@@ -97,15 +138,25 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
                          f"{ours}; vs {row['baseline']} (SLO {_percent(slo.get(row['baseline']))}) |")
         lines += ["", "The paper's figures are for its own fleet and traffic; ours are for the simulated fleet "
                   "above. Compare the direction and rough size, not the digits."]
+    for section in sections:
+        lines += ["", section.markdown.rstrip()]
+    if config.acceptance:
+        lines += ["", "## Acceptance checks", "", "| check | metric | ours | bound | result |", "|---|---|---|---|---|"]
+        for row in acceptance_rows(config.acceptance, outcomes):
+            verdict = {True: "**PASS**", False: "**FAIL**", None: "n/a (a variant failed)"}[row["passed"]]
+            bound = f"{row['relation']} {row['factor']:g} x {row['baseline']} = {_number(row['bound'], '{:.4g}')}"
+            lines.append(f"| {row['claim']} | {row['metric']} | {row['variant']} {_number(row['ours'], '{:.4g}')} | "
+                         f"{bound} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
 def write_summary(out: Path, config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                  sources: dict[str, dict[str, str]]) -> list[Path]:
+                  sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "summary.md", out / "summary.json"
-    md.write_text(summary_markdown(config, base, outcomes, sources))
-    js.write_text(json.dumps(summary_json(config, base, outcomes, sources), indent=2, sort_keys=True) + "\n")
+    md.write_text(summary_markdown(config, base, outcomes, sources, sections))
+    js.write_text(json.dumps(summary_json(config, base, outcomes, sources, sections), indent=2, sort_keys=True)
+                  + "\n")
     return [md, js]
 
 
