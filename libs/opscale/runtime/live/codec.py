@@ -36,7 +36,15 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceStatus, OperatorReplicas, Plan, RdmaPriority, Request, RequestOutcome
+from opscale.model import (
+    InstanceSpec,
+    InstanceStatus,
+    OperatorReplicas,
+    Plan,
+    RdmaPriority,
+    Request,
+    RequestOutcome,
+)
 from opscale.model.instance import InstanceState, Role
 from opscale.runtime.live.derived_codec import (
     FieldRefused,

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from opscale.engine.outputs import EngineReport
 from opscale.model import (
     InstanceSpec,
-    OperatorReplicas,
     InstanceState,
     InstanceStatus,
+    OperatorReplicas,
     Plan,
     RdmaPriority,
     Request,
