@@ -24,7 +24,13 @@ from opscale.perf import default_catalog
 from opscale.perf.loading import load_time_s
 from opscale.planning import DeploymentSpec
 from opscale.services.planner import PlannerConfig
-from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, generate_requests, write_csv_trace
+from opscale.traces import (
+    LengthDistribution,
+    StreamSpec,
+    SyntheticWorkloadConfig,
+    generate_requests,
+    write_csv_trace,
+)
 
 pytestmark = pytest.mark.sim
 
