@@ -47,11 +47,12 @@ class ReplicaRecorder(RunCollector):
         super().__init__(*args, **kwargs)
         self.changes: list[tuple[float, str, int, int]] = []
 
-    def operator_replicas(self, instance_id: str, provisioned: tuple[OperatorReplicas, ...], engine: SimEngine,
-                          now_s: float) -> None:
-        super().operator_replicas(instance_id, provisioned, engine, now_s)
+    def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
+                          provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
+        super().operator_replicas(instance_id, serving, provisioned, engine, now_s)
+        assert engine.operator_replicas == serving, "the engine runs with what serves"
         self.changes.append((now_s, instance_id, sum(r.replicas for r in provisioned),
-                             sum(r.replicas for r in engine.operator_replicas)))
+                             sum(r.replicas for r in serving)))
 
 
 def _trace(path: Path) -> int:
@@ -136,6 +137,9 @@ def test_operator_replicas_are_in_gpu_hours_cost_and_energy(runs: tuple[int, dic
     _, by_policy = runs
     operator, model = by_policy["operator_level"].result, by_policy["model_level"].result
     assert 0 < operator["operator_replica_gpu_hours"] < operator["gpu_hours"]
+    # Replicas loading hold GPUs too: the seconds they load, at their GPU-equivalents (a model-level run
+    # starting provisioned loads nothing unless it scales out).
+    assert operator["scaling_gpu_s"] > 0
     by_operator = operator["energy_kwh_by_operator"]
     assert set(by_operator) >= {"base", "mlp"}
     assert sum(by_operator.values()) == pytest.approx(operator["energy_kwh"])

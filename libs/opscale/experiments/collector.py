@@ -27,7 +27,7 @@ Per token and per KV transfer:
 Operator replicas (operator-level runs: elastic replicas attached to base instances, see
 opscale.services.node_agent) count like engines: their GPU-equivalents (replicas x tp x SM share) are
 held from when they are added (loading included) until removed or their engine stops, in `gpu_hours`,
-`cost_usd`, `energy_kwh`, utilisation and the pool's figures. They work in their engine's iterations,
+`cost_usd`, `energy_kwh`, utilisation and the pool's figures; their loading in `scaling_gpu_s`. They work in their engine's iterations,
 so over each span they are as busy as their engine; their power is the SKU's idle draw plus the
 dynamic draw at that busy fraction, per GPU-equivalent. Such a run also reports
 `operator_replica_gpu_hours` and `energy_kwh_by_operator` (`base`: the base engines; then each
@@ -155,6 +155,8 @@ class RunCollector(RunObserver):
         self._dropped_by_cause: dict[str, int] = {}
         self._output_tokens = 0  # of completed requests
         self._spans: list[_ReplicaSpan] = []
+        self._replicas_loading: dict[str, tuple[float, float]] = {}  # instance -> (since, GPU-equivalents loading)
+        self._replica_scaling_gpu_s = 0.0
         self._open_spans: dict[str, dict[tuple[str, int, float], _ReplicaSpan]] = {}  # instance -> stage shape -> span
 
     # -- observer hooks ------------------------------------------------------------------------
@@ -197,11 +199,14 @@ class RunCollector(RunObserver):
     def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
         self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
 
-    def operator_replicas(self, instance_id: str, provisioned: tuple[OperatorReplicas, ...], engine: SimEngine,
-                          now_s: float) -> None:
+    def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
+                          provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
         life = self._lives.get(instance_id)
         if life is None:
             return
+        self._replica_loading_until(instance_id, now_s)
+        loading = sum(r.gpu_equivalents for r in provisioned) - sum(r.gpu_equivalents for r in serving)
+        self._replicas_loading[instance_id] = (now_s, max(0.0, loading))
         spans = self._open_spans.setdefault(instance_id, {})
         wanted = {(r.name, r.tp, r.share): r for r in provisioned}
         for key, span in list(spans.items()):
@@ -215,9 +220,15 @@ class RunCollector(RunObserver):
                 spans[key] = _ReplicaSpan(pool, life.spec.sku, r.name, r.gpu_equivalents, now_s, engine.busy_s)
                 self._spans.append(spans[key])
 
+    def _replica_loading_until(self, instance_id: str, now_s: float) -> None:
+        """Count the GPU-seconds an instance's loading operator replicas held since the last change."""
+        since_s, gpus = self._replicas_loading.pop(instance_id, (now_s, 0.0))
+        self._replica_scaling_gpu_s += (now_s - since_s) * gpus
+
     def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None:
         for span in self._open_spans.pop(instance_id, {}).values():
             _close(span, engine, now_s)
+        self._replica_loading_until(instance_id, now_s)
         life = self._lives.get(instance_id)
         if life is not None and life.stop_s is None:
             life.stop_s, life.energy_j, life.busy_s = now_s, engine.energy_j, engine.busy_s
@@ -333,7 +344,7 @@ class RunCollector(RunObserver):
             "cold_starts": sum(1 for source in self._loads.values() if source == "cold"),
             "warm_migrations": sum(1 for source in self._loads.values() if source == "warm"),
             "weights_staged": self._weights_staged,
-            "scaling_gpu_s": scaling_gpu_s,
+            "scaling_gpu_s": scaling_gpu_s + self._replica_scaling_gpu_s,  # operator replicas' loading included
             "scaling_actions": self._scaling_actions,
             "oscillations": _oscillations_per_hour(self._replica_history, end_s),
             # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when

@@ -77,10 +77,10 @@ class RunObserver:
 
     def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None: ...
 
-    def operator_replicas(self, instance_id: str, provisioned: tuple[OperatorReplicas, ...], engine: SimEngine,
-                          now_s: float) -> None:
-        """The operator replicas holding GPUs beside an engine (loading ones included) are now `provisioned`
-        (until the next call, or the engine stops)."""
+    def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
+                          provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
+        """The operator replicas holding GPUs beside an engine are now `provisioned`, of which `serving`
+        take part in its iterations (the rest are loading), until the next call or the engine stops."""
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None: ...
 
@@ -349,7 +349,7 @@ class SimWorld:
                         self._advance(hosted, now)  # what ran until now ran without the change
                         hosted.engine.set_operator_replicas(serving)
                         self._rewake(hosted)
-                        self.observer.operator_replicas(instance_id, provisioned, hosted.engine, now)
+                        self.observer.operator_replicas(instance_id, serving, provisioned, hosted.engine, now)
                     if isinstance(source, NodeAgentCore):
                         self._wake_agent(source)
                 case Store(key=key, value=value):
