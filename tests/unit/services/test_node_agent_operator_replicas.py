@@ -1,7 +1,8 @@
 """The node-agent core and elastic operator replicas (issue 14 item 6): applied in place on a running
 base instance (no restart), effective after their attach time, removed at once; a host over its GPUs
 is refused by name; a backend that cannot split operators ignores them and says so once per
-instance. Commands go through the wire codec, as the live agent receives them."""
+instance; the planner core sends them on the same base instance under new epochs. Commands go through
+the wire codec, as the live agent receives them."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from opscale.model import InstanceSpec, InstanceState, OperatorReplicas
+from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, TierSpec
+from opscale.planning import DeploymentSpec, make_planning_policy
 from opscale.runtime.live.codec import decode, encode
-from opscale.services.actions import Log, SetOperatorReplicas, StartEngine, StopEngine
-from opscale.services.events import ApplyCommand
+from opscale.services.actions import Log, SendCommand, SetOperatorReplicas, StartEngine, StopEngine
+from opscale.services.events import ApplyCommand, RouterLoad
 from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
+from opscale.services.planner import PlannerConfig, PlannerCore
 
 pytestmark = pytest.mark.unit
 
@@ -115,3 +118,37 @@ def test_a_backend_that_cannot_split_operators_ignores_them_and_says_so_once() -
     agent.tick(BASE_LOAD_S)
     assert {s.state for s in agent.heartbeat(BASE_LOAD_S).instances} == {InstanceState.READY}
     assert agent.next_ready_s() is None
+
+
+def test_the_planner_sends_operator_replicas_on_the_same_base_instance_under_a_new_epoch() -> None:
+    """operator_level through the planner core: one base instance whatever the load; more load changes
+    only its operator replicas (same instance id, new epoch, the node-agent applies it in place)."""
+    dep = DeploymentSpec(model="Qwen2-7B", sku="H100-80GB", tp=1, min_replicas=1, max_replicas=8,
+                         typical_prompt_tokens=2048, typical_output_tokens=16)
+    tiers = {"interactive": TierSpec("interactive", ttft_slo_s=1.0, tbt_slo_s=0.1)}
+    planner = PlannerCore(make_planning_policy("operator_level", [dep], lambda *a, **k: 1.0, tiers=tiers), [dep],
+                          PlannerConfig(interval_s=1.0, demand_window_s=5.0))
+    agent = _agent()
+    started: list[StartEngine] = []
+
+    def second(at_s: float, rps: float) -> ApplyCommand | None:
+        n = round(rps)
+        planner.handle(RouterLoad("r0", "eu", at_s, {}, 1.0, {"Qwen2-7B": n}, {"Qwen2-7B": 2048 * n},
+                                  {"Qwen2-7B": 16 * n}), at_s)
+        planner.handle(replace(agent.heartbeat(at_s), address="a1:50051"), at_s)
+        commands = [a.command for a in planner.tick(at_s) if isinstance(a, SendCommand)]
+        for command in commands:  # to the agent through the codec, as the gRPC client sends it
+            name, payload = encode(command)
+            result, actions = agent.apply(decode(name, payload), at_s)
+            assert result.accepted, result.reason
+            started.extend(a for a in actions if isinstance(a, StartEngine))
+        agent.tick(at_s)
+        return commands[-1] if commands else None
+
+    first = next(c for c in (second(float(t), 2.0) for t in range(1, 8)) if c is not None)
+    (base,) = first.instances
+    busy = [c for c in (second(float(t), 30.0) for t in range(8, 16)) if c is not None]
+    assert busy and all(c.epoch > first.epoch for c in busy)
+    assert all(tuple(s.instance_id for s in c.instances) == (base.instance_id,) for c in busy), "no second base"
+    assert any(c.instances[0].operator_replicas for c in busy), "the load is carried by operator replicas"
+    assert [s.spec.instance_id for s in started] == [base.instance_id], "started once, never restarted"
