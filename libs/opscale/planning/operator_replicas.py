@@ -50,7 +50,7 @@ def attach_operator_replicas(assignments: dict[str, tuple[InstanceSpec, ...]],
             for iid, agent_id, spec in bases:  # keep what runs, as far as the total and the room allow
                 had = next((r.replicas for r in spec.operator_replicas
                             if r.name == stage.name and replace(r, replicas=stage.replicas) == stage), 0)
-                keep = min(had, left, int((room[agent_id] + _EPS) // unit) if unit > 0 else had)
+                keep = max(0, min(had, left, int((room[agent_id] + _EPS) // unit) if unit > 0 else had))
                 counts[iid] = keep
                 room[agent_id] -= keep * unit
                 left -= keep
