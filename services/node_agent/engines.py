@@ -31,7 +31,7 @@ from opscale.engine.errors import WrongRoleError
 from opscale.engine.kv_events import as_block_event
 from opscale.engine.outputs import EngineReport
 from opscale.engine.sim import EngineNotAcceptingError, RequestTooLargeError
-from opscale.model import InstanceSpec, Request, Role
+from opscale.model import InstanceSpec, OperatorReplicas, Request, Role
 from opscale.openai.kv_transfer import SimKvHandoff
 from opscale.perf.transfer import Placement, TransferParams, handoff_s
 from opscale.runtime.clock import Clock
@@ -97,6 +97,13 @@ class RealtimeEngines:
         running = _Running(spec, self.factory(spec))
         running.task = asyncio.create_task(self._drive(running), name=f"engine-{spec.instance_id}")
         self._engines[spec.instance_id] = running
+
+    def set_operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...]) -> None:
+        """The engine's next iterations run with these operator replicas beside it (in place)."""
+        running = self._engines.get(instance_id)
+        if running is not None:
+            running.engine.set_operator_replicas(serving)
+            running.wake.set()  # re-plan the next iteration at the new speed
 
     def drain(self, instance_id: str) -> None:
         running = self._engines.get(instance_id)

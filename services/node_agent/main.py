@@ -13,14 +13,22 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from opscale.engine import SimEngine
-from opscale.model import InstanceSpec, InstanceState, InstanceStatus
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus, OperatorReplicas
 from opscale.perf import default_catalog, latency_model_for, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
+from opscale.perf.operator_replicas import replica_attach_s
 from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.http_tracing import tracing_middleware
 from opscale.runtime.live.settings import NodeAgentSettings
-from opscale.services.actions import Action, DrainEngine, Publish, StartEngine, StopEngine
+from opscale.services.actions import (
+    Action,
+    DrainEngine,
+    Publish,
+    SetOperatorReplicas,
+    StartEngine,
+    StopEngine,
+)
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
 from opscale.services.node_agent import NodeAgentCore
 
@@ -84,6 +92,9 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         choice = choose_load(model, catalog.sku(spec.sku), spec.tp, in_host_memory=in_memory, peer_available=False)
         return choice.load_s * settings.load_time_scale
 
+    def operator_attach_s(spec: InstanceSpec, replica: OperatorReplicas) -> float:
+        return replica_attach_s(catalog.model(spec.model), replica) * settings.load_time_scale
+
     def stage_weights(model_name: str) -> bool:
         assert weights is not None
         return weights.stage(catalog.model(model_name), asyncio.get_running_loop().call_later,
@@ -92,9 +103,12 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
     async with LiveProcess("node_agent", settings) as p:
         # The core is built first with the configured ports; once the servers are bound (port 0 picks a
         # free one) its address and endpoint base are set from the real ports, before any heartbeat.
+        # The simulated engines run operator replicas (attached in place, after their operators' weights
+        # load); an openai server (vLLM, SGLang) cannot split operators: the core ignores them and says so.
         core = NodeAgentCore(settings.core_config(), load_time,
                              tuple if weights is None else (lambda: weights.models),
-                             None if weights is None else stage_weights)
+                             None if weights is None else stage_weights,
+                             None if openai_backend else operator_attach_s)
 
         async def on_action(action: Action) -> bool:
             match action:
@@ -102,6 +116,9 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
                     engines.start(spec)
                 case DrainEngine(instance_id=instance_id):
                     engines.drain(instance_id)
+                case SetOperatorReplicas(instance_id=instance_id, serving=serving) if not openai_backend:
+                    assert isinstance(engines, RealtimeEngines)
+                    engines.set_operator_replicas(instance_id, serving)
                 case StopEngine(instance_id=instance_id):
                     await engines.stop(instance_id)
                 case Publish(subject=subject, event=AgentHeartbeat() as hb) if openai_backend:

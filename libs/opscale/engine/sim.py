@@ -45,9 +45,10 @@ from opscale.engine.outputs import (
 from opscale.engine.scheduler import Scheduler, Step, Wait
 from opscale.engine.sequence import Seq
 from opscale.engine.usage import UsageMeter
-from opscale.model import ModelSpec, Request, Role, Sku
+from opscale.model import ModelSpec, OperatorReplicas, Request, Role, Sku
 from opscale.perf.flops import ModelFlops
 from opscale.perf.latency import LatencyModel
+from opscale.perf.operator_replicas import with_operator_replicas
 from opscale.perf.operators import Footprint
 from opscale.perf.transfer import PCIE_P2P_GBPS
 
@@ -117,6 +118,8 @@ class SimEngine(Scheduler):
         self._prefill_only = self.role is Role.PREFILL
         self._decode_only = self.role is Role.DECODE
         super().__init__(cfg, total_blocks, latency, ModelFlops.of(model), decode_only=self._decode_only)
+        self._own_latency = latency
+        self.operator_replicas: tuple[OperatorReplicas, ...] = ()
         max_len = cfg.max_model_len if cfg.max_model_len is not None else model.max_context
         self.max_model_len = max_len
         # A request must fit the KV cache on its own, or it could never run.
@@ -270,6 +273,17 @@ class SimEngine(Scheduler):
             if steps < plan.k:
                 self._plan = plan.cut(steps)
         return True
+
+    def set_operator_replicas(self, replicas: tuple[OperatorReplicas, ...]) -> None:
+        """Iterations from the next one on run with these elastic operator replicas serving beside the
+        engine (opscale.perf.operator_replicas prices them); () gives the engine its own model back.
+        The engine is not restarted: queued and running requests stay. Its power and KV cache stay the
+        base instance's: the replicas' GPUs are accounted by whoever holds them."""
+        if replicas == self.operator_replicas:
+            return
+        self.operator_replicas = replicas
+        self.latency = with_operator_replicas(self._own_latency, self.model, self.sku, self.tp, replicas)
+        self._decode_cache.clear()
 
     def drain(self) -> None:
         """Refuse new requests; those already queued or running still finish."""

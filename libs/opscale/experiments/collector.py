@@ -25,6 +25,16 @@ Per token and per KV transfer:
   `kv_effective_gbps` is the same over all transfers: HeteroScale measures ~20% less KV bandwidth when
   placement ignores switches.
 
+Operator replicas (operator-level runs: elastic replicas attached to base instances, see
+opscale.services.node_agent) count like engines: their GPU-equivalents (replicas x tp x SM share) are
+held from when they are added (loading included) until removed or their engine stops, in `gpu_hours`,
+`cost_usd`, `energy_kwh`, utilisation and the pool's figures; their loading in `scaling_gpu_s`. They work in their engine's iterations,
+so over each span they are as busy as their engine; their power is the SKU's idle draw plus the
+dynamic draw at that busy fraction, per GPU-equivalent. Such a run also reports
+`operator_replica_gpu_hours` and `energy_kwh_by_operator` (`base`: the base engines; then each
+stage of operator replicas by name, e.g. `mlp`), which sums to `energy_kwh`; a run without operator
+replicas has neither key.
+
 Example: one pool of one H100 (989 TFLOP/s) held 100 s, in iterations 90 s that did 4.9e15 FLOPs:
 gpu_util 0.9, sm_activity 4.9e15 / (100 x 9.89e14) = 0.05.
 """
@@ -36,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opscale.engine import SimEngine
-from opscale.model import InstanceSpec, PoolKey, Request, RequestOutcome, Sku, TierSpec
+from opscale.model import InstanceSpec, OperatorReplicas, PoolKey, Request, RequestOutcome, Sku, TierSpec
 from opscale.perf.loading import LoadChoice
 from opscale.perf.transfer import Topology
 from opscale.reporting.latencies import LatencySamples, latency_figures
@@ -69,6 +79,20 @@ class _EngineLife:
     prefix_hit_tokens: int = 0
     prefix_host_hit_tokens: int = 0
     prefix_queried_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _ReplicaSpan:
+    """Operator replicas of one stage (one shape) held beside an engine from `start_s` to `stop_s`."""
+
+    pool: str
+    sku: str
+    stage: str
+    gpus: float  # GPU-equivalents
+    start_s: float
+    engine_busy_at_start_s: float
+    stop_s: float | None = None
+    busy_s: float = 0.0  # the engine's time in iterations over the span
 
 
 @dataclass(slots=True)
@@ -111,6 +135,7 @@ class TimelinePoint:
     arrivals_per_min: dict[str, int]
     instances: dict[str, int]  # pool -> ready instances
     gpus: int
+    operator_gpus: float = 0.0  # GPU-equivalents of the operator replicas held beside the engines
 
 
 class RunCollector(RunObserver):
@@ -133,6 +158,10 @@ class RunCollector(RunObserver):
         self._causes: dict[str, str] = {}  # request id -> why it is being dropped (the world says so first)
         self._dropped_by_cause: dict[str, int] = {}
         self._output_tokens = 0  # of completed requests
+        self._spans: list[_ReplicaSpan] = []
+        self._replicas_loading: dict[str, tuple[float, float]] = {}  # instance -> (since, GPU-equivalents loading)
+        self._replica_scaling_gpu_s = 0.0
+        self._open_spans: dict[str, dict[tuple[str, int, float], _ReplicaSpan]] = {}  # instance -> stage shape -> span
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -174,7 +203,36 @@ class RunCollector(RunObserver):
     def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
         self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
 
+    def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
+                          provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
+        life = self._lives.get(instance_id)
+        if life is None:
+            return
+        self._replica_loading_until(instance_id, now_s)
+        loading = sum(r.gpu_equivalents for r in provisioned) - sum(r.gpu_equivalents for r in serving)
+        self._replicas_loading[instance_id] = (now_s, max(0.0, loading))
+        spans = self._open_spans.setdefault(instance_id, {})
+        wanted = {(r.name, r.tp, r.share): r for r in provisioned}
+        for key, span in list(spans.items()):
+            r = wanted.get(key)
+            if r is None or r.gpu_equivalents != span.gpus:
+                _close(span, engine, now_s)
+                del spans[key]
+        pool = str(PoolKey(life.spec.model, life.region, life.spec.role))
+        for key, r in wanted.items():
+            if key not in spans:
+                spans[key] = _ReplicaSpan(pool, life.spec.sku, r.name, r.gpu_equivalents, now_s, engine.busy_s)
+                self._spans.append(spans[key])
+
+    def _replica_loading_until(self, instance_id: str, now_s: float) -> None:
+        """Count the GPU-seconds an instance's loading operator replicas held since the last change."""
+        since_s, gpus = self._replicas_loading.pop(instance_id, (now_s, 0.0))
+        self._replica_scaling_gpu_s += (now_s - since_s) * gpus
+
     def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None:
+        for span in self._open_spans.pop(instance_id, {}).values():
+            _close(span, engine, now_s)
+        self._replica_loading_until(instance_id, now_s)
         life = self._lives.get(instance_id)
         if life is not None and life.stop_s is None:
             life.stop_s, life.energy_j, life.busy_s = now_s, engine.energy_j, engine.busy_s
@@ -204,12 +262,13 @@ class RunCollector(RunObserver):
 
     def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
         gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
+        operator_gpus = sum(span.gpus for spans in self._open_spans.values() for span in spans.values())
         # Keyed by (model, region) while counting; the timeline names pools "model/region".
         arrivals: dict[str, int] = {}
         for (model, region), n in self._arrivals_since.items():
             pool = f"{model}/{region}"
             arrivals[pool] = arrivals.get(pool, 0) + n
-        self.timeline.append(TimelinePoint(now_s, arrivals, dict(ready_by_pool), gpus))
+        self.timeline.append(TimelinePoint(now_s, arrivals, dict(ready_by_pool), gpus, operator_gpus))
         self._arrivals_since = {}
 
     # -- summary -------------------------------------------------------------------------------
@@ -262,6 +321,28 @@ class RunCollector(RunObserver):
             if totals is None:
                 totals = pools[pool] = _PoolTotals()
             totals.add(life, held_s)
+        base_energy_j = energy_j
+        energy_by_stage: dict[str, float] = {}
+        replica_gpu_s = 0.0
+        for span in self._spans:
+            held_s = (span.stop_s if span.stop_s is not None else end_s) - span.start_s
+            if held_s <= 0:
+                continue
+            sku = self.sku_of(span.sku)
+            busy_s = min(span.busy_s, held_s)
+            joules = span.gpus * (held_s * sku.idle_power_w + busy_s * (sku.max_power_w - sku.idle_power_w))
+            replica_gpu_s += held_s * span.gpus
+            gpu_s += held_s * span.gpus
+            busy_gpu_s += busy_s * span.gpus
+            energy_j += joules
+            cost += held_s / 3600 * span.gpus * sku.price_usd_per_h
+            energy_by_stage[span.stage] = energy_by_stage.get(span.stage, 0.0) + joules
+            totals = pools.get(span.pool)
+            if totals is None:
+                totals = pools[span.pool] = _PoolTotals()
+            totals.gpu_s += held_s * span.gpus
+            totals.busy_gpu_s += busy_s * span.gpus
+            totals.peak_flop += held_s * span.gpus * sku.peak_tflops * 1e12
         flops = sum(totals.flops for totals in pools.values())
         peak_flop = sum(totals.peak_flop for totals in pools.values())
         result = _latency_block(counts["requests"], counts["completed"], counts["dropped"], counts["met"],
@@ -281,7 +362,7 @@ class RunCollector(RunObserver):
             "cold_starts": sum(1 for source in self._loads.values() if source == "cold"),
             "warm_migrations": sum(1 for source in self._loads.values() if source == "warm"),
             "weights_staged": self._weights_staged,
-            "scaling_gpu_s": scaling_gpu_s,
+            "scaling_gpu_s": scaling_gpu_s + self._replica_scaling_gpu_s,  # operator replicas' loading included
             "scaling_actions": self._scaling_actions,
             "oscillations": _oscillations_per_hour(self._replica_history, end_s),
             # Prompt tokens served from engines' prefix caches over prompt tokens looked up (0 when
@@ -292,6 +373,10 @@ class RunCollector(RunObserver):
             "tiers": tiers,
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
         })
+        if self._spans:  # operator-level runs only (see the module docstring)
+            result["operator_replica_gpu_hours"] = replica_gpu_s / 3600
+            result["energy_kwh_by_operator"] = {"base": base_energy_j / 3.6e6,
+                                                **{stage: j / 3.6e6 for stage, j in sorted(energy_by_stage.items())}}
         if self._kv_transfers:  # only runs with a disaggregated deployment move KV between instances
             result["kv_transfers"] = {topology: {"count": int(n), "mean_s": total_s / n, "gb": nbytes / 1e9,
                                                  "gbps": _gbps(nbytes, total_s)}
@@ -300,6 +385,11 @@ class RunCollector(RunObserver):
             result["kv_transfer_mean_s"] = moved[1] / moved[0]
             result["kv_effective_gbps"] = _gbps(moved[2], moved[1])
         return result
+
+
+def _close(span: _ReplicaSpan, engine: SimEngine, now_s: float) -> None:
+    span.stop_s = now_s
+    span.busy_s = max(0.0, engine.busy_s - span.engine_busy_at_start_s)
 
 
 def _latency_block(requests: int, completed: int, dropped: int, met: int,

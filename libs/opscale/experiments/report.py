@@ -134,10 +134,12 @@ def plot_load_vs_capacity(run: RunResult, path: Path) -> None:
         twin.set_ylim(bottom=0)
         ax.set_title(pool, fontsize=9)
     total = axes[-1]
-    total.step([pt.at_s / 60 for pt in timeline], [pt.gpus for pt in timeline], where="post", color="tab:green")
+    # Operator replicas (operator-level runs) hold GPU-equivalents beside their instances' GPUs.
+    total.step([pt.at_s / 60 for pt in timeline], [pt.gpus + pt.operator_gpus for pt in timeline], where="post",
+               color="tab:green")
     total.set_ylabel("GPUs held")
     total.set_xlabel("simulated minutes")
-    total.set_title("GPUs held by instances (all pools)", fontsize=9)
+    total.set_title("GPUs held by instances and operator replicas (all pools)", fontsize=9)
     fig.suptitle(f"load vs capacity: {run.scenario.name}, policy {run.result['policy']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -16,9 +16,10 @@ from typing import Any
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import Scenario, ScenarioError, trace_requests
-from opscale.model import InstanceSpec, InstanceState, Request, Role
+from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, Request, Role
 from opscale.perf import Catalog, LatencyModels, default_catalog, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
+from opscale.perf.operator_replicas import replica_attach_s
 from opscale.planning import build_planning_stack
 from opscale.runtime.sim.loop import EventLoop
 from opscale.runtime.sim.world import SimWorld, WorldConfig
@@ -105,6 +106,12 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
                                                 time_scale=scenario.load_time_scale,
                                                 on_staged=collector.weights_staged)
 
+    def operator_attach_s(spec: InstanceSpec, replica: OperatorReplicas) -> float:
+        # An operator replica joins a running engine: its operators' weights over the warm path.
+        if world.loop.now_s < provisioned_until_s:
+            return 0.0  # the fleet already running when the run begins
+        return replica_attach_s(catalog.model(spec.model), replica) * scenario.load_time_scale
+
     for group, host_ids in scenario.host_groups():
         s0, s1, s2 = group.switches()
         for agent_id in host_ids:
@@ -114,7 +121,7 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
             warm = scenario.warm_loads != "off"
             agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, weights),
                                              (lambda w=weights: w.models) if warm else tuple,
-                                             stage_on(weights) if warm else None)
+                                             stage_on(weights) if warm else None, operator_attach_s)
 
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from opscale.model import Observation, PoolKey, Role
+from opscale.model import Observation, OperatorReplicas, PoolKey, Role
 
 # (model, sku, tp, mean prompt tokens, mean output tokens) -> sustainable requests/s of one instance. One
 # that serves disaggregated deployments also takes `role` (a keyword, Role.PREFILL or Role.DECODE): the
@@ -202,6 +202,10 @@ class Effects:
     soft_scale_in_s: float = 0.0
     # model -> tolerance of the Ready-ratio gate routers apply to its disaggregated pools (Plan.ready_ratio_tolerance)
     ready_ratio_tolerance: dict[str, float] = field(default_factory=dict)
+    # pool -> the elastic operator replicas to attach to its base instances, in total (operator-level
+    # policies); the planner spreads them over the pool's instances (opscale.planning.operator_replicas).
+    # Empty: the pool's instances run no operator replicas.
+    operator_replicas: dict[PoolKey, tuple[OperatorReplicas, ...]] = field(default_factory=dict)
 
 
 class PlanningPolicy(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from opscale.model import InstanceSpec, Request
+from opscale.model import InstanceSpec, OperatorReplicas, Request
 from opscale.services.events import ApplyCommand, DrainCommand
 
 
@@ -80,6 +80,16 @@ class StopEngine:
 
 
 @dataclass(frozen=True, slots=True)
+class SetOperatorReplicas:
+    """The operator replicas of a running engine changed, in place (no restart): `serving` take part in
+    its iterations from now on; `provisioned` hold GPUs now (`serving` plus those still loading)."""
+
+    instance_id: str
+    serving: tuple[OperatorReplicas, ...]
+    provisioned: tuple[OperatorReplicas, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A decision worth explaining: the reason is data, so reports and traces explain themselves."""
 
@@ -88,4 +98,5 @@ class Log:
     fields: dict[str, Any] | None = None
 
 
-Action = Publish | Dispatch | Reject | SendCommand | Store | StartEngine | DrainEngine | StopEngine | Log
+Action = (Publish | Dispatch | Reject | SendCommand | Store | StartEngine | DrainEngine | StopEngine | SetOperatorReplicas
+          | Log)

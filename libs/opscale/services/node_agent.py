@@ -6,20 +6,38 @@ ignored, a repeat of the applied one changes nothing. An instance left out of th
 drained, never killed with work on it (a drain deadline, when given, bounds the wait). Engines are
 started and stopped by the shell (StartEngine / DrainEngine / StopEngine); their load comes back as
 EngineReport events and leaves in heartbeats.
+
+Operator replicas (`InstanceSpec.operator_replicas`, OpScale's runtime shape): a change to them alone is
+applied in place, the base engine keeps running. An added replica becomes effective its attach time
+after it is added (`operator_load_time_s`, the per-operator scale-up latency; not before its base
+instance is ready); a removed one stops at once (loading ones go first). Each change is reported as
+SetOperatorReplicas (what serves, what holds GPUs). The base instances' GPUs plus the replicas'
+GPU-equivalents must fit the host's GPUs, or the whole Apply is refused, saying so. A backend that
+cannot split operators (`operator_load_time_s` None: the `openai` backend, as vLLM and SGLang do not)
+ignores them and logs once per instance that it falls back to model-level scaling.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceState, InstanceStatus, RdmaPriority
+from opscale.model import InstanceSpec, InstanceState, InstanceStatus, OperatorReplicas, RdmaPriority
+from opscale.perf.operator_replicas import operator_families
 from opscale.services import subjects
-from opscale.services.actions import Action, DrainEngine, Log, Publish, StartEngine, StopEngine
+from opscale.services.actions import (
+    Action,
+    DrainEngine,
+    Log,
+    Publish,
+    SetOperatorReplicas,
+    StartEngine,
+    StopEngine,
+)
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand, Event
 
 
@@ -53,6 +71,10 @@ class _Instance:
     ready_at_s: float
     drain_deadline_s: float | None = None
     report: EngineReport | None = None
+    # Its operator replicas, one entry per replica: (its stage at replicas=1, ready at)
+    operators: list[tuple[OperatorReplicas, float]] = field(default_factory=list)
+    operators_reported_s: float = float("-inf")  # when SetOperatorReplicas last described them
+    operators_sent: tuple[tuple[OperatorReplicas, ...], tuple[OperatorReplicas, ...]] = ((), ())
 
 
 class NodeAgentCore:
@@ -63,9 +85,13 @@ class NodeAgentCore:
 
     def __init__(self, config: NodeAgentConfig, load_time_s: Callable[[InstanceSpec], float],
                  warm_models: Callable[[], tuple[str, ...]] = tuple,
-                 stage_weights: Callable[[str], bool] | None = None) -> None:
+                 stage_weights: Callable[[str], bool] | None = None,
+                 operator_load_time_s: Callable[[InstanceSpec, OperatorReplicas], float] | None = None) -> None:
         self.config = config
         self.load_time_s = load_time_s
+        # Seconds for one replica of a stage to join an instance; None: the backend cannot split operators.
+        self.operator_load_time_s = operator_load_time_s
+        self._fallback_logged: set[str] = set()
         self.warm_models = warm_models  # what the host's memory holds now, for the heartbeat
         # Starts staging a model's weights into host memory (True: started now; False: already under
         # way). None: the backend cannot stage, and a plan's pre-staging is logged and skipped.
@@ -87,18 +113,20 @@ class NodeAgentCore:
                                f"{self.applied_epoch}; ignored"), []
         if cmd.epoch == self.applied_epoch:
             return ApplyResult(True, self.applied_epoch, "already applied; nothing changed"), []
-        gpus = sum(s.gpus for s in cmd.instances)
-        if gpus > self.config.gpus:
-            return ApplyResult(False, self.applied_epoch, f"desired instances need {gpus} GPUs; this host has "
-                               f"{self.config.gpus}"), []
+        refused = self._refusal(cmd.instances)
+        if refused:
+            return ApplyResult(False, self.applied_epoch, refused), []
         self.applied_epoch = cmd.epoch
         actions: list[Action] = []
         desired = {s.instance_id: s for s in cmd.instances}
         for instance_id, spec in desired.items():
-            if instance_id not in self._instances and self.terminating_at_s is None:
+            inst = self._instances.get(instance_id)
+            if inst is None and self.terminating_at_s is None:
                 load_s = self.load_time_s(spec)
-                self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
+                inst = self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
                 actions.append(StartEngine(spec, load_s))
+            if inst is not None and inst.state in (InstanceState.LOADING, InstanceState.READY):
+                actions.extend(self._set_operators(inst, spec, now_s))
         for instance_id, inst in self._instances.items():
             if instance_id in desired:
                 continue
@@ -107,6 +135,55 @@ class NodeAgentCore:
         actions.append(Log(self.name, f"{self.config.agent_id} applied epoch {cmd.epoch}",
                            {"instances": sorted(desired)}))
         return ApplyResult(True, cmd.epoch, "applied"), actions
+
+    def _refusal(self, specs: Iterable[InstanceSpec]) -> str:
+        """Why the desired instances cannot run here ('' when they can): more GPUs than the host has, or
+        an operator replica of an operator that does not exist."""
+        specs = tuple(specs)
+        base = sum(s.gpus for s in specs)
+        replicas = 0.0
+        if self.operator_load_time_s is not None:
+            replicas = sum(r.gpu_equivalents for s in specs for r in s.operator_replicas)
+            for spec in specs:
+                for r in spec.operator_replicas:
+                    try:
+                        operator_families(r)
+                    except ValueError as exc:
+                        return f"instance {spec.instance_id}: {exc}"
+        if base + replicas > self.config.gpus + 1e-9:
+            extra = f" and operator replicas {replicas:g} GPU-equivalents more ({base + replicas:g})" if replicas else ""
+            return f"desired instances need {base} GPUs{extra}; this host has {self.config.gpus}"
+        return ""
+
+    def _set_operators(self, inst: _Instance, spec: InstanceSpec, now_s: float) -> list[Action]:
+        """Bring an instance's operator replicas to `spec`'s, in place (see the module docstring)."""
+        inst.spec = spec  # the same instance id is the same base instance: only its replicas may differ
+        if self.operator_load_time_s is None:
+            if spec.operator_replicas and spec.instance_id not in self._fallback_logged:
+                self._fallback_logged.add(spec.instance_id)
+                return [Log(self.name, f"{spec.instance_id}: the engine backend cannot split operators (vLLM and "
+                            "SGLang do not): its operator replicas are ignored, model-level scaling of base "
+                            "instances only", {"instance": spec.instance_id,
+                                               "operator_replicas": [r.name for r in spec.operator_replicas]})]
+            return []
+        kept: list[tuple[OperatorReplicas, float]] = []
+        for stage in spec.operator_replicas:
+            unit = replace(stage, replicas=1)
+            have = sorted((u for u in inst.operators if u[0] == unit), key=lambda u: u[1])  # ready ones first
+            kept.extend(have[:stage.replicas])
+            if len(have) < stage.replicas:
+                ready_s = max(inst.ready_at_s, now_s + self.operator_load_time_s(spec, unit))
+                kept.extend([(unit, ready_s)] * (stage.replicas - len(have)))
+        inst.operators = kept
+        return self._report_operators(inst, now_s)
+
+    def _report_operators(self, inst: _Instance, now_s: float) -> list[Action]:
+        inst.operators_reported_s = now_s
+        sent = (_count(u for u, ready_s in inst.operators if ready_s <= now_s), _count(u for u, _ in inst.operators))
+        if sent == inst.operators_sent:
+            return []
+        inst.operators_sent = sent
+        return [SetOperatorReplicas(inst.spec.instance_id, *sent)]
 
     def _prestage(self, models: tuple[str, ...]) -> list[Action]:
         if self.terminating_at_s is not None:
@@ -175,6 +252,8 @@ class NodeAgentCore:
         for instance_id, inst in list(self._instances.items()):
             if inst.state == InstanceState.LOADING and now_s >= inst.ready_at_s:
                 inst.state, inst.since_s = InstanceState.READY, now_s
+            if inst.operators and inst.state in (InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING):
+                actions.extend(self._report_operators(inst, now_s))
             elif inst.state == InstanceState.DRAINING:
                 idle = inst.report is not None and inst.report.idle
                 overdue = inst.drain_deadline_s is not None and now_s >= inst.drain_deadline_s
@@ -199,7 +278,14 @@ class NodeAgentCore:
     def next_ready_s(self) -> float | None:
         """When the next loading instance becomes ready (so a shell can wake exactly then)."""
         times = [i.ready_at_s for i in self._instances.values() if i.state == InstanceState.LOADING]
+        times += [ready_s for i in self._instances.values() if i.state != InstanceState.STOPPED
+                  for _, ready_s in i.operators if ready_s > i.operators_reported_s]
         return min(times) if times else None
+
+    def operator_replicas(self, instance_id: str) -> tuple[tuple[OperatorReplicas, ...], tuple[OperatorReplicas, ...]]:
+        """(serving, provisioned) operator replicas of an instance, as last reported."""
+        inst = self._instances.get(instance_id)
+        return inst.operators_sent if inst is not None else ((), ())
 
     def heartbeat(self, now_s: float) -> AgentHeartbeat:
         statuses = []
@@ -221,3 +307,11 @@ class NodeAgentCore:
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),
                               self.terminating_at_s, self.warm_models(), self.config.s0, self.config.s1,
                               self.config.s2, self.config.rdma_priority)
+
+
+def _count(units: Iterable[OperatorReplicas]) -> tuple[OperatorReplicas, ...]:
+    """Single replicas of stages gathered into one entry per stage shape, by name."""
+    counts: dict[OperatorReplicas, int] = {}
+    for unit in units:
+        counts[unit] = counts.get(unit, 0) + 1
+    return tuple(sorted((replace(u, replicas=n) for u, n in counts.items()), key=lambda r: (r.name, r.tp, r.share)))

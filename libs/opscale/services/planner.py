@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from opscale.model import InstanceState, Observation, Plan, PoolKey, PoolObservation, Role
 from opscale.planning import DeploymentSpec, PlanningPolicy
+from opscale.planning.operator_replicas import attach_operator_replicas
 from opscale.planning.placement import AgentSlot, next_seq_after, place, prestage
 from opscale.planning.soft_scale_in import soft_scale_in
 from opscale.services import subjects
@@ -280,6 +281,13 @@ class PlannerCore:
             actions.append(Log(self.name, f"{key}: {n} instance(s) could not be placed: {why}",
                                {"pool": str(key), "unplaced": n}))
         new_assignments = result.assignments
+        if effects.operator_replicas or any(s.operator_replicas for specs in new_assignments.values() for s in specs):
+            attached = attach_operator_replicas(new_assignments, effects.operator_replicas,
+                                                [(a.agent_id, a.region, a.gpus_total) for a in agents])
+            new_assignments = attached.assignments
+            for key, short in sorted(attached.unplaced.items(), key=lambda kv: str(kv[0])):
+                actions.append(Log(self.name, f"{key}: operator replicas without room on the pool's hosts: {short}",
+                                   {"pool": str(key), "unplaced_operator_replicas": short}))
         staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware)
         weights = effects.routing_weights or self.plan.routing_weights
         placed = {s.instance_id for specs in new_assignments.values() for s in specs}

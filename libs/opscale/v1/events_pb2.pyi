@@ -45,19 +45,35 @@ KV_EVENT_KIND_STORED: KvEventKind
 KV_EVENT_KIND_REMOVED: KvEventKind
 KV_EVENT_KIND_CLEARED: KvEventKind
 
+class OperatorReplicas(_message.Message):
+    __slots__ = ("operators", "replicas", "tp", "share", "batch")
+    OPERATORS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TP_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    operators: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    tp: int
+    share: float
+    batch: int
+    def __init__(self, operators: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., tp: _Optional[int] = ..., share: _Optional[float] = ..., batch: _Optional[int] = ...) -> None: ...
+
 class InstanceSpec(_message.Message):
-    __slots__ = ("instance_id", "model", "sku", "tp", "role")
+    __slots__ = ("instance_id", "model", "sku", "tp", "role", "operator_replicas")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     TP_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model: str
     sku: str
     tp: int
     role: Role
-    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    operator_replicas: _containers.RepeatedCompositeFieldContainer[OperatorReplicas]
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., operator_replicas: _Optional[_Iterable[_Union[OperatorReplicas, _Mapping]]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("instance_id", "model", "sku", "tp", "role", "state", "endpoint", "queued", "running", "outstanding_tokens", "kv_used_frac", "tokens_per_s", "busy_frac", "power_w", "sm_activity", "decode_tps", "prefill_tps", "prefill_missed_tps", "kv_capacity_tokens")

@@ -101,13 +101,33 @@ def test_a_backlog_is_planned_as_extra_arrivals() -> None:
     assert backed_up.gpu_cost > calm.gpu_cost
 
 
-def test_through_node_agents_operator_level_falls_back_to_whole_instances_and_says_so() -> None:
+def test_operator_level_actuates_one_base_instance_plus_operator_replicas() -> None:
+    """OpScale's shape through the planner and node-agents: the floor of base instances, the stages'
+    replicas beyond what the bases give as operator replicas (per stage the most over its phases);
+    model_level stays whole replicas with none."""
     operator, model = _policy("operator_level"), _policy("model_level")
     op_effects = operator.decide(_observe(20.0), operator.initial_state(), 0.0)
     model_effects = model.decide(_observe(20.0), model.initial_state(), 0.0)
-    assert op_effects.desired == model_effects.desired
-    assert "model-level fallback" in op_effects.reasons[KEY]
-    assert DEPLOYMENT.min_replicas <= op_effects.desired[KEY] <= DEPLOYMENT.max_replicas
+    assert model_effects.operator_replicas == {}
+    bases = op_effects.desired[KEY]
+    assert bases == DEPLOYMENT.min_replicas
+    targets = op_effects.state.targets[KEY]
+    extra = {r.name: r for r in op_effects.operator_replicas[KEY]}
+    for stage in targets.stages:
+        name = "+".join(sorted(op.value for op in stage.operators))
+        most = max(s.replicas for s in targets.stages if s.operators == stage.operators)
+        assert extra[name].replicas == most - bases if most > bases else name not in extra
+    assert extra, "20 req/s needs more than one replica of some stage"
+    assert "base instance(s) + operator replicas" in op_effects.reasons[KEY]
+
+
+def test_operator_replicas_beyond_what_one_base_carries_open_another_base() -> None:
+    policy = _policy("operator_level", replica_gpus_per_base=0.5)
+    effects = policy.decide(_observe(80.0), policy.initial_state(), 0.0)
+    bases = effects.desired[KEY]
+    assert bases > 1
+    extra_gpus = sum(r.gpu_equivalents for r in effects.operator_replicas.get(KEY, ()))
+    assert extra_gpus <= bases * 0.5 or bases == DEPLOYMENT.max_replicas
 
 
 def test_pools_of_other_models_and_roles_are_left_alone() -> None:

@@ -16,10 +16,22 @@ replica costs (GPU-equivalents, SM share, batch cap) and how long one takes to b
 (`opscale.perf.loading.load_time_s`, warm). The targets are the policy's state (`OperatorPolicyState`),
 the one owner of the operator replicas; `opscale.runtime.sim.operator_stages` executes them.
 
-`Effects.desired` (what the planner core and the node-agents actuate) carries whole instances per pool:
-node-agents do not run operator replicas yet, so through them `operator_level` falls back to the
-model-level count of the same plan's load and says so in its reason (as the `openai` backend will:
-vLLM and SGLang do not split operators). Pure: no I/O, no clock.
+What the planner core and the node-agents actuate (`Effects`):
+
+- `model_level`: `desired` whole instances per pool, no operator replicas.
+- `operator_level`: OpScale's runtime shape. `desired` is the pool's base (monolithic) instances: the
+  floor is one (or the deployment's min_replicas); another opens only when the operator replicas
+  would need more GPU-equivalents than `replica_gpus_per_base` per base instance. On top,
+  `operator_replicas` carries the elastic replicas of each stage, which the planner spreads over the
+  base instances (opscale.planning.operator_replicas) and the node-agents attach to the running
+  engines in place. A base instance is a unified engine that runs every operator of both phases: it
+  is one replica of every stage of each phase. So a stage's operator replicas are, over its phases,
+  the most replicas any phase's target gives it, less one per base instance (per operator family the
+  max over prefill and decode, when both phases have the same partition; a stage of one phase only
+  counts that phase). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
+  ignores them and says so in its log: model-level scaling of the base instances.
+
+Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.model import LatencyObjective, Observation, PoolKey, Role
+from opscale.model import LatencyObjective, Observation, OperatorReplicas, PoolKey, Role
 from opscale.perf import default_catalog
 from opscale.perf.loading import LoadSource, LoadTimeParams, attach_load_time_s, load_time_s
 from opscale.perf.operators import Operator
@@ -70,6 +82,9 @@ class OperatorPolicyConfig(BaseModel):
         True, description="operator_level: re-plans keep each stage's SM share and change its replica count "
                           "(a share change replaces the stage's replicas, each paying a load).")
     load: LoadTimeParams = Field(default_factory=LoadTimeParams)
+    replica_gpus_per_base: float = Field(
+        7.0, gt=0, description="operator_level: GPU-equivalents of operator replicas one base instance carries "
+                               "(its host's GPUs less its own); more open another base instance.")
     full_replica_source: LoadSource = Field(
         "warm", description="Where a whole replica's weights come from (an operator replica always attaches "
                             "to a running engine and pulls its operators' weights warm).")
@@ -210,6 +225,7 @@ class OperatorScalingPolicy:
         recent = dict(state.recent)
         desired: dict[PoolKey, int] = {}
         reasons: dict[PoolKey, str] = {}
+        operator_replicas: dict[PoolKey, tuple[OperatorReplicas, ...]] = {}
         for key, pool in observation.pools.items():
             deployment = self._deployments.get(key.model)
             if deployment is None or key.role is not Role.UNIFIED:
@@ -227,15 +243,40 @@ class OperatorScalingPolicy:
                 continue
             found = self._stabilised(key, found, recent, now_s)
             targets[key] = found
-            # Node-agents run whole instances: the whole replicas of the same load (see the docstring).
-            whole = _whole_replicas(found.plan if self.level == "model" else
-                                    self._planners[key.model].model_level(workload), deployment.tp)
-            desired[key] = min(max(whole, deployment.min_replicas), deployment.max_replicas)
-            note = "" if self.level == "model" else " (node-agents run whole instances: model-level fallback)"
+            if self.level == "model":
+                whole = _whole_replicas(found.plan, deployment.tp)
+                desired[key] = min(max(whole, deployment.min_replicas), deployment.max_replicas)
+                shape = f"{desired[key]} whole instance(s)"
+            else:
+                desired[key], extra = self.base_and_replicas(found, deployment.min_replicas, deployment.max_replicas)
+                operator_replicas[key] = extra
+                shape = (f"{desired[key]} base instance(s) + operator replicas "
+                         + (", ".join(f"{r.name} x{r.replicas}" for r in extra) or "none"))
             reasons[key] = (f"{self.name}: {workload.arrival_rps:.2f} req/s -> "
-                            + ", ".join(f"{s.name} x{s.replicas}" for s in found.stages)
-                            + f"; {desired[key]} whole instance(s){note}")
-        return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons)
+                            + ", ".join(f"{s.name} x{s.replicas}" for s in found.stages) + f"; {shape}")
+        return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons,
+                       operator_replicas=operator_replicas)
+
+    def base_and_replicas(self, targets: StageTargets, min_bases: int, max_bases: int
+                          ) -> tuple[int, tuple[OperatorReplicas, ...]]:
+        """The base instances and the operator replicas on top that realise `targets` (see the module
+        docstring): each stage at the most replicas its phases give it, a base instance counting one."""
+        by_stage: dict[frozenset[Operator], StageTarget] = {}
+        for stage in targets.stages:
+            held = by_stage.get(stage.operators)
+            if held is None or stage.replicas > held.replicas:
+                by_stage[stage.operators] = stage
+        bases = max(1, min_bases)
+        while True:
+            extra_gpus = sum(max(0, s.replicas - bases) * s.gpu_cost for s in by_stage.values())
+            if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
+                break
+            bases += 1
+        extra = tuple(OperatorReplicas(tuple(sorted(op.value for op in s.operators)), s.replicas - bases, s.tp,
+                                       s.share, s.batch)
+                      for s in sorted(by_stage.values(), key=lambda s: s.name)
+                      if s.replicas > bases and s.operators != frozenset(Operator))
+        return bases, extra
 
     def _stabilised(self, key: PoolKey, found: StageTargets, recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]],
                     now_s: float) -> StageTargets:

@@ -36,7 +36,15 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from opscale.engine.outputs import EngineReport
-from opscale.model import InstanceSpec, InstanceStatus, Plan, RdmaPriority, Request, RequestOutcome
+from opscale.model import (
+    InstanceSpec,
+    InstanceStatus,
+    OperatorReplicas,
+    Plan,
+    RdmaPriority,
+    Request,
+    RequestOutcome,
+)
 from opscale.model.instance import InstanceState, Role
 from opscale.runtime.live.derived_codec import (
     FieldRefused,
@@ -262,7 +270,8 @@ def _build() -> dict[str, WireType]:
         return add(cls.__name__, cls, Layout.FIELD_BY_FIELD, derive(cls, message, by_message, _ENUMS))
 
     # Model types, in the order they nest; the messages named like them, except the outcome's.
-    for cls, message in ((InstanceSpec, events_pb2.InstanceSpec), (InstanceStatus, events_pb2.InstanceStatus),
+    for cls, message in ((OperatorReplicas, events_pb2.OperatorReplicas), (InstanceSpec, events_pb2.InstanceSpec),
+                         (InstanceStatus, events_pb2.InstanceStatus),
                          (Request, events_pb2.Request), (RequestOutcome, events_pb2.RequestRecord),
                          (KvBlockEvent, events_pb2.KvBlockEvent)):
         by_message[message.DESCRIPTOR.full_name] = field_by_field(cls, message)

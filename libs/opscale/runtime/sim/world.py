@@ -31,7 +31,7 @@ from typing import Any
 
 from opscale.engine import Finished, PrefillDone, RequestTooLargeError, SimEngine
 from opscale.engine.kv_events import as_block_event
-from opscale.model import InstanceSpec, Request, RequestOutcome
+from opscale.model import InstanceSpec, OperatorReplicas, Request, RequestOutcome
 from opscale.perf.transfer import Placement, Topology, TransferParams, handoff_s
 from opscale.runtime.sim.bus import InProcessBus
 from opscale.runtime.sim.loop import EventLoop
@@ -44,6 +44,7 @@ from opscale.services.actions import (
     Publish,
     Reject,
     SendCommand,
+    SetOperatorReplicas,
     StartEngine,
     StopEngine,
     Store,
@@ -75,6 +76,11 @@ class RunObserver:
     def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None: ...
 
     def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None: ...
+
+    def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
+                          provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
+        """The operator replicas holding GPUs beside an engine are now `provisioned`, of which `serving`
+        take part in its iterations (the rest are loading), until the next call or the engine stops."""
 
     def decision(self, service: str, message: str, fields: dict[str, Any] | None, now_s: float) -> None: ...
 
@@ -147,6 +153,7 @@ class SimWorld:
     # Request records on their way to the aggregator: (delivery time, sequence number, record).
     _records: deque[tuple[float, int, RequestFinished]] = field(default_factory=deque, init=False)
     requests_submitted: int = field(default=0, init=False)
+    _agent_wakes: dict[str, float] = field(default_factory=dict, init=False)  # agent -> its queued exact wake
 
     def __post_init__(self) -> None:
         self.bus = InProcessBus(self.loop, self.config.bus_latency_s)
@@ -336,10 +343,42 @@ class SimWorld:
                         draining.engine.drain()
                 case StopEngine(instance_id=instance_id):
                     self._stop_engine(instance_id, now)
+                case SetOperatorReplicas(instance_id=instance_id, serving=serving, provisioned=provisioned):
+                    hosted = self._engines.get(instance_id)
+                    if hosted is not None:
+                        self._advance(hosted, now)  # what ran until now ran without the change
+                        hosted.engine.set_operator_replicas(serving)
+                        self._rewake(hosted)
+                        self.observer.operator_replicas(instance_id, serving, provisioned, hosted.engine, now)
+                    if isinstance(source, NodeAgentCore):
+                        self._wake_agent(source)
                 case Store(key=key, value=value):
                     self.store[key] = value
                 case Log(service=svc, message=message, fields=fields):
                     self.observer.decision(svc, message, fields, now)
+
+    def _wake_agent(self, agent: NodeAgentCore) -> None:
+        """Tick `agent` exactly when its next operator replica (or instance) finishes loading: an
+        operator replica loads in well under the heartbeat period. One wake queued per agent at a time."""
+        ready_s = agent.next_ready_s()
+        if ready_s is None:
+            return
+        now, agent_id = self.loop.now_s, agent.config.agent_id
+        ready_s = max(ready_s, now)
+        queued = self._agent_wakes.get(agent_id)
+        if queued is not None and now <= queued <= ready_s:
+            return  # the queued wake comes first and queues the next
+        self._agent_wakes[agent_id] = ready_s
+        self.loop.at(ready_s, self._agent_wake, agent, ready_s)
+
+    def _agent_wake(self, agent: NodeAgentCore, at_s: float) -> None:
+        agent_id = agent.config.agent_id
+        if self._agent_wakes.get(agent_id) == at_s:
+            del self._agent_wakes[agent_id]
+        if self.agents.get(agent_id) is not agent:
+            return  # its host was reclaimed
+        self._apply(agent.name, agent.tick(self.loop.now_s), agent)
+        self._wake_agent(agent)
 
     def _deliver_command(self, agent: NodeAgentCore, command: Any) -> None:
         self._apply(agent.name, agent.handle(command, self.loop.now_s), agent)

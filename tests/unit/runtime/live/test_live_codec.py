@@ -17,6 +17,7 @@ from opscale.model import (
     InstanceSpec,
     InstanceState,
     InstanceStatus,
+    OperatorReplicas,
     Plan,
     RdmaPriority,
     Request,
@@ -68,7 +69,14 @@ def counts(values: st.SearchStrategy[int] = u32) -> st.SearchStrategy[dict[str, 
     return st.dictionaries(text, values, min_size=1, max_size=3)
 
 
-specs = st.builds(InstanceSpec, instance_id=text, model=text, sku=text, tp=st.sampled_from([2, 4, 8]), role=roles)
+# Operator replicas: distinct family names (sorted by the type), a share below 1 only at tp 1.
+operator_replicas = st.one_of(
+    st.builds(OperatorReplicas, operators=st.lists(text, min_size=1, max_size=3, unique=True).map(tuple),
+              replicas=st.integers(1, 64), tp=st.just(1), share=st.floats(0.01, 1.0), batch=st.integers(1, 512)),
+    st.builds(OperatorReplicas, operators=st.lists(text, min_size=1, max_size=3, unique=True).map(tuple),
+              replicas=st.integers(1, 64), tp=st.sampled_from([2, 4, 8]), batch=st.integers(1, 512)))
+specs = st.builds(InstanceSpec, instance_id=text, model=text, sku=text, tp=st.sampled_from([2, 4, 8]), role=roles,
+                  operator_replicas=st.lists(operator_replicas, min_size=1, max_size=3, unique_by=lambda r: r.name).map(tuple))
 statuses = st.builds(InstanceStatus, instance_id=text, model=text, sku=text, tp=u32, role=roles, state=states,
                      endpoint=text, queued=u32, running=u32, outstanding_tokens=u64, kv_used_frac=reals,
                      tokens_per_s=reals, busy_frac=reals, power_w=reals, sm_activity=reals, decode_tps=reals,
@@ -109,6 +117,7 @@ STRATEGIES: dict[str, st.SearchStrategy[object]] = {
     "KvEventBatch": st.builds(KvEventBatch, instance_id=text, model=text, at_s=reals, seq=u64,
                               events=tuples(kv_events, 4)),
     "InstanceSpec": specs,
+    "OperatorReplicas": operator_replicas,
     "InstanceStatus": statuses,
     "Request": requests,
     "RequestOutcome": outcomes,

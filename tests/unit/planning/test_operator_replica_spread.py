@@ -1,0 +1,72 @@
+"""Spreading a pool's operator replicas over its base instances (opscale.planning.operator_replicas) and
+pricing a base engine with them (opscale.perf.operator_replicas): laws."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opscale.model import InstanceSpec, OperatorReplicas, PoolKey
+from opscale.perf import default_catalog
+from opscale.perf.operator_replicas import replica_groups, with_operator_replicas
+from opscale.perf.profiled import latency_model_for
+from opscale.planning.operator_replicas import attach_operator_replicas
+
+pytestmark = pytest.mark.unit
+
+KEY = PoolKey("m", "eu")
+
+
+def _base(n: int, tp: int = 1) -> InstanceSpec:
+    return InstanceSpec(f"m-eu-{n:05d}", "m", "H100-80GB", tp)
+
+
+@settings(max_examples=60, deadline=None)
+@given(gpus=st.lists(st.integers(1, 8), min_size=1, max_size=4), bases=st.integers(1, 3),
+       mlp=st.integers(1, 40), share=st.sampled_from([0.25, 0.5, 1.0]), proj=st.integers(0, 10))
+def test_no_host_holds_more_than_it_has_and_every_replica_is_placed_or_reported(
+        gpus: list[int], bases: int, mlp: int, share: float, proj: int) -> None:
+    agents = [(f"a{i}", "eu", g) for i, g in enumerate(gpus)]
+    assignments = {a: (_base(i),) for i, (a, _, g) in enumerate(agents) if i < bases}
+    wanted = (OperatorReplicas(("mlp",), mlp, 1, share, 8),) + ((OperatorReplicas(("attn_proj",), proj),) if proj else ())
+    result = attach_operator_replicas(assignments, {KEY: wanted}, agents)
+    for agent_id, g in ((a, g) for a, _, g in agents):
+        held = sum(s.gpu_equivalents for s in result.assignments.get(agent_id, ()))
+        assert held <= g + 1e-9
+    for stage in wanted:
+        placed = sum(r.replicas for specs in result.assignments.values() for s in specs for r in s.operator_replicas
+                     if r.name == stage.name)
+        assert placed + result.unplaced.get(KEY, {}).get(stage.name, 0) == stage.replicas
+
+
+def test_replicas_stay_where_they_run_and_new_ones_go_to_the_base_with_fewest() -> None:
+    agents = [("a0", "eu", 8), ("a1", "eu", 8)]
+    mlp = OperatorReplicas(("mlp",), 3)
+    first = attach_operator_replicas({"a0": (_base(0),), "a1": (_base(1),)}, {KEY: (mlp,)}, agents).assignments
+    counts = {s.instance_id: s.operator_replicas[0].replicas for specs in first.values() for s in specs}
+    assert counts == {"m-eu-00000": 2, "m-eu-00001": 1}
+    fewer = attach_operator_replicas(first, {KEY: (OperatorReplicas(("mlp",), 2),)}, agents).assignments
+    assert {s.instance_id: sum(r.replicas for r in s.operator_replicas) for specs in fewer.values() for s in specs} \
+        == {"m-eu-00000": 2, "m-eu-00001": 0}
+    again = attach_operator_replicas(first, {KEY: (mlp,)}, agents).assignments
+    assert again == first, "the same want changes nothing: the same plan, no new epoch"
+    none = attach_operator_replicas(first, {}, agents).assignments
+    assert none == {"a0": (_base(0),), "a1": (_base(1),)}, "a pool not named keeps no operator replicas"
+
+
+def test_no_replicas_leave_the_engine_its_own_model_and_more_never_prefill_slower() -> None:
+    catalog = default_catalog()
+    model, sku = catalog.model("Qwen2-7B"), catalog.sku("H100-80GB")
+    own = latency_model_for(model, sku, 1)
+    assert with_operator_replicas(own, model, sku, 1, ()) is own
+    times = [with_operator_replicas(own, model, sku, 1, (OperatorReplicas(("mlp",), n),)).prefill_s(4096)
+             for n in (1, 2, 4)]
+    assert times == sorted(times, reverse=True) and times[-1] < own.prefill_s(4096)
+
+
+def test_overlapping_stages_are_one_group_and_every_operator_has_one() -> None:
+    sku = default_catalog().sku("H100-80GB")
+    groups = replica_groups(sku, 1, (OperatorReplicas(("mlp",), 1), OperatorReplicas(("attn_proj", "mlp"), 3)))
+    assert [g.name for g in groups] == ["attn_proj+mlp", "base"]
+    assert groups[0].replicas == 4 and groups[1].replicas == 1
