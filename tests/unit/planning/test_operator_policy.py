@@ -186,3 +186,17 @@ def test_attach_load_time_is_weight_bytes_over_the_warm_path() -> None:
     assert attach_load_time_s(12e9, 2) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="tp"):
         attach_load_time_s(1e9, 0)
+
+
+def test_a_stage_of_every_operator_grows_base_instances_not_attached_replicas() -> None:
+    """With the planned partition a stage may hold every operator: one more replica of it is one more
+    whole engine. Its replicas beyond the bases were once dropped (neither a base nor an attached
+    replica), leaving the pool with far less than its plan; they are base instances."""
+    policy = _policy("operator_level", partition="planned")
+    effects = policy.decide(_observe(60.0), policy.initial_state(), 0.0)
+    targets = effects.state.targets[KEY]
+    whole = [s.replicas for s in targets.stages if s.operators == frozenset(Operator)]
+    if not whole:
+        pytest.skip("the planned partition split the operators at this load")
+    assert effects.desired[KEY] >= max(whole) > 1
+    assert all(set(r.operators) != {op.value for op in Operator} for r in effects.operator_replicas.get(KEY, ()))

@@ -266,7 +266,9 @@ class OperatorScalingPolicy:
             held = by_stage.get(stage.operators)
             if held is None or stage.replicas > held.replicas:
                 by_stage[stage.operators] = stage
-        bases = max(1, min_bases)
+        # A stage of every operator is a whole replica: its replicas are base instances, not attached ones.
+        whole = max((s.replicas for s in by_stage.values() if s.operators == frozenset(Operator)), default=0)
+        bases = min(max(1, min_bases, whole), max(1, max_bases))
         while True:
             extra_gpus = sum(max(0, s.replicas - bases) * s.gpu_cost for s in by_stage.values())
             if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
