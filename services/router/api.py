@@ -126,7 +126,14 @@ def build_router_app(
 
 
 def upstream_api_error(exc: UpstreamError) -> ApiError:
-    """An engine failure the back end could not hide: 504 for a timeout, 502 otherwise."""
+    """An engine failure the back end could not hide: the engine's own 4xx when it refused the request
+    itself (a prompt beyond the context window is the client's 400, which OpenAI's SDK does not retry),
+    504 for a timeout, 502 otherwise (a transport failure or the engine's 5xx)."""
+    if exc.request_fault and exc.status is not None:
+        error = exc.error or {}
+        code = error.get("code")
+        return error_for_status(exc.status, error.get("message") or exc.message, param=error.get("param"),
+                                code=None if code is None or code.isdigit() else code)
     if exc.kind == "timeout":
         return error_for_status(504, "The model instance did not answer in time", code="upstream_timeout")
     return error_for_status(502, f"The model instance failed ({exc.kind})", code="upstream_error")

@@ -65,13 +65,22 @@ class UpstreamError(Exception):
     """
 
     def __init__(self, kind: UpstreamErrorKind, message: str, *, before_first_token: bool,
-                 status: int | None = None, endpoint: str = "") -> None:
+                 status: int | None = None, endpoint: str = "", error: Mapping[str, Any] | None = None) -> None:
         super().__init__(f"{kind}: {message}" + (f" ({endpoint})" if endpoint else ""))
         self.kind: UpstreamErrorKind = kind
         self.message = message
         self.before_first_token = before_first_token
         self.status = status
         self.endpoint = endpoint
+        # the engine's OpenAI error object (`{"message", "type", "param", "code"}`) when it sent one
+        self.error = error
+
+    @property
+    def request_fault(self) -> bool:
+        """True when the engine refused the request itself (a 4xx such as 400 for a prompt beyond the
+        context window): the client's error, to pass on with its status, never retried elsewhere."""
+        return (self.kind == "status" and self.status is not None and 400 <= self.status < 500
+                and self.status not in _RETRYABLE_STATUSES)
 
     @property
     def retryable(self) -> bool:
@@ -280,8 +289,10 @@ class UpstreamClient:
                                  json.dumps(payload).encode())
         return _Exchange(self, self._pool, endpoint, url, request)
 
-    async def error_detail(self, conn: Http1Connection, reason: str, deadline: float) -> str:
-        """The message of an error answer (OpenAI body or plain text), bounded in size and time."""
+    async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
+                           ) -> tuple[str, dict[str, Any] | None]:
+        """The message of an error answer (OpenAI body or plain text), bounded in size and time, and the
+        OpenAI error object when the body is one (its fields kept as strings or None)."""
         limit = self.config.max_error_body_bytes
         parts: list[bytes] = []
         size = 0
@@ -294,15 +305,21 @@ class UpstreamClient:
                     parts.append(data)
                     size += len(data)
         except (TimeoutError, ConnectionLost, ProtocolViolation):
-            return reason or "no body"
+            return reason or "no body", None
         text = b"".join(parts)[:limit].decode("utf-8", errors="replace")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
-            return text.strip()[:500] or (reason or "no body")
-        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
-            return str(obj["error"].get("message", ""))[:500]
-        return text[:500]
+            return text.strip()[:500] or (reason or "no body"), None
+        # OpenAI's shape {"error": {...}}, or vLLM's older flat one {"object": "error", "message": ...}
+        fields = obj.get("error") if isinstance(obj, dict) else None
+        if not isinstance(fields, dict) and isinstance(obj, dict) and obj.get("object") == "error":
+            fields = obj
+        if isinstance(fields, dict):
+            error = {name: (str(fields[name])[:500] if fields.get(name) is not None else None)
+                     for name in ("message", "type", "param", "code")}
+            return error["message"] or "", error
+        return text[:500], None
 
 
 _MAX_CACHED_ENDPOINTS = 4096
@@ -353,8 +370,10 @@ class _Exchange:
         self.produced = 0
         self.completed = False
 
-    def fail(self, kind: UpstreamErrorKind, message: str, status: int | None = None) -> UpstreamError:
-        return UpstreamError(kind, message, before_first_token=self.produced == 0, status=status, endpoint=self.url)
+    def fail(self, kind: UpstreamErrorKind, message: str, status: int | None = None,
+             error: Mapping[str, Any] | None = None) -> UpstreamError:
+        return UpstreamError(kind, message, before_first_token=self.produced == 0, status=status, endpoint=self.url,
+                             error=error)
 
     async def open(self) -> None:
         """Send the request and check the answer's status (an error answer raises with its message)."""
@@ -369,8 +388,8 @@ class _Exchange:
         except ProtocolViolation as exc:
             raise self.fail("protocol", f"bad response: {exc}") from exc
         if head.status != 200:
-            detail = await self._client.error_detail(self._conn, head.reason, self._first_token_deadline)
-            raise self.fail("status", f"HTTP {head.status}: {detail}", status=head.status)
+            detail, error = await self._client.error_detail(self._conn, head.reason, self._first_token_deadline)
+            raise self.fail("status", f"HTTP {head.status}: {detail}", status=head.status, error=error)
 
     async def read(self) -> bytes:
         """The bytes that arrived (b"" at the end), within the first-token deadline or the idle timeout."""

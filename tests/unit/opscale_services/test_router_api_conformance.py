@@ -1,0 +1,94 @@
+"""The router's API tried as a user of the `openai` SDK would (issue 16, item 6): each test here is the
+regression test of one defect found that way. The live router (HTTP API, RouterCore, pooled upstream
+client) runs on loopback in front of a small aiohttp engine; the bus is an in-memory recorder, so these
+need no NATS and are `unit` tests even though they open sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from _router_service_loopback import LiveRouter, live_router, serve
+from aiohttp import web
+
+from opscale.model import InstanceState, InstanceStatus, Role
+from opscale.services.router import RouterConfig, RouterCore
+
+pytestmark = pytest.mark.unit
+
+CONTEXT_TOKENS = 64  # the fake engine's context window, in prompt characters plus max_tokens
+
+
+@dataclass
+class ContextEngine:
+    """An OpenAI-compatible engine with a small context window: like vLLM, it answers 400 with an OpenAI
+    error body when the prompt plus `max_tokens` do not fit, and otherwise streams `max_tokens` tokens.
+    It records the path of every request (which endpoint the router chose)."""
+
+    paths: list[str] = field(default_factory=list)
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        self.paths.append(request.path)
+        body = await request.json()
+        prompt = body.get("prompt") if request.path.endswith("/v1/completions") else body.get("messages")
+        if prompt is None:  # the wrong endpoint for this body: vLLM's validation error
+            return web.json_response({"error": {"message": "Field required", "type": "BadRequestError",
+                                                "param": None, "code": 400}}, status=400)
+        length = len(json.dumps(prompt))
+        if length + body["max_tokens"] > CONTEXT_TOKENS:
+            message = (f"This model's maximum context length is {CONTEXT_TOKENS} tokens. However, you requested "
+                       f"{length + body['max_tokens']} tokens. Please reduce the length of the messages or completion.")
+            return web.json_response({"error": {"message": message, "type": "BadRequestError",
+                                                "param": "max_tokens", "code": 400}}, status=400)
+        chat = request.path.endswith("/chat/completions")
+        response = web.StreamResponse()
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        for i in range(body["max_tokens"]):
+            choice = ({"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": None} if chat
+                      else {"index": 0, "text": f" t{i}", "finish_reason": None})
+            event = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion", "model": "m",
+                     "choices": [choice]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def engine_app(engine: ContextEngine) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/completions", engine.serve)
+    app.router.add_post("/v1/chat/completions", engine.serve)
+    return app
+
+
+@asynccontextmanager
+async def router(engine: ContextEngine, config: RouterConfig | None = None) -> AsyncIterator[LiveRouter]:
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(serve(engine_app(engine)))
+        status = InstanceStatus("i1", "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=url)
+        core = RouterCore(config or RouterConfig(models=["m"]))
+        yield await stack.enter_async_context(live_router(core, [status]))
+
+
+# -- 1. the engine's 4xx is the client's answer, not a 502 ------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_prompt_beyond_the_context_window_gets_the_engines_400_not_a_retryable_502(stream: bool) -> None:
+    engine = ContextEngine()
+    async with router(engine) as r, aiohttp.ClientSession() as http:
+        body = {"model": "m", "prompt": "x" * 40, "max_tokens": 40, "stream": stream}
+        async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+        await r.records.flush()
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == "max_tokens"
+    assert "maximum context length is 64 tokens" in error["message"]
+    assert engine.paths == ["/v1/completions"]  # the request's own fault: not tried on another instance
+    [record] = r.bus.records()
+    assert record.status == "failed"
