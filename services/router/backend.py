@@ -116,7 +116,7 @@ class LiveRouterBackend:
                         # A disaggregated pair: the prefill instance's answer says where the KV is, the
                         # decode instance pulls it and streams (opscale.openai.kv_transfer).
                         prefill_id = instance_id
-                        params = await self.upstream.prefill(endpoint, prefill_body(body), headers)
+                        params = await self.upstream.prefill(endpoint, prefill_body(body), headers, req.kind)
                         await self.host.handle(PrefillHandedOff(request.request_id, prefill_id,
                                                                 decision.decode_instance_id, self.clock.now_s()))
                         instance_id, endpoint = decision.decode_instance_id, decision.decode_endpoint
@@ -125,7 +125,7 @@ class LiveRouterBackend:
                                              "opscale.instance_id": instance_id})
                     if req.stream:
                         # the API may send a sink back for the events that follow (splicing): relayed as is
-                        stream = self.upstream.stream_sse(endpoint, body, headers)
+                        stream = self.upstream.stream_sse(endpoint, body, headers, req.kind)
                         try:
                             sink: SseSink | None = None
                             while True:
@@ -141,7 +141,7 @@ class LiveRouterBackend:
                         finally:
                             await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
-                        async for chunk in self.upstream.stream_completion(endpoint, body, headers):
+                        async for chunk in self.upstream.stream_completion(endpoint, body, headers, req.kind):
                             if isinstance(chunk, EngineUsage):
                                 usage = chunk
                             elif chunk.is_token:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
-from opscale.openai.schema import TokenChunk
+from opscale.openai.schema import RequestKind, TokenChunk
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage
 
@@ -108,13 +108,14 @@ class UpstreamConfig(BaseModel):
     max_error_body_bytes: int = Field(64 * 1024, ge=256, description="How much of an error body is read")
 
 
-def completion_url(endpoint_url: str, body: Mapping[str, Any]) -> str:
+def completion_url(endpoint_url: str, kind: RequestKind) -> str:
     """The URL to POST to. `endpoint_url` is an instance's OpenAI base (`http://h:p/instances/i-1`,
-    `http://vllm:8000`, with or without `/v1`) or already a full completions URL."""
+    `http://vllm:8000`, with or without `/v1`) or already a full completions URL. The endpoint follows
+    the client's route (`kind`), never the body's keys: a completion body may carry any extra field."""
     base = endpoint_url.rstrip("/")
     if base.endswith(("/v1/completions", "/v1/chat/completions")):
         return base
-    path = "chat/completions" if "messages" in body else "completions"
+    path = "chat/completions" if kind is RequestKind.CHAT else "completions"
     return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
 
 
@@ -149,7 +150,8 @@ class UpstreamClient:
         await self.close()
 
     async def stream_completion(self, endpoint_url: str, body: Mapping[str, Any],
-                                headers: Mapping[str, str] | None = None
+                                headers: Mapping[str, str] | None = None,
+                                kind: RequestKind = RequestKind.COMPLETION,
                                 ) -> AsyncIterator[TokenChunk | EngineUsage]:
         """Stream one completion from an instance as decoded tokens; see the module docstring for the
         failure modes.
@@ -158,8 +160,9 @@ class UpstreamClient:
         `headers` carries trace context and the routed headers (routed_headers.py). Chunks are
         numbered from 0 in `index`. When the engine reports usage (the body asked with
         `stream_options.include_usage`), its counts come as an `EngineUsage`, after the last chunk.
+        `kind` is the client's route, which names the engine's endpoint (see `completion_url`).
         """
-        exchange = self._exchange(endpoint_url, body, headers)
+        exchange = self._exchange(endpoint_url, body, headers, kind)
         decoder = SseDecoder(self.config.max_event_bytes)
         finished = False
         try:
@@ -193,7 +196,8 @@ class UpstreamClient:
             exchange.finish()
 
     async def stream_sse(self, endpoint_url: str, body: Mapping[str, Any],
-                         headers: Mapping[str, str] | None = None) -> AsyncGenerator[SseBytes, SseSink | None]:
+                         headers: Mapping[str, str] | None = None, kind: RequestKind = RequestKind.COMPLETION,
+                         ) -> AsyncGenerator[SseBytes, SseSink | None]:
         """Stream one completion from an instance as the engine's own server-sent events, whole events
         at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
         `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
@@ -205,7 +209,7 @@ class UpstreamClient:
         task switch per engine read; the next block it receives then only counts them (`data` is
         what is still to write: events held back while the client was not keeping up, or the closing
         `[DONE]`). `anext` (or `asend(None)`) keeps the plain block-by-block path."""
-        exchange = self._exchange(endpoint_url, body, headers)
+        exchange = self._exchange(endpoint_url, body, headers, kind)
         forwarder = SseForwarder(self.config.max_event_bytes)
         try:
             await exchange.open()
@@ -241,13 +245,14 @@ class UpstreamClient:
             exchange.finish()
 
     async def prefill(self, endpoint_url: str, body: Mapping[str, Any],
-                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+                      headers: Mapping[str, str] | None = None,
+                      kind: RequestKind = RequestKind.COMPLETION) -> dict[str, Any]:
         """Step 1 of a disaggregated request (opscale.openai.kv_transfer): POST `body` (a prefill body,
         not streamed) to a prefill instance and return its answer's `kv_transfer_params`, for the decode
         instance. The whole exchange is bounded by the first-token deadline (the prefill is the first
         token's work); an answer of more than `max_event_bytes`, not JSON, or without the parameters is
         a `protocol` error. Every failure is before the first token: another pair may serve it."""
-        exchange = self._exchange(endpoint_url, body, headers, stream=False)
+        exchange = self._exchange(endpoint_url, body, headers, kind, stream=False)
         limit = self.config.max_event_bytes
         parts: list[bytes] = []
         size = 0
@@ -271,13 +276,13 @@ class UpstreamClient:
                                 "prefill instance with a KV connector?")
         return params
 
-    def _exchange(self, endpoint_url: str, body: Mapping[str, Any],
-                  headers: Mapping[str, str] | None, *, stream: bool = True) -> _Exchange:
+    def _exchange(self, endpoint_url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None,
+                  kind: RequestKind, *, stream: bool = True) -> _Exchange:
         if self._pool is None:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
         payload["stream"] = stream
-        url = completion_url(endpoint_url, body)
+        url = completion_url(endpoint_url, kind)
         endpoint = self._endpoints.get(url)
         if endpoint is None:
             if len(self._endpoints) >= _MAX_CACHED_ENDPOINTS:

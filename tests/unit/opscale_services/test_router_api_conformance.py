@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-from _router_service_loopback import LiveRouter, live_router, serve
+from _router_service_loopback import LiveRouter, live_router, serve, sse
 from aiohttp import web
 
 from opscale.model import InstanceState, InstanceStatus, Role
@@ -92,3 +92,22 @@ async def test_a_prompt_beyond_the_context_window_gets_the_engines_400_not_a_ret
     assert engine.paths == ["/v1/completions"]  # the request's own fault: not tried on another instance
     [record] = r.bus.records()
     assert record.status == "failed"
+# -- 2. the upstream endpoint follows the route, not the body ----------------------------------------
+
+
+async def test_a_completion_carrying_a_messages_key_goes_to_the_engines_completions_endpoint() -> None:
+    engine = ContextEngine()
+    async with router(engine) as r, aiohttp.ClientSession() as http:
+        body = {"model": "m", "prompt": "hi", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+        async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+        async with http.post(f"{r.url}/v1/chat/completions", json=chat) as resp:
+            assert resp.status == 200
+            events = sse(await resp.read())
+    assert answer["object"] == "text_completion" and answer["choices"][0]["text"] == " t0 t1"
+    assert events[-1] == "[DONE]" and events[0]["object"] == "chat.completion.chunk"
+    assert engine.paths == ["/v1/completions", "/v1/chat/completions"]
+
+
