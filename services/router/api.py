@@ -32,6 +32,8 @@ from opscale.openai.schema import (
     error_for_status,
     finish_reason_for,
     internal_error,
+    model_not_found,
+    model_object,
     models_response,
     parse_completion,
     read_limited,
@@ -119,6 +121,7 @@ def build_router_app(
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_get("/v1/models", api.list_models)
+    app.router.add_get("/v1/models/{model:.+}", api.retrieve_model)  # ids may hold '/' (org/name)
     # vLLM's liveness path on the API port: clients (GuideLLM, vllm-router, gateways) probe it before
     # sending work. Readiness with details stays on the ops server (/readyz).
     app.router.add_get("/health", api.health)
@@ -179,6 +182,13 @@ class _RouterApi:
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response(models_response(self._backend.models(), int(self._wall_clock_s())))
+
+    async def retrieve_model(self, request: web.Request) -> web.Response:
+        """The SDK's `models.retrieve`. Ids match exactly, as OpenAI's do: `llama-3-8b` is not `Llama-3-8B`."""
+        model = request.match_info["model"]
+        if model not in self._backend.models():
+            return error_response(model_not_found(model))
+        return web.json_response(model_object(model, int(self._wall_clock_s())))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, RequestKind.COMPLETION)

@@ -111,3 +111,24 @@ async def test_a_completion_carrying_a_messages_key_goes_to_the_engines_completi
     assert engine.paths == ["/v1/completions", "/v1/chat/completions"]
 
 
+
+
+# -- 3. models.retrieve ------------------------------------------------------------------------------
+
+
+async def test_models_retrieve_answers_a_served_id_exactly_and_404s_an_unknown_one() -> None:
+    config = RouterConfig(models=["m", "meta-llama/Llama-3-8B"])
+    async with router(ContextEngine(), config) as r, aiohttp.ClientSession() as http:
+        async with http.get(f"{r.url}/v1/models") as resp:
+            listed = {m["id"]: m for m in (await resp.json())["data"]}
+        async with http.get(f"{r.url}/v1/models/meta-llama/Llama-3-8B") as resp:
+            assert resp.status == 200
+            model = await resp.json()
+        # ids match exactly, as OpenAI's do: another spelling is an unknown model
+        async with http.get(f"{r.url}/v1/models/meta-llama/llama-3-8b") as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+    assert model == listed["meta-llama/Llama-3-8B"]
+    assert model["object"] == "model" and model["owned_by"] == "opscale"
+    assert error == {"message": "The model 'meta-llama/llama-3-8b' does not exist", "type": "invalid_request_error",
+                     "param": "model", "code": "model_not_found"}
