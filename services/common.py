@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.ops_http import start_ops_server
+from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.settings import LiveSettings
 from opscale.runtime.live.store import RedisStore
 from opscale.runtime.live.supervisor import Supervisor, run_until_signalled
@@ -72,7 +73,8 @@ class LiveProcess:
         except BaseException:
             await self.stack.__aexit__(None, None, None)
             raise
-        log.info("%s: connected to %s and %s; ops on port %d", self.service, s.nats_url, s.redis_url, self.ops_port)
+        log.info("%s: connected to %s and %s; ops on port %d", self.service, redact_url(s.nats_url),
+                 redact_url(s.redis_url), self.ops_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
