@@ -67,23 +67,25 @@ _DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503
 
 
 class RouteRejected(Exception):
-    """The router core refused a request: unknown model (404), overload (429), no instance (503).
+    """The router refused a request: unknown model (404), unknown tier (400), overload (429), no
+    instance (503).
 
     `retry_after_s` becomes a `Retry-After` header. `code` defaults by status (404 `model_not_found`,
-    429 `rate_limit_exceeded`, 503 `no_capacity`).
+    429 `rate_limit_exceeded`, 503 `no_capacity`); `param` names the field at fault (`model` for a
+    model_not_found).
     """
 
     def __init__(self, status: int, message: str, retry_after_s: float | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
         self.code = code if code is not None else _DEFAULT_REJECT_CODES.get(status)
+        self.param = param if param is not None else ("model" if self.code == "model_not_found" else None)
 
     def to_api_error(self) -> ApiError:
-        param = "model" if self.code == "model_not_found" else None
-        return error_for_status(self.status, self.message, param=param, code=self.code,
+        return error_for_status(self.status, self.message, param=self.param, code=self.code,
                                 retry_after_s=self.retry_after_s)
 
 

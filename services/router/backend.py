@@ -83,6 +83,9 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
                        ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
+        # An unknown model or tier is refused before it becomes state anywhere (held, recorded, and so
+        # windowed and stored by the aggregator): random names must not make keys.
+        self._check_names(req)
         request = req.as_request(self.clock.now_s(), self.region,
                                  prefix_block_hashes(req.body, self.prefix_block_tokens))
         # Not the "current" span: an async generator may resume in another context, so the span is
@@ -181,6 +184,15 @@ class LiveRouterBackend:
             if status in ("failed", "rejected"):
                 span.set_status(Status(StatusCode.ERROR, status))
             span.end()
+
+    def _check_names(self, req: ParsedRequest) -> None:
+        if not self.core.serves(req.model):
+            served = ", ".join(self.core.models()) or "none"
+            raise RouteRejected(404, f"The model '{req.model}' does not exist; served models: {served}",
+                                code="model_not_found")
+        if req.tier not in self.core.tiers:
+            raise RouteRejected(400, f"opscale_tier: unknown tier {req.tier!r}; known tiers: "
+                                f"{', '.join(sorted(self.core.tiers))}", code="invalid_value", param="opscale_tier")
 
     async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released

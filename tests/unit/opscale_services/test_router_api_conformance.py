@@ -132,3 +132,31 @@ async def test_models_retrieve_answers_a_served_id_exactly_and_404s_an_unknown_o
     assert model["object"] == "model" and model["owned_by"] == "opscale"
     assert error == {"message": "The model 'meta-llama/llama-3-8b' does not exist", "type": "invalid_request_error",
                      "param": "model", "code": "model_not_found"}
+
+
+# -- 5. unknown model names and tiers never become state ---------------------------------------------
+
+
+async def test_unknown_models_and_tiers_are_refused_before_anything_is_recorded() -> None:
+    engine = ContextEngine()
+    async with router(engine) as r, aiohttp.ClientSession() as http:
+        for i in range(20):
+            body = {"model": f"random-{i}", "prompt": "x", "max_tokens": 1, "stream": i % 2 == 0}
+            async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+                assert resp.status == 404
+                error = (await resp.json())["error"]
+                assert error["code"] == "model_not_found" and error["param"] == "model"
+                assert f"The model 'random-{i}' does not exist" in error["message"]
+        body = {"model": "m", "prompt": "x", "max_tokens": 1, "opscale_tier": "platinum"}
+        async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+            assert resp.status == 400
+            tier_error = (await resp.json())["error"]
+        async with http.post(f"{r.url}/v1/completions", json={**body, "opscale_tier": "batch"}) as resp:
+            assert resp.status == 200  # a known tier is served
+        await r.records.flush()
+    assert tier_error["param"] == "opscale_tier" and tier_error["type"] == "invalid_request_error"
+    assert "'platinum'" in tier_error["message"] and "interactive" in tier_error["message"]
+    # only the request with a known model and tier reached an engine or a record
+    assert engine.paths == ["/v1/completions"]
+    assert [(rec.model, rec.tier) for rec in r.bus.records()] == [("m", "batch")]
+    assert r.core.pending() == {}
