@@ -15,8 +15,13 @@ import pytest
 from _router_service_loopback import LiveRouter, live_router, serve, sse
 from aiohttp import web
 
-from opscale.model import InstanceState, InstanceStatus, Role
+from opscale.model import InstanceState, InstanceStatus, Request, Role
 from opscale.services.router import RouterConfig, RouterCore
+from opscale.traces.reading import RequestLabels
+
+from opscale_loadgen.client import SendOptions, send_request
+from opscale_loadgen.clock import MonotonicClock
+from opscale_loadgen.prompts import ApiKind
 
 pytestmark = pytest.mark.unit
 
@@ -160,3 +165,22 @@ async def test_unknown_models_and_tiers_are_refused_before_anything_is_recorded(
     assert engine.paths == ["/v1/completions"]
     assert [(rec.model, rec.tier) for rec in r.bus.records()] == [("m", "batch")]
     assert r.core.pending() == {}
+
+
+# -- 10. a request that names no region is the router's region's ---------------------------------------
+
+
+async def test_a_replayed_request_whose_trace_names_no_region_is_recorded_under_the_routers_region() -> None:
+    unlabelled = RequestLabels().region  # what a trace reader gives a request without a region
+    requests = [Request("r-none", "m", "interactive", unlabelled, 0.0, prompt_tokens=4, output_tokens=2),
+                Request("r-eu", "m", "interactive", "eu", 0.0, prompt_tokens=4, output_tokens=2)]
+    async with router(ContextEngine()) as r, aiohttp.ClientSession() as session:
+        for request in requests:
+            measured = await send_request(session, request, 0.0, MonotonicClock(),
+                                          SendOptions(r.url, ApiKind.COMPLETIONS, timeout_s=10.0))
+            assert measured.http_status == 200
+        # a client that sends no header at all
+        async with session.post(f"{r.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}) as resp:
+            assert resp.status == 200
+        await r.records.flush()
+    assert sorted(rec.region for rec in r.bus.records()) == ["eu", "local", "local"]  # live_router: local
