@@ -24,6 +24,7 @@ from opscale.services.router import RouterCore
 
 from opscale_services.router.api import build_router_app
 from opscale_services.router.backend import LiveRouterBackend
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -67,20 +68,22 @@ class LiveRouter:
 
 
 @asynccontextmanager
-async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus]) -> AsyncIterator[LiveRouter]:
+async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus],
+                      metrics: RouterMetrics | None = None) -> AsyncIterator[LiveRouter]:
     """The live router (HTTP API, back end, pooled upstream client) around `core`, serving on loopback,
-    with `statuses` registered through one heartbeat (none when empty) and a bus that only records."""
+    with `statuses` registered through one heartbeat (none when empty) and a bus that only records;
+    `metrics`, when given, counts its requests."""
     async with AsyncExitStack() as stack:
         bus = RecordingBus()
         clock = WallClock()
         upstream = await stack.enter_async_context(UpstreamClient(UpstreamConfig(connect_timeout_s=2.0)))
         records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local")
+        backend = LiveRouterBackend(core, clock, upstream, records, "local", metrics=metrics)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         if statuses:
             await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), tuple(statuses)))
-        url = await stack.enter_async_context(serve(build_router_app(backend)))
+        url = await stack.enter_async_context(serve(build_router_app(backend, metrics=metrics)))
         yield LiveRouter(url, core, host, bus, records)
 
 

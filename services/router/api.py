@@ -49,6 +49,7 @@ from opscale.runtime.live.openai_http import (
     unix_now_s,
 )
 
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.upstream import SseBytes, UpstreamError
 
 __all__ = [
@@ -63,6 +64,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _READ_CHUNK_BYTES = 64 * 1024
+# The parsed request's model, for the request counter (absent when the body did not parse).
+_MODEL_KEY = web.RequestKey("opscale_model", str)
 _DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "no_capacity"}
 
 
@@ -113,11 +116,13 @@ def build_router_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     wall_clock_s: Callable[[], float] = unix_now_s,
+    metrics: RouterMetrics | None = None,
 ) -> web.Application:
-    """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields."""
+    """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields;
+    `metrics`, when given, counts every completion answer by model and status."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    api = _RouterApi(backend, max_body_bytes, wall_clock_s)
+    api = _RouterApi(backend, max_body_bytes, wall_clock_s, metrics)
     # client_max_size guards any handler that would call request.read(); ours read with read_limited.
     app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
     app.router.add_post("/v1/completions", api.completions)
@@ -174,10 +179,12 @@ class _ClientSink:
 class _RouterApi:
     """The handlers, bound to one back end. One instance per app: no module-level state."""
 
-    def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float]) -> None:
+    def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float],
+                 metrics: RouterMetrics | None = None) -> None:
         self._backend = backend
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
+        self._metrics = metrics
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -193,10 +200,23 @@ class _RouterApi:
         return web.json_response(model_object(model, int(self._wall_clock_s())))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, RequestKind.COMPLETION)
+        return await self._counted(request, RequestKind.COMPLETION)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, RequestKind.CHAT)
+        return await self._counted(request, RequestKind.CHAT)
+
+    async def _counted(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        metrics = self._metrics
+        if metrics is None:
+            return await self._generate(request, kind)
+        try:
+            response = await self._generate(request, kind)
+        except asyncio.CancelledError:
+            metrics.answered(request.get(_MODEL_KEY, ""), 499)  # the client went away before the answer
+            raise
+        # an unknown model (404) is counted under "": a client's random names make no series
+        metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status)
+        return response
 
     async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
         length = request.content_length
@@ -212,6 +232,7 @@ class _RouterApi:
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
+        request[_MODEL_KEY] = parsed.model
         # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core
         # owns the set of served models, and may hold a request for a model that is scaling up from zero.
 

@@ -42,6 +42,7 @@ from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArr
 from opscale.services.router import RouterCore
 
 from opscale_services.router.api import RouteRejected
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import SseBytes, SseSink, UpstreamClient, UpstreamError
 
@@ -52,7 +53,8 @@ Decision = Dispatch | Reject
 
 class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
-                 region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0) -> None:
+                 region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0,
+                 metrics: RouterMetrics | None = None) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
         # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
         # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
@@ -63,6 +65,7 @@ class LiveRouterBackend:
         self.records = records
         self.region = region
         self.host: CoreHost | None = None
+        self.metrics = metrics  # each finished request's TTFT, TBT and E2E
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
 
     # -- the host's action hook: decisions for waiting requests ------------------------------
@@ -179,6 +182,8 @@ class LiveRouterBackend:
             if dispatched:
                 self.core.handle(RequestFinished(outcome), now)  # releases the core's accounting once
             self.records.add(outcome)
+            if self.metrics is not None:
+                self.metrics.finished(outcome)
             span.set_attribute("opscale.status", status)
             span.set_attribute("opscale.output_tokens", produced)
             if status in ("failed", "rejected"):

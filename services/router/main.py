@@ -19,6 +19,7 @@ from opscale_services.router.api import build_router_app, make_runner
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
 from opscale_services.router.kv_metrics import KvIndexCollector
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -46,8 +47,9 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         p.on_exit(records.flush)  # runs before the bus closes: registered after it
         # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
         engine = settings.engine
+        metrics = RouterMetrics(p.registry)
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
-                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0)
+                                    engine.prefix_block_tokens if engine.enable_prefix_caching else 0, metrics)
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
         backend.host = host
 
@@ -65,7 +67,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        runner = make_runner(build_router_app(backend))
+        runner = make_runner(build_router_app(backend, metrics=metrics))
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from _router_service_loopback import LiveRouter, live_router, serve, sse
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceState, InstanceStatus, Request, Role
 from opscale.services.router import RouterConfig, RouterCore
@@ -22,6 +23,7 @@ from opscale.traces.reading import RequestLabels
 from opscale_loadgen.client import SendOptions, send_request
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.prompts import ApiKind
+from opscale_services.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -71,12 +73,13 @@ def engine_app(engine: ContextEngine) -> web.Application:
 
 
 @asynccontextmanager
-async def router(engine: ContextEngine, config: RouterConfig | None = None) -> AsyncIterator[LiveRouter]:
+async def router(engine: ContextEngine, config: RouterConfig | None = None,
+                 metrics: RouterMetrics | None = None) -> AsyncIterator[LiveRouter]:
     async with AsyncExitStack() as stack:
         url = await stack.enter_async_context(serve(engine_app(engine)))
         status = InstanceStatus("i1", "m", "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=url)
         core = RouterCore(config or RouterConfig(models=["m"]))
-        yield await stack.enter_async_context(live_router(core, [status]))
+        yield await stack.enter_async_context(live_router(core, [status], metrics))
 
 
 # -- 1. the engine's 4xx is the client's answer, not a 502 ------------------------------------------
@@ -184,3 +187,33 @@ async def test_a_replayed_request_whose_trace_names_no_region_is_recorded_under_
             assert resp.status == 200
         await r.records.flush()
     assert sorted(rec.region for rec in r.bus.records()) == ["eu", "local", "local"]  # live_router: local
+
+
+# -- 8. requests and latencies on /metrics ------------------------------------------------------------
+
+
+async def test_requests_are_counted_by_model_status_and_tenant_and_latencies_are_histograms() -> None:
+    registry = CollectorRegistry()
+    async with router(ContextEngine(), metrics=RouterMetrics(registry)) as r, aiohttp.ClientSession() as http:
+        for body in ({"model": "m", "prompt": "x", "max_tokens": 3},
+                     {"model": "m", "prompt": "x", "max_tokens": 3, "stream": True, "opscale_tier": "batch"},
+                     {"model": "m", "prompt": "x" * 60, "max_tokens": 30},  # beyond the context: 400
+                     {"model": "no-such-model", "prompt": "x"}):
+            async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+                await resp.read()
+        async with http.post(f"{r.url}/v1/completions", data=b"{oops") as resp:
+            assert resp.status == 400
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("opscale_router_requests_total", model="m", status="200", tenant="") == 2
+    assert value("opscale_router_requests_total", model="m", status="400", tenant="") == 1
+    # an unknown model and a body that did not parse are counted without a model: no series per name
+    assert value("opscale_router_requests_total", model="", status="404", tenant="") == 1
+    assert value("opscale_router_requests_total", model="", status="400", tenant="") == 1
+    assert value("opscale_router_requests_total", model="no-such-model", status="404", tenant="") is None
+    for tier in ("interactive", "batch"):
+        assert value("opscale_router_ttft_seconds_count", model="m", tier=tier) == 1
+        assert value("opscale_router_tbt_seconds_count", model="m", tier=tier) == 1
+        assert value("opscale_router_e2e_seconds_count", model="m", tier=tier) == 1
