@@ -10,6 +10,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.openai_http import stop_accepting
 from opscale.runtime.live.settings import RouterSettings
 from opscale.services import subjects
 from opscale.services.router import RouterCore
@@ -67,13 +68,24 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        runner = make_runner(build_router_app(backend, metrics=metrics))
+        # The drain at shutdown is bounded by stop_timeout_s: streams still running then are cancelled
+        runner = make_runner(build_router_app(backend, metrics=metrics), shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
                                                  settings.grpc_port)
         p.on_exit(lambda: grpc_server.stop(2.0))
+
+        async def drain() -> None:
+            # Registered last, so the shutdown starts here: every port is released at once (a
+            # replacement on this host binds while this one drains), then the streams in flight finish
+            # or are cancelled at the deadline, API and gRPC alike.
+            await stop_accepting(runner)
+            await p.close_ops_port()
+            await asyncio.gather(runner.cleanup(), grpc_server.stop(settings.stop_timeout_s))
+
+        p.on_exit(drain)
 
         p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
         p.supervisor.every("records", settings.records_flush_s, records.flush,

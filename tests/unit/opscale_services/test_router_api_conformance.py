@@ -5,6 +5,7 @@ need no NATS and are `unit` tests even though they open sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,16 +18,20 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceState, InstanceStatus, Request, Role
+from opscale.openai.schema import ParsedRequest, TokenChunk
+from opscale.runtime.live.openai_http import make_runner, stop_accepting
 from opscale.services.router import RouterConfig, RouterCore
 from opscale.traces.reading import RequestLabels
 
 from opscale_loadgen.client import SendOptions, send_request
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.prompts import ApiKind
+from opscale_services.router.api import build_router_app
 from opscale_services.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.unit
 
+GUARD_S = 10.0  # hang guard only, never a performance threshold
 CONTEXT_TOKENS = 64  # the fake engine's context window, in prompt characters plus max_tokens
 
 
@@ -217,3 +222,66 @@ async def test_requests_are_counted_by_model_status_and_tenant_and_latencies_are
         assert value("opscale_router_ttft_seconds_count", model="m", tier=tier) == 1
         assert value("opscale_router_tbt_seconds_count", model="m", tier=tier) == 1
         assert value("opscale_router_e2e_seconds_count", model="m", tier=tier) == 1
+
+
+# -- 6. a draining router frees its ports at once and drains within its bound --------------------------
+
+
+class SlowStream:
+    """A back end whose streams run until they are closed, one token per `gap_s`."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def models(self) -> list[str]:
+        return ["m"]
+
+    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
+        try:
+            i = 0
+            while True:
+                yield TokenChunk(f" t{i}", i, None)
+                i += 1
+                await asyncio.sleep(0.01)  # noqa: TID251 - pacing of a fake engine
+        finally:
+            self.closed += 1
+
+
+async def test_a_draining_router_frees_its_port_at_once_and_its_streams_end_at_the_drain_bound() -> None:
+    backend = SlowStream()
+    runner = make_runner(build_router_app(backend), shutdown_timeout=0.5)  # the router's stop_timeout_s
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    body = {"model": "m", "prompt": "x", "stream": True}
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"http://127.0.0.1:{port}/v1/completions", json=body)
+        assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
+        await stop_accepting(runner)  # the drain's first step
+        # a replacement binds the same port and serves while the old stream still flows
+        async with serve_on(build_router_app(FakeOneToken()), port) as replacement:
+            async with http.post(f"{replacement}/v1/completions", json={"model": "m", "prompt": "x"}) as answer:
+                assert answer.status == 200
+            assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
+            # the drain ends the stream at its bound rather than waiting for it
+            await asyncio.wait_for(runner.cleanup(), GUARD_S)
+            with pytest.raises(aiohttp.ClientPayloadError):  # cut at the deadline, never finished
+                await asyncio.wait_for(resp.content.read(), GUARD_S)
+        resp.close()
+    assert backend.closed == 1  # the back end's stream was closed (upstream work released)
+
+
+class FakeOneToken(SlowStream):
+    async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
+        yield TokenChunk(" only", 0, "stop")
+
+
+@asynccontextmanager
+async def serve_on(app: web.Application, port: int) -> AsyncIterator[str]:
+    runner = make_runner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

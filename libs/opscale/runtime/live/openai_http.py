@@ -34,6 +34,14 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     return web.AppRunner(app, **kwargs)
 
 
+async def stop_accepting(runner: web.AppRunner) -> None:
+    """Close every listening socket of `runner` at once, so a replacement on this host can bind its ports,
+    while the connections already accepted go on; `runner.cleanup()` then drains them, cancelling what
+    still runs at its `shutdown_timeout`. Idempotent."""
+    for site in list(runner.sites):
+        await site.stop()
+
+
 def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
     headers = dict(error.headers())
     if extra_headers:
