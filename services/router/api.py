@@ -48,6 +48,7 @@ from opscale.runtime.live.openai_http import (
     sse_response,
     unix_now_s,
 )
+from opscale.runtime.live.server_limits import ServerLimits
 
 from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.upstream import SseBytes, UpstreamError
@@ -60,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BODY_BYTES: int = ServerLimits.model_fields["max_body_bytes"].default
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _READ_CHUNK_BYTES = 64 * 1024
@@ -117,12 +118,15 @@ def build_router_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     wall_clock_s: Callable[[], float] = unix_now_s,
     metrics: RouterMetrics | None = None,
+    body_timeout_s: float | None = None,
 ) -> web.Application:
     """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields;
-    `metrics`, when given, counts every completion answer by model and status."""
+    `metrics`, when given, counts every completion answer by model and status; `body_timeout_s`, when
+    given, bounds the wait for a request's body (408 after it). Serve it with `make_runner(app, limits)`
+    for the connection-level limits (ServerLimits)."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    api = _RouterApi(backend, max_body_bytes, wall_clock_s, metrics)
+    api = _RouterApi(backend, max_body_bytes, wall_clock_s, metrics, body_timeout_s)
     # client_max_size guards any handler that would call request.read(); ours read with read_limited.
     app = web.Application(client_max_size=max_body_bytes, middlewares=[openai_errors_middleware])
     app.router.add_post("/v1/completions", api.completions)
@@ -180,11 +184,12 @@ class _RouterApi:
     """The handlers, bound to one back end. One instance per app: no module-level state."""
 
     def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float],
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, body_timeout_s: float | None = None) -> None:
         self._backend = backend
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
         self._metrics = metrics
+        self._body_timeout_s = body_timeout_s
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -218,14 +223,26 @@ class _RouterApi:
         metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status)
         return response
 
-    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+    async def _read_body(self, request: web.Request) -> bytes | ApiError:
         length = request.content_length
         if length is not None and length <= self._max_body_bytes:
             # the usual case, a declared length within the bound: one read (aiohttp's parser holds the
             # body to that length), not a chunk iterator
-            raw: bytes | ApiError = await request.read()
+            return await request.read()
+        return await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
+
+    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        if self._body_timeout_s is None or request.content.is_eof():
+            raw = await self._read_body(request)  # no bound, or the body is all here already: no timer
         else:
-            raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
+            try:
+                async with asyncio.timeout(self._body_timeout_s):
+                    raw = await self._read_body(request)
+            except TimeoutError:
+                response = error_response(error_for_status(
+                    408, f"The request body did not arrive within {self._body_timeout_s:g} s", code="request_timeout"))
+                response.force_close()  # the rest of the body may still come: the connection cannot be reused
+                return response
         if isinstance(raw, ApiError):
             return error_response(raw)
         parsed = parse_completion(raw, kind, headers=request.headers)

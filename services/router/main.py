@@ -69,7 +69,10 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.registry.register(KvIndexCollector(core))
 
         # The drain at shutdown is bounded by stop_timeout_s: streams still running then are cancelled
-        runner = make_runner(build_router_app(backend, metrics=metrics), shutdown_timeout=settings.stop_timeout_s)
+        limits = settings.http_limits
+        app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, metrics=metrics,
+                               body_timeout_s=limits.body_timeout_s)
+        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from opscale.model import InstanceState, InstanceStatus, Request, Role
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.runtime.live.openai_http import make_runner, stop_accepting
+from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.router import RouterConfig, RouterCore
 from opscale.traces.reading import RequestLabels
 
@@ -285,3 +286,81 @@ async def serve_on(app: web.Application, port: int) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+# -- 7. idle and slow clients, and oversized heads, each get a clear end -----------------------------------
+
+LIMITS = ServerLimits(header_timeout_s=0.2, body_timeout_s=0.2, keepalive_timeout_s=0.3, max_header_bytes=2048,
+                      max_headers=32, max_body_bytes=4096)
+
+
+@asynccontextmanager
+async def limited_router() -> AsyncIterator[tuple[str, int]]:
+    app = build_router_app(FakeOneToken(), max_body_bytes=LIMITS.max_body_bytes, body_timeout_s=LIMITS.body_timeout_s)
+    runner = make_runner(app, LIMITS, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        await runner.cleanup()
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), GUARD_S)  # b"..." then EOF: the server closed
+
+
+def head(extra: str = "", length: int = 0) -> bytes:
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+
+
+async def test_connections_that_never_send_a_request_or_stall_in_the_head_are_closed() -> None:
+    async with limited_router() as (_, port):
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        partial_reader, partial_writer = await asyncio.open_connection("127.0.0.1", port)
+        partial_writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        for reader, writer in [*silent, (partial_reader, partial_writer)]:
+            assert await read_until_closed(reader) == b""  # closed by the server, nothing sent
+            writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout() -> None:
+    async with limited_router() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"model": "m", "prompt": "x"}).encode()
+        writer.write(head(length=len(body)) + body)
+        answer = await read_until_closed(reader)  # the answer, then the close once idle
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"text_completion" in answer
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_with_an_openai_body() -> None:
+    async with limited_router() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(length=100) + b'{"model": "m"')  # 13 of the 100 bytes, then nothing
+        answer = await read_until_closed(reader)
+        writer.close()
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408")
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and "0.2 s" in error["message"]
+
+
+@pytest.mark.parametrize("extra", [f"X-Big: {'a' * 3000}\r\n", "".join(f"X-H{i}: v\r\n" for i in range(40))],
+                         ids=["header too long", "too many headers"])
+async def test_a_head_too_large_is_431_with_an_openai_body(extra: str) -> None:
+    async with limited_router() as (url, port), aiohttp.ClientSession() as http:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(extra))
+        answer = await read_until_closed(reader)
+        writer.close()
+        async with http.post(f"{url}/v1/completions", json={"model": "m", "prompt": "x" * 5000}) as resp:
+            assert resp.status == 413  # and a body beyond its bound is 413, as before
+        async with http.post(f"{url}/v1/completions", json={"model": "m", "prompt": "x"}) as resp:
+            assert resp.status == 200  # the server goes on serving
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.split(b" ")[1] == b"431"  # HTTP/1.0: the head was never parsed
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_header_fields_too_large" and error["type"] == "invalid_request_error"
