@@ -28,6 +28,7 @@ from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
 from opscale.openai.schema import RequestKind, TokenChunk
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage
+from opscale.runtime.live.redact import redact_url
 
 from opscale_services.router.http1 import (
     ConnectionFailed,
@@ -66,7 +67,7 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: UpstreamErrorKind, message: str, *, before_first_token: bool,
                  status: int | None = None, endpoint: str = "", error: Mapping[str, Any] | None = None) -> None:
-        super().__init__(f"{kind}: {message}" + (f" ({endpoint})" if endpoint else ""))
+        super().__init__(f"{kind}: {message}" + (f" ({redact_url(endpoint)})" if endpoint else ""))
         self.kind: UpstreamErrorKind = kind
         self.message = message
         self.before_first_token = before_first_token
