@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+from _builders import outcome
 from _router_service_loopback import LiveRouter, live_router, serve, sse
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -21,12 +22,15 @@ from opscale.model import InstanceState, InstanceStatus, Request, Role
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.runtime.live.openai_http import make_runner, stop_accepting
 from opscale.runtime.live.server_limits import ServerLimits
+from opscale.services.aggregator import AggregatorConfig, AggregatorCore
+from opscale.services.events import RequestFinished
 from opscale.services.router import RouterConfig, RouterCore
 from opscale.traces.reading import RequestLabels
 
 from opscale_loadgen.client import SendOptions, send_request
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.prompts import ApiKind
+from opscale_services.aggregator.main import DroppedRecordsCollector
 from opscale_services.router.api import build_router_app
 from opscale_services.router.metrics import RouterMetrics
 
@@ -364,3 +368,15 @@ async def test_a_head_too_large_is_431_with_an_openai_body(extra: str) -> None:
     assert status.split(b" ")[1] == b"431"  # HTTP/1.0: the head was never parsed
     error = json.loads(body)["error"]
     assert error["code"] == "request_header_fields_too_large" and error["type"] == "invalid_request_error"
+
+
+def test_the_aggregator_shows_the_records_it_dropped_on_its_metrics() -> None:
+    # the aggregator's side of defect 5: what it drops is counted where an operator looks
+    core = AggregatorCore(AggregatorConfig(models=["m"]))
+    registry = CollectorRegistry()
+    registry.register(DroppedRecordsCollector(core))
+    for i, (model, tier) in enumerate([("m", "interactive"), ("random", "interactive"), ("m", "platinum"),
+                                       ("other", "batch")]):
+        core.handle(RequestFinished(outcome(i, arrival=0.0, ttft=0.1, e2e=1.0, model=model, tier=tier)), 1.0)
+    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_model"}) == 2
+    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_tier"}) == 1
