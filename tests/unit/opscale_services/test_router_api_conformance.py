@@ -1,7 +1,10 @@
 """The router's API tried as a user of the `openai` SDK would (issue 16, item 6): each test here is the
 regression test of one defect found that way. The live router (HTTP API, RouterCore, pooled upstream
 client) runs on loopback in front of a small aiohttp engine; the bus is an in-memory recorder, so these
-need no NATS and are `unit` tests even though they open sockets."""
+need no NATS and are `unit` tests even though they open sockets. Sections are numbered by defect; the
+others have their tests beside their code: 4 (credentials in logs) in tests/unit/runtime/live/test_redact.py
+and tests/integration/test_live_redaction.py, 6 (the drain) also in
+tests/integration/test_live_router_drain.py, 9 (`opscale up` restarts) in test_launcher_restart.py."""
 
 from __future__ import annotations
 
@@ -129,8 +132,6 @@ async def test_a_completion_carrying_a_messages_key_goes_to_the_engines_completi
     assert engine.paths == ["/v1/completions", "/v1/chat/completions"]
 
 
-
-
 # -- 3. models.retrieve ------------------------------------------------------------------------------
 
 
@@ -179,54 +180,16 @@ async def test_unknown_models_and_tiers_are_refused_before_anything_is_recorded(
     assert [(rec.model, rec.tier) for rec in r.bus.records()] == [("m", "batch")]
     assert r.core.pending() == {}
 
-
-# -- 10. a request that names no region is the router's region's ---------------------------------------
-
-
-async def test_a_replayed_request_whose_trace_names_no_region_is_recorded_under_the_routers_region() -> None:
-    unlabelled = RequestLabels().region  # what a trace reader gives a request without a region
-    requests = [Request("r-none", "m", "interactive", unlabelled, 0.0, prompt_tokens=4, output_tokens=2),
-                Request("r-eu", "m", "interactive", "eu", 0.0, prompt_tokens=4, output_tokens=2)]
-    async with router(ContextEngine()) as r, aiohttp.ClientSession() as session:
-        for request in requests:
-            measured = await send_request(session, request, 0.0, MonotonicClock(),
-                                          SendOptions(r.url, ApiKind.COMPLETIONS, timeout_s=10.0))
-            assert measured.http_status == 200
-        # a client that sends no header at all
-        async with session.post(f"{r.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}) as resp:
-            assert resp.status == 200
-        await r.records.flush()
-    assert sorted(rec.region for rec in r.bus.records()) == ["eu", "local", "local"]  # live_router: local
-
-
-# -- 8. requests and latencies on /metrics ------------------------------------------------------------
-
-
-async def test_requests_are_counted_by_model_status_and_tenant_and_latencies_are_histograms() -> None:
+def test_the_aggregator_shows_the_records_it_dropped_on_its_metrics() -> None:
+    # the aggregator's side of defect 5: what it drops is counted where an operator looks
+    core = AggregatorCore(AggregatorConfig(models=["m"]))
     registry = CollectorRegistry()
-    async with router(ContextEngine(), metrics=RouterMetrics(registry)) as r, aiohttp.ClientSession() as http:
-        for body in ({"model": "m", "prompt": "x", "max_tokens": 3},
-                     {"model": "m", "prompt": "x", "max_tokens": 3, "stream": True, "opscale_tier": "batch"},
-                     {"model": "m", "prompt": "x" * 60, "max_tokens": 30},  # beyond the context: 400
-                     {"model": "no-such-model", "prompt": "x"}):
-            async with http.post(f"{r.url}/v1/completions", json=body) as resp:
-                await resp.read()
-        async with http.post(f"{r.url}/v1/completions", data=b"{oops") as resp:
-            assert resp.status == 400
-
-    def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, labels)
-
-    assert value("opscale_router_requests_total", model="m", status="200", tenant="") == 2
-    assert value("opscale_router_requests_total", model="m", status="400", tenant="") == 1
-    # an unknown model and a body that did not parse are counted without a model: no series per name
-    assert value("opscale_router_requests_total", model="", status="404", tenant="") == 1
-    assert value("opscale_router_requests_total", model="", status="400", tenant="") == 1
-    assert value("opscale_router_requests_total", model="no-such-model", status="404", tenant="") is None
-    for tier in ("interactive", "batch"):
-        assert value("opscale_router_ttft_seconds_count", model="m", tier=tier) == 1
-        assert value("opscale_router_tbt_seconds_count", model="m", tier=tier) == 1
-        assert value("opscale_router_e2e_seconds_count", model="m", tier=tier) == 1
+    registry.register(DroppedRecordsCollector(core))
+    for i, (model, tier) in enumerate([("m", "interactive"), ("random", "interactive"), ("m", "platinum"),
+                                       ("other", "batch")]):
+        core.handle(RequestFinished(outcome(i, arrival=0.0, ttft=0.1, e2e=1.0, model=model, tier=tier)), 1.0)
+    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_model"}) == 2
+    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_tier"}) == 1
 
 
 # -- 6. a draining router frees its ports at once and drains within its bound --------------------------
@@ -370,13 +333,50 @@ async def test_a_head_too_large_is_431_with_an_openai_body(extra: str) -> None:
     assert error["code"] == "request_header_fields_too_large" and error["type"] == "invalid_request_error"
 
 
-def test_the_aggregator_shows_the_records_it_dropped_on_its_metrics() -> None:
-    # the aggregator's side of defect 5: what it drops is counted where an operator looks
-    core = AggregatorCore(AggregatorConfig(models=["m"]))
+# -- 8. requests and latencies on /metrics ------------------------------------------------------------
+
+
+async def test_requests_are_counted_by_model_status_and_tenant_and_latencies_are_histograms() -> None:
     registry = CollectorRegistry()
-    registry.register(DroppedRecordsCollector(core))
-    for i, (model, tier) in enumerate([("m", "interactive"), ("random", "interactive"), ("m", "platinum"),
-                                       ("other", "batch")]):
-        core.handle(RequestFinished(outcome(i, arrival=0.0, ttft=0.1, e2e=1.0, model=model, tier=tier)), 1.0)
-    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_model"}) == 2
-    assert registry.get_sample_value("opscale_aggregator_records_dropped_total", {"reason": "unknown_tier"}) == 1
+    async with router(ContextEngine(), metrics=RouterMetrics(registry)) as r, aiohttp.ClientSession() as http:
+        for body in ({"model": "m", "prompt": "x", "max_tokens": 3},
+                     {"model": "m", "prompt": "x", "max_tokens": 3, "stream": True, "opscale_tier": "batch"},
+                     {"model": "m", "prompt": "x" * 60, "max_tokens": 30},  # beyond the context: 400
+                     {"model": "no-such-model", "prompt": "x"}):
+            async with http.post(f"{r.url}/v1/completions", json=body) as resp:
+                await resp.read()
+        async with http.post(f"{r.url}/v1/completions", data=b"{oops") as resp:
+            assert resp.status == 400
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("opscale_router_requests_total", model="m", status="200", tenant="") == 2
+    assert value("opscale_router_requests_total", model="m", status="400", tenant="") == 1
+    # an unknown model and a body that did not parse are counted without a model: no series per name
+    assert value("opscale_router_requests_total", model="", status="404", tenant="") == 1
+    assert value("opscale_router_requests_total", model="", status="400", tenant="") == 1
+    assert value("opscale_router_requests_total", model="no-such-model", status="404", tenant="") is None
+    for tier in ("interactive", "batch"):
+        assert value("opscale_router_ttft_seconds_count", model="m", tier=tier) == 1
+        assert value("opscale_router_tbt_seconds_count", model="m", tier=tier) == 1
+        assert value("opscale_router_e2e_seconds_count", model="m", tier=tier) == 1
+
+
+# -- 10. a request that names no region is the router's region's ---------------------------------------
+
+
+async def test_a_replayed_request_whose_trace_names_no_region_is_recorded_under_the_routers_region() -> None:
+    unlabelled = RequestLabels().region  # what a trace reader gives a request without a region
+    requests = [Request("r-none", "m", "interactive", unlabelled, 0.0, prompt_tokens=4, output_tokens=2),
+                Request("r-eu", "m", "interactive", "eu", 0.0, prompt_tokens=4, output_tokens=2)]
+    async with router(ContextEngine()) as r, aiohttp.ClientSession() as session:
+        for request in requests:
+            measured = await send_request(session, request, 0.0, MonotonicClock(),
+                                          SendOptions(r.url, ApiKind.COMPLETIONS, timeout_s=10.0))
+            assert measured.http_status == 200
+        # a client that sends no header at all
+        async with session.post(f"{r.url}/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}) as resp:
+            assert resp.status == 200
+        await r.records.flush()
+    assert sorted(rec.region for rec in r.bus.records()) == ["eu", "local", "local"]  # live_router: local
