@@ -32,18 +32,30 @@ class RouterMetrics:
                              "request", labelnames=("model", "tier"), buckets=TBT_BUCKETS_S, registry=registry)
         self.e2e = Histogram("opscale_router_e2e_seconds", "End-to-end latency of each completed request",
                              labelnames=("model", "tier"), buckets=E2E_BUCKETS_S, registry=registry)
+        # labelled children looked up once per label set, not per request (the keys are bounded: served
+        # models, configured tiers, statuses)
+        self._answers: dict[tuple[str, int, str], Counter] = {}
+        self._latencies: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
 
     def answered(self, model: str, status: int, tenant: str = "") -> None:
-        self.requests.labels(model, str(status), tenant).inc()
+        key = (model, status, tenant)
+        counter = self._answers.get(key)
+        if counter is None:
+            counter = self._answers[key] = self.requests.labels(model, str(status), tenant)
+        counter.inc()
 
     def finished(self, outcome: RequestOutcome) -> None:
         """A request's latencies, from its record (the same figures the aggregator windows)."""
-        labels = (outcome.model, outcome.tier)
-        if (ttft := outcome.ttft_s) is not None:
-            self.ttft.labels(*labels).observe(ttft)
+        key = (outcome.model, outcome.tier)
+        histograms = self._latencies.get(key)
+        if histograms is None:
+            histograms = self._latencies[key] = (self.ttft.labels(*key), self.tbt.labels(*key), self.e2e.labels(*key))
+        ttft, tbt, e2e = histograms
+        if (value := outcome.ttft_s) is not None:
+            ttft.observe(value)
         if outcome.status != "ok":
             return
-        if (tbt := outcome.tbt_s) is not None:
-            self.tbt.labels(*labels).observe(tbt)
-        if (e2e := outcome.e2e_s) is not None:
-            self.e2e.labels(*labels).observe(e2e)
+        if (value := outcome.tbt_s) is not None:
+            tbt.observe(value)
+        if (value := outcome.e2e_s) is not None:
+            e2e.observe(value)
