@@ -87,6 +87,7 @@ class _LimitedServer(web.Server):
 
 
 _LINGER_S = 1.0
+_HANDLER_TAKES_MAX_HEADERS = "max_headers" in inspect.signature(RequestHandler.__init__).parameters
 
 
 class _LimitedRunner(web.AppRunner):
@@ -94,8 +95,10 @@ class _LimitedRunner(web.AppRunner):
         # lingering: after an answer that left the body unread (408, 413), aiohttp reads what the client
         # still sends for a while before closing, so the client reads the answer rather than a reset;
         # bounded here, not its 10 s, so a client that stalls is dropped soon
+        if _HANDLER_TAKES_MAX_HEADERS:  # aiohttp's server takes a header-count bound in recent releases only
+            kwargs["max_headers"] = limits.max_headers
         super().__init__(app, keepalive_timeout=limits.keepalive_timeout_s, max_line_size=limits.max_header_bytes,
-                         max_field_size=limits.max_header_bytes, max_headers=limits.max_headers,
+                         max_field_size=limits.max_header_bytes,
                          lingering_time=min(_LINGER_S, limits.body_timeout_s), **kwargs)
         self._header_timeout_s = limits.header_timeout_s
 
