@@ -219,6 +219,9 @@ class _RouterApi:
         except asyncio.CancelledError:
             metrics.answered(request.get(_MODEL_KEY, ""), 499)  # the client went away before the answer
             raise
+        except Exception:
+            metrics.answered(request.get(_MODEL_KEY, ""), 500)  # the error middleware answers it
+            raise
         # an unknown model (404) is counted under "": a client's random names make no series
         metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status)
         return response
