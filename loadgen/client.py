@@ -19,6 +19,7 @@ from opscale.model import Request
 from opscale.openai.schema import REGION_HEADER
 from opscale.openai.sse import SSE_CONTENT_TYPE, SseDecoder, SseError
 from opscale.reporting.latency_report import LatencyRecord, RequestStatus
+from opscale.traces.reading import UNLABELLED
 
 from opscale_loadgen.clock import ReplayClock
 from opscale_loadgen.prompts import ApiKind, request_body
@@ -75,7 +76,8 @@ async def send_request(session: aiohttp.ClientSession, request: Request, schedul
     """Send `request` now and measure it; `scheduled_s` is when the trace clock wanted it sent."""
     body = request_body(request, options.api, model=options.model, extras=options.extras)
     headers = {}
-    if options.extras and _REGION_RE.match(request.region):
+    # a trace that names no region (UNLABELLED) sends none: the router's own region is the origin
+    if options.extras and request.region != UNLABELLED and _REGION_RE.match(request.region):
         headers[REGION_HEADER] = request.region
     tally = StreamTally()
     decoder = SseDecoder()

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.bus import NatsBus
-from opscale.runtime.live.ops_http import start_ops_server
+from opscale.runtime.live.ops_http import OpsServer, start_ops_server
+from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.settings import LiveSettings
 from opscale.runtime.live.store import RedisStore
 from opscale.runtime.live.supervisor import Supervisor, run_until_signalled
@@ -48,6 +49,7 @@ class LiveProcess:
     tracer_provider: TracerProvider = field(init=False)
     ready: bool = False
     ops_port: int = 0
+    ops: OpsServer | None = None
 
     async def __aenter__(self) -> LiveProcess:
         s = self.settings
@@ -67,16 +69,23 @@ class LiveProcess:
                                          registry=self.registry)
             ops = await start_ops_server(s.ops_host, s.ops_port, self.supervisor.health, lambda: self.ready,
                                          self.registry)
-            self.ops_port = ops.port
+            self.ops, self.ops_port = ops, ops.port
             self.stack.push_async_callback(ops.stop)
         except BaseException:
             await self.stack.__aexit__(None, None, None)
             raise
-        log.info("%s: connected to %s and %s; ops on port %d", self.service, s.nats_url, s.redis_url, self.ops_port)
+        log.info("%s: connected to %s and %s; ops on port %d", self.service, redact_url(s.nats_url),
+                 redact_url(s.redis_url), self.ops_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.__aexit__(None, None, None)
+
+    async def close_ops_port(self) -> None:
+        """Stop the ops server now (a draining service frees its port for a replacement at once); the
+        shutdown's own stop of it then does nothing."""
+        if self.ops is not None:
+            await self.ops.stop()
 
     def on_exit(self, release: Callable[[], Awaitable[object]]) -> None:
         """Release `release` at shutdown (in reverse order of registration)."""

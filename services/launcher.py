@@ -4,7 +4,9 @@ local stack as child processes).
 `up` serves the API without keys unless the settings configure some, and warns loudly when it does.
 `up` gives each node-agent its own identity and ports through environment variables, forwards Ctrl-C or
 SIGTERM to every child as SIGTERM, waits for them to stop, and kills only what is still running after
-the grace period. If a child dies on its own, the others are stopped too, and the exit code says so.
+the grace period. A child that dies on its own is restarted after an exponential backoff (1 s, 2 s, 4 s,
+... up to 30 s), and the log says so; one that dies `RestartPolicy.max_restarts` times in a row (each
+time within `stable_s` of its start) stops the whole stack, and the exit code says so.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -154,29 +158,87 @@ def _scenario_stack(scenario_path: Path, config: Path | None,
             [p.env for p in processes if p.service == "node-agent"])
 
 
-def _supervise(processes: list[tuple[str, dict[str, str]]], grace_s: float) -> int:
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How `up` restarts a child that died on its own: after `backoff_s`, doubling per consecutive death
+    up to `max_backoff_s`, at most `max_restarts` times in a row; a child that ran `stable_s` before
+    dying starts its count afresh."""
+
+    max_restarts: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    stable_s: float = 60.0
+
+    def delay_s(self, attempt: int) -> float:
+        return min(self.max_backoff_s, self.backoff_s * 2.0 ** (attempt - 1))
+
+
+def service_command(service: str) -> list[str]:
+    return [sys.executable, "-m", "opscale.cli", "serve", service]
+
+
+@dataclass(slots=True)
+class _Child:
+    service: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_s: float = 0.0
+    restarts: int = 0  # consecutive deaths so far
+    restart_at_s: float = 0.0
+
+
+def _supervise(processes: list[tuple[str, dict[str, str]]], grace_s: float, policy: RestartPolicy | None = None,
+               stop: threading.Event | None = None,
+               command: Callable[[str], list[str]] = service_command) -> int:
+    """Run `processes` until SIGINT/SIGTERM (or `stop`), restarting any that dies on its own (see
+    RestartPolicy); 0 after a clean stop, 1 when a child kept dying or had to be killed."""
+    policy = policy or RestartPolicy()
+    children = [_Child(service, env) for service, env in processes]
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def start(child: _Child) -> None:
+        child.proc = subprocess.Popen(command(child.service), env=child.env)
+        child.started_s = time.monotonic()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = ({sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if in_main_thread else {})
     try:
-        for service, env in processes:
-            cmd = [sys.executable, "-m", "opscale.cli", "serve", service]
-            children.append((service, subprocess.Popen(cmd, env=env)))
-            log.info("started %s (pid %d)", service, children[-1][1].pid)
+        for child in children:
+            start(child)
+            log.info("started %s (pid %d)", child.service, child.proc.pid)  # type: ignore[union-attr]
         exit_code = 0
-        while not stopping:
-            for service, proc in children:
-                if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping the stack", service, proc.returncode)
+        while not stopping and not (stop is not None and stop.is_set()):
+            now = time.monotonic()
+            for child in children:
+                if child.proc is None:
+                    if now >= child.restart_at_s:
+                        start(child)
+                        log.warning("restarted %s (pid %d, restart %d of %d)", child.service,
+                                    child.proc.pid, child.restarts, policy.max_restarts)  # type: ignore[union-attr]
+                    continue
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                if now - child.started_s >= policy.stable_s:
+                    child.restarts = 0  # it ran a good while: a new failure, not the same one again
+                if child.restarts >= policy.max_restarts:
+                    log.error("%s exited with code %s after %d restarts in a row; stopping the stack",
+                              child.service, code, child.restarts)
                     stopping, exit_code = True, 1
                     break
+                child.restarts += 1
+                delay = policy.delay_s(child.restarts)
+                log.warning("%s exited with code %s; restarting it in %.1f s (restart %d of %d)", child.service,
+                            code, delay, child.restarts, policy.max_restarts)
+                child.proc, child.restart_at_s = None, now + delay
             time.sleep(0.2)
-        return _stop_all(children, grace_s) or exit_code
+        running = [(c.service, c.proc) for c in children if c.proc is not None]
+        return _stop_all(running, grace_s) or exit_code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -25,6 +25,7 @@ from opscale.services.router import RouterCore
 from opscale_services.router.api import build_router_app
 from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -69,22 +70,23 @@ class LiveRouter:
 
 @asynccontextmanager
 async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus],
-                      gate: TenantGate | None = None) -> AsyncIterator[LiveRouter]:
+                      *, gate: TenantGate | None = None, metrics: RouterMetrics | None = None
+                      ) -> AsyncIterator[LiveRouter]:
     """The live router (HTTP API, back end, pooled upstream client) around `core`, serving on loopback,
     with `statuses` registered through one heartbeat (none when empty) and a bus that only records;
-    with `gate`, behind API keys."""
+    with `gate`, behind API keys; `metrics`, when given, counts its requests."""
     async with AsyncExitStack() as stack:
         bus = RecordingBus()
         clock = WallClock()
         upstream = await stack.enter_async_context(UpstreamClient(UpstreamConfig(connect_timeout_s=2.0)))
         records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
         backend = LiveRouterBackend(core, clock, upstream, records, "local",
-                                    on_finished=gate.settle if gate is not None else None)
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         if statuses:
             await host.handle(AgentHeartbeat("a1", "local", "H100-80GB", 8, "a1:1", 1, clock.now_s(), tuple(statuses)))
-        url = await stack.enter_async_context(serve(build_router_app(backend, gate=gate)))
+        url = await stack.enter_async_context(serve(build_router_app(backend, gate=gate, metrics=metrics)))
         yield LiveRouter(url, core, host, bus, records)
 
 

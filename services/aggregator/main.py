@@ -4,7 +4,10 @@ go back on NATS and into Redis. Wiring only: the logic is opscale.services.aggre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import AggregatorSettings
@@ -14,11 +17,27 @@ from opscale.services.aggregator import AggregatorCore
 from opscale_services.common import LiveProcess
 
 
+class DroppedRecordsCollector(Collector):
+    """`opscale_aggregator_records_dropped_total{reason}`: records of an unknown model or tier, dropped
+    rather than windowed (read from the core at each scrape)."""
+
+    def __init__(self, core: AggregatorCore) -> None:
+        self.core = core
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("opscale_aggregator_records_dropped", "Request records dropped, not "
+                                     "windowed: unknown model or tier", labels=["reason"])
+        for reason, count in sorted(self.core.dropped_unknown.items()):
+            family.add_metric([f"unknown_{reason}"], float(count))
+        yield family
+
+
 async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("aggregator", settings) as p:
         core = AggregatorCore(settings.core, settings.tier_specs())
         host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
+        p.registry.register(DroppedRecordsCollector(core))
         ns = settings.namespace or "default"
         records = await p.bus.subscribe(subjects.RECORDS_ALL, f"aggregator-records-{ns}", host.deliver,
                                         max_pending=5000, fetch_batch=500)

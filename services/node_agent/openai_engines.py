@@ -59,6 +59,7 @@ from opscale.openai.routed_headers import REQUEST_ID_HEADER, parse_routed_header
 from opscale.openai.schema import ApiError, error_for_status
 from opscale.runtime.clock import Clock
 from opscale.runtime.live.openai_http import error_response, openai_errors_middleware
+from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.settings import OpenAIEngineSettings
 
 from opscale_services.node_agent.kv_forward import KvEventsOf
@@ -300,9 +301,9 @@ class OpenAIEngines:
                 async with session.get(f"{base}/v1/models", headers=headers, timeout=timeout) as resp:
                     healthy = resp.status == 200 and bound.server.served_model_name in await resp.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.debug("health check of %s failed: %s", base, exc)
+            log.debug("health check of %s failed: %s", redact_url(base), exc)
         if healthy != bound.healthy:
-            log.info("server %s of instance %s is %s", base, bound.spec.instance_id,
+            log.info("server %s of instance %s is %s", redact_url(base), bound.spec.instance_id,
                      "healthy" if healthy else "unhealthy")
         bound.healthy = healthy
         if healthy and bound.server.metrics_path:
@@ -316,7 +317,7 @@ class OpenAIEngines:
                     return
                 metrics = parse_server_metrics(await resp.text())
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.debug("metrics of %s unreadable: %s", url, exc)
+            log.debug("metrics of %s unreadable: %s", redact_url(url), exc)
             return
         now = self.clock.now_s()
         if bound.metrics_at_s is not None:

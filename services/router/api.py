@@ -32,6 +32,8 @@ from opscale.openai.schema import (
     error_for_status,
     finish_reason_for,
     internal_error,
+    model_not_found,
+    model_object,
     models_response,
     parse_completion,
     read_limited,
@@ -46,8 +48,10 @@ from opscale.runtime.live.openai_http import (
     sse_response,
     unix_now_s,
 )
+from opscale.runtime.live.server_limits import ServerLimits
 
 from opscale_services.router.auth import TENANT_KEY, TenantGate
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.upstream import SseBytes, UpstreamError
 
 __all__ = [
@@ -58,31 +62,35 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BODY_BYTES: int = ServerLimits.model_fields["max_body_bytes"].default
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _READ_CHUNK_BYTES = 64 * 1024
+# The parsed request's model, for the request counter (absent when the body did not parse).
+_MODEL_KEY = web.RequestKey("opscale_model", str)
 _DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "no_capacity"}
 
 
 class RouteRejected(Exception):
-    """The router core refused a request: unknown model (404), overload (429), no instance (503).
+    """The router refused a request: unknown model (404), unknown tier (400), overload (429), no
+    instance (503).
 
     `retry_after_s` becomes a `Retry-After` header. `code` defaults by status (404 `model_not_found`,
-    429 `rate_limit_exceeded`, 503 `no_capacity`).
+    429 `rate_limit_exceeded`, 503 `no_capacity`); `param` names the field at fault (`model` for a
+    model_not_found).
     """
 
     def __init__(self, status: int, message: str, retry_after_s: float | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
         self.code = code if code is not None else _DEFAULT_REJECT_CODES.get(status)
+        self.param = param if param is not None else ("model" if self.code == "model_not_found" else None)
 
     def to_api_error(self) -> ApiError:
-        param = "model" if self.code == "model_not_found" else None
-        return error_for_status(self.status, self.message, param=param, code=self.code,
+        return error_for_status(self.status, self.message, param=self.param, code=self.code,
                                 retry_after_s=self.retry_after_s)
 
 
@@ -111,18 +119,24 @@ def build_router_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     wall_clock_s: Callable[[], float] = unix_now_s,
     gate: TenantGate | None = None,
+    metrics: RouterMetrics | None = None,
+    body_timeout_s: float | None = None,
 ) -> web.Application:
     """The router's public HTTP app. `wall_clock_s` gives Unix seconds for the `created` fields. With a
-    `gate`, every request but `/health` needs an API key, and each key's models and limits apply."""
+    `gate`, every request but `/health` needs an API key, and each key's models and limits apply;
+    `metrics`, when given, counts every completion answer by model and status; `body_timeout_s`, when
+    given, bounds the wait for a request's body (408 after it). Serve it with `make_runner(app, limits)`
+    for the connection-level limits (ServerLimits)."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    api = _RouterApi(backend, max_body_bytes, wall_clock_s, gate)
+    api = _RouterApi(backend, max_body_bytes, wall_clock_s, gate, metrics, body_timeout_s)
     # client_max_size guards any handler that would call request.read(); ours read with read_limited.
     middlewares = [openai_errors_middleware] if gate is None else [openai_errors_middleware, gate.middleware]
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_get("/v1/models", api.list_models)
+    app.router.add_get("/v1/models/{model:.+}", api.retrieve_model)  # ids may hold '/' (org/name)
     # vLLM's liveness path on the API port: clients (GuideLLM, vllm-router, gateways) probe it before
     # sending work. Readiness with details stays on the ops server (/readyz).
     app.router.add_get("/health", api.health)
@@ -130,7 +144,14 @@ def build_router_app(
 
 
 def upstream_api_error(exc: UpstreamError) -> ApiError:
-    """An engine failure the back end could not hide: 504 for a timeout, 502 otherwise."""
+    """An engine failure the back end could not hide: the engine's own 4xx when it refused the request
+    itself (a prompt beyond the context window is the client's 400, which OpenAI's SDK does not retry),
+    504 for a timeout, 502 otherwise (a transport failure or the engine's 5xx)."""
+    if exc.request_fault and exc.status is not None:
+        error = exc.error or {}
+        code = error.get("code")
+        return error_for_status(exc.status, error.get("message") or exc.message, param=error.get("param"),
+                                code=None if code is None or code.isdigit() else code)
     if exc.kind == "timeout":
         return error_for_status(504, "The model instance did not answer in time", code="upstream_timeout")
     return error_for_status(502, f"The model instance failed ({exc.kind})", code="upstream_error")
@@ -167,11 +188,14 @@ class _RouterApi:
     """The handlers, bound to one back end. One instance per app: no module-level state."""
 
     def __init__(self, backend: RouterBackend, max_body_bytes: int, wall_clock_s: Callable[[], float],
-                 gate: TenantGate | None = None) -> None:
+                 gate: TenantGate | None = None, metrics: RouterMetrics | None = None,
+                 body_timeout_s: float | None = None) -> None:
         self._backend = backend
         self._max_body_bytes = max_body_bytes
         self._wall_clock_s = wall_clock_s
         self._gate = gate
+        self._metrics = metrics
+        self._body_timeout_s = body_timeout_s
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -182,20 +206,60 @@ class _RouterApi:
             models = self._gate.visible_models(request, models)
         return web.json_response(models_response(models, int(self._wall_clock_s())))
 
+    async def retrieve_model(self, request: web.Request) -> web.Response:
+        """The SDK's `models.retrieve`. Ids match exactly, as OpenAI's do: `llama-3-8b` is not `Llama-3-8B`."""
+        model = request.match_info["model"]
+        models = self._backend.models()
+        if self._gate is not None:
+            models = self._gate.visible_models(request, models)  # a key sees only the models it may use
+        if model not in models:
+            return error_response(model_not_found(model))
+        return web.json_response(model_object(model, int(self._wall_clock_s())))
+
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, RequestKind.COMPLETION)
+        return await self._counted(request, RequestKind.COMPLETION)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, RequestKind.CHAT)
+        return await self._counted(request, RequestKind.CHAT)
 
-    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+    async def _counted(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        metrics = self._metrics
+        if metrics is None:
+            return await self._generate(request, kind)
+        tenant = request.get(TENANT_KEY)  # set by the gate's middleware before the handler runs
+        key_id = tenant.key_id if tenant is not None else ""
+        try:
+            response = await self._generate(request, kind)
+        except asyncio.CancelledError:
+            metrics.answered(request.get(_MODEL_KEY, ""), 499, key_id)  # the client went away before the answer
+            raise
+        except Exception:
+            metrics.answered(request.get(_MODEL_KEY, ""), 500, key_id)  # the error middleware answers it
+            raise
+        # an unknown model (404) is counted under "": a client's random names make no series
+        metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status, key_id)
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes | ApiError:
         length = request.content_length
         if length is not None and length <= self._max_body_bytes:
             # the usual case, a declared length within the bound: one read (aiohttp's parser holds the
             # body to that length), not a chunk iterator
-            raw: bytes | ApiError = await request.read()
+            return await request.read()
+        return await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
+
+    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        if self._body_timeout_s is None or request.content.is_eof():
+            raw = await self._read_body(request)  # no bound, or the body is all here already: no timer
         else:
-            raw = await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
+            try:
+                async with asyncio.timeout(self._body_timeout_s):
+                    raw = await self._read_body(request)
+            except TimeoutError:
+                response = error_response(error_for_status(
+                    408, f"The request body did not arrive within {self._body_timeout_s:g} s", code="request_timeout"))
+                response.force_close()  # the rest of the body may still come: the connection cannot be reused
+                return response
         if isinstance(raw, ApiError):
             return error_response(raw)
         tenant = request.get(TENANT_KEY)  # set by the gate's middleware; None without a gate
@@ -207,6 +271,7 @@ class _RouterApi:
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
+        request[_MODEL_KEY] = parsed.model
         if tenant is not None and self._gate is not None and (refused := self._gate.admit(tenant, parsed)):
             return error_response(refused)
         # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core

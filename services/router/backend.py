@@ -43,6 +43,7 @@ from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArr
 from opscale.services.router import RouterCore
 
 from opscale_services.router.api import RouteRejected
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import SseBytes, SseSink, UpstreamClient, UpstreamError
 
@@ -59,7 +60,8 @@ class LiveRouterBackend:
     def __init__(self, core: RouterCore, clock: Clock, upstream: UpstreamClient, records: RecordBatcher,
                  region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0,
                  tokenizers: Mapping[str, PromptTokenizer] | None = None,
-                 on_finished: Callable[[RequestOutcome], None] | None = None) -> None:
+                 on_finished: Callable[[RequestOutcome], None] | None = None,
+                 metrics: RouterMetrics | None = None) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
         # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
         # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
@@ -75,6 +77,7 @@ class LiveRouterBackend:
         # told every request's outcome as it is recorded (the tenant gate settles token charges with it)
         self.on_finished = on_finished
         self.host: CoreHost | None = None
+        self.metrics = metrics  # each finished request's TTFT, TBT and E2E
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
 
     def _prefix(self, req: ParsedRequest) -> tuple[tuple[int, ...], int | None]:
@@ -102,6 +105,9 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
                        ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
+        # An unknown model or tier is refused before it becomes state anywhere (held, recorded, and so
+        # windowed and stored by the aggregator): random names must not make keys.
+        self._check_names(req)
         if req.model in self.tokenizers and req.prompt_tokens >= _TOKENIZE_IN_THREAD_TOKENS:
             hashes, prompt_tokens = await asyncio.to_thread(self._prefix, req)
         else:
@@ -141,7 +147,7 @@ class LiveRouterBackend:
                         # A disaggregated pair: the prefill instance's answer says where the KV is, the
                         # decode instance pulls it and streams (opscale.openai.kv_transfer).
                         prefill_id = instance_id
-                        params = await self.upstream.prefill(endpoint, prefill_body(body), headers)
+                        params = await self.upstream.prefill(endpoint, prefill_body(body), headers, req.kind)
                         await self.host.handle(PrefillHandedOff(request.request_id, prefill_id,
                                                                 decision.decode_instance_id, self.clock.now_s()))
                         instance_id, endpoint = decision.decode_instance_id, decision.decode_endpoint
@@ -150,7 +156,7 @@ class LiveRouterBackend:
                                              "opscale.instance_id": instance_id})
                     if req.stream:
                         # the API may send a sink back for the events that follow (splicing): relayed as is
-                        stream = self.upstream.stream_sse(endpoint, body, headers)
+                        stream = self.upstream.stream_sse(endpoint, body, headers, req.kind)
                         try:
                             sink: SseSink | None = None
                             while True:
@@ -166,7 +172,7 @@ class LiveRouterBackend:
                         finally:
                             await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
-                        async for chunk in self.upstream.stream_completion(endpoint, body, headers):
+                        async for chunk in self.upstream.stream_completion(endpoint, body, headers, req.kind):
                             if isinstance(chunk, EngineUsage):
                                 usage = chunk
                             elif chunk.is_token:
@@ -204,11 +210,22 @@ class LiveRouterBackend:
             self.records.add(outcome)
             if self.on_finished is not None:
                 self.on_finished(outcome)
+            if self.metrics is not None:
+                self.metrics.finished(outcome)
             span.set_attribute("opscale.status", status)
             span.set_attribute("opscale.output_tokens", produced)
             if status in ("failed", "rejected"):
                 span.set_status(Status(StatusCode.ERROR, status))
             span.end()
+
+    def _check_names(self, req: ParsedRequest) -> None:
+        if not self.core.serves(req.model):
+            served = ", ".join(self.core.models()) or "none"
+            raise RouteRejected(404, f"The model '{req.model}' does not exist; served models: {served}",
+                                code="model_not_found")
+        if req.tier not in self.core.tiers:
+            raise RouteRejected(400, f"opscale_tier: unknown tier {req.tier!r}; known tiers: "
+                                f"{', '.join(sorted(self.core.tiers))}", code="invalid_value", param="opscale_tier")
 
     async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released

@@ -16,6 +16,7 @@ from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
 from opscale.openai.schema import CHARS_PER_TOKEN
 from opscale.routing.tenants import KeyTable
 from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.openai_http import stop_accepting
 from opscale.runtime.live.settings import RouterSettings, SettingsError
 from opscale.services import subjects
 from opscale.services.router import RouterCore
@@ -26,6 +27,7 @@ from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
 from opscale_services.router.kv_metrics import KvIndexCollector
+from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -73,10 +75,11 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         # Prompts are hashed into prefix blocks when the engines cache prefixes (the policy may route on them)
         engine = settings.engine
         gate = tenant_gate(settings, p.clock.now_s, p.registry)
+        metrics = RouterMetrics(p.registry)
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
                                     engine.prefix_block_tokens if engine.enable_prefix_caching else 0,
                                     load_tokenizers(settings) if engine.enable_prefix_caching else {},
-                                    on_finished=gate.settle if gate is not None else None)
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
         if settings.tokenizers and not engine.enable_prefix_caching:
             log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
                         "blocks are hashed")
@@ -97,13 +100,27 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        runner = make_runner(build_router_app(backend, gate=gate))
+        # The drain at shutdown is bounded by stop_timeout_s: streams still running then are cancelled
+        limits = settings.http_limits
+        app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, gate=gate, metrics=metrics,
+                               body_timeout_s=limits.body_timeout_s)
+        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
                                                  settings.grpc_port)
         p.on_exit(lambda: grpc_server.stop(2.0))
+
+        async def drain() -> None:
+            # Registered last, so the shutdown starts here: every port is released at once (a
+            # replacement on this host binds while this one drains), then the streams in flight finish
+            # or are cancelled at the deadline, API and gRPC alike.
+            await stop_accepting(runner)
+            await p.close_ops_port()
+            await asyncio.gather(runner.cleanup(), grpc_server.stop(settings.stop_timeout_s))
+
+        p.on_exit(drain)
 
         p.supervisor.every("tick", settings.tick_s, host.tick, timeout_s=max(5.0, settings.tick_s))
         p.supervisor.every("records", settings.records_flush_s, records.flush,

@@ -25,9 +25,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
-from opscale.openai.schema import TokenChunk
+from opscale.openai.schema import RequestKind, TokenChunk
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage
+from opscale.runtime.live.redact import redact_url
 
 from opscale_services.router.http1 import (
     ConnectionFailed,
@@ -65,13 +66,22 @@ class UpstreamError(Exception):
     """
 
     def __init__(self, kind: UpstreamErrorKind, message: str, *, before_first_token: bool,
-                 status: int | None = None, endpoint: str = "") -> None:
-        super().__init__(f"{kind}: {message}" + (f" ({endpoint})" if endpoint else ""))
+                 status: int | None = None, endpoint: str = "", error: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{kind}: {message}" + (f" ({redact_url(endpoint)})" if endpoint else ""))
         self.kind: UpstreamErrorKind = kind
         self.message = message
         self.before_first_token = before_first_token
         self.status = status
         self.endpoint = endpoint
+        # the engine's OpenAI error object (`{"message", "type", "param", "code"}`) when it sent one
+        self.error = error
+
+    @property
+    def request_fault(self) -> bool:
+        """True when the engine refused the request itself (a 4xx such as 400 for a prompt beyond the
+        context window): the client's error, to pass on with its status, never retried elsewhere."""
+        return (self.kind == "status" and self.status is not None and 400 <= self.status < 500
+                and self.status not in _RETRYABLE_STATUSES)
 
     @property
     def retryable(self) -> bool:
@@ -99,13 +109,14 @@ class UpstreamConfig(BaseModel):
     max_error_body_bytes: int = Field(64 * 1024, ge=256, description="How much of an error body is read")
 
 
-def completion_url(endpoint_url: str, body: Mapping[str, Any]) -> str:
+def completion_url(endpoint_url: str, kind: RequestKind) -> str:
     """The URL to POST to. `endpoint_url` is an instance's OpenAI base (`http://h:p/instances/i-1`,
-    `http://vllm:8000`, with or without `/v1`) or already a full completions URL."""
+    `http://vllm:8000`, with or without `/v1`) or already a full completions URL. The endpoint follows
+    the client's route (`kind`), never the body's keys: a completion body may carry any extra field."""
     base = endpoint_url.rstrip("/")
     if base.endswith(("/v1/completions", "/v1/chat/completions")):
         return base
-    path = "chat/completions" if "messages" in body else "completions"
+    path = "chat/completions" if kind is RequestKind.CHAT else "completions"
     return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
 
 
@@ -140,7 +151,8 @@ class UpstreamClient:
         await self.close()
 
     async def stream_completion(self, endpoint_url: str, body: Mapping[str, Any],
-                                headers: Mapping[str, str] | None = None
+                                headers: Mapping[str, str] | None = None,
+                                kind: RequestKind = RequestKind.COMPLETION,
                                 ) -> AsyncIterator[TokenChunk | EngineUsage]:
         """Stream one completion from an instance as decoded tokens; see the module docstring for the
         failure modes.
@@ -149,8 +161,9 @@ class UpstreamClient:
         `headers` carries trace context and the routed headers (routed_headers.py). Chunks are
         numbered from 0 in `index`. When the engine reports usage (the body asked with
         `stream_options.include_usage`), its counts come as an `EngineUsage`, after the last chunk.
+        `kind` is the client's route, which names the engine's endpoint (see `completion_url`).
         """
-        exchange = self._exchange(endpoint_url, body, headers)
+        exchange = self._exchange(endpoint_url, body, headers, kind)
         decoder = SseDecoder(self.config.max_event_bytes)
         finished = False
         try:
@@ -184,7 +197,8 @@ class UpstreamClient:
             exchange.finish()
 
     async def stream_sse(self, endpoint_url: str, body: Mapping[str, Any],
-                         headers: Mapping[str, str] | None = None) -> AsyncGenerator[SseBytes, SseSink | None]:
+                         headers: Mapping[str, str] | None = None, kind: RequestKind = RequestKind.COMPLETION,
+                         ) -> AsyncGenerator[SseBytes, SseSink | None]:
         """Stream one completion from an instance as the engine's own server-sent events, whole events
         at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
         `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
@@ -196,7 +210,7 @@ class UpstreamClient:
         task switch per engine read; the next block it receives then only counts them (`data` is
         what is still to write: events held back while the client was not keeping up, or the closing
         `[DONE]`). `anext` (or `asend(None)`) keeps the plain block-by-block path."""
-        exchange = self._exchange(endpoint_url, body, headers)
+        exchange = self._exchange(endpoint_url, body, headers, kind)
         forwarder = SseForwarder(self.config.max_event_bytes)
         try:
             await exchange.open()
@@ -232,13 +246,14 @@ class UpstreamClient:
             exchange.finish()
 
     async def prefill(self, endpoint_url: str, body: Mapping[str, Any],
-                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+                      headers: Mapping[str, str] | None = None,
+                      kind: RequestKind = RequestKind.COMPLETION) -> dict[str, Any]:
         """Step 1 of a disaggregated request (opscale.openai.kv_transfer): POST `body` (a prefill body,
         not streamed) to a prefill instance and return its answer's `kv_transfer_params`, for the decode
         instance. The whole exchange is bounded by the first-token deadline (the prefill is the first
         token's work); an answer of more than `max_event_bytes`, not JSON, or without the parameters is
         a `protocol` error. Every failure is before the first token: another pair may serve it."""
-        exchange = self._exchange(endpoint_url, body, headers, stream=False)
+        exchange = self._exchange(endpoint_url, body, headers, kind, stream=False)
         limit = self.config.max_event_bytes
         parts: list[bytes] = []
         size = 0
@@ -262,13 +277,13 @@ class UpstreamClient:
                                 "prefill instance with a KV connector?")
         return params
 
-    def _exchange(self, endpoint_url: str, body: Mapping[str, Any],
-                  headers: Mapping[str, str] | None, *, stream: bool = True) -> _Exchange:
+    def _exchange(self, endpoint_url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None,
+                  kind: RequestKind, *, stream: bool = True) -> _Exchange:
         if self._pool is None:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
         payload["stream"] = stream
-        url = completion_url(endpoint_url, body)
+        url = completion_url(endpoint_url, kind)
         endpoint = self._endpoints.get(url)
         if endpoint is None:
             if len(self._endpoints) >= _MAX_CACHED_ENDPOINTS:
@@ -280,8 +295,10 @@ class UpstreamClient:
                                  json.dumps(payload).encode())
         return _Exchange(self, self._pool, endpoint, url, request)
 
-    async def error_detail(self, conn: Http1Connection, reason: str, deadline: float) -> str:
-        """The message of an error answer (OpenAI body or plain text), bounded in size and time."""
+    async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
+                           ) -> tuple[str, dict[str, Any] | None]:
+        """The message of an error answer (OpenAI body or plain text), bounded in size and time, and the
+        OpenAI error object when the body is one (its fields kept as strings or None)."""
         limit = self.config.max_error_body_bytes
         parts: list[bytes] = []
         size = 0
@@ -294,15 +311,21 @@ class UpstreamClient:
                     parts.append(data)
                     size += len(data)
         except (TimeoutError, ConnectionLost, ProtocolViolation):
-            return reason or "no body"
+            return reason or "no body", None
         text = b"".join(parts)[:limit].decode("utf-8", errors="replace")
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
-            return text.strip()[:500] or (reason or "no body")
-        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
-            return str(obj["error"].get("message", ""))[:500]
-        return text[:500]
+            return text.strip()[:500] or (reason or "no body"), None
+        # OpenAI's shape {"error": {...}}, or vLLM's older flat one {"object": "error", "message": ...}
+        fields = obj.get("error") if isinstance(obj, dict) else None
+        if not isinstance(fields, dict) and isinstance(obj, dict) and obj.get("object") == "error":
+            fields = obj
+        if isinstance(fields, dict):
+            error = {name: (str(fields[name])[:500] if fields.get(name) is not None else None)
+                     for name in ("message", "type", "param", "code")}
+            return error["message"] or "", error
+        return text[:500], None
 
 
 _MAX_CACHED_ENDPOINTS = 4096
@@ -353,8 +376,10 @@ class _Exchange:
         self.produced = 0
         self.completed = False
 
-    def fail(self, kind: UpstreamErrorKind, message: str, status: int | None = None) -> UpstreamError:
-        return UpstreamError(kind, message, before_first_token=self.produced == 0, status=status, endpoint=self.url)
+    def fail(self, kind: UpstreamErrorKind, message: str, status: int | None = None,
+             error: Mapping[str, Any] | None = None) -> UpstreamError:
+        return UpstreamError(kind, message, before_first_token=self.produced == 0, status=status, endpoint=self.url,
+                             error=error)
 
     async def open(self) -> None:
         """Send the request and check the answer's status (an error answer raises with its message)."""
@@ -369,8 +394,8 @@ class _Exchange:
         except ProtocolViolation as exc:
             raise self.fail("protocol", f"bad response: {exc}") from exc
         if head.status != 200:
-            detail = await self._client.error_detail(self._conn, head.reason, self._first_token_deadline)
-            raise self.fail("status", f"HTTP {head.status}: {detail}", status=head.status)
+            detail, error = await self._client.error_detail(self._conn, head.reason, self._first_token_deadline)
+            raise self.fail("status", f"HTTP {head.status}: {detail}", status=head.status, error=error)
 
     async def read(self) -> bytes:
         """The bytes that arrived (b"" at the end), within the first-token deadline or the idle timeout."""

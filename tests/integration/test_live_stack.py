@@ -40,7 +40,9 @@ async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # 
 @pytest.fixture
 async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[LiveStack]:
     # A TTFT objective that no request meets: SLO attainment shows which tier table the aggregator judged by.
-    s = LiveStack(nats_url, redis_url, namespace, tiers=[{"name": "interactive", "ttft_slo_s": 1e-6, "tbt_slo_s": 0.1}])
+    # batch is in the table too: a tier it does not name is refused (400) before anything is recorded.
+    s = LiveStack(nats_url, redis_url, namespace, tiers=[{"name": "interactive", "ttft_slo_s": 1e-6, "tbt_slo_s": 0.1},
+                                                         {"name": "batch", "ttft_slo_s": 600.0, "tbt_slo_s": 1.0}])
     try:
         await s.start()
         yield s

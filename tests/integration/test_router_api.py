@@ -25,7 +25,7 @@ from opscale.openai.routed_headers import (
     TIER_HEADER,
     routed_headers,
 )
-from opscale.openai.schema import ParsedRequest, TokenChunk
+from opscale.openai.schema import ParsedRequest, RequestKind, TokenChunk
 from opscale.openai.stream import EngineUsage
 
 from opscale_services.node_agent.engine_http import (
@@ -396,17 +396,17 @@ def engine(host: FakeEngineHost) -> AbstractAsyncContextManager[str]:
     return serve(build_engine_app(host))
 
 
-async def collect(client: UpstreamClient, url: str, body: dict[str, Any],
-                  headers: dict[str, str] | None = None) -> list[TokenChunk]:
-    return [c async for c in client.stream_completion(url, body, headers)]
+async def collect(client: UpstreamClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
+                  kind: RequestKind = RequestKind.COMPLETION) -> list[TokenChunk]:
+    return [c async for c in client.stream_completion(url, body, headers, kind)]
 
 
 def test_completion_url_forms() -> None:
-    body = {"prompt": "x"}
-    assert completion_url("http://h:1/instances/i-1", body) == "http://h:1/instances/i-1/v1/completions"
-    assert completion_url("http://h:1/", {"messages": []}) == "http://h:1/v1/chat/completions"
-    assert completion_url("http://h:1/v1", body) == "http://h:1/v1/completions"
-    assert completion_url("http://h:1/v1/completions", body) == "http://h:1/v1/completions"
+    completion = RequestKind.COMPLETION
+    assert completion_url("http://h:1/instances/i-1", completion) == "http://h:1/instances/i-1/v1/completions"
+    assert completion_url("http://h:1/", RequestKind.CHAT) == "http://h:1/v1/chat/completions"
+    assert completion_url("http://h:1/v1", completion) == "http://h:1/v1/completions"
+    assert completion_url("http://h:1/v1/completions", completion) == "http://h:1/v1/completions"
 
 
 async def test_upstream_streams_engine_tokens() -> None:
@@ -425,7 +425,8 @@ async def test_upstream_engine_stopping_early_and_multi_token_steps() -> None:
     host = FakeEngineHost(stop_after=3, step=2)
     async with engine(host) as base, UpstreamClient() as client:
         chunks = await collect(client, f"{base}/instances/i-ready",
-                               {"model": "m1", "messages": [{"role": "user", "content": "q"}], "max_tokens": 9})
+                               {"model": "m1", "messages": [{"role": "user", "content": "q"}], "max_tokens": 9},
+                               kind=RequestKind.CHAT)
     assert [c.text for c in chunks] == [" tok1", " tok2", " tok3", ""]
     assert chunks[-1].finish_reason == "stop" and not chunks[-1].is_token
 

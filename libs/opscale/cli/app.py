@@ -113,7 +113,8 @@ def up(
              "ports (router 8000, ops 9100-9103, agents from 9111)")] = None,
 ) -> None:
     """Run the whole local stack as processes (router, aggregator, forecaster, planner, N node-agents)
-    against NATS and Redis at the configured URLs; Ctrl-C or SIGTERM stops it cleanly."""
+    against NATS and Redis at the configured URLs; a process that dies is restarted with backoff (the log
+    says so); Ctrl-C or SIGTERM stops it cleanly."""
     from opscale_services.launcher import run_stack
 
     if agents is not None and scenario is not None:

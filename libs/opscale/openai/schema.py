@@ -581,9 +581,11 @@ def usage_chunk(req: ParsedRequest, completion_tokens: int, created_s: int, *,
     }
 
 
+def model_object(model: str, created_s: int, owned_by: str = "opscale") -> dict[str, Any]:
+    """One model as `GET /v1/models/{model}` answers it (and `GET /v1/models` lists it)."""
+    return {"id": model, "object": "model", "created": created_s, "owned_by": owned_by}
+
+
 def models_response(models: Sequence[str], created_s: int, owned_by: str = "opscale") -> dict[str, Any]:
     """`GET /v1/models`."""
-    return {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": created_s, "owned_by": owned_by} for m in models],
-    }
+    return {"object": "list", "data": [model_object(m, created_s, owned_by) for m in models]}

@@ -43,6 +43,9 @@ class AggregatorConfig(BaseModel):
                                       "width, so every window must be a whole number of it")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Agents' expected heartbeat period")
     window_ttl_s: float = Field(900.0, gt=0, description="Lifetime of stored windows")
+    models: list[str] = Field(default_factory=list, description="Models deployed even while no instance runs; "
+                              "with the models of every heartbeat seen, the only ones windowed (a record of "
+                              "another model is counted and dropped)")
 
     @model_validator(mode="after")
     def _windows_are_whole_slots(self) -> AggregatorConfig:
@@ -111,12 +114,18 @@ class AggregatorCore:
         self._seen_order: deque[str] = deque()
         self._next_publish_s: float | None = None
         self._started_s: float | None = None
+        # Defence in depth behind the router's own check: a record of an unknown model or tier is
+        # dropped, never given windows (and Redis keys) of its own. Models are the configured ones and
+        # those any heartbeat has listed; until one is known (no config, no heartbeat yet) none is refused.
+        self._known_models: set[str] = set(self.config.models)
+        self.dropped_unknown: dict[str, int] = {"model": 0, "tier": 0}
 
     def handle(self, event: Event, now_s: float) -> list[Action]:
         match event:
             case RequestFinished(outcome=outcome):
                 self._add(outcome, now_s)
             case AgentHeartbeat():
+                self._known_models.update(st.model for st in event.instances)
                 known = self._agents.get(event.agent_id)
                 if known is None or event.at_s >= known.at_s:  # newest timestamp wins
                     self._agents[event.agent_id] = event
@@ -150,6 +159,12 @@ class AggregatorCore:
     def _add(self, outcome: RequestOutcome, now_s: float) -> None:
         # Runs once per request: lookups come before creations, and the common case (the newest slot
         # of a known key) is tried before the general search.
+        if outcome.tier not in self.tiers:
+            self.dropped_unknown["tier"] += 1
+            return
+        if self._known_models and outcome.model not in self._known_models:
+            self.dropped_unknown["model"] += 1
+            return
         request_id = outcome.request_id
         seen = self._seen
         if request_id in seen:

@@ -200,6 +200,11 @@ class RouterCore:
     def models(self) -> list[str]:
         return sorted(self._known_models)
 
+    def serves(self, model: str) -> bool:
+        """True for a model this router knows (configured, planned or heartbeating): the check a request
+        passes before it becomes state anywhere (held, recorded, windowed)."""
+        return model in self._known_models
+
     def held(self) -> list[Request]:
         """Requests waiting for an instance, per model in dispatch order (fifo: oldest first)."""
         return [r for q in self._held.values() for r in q.requests()]

@@ -64,15 +64,20 @@ class ReadStats:
             self.examples.append(message)
 
 
+# The label of a model or region a trace does not name. A replay sends no region header for it, so the
+# router records the request under its own region (where its pool's SLO breaches are judged).
+UNLABELLED = "default"
+
+
 class RequestLabels(BaseModel):
     """Model, tier and region for requests whose trace does not say (the Azure, Mooncake and
     ServeGen traces carry token counts and times only). Re-label later with the assign transforms."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = Field("default", min_length=1, description="Model requested.")
+    model: str = Field(UNLABELLED, min_length=1, description="Model requested.")
     tier: str = Field("interactive", min_length=1, description="Service tier.")
-    region: str = Field("default", min_length=1, description="Origin region.")
+    region: str = Field(UNLABELLED, min_length=1, description="Origin region.")
 
 
 @dataclass(frozen=True, slots=True)

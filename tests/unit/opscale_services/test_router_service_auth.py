@@ -28,6 +28,7 @@ from opscale.services.router import RouterConfig, RouterCore
 
 from opscale_services.launcher import AUTH_OFF_WARNING, run_stack
 from opscale_services.router.auth import TenantGate
+from opscale_services.router.metrics import RouterMetrics
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
@@ -68,6 +69,7 @@ async def keyed_router(*keys: dict[str, Any], engine: Engine | None = None,
                        models: tuple[str, ...] = ("m",)) -> AsyncIterator[tuple[LiveRouter, CollectorRegistry, Engine]]:
     engine = engine or Engine()
     registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
     table = KeyTable([ApiKeySpec.model_validate(k) for k in keys], WallClock().now_s())
     gate = TenantGate(table, WallClock().now_s, registry)
     app = web.Application()
@@ -77,7 +79,7 @@ async def keyed_router(*keys: dict[str, Any], engine: Engine | None = None,
         statuses = [InstanceStatus(f"i-{m}", m, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY, endpoint=url)
                     for m in models]
         router = await stack.enter_async_context(
-            live_router(RouterCore(RouterConfig(models=list(models))), statuses, gate=gate))
+            live_router(RouterCore(RouterConfig(models=list(models))), statuses, gate=gate, metrics=metrics))
         yield router, registry, engine
 
 
@@ -115,6 +117,20 @@ async def test_a_valid_key_in_any_accepted_header_is_served(headers: dict[str, s
     async with keyed_router({"id": "a", "secret": SECRET_A}) as (r, _, _engine), aiohttp.ClientSession() as http:
         status, _, body = await post(http, r, headers)
         assert status == 200 and body["choices"][0]["text"] == " t0 t1 t2 t3"
+
+
+async def test_the_request_series_are_labelled_by_tenant_and_retrieve_hides_other_models() -> None:
+    async with keyed_router({"id": "team-a", "secret": SECRET_A, "models": ["m"]}, models=("m", "other")) as (
+            r, registry, _engine), aiohttp.ClientSession() as http:
+        status, _, _body = await post(http, r, bearer(SECRET_A))
+        assert status == 200
+        text = generate_latest(registry).decode()
+        assert 'opscale_router_requests_total{model="m",status="200",tenant="team-a"} 1.0' in text
+        assert SECRET_A not in text
+        async with http.get(f"{r.url}/v1/models/other", headers=bearer(SECRET_A)) as resp:
+            assert resp.status == 404  # a key learns nothing of the models it may not use
+        async with http.get(f"{r.url}/v1/models/m", headers=bearer(SECRET_A)) as resp:
+            assert resp.status == 200
 
 
 async def test_a_model_the_key_may_not_use_is_404_and_not_listed() -> None:

@@ -122,3 +122,19 @@ def test_a_pools_utilisation_windows_end_once_its_samples_leave_the_longest_wind
     assert set(_utilisation(agg.tick(20.0))) == {("unified", 30.0)}  # the minute still holds its sample
     agg.tick(30.0)
     assert _utilisation(agg.tick(40.0)) == {}
+
+
+def test_records_of_unknown_models_and_tiers_are_counted_and_dropped_never_windowed() -> None:
+    # defence in depth behind the router's check (issue 16, item 6): random names make no windows or keys
+    agg = AggregatorCore(AggregatorConfig(windows_s=(10.0,), models=["scaled-to-zero"]))
+    agg.tick(0.0)
+    agg.handle(heartbeat("a1", "eu", status("i1", model="m"), at_s=1.0), 1.0)
+    records = [outcome(1, arrival=1.0, ttft=0.1, e2e=1.0, model="m"),
+               outcome(2, arrival=1.0, ttft=0.1, e2e=1.0, model="scaled-to-zero"),
+               outcome(3, arrival=1.0, ttft=0.1, e2e=1.0, model="random-model"),
+               outcome(4, arrival=1.0, ttft=0.1, e2e=1.0, model="m", tier="platinum")]
+    for record in records:
+        agg.handle(RequestFinished(record), 2.0)
+    stored = {a.key for a in agg.tick(10.0) if isinstance(a, Store) and a.key.startswith("window:")}
+    assert stored == {"window:10:m:eu:interactive", "window:10:scaled-to-zero:eu:interactive"}
+    assert agg.dropped_unknown == {"model": 1, "tier": 1}

@@ -46,6 +46,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter
 
 from opscale.runtime.live import codec, telemetry
+from opscale.runtime.live.redact import redact_url
 from opscale.services import subjects
 
 __all__ = [
@@ -392,17 +393,18 @@ class NatsBus:
         if self._conn is not None:
             raise BusError("NatsBus.connect: already connected")
         nc = NatsClient()
+        shown = redact_url(url)  # never a password in a log line or an error
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats %s: %s", url, exc)
+            log.warning("nats %s: %s", shown, exc)
 
         async def on_disconnected() -> None:
             # close() detaches the connection before draining it; only an unexpected loss is news.
             if self._conn is not None:
-                log.warning("nats %s: disconnected; reconnecting", url)
+                log.warning("nats %s: disconnected; reconnecting", shown)
 
         async def on_reconnected() -> None:
-            log.info("nats %s: reconnected", url)
+            log.info("nats %s: reconnected", shown)
 
         try:
             async with asyncio.timeout(connect_timeout_s):
@@ -414,7 +416,7 @@ class NatsBus:
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise BusError(f"cannot connect to NATS at {url} within {connect_timeout_s}s: {exc!r}") from None
+            raise BusError(f"cannot connect to NATS at {shown} within {connect_timeout_s}s: {exc!r}") from None
         self._conn = _Conn(nc=nc, js=nc.jetstream(timeout=self._request_timeout_s))
         if ensure_streams:
             try:

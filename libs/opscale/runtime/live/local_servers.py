@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from opscale.runtime.live.redact import redact_url
+
 __all__ = [
     "LocalServer",
     "LocalServerError",
@@ -278,9 +280,9 @@ def ensure_nats(url: str = "nats://127.0.0.1:4222") -> LocalServer:
     """The NATS server at `url` if it answers with JetStream, else a new local one."""
     status = nats_status(url)
     if status == "ok":
-        return LocalServer(kind="nats", url=url, started=False, description=f"the running NATS server at {url}")
+        return LocalServer(kind="nats", url=url, started=False, description=f"the running NATS server at {redact_url(url)}")
     server = start_nats()
-    server.description += f" (nothing usable at {url}: {status})"
+    server.description += f" (nothing usable at {redact_url(url)}: {status})"
     return server
 
 
@@ -288,8 +290,8 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0") -> LocalServer:
     """The Redis server at `url` if it answers PING, else a new local one."""
     status = redis_status(url)
     if status == "ok":
-        return LocalServer(kind="redis", url=url, started=False, description=f"the running Redis server at {url}")
+        return LocalServer(kind="redis", url=url, started=False, description=f"the running Redis server at {redact_url(url)}")
     server = start_redis()
-    server.description += f" (nothing usable at {url}: {status})"
+    server.description += f" (nothing usable at {redact_url(url)}: {status})"
     return server
 

@@ -4,6 +4,7 @@ event streams start with the same head, and token streams are closed quietly."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -11,10 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from opscale.openai.routed_headers import REQUEST_ID_HEADER
 from opscale.openai.schema import ApiError, error_for_status, internal_error
 from opscale.openai.sse import SSE_CONTENT_TYPE
+from opscale.runtime.live.server_limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +31,100 @@ def unix_now_s() -> float:
     return time.time()  # noqa: TID251
 
 
-def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+def _header_too_large(exc: BaseException | None) -> bool:
+    return isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower())
+
+
+class _LimitedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline on the first request head and OpenAI error bodies for
+    heads it cannot parse (431 for one too large)."""
+
+    __slots__ = ("_head_timer", "_header_timeout_s")
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_timer = asyncio.get_running_loop().call_later(self._header_timeout_s, self._head_deadline)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        if self._request_count == 0:  # no complete request head yet: a client that never sends one
+            self.force_close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500 and not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        if _header_too_large(exc):
+            error = error_for_status(431, "Request header fields too large: a request line or header is longer "
+                                     f"than {self.max_field_size} bytes, or there are more than {self.max_headers} "
+                                     "headers", code="request_header_fields_too_large")
+        else:
+            error = error_for_status(status, f"Bad HTTP request: {message or exc}", code="bad_http_request")
+        self.log_debug("refused a malformed request: %s", exc)
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _LimitedServer(web.Server):
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+
+    def __call__(self) -> RequestHandler:
+        return _LimitedRequestHandler(self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs)
+
+
+_LINGER_S = 1.0
+_HANDLER_TAKES_MAX_HEADERS = "max_headers" in inspect.signature(RequestHandler.__init__).parameters
+
+
+class _LimitedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, limits: ServerLimits, **kwargs: Any) -> None:
+        # lingering: after an answer that left the body unread (408, 413), aiohttp reads what the client
+        # still sends for a while before closing, so the client reads the answer rather than a reset;
+        # bounded here, not its 10 s, so a client that stalls is dropped soon
+        if _HANDLER_TAKES_MAX_HEADERS:  # aiohttp's server takes a header-count bound in recent releases only
+            kwargs["max_headers"] = limits.max_headers
+        super().__init__(app, keepalive_timeout=limits.keepalive_timeout_s, max_line_size=limits.max_header_bytes,
+                         max_field_size=limits.max_header_bytes,
+                         lingering_time=min(_LINGER_S, limits.body_timeout_s), **kwargs)
+        self._header_timeout_s = limits.header_timeout_s
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # the app's start-up, and the server aiohttp would use
+        return _LimitedServer(server.request_handler, request_factory=server.request_factory,
+                              handler_cancellation=server.handler_cancellation, loop=server._loop,
+                              header_timeout_s=self._header_timeout_s, **server._kwargs)
+
+
+def make_runner(app: web.Application, limits: ServerLimits | None = None, **kwargs: Any) -> web.AppRunner:
     """An AppRunner that cancels a handler when its client disconnects, so a request waiting for its
-    next token stops (and releases its engine or upstream work) at once rather than at its next write."""
+    next token stops (and releases its engine or upstream work) at once rather than at its next write.
+    With `limits`, a public server's bounds on slow and oversized requests (see ServerLimits)."""
     kwargs.setdefault("handler_cancellation", True)
+    if limits is not None:
+        return _LimitedRunner(app, limits, **kwargs)
     return web.AppRunner(app, **kwargs)
+
+
+async def stop_accepting(runner: web.AppRunner) -> None:
+    """Close every listening socket of `runner` at once, so a replacement on this host can bind its ports,
+    while the connections already accepted go on; `runner.cleanup()` then drains them, cancelling what
+    still runs at its `shutdown_timeout`. Idempotent."""
+    for site in list(runner.sites):
+        await site.stop()
 
 
 def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = None) -> web.Response:

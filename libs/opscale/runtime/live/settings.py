@@ -68,6 +68,7 @@ from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_m
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.routing.tenants import ApiKeySpec
+from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
 from opscale.services.node_agent import NodeAgentConfig
@@ -369,6 +370,8 @@ class RouterSettings(LiveSettings):
     http_host: str = Field("0.0.0.0", description="Address of the OpenAI-compatible API")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the OpenAI-compatible API")
     grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC Router service")
+    http_limits: ServerLimits = Field(default_factory=ServerLimits, description="What the API allows a client: "
+                                      "header, body and keep-alive timeouts, header and body sizes")
     tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an engine")
     upstream_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence between streamed chunks")

@@ -24,6 +24,7 @@ import redis.exceptions
 
 from opscale.model import Plan
 from opscale.runtime.live import codec
+from opscale.runtime.live.redact import redact_url
 from opscale.services.events import PoolUtilisation, WindowStats
 
 __all__ = ["PlanSave", "RedisStore", "StoreError"]
@@ -117,9 +118,9 @@ class RedisStore:
             async with asyncio.timeout(self._timeout_s):
                 return await fn()
         except TimeoutError:
-            raise StoreError(f"redis {op} {key!r}: no answer within {self._timeout_s}s from {self.url}") from None
+            raise StoreError(f"redis {op} {key!r}: no answer within {self._timeout_s}s from {redact_url(self.url)}") from None
         except redis.exceptions.RedisError as exc:
-            raise StoreError(f"redis {op} {key!r} at {self.url}: {exc}") from None
+            raise StoreError(f"redis {op} {key!r} at {redact_url(self.url)}: {exc}") from None
 
     async def ping(self) -> None:
         """Raise StoreError unless Redis answers; services call it at start-up and from /readyz."""
