@@ -42,6 +42,13 @@ replicas share one queue although a sequence's KV pins it to one of them; their 
 Little's law with every token at the TBT budget; the prefill-to-decode KV hand-off is in neither
 budget. A partition below a whole GPU is charged the co-location slowdown wherever packing puts it.
 
+Kept state. A controller plans every second, and under the interpreter's default garbage collector
+the objects a plan allocates and keeps set off collections (a full one walks the whole heap and lands
+in the plan time's tail). So the planner keeps, per workload shape, each stage's prices, its f(R)
+curves (re-aimed at each plan's arrival rate, their Erlang-B recursions stepped forward) and its
+frontiers (parallel lists of numbers), and a plan allocates little beyond its answer. What it keeps
+never changes a plan (a fresh planner plans the same); one search runs at a time.
+
 Pure arithmetic: no I/O, no clock.
 """
 
