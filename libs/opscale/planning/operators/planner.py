@@ -45,17 +45,23 @@ budget. A partition below a whole GPU is charged the flat co-location allowance 
 placement then checks each path against its budget with the slowdowns its neighbours actually cause and
 the transfers of where its replicas sit (`OperatorPlan.packing.phases`).
 
+Kept state. A controller plans every second, and under the interpreter's default garbage collector
+the objects a plan allocates and keeps set off collections (a full one walks the whole heap and lands
+in the plan time's tail). So the planner keeps, per workload shape, each stage's prices, its f(R)
+curves (re-aimed at each plan's arrival rate, their Erlang-B recursions stepped forward) and its
+frontiers (parallel lists of numbers), and a plan allocates little beyond its answer. What it keeps
+never changes a plan (a fresh planner plans the same); one search runs at a time.
+
 Pure arithmetic: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import heapq
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opscale.model import LatencyObjective, ModelSpec, Sku
 from opscale.perf.operators import Operator
@@ -104,7 +110,8 @@ class _Option:
 
 @dataclass(frozen=True, slots=True)
 class _StageShape:
-    """What a stage costs at one SM share for one workload shape, independent of the arrival rate."""
+    """What a stage costs at one SM share for one workload shape, independent of the arrival rate: built
+    once per shape and kept, so that a plan prices no stage again (the per-plan work is queueing only)."""
 
     ops: frozenset[Operator]
     tp: int
@@ -114,145 +121,210 @@ class _StageShape:
     holds_kv: bool  # decode attention: the KV of every sequence in flight lives on its replicas
     floor_s: float  # the fastest batch's service + transfer: no replica count does better
     min_fixed_bytes: float  # the smallest batch's fixed bytes
-    kv_total_bytes: float = 0.0  # that KV (all GPUs of all replicas), set per arrival rate
-
-    def replica_bytes(self, option: _Option, replicas: int) -> float:
-        """Per GPU of each of `replicas` replicas running `option`: its fixed bytes and the larger of its
-        batch's KV and its share of the KV in flight."""
-        return option.fixed_bytes + max(option.held_bytes, self.kv_total_bytes / (replicas * self.tp))
-
-    def cost(self, option: _Option, replicas: int) -> float:
-        """GPU-equivalents of `replicas` replicas running `option` (see the module docstring)."""
-        if self.share >= 1.0:
-            return float(self.tp * replicas)
-        return replicas * max(self.share, self.replica_bytes(option, replicas) / self.gpu_bytes)
-
-    def r_floor(self) -> int:
-        """Fewest replicas whose memory holds the KV in flight (Little's law; see `_shape`)."""
-        if self.kv_total_bytes <= 0:
-            return 1
-        room = self.gpu_bytes - self.min_fixed_bytes
-        return max(1, math.ceil(self.kv_total_bytes / (room * self.tp)))
+    # The options' fields the inner loop reads, as flat tuples (one index, no attribute look-ups).
+    mus: tuple[float, ...]
+    floors: tuple[float, ...]  # service + transfer
+    fixed: tuple[float, ...]
+    held: tuple[float, ...]
+    busy: dict[int, float] = field(default_factory=dict)  # option index -> kernel seconds, filled lazily
 
 
 class _Curve:
-    """f(R) of one stage at one share and arrival rate: the best latency over its batch sizes, memoised."""
+    """f(R) of one stage at one share and arrival rate: the best latency over its batch sizes, memoised.
 
-    __slots__ = ("shape", "lam", "quantile", "r_min", "floor_s", "_memo", "_erlang_b", "_loads")
+    One `_Curve` per stage shape lives as long as the planner and is `reset` to each plan's arrival rate,
+    so a plan allocates no curve, no memo and no Erlang table (a latency-bound controller plans every
+    second: allocation churn is what sets off the collector's full passes). The Erlang-B recursion is
+    kept per batch size as its last (R, B(R)), stepped forward as the frontier asks for R + 1."""
 
-    def __init__(self, shape: _StageShape, lam: float, quantile: float | None) -> None:
-        self.shape, self.lam, self.quantile = shape, lam, quantile
-        self._memo: dict[int, tuple[float, int]] = {}
-        self._erlang_b: list[list[float]] = [[1.0] for _ in shape.options]
-        self._loads = [lam / o.mu for o in shape.options]
-        self.r_min = max(min(math.floor(a) + 1 for a in self._loads), shape.r_floor())
+    __slots__ = ("shape", "quantile", "lam", "kv_total", "r_min", "floor_s", "epoch",
+                 "_loads", "_b_r", "_b", "_lat", "_idx")
+
+    def __init__(self, shape: _StageShape, quantile: float | None) -> None:
+        self.shape = shape
+        self.quantile = quantile
         self.floor_s = shape.floor_s
+        n = len(shape.options)
+        self._loads = [0.0] * n  # lam / mu per batch size
+        self._b_r = [0] * n  # per batch size: R of the last Erlang-B value computed
+        self._b = [1.0] * n  # and B(R)
+        self._lat: dict[int, float] = {}  # replicas -> best latency (inf: none stable)
+        self._idx: dict[int, int] = {}  # replicas -> the option achieving it (-1: none)
+        self.lam = self.kv_total = 0.0
+        self.r_min = 1
+        self.epoch = -1
 
-    def __call__(self, replicas: int) -> float:
-        return self.best(replicas)[0]
+    def reset(self, lam: float, kv_total: float, epoch: int) -> None:
+        """Re-aim the curve at arrival rate `lam` (customers/s) with `kv_total` bytes of KV in flight."""
+        self.lam, self.kv_total, self.epoch = lam, kv_total, epoch
+        loads, b_r, b, mus = self._loads, self._b_r, self._b, self.shape.mus
+        for i in range(len(mus)):
+            loads[i] = lam / mus[i]
+            b_r[i] = 0
+            b[i] = 1.0
+        self._lat.clear()
+        self._idx.clear()
+        self.r_min = max(math.floor(min(loads)) + 1, self.r_floor())
+
+    def r_floor(self) -> int:
+        """Fewest replicas whose memory holds the KV in flight (Little's law; see `OperatorPlanner._curve`)."""
+        if self.kv_total <= 0:
+            return 1
+        room = self.shape.gpu_bytes - self.shape.min_fixed_bytes
+        return max(1, math.ceil(self.kv_total / (room * self.shape.tp)))
+
+    def latency(self, replicas: int) -> float:
+        """The best latency at `replicas` (inf when no batch size is stable)."""
+        lat = self._lat.get(replicas)
+        return self._evaluate(replicas) if lat is None else lat
+
+    def option(self, replicas: int) -> int:
+        """The index of the batch size `latency` picks at `replicas` (-1 when none is stable)."""
+        i = self._idx.get(replicas)
+        if i is None:
+            self._evaluate(replicas)
+            i = self._idx[replicas]
+        return i
 
     def cost(self, replicas: int) -> float:
-        """GPU cost at `replicas`, running the batch `best` picks (inf when none is stable)."""
-        _, i = self.best(replicas)
-        return _INF if i < 0 else self.shape.cost(self.shape.options[i], replicas)
+        """GPU cost at `replicas`, running the batch `latency` picks (inf when none is stable)."""
+        i = self.option(replicas)
+        return _INF if i < 0 else self.option_cost(i, replicas)
 
-    def best(self, replicas: int) -> tuple[float, int]:
-        """(latency, option index) at `replicas`; (inf, -1) when no batch size is stable."""
-        hit = self._memo.get(replicas)
-        if hit is not None:
-            return hit
-        best = (_INF, -1)
-        if replicas >= self.r_min:
-            shape = self.shape
-            kv_each = shape.kv_total_bytes / (replicas * shape.tp)
-            for i, o in enumerate(shape.options):
-                if self._loads[i] >= replicas or o.fixed_bytes + kv_each > shape.gpu_bytes:
-                    continue  # unstable, or this batch's workspace leaves no room for the KV in flight
-                floor = o.service_s + o.transfer_s
-                if floor >= best[0]:
-                    continue  # cannot win whatever its wait
-                total = self._wait(i, o, replicas) + floor
-                if total < best[0]:
-                    best = (total, i)
-        self._memo[replicas] = best
-        return best
+    def replica_bytes(self, i: int, replicas: int) -> float:
+        """Per GPU of each of `replicas` replicas running option `i`: its fixed bytes and the larger of its
+        batch's KV and its share of the KV in flight."""
+        return self.shape.fixed[i] + max(self.shape.held[i], self.kv_total / (replicas * self.shape.tp))
+
+    def option_cost(self, i: int, replicas: int) -> float:
+        """GPU-equivalents of `replicas` replicas running option `i` (see the module docstring)."""
+        shape = self.shape
+        if shape.share >= 1.0:
+            return float(shape.tp * replicas)
+        return replicas * max(shape.share, self.replica_bytes(i, replicas) / shape.gpu_bytes)
 
     def queue(self, i: int, replicas: int) -> tuple[float, float, float]:
         """(wait, p_wait, utilisation) of option `i` at `replicas`."""
-        o = self.shape.options[i]
-        load = self.lam / o.mu
+        load = self._loads[i]
         if load >= replicas:
             return _INF, 1.0, load / replicas
-        return self._wait(i, o, replicas), self._erlang_c(i, load, replicas), load / replicas
-
-    def _wait(self, i: int, o: _Option, replicas: int) -> float:
-        load = self.lam / o.mu
-        if load >= replicas:
-            return _INF
         c = self._erlang_c(i, load, replicas)
-        drain = replicas * o.mu - self.lam
+        return self._wait(c, replicas * self.shape.mus[i] - self.lam), c, load / replicas
+
+    def _wait(self, c: float, drain: float) -> float:
         return c / drain if self.quantile is None else wait_quantile_s(c, drain, self.quantile)
 
+    def _evaluate(self, replicas: int) -> float:
+        best, best_i = _INF, -1
+        if replicas >= self.r_min:
+            shape = self.shape
+            kv_each = self.kv_total / (replicas * shape.tp)
+            loads, floors, fixed, mus, room = self._loads, shape.floors, shape.fixed, shape.mus, shape.gpu_bytes
+            for i in range(len(loads)):
+                load = loads[i]
+                if load >= replicas or fixed[i] + kv_each > room:
+                    continue  # unstable, or this batch's workspace leaves no room for the KV in flight
+                floor = floors[i]
+                if floor >= best:
+                    continue  # cannot win whatever its wait
+                total = self._wait(self._erlang_c(i, load, replicas), replicas * mus[i] - self.lam) + floor
+                if total < best:
+                    best, best_i = total, i
+        self._lat[replicas] = best
+        self._idx[replicas] = best_i
+        return best
+
     def _erlang_c(self, i: int, load: float, replicas: int) -> float:
-        # The Erlang-B recursion, kept per batch size so that R + 1 costs one step.
-        b = self._erlang_b[i]
-        while len(b) <= replicas:
-            k = len(b)
-            b.append(load * b[-1] / (k + load * b[-1]))
-        br = b[replicas]
-        return replicas * br / (replicas - load * (1.0 - br))
-
-
-@dataclass(frozen=True, slots=True)
-class _Point:
-    cost: float
-    latency: float
-    curve: int  # index of the share's curve in the frontier
-    replicas: int
+        # The Erlang-B recursion of `queueing.erlang_b`, resumed from the last R asked of this batch size
+        # (the frontier asks R, R + 1, ...), so that R + 1 costs one step; restarted if asked a lower R.
+        k, b = self._b_r[i], self._b[i]
+        if k > replicas:
+            k, b = 0, 1.0
+        while k < replicas:
+            k += 1
+            b = load * b / (k + load * b)
+        self._b_r[i], self._b[i] = k, b
+        return replicas * b / (replicas - load * (1.0 - b))
 
 
 class _Frontier:
     """The (cost, latency) Pareto frontier of one stage over its shares and replica counts, generated
-    lazily in cost order: a heap holds each share's next replica count; a point is kept only if it is
-    faster than every cheaper one (f is non-increasing in R, so a share stops once it reaches its floor)."""
+    lazily in cost order: each share's next replica count waits with its cost, the cheapest (ties: the
+    first share) is taken next; a point is kept only if it is faster than every cheaper one (f is
+    non-increasing in R, so a share stops once it reaches its floor). The points are parallel lists of
+    plain numbers (`costs`, `lats`, the share's curve and the replicas), so that growing the frontier
+    allocates no objects. Kept per stage and `reset` for each search."""
 
-    __slots__ = ("curves", "points", "costs", "_heap", "_max_replicas")
+    __slots__ = ("curves", "floor_s", "costs", "lats", "curve_of", "replicas_of",
+                 "_next_cost", "_next_r", "_max_replicas")
 
     def __init__(self, curves: Sequence[_Curve], max_replicas: int) -> None:
         self.curves = tuple(curves)
-        self.points: list[_Point] = []
+        self.floor_s = min(c.floor_s for c in self.curves)  # no point of any share is faster
         self.costs: list[float] = []
+        self.lats: list[float] = []
+        self.curve_of: list[int] = []  # index of the share's curve in `curves`
+        self.replicas_of: list[int] = []
+        self._next_cost = [0.0] * len(self.curves)
+        self._next_r = [0] * len(self.curves)  # 0: the share has no further point
         self._max_replicas = max_replicas
-        self._heap = [(c.cost(c.r_min), k, c.r_min) for k, c in enumerate(self.curves)
-                      if c.r_min <= max_replicas]
-        heapq.heapify(self._heap)
+
+    def reset(self) -> None:
+        """Forget every point; start each share at its fewest stable replicas (curves already aimed)."""
+        for points in (self.costs, self.lats, self.curve_of, self.replicas_of):
+            points.clear()
+        for k, c in enumerate(self.curves):
+            r = c.r_min if c.r_min <= self._max_replicas else 0
+            self._next_r[k] = r
+            self._next_cost[k] = c.cost(r) if r else _INF
 
     @property
     def exhausted(self) -> bool:
-        return not self._heap
+        return not any(self._next_r)
+
+    def _head(self) -> int:
+        """The share whose next point is cheapest (ties: the lowest index); -1 when none is left."""
+        head, head_cost = -1, _INF
+        next_r, next_cost = self._next_r, self._next_cost
+        for k in range(len(next_r)):
+            if next_r[k] and (head < 0 or next_cost[k] < head_cost):
+                head, head_cost = k, next_cost[k]
+        return head
 
     def extend_to(self, cost: float) -> None:
         """Generate every frontier point of cost <= `cost`."""
-        heap = self._heap
-        while heap and heap[0][0] <= cost:
-            c_cost, k, r = heapq.heappop(heap)
-            curve = self.curves[k]
-            lat = curve(r)
+        next_r, next_cost, costs, lats = self._next_r, self._next_cost, self.costs, self.lats
+        while True:
+            k = self._head()
+            if k < 0 or next_cost[k] > cost:
+                return
+            c_cost, r, curve = next_cost[k], next_r[k], self.curves[k]
+            lat = curve.latency(r)
             if r < self._max_replicas and lat > curve.floor_s:
-                heapq.heappush(heap, (curve.cost(r + 1), k, r + 1))
-            if c_cost == _INF or (self.points and lat >= self.points[-1].latency):
+                next_cost[k], next_r[k] = curve.cost(r + 1), r + 1
+            else:
+                next_r[k] = 0
+            if c_cost == _INF or (lats and lat >= lats[-1]):
                 continue
             # Points no cheaper than this faster one are dominated (a batch change can lower the cost).
-            while self.points and self.costs[-1] >= c_cost:
-                self.points.pop()
-                self.costs.pop()
-            self.points.append(_Point(c_cost, lat, k, r))
-            self.costs.append(c_cost)
+            while costs and costs[-1] >= c_cost:
+                costs.pop()
+                lats.pop()
+                self.curve_of.pop()
+                self.replicas_of.pop()
+            costs.append(c_cost)
+            lats.append(lat)
+            self.curve_of.append(k)
+            self.replicas_of.append(r)
 
-    def first(self) -> _Point | None:
-        while not self.points and self._heap:
-            self.extend_to(self._heap[0][0])
-        return self.points[0] if self.points else None
+    def first(self) -> bool:
+        """Generate the cheapest point; False when the stage has none."""
+        while not self.costs:
+            k = self._head()
+            if k < 0:
+                return False
+            self.extend_to(self._next_cost[k])
+        return True
 
     def upto(self, cost: float) -> int:
         """Number of frontier points of cost <= `cost` (after generating them)."""
@@ -284,7 +356,14 @@ class OperatorPlanner:
         self.dags: dict[Phase, OperatorDag] = {p: build_dag(model, p) for p in Phase}
         self.link = self.config.transfer.link(self.config.topology, sku.name)
         self.placer = Placer(self.costs, self.dags, self.config, sku)
-        self._shapes: dict[tuple[Phase, frozenset[Operator], float, int, int], _StageShape | None] = {}
+        # Kept across plans, per workload shape (phase, families, share, prompt and output tokens): the
+        # stage prices (`_StageShape`, in its curve), the curves re-aimed at each plan's rate and the frontiers, and
+        # the per-family kernel seconds the energy model asks for.
+        self._curves: dict[tuple[Phase, frozenset[Operator], float, int, int], _Curve | None] = {}
+        self._fronts: dict[tuple[Phase, frozenset[Operator], tuple[float, ...], int, int], _Frontier | None] = {}
+        self._busy: dict[tuple[Phase, Operator, int, int, float, int, int], float] = {}
+        self._epoch = 0  # one per search: a curve last aimed in an older epoch is re-aimed on use
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OperatorPlanner({self.model.name!r}, {self.sku.name!r})"
@@ -293,11 +372,11 @@ class OperatorPlanner:
 
     def plan(self, workload: Workload) -> OperatorPlan:
         """The greedy operator-level plan, on the configured SM shares."""
-        return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "greedy")
+        return self._search(workload, _PARTITIONS, self.config.sharing.shares, "operator", "greedy")
 
     def model_level(self, workload: Workload) -> OperatorPlan:
         """The baseline: whole-model replicas on whole GPUs, on the same queueing model."""
-        return self._plan(workload, ((_ALL,),), _WHOLE, "model", "greedy")
+        return self._search(workload, ((_ALL,),), _WHOLE, "model", "greedy")
 
     def plan_partition(self, workload: Workload, prefill: Sequence[frozenset[Operator]],
                        decode: Sequence[frozenset[Operator]],
@@ -315,26 +394,35 @@ class OperatorPlanner:
                                  f"{[sorted(op.value for op in b) for b in part]}")
             parts.append((part,))
         pinned = None if shares is None else {key: (share,) for key, share in shares.items()}
-        return self._plan(workload, parts[0], self.config.sharing.shares, "operator", "greedy",
-                          decode_parts=parts[1], stage_shares=pinned)
+        return self._search(workload, parts[0], self.config.sharing.shares, "operator", "greedy",
+                            decode_parts=parts[1], stage_shares=pinned)
 
     def oracle(self, workload: Workload) -> OperatorPlan:
         """The least-cost plan over every partition, share and replica vector (exponential: small cases)."""
-        return self._plan(workload, _PARTITIONS, self.config.sharing.shares, "operator", "oracle")
+        return self._search(workload, _PARTITIONS, self.config.sharing.shares, "operator", "oracle")
 
     # --- search -----------------------------------------------------------------------------------------
 
+    def _search(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
+                shares: Sequence[float], level: str, search: str,
+                decode_parts: Sequence[tuple[frozenset[Operator], ...]] | None = None,
+                stage_shares: Mapping[tuple[Phase, frozenset[Operator]], Sequence[float]] | None = None,
+                ) -> OperatorPlan:
+        """One search: a new epoch re-aims the kept curves at this workload's rate on first use. The
+        curves and frontiers are the planner's, so one search runs at a time."""
+        with self._lock:
+            self._epoch += 1
+            return self._plan(workload, parts, shares, level, search, decode_parts, stage_shares)
+
     def _plan(self, workload: Workload, parts: Sequence[tuple[frozenset[Operator], ...]],
               shares: Sequence[float], level: str, search: str,
-              curves: dict[tuple[Phase, frozenset[Operator], float], _Curve] | None = None,
               decode_parts: Sequence[tuple[frozenset[Operator], ...]] | None = None,
               stage_shares: Mapping[tuple[Phase, frozenset[Operator]], Sequence[float]] | None = None) -> OperatorPlan:
         """`parts` are the partitions searched for both phases, or prefill's alone when `decode_parts`
         are given; `stage_shares` replaces `shares` for the stages it names."""
-        curves = {} if curves is None else curves  # f(R) memos of this workload, shared by both searches
-        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, curves, stage_shares)
+        prefill = self._phase(workload, Phase.PREFILL, parts, shares, search, stage_shares)
         decode = self._phase(workload, Phase.DECODE, parts if decode_parts is None else decode_parts, shares,
-                             search, curves, stage_shares)
+                             search, stage_shares)
         packing = self.placer.place((prefill, decode), workload)
         energy = plan_energy(self.sku, workload, (prefill, decode), packing, self._family_busy(workload))
         plan = OperatorPlan(self.model.name, self.sku.name, workload, level, search,  # type: ignore[arg-type]
@@ -344,20 +432,23 @@ class OperatorPlanner:
             # The search minimises GPU cost before packing; fragments can make a shared plan pack onto
             # more GPUs than the whole-GPU plan does. Never return the worse of the two. (When packing
             # lost nothing, the whole-GPU plan, whose cost is no lower, cannot pack onto fewer.)
-            whole = self._plan(workload, parts, _WHOLE, level, search, curves, decode_parts)
+            whole = self._plan(workload, parts, _WHOLE, level, search, decode_parts)
             if (whole.gpus, whole.gpu_cost) < (plan.gpus, plan.gpu_cost):
                 return whole
         return plan
 
     def _family_busy(self, workload: Workload) -> FamilyBusy:
         def busy(phase: Phase, stage: StagePlan, op: Operator) -> float:
-            return self.costs.busy_s(frozenset({op}), phase, stage.tp, stage.batch, _mean_seq(workload, phase),
-                                     stage.share)
+            key = (phase, op, stage.tp, stage.batch, stage.share, workload.prompt_tokens, workload.output_tokens)
+            found = self._busy.get(key)
+            if found is None:
+                found = self._busy[key] = self.costs.busy_s(frozenset({op}), phase, stage.tp, stage.batch,
+                                                            _mean_seq(workload, phase), stage.share)
+            return found
         return busy
 
     def _phase(self, workload: Workload, phase: Phase, parts: Sequence[tuple[frozenset[Operator], ...]],
                shares: Sequence[float], search: str,
-               curves: dict[tuple[Phase, frozenset[Operator], float], _Curve],
                stage_shares: Mapping[tuple[Phase, frozenset[Operator]], Sequence[float]] | None = None) -> PhasePlan:
         budget, field = ((self.objective.ttft_slo_s, "ttft_slo_s") if phase is Phase.PREFILL
                          else (self.objective.tbt_slo_s, "tbt_slo_s"))
@@ -369,12 +460,11 @@ class OperatorPlanner:
             for ops in part:
                 if ops not in fronts:
                     own = shares if stage_shares is None else stage_shares.get((phase, ops), shares)
-                    fronts[ops] = self._frontier(workload, phase, ops, lam, own, curves)
+                    fronts[ops] = self._frontier(workload, phase, ops, lam, own)
             stage_fronts = [fronts[ops] for ops in part]
             if all(f is not None for f in stage_fronts):
                 candidates.append((part, stage_fronts))  # type: ignore[arg-type]
-                fastest = min(fastest, sum(min(c.floor_s for c in f.curves)  # type: ignore[union-attr]
-                                           for f in stage_fronts))
+                fastest = min(fastest, sum(f.floor_s for f in stage_fronts))  # type: ignore[union-attr]
         best: _Best | None = None
         for part, fs in candidates:
             found = _greedy(fs, budget)
@@ -396,48 +486,50 @@ class OperatorPlanner:
                 f"to meet {field}={budget:g} s")
         _, _, part, fs, idx = best
         seq = _mean_seq(workload, phase)
-        stages = tuple(self._stage_plan(f, f.points[i], phase, seq) for f, i in zip(fs, idx, strict=True))
+        stages = tuple(self._stage_plan(f, i, phase, seq) for f, i in zip(fs, idx, strict=True))
         return PhasePlan(phase, budget, stages)
 
-    def _stage_plan(self, front: _Frontier, point: _Point, phase: Phase, seq: float) -> StagePlan:
-        curve = front.curves[point.curve]
-        shape, r = curve.shape, point.replicas
-        _, i = curve.best(r)
+    def _stage_plan(self, front: _Frontier, j: int, phase: Phase, seq: float) -> StagePlan:
+        """The stage at its frontier's point `j`."""
+        curve, r = front.curves[front.curve_of[j]], front.replicas_of[j]
+        shape, i = curve.shape, curve.option(r)
         o = shape.options[i]
         wait, p_wait, util = curve.queue(i, r)
-        busy = self.costs.busy_s(shape.ops, phase, shape.tp, o.batch, seq, shape.share)
+        busy = shape.busy.get(i)
+        if busy is None:
+            busy = shape.busy[i] = self.costs.busy_s(shape.ops, phase, shape.tp, o.batch, seq, shape.share)
         return StagePlan(shape.ops, shape.tp, r, o.batch, o.service_s, o.transfer_s, wait, p_wait, util,
-                         share=shape.share, replica_bytes=shape.replica_bytes(o, r), gpu_cost=shape.cost(o, r),
+                         share=shape.share, replica_bytes=curve.replica_bytes(i, r), gpu_cost=curve.option_cost(i, r),
                          arrival_rate=curve.lam, busy_s=busy)
 
     def _frontier(self, workload: Workload, phase: Phase, ops: frozenset[Operator], lam: float,
-                  shares: Sequence[float],
-                  memo: dict[tuple[Phase, frozenset[Operator], float], _Curve]) -> _Frontier | None:
-        curves = []
-        for share in shares:
-            curve = memo.get((phase, ops, share))
-            if curve is None:
-                shape = self._shape(workload, phase, ops, share)
-                if shape is None:
-                    continue
-                curve = memo[(phase, ops, share)] = _Curve(shape, lam, self.config.wait_quantile)
-            curves.append(curve)
-        if not curves:
+                  shares: Sequence[float]) -> _Frontier | None:
+        """The stage's frontier at arrival rate `lam`, over `shares`; None when no share has a stable point."""
+        prompt, output = workload.prompt_tokens, workload.output_tokens
+        key = (phase, ops, tuple(shares), prompt, output)
+        if key not in self._fronts:
+            curves = [c for c in (self._curve(workload, phase, ops, share) for share in shares) if c is not None]
+            self._fronts[key] = _Frontier(curves, self.config.max_replicas) if curves else None
+        front = self._fronts[key]
+        if front is None:
             return None
-        front = _Frontier(curves, self.config.max_replicas)
-        return front if front.first() is not None else None
+        for curve in front.curves:
+            if curve.epoch != self._epoch:
+                # The KV in flight scales with the arrival rate: Little's law, every token at the TBT budget.
+                kv_total = 0.0
+                if curve.shape.holds_kv:
+                    in_flight = workload.arrival_rps * output * self.objective.tbt_slo_s
+                    kv_total = in_flight * ((prompt + output) * self.model.kv_bytes_per_token)
+                curve.reset(lam, kv_total, self._epoch)
+        front.reset()
+        return front if front.first() else None
 
-    def _shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator], share: float) -> _StageShape | None:
+    def _curve(self, workload: Workload, phase: Phase, ops: frozenset[Operator], share: float) -> _Curve | None:
         key = (phase, ops, share, workload.prompt_tokens, workload.output_tokens)
-        if key not in self._shapes:
-            self._shapes[key] = self._build_shape(workload, phase, ops, share)
-        shape = self._shapes[key]
-        if shape is not None and shape.holds_kv:
-            # The KV in flight scales with the arrival rate: Little's law, every token at the TBT budget.
-            in_flight = workload.arrival_rps * workload.output_tokens * self.objective.tbt_slo_s
-            per_seq = (workload.prompt_tokens + workload.output_tokens) * self.model.kv_bytes_per_token
-            shape = dataclasses.replace(shape, kv_total_bytes=in_flight * per_seq)
-        return shape
+        if key not in self._curves:
+            shape = self._build_shape(workload, phase, ops, share)
+            self._curves[key] = None if shape is None else _Curve(shape, self.config.wait_quantile)
+        return self._curves[key]
 
     def _build_shape(self, workload: Workload, phase: Phase, ops: frozenset[Operator],
                      share: float) -> _StageShape | None:
@@ -472,9 +564,11 @@ class OperatorPlanner:
             options.append(_Option(b, service, transfer, b / service, weights + transient, held))
         if not options:
             return None
+        floors = tuple(o.service_s + o.transfer_s for o in options)
         return _StageShape(ops, tp, share, tuple(options), gpu_bytes, holds_kv=has_attention and phase is Phase.DECODE,
-                           floor_s=min(o.service_s + o.transfer_s for o in options),
-                           min_fixed_bytes=min(o.fixed_bytes for o in options))
+                           floor_s=min(floors), min_fixed_bytes=min(o.fixed_bytes for o in options),
+                           mus=tuple(o.mu for o in options), floors=floors,
+                           fixed=tuple(o.fixed_bytes for o in options), held=tuple(o.held_bytes for o in options))
 
 
 def _mean_seq(workload: Workload, phase: Phase) -> float:
@@ -513,9 +607,8 @@ def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjec
 def _better(best: _Best | None, part: tuple[frozenset[Operator], ...], fronts: list[_Frontier],
             idx: list[int]) -> _Best:
     """The better of `best` and (part, points): lower GPU cost, then lower latency."""
-    points = [f.points[i] for f, i in zip(fronts, idx, strict=True)]
-    cost = sum(p.cost for p in points)
-    latency = sum(p.latency for p in points)
+    cost = sum(f.costs[i] for f, i in zip(fronts, idx, strict=True))
+    latency = sum(f.lats[i] for f, i in zip(fronts, idx, strict=True))
     if best is None or (cost, latency) < best[:2]:
         return (cost, latency, part, fronts, idx)
     return best
@@ -523,53 +616,68 @@ def _better(best: _Best | None, part: tuple[frozenset[Operator], ...], fronts: l
 
 def _greedy(fronts: Sequence[_Frontier], budget: float) -> list[int] | None:
     """A frontier point per stage meeting `budget`, grown by latency gained per GPU added, then pruned;
-    None if the budget cannot be met."""
-    idx = [0] * len(fronts)
-    points = [f.first() for f in fronts]
-    if any(p is None for p in points):
+    None if the budget cannot be met.
+
+    A stage's best move depends on its own frontier and point alone, so each stage's best move within
+    the first window is kept until that stage moves (the other stages are not rescored); a wider window
+    grows the frontiers (and may drop dominated points), so after one every stage is rescored."""
+    n = len(fronts)
+    if not all([f.first() for f in fronts]):
         return None
-    lat = [p.latency for p in points]  # type: ignore[union-attr]
-    cost = [p.cost for p in points]  # type: ignore[union-attr]
+    idx = [0] * n
+    lat = [f.lats[0] for f in fronts]
+    cost = [f.costs[0] for f in fronts]
     total = sum(lat)
+    kept_score = [0.0] * n
+    kept_move = [-2] * n  # -2: not scored at the first window since the stage last moved
     while total > budget:
-        move = None
+        move_s = move_j = -1
         window = 1.0
-        while move is None:
-            move = _best_move(fronts, idx, lat, cost, window)
-            if move is not None or all(f.exhausted for f in fronts):
+        while True:
+            best_score = 0.0
+            for s in range(n):
+                if window == 1.0 and kept_move[s] != -2:
+                    score, j = kept_score[s], kept_move[s]
+                else:
+                    score, j = _stage_move(fronts[s], idx[s], lat[s], cost[s], window)
+                    if window == 1.0:
+                        kept_score[s], kept_move[s] = score, j
+                if score > best_score:
+                    best_score, move_s, move_j = score, s, j
+            if move_s >= 0 or all(f.exhausted for f in fronts):
                 break
             window *= 2
-        if move is None:
+            kept_move = [-2] * n
+        if move_s < 0:
             return None
-        s, j = move
-        p = fronts[s].points[j]
-        total += p.latency - lat[s]
-        idx[s], lat[s], cost[s] = j, p.latency, p.cost
+        f = fronts[move_s]
+        p_lat = f.lats[move_j]
+        total += p_lat - lat[move_s]
+        idx[move_s], lat[move_s], cost[move_s] = move_j, p_lat, f.costs[move_j]
+        kept_move[move_s] = -2
     # Prune: step back along the frontiers while the budget holds, the costliest stages first.
-    for s in sorted(range(len(fronts)), key=lambda k: -cost[k]):
+    for s in sorted(range(n), key=lambda k: -cost[k]):
         f = fronts[s]
         while idx[s] > 0:
-            p = f.points[idx[s] - 1]
-            if total - lat[s] + p.latency > budget:
+            p_lat = f.lats[idx[s] - 1]
+            if total - lat[s] + p_lat > budget:
                 break
-            total += p.latency - lat[s]
-            idx[s], lat[s], cost[s] = idx[s] - 1, p.latency, p.cost
+            total += p_lat - lat[s]
+            idx[s], lat[s], cost[s] = idx[s] - 1, p_lat, f.costs[idx[s] - 1]
     return idx
 
 
-def _best_move(fronts: Sequence[_Frontier], idx: list[int], lat: list[float], cost: list[float],
-               window: float) -> tuple[int, int] | None:
-    """(stage, frontier index) with the largest latency gain per GPU added among the points within
-    `window` GPUs of each stage's current cost; None if none gains."""
-    best_score, best_move = 0.0, None
-    for s, f in enumerate(fronts):
-        end = f.upto(cost[s] + window)
-        for j in range(idx[s] + 1, end):
-            p = f.points[j]
-            score = (lat[s] - p.latency) / (p.cost - cost[s])
-            if score > best_score:
-                best_score, best_move = score, (s, j)
-    return best_move
+def _stage_move(front: _Frontier, at: int, lat: float, cost: float, window: float) -> tuple[float, int]:
+    """(score, frontier index) of the largest latency gain per GPU added among the stage's points within
+    `window` GPUs of its current `cost` (the first of equals); (0, -1) if none gains."""
+    end = front.upto(cost + window)
+    lats, costs = front.lats, front.costs
+    best_score, best_j = 0.0, -1
+    for j in range(at + 1, end):
+        score = (lat - lats[j]) / (costs[j] - cost)
+        if score > best_score:
+            best_score, best_j = score, j
+    return best_score, best_j
 
 
 def _exhaustive(fronts: Sequence[_Frontier], budget: float, max_cost: float) -> list[int] | None:
@@ -577,41 +685,39 @@ def _exhaustive(fronts: Sequence[_Frontier], budget: float, max_cost: float) -> 
     every vector is visited, less those already over the bound; the last stage takes its cheapest
     point that fits the remaining budget (its frontier's latency falls as its cost grows)."""
     n = len(fronts)
-    first_cost = [f.points[0].cost for f in fronts]
+    first_cost = [f.costs[0] for f in fronts]
     rest_min = [sum(first_cost[j] for j in range(s + 1, n)) for s in range(n)]
     tops = [f.upto(max_cost - sum(first_cost) + first_cost[s] + 1e-9) for s, f in enumerate(fronts)]
-    best_lat = [fronts[s].points[tops[s] - 1].latency for s in range(n)]
+    best_lat = [fronts[s].lats[tops[s] - 1] for s in range(n)]
     rest_lat = [sum(best_lat[j] for j in range(s + 1, n)) for s in range(n)]
     best: tuple[float, float, list[int]] | None = None
     vector = [0] * n
 
     def visit(s: int, spent: float, latency: float) -> None:
         nonlocal best
-        f = fronts[s]
+        lats, costs = fronts[s].lats, fronts[s].costs
         if s == n - 1:
             # The cheapest point of the last stage that fits what is left of the budget.
             lo, hi = 0, tops[s]
             while lo < hi:
                 mid = (lo + hi) // 2
-                if latency + f.points[mid].latency <= budget:
+                if latency + lats[mid] <= budget:
                     hi = mid
                 else:
                     lo = mid + 1
             if lo < tops[s]:
-                p = f.points[lo]
-                key = (spent + p.cost, latency + p.latency)
+                key = (spent + costs[lo], latency + lats[lo])
                 if key[0] <= max_cost + 1e-9 and (best is None or key < best[:2]):
                     vector[s] = lo
                     best = (key[0], key[1], list(vector))
             return
         for j in range(tops[s]):
-            p = f.points[j]
-            if spent + p.cost + rest_min[s] > max_cost + 1e-9:
+            if spent + costs[j] + rest_min[s] > max_cost + 1e-9:
                 break
-            if latency + p.latency + rest_lat[s] > budget:
+            if latency + lats[j] + rest_lat[s] > budget:
                 continue
             vector[s] = j
-            visit(s + 1, spent + p.cost, latency + p.latency)
+            visit(s + 1, spent + costs[j], latency + lats[j])
 
     visit(0, 0.0, 0.0)
     return None if best is None else best[2]
