@@ -41,9 +41,9 @@ class ModelFlops:
 
     @classmethod
     def of(cls, model: ModelSpec) -> ModelFlops:
-        experts_per_token = model.experts_per_token if model.experts else 1
         attn_params = model.attn_params_per_layer * model.layers
-        mlp_active_params = 3 * model.hidden * model.intermediate * model.layers * experts_per_token
+        # the k routed experts of a mixture and its always-on shared expert (Qwen2-MoE), or the dense MLP
+        mlp_active_params = model.active_mlp_params_per_layer * model.layers
         return cls(per_token=2.0 * (attn_params + mlp_active_params),
                    per_logit=2.0 * model.vocab * model.hidden,
                    per_pair=4.0 * model.heads * model.head_dim * model.layers)

@@ -193,14 +193,16 @@ def dense_layer_work(model: ModelSpec, tp: int, tokens: int) -> DenseWork:
     layers, bpp = model.layers, model.bytes_per_param
     attn_params = model.attn_params_per_layer * layers
     expert_params = 3 * model.hidden * model.intermediate * layers
+    shared_params = model.shared_expert_params_per_layer * layers  # a mixture's always-on expert
     experts_per_token = model.experts_per_token if model.experts else 1
     touched = _experts_touched(model.experts, experts_per_token, tokens)
     kv_dim = model.kv_heads * model.head_dim
     replicated = 7 * model.hidden
-    sharded = 2 * (model.hidden + kv_dim) + 3 * model.intermediate * experts_per_token
+    sharded = (2 * (model.hidden + kv_dim) + 3 * model.intermediate * experts_per_token
+               + 3 * model.shared_expert_intermediate)
     return DenseWork(
-        gemm_flops=(2 * attn_params * tokens, 2 * expert_params * experts_per_token * tokens),
-        gemm_bytes=(attn_params * bpp, expert_params * bpp * touched),
+        gemm_flops=(2 * attn_params * tokens, 2 * (expert_params * experts_per_token + shared_params) * tokens),
+        gemm_bytes=(attn_params * bpp, (expert_params * touched + (shared_params if tokens else 0)) * bpp),
         elementwise_bytes=float((replicated * tp + sharded) * bpp * layers * tokens),
     )
 
@@ -275,7 +277,9 @@ class RooflineLatencyModel(IterationTime):
         self._experts = model.experts
         self._experts_per_token = model.experts_per_token if model.experts else 1
         self._expert_bytes = expert_params * bpp
-        self._mlp_active_params = expert_params * self._experts_per_token
+        # a mixture's always-on shared expert (Qwen2-MoE): read and run for every batch with tokens
+        self._shared_expert_bytes = model.shared_expert_params_per_layer * layers * bpp
+        self._mlp_active_params = model.active_mlp_params_per_layer * layers
         self._lm_head_params = model.vocab * model.hidden
         self._bpp = bpp
         self._attn_flops_per_pair = 4 * model.heads * model.head_dim * layers
@@ -407,7 +411,8 @@ class RooflineLatencyModel(IterationTime):
         s_flop, s_byte, bpp = self._s_per_flop, self._s_per_byte, self._bpp
         attn_proj = max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
         touched = _experts_touched(self._experts, self._experts_per_token, tokens)
-        mlp = max(2 * self._mlp_active_params * tokens * s_flop, self._expert_bytes * touched * s_byte)
+        mlp_bytes = self._expert_bytes * touched + (self._shared_expert_bytes if tokens else 0.0)
+        mlp = max(2 * self._mlp_active_params * tokens * s_flop, mlp_bytes * s_byte)
         return attn_proj + mlp
 
     def _allreduce_s(self, tokens: int) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from opscale.perf import RooflineLatencyModel, RooflineParams, attn_pairs, load_catalog
@@ -56,3 +58,20 @@ def test_the_roofline_never_computes_faster_than_its_derated_peak(tp: int, shape
         assert compute_s > 0.9 * cost.busy_s
     if batch and not prefill:
         assert compute_s < 0.5 * cost.busy_s  # decode reads weights and KV for a few FLOPs a byte
+
+
+def test_a_mixtures_shared_expert_is_priced_with_its_routed_experts() -> None:
+    """Qwen2-57B-A14B runs 8 of 64 routed experts and an always-on shared expert as large as those 8
+    together: 14.2B parameters active per token by its model card, the embedding included."""
+    from opscale.perf.latency import dense_layer_work
+
+    model = CATALOG.model("Qwen2-57B-A14B")
+    flops = ModelFlops.of(model)
+    active = flops.per_token / 2 + flops.per_logit / 2 + model.vocab * model.hidden  # + the embedding
+    assert active == pytest.approx(14.2e9, rel=0.01)
+    without_shared = dataclasses.replace(model, shared_expert_intermediate=0)
+    work, lighter = dense_layer_work(model, 2, 1), dense_layer_work(without_shared, 2, 1)
+    assert work.gemm_flops[1] == pytest.approx(2 * lighter.gemm_flops[1])  # shared = the 8 routed ones
+    assert work.gemm_bytes[1] > lighter.gemm_bytes[1]
+    assert RooflineLatencyModel(model, H100, 2).iteration_s(0, 0, 8, 8 * 1024) > \
+        RooflineLatencyModel(without_shared, H100, 2).iteration_s(0, 0, 8, 8 * 1024)
