@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from opscale.perf import LatencyModels, default_catalog, load_profiles
 from opscale.planning import build_planning_stack
+from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import PlannerSettings
@@ -71,6 +72,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
             return True
 
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
+        p.core = core
         leader = False
 
         async def lease() -> None:
@@ -97,14 +99,13 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
                 await host.tick()
 
         ns = settings.namespace or "default"
-        who = settings.holder_id.replace(".", "_")
         for subject, name, deliver in (
                 (subjects.HEARTBEATS_ALL, "heartbeats", "last_per_subject"),
                 (subjects.WINDOWS_ALL, "windows", "new"),
                 (subjects.FORECASTS_ALL, "forecasts", "last_per_subject"),
                 (subjects.ROUTER_LOAD_ALL, "routerload", "new")):
             # one consumer per planner process (each needs every event), removed an hour after it is gone
-            sub = await p.bus.subscribe(subject, f"planner-{name}-{ns}-{who}"[:64], host.deliver,
+            sub = await p.bus.subscribe(subject, durable_name("planner", name, ns, settings.holder_id), host.deliver,
                                         deliver=deliver, inactive_threshold_s=3600.0)  # type: ignore[arg-type]
             p.on_exit(sub.stop)
         p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
 from opscale.openai.schema import CHARS_PER_TOKEN
 from opscale.routing.tenants import KeyTable
+from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_http import stop_accepting
 from opscale.runtime.live.settings import RouterSettings, SettingsError
@@ -84,19 +85,24 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
                         "blocks are hashed")
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
+        p.core = core
         backend.host = host
 
         ns = settings.namespace or "default"
         rid = settings.core.router_id
+        log.info("router %s: own consumers of heartbeats and plans (every replica sees the whole fleet)", rid)
         for subject, name in ((subjects.HEARTBEATS_ALL, "heartbeats"), (subjects.PLANS_ALL, "plans")):
-            sub = await p.bus.subscribe(subject, f"router-{rid}-{name}-{ns}"[:64], host.deliver,
-                                        deliver="last_per_subject")
+            # one consumer per replica, each with every event; the server removes a gone replica's
+            # consumers after an hour (a restarted pod keeps its name and resumes them)
+            sub = await p.bus.subscribe(subject, durable_name("router", rid, name, ns), host.deliver,
+                                        deliver="last_per_subject", inactive_threshold_s=3600.0)
             p.on_exit(sub.stop)
         if core.follows_kv_events():
             # Every engine's KV events, in order (one consumer, so an instance's batches keep their seq
             # order); a new router reads what the stream still holds (minutes) and follows from there.
-            sub = await p.bus.subscribe(subjects.KV_EVENTS_ALL, f"router-{rid}-kvevents-{ns}"[:64], host.deliver,
-                                        deliver="all", max_pending=2000, max_deliveries=1)
+            sub = await p.bus.subscribe(subjects.KV_EVENTS_ALL, durable_name("router", rid, "kvevents", ns),
+                                        host.deliver, deliver="all", max_pending=2000, max_deliveries=1,
+                                        inactive_threshold_s=3600.0)
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 

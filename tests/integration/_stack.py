@@ -43,7 +43,10 @@ class LiveStack:
     tiers: list[dict[str, Any]] | None = None
     # Per service ("router", "node_agent", ...): settings that replace the stack's own (top-level keys)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Routers behind the one API (replicas: each with its own id and consumers); the first is "router"
+    routers: int = 1
     router_port: int = field(default_factory=free_port)
+    extra_router_ports: list[int] = field(default_factory=list)
     agent_grpc_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     processes: dict[str, LiveProcess] = field(default_factory=dict)
@@ -61,6 +64,14 @@ class LiveStack:
     @property
     def router_url(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def router_names(self) -> list[str]:
+        return ["router"] + [f"router-{i}" for i in range(2, self.routers + 1)]
+
+    @property
+    def router_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in [self.router_port, *self.extra_router_ports]]
 
     async def start(self) -> None:
         from opscale_services.aggregator import main as aggregator
@@ -92,6 +103,14 @@ class LiveStack:
                 "tick_s": 0.2, "records_flush_s": 0.2, "core": {"region": self.region, "router_id": "router-test"},
                 **o.get("router", {})})),
         ]
+        while len(self.extra_router_ports) < self.routers - 1:
+            self.extra_router_ports.append(free_port())
+        for name, port in zip(self.router_names[1:], self.extra_router_ports, strict=True):
+            replica = {**c, "http_host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "tick_s": 0.2,
+                       "records_flush_s": 0.2, "core": {"region": self.region}, **o.get("router", {})}
+            # in one process the default identity (host and pid) is the same: each replica is named
+            replica["core"] = {**replica["core"], "router_id": f"router-test-{name}"}
+            services.append((name, router.run, load_settings(RouterSettings, **replica)))
         for name, run, settings in services:
             started = asyncio.Event()
 

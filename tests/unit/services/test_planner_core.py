@@ -224,3 +224,16 @@ def test_a_policys_prepared_growth_is_staged_on_the_hosts_it_would_use() -> None
     # third on a2, which stages them
     assert planner.plan.prestage == {"a2": ("m",)}
     assert cmds["a2"].prestage == ("m",)
+
+
+def test_each_router_replica_load_counts_apart_and_a_silent_one_is_forgotten() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.handle(RouterLoad("router-a", "eu", 1.0, {"m": 3}), 1.0)
+    planner.handle(RouterLoad("router-b", "eu", 1.0, {"m": 4}), 1.0)
+    planner.handle(RouterLoad("router-a", "eu", 0.5, {"m": 9}), 1.0)  # an older report, redelivered
+    assert planner.router_pending() == {"router-a": {"m": 3}, "router-b": {"m": 4}}
+    assert planner.observe(1.0).pools[PoolKey("m", "eu")].queued == 7  # held at both replicas
+    planner.handle(RouterLoad("router-b", "eu", 20.0, {"m": 1}), 20.0)
+    planner.tick(20.0)  # router-a silent for 19 s > 15 s: a replica that went away holds nothing
+    assert planner.router_pending() == {"router-b": {"m": 1}}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_STREAMS",
     "TYPE_HEADER",
     "BusError",
+    "durable_name",
     "Delivery",
     "Handler",
     "NatsBus",
@@ -70,6 +72,17 @@ TYPE_HEADER = "Opscale-Type"
 _MIB = 1024 * 1024
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _DURABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def durable_name(*parts: str) -> str:
+    """A durable consumer's name made of `parts` (service, identity, kind, namespace): characters JetStream
+    refuses become '_', and a name over 64 characters keeps its start and a hash of the whole, so two
+    long identities (pod names run to 63) never truncate to the same consumer."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(p for p in parts if p))
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[:51]}-{digest}"
 
 
 class BusError(RuntimeError):

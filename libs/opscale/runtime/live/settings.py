@@ -82,11 +82,13 @@ __all__ = [
     "ForecasterSettings",
     "LiveSettings",
     "NodeAgentSettings",
+    "POD_NAME_ENV",
     "PlannerSettings",
     "RouterSettings",
     "SERVICE_SETTINGS",
     "SettingsError",
     "load_settings",
+    "process_identity",
 ]
 
 CONFIG_ENV = "OPSCALE_CONFIG"
@@ -107,6 +109,18 @@ class SettingsError(ValueError):
 
 def _hostname() -> str:
     return socket.gethostname() or "localhost"
+
+
+POD_NAME_ENV = "POD_NAME"
+"""Where Kubernetes' downward API puts the pod's name (`fieldRef: metadata.name`), if the manifest says so."""
+
+
+def process_identity() -> str:
+    """A name no other replica of a service has: the pod's name when the downward API gives it (stable
+    across container restarts, so a restarted router resumes its own consumers), else host name and
+    process id (two replicas on one host differ)."""
+    pod = os.environ.get(POD_NAME_ENV, "").strip()
+    return pod or f"{_hostname()}-{os.getpid()}"
 
 
 # -- the YAML file --------------------------------------------------------------------------------------
@@ -386,6 +400,14 @@ class RouterSettings(LiveSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys, tenants and their limits")
 
     @model_validator(mode="after")
+    def _unique_router_id(self) -> RouterSettings:
+        # Replicas must differ: the id names the router's own durable consumers (each replica needs every
+        # heartbeat and plan) and its load in the planner (one replica's must not overwrite another's).
+        if "router_id" not in self.core.model_fields_set:
+            self.core.router_id = process_identity()
+        return self
+
+    @model_validator(mode="after")
     def _default_tiers_exist(self) -> RouterSettings:
         tiers = {t.name for t in self.tiers}
         for spec in self.auth.key_specs():
@@ -444,8 +466,9 @@ class PlannerSettings(LiveSettings):
     lease_name: str = Field("planner", min_length=1, description="Redis lease that elects the active planner")
     lease_ttl_s: float = Field(15.0, gt=0, description="A lease not renewed for this long lapses")
     lease_renew_s: float = Field(5.0, gt=0, description="How often the holder renews (well under the TTL)")
-    holder_id: str = Field(default_factory=lambda: f"{_hostname()}-{os.getpid()}", min_length=1,
-                           description="This planner's identity in the lease")
+    holder_id: str = Field(default_factory=process_identity, min_length=1,
+                           description="This planner's identity in the lease (default: the pod name, else "
+                           "host name and process id)")
     agent_call_timeout_s: float = Field(5.0, gt=0, description="Deadline of each gRPC call to a node-agent")
     policy: str = Field("reactive", description="Planning policy name (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the planning policy")
