@@ -74,20 +74,31 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
         p.core = core
         leader = False
+        loop = asyncio.get_running_loop()
+        # The lease is surely ours until this loop time (the TTL from before the last call that confirmed
+        # it): a leader cut off from Redis stops deciding when it may have lapsed, not when it learns so.
+        held_until = 0.0
 
         async def lease() -> None:
-            nonlocal leader
+            nonlocal leader, held_until
+            asked_at = loop.time()
             if leader:
                 leader = await p.store.renew_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
-                if not leader:
+                if leader:
+                    held_until = asked_at + settings.lease_ttl_s
+                else:
                     log.warning("planner %s lost the lease; standing by", settings.holder_id)
                 return
-            if await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s):
+            token = await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
+            if token:
+                held_until = asked_at + settings.lease_ttl_s
                 stored = await p.store.load_plan()
                 if stored is not None and stored.epoch > core.plan.epoch:
                     core.restore(stored)
+                core.lead(token)  # its commands carry the new generation; agents refuse the old one's
                 leader = True
-                log.info("planner %s holds the lease; continuing from epoch %d", settings.holder_id, core.plan.epoch)
+                log.info("planner %s holds the lease (fencing token %d); continuing from epoch %d",
+                         settings.holder_id, token, core.plan.epoch)
 
         async def release() -> None:
             if leader:
@@ -95,7 +106,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         p.on_exit(release)
 
         async def tick() -> None:
-            if leader:
+            if leader and loop.time() < held_until:
                 await host.tick()
 
         ns = settings.namespace or "default"

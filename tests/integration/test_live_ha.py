@@ -1,20 +1,30 @@
 """High availability on real NATS and Redis: two routers behind one API each hear every heartbeat and
 plan (each has the whole fleet), the planner keeps their loads apart, and requests sent through both
-balance over the instances as one router's decisions do."""
+balance over the instances as one router's decisions do; of two planners, the standby takes the lease
+within 10 s of the leader's death (SIGKILL) and the dead leader's commands are fenced off."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from _stack import LiveStack
+import yaml
+from _stack import ROOT, LiveStack
 
 from opscale.runtime.live.bus import NatsBus
+from opscale.runtime.live.grpc_glue import NodeAgentClient
+from opscale.runtime.live.settings import PlannerSettings
 from opscale.runtime.live.store import RedisStore
 from opscale.services import subjects
+from opscale.services.events import ApplyCommand
 from opscale.services.planner import PlannerCore
 from opscale.services.router import RouterCore
 
@@ -112,3 +122,76 @@ async def test_two_routers_each_see_the_whole_fleet_and_the_planner_keeps_their_
     # each router alone balances its 20 within a request or two; together the spread is at most theirs summed
     assert one_router_spread <= 4, served
     assert spread <= 2 * one_router_spread + 1, served
+
+
+# -- two planners ----------------------------------------------------------------------------------------
+
+
+def _start_planner(tmp_path: Path, nats_url: str, redis_url: str, namespace: str, holder: str,
+                   planner: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """`opscale serve planner` as its own process (so that it can die by SIGKILL, lease unreleased)."""
+    config = tmp_path / f"{holder}.yaml"
+    config.write_text(yaml.safe_dump({"nats_url": nats_url, "redis_url": redis_url, "namespace": namespace,
+                                      "ops_host": "127.0.0.1", "planner": {**planner, "holder_id": holder,
+                                                                           "ops_port": 0}}))
+    return subprocess.Popen([sys.executable, "-m", "opscale.cli", "serve", "planner", "--config", str(config)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_commands_are_refused(
+        tmp_path: Path, nats_url: str, redis_url: str, namespace: str) -> None:
+    # Both planners run with the default lease timing; the standby re-learns for 3 s before it decides.
+    planner = {"tick_s": 0.2, "deployments": [{"model": "Llama-3-8B", "sku": "H100-80GB", "tp": 1, "min_replicas": 1,
+                                                "max_replicas": 2}],
+               "core": {"interval_s": 1.0, "resend_after_s": 1.0, "demand_window_s": 3.0, "agent_timeout_s": 3.0}}
+    store = RedisStore(redis_url, namespace)
+    leader = _start_planner(tmp_path, nats_url, redis_url, namespace, "planner-a", planner)
+    stack = LiveStack(nats_url, redis_url, namespace, overrides={"planner": {
+        **{k: v for k, v in planner.items() if k != "tick_s"}, "holder_id": "planner-b",
+        "lease_ttl_s": PlannerSettings.model_fields["lease_ttl_s"].default,
+        "lease_renew_s": PlannerSettings.model_fields["lease_renew_s"].default}})
+    try:
+        async def a_leads() -> bool:
+            if leader.poll() is not None:
+                raise AssertionError(f"planner-a exited:\n{leader.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
+            return await store.lease_holder("planner") == "planner-a"
+
+        await _eventually(a_leads)
+        await stack.start()  # planner-b stands by
+        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+            async def follows_a():  # noqa: ANN202
+                hb = await agent.status()
+                return hb if hb.epoch >= 1 and hb.instances and hb.fencing_token >= 1 else None
+
+            under_a = await _eventually(follows_a)
+            leader.kill()  # SIGKILL: the lease is not released, it lapses
+            leader.wait()
+            died_at = time.monotonic()
+
+            async def b_leads() -> bool:
+                return await store.lease_holder("planner") == "planner-b"
+
+            await _eventually(b_leads, timeout_s=20.0, every_s=0.05)
+            took_over_s = time.monotonic() - died_at
+            assert took_over_s <= 10.0, f"the standby took the lease {took_over_s:.1f} s after the leader died"
+
+            async def follows_b():  # noqa: ANN202
+                hb = await agent.status()
+                return hb if hb.fencing_token > under_a.fencing_token else None
+
+            under_b = await _eventually(follows_b)  # planner-b sent its plan under the new generation
+            assert under_b.epoch >= under_a.epoch
+            # The dead leader's last command, delivered late, with a newer epoch: refused, nothing changes
+            stale = await agent.apply(ApplyCommand("agent-1", under_b.epoch + 1, "late", (),
+                                                   fencing_token=under_a.fencing_token))
+            assert not stale.accepted and "fencing token" in stale.reason
+            after = await agent.status()
+            assert (after.epoch, after.fencing_token) == (under_b.epoch, under_b.fencing_token)
+            assert {i.instance_id for i in after.instances} == {i.instance_id for i in under_b.instances}
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+        await stack.close()
+        await store.close()
+        await _clean(redis_url, nats_url, namespace)

@@ -117,6 +117,19 @@ async def test_lease_only_the_holder_renews_or_releases(store: RedisStore) -> No
     assert await store.acquire_lease("planner", "b", ttl_s=10.0)
 
 
+async def test_each_acquisition_makes_a_newer_fencing_token(store: RedisStore) -> None:
+    first = await store.acquire_lease("planner", "a", ttl_s=10.0)
+    assert first >= 1
+    assert await store.renew_lease("planner", "a", ttl_s=10.0)
+    assert await store.acquire_lease("planner", "b", ttl_s=10.0) == 0  # held by a: no token for b
+    assert await store.release_lease("planner", "a")
+    second = await store.acquire_lease("planner", "b", ttl_s=10.0)
+    assert second > first  # b's commands outrank a's
+    third = await store.acquire_lease("planner", "b", ttl_s=10.0)  # b restarted under the same name
+    assert third > second
+    assert await store.lease_holder("planner") == "b"
+
+
 async def test_a_lapsed_lease_goes_to_the_standby(store: RedisStore) -> None:
     assert await store.acquire_lease("planner", "active", ttl_s=0.05)
 

@@ -78,6 +78,9 @@ class PlannerCore:
         self._first_load_s: float | None = None
         self._router_region: dict[str, str] = {}
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
+        # The lease generation this planner acts under (0: no lease, the simulator's single planner): every
+        # command carries it, and agents refuse one older than the newest they have seen.
+        self.fencing_token = 0
         self._next_tick_s: float | None = None
         self.last_reasons: dict[PoolKey, str] = {}
         self._relearning = False  # restored: observing the fleet again before deciding
@@ -89,6 +92,12 @@ class PlannerCore:
         self._next_seq = next_seq_after(plan.assignments)
         self._relearning = True
         self._relearn_since_s = None
+
+    def lead(self, fencing_token: int) -> None:
+        """Act from now on under the lease generation `fencing_token` (newly elected): every agent is sent
+        the plan again under it, so a predecessor's later commands are refused."""
+        self.fencing_token = fencing_token
+        self._sent.clear()
 
     def router_pending(self) -> dict[str, dict[str, int]]:
         """Per router id: the requests it holds per model, as its newest load report said."""
@@ -333,14 +342,14 @@ class PlannerCore:
         self._sent[agent_id] = (self.plan.epoch, now_s)
         return SendCommand(agent_id, ApplyCommand(agent_id, self.plan.epoch, f"apply-{self.plan.epoch}-{agent_id}",
                                                   self.plan.assignments.get(agent_id, ()),
-                                                  self.plan.prestage.get(agent_id, ())))
+                                                  self.plan.prestage.get(agent_id, ()), self.fencing_token))
 
     def _resend(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
         if self.plan.epoch == 0:
             return actions
         for agent_id, hb in sorted(self._agents.items()):
-            if hb.epoch >= self.plan.epoch:
+            if hb.epoch >= self.plan.epoch and hb.fencing_token >= self.fencing_token:
                 continue
             epoch, sent_s = self._sent.get(agent_id, (0, -math.inf))
             if epoch < self.plan.epoch or now_s - sent_s >= self.config.resend_after_s:

@@ -237,3 +237,20 @@ def test_each_router_replica_load_counts_apart_and_a_silent_one_is_forgotten() -
     planner.handle(RouterLoad("router-b", "eu", 20.0, {"m": 1}), 20.0)
     planner.tick(20.0)  # router-a silent for 19 s > 15 s: a replica that went away holds nothing
     assert planner.router_pending() == {"router-b": {"m": 1}}
+
+
+def test_a_newly_elected_planner_sends_its_plan_under_its_fencing_token() -> None:
+    from dataclasses import replace
+
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    [first] = [a.command for a in planner.tick(0.0) if isinstance(a, SendCommand)]
+    assert first.fencing_token == 0  # no lease, no fence (the simulator's single planner)
+    applied = replace(_ready_heartbeat(planner, "a1", 1.0), fencing_token=0)
+    planner.handle(applied, 1.0)
+    assert not _commands(planner.tick(1.0))  # the agent follows the plan: nothing to send
+    planner.lead(3)  # elected under lease generation 3: the agent still follows generation 0
+    command = _commands(planner.tick(1.1))["a1"]
+    assert (command.fencing_token, command.epoch) == (3, planner.plan.epoch)
+    planner.handle(replace(applied, at_s=2.0, fencing_token=3), 2.0)
+    assert not _commands(planner.tick(10.0))  # converged under the new generation

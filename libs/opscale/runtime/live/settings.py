@@ -464,8 +464,10 @@ class PlannerSettings(LiveSettings):
     ops_port: int = Field(9103, ge=0, le=65535, description="Port of the ops server")
     tick_s: float = Field(1.0, gt=0, description="Period of the planner core's tick")
     lease_name: str = Field("planner", min_length=1, description="Redis lease that elects the active planner")
-    lease_ttl_s: float = Field(15.0, gt=0, description="A lease not renewed for this long lapses")
-    lease_renew_s: float = Field(5.0, gt=0, description="How often the holder renews (well under the TTL)")
+    # A standby takes over at most lease_ttl_s + lease_renew_s after the leader dies (8 s by default)
+    lease_ttl_s: float = Field(6.0, gt=0, description="A lease not renewed for this long lapses")
+    lease_renew_s: float = Field(2.0, gt=0, description="How often the holder renews and a standby tries to take "
+                                 "it (well under the TTL)")
     holder_id: str = Field(default_factory=process_identity, min_length=1,
                            description="This planner's identity in the lease (default: the pod name, else "
                            "host name and process id)")

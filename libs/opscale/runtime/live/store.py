@@ -4,7 +4,9 @@ current plan and leader leases.
 The plan is stored as protobuf bytes (the codec) next to its epoch in one hash, and saving is a Lua
 script that refuses an epoch older than the stored one, so a planner that lost its lease and wakes up
 late cannot overwrite a newer plan. Leases (`SET NX PX`) let one planner act at a time; only the holder
-may renew or release one, checked and changed atomically in Lua.
+may renew or release one, checked and changed atomically in Lua. Each acquisition increments the lease's
+generation: the fencing token the holder puts in its commands, so that a node-agent refuses those of a
+holder that has since lost the lease.
 
 Every call runs under a timeout and raises `StoreError` naming the operation and key when Redis does not
 answer. A `namespace` prefixes every key (`<namespace>:opscale:...`) so tests can share a server.
@@ -48,15 +50,13 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'plan', ARGV[2])
 return {1, ARGV[1]}
 """
 
+# Each acquisition (a holder that was not acting takes or retakes the lease) increments the lease's
+# generation, which never expires: the fencing token that orders the holders' commands.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if cur then return 0 end
+if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return redis.call('INCR', KEYS[2])
 """
 
 _RENEW = """
@@ -260,13 +260,15 @@ class RedisStore:
 
     # -- leases ------------------------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Take lease `name` for `ttl_s` seconds if it is free; True also when `holder` already holds it
-        (its TTL is then extended)."""
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int:
+        """Take lease `name` for `ttl_s` seconds if it is free (or `holder`'s already, extended): the
+        lease's new generation, a fencing token greater than every earlier holder's; 0 when another
+        holds it. Call it when starting to act, not to renew: each call makes a new generation."""
         full, ms = self.key("lease:" + name), _ttl_ms(ttl_s, "acquire_lease")
         _check_holder(holder)
-        return bool(await self._call("EVALSHA acquire_lease", full,
-                                     lambda: self._acquire(keys=[full], args=[holder, ms])))
+        generation = self.key("lease-generation:" + name)
+        return int(await self._call("EVALSHA acquire_lease", full,
+                                    lambda: self._acquire(keys=[full, generation], args=[holder, ms])))
 
     async def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Extend the lease to `ttl_s` from now; False (and nothing changed) unless `holder` holds it."""

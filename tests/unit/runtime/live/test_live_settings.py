@@ -120,7 +120,7 @@ def test_bad_json_in_a_nested_env_value(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_cross_field_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(15.0\)"):
+    with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(6.0\)"):
         load_settings(PlannerSettings, lease_renew_s=20.0)
     with pytest.raises(SettingsError, match="engine.max_num_seqs"):
         load_settings(NodeAgentSettings, engine={"max_num_seqs": 0})
