@@ -451,6 +451,8 @@ class ForecasterSettings(LiveSettings):
 
     ops_port: int = Field(9102, ge=0, le=65535, description="Port of the ops server")
     tick_s: float = Field(5.0, gt=0, description="Period of the forecaster core's tick")
+    rebuild_s: float = Field(21_600.0, ge=0, description="On start, the windows of this many past seconds are "
+                             "read back from the stream to rebuild the series, so a restart loses none")
     core: ForecasterConfig = Field(default_factory=ForecasterConfig, description="Forecasting settings")
 
 
