@@ -51,6 +51,9 @@ class LiveStack:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     processes: dict[str, LiveProcess] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _services: dict[str, tuple[Callable[..., Awaitable[None]], Any]] = field(default_factory=dict)
+    _stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def _common(self) -> dict[str, Any]:
         common = {"nats_url": self.nats_url, "redis_url": self.redis_url, "namespace": self.namespace,
@@ -112,24 +115,40 @@ class LiveStack:
             replica["core"] = {**replica["core"], "router_id": f"router-test-{name}"}
             services.append((name, router.run, load_settings(RouterSettings, **replica)))
         for name, run, settings in services:
-            started = asyncio.Event()
+            self._services[name] = (run, settings)
+            await self._start(name)
 
-            def on_start(p: LiveProcess, name: str = name, started: asyncio.Event = started) -> None:
-                self.processes[name] = p
-                started.set()
+    async def _start(self, name: str) -> None:
+        run, settings = self._services[name]
+        started = asyncio.Event()
+        stop = self._stops[name] = asyncio.Event()
+        if self.stop.is_set():
+            stop.set()
 
-            task = asyncio.create_task(run(settings, self.stop, on_start), name=f"stack-{name}")
-            self.tasks.append(task)
-            waiter = asyncio.create_task(started.wait())
-            done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                waiter.cancel()
-                task.result()  # raises the service's start-up error
-            if waiter not in done:
-                raise TimeoutError(f"{name} did not start within 30 s")
+        def on_start(p: LiveProcess) -> None:
+            self.processes[name] = p
+            started.set()
+
+        task = self._tasks[name] = asyncio.create_task(run(settings, stop, on_start), name=f"stack-{name}")
+        self.tasks.append(task)
+        waiter = asyncio.create_task(started.wait())
+        done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()  # raises the service's start-up error
+        if waiter not in done:
+            raise TimeoutError(f"{name} did not start within 30 s")
+
+    async def restart(self, name: str) -> None:
+        """Stop one service as SIGTERM does (its shutdown runs) and start it again with the same settings."""
+        self._stops[name].set()
+        await asyncio.wait_for(self._tasks[name], timeout=30)
+        await self._start(name)
 
     async def close(self) -> None:
         self.stop.set()
+        for stop in self._stops.values():
+            stop.set()
         results = await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), timeout=30)
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if errors:

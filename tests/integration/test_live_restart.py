@@ -166,3 +166,42 @@ async def test_a_restarted_forecaster_issues_the_same_forecast(bus: NatsBus, sto
             k: before[k] for k in ("mean_rps", "lo_rps", "hi_rps", "method")}
     finally:
         await service.close()
+
+
+async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redis_url: str, namespace: str,
+                                                             store: RedisStore) -> None:
+    from _stack import LiveStack
+
+    from opscale.model import InstanceState
+    from opscale.runtime.live.grpc_glue import NodeAgentClient
+    from opscale.services.events import ApplyCommand
+
+    stack = LiveStack(nats_url, redis_url, namespace)
+    await stack.start()
+    try:
+        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+            async def serving():  # noqa: ANN202
+                hb = await agent.status()
+                ready = hb.instances and all(i.state == InstanceState.READY for i in hb.instances)
+                return hb if hb.epoch >= 1 and hb.fencing_token >= 1 and ready else None
+
+            before = await _eventually(serving)
+        await stack.restart("node_agent")  # its simulated engines stopped with it
+        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+            # at once, before any planner command: the same instances, epoch and fencing token
+            restored = await agent.status()
+            assert (restored.epoch, restored.fencing_token) == (before.epoch, before.fencing_token)
+            assert {i.instance_id for i in restored.instances} == {i.instance_id for i in before.instances}
+            # a command older than the fence seen before the restart is still refused
+            stale = await agent.apply(ApplyCommand("agent-1", before.epoch + 1, "stale", (),
+                                                   fencing_token=before.fencing_token - 1))
+            assert not stale.accepted and "fencing token" in stale.reason
+            after = await _eventually(serving)  # the engines started again and serve
+            assert {i.instance_id for i in after.instances} == {i.instance_id for i in before.instances}
+            assert after.epoch == before.epoch  # the planner had nothing to re-send
+    finally:
+        await stack.close()
+        cleaner = NatsBus(namespace)
+        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
+        await cleaner.delete_streams()
+        await cleaner.close()

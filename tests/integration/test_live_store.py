@@ -165,3 +165,15 @@ async def test_unreachable_redis_fails_within_the_timeout() -> None:
             await dead.get_json("k")
     finally:
         await dead.close()
+
+
+async def test_an_agents_applied_command_round_trips(store: RedisStore) -> None:
+    from opscale.model import InstanceSpec
+    from opscale.services.events import ApplyCommand
+
+    assert await store.applied("agent-1") is None
+    command = ApplyCommand("agent-1", 7, "apply-7-agent-1", (InstanceSpec("m-eu-00001", "m", "H100-80GB", 1),),
+                           ("m",), fencing_token=3)
+    await store.put_applied(command, ttl_s=60.0)
+    assert await store.applied("agent-1") == command
+    assert await store.applied("agent-2") is None

@@ -27,7 +27,7 @@ import redis.exceptions
 from opscale.model import Plan
 from opscale.runtime.live import codec
 from opscale.runtime.live.redact import redact_url
-from opscale.services.events import PoolUtilisation, WindowStats
+from opscale.services.events import ApplyCommand, PoolUtilisation, WindowStats
 
 __all__ = ["PlanSave", "RedisStore", "StoreError"]
 
@@ -258,6 +258,17 @@ class RedisStore:
         raw = await self._call("HGET", full, lambda: self._redis.hget(full, "epoch"))
         return None if raw is None else int(raw)
 
+    # -- node-agents -------------------------------------------------------------------------------------
+
+    async def put_applied(self, command: ApplyCommand, ttl_s: float) -> None:
+        """The newest command `command.agent_id` applied (its instances, epoch and fencing token), kept
+        `ttl_s` seconds: the agent restarted on its host takes its engines back from it."""
+        await self._put_event("applied:", "put_applied", command.agent_id, command, ttl_s)
+
+    async def applied(self, agent_id: str) -> ApplyCommand | None:
+        """What `put_applied` stored for `agent_id`, or None."""
+        return await self._get_event("applied:", ApplyCommand, agent_id)
+
     # -- leases ------------------------------------------------------------------------------------------
 
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int:
@@ -301,8 +312,9 @@ def _check_holder(holder: str) -> None:
         raise StoreError(f"lease holder must be a non-empty string, got {holder!r}")
 
 
-# The events stored as protobuf, by key prefix: the aggregator's two kinds of window.
-_STORED_EVENTS: dict[str, type] = {"window:": WindowStats, "poolutil:": PoolUtilisation}
+# The events stored as protobuf, by key prefix: the aggregator's two kinds of window, and each node-agent's
+# newest applied command.
+_STORED_EVENTS: dict[str, type] = {"window:": WindowStats, "poolutil:": PoolUtilisation, "applied:": ApplyCommand}
 
 
 def _decode_event(cls: type[T], key: str, raw: bytes) -> T:
