@@ -31,13 +31,14 @@ from opscale_services.router.kv_metrics import KvIndexCollector
 from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+from opscale_services.router.workers import as_worker, pin_to_core
 
 log = logging.getLogger(__name__)
 
 
 def install_fast_loop() -> str:
-    """Make uvloop the event loop policy when it is installed (the `fast` extra): the proxy hot path is
-    event-loop bound. Returns the loop in use, for logs and benchmarks."""
+    """Make uvloop the event loop policy (a default dependency; absent only where it does not build, such
+    as Windows): the proxy hot path is event-loop bound. Returns the loop in use, for logs and benchmarks."""
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -65,6 +66,10 @@ def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
 
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
+    settings = as_worker(settings)
+    if settings.worker_index >= 0:
+        core_id = pin_to_core(settings.worker_index)
+        log.info("router worker %d (%s) on core %s", settings.worker_index, settings.core.router_id, core_id)
     async with LiveProcess("router", settings) as p:
         core = RouterCore(settings.core, tiers=settings.tier_specs())
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -113,7 +118,9 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         p.on_exit(runner.cleanup)
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        # workers of one host share the port; the kernel spreads connections over them
+        await web.TCPSite(runner, settings.http_host, settings.http_port,
+                          reuse_port=settings.worker_index >= 0 or None).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
                                                  settings.grpc_port)
         p.on_exit(lambda: grpc_server.stop(2.0))

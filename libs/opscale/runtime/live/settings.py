@@ -384,6 +384,11 @@ class RouterSettings(LiveSettings):
     http_host: str = Field("0.0.0.0", description="Address of the OpenAI-compatible API")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the OpenAI-compatible API")
     grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC Router service")
+    workers: int = Field(1, ge=0, description="Router processes on this host, each on a core of its own, sharing the "
+                         "API and gRPC ports (SO_REUSEPORT: the kernel spreads connections over them); each is a "
+                         "router replica of its own (id <router_id>-w<i>, ops port ops_port+i). 0: one per core")
+    worker_index: int = Field(-1, ge=-1, description="Set by the parent router for each worker it starts (-1: not a "
+                              "worker); not for configuration files")
     http_limits: ServerLimits = Field(default_factory=ServerLimits, description="What the API allows a client: "
                                       "header, body and keep-alive timeouts, header and body sizes")
     tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
