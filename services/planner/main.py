@@ -18,6 +18,7 @@ from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import PlannerSettings
+from opscale.runtime.live.store import MAX_LEASE_FLOOR
 from opscale.services import subjects
 from opscale.services.actions import Action, SendCommand
 from opscale.services.events import ApplyCommand
@@ -89,7 +90,9 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
                 else:
                     log.warning("planner %s lost the lease; standing by", settings.holder_id)
                 return
-            token = await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
+            # above what the agents follow, even when Redis lost the lease's counter
+            token = await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s,
+                                                above=min(core.newest_agent_token(), MAX_LEASE_FLOOR))
             if token:
                 held_until = asked_at + settings.lease_ttl_s
                 stored = await p.store.load_plan()

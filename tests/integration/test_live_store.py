@@ -130,6 +130,17 @@ async def test_each_acquisition_makes_a_newer_fencing_token(store: RedisStore) -
     assert await store.lease_holder("planner") == "b"
 
 
+async def test_a_new_generation_exceeds_the_token_the_agents_follow_even_after_redis_lost_it(
+        store: RedisStore) -> None:
+    assert await store.acquire_lease("planner", "a", ttl_s=10.0) == 1
+    await store.delete_namespace()  # Redis restarted without persistence: the counter is gone
+    assert await store.acquire_lease("planner", "b", ttl_s=10.0, above=41) == 42  # agents follow 41
+    assert await store.release_lease("planner", "b")
+    assert await store.acquire_lease("planner", "a", ttl_s=10.0, above=3) == 43  # counted on from there
+    with pytest.raises(StoreError, match="above must be"):
+        await store.acquire_lease("planner", "c", ttl_s=10.0, above=2**60)
+
+
 async def test_a_lapsed_lease_goes_to_the_standby(store: RedisStore) -> None:
     assert await store.acquire_lease("planner", "active", ttl_s=0.05)
 

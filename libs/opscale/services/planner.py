@@ -93,6 +93,10 @@ class PlannerCore:
         self._relearning = True
         self._relearn_since_s = None
 
+    def newest_agent_token(self) -> int:
+        """The newest fencing token the agents report following: a lease taken now must exceed it."""
+        return max((hb.fencing_token for hb in self._agents.values()), default=0)
+
     def lead(self, fencing_token: int) -> None:
         """Act from now on under the lease generation `fencing_token` (newly elected): every agent is sent
         the plan again under it, so a predecessor's later commands are refused."""

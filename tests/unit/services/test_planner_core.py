@@ -254,3 +254,13 @@ def test_a_newly_elected_planner_sends_its_plan_under_its_fencing_token() -> Non
     assert (command.fencing_token, command.epoch) == (3, planner.plan.epoch)
     planner.handle(replace(applied, at_s=2.0, fencing_token=3), 2.0)
     assert not _commands(planner.tick(10.0))  # converged under the new generation
+
+
+def test_the_newest_token_the_agents_follow_bounds_the_next_lease() -> None:
+    from dataclasses import replace
+
+    planner = _planner()
+    assert planner.newest_agent_token() == 0
+    planner.handle(replace(heartbeat("a1", "eu"), fencing_token=5), 0.0)
+    planner.handle(replace(heartbeat("a2", "eu"), fencing_token=7), 0.0)
+    assert planner.newest_agent_token() == 7

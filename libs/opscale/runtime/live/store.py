@@ -29,7 +29,7 @@ from opscale.runtime.live import codec
 from opscale.runtime.live.redact import redact_url
 from opscale.services.events import ApplyCommand, PoolUtilisation, WindowStats
 
-__all__ = ["PlanSave", "RedisStore", "StoreError"]
+__all__ = ["MAX_LEASE_FLOOR", "PlanSave", "RedisStore", "StoreError"]
 
 T = TypeVar("T")
 
@@ -52,12 +52,22 @@ return {1, ARGV[1]}
 
 # Each acquisition (a holder that was not acting takes or retakes the lease) increments the lease's
 # generation, which never expires: the fencing token that orders the holders' commands.
+# ARGV[3] is a floor the new generation must exceed: the newest token the agents report, so that a Redis
+# that lost the counter (restarted without persistence) never hands out a token the agents would refuse.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return redis.call('INCR', KEYS[2])
+local gen = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if floor and gen <= floor then
+  gen = floor + 1
+  redis.call('SET', KEYS[2], string.format('%d', gen))
+end
+return gen
 """
+MAX_LEASE_FLOOR = 2**53 - 1
+"""The highest `acquire_lease(above=...)`: the lease's counter is a Lua number (a double), exact up to here."""
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -271,15 +281,18 @@ class RedisStore:
 
     # -- leases ------------------------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int:
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, above: int = 0) -> int:
         """Take lease `name` for `ttl_s` seconds if it is free (or `holder`'s already, extended): the
-        lease's new generation, a fencing token greater than every earlier holder's; 0 when another
-        holds it. Call it when starting to act, not to renew: each call makes a new generation."""
+        lease's new generation, a fencing token greater than every earlier holder's and than `above`
+        (the newest token the caller has seen in use); 0 when another holds it. Call it when starting to
+        act, not to renew: each call makes a new generation."""
         full, ms = self.key("lease:" + name), _ttl_ms(ttl_s, "acquire_lease")
         _check_holder(holder)
+        if not 0 <= above <= MAX_LEASE_FLOOR:
+            raise StoreError(f"acquire_lease: above must be in [0, {MAX_LEASE_FLOOR}], got {above!r}")
         generation = self.key("lease-generation:" + name)
         return int(await self._call("EVALSHA acquire_lease", full,
-                                    lambda: self._acquire(keys=[full, generation], args=[holder, ms])))
+                                    lambda: self._acquire(keys=[full, generation], args=[holder, ms, above])))
 
     async def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Extend the lease to `ttl_s` from now; False (and nothing changed) unless `holder` holds it."""
