@@ -50,6 +50,8 @@ class LiveProcess:
     ready: bool = False
     ops_port: int = 0
     ops: OpsServer | None = None
+    # The service's decision core once wired: what a test or a debugger inspects (its view of the fleet)
+    core: object | None = None
 
     async def __aenter__(self) -> LiveProcess:
         s = self.settings

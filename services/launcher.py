@@ -53,9 +53,31 @@ def serve_service(service: str, config: Path | None) -> None:
     key = MODULES[service]
     settings = load_settings(SERVICE_SETTINGS[key], config)
     configure_logging(settings.log_level)
+    if isinstance(settings, RouterSettings) and settings.workers != 1 and settings.worker_index < 0:
+        code = serve_router_workers(settings, config)
+        if code:
+            raise SystemExit(code)
+        return
     main = importlib.import_module(f"opscale_services.{key}.main")
     getattr(main, "install_fast_loop", lambda: None)()  # the router uses uvloop when it is installed
     asyncio.run(main.run(settings))
+
+
+def serve_router_workers(settings: RouterSettings, config: Path | None = None, grace_s: float | None = None) -> int:
+    """Run `settings.workers` router processes on one host (opscale_services.router.workers) until
+    SIGINT/SIGTERM, restarting one that dies as `up` does; its exit code."""
+    from opscale_services.router.workers import WORKER_INDEX_ENV, worker_count
+
+    n = worker_count(settings)
+    log.info("router: %d worker processes sharing port %d (SO_REUSEPORT), ids %s-w0..w%d", n, settings.http_port,
+             settings.core.router_id, n - 1)
+    # every worker reads the same settings (file and environment) and adds its index; the router id is
+    # fixed here so that all are named after this parent (a pid-based default would differ per child)
+    env = dict(os.environ, OPSCALE_ROUTER_CORE__ROUTER_ID=settings.core.router_id)
+    if config is not None:
+        env["OPSCALE_CONFIG"] = str(config.resolve())
+    workers = [("router", {**env, WORKER_INDEX_ENV: str(i)}) for i in range(n)]
+    return _supervise(workers, grace_s if grace_s is not None else settings.stop_timeout_s + 5.0)
 
 
 def stack_environments(agents: int | Sequence[Mapping[str, str]], base_env: Mapping[str, str],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from opscale.runtime.live.grpc_glue import start_node_agent_server
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.http_tracing import tracing_middleware
 from opscale.runtime.live.settings import NodeAgentSettings
+from opscale.runtime.live.store import RedisStore, StoreError
 from opscale.services.actions import (
     Action,
     DrainEngine,
@@ -39,18 +41,45 @@ from opscale_services.node_agent.kv_forward import KvForwarder
 from opscale_services.node_agent.openai_engines import OpenAIEngines, build_openai_proxy_app
 from opscale_services.node_agent.vllm_kv_metrics import VllmKvCollector
 
+log = logging.getLogger(__name__)
+
+
+APPLIED_TTL_S = 7 * 86_400.0
+"""How long an agent's applied command is kept in Redis: a host back within a week takes its engines back."""
+
 
 class _Control:
-    """The NodeAgent gRPC service's implementation: commands go through the core, actions are performed."""
+    """The NodeAgent gRPC service's implementation: commands go through the core, actions are performed,
+    and each command applied is kept in Redis, so that the agent restarted on this host takes its engines
+    back (and keeps refusing the commands of planners fenced off before)."""
 
-    def __init__(self, core: NodeAgentCore, host: CoreHost) -> None:
-        self.core, self.host = core, host
+    def __init__(self, core: NodeAgentCore, host: CoreHost, store: RedisStore) -> None:
+        self.core, self.host, self.store = core, host, store
 
     async def apply(self, command: ApplyCommand) -> tuple[bool, int, str, Sequence[InstanceStatus]]:
         now = self.host.clock.now_s()
         result, actions = self.core.apply(command, now)
         await self.host.perform(actions)
+        if result.accepted and actions:  # applied now (a repeat changed nothing and is stored already)
+            try:
+                await self.store.put_applied(command, APPLIED_TTL_S)
+            except StoreError as exc:
+                # the plan stands; a restart before the next Apply is stored would wait for the planner
+                log.warning("agent %s: epoch %d applied but not kept in Redis: %s", command.agent_id,
+                            command.epoch, exc)
         return result.accepted, result.applied_epoch, result.reason, self.core.heartbeat(now).instances
+
+    async def restore(self) -> None:
+        """Take back what this agent last applied: the openai backend binds its servers (which ran on)
+        to the same instances again, the simulated one starts them again; with the same epoch and
+        fencing token, so the planner sees the agent converged and stale commands stay refused."""
+        stored = await self.store.applied(self.core.config.agent_id)
+        if stored is None:
+            return
+        result, actions = self.core.apply(stored, self.host.clock.now_s())
+        await self.host.perform(actions)
+        log.info("agent %s: took back epoch %d (fencing token %d) with %d instance(s): %s", stored.agent_id,
+                 stored.epoch, stored.fencing_token, len(stored.instances), result.reason)
 
     async def drain(self, command: DrainCommand) -> tuple[bool, str]:
         accepted, reason, actions = self.core.drain(command, self.host.clock.now_s())
@@ -157,11 +186,14 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.grpc_host, settings.http_port).start()
         http_port = next((a[1] for a in runner.addresses if isinstance(a, tuple)), settings.http_port)
-        server, grpc_port = await start_node_agent_server(_Control(core, host), settings.grpc_host,
+        control = _Control(core, host, p.store)
+        server, grpc_port = await start_node_agent_server(control, settings.grpc_host,
                                                           settings.grpc_port, tracer_provider=p.tracer_provider)
         p.on_exit(lambda: server.stop(2.0))
         core.config = settings.core_config(grpc_port).model_copy(
             update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})
+        # Before the first heartbeat: an Apply that came first is ordered against it by (token, epoch)
+        await control.restore()
 
         # The engines' KV events (engine.kv_events for the simulated engines; a server's
         # kv_events_endpoint for the openai backend), batched per instance each tick

@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 from opscale.perf import LatencyModels, default_catalog, load_profiles
 from opscale.planning import build_planning_stack
+from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.grpc_glue import AgentCallError, NodeAgentClient
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.settings import PlannerSettings
+from opscale.runtime.live.store import MAX_LEASE_FLOOR
 from opscale.services import subjects
 from opscale.services.actions import Action, SendCommand
 from opscale.services.events import ApplyCommand
@@ -71,21 +73,35 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
             return True
 
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=on_action)
+        p.core = core
         leader = False
+        loop = asyncio.get_running_loop()
+        # The lease is surely ours until this loop time (the TTL from before the last call that confirmed
+        # it): a leader cut off from Redis stops deciding when it may have lapsed, not when it learns so.
+        held_until = 0.0
 
         async def lease() -> None:
-            nonlocal leader
+            nonlocal leader, held_until
+            asked_at = loop.time()
             if leader:
                 leader = await p.store.renew_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
-                if not leader:
+                if leader:
+                    held_until = asked_at + settings.lease_ttl_s
+                else:
                     log.warning("planner %s lost the lease; standing by", settings.holder_id)
                 return
-            if await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s):
+            # above what the agents follow, even when Redis lost the lease's counter
+            token = await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s,
+                                                above=min(core.newest_agent_token(), MAX_LEASE_FLOOR))
+            if token:
+                held_until = asked_at + settings.lease_ttl_s
                 stored = await p.store.load_plan()
                 if stored is not None and stored.epoch > core.plan.epoch:
                     core.restore(stored)
+                core.lead(token)  # its commands carry the new generation; agents refuse the old one's
                 leader = True
-                log.info("planner %s holds the lease; continuing from epoch %d", settings.holder_id, core.plan.epoch)
+                log.info("planner %s holds the lease (fencing token %d); continuing from epoch %d",
+                         settings.holder_id, token, core.plan.epoch)
 
         async def release() -> None:
             if leader:
@@ -93,18 +109,17 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         p.on_exit(release)
 
         async def tick() -> None:
-            if leader:
+            if leader and loop.time() < held_until:
                 await host.tick()
 
         ns = settings.namespace or "default"
-        who = settings.holder_id.replace(".", "_")
         for subject, name, deliver in (
                 (subjects.HEARTBEATS_ALL, "heartbeats", "last_per_subject"),
                 (subjects.WINDOWS_ALL, "windows", "new"),
                 (subjects.FORECASTS_ALL, "forecasts", "last_per_subject"),
                 (subjects.ROUTER_LOAD_ALL, "routerload", "new")):
             # one consumer per planner process (each needs every event), removed an hour after it is gone
-            sub = await p.bus.subscribe(subject, f"planner-{name}-{ns}-{who}"[:64], host.deliver,
+            sub = await p.bus.subscribe(subject, durable_name("planner", name, ns, settings.holder_id), host.deliver,
                                         deliver=deliver, inactive_threshold_s=3600.0)  # type: ignore[arg-type]
             p.on_exit(sub.stop)
         p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
 from opscale.openai.schema import CHARS_PER_TOKEN
 from opscale.routing.tenants import KeyTable
+from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_http import stop_accepting
 from opscale.runtime.live.settings import RouterSettings, SettingsError
@@ -30,13 +31,14 @@ from opscale_services.router.kv_metrics import KvIndexCollector
 from opscale_services.router.metrics import RouterMetrics
 from opscale_services.router.records import RecordBatcher
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+from opscale_services.router.workers import as_worker, pin_to_core
 
 log = logging.getLogger(__name__)
 
 
 def install_fast_loop() -> str:
-    """Make uvloop the event loop policy when it is installed (the `fast` extra): the proxy hot path is
-    event-loop bound. Returns the loop in use, for logs and benchmarks."""
+    """Make uvloop the event loop policy (a default dependency; absent only where it does not build, such
+    as Windows): the proxy hot path is event-loop bound. Returns the loop in use, for logs and benchmarks."""
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -64,6 +66,10 @@ def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
 
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
+    settings = as_worker(settings)
+    if settings.worker_index >= 0:
+        core_id = pin_to_core(settings.worker_index)
+        log.info("router worker %d (%s) on core %s", settings.worker_index, settings.core.router_id, core_id)
     async with LiveProcess("router", settings) as p:
         core = RouterCore(settings.core, tiers=settings.tier_specs())
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -84,19 +90,24 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
                         "blocks are hashed")
         host = CoreHost(core, p.bus, p.store, p.clock, on_action=backend.on_action)
+        p.core = core
         backend.host = host
 
         ns = settings.namespace or "default"
         rid = settings.core.router_id
+        log.info("router %s: own consumers of heartbeats and plans (every replica sees the whole fleet)", rid)
         for subject, name in ((subjects.HEARTBEATS_ALL, "heartbeats"), (subjects.PLANS_ALL, "plans")):
-            sub = await p.bus.subscribe(subject, f"router-{rid}-{name}-{ns}"[:64], host.deliver,
-                                        deliver="last_per_subject")
+            # one consumer per replica, each with every event; the server removes a gone replica's
+            # consumers after an hour (a restarted pod keeps its name and resumes them)
+            sub = await p.bus.subscribe(subject, durable_name("router", rid, name, ns), host.deliver,
+                                        deliver="last_per_subject", inactive_threshold_s=3600.0)
             p.on_exit(sub.stop)
         if core.follows_kv_events():
             # Every engine's KV events, in order (one consumer, so an instance's batches keep their seq
             # order); a new router reads what the stream still holds (minutes) and follows from there.
-            sub = await p.bus.subscribe(subjects.KV_EVENTS_ALL, f"router-{rid}-kvevents-{ns}"[:64], host.deliver,
-                                        deliver="all", max_pending=2000, max_deliveries=1)
+            sub = await p.bus.subscribe(subjects.KV_EVENTS_ALL, durable_name("router", rid, "kvevents", ns),
+                                        host.deliver, deliver="all", max_pending=2000, max_deliveries=1,
+                                        inactive_threshold_s=3600.0)
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
@@ -107,7 +118,9 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         p.on_exit(runner.cleanup)
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        # workers of one host share the port; the kernel spreads connections over them
+        await web.TCPSite(runner, settings.http_host, settings.http_port,
+                          reuse_port=settings.worker_index >= 0 or None).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
                                                  settings.grpc_port)
         p.on_exit(lambda: grpc_server.stop(2.0))

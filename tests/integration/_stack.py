@@ -43,11 +43,17 @@ class LiveStack:
     tiers: list[dict[str, Any]] | None = None
     # Per service ("router", "node_agent", ...): settings that replace the stack's own (top-level keys)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Routers behind the one API (replicas: each with its own id and consumers); the first is "router"
+    routers: int = 1
     router_port: int = field(default_factory=free_port)
+    extra_router_ports: list[int] = field(default_factory=list)
     agent_grpc_port: int = field(default_factory=free_port)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     processes: dict[str, LiveProcess] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _services: dict[str, tuple[Callable[..., Awaitable[None]], Any]] = field(default_factory=dict)
+    _stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def _common(self) -> dict[str, Any]:
         common = {"nats_url": self.nats_url, "redis_url": self.redis_url, "namespace": self.namespace,
@@ -61,6 +67,14 @@ class LiveStack:
     @property
     def router_url(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def router_names(self) -> list[str]:
+        return ["router"] + [f"router-{i}" for i in range(2, self.routers + 1)]
+
+    @property
+    def router_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in [self.router_port, *self.extra_router_ports]]
 
     async def start(self) -> None:
         from opscale_services.aggregator import main as aggregator
@@ -92,25 +106,49 @@ class LiveStack:
                 "tick_s": 0.2, "records_flush_s": 0.2, "core": {"region": self.region, "router_id": "router-test"},
                 **o.get("router", {})})),
         ]
+        while len(self.extra_router_ports) < self.routers - 1:
+            self.extra_router_ports.append(free_port())
+        for name, port in zip(self.router_names[1:], self.extra_router_ports, strict=True):
+            replica = {**c, "http_host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "tick_s": 0.2,
+                       "records_flush_s": 0.2, "core": {"region": self.region}, **o.get("router", {})}
+            # in one process the default identity (host and pid) is the same: each replica is named
+            replica["core"] = {**replica["core"], "router_id": f"router-test-{name}"}
+            services.append((name, router.run, load_settings(RouterSettings, **replica)))
         for name, run, settings in services:
-            started = asyncio.Event()
+            self._services[name] = (run, settings)
+            await self._start(name)
 
-            def on_start(p: LiveProcess, name: str = name, started: asyncio.Event = started) -> None:
-                self.processes[name] = p
-                started.set()
+    async def _start(self, name: str) -> None:
+        run, settings = self._services[name]
+        started = asyncio.Event()
+        stop = self._stops[name] = asyncio.Event()
+        if self.stop.is_set():
+            stop.set()
 
-            task = asyncio.create_task(run(settings, self.stop, on_start), name=f"stack-{name}")
-            self.tasks.append(task)
-            waiter = asyncio.create_task(started.wait())
-            done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                waiter.cancel()
-                task.result()  # raises the service's start-up error
-            if waiter not in done:
-                raise TimeoutError(f"{name} did not start within 30 s")
+        def on_start(p: LiveProcess) -> None:
+            self.processes[name] = p
+            started.set()
+
+        task = self._tasks[name] = asyncio.create_task(run(settings, stop, on_start), name=f"stack-{name}")
+        self.tasks.append(task)
+        waiter = asyncio.create_task(started.wait())
+        done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()  # raises the service's start-up error
+        if waiter not in done:
+            raise TimeoutError(f"{name} did not start within 30 s")
+
+    async def restart(self, name: str) -> None:
+        """Stop one service as SIGTERM does (its shutdown runs) and start it again with the same settings."""
+        self._stops[name].set()
+        await asyncio.wait_for(self._tasks[name], timeout=30)
+        await self._start(name)
 
     async def close(self) -> None:
         self.stop.set()
+        for stop in self._stops.values():
+            stop.set()
         results = await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), timeout=30)
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         if errors:

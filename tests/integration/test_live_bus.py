@@ -306,3 +306,29 @@ async def test_publisher_and_consumer_survive_a_nats_restart(tmp_path: Path) -> 
         first.stop()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_replay_reads_back_what_the_stream_holds_since_a_time_and_moves_no_consumer(bus: NatsBus) -> None:
+    from opscale.runtime.clock import WallClock
+
+    WALL = WallClock()  # noqa: N806 - the stream stores events by wall time
+    subject = subjects.windows("eu", "llama")
+    for i in range(3):
+        await bus.publish(subject, window(i))
+    await asyncio.sleep(0.05)  # noqa: TID251 - so that the later events are stored at a later time
+    since_s = WALL.now_s()
+    for i in range(3, 8):
+        await bus.publish(subject, window(i))
+    replayed: list[Delivery] = []
+
+    async def keep(delivery: Delivery) -> None:
+        replayed.append(delivery)
+
+    assert await bus.replay(subjects.WINDOWS_ALL, since_s, keep) == 5
+    assert [d.event.requests for d in replayed] == [3, 4, 5, 6, 7]  # in stream order, decoded
+    assert await bus.replay(subjects.WINDOWS_ALL, WALL.now_s() + 60, keep) == 0  # nothing that new
+    # a durable consumer created afterwards still starts from the beginning: the replay acknowledged nothing
+    everything = Collector(lambda ds: len(ds) == 8)
+    sub = await bus.subscribe(subjects.WINDOWS_ALL, "after-replay", everything)
+    await everything.wait()
+    await sub.stop()

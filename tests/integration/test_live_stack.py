@@ -188,9 +188,13 @@ async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: 
 
         hb = await _eventually(applied)
         current = tuple(s for s in _specs(hb))
-        older = await agent.apply(ApplyCommand("agent-1", hb.epoch - 1, "old", ()))
+        # commands carry the planner lease's generation, which the agent reports; an older one is refused
+        token = hb.fencing_token
+        assert token >= 1
+        older = await agent.apply(ApplyCommand("agent-1", hb.epoch - 1, "old", (), fencing_token=token))
         assert not older.accepted and older.applied_epoch == hb.epoch
-        repeat = await agent.apply(ApplyCommand("agent-1", hb.epoch, f"apply-{hb.epoch}-agent-1", current))
+        repeat = await agent.apply(ApplyCommand("agent-1", hb.epoch, f"apply-{hb.epoch}-agent-1", current,
+                                                fencing_token=token))
         assert repeat.accepted and repeat.applied_epoch == hb.epoch
         after = await agent.status()
         assert {i.instance_id for i in after.instances} == {i.instance_id for i in hb.instances}

@@ -117,6 +117,30 @@ async def test_lease_only_the_holder_renews_or_releases(store: RedisStore) -> No
     assert await store.acquire_lease("planner", "b", ttl_s=10.0)
 
 
+async def test_each_acquisition_makes_a_newer_fencing_token(store: RedisStore) -> None:
+    first = await store.acquire_lease("planner", "a", ttl_s=10.0)
+    assert first >= 1
+    assert await store.renew_lease("planner", "a", ttl_s=10.0)
+    assert await store.acquire_lease("planner", "b", ttl_s=10.0) == 0  # held by a: no token for b
+    assert await store.release_lease("planner", "a")
+    second = await store.acquire_lease("planner", "b", ttl_s=10.0)
+    assert second > first  # b's commands outrank a's
+    third = await store.acquire_lease("planner", "b", ttl_s=10.0)  # b restarted under the same name
+    assert third > second
+    assert await store.lease_holder("planner") == "b"
+
+
+async def test_a_new_generation_exceeds_the_token_the_agents_follow_even_after_redis_lost_it(
+        store: RedisStore) -> None:
+    assert await store.acquire_lease("planner", "a", ttl_s=10.0) == 1
+    await store.delete_namespace()  # Redis restarted without persistence: the counter is gone
+    assert await store.acquire_lease("planner", "b", ttl_s=10.0, above=41) == 42  # agents follow 41
+    assert await store.release_lease("planner", "b")
+    assert await store.acquire_lease("planner", "a", ttl_s=10.0, above=3) == 43  # counted on from there
+    with pytest.raises(StoreError, match="above must be"):
+        await store.acquire_lease("planner", "c", ttl_s=10.0, above=2**60)
+
+
 async def test_a_lapsed_lease_goes_to_the_standby(store: RedisStore) -> None:
     assert await store.acquire_lease("planner", "active", ttl_s=0.05)
 
@@ -152,3 +176,15 @@ async def test_unreachable_redis_fails_within_the_timeout() -> None:
             await dead.get_json("k")
     finally:
         await dead.close()
+
+
+async def test_an_agents_applied_command_round_trips(store: RedisStore) -> None:
+    from opscale.model import InstanceSpec
+    from opscale.services.events import ApplyCommand
+
+    assert await store.applied("agent-1") is None
+    command = ApplyCommand("agent-1", 7, "apply-7-agent-1", (InstanceSpec("m-eu-00001", "m", "H100-80GB", 1),),
+                           ("m",), fencing_token=3)
+    await store.put_applied(command, ttl_s=60.0)
+    assert await store.applied("agent-1") == command
+    assert await store.applied("agent-2") is None

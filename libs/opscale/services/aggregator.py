@@ -131,9 +131,15 @@ class AggregatorCore:
                     self._agents[event.agent_id] = event
         return []
 
+    def observed_since(self, t_s: float) -> None:
+        """The records since `t_s` are all here (a restart read them back): rates are over the time since
+        then, as the process that first started at `t_s` would have reported them."""
+        self._started_s = t_s
+
     def tick(self, now_s: float) -> list[Action]:
         if self._next_publish_s is None:
-            self._started_s = now_s
+            if self._started_s is None:
+                self._started_s = now_s
             self._next_publish_s = now_s + self.config.publish_interval_s
             return []
         if now_s < self._next_publish_s:

@@ -83,6 +83,7 @@ class AgentHeartbeat:
     s2: str = ""
     # The priority of the host's RDMA subgroup: placement spends high-priority hosts last, frees them first.
     rdma_priority: RdmaPriority = RdmaPriority.LOW
+    fencing_token: int = 0  # the newest planner lease generation the agent has seen (ApplyCommand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +179,17 @@ class PlanPublished:
 
 @dataclass(frozen=True, slots=True)
 class ApplyCommand:
-    """Desired state for one agent. Idempotent: keyed by (epoch, command_id); an older epoch is ignored."""
+    """Desired state for one agent. Idempotent: keyed by (fencing_token, epoch, command_id); an older one is
+    ignored."""
 
     agent_id: str
     epoch: int
     command_id: str
     instances: tuple[InstanceSpec, ...]
     prestage: tuple[str, ...] = ()  # models whose weights to stage into host memory (a scale-out expected here)
+    # The sending planner's lease generation (0: unfenced). An agent refuses one older than the newest it
+    # has seen, so a planner that lost its lease cannot undo its successor's plan; order: (token, epoch).
+    fencing_token: int = 0
 
 
 @dataclass(frozen=True, slots=True)

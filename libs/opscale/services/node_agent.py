@@ -1,8 +1,10 @@
 """The node-agent's state machine: converge this host's instances towards the newest desired state.
 
 Lifecycle of an instance: loading (for its load time) -> ready -> draining (no new requests; in-flight
-ones finish) -> stopped. `Apply(desired, epoch)` is idempotent and ordered by epoch: an older epoch is
-ignored, a repeat of the applied one changes nothing. An instance left out of the desired state is
+ones finish) -> stopped. `Apply(desired, epoch)` is idempotent and ordered by (fencing token, epoch): an
+older one is ignored, a repeat of the applied one changes nothing. The fencing token is the planner
+lease's generation: a command from a planner that has since lost the lease is refused, and a new
+holder's plan replaces its predecessor's whatever their epochs. An instance left out of the desired state is
 drained, never killed with work on it (a drain deadline, when given, bounds the wait). Engines are
 started and stopped by the shell (StartEngine / DrainEngine / StopEngine); their load comes back as
 EngineReport events and leaves in heartbeats.
@@ -97,6 +99,7 @@ class NodeAgentCore:
         # way). None: the backend cannot stage, and a plan's pre-staging is logged and skipped.
         self.stage_weights = stage_weights
         self.applied_epoch = 0
+        self.fencing_token = 0  # the newest planner lease generation seen (ApplyCommand.fencing_token)
         self._instances: dict[str, _Instance] = {}
         self._drains_seen: deque[str] = deque(maxlen=4096)
         self._next_heartbeat_s: float | None = None
@@ -108,15 +111,22 @@ class NodeAgentCore:
         if cmd.agent_id != self.config.agent_id:
             return ApplyResult(False, self.applied_epoch, f"command for agent {cmd.agent_id!r}, this is "
                                f"{self.config.agent_id!r}"), []
-        if cmd.epoch < self.applied_epoch:
+        if cmd.fencing_token < self.fencing_token:
+            # sent by a planner that has since lost the lease: its successor's plan stands
+            return ApplyResult(False, self.applied_epoch, f"fencing token {cmd.fencing_token} is older than "
+                               f"{self.fencing_token}: the planner that sent it no longer holds the lease"), []
+        newer_holder = cmd.fencing_token > self.fencing_token
+        if not newer_holder and cmd.epoch < self.applied_epoch:
             return ApplyResult(False, self.applied_epoch, f"epoch {cmd.epoch} is older than applied epoch "
                                f"{self.applied_epoch}; ignored"), []
-        if cmd.epoch == self.applied_epoch:
+        if not newer_holder and cmd.epoch == self.applied_epoch:
             return ApplyResult(True, self.applied_epoch, "already applied; nothing changed"), []
         refused = self._refusal(cmd.instances)
         if refused:
             return ApplyResult(False, self.applied_epoch, refused), []
-        self.applied_epoch = cmd.epoch
+        # A new lease holder's plan replaces whatever its predecessor sent, whatever the epochs: no epoch
+        # number is ever applied from two planners.
+        self.applied_epoch, self.fencing_token = cmd.epoch, cmd.fencing_token
         actions: list[Action] = []
         desired = {s.instance_id: s for s in cmd.instances}
         for instance_id, spec in desired.items():
@@ -306,7 +316,7 @@ class NodeAgentCore:
         return AgentHeartbeat(self.config.agent_id, self.config.region, self.config.sku, self.config.gpus,
                               self.config.address, self.applied_epoch, now_s, tuple(statuses),
                               self.terminating_at_s, self.warm_models(), self.config.s0, self.config.s1,
-                              self.config.s2, self.config.rdma_priority)
+                              self.config.s2, self.config.rdma_priority, self.fencing_token)
 
 
 def _count(units: Iterable[OperatorReplicas]) -> tuple[OperatorReplicas, ...]:

@@ -47,6 +47,8 @@ class PlannerConfig(BaseModel):
                                    "router load reports")
     latency_window_s: float = Field(60.0, gt=0, description="Which aggregator window gives latency percentiles")
     agent_timeout_s: float = Field(15.0, gt=0, description="An agent silent this long is considered lost")
+    router_timeout_s: float = Field(15.0, gt=0, description="A router silent this long is gone: its held "
+                                    "requests no longer count (replicas come and go under new names)")
     resend_after_s: float = Field(5.0, gt=0, description="Re-send a command to an agent not yet converged")
     topology_aware: bool = Field(True, description="Place by the network: deployment groups in one scheduling "
                                  "domain, RDMA subgroup priorities (opscale.planning.placement); False: blind to "
@@ -70,11 +72,15 @@ class PlannerCore:
         self._windows: dict[tuple[str, str, str], WindowStats] = {}
         self._forecasts: dict[tuple[str, str, str], ForecastIssued] = {}
         self._pending: dict[str, dict[str, int]] = {}  # router id -> model -> held requests
+        self._router_seen_s: dict[str, float] = {}  # router id -> its newest load report's time
         # (model, origin region) -> recent (at_s, requests, prompt tokens, output tokens) from router loads
         self._arrivals: dict[tuple[str, str], deque[tuple[float, int, int, int]]] = {}
         self._first_load_s: float | None = None
         self._router_region: dict[str, str] = {}
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
+        # The lease generation this planner acts under (0: no lease, the simulator's single planner): every
+        # command carries it, and agents refuse one older than the newest they have seen.
+        self.fencing_token = 0
         self._next_tick_s: float | None = None
         self.last_reasons: dict[PoolKey, str] = {}
         self._relearning = False  # restored: observing the fleet again before deciding
@@ -86,6 +92,20 @@ class PlannerCore:
         self._next_seq = next_seq_after(plan.assignments)
         self._relearning = True
         self._relearn_since_s = None
+
+    def newest_agent_token(self) -> int:
+        """The newest fencing token the agents report following: a lease taken now must exceed it."""
+        return max((hb.fencing_token for hb in self._agents.values()), default=0)
+
+    def lead(self, fencing_token: int) -> None:
+        """Act from now on under the lease generation `fencing_token` (newly elected): every agent is sent
+        the plan again under it, so a predecessor's later commands are refused."""
+        self.fencing_token = fencing_token
+        self._sent.clear()
+
+    def router_pending(self) -> dict[str, dict[str, int]]:
+        """Per router id: the requests it holds per model, as its newest load report said."""
+        return {router_id: dict(pending) for router_id, pending in self._pending.items()}
 
     def agent_address(self, agent_id: str) -> str | None:
         """Where the agent's control server listens, from its newest heartbeat."""
@@ -107,8 +127,11 @@ class PlannerCore:
             case ForecastIssued():
                 self._forecasts[(event.model, event.region, event.tier)] = event
             case RouterLoad():
+                if event.at_s < self._router_seen_s.get(event.router_id, -math.inf):
+                    return []  # an older report of this router, redelivered: its newer one stands
                 self._pending[event.router_id] = dict(event.pending_by_model)
                 self._router_region[event.router_id] = event.region
+                self._router_seen_s[event.router_id] = event.at_s
                 if self._first_load_s is None:
                     self._first_load_s = event.at_s - event.interval_s
                 for model, n in event.arrivals_by_model.items():
@@ -122,6 +145,9 @@ class PlannerCore:
         for agent_id in [a for a, hb in self._agents.items() if now_s - hb.at_s > self.config.agent_timeout_s]:
             del self._agents[agent_id]
             actions.append(Log(self.name, f"agent {agent_id} lost: its instances will be re-placed"))
+        for router_id in [r for r, at_s in self._router_seen_s.items() if now_s - at_s > self.config.router_timeout_s]:
+            for table in (self._pending, self._router_region, self._router_seen_s):
+                table.pop(router_id, None)
         if self._relearning and not self._relearned(now_s):
             return actions
         # Until a host has reported there is nothing to place on: the first decision waits for the first
@@ -320,14 +346,14 @@ class PlannerCore:
         self._sent[agent_id] = (self.plan.epoch, now_s)
         return SendCommand(agent_id, ApplyCommand(agent_id, self.plan.epoch, f"apply-{self.plan.epoch}-{agent_id}",
                                                   self.plan.assignments.get(agent_id, ()),
-                                                  self.plan.prestage.get(agent_id, ())))
+                                                  self.plan.prestage.get(agent_id, ()), self.fencing_token))
 
     def _resend(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
         if self.plan.epoch == 0:
             return actions
         for agent_id, hb in sorted(self._agents.items()):
-            if hb.epoch >= self.plan.epoch:
+            if hb.epoch >= self.plan.epoch and hb.fencing_token >= self.fencing_token:
                 continue
             epoch, sent_s = self._sent.get(agent_id, (0, -math.inf))
             if epoch < self.plan.epoch or now_s - sent_s >= self.config.resend_after_s:

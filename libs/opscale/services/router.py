@@ -224,6 +224,18 @@ class RouterCore:
         index = getattr(self._kv, "index", None)
         return index.stats if isinstance(index, PrefixIndex) else None
 
+    def agents(self) -> list[str]:
+        """The agents this router hears from (its view of the fleet)."""
+        return sorted(self._agents)
+
+    def ready_instances(self, model: str) -> list[str]:
+        """The instances of `model` this router may dispatch to now, in any region."""
+        return sorted(c.instance_id for (m, _), cs in self._ready.items() if m == model for c in cs)
+
+    def plan_epoch(self) -> int:
+        """The epoch of the newest plan this router follows (-1 before the first)."""
+        return self._plan_epoch
+
     def routing_weights(self, model: str, origin: str) -> dict[str, float] | None:
         """The newest plan's share of (model, origin)'s demand per serving region, if it names one."""
         return self._weights.get((model, origin))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from opscale.v1 import events_pb2 as opscale_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18opscale/v1/control.proto\x12\nopscale.v1\x1a\x17opscale/v1/events.proto\"\x82\x01\n\x0c\x41pplyRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12+\n\tinstances\x18\x04 \x03(\x0b\x32\x18.opscale.v1.InstanceSpec\x12\x10\n\x08prestage\x18\x05 \x03(\t\"w\n\rApplyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x15\n\rapplied_epoch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tinstances\x18\x04 \x03(\x0b\x32\x1a.opscale.v1.InstanceStatus\"q\n\x0c\x44rainRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\ndeadline_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\tB\r\n\x0b_deadline_s\"1\n\rDrainResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"c\n\rOperatorGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\toperators\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0c\n\x04gpus\x18\x05 \x01(\r\"S\n\x11OperatorPlacement\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12)\n\x06groups\x18\x02 \x03(\x0b\x32\x19.opscale.v1.OperatorGroup\"f\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\"V\n\rRouteResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xc8\x01\n\tNodeAgent\x12<\n\x05\x41pply\x12\x18.opscale.v1.ApplyRequest\x1a\x19.opscale.v1.ApplyResponse\x12<\n\x05\x44rain\x12\x18.opscale.v1.DrainRequest\x1a\x19.opscale.v1.DrainResponse\x12?\n\x06Status\x12\x19.opscale.v1.StatusRequest\x1a\x1a.opscale.v1.AgentHeartbeat2F\n\x06Router\x12<\n\x05Route\x12\x18.opscale.v1.RouteRequest\x1a\x19.opscale.v1.RouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18opscale/v1/control.proto\x12\nopscale.v1\x1a\x17opscale/v1/events.proto\"\x99\x01\n\x0c\x41pplyRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12+\n\tinstances\x18\x04 \x03(\x0b\x32\x18.opscale.v1.InstanceSpec\x12\x10\n\x08prestage\x18\x05 \x03(\t\x12\x15\n\rfencing_token\x18\x06 \x01(\x04\"w\n\rApplyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x15\n\rapplied_epoch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tinstances\x18\x04 \x03(\x0b\x32\x1a.opscale.v1.InstanceStatus\"q\n\x0c\x44rainRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x17\n\ndeadline_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\tB\r\n\x0b_deadline_s\"1\n\rDrainResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"c\n\rOperatorGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\toperators\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0c\n\x04gpus\x18\x05 \x01(\r\"S\n\x11OperatorPlacement\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12)\n\x06groups\x18\x02 \x03(\x0b\x32\x19.opscale.v1.OperatorGroup\"f\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\"V\n\rRouteResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xc8\x01\n\tNodeAgent\x12<\n\x05\x41pply\x12\x18.opscale.v1.ApplyRequest\x1a\x19.opscale.v1.ApplyResponse\x12<\n\x05\x44rain\x12\x18.opscale.v1.DrainRequest\x1a\x19.opscale.v1.DrainResponse\x12?\n\x06Status\x12\x19.opscale.v1.StatusRequest\x1a\x1a.opscale.v1.AgentHeartbeat2F\n\x06Router\x12<\n\x05Route\x12\x18.opscale.v1.RouteRequest\x1a\x19.opscale.v1.RouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opscale.v1.control_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPLYREQUEST']._serialized_start=66
-  _globals['_APPLYREQUEST']._serialized_end=196
-  _globals['_APPLYRESPONSE']._serialized_start=198
-  _globals['_APPLYRESPONSE']._serialized_end=317
-  _globals['_DRAINREQUEST']._serialized_start=319
-  _globals['_DRAINREQUEST']._serialized_end=432
-  _globals['_DRAINRESPONSE']._serialized_start=434
-  _globals['_DRAINRESPONSE']._serialized_end=483
-  _globals['_STATUSREQUEST']._serialized_start=485
-  _globals['_STATUSREQUEST']._serialized_end=500
-  _globals['_OPERATORGROUP']._serialized_start=502
-  _globals['_OPERATORGROUP']._serialized_end=601
-  _globals['_OPERATORPLACEMENT']._serialized_start=603
-  _globals['_OPERATORPLACEMENT']._serialized_end=686
-  _globals['_ROUTEREQUEST']._serialized_start=688
-  _globals['_ROUTEREQUEST']._serialized_end=790
-  _globals['_ROUTERESPONSE']._serialized_start=792
-  _globals['_ROUTERESPONSE']._serialized_end=878
-  _globals['_NODEAGENT']._serialized_start=881
-  _globals['_NODEAGENT']._serialized_end=1081
-  _globals['_ROUTER']._serialized_start=1083
-  _globals['_ROUTER']._serialized_end=1153
+  _globals['_APPLYREQUEST']._serialized_end=219
+  _globals['_APPLYRESPONSE']._serialized_start=221
+  _globals['_APPLYRESPONSE']._serialized_end=340
+  _globals['_DRAINREQUEST']._serialized_start=342
+  _globals['_DRAINREQUEST']._serialized_end=455
+  _globals['_DRAINRESPONSE']._serialized_start=457
+  _globals['_DRAINRESPONSE']._serialized_end=506
+  _globals['_STATUSREQUEST']._serialized_start=508
+  _globals['_STATUSREQUEST']._serialized_end=523
+  _globals['_OPERATORGROUP']._serialized_start=525
+  _globals['_OPERATORGROUP']._serialized_end=624
+  _globals['_OPERATORPLACEMENT']._serialized_start=626
+  _globals['_OPERATORPLACEMENT']._serialized_end=709
+  _globals['_ROUTEREQUEST']._serialized_start=711
+  _globals['_ROUTEREQUEST']._serialized_end=813
+  _globals['_ROUTERESPONSE']._serialized_start=815
+  _globals['_ROUTERESPONSE']._serialized_end=901
+  _globals['_NODEAGENT']._serialized_start=904
+  _globals['_NODEAGENT']._serialized_end=1104
+  _globals['_ROUTER']._serialized_start=1106
+  _globals['_ROUTER']._serialized_end=1176
 # @@protoc_insertion_point(module_scope)

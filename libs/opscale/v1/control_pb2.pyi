@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("epoch", "command_id", "agent_id", "instances", "prestage")
+    __slots__ = ("epoch", "command_id", "agent_id", "instances", "prestage", "fencing_token")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PRESTAGE_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     command_id: str
     agent_id: str
     instances: _containers.RepeatedCompositeFieldContainer[_events_pb2.InstanceSpec]
     prestage: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, epoch: _Optional[int] = ..., command_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[_events_pb2.InstanceSpec, _Mapping]]] = ..., prestage: _Optional[_Iterable[str]] = ...) -> None: ...
+    fencing_token: int
+    def __init__(self, epoch: _Optional[int] = ..., command_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[_events_pb2.InstanceSpec, _Mapping]]] = ..., prestage: _Optional[_Iterable[str]] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("accepted", "applied_epoch", "reason", "instances")

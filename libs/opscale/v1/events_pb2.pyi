@@ -118,7 +118,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., sku: _Optional[str] = ..., tp: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[_Union[InstanceState, str]] = ..., endpoint: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., outstanding_tokens: _Optional[int] = ..., kv_used_frac: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., busy_frac: _Optional[float] = ..., power_w: _Optional[float] = ..., sm_activity: _Optional[float] = ..., decode_tps: _Optional[float] = ..., prefill_tps: _Optional[float] = ..., prefill_missed_tps: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
 
 class AgentHeartbeat(_message.Message):
-    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models", "s0", "s1", "s2", "rdma_priority")
+    __slots__ = ("agent_id", "region", "sku", "gpus_total", "address", "epoch", "at_s", "instances", "terminating_at_s", "warm_models", "s0", "s1", "s2", "rdma_priority", "fencing_token")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class AgentHeartbeat(_message.Message):
     S1_FIELD_NUMBER: _ClassVar[int]
     S2_FIELD_NUMBER: _ClassVar[int]
     RDMA_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     region: str
     sku: str
@@ -147,7 +148,8 @@ class AgentHeartbeat(_message.Message):
     s1: str
     s2: str
     rdma_priority: RdmaPriority
-    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ..., s0: _Optional[str] = ..., s1: _Optional[str] = ..., s2: _Optional[str] = ..., rdma_priority: _Optional[_Union[RdmaPriority, str]] = ...) -> None: ...
+    fencing_token: int
+    def __init__(self, agent_id: _Optional[str] = ..., region: _Optional[str] = ..., sku: _Optional[str] = ..., gpus_total: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., at_s: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., terminating_at_s: _Optional[float] = ..., warm_models: _Optional[_Iterable[str]] = ..., s0: _Optional[str] = ..., s1: _Optional[str] = ..., s2: _Optional[str] = ..., rdma_priority: _Optional[_Union[RdmaPriority, str]] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
     __slots__ = ("request_id", "model", "tier", "region", "served_region", "instance_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens", "status", "prefill_instance_id", "tenant")

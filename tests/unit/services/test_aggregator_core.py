@@ -37,6 +37,25 @@ def test_window_rates_percentiles_and_slo() -> None:
     assert later[60.0].arrival_rps == pytest.approx(0.5) and later[60.0].requests == 30
 
 
+def test_a_restarted_aggregator_with_the_records_read_back_reports_the_rates_of_the_first() -> None:
+    def run(agg: AggregatorCore, start_s: float) -> dict[float, WindowStats]:
+        agg.tick(start_s)
+        for i in range(30):
+            agg.handle(RequestFinished(outcome(i, arrival=35.0 + i * 0.2, ttft=0.1, e2e=0.5)), 49.0)
+        return _windows(agg.tick(start_s + 10.0))
+
+    first = run(AggregatorCore(AggregatorConfig(windows_s=(10.0, 60.0), publish_interval_s=10.0)), 40.0)
+    restarted = AggregatorCore(AggregatorConfig(windows_s=(10.0, 60.0), publish_interval_s=10.0))
+    restarted.observed_since(0.0)  # the stack's aggregator first started at 0 s; this one starts at 40 s
+    again = run(restarted, 40.0)
+    never_stopped = AggregatorCore(AggregatorConfig(windows_s=(10.0, 60.0), publish_interval_s=10.0))
+    for t in (0.0, 10.0, 20.0, 30.0):
+        never_stopped.tick(t)
+    expected = run(never_stopped, 40.0)
+    assert again[60.0] == expected[60.0] and again[60.0].arrival_rps == pytest.approx(0.6)  # 30 over 50 s
+    assert first[60.0].arrival_rps == pytest.approx(3.0)  # over its own 10 s: what a restart must not say
+
+
 def test_old_records_leave_the_window_and_duplicates_count_once() -> None:
     agg = AggregatorCore(AggregatorConfig(windows_s=(10.0,), publish_interval_s=10.0))
     agg.tick(0.0)

@@ -55,6 +55,21 @@ def test_older_epoch_is_ignored_and_a_repeat_changes_nothing() -> None:
     assert set(_states(agent, 2.0)) == {"m-eu-00001"}
 
 
+def test_a_planner_that_lost_its_lease_is_fenced_off_and_its_successor_wins_whatever_the_epochs() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 7, "c7", (_spec(1),), fencing_token=1), 0.0)  # the old leader, ahead
+    # the new leader continues from the stored epoch 6 under generation 2: its plan replaces the old one's
+    new, actions = agent.apply(ApplyCommand("a1", 6, "c6", (_spec(2),), fencing_token=2), 1.0)
+    assert new.accepted and new.applied_epoch == 6 and any(isinstance(a, StartEngine) for a in actions)
+    assert agent.heartbeat(1.0).fencing_token == 2  # the planner sees which generation the agent follows
+    # the old leader, not yet aware it lost the lease, sends a newer epoch: refused, nothing changes
+    stale, actions = agent.apply(ApplyCommand("a1", 8, "c8", (), fencing_token=1), 2.0)
+    assert not stale.accepted and actions == [] and "fencing token 1" in stale.reason
+    # the same epoch from the same generation is a repeat
+    again, actions = agent.apply(ApplyCommand("a1", 6, "c6", (_spec(2),), fencing_token=2), 3.0)
+    assert again.accepted and actions == [] and agent.applied_epoch == 6
+
+
 def test_instance_removed_while_loading_stops_at_once_and_too_many_gpus_is_refused() -> None:
     agent = _agent()
     agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)

@@ -224,3 +224,43 @@ def test_a_policys_prepared_growth_is_staged_on_the_hosts_it_would_use() -> None
     # third on a2, which stages them
     assert planner.plan.prestage == {"a2": ("m",)}
     assert cmds["a2"].prestage == ("m",)
+
+
+def test_each_router_replica_load_counts_apart_and_a_silent_one_is_forgotten() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.handle(RouterLoad("router-a", "eu", 1.0, {"m": 3}), 1.0)
+    planner.handle(RouterLoad("router-b", "eu", 1.0, {"m": 4}), 1.0)
+    planner.handle(RouterLoad("router-a", "eu", 0.5, {"m": 9}), 1.0)  # an older report, redelivered
+    assert planner.router_pending() == {"router-a": {"m": 3}, "router-b": {"m": 4}}
+    assert planner.observe(1.0).pools[PoolKey("m", "eu")].queued == 7  # held at both replicas
+    planner.handle(RouterLoad("router-b", "eu", 20.0, {"m": 1}), 20.0)
+    planner.tick(20.0)  # router-a silent for 19 s > 15 s: a replica that went away holds nothing
+    assert planner.router_pending() == {"router-b": {"m": 1}}
+
+
+def test_a_newly_elected_planner_sends_its_plan_under_its_fencing_token() -> None:
+    from dataclasses import replace
+
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    [first] = [a.command for a in planner.tick(0.0) if isinstance(a, SendCommand)]
+    assert first.fencing_token == 0  # no lease, no fence (the simulator's single planner)
+    applied = replace(_ready_heartbeat(planner, "a1", 1.0), fencing_token=0)
+    planner.handle(applied, 1.0)
+    assert not _commands(planner.tick(1.0))  # the agent follows the plan: nothing to send
+    planner.lead(3)  # elected under lease generation 3: the agent still follows generation 0
+    command = _commands(planner.tick(1.1))["a1"]
+    assert (command.fencing_token, command.epoch) == (3, planner.plan.epoch)
+    planner.handle(replace(applied, at_s=2.0, fencing_token=3), 2.0)
+    assert not _commands(planner.tick(10.0))  # converged under the new generation
+
+
+def test_the_newest_token_the_agents_follow_bounds_the_next_lease() -> None:
+    from dataclasses import replace
+
+    planner = _planner()
+    assert planner.newest_agent_token() == 0
+    planner.handle(replace(heartbeat("a1", "eu"), fencing_token=5), 0.0)
+    planner.handle(replace(heartbeat("a2", "eu"), fencing_token=7), 0.0)
+    assert planner.newest_agent_token() == 7

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import nats
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_STREAMS",
     "TYPE_HEADER",
     "BusError",
+    "durable_name",
     "Delivery",
     "Handler",
     "NatsBus",
@@ -70,6 +74,17 @@ TYPE_HEADER = "Opscale-Type"
 _MIB = 1024 * 1024
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _DURABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def durable_name(*parts: str) -> str:
+    """A durable consumer's name made of `parts` (service, identity, kind, namespace): characters JetStream
+    refuses become '_', and a name over 64 characters keeps its start and a hash of the whole, so two
+    long identities (pod names run to 63) never truncate to the same consumer."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(p for p in parts if p))
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[:51]}-{digest}"
 
 
 class BusError(RuntimeError):
@@ -547,6 +562,60 @@ class NatsBus:
             raise BusError(f"reading the last message of {subject!r} failed: {exc!r}") from None
         headers = dict(raw.headers or {})
         return codec.decode(headers.get(TYPE_HEADER, ""), raw.data or b"")
+
+    # -- replay --------------------------------------------------------------------------------------
+
+    async def replay(self, subject_filter: str, since_s: float, handler: Handler, *, batch: int = 500,
+                     fetch_wait_s: float = 2.0) -> int:
+        """Hand `handler` every event stored under `subject_filter` since `since_s` (Unix seconds, by the
+        time the server stored it), in stream order, and return how many there were: a restarted service
+        rebuilds its state (windows, series) from what the stream still holds before it follows on.
+
+        Reads through a consumer of its own that acknowledges nothing and is deleted afterwards (the
+        server removes it anyway once idle), so no durable consumer's position moves. An undecodable
+        event is logged and skipped; a handler that raises stops the replay with that error.
+        """
+        js = self._js()
+        stream = self.stream_for(subject_filter)
+        name = f"replay-{uuid.uuid4().hex[:20]}"
+        config = ConsumerConfig(
+            name=name, deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.fromtimestamp(max(0.0, since_s), tz=UTC), ack_policy=AckPolicy.NONE,
+            filter_subject=self.subject(subject_filter), inactive_threshold=60.0, mem_storage=True,
+        )
+        try:
+            info = await js.add_consumer(stream, config)
+            psub = await js.pull_subscribe_bind(durable=name, stream=stream)
+        except nats.errors.Error as exc:
+            raise BusError(f"replaying {subject_filter!r}: cannot read stream {stream}: {exc!r}") from None
+        pending, handled = int(info.num_pending or 0), 0
+        try:
+            while pending > 0:
+                try:
+                    msgs = await psub.fetch(min(batch, pending), timeout=fetch_wait_s)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break  # what was pending has expired from the stream meanwhile
+                for msg in msgs:
+                    meta = msg.metadata
+                    pending = meta.num_pending
+                    headers = dict(msg.headers or {})
+                    type_name = headers.get(TYPE_HEADER, "")
+                    try:
+                        event = codec.decode(type_name, msg.data)
+                    except codec.CodecError as exc:
+                        log.error("replay of %s: skipping undecodable message seq=%d: %s", subject_filter,
+                                  meta.sequence.stream, exc)
+                        continue
+                    await handler(Delivery(subject=self.strip_namespace(msg.subject), event=event,
+                                           type_name=type_name, headers=headers, num_delivered=meta.num_delivered,
+                                           stream_seq=meta.sequence.stream, msg_id=headers.get("Nats-Msg-Id")))
+                    handled += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
+        return handled
 
     # -- subscribe ---------------------------------------------------------------------------------
 

@@ -82,11 +82,13 @@ __all__ = [
     "ForecasterSettings",
     "LiveSettings",
     "NodeAgentSettings",
+    "POD_NAME_ENV",
     "PlannerSettings",
     "RouterSettings",
     "SERVICE_SETTINGS",
     "SettingsError",
     "load_settings",
+    "process_identity",
 ]
 
 CONFIG_ENV = "OPSCALE_CONFIG"
@@ -107,6 +109,18 @@ class SettingsError(ValueError):
 
 def _hostname() -> str:
     return socket.gethostname() or "localhost"
+
+
+POD_NAME_ENV = "POD_NAME"
+"""Where Kubernetes' downward API puts the pod's name (`fieldRef: metadata.name`), if the manifest says so."""
+
+
+def process_identity() -> str:
+    """A name no other replica of a service has: the pod's name when the downward API gives it (stable
+    across container restarts, so a restarted router resumes its own consumers), else host name and
+    process id (two replicas on one host differ)."""
+    pod = os.environ.get(POD_NAME_ENV, "").strip()
+    return pod or f"{_hostname()}-{os.getpid()}"
 
 
 # -- the YAML file --------------------------------------------------------------------------------------
@@ -370,6 +384,11 @@ class RouterSettings(LiveSettings):
     http_host: str = Field("0.0.0.0", description="Address of the OpenAI-compatible API")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the OpenAI-compatible API")
     grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC Router service")
+    workers: int = Field(1, ge=0, description="Router processes on this host, each on a core of its own, sharing the "
+                         "API and gRPC ports (SO_REUSEPORT: the kernel spreads connections over them); each is a "
+                         "router replica of its own (id <router_id>-w<i>, ops port ops_port+i). 0: one per core")
+    worker_index: int = Field(-1, ge=-1, description="Set by the parent router for each worker it starts (-1: not a "
+                              "worker); not for configuration files")
     http_limits: ServerLimits = Field(default_factory=ServerLimits, description="What the API allows a client: "
                                       "header, body and keep-alive timeouts, header and body sizes")
     tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
@@ -384,6 +403,14 @@ class RouterSettings(LiveSettings):
         "engine.prefix_block_tokens token ids hashed, as the node-agents rename vLLM's KV events; other models' "
         "prompts are hashed as text (4 characters a token), as the simulated engines cache them")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys, tenants and their limits")
+
+    @model_validator(mode="after")
+    def _unique_router_id(self) -> RouterSettings:
+        # Replicas must differ: the id names the router's own durable consumers (each replica needs every
+        # heartbeat and plan) and its load in the planner (one replica's must not overwrite another's).
+        if "router_id" not in self.core.model_fields_set:
+            self.core.router_id = process_identity()
+        return self
 
     @model_validator(mode="after")
     def _default_tiers_exist(self) -> RouterSettings:
@@ -429,6 +456,8 @@ class ForecasterSettings(LiveSettings):
 
     ops_port: int = Field(9102, ge=0, le=65535, description="Port of the ops server")
     tick_s: float = Field(5.0, gt=0, description="Period of the forecaster core's tick")
+    rebuild_s: float = Field(21_600.0, ge=0, description="On start, the windows of this many past seconds are "
+                             "read back from the stream to rebuild the series, so a restart loses none")
     core: ForecasterConfig = Field(default_factory=ForecasterConfig, description="Forecasting settings")
 
 
@@ -442,10 +471,13 @@ class PlannerSettings(LiveSettings):
     ops_port: int = Field(9103, ge=0, le=65535, description="Port of the ops server")
     tick_s: float = Field(1.0, gt=0, description="Period of the planner core's tick")
     lease_name: str = Field("planner", min_length=1, description="Redis lease that elects the active planner")
-    lease_ttl_s: float = Field(15.0, gt=0, description="A lease not renewed for this long lapses")
-    lease_renew_s: float = Field(5.0, gt=0, description="How often the holder renews (well under the TTL)")
-    holder_id: str = Field(default_factory=lambda: f"{_hostname()}-{os.getpid()}", min_length=1,
-                           description="This planner's identity in the lease")
+    # A standby takes over at most lease_ttl_s + lease_renew_s after the leader dies (8 s by default)
+    lease_ttl_s: float = Field(6.0, gt=0, description="A lease not renewed for this long lapses")
+    lease_renew_s: float = Field(2.0, gt=0, description="How often the holder renews and a standby tries to take "
+                                 "it (well under the TTL)")
+    holder_id: str = Field(default_factory=process_identity, min_length=1,
+                           description="This planner's identity in the lease (default: the pod name, else "
+                           "host name and process id)")
     agent_call_timeout_s: float = Field(5.0, gt=0, description="Deadline of each gRPC call to a node-agent")
     policy: str = Field("reactive", description="Planning policy name (opscale.planning.registry)")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the planning policy")

@@ -4,7 +4,9 @@ current plan and leader leases.
 The plan is stored as protobuf bytes (the codec) next to its epoch in one hash, and saving is a Lua
 script that refuses an epoch older than the stored one, so a planner that lost its lease and wakes up
 late cannot overwrite a newer plan. Leases (`SET NX PX`) let one planner act at a time; only the holder
-may renew or release one, checked and changed atomically in Lua.
+may renew or release one, checked and changed atomically in Lua. Each acquisition increments the lease's
+generation: the fencing token the holder puts in its commands, so that a node-agent refuses those of a
+holder that has since lost the lease.
 
 Every call runs under a timeout and raises `StoreError` naming the operation and key when Redis does not
 answer. A `namespace` prefixes every key (`<namespace>:opscale:...`) so tests can share a server.
@@ -25,9 +27,9 @@ import redis.exceptions
 from opscale.model import Plan
 from opscale.runtime.live import codec
 from opscale.runtime.live.redact import redact_url
-from opscale.services.events import PoolUtilisation, WindowStats
+from opscale.services.events import ApplyCommand, PoolUtilisation, WindowStats
 
-__all__ = ["PlanSave", "RedisStore", "StoreError"]
+__all__ = ["MAX_LEASE_FLOOR", "PlanSave", "RedisStore", "StoreError"]
 
 T = TypeVar("T")
 
@@ -48,16 +50,24 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'plan', ARGV[2])
 return {1, ARGV[1]}
 """
 
+# Each acquisition (a holder that was not acting takes or retakes the lease) increments the lease's
+# generation, which never expires: the fencing token that orders the holders' commands.
+# ARGV[3] is a floor the new generation must exceed: the newest token the agents report, so that a Redis
+# that lost the counter (restarted without persistence) never hands out a token the agents would refuse.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if cur then return 0 end
+if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local gen = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if floor and gen <= floor then
+  gen = floor + 1
+  redis.call('SET', KEYS[2], string.format('%d', gen))
+end
+return gen
 """
+MAX_LEASE_FLOOR = 2**53 - 1
+"""The highest `acquire_lease(above=...)`: the lease's counter is a Lua number (a double), exact up to here."""
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -258,15 +268,31 @@ class RedisStore:
         raw = await self._call("HGET", full, lambda: self._redis.hget(full, "epoch"))
         return None if raw is None else int(raw)
 
+    # -- node-agents -------------------------------------------------------------------------------------
+
+    async def put_applied(self, command: ApplyCommand, ttl_s: float) -> None:
+        """The newest command `command.agent_id` applied (its instances, epoch and fencing token), kept
+        `ttl_s` seconds: the agent restarted on its host takes its engines back from it."""
+        await self._put_event("applied:", "put_applied", command.agent_id, command, ttl_s)
+
+    async def applied(self, agent_id: str) -> ApplyCommand | None:
+        """What `put_applied` stored for `agent_id`, or None."""
+        return await self._get_event("applied:", ApplyCommand, agent_id)
+
     # -- leases ------------------------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Take lease `name` for `ttl_s` seconds if it is free; True also when `holder` already holds it
-        (its TTL is then extended)."""
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, above: int = 0) -> int:
+        """Take lease `name` for `ttl_s` seconds if it is free (or `holder`'s already, extended): the
+        lease's new generation, a fencing token greater than every earlier holder's and than `above`
+        (the newest token the caller has seen in use); 0 when another holds it. Call it when starting to
+        act, not to renew: each call makes a new generation."""
         full, ms = self.key("lease:" + name), _ttl_ms(ttl_s, "acquire_lease")
         _check_holder(holder)
-        return bool(await self._call("EVALSHA acquire_lease", full,
-                                     lambda: self._acquire(keys=[full], args=[holder, ms])))
+        if not 0 <= above <= MAX_LEASE_FLOOR:
+            raise StoreError(f"acquire_lease: above must be in [0, {MAX_LEASE_FLOOR}], got {above!r}")
+        generation = self.key("lease-generation:" + name)
+        return int(await self._call("EVALSHA acquire_lease", full,
+                                    lambda: self._acquire(keys=[full, generation], args=[holder, ms, above])))
 
     async def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Extend the lease to `ttl_s` from now; False (and nothing changed) unless `holder` holds it."""
@@ -299,8 +325,9 @@ def _check_holder(holder: str) -> None:
         raise StoreError(f"lease holder must be a non-empty string, got {holder!r}")
 
 
-# The events stored as protobuf, by key prefix: the aggregator's two kinds of window.
-_STORED_EVENTS: dict[str, type] = {"window:": WindowStats, "poolutil:": PoolUtilisation}
+# The events stored as protobuf, by key prefix: the aggregator's two kinds of window, and each node-agent's
+# newest applied command.
+_STORED_EVENTS: dict[str, type] = {"window:": WindowStats, "poolutil:": PoolUtilisation, "applied:": ApplyCommand}
 
 
 def _decode_event(cls: type[T], key: str, raw: bytes) -> T:

@@ -120,7 +120,7 @@ def test_bad_json_in_a_nested_env_value(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_cross_field_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(15.0\)"):
+    with pytest.raises(SettingsError, match=r"lease_renew_s \(20.0\) must be shorter than lease_ttl_s \(6.0\)"):
         load_settings(PlannerSettings, lease_renew_s=20.0)
     with pytest.raises(SettingsError, match="engine.max_num_seqs"):
         load_settings(NodeAgentSettings, engine={"max_num_seqs": 0})
@@ -215,3 +215,19 @@ def test_kv_aware_takes_its_block_size_from_the_engines() -> None:
     assert settings.core.policy_params["block_tokens"] == 64
     with pytest.raises(ValueError, match=r"block_tokens is 512 but engine.prefix_block_tokens is 64"):
         RouterSettings(engine=engine, core={"policy": "kv_aware", "policy_params": {"block_tokens": 512}})
+
+
+def test_each_router_replica_has_its_own_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from opscale.runtime.live.settings import POD_NAME_ENV
+
+    monkeypatch.delenv(POD_NAME_ENV, raising=False)
+    router = load_settings(RouterSettings)
+    assert router.core.router_id == f"{socket.gethostname()}-{os.getpid()}"  # two on one host differ
+    assert load_settings(PlannerSettings).holder_id == router.core.router_id
+    monkeypatch.setenv(POD_NAME_ENV, "opscale-router-7d9f-x2k4q")  # the downward API's pod name
+    assert load_settings(RouterSettings).core.router_id == "opscale-router-7d9f-x2k4q"
+    assert load_settings(PlannerSettings).holder_id == "opscale-router-7d9f-x2k4q"
+    # a name given is kept
+    assert load_settings(RouterSettings, core={"router_id": "edge-1"}).core.router_id == "edge-1"
