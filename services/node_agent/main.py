@@ -158,7 +158,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         await web.TCPSite(runner, settings.grpc_host, settings.http_port).start()
         http_port = next((a[1] for a in runner.addresses if isinstance(a, tuple)), settings.http_port)
         server, grpc_port = await start_node_agent_server(_Control(core, host), settings.grpc_host,
-                                                          settings.grpc_port, tracer_provider=p.tracer_provider)
+                                                          settings.grpc_port, tls=settings.grpc_tls,
+                                                          tracer_provider=p.tracer_provider)
         p.on_exit(lambda: server.stop(2.0))
         core.config = settings.core_config(grpc_port).model_copy(
             update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})

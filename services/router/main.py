@@ -109,7 +109,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
-                                                 settings.grpc_port)
+                                                 settings.grpc_port, settings.grpc_tls)
         p.on_exit(lambda: grpc_server.stop(2.0))
 
         async def drain() -> None:

@@ -83,7 +83,7 @@ async def _serving(session: aiohttp.ClientSession, stack: LiveStack) -> None:
     async def model_ready() -> bool:
         async with session.get(f"{stack.router_url}/v1/models") as resp:
             models = [m["id"] for m in (await resp.json())["data"]]
-        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             hb = await agent.status()
         return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
 
@@ -181,7 +181,7 @@ async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end
 
 
 async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: LiveStack) -> None:
-    async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+    async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
         async def applied():  # noqa: ANN202
             hb = await agent.status()
             return hb if hb.epoch >= 1 and hb.instances else None

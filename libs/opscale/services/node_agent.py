@@ -54,6 +54,10 @@ class NodeAgentConfig(BaseModel):
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2)")
     rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup: "
                                         "placement uses high-priority hosts last (opscale.planning.placement)")
+    max_epoch_jump: int = Field(2 ** 32, ge=1, description="An Apply whose epoch is more than this past the "
+                                "applied one is refused: a planner makes one epoch per plan, so such a jump is "
+                                "a forged or faulty command (e.g. epoch 2**64-1), which would otherwise leave "
+                                "no room for any later plan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,10 @@ class NodeAgentCore:
                                f"{self.applied_epoch}; ignored"), []
         if cmd.epoch == self.applied_epoch:
             return ApplyResult(True, self.applied_epoch, "already applied; nothing changed"), []
+        if cmd.epoch - self.applied_epoch > self.config.max_epoch_jump:
+            return ApplyResult(False, self.applied_epoch, f"epoch {cmd.epoch} is more than max_epoch_jump "
+                               f"({self.config.max_epoch_jump}) past applied epoch {self.applied_epoch}; "
+                               f"refused"), []
         refused = self._refusal(cmd.instances)
         if refused:
             return ApplyResult(False, self.applied_epoch, refused), []

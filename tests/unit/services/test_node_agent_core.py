@@ -94,3 +94,24 @@ def test_a_plan_pre_stages_weights_the_host_does_not_hold() -> None:
 def test_a_backend_that_cannot_stage_says_so() -> None:
     _, actions = _agent().apply(ApplyCommand("a1", 1, "c1", (), prestage=("m",)), 0.0)
     assert any("cannot pre-stage" in getattr(a, "message", "") for a in actions)
+
+
+@pytest.mark.security
+def test_an_epoch_far_past_the_applied_one_is_refused_and_leaves_room_for_later_plans() -> None:
+    # The defect: Apply(epoch=2**64-1) with no instances stopped every instance and the agent
+    # then ignored each later plan as older. The jump is refused; nothing stops; the next plan applies.
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1),)), 0.0)
+    forged, actions = agent.apply(ApplyCommand("a1", 2 ** 64 - 1, "forged", ()), 1.0)
+    assert not forged.accepted and actions == [] and "max_epoch_jump" in forged.reason
+    assert forged.applied_epoch == 3 and set(_states(agent, 1.0)) == {"m-eu-00001"}
+    later, _ = agent.apply(ApplyCommand("a1", 4, "c4", (_spec(1), _spec(2))), 2.0)
+    assert later.accepted and set(_states(agent, 2.0)) == {"m-eu-00001", "m-eu-00002"}
+
+
+def test_a_jump_within_the_bound_is_applied() -> None:
+    agent = NodeAgentCore(NodeAgentConfig(agent_id="a1", region="eu", sku="H100-80GB", max_epoch_jump=10),
+                          load_time_s=lambda spec: 1.0)
+    assert agent.apply(ApplyCommand("a1", 10, "c10", (_spec(1),)), 0.0)[0].accepted
+    assert not agent.apply(ApplyCommand("a1", 21, "c21", ()), 1.0)[0].accepted
+    assert agent.apply(ApplyCommand("a1", 20, "c20", ()), 2.0)[0].accepted
