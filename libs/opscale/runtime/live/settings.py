@@ -210,16 +210,11 @@ class _SharedEnvSource(EnvSettingsSource):
 
 
 class _Files(BaseModel):
-    """Paths of PEM files; each one given must exist (a typo fails at start-up, naming the field)."""
+    """Paths of PEM files (secrets and keys as paths: a mounted Kubernetes Secret, never inline). They
+    are read when the connection is made, where a missing one is named with its field; the settings
+    alone stay loadable where the files are not (a manifest checked on a laptop)."""
 
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _exists(cls, value: Any) -> Any:
-        if isinstance(value, Path) and not value.is_file():
-            raise ValueError(f"{value} is not a file")
-        return value
 
 
 class GrpcTlsSettings(_Files):
