@@ -13,6 +13,7 @@ the services themselves never start servers.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -208,9 +210,13 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.wait(timeout=timeout_s)
 
 
-def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeout_s: float = 15.0) -> LocalServer:
+def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeout_s: float = 15.0,
+               config: Path | None = None, env: Mapping[str, str] | None = None) -> LocalServer:
     """Start `nats-server -js` on 127.0.0.1 (a free port unless given). JetStream data goes to a private
-    directory removed on stop, or to `store_dir` (kept, so a restart on it finds its streams again)."""
+    directory removed on stop, or to `store_dir` (kept, so a restart on it finds its streams again).
+    `config`: a nats-server configuration file (users, permissions, TLS; the flags here override its
+    address and port; its own store_dir is kept unless `store_dir` is given), read with `env` added to
+    the environment (its `$NAME` references)."""
     binary = _nats_binary()
     workdir = Path(tempfile.mkdtemp(prefix="opscale-nats-"))
     chosen = port or free_port()
@@ -218,7 +224,12 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
     store = store_dir if store_dir is not None else workdir / "store"
     cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(chosen), "-sd", str(store),
            "-l", str(log_path), "-n", f"opscale-local-{chosen}"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if config is not None:
+        if store_dir is None:  # nats-server refuses a store given both ways
+            cmd[cmd.index("-sd"):cmd.index("-sd") + 2] = []
+        cmd[1:1] = ["-c", str(config)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
     url = f"nats://127.0.0.1:{chosen}"
     try:
         _wait_until(lambda: nats_status(url, 0.5) == "ok", proc, timeout_s, f"nats-server ({binary})", log_path)
