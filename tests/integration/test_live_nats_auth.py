@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
+from _secured import NATS_PASSWORDS, start_secured_nats
 
 from opscale.model import Plan
 from opscale.runtime.live.bus import BusError, NatsBus
 from opscale.runtime.live.credentials import nats_connect_options
-from opscale.runtime.live.local_servers import LocalServer, free_port, start_nats
+from opscale.runtime.live.local_servers import LocalServer
 from opscale.runtime.live.pki import IssuedFiles, init_dev_pki
 from opscale.runtime.live.settings import NatsAuthSettings
 from opscale.services import subjects
@@ -28,9 +27,7 @@ from opscale.services.events import PlanPublished
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SERVICES = ("planner", "router", "aggregator", "forecaster", "node-agent")
-PASSWORDS = {s: f"pw-{s}-Zq8{i}x" for i, s in enumerate(SERVICES)}
+PASSWORDS = NATS_PASSWORDS
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> IssuedFiles:
 def secured_nats(pki: IssuedFiles, tmp_path: Path) -> Iterator[LocalServer]:
     """deploy/nats.conf as shipped, with the container's paths and ports replaced by this run's (one
     server per test: the shipped JetStream caps hold one stack's streams)."""
-    folder = tmp_path / "nats"
-    folder.mkdir()
-    shutil.copy(DEPLOY / "nats-auth.conf", folder / "nats-auth.conf")
-    conf = (DEPLOY / "nats.conf").read_text()
-    conf = conf.replace("/etc/opscale/tls", str(pki.ca_cert.parent)).replace("/data/jetstream", str(folder / "js"))
-    conf = re.sub(r"^http_port:.*$", f"http_port: {free_port()}", conf, flags=re.M)
-    (folder / "nats.conf").write_text(conf)
-    env = {f"OPSCALE_NATS_{s.upper().replace('-', '_')}_PASSWORD": pw for s, pw in PASSWORDS.items()}
-    server = start_nats(config=folder / "nats.conf", env=env)
+    server = start_secured_nats(pki, tmp_path / "nats")
     try:
         yield server
     finally:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _secured import REDIS_ACL_PASSWORD, REDIS_PASSWORD, start_secured_redis
 
 from opscale.model import Plan
 from opscale.runtime.live.credentials import redis_connect_options
@@ -19,14 +20,12 @@ from opscale.runtime.live.store import RedisStore, StoreError
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
-DEFAULT_PASSWORD = "default-Pw-4jX9"
-ACL_PASSWORD = "acl-Pw-Qm27"
+DEFAULT_PASSWORD, ACL_PASSWORD = REDIS_PASSWORD, REDIS_ACL_PASSWORD
 
 
 @pytest.fixture(scope="module")
 def secured_redis() -> Iterator[LocalServer]:
-    server = start_redis(extra_args=["--requirepass", DEFAULT_PASSWORD,
-                                     "--user", "opscale", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"])
+    server = start_secured_redis()
     try:
         yield server
     finally:
