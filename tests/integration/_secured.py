@@ -22,7 +22,7 @@ def start_secured_nats(pki: IssuedFiles, folder: Path) -> LocalServer:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEPLOY / "nats-auth.conf", folder / "nats-auth.conf")
     conf = (DEPLOY / "nats.conf").read_text()
-    conf = conf.replace("/etc/opscale/tls", str(pki.ca_cert.parent)).replace("/data/jetstream", str(folder / "js"))
+    conf = conf.replace("/etc/opscale-tls", str(pki.ca_cert.parent)).replace("/data/jetstream", str(folder / "js"))
     conf = re.sub(r"^http_port:.*$", f"http_port: {free_port()}", conf, flags=re.M)
     (folder / "nats.conf").write_text(conf)
     env = {f"OPSCALE_NATS_{s.upper().replace('-', '_')}_PASSWORD": pw for s, pw in NATS_PASSWORDS.items()}

@@ -29,6 +29,9 @@ def init(
     name: Annotated[list[str] | None, typer.Option(
         "--name", help="A further DNS name on every service certificate (repeatable)")] = None,
     force: Annotated[bool, typer.Option(help="Replace a CA already in the folder")] = False,
+    readable_keys: Annotated[bool, typer.Option(
+        help="Make the service keys readable by all (0644), for containers that run as another user "
+             "(the docker-compose stack); the CA key stays private")] = False,
 ) -> None:
     """Create a development CA and a certificate per service (planner, node-agent, router, aggregator,
     forecaster, and the NATS and Redis servers), each valid for localhost, 127.0.0.1, its compose name
@@ -37,7 +40,7 @@ def init(
 
     try:
         issued = init_dev_pki(folder, days=days, k8s_namespace=k8s_namespace, extra_names=name or (),
-                              force=force)
+                              force=force, key_mode=0o644 if readable_keys else 0o600)
     except (PkiError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"CA: {issued.ca_cert} (key {issued.ca_key}; keep it private, it signs every identity)")

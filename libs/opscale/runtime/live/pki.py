@@ -62,10 +62,9 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write(path: Path, data: bytes, private: bool) -> None:
+def _write(path: Path, data: bytes, mode: int) -> None:
     path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    os.chmod(path, mode)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -75,9 +74,11 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def init_dev_pki(folder: Path, *, identities: Sequence[str] = SERVICES, days: int = 365,
                  k8s_namespace: str = DEFAULT_K8S_NAMESPACE, extra_names: Iterable[str] = (),
-                 force: bool = False) -> IssuedFiles:
+                 force: bool = False, key_mode: int = 0o600) -> IssuedFiles:
     """Write ca.crt, ca.key and IDENTITY.crt / IDENTITY.key for each identity into `folder` (created).
-    Keys are written readable by the owner only. Refuses to overwrite an existing CA unless `force`."""
+    Service keys get `key_mode` (owner only by default; a container running as another user, as in the
+    compose stack, may need 0o644), the CA key always 0o600. Refuses to overwrite an existing CA unless
+    `force`."""
     if days < 1:
         raise PkiError(f"days must be at least 1, got {days}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,8 +98,8 @@ def init_dev_pki(folder: Path, *, identities: Sequence[str] = SERVICES, days: in
                                             decipher_only=False), critical=True)
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
                .sign(ca_key, hashes.SHA256()))
-    _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(ca_key_path, _pem_key(ca_key), private=True)
+    _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(ca_key_path, _pem_key(ca_key), 0o600)
     extra = list(extra_names)
     ips = [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     certs: dict[str, tuple[Path, Path]] = {}
@@ -117,7 +118,7 @@ def init_dev_pki(folder: Path, *, identities: Sequence[str] = SERVICES, days: in
                                critical=False)
                 .sign(ca_key, hashes.SHA256()))
         cert_path, key_path = folder / f"{identity}.crt", folder / f"{identity}.key"
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
-        _write(key_path, _pem_key(key), private=True)
+        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(key_path, _pem_key(key), key_mode)
         certs[identity] = (cert_path, key_path)
     return IssuedFiles(ca_cert_path, ca_key_path, certs)
