@@ -69,6 +69,7 @@ from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_m
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.routing.tenants import ApiKeySpec
+from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -690,12 +691,15 @@ def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
 def _may_hold_secret(loc: tuple[Any, ...], value: Any) -> bool:
     """Whether a rejected value must not be echoed: the whole settings (a check across fields), or
     anything under `auth`, `nats_auth` or `redis_auth` but a number or a flag (a key entry, a password,
-    or a mapping holding one), or a server URL (it may carry a password)."""
+    or a mapping holding one). A server URL is shown through `redact_url` (see `_shown`)."""
     if not loc:
         return True
-    if loc[0] in ("nats_url", "redis_url"):
-        return True
     return loc[0] in ("auth", "nats_auth", "redis_auth") and not isinstance(value, int | float | bool | type(None))
+
+
+def _shown(value: Any) -> Any:
+    """A rejected value as an error may print it: a string with credentials in it (a server URL) masked."""
+    return redact_url(value) if isinstance(value, str) and "@" in value else value
 
 
 def load_settings(cls: type[S], config_path: str | Path | None = None, **overrides: Any) -> S:
@@ -711,7 +715,7 @@ def load_settings(cls: type[S], config_path: str | Path | None = None, **overrid
         for err in exc.errors(include_url=False):
             loc = tuple(err.get("loc", ()))
             value = err.get("input")
-            shown = "" if err.get("type") == "missing" or _may_hold_secret(loc, value) else f"; got {value!r}"
+            shown = "" if err.get("type") == "missing" or _may_hold_secret(loc, value) else f"; got {_shown(value)!r}"
             lines.append(f"{_describe(cls, loc)}: {err.get('msg')}{shown}")
         raise SettingsError(f"invalid {cls.service_name} settings:\n  " + "\n  ".join(lines)) from None
     except PydanticSettingsError as exc:
