@@ -147,7 +147,15 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
             loaded[key] = settings
             if isinstance(settings, RouterSettings) and not settings.auth.active:
                 log.warning(AUTH_OFF_WARNING)
-        base.update(secure_defaults(loaded, base, Path(folder)))
+        secured = secure_defaults(loaded, base, Path(folder))
+        if "OPSCALE_GRPC_TLS__CA_FILE" not in secured:
+            for key in GRPC_IDENTITIES:  # the settings' own grpc_tls: complete, or insecure by name
+                try:
+                    loaded[key].grpc_tls.require(key)
+                except SettingsError as exc:
+                    log.error("%s", exc)
+                    return 2
+        base.update(secured)
         plain = plain_control(loaded)
         if plain:
             log.warning(CONTROL_PLAIN_WARNING.format(what="; ".join(plain)))

@@ -42,3 +42,13 @@ def test_an_address_or_tls_in_the_settings_is_kept(tmp_path: Path) -> None:
 def test_incomplete_grpc_tls_names_what_is_missing() -> None:
     with pytest.raises(ValueError, match="grpc_tls.cert_file, grpc_tls.key_file not set"):
         GrpcTlsSettings(ca_file=Path(__file__)).require("planner")
+
+
+def test_up_refuses_incomplete_grpc_tls_before_starting_anything(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from opscale_services.launcher import run_stack
+
+    config = tmp_path / "opscale.yaml"
+    config.write_text(f"grpc_tls: {{ca_file: {tmp_path / 'ca.crt'}}}\n")
+    assert run_stack(1, config) == 2
+    assert "grpc_tls.cert_file, grpc_tls.key_file not set" in caplog.text
