@@ -79,6 +79,9 @@ class _Instance:
     operators: list[tuple[OperatorReplicas, float]] = field(default_factory=list)
     operators_reported_s: float = float("-inf")  # when SetOperatorReplicas last described them
     operators_sent: tuple[tuple[OperatorReplicas, ...], tuple[OperatorReplicas, ...]] = ((), ())
+    # Desired again while it drains (a plan that dropped it, then one that wants it back): started anew
+    # once its drain ends, since a draining engine takes no new work and cannot be turned back.
+    rejoin: InstanceSpec | None = None
 
 
 class NodeAgentCore:
@@ -129,6 +132,11 @@ class NodeAgentCore:
         desired = {s.instance_id: s for s in cmd.instances}
         for instance_id, spec in desired.items():
             inst = self._instances.get(instance_id)
+            if inst is not None and inst.state == InstanceState.STOPPED:
+                inst = None  # stopped but not yet forgotten: wanted again, so it starts afresh
+            if inst is not None and inst.state == InstanceState.DRAINING:
+                inst.rejoin = spec if self.terminating_at_s is None else None
+                continue
             if inst is None and self.terminating_at_s is None:
                 load_s = self.load_time_s(spec)
                 inst = self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
@@ -138,6 +146,7 @@ class NodeAgentCore:
         for instance_id, inst in self._instances.items():
             if instance_id in desired:
                 continue
+            inst.rejoin = None
             actions.extend(self._begin_drain(inst, now_s, None))
         actions.extend(self._prestage(cmd.prestage))
         actions.append(Log(self.name, f"{self.config.agent_id} applied epoch {cmd.epoch}",
@@ -270,6 +279,11 @@ class NodeAgentCore:
                     actions.append(StopEngine(instance_id))
                     if overdue and not idle:
                         actions.append(Log(self.name, f"{instance_id}: drain deadline reached with work in flight"))
+                    if inst.rejoin is not None and self.terminating_at_s is None:
+                        load_s = self.load_time_s(inst.rejoin)
+                        self._instances[instance_id] = _Instance(inst.rejoin, InstanceState.LOADING, now_s,
+                                                                 now_s + load_s)
+                        actions.append(StartEngine(inst.rejoin, load_s))
             elif inst.state == InstanceState.STOPPED and now_s - inst.since_s > 3 * self.config.heartbeat_interval_s:
                 del self._instances[instance_id]  # reported as stopped in a few heartbeats; now forgotten
         if self._next_heartbeat_s is None or now_s >= self._next_heartbeat_s:

@@ -115,3 +115,36 @@ def test_a_jump_within_the_bound_is_applied() -> None:
     assert agent.apply(ApplyCommand("a1", 10, "c10", (_spec(1),)), 0.0)[0].accepted
     assert not agent.apply(ApplyCommand("a1", 21, "c21", ()), 1.0)[0].accepted
     assert agent.apply(ApplyCommand("a1", 20, "c20", ()), 2.0)[0].accepted
+
+
+def test_an_instance_wanted_again_while_it_drains_starts_afresh_once_drained() -> None:
+    # A plan drops an instance (a stray Apply, a scale-in) and the next wants it back: the draining engine
+    # takes no new work, so it finishes its drain and starts again; a stopped one starts at once.
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1), _spec(2))), 0.0)
+    agent.tick(30.0)
+    agent.apply(ApplyCommand("a1", 2, "c2", ()), 31.0)  # 1 and 2 drain
+    agent.handle(_report("m-eu-00002", idle=True), 31.5)
+    agent.tick(32.0)  # 2 is stopped, not yet forgotten
+    _, actions = agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1), _spec(2))), 33.0)
+    assert StartEngine(_spec(2), 30.0) in actions and not any(isinstance(a, StartEngine) and a.spec == _spec(1)
+                                                                for a in actions)
+    assert _states(agent, 33.0) == {"m-eu-00001": InstanceState.DRAINING, "m-eu-00002": InstanceState.LOADING}
+    agent.handle(_report("m-eu-00001", idle=True), 34.0)
+    actions = agent.tick(34.0)
+    assert StopEngine("m-eu-00001") in actions and StartEngine(_spec(1), 30.0) in actions
+    assert _states(agent, 64.0) == {"m-eu-00001": InstanceState.LOADING, "m-eu-00002": InstanceState.LOADING}
+    agent.tick(64.0)
+    assert set(_states(agent, 64.0).values()) == {InstanceState.READY}
+
+
+def test_a_plan_that_drops_it_again_cancels_the_restart() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)
+    agent.tick(30.0)
+    agent.apply(ApplyCommand("a1", 2, "c2", ()), 31.0)
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1),)), 32.0)
+    agent.apply(ApplyCommand("a1", 4, "c4", ()), 33.0)
+    agent.handle(_report("m-eu-00001", idle=True), 34.0)
+    actions = agent.tick(34.0)
+    assert StopEngine("m-eu-00001") in actions and not any(isinstance(a, StartEngine) for a in actions)
