@@ -256,3 +256,31 @@ async def test_plain_text_must_be_chosen_by_name() -> None:
             assert (await client.apply(ApplyCommand("agent-1", 1, "c1", SPECS))).accepted
     finally:
         await server.stop(0)
+
+
+@pytest.mark.security
+async def test_the_routers_route_port_takes_the_same_mtls() -> None:
+    from opscale.services.router import RouterConfig, RouterCore
+
+    from opscale_services.router.grpc_route import start_router_grpc
+
+    async def route(server_tls: GrpcTlsSettings, client: GrpcTlsSettings | None) -> grpc.StatusCode:
+        server, port = await start_router_grpc(RouterCore(RouterConfig()), lambda: 0.0, "eu", "127.0.0.1", 0,
+                                               server_tls)
+        try:
+            creds = channel_credentials(client, "test") if client is not None else None
+            channel = (grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) if creds is not None
+                       else grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            async with channel:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await control_pb2_grpc.RouterStub(channel).Route(control_pb2.RouteRequest(model="m"), timeout=5.0)
+            return err.value.code()
+        finally:
+            await server.stop(0)
+
+    router_tls = grpc_tls("router")
+    # any certificate from the CA gets an answer (NOT_FOUND: nobody serves m); none gets no connection
+    assert await route(router_tls, grpc_tls("aggregator")) == grpc.StatusCode.NOT_FOUND
+    assert await route(router_tls, None) == grpc.StatusCode.UNAVAILABLE
+    narrowed = grpc_tls("router", allowed_clients=["gateway"])
+    assert await route(narrowed, grpc_tls("aggregator")) == grpc.StatusCode.PERMISSION_DENIED
