@@ -100,6 +100,7 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         return weights.stage(catalog.model(model_name), asyncio.get_running_loop().call_later,
                              time_scale=settings.load_time_scale)
 
+    settings.grpc_tls.require("node-agent")  # before connecting anything: fail fast, naming the fields
     async with LiveProcess("node_agent", settings) as p:
         # The core is built first with the configured ports; once the servers are bound (port 0 picks a
         # free one) its address and endpoint base are set from the real ports, before any heartbeat.

@@ -64,6 +64,7 @@ def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
 
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
+    settings.grpc_tls.require("router")  # its Route port: mTLS, or plain text chosen by name
     async with LiveProcess("router", settings) as p:
         core = RouterCore(settings.core, tiers=settings.tier_specs())
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
