@@ -102,6 +102,13 @@ async def test_the_router_cannot_publish_plans_and_the_planner_can(
         await planner.publish(subjects.plans(), PlanPublished(Plan(epoch=7, created_s=1.0)))
         await asyncio.wait_for(got.wait(), 10.0)
         assert [p.plan.epoch for p in received] == [7]  # the forged plan never reached the stream
+        # nor can the router erase the plans: purging or deleting a stream is denied to every service
+        plans_stream = router.stream_name("plans")
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+            await router._js().purge_stream(plans_stream)
+        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+            await router._js().delete_stream(plans_stream)
+        assert (await planner._js().stream_info(plans_stream)).state.messages == 1
         # the router still publishes what it owns
         await router.publish(subjects.router_load("eu"), _router_load())
         await sub.stop()
