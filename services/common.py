@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.bus import NatsBus
+from opscale.runtime.live.credentials import nats_connect_options, redis_connect_options
 from opscale.runtime.live.ops_http import OpsServer, start_ops_server
 from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.settings import LiveSettings
@@ -61,10 +62,11 @@ class LiveProcess:
             self.stack.callback(self.tracer_provider.shutdown)
             self.bus = NatsBus(s.namespace, registry=self.registry, tracer_provider=self.tracer_provider,
                                request_timeout_s=s.request_timeout_s)
-            await self.bus.connect(s.nats_url, f"opscale-{self.service}")
+            await self.bus.connect(s.nats_url, f"opscale-{self.service}", options=nats_connect_options(s.nats_auth))
             self.stack.push_async_callback(self.bus.close)
             await self.bus.ensure_streams()
-            self.store = RedisStore(s.redis_url, s.namespace, timeout_s=s.request_timeout_s)
+            self.store = RedisStore(s.redis_url, s.namespace, timeout_s=s.request_timeout_s,
+                                    options=redis_connect_options(s.redis_auth, s.redis_url))
             self.stack.push_async_callback(self.store.close)
             await self.store.ping()
             self.supervisor = Supervisor(self.service, clock=self.clock, stop_timeout_s=s.stop_timeout_s,

@@ -2,6 +2,10 @@
 local stack as child processes).
 
 `up` serves the API without keys unless the settings configure some, and warns loudly when it does.
+Its control surface is secured unless the settings say otherwise: every server binds 127.0.0.1 unless
+the settings name another address, and without `grpc_tls` settings `up` makes a development CA and
+certificates for the run (opscale.runtime.live.pki), so the planner commands the node-agents over mTLS.
+`grpc_tls.insecure`, and NATS or Redis without credentials or TLS, are said loudly at start.
 `up` gives each node-agent its own identity and ports through environment variables, forwards Ctrl-C or
 SIGTERM to every child as SIGTERM, waits for them to stop, and kills only what is still running after
 the grace period. A child that dies on its own is restarted after an exponential backoff (1 s, 2 s, 4 s,
@@ -29,6 +33,7 @@ import yaml
 
 from opscale.runtime.live.settings import (
     SERVICE_SETTINGS,
+    LiveSettings,
     RouterSettings,
     SettingsError,
     load_settings,
@@ -43,6 +48,14 @@ log = logging.getLogger("opscale.up")
 # (router.auth), and says so where nobody can miss it.
 AUTH_OFF_WARNING = ("!!! API keys are OFF: the router's OpenAI API serves anyone who can reach it. This is the "
                     "local demo setting; configure router.auth (keys_file or keys) to require keys. !!!")
+
+CONTROL_PLAIN_WARNING = ("!!! CONTROL IS UNENCRYPTED: {what}. Anyone who reaches these ports can read or "
+                         "forge control traffic. Fine for a laptop demo; see the README's Security section. !!!")
+
+# Servers `up` binds to loopback unless the settings (file or environment) name an address.
+LOOPBACK_BINDS = (("ops_host", None), ("http_host", "router"), ("grpc_host", "node_agent"))
+# Services that speak gRPC, and the environment prefix that gives each its own certificate.
+GRPC_IDENTITIES = {"planner": "planner", "router": "router", "node_agent": "node-agent"}
 
 MODULES = {"router": "router", "aggregator": "aggregator", "forecaster": "forecaster", "planner": "planner",
            "node-agent": "node_agent"}
@@ -146,17 +159,73 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
                 log.error("%s", exc)
                 return 2
         # Validate every service's settings before starting anything, so a typo fails fast and clearly.
-        for cls in SERVICE_SETTINGS.values():
+        loaded: dict[str, LiveSettings] = {}
+        for key, cls in SERVICE_SETTINGS.items():
             try:
                 settings = load_settings(cls, config)
             except SettingsError as exc:
                 log.error("%s", exc)
                 return 2
+            loaded[key] = settings
             if isinstance(settings, RouterSettings) and not settings.auth.active:
                 log.warning(AUTH_OFF_WARNING)
+        secured = secure_defaults(loaded, base, Path(folder))
+        if "OPSCALE_GRPC_TLS__CA_FILE" not in secured:
+            for key in GRPC_IDENTITIES:  # the settings' own grpc_tls: complete, or insecure by name
+                try:
+                    loaded[key].grpc_tls.require(key)
+                except SettingsError as exc:
+                    log.error("%s", exc)
+                    return 2
+        base.update(secured)
+        plain = plain_control(loaded)
+        if plain:
+            log.warning(CONTROL_PLAIN_WARNING.format(what="; ".join(plain)))
         if config is not None:
             base["OPSCALE_CONFIG"] = str(config)
         return _supervise(stack_environments(agent_envs, base, port_base, routers), grace_s)
+
+
+def secure_defaults(loaded: Mapping[str, LiveSettings], env: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """Environment that binds every server to loopback unless the settings name an address, and, when
+    no service has grpc_tls settings, gives the stack mTLS with a development CA made in `folder`."""
+    out: dict[str, str] = {}
+    for field, only in LOOPBACK_BINDS:
+        for key, settings in loaded.items():
+            if (only is None or key == only) and field in type(settings).model_fields \
+                    and field not in settings.model_fields_set:
+                out[f"OPSCALE_{key.upper()}_{field.upper()}"] = "127.0.0.1"
+    configured = any(s.grpc_tls.insecure or s.grpc_tls.model_fields_set - {"allowed_clients", "server_name"}
+                     for s in loaded.values())
+    if not configured and not any(k.startswith("OPSCALE_") and "GRPC_TLS" in k for k in env):
+        from opscale.runtime.live.pki import init_dev_pki  # only a run that needs certificates makes them
+
+        issued = init_dev_pki(folder / "pki", identities=tuple(GRPC_IDENTITIES.values()))
+        out["OPSCALE_GRPC_TLS__CA_FILE"] = str(issued.ca_cert)
+        for key, identity in GRPC_IDENTITIES.items():
+            cert, private = issued.certs[identity]
+            out[f"OPSCALE_{key.upper()}_GRPC_TLS__CERT_FILE"] = str(cert)
+            out[f"OPSCALE_{key.upper()}_GRPC_TLS__KEY_FILE"] = str(private)
+        log.info("control: gRPC over mTLS with a development CA made for this run (%s); only the planner's "
+                 "certificate may command the node-agents", folder / "pki")
+    return out
+
+
+def plain_control(loaded: Mapping[str, LiveSettings]) -> list[str]:
+    """What of the stack's control traffic goes unencrypted or unauthenticated, in words."""
+    any_settings = next(iter(loaded.values()))
+    plain: list[str] = []
+    if any(s.grpc_tls.insecure for s in loaded.values()):
+        plain.append("gRPC planner -> node-agents in plain text, no client certificates (grpc_tls.insecure)")
+    nats = any_settings.nats_auth
+    if nats.tls_ca_file is None and not any_settings.nats_url.startswith("tls://"):
+        plain.append("NATS without TLS" + ("" if nats.user or nats.token or nats.creds_file else
+                                           " and without credentials"))
+    redis = any_settings.redis_auth
+    if not any_settings.redis_url.startswith("rediss://"):
+        plain.append("Redis without TLS" + ("" if redis.password is not None or "@" in any_settings.redis_url
+                                            else " and without a password"))
+    return plain
 
 
 def _scenario_stack(scenario_path: Path, config: Path | None,

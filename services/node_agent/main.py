@@ -129,6 +129,7 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         return weights.stage(catalog.model(model_name), asyncio.get_running_loop().call_later,
                              time_scale=settings.load_time_scale)
 
+    settings.grpc_tls.require("node-agent")  # before connecting anything: fail fast, naming the fields
     async with LiveProcess("node_agent", settings) as p:
         # The core is built first with the configured ports; once the servers are bound (port 0 picks a
         # free one) its address and endpoint base are set from the real ports, before any heartbeat.
@@ -188,7 +189,8 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         http_port = next((a[1] for a in runner.addresses if isinstance(a, tuple)), settings.http_port)
         control = _Control(core, host, p.store)
         server, grpc_port = await start_node_agent_server(control, settings.grpc_host,
-                                                          settings.grpc_port, tracer_provider=p.tracer_provider)
+                                                          settings.grpc_port, tls=settings.grpc_tls,
+                                                          tracer_provider=p.tracer_provider)
         p.on_exit(lambda: server.stop(2.0))
         core.config = settings.core_config(grpc_port).model_copy(
             update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})

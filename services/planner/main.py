@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
+    settings.grpc_tls.require("planner")  # before connecting anything: no plan is made that cannot be sent
     async with LiveProcess("planner", settings) as p:
         profiles = load_profiles(settings.profiles_dir) if settings.profiles_dir else None
         stack = build_planning_stack(settings.deployments, settings.tier_specs(), settings.policy,
@@ -50,7 +51,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         async def send(address: str, command: ApplyCommand) -> None:
             client = clients.get(address)
             if client is None:
-                client = clients[address] = NodeAgentClient(address, settings.agent_call_timeout_s,
+                client = clients[address] = NodeAgentClient(address, settings.agent_call_timeout_s, tls=settings.grpc_tls,
                                                              tracer_provider=p.tracer_provider)
             try:
                 accepted, epoch, reason, _ = await client.apply(command)

@@ -12,18 +12,23 @@ from collections.abc import Callable
 import grpc
 
 from opscale.model import Request
+from opscale.runtime.live.grpc_security import require_peer, server_credentials
+from opscale.runtime.live.settings import GrpcTlsSettings
 from opscale.services.router import RouterCore
 from opscale.v1 import control_pb2, control_pb2_grpc
 
 
 class RouterServicer(control_pb2_grpc.RouterServicer):
-    def __init__(self, core: RouterCore, now_s: Callable[[], float], default_region: str) -> None:
+    def __init__(self, core: RouterCore, now_s: Callable[[], float], default_region: str,
+                 allowed_callers: frozenset[str] | None = None) -> None:
         self.core = core
+        self.allowed_callers = allowed_callers
         self.now_s = now_s
         self.default_region = default_region
 
     async def Route(self, request: control_pb2.RouteRequest,  # noqa: N802 - gRPC method name
                     context: grpc.aio.ServicerContext) -> control_pb2.RouteResponse:
+        await require_peer(context, self.allowed_callers)
         if request.model not in self.core.models():
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served here")
         try:
@@ -40,10 +45,16 @@ class RouterServicer(control_pb2_grpc.RouterServicer):
 
 
 async def start_router_grpc(core: RouterCore, now_s: Callable[[], float], region: str, host: str,
-                            port: int) -> tuple[grpc.aio.Server, int]:
+                            port: int, tls: GrpcTlsSettings) -> tuple[grpc.aio.Server, int]:
+    """Serve Route with `tls`: mTLS (a client certificate from the CA; `allowed_clients` narrows who),
+    or plain text when the settings say insecure."""
+    credentials = server_credentials(tls, "router gRPC server")
+    allowed = frozenset(tls.allowed_clients) if credentials is not None and tls.allowed_clients is not None else None
     server = grpc.aio.server()
-    control_pb2_grpc.add_RouterServicer_to_server(RouterServicer(core, now_s, region), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    control_pb2_grpc.add_RouterServicer_to_server(RouterServicer(core, now_s, region, allowed), server)
+    address = f"{host}:{port}"
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise OSError(f"router gRPC server cannot bind {host}:{port}")
     await server.start()

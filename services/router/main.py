@@ -67,6 +67,7 @@ def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
 async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     settings = as_worker(settings)
+    settings.grpc_tls.require("router")  # its Route port: mTLS, or plain text chosen by name
     if settings.worker_index >= 0:
         core_id = pin_to_core(settings.worker_index)
         log.info("router worker %d (%s) on core %s", settings.worker_index, settings.core.router_id, core_id)
@@ -122,7 +123,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         await web.TCPSite(runner, settings.http_host, settings.http_port,
                           reuse_port=settings.worker_index >= 0 or None).start()
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
-                                                 settings.grpc_port)
+                                                 settings.grpc_port, settings.grpc_tls)
         p.on_exit(lambda: grpc_server.stop(2.0))
 
         async def drain() -> None:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from _tls import grpc_tls, tls_dict
 
 from opscale.runtime.live.local_servers import free_port, free_port_block
 from opscale.runtime.live.settings import (
     AggregatorSettings,
     ForecasterSettings,
+    GrpcTlsSettings,
     NodeAgentSettings,
     PlannerSettings,
     RouterSettings,
@@ -61,6 +63,12 @@ class LiveStack:
         return common if self.tiers is None else {**common, "tiers": self.tiers}
 
     @property
+    def planner_tls(self) -> GrpcTlsSettings:
+        """What a test that calls the agent directly presents: the planner's certificate (the stack runs
+        its gRPC control surface over mTLS, as a deployment does)."""
+        return grpc_tls("planner")
+
+    @property
     def agent_address(self) -> str:
         return f"127.0.0.1:{self.agent_grpc_port}"
 
@@ -92,24 +100,24 @@ class LiveStack:
             ("forecaster", forecaster.run, load_settings(ForecasterSettings, **{**c, "tick_s": 1.0,
                                                                                 **o.get("forecaster", {})})),
             ("planner", planner.run, load_settings(PlannerSettings, **{
-                **c, "tick_s": 0.2, "lease_ttl_s": 3.0, "lease_renew_s": 0.5, "holder_id": "test-planner",
+                **c, "grpc_tls": tls_dict("planner"), "tick_s": 0.2, "lease_ttl_s": 3.0, "lease_renew_s": 0.5, "holder_id": "test-planner",
                 "deployments": [{"model": self.model, "sku": "H100-80GB", "tp": 1, "min_replicas": 1,
                                  "max_replicas": 2}],
                 "core": {"interval_s": 1.0, "resend_after_s": 1.0}, **o.get("planner", {})})),
             ("node_agent", node_agent.run, load_settings(NodeAgentSettings, **{
-                **c, "agent_id": "agent-1", "region": self.region, "sku": "H100-80GB", "gpus": 8,
+                **c, "grpc_tls": tls_dict("node-agent"), "agent_id": "agent-1", "region": self.region, "sku": "H100-80GB", "gpus": 8,
                 "grpc_host": "127.0.0.1", "grpc_port": self.agent_grpc_port, "http_port": 0,
                 "advertise_host": "127.0.0.1", "heartbeat_interval_s": 0.5, "tick_s": 0.2, "load_time_scale": 0.02,
                 **o.get("node_agent", {})})),
             ("router", router.run, load_settings(RouterSettings, **{
-                **c, "http_host": "127.0.0.1", "http_port": self.router_port, "grpc_port": free_port(),
+                **c, "grpc_tls": tls_dict("router"), "http_host": "127.0.0.1", "http_port": self.router_port, "grpc_port": free_port(),
                 "tick_s": 0.2, "records_flush_s": 0.2, "core": {"region": self.region, "router_id": "router-test"},
                 **o.get("router", {})})),
         ]
         while len(self.extra_router_ports) < self.routers - 1:
             self.extra_router_ports.append(free_port())
         for name, port in zip(self.router_names[1:], self.extra_router_ports, strict=True):
-            replica = {**c, "http_host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "tick_s": 0.2,
+            replica = {**c, "grpc_tls": tls_dict("router"), "http_host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "tick_s": 0.2,
                        "records_flush_s": 0.2, "core": {"region": self.region}, **o.get("router", {})}
             # in one process the default identity (host and pid) is the same: each replica is named
             replica["core"] = {**replica["core"], "router_id": f"router-test-{name}"}

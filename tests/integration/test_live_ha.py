@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 from _stack import ROOT, LiveStack
+from _tls import tls_dict
 
 from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.grpc_glue import NodeAgentClient
@@ -132,8 +133,8 @@ def _start_planner(tmp_path: Path, nats_url: str, redis_url: str, namespace: str
     """`opscale serve planner` as its own process (so that it can die by SIGKILL, lease unreleased)."""
     config = tmp_path / f"{holder}.yaml"
     config.write_text(yaml.safe_dump({"nats_url": nats_url, "redis_url": redis_url, "namespace": namespace,
-                                      "ops_host": "127.0.0.1", "planner": {**planner, "holder_id": holder,
-                                                                           "ops_port": 0}}))
+                                      "ops_host": "127.0.0.1", "grpc_tls": {k: str(v) for k, v in tls_dict("planner").items()},
+                                      "planner": {**planner, "holder_id": holder, "ops_port": 0}}, sort_keys=False))
     return subprocess.Popen([sys.executable, "-m", "opscale.cli", "serve", "planner", "--config", str(config)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -158,7 +159,7 @@ async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_c
 
         await _eventually(a_leads)
         await stack.start()  # planner-b stands by
-        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             async def follows_a():  # noqa: ANN202
                 hb = await agent.status()
                 return hb if hb.epoch >= 1 and hb.instances and hb.fencing_token >= 1 else None

@@ -12,7 +12,7 @@ import pytest
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.local_servers import free_port
-from opscale.runtime.live.settings import NodeAgentSettings, load_settings
+from opscale.runtime.live.settings import GrpcTlsSettings, NodeAgentSettings, load_settings
 from opscale.runtime.live.store import RedisStore
 from opscale.services.events import ApplyCommand
 
@@ -32,7 +32,8 @@ async def agent_address(nats_url: str, redis_url: str, namespace: str) -> AsyncI
         NodeAgentSettings, nats_url=nats_url, redis_url=redis_url, namespace=namespace, ops_host="127.0.0.1",
         ops_port=0, tracing_exporter="memory", stop_timeout_s=5.0, agent_id="agent-1", region="eu", sku="H100-80GB",
         gpus=2, grpc_host="127.0.0.1", grpc_port=port, http_port=0, advertise_host="127.0.0.1",
-        heartbeat_interval_s=0.5, tick_s=0.1, load_time_scale=0.02)
+        heartbeat_interval_s=0.5, tick_s=0.1, load_time_scale=0.02,
+        grpc_tls={"insecure": True})  # the explicit plain-text opt-out (test_live_stack runs mTLS)
 
     def on_start(p: LiveProcess) -> None:
         started.set()
@@ -61,7 +62,7 @@ async def _state(agent: NodeAgentClient) -> InstanceState | None:
 
 
 async def test_replicas_change_in_place_and_a_host_over_its_gpus_is_refused(agent_address: str) -> None:
-    async with NodeAgentClient(agent_address, 2.0) as agent:
+    async with NodeAgentClient(agent_address, 2.0, tls=GrpcTlsSettings(insecure=True)) as agent:
         assert (await agent.apply(ApplyCommand("agent-1", 1, "c1", (BASE,)))).accepted
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30

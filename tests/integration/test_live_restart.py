@@ -179,7 +179,7 @@ async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redi
     stack = LiveStack(nats_url, redis_url, namespace)
     await stack.start()
     try:
-        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             async def serving():  # noqa: ANN202
                 hb = await agent.status()
                 ready = hb.instances and all(i.state == InstanceState.READY for i in hb.instances)
@@ -187,7 +187,7 @@ async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redi
 
             before = await _eventually(serving)
         await stack.restart("node_agent")  # its simulated engines stopped with it
-        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             # at once, before any planner command: the same instances, epoch and fencing token
             restored = await agent.status()
             assert (restored.epoch, restored.fencing_token) == (before.epoch, before.fencing_token)

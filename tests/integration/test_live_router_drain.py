@@ -39,7 +39,7 @@ async def test_a_draining_router_frees_its_ports_while_a_request_is_in_flight_an
     # no instance of model m: a request is held (up to pending_timeout_s, far beyond the drain's bound)
     settings = load_settings(RouterSettings, nats_url=nats_url, redis_url=redis_url, namespace=namespace,
                              ops_host="127.0.0.1", ops_port=ops_port, http_host="127.0.0.1", http_port=http_port,
-                             grpc_port=free_port(), stop_timeout_s=1.0,
+                             grpc_port=free_port(), stop_timeout_s=1.0, grpc_tls={"insecure": True},
                              core={"models": ["m"], "pending_timeout_s": 600.0})
     stop, started = asyncio.Event(), asyncio.Event()
     processes: list[LiveProcess] = []

@@ -83,7 +83,7 @@ async def _serving(session: aiohttp.ClientSession, stack: LiveStack) -> None:
     async def model_ready() -> bool:
         async with session.get(f"{stack.router_url}/v1/models") as resp:
             models = [m["id"] for m in (await resp.json())["data"]]
-        async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+        async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             hb = await agent.status()
         return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
 
@@ -181,7 +181,7 @@ async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end
 
 
 async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: LiveStack) -> None:
-    async with NodeAgentClient(stack.agent_address, 2.0) as agent:
+    async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
         async def applied():  # noqa: ANN202
             hb = await agent.status()
             return hb if hb.epoch >= 1 and hb.instances else None
@@ -205,3 +205,35 @@ def _specs(hb):  # noqa: ANN001, ANN202
 
     return [InstanceSpec(i.instance_id, i.model, i.sku, i.tp, i.role) for i in hb.instances
             if i.state != InstanceState.STOPPED]
+
+
+@pytest.mark.security
+async def test_one_stray_apply_cannot_wedge_an_agent(stack: LiveStack) -> None:
+    # The attack, over the stack's mTLS: only the planner's certificate may Apply at all (see
+    # test_live_grpc); even with it, an epoch far past the applied one is refused, and one within the
+    # bound that stops every instance is overtaken: the planner fences its plan past it and the agent
+    # runs the planner's instances again.
+    async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
+        async def applied():  # noqa: ANN202
+            hb = await agent.status()
+            return hb if hb.epoch >= 1 and any(i.state == InstanceState.READY for i in hb.instances) else None
+
+        hb = await _eventually(applied)
+        # Without the leader's fencing token an Apply is refused outright; the attack carries it.
+        unfenced = await agent.apply(ApplyCommand("agent-1", hb.epoch + 1, "unfenced", ()))
+        assert not unfenced.accepted and "fencing token" in unfenced.reason
+        token = hb.fencing_token
+        forged = await agent.apply(ApplyCommand("agent-1", 2 ** 64 - 1, "forged", (), fencing_token=token))
+        assert not forged.accepted and "max_epoch_jump" in forged.reason
+        assert (await agent.status()).epoch == hb.epoch
+        stray_epoch = hb.epoch + 1000
+        stray = await agent.apply(ApplyCommand("agent-1", stray_epoch, "stray", (), fencing_token=token))
+        assert stray.accepted  # within the bound: it drains everything
+
+        async def planner_took_over():  # noqa: ANN202
+            now = await agent.status()
+            ready = [i for i in now.instances if i.state == InstanceState.READY]
+            return now if now.epoch > stray_epoch and ready else None
+
+        after = await _eventually(planner_took_over, timeout_s=45.0)
+        assert after.epoch == stray_epoch + 1  # the planner's fenced plan, not a later stray one

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+from _tls import grpc_tls
 from aiohttp import web
 from opentelemetry import trace
 
@@ -77,9 +78,10 @@ async def test_trace_continues_over_grpc() -> None:
     planner = setup_tracing("planner", "memory")
     agent_tracing = setup_tracing("node_agent", "memory")
     impl = TracedAgent()
-    server, port = await start_node_agent_server(impl, "127.0.0.1", 0, tracer_provider=agent_tracing)
+    server, port = await start_node_agent_server(impl, "127.0.0.1", 0, tls=grpc_tls("node-agent"),
+                                                 tracer_provider=agent_tracing)
     try:
-        async with NodeAgentClient(f"127.0.0.1:{port}", 5.0, tracer_provider=planner) as client:
+        async with NodeAgentClient(f"127.0.0.1:{port}", 5.0, tls=grpc_tls("planner"), tracer_provider=planner) as client:
             with planner.get_tracer("test").start_as_current_span("plan epoch 3") as root:
                 await client.apply(ApplyCommand("a", 3, "c3", ()))
     finally:
@@ -124,11 +126,12 @@ async def test_one_trace_from_router_through_nats_and_grpc_to_the_agent(bus_fact
     planner = setup_tracing("planner", "memory")
     agent_tracing = setup_tracing("node_agent", "memory")
     impl = TracedAgent()
-    server, port = await start_node_agent_server(impl, "127.0.0.1", 0, tracer_provider=agent_tracing)
+    server, port = await start_node_agent_server(impl, "127.0.0.1", 0, tls=grpc_tls("node-agent"),
+                                                 tracer_provider=agent_tracing)
     producer: NatsBus = await bus_factory(tracer_provider=router)  # type: ignore[misc]
     consumer: NatsBus = await bus_factory(tracer_provider=planner)  # type: ignore[misc]
     done = asyncio.Event()
-    client = NodeAgentClient(f"127.0.0.1:{port}", 5.0, tracer_provider=planner)
+    client = NodeAgentClient(f"127.0.0.1:{port}", 5.0, tls=grpc_tls("planner"), tracer_provider=planner)
 
     async def planner_handler(d: Delivery) -> None:
         await client.status()  # the planner reacts to the event by calling the agent

@@ -43,7 +43,7 @@ async def _until_serving(live: LiveStack, timeout_s: float = 30.0) -> None:
         while True:
             async with session.get(f"{live.router_url}/v1/models") as resp:
                 models = [m["id"] for m in (await resp.json())["data"]]
-            async with NodeAgentClient(live.agent_address, 2.0) as agent:
+            async with NodeAgentClient(live.agent_address, 2.0, tls=live.planner_tls) as agent:
                 hb = await agent.status()
             if live.model in models and any(i.state == InstanceState.READY for i in hb.instances):
                 return

@@ -78,6 +78,9 @@ def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str,
         text = stop_up(proc)
     assert proc.returncode == 0, text[-3000:]
     assert "stack stopped" in text and "killing it" not in text
+    # no grpc_tls settings: the run made its own CA, and the planner commanded the agent over mTLS
+    assert "gRPC over mTLS with a development CA made for this run" in text
+    assert "CONTROL IS UNENCRYPTED: NATS without TLS and without credentials" in text
     if fleet == "scenario":
         assert "scenario one host: 1 router(s), 1 host(s), policy reactive" in text
 

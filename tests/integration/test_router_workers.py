@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import yaml
 from _stack import ROOT, LiveStack
+from _tls import tls_dict
 
 from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.local_servers import free_port, free_port_block
@@ -63,6 +64,7 @@ async def test_two_router_workers_share_one_port_and_each_follows_the_fleet(
     config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump({
         "nats_url": nats_url, "redis_url": redis_url, "namespace": namespace, "ops_host": "127.0.0.1",
+        "grpc_tls": {k: str(v) for k, v in tls_dict("router").items()},
         "router": {"workers": 2, "http_host": "127.0.0.1", "http_port": http_port, "grpc_port": free_port(),
                    "ops_port": ops_base, "tick_s": 0.2, "records_flush_s": 0.2,
                    "core": {"region": stack.region, "router_id": "edge"}}}))

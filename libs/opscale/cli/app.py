@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from opscale.cli.certs import certs_app
 from opscale.cli.errors import fail as _fail
 from opscale.cli.experiment import experiment_app
 from opscale.cli.forecast import forecast_app
@@ -24,6 +25,7 @@ app.add_typer(trace_app, name="trace")
 app.add_typer(forecast_app, name="forecast")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(heteroscale_app, name="heteroscale")
+app.add_typer(certs_app, name="certs")
 
 
 @app.command()

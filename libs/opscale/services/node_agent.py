@@ -56,6 +56,10 @@ class NodeAgentConfig(BaseModel):
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2)")
     rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup: "
                                         "placement uses high-priority hosts last (opscale.planning.placement)")
+    max_epoch_jump: int = Field(2 ** 32, ge=1, description="An Apply whose epoch is more than this past the "
+                                "applied one is refused: a planner makes one epoch per plan, so such a jump is "
+                                "a forged or faulty command (e.g. epoch 2**64-1), which would otherwise leave "
+                                "no room for any later plan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,9 @@ class _Instance:
     operators: list[tuple[OperatorReplicas, float]] = field(default_factory=list)
     operators_reported_s: float = float("-inf")  # when SetOperatorReplicas last described them
     operators_sent: tuple[tuple[OperatorReplicas, ...], tuple[OperatorReplicas, ...]] = ((), ())
+    # Desired again while it drains (a plan that dropped it, then one that wants it back): started anew
+    # once its drain ends, since a draining engine takes no new work and cannot be turned back.
+    rejoin: InstanceSpec | None = None
 
 
 class NodeAgentCore:
@@ -121,6 +128,10 @@ class NodeAgentCore:
                                f"{self.applied_epoch}; ignored"), []
         if not newer_holder and cmd.epoch == self.applied_epoch:
             return ApplyResult(True, self.applied_epoch, "already applied; nothing changed"), []
+        if cmd.epoch - self.applied_epoch > self.config.max_epoch_jump:
+            return ApplyResult(False, self.applied_epoch, f"epoch {cmd.epoch} is more than max_epoch_jump "
+                               f"({self.config.max_epoch_jump}) past applied epoch {self.applied_epoch}; "
+                               f"refused"), []
         refused = self._refusal(cmd.instances)
         if refused:
             return ApplyResult(False, self.applied_epoch, refused), []
@@ -131,6 +142,11 @@ class NodeAgentCore:
         desired = {s.instance_id: s for s in cmd.instances}
         for instance_id, spec in desired.items():
             inst = self._instances.get(instance_id)
+            if inst is not None and inst.state == InstanceState.STOPPED:
+                inst = None  # stopped but not yet forgotten: wanted again, so it starts afresh
+            if inst is not None and inst.state == InstanceState.DRAINING:
+                inst.rejoin = spec if self.terminating_at_s is None else None
+                continue
             if inst is None and self.terminating_at_s is None:
                 load_s = self.load_time_s(spec)
                 inst = self._instances[instance_id] = _Instance(spec, InstanceState.LOADING, now_s, now_s + load_s)
@@ -140,6 +156,7 @@ class NodeAgentCore:
         for instance_id, inst in self._instances.items():
             if instance_id in desired:
                 continue
+            inst.rejoin = None
             actions.extend(self._begin_drain(inst, now_s, None))
         actions.extend(self._prestage(cmd.prestage))
         actions.append(Log(self.name, f"{self.config.agent_id} applied epoch {cmd.epoch}",
@@ -272,6 +289,11 @@ class NodeAgentCore:
                     actions.append(StopEngine(instance_id))
                     if overdue and not idle:
                         actions.append(Log(self.name, f"{instance_id}: drain deadline reached with work in flight"))
+                    if inst.rejoin is not None and self.terminating_at_s is None:
+                        load_s = self.load_time_s(inst.rejoin)
+                        self._instances[instance_id] = _Instance(inst.rejoin, InstanceState.LOADING, now_s,
+                                                                 now_s + load_s)
+                        actions.append(StartEngine(inst.rejoin, load_s))
             elif inst.state == InstanceState.STOPPED and now_s - inst.since_s > 3 * self.config.heartbeat_interval_s:
                 del self._instances[instance_id]  # reported as stopped in a few heartbeats; now forgotten
         if self._next_heartbeat_s is None or now_s >= self._next_heartbeat_s:

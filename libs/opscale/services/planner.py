@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
@@ -326,7 +327,7 @@ class PlannerCore:
         reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
                            if not why.startswith(("steady", "hold")))
         self.plan = Plan(
-            epoch=self.plan.epoch + 1, created_s=now_s, assignments=new_assignments,
+            epoch=max(self.plan.epoch, self._newest_agent_epoch()) + 1, created_s=now_s, assignments=new_assignments,
             agent_regions={a: hb.region for a, hb in self._agents.items()},
             routing_weights=weights, vm_counts=self.plan.vm_counts,
             reason=reason or ("placement changed" if new_assignments != self.plan.assignments
@@ -348,10 +349,29 @@ class PlannerCore:
                                                   self.plan.assignments.get(agent_id, ()),
                                                   self.plan.prestage.get(agent_id, ()), self.fencing_token))
 
+    def _newest_agent_epoch(self) -> int:
+        return max((hb.epoch for hb in self._agents.values()), default=0)
+
+    def _fence_past_agents(self, now_s: float) -> list[Action]:
+        """An agent reporting a newer epoch than this planner's plan applied a command that no plan of
+        this planner made (a deposed leader's, or a forged or faulty Apply). Its agent would ignore every
+        later plan as older, so the current plan is issued again under an epoch past the newest
+        reported one; the agents then converge to it as to any new plan."""
+        ahead = self._newest_agent_epoch()
+        if self.plan.epoch == 0 or ahead <= self.plan.epoch:
+            return []
+        agents = sorted(a for a, hb in self._agents.items() if hb.epoch == ahead)
+        self.plan = replace(self.plan, epoch=ahead + 1, created_s=now_s,
+                            reason=f"fenced past epoch {ahead} reported by {', '.join(agents)}")
+        return [Store("plan", self.plan), Publish(subjects.plans(), PlanPublished(self.plan)),
+                Log(self.name, f"plan epoch {self.plan.epoch}: {self.plan.reason}",
+                    {"epoch": self.plan.epoch, "fenced_past": ahead})]
+
     def _resend(self, now_s: float) -> list[Action]:
         actions: list[Action] = []
         if self.plan.epoch == 0:
             return actions
+        actions.extend(self._fence_past_agents(now_s))
         for agent_id, hb in sorted(self._agents.items()):
             if hb.epoch >= self.plan.epoch and hb.fencing_token >= self.fencing_token:
                 continue

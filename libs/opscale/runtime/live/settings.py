@@ -50,6 +50,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -68,6 +69,7 @@ from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_m
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.routing.tenants import ApiKeySpec
+from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.aggregator import AggregatorConfig
 from opscale.services.forecaster import ForecasterConfig
@@ -80,10 +82,13 @@ __all__ = [
     "AggregatorSettings",
     "AuthSettings",
     "ForecasterSettings",
+    "GrpcTlsSettings",
     "LiveSettings",
+    "NatsAuthSettings",
     "NodeAgentSettings",
     "POD_NAME_ENV",
     "PlannerSettings",
+    "RedisAuthSettings",
     "RouterSettings",
     "SERVICE_SETTINGS",
     "SettingsError",
@@ -187,7 +192,11 @@ class _YamlSource(PydanticBaseSettingsSource):
                 if name in (section or {}):
                     raise SettingsError(f"config file {path}: '{section_name}.{name}': '{name}' is shared by every "
                                         f"service; set it at the top level of the file")
-            values.update(section or {})
+            for key, value in (section or {}).items():
+                # a section's mapping refines the top level's (grpc_tls: the shared CA at the top, each
+                # service's own certificate in its section) rather than replacing it
+                top = values.get(key)
+                values[key] = {**top, **value} if isinstance(top, dict) and isinstance(value, dict) else value
         return values
 
 
@@ -215,6 +224,88 @@ class _SharedEnvSource(EnvSettingsSource):
 # -- the settings ------------------------------------------------------------------------------------------
 
 
+class _Files(BaseModel):
+    """Paths of PEM files (secrets and keys as paths: a mounted Kubernetes Secret, never inline). They
+    are read when the connection is made, where a missing one is named with its field; the settings
+    alone stay loadable where the files are not (a manifest checked on a laptop)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrpcTlsSettings(_Files):
+    """Transport security of the gRPC control surface (planner -> node-agent Apply/Drain/Status, and the
+    router's Route). mTLS unless `insecure` is set, which the local demo must ask for by name: a service
+    with neither the files nor `insecure` refuses to start. Certificates from `opscale certs init`."""
+
+    insecure: bool = Field(False, description="Serve and call gRPC in plain text, without any peer "
+                           "authentication (the local demo only; `opscale up` warns loudly)")
+    ca_file: Path | None = Field(None, description="CA that signed every peer's certificate (PEM)")
+    cert_file: Path | None = Field(None, description="This service's certificate (PEM), presented as server and "
+                                   "as client")
+    key_file: Path | None = Field(None, description="This service's private key (PEM)")
+    allowed_clients: list[str] | None = Field(None, description="Identities (certificate CN or DNS SAN) allowed "
+                                              "to call this service's gRPC server; unset: the service's default "
+                                              "(a node-agent admits only `planner`; the router any certificate "
+                                              "the CA signed)")
+    server_name: str = Field("", description="Name expected in the server's certificate when calling it, when it "
+                             "differs from the host dialled (e.g. `node-agent` for agents reached by pod IP)")
+
+    def require(self, who: str) -> None:
+        """Raise SettingsError unless mTLS is configured completely or `insecure` was chosen."""
+        if self.insecure:
+            return
+        missing = [f for f in ("ca_file", "cert_file", "key_file") if getattr(self, f) is None]
+        if missing:
+            raise SettingsError(f"{who}: grpc_tls.{', grpc_tls.'.join(missing)} not set: give the certificate "
+                                f"files (opscale certs init DIR makes a development set; env "
+                                f"OPSCALE_GRPC_TLS__CA_FILE, ...) or set grpc_tls.insecure true to run the "
+                                f"control surface unencrypted and unauthenticated")
+
+
+class NatsAuthSettings(_Files):
+    """Credentials and TLS for NATS. One of user+password, token or creds_file (NATS nkeys/JWT); TLS when
+    `tls_ca_file` is given (and a client certificate when the server verifies clients)."""
+
+    user: str = Field("", description="NATS user name")
+    password: SecretStr | None = Field(None, description="Password of `user` (prefer env or a mounted Secret)")
+    token: SecretStr | None = Field(None, description="Authentication token, in place of user and password")
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT and nkey seed), in place of "
+                                    "user and password")
+    tls_ca_file: Path | None = Field(None, description="CA that signed the NATS server's certificate; set: TLS")
+    tls_cert_file: Path | None = Field(None, description="Client certificate, when the server verifies clients")
+    tls_key_file: Path | None = Field(None, description="Key of the client certificate")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> NatsAuthSettings:
+        methods = [n for n, on in (("user/password", bool(self.user or self.password)), ("token", self.token),
+                                   ("creds_file", self.creds_file)) if on]
+        if len(methods) > 1:
+            raise ValueError(f"give one way to authenticate, not {' and '.join(methods)}")
+        if bool(self.user) != bool(self.password):
+            raise ValueError("user and password go together")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+
+class RedisAuthSettings(_Files):
+    """Credentials (AUTH, or an ACL user) and TLS (a `rediss://` URL) for Redis."""
+
+    username: str = Field("", description="ACL user name; empty: the default user (plain AUTH password)")
+    password: SecretStr | None = Field(None, description="Password (prefer env or a mounted Secret)")
+    tls_ca_file: Path | None = Field(None, description="CA that signed the server's certificate (rediss:// URLs)")
+    tls_cert_file: Path | None = Field(None, description="Client certificate, when the server verifies clients")
+    tls_key_file: Path | None = Field(None, description="Key of the client certificate")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> RedisAuthSettings:
+        if self.username and self.password is None:
+            raise ValueError("username needs a password")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+
 class LiveSettings(BaseSettings):
     """Settings every live service shares."""
 
@@ -226,6 +317,10 @@ class LiveSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server with JetStream")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or Valkey) server")
+    nats_auth: NatsAuthSettings = Field(default_factory=NatsAuthSettings, description="NATS credentials and TLS")
+    redis_auth: RedisAuthSettings = Field(default_factory=RedisAuthSettings, description="Redis credentials and TLS")
+    grpc_tls: GrpcTlsSettings = Field(default_factory=GrpcTlsSettings, description="mTLS of the gRPC control "
+                                      "surface (node-agents, the router's Route)")
     namespace: str = Field("", description="Prefix of every subject, stream and key; isolates stacks on one server")
     ops_host: str = Field("0.0.0.0", description="Address of the /healthz, /readyz, /metrics server")
     ops_port: int = Field(9100, ge=0, le=65535, description="Port of the ops server (0: any free port)")
@@ -266,6 +361,12 @@ class LiveSettings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _tls_needs_tls_url(self) -> LiveSettings:
+        if (self.redis_auth.tls_ca_file or self.redis_auth.tls_cert_file) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("redis_auth has TLS files but redis_url is not rediss://; use a rediss:// URL for TLS")
+        return self
 
     def tier_specs(self) -> dict[str, TierSpec]:
         """The tiers as the service cores take them."""
@@ -621,10 +722,16 @@ def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
 
 def _may_hold_secret(loc: tuple[Any, ...], value: Any) -> bool:
     """Whether a rejected value must not be echoed: the whole settings (a check across fields), or
-    anything under `auth` but a number or a flag (a key entry, a secret, or a mapping holding one)."""
+    anything under `auth`, `nats_auth` or `redis_auth` but a number or a flag (a key entry, a password,
+    or a mapping holding one). A server URL is shown through `redact_url` (see `_shown`)."""
     if not loc:
         return True
-    return loc[0] == "auth" and not isinstance(value, int | float | bool | type(None))
+    return loc[0] in ("auth", "nats_auth", "redis_auth") and not isinstance(value, int | float | bool | type(None))
+
+
+def _shown(value: Any) -> Any:
+    """A rejected value as an error may print it: a string with credentials in it (a server URL) masked."""
+    return redact_url(value) if isinstance(value, str) and "@" in value else value
 
 
 def load_settings(cls: type[S], config_path: str | Path | None = None, **overrides: Any) -> S:
@@ -640,7 +747,7 @@ def load_settings(cls: type[S], config_path: str | Path | None = None, **overrid
         for err in exc.errors(include_url=False):
             loc = tuple(err.get("loc", ()))
             value = err.get("input")
-            shown = "" if err.get("type") == "missing" or _may_hold_secret(loc, value) else f"; got {value!r}"
+            shown = "" if err.get("type") == "missing" or _may_hold_secret(loc, value) else f"; got {_shown(value)!r}"
             lines.append(f"{_describe(cls, loc)}: {err.get('msg')}{shown}")
         raise SettingsError(f"invalid {cls.service_name} settings:\n  " + "\n  ".join(lines)) from None
     except PydanticSettingsError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -101,7 +101,10 @@ class PlanSave:
 class RedisStore:
     """Async access to opscale's Redis state. See the module docstring."""
 
-    def __init__(self, url: str, namespace: str = "", *, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, namespace: str = "", *, timeout_s: float = 2.0,
+                 options: Mapping[str, Any] | None = None) -> None:
+        """`options`: redis-py connection arguments for credentials and TLS
+        (opscale.runtime.live.credentials.redis_connect_options)."""
         if namespace and not _NAMESPACE_RE.match(namespace):
             raise ValueError(f"store namespace must match {_NAMESPACE_RE.pattern}, got {namespace!r}")
         if not timeout_s > 0:
@@ -111,7 +114,7 @@ class RedisStore:
         self._timeout_s = timeout_s
         self._prefix = f"{namespace}:opscale:" if namespace else "opscale:"
         self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                        decode_responses=False)
+                                        decode_responses=False, **dict(options or {}))
         self._save_plan = self._redis.register_script(_SAVE_PLAN)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
