@@ -66,7 +66,7 @@ def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     delta, a usage chunk), or the failure it reports."""
     try:
         obj = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an integer too long to convert, nested too deeply
         return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
     if not isinstance(obj, dict):
         return EventFailure("protocol", f"event is not a JSON object: {data[:200]!r}")
@@ -115,7 +115,7 @@ def event_usage(data: str) -> EngineUsage | None:
     """The engine's counts in a usage chunk, None for any other event."""
     try:
         obj = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return engine_usage(obj) if isinstance(obj, dict) else None
 

@@ -286,3 +286,14 @@ async def test_read_limited() -> None:
     assert isinstance(too_big, ApiError) and too_big.status == 413
     declared = await read_limited(_chunks(), 10, 4)  # refused on Content-Length before reading
     assert isinstance(declared, ApiError) and declared.status == 413
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",  # found by fuzzing (tests/fuzz)
+    b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"}",
+])
+def test_json_the_parser_refuses_is_a_400_not_a_traceback(body: bytes) -> None:
+    error = parse_completion(body, "completion")
+    assert isinstance(error, ApiError) and error.status == 400
+    assert error.message.startswith("We could not parse the JSON body of your request: ")
+    assert "set_int_max_str_digits" not in error.message  # Python's hint is no advice to an API client
