@@ -14,6 +14,7 @@ from opscale.runtime.live.settings import AggregatorSettings
 from opscale.services import subjects
 from opscale.services.aggregator import AggregatorCore
 
+from opscale_services.aggregator.window_metrics import WindowCollector
 from opscale_services.common import LiveProcess
 
 
@@ -36,8 +37,11 @@ async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("aggregator", settings) as p:
         core = AggregatorCore(settings.core, settings.tier_specs())
-        host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
+        windows = WindowCollector()
+        host = CoreHost(core, p.bus, p.store, p.clock, on_action=windows.observe,
+                        window_ttl_s=settings.core.window_ttl_s)
         p.registry.register(DroppedRecordsCollector(core))
+        p.registry.register(windows)
         ns = settings.namespace or "default"
         records = await p.bus.subscribe(subjects.RECORDS_ALL, f"aggregator-records-{ns}", host.deliver,
                                         max_pending=5000, fetch_batch=500)
