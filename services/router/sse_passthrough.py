@@ -215,7 +215,8 @@ class SseForwarder:
         """A block forwarded on a byte scan: events counted by their `data:` lines (JSON escapes
         newlines, so a line start is never inside a token's text)."""
         events = block.count(b"\ndata:") + block.startswith(b"data:")
-        done = block.endswith(DONE_EVENT)
+        # `[DONE]` only as a whole line: `xdata: [DONE]` is a field named `xdata`, which ends nothing
+        done = block.endswith(DONE_EVENT) and (len(block) == len(DONE_EVENT) or block[-len(DONE_EVENT) - 1] == 0x0A)
         events -= done
         usage = None
         if b'"completion_tokens"' in block:

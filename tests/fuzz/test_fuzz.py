@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fuzz_targets import SEEDS, TARGETS
+from fuzz_targets import _CHUNK, SEEDS, TARGETS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -103,6 +103,10 @@ FOUND: list[tuple[str, bytes]] = [
     ("sse_decoder", b"\xff" + b"data: " + b"[" * 3000 + b"\n\n"),
     ("sse_decoder", b"\xff" + b'data: {"usage":{"completion_tokens":' + _HUGE + b"}}\n\n"),
     ("sse_forwarder", b"\xff" + b"data: " + b"[" * 3000 + b"\n\n"),
+    # SseForwarder took a line `dat)data: [DONE]` (a field named `dat)data`) for the end of the stream and
+    # counted -1 output chunks for it (found by atheris)
+    ("sse_forwarder", b"\x1f: keep-alive\n\n" + _CHUNK + b'da"text":"","finish_reason":"length"}]}\n\n'
+                      b"dat)data: [DONE]\n\n"),
     ("http_response", b"\xffHTTP/1.1 500 Oops\r\nContent-Length: 1000\r\n\r\n" + b"[" * 1000),
     ("http_response", b"\xffHTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\ndata: " + b"[" * 990 + b"\n\n"),
 ]
