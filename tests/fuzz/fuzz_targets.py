@@ -19,9 +19,11 @@ when that contract breaks. The same targets run under atheris for a bounded time
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import math
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,8 @@ from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 Target = Callable[[bytes], None]
 
-_WORK = Path(tempfile.mkdtemp(prefix="opscale-fuzz-"))
+_WORK = Path(tempfile.mkdtemp(prefix="opscale-fuzz-"))  # the trace targets' files, one per target
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 _MAX_EVENT_BYTES = 8192  # small, so that fuzzed inputs reach the size bound (yet hold a 4301-digit number)
 
 
