@@ -289,8 +289,7 @@ class KubernetesActuator:
         config = Configuration(host=self.api_url)
         config.api_key_prefix["BearerToken"] = "Bearer"
         config.api_key["BearerToken"] = ""
-        # re-read before every call: projected service-account tokens rotate
-        config.refresh_api_key_hook = lambda c: c.api_key.__setitem__("BearerToken", self._token())
+        config.refresh_api_key_hook = self._refresh_token
         config.verify_ssl = self.settings.verify_tls
         ca = self.settings.ca_file
         if ca is not None and ca.exists():
@@ -311,6 +310,10 @@ class KubernetesActuator:
             raise K8sActuatorError(_api_error(method, path, int(exc.status or 0), _text(exc.body))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise K8sActuatorError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+    def _refresh_token(self, config: Configuration) -> None:
+        """The client's hook before every call: re-read the token, as projected service-account tokens rotate."""
+        config.api_key["BearerToken"] = self._token()
 
     def _token(self) -> str:
         try:
