@@ -15,6 +15,7 @@ from opscale.runtime.live.settings import AggregatorSettings
 from opscale.services import subjects
 from opscale.services.aggregator import AggregatorCore
 
+from opscale_services.aggregator.window_metrics import WindowCollector
 from opscale_services.common import LiveProcess
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,12 @@ async def run(settings: AggregatorSettings, stop: asyncio.Event | None = None,
               on_start: Callable[[LiveProcess], None] | None = None) -> None:
     async with LiveProcess("aggregator", settings) as p:
         core = AggregatorCore(settings.core, settings.tier_specs())
-        host = CoreHost(core, p.bus, p.store, p.clock, window_ttl_s=settings.core.window_ttl_s)
+        windows = WindowCollector()
+        host = CoreHost(core, p.bus, p.store, p.clock, on_action=windows.observe,
+                        window_ttl_s=settings.core.window_ttl_s)
         p.registry.register(DroppedRecordsCollector(core))
         p.core = core
+        p.registry.register(windows)
         ns = settings.namespace or "default"
         # A restart loses no window: the heartbeats (which models exist) and the records of the longest
         # window are read back from the streams first; records also delivered by the durable consumer

@@ -66,7 +66,7 @@ def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     delta, a usage chunk), or the failure it reports."""
     try:
         obj = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an integer too long to convert, nested too deeply
         return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
     if not isinstance(obj, dict):
         return EventFailure("protocol", f"event is not a JSON object: {data[:200]!r}")
@@ -115,7 +115,7 @@ def event_usage(data: str) -> EngineUsage | None:
     """The engine's counts in a usage chunk, None for any other event."""
     try:
         obj = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return engine_usage(obj) if isinstance(obj, dict) else None
 
@@ -215,7 +215,8 @@ class SseForwarder:
         """A block forwarded on a byte scan: events counted by their `data:` lines (JSON escapes
         newlines, so a line start is never inside a token's text)."""
         events = block.count(b"\ndata:") + block.startswith(b"data:")
-        done = block.endswith(DONE_EVENT)
+        # `[DONE]` only as a whole line: `xdata: [DONE]` is a field named `xdata`, which ends nothing
+        done = block.endswith(DONE_EVENT) and (len(block) == len(DONE_EVENT) or block[-len(DONE_EVENT) - 1] == 0x0A)
         events -= done
         usage = None
         if b'"completion_tokens"' in block:

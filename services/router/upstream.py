@@ -269,7 +269,7 @@ class UpstreamClient:
             exchange.finish()
         try:
             answer = json.loads(b"".join(parts))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, a number too long, nested too deep
             raise exchange.fail("protocol", f"prefill answer is not JSON: {exc}") from exc
         params = handoff_params(answer)
         if params is None:
@@ -315,7 +315,7 @@ class UpstreamClient:
         text = b"".join(parts)[:limit].decode("utf-8", errors="replace")
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return text.strip()[:500] or (reason or "no body"), None
         # OpenAI's shape {"error": {...}}, or vLLM's older flat one {"object": "error", "message": ...}
         fields = obj.get("error") if isinstance(obj, dict) else None

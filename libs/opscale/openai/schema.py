@@ -398,6 +398,9 @@ def parse_completion(
         )
     except RecursionError:
         return invalid_request("We could not parse the JSON body of your request: nested too deeply")
+    except ValueError as exc:
+        # json's one other refusal: an integer longer than Python converts (sys.get_int_max_str_digits)
+        return invalid_request(f"We could not parse the JSON body of your request: {str(exc).split(';')[0]}")
     if not isinstance(obj, dict):
         return invalid_request(f"The request body must be a JSON object, got a JSON {_json_kind(obj)}")
 

@@ -28,6 +28,12 @@ def jsonl_records(handle: IO[str]) -> Iterator[tuple[int, dict[str, Any] | NotAn
         except json.JSONDecodeError as exc:
             yield line, NotAnObject(f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
+        except RecursionError:
+            yield line, NotAnObject("not valid JSON (nested too deeply)")
+            continue
+        except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+            yield line, NotAnObject(f"not valid JSON ({str(exc).split(';')[0]})")
+            continue
         yield line, value if isinstance(value, dict) else NotAnObject(
             f"expected a JSON object, got {type(value).__name__}")
 

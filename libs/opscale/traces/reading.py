@@ -155,6 +155,12 @@ def validated(path: Path, records: Iterator[tuple[int, object]], parse: Callable
         yield request
 
 
+def _shown(raw: object) -> str:
+    """A bad value as an error message shows it: its repr, cut to 80 characters (a field may be huge)."""
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_count(raw: object, field_name: str, *, minimum: int = 1) -> int:
     """A token count: an integer (written as one, or as a float with no fraction) >= `minimum`."""
     value: object = raw
@@ -166,15 +172,15 @@ def parse_count(raw: object, field_name: str, *, minimum: int = 1) -> int:
             try:
                 value = float(text)
             except ValueError:
-                raise FieldError(field_name, f"expected an integer >= {minimum}, got {raw!r}") from None
+                raise FieldError(field_name, f"expected an integer >= {minimum}, got {_shown(raw)}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FieldError(field_name, f"expected an integer >= {minimum}, got {raw!r}")
+        raise FieldError(field_name, f"expected an integer >= {minimum}, got {_shown(raw)}")
     if isinstance(value, float):
         if not value.is_integer():
-            raise FieldError(field_name, f"expected an integer >= {minimum}, got {raw!r}")
+            raise FieldError(field_name, f"expected an integer >= {minimum}, got {_shown(raw)}")
         value = int(value)
     if value < minimum:
-        raise FieldError(field_name, f"expected an integer >= {minimum}, got {raw!r}")
+        raise FieldError(field_name, f"expected an integer >= {minimum}, got {_shown(raw)}")
     return value
 
 
@@ -185,11 +191,11 @@ def parse_seconds(raw: object, field_name: str, *, unit_s: float = 1.0) -> float
         try:
             value = float(raw.strip())
         except ValueError:
-            raise FieldError(field_name, f"expected a number, got {raw!r}") from None
+            raise FieldError(field_name, f"expected a number, got {_shown(raw)}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FieldError(field_name, f"expected a number, got {raw!r}")
+        raise FieldError(field_name, f"expected a number, got {_shown(raw)}")
     if not math.isfinite(value) or value < 0:
-        raise FieldError(field_name, f"expected a finite number >= 0, got {raw!r}")
+        raise FieldError(field_name, f"expected a finite number >= 0, got {_shown(raw)}")
     return float(value) * unit_s
 
 

@@ -83,7 +83,7 @@ def detect_format(path: str | Path, *, mapped: bool = False) -> TraceFormat:
     if first.lstrip().startswith("{"):
         try:
             record = json.loads(first)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a number too long to convert, nested too deeply
             record = None
         if isinstance(record, dict):
             keys = set(record)

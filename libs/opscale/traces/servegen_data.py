@@ -165,6 +165,10 @@ def read_client_lengths(path: Path) -> ClientLengths:
         raise TraceFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise TraceFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise TraceFormatError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise TraceFormatError(f"{path}: not valid JSON ({str(exc).split(';')[0]})") from None
     except (OSError, EOFError) as exc:
         raise TraceFormatError(f"{path}: cannot read: {exc}") from exc
     if not isinstance(document, dict):
@@ -174,7 +178,9 @@ def read_client_lengths(path: Path) -> ClientLengths:
         try:
             start_s = float(key)
         except ValueError:
-            raise TraceFormatError(f"{path}: window key {key!r} is not a number of seconds") from None
+            start_s = math.nan
+        if not math.isfinite(start_s):
+            raise TraceFormatError(f"{path}: window key {key[:60]!r} is not a number of seconds")
         if not isinstance(fields, dict):
             raise TraceFormatError(f"{path}: window {key}: expected an object of field -> PMF")
         pmfs = {name: _pmf(text, f"{path}: window {key}: field {name!r}") for name, text in fields.items()}

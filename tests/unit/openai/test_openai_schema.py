@@ -6,6 +6,8 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opscale.openai.schema import (
     DEFAULT_CHAT_MAX_TOKENS,
@@ -286,3 +288,58 @@ async def test_read_limited() -> None:
     assert isinstance(too_big, ApiError) and too_big.status == 413
     declared = await read_limited(_chunks(), 10, 4)  # refused on Content-Length before reading
     assert isinstance(declared, ApiError) and declared.status == 413
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",  # found by fuzzing (tests/fuzz)
+    b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"}",
+])
+def test_json_the_parser_refuses_is_a_400_not_a_traceback(body: bytes) -> None:
+    error = parse_completion(body, "completion")
+    assert isinstance(error, ApiError) and error.status == 400
+    assert error.message.startswith("We could not parse the JSON body of your request: ")
+    assert "set_int_max_str_digits" not in error.message  # Python's hint is no advice to an API client
+
+
+# -- property: any JSON body is parsed or refused with a 4xx, never raised on -----------------------
+
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+            | st.sampled_from([0, -1, 2**63, 10**4300 - 1]) | st.floats(allow_nan=True, allow_infinity=True)
+            | st.text(max_size=20) | st.sampled_from(["", "\ud800", "\u0000", "Llama-3-8B", "é" * 300, "\n"]))
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_FIELDS = ("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options",
+           "temperature", "top_p", "n", "stop", "user", "seed", "presence_penalty", "frequency_penalty",
+           "opscale_tier")
+_VALID = {"model": "m", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=6), keep_valid=st.booleans(),
+       kind=st.sampled_from(["completion", "chat"]), ascii_only=st.booleans(),
+       region=st.none() | st.text(max_size=70))
+def test_any_json_body_is_parsed_or_refused_with_an_openai_4xx(fields: dict[str, object], keep_valid: bool,
+                                                                kind: str, ascii_only: bool,
+                                                                region: str | None) -> None:
+    """Random JSON in every field (wrong types, huge and non-finite numbers, unpaired surrogates, deep
+    values), over a valid body or alone, with any region header."""
+    body = {**_VALID, **fields} if keep_valid else fields
+    raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", errors="surrogatepass")
+    headers = {} if region is None else {"x-opscale-region": region}
+    result = parse_completion(raw, kind, headers=headers)
+    if isinstance(result, ApiError):
+        assert 400 <= result.status < 500
+        error = result.body()["error"]
+        assert error["message"] and error["type"] == "invalid_request_error"
+        assert result.param is None or isinstance(result.param, str)
+        json.dumps(result.body())
+    else:
+        assert result.model == body["model"] and result.max_tokens >= 1 and result.prompt_tokens >= 1
+        json.dumps(result.upstream_body()).encode()  # what the router forwards
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_any_bytes_are_parsed_or_refused_with_a_400(raw: bytes) -> None:
+    result = parse_completion(raw, "completion")
+    assert not isinstance(result, ApiError) or result.status == 400

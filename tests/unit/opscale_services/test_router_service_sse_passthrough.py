@@ -136,3 +136,15 @@ def test_a_whole_stream_in_the_first_read_is_decoded_only_up_to_its_first_token(
     # and an error event anywhere in that read still fails the stream after the events before it
     failing = SseForwarder().feed(token("a") + event({"error": {"message": "boom"}}))
     assert failing.failure is not None and failing.out is not None and failing.out.chunks == 1
+
+
+@pytest.mark.parametrize("tail", [b"dat)data: [DONE]\n\n", b"xdata: [DONE]\n\n"])
+def test_done_inside_another_field_does_not_end_the_stream(tail: bytes) -> None:
+    """Found by atheris (tests/fuzz): a line `dat)data: [DONE]` is a field named `dat)data`; the byte scan
+    took it for the end of the stream and counted -1 output chunks for it."""
+    forwarder = SseForwarder()
+    (first,) = feed_all(forwarder, [token("a")])
+    block = forwarder.feed(token("b") + tail)
+    assert block.out is not None and not block.out.done
+    assert block.out.chunks == 1 and forwarder.chunks == 2
+    assert forwarder.feed(DONE_EVENT).out == SseBytes(DONE_EVENT, 0, None, True)

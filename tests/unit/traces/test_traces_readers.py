@@ -127,6 +127,12 @@ def test_burstgpt_fixture_counts_and_skips_failures(tmp_path: Path) -> None:
     ("m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
                 '{"timestamp": 9, "input_length": 5, "output_length": 2, "hash_ids": "x"}\n', 2,
      "field 'hash_ids': expected a list of integers"),
+    # found by fuzzing (tests/fuzz): json's refusals other than JSONDecodeError escaped as tracebacks
+    ("m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 2}\n{"timestamp": ' + "9" * 5000 + "}\n", 2,
+     "not valid JSON (Exceeds the limit (4300 digits)"),
+    ("m.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 2}\n' + "[" * 100_000 + "\n", 2,
+     "not valid JSON (nested too deeply)"),
+    ("b.csv", BURSTGPT.replace("GPT-4,1087", "GPT-4," + "1" * 500 + "x"), 3, "got '" + "1" * 76 + "..."),
 ])
 def test_a_corrupt_line_names_file_line_and_field_or_is_counted(tmp_path: Path, name: str, text: str, line: int,
                                                                  message: str) -> None:

@@ -1,4 +1,5 @@
-"""The Kubernetes VM actuator: GPU node pools through the Kubernetes REST API (aiohttp, bearer token).
+"""The Kubernetes VM actuator: GPU node pools through the Kubernetes API, with its official asynchronous
+client (`kubernetes_asyncio`: custom objects for Karpenter and Cluster API, AppsV1 for the DaemonSet).
 
 A pool (region, SKU, purchase) maps to one node-pool object in the region's cluster:
 
@@ -25,16 +26,16 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import yaml
+from kubernetes_asyncio.client import ApiClient, AppsV1Api, Configuration, CustomObjectsApi
+from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,8 +45,10 @@ from opscale.model import Purchase, Vm, VmState
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
-KARPENTER = "/apis/karpenter.sh/v1"
-CAPI = "/apis/cluster.x-k8s.io/v1beta1"
+KARPENTER_GROUP, KARPENTER_VERSION = "karpenter.sh", "v1"
+CAPI_GROUP, CAPI_VERSION = "cluster.x-k8s.io", "v1beta1"
+KARPENTER = f"/apis/{KARPENTER_GROUP}/{KARPENTER_VERSION}"  # the paths name API calls in error messages
+CAPI = f"/apis/{CAPI_GROUP}/{CAPI_VERSION}"
 DELETE_MACHINE_ANNOTATION = "cluster.x-k8s.io/delete-machine"
 
 
@@ -131,7 +134,7 @@ class KubernetesActuator:
     """The asynchronous actuator contract (`opscale.cloud.AsyncVmActuator`) over one cluster."""
 
     def __init__(self, settings: K8sSettings, pools: list[K8sPool] | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 api_client: ApiClient | None = None) -> None:
         self.settings = settings
         if pools is None:
             if settings.pools_file is None:
@@ -139,16 +142,16 @@ class KubernetesActuator:
             pools = load_pools(settings.pools_file)
         self.pools = pools
         self.api_url = settings.resolved_api_url()
-        self._session = session
-        self._owns_session = session is None
+        self._client = api_client
+        self._owns_client = api_client is None
         self._seen: dict[str, Vm] = {}
         self._vm_pool: dict[str, K8sPool] = {}
         self._daemonset_ok = False
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._owns_client and self._client is not None:
+            await self._client.close()
+            self._client = None
 
     # -- the contract -------------------------------------------------------------------------------
 
@@ -156,9 +159,12 @@ class KubernetesActuator:
         check_count(count)
         pool = self.pool(region, sku, purchase)
         await self._ensure_daemonset_selector()
+        custom = self._custom()
         if pool.kind is PoolKind.KARPENTER:
-            path = f"{KARPENTER}/nodepools/{quote(pool.name)}"
-            spec = (await self._call("GET", path)).get("spec", {})
+            path = f"{KARPENTER}/nodepools/{pool.name}"
+            nodepool = await self._call("GET", path, custom.get_cluster_custom_object(
+                KARPENTER_GROUP, KARPENTER_VERSION, "nodepools", pool.name, **self._opts()))
+            spec = nodepool.get("spec", {})
             before = spec.get("replicas")
             if before is None:
                 raise K8sActuatorError(f"NodePool {pool.name!r} has no spec.replicas: it is not a static-capacity "
@@ -170,12 +176,13 @@ class KubernetesActuator:
             if limit is None or limit < count + pool.surge_nodes:
                 patch["limits"] = {"nodes": str(count + pool.surge_nodes)}
             if patch:
-                await self._call("PATCH", path, {"spec": patch})
+                await self._call("PATCH", path, custom.patch_cluster_custom_object(
+                    KARPENTER_GROUP, KARPENTER_VERSION, "nodepools", pool.name, {"spec": patch},
+                    **self._opts(MERGE_PATCH)))
         else:
-            path = f"{CAPI}/namespaces/{quote(pool.namespace)}/machinedeployments/{quote(pool.name)}/scale"
-            before = (await self._call("GET", path)).get("spec", {}).get("replicas", 0)
+            before = await self._md_replicas(pool)
             if before != count:
-                await self._call("PATCH", path, {"spec": {"replicas": count}})
+                await self._scale_md(pool, count)
         return EnsureResult(region, pool.sku, purchase, count, int(before),
                             reason="" if before == count else f"{pool.kind.value} {pool.name}: replicas {before} -> {count}")
 
@@ -184,30 +191,45 @@ class KubernetesActuator:
         pool = self._vm_pool.get(vm_id)
         if pool is None:
             raise K8sActuatorError(f"unknown VM {vm_id!r}: call current() first (known: {', '.join(self._vm_pool)})")
+        custom = self._custom()
         if pool.kind is PoolKind.KARPENTER:
             # Delete first: if Karpenter replaces it before the lower count lands, it then removes a surplus
             # node (a short-lived extra), rather than picking a second, serving node to remove.
-            await self._call("DELETE", f"{KARPENTER}/nodeclaims/{quote(vm_id)}")
-            path = f"{KARPENTER}/nodepools/{quote(pool.name)}"
+            await self._call("DELETE", f"{KARPENTER}/nodeclaims/{vm_id}", custom.delete_cluster_custom_object(
+                KARPENTER_GROUP, KARPENTER_VERSION, "nodeclaims", vm_id, **self._opts()))
+            path = f"{KARPENTER}/nodepools/{pool.name}"
+            nodepool = await self._call("GET", path, custom.get_cluster_custom_object(
+                KARPENTER_GROUP, KARPENTER_VERSION, "nodepools", pool.name, **self._opts()))
+            replicas = nodepool.get("spec", {}).get("replicas", 0)
+            if replicas > 0:
+                await self._call("PATCH", path, custom.patch_cluster_custom_object(
+                    KARPENTER_GROUP, KARPENTER_VERSION, "nodepools", pool.name, {"spec": {"replicas": replicas - 1}},
+                    **self._opts(MERGE_PATCH)))
         else:
             # Cluster API deletes machines carrying this annotation first when its replicas drop.
-            machine = f"{CAPI}/namespaces/{quote(pool.namespace)}/machines/{quote(vm_id)}"
-            await self._call("PATCH", machine, {"metadata": {"annotations": {DELETE_MACHINE_ANNOTATION: "yes"}}})
-            path = f"{CAPI}/namespaces/{quote(pool.namespace)}/machinedeployments/{quote(pool.name)}/scale"
-        replicas = (await self._call("GET", path)).get("spec", {}).get("replicas", 0)
-        if replicas > 0:
-            await self._call("PATCH", path, {"spec": {"replicas": replicas - 1}})
+            await self._call("PATCH", f"{CAPI}/namespaces/{pool.namespace}/machines/{vm_id}",
+                             custom.patch_namespaced_custom_object(
+                                 CAPI_GROUP, CAPI_VERSION, pool.namespace, "machines", vm_id,
+                                 {"metadata": {"annotations": {DELETE_MACHINE_ANNOTATION: "yes"}}},
+                                 **self._opts(MERGE_PATCH)))
+            replicas = await self._md_replicas(pool)
+            if replicas > 0:
+                await self._scale_md(pool, replicas - 1)
 
     async def current(self, now_s: float) -> tuple[Vm, ...]:
         vms: list[Vm] = []
+        custom = self._custom()
         for pool in self.pools:
             if pool.kind is PoolKind.KARPENTER:
-                listing = await self._call("GET", f"{KARPENTER}/nodeclaims",
-                                           params={"labelSelector": f"karpenter.sh/nodepool={pool.name}"})
+                listing = await self._call("GET", f"{KARPENTER}/nodeclaims", custom.list_cluster_custom_object(
+                    KARPENTER_GROUP, KARPENTER_VERSION, "nodeclaims",
+                    label_selector=f"karpenter.sh/nodepool={pool.name}", **self._opts()))
                 found = [_nodeclaim_vm(item, pool) for item in listing.get("items", [])]
             else:
-                listing = await self._call("GET", f"{CAPI}/namespaces/{quote(pool.namespace)}/machines",
-                                           params={"labelSelector": f"cluster.x-k8s.io/deployment-name={pool.name}"})
+                listing = await self._call(
+                    "GET", f"{CAPI}/namespaces/{pool.namespace}/machines", custom.list_namespaced_custom_object(
+                        CAPI_GROUP, CAPI_VERSION, pool.namespace, "machines",
+                        label_selector=f"cluster.x-k8s.io/deployment-name={pool.name}", **self._opts()))
                 found = [_machine_vm(item, pool) for item in listing.get("items", [])]
             for vm in found:
                 self._vm_pool[vm.vm_id] = pool
@@ -229,38 +251,69 @@ class KubernetesActuator:
 
     # -- internals ----------------------------------------------------------------------------------
 
+    async def _md_replicas(self, pool: K8sPool) -> int:
+        """A MachineDeployment's replicas, through its `/scale` subresource."""
+        scale = await self._call("GET", _scale_path(pool), self._custom().get_namespaced_custom_object_scale(
+            CAPI_GROUP, CAPI_VERSION, pool.namespace, "machinedeployments", pool.name, **self._opts()))
+        return int(scale.get("spec", {}).get("replicas", 0))
+
+    async def _scale_md(self, pool: K8sPool, replicas: int) -> None:
+        await self._call("PATCH", _scale_path(pool), self._custom().patch_namespaced_custom_object_scale(
+            CAPI_GROUP, CAPI_VERSION, pool.namespace, "machinedeployments", pool.name,
+            {"spec": {"replicas": replicas}}, **self._opts(MERGE_PATCH)))
+
     async def _ensure_daemonset_selector(self) -> None:
         wanted = self.settings.agent_node_label
         if not wanted or self._daemonset_ok:
             return
-        path = (f"/apis/apps/v1/namespaces/{quote(self.settings.daemonset_namespace)}"
-                f"/daemonsets/{quote(self.settings.daemonset_name)}")
-        daemonset = await self._call("GET", path)
-        selector = daemonset.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector") or {}
+        namespace, name = self.settings.daemonset_namespace, self.settings.daemonset_name
+        path = f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}"
+        apps = AppsV1Api(self._api())
+        daemonset = await self._call("GET", path, apps.read_namespaced_daemon_set(name, namespace, **self._opts()))
+        selector = daemonset.spec.template.spec.node_selector or {}
         if any(selector.get(k) != v for k, v in wanted.items()):
-            await self._call("PATCH", path, {"spec": {"template": {"spec": {"nodeSelector": dict(wanted)}}}})
+            await self._call("PATCH", path, apps.patch_namespaced_daemon_set(
+                name, namespace, {"spec": {"template": {"spec": {"nodeSelector": dict(wanted)}}}},
+                **self._opts(MERGE_PATCH)))
         self._daemonset_ok = True
 
-    async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
-                    params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        session = self._session
-        if session is None:
-            session = self._session = aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = MERGE_PATCH
-            data = json.dumps(body)
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+    def _api(self) -> ApiClient:
+        if self._client is None:
+            self._client = ApiClient(self._configuration())
+        return self._client
+
+    def _custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self._api())
+
+    def _configuration(self) -> Configuration:
+        config = Configuration(host=self.api_url)
+        config.api_key_prefix["BearerToken"] = "Bearer"
+        config.api_key["BearerToken"] = ""
+        config.refresh_api_key_hook = self._refresh_token
+        config.verify_ssl = self.settings.verify_tls
+        ca = self.settings.ca_file
+        if ca is not None and ca.exists():
+            config.ssl_ca_cert = str(ca)
+        return config
+
+    def _opts(self, content_type: str | None = None) -> dict[str, Any]:
+        opts: dict[str, Any] = {"_request_timeout": self.settings.request_timeout_s}
+        if content_type is not None:
+            opts["_content_type"] = content_type
+        return opts
+
+    async def _call(self, method: str, path: str, call: Awaitable[Any]) -> Any:
+        """Await one API call, turning the client's failures into a K8sActuatorError naming the call."""
         try:
-            async with session.request(method, self.api_url + path, headers=headers, data=data, params=params,
-                                       ssl=self._ssl(), timeout=timeout) as response:
-                text = await response.text()
-                if response.status >= 400:
-                    raise K8sActuatorError(_api_error(method, path, response.status, text))
-                return json.loads(text) if text else {}
+            return await call
+        except ApiException as exc:
+            raise K8sActuatorError(_api_error(method, path, int(exc.status or 0), _text(exc.body))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise K8sActuatorError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+
+    def _refresh_token(self, config: Configuration) -> None:
+        """The client's hook before every call: re-read the token, as projected service-account tokens rotate."""
+        config.api_key["BearerToken"] = self._token()
 
     def _token(self) -> str:
         try:
@@ -269,19 +322,21 @@ class KubernetesActuator:
             raise K8sActuatorError(f"cannot read the bearer token {self.settings.token_file}: "
                                    f"{exc.strerror or exc} (set OPSCALE_K8S_TOKEN_FILE)") from None
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.api_url.startswith("https:"):
-            return False
-        if not self.settings.verify_tls:
-            return False
-        ca = self.settings.ca_file
-        return ssl.create_default_context(cafile=str(ca)) if ca is not None and ca.exists() else True
+
+def _scale_path(pool: K8sPool) -> str:
+    return f"{CAPI}/namespaces/{pool.namespace}/machinedeployments/{pool.name}/scale"
+
+
+def _text(body: Any) -> str:
+    if isinstance(body, bytes | bytearray):
+        return bytes(body).decode("utf-8", errors="replace")
+    return "" if body is None else str(body)
 
 
 def _api_error(method: str, path: str, status: int, text: str) -> str:
     try:
         message = json.loads(text).get("message", text)
-    except ValueError:
+    except (ValueError, AttributeError, RecursionError):
         message = text[:200]
     hint = ""
     if status in (401, 403):

@@ -267,3 +267,17 @@ def test_the_api_server_defaults_to_the_in_cluster_service(monkeypatch: pytest.M
     assert K8sSettings(api_url="").resolved_api_url() == "https://10.96.0.1:443"
     monkeypatch.setenv("OPSCALE_K8S_API_URL", "https://api.example.com:6443/")
     assert K8sSettings().resolved_api_url() == "https://api.example.com:6443"
+
+
+async def test_the_token_is_read_again_for_every_call(api: FakeApiServer, tmp_path: Path) -> None:
+    """Projected service-account tokens rotate: a call after the file changed sends the new token."""
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    act = KubernetesActuator(K8sSettings(api_url=api.url, token_file=token, ca_file=None), POOLS)  # type: ignore[attr-defined]
+    try:
+        await act.current(0.0)
+        token.write_text("second\n")
+        await act.current(1.0)
+    finally:
+        await act.close()
+    assert [r["auth"] for r in api.requests] == ["Bearer first"] * 2 + ["Bearer second"] * 2

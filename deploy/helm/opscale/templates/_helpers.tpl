@@ -1,0 +1,196 @@
+{{/*
+Shared pieces of the opscale chart. The component templates call them with a dict:
+  root: the chart's top-level context ($), component: router | aggregator | forecaster | planner |
+  node-agent, section: its key in .Values.config, values: its own values (.Values.router, ...).
+*/}}
+
+{{/* Labels every object of the release carries. */}}
+{{- define "opscale.commonLabels" -}}
+app.kubernetes.io/part-of: opscale
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* What a component's selector matches: as in deploy/k8s. */}}
+{{- define "opscale.selector" -}}
+app.kubernetes.io/name: opscale-{{ .component }}
+{{- end }}
+
+{{- define "opscale.labels" -}}
+{{ include "opscale.selector" . }}
+app.kubernetes.io/component: {{ .component }}
+{{ include "opscale.commonLabels" .root }}
+{{- end }}
+
+{{- define "opscale.image" -}}
+{{ printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) | quote }}
+{{- end }}
+
+{{/* True (non-empty) when the component mounts the API keys Secret: the router, when one is named. */}}
+{{- define "opscale.apiKeys" -}}
+{{- if and (eq .component "router") .root.Values.secrets.apiKeys.existingSecret -}}true{{- end -}}
+{{- end }}
+
+{{- define "opscale.env" -}}
+- name: OPSCALE_CONFIG
+  value: /etc/opscale/config.yaml
+{{- if include "opscale.apiKeys" . }}
+- name: OPSCALE_ROUTER_AUTH__KEYS_FILE
+  value: /etc/opscale-auth/{{ .root.Values.secrets.apiKeys.key }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .values.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "opscale.volumeMounts" -}}
+- name: config
+  mountPath: /etc/opscale
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if include "opscale.apiKeys" . }}
+- name: api-keys
+  mountPath: /etc/opscale-auth
+  readOnly: true
+{{- end }}
+{{- range .root.Values.secrets.mounts }}
+{{- if has $.component (.services | default list) }}
+- name: secret-{{ .name }}
+  mountPath: {{ .mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "opscale.volumes" -}}
+- name: config
+  configMap:
+    name: opscale-config
+- name: tmp
+  emptyDir: {}
+{{- if include "opscale.apiKeys" . }}
+- name: api-keys
+  secret:
+    secretName: {{ .root.Values.secrets.apiKeys.existingSecret }}
+{{- end }}
+{{- range .root.Values.secrets.mounts }}
+{{- if has $.component (.services | default list) }}
+- name: secret-{{ .name }}
+  secret:
+    secretName: {{ .secretName }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The pod-level fields every component shares (below `spec:` of a pod template). */}}
+{{- define "opscale.podCommon" -}}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  {{- include "opscale.volumes" . | nindent 2 }}
+{{- end }}
+
+{{/* The pod template's metadata: labels, Prometheus scrape annotations, and the config's checksum, so
+that a changed ConfigMap rolls the pods. */}}
+{{- define "opscale.podMetadata" -}}
+labels:
+  {{- include "opscale.labels" . | nindent 2 }}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ (index .root.Values.config .section).ops_port | quote }}
+  prometheus.io/path: /metrics
+  checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
+{{- end }}
+
+{{/* The container's name, image, command, env, ports (from .ports: name and config key) and mounts. */}}
+{{- define "opscale.container" -}}
+{{- $cfg := index .root.Values.config .section -}}
+- name: {{ .component }}
+  image: {{ include "opscale.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: ["opscale", "serve", {{ .component | quote }}]
+  env:
+    {{- include "opscale.env" . | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - name: {{ .name }}
+      containerPort: {{ index $cfg .key }}
+    {{- end }}
+  securityContext:
+    {{- toYaml .root.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "opscale.volumeMounts" . | nindent 4 }}
+{{- end }}
+
+{{/* A Deployment and its Service, for the router, aggregator, forecaster and planner. */}}
+{{- define "opscale.deployment" -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: opscale-{{ .component }}
+  labels:
+    {{- include "opscale.labels" . | nindent 4 }}
+spec:
+  replicas: {{ .values.replicas }}
+  selector:
+    matchLabels:
+      {{- include "opscale.selector" . | nindent 6 }}
+  {{- with .strategy }}
+  strategy:
+    type: {{ . }}
+  {{- end }}
+  template:
+    metadata:
+      {{- include "opscale.podMetadata" . | nindent 6 }}
+    spec:
+      terminationGracePeriodSeconds: {{ .values.terminationGracePeriodSeconds }}
+      {{- include "opscale.podCommon" . | nindent 6 }}
+      containers:
+        {{- include "opscale.container" . | nindent 8 }}
+          readinessProbe:
+            httpGet: {path: /readyz, port: ops}
+            periodSeconds: 5
+          livenessProbe:
+            httpGet: {path: /healthz, port: ops}
+            initialDelaySeconds: 10
+            periodSeconds: 10
+            failureThreshold: 3
+          resources:
+            {{- toYaml .values.resources | nindent 12 }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: opscale-{{ .component }}
+  labels:
+    {{- include "opscale.labels" . | nindent 4 }}
+spec:
+  type: {{ (.values.service | default dict).type | default "ClusterIP" }}
+  selector:
+    {{- include "opscale.selector" . | nindent 4 }}
+  ports:
+    {{- $cfg := index .root.Values.config .section }}
+    {{- range .ports }}
+    - name: {{ .name }}
+      port: {{ index $cfg .key }}
+      targetPort: {{ .name }}
+    {{- end }}
+{{- end }}

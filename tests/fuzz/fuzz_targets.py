@@ -1,0 +1,335 @@
+"""Fuzz targets: one function per parser that reads bytes from outside, `target(data: bytes) -> None`.
+
+Each target feeds `data` to one parser and checks its contract: it answers with its own clean error or
+a result, never any other exception. A target raises (a crash, to atheris and hypothesis alike) only
+when that contract breaks. The same targets run under atheris for a bounded time in the slow tests
+(run_atheris.py) and under hypothesis, on mutated seeds, in the default run (test_fuzz.py).
+
+- the OpenAI request bodies (`parse_completion`): a `ParsedRequest` or an `ApiError` with a 4xx status
+  and OpenAI's error body;
+- the protobuf messages of the live bus (`codec.decode`): the event, or `CodecError` (which the bus
+  counts and terminates, see bus.py `_settle`);
+- every trace reader (Azure 2023 and 2024, BurstGPT, Mooncake, ServeGen, opscale's CSV and JSONL, the
+  mapped readers, format detection): requests, or `TraceFormatError` naming the file, and a line-level
+  fault names its line (`path:LINE: ...`);
+- the router's engine client: the HTTP/1.1 response reader (http1.py, with the error-body reader of
+  upstream.py), the SSE decoder (opscale.openai.sse) and the event forwarder (sse_passthrough.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from opscale.openai.schema import ApiError, ParsedRequest, RequestKind, parse_completion
+from opscale.openai.sse import SseDecoder, SseError
+from opscale.runtime.live import codec
+from opscale.traces import ColumnMapping, ReadOptions, ReadStats, TraceFormatError, read_trace
+from opscale.traces.servegen_data import read_client_lengths, read_client_windows
+
+from opscale_services.router.http1 import ConnectionLost, Http1Connection, Http1Pool, ProtocolViolation
+from opscale_services.router.sse_passthrough import SseForwarder, decode_event, event_usage
+from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
+
+Target = Callable[[bytes], None]
+
+_WORK = Path(tempfile.mkdtemp(prefix="opscale-fuzz-"))  # the trace targets' files, one per target
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
+_MAX_EVENT_BYTES = 8192  # small, so that fuzzed inputs reach the size bound (yet hold a 4301-digit number)
+
+
+def _splits(data: bytes) -> tuple[list[bytes], bytes]:
+    """The first byte chooses how the rest is cut into reads (1 to 256 bytes each, in turn)."""
+    if not data:
+        return [], b""
+    step, rest = data[0] + 1, data[1:]
+    return [rest[i:i + step] for i in range(0, len(rest), step)], rest
+
+
+# -- the OpenAI request bodies ----------------------------------------------------------------------
+
+
+def openai_request(data: bytes) -> None:
+    kind = RequestKind.CHAT if data[:1] in (b"{", b"c") else RequestKind.COMPLETION
+    headers = {"x-opscale-region": "eu-west"} if len(data) % 3 == 0 else {}
+    result = parse_completion(data, kind, headers=headers)
+    if isinstance(result, ApiError):
+        assert 400 <= result.status < 500, result
+        body = result.body()
+        assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"]
+        json.dumps(body)
+        return
+    assert isinstance(result, ParsedRequest)
+    assert result.prompt_tokens >= 1 and result.max_tokens >= 1
+    json.dumps(result.upstream_body()).encode()  # what the router forwards: always encodable
+
+
+# -- the protobuf messages --------------------------------------------------------------------------
+
+_TYPE_NAMES = sorted(codec.TYPE_NAMES)
+
+
+def protobuf_message(data: bytes) -> None:
+    if not data:
+        return
+    type_name = _TYPE_NAMES[data[0] % len(_TYPE_NAMES)]
+    try:
+        codec.decode(type_name, data[1:])
+    except codec.CodecError as exc:
+        assert type_name in str(exc) or "RequestRecordBatch" in str(exc), exc
+
+
+# -- the trace readers ------------------------------------------------------------------------------
+
+_LINE_FAULT = re.compile(r":\d+: ")
+
+
+def _read_trace_file(name: str, data: bytes, read: Callable[[Path, ReadOptions], object]) -> None:
+    path = _WORK / name
+    path.write_bytes(data)
+    for skip in (False, True):
+        stats = ReadStats()
+        try:
+            requests = read(path, ReadOptions(skip_invalid=skip, stats=stats))
+            count = sum(1 for _ in requests)  # type: ignore[attr-defined]
+        except TraceFormatError as exc:
+            message = str(exc)
+            assert message.startswith(str(path)), message
+            assert "Traceback" not in message
+            continue
+        assert count == stats.requests
+        assert stats.records == stats.requests + stats.invalid + stats.failed, stats
+        assert all(_LINE_FAULT.search(m) for m in stats.examples), stats.examples
+
+
+def _reader(fmt: str | None, mapping: ColumnMapping | None = None) -> Callable[[Path, ReadOptions], object]:
+    return lambda path, options: read_trace(path, fmt, options, mapping)
+
+
+_MAPPING = ColumnMapping(arrival="t", arrival_unit="ms", prompt_tokens="in", output_tokens="out", model="m",
+                         prefix_hashes="h")
+
+
+def trace_azure(data: bytes) -> None:
+    _read_trace_file("azure.csv", data, _reader("azure"))
+
+
+def trace_azure2024(data: bytes) -> None:
+    _read_trace_file("azure2024.csv", data, _reader("azure2024"))
+
+
+def trace_burstgpt(data: bytes) -> None:
+    _read_trace_file("burstgpt.csv", data, _reader("burstgpt"))
+
+
+def trace_mooncake(data: bytes) -> None:
+    _read_trace_file("mooncake.jsonl", data, _reader("mooncake"))
+
+
+def trace_csv(data: bytes) -> None:
+    _read_trace_file("opscale.csv", data, _reader("csv"))
+
+
+def trace_jsonl(data: bytes) -> None:
+    _read_trace_file("opscale.jsonl", data, _reader("jsonl"))
+
+
+def trace_mapped(data: bytes) -> None:
+    _read_trace_file("mapped.csv", data, _reader("mapped-csv", _MAPPING))
+    _read_trace_file("mapped.jsonl", data, _reader("mapped-jsonl", _MAPPING))
+
+
+def trace_detected(data: bytes) -> None:
+    """Format detection from the first lines, then whichever reader it picks."""
+    _read_trace_file("detected.txt", data, _reader(None))
+
+
+def trace_servegen(data: bytes) -> None:
+    """A ServeGen client's arrival windows (CSV) and length distributions (JSON)."""
+    windows, lengths = _WORK / "chunk-0-trace.csv", _WORK / "chunk-0-dataset.json"
+    windows.write_bytes(data)
+    lengths.write_bytes(data)
+    try:
+        read_client_windows(windows, 0)
+    except TraceFormatError as exc:
+        assert str(exc).startswith(str(windows)), exc
+    try:
+        found = read_client_lengths(lengths)
+    except TraceFormatError as exc:
+        assert str(exc).startswith(str(lengths)), exc
+    else:
+        assert all(math.isfinite(start_s) for start_s in found.start_s), found.start_s
+
+
+# -- the router's engine client ---------------------------------------------------------------------
+
+
+def sse_decoder(data: bytes) -> None:
+    reads, _ = _splits(data)
+    decoder = SseDecoder(_MAX_EVENT_BYTES)
+    try:
+        for read in reads:
+            for event in decoder.feed(read):
+                assert isinstance(event, str)
+                decoded = decode_event(event)
+                assert decoded is None or isinstance(decoded, tuple) or decoded.kind in ("status", "protocol")
+                event_usage(event)
+    except SseError:
+        pass
+
+
+def sse_forwarder(data: bytes) -> None:
+    reads, whole = _splits(data)
+    forwarder = SseForwarder(_MAX_EVENT_BYTES)
+    sent = b""
+    try:
+        for read in reads:
+            block = forwarder.feed(read)
+            if block.out is not None:
+                assert block.out.chunks >= 0
+                sent += block.out.data
+            if block.failure is not None:
+                return
+        closing = forwarder.end()
+        if closing is not None:
+            sent += closing.data
+    except SseError:
+        return
+    # the client only ever receives whole events
+    assert not sent or sent.endswith(b"\n\n") or sent.endswith(b"\r\r") or sent.endswith(b"\r\n\r\n"), sent[-40:]
+
+
+class _Transport:
+    """The socket side of a connection as asyncio's protocol sees it; the fuzzer supplies the reads."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+_LOOP = asyncio.new_event_loop()
+
+
+async def _http_exchange(reads: list[bytes]) -> None:
+    pool = Http1Pool(max_connections=1, max_per_host=1, keepalive_s=1.0, connect_timeout_s=1.0)
+    conn = Http1Connection(pool, ("http", "engine", 80))
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    conn.send(b"")
+    for read in reads:
+        if conn.closed:
+            break
+        conn.data_received(read)
+    if not conn.closed:
+        conn.connection_lost(None)
+    try:
+        head = await conn.read_head()
+        assert 200 <= head.status <= 999, head
+        if head.status >= 400:
+            client = UpstreamClient(UpstreamConfig(max_error_body_bytes=1024))
+            message, error = await client.error_detail(conn, head.reason, _LOOP.time() + 1.0)
+            assert isinstance(message, str) and (error is None or set(error) == {"message", "type", "param", "code"})
+            return
+        decoder = SseDecoder(_MAX_EVENT_BYTES)
+        while body := await conn.read():
+            for event in decoder.feed(body):
+                decode_event(event)
+    except (ProtocolViolation, ConnectionLost, SseError):
+        pass
+
+
+def http_response(data: bytes) -> None:
+    reads, _ = _splits(data)
+    _LOOP.run_until_complete(_http_exchange(reads))
+
+
+TARGETS: dict[str, Target] = {
+    "openai_request": openai_request,
+    "protobuf_message": protobuf_message,
+    "trace_azure": trace_azure,
+    "trace_azure2024": trace_azure2024,
+    "trace_burstgpt": trace_burstgpt,
+    "trace_mooncake": trace_mooncake,
+    "trace_servegen": trace_servegen,
+    "trace_csv": trace_csv,
+    "trace_jsonl": trace_jsonl,
+    "trace_mapped": trace_mapped,
+    "trace_detected": trace_detected,
+    "sse_decoder": sse_decoder,
+    "sse_forwarder": sse_forwarder,
+    "http_response": http_response,
+}
+
+
+# -- seeds: one or more valid inputs per target, which the fuzzers mutate -----------------------------
+
+
+def _pb_seeds() -> list[bytes]:
+    from opscale.services.events import ForecastIssued
+
+    name, payload = codec.encode(ForecastIssued("m", "eu", "chat", 60.0, 300.0, 2.0, 1.5, 2.5, "ewma"))
+    return [bytes([_TYPE_NAMES.index(name)]) + payload]
+
+
+_CHUNK = (b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":"Hi",'
+          b'"finish_reason":null}]}\n\n')
+_LAST = (b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":"",'
+         b'"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n')
+_SSE = b": keep-alive\n\n" + _CHUNK + _CHUNK + _LAST + b"data: [DONE]\n\n"
+
+SEEDS: dict[str, list[bytes]] = {
+    "openai_request": [
+        b'{"model":"m","prompt":"Hello","max_tokens":8,"stream":true,"stream_options":{"include_usage":true}}',
+        b'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stop":["\\n"]}',
+        b'{"model":"m","prompt":[1,2,3],"temperature":0.5,"opscale_tier":"batch","seed":7}',
+    ],
+    "protobuf_message": _pb_seeds(),
+    "trace_azure": [b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                    b"2023-11-16 18:15:50.1000000,1020,7\n"],
+    "trace_azure2024": [b"TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.0000000+00:00,4808,10\n"
+                        b"2024-05-10 00:00:00.0200000+00:00,3180,8\n"],
+    "trace_burstgpt": [b"Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                       b"5,ChatGPT,472,18,490,Conversation log\n45,GPT-4,1087,0,1087,API log\n"],
+    "trace_mooncake": [b'{"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0, 1, 2]}\n'
+                       b'{"timestamp": 27, "input_length": 7319, "output_length": 490, "hash_ids": [0, 3]}\n'],
+    "trace_servegen": [b"0,1.5,1.2,Gamma,0.7,0.95\n600,0.0,0.0,,0,0\n",
+                       b'{"0": {"input_tokens": "{12: 0.5, 40: 0.5}", "output_tokens": "{3: 1.0}"}}'],
+    "trace_csv": [b"request_id,model,tier,region,arrival_s,prompt_tokens,output_tokens\n"
+                  b"r1,m,interactive,eu,0.5,100,10\nr2,m,batch,us,0.75,20,4\n"],
+    "trace_jsonl": [b'{"request_id":"r1","model":"m","tier":"interactive","region":"eu","arrival_s":0.5,'
+                    b'"prompt_tokens":100,"output_tokens":10,"prefix_hashes":[1,2]}\n'],
+    "trace_mapped": [b"t,in,out,m,h\n0,10,3,llama,1 2\n5,7,1,llama,\n",
+                     b'{"t": 0, "in": 10, "out": 3, "m": "llama", "h": [1, 2]}\n'],
+    "trace_detected": [],  # every trace seed above (filled below)
+    "sse_decoder": [b"\x07" + _SSE, b"\x00data: a\r\ndata: b\r\n\r\n"],
+    "sse_forwarder": [b"\x1f" + _SSE, b"\xff" + _SSE.replace(b"\n", b"\r\n")],
+    "http_response": [
+        b"\x10HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(_SSE):x}\r\n".encode() + _SSE + b"\r\n0\r\n\r\n",
+        b"\xffHTTP/1.1 400 Bad Request\r\nContent-Length: 76\r\n\r\n"
+        b'{"error":{"message":"too long","type":"invalid_request_error","param":null}}',
+        b"\x03HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\n" + _SSE,
+    ],
+}
+SEEDS["trace_detected"] = [seed for name, seeds in SEEDS.items() if name.startswith("trace_")
+                           and name not in ("trace_servegen", "trace_detected") for seed in seeds]
