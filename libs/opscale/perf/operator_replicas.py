@@ -6,7 +6,8 @@ families; stages whose sets overlap are merged) join it on other GPUs of the hos
 iteration (its running decode batch plus any prefill chunk) is cut into N micro-batches ("cohorts")
 that pass the stages in path order, as the operator planner's M/M/R model has its customers pass them:
 each stage's servers are the base (one server, time-shared by every stage: it is one set of GPUs) and
-the stage's replicas, each on its tp and SM share and taking only cohorts within its batch cap, and
+the stage's replicas, each on its tp and SM share and taking only cohorts whose decode sequences are within its batch
+cap (a prefill cohort is cut by tokens, see below), and
 each serving a *different* cohort at the same time. That is what makes a replica of a weight-bound
 decode operator add throughput: it reads its weights for its own cohort while the base serves another.
 Every stage is priced by `opscale.perf.stage_costs.StageCosts`, the planner's one owner of stage

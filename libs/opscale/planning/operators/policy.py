@@ -278,8 +278,12 @@ class OperatorScalingPolicy:
             if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
                 break
             bases += 1
+        # An attached replica serves its operators' work of both phases; its batch cap bounds the decode
+        # sequences of a cohort (a prefill cohort is cut by tokens), so a stage with a decode phase
+        # carries that phase's cap.
+        decode_batch = {s.operators: s.batch for s in targets.phase(Phase.DECODE)}
         extra = tuple(OperatorReplicas(tuple(sorted(op.value for op in s.operators)), extra_of(s), s.tp,
-                                       s.share, s.batch)
+                                       s.share, decode_batch.get(s.operators, s.batch))
                       for s in sorted(by_stage.values(), key=lambda s: s.name)
                       if extra_of(s) > 0 and s.operators != frozenset(Operator))
         return bases, extra
