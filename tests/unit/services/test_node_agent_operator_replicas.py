@@ -14,7 +14,14 @@ from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, TierSpec
 from opscale.planning import DeploymentSpec, make_planning_policy
 from opscale.runtime.live.codec import decode, encode
-from opscale.services.actions import DrainEngine, Log, SendCommand, SetOperatorReplicas, StartEngine, StopEngine
+from opscale.services.actions import (
+    DrainEngine,
+    Log,
+    SendCommand,
+    SetOperatorReplicas,
+    StartEngine,
+    StopEngine,
+)
 from opscale.services.events import ApplyCommand, RouterLoad
 from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
 from opscale.services.planner import PlannerConfig, PlannerCore
