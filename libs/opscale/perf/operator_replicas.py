@@ -6,10 +6,11 @@ families; stages whose sets overlap are merged) join it on other GPUs of the hos
 iteration (its running decode batch plus any prefill chunk) is cut into N micro-batches ("cohorts")
 that pass the stages in path order, as the operator planner's M/M/R model has its customers pass them:
 each stage's servers are the base (one server, time-shared by every stage: it is one set of GPUs) and
-the stage's replicas, each on its tp and SM share and taking only cohorts whose decode sequences are within its batch
-cap (a prefill cohort is cut by tokens, see below), and
-each serving a *different* cohort at the same time. That is what makes a replica of a weight-bound
-decode operator add throughput: it reads its weights for its own cohort while the base serves another.
+the stage's replicas, each on its tp and SM share, taking only cohorts whose decode sequences are
+within its batch cap (a prefill cohort is cut by tokens, see below), and each serving a *different*
+cohort at the same time: a replica of a weight-bound decode operator reads its weights for its own
+cohort while the base serves another. Whether that pays depends on the per-iteration overhead each
+stage iteration pays (the engine keeps one cohort, the base alone, when it does not).
 Every stage is priced by `opscale.perf.stage_costs.StageCosts`, the planner's one owner of stage
 prices, per cohort (its own per-iteration overhead included); a cohort crossing to a replica's GPUs
 pays the activation hand-offs of the stage's crossings over the host's NVLink
@@ -23,8 +24,9 @@ what a router sending each cohort to the capacity-weighted shortest stage queue 
 picks the N (1 to 32) with the shortest iteration: with no useful replica that is one cohort, the
 base's own iteration. Prefill chunks and decode steps are priced the same way; a mixed iteration is
 the prefill's pipelined time (bucketed to 64 tokens, so that a busy engine prices few distinct
-iterations) plus what its decode tokens add to a one-token decode step. The decode step is fitted as the line LatencyModel asks for
-(fixed + per context token) through contexts of 512 and 2048 tokens per sequence.
+iterations) plus what its decode tokens add to a one-token decode step. The decode step is fitted as
+the line LatencyModel asks for (fixed + per context token) through contexts of 512 and 2048 tokens per
+sequence.
 
 The base engine's busy time is the work its GPUs do; the replicas' GPUs are accounted by whoever
 holds them. With no replicas the engine keeps its own latency model, which also prices the base's
