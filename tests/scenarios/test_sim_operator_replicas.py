@@ -150,4 +150,5 @@ def test_operator_replicas_are_in_gpu_hours_cost_and_energy(runs: tuple[int, dic
     # (Whether that is fewer than model level's is the experiment's question, not this test's: with
     # replicas that pipeline micro-batches beside a time-shared base it is not, README "operators".)
     assert operator["requests"] == model["requests"] and operator["completed"] == model["completed"]
-    assert operator["gpu_hours"] == pytest.approx(sum(p["gpu_hours"] for p in operator["pools"].values()))
+    for figure in ("gpu_hours", "energy_kwh"):
+        assert operator[figure] == pytest.approx(sum(p[figure] for p in operator["pools"].values())), figure
