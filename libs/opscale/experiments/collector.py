@@ -342,6 +342,7 @@ class RunCollector(RunObserver):
                 totals = pools[span.pool] = _PoolTotals()
             totals.gpu_s += held_s * span.gpus
             totals.busy_gpu_s += busy_s * span.gpus
+            totals.energy_j += joules  # the pool's energy has its replicas', as the run's total does
             totals.peak_flop += held_s * span.gpus * sku.peak_tflops * 1e12
         flops = sum(totals.flops for totals in pools.values())
         peak_flop = sum(totals.peak_flop for totals in pools.values())

@@ -281,7 +281,8 @@ class NodeAgentCore:
                 inst.state, inst.since_s = InstanceState.READY, now_s
             if inst.operators and inst.state in (InstanceState.LOADING, InstanceState.READY, InstanceState.DRAINING):
                 actions.extend(self._report_operators(inst, now_s))
-            elif inst.state == InstanceState.DRAINING:
+            # Not an elif: a draining instance with operator replicas must still stop once idle.
+            if inst.state == InstanceState.DRAINING:
                 idle = inst.report is not None and inst.report.idle
                 overdue = inst.drain_deadline_s is not None and now_s >= inst.drain_deadline_s
                 if idle or overdue:

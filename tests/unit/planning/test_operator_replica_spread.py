@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from opscale.model import InstanceSpec, OperatorReplicas, PoolKey
 from opscale.perf import default_catalog
-from opscale.perf.operator_replicas import replica_groups, with_operator_replicas
+from opscale.perf.operator_replicas import replicated_stages, with_operator_replicas
 from opscale.perf.profiled import latency_model_for
 from opscale.planning.operator_replicas import attach_operator_replicas
 
@@ -65,8 +65,40 @@ def test_no_replicas_leave_the_engine_its_own_model_and_more_never_prefill_slowe
     assert times == sorted(times, reverse=True) and times[-1] < own.prefill_s(4096)
 
 
-def test_overlapping_stages_are_one_group_and_every_operator_has_one() -> None:
-    sku = default_catalog().sku("H100-80GB")
-    groups = replica_groups(sku, 1, (OperatorReplicas(("mlp",), 1), OperatorReplicas(("attn_proj", "mlp"), 3)))
-    assert [g.name for g in groups] == ["attn_proj+mlp", "base"]
-    assert groups[0].replicas == 4 and groups[1].replicas == 1
+def test_overlapping_stages_are_one_stage_and_every_operator_has_one() -> None:
+    stages = replicated_stages((OperatorReplicas(("mlp",), 1), OperatorReplicas(("attn_proj", "mlp"), 3)))
+    assert [s.name for s in stages] == ["attn_proj+mlp", "attention+lm_head"]
+    assert sum(g.count for g in stages[0].servers) == 4 and stages[1].servers == ()
+
+
+_FAMILIES = ("attention", "attn_proj", "lm_head", "mlp")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FAMILIES), st.integers(1, 6), st.sampled_from((0.25, 0.5, 1.0)),
+                          st.sampled_from((1, 16, 256))), min_size=1, max_size=4, unique_by=lambda t: t[0]),
+       st.integers(1, 256), st.integers(512, 2048), st.integers(64, 8192))
+def test_attached_replicas_never_make_the_base_slower(
+        replicas: list[tuple[str, int, float, int]], batch: int, ctx: int, prompt: int) -> None:
+    """The base alone (one cohort) is always among the engine's choices: replicas only add servers."""
+    catalog = default_catalog()
+    model, sku = catalog.model("Qwen2-7B"), catalog.sku("H100-80GB")
+    own = latency_model_for(model, sku, 1)
+    split = with_operator_replicas(own, model, sku, 1, tuple(OperatorReplicas((op,), n, 1, share, cap)
+                                                             for op, n, share, cap in replicas))
+    own_fixed, own_per_ctx = own.decode_step_coeffs(batch)
+    fixed, per_ctx = split.decode_step_coeffs(batch)
+    assert fixed + per_ctx * batch * ctx <= (own_fixed + own_per_ctx * batch * ctx) * (1 + 1e-9)
+    # The split engine prices a prefill per bucket of 64 tokens and 64 keys per query, rounded up.
+    tokens, pairs = -(-prompt // 64) * 64, prompt * (prompt + 1) // 2
+    keys = -(-pairs // (prompt * 64)) * 64
+    bucketed = own.iteration_cost(tokens, 0, 0, 0, prefill_attn_pairs=tokens * keys).time_s
+    assert split.prefill_s(prompt) <= bucketed * (1 + 1e-9)
+
+
+def test_a_replica_takes_no_cohort_above_its_batch_cap() -> None:
+    catalog = default_catalog()
+    model, sku = catalog.model("Qwen2-7B"), catalog.sku("H100-80GB")
+    own = latency_model_for(model, sku, 1)
+    capped = with_operator_replicas(own, model, sku, 1, (OperatorReplicas(("mlp",), 4, 1, 1.0, 1),))
+    assert capped.decode_step_coeffs(64) == pytest.approx(own.decode_step_coeffs(64))

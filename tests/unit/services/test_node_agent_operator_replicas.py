@@ -10,10 +10,18 @@ from dataclasses import replace
 
 import pytest
 
+from opscale.engine.outputs import EngineReport
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, TierSpec
 from opscale.planning import DeploymentSpec, make_planning_policy
 from opscale.runtime.live.codec import decode, encode
-from opscale.services.actions import Log, SendCommand, SetOperatorReplicas, StartEngine, StopEngine
+from opscale.services.actions import (
+    DrainEngine,
+    Log,
+    SendCommand,
+    SetOperatorReplicas,
+    StartEngine,
+    StopEngine,
+)
 from opscale.services.events import ApplyCommand, RouterLoad
 from opscale.services.node_agent import NodeAgentConfig, NodeAgentCore
 from opscale.services.planner import PlannerConfig, PlannerCore
@@ -152,3 +160,14 @@ def test_the_planner_sends_operator_replicas_on_the_same_base_instance_under_a_n
     assert all(tuple(s.instance_id for s in c.instances) == (base.instance_id,) for c in busy), "no second base"
     assert any(c.instances[0].operator_replicas for c in busy), "the load is carried by operator replicas"
     assert [s.spec.instance_id for s in started] == [base.instance_id], "started once, never restarted"
+
+
+def test_a_draining_instance_with_operator_replicas_stops_once_idle() -> None:
+    """Its replicas are still reported while it drains, and it still stops: it holds GPUs until then."""
+    agent = _agent()
+    _apply(agent, 1, 0.0, _spec(MLP))
+    agent.tick(BASE_LOAD_S)
+    drained = _apply(agent, 2, 40.0)
+    assert DrainEngine("m-eu-00001") in drained
+    agent.handle(EngineReport("m-eu-00001", 0, 0, 0, 0.0, 0.0, 0.0, 300.0, True, 0.0, 0.0, 0.0, 0.0), 41.0)
+    assert StopEngine("m-eu-00001") in agent.tick(42.0)

@@ -24,11 +24,14 @@ What the planner core and the node-agents actuate (`Effects`):
   would need more GPU-equivalents than `replica_gpus_per_base` per base instance. On top,
   `operator_replicas` carries the elastic replicas of each stage, which the planner spreads over the
   base instances (opscale.planning.operator_replicas) and the node-agents attach to the running
-  engines in place. A base instance is a unified engine that runs every operator of both phases: it
-  is one replica of every stage of each phase. So a stage's operator replicas are, over its phases,
-  the most replicas any phase's target gives it, less one per base instance (per operator family the
-  max over prefill and decode, when both phases have the same partition; a stage of one phase only
-  counts that phase). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
+  engines in place. A base instance is a unified engine that runs every operator of both phases on
+  its own GPUs, one stage after another (opscale.perf.operator_replicas): it is one replica of every
+  stage when one replica of each, at the plan's GPU-equivalents, fits its GPUs, and otherwise that
+  fraction of one (`base_cover`: the planner's floor prices each stage's replica on GPUs of its own,
+  which one base's GPUs do not hold twice). So a stage's operator replicas are, over its phases, the
+  most replicas any phase's target gives it, less what the base instances cover, rounded up (per
+  operator family the max over prefill and decode, when both phases have the same partition; a stage
+  of one phase only counts that phase). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
   ignores them and says so in its log: model-level scaling of the base instances.
 
 Pure: no I/O, no clock.
@@ -248,7 +251,8 @@ class OperatorScalingPolicy:
                 desired[key] = min(max(whole, deployment.min_replicas), deployment.max_replicas)
                 shape = f"{desired[key]} whole instance(s)"
             else:
-                desired[key], extra = self.base_and_replicas(found, deployment.min_replicas, deployment.max_replicas)
+                desired[key], extra = self.base_and_replicas(found, deployment.min_replicas, deployment.max_replicas,
+                                                             deployment.tp)
                 operator_replicas[key] = extra
                 shape = (f"{desired[key]} base instance(s) + operator replicas "
                          + (", ".join(f"{r.name} x{r.replicas}" for r in extra) or "none"))
@@ -257,27 +261,31 @@ class OperatorScalingPolicy:
         return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons,
                        operator_replicas=operator_replicas)
 
-    def base_and_replicas(self, targets: StageTargets, min_bases: int, max_bases: int
+    def base_and_replicas(self, targets: StageTargets, min_bases: int, max_bases: int, tp: int = 1
                           ) -> tuple[int, tuple[OperatorReplicas, ...]]:
         """The base instances and the operator replicas on top that realise `targets` (see the module
-        docstring): each stage at the most replicas its phases give it, a base instance counting one."""
-        by_stage: dict[frozenset[Operator], StageTarget] = {}
-        for stage in targets.stages:
-            held = by_stage.get(stage.operators)
-            if held is None or stage.replicas > held.replicas:
-                by_stage[stage.operators] = stage
+        docstring): each stage at the most replicas its phases give it, less what the bases cover."""
+        by_stage = _stages_by_operators(targets)
         # A stage of every operator is a whole replica: its replicas are base instances, not attached ones.
         whole = max((s.replicas for s in by_stage.values() if s.operators == frozenset(Operator)), default=0)
+        cover = base_cover(targets, tp)
         bases = min(max(1, min_bases, whole), max(1, max_bases))
+
+        def extra_of(stage: StageTarget) -> int:
+            return max(0, math.ceil(stage.replicas - bases * cover - 1e-9))
         while True:
-            extra_gpus = sum(max(0, s.replicas - bases) * s.gpu_cost for s in by_stage.values())
+            extra_gpus = sum(extra_of(s) * s.gpu_cost for s in by_stage.values())
             if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
                 break
             bases += 1
-        extra = tuple(OperatorReplicas(tuple(sorted(op.value for op in s.operators)), s.replicas - bases, s.tp,
-                                       s.share, s.batch)
+        # An attached replica serves its operators' work of both phases; its batch cap bounds the decode
+        # sequences of a cohort (a prefill cohort is cut by tokens), so a stage with a decode phase
+        # carries that phase's cap.
+        decode_batch = {s.operators: s.batch for s in targets.phase(Phase.DECODE)}
+        extra = tuple(OperatorReplicas(tuple(sorted(op.value for op in s.operators)), extra_of(s), s.tp,
+                                       s.share, decode_batch.get(s.operators, s.batch))
                       for s in sorted(by_stage.values(), key=lambda s: s.name)
-                      if s.replicas > bases and s.operators != frozenset(Operator))
+                      if extra_of(s) > 0 and s.operators != frozenset(Operator))
         return bases, extra
 
     def _stabilised(self, key: PoolKey, found: StageTargets, recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]],
@@ -294,6 +302,25 @@ class OperatorScalingPolicy:
             recent[name] = kept
             stages.append(replace(stage, replicas=max(r for _, r in kept)))
         return replace(found, stages=tuple(stages))
+
+
+def _stages_by_operators(targets: StageTargets) -> dict[frozenset[Operator], StageTarget]:
+    """Each operator set's stage target with the most replicas over the phases."""
+    by_stage: dict[frozenset[Operator], StageTarget] = {}
+    for stage in targets.stages:
+        held = by_stage.get(stage.operators)
+        if held is None or stage.replicas > held.replicas:
+            by_stage[stage.operators] = stage
+    return by_stage
+
+
+def base_cover(targets: StageTargets, tp: int) -> float:
+    """How many replicas of each stage one base instance on `tp` GPUs stands for. The base runs every
+    stage of both phases on its GPUs in turn (opscale.perf.operator_replicas): it is one replica of
+    each only when one replica of every stage of each phase (at the plan's GPU-equivalents) fits
+    them; otherwise that fraction of one, the rest coming from attached replicas."""
+    floor = sum(s.gpu_cost for s in targets.stages)  # one replica of every stage of each phase
+    return min(1.0, tp / floor) if floor > 0 else 1.0
 
 
 def _whole_replicas(plan: OperatorPlan, tp: int) -> int:

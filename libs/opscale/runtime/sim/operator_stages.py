@@ -1,9 +1,10 @@
 """The simulated world of one operator-scaled pool: stage queues served by operator replicas, driven by
 an `operator_level` or `model_level` policy (`opscale.planning.operators.policy`) on a fast loop.
 
-Why a world of its own: `SimWorld` runs whole engines that node-agents start; node-agents do not run
-operator replicas yet (see the policy's docstring). This world executes the policy's `StageTargets`
-directly, with the same accounting a `SimWorld` run reports (requests, completed, dropped, TTFT/TBT,
+Why a world of its own: `SimWorld` runs engines that node-agents start, base instances with operator
+replicas attached, each engine pricing its iterations as stage queues pipelined over micro-batches
+(`opscale.perf.operator_replicas`). This world executes the policy's `StageTargets` directly, as
+discrete queues with every stage replica its own server (the planner's floor included), with the same accounting a `SimWorld` run reports (requests, completed, dropped, TTFT/TBT,
 SLO attainment, GPU-hours, energy), so the two levels are compared on one clock and one cost model.
 
 What runs. A request is a customer of the prefill stages in path order (each stage a set of operator
