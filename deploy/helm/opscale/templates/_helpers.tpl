@@ -1,7 +1,9 @@
 {{/*
 Shared pieces of the opscale chart. The component templates call them with a dict:
   root: the chart's top-level context ($), component: router | aggregator | forecaster | planner |
-  node-agent, section: its key in .Values.config, values: its own values (.Values.router, ...).
+  node-agent, section: its key in .Values.config, key: its key in .Values (router, ..., nodeAgent),
+  values: its own values (.Values.router, ...); optionally podNameEnv: a setting taken from the pod's
+  name (the replica's identity), extraEnv: further environment entries of the component.
 */}}
 
 {{/* Labels every object of the release carries. */}}
@@ -33,12 +35,61 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (eq .component "router") .root.Values.secrets.apiKeys.existingSecret -}}true{{- end -}}
 {{- end }}
 
+{{/* The settings file: .Values.config with the TLS settings of .Values.secrets.tls added (what
+.Values.config sets itself wins). */}}
+{{- define "opscale.config" -}}
+{{- $tls := .Values.secrets.tls -}}
+{{- $derived := dict -}}
+{{- if $tls.enabled -}}
+{{- $ca := printf "%s/ca.crt" $tls.mountPath -}}
+{{- $_ := set $derived "grpc_tls" (dict "ca_file" $ca "cert_file" (printf "%s/tls.crt" $tls.mountPath)
+                                        "key_file" (printf "%s/tls.key" $tls.mountPath)) -}}
+{{- $_ := set $derived "planner" (dict "grpc_tls" (dict "server_name" $tls.nodeAgentServerName)) -}}
+{{- if $tls.nats -}}
+{{- $_ := set $derived "nats_auth" (dict "tls_ca_file" $ca) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (merge (deepCopy .Values.config) $derived) -}}
+{{- end }}
+
+{{/* The environment: the settings file, the replica's identity, then the NATS and Redis credentials
+from their Secrets (OPSCALE_<SECTION>_...), then the component's own entries and the user's. */}}
 {{- define "opscale.env" -}}
+{{- $prefix := printf "OPSCALE_%s_" (upper .section) -}}
+{{- $secrets := .root.Values.secrets -}}
 - name: OPSCALE_CONFIG
   value: /etc/opscale/config.yaml
 {{- if include "opscale.apiKeys" . }}
 - name: OPSCALE_ROUTER_AUTH__KEYS_FILE
-  value: /etc/opscale-auth/{{ .root.Values.secrets.apiKeys.key }}
+  value: /etc/opscale-auth/{{ $secrets.apiKeys.key }}
+{{- end }}
+{{- with .podNameEnv }}
+- name: {{ . }}
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- if $secrets.nats.existingSecret }}
+{{- $user := required (printf "secrets.nats.users.%s: the NATS user of the %s" .key .component)
+                      (index $secrets.nats.users .key) }}
+- name: {{ $prefix }}NATS_AUTH__USER
+  value: {{ $user | quote }}
+- name: {{ $prefix }}NATS_AUTH__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secrets.nats.existingSecret }}
+      key: {{ $user | quote }}
+{{- end }}
+{{- if $secrets.redis.existingSecret }}
+{{- with $secrets.redis.username }}
+- name: {{ $prefix }}REDIS_AUTH__USERNAME
+  value: {{ . | quote }}
+{{- end }}
+- name: {{ $prefix }}REDIS_AUTH__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secrets.redis.existingSecret }}
+      key: {{ $secrets.redis.key | quote }}
 {{- end }}
 {{- with .extraEnv }}
 {{ toYaml . }}
@@ -52,6 +103,11 @@ app.kubernetes.io/component: {{ .component }}
 - name: config
   mountPath: /etc/opscale
   readOnly: true
+{{- if .root.Values.secrets.tls.enabled }}
+- name: tls
+  mountPath: {{ .root.Values.secrets.tls.mountPath }}
+  readOnly: true
+{{- end }}
 - name: tmp
   mountPath: /tmp
 {{- if include "opscale.apiKeys" . }}
@@ -72,6 +128,14 @@ app.kubernetes.io/component: {{ .component }}
 - name: config
   configMap:
     name: opscale-config
+{{- if .root.Values.secrets.tls.enabled }}
+# ca.crt, tls.crt, tls.key of this service's identity, readable by the owner and fsGroup only
+- name: tls
+  secret:
+    secretName: {{ required (printf "secrets.tls.existingSecrets.%s: the TLS Secret of the %s" .key .component)
+                   (index .root.Values.secrets.tls.existingSecrets .key) }}
+    defaultMode: 0440
+{{- end }}
 - name: tmp
   emptyDir: {}
 {{- if include "opscale.apiKeys" . }}
