@@ -134,19 +134,23 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         from opscale.runtime.clock import WallClock
         from opscale.runtime.live.host import CoreHost
         from opscale.runtime.live.settings import RouterSettings
+        from opscale.runtime.live.telemetry import setup_tracing
         from opscale.services.events import AgentHeartbeat
         from opscale.services.router import RouterConfig, RouterCore
 
         from opscale_services.router.api import build_router_app, make_runner
         from opscale_services.router.auth import TenantGate
         from opscale_services.router.backend import LiveRouterBackend
+        from opscale_services.router.main import freeze_startup_heap
         from opscale_services.router.metrics import RouterMetrics
         from opscale_services.router.records import RecordBatcher
         from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
         # built as services/router/main.py builds it (its settings' defaults): one Prometheus registry for
-        # records, tenants and request metrics, the HTTP limits, the pooled upstream client's timeouts
+        # records, tenants and request metrics, the HTTP limits, the pooled upstream client's timeouts, and
+        # the tracer provider LiveProcess makes (spans created so trace context flows, none exported)
         settings = RouterSettings()
+        tracer_provider = setup_tracing("router", settings.tracing_exporter)
         clock = WallClock()
         bus = CountingBus()
         registry = CollectorRegistry()
@@ -158,7 +162,7 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         gate = (TenantGate(KeyTable([ApiKeySpec.model_validate(BENCH_KEY_SPEC)], clock.now_s()), clock.now_s,
                            registry) if auth else None)
         metrics = RouterMetrics(registry)
-        backend = LiveRouterBackend(core, clock, upstream, records, "local",
+        backend = LiveRouterBackend(core, clock, upstream, records, "local", tracer_provider,
                                     on_finished=gate.settle if gate is not None else None, metrics=metrics)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
@@ -172,6 +176,7 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
+        freeze_startup_heap()  # as main.run does once the router is up
         print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -319,16 +324,19 @@ def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpu
             "e2e_p50_ms": round(p50_us / 1e3, 3), "e2e_p99_ms": round(p99_us / 1e3, 3)}
 
 
-def sustained(step: dict[str, Any], direct: dict[str, Any] | None, factor: float, floor_ms: float) -> bool:
+def sustained(step: dict[str, Any], direct: dict[str, Any] | None, factor: float, floor_ms: float,
+              tool_ttft_p99_ms: float = 50.0) -> bool:
     """A step is sustained when nothing failed, nearly all of it completed, the load tool kept its
     schedule, and its TTFT p99 is within `factor` times direct's at the same rate (or `floor_ms` above it,
-    whichever is looser: a direct p99 of 2 ms would otherwise leave no room for a router's queueing)."""
+    whichever is looser: a direct p99 of 2 ms would otherwise leave no room for a router's queueing).
+    Direct itself (`direct` None) must keep its TTFT p99 within `tool_ttft_p99_ms`: past that the load
+    tools and the upstream are what is measured, and no yardstick is left."""
     if step["errors"] or step["completed"] < 0.95 * step["sent"] or step["ttft_p99_ms"] is None:
         return False
     if step["send_s"] > 1.05 * step["sent"] / step["offered_rps"] + 0.2:
         return False  # the load tool fell behind its own schedule: the rate was not offered
     if direct is None:
-        return True
+        return bool(step["ttft_p99_ms"] <= tool_ttft_p99_ms)
     return bool(step["ttft_p99_ms"] <= max(factor * direct["ttft_p99_ms"], direct["ttft_p99_ms"] + floor_ms))
 
 
@@ -459,10 +467,10 @@ def ramp(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
     tool_ceiling: float | None = None
     for i, rate in enumerate(r for r in RAMP_RPS if r <= args.ramp_max_rps):
         yard, _ = direct.step(rate, args)
-        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms):
+        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms, args.tool_ttft_p99_ms):
             yard, _ = direct.step(rate, args)  # confirm before calling it the tools' ceiling
         log.append({"target": "direct", "rate": rate, **_brief(yard)})
-        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms):
+        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms, args.tool_ttft_p99_ms):
             tool_ceiling = float(rate)
             break
         best["direct"] = float(rate)
@@ -629,7 +637,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                      "token_gap_ms": args.token_gap_ms, "first_token_after_ms": args.token_gap_ms,
                      "open_loop": True, "streaming": True,
                      "ramp_rps": [r for r in RAMP_RPS if r <= args.ramp_max_rps] if args.ramp else [],
-                     "sustained_factor": args.sustained_factor, "sustained_floor_ms": args.sustained_floor_ms},
+                     "sustained_factor": args.sustained_factor, "sustained_floor_ms": args.sustained_floor_ms,
+                     "tool_ttft_p99_ms": args.tool_ttft_p99_ms},
         "summary": summary,
         "at_rate": at_rate,
         "ramp": ramped,
@@ -668,6 +677,8 @@ def main() -> None:
                         help="A ramp step is sustained when its TTFT p99 is within this multiple of direct's")
     parser.add_argument("--sustained-floor-ms", type=float, default=5.0,
                         help="... or within this many ms of direct's, whichever is looser")
+    parser.add_argument("--tool-ttft-p99-ms", type=float, default=50.0,
+                        help="Direct's TTFT p99 past which the load tools' own ceiling is reached")
     parser.add_argument("--wrk", action="store_true", help="Also measure closed-loop capacity with wrk")
     parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),
                         help="Where vllm-router is installed (its own venv)")

@@ -5,6 +5,7 @@ the logic is opscale.services.router."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -43,6 +44,14 @@ def install_fast_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up (modules, settings, the app) out of the collector's reach.
+    They live as long as the process, yet each full collection walked them all again: a share of the
+    router's CPU per request that bought nothing. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
@@ -127,6 +136,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
                            timeout_s=max(10.0, settings.records_flush_s))
         if on_start is not None:
             on_start(p)
+        freeze_startup_heap()
         await p.run(stop)
 
 
