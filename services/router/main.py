@@ -9,6 +9,7 @@ import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -52,6 +53,11 @@ def freeze_startup_heap() -> None:
     router's CPU per request that bought nothing. Objects made later are collected as before."""
     gc.collect()
     gc.freeze()
+
+
+def api_access_log(settings: RouterSettings) -> dict[str, Any]:
+    """The API runner's access-log arguments: aiohttp's default logger when settings.access_log, else none."""
+    return {} if settings.access_log else {"access_log": None}
 
 
 def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
@@ -113,7 +119,7 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         limits = settings.http_limits
         app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, gate=gate, metrics=metrics,
                                body_timeout_s=limits.body_timeout_s)
-        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s)
+        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s, **api_access_log(settings))
         await runner.setup()
         p.on_exit(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
