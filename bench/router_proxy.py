@@ -549,7 +549,8 @@ def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"],
                        check=True, capture_output=True, timeout=600)
     except (subprocess.SubprocessError, OSError) as exc:
-        detail = exc.stderr[-300:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
+        detail = (exc.stderr.decode(errors="replace").strip()[-300:]
+                  if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc)
         return None, f"could not install vllm-router {VLLM_ROUTER_VERSION} (offline?): {detail}"
     return (exe, "installed") if exe.exists() else (None, "vllm-router installed no executable")
 
