@@ -19,17 +19,28 @@ The load is open loop: send times are fixed in advance (`i / rate`), and TTFT an
 count from each request's scheduled send time, so a slow target cannot slow the offered load (no
 coordinated omission); `send_lag_p99_ms` says how late the generator itself was.
 
-For each: TTFT and end-to-end p50/p99 at `--rate` requests/s (open loop, streaming), the router's added TTFT (through
-it minus direct), and the maximum sustained rate, found by ramping the offered rate until a step has
-errors, completes under 95 % of what was offered, or its p99 TTFT exceeds `--degraded-ttft-ms`.
+Made to be trusted on a shared machine, where other work comes and goes:
+- the targets are measured in rounds at `--rate`, one step each per round in a rotated order, so a burst of
+  load from elsewhere falls on each alike; the added TTFT (through a router minus direct) is given per
+  round against the same round's direct step, and pooled over the rounds with a 95 % bootstrap interval;
+- the headline is CPU per request: the server process's utime+stime (/proc) over a step, divided by the
+  requests it completed, the figure least moved by what else runs; the opscale/vllm-router ratio is
+  taken per round and its median reported;
+- the ramp (`RAMP_RPS`) runs direct first at each rate, and a router's step there is sustained only when it
+  has no errors, completes >= 95 %, kept the schedule, and its TTFT p99 is within `--sustained-factor` of
+  direct's at the same rate (or `--sustained-floor-ms` above it); a step that fails is run again before the
+  router leaves the ramp; where direct itself fails, the load tools have met their own ceiling, the ramp
+  stops, and a router still sustaining is reported censored (`ramp.censored`); direct is then run at twice
+  the highest rate a router sustained (`tool_headroom_ok`), so a router's limit is its own, not the tools'.
+- a router's at-rate CPU counts only in rounds where it kept up (TTFT p50 within `--kept-up-p50-ms` of
+  direct's): one that fell behind reads several tokens a read and looks cheaper than it is.
 
-The added latency is measured twice: TTFT, and the whole streamed response (end-to-end minus direct,
-which takes out the fixed streaming time). Capacity is measured twice: the open-loop ramp, and wrk
-(closed loop, compiled) keeping `--wrk-connections` streams busy. The router under test (and
-vllm-router) is pinned with taskset to its own CPU, the upstream and load generators to another, so
-the router's CPU is its own; the JSON states the pinning and the load average before and after.
+opscale's router is built as services/router/main.py builds it: Prometheus request metrics and tenant
+accounting, the HTTP limits of its settings, and API keys on (`--no-auth` turns them off). The router
+under test and vllm-router are pinned with taskset to one CPU, the upstream and load generators to the
+other; the JSON states the pinning and the load average before and after. A full run takes a few minutes.
 
-    python bench/router_proxy.py [--rate 500] [--step-s 5] [--tokens 16] [--token-gap-ms 1] [--load-procs 1]
+    python bench/router_proxy.py [--rate 500] [--rounds 4] [--step-s 2] [--no-ramp] [--wrk]
 
 `--profile-out PATH` runs opscale's router under cProfile (for finding hot spots; its latencies are
 then not comparable). The last line of output is one JSON object (with the machine).
@@ -62,7 +73,8 @@ MODEL = "bench-model"
 BENCH_KEY = "sk-bench-0123456789abcdef"
 BENCH_KEY_SPEC = {"id": "bench", "secret": BENCH_KEY, "requests_per_min": 1e9, "tokens_per_min": 1e12}
 ROOT = Path(__file__).resolve().parents[1]
-RAMP_RPS = (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
+RAMP_RPS = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
+VLLM_ROUTER_VERSION = "0.1.17"
 
 
 def free_port() -> int:
@@ -124,34 +136,52 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         from opscale.routing.tenants import ApiKeySpec, KeyTable
         from opscale.runtime.clock import WallClock
         from opscale.runtime.live.host import CoreHost
+        from opscale.runtime.live.settings import RouterSettings
+        from opscale.runtime.live.telemetry import setup_tracing
         from opscale.services.events import AgentHeartbeat
         from opscale.services.router import RouterConfig, RouterCore
 
+        from opscale_services.common import configure_logging
         from opscale_services.router.api import build_router_app, make_runner
         from opscale_services.router.auth import TenantGate
         from opscale_services.router.backend import LiveRouterBackend
+        from opscale_services.router.main import api_access_log, freeze_startup_heap
+        from opscale_services.router.metrics import RouterMetrics
         from opscale_services.router.records import RecordBatcher
-        from opscale_services.router.upstream import UpstreamClient
+        from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
+        # built as services/router/main.py builds it (its settings' defaults): one Prometheus registry for
+        # records, tenants and request metrics, the HTTP limits, the pooled upstream client's timeouts, and
+        # the tracer provider LiveProcess makes (spans created so trace context flows, none exported)
+        settings = RouterSettings()  # OPSCALE_ROUTER_* variables apply, as they do to the service
+        configure_logging(settings.log_level)  # as the launcher does: INFO, to this process's stderr file
+        tracer_provider = setup_tracing("router", settings.tracing_exporter)
         clock = WallClock()
         bus = CountingBus()
+        registry = CollectorRegistry()
         core = RouterCore(RouterConfig(region="local", models=[MODEL]))
-        upstream = UpstreamClient()
+        upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
+                                                 idle_timeout_s=settings.upstream_read_timeout_s))
         await upstream.start()
-        records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
+        records = RecordBatcher(bus, registry, batch_max=settings.records_batch_max)  # type: ignore[arg-type]
         gate = (TenantGate(KeyTable([ApiKeySpec.model_validate(BENCH_KEY_SPEC)], clock.now_s()), clock.now_s,
-                           CollectorRegistry()) if auth else None)
-        backend = LiveRouterBackend(core, clock, upstream, records, "local",
-                                    on_finished=gate.settle if gate is not None else None)
+                           registry) if auth else None)
+        metrics = RouterMetrics(registry)
+        backend = LiveRouterBackend(core, clock, upstream, records, "local", tracer_provider,
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         status = InstanceStatus("upstream-0", MODEL, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY,
                                 endpoint=upstream_url)
         await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
                                          (status,)))
-        runner = make_runner(build_router_app(backend, gate=gate), access_log=None)
+        limits = settings.http_limits
+        app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, gate=gate, metrics=metrics,
+                               body_timeout_s=limits.body_timeout_s)
+        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s, **api_access_log(settings))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
+        freeze_startup_heap()  # as main.run does once the router is up
         print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -221,10 +251,10 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
-              cpus: str | None, auth: bool = False) -> dict[str, Any]:
+              cpus: str | None, auth: bool = False) -> tuple[dict[str, Any], list[float]]:
     """One open-loop step from `procs` load processes, each offering rate/procs (so the Python client is
     not the bottleneck), pinned to `cpus` when given; their samples are merged. With `auth` they send
-    BENCH_KEY."""
+    BENCH_KEY. Returns the step's summary and its TTFT samples (seconds)."""
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
         # each process writes its samples to a file: a pipe is no place for a few hundred KiB of JSON
@@ -262,7 +292,7 @@ def load_step(url: str, rate: float, duration_s: float, tokens: int, procs: int,
             "events_per_response": events,
             "ttft_p50_ms": ms(ttfts, 0.5), "ttft_p99_ms": ms(ttfts, 0.99),
             "ttft_mean_ms": round(statistics.fmean(ttfts) * 1e3, 3) if ttfts else None,
-            "e2e_p50_ms": ms(e2es, 0.5), "e2e_p99_ms": ms(e2es, 0.99)}
+            "e2e_p50_ms": ms(e2es, 0.5), "e2e_p99_ms": ms(e2es, 0.99)}, ttfts
 
 
 def pinned(cmd: list[str], cpus: str | None) -> list[str]:
@@ -299,10 +329,20 @@ def wrk_capacity(url: str, tokens: int, duration_s: float, connections: int, cpu
             "e2e_p50_ms": round(p50_us / 1e3, 3), "e2e_p99_ms": round(p99_us / 1e3, 3)}
 
 
-def sustained(step: dict[str, Any], degraded_ttft_ms: float) -> bool:
-    return (not step["errors"] and step["completed"] >= 0.95 * step["sent"]
-            and step["send_s"] <= 1.05 * step["sent"] / step["offered_rps"] + 0.2
-            and step["ttft_p99_ms"] is not None and step["ttft_p99_ms"] <= degraded_ttft_ms)
+def sustained(step: dict[str, Any], direct: dict[str, Any] | None, factor: float, floor_ms: float,
+              tool_ttft_p99_ms: float = 50.0) -> bool:
+    """A step is sustained when nothing failed, nearly all of it completed, the load tool kept its
+    schedule, and its TTFT p99 is within `factor` times direct's at the same rate (or `floor_ms` above it,
+    whichever is looser: a direct p99 of 2 ms would otherwise leave no room for a router's queueing).
+    Direct itself (`direct` None) must keep its TTFT p99 within `tool_ttft_p99_ms`: past that the load
+    tools and the upstream are what is measured, and no yardstick is left."""
+    if step["errors"] or step["completed"] < 0.95 * step["sent"] or step["ttft_p99_ms"] is None:
+        return False
+    if step["send_s"] > 1.05 * step["sent"] / step["offered_rps"] + 0.2:
+        return False  # the load tool fell behind its own schedule: the rate was not offered
+    if direct is None:
+        return bool(step["ttft_p99_ms"] <= tool_ttft_p99_ms)
+    return bool(step["ttft_p99_ms"] <= max(factor * direct["ttft_p99_ms"], direct["ttft_p99_ms"] + floor_ms))
 
 
 def cpu_s(pid: int) -> float | None:
@@ -314,31 +354,190 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, url: str, args: argparse.Namespace, server_pid: int | None = None,
-            auth: bool = False) -> dict[str, Any]:
-    """The step at `--rate`, the ramp and wrk against `url`. With `server_pid`, the at-rate step also
-    reports that process's CPU per completed request (what the router costs, independent of queueing)."""
-    def step_at(rate: float) -> dict[str, Any]:
-        return load_step(url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, auth)
+def process_tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process and its threads' children (vllm-router is one process with threads, which
+    /proc/PID/stat already sums; a process tree would be summed here if a router forked workers)."""
+    total = cpu_s(pid)
+    if total is None:
+        return None
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += cpu_s(int(child)) or 0.0
+    return total
 
-    cpu_before = cpu_s(server_pid) if server_pid else None
-    at_rate = step_at(args.rate)
-    cpu_after = cpu_s(server_pid) if server_pid else None
-    if cpu_before is not None and cpu_after is not None and at_rate["completed"]:
-        at_rate["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1e3 / at_rate["completed"], 3)
-    ramp: list[dict[str, Any]] = []
-    max_rate = 0.0
-    for rate in RAMP_RPS:
-        step = at_rate if rate == args.rate else step_at(rate)
-        ramp.append(step)
-        if not sustained(step, args.degraded_ttft_ms):
+
+class Target:
+    """One way to reach the upstream: its URL, the server process whose CPU is counted (none for direct),
+    and whether it asks for the API key."""
+
+    def __init__(self, name: str, url: str, pid: int | None, auth: bool) -> None:
+        self.name, self.url, self.pid, self.auth = name, url, pid, auth
+
+    def step(self, rate: float, args: argparse.Namespace) -> tuple[dict[str, Any], list[float]]:
+        """One open-loop step at `rate`: its summary (with the server's CPU per completed request) and
+        its TTFT samples (seconds)."""
+        before = process_tree_cpu_s(self.pid) if self.pid else None
+        step, ttfts = load_step(self.url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, self.auth)
+        after = process_tree_cpu_s(self.pid) if self.pid else None
+        if before is not None and after is not None and step["completed"]:
+            step["server_cpu_ms_per_request"] = round((after - before) * 1e3 / step["completed"], 4)
+        return step, ttfts
+
+
+def rotated(targets: list[Target], round_index: int) -> list[Target]:
+    """The targets in a different order each round, so no target always runs first or last (a burst of
+    load from elsewhere, or a warming cache, falls on each alike over the rounds)."""
+    k = round_index % len(targets)
+    order = targets[k:] + targets[:k]
+    return order if round_index % 2 == 0 else order[::-1]
+
+
+def bootstrap_added_ms(through: list[float], direct: list[float], q: float, resamples: int,
+                       seed: int) -> dict[str, float]:
+    """The q-quantile of `through` minus that of `direct` (ms), with a 95 % bootstrap interval: both
+    samples resampled with replacement, the difference recomputed `resamples` times."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(through), np.asarray(direct)
+    diffs = np.empty(resamples)
+    batch = max(1, 2_000_000 // max(len(a), len(b)))  # bounded memory per batch of resamples
+    for start in range(0, resamples, batch):
+        n = min(batch, resamples - start)
+        qa = np.quantile(a[rng.integers(0, len(a), (n, len(a)))], q, axis=1)
+        qb = np.quantile(b[rng.integers(0, len(b), (n, len(b)))], q, axis=1)
+        diffs[start:start + n] = qa - qb
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return {"estimate": round(float(np.quantile(a, q) - np.quantile(b, q)) * 1e3, 3),
+            "ci95_low": round(float(low) * 1e3, 3), "ci95_high": round(float(high) * 1e3, 3)}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def at_rate_rounds(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+    """`--rounds` rounds at `--rate`, each one step per target in a rotated order. Per target: every
+    step's summary, the medians over rounds; added TTFT against direct both per round (the same round's
+    direct step) and over all rounds pooled, with a bootstrap interval; CPU per request per round."""
+    steps: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for r in range(args.rounds):
+        for target in rotated(targets, r):
+            step, ttfts = target.step(args.rate, args)
+            step["round"] = r
+            steps[target.name].append(step)
+            samples[target.name].extend(ttfts)
+            print(f"round {r} {target.name}: ttft p50 {step['ttft_p50_ms']} p99 {step['ttft_p99_ms']} ms, "
+                  f"cpu/req {step.get('server_cpu_ms_per_request')} ms, errors {step['errors']}",
+                  file=sys.stderr, flush=True)
+        direct_step = steps["direct"][-1]
+        for target in targets:
+            # kept up: no errors, and its TTFT p50 within --kept-up-p50-ms of this round's direct step. A
+            # router that fell behind reads several tokens at once and so spends less CPU per request: its
+            # CPU figure is left out of the ratio, not taken as a saving. (The p50, not the p99: on a shared
+            # machine one scheduling stall moves a p99 without the router falling behind.)
+            mine = steps[target.name][-1]
+            mine["kept_up"] = bool(not mine["errors"] and mine["completed"] >= 0.95 * mine["sent"]
+                                   and mine["ttft_p50_ms"] is not None and direct_step["ttft_p50_ms"] is not None
+                                   and mine["ttft_p50_ms"] <= direct_step["ttft_p50_ms"] + args.kept_up_p50_ms)
+    out: dict[str, Any] = {}
+    for target in targets:
+        mine = steps[target.name]
+        row: dict[str, Any] = {
+            "steps": mine,
+            "ttft_p50_ms_median": _median([s["ttft_p50_ms"] for s in mine if s["ttft_p50_ms"] is not None]),
+            "ttft_p99_ms_median": _median([s["ttft_p99_ms"] for s in mine if s["ttft_p99_ms"] is not None]),
+            "errors": sum(sum(s["errors"].values()) for s in mine),
+        }
+        cpu = [s["server_cpu_ms_per_request"] for s in mine if "server_cpu_ms_per_request" in s and s["kept_up"]]
+        row["rounds_kept_up"] = sum(s["kept_up"] for s in mine)
+        if cpu:
+            row["cpu_ms_per_request"] = {"median": _median(cpu), "min": min(cpu), "max": max(cpu),
+                                         "rounds": len(cpu)}
+        if target.name != "direct" and samples[target.name] and samples["direct"]:
+            per_round = {q: [s[f"ttft_{q}_ms"] - d[f"ttft_{q}_ms"] for s, d in zip(mine, steps["direct"], strict=True)
+                             if s[f"ttft_{q}_ms"] is not None and d[f"ttft_{q}_ms"] is not None]
+                         for q in ("p50", "p99")}
+            row["added_ttft_ms"] = {
+                f"{q}_per_round": [round(x, 3) for x in values] for q, values in per_round.items()}
+            row["added_ttft_ms"].update({f"{q}_per_round_median": _median(values) for q, values in per_round.items()})
+            row["added_ttft_ms"]["p50_pooled"] = bootstrap_added_ms(samples[target.name], samples["direct"], 0.5,
+                                                                    args.bootstrap, seed=1)
+            row["added_ttft_ms"]["p99_pooled"] = bootstrap_added_ms(samples[target.name], samples["direct"], 0.99,
+                                                                    args.bootstrap, seed=2)
+        out[target.name] = row
+    return out
+
+
+def ramp(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+    """The highest rate each target sustains. Rates rise through RAMP_RPS; at each, direct runs first (its
+    TTFT p99 is the yardstick), then each target still in the ramp, in a rotated order. A step that is not
+    sustained is run again before the target leaves the ramp (one bad step on a shared machine is not a
+    ceiling). Where direct itself fails, the load tools (and the upstream) have reached their own ceiling:
+    the ramp stops there, and a target still sustaining is reported as at least the last rate, censored."""
+    direct = next(t for t in targets if t.name == "direct")
+    routers = [t for t in targets if t.name != "direct"]
+    in_ramp = {t.name for t in routers}
+    best: dict[str, float] = {t.name: 0.0 for t in targets}
+    log: list[dict[str, Any]] = []
+    tool_ceiling: float | None = None
+    for i, rate in enumerate(r for r in RAMP_RPS if r <= args.ramp_max_rps):
+        yard, _ = direct.step(rate, args)
+        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms, args.tool_ttft_p99_ms):
+            yard, _ = direct.step(rate, args)  # confirm before calling it the tools' ceiling
+        log.append({"target": "direct", "rate": rate, **_brief(yard)})
+        if not sustained(yard, None, args.sustained_factor, args.sustained_floor_ms, args.tool_ttft_p99_ms):
+            tool_ceiling = float(rate)
             break
-        max_rate = float(rate)
-    capacity = wrk_capacity(url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load, auth)
-    print(f"{name}: ttft p50 {at_rate['ttft_p50_ms']} ms, p99 {at_rate['ttft_p99_ms']} ms, e2e p50 "
-          f"{at_rate['e2e_p50_ms']} ms, p99 {at_rate['e2e_p99_ms']} ms at {args.rate} rps; max sustained "
-          f"{max_rate:.0f} rps; wrk {capacity.get('rps')} rps", file=sys.stderr, flush=True)
-    return {"at_rate": at_rate, "max_sustained_rps": max_rate, "wrk_closed_loop": capacity, "ramp": ramp}
+        best["direct"] = float(rate)
+        for target in rotated([t for t in routers if t.name in in_ramp], i):
+            step, _ = target.step(rate, args)
+            ok = sustained(step, yard, args.sustained_factor, args.sustained_floor_ms)
+            entry = {"target": target.name, "rate": rate, **_brief(step), "sustained": ok}
+            if not ok:
+                again, _ = target.step(rate, args)
+                ok = sustained(again, yard, args.sustained_factor, args.sustained_floor_ms)
+                entry["confirmation"] = {**_brief(again), "sustained": ok}
+            entry["sustained"] = ok
+            log.append(entry)
+            if ok:
+                best[target.name] = float(rate)
+            else:
+                in_ramp.discard(target.name)
+        print(f"ramp {rate} rps: direct p99 {yard['ttft_p99_ms']} ms; still sustaining: {sorted(in_ramp)}",
+              file=sys.stderr, flush=True)
+        if not in_ramp:
+            break
+    # The tools' own ceiling must sit well above the routers' limits for those to be the routers': direct
+    # is run (and confirmed) at twice the highest rate a router sustained, unless it already was
+    highest = max((best[t.name] for t in routers), default=0.0)
+    headroom: dict[str, Any] = {"rate": 2 * highest}
+    if tool_ceiling is not None and tool_ceiling <= 2 * highest:
+        headroom["sustained"] = False
+    elif best["direct"] >= 2 * highest:
+        headroom["sustained"] = True
+    else:
+        check, _ = direct.step(2 * highest, args)
+        if not sustained(check, None, args.sustained_factor, args.sustained_floor_ms, args.tool_ttft_p99_ms):
+            check, _ = direct.step(2 * highest, args)
+        headroom.update(_brief(check))
+        headroom["sustained"] = sustained(check, None, args.sustained_factor, args.sustained_floor_ms,
+                                          args.tool_ttft_p99_ms)
+    return {
+        "max_sustained_rps": best,
+        # a router still sustaining where the ramp ended was not measured to its limit
+        "censored": sorted(in_ramp),
+        "load_tool_ceiling_rps": tool_ceiling,
+        "direct_at_twice_the_routers_max": headroom,
+        "tool_headroom_ok": headroom["sustained"],
+        "steps": log,
+    }
+
+
+def _brief(step: dict[str, Any]) -> dict[str, Any]:
+    return {k: step.get(k) for k in ("sent", "completed", "errors", "ttft_p50_ms", "ttft_p99_ms", "send_s",
+                                     "send_lag_p99_ms", "server_cpu_ms_per_request")}
 
 
 def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
@@ -347,10 +546,12 @@ def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
         return exe, "found"
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "vllm-router==0.1.17"], check=True,
-                       capture_output=True, timeout=600)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"],
+                       check=True, capture_output=True, timeout=600)
     except (subprocess.SubprocessError, OSError) as exc:
-        return None, f"could not install vllm-router: {exc}"
+        detail = (exc.stderr.decode(errors="replace").strip()[-300:]
+                  if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc)
+        return None, f"could not install vllm-router {VLLM_ROUTER_VERSION} (offline?): {detail}"
     return (exe, "installed") if exe.exists() else (None, "vllm-router installed no executable")
 
 
@@ -366,97 +567,117 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
+    began = time.monotonic()
     up_port, ops_port, vr_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
     procs: list[subprocess.Popen[str]] = []
-    results: dict[str, Any] = {}
     notes: list[str] = []
+    loop_name = None
     try:
         upstream = spawn("--role", "upstream", "--port", str(up_port), "--tokens", str(args.tokens),
                          "--token-gap-ms", str(args.token_gap_ms), cpus=args.cpu_upstream)
         procs.append(upstream)
         wait_http(f"{upstream_url}/health", 30)
-        results["direct"] = measure("direct", upstream_url, args)
+        targets = [Target("direct", upstream_url, None, False)]
 
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         profiling = ("--profile-out", args.profile_out) if args.profile_out else ()
-        keyed = ("--auth",) if args.auth else ()
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling, *keyed,
-                        env=env, cpus=args.cpu_router)
+        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling,
+                        "--auth" if args.auth else "--no-auth", env=env, cpus=args.cpu_router)
         procs.append(opscale)
         line = opscale.stdout.readline() if opscale.stdout else ""
         if not line.startswith("{"):
             raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
-        measured = measure("opscale", f"http://127.0.0.1:{ops_port}", args, opscale.pid, args.auth)
-        results["opscale"] = {"loop": json.loads(line)["loop"], "auth": args.auth, **measured}
-        stop(opscale)
+        loop_name = json.loads(line)["loop"]
+        targets.append(Target("opscale", f"http://127.0.0.1:{ops_port}", opscale.pid, args.auth))
 
         exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
         if exe is None:
-            notes.append(f"vllm-router: {how}")
+            notes.append(f"vllm-router: {how}; only opscale against direct is measured")
         else:
+            # pinned to the router's CPU too: only the target under load is busy, the other idles
             vr = subprocess.Popen(pinned([str(exe), "--host", "127.0.0.1", "--port", str(vr_port), "--worker-urls",
                                           upstream_url, "--policy", "round_robin", "--log-level", "warning"],
                                          args.cpu_router),
                                   stdout=subprocess.DEVNULL, stderr=tempfile.TemporaryFile(), text=True)
             procs.append(vr)
             wait_http(f"http://127.0.0.1:{vr_port}/health", 60)
-            results["vllm_router"] = {"version": "0.1.17",
-                                      **measure("vllm-router", f"http://127.0.0.1:{vr_port}", args, vr.pid)}
+            targets.append(Target("vllm_router", f"http://127.0.0.1:{vr_port}", vr.pid, False))
+
+        for target in targets:  # one step at the rate, not counted: the first one of a process runs slow
+            target.step(args.rate, args)
+        at_rate = at_rate_rounds(targets, args)
+        ramped = ramp(targets, args) if args.ramp else {"skipped": "--no-ramp"}
+        capacity = ({t.name: wrk_capacity(t.url, args.tokens, args.step_s, args.wrk_connections, args.cpu_load,
+                                          t.auth) for t in targets} if args.wrk else {"skipped": "--wrk not given"})
     finally:
         for proc in procs:
             stop(proc)
 
-    def added(which: str, q: str) -> float | None:
-        through, direct = results.get(which, {}).get("at_rate", {}), results["direct"]["at_rate"]
-        if through.get(q) is None or direct.get(q) is None:
-            return None
-        return round(through[q] - direct[q], 3)
-
+    ops = at_rate["opscale"]
     summary: dict[str, Any] = {
-        "opscale_added_ttft_p50_ms": added("opscale", "ttft_p50_ms"),
-        "opscale_added_ttft_p99_ms": added("opscale", "ttft_p99_ms"),
-        "opscale_added_e2e_p50_ms": added("opscale", "e2e_p50_ms"),
-        "opscale_added_e2e_p99_ms": added("opscale", "e2e_p99_ms"),
-        "direct_wrk_rps": results["direct"]["wrk_closed_loop"].get("rps"),
-        "opscale_wrk_rps": results["opscale"]["wrk_closed_loop"].get("rps"),
-        "direct_max_sustained_rps": results["direct"]["max_sustained_rps"],
-        "opscale_max_sustained_rps": results["opscale"]["max_sustained_rps"],
-        "opscale_cpu_ms_per_request": results["opscale"]["at_rate"].get("server_cpu_ms_per_request"),
         "opscale_auth": args.auth,
-        "targets": {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0, "max_rate_ratio_vs_vllm_router": 0.5},
+        "opscale_cpu_ms_per_request": ops.get("cpu_ms_per_request", {}).get("median"),
+        "opscale_added_ttft_p50_ms": ops["added_ttft_ms"]["p50_pooled"],
+        "opscale_added_ttft_p99_ms": ops["added_ttft_ms"]["p99_pooled"],
+        "opscale_added_ttft_p50_ms_per_round_median": ops["added_ttft_ms"]["p50_per_round_median"],
+        "opscale_added_ttft_p99_ms_per_round_median": ops["added_ttft_ms"]["p99_per_round_median"],
+        "errors": {name: row["errors"] for name, row in at_rate.items()},
     }
-    if "vllm_router" in results:
-        vr_max = results["vllm_router"]["max_sustained_rps"]
-        summary["vllm_router_added_ttft_p50_ms"] = added("vllm_router", "ttft_p50_ms")
-        summary["vllm_router_added_ttft_p99_ms"] = added("vllm_router", "ttft_p99_ms")
-        summary["vllm_router_max_sustained_rps"] = vr_max
-        summary["vllm_router_cpu_ms_per_request"] = results["vllm_router"]["at_rate"].get("server_cpu_ms_per_request")
-        summary["vllm_router_added_e2e_p50_ms"] = added("vllm_router", "e2e_p50_ms")
-        summary["vllm_router_added_e2e_p99_ms"] = added("vllm_router", "e2e_p99_ms")
-        vr_wrk, ops_wrk = results["vllm_router"]["wrk_closed_loop"].get("rps"), summary["opscale_wrk_rps"]
-        summary["vllm_router_wrk_rps"] = vr_wrk
-        summary["wrk_rps_ratio_opscale_to_vllm_router"] = round(ops_wrk / vr_wrk, 3) if vr_wrk and ops_wrk else None
-        summary["max_rate_ratio_opscale_to_vllm_router"] = (
-            round(results["opscale"]["max_sustained_rps"] / vr_max, 3) if vr_max else None)
+    if isinstance(ramped.get("max_sustained_rps"), dict):
+        summary["max_sustained_rps"] = ramped["max_sustained_rps"]
+        summary["ramp_censored"] = ramped["censored"]
+        summary["load_tool_ceiling_rps"] = ramped["load_tool_ceiling_rps"]
+        summary["tool_headroom_ok"] = ramped["tool_headroom_ok"]
+    if "vllm_router" in at_rate:
+        vr = at_rate["vllm_router"]
+        summary["vllm_router_cpu_ms_per_request"] = vr.get("cpu_ms_per_request", {}).get("median")
+        summary["vllm_router_added_ttft_p50_ms"] = vr["added_ttft_ms"]["p50_pooled"]
+        summary["vllm_router_added_ttft_p99_ms"] = vr["added_ttft_ms"]["p99_pooled"]
+        ratios = [o["server_cpu_ms_per_request"] / v["server_cpu_ms_per_request"]
+                  for o, v in zip(ops["steps"], vr["steps"], strict=True)
+                  if o.get("server_cpu_ms_per_request") and v.get("server_cpu_ms_per_request")
+                  and o["kept_up"] and v["kept_up"]]
+        # the headline: both routers' CPU per request in the same round, their ratio, the median over rounds
+        summary["cpu_per_request_ratio_opscale_to_vllm_router"] = {
+            "median": _median(ratios), "per_round": [round(x, 3) for x in ratios],
+            "rounds_both_kept_up": len(ratios)}
+        best = ramped.get("max_sustained_rps") if isinstance(ramped.get("max_sustained_rps"), dict) else None
+        if best and best.get("vllm_router"):
+            summary["max_rate_ratio_opscale_to_vllm_router"] = round(best["opscale"] / best["vllm_router"], 3)
+    summary["targets"] = {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0,
+                          "cpu_per_request_ratio_opscale_to_vllm_router": 1.5}
     return {
         "benchmark": "router_proxy",
         "machine": {**machine(), "loadavg_1_5_15_before": load_before,
-                    "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
-        "processes": "separate: upstream (raw asyncio protocols), router under test, and --load-procs open-loop "
-                     "load processes per step (raw asyncio protocols; uvloop when installed), plus wrk (compiled, "
-                     "closed loop) for capacity",
+                    "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+                    "run_s": round(time.monotonic() - began, 1)},
+        "processes": "separate: upstream (raw asyncio protocols), opscale's router (built as services/router/main.py "
+                     "builds it: metrics, HTTP limits, API keys unless --no-auth), vllm-router, and --load-procs "
+                     "open-loop load processes per step (raw asyncio protocols; uvloop when installed)",
+        "opscale_loop": loop_name,
         "cpu_pinning": {"upstream": args.cpu_upstream, "router": args.cpu_router, "load": args.cpu_load,
                         "taskset": shutil.which("taskset") is not None},
         "opscale_registration": "router core fed one agent heartbeat directly (no node-agent, NATS or Redis); "
                                 "records published to an in-memory counting bus",
-        "baseline": "direct (load generator to upstream), and vllm-router in front of the same upstream",
-        "workload": {"rate_rps": args.rate, "step_s": args.step_s, "tokens": args.tokens,
+        "method": "at --rate: --rounds rounds, one step per target each, in a rotated order; added TTFT = through "
+                  "a router minus direct, per round (same round's direct step) and pooled over rounds with a 95 % "
+                  "bootstrap interval; CPU per request = the server process's utime+stime (/proc) over the step "
+                  "divided by the requests completed, over the rounds where the router kept up (TTFT p50 within "
+                  "--kept-up-p50-ms of direct's); the first step of each target at the rate is not counted. "
+                  "Ramp: direct first at each rate, a router step is sustained when error-free, >=95 % complete, on schedule, and its TTFT p99 <= max(factor x direct's, "
+                  "direct's + floor); a failed step is run again before the target leaves the ramp.",
+        "vllm_router_version": VLLM_ROUTER_VERSION if "vllm_router" in at_rate else None,
+        "workload": {"rate_rps": args.rate, "rounds": args.rounds, "step_s": args.step_s, "tokens": args.tokens,
                      "token_gap_ms": args.token_gap_ms, "first_token_after_ms": args.token_gap_ms,
-                     "open_loop": True, "streaming": True, "ramp_rps": list(RAMP_RPS),
-                     "degraded_ttft_p99_ms": args.degraded_ttft_ms},
+                     "open_loop": True, "streaming": True,
+                     "ramp_rps": [r for r in RAMP_RPS if r <= args.ramp_max_rps] if args.ramp else [],
+                     "sustained_factor": args.sustained_factor, "sustained_floor_ms": args.sustained_floor_ms,
+                     "tool_ttft_p99_ms": args.tool_ttft_p99_ms, "kept_up_p50_ms": args.kept_up_p50_ms},
         "summary": summary,
-        "results": results,
+        "at_rate": at_rate,
+        "ramp": ramped,
+        "wrk_closed_loop": capacity,
         "notes": notes,
     }
 
@@ -470,7 +691,7 @@ def main() -> None:
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=500.0, help="Offered rate of the latency measurement (req/s)")
-    parser.add_argument("--step-s", type=float, default=5.0, help="Seconds of load per measurement step")
+    parser.add_argument("--step-s", type=float, default=2.0, help="Seconds of load per measurement step")
     parser.add_argument("--tokens", type=int, default=16, help="Tokens each streamed answer has")
     parser.add_argument("--token-gap-ms", type=float, default=1.0, help="Upstream delay before each token")
     parser.add_argument("--load-procs", type=int, default=1,
@@ -482,16 +703,31 @@ def main() -> None:
     parser.add_argument("--cpu-router", default="1" if two else None, help="taskset CPU list of the router")
     parser.add_argument("--cpu-load", default="0" if two else None,
                         help="taskset CPU list of the load generators (shares the upstream's on 2 cores)")
-    parser.add_argument("--degraded-ttft-ms", type=float, default=250.0,
-                        help="A ramp step whose TTFT p99 exceeds this is not sustained")
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds at --rate (one step per target each)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples of the added TTFT")
+    parser.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=True,
+                        help="Find each target's maximum sustained rate")
+    parser.add_argument("--ramp-max-rps", type=float, default=float(RAMP_RPS[-1]), help="Highest ramp rate tried")
+    parser.add_argument("--sustained-factor", type=float, default=3.0,
+                        help="A ramp step is sustained when its TTFT p99 is within this multiple of direct's")
+    parser.add_argument("--sustained-floor-ms", type=float, default=20.0,
+                        help="... or within this many ms of direct's, whichever is looser")
+    parser.add_argument("--kept-up-p50-ms", type=float, default=5.0,
+                        help="A router's step at --rate counts for CPU per request when its TTFT p50 is within "
+                             "this of the same round's direct step")
+    parser.add_argument("--tool-ttft-p99-ms", type=float, default=50.0,
+                        help="Direct's TTFT p99 past which the load tools' own ceiling is reached")
+    parser.add_argument("--wrk", action="store_true", help="Also measure closed-loop capacity with wrk")
     parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),
                         help="Where vllm-router is installed (its own venv)")
     parser.add_argument("--no-vllm-router", action="store_true", help="Skip the vllm-router comparison")
     parser.add_argument("--profile-out", default=None,
                         help="Run opscale's router under cProfile and write its stats to this file (for finding "
                              "hot spots: profiling slows the router, so its latencies are then not comparable)")
-    parser.add_argument("--auth", action="store_true", help="opscale's router asks for an API key (one tenant "
-                        "whose limits never bind) and the load tools send it")
+    parser.add_argument("--auth", action=argparse.BooleanOptionalAction, default=True,
+                        help="opscale's router asks for an API key (one tenant whose limits never bind, so the "
+                             "buckets run on every request) and the load tools send it; on by default, as in "
+                             "production")
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.tokens, args.token_gap_ms / 1e3)
