@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,6 +164,44 @@ class LiveStack:
             raise errors[0]
 
 
+async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 30.0, every_s: float = 0.1) -> T:
+    """Poll `check()` until it returns something truthy, and return that; the deadline only bounds a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(every_s)  # noqa: TID251 - polling real servers
+
+
+async def clean_namespace(nats_url: str, redis_url: str, namespace: str) -> None:
+    """Delete what a test's namespace left on the shared servers: its Redis keys and its NATS streams."""
+    from opscale.runtime.live.bus import NatsBus
+    from opscale.runtime.live.store import RedisStore
+
+    store = RedisStore(redis_url, namespace)
+    await store.delete_namespace()
+    await store.close()
+    cleaner = NatsBus(namespace)
+    await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
+    await cleaner.delete_streams()
+    await cleaner.close()
+
+
+@asynccontextmanager
+async def running_stack(stack: LiveStack) -> AsyncIterator[LiveStack]:
+    """`stack` started, then stopped and its namespace cleaned, whatever the test did."""
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        await stack.close()
+        await clean_namespace(stack.nats_url, stack.redis_url, stack.namespace)
+
+
 def stop_up(proc: subprocess.Popen[bytes]) -> str:
     """Stop an `opscale up` process as a user does (SIGTERM) and return its output; a stack that does not
     stop within 45 s is killed and fails the test."""
@@ -192,7 +231,7 @@ def start_up_scenario(scenario: str, tmp_path: Path, nats_url: str, redis_url: s
     return proc, base
 
 
-async def eventually(probe: Callable[[], T], proc: subprocess.Popen[bytes], timeout_s: float) -> T:
+async def eventually_while_up(probe: Callable[[], T], proc: subprocess.Popen[bytes], timeout_s: float) -> T:
     """The first truthy value of `probe()`, polled while an `opscale up` process runs; fails the test when
     the stack exits or `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s

@@ -17,10 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from _stack import ROOT, LiveStack
+from _stack import ROOT, LiveStack, clean_namespace, eventually
 from _tls import tls_dict
 
-from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.settings import PlannerSettings
 from opscale.runtime.live.store import RedisStore
@@ -32,27 +31,6 @@ from opscale.services.router import RouterCore
 pytestmark = pytest.mark.integration
 
 
-async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # noqa: ANN001, ANN202
-    """Poll `check()` until it returns something truthy; the deadline only bounds a hang."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)  # noqa: TID251 - polling a real server
-
-
-async def _clean(redis_url: str, nats_url: str, namespace: str) -> None:
-    store = RedisStore(redis_url, namespace)
-    await store.delete_namespace()
-    await store.close()
-    cleaner = NatsBus(namespace)
-    await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-    await cleaner.delete_streams()
-    await cleaner.close()
 
 
 @pytest.fixture
@@ -65,7 +43,7 @@ async def two_routers(nats_url: str, redis_url: str, namespace: str) -> AsyncIte
         yield s
     finally:
         await s.close()
-        await _clean(redis_url, nats_url, namespace)
+        await clean_namespace(nats_url, redis_url, namespace)
 
 
 def _router(stack: LiveStack, name: str) -> RouterCore:
@@ -95,7 +73,7 @@ async def test_two_routers_each_see_the_whole_fleet_and_the_planner_keeps_their_
         return all(_router(stack, name).plan_epoch() == plan.epoch and _router(stack, name).agents() == ["agent-1"]
                    and len(_router(stack, name).ready_instances(stack.model)) == 2 for name in stack.router_names)
 
-    await _eventually(both_follow_the_newest_plan)
+    await eventually(both_follow_the_newest_plan)
 
     planner = stack.processes["planner"].core
     assert isinstance(planner, PlannerCore)
@@ -103,7 +81,7 @@ async def test_two_routers_each_see_the_whole_fleet_and_the_planner_keeps_their_
     async def planner_hears_both() -> bool:
         return set(planner.router_pending()) == {"router-test", "router-test-router-2"}
 
-    await _eventually(planner_hears_both)  # two loads, neither overwriting the other
+    await eventually(planner_hears_both)  # two loads, neither overwriting the other
 
     # Concurrent requests, alternately through each router: the instances share them as one router shares
     # its own (jsq on outstanding tokens splits each router's concurrent requests evenly).
@@ -157,14 +135,14 @@ async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_c
                 raise AssertionError(f"planner-a exited:\n{leader.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
             return await store.lease_holder("planner") == "planner-a"
 
-        await _eventually(a_leads)
+        await eventually(a_leads)
         await stack.start()  # planner-b stands by
         async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             async def follows_a():  # noqa: ANN202
                 hb = await agent.status()
                 return hb if hb.epoch >= 1 and hb.instances and hb.fencing_token >= 1 else None
 
-            under_a = await _eventually(follows_a)
+            under_a = await eventually(follows_a)
             leader.kill()  # SIGKILL: the lease is not released, it lapses
             leader.wait()
             died_at = time.monotonic()
@@ -172,7 +150,7 @@ async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_c
             async def b_leads() -> bool:
                 return await store.lease_holder("planner") == "planner-b"
 
-            await _eventually(b_leads, timeout_s=20.0, every_s=0.05)
+            await eventually(b_leads, timeout_s=20.0, every_s=0.05)
             took_over_s = time.monotonic() - died_at
             assert took_over_s <= 10.0, f"the standby took the lease {took_over_s:.1f} s after the leader died"
 
@@ -180,7 +158,7 @@ async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_c
                 hb = await agent.status()
                 return hb if hb.fencing_token > under_a.fencing_token else None
 
-            under_b = await _eventually(follows_b)  # planner-b sent its plan under the new generation
+            under_b = await eventually(follows_b)  # planner-b sent its plan under the new generation
             assert under_b.epoch >= under_a.epoch
             # The dead leader's last command, delivered late, with a newer epoch: refused, nothing changes
             stale = await agent.apply(ApplyCommand("agent-1", under_b.epoch + 1, "late", (),
@@ -195,4 +173,4 @@ async def test_the_standby_planner_takes_over_within_10_s_and_the_dead_leaders_c
             leader.wait()
         await stack.close()
         await store.close()
-        await _clean(redis_url, nats_url, namespace)
+        await clean_namespace(nats_url, redis_url, namespace)

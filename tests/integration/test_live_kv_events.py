@@ -27,7 +27,7 @@ import pytest
 import zmq
 import zmq.asyncio
 from _router_service_loopback import serve
-from _stack import LiveStack, eventually, start_up_scenario, stop_up
+from _stack import LiveStack, eventually_while_up, start_up_scenario, stop_up
 from _tiny_tokenizer import write_model_folder
 from _vllm_kv_wire import BlockStored, frames
 from aiohttp import web
@@ -100,7 +100,7 @@ async def test_a_follow_up_turn_goes_to_the_instance_whose_kv_events_say_it_hold
                      if st.model == MODEL and st.state == InstanceState.READY]
             return found if len(found) == 2 else None
 
-        instances = await eventually(ready, proc, timeout_s=120)
+        instances = await eventually_while_up(ready, proc, timeout_s=120)
 
         async with aiohttp.ClientSession() as session:
             async def ask(messages: list[dict[str, str]], max_tokens: int,
@@ -120,8 +120,8 @@ async def test_a_follow_up_turn_goes_to_the_instance_whose_kv_events_say_it_hold
             await asyncio.wait_for(first_running.wait(), 60)
             y1 = await ask(turn("cooking", 1), 20)
             x1_id = await x1
-            rx = await eventually(lambda: records.get(x1_id), proc, timeout_s=30)
-            ry = await eventually(lambda: records.get(y1), proc, timeout_s=30)
+            rx = await eventually_while_up(lambda: records.get(x1_id), proc, timeout_s=30)
+            ry = await eventually_while_up(lambda: records.get(y1), proc, timeout_s=30)
             assert rx.status == "ok" and ry.status == "ok"
             assert {rx.instance_id, ry.instance_id} == set(instances)  # one conversation each
 
@@ -130,14 +130,14 @@ async def test_a_follow_up_turn_goes_to_the_instance_whose_kv_events_say_it_hold
                 stored_by = {b.instance_id for b in kv_batches if any(e.kind == "stored" for e in b.events)}
                 return stored_by == set(instances) and router_stat(base, "stored") > 0
 
-            await eventually(stored, proc, timeout_s=60)
+            await eventually_while_up(stored, proc, timeout_s=60)
             assert router_stat(base, "batches") > 0
 
             # Each follow-up turn goes where its conversation's prefix is cached.
             x2 = await ask(turn("travel", 2), 5)
             y2 = await ask(turn("cooking", 2), 5)
-            rx2 = await eventually(lambda: records.get(x2), proc, timeout_s=30)
-            ry2 = await eventually(lambda: records.get(y2), proc, timeout_s=30)
+            rx2 = await eventually_while_up(lambda: records.get(x2), proc, timeout_s=30)
+            ry2 = await eventually_while_up(lambda: records.get(y2), proc, timeout_s=30)
             assert rx2.instance_id == rx.instance_id
             assert ry2.instance_id == ry.instance_id
             assert router_stat(base, "malformed") == 0 and router_stat(base, "unknown_instance") == 0

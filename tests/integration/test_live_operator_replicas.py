@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from _stack import clean_namespace
 
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.local_servers import free_port
 from opscale.runtime.live.settings import GrpcTlsSettings, NodeAgentSettings, load_settings
-from opscale.runtime.live.store import RedisStore
 from opscale.services.events import ApplyCommand
 
 from opscale_services.common import LiveProcess
@@ -45,15 +45,7 @@ async def agent_address(nats_url: str, redis_url: str, namespace: str) -> AsyncI
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-        store = RedisStore(redis_url, namespace)
-        await store.delete_namespace()
-        await store.close()
-        from opscale.runtime.live.bus import NatsBus
-
-        cleaner = NatsBus(namespace)
-        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-        await cleaner.delete_streams()
-        await cleaner.close()
+        await clean_namespace(nats_url, redis_url, namespace)
 
 
 async def _state(agent: NodeAgentClient) -> InstanceState | None:

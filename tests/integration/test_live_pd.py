@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from _stack import eventually, start_up_scenario, stop_up
+from _stack import eventually_while_up, start_up_scenario, stop_up
 from conftest import BusFactory
 
 from opscale.engine import EngineConfig, PrefillDone, SimEngine
@@ -117,7 +117,7 @@ async def test_a_disaggregated_deployment_streams_from_decode_with_the_kv_transf
                 refused = await direct.json()
                 assert direct.status == 400 and refused["error"]["code"] == "wrong_role", refused
 
-        record = await eventually(lambda: records.get(request_id), proc, timeout_s=30)
+        record = await eventually_while_up(lambda: records.get(request_id), proc, timeout_s=30)
         assert record.status == "ok" and record.output_tokens == OUTPUT_TOKENS
         # the router's record: prefilled on the prefill instance, streamed from a decode instance
         assert record.prefill_instance_id == prefill[1].instance_id
@@ -153,4 +153,4 @@ async def _ready_instances(heartbeats: dict[str, AgentHeartbeat], proc: subproce
                  if st.model == MODEL and st.state == InstanceState.READY]
         return found if len(found) == 3 else None
 
-    return await eventually(ready, proc, timeout_s)
+    return await eventually_while_up(ready, proc, timeout_s)

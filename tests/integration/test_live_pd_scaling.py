@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from _stack import eventually, start_up_scenario, stop_up
+from _stack import eventually_while_up, start_up_scenario, stop_up
 from conftest import BusFactory
 
 from opscale.model import InstanceState, Plan, Role
@@ -132,15 +132,15 @@ async def test_rising_load_scales_prefill_and_decode_together_at_the_pd_ratio(
     try:
         async with aiohttp.ClientSession() as session:
             # The minimum, 1P/1D, serving end to end: one request streams through both roles.
-            await eventually(lambda: plans and (plans[-1].prefill, plans[-1].decode) == (1, 1), proc, timeout_s=90)
+            await eventually_while_up(lambda: plans and (plans[-1].prefill, plans[-1].decode) == (1, 1), proc, timeout_s=90)
             await _eventually_served(session, base, proc, timeout_s=60)
             load_began = time.monotonic()
             del plans[:-1]  # the last plan before the load is its starting point
             outcomes = await _rising_load(session, base, proc)
         # the routers' records of the load's requests (and of the probe's), published in batches
-        await eventually(lambda: len(served_by) >= len(outcomes), proc, timeout_s=30)
+        await eventually_while_up(lambda: len(served_by) >= len(outcomes), proc, timeout_s=30)
         # every instance the last plan asked for came up (loads are short against the load's last step)
-        await eventually(lambda: plans[-1].instances <= ready, proc, timeout_s=30)
+        await eventually_while_up(lambda: plans[-1].instances <= ready, proc, timeout_s=30)
         stored = await store.load_plan()  # what a restarted planner would continue from
     finally:
         output = stop_up(proc)

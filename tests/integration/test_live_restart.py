@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from _stack import LiveStack, clean_namespace, eventually
 
 from opscale.forecast import make_forecaster
 from opscale.model import RequestOutcome
@@ -23,18 +24,6 @@ pytestmark = pytest.mark.integration
 
 WALL = WallClock()  # the streams store events, and the services stamp windows, by wall time
 
-
-async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # noqa: ANN001, ANN202
-    """Poll `check()` until it returns something truthy; the deadline only bounds a hang."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)  # noqa: TID251 - polling a real server
 
 
 class Service:
@@ -103,7 +92,7 @@ async def test_a_restarted_aggregator_publishes_the_same_windows(bus: NatsBus, s
             window = (await store.windows(key)).get(key)
             return window if window is not None and window.requests == 30 else None
 
-        before = await _eventually(windowed)
+        before = await eventually(windowed)
         await service.close()
         restarted_at = WALL.now_s()
         await service.start()
@@ -112,7 +101,7 @@ async def test_a_restarted_aggregator_publishes_the_same_windows(bus: NatsBus, s
             window = (await store.windows(key)).get(key)
             return window if window is not None and window.end_s > restarted_at else None
 
-        after = await _eventually(republished)  # by the restarted aggregator
+        after = await eventually(republished)  # by the restarted aggregator
         same = ("requests", "completed", "ttft_p50_s", "ttft_p99_s", "e2e_p99_s", "slo_attainment")
         assert {f: getattr(after, f) for f in same} == {f: getattr(before, f) for f in same}
         # rates are over the time observed since the stack's aggregator first started, not since the
@@ -152,7 +141,7 @@ async def test_a_restarted_forecaster_issues_the_same_forecast(bus: NatsBus, sto
             value = await store.get_json(key)
             return value if value is not None and value["mean_rps"] == pytest.approx(mean) else None
 
-        before = await _eventually(forecast_of_the_whole_series)
+        before = await eventually(forecast_of_the_whole_series)
         await service.close()
         await store.delete_namespace()
         await service.start()
@@ -160,7 +149,7 @@ async def test_a_restarted_forecaster_issues_the_same_forecast(bus: NatsBus, sto
         async def reissued() -> dict[str, Any] | None:
             return await store.get_json(key)
 
-        after = await _eventually(reissued)
+        after = await eventually(reissued)
         assert after["at_s"] > before["at_s"]
         assert {k: after[k] for k in ("mean_rps", "lo_rps", "hi_rps", "method")} == {
             k: before[k] for k in ("mean_rps", "lo_rps", "hi_rps", "method")}
@@ -170,7 +159,6 @@ async def test_a_restarted_forecaster_issues_the_same_forecast(bus: NatsBus, sto
 
 async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redis_url: str, namespace: str,
                                                              store: RedisStore) -> None:
-    from _stack import LiveStack
 
     from opscale.model import InstanceState
     from opscale.runtime.live.grpc_glue import NodeAgentClient
@@ -185,7 +173,7 @@ async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redi
                 ready = hb.instances and all(i.state == InstanceState.READY for i in hb.instances)
                 return hb if hb.epoch >= 1 and hb.fencing_token >= 1 and ready else None
 
-            before = await _eventually(serving)
+            before = await eventually(serving)
         await stack.restart("node_agent")  # its simulated engines stopped with it
         async with NodeAgentClient(stack.agent_address, 2.0, tls=stack.planner_tls) as agent:
             # at once, before any planner command: the same instances, epoch and fencing token
@@ -196,12 +184,9 @@ async def test_a_restarted_node_agent_takes_its_engines_back(nats_url: str, redi
             stale = await agent.apply(ApplyCommand("agent-1", before.epoch + 1, "stale", (),
                                                    fencing_token=before.fencing_token - 1))
             assert not stale.accepted and "fencing token" in stale.reason
-            after = await _eventually(serving)  # the engines started again and serve
+            after = await eventually(serving)  # the engines started again and serve
             assert {i.instance_id for i in after.instances} == {i.instance_id for i in before.instances}
             assert after.epoch == before.epoch  # the planner had nothing to re-send
     finally:
         await stack.close()
-        cleaner = NatsBus(namespace)
-        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-        await cleaner.delete_streams()
-        await cleaner.close()
+        await clean_namespace(nats_url, redis_url, namespace)

@@ -7,13 +7,12 @@ agent ignores an older epoch and a repeated one changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from _stack import LiveStack
+from _stack import LiveStack, eventually, running_stack
 
 from opscale.model import InstanceState, RequestOutcome
 from opscale.runtime.live.grpc_glue import NodeAgentClient
@@ -24,18 +23,6 @@ from opscale.services.events import ApplyCommand
 pytestmark = pytest.mark.integration
 
 
-async def _eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):  # noqa: ANN001, ANN202
-    """Poll `check()` until it returns something truthy; the deadline only bounds a hang."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)  # noqa: TID251 - polling a real server
-
 
 @pytest.fixture
 async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[LiveStack]:
@@ -43,20 +30,8 @@ async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[
     # batch is in the table too: a tier it does not name is refused (400) before anything is recorded.
     s = LiveStack(nats_url, redis_url, namespace, tiers=[{"name": "interactive", "ttft_slo_s": 1e-6, "tbt_slo_s": 0.1},
                                                          {"name": "batch", "ttft_slo_s": 600.0, "tbt_slo_s": 1.0}])
-    try:
-        await s.start()
+    async with running_stack(s):
         yield s
-    finally:
-        await s.close()
-        store = RedisStore(redis_url, namespace)
-        await store.delete_namespace()
-        await store.close()
-        from opscale.runtime.live.bus import NatsBus
-
-        cleaner = NatsBus(namespace)
-        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-        await cleaner.delete_streams()
-        await cleaner.close()
 
 
 async def _stream_chat(session: aiohttp.ClientSession, url: str, model: str) -> tuple[list[dict], bool]:
@@ -87,7 +62,7 @@ async def _serving(session: aiohttp.ClientSession, stack: LiveStack) -> None:
             hb = await agent.status()
         return stack.model in models and any(i.state == InstanceState.READY for i in hb.instances)
 
-    await _eventually(model_ready)
+    await eventually(model_ready)
 
 
 async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_url: str, namespace: str) -> None:
@@ -107,14 +82,14 @@ async def test_streaming_request_through_the_live_stack(stack: LiveStack, redis_
             windows = await store.windows(f"window:10:{stack.model}:eu-west:interactive")
             return any(w.requests >= 1 and w.completed >= 1 for w in windows.values())
 
-        await _eventually(window_counts_it)  # the request's record reached the aggregator's window in Redis
+        await eventually(window_counts_it)  # the request's record reached the aggregator's window in Redis
         windows = await store.windows(f"window:10:{stack.model}:eu-west:interactive")
         assert {w.slo_attainment for w in windows.values() if w.requests} == {0.0}  # the shared tiers' objective
 
         async def pool_utilisation_stored() -> bool:
             return bool(await store.pool_utilisations(f"poolutil:10:{stack.model}:eu-west:unified"))
 
-        await _eventually(pool_utilisation_stored)  # the heartbeats' figures reached a pool window in Redis
+        await eventually(pool_utilisation_stored)  # the heartbeats' figures reached a pool window in Redis
         [util] = (await store.pool_utilisations(f"poolutil:10:{stack.model}:eu-west:unified")).values()
         assert util.instances >= 1 and 0.0 <= util.sm_activity <= util.gpu_util <= 1.0
     finally:
@@ -151,7 +126,7 @@ async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end
         return next((s for s in agent_spans.get_finished_spans()
                      if (s.attributes or {}).get("opscale.request_id") == request_id), None)
 
-    span = await _eventually(engine_span)
+    span = await eventually(engine_span)
     attributes = dict(span.attributes or {})
     assert (attributes["opscale.tier"], attributes["opscale.region"], attributes["opscale.prompt_tokens"]) == (
         "batch", "us-east", prompt_tokens)
@@ -163,7 +138,7 @@ async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end
         batch = await bus.last(subjects.records("us-east"))
         return next((r for r in batch or () if r.request_id == request_id), None)
 
-    outcome = await _eventually(published)
+    outcome = await eventually(published)
     assert (outcome.tier, outcome.region, outcome.served_region, outcome.status) == (
         "batch", "us-east", "eu-west", "ok")
     assert (outcome.prompt_tokens, outcome.output_tokens) == (prompt_tokens, 5)
@@ -174,7 +149,7 @@ async def test_a_batch_request_from_another_region_keeps_its_tier_and_origin_end
             windows = await store.windows(f"window:10:{stack.model}:us-east:batch")
             return any(w.requests >= 1 and w.completed >= 1 for w in windows.values())
 
-        await _eventually(batch_window_counts_it)  # the aggregator's window of the origin region and tier
+        await eventually(batch_window_counts_it)  # the aggregator's window of the origin region and tier
         assert not await store.windows(f"window:*:{stack.model}:eu-west:batch")
     finally:
         await store.close()
@@ -186,7 +161,7 @@ async def test_agent_ignores_an_older_epoch_and_a_repeat_changes_nothing(stack: 
             hb = await agent.status()
             return hb if hb.epoch >= 1 and hb.instances else None
 
-        hb = await _eventually(applied)
+        hb = await eventually(applied)
         current = tuple(s for s in _specs(hb))
         # commands carry the planner lease's generation, which the agent reports; an older one is refused
         token = hb.fencing_token
@@ -218,7 +193,7 @@ async def test_one_stray_apply_cannot_wedge_an_agent(stack: LiveStack) -> None:
             hb = await agent.status()
             return hb if hb.epoch >= 1 and any(i.state == InstanceState.READY for i in hb.instances) else None
 
-        hb = await _eventually(applied)
+        hb = await eventually(applied)
         # Without the leader's fencing token an Apply is refused outright; the attack carries it.
         unfenced = await agent.apply(ApplyCommand("agent-1", hb.epoch + 1, "unfenced", ()))
         assert not unfenced.accepted and "fencing token" in unfenced.reason
@@ -235,5 +210,5 @@ async def test_one_stray_apply_cannot_wedge_an_agent(stack: LiveStack) -> None:
             ready = [i for i in now.instances if i.state == InstanceState.READY]
             return now if now.epoch > stray_epoch and ready else None
 
-        after = await _eventually(planner_took_over, timeout_s=45.0)
+        after = await eventually(planner_took_over, timeout_s=45.0)
         assert after.epoch == stray_epoch + 1  # the planner's fenced plan, not a later stray one

@@ -4,7 +4,6 @@ by every event (the planner hears both), and connections spread over both."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -16,45 +15,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from _stack import ROOT, LiveStack
+from _stack import ROOT, LiveStack, eventually, running_stack
 from _tls import tls_dict
 
-from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.local_servers import free_port, free_port_block
-from opscale.runtime.live.store import RedisStore
 from opscale.services.planner import PlannerCore
 
 pytestmark = pytest.mark.integration
 
 
-async def _eventually(check, timeout_s: float = 60.0, every_s: float = 0.2):  # noqa: ANN001, ANN202
-    """Poll `check()` until it returns something truthy; the deadline only bounds a hang."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)  # noqa: TID251 - polling real servers
-
 
 @pytest.fixture
 async def stack(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[LiveStack]:
     s = LiveStack(nats_url, redis_url, namespace)
-    try:
-        await s.start()
+    async with running_stack(s):
         yield s
-    finally:
-        await s.close()
-        store = RedisStore(redis_url, namespace)
-        await store.delete_namespace()
-        await store.close()
-        cleaner = NatsBus(namespace)
-        await cleaner.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-        await cleaner.delete_streams()
-        await cleaner.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="SO_REUSEPORT workers pinned to cores: Linux")
@@ -79,7 +54,7 @@ async def test_two_router_workers_share_one_port_and_each_follows_the_fleet(
                 raise AssertionError(f"router exited:\n{proc.stdout.read().decode()[-3000:]}")  # type: ignore[union-attr]
             return {"edge-w0", "edge-w1"} <= set(planner.router_pending())
 
-        await _eventually(both_workers_report)  # two replicas, each with its own consumers and load
+        await eventually(both_workers_report)  # two replicas, each with its own consumers and load
         body = {"model": stack.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
         url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
         # a new connection per request: SO_REUSEPORT spreads connections, not requests on one
@@ -88,9 +63,9 @@ async def test_two_router_workers_share_one_port_and_each_follows_the_fleet(
                 async with session.post(url, json=body) as resp:
                     return resp.status == 200
 
-            await _eventually(served)  # the model is ready at a worker
+            await eventually(served)  # the model is ready at a worker
             for _ in range(30):
-                await _eventually(served)  # a worker that has not yet seen the instance holds, not refuses
+                await eventually(served)  # a worker that has not yet seen the instance holds, not refuses
             counts = []
             for i in range(2):
                 async with session.get(f"http://127.0.0.1:{ops_base + i}/metrics") as resp:
