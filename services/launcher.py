@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from opscale.exit_codes import BAD_INPUT_EXIT_CODE
 from opscale.runtime.live.settings import (
     SERVICE_SETTINGS,
     LiveSettings,
@@ -315,6 +316,12 @@ def _supervise(processes: list[tuple[str, dict[str, str]]], grace_s: float, poli
                 code = child.proc.poll()
                 if code is None:
                     continue
+                if code == BAD_INPUT_EXIT_CODE:
+                    # its settings were refused: a restart would refuse them again
+                    log.error("%s refused its settings (exit code %d, the error above); stopping the stack",
+                              child.service, code)
+                    stopping, exit_code = True, 1
+                    break
                 if now - child.started_s >= policy.stable_s:
                     child.restarts = 0  # it ran a good while: a new failure, not the same one again
                 if child.restarts >= policy.max_restarts:

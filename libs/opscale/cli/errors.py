@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import typer
 
+from opscale.exit_codes import BAD_INPUT_EXIT_CODE
+
 
 def fail(message: str) -> typer.Exit:
     """The exit to raise (`raise fail(...) from None`) after printing `error: message`."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=BAD_INPUT_EXIT_CODE)

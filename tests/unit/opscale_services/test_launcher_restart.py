@@ -77,3 +77,15 @@ def test_a_child_that_keeps_dying_stops_the_stack_after_bounded_restarts(
     assert code == 1
     assert runs(tmp_path / "runs") == 1 + QUICK.max_restarts
     assert any("after 3 restarts in a row; stopping the stack" in r.getMessage() for r in caplog.records)
+
+
+def test_a_child_that_refuses_its_settings_stops_the_stack_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Exit code 2 is bad input (opscale.cli.errors): restarting would refuse the same settings again."""
+    caplog.set_level(logging.INFO, logger="opscale.up")
+    code = _supervise([("misconfigured", child_env(tmp_path, crashes=0))], grace_s=5.0, policy=QUICK,
+                      command=lambda _: [sys.executable, "-c", "import sys; sys.exit(2)"])
+    assert code == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("misconfigured refused its settings" in m for m in messages)
+    assert not any("restarting it in" in m for m in messages)
