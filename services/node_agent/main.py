@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -160,8 +161,24 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
         server, grpc_port = await start_node_agent_server(_Control(core, host), settings.grpc_host,
                                                           settings.grpc_port, tracer_provider=p.tracer_provider)
         p.on_exit(lambda: server.stop(2.0))
+        advertised_http_port = settings.advertise_http_port or http_port
         core.config = settings.core_config(grpc_port).model_copy(
-            update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})
+            update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{advertised_http_port}"})
+
+        async def spot_notice(body: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:
+            """POST /ops/spot-notice {"notice_s": N}: the cloud will take this host in N seconds (a spot
+            preemption notice, relayed by whatever watches the cloud's metadata). The core drains every
+            instance by then and says so in its heartbeats; the planner places replacements elsewhere."""
+            notice_s = body.get("notice_s")
+            if isinstance(notice_s, bool) or not isinstance(notice_s, int | float) or not 0 <= notice_s < 86_400:
+                raise ValueError(f"notice_s must be a number of seconds in [0, 86400), got {notice_s!r}")
+            now = p.clock.now_s()
+            await host.perform(core.reclaim(now + float(notice_s), now))
+            return 202, {"agent_id": settings.agent_id, "terminating_in_s": float(notice_s),
+                         "draining": sorted(i.instance_id for i in core.heartbeat(now).instances
+                                            if i.state == InstanceState.DRAINING)}
+
+        p.ops_actions["spot-notice"] = spot_notice
 
         # The engines' KV events (engine.kv_events for the simulated engines; a server's
         # kv_events_endpoint for the openai backend), batched per instance each tick

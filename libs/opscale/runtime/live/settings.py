@@ -505,6 +505,9 @@ class NodeAgentSettings(LiveSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the NodeAgent gRPC server")
     advertise_host: str = Field("", description="Host name others use to reach this agent (default: hostname)")
     http_port: int = Field(9000, ge=0, le=65535, description="Port of the engines' OpenAI-compatible server")
+    advertise_http_port: int | None = Field(None, ge=1, le=65535, description="Port others use to reach the "
+                                            "engines' server when it differs from the bound one (a proxy or "
+                                            "NAT in front); default the bound http_port")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
     tick_s: float = Field(0.5, gt=0, description="Period of the node-agent core's tick")
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies the modelled model-load time of the "
