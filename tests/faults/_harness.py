@@ -4,7 +4,7 @@ router with the load generator (`opscale loadgen replay`'s `replay`) while the f
 tally every case reports: sent, completed, failed by class, lost, and the time to recover.
 
 Each service is `opscale serve SERVICE` with the environment `opscale up --scenario` would give it
-(`stack_environments`, `_scenario_stack`), so what is tested is what `up` runs; the harness starts them
+(`stack_environments`, `scenario_stack`), so what is tested is what `up` runs; the harness starts them
 itself rather than through `up` because `up` restarts a dead child, and a case must choose when.
 
 A request is *lost* when the load generator sent it and it got neither an answer nor a clear error: it
@@ -34,11 +34,17 @@ from opscale.model import InstanceState
 from opscale.reporting.latency_report import RequestStatus, read_latency_csv
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.local_servers import LocalServer, free_port_block, start_nats, start_redis
-from opscale.traces import LengthDistribution, StreamSpec, SyntheticWorkloadConfig, generate_requests, write_csv_trace
+from opscale.traces import (
+    LengthDistribution,
+    StreamSpec,
+    SyntheticWorkloadConfig,
+    generate_requests,
+    write_csv_trace,
+)
 
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.replay import ReplayConfig, ReplayResult, replay
-from opscale_services.launcher import _scenario_stack, service_command, stack_environments
+from opscale_services.launcher import scenario_stack, service_command, stack_environments
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "Llama-3-8B"
@@ -165,12 +171,11 @@ class FaultStack:
         self.base = free_port_block(64)
         scenario = folder / "scenario.yaml"
         scenario.write_text(SCENARIO.replace("{hosts}", str(hosts)))
-        config, routers, agents = _scenario_stack(scenario, None, folder)
+        config, routers, agents = scenario_stack(scenario, None, folder)
         base_env = dict(os.environ, OPSCALE_CONFIG=str(config), OPSCALE_NATS_URL=self.nats.url,
                         OPSCALE_REDIS_URL=self.redis.url, OPSCALE_NAMESPACE=namespace,
                         OPSCALE_NODE_AGENT_HEARTBEAT_INTERVAL_S="0.5", OPSCALE_OPS_HOST="127.0.0.1",
                         OPSCALE_ROUTER_HTTP_HOST="127.0.0.1", OPSCALE_NODE_AGENT_GRPC_HOST="127.0.0.1",
-                        OPSCALE_PLANNER_LEASE_TTL_S="3", OPSCALE_PLANNER_LEASE_RENEW_S="1",
                         OPSCALE_PLANNER_HOLDER_ID="planner-1", **(env or {}))
         for i, extra in (agent_env or {}).items():
             agents[i] = {**agents[i], **extra}
@@ -206,7 +211,11 @@ class FaultStack:
             service.start()
 
     def close(self) -> None:
-        for service in reversed(list(self.services.values())):
+        # SIGTERM to all at once, then wait for each: the stack stops in one grace period, not in seven
+        running = [s for s in self.services.values() if s.proc is not None and s.proc.poll() is None]
+        for service in running:
+            service.signal(signal.SIGTERM)
+        for service in running:
             service.stop()
         self.nats.stop()
         self.redis.stop()
@@ -274,7 +283,7 @@ class FaultStack:
 
 async def replay_with_fault(stack: FaultStack, trace: Path, out: Path, fault_at_s: float,
                             fault: Callable[[], Awaitable[None]], compress: float = 1.0,
-                            timeout_s: float = 30.0) -> tuple[ReplayResult, float]:
+                            timeout_s: float = 60.0) -> tuple[ReplayResult, float]:
     """Replay `trace` through the router; `fault_at_s` seconds in, run `fault` (alongside the replay).
     Returns the replay and the replay-clock time of the fault."""
     clock = MonotonicClock()

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from _harness import FaultStack, Figures, first_success_after, replay_with_fault, tally, write_trace
 from _proxy import FaultProxy
 
+from opscale.runtime.live.settings import PlannerSettings
 from opscale.runtime.live.store import RedisStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -157,8 +158,14 @@ async def test_server_down_longer_loses_no_request(make_stack: object, tmp_path:
 # -- the planner leader killed -------------------------------------------------------------------------
 
 
-async def _planner_kill(make_stack: object, tmp_path: Path, case: str, rps: float, requests: int) -> Figures:
-    stack: FaultStack = await make_stack(planners=2)  # type: ignore[operator]
+# The default run shortens the lease (TTL 3 s, renewed each second) to keep the case short; the slow
+# case keeps the shipped settings (TTL 15 s, renewed every 5 s) and measures what a deployment gets.
+SHORT_LEASE = {"OPSCALE_PLANNER_LEASE_TTL_S": "3", "OPSCALE_PLANNER_LEASE_RENEW_S": "1"}
+
+
+async def _planner_kill(make_stack: object, tmp_path: Path, case: str, rps: float, requests: int,
+                        env: dict[str, str]) -> Figures:
+    stack: FaultStack = await make_stack(planners=2, env=env)  # type: ignore[operator]
     await stack.until(_planner_leads(stack), 30, "a planner holding the lease")
     leader = await _lease_holder(stack)
     assert leader in ("planner-1", "planner-2")
@@ -171,7 +178,8 @@ async def _planner_kill(make_stack: object, tmp_path: Path, case: str, rps: floa
         took.append(await stack.until(_planner_leads(stack, standby), 60, f"{standby} taking the lease"))
 
     result, _ = await replay_with_fault(stack, trace, tmp_path / "out", 1.0, fault)
-    ttl = float(stack.services["planner#1"].env["OPSCALE_PLANNER_LEASE_TTL_S"])
+    ttl = PlannerSettings.model_fields["lease_ttl_s"].default
+    ttl = float(stack.services["planner#1"].env.get("OPSCALE_PLANNER_LEASE_TTL_S", ttl))
     figures = tally(result, case, "planner leader SIGKILL (standby running)", took[0],
                     f"fault to the standby holding the lease (lease TTL {ttl:g} s)", rps=rps, lease_ttl_s=ttl)
     _check(figures)
@@ -180,7 +188,12 @@ async def _planner_kill(make_stack: object, tmp_path: Path, case: str, rps: floa
 
 
 async def test_planner_leader_killed_standby_takes_the_lease(make_stack: object, tmp_path: Path) -> None:
-    await _planner_kill(make_stack, tmp_path, "planner_leader_kill", rps=20, requests=120)
+    await _planner_kill(make_stack, tmp_path, "planner_leader_kill", rps=20, requests=120, env=SHORT_LEASE)
+
+
+@pytest.mark.slow
+async def test_planner_leader_killed_with_the_shipped_lease(make_stack: object, tmp_path: Path) -> None:
+    await _planner_kill(make_stack, tmp_path, "planner_leader_kill_long", rps=24, requests=720, env={})
 
 
 # -- a router restarted with SIGTERM -------------------------------------------------------------------
@@ -230,11 +243,19 @@ async def test_router_sigterm_finishes_streams_in_flight(make_stack: object, tmp
     await _router_restart(make_stack, tmp_path, "router_sigterm", rps=20, requests=80)
 
 
+@pytest.mark.slow
+async def test_router_sigterm_under_heavier_load(make_stack: object, tmp_path: Path) -> None:
+    await _router_restart(make_stack, tmp_path, "router_sigterm_long", rps=24, requests=600)
+
+
 # -- a delay or partition between the router and an engine ---------------------------------------------
 
 
 async def _network(make_stack: object, tmp_path: Path, case: str, mode: str, hold_s: float, rps: float,
                    requests: int) -> Figures:
+    """The proxy holds the path for `hold_s` (see _proxy for what a partition does to open connections).
+    The load generator waits up to 60 s for an answer; the router's own upstream timeouts are longer
+    (first token 120 s, idle 60 s), so a request stalled in the partition is answered when it heals."""
     # Agent 2's engines are reached through the proxy: it advertises the proxy's port to the router.
     proxy = FaultProxy(target_port=0)
     listen = await proxy.start()
@@ -280,6 +301,11 @@ async def test_network_partition_between_router_and_engine(make_stack: object, t
     await _network(make_stack, tmp_path, "net_partition", "partition", 3.0, rps=20, requests=100)
 
 
+@pytest.mark.slow
+async def test_longer_network_partition_between_router_and_engine(make_stack: object, tmp_path: Path) -> None:
+    await _network(make_stack, tmp_path, "net_partition_long", "partition", 20.0, rps=24, requests=960)
+
+
 # -- a spot notice ---------------------------------------------------------------------------------------
 
 
@@ -315,3 +341,8 @@ async def _spot(make_stack: object, tmp_path: Path, case: str, notice_s: float, 
 
 async def test_spot_notice_drains_and_replaces_before_the_host_goes(make_stack: object, tmp_path: Path) -> None:
     await _spot(make_stack, tmp_path, "spot_notice", notice_s=3.0, rps=20, requests=100)
+
+
+@pytest.mark.slow
+async def test_spot_notice_of_thirty_seconds(make_stack: object, tmp_path: Path) -> None:
+    await _spot(make_stack, tmp_path, "spot_notice_long", notice_s=30.0, rps=24, requests=960)
