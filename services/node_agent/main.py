@@ -1,8 +1,10 @@
 """The live node-agent of one GPU host: the node-agent core converges the host's engines towards the
 planner's newest epoch (gRPC Apply/Drain/Status), publishes heartbeats on NATS, and serves its engines'
 OpenAI-compatible endpoints. The engines are the simulated engine paced in real time (engine_backend
-`sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). Wiring only: the
-logic is opscale.services.node_agent."""
+`sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). A spot preemption
+notice reaches it at POST /ops/spot-notice on its ops port (`{"notice_s": N}`, from whatever watches the
+cloud's notices): it drains every instance within the notice. Wiring only: the logic is
+opscale.services.node_agent."""
 
 from __future__ import annotations
 

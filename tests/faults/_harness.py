@@ -154,6 +154,12 @@ class Service:
             self.proc.kill()
             self.proc.wait(timeout=timeout_s)
 
+    def log_count(self, text: str) -> int:
+        """Lines of this service's log (all its runs) that contain `text`."""
+        if not self.log_path.exists():
+            return 0
+        return sum(text in line for line in self.log_path.read_text(errors="replace").splitlines())
+
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])

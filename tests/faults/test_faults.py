@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from _harness import FaultStack, Figures, first_success_after, replay_with_fault, tally, write_trace
 from _proxy import FaultProxy
 
+from opscale.reporting.latency_report import read_latency_csv
 from opscale.runtime.live.settings import PlannerSettings
 from opscale.runtime.live.store import RedisStore
 
@@ -73,9 +74,12 @@ async def _agent_kill(make_stack: object, tmp_path: Path, case: str, rps: float,
         replaced.append(time.monotonic() - killed)
 
     result, at = await replay_with_fault(stack, trace, tmp_path / "out", requests / rps / 3, fault)
+    # the router logs each request it re-routes after a failure before the first token
+    rerouted = stack.services["router#1"].log_count("before its first token")
     figures = tally(result, case, "node-agent SIGKILL mid-stream", replaced[0],
                     "fault to the fleet re-placed (2 instances READY on the surviving hosts)",
-                    first_success_after_fault_s=first_success_after(result, at), rps=rps)
+                    first_success_after_fault_s=first_success_after(result, at), rps=rps,
+                    rerouted_before_first_token=rerouted)
     _check(figures)
     return figures
 
@@ -252,20 +256,22 @@ async def test_router_sigterm_under_heavier_load(make_stack: object, tmp_path: P
 
 
 async def _network(make_stack: object, tmp_path: Path, case: str, mode: str, hold_s: float, rps: float,
-                   requests: int) -> Figures:
-    """The proxy holds the path for `hold_s` (see _proxy for what a partition does to open connections).
-    The load generator waits up to 60 s for an answer; the router's own upstream timeouts are longer
-    (first token 120 s, idle 60 s), so a request stalled in the partition is answered when it heals."""
-    # Agent 2's engines are reached through the proxy: it advertises the proxy's port to the router.
+                   requests: int, first_token_timeout_s: float | None = None) -> tuple[Figures, FaultStack, Path]:
+    """The proxy holds the path to agent 2's engines for `hold_s` (see _proxy for what a partition does to
+    open connections). The load generator waits up to 60 s for an answer. A request sent into the
+    partition waits for its first token until the router's `upstream_first_token_timeout_s` (120 s
+    shipped) or the heal, whichever comes first, and then goes to the other instance."""
     proxy = FaultProxy(target_port=0)
     listen = await proxy.start()
 
     async def aim(stack: FaultStack) -> None:
         proxy.target_port = stack.agent_http_port(2)
 
+    env = {} if first_token_timeout_s is None else {
+        "OPSCALE_ROUTER_UPSTREAM_FIRST_TOKEN_TIMEOUT_S": str(first_token_timeout_s)}
     try:
         stack: FaultStack = await make_stack(  # type: ignore[operator]
-            prepare=aim, agent_env={1: {"OPSCALE_NODE_AGENT_ADVERTISE_HTTP_PORT": str(listen)}})
+            prepare=aim, env=env, agent_env={1: {"OPSCALE_NODE_AGENT_ADVERTISE_HTTP_PORT": str(listen)}})
         trace = write_trace(tmp_path / "trace.csv", rps, requests)
         healed: list[float] = []
 
@@ -284,21 +290,38 @@ async def _network(make_stack: object, tmp_path: Path, case: str, mode: str, hol
     finally:
         await proxy.close()
     ok_after = first_success_after(result, at + healed[0])
-    figures = tally(result, case, f"router-engine {mode} for {hold_s:g} s (TCP proxy)",
-                    None if ok_after is None else healed[0] + ok_after,
+    rows = list(read_latency_csv(result.requests_path))
+    ttfts = sorted(float(r["ttft_s"]) for r in rows if r["ttft_s"])
+    timeout_note = "shipped 120 s" if first_token_timeout_s is None else f"{first_token_timeout_s:g} s"
+    figures = tally(result, case, f"router-engine {mode} for {hold_s:g} s (TCP proxy; first-token timeout "
+                    f"{timeout_note})", None if ok_after is None else healed[0] + ok_after,
                     "fault start to the first request sent after the heal completing", rps=rps,
-                    first_success_after_fault_s=first_success_after(result, at))
+                    first_success_after_fault_s=first_success_after(result, at),
+                    rerouted_before_first_token=stack.services["router#1"].log_count("before its first token"),
+                    ttft_max_s=round(ttfts[-1], 2), fault_at_s=round(at, 2), healed_at_s=round(at + healed[0], 2))
     _check(figures)
-    return figures
+    return figures, stack, result.requests_path
 
 
 async def test_network_delay_between_router_and_engine(make_stack: object, tmp_path: Path) -> None:
-    figures = await _network(make_stack, tmp_path, "net_delay", "delay", 3.0, rps=20, requests=100)
+    figures, _, _ = await _network(make_stack, tmp_path, "net_delay", "delay", 3.0, rps=20, requests=100)
     assert figures.failed == {}, figures
 
 
-async def test_network_partition_between_router_and_engine(make_stack: object, tmp_path: Path) -> None:
-    await _network(make_stack, tmp_path, "net_partition", "partition", 3.0, rps=20, requests=100)
+async def test_partition_waits_no_longer_than_the_first_token_timeout(make_stack: object, tmp_path: Path) -> None:
+    """Found by this suite: a request sent into a router-engine partition waited for the heal, or 120 s,
+    with no setting to shorten it. `upstream_first_token_timeout_s` bounds it: here 1 s, and a 5 s
+    partition, so the requests it caught are re-routed and complete while it still holds."""
+    figures, stack, requests_path = await _network(make_stack, tmp_path, "net_partition", "partition", 5.0,
+                                                   rps=20, requests=140, first_token_timeout_s=1.0)
+    assert set(figures.failed) <= {"stream_error"}, figures  # only streams the partition cut mid-way
+    assert stack.services["router#1"].log_count("before its first token (timeout") >= 1, figures
+    # no request waited for the heal: each one sent in the partition's first 3 s had its first token
+    # before the partition healed, the ones it caught from the other instance
+    fault_at, healed_at = figures.notes["fault_at_s"], figures.notes["healed_at_s"]
+    during = [r for r in read_latency_csv(requests_path)
+              if r["status"] == "ok" and fault_at <= float(r["sent_s"]) < healed_at - 2.0]
+    assert during and all(float(r["sent_s"]) + float(r["ttft_s"]) < healed_at for r in during), during
 
 
 @pytest.mark.slow

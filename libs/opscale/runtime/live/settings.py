@@ -375,6 +375,10 @@ class RouterSettings(LiveSettings):
     tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an engine")
     upstream_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence between streamed chunks")
+    upstream_first_token_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait from sending a request to an engine to its first token (its queue "
+        "and prefill included); past it the request goes to another instance. It bounds how long a request "
+        "waits on an engine cut off by a network partition")
     records_flush_s: float = Field(1.0, gt=0, description="Longest wait before request records are published")
     records_batch_max: int = Field(500, ge=1, description="Records per published batch")
     core: RouterConfig = Field(default_factory=RouterConfig, description="Routing policy settings")
