@@ -223,14 +223,19 @@ async def _router_restart(make_stack: object, tmp_path: Path, case: str, rps: fl
         assert router_old is not None
         exit_codes.append(await asyncio.to_thread(router_old.wait, 30))
 
-    result, _ = await replay_with_fault(stack, trace, tmp_path / "out", requests / rps / 3, fault)
+    result, at = await replay_with_fault(stack, trace, tmp_path / "out", requests / rps / 3, fault)
+    rows = list(read_latency_csv(result.requests_path))
+    in_flight = [r for r in rows if r["sent_s"] and float(r["sent_s"]) < at
+                 and (not r["finish_s"] or float(r["finish_s"]) > at)]
     figures = tally(result, case, "router SIGTERM, replacement started", back[0],
                     "SIGTERM to the replacement router completing a request", rps=rps,
-                    old_router_exit=exit_codes[0])
+                    old_router_exit=exit_codes[0], in_flight_at_sigterm=len(in_flight),
+                    in_flight_finished=sum(r["status"] == "ok" for r in in_flight))
     _check(figures)
     assert exit_codes == [0]
     # a stream in flight at the SIGTERM finishes; what arrived while no router listened is refused
     assert set(figures.failed) <= {"connect_error"}, figures
+    assert figures.notes["in_flight_at_sigterm"] == figures.notes["in_flight_finished"] > 0, figures
     return figures
 
 
