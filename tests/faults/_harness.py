@@ -8,7 +8,8 @@ Each service is `opscale serve SERVICE` with the environment `opscale up --scena
 itself rather than through `up` because `up` restarts a dead child, and a case must choose when.
 
 A request is *lost* when the load generator sent it and it got neither an answer nor a clear error: it
-timed out, its connection was cut without an SSE error event, or it is missing from the records.
+timed out, its connection was cut without an SSE error event, its answer was not OpenAI's format, or it
+is missing from the records.
 Everything else that did not complete is failed with a class (HTTP status class, `stream_error` for an
 SSE error event, `connect_error` for a refused connection).
 """

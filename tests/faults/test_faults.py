@@ -27,6 +27,12 @@ from opscale.runtime.live.store import RedisStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
+# The default run's short cases shorten the planner's lease (TTL 3 s, renewed each second) and, for a
+# killed agent, the time after which the planner counts it lost, so that they take seconds; the slow
+# cases keep the shipped settings (lease TTL 15 s renewed every 5 s, agent timeout 15 s) and measure
+# what a deployment gets.
+SHORT_LEASE = {"OPSCALE_PLANNER_LEASE_TTL_S": "3", "OPSCALE_PLANNER_LEASE_RENEW_S": "1"}
+
 
 @pytest.fixture
 async def make_stack(tmp_path: Path, namespace: str) -> AsyncIterator[object]:
@@ -55,9 +61,11 @@ def _check(figures: Figures) -> None:
 # -- a node-agent killed with SIGKILL mid-stream -----------------------------------------------------
 
 
-async def _agent_kill(make_stack: object, tmp_path: Path, case: str, rps: float, requests: int) -> Figures:
+async def _agent_kill(make_stack: object, tmp_path: Path, case: str, rps: float, requests: int,
+                      agent_timeout_s: float | None = None) -> Figures:
     # Three hosts, two replicas: the killed host's instance has a free host to be re-placed on.
-    stack: FaultStack = await make_stack(hosts=3)  # type: ignore[operator]
+    env = {} if agent_timeout_s is None else {"OPSCALE_PLANNER_CORE__AGENT_TIMEOUT_S": str(agent_timeout_s)}
+    stack: FaultStack = await make_stack(hosts=3, env=env)  # type: ignore[operator]
     ready = await stack.ready_instances([1, 2, 3])
     victim = next(i for i, n in ready.items() if n)
     survivors = [i for i in ready if i != victim]
@@ -76,7 +84,8 @@ async def _agent_kill(make_stack: object, tmp_path: Path, case: str, rps: float,
     result, at = await replay_with_fault(stack, trace, tmp_path / "out", requests / rps / 3, fault)
     # the router logs each request it re-routes after a failure before the first token
     rerouted = stack.services["router#1"].log_count("before its first token")
-    figures = tally(result, case, "node-agent SIGKILL mid-stream", replaced[0],
+    timeout = "shipped 15 s" if agent_timeout_s is None else f"{agent_timeout_s:g} s"
+    figures = tally(result, case, f"node-agent SIGKILL mid-stream (planner agent_timeout_s {timeout})", replaced[0],
                     "fault to the fleet re-placed (2 instances READY on the surviving hosts)",
                     first_success_after_fault_s=first_success_after(result, at), rps=rps,
                     rerouted_before_first_token=rerouted)
@@ -85,7 +94,7 @@ async def _agent_kill(make_stack: object, tmp_path: Path, case: str, rps: float,
 
 
 async def test_node_agent_killed_mid_stream_loses_no_request(make_stack: object, tmp_path: Path) -> None:
-    figures = await _agent_kill(make_stack, tmp_path, "agent_sigkill", rps=20, requests=80)
+    figures = await _agent_kill(make_stack, tmp_path, "agent_sigkill", rps=20, requests=80, agent_timeout_s=3.0)
     # streams the dead host had started end with an SSE error event, never silently
     assert set(figures.failed) <= {"stream_error"}, figures
 
@@ -100,8 +109,8 @@ async def test_node_agent_killed_under_heavier_load_loses_no_request(make_stack:
 
 
 async def _server_restart(make_stack: object, tmp_path: Path, case: str, which: str, down_s: float,
-                          rps: float, requests: int) -> Figures:
-    stack: FaultStack = await make_stack()  # type: ignore[operator]
+                          rps: float, requests: int, env: dict[str, str]) -> Figures:
+    stack: FaultStack = await make_stack(env=env)  # type: ignore[operator]
     trace = write_trace(tmp_path / "trace.csv", rps, requests)
     restarted: list[float] = []
     recovered: list[float] = []
@@ -119,7 +128,9 @@ async def _server_restart(make_stack: object, tmp_path: Path, case: str, which: 
         recovered.append(time.monotonic() - killed)
 
     result, _ = await replay_with_fault(stack, trace, tmp_path / "out", 1.5, fault)
-    figures = tally(result, case, f"{'NATS' if which == 'nats' else 'Redis'} SIGKILL, restarted after {down_s:g} s",
+    lease = "short lease" if env else "shipped lease"
+    figures = tally(result, case, f"{'NATS' if which == 'nats' else 'Redis'} SIGKILL, restarted after {down_s:g} s "
+                    f"({lease})",
                     recovered[0], "fault to a request completing and the planner holding its lease after the "
                     "restart", restart_after_s=round(restarted[0], 2), rps=rps)
     _check(figures)
@@ -147,7 +158,7 @@ async def _lease_holder(stack: FaultStack) -> str | None:
 @pytest.mark.parametrize("which", ["nats", "redis"])
 async def test_server_killed_and_restarted_loses_no_request(make_stack: object, tmp_path: Path, which: str) -> None:
     figures = await _server_restart(make_stack, tmp_path, f"{which}_restart", which, down_s=2.0, rps=20,
-                                    requests=100)
+                                    requests=100, env=SHORT_LEASE)
     assert figures.failed == {}, figures  # the data path needs neither server
 
 
@@ -155,16 +166,11 @@ async def test_server_killed_and_restarted_loses_no_request(make_stack: object, 
 @pytest.mark.parametrize("which", ["nats", "redis"])
 async def test_server_down_longer_loses_no_request(make_stack: object, tmp_path: Path, which: str) -> None:
     figures = await _server_restart(make_stack, tmp_path, f"{which}_restart_long", which, down_s=10.0, rps=24,
-                                    requests=600)
+                                    requests=600, env={})
     assert figures.failed == {}, figures
 
 
 # -- the planner leader killed -------------------------------------------------------------------------
-
-
-# The default run shortens the lease (TTL 3 s, renewed each second) to keep the case short; the slow
-# case keeps the shipped settings (TTL 15 s, renewed every 5 s) and measures what a deployment gets.
-SHORT_LEASE = {"OPSCALE_PLANNER_LEASE_TTL_S": "3", "OPSCALE_PLANNER_LEASE_RENEW_S": "1"}
 
 
 async def _planner_kill(make_stack: object, tmp_path: Path, case: str, rps: float, requests: int,
