@@ -13,10 +13,13 @@ import pytest
 
 from opscale.runtime.live.local_servers import (
     LocalServer,
+    LocalServerError,
     ensure_nats,
     ensure_redis,
     nats_status,
     redis_status,
+    start_nats,
+    start_redis,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,6 +59,42 @@ def test_absent_servers_are_started_and_stopped() -> None:
         nats.stop()
         redis.stop()
     assert nats_status(nats.url) == "absent" and redis_status(redis.url) == "absent"
+
+
+async def test_killed_servers_restart_on_their_port_and_nats_keeps_its_streams(tmp_path: Path) -> None:
+    """What the fault suite does to the servers: SIGKILL (a crash), then a restart on the same port; a
+    NATS restarted on its store directory finds its JetStream streams again."""
+    from opscale.runtime.live.bus import NatsBus
+
+    nats, redis = start_nats(store_dir=tmp_path / "store"), start_redis()
+    try:
+        bus = NatsBus("tkill")
+        await bus.connect(nats.url, "kill-test")
+        await bus.close()
+        nats.kill()
+        redis.kill()
+        assert nats_status(nats.url) == "absent" and redis_status(redis.url) == "absent"
+        nats, redis = start_nats(nats.port, store_dir=tmp_path / "store"), start_redis(redis.port)
+        assert nats_status(nats.url) == "ok" and redis_status(redis.url) == "ok"
+        import nats as nats_client
+
+        client = await nats_client.connect(nats.url)
+        try:
+            found = {info.config.name for info in await client.jetstream().streams_info()}
+            assert bus.stream_names() and set(bus.stream_names()) <= found
+        finally:
+            await client.close()
+    finally:
+        nats.stop()
+        redis.stop()
+
+
+def test_a_server_found_running_is_not_ours_to_kill(nats_server: LocalServer) -> None:
+    found = ensure_nats(nats_server.url)
+    assert not found.started
+    with pytest.raises(LocalServerError, match="not ours to kill"):
+        found.kill()
+    assert nats_status(nats_server.url) == "ok"
 
 
 def test_a_nats_without_jetstream_is_not_used(tmp_path: Path) -> None:
