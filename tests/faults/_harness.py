@@ -277,6 +277,28 @@ class FaultStack:
             return sum(counts.values()) >= replicas and await self.completes()
         return await self.until(probe, timeout_s, "the stack serving its replicas")
 
+    async def heartbeat_heard(self, timeout_s: float = 2.0) -> bool:
+        """True when a node-agent heartbeat goes through NATS within `timeout_s` (a plain subscription to
+        the heartbeat subjects: the agents publish through the server again)."""
+        import nats
+
+        from opscale.runtime.live.bus import NatsBus
+        from opscale.services import subjects
+
+        try:
+            client = await nats.connect(self.nats.url, connect_timeout=1, allow_reconnect=False)
+        except Exception:  # noqa: BLE001 - the server is not back yet
+            return False
+        try:
+            sub = await client.subscribe(NatsBus(self.namespace).subject(f"{subjects.PREFIX}.heartbeat.>"))
+            try:
+                await sub.next_msg(timeout=timeout_s)
+            except nats.errors.TimeoutError:
+                return False
+            return True
+        finally:
+            await client.close()
+
     async def completes(self, timeout_s: float = 5.0) -> bool:
         """One small streamed completion through the router: True when it ends with [DONE]."""
         body = {"model": MODEL, "prompt": "probe", "max_tokens": 2, "stream": True}

@@ -121,8 +121,9 @@ async def _server_restart(make_stack: object, tmp_path: Path, case: str, which: 
         await asyncio.sleep(down_s)  # noqa: TID251 - the server stays down this long
         await asyncio.to_thread(getattr(stack, f"restart_{which}"))
         restarted.append(time.monotonic() - killed)
-        # recovered: the control plane sees the fleet again through the restarted server (a heartbeat
-        # reaches the router's view: a request completes) and the planner holds its lease in Redis
+        # recovered: the agents' heartbeats go through NATS again, the planner holds its lease in Redis,
+        # and a request completes
+        await stack.until(stack.heartbeat_heard, 30, f"a heartbeat through NATS after the {which} restart")
         await stack.until(_planner_leads(stack), 30, f"the planner leading again after the {which} restart")
         await stack.until(stack.completes, 30, f"a request completing after the {which} restart")
         recovered.append(time.monotonic() - killed)
@@ -131,8 +132,8 @@ async def _server_restart(make_stack: object, tmp_path: Path, case: str, which: 
     lease = "short lease" if env else "shipped lease"
     figures = tally(result, case, f"{'NATS' if which == 'nats' else 'Redis'} SIGKILL, restarted after {down_s:g} s "
                     f"({lease})",
-                    recovered[0], "fault to a request completing and the planner holding its lease after the "
-                    "restart", restart_after_s=round(restarted[0], 2), rps=rps)
+                    recovered[0], "fault to a heartbeat through NATS, the planner holding its lease and a "
+                    "request completing, after the restart", restart_after_s=round(restarted[0], 2), rps=rps)
     _check(figures)
     return figures
 
