@@ -151,3 +151,40 @@ def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
         assert 10_000 <= free_port() < floor
     base = free_port_block(64)
     assert 10_000 <= base and base + 64 <= floor
+
+
+async def test_a_consumer_of_a_stream_lost_in_a_nats_crash_is_created_again(tmp_path: Path) -> None:
+    """Found by the fault suite's server checks: a restarted NATS has lost the memory-stored KV events
+    stream and the consumers on it, and a subscriber's fetches failed (no responders) for as long as it
+    ran. It now creates the stream and its consumer again, and events flow."""
+    import asyncio
+    import contextlib
+
+    from opscale.model.kv_events import KvEventBatch
+    from opscale.runtime.live.bus import Delivery, NatsBus
+    from opscale.services import subjects
+
+    nats = start_nats(store_dir=tmp_path / "store")
+    bus = NatsBus("tkvlost")
+    try:
+        await bus.connect(nats.url, "kv-lost", reconnect_wait_s=0.2)
+        got: list[int] = []
+
+        async def handle(delivery: Delivery) -> None:
+            got.append(delivery.event.seq)
+
+        await bus.subscribe(subjects.KV_EVENTS_ALL, "kv-lost-test", handle, fetch_wait_s=0.2, retry_base_s=0.1,
+                            retry_max_s=0.5)
+        nats.kill()
+        nats = start_nats(nats.port, store_dir=tmp_path / "store")
+        for seq in range(1, 200):
+            if got:
+                break
+            await asyncio.sleep(0.1)  # noqa: TID251 - polling a real server
+            # a publish fails until the stream exists again: the subscriber is what creates it here
+            with contextlib.suppress(Exception):
+                await bus.publish(subjects.kv_events("eu", "a1"), KvEventBatch("i1", "m", float(seq), seq, ()))
+        assert got, "no KV event reached the consumer after the NATS restart"
+    finally:
+        await bus.close()
+        nats.stop()
