@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.bus import NatsBus
 from opscale.runtime.live.credentials import nats_connect_options, redis_connect_options
-from opscale.runtime.live.ops_http import OpsServer, start_ops_server
+from opscale.runtime.live.ops_http import OpsAction, OpsServer, start_ops_server
 from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.settings import LiveSettings
 from opscale.runtime.live.store import RedisStore
@@ -49,6 +49,8 @@ class LiveProcess:
     supervisor: Supervisor = field(init=False)
     tracer_provider: TracerProvider = field(init=False)
     ready: bool = False
+    # POST /ops/{name} on the ops port; a service adds its actions once its state exists
+    ops_actions: dict[str, OpsAction] = field(default_factory=dict)
     ops_port: int = 0
     ops: OpsServer | None = None
     # The service's decision core once wired: what a test or a debugger inspects (its view of the fleet)
@@ -72,7 +74,7 @@ class LiveProcess:
             self.supervisor = Supervisor(self.service, clock=self.clock, stop_timeout_s=s.stop_timeout_s,
                                          registry=self.registry)
             ops = await start_ops_server(s.ops_host, s.ops_port, self.supervisor.health, lambda: self.ready,
-                                         self.registry)
+                                         self.registry, actions=self.ops_actions)
             self.ops, self.ops_port = ops, ops.port
             self.stack.push_async_callback(ops.stop)
         except BaseException:

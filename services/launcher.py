@@ -155,7 +155,7 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
             from opscale.experiments.scenario import ScenarioError  # only `up --scenario` reads one
 
             try:
-                config, routers, agent_envs = _scenario_stack(scenario, config, Path(folder))
+                config, routers, agent_envs = scenario_stack(scenario, config, Path(folder))
             except (ScenarioError, SettingsError) as exc:
                 log.error("%s", exc)
                 return 2
@@ -229,7 +229,7 @@ def plain_control(loaded: Mapping[str, LiveSettings]) -> list[str]:
     return plain
 
 
-def _scenario_stack(scenario_path: Path, config: Path | None,
+def scenario_stack(scenario_path: Path, config: Path | None,
                     folder: Path) -> tuple[Path, list[dict[str, str]], list[dict[str, str]]]:
     """The settings file (the scenario's settings over `config`'s), router and agent identities of a
     scenario's stack. The file is written into `folder`, which lives as long as the stack."""

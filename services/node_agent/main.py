@@ -1,15 +1,18 @@
 """The live node-agent of one GPU host: the node-agent core converges the host's engines towards the
 planner's newest epoch (gRPC Apply/Drain/Status), publishes heartbeats on NATS, and serves its engines'
 OpenAI-compatible endpoints. The engines are the simulated engine paced in real time (engine_backend
-`sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). Wiring only: the
-logic is opscale.services.node_agent."""
+`sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). A spot preemption
+notice reaches it at POST /ops/spot-notice on its ops port (`{"notice_s": N}`, from whatever watches the
+cloud's notices): it drains every instance within the notice. Wiring only: the logic is
+opscale.services.node_agent."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -192,10 +195,26 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
                                                           settings.grpc_port, tls=settings.grpc_tls,
                                                           tracer_provider=p.tracer_provider)
         p.on_exit(lambda: server.stop(2.0))
+        advertised_http_port = settings.advertise_http_port or http_port
         core.config = settings.core_config(grpc_port).model_copy(
-            update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{http_port}"})
+            update={"endpoint_base": f"http://{settings.advertise_host or _host()}:{advertised_http_port}"})
         # Before the first heartbeat: an Apply that came first is ordered against it by (token, epoch)
         await control.restore()
+
+        async def spot_notice(body: Mapping[str, Any]) -> tuple[int, Mapping[str, Any]]:
+            """POST /ops/spot-notice {"notice_s": N}: the cloud will take this host in N seconds (a spot
+            preemption notice, relayed by whatever watches the cloud's metadata). The core drains every
+            instance by then and says so in its heartbeats; the planner places replacements elsewhere."""
+            notice_s = body.get("notice_s")
+            if isinstance(notice_s, bool) or not isinstance(notice_s, int | float) or not 0 <= notice_s < 86_400:
+                raise ValueError(f"notice_s must be a number of seconds in [0, 86400), got {notice_s!r}")
+            now = p.clock.now_s()
+            await host.perform(core.reclaim(now + float(notice_s), now))
+            return 202, {"agent_id": settings.agent_id, "terminating_in_s": float(notice_s),
+                         "draining": sorted(i.instance_id for i in core.heartbeat(now).instances
+                                            if i.state == InstanceState.DRAINING)}
+
+        p.ops_actions["spot-notice"] = spot_notice
 
         # The engines' KV events (engine.kv_events for the simulated engines; a server's
         # kv_events_endpoint for the openai backend), batched per instance each tick

@@ -88,9 +88,10 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
                 leader = await p.store.renew_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s)
                 if leader:
                     held_until = asked_at + settings.lease_ttl_s
-                else:
-                    log.warning("planner %s lost the lease; standing by", settings.holder_id)
-                return
+                    return
+                # Lost (another holder, or a Redis restarted without it): try to take it again at once
+                # rather than one renewal later, so a Redis restart does not leave the fleet leaderless
+                log.warning("planner %s lost the lease; trying to take it again", settings.holder_id)
             # above what the agents follow, even when Redis lost the lease's counter
             token = await p.store.acquire_lease(settings.lease_name, settings.holder_id, settings.lease_ttl_s,
                                                 above=min(core.newest_agent_token(), MAX_LEASE_FLOOR))

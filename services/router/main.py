@@ -89,7 +89,8 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
     async with LiveProcess("router", settings) as p:
         core = RouterCore(settings.core, tiers=settings.tier_specs())
         upstream = UpstreamClient(UpstreamConfig(connect_timeout_s=settings.upstream_connect_timeout_s,
-                                                 idle_timeout_s=settings.upstream_read_timeout_s))
+                                                 idle_timeout_s=settings.upstream_read_timeout_s,
+                                                 first_token_timeout_s=settings.upstream_first_token_timeout_s))
         await upstream.start()
         p.on_exit(upstream.close)
         records = RecordBatcher(p.bus, p.registry, batch_max=settings.records_batch_max)

@@ -95,3 +95,36 @@ async def test_a_raising_check_is_reported_not_raised() -> None:
         assert (await get(server, "/nope"))[0] == 404
     finally:
         await server.stop()
+
+
+async def test_ops_actions_answer_by_name_and_refuse_bad_input_clearly() -> None:
+    seen: list[dict] = []
+
+    async def notice(body: dict) -> tuple[int, dict]:
+        if not isinstance(body.get("notice_s"), int | float):
+            raise ValueError(f"notice_s must be a number, got {body.get('notice_s')!r}")
+        seen.append(body)
+        return 202, {"accepted": True}
+
+    actions: dict = {}
+    registry = CollectorRegistry()
+    server = await start_ops_server("127.0.0.1", 0, lambda: {"ok": True}, lambda: True, registry, actions=actions)
+    try:
+        actions["spot-notice"] = notice  # registered after the server started, as a service does
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async def post(path: str, **kwargs: object) -> tuple[int, dict]:
+                async with session.post(server.url + path, **kwargs) as resp:  # type: ignore[arg-type]
+                    return resp.status, await resp.json()
+
+            assert await post("/ops/spot-notice", json={"notice_s": 30}) == (202, {"accepted": True})
+            status, body = await post("/ops/spot-notice", json={"notice_s": "soon"})
+            assert status == 400 and "notice_s must be a number, got 'soon'" in body["error"]
+            status, body = await post("/ops/spot-notice", data=b"{not json")
+            assert status == 400 and "not JSON" in body["error"]
+            status, body = await post("/ops/spot-notice", json=[1])
+            assert status == 400 and "JSON object" in body["error"]
+            status, body = await post("/ops/reboot", json={})
+            assert status == 404 and "'reboot'" in body["error"] and "spot-notice" in body["error"]
+    finally:
+        await server.stop()
+    assert seen == [{"notice_s": 30}]

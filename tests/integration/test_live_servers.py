@@ -13,10 +13,13 @@ import pytest
 
 from opscale.runtime.live.local_servers import (
     LocalServer,
+    LocalServerError,
     ensure_nats,
     ensure_redis,
     nats_status,
     redis_status,
+    start_nats,
+    start_redis,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,6 +59,45 @@ def test_absent_servers_are_started_and_stopped() -> None:
         nats.stop()
         redis.stop()
     assert nats_status(nats.url) == "absent" and redis_status(redis.url) == "absent"
+
+
+async def test_killed_servers_restart_on_their_port_and_nats_keeps_its_streams(tmp_path: Path) -> None:
+    """What the fault suite does to the servers: SIGKILL (a crash), then a restart on the same port; a
+    NATS restarted on its store directory finds its file-stored JetStream streams again (the
+    memory-stored KV events stream is gone: the crash took it)."""
+    from opscale.runtime.live.bus import DEFAULT_STREAMS, NatsBus
+
+    nats, redis = start_nats(store_dir=tmp_path / "store"), start_redis()
+    try:
+        bus = NatsBus("tkill")
+        await bus.connect(nats.url, "kill-test")
+        await bus.close()
+        nats.kill()
+        redis.kill()
+        assert nats_status(nats.url) == "absent" and redis_status(redis.url) == "absent"
+        nats, redis = start_nats(nats.port, store_dir=tmp_path / "store"), start_redis(redis.port)
+        assert nats_status(nats.url) == "ok" and redis_status(redis.url) == "ok"
+        import nats as nats_client
+
+        client = await nats_client.connect(nats.url)
+        try:
+            found = {info.config.name for info in await client.jetstream().streams_info()}
+            on_file = {bus.stream_name(spec.kind) for spec in DEFAULT_STREAMS if spec.storage == "file"}
+            assert on_file and on_file <= found
+            assert bus.stream_name("kvevents") not in found
+        finally:
+            await client.close()
+    finally:
+        nats.stop()
+        redis.stop()
+
+
+def test_a_server_found_running_is_not_ours_to_kill(nats_server: LocalServer) -> None:
+    found = ensure_nats(nats_server.url)
+    assert not found.started
+    with pytest.raises(LocalServerError, match="not ours to kill"):
+        found.kill()
+    assert nats_status(nats_server.url) == "ok"
 
 
 def test_a_nats_without_jetstream_is_not_used(tmp_path: Path) -> None:
@@ -109,3 +151,40 @@ def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
         assert 10_000 <= free_port() < floor
     base = free_port_block(64)
     assert 10_000 <= base and base + 64 <= floor
+
+
+async def test_a_consumer_of_a_stream_lost_in_a_nats_crash_is_created_again(tmp_path: Path) -> None:
+    """Found by the fault suite's server checks: a restarted NATS has lost the memory-stored KV events
+    stream and the consumers on it, and a subscriber's fetches failed (no responders) for as long as it
+    ran. It now creates the stream and its consumer again, and events flow."""
+    import asyncio
+    import contextlib
+
+    from opscale.model.kv_events import KvEventBatch
+    from opscale.runtime.live.bus import Delivery, NatsBus
+    from opscale.services import subjects
+
+    nats = start_nats(store_dir=tmp_path / "store")
+    bus = NatsBus("tkvlost")
+    try:
+        await bus.connect(nats.url, "kv-lost", reconnect_wait_s=0.2)
+        got: list[int] = []
+
+        async def handle(delivery: Delivery) -> None:
+            got.append(delivery.event.seq)
+
+        await bus.subscribe(subjects.KV_EVENTS_ALL, "kv-lost-test", handle, fetch_wait_s=0.2, retry_base_s=0.1,
+                            retry_max_s=0.5)
+        nats.kill()
+        nats = start_nats(nats.port, store_dir=tmp_path / "store")
+        for seq in range(1, 200):
+            if got:
+                break
+            await asyncio.sleep(0.1)  # noqa: TID251 - polling a real server
+            # a publish fails until the stream exists again: the subscriber is what creates it here
+            with contextlib.suppress(Exception):
+                await bus.publish(subjects.kv_events("eu", "a1"), KvEventBatch("i1", "m", float(seq), seq, ()))
+        assert got, "no KV event reached the consumer after the NATS restart"
+    finally:
+        await bus.close()
+        nats.stop()

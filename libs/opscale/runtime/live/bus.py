@@ -191,10 +191,12 @@ class Subscription:
 
     def __init__(self, bus: NatsBus, psub: JetStreamContext.PullSubscription, durable: str, handler: Handler,
                  *, max_pending: int, max_deliveries: int, handler_timeout_s: float, concurrency: int,
-                 fetch_batch: int, fetch_wait_s: float, retry_base_s: float, retry_max_s: float) -> None:
+                 fetch_batch: int, fetch_wait_s: float, retry_base_s: float, retry_max_s: float,
+                 restore: Callable[[], Awaitable[None]] | None = None) -> None:
         self.durable = durable
         self._bus = bus
         self._psub = psub
+        self._restore = restore
         self._handler = handler
         self._max_pending = max_pending
         self._max_deliveries = max_deliveries
@@ -265,6 +267,15 @@ class Subscription:
                 delay_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(failures, 10))
                 log.warning("bus consumer %s: fetch failed (%r); retrying in %.2fs", self.durable, exc, delay_s)
                 await asyncio.sleep(delay_s)
+                if isinstance(exc, nats.js.errors.ServiceUnavailableError) and self._restore is not None \
+                        and self._bus.connected:
+                    # Connected, yet nobody answers the pull: the server lost the consumer or its stream
+                    # (a restarted NATS loses memory-stored streams). Create both again; idempotent.
+                    try:
+                        await self._restore()
+                        log.warning("bus consumer %s: stream and consumer created again", self.durable)
+                    except Exception as restore_exc:  # noqa: BLE001 - retried on the next failure
+                        log.warning("bus consumer %s: could not create it again (%r)", self.durable, restore_exc)
                 continue
             failures = 0
             for msg in msgs:
@@ -655,10 +666,15 @@ class NatsBus:
         await js.add_consumer(stream, config)  # create or update: idempotent for the same config
         psub = await js.pull_subscribe_bind(durable=durable, stream=stream,
                                             pending_msgs_limit=max(2 * max_pending, 64))
+
+        async def restore() -> None:
+            await self.ensure_streams()
+            await self._js().add_consumer(stream, config)
+
         sub = Subscription(self, psub, durable, handler, max_pending=max_pending, max_deliveries=max_deliveries,
                            handler_timeout_s=handler_timeout_s or 0.8 * ack_wait_s, concurrency=concurrency,
                            fetch_batch=fetch_batch, fetch_wait_s=fetch_wait_s, retry_base_s=retry_base_s,
-                           retry_max_s=retry_max_s)
+                           retry_max_s=retry_max_s, restore=restore)
         if self._conn is None:  # closed while the consumer was being created
             await sub.stop(0)
             raise BusError("NatsBus was closed during subscribe")

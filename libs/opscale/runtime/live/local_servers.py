@@ -12,10 +12,12 @@ the services themselves never start servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +66,20 @@ class LocalServer:
     @property
     def port(self) -> int:
         return _host_port(self.url, 0)[1]
+
+    def kill(self, timeout_s: float = 5.0) -> None:
+        """SIGKILL a server started here, as a crash would end it (the fault tests): no shutdown, no
+        flush. A NATS store directory given at start survives for a restart on it; the handle is spent."""
+        if not self.started:
+            raise LocalServerError(f"{self.description} was not started here; it is not ours to kill")
+        pid = self._valkey.pid if self._valkey is not None else (  # type: ignore[attr-defined]
+            self._proc.pid if self._proc is not None else None)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait(timeout=timeout_s)
+        self.stop(timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the server if it was started here (a server found running is left alone)."""

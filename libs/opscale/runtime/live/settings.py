@@ -495,6 +495,10 @@ class RouterSettings(LiveSettings):
     tick_s: float = Field(0.5, gt=0, description="Period of the router core's tick (timeouts, load reports)")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an engine")
     upstream_read_timeout_s: float = Field(60.0, gt=0, description="Longest silence between streamed chunks")
+    upstream_first_token_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait from sending a request to an engine to its first token (its queue "
+        "and prefill included); past it the request goes to another instance. It bounds how long a request "
+        "waits on an engine cut off by a network partition")
     records_flush_s: float = Field(1.0, gt=0, description="Longest wait before request records are published")
     records_batch_max: int = Field(500, ge=1, description="Records per published batch")
     core: RouterConfig = Field(default_factory=RouterConfig, description="Routing policy settings")
@@ -641,6 +645,9 @@ class NodeAgentSettings(LiveSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the NodeAgent gRPC server")
     advertise_host: str = Field("", description="Host name others use to reach this agent (default: hostname)")
     http_port: int = Field(9000, ge=0, le=65535, description="Port of the engines' OpenAI-compatible server")
+    advertise_http_port: int | None = Field(None, ge=1, le=65535, description="Port others use to reach the "
+                                            "engines' server when it differs from the bound one (a proxy or "
+                                            "NAT in front); default the bound http_port")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
     tick_s: float = Field(0.5, gt=0, description="Period of the node-agent core's tick")
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies the modelled model-load time of the "
