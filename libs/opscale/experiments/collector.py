@@ -262,7 +262,7 @@ class RunCollector(RunObserver):
 
     def sample(self, now_s: float, ready_by_pool: dict[str, int]) -> None:
         gpus = sum(life.spec.gpus for life in self._lives.values() if life.stop_s is None)
-        operator_gpus = sum(span.gpus for spans in self._open_spans.values() for span in spans.values())
+        operator_gpus = float(sum(span.gpus for spans in self._open_spans.values() for span in spans.values()))
         # Keyed by (model, region) while counting; the timeline names pools "model/region".
         arrivals: dict[str, int] = {}
         for (model, region), n in self._arrivals_since.items():
