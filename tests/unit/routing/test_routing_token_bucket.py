@@ -54,7 +54,8 @@ def test_the_wait_answered_is_when_the_take_succeeds(rate: float, burst: float, 
         assert wait == math.inf
         return
     if wait > 0:
-        assert bucket.try_take(amount, wait * 0.999) > 0  # not before
+        if wait * 0.999 < wait:  # a time before it exists (not for a subnormal wait, which rounds onto it)
+            assert bucket.try_take(amount, wait * 0.999) > 0  # not before
         assert bucket.try_take(amount, wait * (1 + 1e-9) + 1e-9) == 0.0  # from then on
 
 
