@@ -109,6 +109,11 @@ class RouterBackend(Protocol):
 
     def models(self) -> list[str]: ...
 
+    def check(self, req: ParsedRequest) -> ApiError | None:
+        """The refusal of a request the router cannot take whatever the load (an unknown model or tier),
+        before anything counts it; None to go on."""
+        ...
+
     def generate(self, req: ParsedRequest,
                  trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage | SseBytes]: ...
 
@@ -272,10 +277,11 @@ class _RouterApi:
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
         request[_MODEL_KEY] = parsed.model
+        # Names first: a request for an unknown model or tier costs its key nothing and leaves no state
+        if (refused := self._backend.check(parsed)) is not None:
+            return error_response(refused)
         if tenant is not None and self._gate is not None and (refused := self._gate.admit(tenant, parsed)):
             return error_response(refused)
-        # An unknown model is the router core's decision (RouteRejected 404), not checked here: the core
-        # owns the set of served models, and may hold a request for a model that is scaling up from zero.
 
         trace_headers = {h: request.headers[h] for h in TRACE_HEADERS if h in request.headers}
         chunks = self._backend.generate(parsed, trace_headers)

@@ -59,6 +59,9 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("api-key") or headers.get("x-api-key") or None
 
 
+_CHARGES_KEPT = 100_000  # admitted requests awaiting their outcome, at most (the oldest are forgotten)
+
+
 class TenantGate:
     """The router's tenants (a KeyTable) at HTTP: `middleware` authenticates, `admit` checks the limits
     of a parsed request, `settle` accounts for a finished one. `now_s` is the router's clock."""
@@ -67,6 +70,9 @@ class TenantGate:
         self.table = table
         self._now_s = now_s
         self.usage = TenantUsage(table.key_ids())
+        # request id -> the prompt tokens admission charged (an estimate; the record may carry the
+        # tokenizer's exact count): what a request that never ran gets back
+        self._charged: dict[str, int] = {}
         if registry is not None:
             registry.register(self.usage)
 
@@ -92,6 +98,9 @@ class TenantGate:
         against the key), else the answer to send instead."""
         refusal = tenant.admit(req.model, req.prompt_tokens, self._now_s())
         if refusal is None:
+            if len(self._charged) >= _CHARGES_KEPT:  # a request cancelled before its outcome never settles
+                del self._charged[next(iter(self._charged))]
+            self._charged[req.request_id] = req.prompt_tokens
             return None
         self.usage.refused[tenant.key_id, refusal.limit] += 1
         if refusal.limit == "model":
@@ -103,9 +112,10 @@ class TenantGate:
         tenant = self.table.tenant(outcome.tenant) if outcome.tenant else None
         if tenant is None:
             return
+        charged = self._charged.pop(outcome.request_id, outcome.prompt_tokens)
         # "rejected": refused by the router core (no capacity) before it ran: its prompt charge comes back
         ran = outcome.status != "rejected"
-        tenant.settle(outcome.prompt_tokens, outcome.output_tokens, ran, self._now_s())
+        tenant.settle(charged, outcome.output_tokens, ran, self._now_s())
         self.usage.count(outcome, ran)
 
     @staticmethod

@@ -33,7 +33,7 @@ from opscale.model import RequestOutcome
 from opscale.openai.kv_transfer import decode_body, prefill_body
 from opscale.openai.prompt_tokens import PromptTokenizer, prompt_prefix_hashes
 from opscale.openai.routed_headers import routed_headers
-from opscale.openai.schema import ParsedRequest, TokenChunk
+from opscale.openai.schema import ApiError, ParsedRequest, TokenChunk
 from opscale.openai.stream import EngineUsage
 from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
@@ -105,9 +105,6 @@ class LiveRouterBackend:
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]
                        ) -> AsyncGenerator[TokenChunk | EngineUsage | SseBytes, SseSink | None]:
         assert self.host is not None, "LiveRouterBackend.host must be set before serving"
-        # An unknown model or tier is refused before it becomes state anywhere (held, recorded, and so
-        # windowed and stored by the aggregator): random names must not make keys.
-        self._check_names(req)
         if req.model in self.tokenizers and req.prompt_tokens >= _TOKENIZE_IN_THREAD_TOKENS:
             hashes, prompt_tokens = await asyncio.to_thread(self._prefix, req)
         else:
@@ -218,14 +215,18 @@ class LiveRouterBackend:
                 span.set_status(Status(StatusCode.ERROR, status))
             span.end()
 
-    def _check_names(self, req: ParsedRequest) -> None:
+    def check(self, req: ParsedRequest) -> ApiError | None:
+        """The refusal of a request naming a model or tier the router does not know (404, 400), before
+        it becomes state anywhere (held, counted against a key, recorded, windowed): random names must
+        not make keys. None when both are known."""
         if not self.core.serves(req.model):
             served = ", ".join(self.core.models()) or "none"
-            raise RouteRejected(404, f"The model '{req.model}' does not exist; served models: {served}",
-                                code="model_not_found")
+            return RouteRejected(404, f"The model '{req.model}' does not exist; served models: {served}").to_api_error()
         if req.tier not in self.core.tiers:
-            raise RouteRejected(400, f"opscale_tier: unknown tier {req.tier!r}; known tiers: "
-                                f"{', '.join(sorted(self.core.tiers))}", code="invalid_value", param="opscale_tier")
+            return RouteRejected(400, f"opscale_tier: unknown tier {req.tier!r}; known tiers: "
+                                 f"{', '.join(sorted(self.core.tiers))}", code="invalid_value",
+                                 param="opscale_tier").to_api_error()
+        return None
 
     async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released

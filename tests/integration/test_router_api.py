@@ -82,6 +82,9 @@ class FakeBackend:
     def models(self) -> list[str]:
         return ["m1", "m2"]
 
+    def check(self, req: object) -> None:  # every name is known here
+        return None
+
     async def generate(self, req: ParsedRequest,
                        trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage]:
         self.seen.append((req, trace_headers))
@@ -653,6 +656,9 @@ class ProxyBackend:
 
     def models(self) -> list[str]:
         return ["m1"]
+
+    def check(self, req: object) -> None:  # every name is known here
+        return None
 
     async def generate(self, req: ParsedRequest,
                        trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk | EngineUsage]:

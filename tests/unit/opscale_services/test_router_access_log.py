@@ -23,6 +23,9 @@ class NoModels:
     def models(self) -> list[str]:
         return []
 
+    def check(self, req: object) -> None:  # every name is known here
+        return None
+
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
         raise AssertionError("not asked in this test")
         yield  # pragma: no cover

@@ -204,6 +204,9 @@ class SlowStream:
     def models(self) -> list[str]:
         return ["m"]
 
+    def check(self, req: object) -> None:  # every name is known here
+        return None
+
     async def generate(self, req: ParsedRequest, trace_headers: dict[str, str]) -> AsyncIterator[TokenChunk]:
         try:
             i = 0

@@ -226,3 +226,17 @@ def test_opscale_up_warns_loudly_when_keys_are_off(tmp_path: Path, monkeypatch: 
     assert run_stack(1, config) == 2
     assert (AUTH_OFF_WARNING in caplog.text) is warned
     assert SECRET_A not in caplog.text
+
+
+async def test_requests_refused_for_their_names_cost_the_key_nothing() -> None:
+    """An unknown model (404) or tier (400) is refused before the key's buckets are charged: two such
+    requests used to spend a 2-a-minute key, and the valid ones after them got 429."""
+    async with keyed_router({"id": "a", "secret": SECRET_A, "requests_per_min": 2}) as (
+            r, _, _engine), aiohttp.ClientSession() as http:
+        status, _, _body = await post(http, r, bearer(SECRET_A), {**BODY, "model": "nope"})
+        assert status == 404
+        status, _, _body = await post(http, r, bearer(SECRET_A), {**BODY, "opscale_tier": "platinum"})
+        assert status == 400
+        for _ in range(2):
+            status, _, _body = await post(http, r, bearer(SECRET_A))
+            assert status == 200
