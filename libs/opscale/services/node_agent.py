@@ -56,10 +56,10 @@ class NodeAgentConfig(BaseModel):
     s2: str = Field("", description="Big-pod switch above the mini-pod (S2)")
     rdma_priority: RdmaPriority = Field(RdmaPriority.LOW, description="Priority of this host's RDMA subgroup: "
                                         "placement uses high-priority hosts last (opscale.planning.placement)")
-    max_epoch_jump: int = Field(2 ** 32, ge=1, description="An Apply whose epoch is more than this past the "
-                                "applied one is refused: a planner makes one epoch per plan, so such a jump is "
-                                "a forged or faulty command (e.g. epoch 2**64-1), which would otherwise leave "
-                                "no room for any later plan")
+    max_epoch_jump: int = Field(2 ** 32, ge=1, description="An Apply whose epoch, or fencing token, is more "
+                                "than this past the applied one is refused: a planner makes one epoch per plan "
+                                "and one token per lease, so such a jump is a forged or faulty command (e.g. "
+                                "epoch 2**64-1), which would otherwise leave no room for any later plan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,11 @@ class NodeAgentCore:
             # sent by a planner that has since lost the lease: its successor's plan stands
             return ApplyResult(False, self.applied_epoch, f"fencing token {cmd.fencing_token} is older than "
                                f"{self.fencing_token}: the planner that sent it no longer holds the lease"), []
+        if cmd.fencing_token - self.fencing_token > self.config.max_epoch_jump:
+            # a forged or broken token far ahead would fence off every real planner for good
+            return ApplyResult(False, self.applied_epoch, f"fencing token {cmd.fencing_token} is more than "
+                               f"max_epoch_jump ({self.config.max_epoch_jump}) past {self.fencing_token}; "
+                               f"refused"), []
         newer_holder = cmd.fencing_token > self.fencing_token
         if not newer_holder and cmd.epoch < self.applied_epoch:
             return ApplyResult(False, self.applied_epoch, f"epoch {cmd.epoch} is older than applied epoch "

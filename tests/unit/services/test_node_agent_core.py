@@ -124,6 +124,19 @@ def test_an_epoch_far_past_the_applied_one_is_refused_and_leaves_room_for_later_
     assert later.accepted and set(_states(agent, 2.0)) == {"m-eu-00001", "m-eu-00002"}
 
 
+@pytest.mark.security
+def test_a_fencing_token_far_past_the_newest_is_refused_and_leaves_room_for_real_planners() -> None:
+    # The same defect on the other half of the (fencing token, epoch) order: a token of 2**64-1 was
+    # accepted, and every real planner's token (at most 2**53) was refused afterwards, for good.
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1),), fencing_token=2), 0.0)
+    forged, actions = agent.apply(ApplyCommand("a1", 4, "forged", (), fencing_token=2 ** 64 - 1), 1.0)
+    assert not forged.accepted and actions == [] and "max_epoch_jump" in forged.reason
+    assert set(_states(agent, 1.0)) == {"m-eu-00001"}
+    leader, _ = agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1), _spec(2)), fencing_token=3), 2.0)
+    assert leader.accepted and set(_states(agent, 2.0)) == {"m-eu-00001", "m-eu-00002"}
+
+
 def test_a_jump_within_the_bound_is_applied() -> None:
     agent = NodeAgentCore(NodeAgentConfig(agent_id="a1", region="eu", sku="H100-80GB", max_epoch_jump=10),
                           load_time_s=lambda spec: 1.0)
