@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -103,7 +102,7 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def run_live(args: argparse.Namespace, scenario: Any, labelled: Path, out: Path, opscale: list[str]) -> dict[str, Any]:
-    from opscale.runtime.live.local_servers import free_port_block, start_nats, start_redis
+    from opscale.runtime.live.local_servers import free_port_block, start_nats, start_redis, terminate
 
     nats, redis = start_nats(), start_redis()
     base = free_port_block(64)
@@ -136,11 +135,7 @@ def run_live(args: argparse.Namespace, scenario: Any, labelled: Path, out: Path,
               "--no-progress"], env, out / "loadgen.log")
         return json.loads((out / "live" / "report.json").read_text())
     finally:
-        stack.send_signal(signal.SIGTERM)
-        try:
-            stack.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            stack.kill()
+        terminate(stack, 60.0)
         stack_log.close()
         nats.stop()
         redis.stop()

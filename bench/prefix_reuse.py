@@ -12,7 +12,7 @@ prompt tokens, the bound's measure), `host_hit_rate` (from the host-memory tier,
 `ratio_to_bound`, `ttft_p50_s`, `ttft_p99_s`, `gpu_hours`, `completed`, `dropped` and `wall_s`. Prints
 one JSON object as its last line; a Mooncake head that is absent is reported as skipped.
 
-    python bench/prefix_reuse.py                      # about 20 s
+    python bench/prefix_reuse.py                      # a few seconds
     python bench/prefix_reuse.py --instances 8 --policies kv_aware,jsq_tokens
     python bench/prefix_reuse.py --diagnose           # where reuse is lost, step by step (README)
 

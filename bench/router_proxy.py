@@ -55,7 +55,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
+from opscale.runtime.live.local_servers import free_port, terminate  # noqa: E402
+
 MODEL = "bench-model"
 # `--auth`: the opscale router asks for this key (one tenant, limits far above any rate measured, so the
 # request and token buckets run on every request without refusing one) and the load generator sends it.
@@ -75,12 +76,6 @@ BENCH_KEY_SPEC = {"id": "bench", "secret": BENCH_KEY, "requests_per_min": 1e9, "
 ROOT = Path(__file__).resolve().parents[1]
 RAMP_RPS = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
 VLLM_ROUTER_VERSION = "0.1.17"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install_loop() -> str:
@@ -555,16 +550,6 @@ def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
     return (exe, "installed") if exe.exists() else (None, "vllm-router installed no executable")
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()
@@ -612,7 +597,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                                           t.auth) for t in targets} if args.wrk else {"skipped": "--wrk not given"})
     finally:
         for proc in procs:
-            stop(proc)
+            terminate(proc, 10.0)
 
     ops = at_rate["opscale"]
     summary: dict[str, Any] = {

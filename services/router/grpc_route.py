@@ -29,7 +29,7 @@ class RouterServicer(control_pb2_grpc.RouterServicer):
     async def Route(self, request: control_pb2.RouteRequest,  # noqa: N802 - gRPC method name
                     context: grpc.aio.ServicerContext) -> control_pb2.RouteResponse:
         await require_peer(context, self.allowed_callers)
-        if request.model not in self.core.models():
+        if not self.core.serves(request.model):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served here")
         try:
             req = Request(f"route-{uuid.uuid4().hex}", request.model, request.tier or "interactive",

@@ -34,7 +34,13 @@ import aiohttp
 from opscale.model import InstanceState
 from opscale.reporting.latency_report import RequestStatus, read_latency_csv
 from opscale.runtime.live.grpc_glue import NodeAgentClient
-from opscale.runtime.live.local_servers import LocalServer, free_port_block, start_nats, start_redis
+from opscale.runtime.live.local_servers import (
+    LocalServer,
+    free_port_block,
+    start_nats,
+    start_redis,
+    terminate,
+)
 from opscale.runtime.live.settings import GrpcTlsSettings, load_settings
 from opscale.traces import (
     LengthDistribution,
@@ -153,14 +159,8 @@ class Service:
         return self.proc.wait(timeout=timeout_s)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout_s)
+        if self.proc is not None:
+            terminate(self.proc, timeout_s)
 
     def log_count(self, text: str) -> int:
         """Lines of this service's log (all its runs) that contain `text`."""

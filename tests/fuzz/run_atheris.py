@@ -30,7 +30,12 @@ def main() -> None:
     for index, seed in enumerate(SEEDS[name]):
         (corpus / f"seed-{index}").write_bytes(seed)
     print(f"fuzzing {name}: corpus and crashes in {work}", flush=True)
-    atheris.Setup([sys.argv[0], f"-artifact_prefix={work}/", *flags, str(corpus)], TARGETS[name])
+    target = TARGETS[name]
+
+    def one_input(data: bytes) -> None:
+        target(data)  # whether it accepted is for the seed test; libFuzzer reads a returned -1 as "reject"
+
+    atheris.Setup([sys.argv[0], f"-artifact_prefix={work}/", *flags, str(corpus)], one_input)
     atheris.Fuzz()
 
 

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _stack import stop_up
+from _stack import clean_namespace, stop_up
 
 from opscale.runtime.live.local_servers import free_port_block
 
@@ -89,13 +89,4 @@ def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str,
 async def _cleanup(nats_url: str, redis_url: str, namespace: str):  # noqa: ANN202
     """The stack's streams and keys live in the test's namespace; remove them afterwards."""
     yield
-    from opscale.runtime.live.bus import NatsBus
-    from opscale.runtime.live.store import RedisStore
-
-    store = RedisStore(redis_url, namespace)
-    await store.delete_namespace()
-    await store.close()
-    bus = NatsBus(namespace)
-    await bus.connect(nats_url, f"cleanup-{namespace}", ensure_streams=False)
-    await bus.delete_streams()
-    await bus.close()
+    await clean_namespace(nats_url, redis_url, namespace)

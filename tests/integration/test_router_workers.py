@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ import yaml
 from _stack import ROOT, LiveStack, eventually, running_stack
 from _tls import tls_dict
 
-from opscale.runtime.live.local_servers import free_port, free_port_block
+from opscale.runtime.live.local_servers import free_port, free_port_block, terminate
 from opscale.services.planner import PlannerCore
 
 pytestmark = pytest.mark.integration
@@ -80,9 +79,4 @@ async def test_two_router_workers_share_one_port_and_each_follows_the_fleet(
         assert len(cores) == 2 and all(len(c) == 1 for c in cores) and (
             cores[0] != cores[1] or len(os.sched_getaffinity(0)) == 1), cores
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30.0)

@@ -87,10 +87,6 @@ class InstanceSpec:
         """The base instance's GPUs plus its operator replicas' GPU-equivalents."""
         return self.tp + sum(r.gpu_equivalents for r in self.operator_replicas)
 
-    def base(self) -> InstanceSpec:
-        """The same instance without operator replicas (what a restart would be decided on)."""
-        return InstanceSpec(self.instance_id, self.model, self.sku, self.tp, self.role)
-
 
 @dataclass(frozen=True, slots=True)
 class Instance:

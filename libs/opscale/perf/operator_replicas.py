@@ -147,7 +147,7 @@ class PipelinedStagesLatencyModel(IterationTime):
         costs, tp = self.costs, self.tp
         unit = (prefill_tokens / n, decode_batch / n, pairs / n, logits / n, decode_ctx / n)
         tokens = unit[0] + unit[1]
-        moved_s = self.link.latency_s + activation_bytes(self.model, max(1, math.ceil(tokens))) / (self.link.gbps * 1e9)
+        moved_s = self.link.transfer_s(activation_bytes(self.model, max(1, math.ceil(tokens))))
         base: list[float] = []
         replicas: list[list[tuple[float, int]]] = []
         # The base runs a cohort's stages as one engine iteration of its own latency model (one overhead,
@@ -248,15 +248,11 @@ def _stage_costs(model: ModelSpec, sku: Sku) -> StageCosts:
 
 
 def with_operator_replicas(own: LatencyModel, model: ModelSpec, sku: Sku, tp: int,
-                           replicas: tuple[OperatorReplicas, ...],
-                           transfer: TransferParams | None = None) -> LatencyModel:
+                           replicas: tuple[OperatorReplicas, ...]) -> LatencyModel:
     """The latency model of a base engine (`own` its model alone) serving with `replicas` attached."""
     if not replicas:
         return own
-    if transfer is None:
-        return _pipelined(own, model, sku, tp, replicas)  # memoised: its decode lines are reused across changes
-    link = transfer.link(Topology.SAME_HOST, sku.name)
-    return PipelinedStagesLatencyModel(own, _stage_costs(model, sku), tp, replicated_stages(replicas), link)
+    return _pipelined(own, model, sku, tp, replicas)  # memoised: its decode lines are reused across changes
 
 
 @lru_cache(maxsize=1024)

@@ -43,6 +43,7 @@ def attach_operator_replicas(assignments: dict[str, tuple[InstanceSpec, ...]],
         bases = sorted(((s.instance_id, a, s) for a, specs in assignments.items() for s in specs
                         if hosts.get(a, ("", 0))[0] == key.region and s.model == key.model and s.role == key.role),
                        key=lambda t: t[0])
+        agent_of = {iid: agent_id for iid, agent_id, _ in bases}
         for stage in sorted(wanted[key], key=lambda r: r.name):
             unit = stage.gpu_equivalents / stage.replicas
             counts: dict[str, int] = {}
@@ -50,11 +51,10 @@ def attach_operator_replicas(assignments: dict[str, tuple[InstanceSpec, ...]],
             for iid, agent_id, spec in bases:  # keep what runs, as far as the total and the room allow
                 had = next((r.replicas for r in spec.operator_replicas
                             if r.name == stage.name and replace(r, replicas=stage.replicas) == stage), 0)
-                keep = max(0, min(had, left, int((room[agent_id] + _EPS) // unit) if unit > 0 else had))
+                keep = max(0, min(had, left, int((room[agent_id] + _EPS) // unit)))
                 counts[iid] = keep
                 room[agent_id] -= keep * unit
                 left -= keep
-            agent_of = {iid: agent_id for iid, agent_id, _ in bases}
             while left > 0:
                 fits = [iid for iid, _, _ in bases if room[agent_of[iid]] + _EPS >= unit]
                 if not fits:

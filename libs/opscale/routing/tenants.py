@@ -170,10 +170,11 @@ class Tenant:
             return Refusal(limit, f"Rate limit reached for key {self.key_id} on {unit}: Limit "
                            f"{bucket.rate_per_s * 60:g}, Requested {asked}. Please try again in "
                            f"{math.ceil(wait)}s.", wait)
+        # both waits were 0: take what the request costs
         if self.requests is not None:
-            self.requests.try_take(1, now_s)
+            self.requests.charge(1, now_s)
         if self.tokens is not None:
-            self.tokens.try_take(prompt_tokens, now_s)
+            self.tokens.charge(prompt_tokens, now_s)
         return None
 
     def settle(self, prompt_tokens_charged: int, output_tokens: int, ran: bool, now_s: float) -> None:

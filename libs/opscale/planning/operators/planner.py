@@ -443,7 +443,7 @@ class OperatorPlanner:
             found = self._busy.get(key)
             if found is None:
                 found = self._busy[key] = self.costs.busy_s(frozenset({op}), phase, stage.tp, stage.batch,
-                                                            _mean_seq(workload, phase), stage.share)
+                                                            workload.mean_seq(phase), stage.share)
             return found
         return busy
 
@@ -485,7 +485,7 @@ class OperatorPlanner:
                 f"max_replicas={self.config.max_replicas} replicas of a stage (or more memory per replica) "
                 f"to meet {field}={budget:g} s")
         _, _, part, fs, idx = best
-        seq = _mean_seq(workload, phase)
+        seq = workload.mean_seq(phase)
         stages = tuple(self._stage_plan(f, i, phase, seq) for f, i in zip(fs, idx, strict=True))
         return PhasePlan(phase, budget, stages)
 
@@ -542,7 +542,7 @@ class OperatorPlanner:
         kv = self.model.kv_bytes_per_token / tp
         prompt, output = workload.prompt_tokens, workload.output_tokens
         crossing = self.dags[phase].crossings(ops)
-        tokens_per_customer = prompt if phase is Phase.PREFILL else 1
+        tokens_per_customer = workload.tokens_per_customer(phase)
         has_attention = Operator.ATTENTION in ops
         seq = prompt if phase is Phase.PREFILL else prompt + output
         options = []
@@ -556,7 +556,7 @@ class OperatorPlanner:
             if phase is Phase.PREFILL:
                 service = self.costs.prefill_s(ops, tp, b, prompt, share)
             else:
-                service = self.costs.decode_s(ops, tp, b, prompt + output / 2, share)
+                service = self.costs.decode_s(ops, tp, b, workload.mean_seq(phase), share)
             transfer = 0.0
             if crossing.edges:
                 nbytes = b * tokens_per_customer * crossing.bytes_per_token
@@ -569,11 +569,6 @@ class OperatorPlanner:
                            floor_s=min(floors), min_fixed_bytes=min(o.fixed_bytes for o in options),
                            mus=tuple(o.mu for o in options), floors=floors,
                            fixed=tuple(o.fixed_bytes for o in options), held=tuple(o.held_bytes for o in options))
-
-
-def _mean_seq(workload: Workload, phase: Phase) -> float:
-    """The tokens a customer attends over: the prompt in prefill, the mean context in decode."""
-    return workload.mean_seq(phase)
 
 
 def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjective, workload: Workload,

@@ -299,23 +299,17 @@ class Subscription:
                     self._room.notify_all()
 
     async def _settle(self, msg: Msg) -> None:
-        headers = dict(msg.headers or {})
-        meta = msg.metadata
-        type_name = headers.get(TYPE_HEADER, "")
         try:
-            event = codec.decode(type_name, msg.data)
+            delivery = self._bus._delivery(msg)
         except codec.CodecError as exc:
             # Redelivery cannot fix a payload; terminate it so it stops occupying the consumer.
             self._counts.decode_errors += 1
             self._bus._count_consumed(self.durable, "decode_error")
             log.error("bus consumer %s: dropping undecodable message seq=%d on %s: %s",
-                      self.durable, meta.sequence.stream, msg.subject, exc)
+                      self.durable, msg.metadata.sequence.stream, msg.subject, exc)
             await msg.term()
             return
-        delivery = Delivery(subject=self._bus.strip_namespace(msg.subject), event=event, type_name=type_name,
-                            headers=headers, num_delivered=meta.num_delivered, stream_seq=meta.sequence.stream,
-                            msg_id=headers.get("Nats-Msg-Id"))
-        parent = telemetry.extract_nats_headers(headers)
+        parent = telemetry.extract_nats_headers(delivery.headers)
         with self._bus._tracer.start_as_current_span(
                 f"consume {subjects.kind_of(delivery.subject) or delivery.subject}", context=parent,
                 kind=SpanKind.CONSUMER,
@@ -388,6 +382,15 @@ class NatsBus:
     def strip_namespace(self, wire_subject: str) -> str:
         prefix = f"{self.namespace}." if self.namespace else ""
         return wire_subject[len(prefix):] if prefix and wire_subject.startswith(prefix) else wire_subject
+
+    def _delivery(self, msg: Msg) -> Delivery:
+        """A JetStream message as the handlers see it; CodecError when its payload cannot be decoded."""
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+        type_name = headers.get(TYPE_HEADER, "")
+        return Delivery(subject=self.strip_namespace(msg.subject), event=codec.decode(type_name, msg.data),
+                        type_name=type_name, headers=headers, num_delivered=meta.num_delivered,
+                        stream_seq=meta.sequence.stream, msg_id=headers.get("Nats-Msg-Id"))
 
     def stream_name(self, kind: str) -> str:
         spec = self._streams.get(kind)
@@ -609,19 +612,14 @@ class NatsBus:
                 except (nats.errors.TimeoutError, TimeoutError):
                     break  # what was pending has expired from the stream meanwhile
                 for msg in msgs:
-                    meta = msg.metadata
-                    pending = meta.num_pending
-                    headers = dict(msg.headers or {})
-                    type_name = headers.get(TYPE_HEADER, "")
+                    pending = msg.metadata.num_pending
                     try:
-                        event = codec.decode(type_name, msg.data)
+                        delivery = self._delivery(msg)
                     except codec.CodecError as exc:
                         log.error("replay of %s: skipping undecodable message seq=%d: %s", subject_filter,
-                                  meta.sequence.stream, exc)
+                                  msg.metadata.sequence.stream, exc)
                         continue
-                    await handler(Delivery(subject=self.strip_namespace(msg.subject), event=event,
-                                           type_name=type_name, headers=headers, num_delivered=meta.num_delivered,
-                                           stream_seq=meta.sequence.stream, msg_id=headers.get("Nats-Msg-Id")))
+                    await handler(delivery)
                     handled += 1
         finally:
             with contextlib.suppress(Exception):

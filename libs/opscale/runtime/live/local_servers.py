@@ -37,6 +37,7 @@ __all__ = [
     "ensure_nats",
     "free_port",
     "free_port_block",
+    "terminate",
     "ensure_redis",
     "nats_status",
     "redis_status",
@@ -89,7 +90,7 @@ class LocalServer:
             self._valkey.stop(timeout=timeout_s)  # type: ignore[attr-defined]
             self._valkey = None
         if self._proc is not None:
-            _terminate(self._proc, timeout_s)
+            terminate(self._proc, timeout_s)
             self._proc = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -215,7 +216,9 @@ def _tail(log_path: Path | None) -> str:
     return "; log tail:\n" + "\n".join(lines) if lines else ""
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def terminate(proc: subprocess.Popen, timeout_s: float) -> None:  # type: ignore[type-arg]
+    """Stop a child process as a supervisor does: SIGTERM, then SIGKILL if it has not exited within
+    `timeout_s`; nothing when it already has."""
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -250,7 +253,7 @@ def start_nats(port: int | None = None, *, store_dir: Path | None = None, timeou
     try:
         _wait_until(lambda: nats_status(url, 0.5) == "ok", proc, timeout_s, f"nats-server ({binary})", log_path)
     except BaseException:
-        _terminate(proc, 5.0)
+        terminate(proc, 5.0)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     # `nats-server --version` prints "nats-server: v2.x.y".
@@ -327,7 +330,7 @@ def _start_redis_binary(binary: str, url: str, args: list[str], timeout_s: float
     try:
         _wait_until(ready, proc, timeout_s, binary, log_path)
     except BaseException:
-        _terminate(proc, 5.0)
+        terminate(proc, 5.0)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return LocalServer(kind="redis", url=url, started=True, description=f"{binary} (pid {proc.pid}) on port {chosen}",

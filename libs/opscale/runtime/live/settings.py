@@ -262,7 +262,22 @@ class GrpcTlsSettings(_Files):
                                 f"control surface unencrypted and unauthenticated")
 
 
-class NatsAuthSettings(_Files):
+class _ClientTls(_Files):
+    """A client's TLS to a server: the CA to verify it by, and a certificate when it verifies clients."""
+
+    tls_ca_file: Path | None = Field(None, description="CA that signed the server's certificate; set: TLS "
+                                     "(for Redis with a rediss:// URL)")
+    tls_cert_file: Path | None = Field(None, description="Client certificate, when the server verifies clients")
+    tls_key_file: Path | None = Field(None, description="Key of the client certificate")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> _ClientTls:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+
+class NatsAuthSettings(_ClientTls):
     """Credentials and TLS for NATS. One of user+password, token or creds_file (NATS nkeys/JWT); TLS when
     `tls_ca_file` is given (and a client certificate when the server verifies clients)."""
 
@@ -271,9 +286,6 @@ class NatsAuthSettings(_Files):
     token: SecretStr | None = Field(None, description="Authentication token, in place of user and password")
     creds_file: Path | None = Field(None, description="NATS credentials file (JWT and nkey seed), in place of "
                                     "user and password")
-    tls_ca_file: Path | None = Field(None, description="CA that signed the NATS server's certificate; set: TLS")
-    tls_cert_file: Path | None = Field(None, description="Client certificate, when the server verifies clients")
-    tls_key_file: Path | None = Field(None, description="Key of the client certificate")
 
     @model_validator(mode="after")
     def _one_method(self) -> NatsAuthSettings:
@@ -283,26 +295,19 @@ class NatsAuthSettings(_Files):
             raise ValueError(f"give one way to authenticate, not {' and '.join(methods)}")
         if bool(self.user) != bool(self.password):
             raise ValueError("user and password go together")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
 
-class RedisAuthSettings(_Files):
+class RedisAuthSettings(_ClientTls):
     """Credentials (AUTH, or an ACL user) and TLS (a `rediss://` URL) for Redis."""
 
     username: str = Field("", description="ACL user name; empty: the default user (plain AUTH password)")
     password: SecretStr | None = Field(None, description="Password (prefer env or a mounted Secret)")
-    tls_ca_file: Path | None = Field(None, description="CA that signed the server's certificate (rediss:// URLs)")
-    tls_cert_file: Path | None = Field(None, description="Client certificate, when the server verifies clients")
-    tls_key_file: Path | None = Field(None, description="Key of the client certificate")
 
     @model_validator(mode="after")
-    def _pairs(self) -> RedisAuthSettings:
+    def _username_with_password(self) -> RedisAuthSettings:
         if self.username and self.password is None:
             raise ValueError("username needs a password")
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
 
@@ -403,6 +408,8 @@ class TokenizerSettings(BaseModel):
         if not value.exists():
             raise ValueError(f"{value} does not exist")
         return value
+
+
 class AuthSettings(BaseModel):
     """API keys at the router (opscale.routing.tenants). Keys come from `keys_file` (YAML or JSON: a list
     of keys, or a mapping whose `keys` is one; a mounted Kubernetes Secret) and from `keys` (inline, or
