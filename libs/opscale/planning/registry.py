@@ -29,6 +29,7 @@ class PlanningPolicyName(StrEnum):
     PD_HPA = "pd_hpa"
     OPERATOR_LEVEL = "operator_level"
     MODEL_LEVEL = "model_level"
+    OPSCALE = "opscale"
 
 
 # Objectives are the tiers' (opscale.model.tiers), not a policy's: these former parameters are refused
@@ -121,6 +122,18 @@ def _operator_scaling(level: str) -> Callable[..., PlanningPolicy]:
     return make
 
 
+def _opscale(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
+             **params: Any) -> PlanningPolicy:
+    from opscale.planning.opscale import OpscaleConfig, OpscalePolicy
+
+    try:
+        return OpscalePolicy(deployments, capacity, objective, _config("opscale", OpscaleConfig, params))
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith("planning policy") else
+                         f"planning policy 'opscale': {message}") from None
+
+
 def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
     def make(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
              **params: Any) -> PlanningPolicy:
@@ -138,7 +151,8 @@ def _sageserve_lt(variant: str) -> Callable[..., PlanningPolicy]:
 # Policies that size a disaggregated deployment's prefill and decode pools (each on its own signal);
 # the others refuse one by name.
 _DISAGGREGATION_AWARE = frozenset({PlanningPolicyName.REACTIVE, PlanningPolicyName.STATIC,
-                                   PlanningPolicyName.HETEROSCALE, PlanningPolicyName.PD_HPA})
+                                   PlanningPolicyName.HETEROSCALE, PlanningPolicyName.PD_HPA,
+                                   PlanningPolicyName.OPSCALE})
 
 _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.REACTIVE: _reactive,
@@ -154,6 +168,7 @@ _FACTORIES: dict[PlanningPolicyName, Callable[..., PlanningPolicy]] = {
     PlanningPolicyName.PD_HPA: _pd_hpa,
     PlanningPolicyName.OPERATOR_LEVEL: _operator_scaling("operator"),
     PlanningPolicyName.MODEL_LEVEL: _operator_scaling("model"),
+    PlanningPolicyName.OPSCALE: _opscale,
 }
 
 
