@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.planning.operators.policy import OperatorPolicyConfig
 from opscale.planning.sageserve.mip import SageServeMipConfig
@@ -49,8 +49,3 @@ class OpscaleConfig(BaseModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     emergency: EmergencyRule = Field(default_factory=EmergencyRule)
 
-    @model_validator(mode="after")
-    def _floor_below_ceiling(self) -> OpscaleConfig:
-        if self.budget.floor > self.budget.ceiling:
-            raise ValueError(f"budget.floor ({self.budget.floor}) is above budget.ceiling ({self.budget.ceiling})")
-        return self

@@ -1,0 +1,120 @@
+"""The combined `opscale` policy: the hourly budget around a plan, the clamp of an inner loop's wish to
+it, the emergency rule that alone lets a wish past the ceiling (logged, VMs added) and the next solve
+learning from it; the reasons name the loop that made each change."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from opscale.model import LatencyObjective, Observation, PoolKey, PoolObservation, Role
+from opscale.planning import DeploymentSpec, make_planning_policy
+from opscale.planning.opscale.budget import PoolBudget, budget_from_plan, clamp_to_budget, emergency_reason
+from opscale.planning.opscale.config import BudgetConfig, EmergencyRule
+
+pytestmark = pytest.mark.unit
+
+OBJECTIVE = LatencyObjective(ttft_slo_s=2.0, tbt_slo_s=0.1)
+RULE = EmergencyRule()
+MODEL = "Qwen2-7B"
+POOL = PoolKey(MODEL, "us-east")
+
+
+def test_budget_example() -> None:
+    budget = budget_from_plan(4, 1, 64, BudgetConfig(floor=0.5, ceiling=1.25, slack=1))
+    assert (budget.floor, budget.ceiling) == (2, 6)
+
+
+@given(planned=st.integers(0, 200), low=st.integers(0, 20), span=st.integers(0, 80),
+       floor=st.floats(0, 1), ceiling=st.floats(1, 3), slack=st.integers(0, 4))
+def test_a_budget_is_ordered_and_within_the_deployment_bounds(planned: int, low: int, span: int, floor: float,
+                                                              ceiling: float, slack: int) -> None:
+    high = max(1, low + span)
+    budget = budget_from_plan(planned, low, high, BudgetConfig(floor=floor, ceiling=ceiling, slack=slack))
+    assert low <= budget.floor <= budget.ceiling <= high
+
+
+@given(want=st.integers(0, 100), floor=st.integers(0, 10), extra=st.integers(0, 10), emergency=st.booleans())
+def test_the_clamp_keeps_a_wish_in_its_budget_unless_in_an_emergency(want: int, floor: int, extra: int,
+                                                                     emergency: bool) -> None:
+    budget = PoolBudget(planned=floor + extra, floor=floor, ceiling=floor + extra)
+    clamped = clamp_to_budget(want, budget, "TTFT over" if emergency else "", max_replicas=64)
+    if want <= budget.ceiling or not emergency:
+        assert budget.floor <= clamped.count <= budget.ceiling and clamped.borrowed == 0
+        assert clamped.count == min(max(want, budget.floor), budget.ceiling)
+        assert bool(clamped.note) == (clamped.count != want)
+    else:
+        assert clamped.count == min(want, 64) and clamped.borrowed == clamped.count - budget.ceiling
+        assert clamped.note.startswith("EMERGENCY: TTFT over")
+
+
+def pool(role: Role = Role.UNIFIED, **fields: object) -> PoolObservation:
+    return PoolObservation(PoolKey(MODEL, "us-east", role), ready=2, **fields)  # type: ignore[arg-type]
+
+
+def test_the_emergency_rule_reads_the_latency_each_role_is_judged_on() -> None:
+    assert emergency_reason(pool(ttft_p99_s=2.5), OBJECTIVE, 0, RULE).startswith("TTFT p99 2.500 s")
+    assert emergency_reason(pool(tbt_p99_s=0.2), OBJECTIVE, 0, RULE).startswith("TBT p99")
+    # a prefill pool is judged on TTFT only, a decode pool on TBT only
+    assert emergency_reason(pool(Role.PREFILL, tbt_p99_s=0.5), OBJECTIVE, 0, RULE) == ""
+    assert emergency_reason(pool(Role.DECODE, ttft_p99_s=9.0), OBJECTIVE, 0, RULE) == ""
+    assert emergency_reason(pool(ttft_p99_s=1.9, tbt_p99_s=0.09), OBJECTIVE, 0, RULE) == ""
+
+
+def test_the_emergency_rule_fires_on_a_growing_queue_only() -> None:
+    assert emergency_reason(pool(queued=20), OBJECTIVE, 10, RULE) == "queue grew 10 -> 20"
+    assert emergency_reason(pool(queued=20), OBJECTIVE, 18, RULE) == ""  # long but not growing
+    assert emergency_reason(pool(queued=4), OBJECTIVE, 1, RULE) == ""  # growing but short
+    assert emergency_reason(pool(queued=20), OBJECTIVE, None, RULE) == ""  # no previous decision
+
+
+def observe(now_s: float, rps: float, ready: int, **fields: object) -> Observation:
+    seen = PoolObservation(POOL, ready=ready, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
+                           output_tokens_per_s=rps * 200, **fields)  # type: ignore[arg-type]
+    return Observation(now_s, {POOL: seen}, {("us-east", "H100-80GB"): 32})
+
+
+@pytest.fixture
+def policy():  # type: ignore[no-untyped-def]
+    dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1, min_replicas=1, max_replicas=16)
+    # a fixed capacity of 10 req/s per instance for the MIP; re-solves only hourly (no early re-solve);
+    # few operator replicas per base, so the operator level asks for more base instances as load grows
+    return make_planning_policy("opscale", [dep], lambda *_, **__: 10.0,
+                                mip={"interval_s": 3600.0, "min_resolve_s": 3000.0},
+                                operators={"replica_gpus_per_base": 0.25})
+
+
+def test_a_wish_past_the_ceiling_is_capped_then_borrowed_in_an_emergency_then_learned(policy) -> None:  # type: ignore[no-untyped-def]
+    first = policy.decide(observe(0.0, 5.0, 1), policy.initial_state(), 0.0)
+    assert first.reasons[POOL].startswith("[second] hourly: MIP") and "budget [1..3] of plan 1" in first.reasons[POOL]
+    assert first.vm_counts == {("us-east", "H100-80GB", "on_demand"): 1}
+    # a burst the hourly plan did not foresee: the operator level wants more bases than the ceiling
+    capped = policy.decide(observe(5.0, 80.0, 1), first.state, 5.0)
+    assert capped.desired[POOL] == 3 and capped.reasons[POOL].startswith("[budget]")
+    assert "capped" in capped.reasons[POOL]
+    # the latency breaches: the emergency rule grants the wish, logged, with VMs bought on demand for it
+    breach = policy.decide(observe(7.0, 80.0, 3, ttft_p99_s=5.0), capped.state, 7.0)
+    borrowed = breach.desired[POOL]
+    assert borrowed > 3 and breach.reasons[POOL].startswith("[emergency]")
+    assert "EMERGENCY: TTFT p99" in breach.reasons[POOL]
+    assert breach.vm_counts[("us-east", "H100-80GB", "on_demand")] == 1 + 1  # 4+ GPUs borrowed: one more VM
+    assert breach.state.emergencies == 1
+    # what was borrowed is kept until the next solve, even once the latency recovers
+    calm = policy.decide(observe(9.0, 80.0, borrowed), breach.state, 9.0)
+    assert calm.desired[POOL] == borrowed
+    # the next hourly solve plans for the demand seen in the emergency, its ceiling at least what was borrowed
+    solve = policy.decide(observe(3700.0, 80.0, borrowed), calm.state, 3700.0)
+    assert solve.reasons[POOL].startswith("[hourly]")
+    assert "learned from the emergency at 7 s" in solve.reasons[POOL]
+    assert solve.state.budgets[POOL].ceiling >= borrowed and not solve.state.lessons
+
+
+def test_the_policy_is_in_the_registry_and_refuses_a_bad_parameter_by_name() -> None:
+    dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1)
+    with pytest.raises(ValueError, match=r"planning policy 'opscale': budget.floor"):
+        make_planning_policy("opscale", [dep], lambda *_, **__: 10.0, budget={"floor": 2.0})
+    with pytest.raises(ValueError, match=r"planning policy 'opscale': mip.interval_s"):
+        make_planning_policy("opscale", [dep], lambda *_, **__: 10.0, mip={"interval_s": 0})
+    with pytest.raises(ValueError, match=r"planning policy 'opscale': emergency.latency_over"):
+        make_planning_policy("opscale", [dep], lambda *_, **__: 10.0, emergency={"latency_over": -1})
