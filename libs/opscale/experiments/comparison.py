@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from opscale.experiments.combined_config import CombinedComparison
 from opscale.experiments.operator_tables_config import OperatorTablesConfig
 from opscale.experiments.scenario import Scenario, ScenarioError, load_scenario, read_yaml, validation_message
 
@@ -107,6 +108,8 @@ class ExperimentConfig(BaseModel):
     operators: OperatorTablesConfig | None = Field(None, description="The operator planner's tables (throughput "
                                                    "at fixed GPUs, gains by phase and model, scale-up latency, "
                                                    "oracle gap) beside the variants' results")
+    combined: CombinedComparison | None = Field(None, description="The combined policy beside each single-paper "
+                                                "policy, and its acceptance (PASS / FAIL)")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -124,6 +127,10 @@ class ExperimentConfig(BaseModel):
             unknown = sorted({check.variant, check.baseline} - set(names))
             if unknown:
                 raise ValueError(f"acceptance.{i}: variants {unknown} are not in 'variants' ({names})")
+        if self.combined is not None:
+            unknown = sorted({self.combined.variant, *self.combined.single_paper, *self.combined.slo_exempt} - set(names))
+            if unknown:
+                raise ValueError(f"combined: variants {unknown} are not in 'variants' ({names})")
         if self.operators is not None:
             for label in ("operator_variant", "model_variant"):
                 name = getattr(self.operators, label)

@@ -46,6 +46,10 @@ def run_and_write(config: ExperimentConfig, base: Scenario, out: Path, *, parall
     shown = with_hours(base, hours)  # a bad --hours (a trace's duration is its own) fails before any run
     outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress)
     sections = [] if config.operators is None else [_operator_section(config, shown, outcomes, progress)]
+    if config.combined is not None:
+        from opscale.experiments.combined_summary import combined_section
+
+        sections.append(combined_section(config.combined, outcomes, latency_tier(base)))
     paths = write_summary(out, config, shown, outcomes, sources, sections)
     paths += write_plots(out, outcomes, latency_tier(base), config.name)
     return ExperimentOutputs(outcomes, paths, sources)

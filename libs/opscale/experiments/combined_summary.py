@@ -1,0 +1,83 @@
+"""The combined policy beside each single-paper policy (the `combined:` section of an experiment config):
+a table of each single-paper variant's SLO attainment and GPU-hours with the combined variant's, and the
+acceptance checks, PASS / FAIL. Pure formatting over the variants' results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opscale.experiments.combined_config import CombinedComparison
+from opscale.experiments.summary import SummarySection, metric_value
+from opscale.experiments.variant_runner import VariantOutcome
+
+SECTION_KEY = "combined"
+
+
+def combined_section(config: CombinedComparison, outcomes: list[VariantOutcome], tier: str) -> SummarySection:
+    results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
+    slo_metric = f"tiers.{tier}.slo_attainment"
+
+    def slo(name: str) -> float | None:
+        return metric_value(results.get(name), slo_metric)
+
+    def gpu_h(name: str) -> float | None:
+        return metric_value(results.get(name), "gpu_hours")
+
+    ours_slo, ours_gpu = slo(config.variant), gpu_h(config.variant)
+    rows = []
+    for name in config.single_paper:
+        theirs_slo, theirs_gpu = slo(name), gpu_h(name)
+        ratio = None if ours_gpu is None or not theirs_gpu else ours_gpu / theirs_gpu
+        rows.append({"variant": name, "slo_attainment": theirs_slo, "gpu_hours": theirs_gpu,
+                     "meets_slo_target": theirs_slo is not None and theirs_slo >= config.slo_target,
+                     "combined_gpu_hours_ratio": ratio})
+    others = [o.name for o in outcomes if o.name != config.variant and o.name not in config.slo_exempt]
+    below = [n for n in others if slo(n) is None or ours_slo is None or ours_slo < slo(n)]
+    slo_check = {"claim": f"{config.variant}'s {tier} SLO attainment is at least every other variant's "
+                          f"(except {', '.join(config.slo_exempt) or 'none'})",
+                 "ours": ours_slo, "against": {n: slo(n) for n in others}, "short_of": below,
+                 "passed": None if ours_slo is None else not below}
+    meeting = [r for r in rows if r["meets_slo_target"] and r["gpu_hours"] is not None]
+    best = min(meeting, key=lambda r: r["gpu_hours"]) if meeting else None
+    bound = None if best is None else (1.0 - config.gpu_hours_saving) * best["gpu_hours"]
+    ours_meets = ours_slo is not None and ours_slo >= config.slo_target
+    gpu_check = {"claim": f"{config.variant} uses at least {config.gpu_hours_saving:.0%} fewer GPU-hours than the "
+                          f"best single-paper variant meeting SLO {config.slo_target:.0%} ({tier})",
+                 "ours": ours_gpu, "best": None if best is None else best["variant"], "bound": bound,
+                 "ours_meets_slo_target": ours_meets,
+                 "passed": None if bound is None or ours_gpu is None else bool(ours_meets and ours_gpu <= bound)}
+    data: dict[str, Any] = {"variant": config.variant, "tier": tier, "slo_attainment": ours_slo, "gpu_hours": ours_gpu,
+                            "single_paper": rows, "acceptance": [slo_check, gpu_check]}
+    return SummarySection(SECTION_KEY, data, _markdown(config, data))
+
+
+def _markdown(config: CombinedComparison, data: dict[str, Any]) -> str:
+    tier, name = data["tier"], config.variant
+    lines = [f"## The combined policy beside each single-paper policy ({tier} tier)", "",
+             f"| single-paper variant | SLO {tier} | GPU-h | {name} SLO | {name} GPU-h | {name} / it |",
+             "|---|---|---|---|---|---|"]
+    for row in data["single_paper"]:
+        lines.append(f"| {row['variant']} | {_pct(row['slo_attainment'])} | {_num(row['gpu_hours'])} | "
+                     f"{_pct(data['slo_attainment'])} | {_num(data['gpu_hours'])} | "
+                     f"{_num(row['combined_gpu_hours_ratio'], '{:.2f}x')} |")
+    slo_check, gpu_check = data["acceptance"]
+    lines += ["", "### Acceptance (combined)", "", "| check | ours | against | result |", "|---|---|---|---|"]
+    against = ", ".join(f"{n} {_pct(v)}" for n, v in slo_check["against"].items())
+    lines.append(f"| {slo_check['claim']} | {_pct(slo_check['ours'])} | {against} | {_verdict(slo_check['passed'])} |")
+    best = gpu_check["best"] or "none meets the target"
+    lines.append(f"| {gpu_check['claim']} | {_num(gpu_check['ours'])} GPU-h (SLO target "
+                 f"{'met' if gpu_check['ours_meets_slo_target'] else 'missed'}) | {best}: bound "
+                 f"{_num(gpu_check['bound'])} GPU-h | {_verdict(gpu_check['passed'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "**PASS**", False: "**FAIL**", None: "n/a"}[passed]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
