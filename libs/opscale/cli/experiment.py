@@ -25,7 +25,7 @@ def _group() -> None:
 
 @experiment_app.command("run")
 def run(
-    config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve, heteroscale, operators)")],
+    config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve, heteroscale, operators, opscale)")],
     out: Annotated[Path, typer.Option(help="Folder for summary.md, summary.json, plots and one folder per "
                                       "variant")] = Path("experiment-out"),
     parallel: Annotated[int | None, typer.Option(help="Variants run at once, one process each (default: the "
