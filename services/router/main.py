@@ -102,7 +102,8 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
         backend = LiveRouterBackend(core, p.clock, upstream, records, settings.core.region, p.tracer_provider,
                                     engine.prefix_block_tokens if engine.enable_prefix_caching else 0,
                                     load_tokenizers(settings) if engine.enable_prefix_caching else {},
-                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics,
+                                    spans=settings.tracing_exporter != "none")
         if settings.tokenizers and not engine.enable_prefix_caching:
             log.warning("router.tokenizers are not loaded: engine.enable_prefix_caching is off, so no prompt's "
                         "blocks are hashed")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
 
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage, engine_usage
@@ -61,11 +63,23 @@ class EventFailure:
     message: str
 
 
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _loads(data: str) -> Any:
+    """An event's JSON: strict JSON decoded in C, anything else read as the standard library reads it
+    (which raises ValueError or RecursionError for what is not JSON)."""
+    try:
+        return _decode_json(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return json.loads(data)
+
+
 def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     """(text, finish_reason) of an output event, None for an event without output (a chat role-only
     delta, a usage chunk), or the failure it reports."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, RecursionError):  # not JSON, an integer too long to convert, nested too deeply
         return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
     if not isinstance(obj, dict):
@@ -114,7 +128,7 @@ def _first_output_end(block: bytes) -> int | None:
 def event_usage(data: str) -> EngineUsage | None:
     """The engine's counts in a usage chunk, None for any other event."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, RecursionError):
         return None
     return engine_usage(obj) if isinstance(obj, dict) else None

@@ -22,6 +22,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
@@ -202,14 +203,14 @@ class UpstreamClient:
         """Stream one completion from an instance as the engine's own server-sent events, whole events
         at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
         `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
-        chunk, and the last block yielded ends with `[DONE]` (or says `done` with no data when the
-        events went through a sink).
+        chunk, and the last block yielded ends with `[DONE]` (also when the events before it went through a
+        sink: the caller writes it with the end of its own answer).
 
         Splicing: a caller that sends an `SseSink` into the generator (`asend(sink)`, after a block)
         has the following events written to it straight from the connection's read callback, with no
-        task switch per engine read; the next block it receives then only counts them (`data` is
-        what is still to write: events held back while the client was not keeping up, or the closing
-        `[DONE]`). `anext` (or `asend(None)`) keeps the plain block-by-block path."""
+        task switch per engine read; the next block it receives then counts them, and its `data` is
+        what is still to write: events held back while the client was not keeping up, and the closing
+        `[DONE]`. `anext` (or `asend(None)`) keeps the plain block-by-block path."""
         exchange = self._exchange(endpoint_url, body, headers, kind)
         forwarder = SseForwarder(self.config.max_event_bytes)
         try:
@@ -292,7 +293,7 @@ class UpstreamClient:
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
                                                     "Accept": "text/event-stream" if stream else "application/json",
                                                     **(headers or {})},
-                                 json.dumps(payload).encode())
+                                 _encode_body(payload))
         return _Exchange(self, self._pool, endpoint, url, request)
 
     async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
@@ -329,6 +330,16 @@ class UpstreamClient:
 
 
 _MAX_CACHED_ENDPOINTS = 4096
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _encode_body(payload: Mapping[str, Any]) -> bytes:
+    """A request body as JSON: encoded in C, or by the standard library for what strict JSON cannot hold
+    (a lone surrogate in a string, which only the standard library's reader lets in)."""
+    try:
+        return _encode_json(payload)
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return json.dumps(payload).encode()
 
 
 class _Splice:
@@ -447,12 +458,15 @@ class _Exchange:
                 state.chunks += out.chunks
                 if out.usage is not None:
                     state.usage = out.usage
-                if state.held or not sink.write(out.data):
+                if out.done:
+                    # the last events go back to the caller, to leave with the end of the client's body
+                    # in one write; reading goes on, so the engine's own end keeps the connection
+                    state.held.append(out.data)
+                    state.done = True
+                    conn.wake()
+                elif state.held or not sink.write(out.data):
                     state.held.append(out.data)  # the client is not keeping up: the task takes over and waits
                     conn.pause()
-                    conn.wake()
-                if out.done:
-                    state.done = True
                     conn.wake()
             if block.failure is not None:
                 state.failure = block.failure
