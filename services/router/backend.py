@@ -241,7 +241,8 @@ class LiveRouterBackend:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released
         from the hold queue; the core itself bounds the wait with its pending timeout)."""
         assert self.host is not None
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        loop = self.upstream.loop or asyncio.get_running_loop()  # the client's: no getpid() a request
+        future: asyncio.Future[Decision] = loop.create_future()
         self._waiting[request_id] = future
         try:
             await self.host.handle(event)

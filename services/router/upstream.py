@@ -128,12 +128,15 @@ class UpstreamClient:
     def __init__(self, config: UpstreamConfig | None = None) -> None:
         self.config = config or UpstreamConfig()
         self._pool: Http1Pool | None = None
+        # the loop it was started on, kept: asyncio.get_running_loop() costs a getpid() system call a time
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: dict[str, Endpoint] = {}  # parsed request URLs: one or two per instance
 
     async def start(self) -> None:
         if self._pool is not None:
             return
         cfg = self.config
+        self.loop = asyncio.get_running_loop()
         # No total or read timeout on a connection: a stream lasts as long as its tokens flow; the
         # per-exchange deadlines below bound every wait instead.
         self._pool = Http1Pool(max_connections=cfg.max_connections, max_per_host=cfg.max_connections_per_host,
@@ -376,7 +379,8 @@ class _Exchange:
         self.url = url
         self._request = request
         self._conn: Http1Connection | None = None
-        self._loop = asyncio.get_running_loop()
+        assert client.loop is not None  # set by start(), as the pool is
+        self._loop = client.loop
         self._first_token_deadline = self._loop.time() + client.config.first_token_timeout_s
         # The idle timeout once tokens flow: one lazy timer per stream, not one per read (a timeout
         # context per read costs ~10 us, a share of the router's CPU per token). `_waiting_since` is when
