@@ -180,6 +180,19 @@ class SseForwarder:
         out = block.out
         return ForwardedBlock(SseBytes(held + out.data, out.chunks, out.usage, out.done), block.failure)
 
+    def feed_steady(self, data: bytes) -> int:
+        """The output chunks in `data` when it is the steady state's read, whole token events once tokens
+        flow, with no usage, error or `[DONE]` in it: counted here, and forwarded as they are by the
+        caller. -1 for any other read, which goes to `feed`. (The splice's per-read path: one call, no
+        block built.)"""
+        if (self.chunks and not self._tail and self._plain and data.endswith(_EVENT_END) and b"\r" not in data
+                and b'"error"' not in data and b'"completion_tokens"' not in data and not data.endswith(DONE_EVENT)):
+            events = data.count(b"\ndata:") + data.startswith(b"data:")
+            self.chunks += events
+            self._last_event = data
+            return events
+        return -1
+
     def _feed(self, data: bytes) -> ForwardedBlock:
         if self._plain and b"\r" in data:
             # \r line ends: the byte scan cannot find event ends; decode from here on

@@ -451,6 +451,14 @@ class _Exchange:
             if state.failure is not None or state.done:
                 return  # nothing is forwarded after a failure or the end
             self._waiting_since = loop.time()  # progress: the idle clock restarts
+            if not state.held and (events := forwarder.feed_steady(data)) >= 0:
+                # tokens flowing: written as they came
+                state.chunks += events
+                if not sink.write(data):
+                    state.held.append(data)  # the client is not keeping up: the task takes over and waits
+                    conn.pause()
+                    conn.wake()
+                return
             try:
                 block = forwarder.feed(data)
             except SseError as exc:
