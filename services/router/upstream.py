@@ -359,6 +359,10 @@ class _Splice:
         self.failure: EventFailure | None = None
 
 
+class _FirstTokenTimeout(Exception):
+    """Raised into a read still waiting for the first token at the first-token deadline."""
+
+
 class _IdleTimeout(Exception):
     """Raised into a read that waited `idle_timeout_s` for the next bytes (see _Exchange._check_idle)."""
 
@@ -369,7 +373,8 @@ class _Exchange:
     `produced` is how many output chunks reached the caller (a failure with none is retryable);
     `completed` is set once the stream was read to its end, so the connection is reused."""
 
-    __slots__ = ("_client", "_conn", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop", "_pool",
+    __slots__ = ("_client", "_conn", "_deadline_timer", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop",
+                 "_pool",
                  "_request", "_waiting_since", "completed", "produced", "url")
 
     def __init__(self, client: UpstreamClient, pool: Http1Pool, endpoint: Endpoint, url: str, request: bytes) -> None:
@@ -388,6 +393,9 @@ class _Exchange:
         # deadline and fails the read only when it has waited `idle_timeout_s`.
         self._waiting_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        # The first-token deadline once the head is in: a timer that fails the waiting read, as the idle
+        # timer does, rather than a timeout context per read (its cost is a share of the CPU per request)
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self.produced = 0
         self.completed = False
 
@@ -419,8 +427,9 @@ class _Exchange:
         cfg = self._client.config
         try:
             if self.produced == 0:
-                async with asyncio.timeout_at(self._first_token_deadline):
-                    return await conn.read()
+                if self._deadline_timer is None:
+                    self._deadline_timer = self._loop.call_at(self._first_token_deadline, self._first_token_due)
+                return await conn.read()
             self._waiting_since = now = self._loop.time()
             if self._idle_timer is None:
                 self._idle_timer = self._loop.call_at(now + cfg.idle_timeout_s, self._check_idle)
@@ -428,7 +437,7 @@ class _Exchange:
                 return await conn.read()
             finally:
                 self._waiting_since = None
-        except (TimeoutError, _IdleTimeout) as exc:
+        except (_FirstTokenTimeout, _IdleTimeout) as exc:
             waited = cfg.first_token_timeout_s if self.produced == 0 else cfg.idle_timeout_s
             what = "first token" if self.produced == 0 else "next token"
             raise self.fail("timeout", f"no {what} within {waited:g} s") from exc
@@ -523,7 +532,16 @@ class _Exchange:
         else:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
 
+    def _first_token_due(self) -> None:
+        """The first-token deadline: fail the read in progress (or the next one) if no token came yet."""
+        self._deadline_timer = None
+        if self.produced == 0 and self._conn is not None:
+            self._conn.abort(_FirstTokenTimeout())
+
     def finish(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
