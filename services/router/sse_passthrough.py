@@ -268,7 +268,15 @@ class SseForwarder:
     def _decoded_block(self, block: bytes, verbatim: bytes | None) -> ForwardedBlock:
         """Every event of `block` decoded; forwarded as `verbatim` when whole and clean, else
         re-framed event by event (up to an error, which is returned to raise after the events before it)."""
-        events = self._decoder.feed(block)
+        if (verbatim is not None and block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2
+                and not self._decoder.pending):
+            # one event of one data line (the usual first read): its data is the line after `data: `
+            try:
+                events = [block[6:-2].decode("utf-8")]
+            except UnicodeDecodeError:
+                events = self._decoder.feed(block)  # which says where
+        else:
+            events = self._decoder.feed(block)
         framed: list[bytes] = []
         chunks, usage, done = 0, None, False
         for event in events:
