@@ -356,20 +356,23 @@ class _RouterApi:
             await response.prepare(request)
             block: TokenChunk | EngineUsage | SseBytes | ApiError | None = first
             sink: _ClientSink | None = None
+            ended = False  # `[DONE]` and the body's end are written: nothing more is
             while isinstance(block, SseBytes):
                 chunk_count += block.chunks
-                if block.done:
+                if ended:
+                    pass  # a back end that yields after `[DONE]` (none does): nothing after the end
+                elif block.done:
                     # the last events and the body's end in one write; the back end is still read to
                     # its end below, which is where it records the request as served
                     await response.write_eof(block.data)
+                    ended = True
                 elif block.data:
                     await response.write(block.data)  # aiohttp's writer: waits while the client is slow
                     if sink is None:
                         sink = _ClientSink.of(request, response)  # the head is sent with the first write
                 block = await self._next_chunk(req, chunks, chunk_count, sink)
-            if isinstance(block, ApiError):
-                # as in _stream: the status line is sent, so the failure is an error event (none comes
-                # after the end, which is `[DONE]`)
+            if isinstance(block, ApiError) and not ended:
+                # as in _stream: the status line is sent, so the failure is an error event
                 await response.write(error_events(block))
             elif block is not None:
                 raise TypeError("a back end mixed decoded tokens into a forwarded event stream")
