@@ -129,7 +129,10 @@ class LiveRouterBackend:
                        **routed_headers(request)}
         else:
             span = trace.INVALID_SPAN  # its methods do nothing
-            headers = {**trace_headers, **routed_headers(request)}
+            # passed on as they came, but only printable ASCII (what W3C trace context allows; anything
+            # else would not encode into the engine request, and the propagator would drop it too)
+            headers = {**{name: value for name, value in trace_headers.items() if value.isascii() and value.isprintable()},
+                       **routed_headers(request)}
         try:
             decision = await self._decide(RequestArrived(request), request.request_id)
         except BaseException:

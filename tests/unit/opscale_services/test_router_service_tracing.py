@@ -80,3 +80,14 @@ async def test_with_spans_the_routers_span_continues_the_clients_trace_to_the_en
     # the engine's parent is the router's span, in the client's trace
     assert engine.seen[0]["traceparent"] == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
     assert engine.seen[0]["tracestate"] == "vendor=1"
+
+
+async def test_without_spans_a_trace_header_that_is_not_printable_ascii_is_dropped_not_fatal() -> None:
+    engine, provider = HeaderEngine(), setup_tracing("router", "memory")
+    body = {"model": "m", "prompt": "hi", "max_tokens": 2, "stream": True}
+    async with router(engine, provider, spans=False) as r, aiohttp.ClientSession() as http:
+        async with http.post(f"{r.url}/v1/completions", json=body,
+                             headers={"traceparent": "00-\u00e9t\u00e9", "tracestate": "vendor=1"}) as resp:
+            assert resp.status == 200
+            assert sse(await resp.read())[-1] == "[DONE]"
+    assert engine.seen == [{"tracestate": "vendor=1"}]
