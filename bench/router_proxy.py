@@ -163,7 +163,8 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
                            registry) if auth else None)
         metrics = RouterMetrics(registry)
         backend = LiveRouterBackend(core, clock, upstream, records, "local", tracer_provider,
-                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics,
+                                    spans=settings.tracing_exporter != "none")
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         status = InstanceStatus("upstream-0", MODEL, "H100-80GB", 1, Role.UNIFIED, InstanceState.READY,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceStatus
@@ -70,18 +71,21 @@ class LiveRouter:
 
 @asynccontextmanager
 async def live_router(core: RouterCore, statuses: Sequence[InstanceStatus],
-                      *, gate: TenantGate | None = None, metrics: RouterMetrics | None = None
+                      *, gate: TenantGate | None = None, metrics: RouterMetrics | None = None,
+                      tracer_provider: TracerProvider | None = None, spans: bool = True
                       ) -> AsyncIterator[LiveRouter]:
     """The live router (HTTP API, back end, pooled upstream client) around `core`, serving on loopback,
     with `statuses` registered through one heartbeat (none when empty) and a bus that only records;
-    with `gate`, behind API keys; `metrics`, when given, counts its requests."""
+    with `gate`, behind API keys; `metrics`, when given, counts its requests; `tracer_provider` and
+    `spans` as LiveRouterBackend takes them."""
     async with AsyncExitStack() as stack:
         bus = RecordingBus()
         clock = WallClock()
         upstream = await stack.enter_async_context(UpstreamClient(UpstreamConfig(connect_timeout_s=2.0)))
         records = RecordBatcher(bus, CollectorRegistry())  # type: ignore[arg-type]
-        backend = LiveRouterBackend(core, clock, upstream, records, "local",
-                                    on_finished=gate.settle if gate is not None else None, metrics=metrics)
+        backend = LiveRouterBackend(core, clock, upstream, records, "local", tracer_provider,
+                                    on_finished=gate.settle if gate is not None else None, metrics=metrics,
+                                    spans=spans)
         host = CoreHost(core, bus, None, clock, on_action=backend.on_action)  # type: ignore[arg-type]
         backend.host = host
         if statuses:

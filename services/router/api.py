@@ -28,6 +28,7 @@ from opscale.openai.schema import (
     ParsedRequest,
     RequestKind,
     TokenChunk,
+    body_too_large,
     completion_response,
     error_for_status,
     finish_reason_for,
@@ -250,6 +251,11 @@ class _RouterApi:
         if length is not None and length <= self._max_body_bytes:
             # the usual case, a declared length within the bound: one read (aiohttp's parser holds the
             # body to that length), not a chunk iterator
+            content = request.content
+            if content.is_eof():
+                # all of it arrived with the head: taken as it lies, without aiohttp's read loop
+                raw = content.read_nowait()
+                return raw if len(raw) <= self._max_body_bytes else body_too_large(self._max_body_bytes)
             return await request.read()
         return await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
 
@@ -342,19 +348,30 @@ class _RouterApi:
         from its read callback (see UpstreamClient.stream_sse), and the blocks that come back only
         count them, or carry what the sink could not take."""
         response = sse_response(req.request_id)
+        # the head waits for the first events and leaves with them in one write (aiohttp >= 3.12 reads
+        # this; older releases send it at `prepare`, a write more per request)
+        response._send_headers_immediately = False
         chunk_count = 0
         try:
             await response.prepare(request)
             block: TokenChunk | EngineUsage | SseBytes | ApiError | None = first
             sink: _ClientSink | None = None
+            ended = False  # `[DONE]` and the body's end are written: nothing more is
             while isinstance(block, SseBytes):
                 chunk_count += block.chunks
-                if block.data:
+                if ended:
+                    pass  # a back end that yields after `[DONE]` (none does): nothing after the end
+                elif block.done:
+                    # the last events and the body's end in one write; the back end is still read to
+                    # its end below, which is where it records the request as served
+                    await response.write_eof(block.data)
+                    ended = True
+                elif block.data:
                     await response.write(block.data)  # aiohttp's writer: waits while the client is slow
                     if sink is None:
                         sink = _ClientSink.of(request, response)  # the head is sent with the first write
                 block = await self._next_chunk(req, chunks, chunk_count, sink)
-            if isinstance(block, ApiError):
+            if isinstance(block, ApiError) and not ended:
                 # as in _stream: the status line is sent, so the failure is an error event
                 await response.write(error_events(block))
             elif block is not None:

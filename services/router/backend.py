@@ -61,8 +61,12 @@ class LiveRouterBackend:
                  region: str, tracer_provider: trace.TracerProvider | None = None, prefix_block_tokens: int = 0,
                  tokenizers: Mapping[str, PromptTokenizer] | None = None,
                  on_finished: Callable[[RequestOutcome], None] | None = None,
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, spans: bool = True) -> None:
         self.tracer = telemetry.tracer(tracer_provider, "opscale.router")
+        # False where the router's spans go nowhere (tracing exporter "none"): no span is made per request
+        # (a tenth of the router's CPU per request), and the client's trace headers go upstream as they
+        # came, so its trace still continues in the engine
+        self.spans = spans
         # > 0: each prompt's prefix blocks of this many tokens are hashed for the routing policy (the
         # engines' EngineConfig.prefix_block_tokens, so the router names blocks as the engines cache them)
         self.prefix_block_tokens = prefix_block_tokens
@@ -114,13 +118,21 @@ class LiveRouterBackend:
             request = dataclasses.replace(request, prompt_tokens=prompt_tokens)
         # Not the "current" span: an async generator may resume in another context, so the span is
         # passed explicitly (into the upstream headers) and ended in `finally`.
-        span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),
-                                      kind=SpanKind.SERVER, attributes={
-                                          "opscale.request_id": request.request_id, "opscale.model": request.model,
-                                          "opscale.tier": request.tier, "opscale.region": request.region,
-                                          "opscale.tenant": request.tenant})
-        headers = {**telemetry.inject_http_headers(context=trace.set_span_in_context(span)),
-                   **routed_headers(request)}
+        span: trace.Span
+        if self.spans:
+            span = self.tracer.start_span("router.request", context=telemetry.extract_http_headers(trace_headers),
+                                          kind=SpanKind.SERVER, attributes={
+                                              "opscale.request_id": request.request_id, "opscale.model": request.model,
+                                              "opscale.tier": request.tier, "opscale.region": request.region,
+                                              "opscale.tenant": request.tenant})
+            headers = {**telemetry.inject_http_headers(context=trace.set_span_in_context(span)),
+                       **routed_headers(request)}
+        else:
+            span = trace.INVALID_SPAN  # its methods do nothing
+            # passed on as they came, but only printable ASCII (what W3C trace context allows; anything
+            # else would not encode into the engine request, and the propagator would drop it too)
+            headers = {**{name: value for name, value in trace_headers.items() if value.isascii() and value.isprintable()},
+                       **routed_headers(request)}
         try:
             decision = await self._decide(RequestArrived(request), request.request_id)
         except BaseException:
@@ -232,7 +244,8 @@ class LiveRouterBackend:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released
         from the hold queue; the core itself bounds the wait with its pending timeout)."""
         assert self.host is not None
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        loop = self.upstream.loop or asyncio.get_running_loop()  # the client's: no getpid() a request
+        future: asyncio.Future[Decision] = loop.create_future()
         self._waiting[request_id] = future
         try:
             await self.host.handle(event)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
 
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage, engine_usage
@@ -61,11 +63,23 @@ class EventFailure:
     message: str
 
 
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _loads(data: str) -> Any:
+    """An event's JSON: strict JSON decoded in C, anything else read as the standard library reads it
+    (which raises ValueError or RecursionError for what is not JSON)."""
+    try:
+        return _decode_json(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return json.loads(data)
+
+
 def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     """(text, finish_reason) of an output event, None for an event without output (a chat role-only
     delta, a usage chunk), or the failure it reports."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, RecursionError):  # not JSON, an integer too long to convert, nested too deeply
         return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
     if not isinstance(obj, dict):
@@ -114,7 +128,7 @@ def _first_output_end(block: bytes) -> int | None:
 def event_usage(data: str) -> EngineUsage | None:
     """The engine's counts in a usage chunk, None for any other event."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, RecursionError):
         return None
     return engine_usage(obj) if isinstance(obj, dict) else None
@@ -165,6 +179,19 @@ class SseForwarder:
         held, self._held = self._held, b""
         out = block.out
         return ForwardedBlock(SseBytes(held + out.data, out.chunks, out.usage, out.done), block.failure)
+
+    def feed_steady(self, data: bytes) -> int:
+        """The output chunks in `data` when it is the steady state's read, whole token events once tokens
+        flow, with no usage, error or `[DONE]` in it: counted here, and forwarded as they are by the
+        caller. -1 for any other read, which goes to `feed`. (The splice's per-read path: one call, no
+        block built.)"""
+        if (self.chunks and not self._tail and self._plain and data.endswith(_EVENT_END) and b"\r" not in data
+                and b'"error"' not in data and b'"completion_tokens"' not in data and not data.endswith(DONE_EVENT)):
+            events = data.count(b"\ndata:") + data.startswith(b"data:")
+            self.chunks += events
+            self._last_event = data
+            return events
+        return -1
 
     def _feed(self, data: bytes) -> ForwardedBlock:
         if self._plain and b"\r" in data:
@@ -241,7 +268,15 @@ class SseForwarder:
     def _decoded_block(self, block: bytes, verbatim: bytes | None) -> ForwardedBlock:
         """Every event of `block` decoded; forwarded as `verbatim` when whole and clean, else
         re-framed event by event (up to an error, which is returned to raise after the events before it)."""
-        events = self._decoder.feed(block)
+        if (verbatim is not None and block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2
+                and not self._decoder.pending):
+            # one event of one data line (the usual first read): its data is the line after `data: `
+            try:
+                events = [block[6:-2].decode("utf-8")]
+            except UnicodeDecodeError:
+                events = self._decoder.feed(block)  # which says where
+        else:
+            events = self._decoder.feed(block)
         framed: list[bytes] = []
         chunks, usage, done = 0, None, False
         for event in events:

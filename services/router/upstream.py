@@ -22,6 +22,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
@@ -127,12 +128,15 @@ class UpstreamClient:
     def __init__(self, config: UpstreamConfig | None = None) -> None:
         self.config = config or UpstreamConfig()
         self._pool: Http1Pool | None = None
+        # the loop it was started on, kept: asyncio.get_running_loop() costs a getpid() system call a time
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: dict[str, Endpoint] = {}  # parsed request URLs: one or two per instance
 
     async def start(self) -> None:
         if self._pool is not None:
             return
         cfg = self.config
+        self.loop = asyncio.get_running_loop()
         # No total or read timeout on a connection: a stream lasts as long as its tokens flow; the
         # per-exchange deadlines below bound every wait instead.
         self._pool = Http1Pool(max_connections=cfg.max_connections, max_per_host=cfg.max_connections_per_host,
@@ -202,14 +206,14 @@ class UpstreamClient:
         """Stream one completion from an instance as the engine's own server-sent events, whole events
         at a time, for the router to forward unchanged (see sse_passthrough). Failures, timeouts and
         `before_first_token` are as in `stream_completion`; nothing is yielded before the first output
-        chunk, and the last block yielded ends with `[DONE]` (or says `done` with no data when the
-        events went through a sink).
+        chunk, and the last block yielded ends with `[DONE]` (also when the events before it went through a
+        sink: the caller writes it with the end of its own answer).
 
         Splicing: a caller that sends an `SseSink` into the generator (`asend(sink)`, after a block)
         has the following events written to it straight from the connection's read callback, with no
-        task switch per engine read; the next block it receives then only counts them (`data` is
-        what is still to write: events held back while the client was not keeping up, or the closing
-        `[DONE]`). `anext` (or `asend(None)`) keeps the plain block-by-block path."""
+        task switch per engine read; the next block it receives then counts them, and its `data` is
+        what is still to write: events held back while the client was not keeping up, and the closing
+        `[DONE]`. `anext` (or `asend(None)`) keeps the plain block-by-block path."""
         exchange = self._exchange(endpoint_url, body, headers, kind)
         forwarder = SseForwarder(self.config.max_event_bytes)
         try:
@@ -292,7 +296,7 @@ class UpstreamClient:
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
                                                     "Accept": "text/event-stream" if stream else "application/json",
                                                     **(headers or {})},
-                                 json.dumps(payload).encode())
+                                 _encode_body(payload))
         return _Exchange(self, self._pool, endpoint, url, request)
 
     async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
@@ -329,6 +333,16 @@ class UpstreamClient:
 
 
 _MAX_CACHED_ENDPOINTS = 4096
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _encode_body(payload: Mapping[str, Any]) -> bytes:
+    """A request body as JSON: encoded in C, or by the standard library for what strict JSON cannot hold
+    (a lone surrogate in a string, which only the standard library's reader lets in)."""
+    try:
+        return _encode_json(payload)
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return json.dumps(payload).encode()
 
 
 class _Splice:
@@ -345,6 +359,10 @@ class _Splice:
         self.failure: EventFailure | None = None
 
 
+class _FirstTokenTimeout(Exception):
+    """Raised into a read still waiting for the first token at the first-token deadline."""
+
+
 class _IdleTimeout(Exception):
     """Raised into a read that waited `idle_timeout_s` for the next bytes (see _Exchange._check_idle)."""
 
@@ -355,7 +373,8 @@ class _Exchange:
     `produced` is how many output chunks reached the caller (a failure with none is retryable);
     `completed` is set once the stream was read to its end, so the connection is reused."""
 
-    __slots__ = ("_client", "_conn", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop", "_pool",
+    __slots__ = ("_client", "_conn", "_deadline_timer", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop",
+                 "_pool",
                  "_request", "_waiting_since", "completed", "produced", "url")
 
     def __init__(self, client: UpstreamClient, pool: Http1Pool, endpoint: Endpoint, url: str, request: bytes) -> None:
@@ -365,7 +384,8 @@ class _Exchange:
         self.url = url
         self._request = request
         self._conn: Http1Connection | None = None
-        self._loop = asyncio.get_running_loop()
+        assert client.loop is not None  # set by start(), as the pool is
+        self._loop = client.loop
         self._first_token_deadline = self._loop.time() + client.config.first_token_timeout_s
         # The idle timeout once tokens flow: one lazy timer per stream, not one per read (a timeout
         # context per read costs ~10 us, a share of the router's CPU per token). `_waiting_since` is when
@@ -373,6 +393,9 @@ class _Exchange:
         # deadline and fails the read only when it has waited `idle_timeout_s`.
         self._waiting_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        # The first-token deadline once the head is in: a timer that fails the waiting read, as the idle
+        # timer does, rather than a timeout context per read (its cost is a share of the CPU per request)
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self.produced = 0
         self.completed = False
 
@@ -404,8 +427,9 @@ class _Exchange:
         cfg = self._client.config
         try:
             if self.produced == 0:
-                async with asyncio.timeout_at(self._first_token_deadline):
-                    return await conn.read()
+                if self._deadline_timer is None:
+                    self._deadline_timer = self._loop.call_at(self._first_token_deadline, self._first_token_due)
+                return await conn.read()
             self._waiting_since = now = self._loop.time()
             if self._idle_timer is None:
                 self._idle_timer = self._loop.call_at(now + cfg.idle_timeout_s, self._check_idle)
@@ -413,7 +437,7 @@ class _Exchange:
                 return await conn.read()
             finally:
                 self._waiting_since = None
-        except (TimeoutError, _IdleTimeout) as exc:
+        except (_FirstTokenTimeout, _IdleTimeout) as exc:
             waited = cfg.first_token_timeout_s if self.produced == 0 else cfg.idle_timeout_s
             what = "first token" if self.produced == 0 else "next token"
             raise self.fail("timeout", f"no {what} within {waited:g} s") from exc
@@ -436,6 +460,14 @@ class _Exchange:
             if state.failure is not None or state.done:
                 return  # nothing is forwarded after a failure or the end
             self._waiting_since = loop.time()  # progress: the idle clock restarts
+            if not state.held and (events := forwarder.feed_steady(data)) >= 0:
+                # tokens flowing: written as they came
+                state.chunks += events
+                if not sink.write(data):
+                    state.held.append(data)  # the client is not keeping up: the task takes over and waits
+                    conn.pause()
+                    conn.wake()
+                return
             try:
                 block = forwarder.feed(data)
             except SseError as exc:
@@ -447,12 +479,15 @@ class _Exchange:
                 state.chunks += out.chunks
                 if out.usage is not None:
                     state.usage = out.usage
-                if state.held or not sink.write(out.data):
+                if out.done:
+                    # the last events go back to the caller, to leave with the end of the client's body
+                    # in one write; reading goes on, so the engine's own end keeps the connection
+                    state.held.append(out.data)
+                    state.done = True
+                    conn.wake()
+                elif state.held or not sink.write(out.data):
                     state.held.append(out.data)  # the client is not keeping up: the task takes over and waits
                     conn.pause()
-                    conn.wake()
-                if out.done:
-                    state.done = True
                     conn.wake()
             if block.failure is not None:
                 state.failure = block.failure
@@ -497,7 +532,16 @@ class _Exchange:
         else:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
 
+    def _first_token_due(self) -> None:
+        """The first-token deadline: fail the read in progress (or the next one) if no token came yet."""
+        self._deadline_timer = None
+        if self.produced == 0 and self._conn is not None:
+            self._conn.abort(_FirstTokenTimeout())
+
     def finish(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None

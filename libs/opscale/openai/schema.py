@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import re
-import uuid
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -361,9 +363,18 @@ def _validation_error(exc: ValidationError) -> ApiError:
     return invalid_request(message, param=path or None)
 
 
+# Request ids: 128 random bits, as many as a uuid4's hex. They must be unique, not secret (a client may
+# name its own), so they come from a generator of this module's own, seeded from os.urandom and again in
+# a forked child (no seed() elsewhere repeats them), rather than a UUID object and a system call each,
+# a share of the router's CPU per request.
+_request_ids = random.Random()
+if hasattr(os, "register_at_fork"):  # where processes fork
+    os.register_at_fork(after_in_child=_request_ids.seed)
+
+
 def _new_request_id(kind: RequestKind) -> str:
     prefix = "chatcmpl" if kind is RequestKind.CHAT else "cmpl"
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{_request_ids.getrandbits(128):032x}"
 
 
 def parse_completion(
@@ -386,21 +397,13 @@ def parse_completion(
     """
     kind = RequestKind(kind)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return invalid_request(f"The request body is not valid UTF-8 (byte {exc.start})")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return invalid_request(
-            f"We could not parse the JSON body of your request: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}. Send a JSON object with Content-Type: application/json."
-        )
-    except RecursionError:
-        return invalid_request("We could not parse the JSON body of your request: nested too deeply")
-    except ValueError as exc:
-        # json's one other refusal: an integer longer than Python converts (sys.get_int_max_str_digits)
-        return invalid_request(f"We could not parse the JSON body of your request: {str(exc).split(';')[0]}")
+        obj = _decode_json(raw)  # the usual body, strict JSON: decoded in C
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        # not strict JSON (or not JSON): the standard library reads it, as it always did, and words
+        # the refusal (or accepts what it accepts beyond strict JSON, such as NaN)
+        obj = _loads_or_refusal(raw)
+        if isinstance(obj, ApiError):
+            return obj
     if not isinstance(obj, dict):
         return invalid_request(f"The request body must be a JSON object, got a JSON {_json_kind(obj)}")
 
@@ -452,6 +455,29 @@ def name_header(headers: Mapping[str, str], header: str) -> str | ApiError | Non
             param=header,
         )
     return value
+
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _loads_or_refusal(raw: bytes) -> Any:
+    """`raw` read by the standard library's JSON reader, or the 400 that says why it cannot be."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return invalid_request(f"The request body is not valid UTF-8 (byte {exc.start})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return invalid_request(
+            f"We could not parse the JSON body of your request: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}. Send a JSON object with Content-Type: application/json."
+        )
+    except RecursionError:
+        return invalid_request("We could not parse the JSON body of your request: nested too deeply")
+    except ValueError as exc:
+        # json's one other refusal: an integer longer than Python converts (sys.get_int_max_str_digits)
+        return invalid_request(f"We could not parse the JSON body of your request: {str(exc).split(';')[0]}")
 
 
 def _json_kind(obj: object) -> str:

@@ -61,6 +61,32 @@ def test_any_split_forwards_the_stream_unchanged_in_whole_events_and_counts_ever
     assert out[0].chunks >= 1  # nothing is released before the first token
 
 
+@given(texts=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20), usage=st.booleans())
+def test_the_splices_steady_path_forwards_and_counts_as_feed_does(texts: list[str], cuts: list[int],
+                                                                  usage: bool) -> None:
+    """The splice tries `feed_steady` on every read and takes `feed` where it answers -1: the same bytes
+    reach the client, and the same chunks and end are counted, as through `feed` alone."""
+    stream = b"".join(token(t) for t in texts) + token("", "stop") + (USAGE if usage else b"") + DONE_EVENT
+    forwarder = SseForwarder()
+    forwarded, chunks, done, found = [], 0, False, None
+    for data in split(stream, cuts):
+        if (events := forwarder.feed_steady(data)) >= 0:
+            forwarded.append(data)
+            chunks += events
+            continue
+        block = forwarder.feed(data)
+        assert block.failure is None
+        if block.out is not None:
+            forwarded.append(block.out.data)
+            chunks += block.out.chunks
+            done = block.out.done
+            found = block.out.usage or found
+    assert b"".join(forwarded) == stream and done
+    assert chunks == forwarder.chunks == len(texts) + 1
+    assert found == (EngineUsage(3, 7) if usage else None)
+
+
 def test_a_chat_role_delta_waits_for_the_first_token() -> None:
     forwarder = SseForwarder()
     assert forwarder.feed(ROLE).out is None

@@ -137,11 +137,10 @@ def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = No
 def sse_response(request_id: str) -> web.StreamResponse:
     """The head of a server-sent event answer, before `prepare`: never cached, never held back by a
     proxy such as nginx, and naming the request."""
-    response = web.StreamResponse(headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: request_id})
-    response.content_type = SSE_CONTENT_TYPE
-    response.charset = "utf-8"
-    return response
+    # the Content-Type header given whole: aiohttp's content_type and charset setters each rebuild it
+    return web.StreamResponse(headers={
+        "Content-Type": f"{SSE_CONTENT_TYPE}; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+        REQUEST_ID_HEADER: request_id})
 
 
 @web.middleware
