@@ -34,6 +34,11 @@ def run(
                                                 "config's)", min=0.001)] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Real data (the layout of shared/data) for a shaped "
                                                   "workload; default: the config's data_dir")] = None,
+    scale: Annotated[str | None, typer.Option(help="Run the setting at a size the config defines under "
+                                              "`scales:` (sageserve: paper, the paper's 3 x 40 DGX-A100 "
+                                              "servers and a week of traffic)")] = None,
+    variants: Annotated[str | None, typer.Option(help="Run only these variants, comma-separated (default: "
+                                                 "all)")] = None,
 ) -> None:
     """Run every variant of CONFIG, each in its own process, with progress in simulated time; write
     OUT/<variant>/result.json, OUT/summary.md, OUT/summary.json and PNG plots. A study config (a `study`
@@ -42,7 +47,13 @@ def run(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-    from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment
+    from opscale.experiments.comparison import (
+        ExperimentError,
+        find_experiment,
+        load_experiment,
+        scaled_base,
+        select_variants,
+    )
     from opscale.experiments.heteroscale_study_config import load_study
     from opscale.experiments.pipeline import TABLES_PROGRESS, run_and_write
 
@@ -50,9 +61,13 @@ def run(
         path = find_experiment(config)
         study = load_study(path)
         if study is not None:
+            if scale is not None or variants is not None:
+                raise _fail(f"--scale and --variants apply to variant experiments; {study.study} is a study")
             _run_study(study, out, hours=hours, data_dir=data_dir)
             return
         exp, base = load_experiment(path)
+        base = scaled_base(exp, base, scale)
+        exp = select_variants(exp, _names(variants))
     except ExperimentError as exc:
         raise _fail(str(exc)) from None
     console = Console()
@@ -83,6 +98,11 @@ def run(
     console.print(f"wrote {', '.join(str(p) for p in outputs.paths)} and one result.json per variant")
     if failed:
         console.print(f"[red]{len(failed)} variant(s) failed: {', '.join(failed)} (see summary.md)")
+
+
+def _names(listed: str | None) -> list[str] | None:
+    """A comma-separated list of names (None: none given)."""
+    return None if listed is None else [name.strip() for name in listed.split(",") if name.strip()]
 
 
 def _run_study(study: MetricsStudyConfig | RatioStudyConfig, out: Path, *, hours: float | None,

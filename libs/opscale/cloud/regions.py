@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,27 @@ class RegionCatalog:
         if found is None:
             raise KeyError(f"no round-trip time between regions {first.name!r} and {second.name!r}")
         return found
+
+    def rtt_table(self, regions: Iterable[str]) -> dict[tuple[str, str], float]:
+        """The round trip in ms between every ordered pair of distinct `regions`, as a fleet spread over
+        them needs it. A region the catalogue does not know, or a pair it gives no round trip for, is a
+        RegionCatalogError naming it (there is no flat default: a made-up distance would decide where
+        requests are served)."""
+        names = sorted(set(regions))
+        unknown = [name for name in names if self.get(name) is None]
+        if unknown:
+            raise RegionCatalogError(f"regions {unknown} are not in the region catalogue ({REGIONS_FILE}); known "
+                                     f"regions: {', '.join(self.names)}")
+        table: dict[tuple[str, str], float] = {}
+        for a in names:
+            for b in names:
+                if a != b:
+                    try:
+                        table[(a, b)] = self.rtt_ms(a, b)
+                    except KeyError:
+                        raise RegionCatalogError(f"the region catalogue ({REGIONS_FILE}) gives no round trip "
+                                                 f"between regions {a!r} and {b!r}: add it to rtt_ms") from None
+        return table
 
 
 def load_regions(path: str | Path | None = None, skus: Catalog | None = None) -> RegionCatalog:

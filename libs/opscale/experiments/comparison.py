@@ -93,6 +93,24 @@ class AcceptanceCheck(BaseModel):
     factor: float = Field(1.0, gt=0, allow_inf_nan=False, description="Multiplies the baseline's value")
 
 
+class ExperimentScale(BaseModel):
+    """Another size of the experiment's setting (`opscale experiment run CONFIG --scale NAME`): scenario
+    fields laid over the base, the traffic, seed and duration included, so every variant runs the scaled
+    setting. Mappings merge key by key; a list (hosts, deployments, shaped.streams) is replaced whole."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = Field("", description="What this scale is, in words (printed nowhere: for the reader)")
+    base: dict[str, Any] = Field(min_length=1, description="Scenario fields laid over the base scenario")
+
+    @field_validator("base")
+    @classmethod
+    def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(Scenario.model_fields))
+        if unknown:
+            raise ValueError(f"unknown scenario fields {unknown}")
+        return value
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("experiment", min_length=1)
@@ -110,6 +128,9 @@ class ExperimentConfig(BaseModel):
                                                    "oracle gap) beside the variants' results")
     combined: CombinedComparison | None = Field(None, description="The combined policy beside each single-paper "
                                                 "policy, and its acceptance (PASS / FAIL)")
+    scales: dict[str, ExperimentScale] = Field(default_factory=dict, description="Other sizes of the setting, "
+                                               "by name (--scale NAME), e.g. `paper`: the paper's own fleet "
+                                               "and traffic")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -155,13 +176,56 @@ def load_experiment(path: Path) -> tuple[ExperimentConfig, Scenario]:
     except ValidationError as exc:
         raise ExperimentError(validation_message(exc, f"experiment config {path}")) from None
     if config.base is not None:
-        return config, config.base
-    assert config.base_file is not None
-    base_path = config.base_file if config.base_file.is_absolute() else path.parent / config.base_file
+        base = config.base
+    else:
+        assert config.base_file is not None
+        base_path = config.base_file if config.base_file.is_absolute() else path.parent / config.base_file
+        try:
+            base = load_scenario(base_path)
+        except ScenarioError as exc:
+            raise ExperimentError(f"experiment config {path}: base_file: {exc}") from None
+    for name in config.scales:  # a scale that cannot build its scenario is named when the config loads
+        scaled_base(config, base, name, where=f"experiment config {path}")
+    return config, base
+
+
+def scaled_base(config: ExperimentConfig, base: Scenario, scale: str | None, where: str = "--scale") -> Scenario:
+    """`base` at the config's scale `scale` (None: as it is). A name the config does not define, or a
+    scale whose fields do not make a valid scenario, is an ExperimentError naming it."""
+    if scale is None:
+        return base
+    chosen = config.scales.get(scale)
+    if chosen is None:
+        defined = ", ".join(sorted(config.scales)) if config.scales else "none (the config has no 'scales' block)"
+        raise ExperimentError(f"--scale {scale!r}: experiment {config.name!r} does not define that scale; its "
+                              f"scales: {defined}")
     try:
-        return config, load_scenario(base_path)
-    except ScenarioError as exc:
-        raise ExperimentError(f"experiment config {path}: base_file: {exc}") from None
+        return Scenario.model_validate(merge_overrides(base.model_dump(), chosen.base))
+    except ValidationError as exc:
+        raise ExperimentError(validation_message(exc, f"{where}: scales.{scale}")) from None
+
+
+def select_variants(config: ExperimentConfig, names: list[str] | None) -> ExperimentConfig:
+    """`config` running only the variants `names` (None: all), in the config's order. Reference figures and
+    acceptance checks keep only what the chosen variants can answer; the operator tables stay only when
+    both their variants run. An unknown name is an ExperimentError listing the known ones."""
+    if names is None:
+        return config
+    known = [v.name for v in config.variants]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise ExperimentError(f"--variants: {unknown or 'nothing'} not in experiment {config.name!r}; its variants: "
+                              f"{', '.join(known)}")
+    chosen = set(names)
+    reference = [figure.model_copy(update={"variants": [v for v in figure.variants if v in chosen]})
+                 for figure in config.reference
+                 if figure.baseline in chosen and any(v in chosen for v in figure.variants)]
+    acceptance = [check for check in config.acceptance if {check.variant, check.baseline} <= chosen]
+    operators = config.operators
+    if operators is not None and not {operators.operator_variant, operators.model_variant} <= chosen:
+        operators = None
+    return config.model_copy(update={"variants": [v for v in config.variants if v.name in chosen],
+                                     "reference": reference, "acceptance": acceptance, "operators": operators})
 
 
 def shipped_experiments() -> dict[str, Path]:

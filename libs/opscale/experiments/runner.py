@@ -130,7 +130,8 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
 
     collector = collector if collector is not None else RunCollector(tiers, catalog.sku)
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
-                     ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig(),
+                     ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector,
+                     WorldConfig(region_rtt_ms=scenario.region_rtt_ms()),
                      scenario.transfer)
     for fault in scenario.faults:
         if fault.kind == "planner_restart":

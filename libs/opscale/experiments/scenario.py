@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from opscale.cloud import default_region_catalog
 from opscale.engine import EngineConfig
 from opscale.experiments.shaped_workload import ShapedWorkloadConfig
 from opscale.model import RdmaPriority, Request, TierList, TierSpec, default_tier_models, tier_table
@@ -203,7 +204,17 @@ class Scenario(BaseModel):
         for dep in self.deployments:
             self._group_domains(dep)
         self._known_tiers()
+        self.region_rtt_ms()  # a fleet over regions the catalogue cannot place is named here
         return self
+
+    def region_rtt_ms(self) -> dict[tuple[str, str], float]:
+        """Round trips (ms) between the fleet's regions, from the region catalogue (regions.yaml). A fleet
+        in one region needs none, and may name its region freely; a fleet over several regions must use
+        catalogue regions (the error names those it does not know)."""
+        regions = self.regions()
+        if len(regions) < 2:
+            return {}
+        return default_region_catalog().rtt_table(regions)
 
     def _role_hosts(self, dep: DeploymentSpec) -> None:
         """Each pool of a disaggregated deployment has hosts of its SKU in some region it serves."""

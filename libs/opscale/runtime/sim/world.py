@@ -122,7 +122,9 @@ class _Hosted:
 class WorldConfig:
     bus_latency_s: float = 0.002
     intra_region_latency_s: float = 0.0005
-    inter_region_latency_s: float = 0.040  # one way
+    # Round trip (ms) between each ordered pair of the fleet's regions: the region catalogue's
+    # (opscale.cloud.RegionCatalog.rtt_table). A request dispatched across regions travels half of it.
+    region_rtt_ms: dict[tuple[str, str], float] = field(default_factory=dict)
     router_tick_s: float = 0.5
     agent_tick_s: float = 2.0  # the heartbeat period: reports are only read then (readiness wakes exactly)
     planner_tick_s: float = 1.0
@@ -385,10 +387,22 @@ class SimWorld:
 
     def _dispatch(self, action: Dispatch, router: ServiceCore) -> None:
         hosted = self._engines.get(action.instance_id)
-        config = self.config
-        latency = (config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
-                   else config.inter_region_latency_s)
+        latency = (self.config.intra_region_latency_s if hosted is None or hosted.region == action.request.region
+                   else self._inter_region_s(action.request.region, hosted.region))
         self.loop.after(latency, self._submit, action, router)
+
+    def _inter_region_s(self, origin: str, serving: str) -> float:
+        """One way from the region a request entered to another region's instance: half the catalogue's
+        round trip. A request from a region without a router entered through the first router."""
+        if origin not in self.routers:
+            origin = next(iter(self.routers))
+            if origin == serving:
+                return self.config.intra_region_latency_s
+        rtt_ms = self.config.region_rtt_ms.get((origin, serving))
+        if rtt_ms is None:
+            raise ValueError(f"no round trip between regions {origin!r} and {serving!r} in the world's "
+                             f"region_rtt_ms (the region catalogue's, for the fleet's regions)")
+        return rtt_ms / 2000.0
 
     def _submit(self, action: Dispatch, router: ServiceCore) -> None:
         request, now, instance_id = action.request, self.loop.now_s, action.instance_id
