@@ -84,9 +84,10 @@ class SimulatedCloud:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def request(self, region: str, sku: str, purchase: Purchase, now_s: float) -> RequestResult:
+    def request(self, region: str, sku: str, purchase: Purchase, now_s: float, booted: bool = False) -> RequestResult:
         """Ask for one VM of `sku` in `region`. Refused (with the reason) beyond quota or for a SKU or
-        region the catalogue does not offer; nothing changes then."""
+        region the catalogue does not offer; nothing changes then. `booted`: a VM already running when the
+        simulation starts (the fleet in place), RUNNING at `now_s` with no provisioning delay."""
         self._catch_up(now_s)
         spec = self.regions.get(region)
         if spec is None:
@@ -105,7 +106,7 @@ class SimulatedCloud:
         vm_id = f"vm-{self._count}-{spec.name}-{offer.sku.lower()}-{kind}"
         rng = random.Random(f"{self.config.seed}:{vm_id}")
         jitter = self.config.provision_jitter
-        delay_s = offer.provision_s(purchase) * rng.uniform(1 - jitter, 1 + jitter)
+        delay_s = 0.0 if booted else offer.provision_s(purchase) * rng.uniform(1 - jitter, 1 + jitter)
         rate_per_s = spec.spot_preemptions_per_h * self.config.preemption_rate_scale / 3600.0
         if purchase is Purchase.SPOT and rate_per_s > 0:
             self._preempt_after_s[vm_id] = rng.expovariate(rate_per_s)

@@ -206,6 +206,9 @@ class Effects:
     # policies); the planner spreads them over the pool's instances (opscale.planning.operator_replicas).
     # Empty: the pool's instances run no operator replicas.
     operator_replicas: dict[PoolKey, tuple[OperatorReplicas, ...]] = field(default_factory=dict)
+    # (region, sku, purchase) -> VMs the fleet should hold (a policy that buys VMs: SageServe's MIP, the
+    # opscale policy); empty: leave the fleet's VMs as they are
+    vm_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class PlanningPolicy(Protocol):
