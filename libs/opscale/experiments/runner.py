@@ -169,7 +169,8 @@ def start_vm_fleet(scenario: Scenario, world: SimWorld, collector: RunCollector,
             like = HostGroup(region=region, sku=sku, gpus=per_vm)
         return host_agent(agent_id, like)
 
-    fleet = SimVmFleet(world, cloud, new_agent, initial, scenario.vms.release_drain_s)
+    fleet = SimVmFleet(world, cloud, new_agent, initial, scenario.vms.release_drain_s,
+                       scenario.vms.scale_in_delay_s)
     collector.vm_fleet = fleet
     return fleet
 

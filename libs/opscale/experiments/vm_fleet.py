@@ -8,6 +8,7 @@
       quotas: {westus: {A100-80GB: 64}}  # GPUs per region and SKU, over the catalogue's
       spot_preemptions_per_h: 0.5   # every region's spot preemption rate (default: the catalogue's)
       spot_notice_s: 120            # every region's notice before a preempted VM goes
+      scale_in_delay_s: 600         # a pool over its target this long gives VMs back
       release_drain_s: 300          # a released VM drains this long at most before it is given back
 
 Off (the default), the hosts are fixed, as they always were. The cloud's regions are those of
@@ -40,6 +41,9 @@ class VmFleetConfig(BaseModel):
                                                  "VM is preempted, in every region; None: each region's own")
     spot_notice_s: float | None = Field(None, ge=0, description="Notice before a preempted VM goes, in every "
                                         "region; None: each region's own")
+    scale_in_delay_s: float = Field(600.0, ge=0, description="VMs are given back only once their pool has held "
+                                    "more than the plan's count this long without a break (Kubernetes' cluster "
+                                    "autoscaler: 10 min)")
     release_drain_s: float = Field(300.0, gt=0, description="A VM the plan gives back drains at most this long "
                                    "(its instances move first), then it is released")
     provision_jitter: float = Field(0.25, ge=0, lt=1, description="A VM boots in its region's typical time x "

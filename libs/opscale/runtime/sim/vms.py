@@ -6,12 +6,15 @@
 - the fleet in place when the run starts (the scenario's hosts) is adopted as running VMs, and is the
   target until a plan names one (a plan with no VM counts leaves the fleet's VMs as they are);
 - a pool short of its target asks the cloud for VMs; a refusal (quota, a SKU the region does not sell)
-  is a logged decision with the cloud's reason, never an error, and the next plan asks again;
+  is a logged decision with the cloud's reason, never an error; the pool asks again at the next plan,
+  notice or VM gone (which frees quota);
 - a VM boots for its SKU's provisioning delay and holds nothing meanwhile: its node-agent joins the
   world (`SimWorld.add_host`) when it is RUNNING, and the planner, which places only on agents that have
   sent a heartbeat, can place on it from its first heartbeat on;
-- a pool above its target gives back VMs still booting first, then the running VMs that hold the fewest
-  GPUs of the plan, newest first; a running one drains first (its agent is reclaimed with
+- a pool above its target for `scale_in_delay_s` without a break (Kubernetes' cluster autoscaler waits
+  10 minutes, its scale-down-unneeded-time, so that a dip does not return VMs that take minutes to boot
+  again) gives back VMs still booting first, then the running VMs that hold the fewest GPUs of the plan,
+  newest first; a running one drains first (its agent is reclaimed with
   `release_drain_s` of notice, so the planner moves its instances at once) and is released once its
   engines are gone or the notice has run out;
 - a spot preemption notice drains the host through the world's reclaim path (`SimWorld.reclaim_host`:
@@ -82,11 +85,14 @@ class SimVmFleet:
     """See the module docstring. Built before the run starts; everything happens on the world's loop."""
 
     def __init__(self, world: SimWorld, cloud: SimulatedCloud, new_agent: AgentFactory,
-                 initial: list[InitialVm], release_drain_s: float = 300.0) -> None:
+                 initial: list[InitialVm], release_drain_s: float = 300.0, scale_in_delay_s: float = 600.0) -> None:
         self.world = world
         self.cloud = cloud
         self.new_agent = new_agent
         self.release_drain_s = release_drain_s
+        self.scale_in_delay_s = scale_in_delay_s
+        self._over_since: dict[PoolId, float] = {}  # pool -> since when it has held more VMs than its target
+        self._plan: Plan | None = None
         self.driver = CloudDriver(world.loop, SimulatedActuator(cloud), self._on_event)
         self.agent_of: dict[str, str] = {}  # vm id -> its host's agent id (once it runs)
         self._draining: dict[str, float] = {}  # vm id -> when its drain must end
@@ -115,12 +121,14 @@ class SimVmFleet:
         if not isinstance(event, PlanPublished) or not event.plan.vm_counts:
             return  # no VM counts: the fleet's VMs stay as they are
         target = {(region, sku, str(purchase)): int(n) for (region, sku, purchase), n in event.plan.vm_counts.items()}
+        self._plan = event.plan
         if target != self.target:
             self.target = target
-            self.converge(event.plan)
+            self.converge()
 
-    def converge(self, plan: Plan | None = None) -> None:
-        """Bring every pool towards its target: buy what is short, drain and give back what is over."""
+    def converge(self) -> None:
+        """Bring every pool towards its target: buy what is short, drain and give back what has been over
+        for the scale-in delay."""
         now = self.world.loop.now_s
         vms = self.driver.current()
         pools = set(self.target) | {(v.region, v.sku, v.purchase.value) for v in vms if v.live}
@@ -141,9 +149,17 @@ class SimVmFleet:
                 for vm_id in result.started:
                     self.world.observer.decision("cloud", f"vms: {vm_id} requested ({region}/{sku}/{purchase})",
                                                  None, now)
-            elif len(staying) > want:
-                for vm in self._release_order(staying, plan)[:len(staying) - want]:
-                    self._let_go(vm, now)
+            if len(staying) <= want:
+                self._over_since.pop(pool, None)
+                continue
+            since = self._over_since.setdefault(pool, now)
+            if now - since < self.scale_in_delay_s:
+                if since == now:  # look again once the delay has passed
+                    self.world.loop.at(now + self.scale_in_delay_s, self.converge)
+                continue
+            del self._over_since[pool]
+            for vm in self._release_order(staying, self._plan)[:len(staying) - want]:
+                self._let_go(vm, now)
 
     def _release_order(self, vms: list[Vm], plan: Plan | None) -> list[Vm]:
         """VMs still booting first (they hold nothing), then those holding the fewest GPUs of the plan,
@@ -215,6 +231,7 @@ class SimVmFleet:
             agent_id = self.agent_of.get(vm.vm_id)
             if agent_id is not None:
                 self.world.remove_host(agent_id)
+            self.converge()  # its quota is free again: a pool the quota held back may grow now
 
     def _note_displaced(self, preemption: _Preemption, agent_id: str) -> None:
         preemption.displaced = frozenset(self.world.requests_on(agent_id))
