@@ -118,10 +118,15 @@ class SimVmFleet:
     # -- plans ---------------------------------------------------------------------------------
 
     def _on_plan(self, subject: str, event: Any) -> None:
-        if not isinstance(event, PlanPublished) or not event.plan.vm_counts:
+        if isinstance(event, PlanPublished):
+            self.act_on(event.plan)
+
+    def act_on(self, plan: Plan) -> None:
+        """A plan was published: its VM counts, when it has any, become the fleet's target."""
+        if not plan.vm_counts:
             return  # no VM counts: the fleet's VMs stay as they are
-        target = {(region, sku, str(purchase)): int(n) for (region, sku, purchase), n in event.plan.vm_counts.items()}
-        self._plan = event.plan
+        target = {(region, sku, str(purchase)): int(n) for (region, sku, purchase), n in plan.vm_counts.items()}
+        self._plan = plan
         if target != self.target:
             self.target = target
             self.converge()
