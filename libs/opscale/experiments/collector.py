@@ -35,6 +35,12 @@ dynamic draw at that busy fraction, per GPU-equivalent. Such a run also reports
 stage of operator replicas by name, e.g. `mlp`), which sums to `energy_kwh`; a run without operator
 replicas has neither key.
 
+A run whose hosts are VMs (a scenario's `vms:` block) also reports `vms`: what the simulated cloud billed
+per VM-second (`vm_hours`, `gpu_hours`, `cost_usd`, `by_sku_purchase`, and `lines` per region, SKU and
+purchase; idle GPUs included, where `gpu_hours` above counts the engines' GPUs), `boots`, `refusals`,
+`preemptions`, `preemptions_survived` and `requests_lost_to_preemptions` (opscale.runtime.sim.vms says
+which drops a preemption explains).
+
 Example: one pool of one H100 (989 TFLOP/s) held 100 s, in iterations 90 s that did 4.9e15 FLOPs:
 gpu_util 0.9, sm_activity 4.9e15 / (100 x 9.89e14) = 0.05.
 """

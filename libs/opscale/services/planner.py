@@ -2,8 +2,10 @@
 
 Every `interval_s` it builds an Observation from the newest heartbeats (actual instances and their
 states), the aggregator's 1-minute windows (demand, latency), forecasts and the routers' pending
-counts; asks its policy for desired replicas per pool; applies a soft scale-in when the policy asks for
-one (opscale.planning.soft_scale_in: withdraw from discovery, restore, or let go after the window;
+counts; asks its policy for desired replicas per pool (and, on an elastic fleet whose quotas it was
+given, `Observation.gpu_quotas`, for the VMs to hold, which the plan carries as `Plan.vm_counts` for an
+actuator to act on; a policy that names none leaves them as they are); applies a soft scale-in when the
+policy asks for one (opscale.planning.soft_scale_in: withdraw from discovery, restore, or let go after the window;
 `Plan.withdrawn`); places them onto agents; and, when the placement or discovery changed, publishes a
 new plan under the next epoch and sends each agent its desired state. Control is
 level-triggered: an agent whose heartbeat shows an older epoch than the plan gets its command again
