@@ -11,7 +11,7 @@ import pytest
 
 from opscale.experiments import runner
 from opscale.experiments.runner import RunResult, run_scenario
-from opscale.experiments.scenario import HostGroup, Scenario
+from opscale.experiments.scenario import Fault, HostGroup, Scenario
 from opscale.model import Plan
 from opscale.planning import DeploymentSpec
 from opscale.runtime.sim.vms import SimVmFleet
@@ -154,3 +154,15 @@ def test_without_vms_a_run_has_no_vm_report() -> None:
     scenario = _growing_fleet().model_copy(update={"vms": _growing_fleet().vms.model_copy(update={"enabled": False}),
                                                    "duration_s": 120.0, "workload": _traffic(3, 120.0, 5.0)})
     assert "vms" not in run_scenario(scenario).result
+
+
+def test_a_spot_preemption_fault_on_a_vm_goes_through_the_cloud_and_loses_no_request() -> None:
+    host = f"{REGION}-{SKU.lower()}-1"
+    scenario = _spot_fleet(spot_preemptions_per_h=0.0).model_copy(update={"faults": [
+        Fault(kind="spot_preemption", at_s=150.0, host=host, notice_s=30.0)]})
+    run = run_scenario(scenario)
+    result, vms = run.result, run.result["vms"]
+    assert vms["preemptions"] == vms["preemptions_survived"] == 1 and vms["boots"] == 1
+    assert result["dropped"] == 0 and vms["requests_lost_to_preemptions"] == 0
+    preempted = [vm for vm in run.collector.vm_fleet.cloud.vms(include_terminated=True) if vm.preempted]
+    assert len(preempted) == 1 and preempted[0].terminated_s == pytest.approx(180.0)

@@ -129,6 +129,17 @@ class SimulatedCloud:
         self._pending.append(CloudEvent(CloudEventKind.TERMINATING, vm, now_s, "released"))
         return vm
 
+    def preempt(self, vm_id: str, now_s: float, notice_s: float | None = None) -> Vm:
+        """Reclaim a running spot VM now (fault injection): its notice arrives at `now_s` and it is gone
+        `notice_s` later (default: its region's notice), as a drawn preemption would be."""
+        self._catch_up(now_s)
+        vm = self.vm(vm_id)
+        if vm.purchase is not Purchase.SPOT or vm.state is not VmState.RUNNING or vm.notice_s is not None:
+            raise ValueError(f"VM {vm_id!r} is not a running spot VM without notice ({vm.purchase}, {vm.state})")
+        wait_s = self.regions.region(vm.region).spot_notice_s if notice_s is None else notice_s
+        self._notify(now_s, vm_id, now_s + wait_s)
+        return self._vms[vm_id]
+
     # -- time ---------------------------------------------------------------------------------------
 
     def advance(self, now_s: float) -> list[CloudEvent]:
@@ -191,9 +202,17 @@ class SimulatedCloud:
         vm = self._vms[vm_id]
         if kind == _Due.RUNNING:
             return vm.state is VmState.PROVISIONING
-        if kind in (_Due.NOTICE, _Due.PREEMPTED):
+        if kind == _Due.NOTICE:
+            return vm.state is VmState.RUNNING and vm.notice_s is None  # one notice (a fault may come first)
+        if kind == _Due.PREEMPTED:
             return vm.state is VmState.RUNNING
         return vm.state is VmState.TERMINATING
+
+    def _notify(self, at_s: float, vm_id: str, deadline_s: float) -> None:
+        vm = self._set(vm_id, notice_s=at_s, deadline_s=deadline_s)
+        self._pending.append(CloudEvent(CloudEventKind.PREEMPTION_NOTICE, vm, at_s,
+                                        f"spot capacity reclaimed; terminated at {deadline_s:.0f} s"))
+        self._schedule(deadline_s, _Due.PREEMPTED, vm_id)
 
     def _catch_up(self, now_s: float) -> None:
         if now_s < self._now_s:
@@ -213,11 +232,7 @@ class SimulatedCloud:
             if after_s is not None:
                 self._schedule(at_s + after_s, _Due.NOTICE, vm_id)
         elif kind is _Due.NOTICE:
-            deadline_s = at_s + self.regions.region(self._vms[vm_id].region).spot_notice_s
-            vm = self._set(vm_id, notice_s=at_s, deadline_s=deadline_s)
-            self._pending.append(CloudEvent(CloudEventKind.PREEMPTION_NOTICE, vm, at_s,
-                                            f"spot capacity reclaimed; terminated at {deadline_s:.0f} s"))
-            self._schedule(deadline_s, _Due.PREEMPTED, vm_id)
+            self._notify(at_s, vm_id, at_s + self.regions.region(self._vms[vm_id].region).spot_notice_s)
         elif kind is _Due.PREEMPTED:
             vm = self._set(vm_id, state=VmState.TERMINATED, terminated_s=at_s, preempted=True)
             self._pending.append(CloudEvent(CloudEventKind.TERMINATED, vm, at_s, "preempted"))

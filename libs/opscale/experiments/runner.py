@@ -140,16 +140,19 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
     world = SimWorld(EventLoop(), routers, AggregatorCore(scenario.aggregator, tiers),
                      ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector, WorldConfig(),
                      scenario.transfer)
+    fleet = None
     if cloud_regions is not None:
-        start_vm_fleet(scenario, world, collector, SimulatedCloud(cloud_regions, scenario.vms.cloud_config(scenario.seed)),
-                       host_agent)
+        fleet = start_vm_fleet(scenario, world, collector,
+                               SimulatedCloud(cloud_regions, scenario.vms.cloud_config(scenario.seed)), host_agent)
     for fault in scenario.faults:
         if fault.kind == "planner_restart":
             world.loop.at(fault.at_s, restart_planner)
         else:
             if fault.host not in agents:
                 raise ValueError(f"faults: no host {fault.host!r} to reclaim; hosts: {sorted(agents)}")
-            world.loop.at(fault.at_s, world.reclaim_host, fault.host, fault.notice_s)
+            # with VMs, through the cloud: the VM is billed to its end and counted as a preemption
+            reclaim = fleet.preempt if fleet is not None else world.reclaim_host
+            world.loop.at(fault.at_s, reclaim, fault.host, fault.notice_s)
     return world, collector
 
 

@@ -173,6 +173,10 @@ class Scenario(BaseModel):
             problem = fleet_problems(self.vms, ((h.region, h.sku, h.gpus, h.count) for h in self.hosts))
             if problem:
                 raise ValueError(problem)
+            preempted = [i for i, f in enumerate(self.faults) if f.kind == "spot_preemption"]
+            if preempted and self.vms.purchase != "spot":
+                raise ValueError(f"faults.{preempted[0]}: a spot_preemption needs spot VMs, and vms.purchase is "
+                                 f"{self.vms.purchase.value}")
         return self
 
     @field_validator("router")

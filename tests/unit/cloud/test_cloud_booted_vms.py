@@ -27,3 +27,19 @@ def test_a_booted_vm_runs_at_once_and_is_billed_from_then() -> None:
     assert account.gpu_hours == pytest.approx(8 * account.vm_hours)
     assert account.as_dict()["vm_hours"] == pytest.approx(account.vm_hours)
     assert account.lines[0].vm_hours == pytest.approx(account.vm_hours)
+
+
+def test_a_forced_preemption_gives_its_notice_now_and_only_once() -> None:
+    cloud = SimulatedCloud(default_region_catalog(), SimCloudConfig(seed=2, preemption_rate_scale=500.0))
+    vm = cloud.request("us-east", "H100-80GB", Purchase.SPOT, 0.0, booted=True).vm
+    on_demand = cloud.request("us-east", "H100-80GB", Purchase.ON_DEMAND, 0.0, booted=True).vm
+    assert vm is not None and on_demand is not None
+    cloud.advance(0.0)
+    noticed = cloud.preempt(vm.vm_id, 1.0, notice_s=30.0)
+    assert noticed.notice_s == 1.0 and noticed.deadline_s == 31.0
+    events = cloud.advance(3600.0)  # at 10 preemptions per hour, the drawn notice would have come by now
+    assert [e.kind for e in events if e.vm.vm_id == vm.vm_id] == [CloudEventKind.PREEMPTION_NOTICE,
+                                                                  CloudEventKind.TERMINATED]
+    assert cloud.vm(vm.vm_id).terminated_s == 31.0 and cloud.vm(vm.vm_id).preempted
+    with pytest.raises(ValueError, match="not a running spot VM"):
+        cloud.preempt(on_demand.vm_id, 3600.0)

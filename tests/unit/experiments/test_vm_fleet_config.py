@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from opscale.experiments.scenario import HostGroup, Scenario
+from opscale.experiments.scenario import Fault, HostGroup, Scenario
 from opscale.experiments.vm_fleet import VmFleetConfig, gpu_quotas
 from opscale.model import Purchase
 from opscale.planning import DeploymentSpec
@@ -52,3 +52,10 @@ def test_with_vms_off_nothing_is_checked_against_the_cloud() -> None:
     scenario = Scenario(duration_s=60.0, hosts=[HostGroup(region="westus", sku="A100-80GB", gpus=4)],
                         deployments=[DeploymentSpec(model="Llama-3-8B", sku="A100-80GB")])
     assert not scenario.vms.enabled
+
+
+def test_a_spot_preemption_fault_needs_spot_vms() -> None:
+    with pytest.raises(ValidationError, match="faults.0: a spot_preemption needs spot VMs"):
+        Scenario(duration_s=60.0, hosts=[HostGroup(region="us-east", sku="A100-80GB", gpus=8)],
+                 deployments=[DeploymentSpec(model="Llama-3-8B", sku="A100-80GB")], vms={"enabled": True},
+                 faults=[Fault(kind="spot_preemption", at_s=10.0, host="us-east-a100-80gb-1")])

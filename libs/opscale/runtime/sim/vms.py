@@ -200,6 +200,19 @@ class SimVmFleet:
         self.world.remove_host(agent_id)
         self.driver.release(vm_id)
 
+    def preempt(self, agent_id: str, notice_s: float) -> None:
+        """The cloud reclaims the spot VM of host `agent_id` now, with `notice_s` of notice (a scenario's
+        `spot_preemption` fault): handled as a drawn preemption is."""
+        now = self.world.loop.now_s
+        vm_id = next((v for v, a in self.agent_of.items() if a == agent_id), None)
+        vm = self.cloud.vm(vm_id) if vm_id is not None else None
+        if vm is None or vm.state is not VmState.RUNNING or vm.notice_s is not None:
+            self.world.observer.decision("cloud", f"vms: host {agent_id} is already going; nothing to preempt",
+                                         None, now)
+            return
+        self.cloud.preempt(vm.vm_id, now, notice_s)
+        self.driver.start()  # its notice flows through the loop now
+
     # -- cloud events --------------------------------------------------------------------------
 
     def _on_event(self, event: CloudEvent) -> None:
