@@ -58,6 +58,7 @@ class AccountLine:
     gpu_hours: float
     cost_usd: float
     preemptions: int
+    vm_hours: float = 0.0  # billed VM time (GPU-hours over the SKU's GPUs per VM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,10 @@ class CloudAccount:
     def preemptions(self) -> int:
         return sum(line.preemptions for line in self.lines)
 
+    @property
+    def vm_hours(self) -> float:
+        return sum(line.vm_hours for line in self.lines)
+
     def cost_by_purchase(self, purchase: Purchase) -> float:
         return sum(line.cost_usd for line in self.lines if line.purchase is purchase)
 
@@ -88,11 +93,12 @@ class CloudAccount:
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary (for result.json and reports)."""
         return {
-            "at_s": self.at_s, "gpu_hours": self.gpu_hours, "cost_usd": self.cost_usd,
+            "at_s": self.at_s, "vm_hours": self.vm_hours, "gpu_hours": self.gpu_hours, "cost_usd": self.cost_usd,
             "on_demand_cost_usd": self.cost_by_purchase(Purchase.ON_DEMAND),
             "spot_cost_usd": self.cost_by_purchase(Purchase.SPOT), "preemptions": self.preemptions,
             "lines": [{"region": x.region, "sku": x.sku, "purchase": x.purchase.value, "vms": x.vms,
-                       "gpu_hours": x.gpu_hours, "cost_usd": x.cost_usd, "preemptions": x.preemptions}
+                       "vm_hours": x.vm_hours, "gpu_hours": x.gpu_hours, "cost_usd": x.cost_usd,
+                       "preemptions": x.preemptions}
                       for x in self.lines],
         }
 
@@ -102,12 +108,14 @@ def account(priced_vms: Iterable[tuple[Vm, float]], now_s: float,
     """Bill every (VM, USD per GPU-hour) up to `now_s`; lines sorted by region, SKU and purchase."""
     totals: dict[tuple[str, str, Purchase], list[float]] = {}
     for vm, usd_per_gpu_h in priced_vms:
-        gpu_hours = vm.gpus * policy.billed_s(vm, now_s) / 3600.0
-        line = totals.setdefault((vm.region, vm.sku, vm.purchase), [0, 0.0, 0.0, 0])
+        vm_hours = policy.billed_s(vm, now_s) / 3600.0
+        gpu_hours = vm.gpus * vm_hours
+        line = totals.setdefault((vm.region, vm.sku, vm.purchase), [0, 0.0, 0.0, 0, 0.0])
         line[0] += 1
         line[1] += gpu_hours
         line[2] += gpu_hours * usd_per_gpu_h
         line[3] += 1 if vm.preempted else 0
+        line[4] += vm_hours
     return CloudAccount(now_s, tuple(
-        AccountLine(region, sku, purchase, int(v[0]), v[1], v[2], int(v[3]))
+        AccountLine(region, sku, purchase, int(v[0]), v[1], v[2], int(v[3]), v[4])
         for (region, sku, purchase), v in sorted(totals.items())))

@@ -48,6 +48,11 @@ class CloudDriver:
     def current(self) -> tuple[Vm, ...]:
         return self.actuator.current(self.loop.now_s)
 
+    def start(self) -> None:
+        """Schedule the first wake-up for what the cloud already has due (VMs requested before the driver
+        existed, such as a fleet adopted as running when a simulation starts)."""
+        self._arm()
+
     def account(self) -> CloudAccount:
         return self.actuator.cloud.account(self.loop.now_s)
 

@@ -84,9 +84,10 @@ class SimulatedCloud:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def request(self, region: str, sku: str, purchase: Purchase, now_s: float) -> RequestResult:
+    def request(self, region: str, sku: str, purchase: Purchase, now_s: float, booted: bool = False) -> RequestResult:
         """Ask for one VM of `sku` in `region`. Refused (with the reason) beyond quota or for a SKU or
-        region the catalogue does not offer; nothing changes then."""
+        region the catalogue does not offer; nothing changes then. `booted`: a VM already running when the
+        simulation starts (the fleet in place), RUNNING at `now_s` with no provisioning delay."""
         self._catch_up(now_s)
         spec = self.regions.get(region)
         if spec is None:
@@ -105,7 +106,7 @@ class SimulatedCloud:
         vm_id = f"vm-{self._count}-{spec.name}-{offer.sku.lower()}-{kind}"
         rng = random.Random(f"{self.config.seed}:{vm_id}")
         jitter = self.config.provision_jitter
-        delay_s = offer.provision_s(purchase) * rng.uniform(1 - jitter, 1 + jitter)
+        delay_s = 0.0 if booted else offer.provision_s(purchase) * rng.uniform(1 - jitter, 1 + jitter)
         rate_per_s = spec.spot_preemptions_per_h * self.config.preemption_rate_scale / 3600.0
         if purchase is Purchase.SPOT and rate_per_s > 0:
             self._preempt_after_s[vm_id] = rng.expovariate(rate_per_s)
@@ -127,6 +128,17 @@ class SimulatedCloud:
         self._schedule(now_s + self.regions.region(vm.region).shutdown_s, _Due.SHUTDOWN, vm_id)
         self._pending.append(CloudEvent(CloudEventKind.TERMINATING, vm, now_s, "released"))
         return vm
+
+    def preempt(self, vm_id: str, now_s: float, notice_s: float | None = None) -> Vm:
+        """Reclaim a running spot VM now (fault injection): its notice arrives at `now_s` and it is gone
+        `notice_s` later (default: its region's notice), as a drawn preemption would be."""
+        self._catch_up(now_s)
+        vm = self.vm(vm_id)
+        if vm.purchase is not Purchase.SPOT or vm.state is not VmState.RUNNING or vm.notice_s is not None:
+            raise ValueError(f"VM {vm_id!r} is not a running spot VM without notice ({vm.purchase}, {vm.state})")
+        wait_s = self.regions.region(vm.region).spot_notice_s if notice_s is None else notice_s
+        self._notify(now_s, vm_id, now_s + wait_s)
+        return self._vms[vm_id]
 
     # -- time ---------------------------------------------------------------------------------------
 
@@ -190,9 +202,17 @@ class SimulatedCloud:
         vm = self._vms[vm_id]
         if kind == _Due.RUNNING:
             return vm.state is VmState.PROVISIONING
-        if kind in (_Due.NOTICE, _Due.PREEMPTED):
+        if kind == _Due.NOTICE:
+            return vm.state is VmState.RUNNING and vm.notice_s is None  # one notice (a fault may come first)
+        if kind == _Due.PREEMPTED:
             return vm.state is VmState.RUNNING
         return vm.state is VmState.TERMINATING
+
+    def _notify(self, at_s: float, vm_id: str, deadline_s: float) -> None:
+        vm = self._set(vm_id, notice_s=at_s, deadline_s=deadline_s)
+        self._pending.append(CloudEvent(CloudEventKind.PREEMPTION_NOTICE, vm, at_s,
+                                        f"spot capacity reclaimed; terminated at {deadline_s:.0f} s"))
+        self._schedule(deadline_s, _Due.PREEMPTED, vm_id)
 
     def _catch_up(self, now_s: float) -> None:
         if now_s < self._now_s:
@@ -212,11 +232,7 @@ class SimulatedCloud:
             if after_s is not None:
                 self._schedule(at_s + after_s, _Due.NOTICE, vm_id)
         elif kind is _Due.NOTICE:
-            deadline_s = at_s + self.regions.region(self._vms[vm_id].region).spot_notice_s
-            vm = self._set(vm_id, notice_s=at_s, deadline_s=deadline_s)
-            self._pending.append(CloudEvent(CloudEventKind.PREEMPTION_NOTICE, vm, at_s,
-                                            f"spot capacity reclaimed; terminated at {deadline_s:.0f} s"))
-            self._schedule(deadline_s, _Due.PREEMPTED, vm_id)
+            self._notify(at_s, vm_id, at_s + self.regions.region(self._vms[vm_id].region).spot_notice_s)
         elif kind is _Due.PREEMPTED:
             vm = self._set(vm_id, state=VmState.TERMINATED, terminated_s=at_s, preempted=True)
             self._pending.append(CloudEvent(CloudEventKind.TERMINATED, vm, at_s, "preempted"))

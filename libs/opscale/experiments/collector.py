@@ -35,6 +35,12 @@ dynamic draw at that busy fraction, per GPU-equivalent. Such a run also reports
 stage of operator replicas by name, e.g. `mlp`), which sums to `energy_kwh`; a run without operator
 replicas has neither key.
 
+A run whose hosts are VMs (a scenario's `vms:` block) also reports `vms`: what the simulated cloud billed
+per VM-second (`vm_hours`, `gpu_hours`, `cost_usd`, `by_sku_purchase`, and `lines` per region, SKU and
+purchase; idle GPUs included, where `gpu_hours` above counts the engines' GPUs), `boots`, `refusals`,
+`preemptions`, `preemptions_survived` and `requests_lost_to_preemptions` (opscale.runtime.sim.vms says
+which drops a preemption explains).
+
 Example: one pool of one H100 (989 TFLOP/s) held 100 s, in iterations 90 s that did 4.9e15 FLOPs:
 gpu_util 0.9, sm_activity 4.9e15 / (100 x 9.89e14) = 0.05.
 """
@@ -50,6 +56,7 @@ from opscale.model import InstanceSpec, OperatorReplicas, PoolKey, Request, Requ
 from opscale.perf.loading import LoadChoice
 from opscale.perf.transfer import Topology
 from opscale.reporting.latencies import LatencySamples, latency_figures
+from opscale.runtime.sim.vms import SimVmFleet
 from opscale.runtime.sim.world import RunObserver
 
 
@@ -162,6 +169,9 @@ class RunCollector(RunObserver):
         self._replicas_loading: dict[str, tuple[float, float]] = {}  # instance -> (since, GPU-equivalents loading)
         self._replica_scaling_gpu_s = 0.0
         self._open_spans: dict[str, dict[tuple[str, int, float], _ReplicaSpan]] = {}  # instance -> stage shape -> span
+        # VM runs (opscale.runtime.sim.vms): the fleet, which judges which drops its preemptions caused
+        self.vm_fleet: SimVmFleet | None = None
+        self._drops: list[tuple[str, float, str]] = []  # (id, arrival, cause) of each dropped request, VM runs
 
     # -- observer hooks ------------------------------------------------------------------------
 
@@ -182,6 +192,8 @@ class RunCollector(RunObserver):
             totals.dropped += 1
             cause = self._causes.pop(outcome.request_id, outcome.status)  # "unfinished" names itself
             self._dropped_by_cause[cause] = self._dropped_by_cause.get(cause, 0) + 1
+            if self.vm_fleet is not None:
+                self._drops.append((outcome.request_id, outcome.arrival_s, cause))
             return
         totals.completed += 1
         self._output_tokens += outcome.output_tokens
@@ -385,6 +397,8 @@ class RunCollector(RunObserver):
             moved = [sum(t[i] for t in self._kv_transfers.values()) for i in range(3)]
             result["kv_transfer_mean_s"] = moved[1] / moved[0]
             result["kv_effective_gbps"] = _gbps(moved[2], moved[1])
+        if self.vm_fleet is not None:  # VM runs only: what the cloud billed, boots, preemptions
+            result["vms"] = self.vm_fleet.summary(end_s, self._drops)
         return result
 
 

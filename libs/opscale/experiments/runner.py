@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opscale.cloud import SimulatedCloud
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
-from opscale.experiments.scenario import Scenario, ScenarioError, trace_requests
+from opscale.experiments.scenario import HostGroup, Scenario, ScenarioError, trace_requests
+from opscale.experiments.vm_fleet import gpu_quotas
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, Request, Role
 from opscale.perf import Catalog, LatencyModels, default_catalog, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load
 from opscale.perf.operator_replicas import replica_attach_s
 from opscale.planning import build_planning_stack
 from opscale.runtime.sim.loop import EventLoop
+from opscale.runtime.sim.vms import InitialVm, SimVmFleet
 from opscale.runtime.sim.world import SimWorld, WorldConfig
 from opscale.services.aggregator import AggregatorCore
 from opscale.services.forecaster import ForecasterCore
@@ -62,13 +65,16 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
     # One model per (model, SKU, TP), shared by the engines and the capacity estimates, as the live
     # node-agent and planner use the same calibrated model.
     latency_model = LatencyModels(load_profiles(scenario.profiles_dir) if scenario.profiles_dir is not None else None)
+    # With VMs on, the hosts are VMs of a simulated cloud, and the planner may plan up to its quotas.
+    cloud_regions = scenario.vms.cloud_catalog(scenario.regions()) if scenario.vms.enabled else None
+    quotas = gpu_quotas(cloud_regions) if cloud_regions is not None else None
 
     def new_planner() -> PlannerCore:
         # The whole planning stack, as a (re)started live planner builds it: a restarted planner's
         # policy has lost its memory.
         stack = build_planning_stack(scenario.deployments, tiers, scenario.policy, scenario.policy_params,
                                      catalog=catalog, latency=latency_model, engine=scenario.engine)
-        return PlannerCore(stack.policy, scenario.deployments, scenario.planner)
+        return PlannerCore(stack.policy, scenario.deployments, scenario.planner, gpu_quotas=quotas)
 
     def restart_planner() -> None:
         # The planner dies; a new one, with a fresh policy (its memory is gone), continues from the plan
@@ -112,16 +118,18 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
             return 0.0  # the fleet already running when the run begins
         return replica_attach_s(catalog.model(spec.model), replica) * scenario.load_time_scale
 
-    for group, host_ids in scenario.host_groups():
+    def host_agent(agent_id: str, group: HostGroup) -> NodeAgentCore:
         s0, s1, s2 = group.switches()
+        config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus,
+                                 s0=s0, s1=s1, s2=s2, rdma_priority=group.rdma_priority)
+        weights = HostWeightCache(group.weight_cache_gb)
+        warm = scenario.warm_loads != "off"
+        return NodeAgentCore(config, load_time_on(group.region, weights), (lambda w=weights: w.models) if warm else tuple,
+                             stage_on(weights) if warm else None, operator_attach_s)
+
+    for group, host_ids in scenario.host_groups():
         for agent_id in host_ids:
-            config = NodeAgentConfig(agent_id=agent_id, region=group.region, sku=group.sku, gpus=group.gpus,
-                                     s0=s0, s1=s1, s2=s2, rdma_priority=group.rdma_priority)
-            weights = HostWeightCache(group.weight_cache_gb)
-            warm = scenario.warm_loads != "off"
-            agents[agent_id] = NodeAgentCore(config, load_time_on(group.region, weights),
-                                             (lambda w=weights: w.models) if warm else tuple,
-                                             stage_on(weights) if warm else None, operator_attach_s)
+            agents[agent_id] = host_agent(agent_id, group)
 
     def make_engine(spec: InstanceSpec) -> SimEngine:
         model, sku = catalog.model(spec.model), catalog.sku(spec.sku)
@@ -133,14 +141,42 @@ def build_world(scenario: Scenario, catalog: Catalog | None = None, provisioned_
                      ForecasterCore(scenario.forecaster), planner, agents, make_engine, collector,
                      WorldConfig(region_rtt_ms=scenario.region_rtt_ms()),
                      scenario.transfer)
+    fleet = None
+    if cloud_regions is not None:
+        fleet = start_vm_fleet(scenario, world, collector,
+                               SimulatedCloud(cloud_regions, scenario.vms.cloud_config(scenario.seed)), host_agent)
     for fault in scenario.faults:
         if fault.kind == "planner_restart":
             world.loop.at(fault.at_s, restart_planner)
         else:
             if fault.host not in agents:
                 raise ValueError(f"faults: no host {fault.host!r} to reclaim; hosts: {sorted(agents)}")
-            world.loop.at(fault.at_s, world.reclaim_host, fault.host, fault.notice_s)
+            # with VMs, through the cloud: the VM is billed to its end and counted as a preemption
+            reclaim = fleet.preempt if fleet is not None else world.reclaim_host
+            world.loop.at(fault.at_s, reclaim, fault.host, fault.notice_s)
     return world, collector
+
+
+def start_vm_fleet(scenario: Scenario, world: SimWorld, collector: RunCollector, cloud: SimulatedCloud,
+                   host_agent: Callable[[str, HostGroup], NodeAgentCore]) -> SimVmFleet:
+    """The scenario's hosts as VMs of `cloud` (opscale.runtime.sim.vms), reported by `collector`. A VM
+    that boots later takes the shape (GPUs, switches, host memory) of the scenario's first host group of
+    its region and SKU, or the defaults of one."""
+    groups = scenario.host_groups()
+    initial = [InitialVm(agent_id, group.region, group.sku, scenario.vms.purchase)
+               for group, ids in groups for agent_id in ids]
+
+    def new_agent(agent_id: str, region: str, sku: str) -> NodeAgentCore:
+        like = next((g for g, _ in groups if g.region == region and g.sku.casefold() == sku.casefold()), None)
+        if like is None:
+            per_vm = cloud.regions.skus.sku(sku).gpus_per_vm
+            like = HostGroup(region=region, sku=sku, gpus=per_vm)
+        return host_agent(agent_id, like)
+
+    fleet = SimVmFleet(world, cloud, new_agent, initial, scenario.vms.release_drain_s,
+                       scenario.vms.scale_in_delay_s)
+    collector.vm_fleet = fleet
+    return fleet
 
 
 def drain(world: SimWorld, end_s: float, horizon_s: float, step_s: float) -> float:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opscale.cloud import default_region_catalog
 from opscale.engine import EngineConfig
 from opscale.experiments.shaped_workload import ShapedWorkloadConfig
+from opscale.experiments.vm_fleet import VmFleetConfig, fleet_problems
 from opscale.model import RdmaPriority, Request, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import TransferParams
 from opscale.planning import DeploymentSpec
@@ -163,6 +164,21 @@ class Scenario(BaseModel):
     profiles_dir: Path | None = Field(None, description="Measured operator profiles (vidur's data/profiling "
                                       "layout) for the engines and capacity estimates; None: the calibrated "
                                       "roofline model shipped with opscale")
+    vms: VmFleetConfig = Field(default_factory=VmFleetConfig, description="Hosts as VMs of the simulated cloud, "
+                               "bought and released on the plan's VM counts (opscale.experiments.vm_fleet); off: "
+                               "the hosts are fixed")
+
+    @model_validator(mode="after")
+    def _vm_fleet(self) -> Scenario:
+        if self.vms.enabled:
+            problem = fleet_problems(self.vms, ((h.region, h.sku, h.gpus, h.count) for h in self.hosts))
+            if problem:
+                raise ValueError(problem)
+            preempted = [i for i, f in enumerate(self.faults) if f.kind == "spot_preemption"]
+            if preempted and self.vms.purchase != "spot":
+                raise ValueError(f"faults.{preempted[0]}: a spot_preemption needs spot VMs, and vms.purchase is "
+                                 f"{self.vms.purchase.value}")
+        return self
 
     @field_validator("router")
     @classmethod

@@ -122,6 +122,7 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for o in outcomes:
         lines.append("| " + " | ".join(_row(o, tiers, lat, len(header), kv)) + " |")
+    lines += _vm_lines(outcomes)
     if config.reference:
         # A saving only counts with the SLO kept: each of ours is shown with its latency tier's attainment.
         slo = {o.name: o.result.get("tiers", {}).get(lat, {}).get("slo_attainment")
@@ -195,3 +196,20 @@ def _seconds(value: float | None) -> str:
     if value < 0.01:
         return f"{value * 1000:.1f} ms"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _vm_lines(outcomes: list[VariantOutcome]) -> list[str]:
+    """The VM table, for variants whose hosts were VMs (result.json's `vms`); nothing when none were.
+    VM-hours and cost are what the cloud billed, idle GPUs included (GPU-h above counts engines only)."""
+    rows = [(o.name, o.result["vms"]) for o in outcomes if o.ok and o.result is not None and "vms" in o.result]
+    if not rows:
+        return []
+    lines = ["", "## VMs", "", "| variant | VM-h | VM cost $ | by SKU / purchase (VM-h, $) | boots | refused | "
+             "preemptions (survived) | requests lost to preemptions |", "|---|---|---|---|---|---|---|---|"]
+    for name, vms in rows:
+        kinds = "; ".join(f"{kind} {k['vm_hours']:.1f} h, ${k['cost_usd']:,.0f}"
+                          for kind, k in sorted(vms["by_sku_purchase"].items()))
+        lines.append(f"| {name} | {vms['vm_hours']:.1f} | {vms['cost_usd']:,.0f} | {kinds} | {vms['boots']} | "
+                     f"{vms['refusals']} | {vms['preemptions']} ({vms['preemptions_survived']}) | "
+                     f"{vms['requests_lost_to_preemptions']} |")
+    return lines

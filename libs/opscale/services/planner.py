@@ -2,8 +2,10 @@
 
 Every `interval_s` it builds an Observation from the newest heartbeats (actual instances and their
 states), the aggregator's 1-minute windows (demand, latency), forecasts and the routers' pending
-counts; asks its policy for desired replicas per pool; applies a soft scale-in when the policy asks for
-one (opscale.planning.soft_scale_in: withdraw from discovery, restore, or let go after the window;
+counts; asks its policy for desired replicas per pool (and, on an elastic fleet whose quotas it was
+given, `Observation.gpu_quotas`, for the VMs to hold, which the plan carries as `Plan.vm_counts` for an
+actuator to act on; a policy that names none leaves them as they are); applies a soft scale-in when the
+policy asks for one (opscale.planning.soft_scale_in: withdraw from discovery, restore, or let go after the window;
 `Plan.withdrawn`); places them onto agents; and, when the placement or discovery changed, publishes a
 new plan under the next epoch and sends each agent its desired state. Control is
 level-triggered: an agent whose heartbeat shows an older epoch than the plan gets its command again
@@ -62,8 +64,10 @@ class PlannerCore:
     name = "planner"
 
     def __init__(self, policy: PlanningPolicy, deployments: list[DeploymentSpec],
-                 config: PlannerConfig | None = None) -> None:
+                 config: PlannerConfig | None = None, gpu_quotas: dict[tuple[str, str], int] | None = None) -> None:
         self.config = config or PlannerConfig()
+        # An elastic fleet's GPU quotas per (region, sku) (Observation.gpu_quotas); None: a fixed fleet
+        self.gpu_quotas = dict(gpu_quotas or {})
         self.policy = policy
         self.deployments = {d.model: d for d in deployments}
         self.policy_state = policy.initial_state()
@@ -248,7 +252,7 @@ class PlannerCore:
         for agent_id, hb in self._agents.items():
             used = sum(s.gpus for s in self.plan.assignments.get(agent_id, ()))
             free[(hb.region, hb.sku)] = free.get((hb.region, hb.sku), 0) + hb.gpus_total - used
-        return Observation(now_s, pools, free)
+        return Observation(now_s, pools, free, dict(self.gpu_quotas))
 
     def _demand(self, model: str, region: str, now_s: float) -> tuple[float, float, float]:
         """Requests, prompt tokens and output tokens per second that arrived at the routers of
@@ -317,22 +321,24 @@ class PlannerCore:
                                    {"pool": str(key), "unplaced_operator_replicas": short}))
         staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware)
         weights = effects.routing_weights or self.plan.routing_weights
+        vm_counts = effects.vm_counts or self.plan.vm_counts  # empty: the fleet's VMs stay as they are
         placed = {s.instance_id for specs in new_assignments.values() for s in specs}
         withdrawn = {iid: at for iid, at in soft.withdrawn.items() if iid in placed}
         gates = dict(effects.ready_ratio_tolerance)
         discovery_same = withdrawn == self.plan.withdrawn and gates == self.plan.ready_ratio_tolerance
         if (_same_assignments(self.plan.assignments, new_assignments) and weights == self.plan.routing_weights
-                and staging == self.plan.prestage and discovery_same):
+                and staging == self.plan.prestage and discovery_same and vm_counts == self.plan.vm_counts):
             return actions
         reason = "; ".join(f"{k}: {why}" for k, why in sorted(effects.reasons.items(), key=lambda kv: str(kv[0]))
                            if not why.startswith(("steady", "hold")))
         self.plan = Plan(
             epoch=max(self.plan.epoch, self._newest_agent_epoch()) + 1, created_s=now_s, assignments=new_assignments,
             agent_regions={a: hb.region for a, hb in self._agents.items()},
-            routing_weights=weights, vm_counts=self.plan.vm_counts,
+            routing_weights=weights, vm_counts=vm_counts,
             reason=reason or ("placement changed" if new_assignments != self.plan.assignments
                               else "routing changed" if weights != self.plan.routing_weights
-                              else "discovery changed" if not discovery_same else "pre-staging changed"),
+                              else "discovery changed" if not discovery_same
+                              else "VMs changed" if vm_counts != self.plan.vm_counts else "pre-staging changed"),
             prestage=staging, withdrawn=withdrawn, ready_ratio_tolerance=gates,
         )
         actions.append(Store("plan", self.plan))

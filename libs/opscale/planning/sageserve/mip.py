@@ -17,8 +17,12 @@ much growth (`Effects.prepare`): the hosts that would take it stage the model's 
 now, so the scale-out, when it comes, loads warm instead of from remote storage. A solve that finds no
 optimum in time returns the MIP's best plan or its greedy fallback, never nothing.
 
-Each deployment keeps its one SKU and TP degree (the placement layer places per deployment); the MIP's
-choice among SKUs and purchase types applies when the fleet is elastic (VM autoscaling), not here.
+Each deployment keeps its one SKU and TP degree (the placement layer places per deployment). When the
+fleet is elastic (`Observation.gpu_quotas`: the simulator's or a live stack's VMs bought through
+`opscale.cloud`), the MIP may use a region's whole quota instead of the hosts present, and the policy
+asks for the VMs its plan needs (`Effects.vm_counts`): the solution's VMs per (region, SKU, purchase),
+raised on demand where the pools' desired instances (bounded below by min_replicas, or grown by a burst
+between solves) need more GPUs than the solution bought. A fixed fleet gets no VM counts.
 """
 
 from __future__ import annotations
@@ -131,7 +135,30 @@ class SageServeMipPolicy:
             reasons.setdefault(key, "hold: between solves")
         prepare = {key: min(self.deployments[key.model].max_replicas, math.ceil(n * self.config.resolve_over))
                    for key, n in desired.items()} if self.config.prestage else {}
-        return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare)
+        vm_counts = self._vm_counts(desired, state.previous) if observation.gpu_quotas else {}
+        return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare,
+                       vm_counts=vm_counts)
+
+    def _vm_counts(self, desired: dict[PoolKey, int], solution: PlanSolution | None) -> dict[tuple[str, str, str], int]:
+        """The VMs the fleet should hold: the solution's per (region, SKU, purchase), and on-demand VMs
+        added where the desired instances need more GPUs than that (whole instances pack into whole VMs:
+        every tp divides a VM's GPU count)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for (region, sku, purchase), n in (solution.vm_counts.items() if solution is not None else ()):
+            if n > 0:
+                counts[(region, sku, Purchase(purchase).value)] = n
+        needed: dict[tuple[str, str], int] = {}
+        for key, n in desired.items():
+            dep = self.deployments[key.model]
+            needed[(key.region, dep.sku)] = needed.get((key.region, dep.sku), 0) + n * dep.tp
+        per_vm = {s.name: s.gpus_per_vm for s in self.skus}
+        for (region, sku), gpus in sorted(needed.items()):
+            held = sum(n for (r, s, _), n in counts.items() if r == region and s == sku)
+            short = math.ceil(gpus / per_vm[sku]) - held
+            if short > 0:
+                key = (region, sku, Purchase.ON_DEMAND.value)
+                counts[key] = counts.get(key, 0) + short
+        return counts
 
     def _solve_due(self, pools: dict[PoolKey, PoolObservation], regions: tuple[str, ...],
                    state: SageServeMipState, now_s: float) -> str:
@@ -193,7 +220,10 @@ class SageServeMipPolicy:
             held = (pool.ready + pool.loading) * dep.tp
             used[(key.region, dep.sku)] = used.get((key.region, dep.sku), 0) + held
         quotas = {}
-        if observation.free_gpus:
+        if observation.gpu_quotas:  # an elastic fleet: the cloud's quota, not the hosts present
+            quotas = {(region, sku.name): observation.gpu_quotas.get((region, sku.name), 0)
+                      for region in regions for sku in self.skus}
+        elif observation.free_gpus:
             for region in regions:
                 for sku in self.skus:
                     quotas[(region, sku.name)] = observation.free_gpus.get((region, sku.name), 0) + used.get((region, sku.name), 0)

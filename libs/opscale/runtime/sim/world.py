@@ -237,6 +237,31 @@ class SimWorld:
             self._stop_engine(instance_id, now)
         self.observer.decision("world", f"host {agent_id} reclaimed", None, now)
 
+    # -- hosts that come and go: VMs bought and released (opscale.runtime.sim.vms) -----------------
+
+    def add_host(self, agent: NodeAgentCore, until_s: float) -> None:
+        """A host joins (its VM has booted): its node-agent ticks from now on, and its first heartbeat
+        tells the planner it exists; only then can the planner place instances on it."""
+        agent_id = agent.config.agent_id
+        if agent_id in self.agents:
+            raise ValueError(f"host {agent_id!r} is already in the world")
+        self.agents[agent_id] = agent
+        self.loop.every(self.config.agent_tick_s, self._agent_ticker(agent), start_s=self.loop.now_s, until_s=until_s)
+
+    def remove_host(self, agent_id: str) -> None:
+        """The host is gone (its VM released or terminated): its engines stop, and what they still held
+        goes back to the routers. A host already gone changes nothing."""
+        self._terminate_host(agent_id)
+
+    def engines_on(self, agent_id: str) -> int:
+        """Engines running on the host (loading, serving or draining)."""
+        return len(self._by_agent.get(agent_id, {}))
+
+    def requests_on(self, agent_id: str) -> list[str]:
+        """Ids of the requests in flight on the host's engines."""
+        here = self._by_agent.get(agent_id, {})
+        return [request.request_id for request, instance_id, _ in self._inflight.values() if instance_id in here]
+
     def replace_planner(self, planner: PlannerCore) -> None:
         """A planner restart: the old core stops receiving anything (what was on its way to it is lost);
         `planner` takes every later event and tick. The caller restores it from the store, as a
