@@ -20,20 +20,20 @@ def _scenario(region: str = "us-east", count: int = 1, gpus: int = 8, **vms: obj
 
 
 def test_a_stand_in_lends_its_offers_and_the_block_overrides_quotas_and_spot_behaviour() -> None:
-    config = VmFleetConfig(enabled=True, stand_ins={"westus": "us-west"}, quotas={"westus": {"A100-80GB": 24}},
+    config = VmFleetConfig(enabled=True, stand_ins={"lab-north": "us-west"}, quotas={"lab-north": {"A100-80GB": 24}},
                            spot_preemptions_per_h=2.0, spot_notice_s=30.0)
-    catalog = config.cloud_catalog(["westus", "us-east"])
-    assert catalog.names == ("us-east", "westus")
-    west = catalog.region("westus")
+    catalog = config.cloud_catalog(["lab-north", "us-east"])
+    assert catalog.names == ("lab-north", "us-east")
+    west = catalog.region("lab-north")
     assert west.provider_region == "us-west-2"  # us-west's offers, prices and boot times
     assert west.gpu_quota("A100-80GB") == 24 and west.gpu_quota("L40S") == 256
-    assert catalog.price("westus", "A100-80GB", Purchase.SPOT) == catalog.price("us-east", "A100-80GB", Purchase.SPOT)
+    assert catalog.price("lab-north", "A100-80GB", Purchase.SPOT) == catalog.price("us-east", "A100-80GB", Purchase.SPOT)
     assert all(r.spot_preemptions_per_h == 2.0 and r.spot_notice_s == 30.0 for r in catalog.regions)
-    assert gpu_quotas(catalog)[("westus", "A100-80GB")] == 24
+    assert gpu_quotas(catalog)[("lab-north", "A100-80GB")] == 24
 
 
 @pytest.mark.parametrize(("changes", "named"), [
-    ({"region": "westus"}, "vms.stand_ins: region 'westus' is not in the region catalogue"),
+    ({"region": "lab-north"}, "vms.stand_ins: region 'lab-north' is not in the region catalogue"),
     ({"stand_ins": {"us-east": "mars"}}, "vms.stand_ins.us-east: 'mars' is not a catalogue region"),
     ({"stand_ins": {"eu-west": "us-east"}}, "vms.stand_ins.eu-west: no hosts in that region"),
     ({"quotas": {"us-east": {"H20": 8}}}, "vms.quotas.us-east.H20: region 'us-east' does not sell H20"),
@@ -49,7 +49,7 @@ def test_a_fleet_the_cloud_cannot_sell_is_refused_naming_the_field(changes: dict
 
 
 def test_with_vms_off_nothing_is_checked_against_the_cloud() -> None:
-    scenario = Scenario(duration_s=60.0, hosts=[HostGroup(region="westus", sku="A100-80GB", gpus=4)],
+    scenario = Scenario(duration_s=60.0, hosts=[HostGroup(region="lab-north", sku="A100-80GB", gpus=4)],
                         deployments=[DeploymentSpec(model="Llama-3-8B", sku="A100-80GB")])
     assert not scenario.vms.enabled
 
