@@ -93,3 +93,4 @@ class Observation:
     now_s: float
     pools: dict[PoolKey, PoolObservation] = field(default_factory=dict)
     free_gpus: dict[tuple[str, str], int] = field(default_factory=dict)  # (region, sku) -> GPUs
+    total_gpus: dict[tuple[str, str], int] = field(default_factory=dict)  # (region, sku) -> GPUs of its hosts
