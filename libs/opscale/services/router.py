@@ -93,10 +93,11 @@ class RouterConfig(BaseModel):
         "outstanding tokens or more, its requests are held (in hold order) instead of dispatched; None: no limit")
     batch_admission_share: float | None = Field(
         None, gt=0, le=1, description="Tier-priority holding (SageServe's NIW deferral): a request of a tier "
-        "with a deadline is dispatched only to an instance below this share of the admission limit, so "
-        "interactive work keeps the rest; otherwise it is held and fed as capacity frees, until its latest "
-        "start (hold order tier_priority), from which the whole limit is open to it. None: batch is admitted "
-        "like interactive work")
+        "with a deadline is dispatched only to an instance whose outstanding tokens are below this share of its "
+        "KV capacity (of the admission limit where the capacity is unknown), in its region or, with spill_over, "
+        "another; otherwise it is held and fed as capacity frees, until its latest start (hold order "
+        "tier_priority), when it is admitted like interactive work. None: batch is admitted like interactive "
+        "work. Disaggregated models' batch requests are not held this way")
     max_pending_per_model: int = Field(1000, ge=0, description="Requests held while no instance is ready")
     max_pending_total: int | None = Field(
         None, ge=0, description="Requests held over all models together; beyond it a request is refused "
@@ -113,13 +114,9 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _batch_holding(self) -> RouterConfig:
-        if self.batch_admission_share is not None:
-            if self.max_outstanding_tokens_per_instance is None:
-                raise ValueError("batch_admission_share is a share of max_outstanding_tokens_per_instance; set that "
-                                 "admission limit too")
-            if self.hold_order != "tier_priority":
-                raise ValueError(f"batch_admission_share holds batch work by tier: it needs hold_order "
-                                 f"'tier_priority', not {self.hold_order!r}")
+        if self.batch_admission_share is not None and self.hold_order != "tier_priority":
+            raise ValueError(f"batch_admission_share holds batch work by tier: it needs hold_order "
+                             f"'tier_priority', not {self.hold_order!r}")
         return self
 
 
@@ -168,11 +165,9 @@ class RouterCore:
         # slo_aware marks requests likely to miss their TTFT
         self._note = policy.note if isinstance(policy, NotingRoutingPolicy) else None
         self._admission_limit = self.config.max_outstanding_tokens_per_instance
-        # Tier-priority holding: deadline tiers' requests see this lower limit until their latest start.
-        share = self.config.batch_admission_share
-        self._batch_limit = (max(1, int(share * self._admission_limit))
-                             if share is not None and self._admission_limit is not None else None)
-        self._deferred_tiers = {name for name, t in self.tiers.items() if t.deadline_s is not None}
+        # Tier-priority holding: the tiers whose requests are held for room until their latest start.
+        self._deferred_tiers = ({name for name, t in self.tiers.items() if t.deadline_s is not None}
+                                if self.config.batch_admission_share is not None else set())
         self._candidates: dict[str, Candidate] = {}
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
         self._ready: dict[tuple[str, str], list[Candidate]] = {}
@@ -288,8 +283,8 @@ class RouterCore:
             self._release(event.outcome.request_id)
             if self._tried:
                 self._tried.pop(event.outcome.request_id, None)
-            if self._admission_limit is not None and self._held:
-                return self._dispatch_held(now_s)  # capacity freed under the admission limit
+            if self._held and (self._admission_limit is not None or self._deferred_tiers):
+                return self._dispatch_held(now_s)  # capacity freed under the admission limit or batch share
             return []
         match event:
             case DispatchFailed(request=request, instance_id=instance_id, attempt=attempt):
@@ -379,16 +374,30 @@ class RouterCore:
 
     def _admit(self, request: Request, now_s: float) -> Dispatch | None:
         """Dispatch `request` if its tier may take the room there is: a batch request under tier-priority
-        holding only below the batch limit, until its latest start (see batch_admission_share)."""
-        batch_limit = self._batch_limit
-        if (batch_limit is None or request.tier not in self._deferred_tiers
+        holding only where an instance has batch room, until its latest start (see batch_admission_share)."""
+        if (request.tier not in self._deferred_tiers or (self._pd_models and request.model in self._pd_models)
                 or now_s >= self._order.latest_start(request)):
             return self._try_dispatch(request)
-        full, self._admission_limit = self._admission_limit, batch_limit
-        try:
-            return self._try_dispatch(request)
-        finally:
-            self._admission_limit = full
+        share = self.config.batch_admission_share
+        assert share is not None  # deferred tiers exist only with it
+        tried = self._tried.get(request.request_id, ()) if self._tried else ()
+        limit = self._admission_limit
+
+        def roomy(cands: list[Candidate]) -> list[Candidate]:
+            # an instance whose capacity is unknown (and no admission limit) holds nothing back
+            return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)
+                    and (not (c.kv_capacity_tokens or limit) or (c.kv_capacity_tokens or limit or 0) * share
+                         > c.outstanding_tokens)]
+
+        local = roomy(self._ready.get((request.model, request.region), []))
+        if local:
+            return self._dispatch_to(request, self._chooser.choose(request, local), self._reason_local)
+        if self.config.spill_over:
+            remote = roomy([c for (model, region), cs in self._ready.items()
+                            if model == request.model and region != request.region for c in cs])
+            if remote:
+                return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
+        return None
 
     def _open(self, loads: LoadIndex) -> bool:
         """Whether a pool may take a request: some instance is below the admission limit."""

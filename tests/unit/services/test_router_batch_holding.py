@@ -72,8 +72,18 @@ def test_a_held_batch_request_that_never_finds_room_is_refused_by_its_deadline_n
     assert [(r.request.request_id, r.status) for r in refused] == [("r2", 503)] and router.pending() == {}
 
 
-def test_batch_holding_needs_an_admission_limit_and_the_tier_order() -> None:
-    with pytest.raises(ValidationError, match="max_outstanding_tokens_per_instance"):
-        RouterConfig(batch_admission_share=0.5, hold_order="tier_priority")
+def test_batch_holding_needs_the_tier_order() -> None:
     with pytest.raises(ValidationError, match="tier_priority"):
-        RouterConfig(batch_admission_share=0.5, max_outstanding_tokens_per_instance=1000)
+        RouterConfig(batch_admission_share=0.5)
+
+
+def test_the_batch_share_is_of_each_instance_kv_capacity_when_known() -> None:
+    router = RouterCore(RouterConfig(batch_admission_share=0.5, hold_order="tier_priority"), tiers=TIERS)
+    router.handle(heartbeat("a1", "eu", status("small", kv_capacity_tokens=1000),
+                            status("big", kv_capacity_tokens=10_000)), 0.0)
+    router.handle(RequestArrived(req(1, prompt=590)), 0.1)  # 600 on each instance
+    router.handle(RequestArrived(req(2, prompt=590)), 0.1)
+    picks = [router.handle(RequestArrived(req(i, tier="batch", prompt=2990)), 0.2) for i in (3, 4, 5)]
+    # small: 600 >= 0.5 x 1000, no batch room; big: 600 and 3600 < 0.5 x 10 000, then 6600: held
+    assert [dispatched(p) for p in picks] == [["r3"], ["r4"], []]
+    assert {a.instance_id for p in picks for a in p} == {"big"} and router.pending() == {"m": 1}

@@ -193,9 +193,10 @@ class SageServeMipPolicy:
             reasons.setdefault(key, "hold: between solves")
         prepare = {key: min(self.deployments[key.model].max_replicas, math.ceil(n * self.config.resolve_over))
                    for key, n in desired.items()} if self.config.prestage else {}
+        mix = {key: _trimmed(state.sku_mix[key], n, self.options[key.model])
+               for key, n in desired.items() if key in state.sku_mix}
         return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare,
-                       sku_mix={k: dict(v) for k, v in state.sku_mix.items() if k in desired},
-                       vm_counts=dict(state.vm_counts))
+                       sku_mix=mix, vm_counts=dict(state.vm_counts))
 
     def _solve_due(self, pools: dict[PoolKey, PoolObservation], regions: tuple[str, ...],
                    state: SageServeMipState, now_s: float) -> str:
@@ -336,6 +337,21 @@ class SageServeMipPolicy:
 
 def _add(table: dict[tuple[str, str, str], float], key: tuple[str, str, str], value: float) -> None:
     table[key] = table.get(key, 0.0) + value
+
+
+def _trimmed(mix: dict[Option, int], replicas: int, options: list[Option]) -> dict[Option, int]:
+    """The plan's mix cut to `replicas` (a pool's max_replicas bounds what the MIP planned), taking from
+    the deployment's least preferred options first. A mix below `replicas` (min_replicas, a burst) stays:
+    placement puts the extra instances by the deployment's order."""
+    out, excess = dict(mix), sum(mix.values()) - replicas
+    for option in reversed(options):
+        if excess <= 0:
+            break
+        cut = min(excess, out.get(option, 0))
+        if cut:
+            out[option] -= cut
+            excess -= cut
+    return {option: n for option, n in out.items() if n}
 
 
 def _with_batch_mean(state: SageServeMipState, batch_mean: dict[PoolKey, tuple[float, float]]) -> SageServeMipState:
