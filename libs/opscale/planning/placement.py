@@ -94,13 +94,13 @@ def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ..
 
 def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceSpec, ...]],
              agents: list[AgentSlot], deployments: dict[str, DeploymentSpec], *,
-             topology_aware: bool = True) -> dict[str, tuple[str, ...]]:
+             topology_aware: bool = True, sku_mix: SkuMix | None = None) -> dict[str, tuple[str, ...]]:
     """Where to stage weights ahead of a scale-out: for each pool that may grow to `prepare` replicas,
     the hosts that placement would give the extra instances (by the same rule as `place`), when they do
     not hold the model's weights already. Returns {agent id: models}, sorted."""
     # A host running the model holds its weights; a staged host counts as warm from here on, so a second
     # extra instance goes beside the first rather than staging a third host.
-    cycle = _Cycle(agents, assignments, deployments, topology_aware, 0, placed_is_warm=True)
+    cycle = _Cycle(agents, assignments, deployments, topology_aware, 0, placed_is_warm=True, sku_mix=sku_mix)
     staged: dict[str, set[str]] = {}
     for key, want in sorted(prepare.items(), key=lambda kv: str(kv[0])):
         if key.model not in deployments:

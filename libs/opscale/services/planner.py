@@ -317,7 +317,8 @@ class PlannerCore:
             for key, short in sorted(attached.unplaced.items(), key=lambda kv: str(kv[0])):
                 actions.append(Log(self.name, f"{key}: operator replicas without room on the pool's hosts: {short}",
                                    {"pool": str(key), "unplaced_operator_replicas": short}))
-        staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware)
+        staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware,
+                           sku_mix=effects.sku_mix)
         weights = effects.routing_weights or self.plan.routing_weights
         placed = {s.instance_id for specs in new_assignments.values() for s in specs}
         withdrawn = {iid: at for iid, at in soft.withdrawn.items() if iid in placed}

@@ -97,8 +97,10 @@ class SageServeMipConfig(BaseModel):
                                               "the hosts the fleet holds (a fixed fleet: it chooses among them), "
                                               "or the region catalogue's quota (an elastic fleet that follows "
                                               "Effects.vm_counts)")
-    interactive_mean_to_quantile: float = Field(0.8, gt=0, le=1, description="Mean over planned quantile of "
-                                                "interactive demand: batch fills rho x I + B <= capacity")
+    interactive_mean_to_quantile: float | None = Field(
+        None, gt=0, le=1, description="Mean over planned quantile of interactive demand (rho): batch fills "
+        "rho x I + B <= capacity. None: measured at each solve, as the observed arrivals over the rate "
+        "planned for (the forecast's upper bound where it is higher)")
     batch_share: float = Field(0.0, ge=0, lt=1, description="Share of each pool's arrivals that is deferrable "
                                "batch (NIW) work, planned over its deadline window; the observation has no "
                                "per-tier demand (as for chiron's interactive_fraction). 0: all interactive")
@@ -121,6 +123,7 @@ class SageServeMipState:
     vm_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # pool -> (batch arrivals averaged over the deadline window, when last updated)
     batch_mean: dict[PoolKey, tuple[float, float]] = field(default_factory=dict)
+    rho: float = 1.0  # the interactive mean over quantile the plan was solved with
 
 
 class SageServeMipPolicy:
@@ -168,7 +171,7 @@ class SageServeMipPolicy:
                 demand[PoolKey(m, r)] = demand.get(PoolKey(m, r), 0.0) + rate
             vms = {(r, s, Purchase(p).value): n for (r, s, p), n in solution.vm_counts.items() if n}
             state = SageServeMipState(now_s, regions, solution, planned, demand, solution.routing_weights(inputs),
-                                      mix, vms, batch_mean)
+                                      mix, vms, batch_mean, inputs.interactive_mean_to_quantile)
             bought = ", ".join(f"{n} {s} {p} in {r}" for (r, s, p), n in sorted(vms.items())) or "none"
             why = f"MIP {solution.status.value.lower()} in {solution.solve_s:.2f} s ({why_solve}); VMs: {bought}"
             reasons = {key: why for key in planned}
@@ -185,7 +188,7 @@ class SageServeMipPolicy:
                 want = max(want, pool.expected)
                 # Against full capacity (the plan's has headroom): add only what the plan really lacks.
                 full = self._instance_rps(key.model, dep.sku, dep.tp, lengths) / self.config.headroom
-                burst = math.ceil(load[key] / (full * self.config.burst_util))
+                burst = math.ceil(self._needed_rps(key, load[key], state) / (full * self.config.burst_util))
                 if burst > want:
                     want = burst
                     reasons[key] = f"burst: {load[key]:.2f} rps over the plan's {state.planned.get(key, 0)}"
@@ -228,6 +231,16 @@ class SageServeMipPolicy:
                 if key in load:
                     load[key] += share * self._wanted_rps(pool)
         return load
+
+    def _needed_rps(self, key: PoolKey, load: float, state: SageServeMipState) -> float:
+        """The rate a pool's capacity must hold for `load` (its routed arrivals and backlog) by the plan's
+        own law: all of it, or with batch deferred, the interactive share and the batch window mean
+        in the room its average leaves (max(I, rho x I + B)), so a burst check does not undo deferral."""
+        if self.config.batch_share <= 0:
+            return load
+        interactive = (1.0 - self.config.batch_share) * load
+        batch = state.batch_mean.get(key, (0.0, 0.0))[0]
+        return max(interactive, state.rho * interactive + batch)
 
     def _wanted_rps(self, pool: PoolObservation) -> float:
         """The rate a pool must serve now: its arrivals, plus its backlog worked off within
@@ -312,7 +325,15 @@ class SageServeMipPolicy:
             quotas_gpus=self._quotas(observation, regions, used),
             rtt_ms={(a, b): self._rtt_ms(a, b) for a in regions for b in regions if a != b},
             spot_preemptions_per_h=preemptions, spot_share_cap=cfg.spot_share_cap,
-            interactive_mean_to_quantile=cfg.interactive_mean_to_quantile)
+            interactive_mean_to_quantile=cfg.interactive_mean_to_quantile or self._measured_rho(observation))
+
+    def _measured_rho(self, observation: Observation) -> float:
+        """Arrivals over the rate planned for (arrivals or the forecast's upper bound, the higher), over
+        the planned pools: how far the interactive quantile the plan holds sits above its mean. 1 when
+        nothing arrives (no room to defer into)."""
+        pools = [p for k, p in observation.pools.items() if k.model in self.deployments]
+        planned = sum(max(p.arrival_rps, p.forecast_rps_hi or 0.0) for p in pools)
+        return min(1.0, max(0.05, sum(p.arrival_rps for p in pools) / planned)) if planned > 0 else 1.0
 
     def _quotas(self, observation: Observation, regions: tuple[str, ...],
                 used: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
@@ -358,7 +379,7 @@ def _with_batch_mean(state: SageServeMipState, batch_mean: dict[PoolKey, tuple[f
     if not batch_mean:
         return state
     return SageServeMipState(state.last_solve_s, state.regions, state.previous, state.planned, state.demand_rps,
-                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean)
+                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean, state.rho)
 
 
 def _check_fits(model: str, options: list[Option], spec: PlannedModel, skus: dict[str, SkuSpec]) -> None:
