@@ -133,3 +133,18 @@ def test_placement_grows_toward_the_mix_and_shrinks_what_is_above_it() -> None:
     shrunk = place({KEY: 2}, grown.assignments, hosts, deployments, {}, grown.next_seq,
                    sku_mix={KEY: {("A100-80GB", 2): 0, ("A100-80GB", 1): 2}})
     assert sorted(s.sku for specs in shrunk.assignments.values() for s in specs) == ["A100-80GB", "A100-80GB"]
+
+
+def test_between_solves_the_burst_check_keeps_the_deferral() -> None:
+    rates = capacity_by_sku({"L40S": 10.0, "A100-80GB": 1.0, "H100-80GB": 1.0})
+    policy = SageServeMipPolicy([SMALL], rates, SageServeMipConfig(
+        headroom=1.0, spot=False, interactive_mean_to_quantile=0.5, interval_s=300.0, min_resolve_s=30.0,
+        batch_share=0.2))
+    first = policy.decide(observe(0.0, 50.0), policy.initial_state(), 0.0)
+    assert first.desired[KEY] == 4  # 50 req/s in 4 instances of 10: batch deferred into the idle room
+    # the same arrivals 20 s on: no solve is due, and the burst check does not buy the 5th instance back
+    same = policy.decide(observe(20.0, 50.0, ready=4), first.state, 20.0)
+    assert same.desired[KEY] == 4 and same.reasons[KEY].startswith("hold")
+    # interactive work alone outgrowing the plan is still a burst: 75 req/s -> 60 interactive -> 6
+    burst = policy.decide(observe(25.0, 75.0, ready=4), same.state, 25.0)
+    assert burst.desired[KEY] == 6 and burst.reasons[KEY].startswith("burst")
