@@ -311,6 +311,12 @@ class RunCollector(RunObserver):
         tiers: dict[str, Any] = {}
         for name, t in sorted(self._tiers.items()):
             tiers[name] = _latency_block(t.requests, t.completed, t.dropped, t.met, latency_figures([t.latencies]))
+            spec = self.tiers.get(name)
+            if spec is not None and spec.deadline_s is not None:
+                # a deadline tier is judged on finishing by its deadline alone (RequestOutcome.meets): its
+                # attainment is its deadline attainment, named so
+                tiers[name]["deadline_s"] = spec.deadline_s
+                tiers[name]["deadline_attainment"] = tiers[name]["slo_attainment"]
             for attr in counts:
                 counts[attr] += getattr(t, attr)
         everyone = latency_figures([t.latencies for t in self._tiers.values()])

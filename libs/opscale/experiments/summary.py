@@ -115,7 +115,9 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
         lines.append("")
     # KV columns only where some variant moved KV between instances (a disaggregated deployment).
     kv = any("kv_effective_gbps" in (o.result or {}) for o in outcomes)
-    header = ["variant", "policy", *(f"SLO {t}" for t in tiers), f"TTFT p99 {lat}", f"TBT p99 {lat}",
+    deadline = {t.name for t in base.tiers if t.deadline_s is not None}
+    header = ["variant", "policy", *(f"deadline {t}" if t in deadline else f"SLO {t}" for t in tiers),
+              f"TTFT p99 {lat}", f"TBT p99 {lat}",
               "GPU-h", "cost $", "$/M output tokens", "GPU util", "SM activity", "energy kWh", "cold starts",
               "scaling GPU-s", "scaling actions", "oscillations/h", *(("KV GB/s", "KV mean") if kv else ()),
               "wall s"]

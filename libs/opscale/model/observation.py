@@ -93,6 +93,7 @@ class Observation:
     now_s: float
     pools: dict[PoolKey, PoolObservation] = field(default_factory=dict)
     free_gpus: dict[tuple[str, str], int] = field(default_factory=dict)  # (region, sku) -> GPUs
+    total_gpus: dict[tuple[str, str], int] = field(default_factory=dict)  # (region, sku) -> GPUs of its hosts
     # An elastic fleet (VMs bought through the cloud): the GPUs the cloud lets it hold per (region, sku), so
     # a policy that buys VMs may size beyond the hosts present; empty: the fleet is the hosts present
     gpu_quotas: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -196,6 +196,10 @@ class Effects:
     # pool -> replicas it may grow to before the policy next re-plans (a forecasting policy knows): the
     # hosts that would take the growth stage the model's weights now, so the scale-out loads warm
     prepare: dict[PoolKey, int] = field(default_factory=dict)
+    # pool -> instances per (SKU, tp) the policy chose among the deployment's compatible ones (a policy that
+    # picks SKUs: SageServe's MIP); placement grows and shrinks the pool toward that mix
+    # (opscale.planning.placement.SkuMix). Empty: the deployment's own order of preference.
+    sku_mix: dict[PoolKey, dict[tuple[str, int], int]] = field(default_factory=dict)
     # Soft scale-in (HeteroScale, PAPERS.md §3.5): > 0 makes a scale-in of ready instances first withdraw
     # them from discovery for this many seconds, restorable at once, before they are stopped
     # (opscale.planning.soft_scale_in); 0 stops them at once (drained, as every scale-in is).

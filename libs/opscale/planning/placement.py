@@ -71,10 +71,10 @@ class PlacementResult:
 
 def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ...]], agents: list[AgentSlot],
           deployments: dict[str, DeploymentSpec], states: dict[str, InstanceState], next_seq: int, *,
-          topology_aware: bool = True) -> PlacementResult:
+          topology_aware: bool = True, sku_mix: SkuMix | None = None) -> PlacementResult:
     """Return new assignments that realise `desired`, changing as little as possible (see the module
-    docstring for the cycle)."""
-    cycle = _Cycle(agents, current, deployments, topology_aware, next_seq)
+    docstring for the cycle). `sku_mix` (Effects.sku_mix) overrides a pool's order of SKUs: see `SkuMix`."""
+    cycle = _Cycle(agents, current, deployments, topology_aware, next_seq, sku_mix=sku_mix)
     for key, want in sorted(desired.items(), key=lambda kv: str(kv[0])):
         have = len(cycle.members(key))
         if want < have:
@@ -94,13 +94,13 @@ def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ..
 
 def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceSpec, ...]],
              agents: list[AgentSlot], deployments: dict[str, DeploymentSpec], *,
-             topology_aware: bool = True) -> dict[str, tuple[str, ...]]:
+             topology_aware: bool = True, sku_mix: SkuMix | None = None) -> dict[str, tuple[str, ...]]:
     """Where to stage weights ahead of a scale-out: for each pool that may grow to `prepare` replicas,
     the hosts that placement would give the extra instances (by the same rule as `place`), when they do
     not hold the model's weights already. Returns {agent id: models}, sorted."""
     # A host running the model holds its weights; a staged host counts as warm from here on, so a second
     # extra instance goes beside the first rather than staging a third host.
-    cycle = _Cycle(agents, assignments, deployments, topology_aware, 0, placed_is_warm=True)
+    cycle = _Cycle(agents, assignments, deployments, topology_aware, 0, placed_is_warm=True, sku_mix=sku_mix)
     staged: dict[str, set[str]] = {}
     for key, want in sorted(prepare.items(), key=lambda kv: str(kv[0])):
         if key.model not in deployments:
@@ -113,6 +113,12 @@ def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceS
     return {agent_id: tuple(sorted(models)) for agent_id, models in sorted(staged.items())}
 
 
+# pool -> instances per (SKU, tp) a policy chose (Effects.sku_mix). A pool named here grows on the (SKU, tp)
+# furthest below its count first (then the other counted ones, then the deployment's other choices, in its
+# order) and shrinks on one above its count first; (SKU, tp) the deployment does not offer are ignored.
+# Example: mix {(A100, 4): 1, (H100, 2): 2}, running 1 on A100 -> the next two go to H100 hosts.
+SkuMix = dict[PoolKey, dict[tuple[str, int], int]]
+
 # (SKU rank, priority rank, outside the group's S1s, cold, -free GPUs, agent id): the least is the best
 _HostRank = tuple[int, int, bool, bool, int, str]
 
@@ -123,8 +129,10 @@ class _Cycle:
 
     def __init__(self, agents: list[AgentSlot], current: dict[str, tuple[InstanceSpec, ...]],
                  deployments: dict[str, DeploymentSpec], aware: bool, next_seq: int,
-                 placed_is_warm: bool = False) -> None:
+                 placed_is_warm: bool = False, sku_mix: SkuMix | None = None) -> None:
         self.agents = {a.agent_id: a for a in agents}
+        self.sku_mix = {key: {(sku.casefold(), tp): n for (sku, tp), n in mix.items()}
+                        for key, mix in (sku_mix or {}).items() if mix}
         self.deployments = deployments
         self.aware = aware
         self.next_seq = next_seq
@@ -145,6 +153,29 @@ class _Cycle:
     def members(self, key: PoolKey) -> list[tuple[str, InstanceSpec]]:
         return [(a.agent_id, s) for a in self.by_region.get(key.region, ()) for s in self.runs[a.agent_id]
                 if s.model == key.model and s.role == key.role]
+
+    def choices(self, dep: DeploymentSpec, key: PoolKey) -> list[tuple[str, int]]:
+        """The (SKU, tp) an instance of `key` may take, best first (see `SkuMix`)."""
+        own = dep.pool(key.role).choices()
+        mix = self.sku_mix.get(key)
+        if not mix:
+            return own
+        have = self._mix_counts(key)
+
+        def rank(i: int) -> tuple[int, int, int]:
+            choice = (own[i][0].casefold(), own[i][1])
+            wanted = mix.get(choice, 0)
+            short = wanted - have.get(choice, 0)
+            return (0 if short > 0 else 1 if wanted > 0 else 2, -short, i)
+
+        return [own[i] for i in sorted(range(len(own)), key=rank)]
+
+    def _mix_counts(self, key: PoolKey) -> dict[tuple[str, int], int]:
+        have: dict[tuple[str, int], int] = {}
+        for _, spec in self.members(key):
+            choice = (spec.sku.casefold(), spec.tp)
+            have[choice] = have.get(choice, 0) + 1
+        return have
 
     def gpus_wanted(self, model: str, needs: dict[Role, int]) -> int:
         dep = self.deployments[model]
@@ -203,7 +234,18 @@ class _Cycle:
             group = sizes.get(agent.switch(tier), 0) if tier is not None else 0
             return (-agent.rdma_priority.rank, serving, group, -instance_seq(spec.instance_id))
 
-        for agent_id, spec in sorted(self.members(key), key=victim_rank)[:count]:
+        mix = self.sku_mix.get(key)
+        for _ in range(count):
+            members = self.members(key)
+            if not members:
+                return
+            if mix:  # an instance on a (SKU, tp) above the policy's count goes first
+                have = self._mix_counts(key)
+                agent_id, spec = min(members, key=lambda m: (
+                    have[(m[1].sku.casefold(), m[1].tp)] <= mix.get((m[1].sku.casefold(), m[1].tp), 0),
+                    victim_rank(m)))  # noqa: B023 - used at once, within this iteration
+            else:
+                agent_id, spec = min(members, key=victim_rank)
             self.runs[agent_id].remove(spec)
             self.free[agent_id] += spec.gpus
 
@@ -267,7 +309,8 @@ class _Cycle:
         s1s: set[str] = set()
         unplaced = compatible = high = medium = 0
         for role in _interleave(remaining):
-            host = _pick(dep, PoolKey(dep.model, region, role), members, free, self.warm, s1s, True)
+            key = PoolKey(dep.model, region, role)
+            host = _pick(dep, key, members, free, self.warm, s1s, True, self.choices(dep, key))
             if host is None:
                 unplaced += 1
                 continue
@@ -287,7 +330,7 @@ class _Cycle:
 
     def _best_host(self, dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot],
                    partner_s1: set[str]) -> tuple[str, str, int] | None:
-        return _pick(dep, key, members, self.free, self.warm, partner_s1, self.aware)
+        return _pick(dep, key, members, self.free, self.warm, partner_s1, self.aware, self.choices(dep, key))
 
     def _why(self, dep: DeploymentSpec, key: PoolKey, tier: str | None) -> str:
         skus = "/".join(sku for sku, _ in dep.pool(key.role).choices())
@@ -302,10 +345,13 @@ class _Cycle:
 
 
 def _pick(dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot], free: dict[str, int],
-          warm: dict[str, set[str]], partner_s1: set[str], aware: bool) -> tuple[str, str, int] | None:
+          warm: dict[str, set[str]], partner_s1: set[str], aware: bool,
+          order: list[tuple[str, int]] | None = None) -> tuple[str, str, int] | None:
     """The best host of `members` for one instance of `key` (see the module docstring), with the SKU and
-    tp it runs there; None when none has room."""
-    choices = {sku.casefold(): (rank, sku, tp) for rank, (sku, tp) in enumerate(dep.pool(key.role).choices())}
+    tp it runs there; None when none has room. `order`: the (SKU, tp) choices best first (default: the
+    deployment's)."""
+    choices = {sku.casefold(): (rank, sku, tp)
+               for rank, (sku, tp) in enumerate(order if order is not None else dep.pool(key.role).choices())}
     best: tuple[_HostRank, str, int] | None = None
     for agent in members:
         choice = choices.get(agent.sku.casefold())

@@ -11,9 +11,13 @@ Two orders, chosen by name (see registry.HoldOrderName):
   everything, earliest latest start first, so that priority never starves it past its deadline while
   capacity exists.
 
+With `deadline_fraction` set (SageServe's NIW queue: 0.8), a deadline tier's latest start is arrival +
+deadline_fraction x deadline_s instead, and its requests are ordered within their priority by that key
+(arrival + 0.8 x SLA: deferred, then pulled forward near the deadline) rather than by arrival alone.
+
 Example (tier_priority, slack 60 s, batch deadline 3600 s): a batch request held at t = 0 and an
 interactive one at t = 10 -> the interactive one is dispatched first while t < 3540; from t = 3540 the
-batch request is first.
+batch request is first. With deadline_fraction 0.8 the batch request is first from t = 2880.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class HoldQueue(Protocol):
         """The held requests, by priority then arrival (fifo: arrival)."""
         ...
 
+    def latest_start(self, request: Request) -> float:
+        """When `request` goes ahead of everything (its deadline near); inf for a request without one."""
+        ...
+
 
 @dataclass(slots=True)
 class FifoHoldQueue:
@@ -90,6 +98,9 @@ class FifoHoldQueue:
     def requests(self) -> list[Request]:
         return [r for r, _ in self._queue]
 
+    def latest_start(self, request: Request) -> float:
+        return math.inf
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -108,6 +119,7 @@ class TierPriorityHoldQueue:
     pending_timeout_s: float
     tiers: Mapping[str, TierSpec]
     deadline_slack_s: float = 60.0
+    deadline_fraction: float | None = None
     name: str = "tier_priority"
     # Three heaps over the same entries, each entry marked done once dispatched or expired and skipped
     # when it surfaces: by (priority, arrival), by latest start (deadline tiers), by expiry.
@@ -120,6 +132,8 @@ class TierPriorityHoldQueue:
     def __post_init__(self) -> None:
         if not (self.deadline_slack_s >= 0 and math.isfinite(self.deadline_slack_s)):
             raise ValueError(f"tier_priority: deadline_slack_s must be >= 0, got {self.deadline_slack_s!r}")
+        if self.deadline_fraction is not None and not 0.0 < self.deadline_fraction <= 1.0:
+            raise ValueError(f"tier_priority: deadline_fraction must be in (0, 1], got {self.deadline_fraction!r}")
 
     def __len__(self) -> int:
         return self._live
@@ -128,13 +142,16 @@ class TierPriorityHoldQueue:
         tier = self.tiers.get(request.tier)
         priority = tier.priority if tier is not None else 0
         seq = next(self._seq)
+        order_s = request.arrival_s
         if tier is not None and tier.deadline_s is not None:
-            expires_s = request.arrival_s + tier.deadline_s
-            entry = _Entry(request, seq, expires_s, tier.deadline_s)
-            heapq.heappush(self._by_latest_start, (expires_s - self.deadline_slack_s, seq, entry))
+            entry = _Entry(request, seq, request.arrival_s + tier.deadline_s, tier.deadline_s)
+            latest = self.latest_start(request)
+            heapq.heappush(self._by_latest_start, (latest, seq, entry))
+            if self.deadline_fraction is not None:
+                order_s = latest
         else:
             entry = _Entry(request, seq, now_s + self.pending_timeout_s, self.pending_timeout_s)
-        heapq.heappush(self._by_priority, (priority, request.arrival_s, seq, entry))
+        heapq.heappush(self._by_priority, (priority, order_s, seq, entry))
         heapq.heappush(self._by_expiry, (entry.expires_s, seq, entry))
         self._live += 1
 
@@ -175,6 +192,14 @@ class TierPriorityHoldQueue:
         if gone:
             self._compact()
         return gone
+
+    def latest_start(self, request: Request) -> float:
+        tier = self.tiers.get(request.tier)
+        if tier is None or tier.deadline_s is None:
+            return math.inf
+        if self.deadline_fraction is not None:
+            return request.arrival_s + self.deadline_fraction * tier.deadline_s
+        return request.arrival_s + tier.deadline_s - self.deadline_slack_s
 
     def requests(self) -> list[Request]:
         live = sorted((k for k in self._by_priority if not k[-1].done), key=lambda k: k[:3])

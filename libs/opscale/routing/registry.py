@@ -114,7 +114,7 @@ def make_routing_policy(name: str, params: Mapping[str, Any] | None = None, *,
 def make_hold_queue(name: str, pending_timeout_s: float, params: Mapping[str, Any] | None = None, *,
                     tiers: Mapping[str, TierSpec] | None = None) -> HoldQueue:
     """A hold queue of the order called `name`; `params` are that order's own (tier_priority:
-    deadline_slack_s)."""
+    deadline_slack_s, deadline_fraction)."""
     key = _lookup(HoldOrderName, name, "hold order")
     if key is HoldOrderName.FIFO:
         return _build(FifoHoldQueue, "hold order", name, pending_timeout_s, **dict(params or {}))

@@ -249,10 +249,12 @@ class PlannerCore:
                 forecast_rps_hi=sum(f.hi_rps for f in forecasts) if forecasts else None,
             )
         free: dict[tuple[str, str], int] = {}
+        total: dict[tuple[str, str], int] = {}
         for agent_id, hb in self._agents.items():
             used = sum(s.gpus for s in self.plan.assignments.get(agent_id, ()))
             free[(hb.region, hb.sku)] = free.get((hb.region, hb.sku), 0) + hb.gpus_total - used
-        return Observation(now_s, pools, free, dict(self.gpu_quotas))
+            total[(hb.region, hb.sku)] = total.get((hb.region, hb.sku), 0) + hb.gpus_total
+        return Observation(now_s, pools, free, total_gpus=total, gpu_quotas=dict(self.gpu_quotas))
 
     def _demand(self, model: str, region: str, now_s: float) -> tuple[float, float, float]:
         """Requests, prompt tokens and output tokens per second that arrived at the routers of
@@ -302,7 +304,7 @@ class PlannerCore:
                              self.plan.withdrawn, effects.soft_scale_in_s, now_s)
         aware = self.config.topology_aware
         result = place(soft.desired, soft.assignments, agents, self.deployments, states, self._next_seq,
-                       topology_aware=aware)
+                       topology_aware=aware, sku_mix=effects.sku_mix)
         self._next_seq = result.next_seq
         actions: list[Action] = []
         for key, note in sorted(soft.notes.items(), key=lambda kv: str(kv[0])):
@@ -319,7 +321,8 @@ class PlannerCore:
             for key, short in sorted(attached.unplaced.items(), key=lambda kv: str(kv[0])):
                 actions.append(Log(self.name, f"{key}: operator replicas without room on the pool's hosts: {short}",
                                    {"pool": str(key), "unplaced_operator_replicas": short}))
-        staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware)
+        staging = prestage(effects.prepare, new_assignments, agents, self.deployments, topology_aware=aware,
+                           sku_mix=effects.sku_mix)
         weights = effects.routing_weights or self.plan.routing_weights
         vm_counts = effects.vm_counts or self.plan.vm_counts  # empty: the fleet's VMs stay as they are
         placed = {s.instance_id for specs in new_assignments.values() for s in specs}

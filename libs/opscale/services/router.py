@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from opscale.model import InstanceState, Plan, Request, Role, TierSpec
 from opscale.model.tiers import DEFAULT_TIERS
@@ -91,6 +91,13 @@ class RouterConfig(BaseModel):
     max_outstanding_tokens_per_instance: int | None = Field(
         None, ge=1, description="Admission limit: while every ready instance of a model has this many "
         "outstanding tokens or more, its requests are held (in hold order) instead of dispatched; None: no limit")
+    batch_admission_share: float | None = Field(
+        None, gt=0, le=1, description="Tier-priority holding (SageServe's NIW deferral): a request of a tier "
+        "with a deadline is dispatched only to an instance whose outstanding tokens are below this share of its "
+        "KV capacity (of the admission limit where the capacity is unknown), in its region or, with spill_over, "
+        "another; otherwise it is held and fed as capacity frees, until its latest start (hold order "
+        "tier_priority), when it is admitted like interactive work. None: batch is admitted like interactive "
+        "work. Disaggregated models' batch requests are not held this way")
     max_pending_per_model: int = Field(1000, ge=0, description="Requests held while no instance is ready")
     max_pending_total: int | None = Field(
         None, ge=0, description="Requests held over all models together; beyond it a request is refused "
@@ -104,6 +111,13 @@ class RouterConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, description="Dispatches tried per request before it fails (502)")
     models: list[str] = Field(default_factory=list, description="Models deployed here even while no instance "
                               "runs (scaled to zero): their requests are held, not refused")
+
+    @model_validator(mode="after")
+    def _batch_holding(self) -> RouterConfig:
+        if self.batch_admission_share is not None and self.hold_order != "tier_priority":
+            raise ValueError(f"batch_admission_share holds batch work by tier: it needs hold_order "
+                             f"'tier_priority', not {self.hold_order!r}")
+        return self
 
 
 @dataclass(slots=True)
@@ -133,8 +147,10 @@ class RouterCore:
         self.config = config or RouterConfig()
         self.tiers = dict(tiers) if tiers is not None else dict(DEFAULT_TIERS)
         self.policy = policy or make_routing_policy(self.config.policy, self.config.policy_params, tiers=self.tiers)
-        make_hold_queue(self.config.hold_order, self.config.pending_timeout_s, self.config.hold_order_params,
-                        tiers=self.tiers)  # a bad name or parameter fails here, not at the first held request
+        # a bad name or parameter fails here, not at the first held request; the order also tells when a
+        # held batch request's deadline is near (its latest start)
+        self._order = make_hold_queue(self.config.hold_order, self.config.pending_timeout_s,
+                                      self.config.hold_order_params, tiers=self.tiers)
         # The policy's optional hooks, found once (opscale.routing.hooks). A region-choosing policy
         # (multi_region) picks the region; its inner policy picks the instance.
         policy = self.policy
@@ -149,6 +165,9 @@ class RouterCore:
         # slo_aware marks requests likely to miss their TTFT
         self._note = policy.note if isinstance(policy, NotingRoutingPolicy) else None
         self._admission_limit = self.config.max_outstanding_tokens_per_instance
+        # Tier-priority holding: the tiers whose requests are held for room until their latest start.
+        self._deferred_tiers = ({name for name, t in self.tiers.items() if t.deadline_s is not None}
+                                if self.config.batch_admission_share is not None else set())
         self._candidates: dict[str, Candidate] = {}
         # ready candidates per (model, region); rebuilt when a heartbeat changes membership
         self._ready: dict[tuple[str, str], list[Candidate]] = {}
@@ -264,8 +283,8 @@ class RouterCore:
             self._release(event.outcome.request_id)
             if self._tried:
                 self._tried.pop(event.outcome.request_id, None)
-            if self._admission_limit is not None and self._held:
-                return self._dispatch_held(now_s)  # capacity freed under the admission limit
+            if self._held and (self._admission_limit is not None or self._deferred_tiers):
+                return self._dispatch_held(now_s)  # capacity freed under the admission limit or batch share
             return []
         match event:
             case DispatchFailed(request=request, instance_id=instance_id, attempt=attempt):
@@ -334,7 +353,7 @@ class RouterCore:
             return [Reject(request, 404, f"model {request.model!r} is not served here; known models: {known}")]
         # Held requests have first claim on capacity: they are dispatched whenever some frees (a release
         # under the admission limit, a heartbeat, a tick), so a newcomer that finds room takes none of theirs.
-        dispatch = self._try_dispatch(request)
+        dispatch = self._admit(request, now_s)
         if dispatch is not None:
             return [dispatch]
         queue = self._held.get(request.model)
@@ -352,6 +371,33 @@ class RouterCore:
                            retry_after_s=self.config.pending_retry_after_s)]
         queue.push(request, now_s)
         return []
+
+    def _admit(self, request: Request, now_s: float) -> Dispatch | None:
+        """Dispatch `request` if its tier may take the room there is: a batch request under tier-priority
+        holding only where an instance has batch room, until its latest start (see batch_admission_share)."""
+        if (request.tier not in self._deferred_tiers or (self._pd_models and request.model in self._pd_models)
+                or now_s >= self._order.latest_start(request)):
+            return self._try_dispatch(request)
+        share = self.config.batch_admission_share
+        assert share is not None  # deferred tiers exist only with it
+        tried = self._tried.get(request.request_id, ()) if self._tried else ()
+        limit = self._admission_limit
+
+        def roomy(cands: list[Candidate]) -> list[Candidate]:
+            # an instance whose capacity is unknown (and no admission limit) holds nothing back
+            return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)
+                    and (not (c.kv_capacity_tokens or limit) or (c.kv_capacity_tokens or limit or 0) * share
+                         > c.outstanding_tokens)]
+
+        local = roomy(self._ready.get((request.model, request.region), []))
+        if local:
+            return self._dispatch_to(request, self._chooser.choose(request, local), self._reason_local)
+        if self.config.spill_over:
+            remote = roomy([c for (model, region), cs in self._ready.items()
+                            if model == request.model and region != request.region for c in cs])
+            if remote:
+                return self._dispatch_to(request, self._chooser.choose(request, remote), self._reason_spill)
+        return None
 
     def _open(self, loads: LoadIndex) -> bool:
         """Whether a pool may take a request: some instance is below the admission limit."""
@@ -524,7 +570,7 @@ class RouterCore:
         while len(queue):
             request = queue.peek(now_s)
             assert request is not None  # the queue is not empty
-            dispatch = self._try_dispatch(request)
+            dispatch = self._admit(request, now_s)
             if dispatch is None:
                 break
             queue.pop(now_s)

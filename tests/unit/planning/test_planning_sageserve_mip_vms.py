@@ -26,7 +26,7 @@ def observe(rps: float, ready: int, free_gpus: int, quota: int | None) -> Observ
     pool = PoolObservation(POOL, ready=ready, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
                            output_tokens_per_s=rps * 200)
     quotas = {(REGION, SKU): quota} if quota is not None else {}
-    return Observation(0.0, {POOL: pool}, {(REGION, SKU): free_gpus}, quotas)
+    return Observation(0.0, {POOL: pool}, {(REGION, SKU): free_gpus}, gpu_quotas=quotas)
 
 
 def _policy(dep: DeploymentSpec) -> SageServeMipPolicy:

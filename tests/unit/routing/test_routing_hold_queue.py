@@ -122,3 +122,16 @@ def test_a_stream_of_interactive_work_never_pushes_batch_past_its_deadline() -> 
             batch_started_s = now
         assert not [a for a in core.tick(now) if isinstance(a, Reject) and a.request.tier == "batch"]
     assert batch_started_s is not None and 90.0 <= batch_started_s <= 91.0
+
+
+def test_deadline_fraction_orders_niw_by_arrival_plus_its_share_of_the_deadline() -> None:
+    # SageServe's NIW key, arrival + 0.8 x SLA: a later request with a far shorter deadline goes first
+    tiers = {**TIERS, "nightly": TierSpec("nightly", 600.0, 1.0, deadline_s=1000.0, priority=1)}
+    queue = TierPriorityHoldQueue(120.0, tiers, deadline_fraction=0.8)
+    queue.push(r(1, "nightly", 0.0), 0.0)  # key 800
+    queue.push(r(2, "batch", 10.0), 10.0)  # key 90
+    queue.push(r(3, "interactive", 20.0), 20.0)
+    assert queue.latest_start(r(2, "batch", 10.0)) == pytest.approx(90.0)
+    assert [queue.pop(30.0).request_id for _ in range(3)] == ["r3", "r2", "r1"]
+    with pytest.raises(ValueError, match="deadline_fraction"):
+        TierPriorityHoldQueue(120.0, tiers, deadline_fraction=1.5)

@@ -145,7 +145,7 @@ def build_mip(inputs: PlanInputs, prev: Fleet, solver_name: str, serving: dict[D
                 quota_ct.SetCoefficient(var, gpv)
             boot_cost = gpv * skus[sku].vm_boot_s * ref_price * change_per_gpu_s
             before = prev.vm_counts.get(key, 0)
-            gpu_cost = gpv * inputs.prices_usd_per_gpu_h[key]
+            gpu_cost = gpv * inputs.effective_price(key)  # spot: with its risk term
             if before:
                 fresh = solver.NumVar(0, inf, f"fresh[{region},{sku},{purchase}]")
                 mip.fresh[key] = fresh

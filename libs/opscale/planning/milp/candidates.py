@@ -53,7 +53,8 @@ def _cheapest_per_rps(inputs: PlanInputs) -> dict[tuple[str, str], float]:
     cheaper purchase type (a lower bound: the spot cap may forbid all-spot)."""
     skus = inputs.sku_by_name()
     cheapest_gpu: dict[tuple[str, str], float] = {}
-    for (region, sku, purchase), price in inputs.prices_usd_per_gpu_h.items():
+    for (region, sku, purchase) in inputs.prices_usd_per_gpu_h:
+        price = inputs.effective_price((region, sku, purchase))
         quota = inputs.quotas_gpus.get((region, sku))
         if quota is not None and quota < skus[sku].gpus_per_vm:  # not one whole VM allowed
             continue

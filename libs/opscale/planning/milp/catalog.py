@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from opscale.perf import Catalog
 from opscale.perf.loading import LoadTimeParams, weights_load_time_s
 from opscale.planning.base import CapacityFn
-from opscale.planning.milp.inputs import OptionKey, PlannedModel, SkuSpec
+from opscale.planning.milp.inputs import USABLE_MEMORY_FRACTION, OptionKey, PlannedModel, SkuSpec, option_fits
 
 DEFAULT_KV_RESERVE_TOKENS = 32_768  # KV room an instance needs beyond its weights to batch usefully
 
@@ -41,7 +41,7 @@ def planned_model(catalog: Catalog, catalog_name: str, *, name: str | None = Non
 
 
 def capacity_table(capacity: CapacityFn, models: Mapping[str, PlannedModel], catalog_names: Mapping[str, str],
-                   skus: Iterable[SkuSpec], usable_memory_fraction: float = 0.9,
+                   skus: Iterable[SkuSpec], usable_memory_fraction: float = USABLE_MEMORY_FRACTION,
                    mean_prompt_tokens: float = 1024.0, mean_output_tokens: float = 256.0) -> dict[OptionKey, float]:
     """req/s per instance for every (model, SKU, tp) whose GPUs hold the weights and KV reserve.
     `catalog_names` maps a planned model's name to the catalogue model the capacity function knows."""
@@ -50,7 +50,7 @@ def capacity_table(capacity: CapacityFn, models: Mapping[str, PlannedModel], cat
     for name, model in models.items():
         for sku in sku_list:
             for tp in model.tp_options:
-                if sku.gpus_per_vm % tp or tp * sku.gpu_memory_gb * usable_memory_fraction < model.memory_gb:
+                if not option_fits(model, sku, tp, usable_memory_fraction):
                     continue
                 rate = capacity(catalog_names[name], sku.name, tp, mean_prompt_tokens, mean_output_tokens)
                 if rate > 0:

@@ -29,6 +29,8 @@ def evaluate_costs(inputs: PlanInputs, fleet: Fleet, routing: dict[DemandKey, di
     tiers = inputs.tier_by_name()
     gpu = sum(n * skus[sku].gpus_per_vm * inputs.prices_usd_per_gpu_h[(region, sku, purchase)]
               for (region, sku, purchase), n in fleet.vm_counts.items() if n)
+    risk = sum(n * skus[sku].gpus_per_vm * inputs.preemption_risk(region, sku, purchase)
+               for (region, sku, purchase), n in fleet.vm_counts.items() if n)
     rtt_penalty = 0.0
     for (model, origin, tier), shares in (routing or {}).items():
         rps = inputs.demand_rps.get((model, origin, tier), 0.0)
@@ -38,7 +40,7 @@ def evaluate_costs(inputs: PlanInputs, fleet: Fleet, routing: dict[DemandKey, di
     unserved = sum(inputs.demand_rps[key] * share * penalty * tiers[key[2]].unserved_weight
                    for key, share in unserved_share.items())
     change = change_detail(inputs, fleet, previous or Fleet())
-    return CostBreakdown(gpu, change.usd_per_h, rtt_penalty, unserved, change.cold_gpus, change.warm_gpus)
+    return CostBreakdown(gpu, change.usd_per_h, rtt_penalty, unserved, change.cold_gpus, change.warm_gpus, risk)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,8 +106,7 @@ def greedy_plan(inputs: PlanInputs, serving: Mapping[DemandKey, tuple[str, ...]]
 def _ranking_price(inputs: PlanInputs, region: str, sku: str) -> float | None:
     """Price per GPU-hour the greedy ranks by, or None when the greedy cannot use this (region, SKU):
     it needs on-demand VMs unless the spot cap allows an all-spot fleet."""
-    od = inputs.prices_usd_per_gpu_h.get((region, sku, Purchase.ON_DEMAND))
-    spot = inputs.prices_usd_per_gpu_h.get((region, sku, Purchase.SPOT))
+    od, spot = inputs.weighed_prices(region, sku)
     if od is None:
         return spot if spot is not None and inputs.spot_share_cap >= 1.0 else None
     if spot is None or spot >= od:
@@ -124,8 +123,7 @@ def _vms(inputs: PlanInputs, used: dict[RegionSku, int]) -> dict[VmKey, int]:
         n = math.ceil(gpus / skus[sku].gpus_per_vm)
         if n == 0:
             continue
-        od = inputs.prices_usd_per_gpu_h.get((region, sku, Purchase.ON_DEMAND))
-        spot = inputs.prices_usd_per_gpu_h.get((region, sku, Purchase.SPOT))
+        od, spot = inputs.weighed_prices(region, sku)
         if od is None:
             n_spot = n
         elif spot is None or spot >= od:
@@ -137,3 +135,4 @@ def _vms(inputs: PlanInputs, used: dict[RegionSku, int]) -> dict[VmKey, int]:
         if n - n_spot:
             vms[(region, sku, Purchase.ON_DEMAND)] = n - n_spot
     return vms
+

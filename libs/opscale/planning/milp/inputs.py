@@ -22,6 +22,7 @@ VmKey = tuple[str, str, Purchase]  # (region, sku, purchase)
 OptionKey = tuple[str, str, int]  # (model, sku, tp)
 InstanceKey = tuple[str, str, str, int]  # (model, region, sku, tp)
 DemandKey = tuple[str, str, str]  # (model, origin region, tier)
+USABLE_MEMORY_FRACTION = 0.9  # of a GPU's memory, for weights and KV (the rest: activations, runtime)
 
 
 class PlanInputError(ValueError):
@@ -125,9 +126,13 @@ class ObjectiveWeights:
     change_cost_weight: float = 1.0
     plan_horizon_s: float = 3600.0
     unserved_penalty_usd_per_rps_h: float | None = None
+    # Spot's risk term: a preempted spot VM is replaced, and the GPU-seconds of the replacement's boot and
+    # of reloading its instances are lost; this weight scales that expected loss (0: spot's price alone).
+    preemption_risk_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _non_negative("objective weights", "change_cost_weight", self.change_cost_weight)
+        _non_negative("objective weights", "preemption_risk_weight", self.preemption_risk_weight)
         _positive("objective weights", "plan_horizon_s", self.plan_horizon_s)
         if self.unserved_penalty_usd_per_rps_h is not None:
             _positive("objective weights", "unserved_penalty_usd_per_rps_h", self.unserved_penalty_usd_per_rps_h)
@@ -152,10 +157,12 @@ class CostBreakdown:
     unserved_penalty_usd_per_h: float
     cold_gpus: float  # GPUs of new instances loading cold on fresh VMs
     warm_gpus: float  # GPUs of new instances loading warm on VMs already running
+    preemption_risk_usd_per_h: float = 0.0  # spot VMs' expected preemption loss (`PlanInputs.preemption_risk`)
 
     @property
     def total_usd_per_h(self) -> float:
-        return self.gpu_usd_per_h + self.change_usd_per_h + self.rtt_penalty_usd_per_h + self.unserved_penalty_usd_per_h
+        return (self.gpu_usd_per_h + self.change_usd_per_h + self.rtt_penalty_usd_per_h
+                + self.unserved_penalty_usd_per_h + self.preemption_risk_usd_per_h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +229,10 @@ class PlanInputs:
     without a quota has no quota; an (origin, serving) pair without an RTT is unreachable (a region
     always reaches itself at 0 ms); a (model, SKU, tp) without capacity is not an option.
     `spot_share_cap` bounds spot GPUs to that fraction of all GPUs, within each region or over the
-    fleet (`spot_cap_scope`). `interactive_mean_to_quantile` (rho) is the ratio of interactive traffic's
-    mean to the quantile it is forecast at: a model's capacity C in a region must hold the interactive
+    fleet (`spot_cap_scope`); `spot_preemptions_per_h` (per (region, SKU); absent: 0) prices spot's risk
+    on top of its price (`preemption_risk`), so spot is bought only where it is cheaper after that term.
+    `interactive_mean_to_quantile` (rho) is the ratio of interactive traffic's mean to the quantile it is
+    forecast at: a model's capacity C in a region must hold the interactive
     load I (at its quantile) and also rho*I + B, where B is the deferrable tiers' window-mean load.
     """
 
@@ -236,10 +245,11 @@ class PlanInputs:
     demand_rps: Mapping[DemandKey, float]
     quotas_gpus: Mapping[RegionSku, int] = field(default_factory=dict)
     rtt_ms: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    spot_preemptions_per_h: Mapping[RegionSku, float] = field(default_factory=dict)
     spot_share_cap: float = 0.5
     spot_cap_scope: SpotCapScope = SpotCapScope.REGION
     interactive_mean_to_quantile: float = 0.8
-    usable_memory_fraction: float = 0.9
+    usable_memory_fraction: float = USABLE_MEMORY_FRACTION
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
 
     def __post_init__(self) -> None:
@@ -267,6 +277,9 @@ class PlanInputs:
         for key, quota in self.quotas_gpus.items():
             _known("quotas_gpus", key, (("region", key[0], regions), ("sku", key[1], skus)))
             _non_negative(f"quotas_gpus{key!r}", "quota", quota)
+        for key, rate in self.spot_preemptions_per_h.items():
+            _known("spot_preemptions_per_h", key, (("region", key[0], regions), ("sku", key[1], skus)))
+            _non_negative(f"spot_preemptions_per_h{key!r}", "rate", rate)
         for key, rtt in self.rtt_ms.items():
             _known("rtt_ms", key, (("origin region", key[0], regions), ("serving region", key[1], regions)))
             _non_negative(f"rtt_ms{key!r}", "rtt", rtt)
@@ -280,7 +293,8 @@ class PlanInputs:
                                        ("tier", key[2], tiers)))
             _non_negative(f"demand_rps{key!r}", "demand", rps)
         # read-only views: the solver and the greedy plan index these many times and must not change them
-        for name in ("prices_usd_per_gpu_h", "capacity_rps", "demand_rps", "quotas_gpus", "rtt_ms"):
+        for name in ("prices_usd_per_gpu_h", "capacity_rps", "demand_rps", "quotas_gpus", "rtt_ms",
+                     "spot_preemptions_per_h"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     # ---- derived views (computed on demand; the mappings above are the one owner of each fact)
@@ -305,9 +319,7 @@ class PlanInputs:
         skus, models = self.sku_by_name(), {m.name: m for m in self.models}
         out: dict[OptionKey, float] = {}
         for (model, sku, tp), rate in sorted(self.capacity_rps.items()):
-            spec, gpu = models[model], skus[sku]
-            if (tp in spec.tp_options and gpu.gpus_per_vm % tp == 0
-                    and tp * gpu.gpu_memory_gb * self.usable_memory_fraction >= spec.memory_gb):
+            if option_fits(models[model], skus[sku], tp, self.usable_memory_fraction):
                 out[(model, sku, tp)] = rate
         return out
 
@@ -322,6 +334,32 @@ class PlanInputs:
                 return price
         return 0.0
 
+    def preemption_risk(self, region: str, sku: str, purchase: Purchase) -> float:
+        """USD per GPU-hour a VM of `purchase` is expected to lose to preemption (0 for on-demand): the
+        Poisson rate of preemption per hour times the GPU-seconds a replacement costs (the SKU's boot
+        plus the slowest model's cold load) priced at the reference price, times the risk weight.
+
+        Example: 0.1 preemptions/h, 180 s boot + 120 s load, on-demand 4 USD/GPU-h, weight 1 ->
+        0.1 x 300 / 3600 x 4 = 0.033 USD per GPU-hour on top of spot's price."""
+        if purchase != Purchase.SPOT:
+            return 0.0
+        rate = self.spot_preemptions_per_h.get((region, sku), 0.0)
+        if rate <= 0:
+            return 0.0
+        lost_s = self.sku(sku).vm_boot_s + max((m.cold_load_s for m in self.models), default=0.0)
+        return rate * lost_s / 3600.0 * self.reference_price(region, sku) * self.weights.preemption_risk_weight
+
+    def effective_price(self, key: VmKey) -> float:
+        """USD per GPU-hour the plan weighs a (region, SKU, purchase) VM at: its price plus its risk term."""
+        return self.prices_usd_per_gpu_h[key] + self.preemption_risk(*key)
+
+    def weighed_prices(self, region: str, sku: str) -> tuple[float | None, float | None]:
+        """(on-demand, spot) `effective_price` of a (region, SKU); None where that purchase is not offered."""
+        od, spot = (region, sku, Purchase.ON_DEMAND), (region, sku, Purchase.SPOT)
+        offered = self.prices_usd_per_gpu_h
+        return (self.effective_price(od) if od in offered else None,
+                self.effective_price(spot) if spot in offered else None)
+
     def unserved_penalty(self) -> float:
         """USD per hour per unserved req/s (before the tier's weight); see `ObjectiveWeights`."""
         if self.weights.unserved_penalty_usd_per_rps_h is not None:
@@ -329,6 +367,14 @@ class PlanInputs:
         dearest = max((max(self.prices_usd_per_gpu_h.values(), default=1.0) * tp / rate
                        for (_, _, tp), rate in self.options().items()), default=1.0)
         return 100.0 * dearest
+
+
+def option_fits(model: PlannedModel, sku: SkuSpec, tp: int,
+                usable_memory_fraction: float = USABLE_MEMORY_FRACTION) -> bool:
+    """Whether `model` may run on `tp` GPUs of `sku`: tp is one of its degrees, divides the VM's GPUs,
+    and tp GPUs hold its weights plus KV reserve in `usable_memory_fraction` of their memory."""
+    return (tp in model.tp_options and sku.gpus_per_vm % tp == 0
+            and tp * sku.gpu_memory_gb * usable_memory_fraction >= model.memory_gb)
 
 
 def _known(mapping: str, key: tuple, parts: tuple[tuple[str, str, set[str]], ...]) -> None:

@@ -166,7 +166,7 @@ def _round_instances(inputs: PlanInputs, lp_instances: Mapping[InstanceKey, floa
 
 
 def _pack_vms(inputs: PlanInputs, instances: dict[InstanceKey, int]) -> dict[VmKey, int] | None:
-    skus, prices = inputs.sku_by_name(), inputs.prices_usd_per_gpu_h
+    skus = inputs.sku_by_name()
     total_vms: dict[RegionSku, int] = {}
     gpus: dict[RegionSku, int] = {}
     for (_, region, sku, tp), n in instances.items():
@@ -182,7 +182,7 @@ def _pack_vms(inputs: PlanInputs, instances: dict[InstanceKey, int]) -> dict[VmK
     spot: dict[RegionSku, int] = {}
     flexible: list[tuple[float, RegionSku]] = []
     for (region, sku), n in sorted(total_vms.items()):
-        od, sp = prices.get((region, sku, Purchase.ON_DEMAND)), prices.get((region, sku, Purchase.SPOT))
+        od, sp = inputs.weighed_prices(region, sku)
         if od is None:  # spot only: no choice
             spot[(region, sku)] = n
             spot_room[scope_of(region)] -= n * skus[sku].gpus_per_vm

@@ -97,7 +97,8 @@ DROP_CAUSES = {
     "larger_than_kv_cache": "prompt + output larger than an instance's whole KV cache",
     "model_not_served": "no deployment serves its model (404)",
     "queue_full": "the router's hold queue was full (429)",
-    "no_capacity_in_time": "no instance could take it within the router's pending timeout (503)",
+    "no_capacity_in_time": "no instance could take it within the router's pending timeout, or a held batch "
+                           "request within its tier's deadline (503)",
     "dispatch_failed": "every dispatch attempt failed (502)",
     "unfinished": "still queued or running when the run ended (drain_s)",
 }
