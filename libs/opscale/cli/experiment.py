@@ -53,6 +53,7 @@ def run(
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from opscale.experiments.comparison import ExperimentError, find_experiment, load_experiment
+    from opscale.experiments.executors import ExecutorError, ExecutorOptions, make_executor
     from opscale.experiments.heteroscale_study_config import load_study
     from opscale.experiments.pipeline import TABLES_PROGRESS, run_and_write
     from opscale.experiments.variant_runner import task_labels
@@ -67,7 +68,9 @@ def run(
             _run_study(study, out, hours=hours, data_dir=data_dir)
             return
         exp, base = load_experiment(path)
-    except ExperimentError as exc:
+        # a bad --executor or --address, or Ray missing, fails here, before the progress bars are drawn
+        make_executor(executor, ExecutorOptions(workers=1, address=address))
+    except (ExperimentError, ExecutorError) as exc:
         raise _fail(str(exc)) from None
     console = Console()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
