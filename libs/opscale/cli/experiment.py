@@ -28,15 +28,16 @@ def run(
     config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve, heteroscale, operators)")],
     out: Annotated[Path, typer.Option(help="Folder for summary.md, summary.json, plots and one folder per "
                                       "variant")] = Path("experiment-out"),
-    parallel: Annotated[int | None, typer.Option(help="Variants run at once, one process each (default: the "
-                                                 "config's, else the CPU cores)", min=1)] = None,
+    parallel: Annotated[int | None, typer.Option(help="Runs at once (a variant at a seed each), one process "
+                                                 "each, or a local Ray's CPUs (default: the config's, else the "
+                                                 "CPU cores)", min=1)] = None,
     hours: Annotated[float | None, typer.Option(help="Simulated hours of traffic (shorter or longer than the "
                                                 "config's)", min=0.001)] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Real data (the layout of shared/data) for a shaped "
                                                   "workload; default: the config's data_dir")] = None,
     executor: Annotated[str, typer.Option(help="Where the runs go: pool (local processes, --parallel at "
                                           "once), serial (this process) or ray (a local Ray, or the "
-                                          "cluster at --address; pip install 'opscale[ray]')")] = "pool",
+                                          "cluster at --address; needs the ray extra)")] = "pool",
     address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster's address "
                                                 "(HOST:PORT, ray://HOST:PORT or auto); default: a local "
                                                 "Ray started for the run")] = None,

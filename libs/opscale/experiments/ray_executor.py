@@ -44,9 +44,17 @@ def import_ray() -> Any:
 
 
 class RayExecutor:
+    """One Ray task per job (one CPU each), on the cluster at `options.address`, or on a local Ray of
+    `options.workers` CPUs started for the map and shut down after it."""
+
     def __init__(self, options: ExecutorOptions) -> None:
         self.ray = import_ray()
         self.options = options
+        if options.address is not None and not self.ray.is_initialized():
+            try:
+                _probe(options.address)  # an unreachable cluster fails here, before any run is planned
+            except OSError as exc:
+                raise _unreachable(options.address, exc) from None
 
     def map(self, task: TaskFn, jobs: Sequence[Any], progress: ProgressFn | None, lost: LostFn) -> list[Any]:
         ray = self.ray
@@ -84,12 +92,9 @@ class RayExecutor:
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
             return True
         try:
-            _probe(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # Ray raises ConnectionError, or a RuntimeError / ValueError of its own
-            raise ExecutorError(f"--address {address}: no Ray cluster answers there ({type(exc).__name__}: "
-                                f"{_first_line(exc)}); start one with `ray start --head`, or leave out "
-                                f"--address to run on a local Ray") from None
+            raise _unreachable(address, exc) from None
         return True
 
     def _result_of(self, ref: Any, job: Any, lost: LostFn) -> Any:
@@ -108,6 +113,12 @@ def _probe(address: str) -> None:
         return
     with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
         pass
+
+
+def _unreachable(address: str, exc: Exception) -> ExecutorError:
+    return ExecutorError(f"--address {address}: no Ray cluster answers there ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); start one with `ray start --head`, or leave out --address to "
+                         f"run on a local Ray")
 
 
 def _silent(task: TaskFn, job: Any) -> Any:
