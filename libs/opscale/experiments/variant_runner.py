@@ -16,13 +16,12 @@ plots are written from the outcomes.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opscale.experiments.comparison import ExperimentConfig, ExperimentError, Variant, variant_scenario
-from opscale.experiments.executors import DEFAULT_EXECUTOR, ExecutorOptions, make_executor
+from opscale.experiments.executors import DEFAULT_EXECUTOR, ExecutorOptions, ProgressFn, make_executor
 from opscale.experiments.scenario import Scenario
 from opscale.model import Role
 
@@ -31,7 +30,7 @@ from opscale.model import Role
 CDF_PERCENTILES: tuple[float, ...] = (*range(0, 90, 2), *(90 + i * 0.5 for i in range(18)), 99.2, 99.4, 99.6,
                                       99.8, 99.9, 100.0)
 
-ProgressFn = Callable[[str, float, float], None]  # (task label: the variant, or "variant seed-S"; now; end)
+# A task's progress (ProgressFn) is reported under its label: the variant's name, or "variant seed-S".
 
 
 @dataclass(slots=True)
@@ -78,7 +77,7 @@ class VariantJob:
     label: str = ""
 
 
-def seed_labels(base: Scenario, seeds: int) -> list[int]:
+def run_seeds(base: Scenario, seeds: int) -> list[int]:
     """The scenario seeds an experiment over `seeds` seeds runs: the base's, then one more each."""
     return [base.seed + k for k in range(seeds)]
 
@@ -91,7 +90,7 @@ def plan_jobs(config: ExperimentConfig, base: Scenario, out: Path, *, hours: flo
     dumped = base.model_dump(mode="json")
     jobs = []
     for variant in config.variants:
-        for offset, seed in enumerate(seed_labels(base, seeds)):
+        for offset, seed in enumerate(run_seeds(base, seeds)):
             folder, label = ((out / variant.name, variant.name) if seeds == 1
                              else (out / variant.name / f"seed-{seed}", f"{variant.name} seed-{seed}"))
             jobs.append(VariantJob(variant.model_dump(), dumped, hours, str(folder), offset, label))
@@ -114,9 +113,11 @@ def run_experiment(config: ExperimentConfig, base: Scenario, out: Path, *, paral
     runner = make_executor(executor, ExecutorOptions(workers=min(parallel or config.workers(), len(jobs)),
                                                      address=address))
     runs: list[VariantOutcome] = runner.map(run_variant, jobs, progress, _lost)
+    from opscale.experiments.report import write_files
+
     for job, run in zip(jobs, runs, strict=True):
         if run.files:
-            _write_files(run.files, Path(job.out_dir))
+            write_files(run.files, Path(job.out_dir))
             run.files = {}
     if seeds == 1:
         return runs
@@ -160,12 +161,6 @@ def _over_seeds(runs: list[VariantOutcome]) -> VariantOutcome:
     errors = [f"seed {r.seed}: {r.error}" if r.seed is not None else r.error for r in runs if not r.ok]
     return VariantOutcome(first.name, first.policy, first.result, errors[0] if errors else None, first.timeline,
                           first.seed, first.name, seeds=runs)
-
-
-def _write_files(files: dict[str, bytes], out: Path) -> None:
-    from opscale.experiments.report import write_files
-
-    write_files(files, out)
 
 
 def _ttft_cdf(run: Any) -> dict[str, list[list[float]]]:
