@@ -7,8 +7,12 @@ line naming the flag."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +148,45 @@ def test_ray_executor_writes_the_same_files_as_the_pool(tmp_path: Path) -> None:
                                                "reactive seed-12"}  # the tasks' progress came back
     for name in ("static", "reactive"):
         assert (on_ray / name / "seed-11" / "load_vs_capacity.png").stat().st_size > 5_000
+
+
+def wait_for_port(port: int, head: subprocess.Popen[bytes], within_s: float = 120.0) -> None:
+    """Until the head answers at `port` (a setup wait, not a measurement)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the Ray head did not answer at port {port}")
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_cluster_at_an_address(tmp_path: Path) -> None:
+    """A cluster started apart (`ray start --head`) and joined by `opscale experiment run --address`, as a
+    user does, from a process of its own: the same files as the pool, and the cluster is left running (the
+    experiment only disconnects). (In one Python process, Ray 2.60 does not join a cluster after a local
+    Ray of a different authentication mode: hence the command, not run_and_write, here.)"""
+    pytest.importorskip("ray")
+    port = closed_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a test cluster on this machine, joined without a token
+    bin_dir = Path(sys.executable).parent
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, head)
+        reactive = two()[1:]
+        pool, _ = run(tmp_path, "pool", seeds=2, variants=reactive)
+        config = write_config(tmp_path, tiny_config(reactive))
+        joined = subprocess.run([str(bin_dir / "opscale"), "experiment", "run", str(config), "--executor", "ray",
+                                 "--address", f"127.0.0.1:{port}", "--seeds", "2", "--out", str(tmp_path / "cluster")],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        assert_same_files(pool, tmp_path / "cluster")
+        assert head.poll() is None  # still running
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        head.wait(timeout=60)

@@ -88,13 +88,19 @@ class RayExecutor:
         quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         address = self.options.address
         if address is None:
-            ray.init(num_cpus=max(1, min(self.options.workers, os.cpu_count() or 1)),
+            # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
+            ray.init(address="local", num_cpus=max(1, min(self.options.workers, os.cpu_count() or 1)),
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
             return True
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # Ray raises ConnectionError, or a RuntimeError / ValueError of its own
-            raise _unreachable(address, exc) from None
+            # Something listens there (the probe passed): most often a cluster with token authentication,
+            # which Ray's clients join only with the mode and the token in their environment.
+            raise ExecutorError(f"--address {address}: Ray could not join the cluster there "
+                                f"({type(exc).__name__}: {_first_line(exc)}); a cluster with token "
+                                f"authentication needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or "
+                                f"~/.ray/auth_token) in this environment") from None
         return True
 
     def _result_of(self, ref: Any, job: Any, lost: LostFn) -> Any:
