@@ -94,7 +94,7 @@ def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[Varian
                       "result": {k: v for k, v in (o.result or {}).items() if k != "ttft_cdf"} or None,
                       **_over_seeds_json(o)}
                      for o in outcomes],
-        **({"seeds": _seeds_run(outcomes)} if _seeds_run(outcomes) else {}),
+        **({"seeds": seeds} if (seeds := _seeds_run(outcomes)) else {}),
         "reference": reference_rows(config.reference, outcomes),
         "acceptance": acceptance_rows(config.acceptance, outcomes),
         **{section.key: section.data for section in sections},
@@ -186,7 +186,7 @@ def _over_seeds_json(o: VariantOutcome) -> dict[str, Any]:
             "interval": seed_intervals([run.result for run in o.seeds if run.ok and run.result is not None])}
 
 
-# The figures shown over the seeds: (column, result.json path, format); {tier} and {lat} are filled in.
+# The figures shown over the seeds beside SLO attainment and TTFT: (column, result.json path, format).
 _SEED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("GPU-h", "gpu_hours", "{:.1f}"), ("cost $", "cost_usd", "{:,.0f}"), ("energy kWh", "energy_kwh", "{:.1f}"),
     ("scaling GPU-s", "scaling_gpu_s", "{:,.0f}"), ("cold starts", "cold_starts", "{:.1f}"),
