@@ -6,6 +6,10 @@ A task's progress reaches the driver through a Ray queue (an actor holding no CP
 task's slot); its result, files included, comes back through Ray's object store, so nothing is read from
 a node's disk. On a cluster every node needs the same opscale installed, and the data files a scenario
 names (a shaped workload's data_dir) at the same path.
+
+Joining a cluster is network I/O: like the process pool beside it, this is the experiment layer's
+machinery for placing runs, not simulation logic; nothing below opscale.experiments imports it, and each
+run inside a task is the ordinary in-process, deterministic simulation.
 """
 
 from __future__ import annotations
