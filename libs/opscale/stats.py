@@ -85,3 +85,16 @@ class LogHistogram:
             if seen > rank:
                 return 2 * gamma**key / (gamma + 1)
         raise AssertionError("unreachable: counts sum to count")
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean of `values` and its two-sided `confidence` interval by Student's t
+    over the sample (statsmodels' DescrStatsW); None for fewer than two values, which have no spread to
+    estimate. Example: [1, 2, 3] gives (2.0, -0.484, 4.484) (t 4.303 with 2 degrees of freedom x s/sqrt(3))."""
+    if len(values) < 2:
+        return None
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    stats = DescrStatsW([float(v) for v in values])
+    low, high = stats.tconfint_mean(alpha=1.0 - confidence)
+    return float(stats.mean), float(low), float(high)

@@ -28,8 +28,9 @@ def run(
     config: Annotated[str, typer.Argument(help="Experiment YAML, or the name of a shipped one (sageserve, heteroscale, operators, opscale)")],
     out: Annotated[Path, typer.Option(help="Folder for summary.md, summary.json, plots and one folder per "
                                       "variant")] = Path("experiment-out"),
-    parallel: Annotated[int | None, typer.Option(help="Variants run at once, one process each (default: the "
-                                                 "config's, else the CPU cores)", min=1)] = None,
+    parallel: Annotated[int | None, typer.Option(help="Runs at once (a variant at a seed each), one process "
+                                                 "each, or a local Ray's CPUs (default: the config's, else the "
+                                                 "CPU cores)", min=1)] = None,
     hours: Annotated[float | None, typer.Option(help="Simulated hours of traffic (shorter or longer than the "
                                                 "config's)", min=0.001)] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Real data (the layout of shared/data) for a shaped "
@@ -39,9 +40,19 @@ def run(
                                               "servers and a week of traffic)")] = None,
     variants: Annotated[str | None, typer.Option(help="Run only these variants, comma-separated (default: "
                                                  "all)")] = None,
+    executor: Annotated[str, typer.Option(help="Where the runs go: pool (local processes, --parallel at "
+                                          "once), serial (this process) or ray (a local Ray, or the "
+                                          "cluster at --address; needs the ray extra)")] = "pool",
+    address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster's address "
+                                                "(HOST:PORT, ray://HOST:PORT or auto); default: a local "
+                                                "Ray started for the run")] = None,
+    seeds: Annotated[int, typer.Option(help="Run every variant over this many seeds (the config's, then "
+                                       "+1 each) and report each figure's mean and 95% interval",
+                                       min=1)] = 1,
 ) -> None:
     """Run every variant of CONFIG, each in its own process, with progress in simulated time; write
-    OUT/<variant>/result.json, OUT/summary.md, OUT/summary.json and PNG plots. A study config (a `study`
+    OUT/<variant>/result.json (OUT/<variant>/seed-<seed>/ with --seeds), OUT/summary.md, OUT/summary.json
+    and PNG plots. A study config (a `study`
     key: heteroscale-metrics, heteroscale-ratio) runs its study and writes OUT/summary.json, summary.md
     and its plots."""
     from rich.console import Console
@@ -54,27 +65,32 @@ def run(
         scaled_base,
         select_variants,
     )
+    from opscale.experiments.executors import ExecutorError, ExecutorOptions, make_executor
     from opscale.experiments.heteroscale_study_config import load_study
     from opscale.experiments.pipeline import TABLES_PROGRESS, run_and_write
+    from opscale.experiments.variant_runner import task_labels
 
     try:
         path = find_experiment(config)
         study = load_study(path)
         if study is not None:
-            if scale is not None or variants is not None:
-                raise _fail(f"--scale and --variants apply to variant experiments; {study.study} is a study")
+            if (scale, variants, executor, address, seeds) != (None, None, "pool", None, 1):
+                raise _fail(f"--scale, --variants, --executor, --address and --seeds run an experiment's "
+                            f"variants; {path.name} is a study ({study.study}), which runs in one process")
             _run_study(study, out, hours=hours, data_dir=data_dir)
             return
         exp, base = load_experiment(path)
         base = scaled_base(exp, base, scale)
         exp = select_variants(exp, _names(variants))
-    except ExperimentError as exc:
+        # a bad --executor or --address, or Ray missing, fails here, before the progress bars are drawn
+        make_executor(executor, ExecutorOptions(workers=1, address=address))
+    except (ExperimentError, ExecutorError) as exc:
         raise _fail(str(exc)) from None
     console = Console()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
                   TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, TaskID] = {v.name: bar.add_task(v.name, total=None, sim="waiting")
-                                    for v in exp.variants}
+        tasks: dict[str, TaskID] = {label: bar.add_task(label, total=None, sim="waiting")
+                                    for label in task_labels(exp, base, seeds)}
         if exp.operators is not None:  # the operator planner's tables, after the variants
             tasks[TABLES_PROGRESS] = bar.add_task(TABLES_PROGRESS, total=None, sim="waiting")
 
@@ -87,15 +103,16 @@ def run(
 
         try:
             outputs = run_and_write(exp, base, out, parallel=parallel, hours=hours, data_dir=data_dir,
-                                    progress=progress)
+                                    progress=progress, executor=executor, address=address, seeds=seeds)
         except ValueError as exc:
             raise _fail(str(exc)) from None
         for outcome in outputs.outcomes:
-            bar.update(tasks[outcome.name], sim="done" if outcome.ok else "[red]failed",
-                       completed=1, total=1)
+            for run in outcome.seeds or [outcome]:
+                bar.update(tasks[run.label], sim="done" if run.ok else "[red]failed", completed=1, total=1)
     console.print((out / "summary.md").read_text())
     failed = [o.name for o in outputs.outcomes if not o.ok]
-    console.print(f"wrote {', '.join(str(p) for p in outputs.paths)} and one result.json per variant")
+    per = "per variant" if seeds == 1 else "per variant and seed (<variant>/seed-<seed>/)"
+    console.print(f"wrote {', '.join(str(p) for p in outputs.paths)} and one result.json {per}")
     if failed:
         console.print(f"[red]{len(failed)} variant(s) failed: {', '.join(failed)} (see summary.md)")
 

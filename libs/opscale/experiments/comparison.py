@@ -248,10 +248,10 @@ def find_experiment(name_or_path: str) -> Path:
                           f"(shipped: {', '.join(sorted(shipped)) or 'none'})")
 
 
-def variant_scenario(base: Scenario, variant: Variant, hours: float | None = None) -> Scenario:
+def variant_scenario(base: Scenario, variant: Variant, hours: float | None = None, seed_offset: int = 0) -> Scenario:
     """The scenario `variant` runs: the base with its policy and overrides; `hours` resets the duration
-    (of a generated workload; a trace's is its own)."""
-    data = with_hours(base, hours).model_dump()
+    (of a generated workload; a trace's is its own); `seed_offset` moves every seed (with_seed_offset)."""
+    data = with_seed_offset(with_hours(base, hours), seed_offset).model_dump()
     data = merge_overrides(data, variant.overrides)
     data.update({"name": f"{base.name} | {variant.name}", "policy": variant.policy,
                  "policy_params": variant.policy_params})
@@ -268,6 +268,19 @@ def with_hours(base: Scenario, hours: float | None) -> Scenario:
     if hours is None:
         return base
     return Scenario.model_validate({**base.model_dump(), **_duration_update(base, hours)})
+
+
+def with_seed_offset(base: Scenario, offset: int) -> Scenario:
+    """`base` with `offset` added to every seed in it: the scenario's (a trace's labels) and its generated
+    workload's; 0: `base` itself. The traffic changes with it, the same for every variant."""
+    if offset == 0:
+        return base
+    update: dict[str, Any] = {"seed": base.seed + offset}
+    for field in ("workload", "shaped"):
+        source = getattr(base, field)
+        if source is not None:
+            update[field] = source.model_copy(update={"seed": source.seed + offset})
+    return base.model_copy(update=update)
 
 
 def _duration_update(base: Scenario, hours: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from opscale.experiments.comparison import ExperimentConfig, with_hours
 from opscale.experiments.comparison_plots import write_plots
+from opscale.experiments.executors import DEFAULT_EXECUTOR
 from opscale.experiments.scenario import Scenario
 from opscale.experiments.shaped_workload import describe_sources
 from opscale.experiments.summary import SummarySection, latency_tier, write_summary
@@ -40,11 +41,15 @@ def with_data_dir(base: Scenario, data_dir: Path | None) -> Scenario:
 
 def run_and_write(config: ExperimentConfig, base: Scenario, out: Path, *, parallel: int | None = None,
                   hours: float | None = None, data_dir: Path | None = None,
-                  progress: ProgressFn | None = None) -> ExperimentOutputs:
+                  progress: ProgressFn | None = None, executor: str = DEFAULT_EXECUTOR,
+                  address: str | None = None, seeds: int = 1) -> ExperimentOutputs:
+    """Run every variant over `seeds` seeds on `executor` (executors.EXECUTORS; `address`: a Ray
+    cluster's), then write the summary and plots."""
     base = with_data_dir(base, data_dir)
     sources = describe_sources(base.shaped) if base.shaped is not None else {}
     shown = with_hours(base, hours)  # a bad --hours (a trace's duration is its own) fails before any run
-    outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress)
+    outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress,
+                              executor=executor, address=address, seeds=seeds)
     sections = [] if config.operators is None else [_operator_section(config, shown, outcomes, progress)]
     if config.combined is not None:
         from opscale.experiments.combined_summary import combined_section

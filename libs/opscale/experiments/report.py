@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rich.console import Console
 from rich.table import Table
@@ -92,12 +93,24 @@ def _print_drops(run: RunResult, console: Console) -> None:
 
 
 def write_outputs(run: RunResult, out: Path) -> list[Path]:
+    return write_files(render_outputs(run), out)
+
+
+def render_outputs(run: RunResult) -> dict[str, bytes]:
+    """A run's files by name, rendered in memory: result.json and load_vs_capacity.png. Whoever ran the
+    run (this process, a worker, a Ray node) returns them, and the caller writes them where it chose."""
+    plot = io.BytesIO()
+    plot_load_vs_capacity(run, plot)
+    return {"result.json": (json.dumps(_jsonable(run.result), indent=2, sort_keys=True) + "\n").encode(),
+            "load_vs_capacity.png": plot.getvalue()}
+
+
+def write_files(files: dict[str, bytes], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / "result.json"
-    result_path.write_text(json.dumps(_jsonable(run.result), indent=2, sort_keys=True) + "\n")
-    plot_path = out / "load_vs_capacity.png"
-    plot_load_vs_capacity(run, plot_path)
-    return [result_path, plot_path]
+    paths = [out / name for name in files]
+    for path, data in zip(paths, files.values(), strict=True):
+        path.write_bytes(data)
+    return paths
 
 
 def _jsonable(value: Any) -> Any:
@@ -111,7 +124,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def plot_load_vs_capacity(run: RunResult, path: Path) -> None:
+def plot_load_vs_capacity(run: RunResult, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,5 +155,5 @@ def plot_load_vs_capacity(run: RunResult, path: Path) -> None:
     total.set_title("GPUs held by instances and operator replicas (all pools)", fontsize=9)
     fig.suptitle(f"load vs capacity: {run.scenario.name}, policy {run.result['policy']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

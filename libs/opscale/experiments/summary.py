@@ -19,6 +19,7 @@ from typing import Any
 from opscale.experiments.comparison import AcceptanceCheck, ExperimentConfig, ReferenceFigure
 from opscale.experiments.report import _jsonable
 from opscale.experiments.scenario import Scenario
+from opscale.experiments.seed_intervals import CONFIDENCE, seed_intervals
 from opscale.experiments.variant_runner import VariantOutcome
 
 
@@ -90,8 +91,10 @@ def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[Varian
         "experiment": config.name, "scenario": base.name, "seed": base.seed, "duration_s": base.duration_s,
         "traffic_sources": sources,
         "variants": [{"name": o.name, "policy": o.policy, "ok": o.ok, "error": o.error,
-                      "result": {k: v for k, v in (o.result or {}).items() if k != "ttft_cdf"} or None}
+                      "result": {k: v for k, v in (o.result or {}).items() if k != "ttft_cdf"} or None,
+                      **_over_seeds_json(o)}
                      for o in outcomes],
+        **({"seeds": seeds} if (seeds := _seeds_run(outcomes)) else {}),
         "reference": reference_rows(config.reference, outcomes),
         "acceptance": acceptance_rows(config.acceptance, outcomes),
         **{section.key: section.data for section in sections},
@@ -109,6 +112,10 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
     requests = f", {done[0]['requests']:,} requests" if done else ""
     lines += [f"Scenario: {base.name}; seed {base.seed}; {base.duration_s / 3600:g} simulated hours{requests}; "
               f"the same traffic for every variant.", ""]
+    seeds = _seeds_run(outcomes)
+    if seeds:
+        lines += [f"Run over {len(seeds)} seeds ({', '.join(map(str, seeds))}): the table shows seed {seeds[0]}, "
+                  f"\"Over the seeds\" below the mean and {CONFIDENCE:.0%} interval of each figure.", ""]
     if sources:
         lines += ["Traffic sources:", ""]
         lines += [f"- {model}: rate shape {s['rate_shape']}; lengths {s['lengths']}" for model, s in sources.items()]
@@ -141,6 +148,8 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
                          f"{ours}; vs {row['baseline']} (SLO {_percent(slo.get(row['baseline']))}) |")
         lines += ["", "The paper's figures are for its own fleet and traffic; ours are for the simulated fleet "
                   "above. Compare the direction and rough size, not the digits."]
+    if seeds:
+        lines += ["", *_over_seeds_markdown(outcomes, tiers, lat, len(seeds))]
     for section in sections:
         lines += ["", section.markdown.rstrip()]
     if config.acceptance:
@@ -161,6 +170,53 @@ def write_summary(out: Path, config: ExperimentConfig, base: Scenario, outcomes:
     js.write_text(json.dumps(summary_json(config, base, outcomes, sources, sections), indent=2, sort_keys=True)
                   + "\n")
     return [md, js]
+
+
+def _seeds_run(outcomes: list[VariantOutcome]) -> list[int]:
+    """The seeds of a run over several seeds (the first variant's that ran), else []."""
+    for o in outcomes:
+        seeds = [run.seed for run in o.seeds if run.seed is not None]
+        if seeds:
+            return seeds
+    return []
+
+
+def _over_seeds_json(o: VariantOutcome) -> dict[str, Any]:
+    """A variant run over several seeds: each seed's status, and each figure's interval over the seeds."""
+    if not o.seeds:
+        return {}
+    return {"seeds": [{"seed": run.seed, "ok": run.ok, "error": run.error} for run in o.seeds],
+            "interval": seed_intervals([run.result for run in o.seeds if run.ok and run.result is not None])}
+
+
+# The figures shown over the seeds beside SLO attainment and TTFT: (column, result.json path, format).
+_SEED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("GPU-h", "gpu_hours", "{:.1f}"), ("cost $", "cost_usd", "{:,.0f}"), ("energy kWh", "energy_kwh", "{:.1f}"),
+    ("scaling GPU-s", "scaling_gpu_s", "{:,.0f}"), ("cold starts", "cold_starts", "{:.1f}"),
+)
+
+
+def _over_seeds_markdown(outcomes: list[VariantOutcome], tiers: list[str], lat: str, seeds: int) -> list[str]:
+    header = ["variant", "seeds ok", *(f"SLO {t}" for t in tiers), f"TTFT p99 {lat}", *(c for c, _, _ in _SEED_COLUMNS)]
+    lines = [f"## Over the seeds ({seeds}; mean [{CONFIDENCE:.0%} interval, Student t])", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for o in outcomes:
+        runs = [run.result for run in o.seeds if run.ok and run.result is not None]
+        spread = seed_intervals(runs)
+        cells = [o.name, f"{len(runs)} / {len(o.seeds)}"]
+        cells += [_interval(spread.get(f"tiers.{t}.slo_attainment"), lambda v: f"{v * 100:.2f}%") for t in tiers]
+        cells.append(_interval(spread.get(f"tiers.{lat}.ttft_p99_s"), _seconds))
+        cells += [_interval(spread.get(path), fmt.format) for _, path, fmt in _SEED_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _interval(figure: dict[str, Any] | None, fmt: Any) -> str:
+    if figure is None:
+        return "-"
+    if figure["low"] is None:
+        return fmt(figure["mean"])
+    return f"{fmt(figure['mean'])} [{fmt(figure['low'])}, {fmt(figure['high'])}]"
 
 
 def _row(o: VariantOutcome, tiers: list[str], lat: str, width: int, kv: bool = False) -> list[str]:

@@ -1,25 +1,27 @@
-"""Run an experiment's variants, each in its own process, and collect what the reports need.
+"""Run an experiment's variants, each over one or more seeds, and collect what the reports need.
 
 `run_variant` is a top-level function taking and returning plain picklable values, so it runs the same in
-this process (parallel=1) and in a spawned worker. A variant that fails (a bad policy name, a crash, a
-dead worker) becomes an outcome carrying its error; the others still complete. Processes live here, in
-the experiment layer: each run inside is the ordinary single-threaded, deterministic simulation.
+this process, in a spawned worker and in a Ray task (executors.py chooses where). A variant that fails
+(a bad policy name, a crash, a dead worker) becomes an outcome carrying its error; the others still
+complete. Each task returns its files (result.json, load_vs_capacity.png) as bytes and this process
+writes them, so the outputs are assembled the same way whatever ran the tasks.
 
-Each variant writes <out>/<variant>/result.json (run_scenario's result plus `variant` and `ttft_cdf`)
-and its load_vs_capacity.png; the experiment-wide table and plots are written from the outcomes.
+With one seed each variant writes <out>/<variant>/result.json (run_scenario's result plus `variant` and
+`ttft_cdf`) and its load_vs_capacity.png. With `seeds` N > 1, seed k (0 <= k < N) runs the base scenario
+with every seed in it (the scenario's, and its workload's or shaped workload's) plus k, so seed 0 is the
+base itself; each run writes <out>/<variant>/seed-<its scenario seed>/. The experiment-wide table and
+plots are written from the outcomes.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import traceback
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opscale.experiments.comparison import ExperimentConfig, Variant, variant_scenario
+from opscale.experiments.comparison import ExperimentConfig, ExperimentError, Variant, variant_scenario
+from opscale.experiments.executors import DEFAULT_EXECUTOR, ExecutorOptions, ProgressFn, make_executor
 from opscale.experiments.scenario import Scenario
 from opscale.model import Role
 
@@ -28,7 +30,7 @@ from opscale.model import Role
 CDF_PERCENTILES: tuple[float, ...] = (*range(0, 90, 2), *(90 + i * 0.5 for i in range(18)), 99.2, 99.4, 99.6,
                                       99.8, 99.9, 100.0)
 
-ProgressFn = Callable[[str, float, float], None]  # (variant, simulated now, simulated end)
+# A task's progress (ProgressFn) is reported under its label: the variant's name, or "variant seed-S".
 
 
 @dataclass(slots=True)
@@ -44,11 +46,19 @@ class Timeline:
 
 @dataclass(slots=True)
 class VariantOutcome:
+    """One variant's run (one seed), or a variant over its seeds: then `result`, `timeline` and `seed` are
+    the base seed's (the run a one-seed experiment makes), `seeds` holds every seed's run, and `error` is
+    the first seed's failure (the variant failed if any seed did)."""
+
     name: str
     policy: str
     result: dict[str, Any] | None = None
     error: str | None = None
     timeline: Timeline | None = None
+    seed: int | None = None
+    label: str = ""  # the task's name in progress reports
+    files: dict[str, bytes] = field(default_factory=dict)  # written by the caller, then dropped
+    seeds: list[VariantOutcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -63,70 +73,94 @@ class VariantJob:
     base: dict[str, Any]
     hours: float | None
     out_dir: str
+    seed_offset: int = 0
+    label: str = ""
+
+
+def run_seeds(base: Scenario, seeds: int) -> list[int]:
+    """The scenario seeds an experiment over `seeds` seeds runs: the base's, then one more each."""
+    return [base.seed + k for k in range(seeds)]
+
+
+def plan_jobs(config: ExperimentConfig, base: Scenario, out: Path, *, hours: float | None = None,
+              seeds: int = 1) -> list[VariantJob]:
+    """One job per variant and seed, variants in the config's order, each variant's seeds together."""
+    if seeds < 1:
+        raise ExperimentError(f"--seeds must be at least 1, got {seeds}")
+    dumped = base.model_dump(mode="json")
+    jobs = []
+    for variant in config.variants:
+        for offset, seed in enumerate(run_seeds(base, seeds)):
+            folder, label = ((out / variant.name, variant.name) if seeds == 1
+                             else (out / variant.name / f"seed-{seed}", f"{variant.name} seed-{seed}"))
+            jobs.append(VariantJob(variant.model_dump(), dumped, hours, str(folder), offset, label))
+    return jobs
+
+
+def task_labels(config: ExperimentConfig, base: Scenario, seeds: int = 1) -> list[str]:
+    """The names under which the tasks report progress: the variants', or "variant seed-S" per seed."""
+    return [job.label for job in plan_jobs(config, base, Path(), seeds=seeds)]
 
 
 def run_experiment(config: ExperimentConfig, base: Scenario, out: Path, *, parallel: int | None = None,
-                   hours: float | None = None, progress: ProgressFn | None = None) -> list[VariantOutcome]:
-    """Run every variant (in `parallel` processes; 1: in this process), in the config's order."""
-    workers = min(parallel or config.workers(), len(config.variants))
-    jobs = [VariantJob(v.model_dump(), base.model_dump(mode="json"), hours, str(out / v.name))
-            for v in config.variants]
-    if workers <= 1:
-        return [run_variant(job, progress) for job in jobs]
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        queue = manager.Queue()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(run_variant_reporting, job, queue) for job in jobs]
-            _relay_progress(futures, queue, progress)
-            return [_outcome_of(future, job) for future, job in zip(futures, jobs, strict=True)]
+                   hours: float | None = None, progress: ProgressFn | None = None,
+                   executor: str = DEFAULT_EXECUTOR, address: str | None = None,
+                   seeds: int = 1) -> list[VariantOutcome]:
+    """Run every variant over `seeds` seeds on `executor` (pool: `parallel` processes, 1: this process;
+    serial: this process; ray: a local Ray, or the cluster at `address`); one outcome per variant, in the
+    config's order."""
+    jobs = plan_jobs(config, base, out, hours=hours, seeds=seeds)
+    runner = make_executor(executor, ExecutorOptions(workers=min(parallel or config.workers(), len(jobs)),
+                                                     address=address))
+    runs: list[VariantOutcome] = runner.map(run_variant, jobs, progress, _lost)
+    from opscale.experiments.report import write_files
 
-
-def run_variant_reporting(job: VariantJob, queue: Any) -> VariantOutcome:
-    """`run_variant` in a worker, reporting progress through a manager queue."""
-    return run_variant(job, lambda name, now_s, end_s: queue.put((name, now_s, end_s)))
+    for job, run in zip(jobs, runs, strict=True):
+        if run.files:
+            write_files(run.files, Path(job.out_dir))
+            run.files = {}
+    if seeds == 1:
+        return runs
+    return [_over_seeds(runs[i:i + seeds]) for i in range(0, len(runs), seeds)]
 
 
 def run_variant(job: VariantJob, progress: ProgressFn | None = None) -> VariantOutcome:
-    """Build the variant's scenario, run it, write its result.json and plot; any failure is the outcome's
+    """Build the variant's scenario, run it, render its result.json and plot; any failure is the outcome's
     error (the exception's type and message; the traceback's last frame for crashes)."""
+    from opscale.experiments.report import render_outputs
     from opscale.experiments.runner import run_scenario
 
     variant = Variant.model_validate(job.variant)
+    label = job.label or variant.name
+    failed = VariantOutcome(variant.name, variant.policy, label=label)
     try:
-        scenario = variant_scenario(Scenario.model_validate(job.base), variant, job.hours)
-        report = (lambda now_s, end_s: progress(variant.name, now_s, end_s)) if progress else None
+        scenario = variant_scenario(Scenario.model_validate(job.base), variant, job.hours, job.seed_offset)
+        failed.seed = scenario.seed
+        report = (lambda now_s, end_s: progress(label, now_s, end_s)) if progress else None
         run = run_scenario(scenario, report)
         result = {**run.result, "variant": variant.name, "ttft_cdf": _ttft_cdf(run)}
         run.result = result
-        _write_variant(run, Path(job.out_dir))
-        return VariantOutcome(variant.name, variant.policy, result, None, _timeline(run))
+        return VariantOutcome(variant.name, variant.policy, result, None, _timeline(run), scenario.seed, label,
+                              render_outputs(run))
     except ValueError as exc:  # bad input: a policy or field the message names
-        return VariantOutcome(variant.name, variant.policy, error=str(exc))
+        failed.error = str(exc)
     except Exception as exc:  # a crash: keep the others running, and say where it happened
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return VariantOutcome(variant.name, variant.policy,
-                              error=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})")
+        failed.error = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+    return failed
 
 
-def _relay_progress(futures: list[Future[VariantOutcome]], queue: Any, progress: ProgressFn | None) -> None:
-    import queue as queue_module
-
-    while not all(f.done() for f in futures):
-        try:
-            name, now_s, end_s = queue.get(timeout=0.2)
-        except queue_module.Empty:
-            continue
-        if progress is not None:
-            progress(name, now_s, end_s)
+def _lost(job: VariantJob, exc: Exception) -> VariantOutcome:
+    """The outcome of a job whose worker died (killed, out of memory, a lost node)."""
+    return VariantOutcome(job.variant["name"], job.variant["policy"], label=job.label or job.variant["name"],
+                          error=f"worker process failed: {type(exc).__name__}: {exc}")
 
 
-def _outcome_of(future: Future[VariantOutcome], job: VariantJob) -> VariantOutcome:
-    try:
-        return future.result()
-    except Exception as exc:  # the worker died (killed, out of memory): the variant failed, not the experiment
-        return VariantOutcome(job.variant["name"], job.variant["policy"],
-                              error=f"worker process failed: {type(exc).__name__}: {exc}")
+def _over_seeds(runs: list[VariantOutcome]) -> VariantOutcome:
+    first = runs[0]
+    errors = [f"seed {r.seed}: {r.error}" if r.seed is not None else r.error for r in runs if not r.ok]
+    return VariantOutcome(first.name, first.policy, first.result, errors[0] if errors else None, first.timeline,
+                          first.seed, first.name, seeds=runs)
 
 
 def _ttft_cdf(run: Any) -> dict[str, list[list[float]]]:
@@ -139,12 +173,6 @@ def _ttft_cdf(run: Any) -> dict[str, list[list[float]]]:
         if ttft:
             cdf[tier] = [[p, percentile_sorted(ttft, p)] for p in CDF_PERCENTILES]
     return cdf
-
-
-def _write_variant(run: Any, out: Path) -> None:
-    from opscale.experiments.report import write_outputs
-
-    write_outputs(run, out)
 
 
 def _timeline(run: Any) -> Timeline:
