@@ -44,7 +44,7 @@ from functools import lru_cache
 from opscale.model import ModelSpec, OperatorReplicas, Sku
 from opscale.perf.latency import IterationCost, IterationTime, LatencyModel, check_token_counts
 from opscale.perf.loading import LoadTimeParams, attach_load_time_s
-from opscale.perf.operators import _LAYER_ORDER, ALL_OPERATORS, Operator, operator_weight_bytes
+from opscale.perf.operators import ALL_OPERATORS, Operator, operator_weight_bytes, pass_crossings
 from opscale.perf.stage_costs import StageCosts
 from opscale.perf.transfer import Link, Topology, TransferParams, activation_bytes
 
@@ -106,8 +106,7 @@ def replicated_stages(replicas: Iterable[OperatorReplicas]) -> tuple[ReplicatedS
 
 def _crossings(stage: frozenset[Operator], layers: int) -> int:
     """Activation hand-offs into and out of `stage` per forward pass when it runs on other GPUs."""
-    order = [Operator.LM_HEAD, *(_LAYER_ORDER * layers), Operator.LM_HEAD]
-    return sum(1 for a, b in zip(order, order[1:], strict=False) if (a in stage) != (b in stage))
+    return sum(pass_crossings({op: int(op in stage) for op in Operator}, layers).values())
 
 
 class PipelinedStagesLatencyModel(IterationTime):
