@@ -262,8 +262,15 @@ def _pipelined(own: LatencyModel, model: ModelSpec, sku: Sku, tp: int,
 
 
 def replica_attach_s(model: ModelSpec, replica: OperatorReplicas, params: LoadTimeParams | None = None) -> float:
-    """Seconds for one replica of `replica`'s stage to join a running engine of `model`: its operators'
+    """Seconds for one replica of `replica`'s stage to join a running engine of `model`
+    (`operators_attach_s`)."""
+    return operators_attach_s(model, operator_families(replica), replica.tp, params)
+
+
+def operators_attach_s(model: ModelSpec, operators: Iterable[Operator], tp: int,
+                       params: LoadTimeParams | None = None) -> float:
+    """Seconds for a replica of `operators` on `tp` GPUs to join a running engine of `model`: their
     weight bytes over the warm path (`opscale.perf.loading.attach_load_time_s`), the per-operator
-    scale-up latency."""
-    weights = sum(operator_weight_bytes(model, op) for op in operator_families(replica))
-    return attach_load_time_s(weights, replica.tp, params)
+    scale-up latency. The one owner of it: the policy's targets, the runtime and the scale-up table."""
+    weights = sum(operator_weight_bytes(model, op) for op in frozenset(operators))
+    return attach_load_time_s(weights, tp, params)
