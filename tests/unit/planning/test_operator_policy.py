@@ -248,3 +248,24 @@ def test_partition_rps_may_name_each_model_and_an_unknown_one_is_refused() -> No
         _policy("operator_level", partition="planned", partition_rps={"Llama-3-8B": 40.0})
     with pytest.raises(ValueError, match="partition_rps"):
         _policy("operator_level", partition="planned", partition_rps={MODEL: 0.0})
+
+
+@pytest.mark.parametrize("split", [("planned", None), ("planned", 20.0), ("planned", 45.0), ("planned", 80.0),
+                                   ("per_operator", None)])
+@pytest.mark.parametrize("rps", [2.0, 20.0, 60.0])
+def test_the_realisation_holds_every_gpu_its_plan_prices(split: tuple[str, float | None], rps: float) -> None:
+    """Base instances plus operator replicas (the default whole_stage_bases) hold at least the plan's
+    GPU-equivalents: a base's GPUs count once, for the whole-model stages of both phases first, then as
+    cover of the other stages, each of which counts at its larger phase (an attached replica serves
+    both phases' work of its operators)."""
+    partition, split_rps = split
+    policy = _policy("operator_level", partition=partition, partition_rps=split_rps)
+    effects = policy.decide(_observe(rps), policy.initial_state(), 0.0)
+    targets = effects.state.targets[KEY]
+    held = effects.desired[KEY] * DEPLOYMENT.tp + sum(r.gpu_equivalents for r in effects.operator_replicas.get(KEY, ()))
+    whole = sum(s.replicas * s.gpu_cost for s in targets.stages if s.operators == frozenset(Operator))
+    attached: dict[frozenset[Operator], float] = {}
+    for s in targets.stages:
+        if s.operators != frozenset(Operator):
+            attached[s.operators] = max(attached.get(s.operators, 0.0), s.replicas * s.gpu_cost)
+    assert held >= whole + sum(attached.values()) - 1e-9 or effects.desired[KEY] == DEPLOYMENT.max_replicas
