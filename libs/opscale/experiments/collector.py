@@ -15,7 +15,11 @@ GPU time held:
 Per pool also `gpu_hours` and `energy_kwh` (they sum to the run's) and token rates over the run:
 `decode_tps` (output tokens of decode steps), `prefill_tps` (prompt tokens prefilled, prefix-cache hits
 included) and `prefill_missed_tps` (prompt tokens actually computed). GPUs held over the run:
-`mean_gpus` (GPU-seconds over the run's seconds, drain included) and `peak_gpus` (the most held at once).
+`mean_gpus` (GPU-seconds over the run's seconds, drain included) and `peak_gpus` (the most held at once,
+operator replicas' GPU-equivalents included).
+
+`slo_by_model`: per model and tier, the SLO attainment of its requests (the tiers' figures split by
+model).
 
 Per token and per KV transfer:
 - `usd_per_m_output_tokens`: the run's cost over the output tokens of the completed requests, per million
@@ -164,6 +168,7 @@ class RunCollector(RunObserver):
         self._kv_transfers: dict[str, list[float]] = {}
         self._causes: dict[str, str] = {}  # request id -> why it is being dropped (the world says so first)
         self._dropped_by_cause: dict[str, int] = {}
+        self._by_model: dict[tuple[str, str], list[int]] = {}  # (model, tier) -> [requests, met]
         self._output_tokens = 0  # of completed requests
         self._spans: list[_ReplicaSpan] = []
         self._replicas_loading: dict[str, tuple[float, float]] = {}  # instance -> (since, GPU-equivalents loading)
@@ -188,6 +193,11 @@ class RunCollector(RunObserver):
         if totals is None:
             totals = self._tiers[outcome.tier] = _TierTotals()
         totals.requests += 1
+        key = (outcome.model, outcome.tier)
+        by_model = self._by_model.get(key)
+        if by_model is None:
+            by_model = self._by_model[key] = [0, 0]
+        by_model[0] += 1
         if outcome.status != "ok":
             totals.dropped += 1
             cause = self._causes.pop(outcome.request_id, outcome.status)  # "unfinished" names itself
@@ -200,6 +210,7 @@ class RunCollector(RunObserver):
         spec = self.tiers.get(outcome.tier)
         if spec is not None and outcome.meets(spec):
             totals.met += 1
+            by_model[1] += 1
         totals.latencies.add(outcome)
 
     def drop_cause(self, request_id: str, cause: str) -> None:
@@ -294,17 +305,24 @@ class RunCollector(RunObserver):
         for instance_id, engine in running.items():
             self.engine_stopped(instance_id, engine, end_s)
 
-    def _peak_gpus(self, end_s: float) -> int:
-        """The most GPUs held at once (loading included): a sweep over every engine's start and stop."""
-        changes: list[tuple[float, int]] = []
+    def _peak_gpus(self, end_s: float) -> float:
+        """The most GPUs held at once (loading included): a sweep over every engine's start and stop and
+        every operator replica span's (their GPU-equivalents), as `gpu_hours` counts them. An int when
+        no operator replicas ran."""
+        changes: list[tuple[float, float]] = []
         for life in self._lives.values():
             changes.append((life.start_s, life.spec.gpus))
             changes.append((life.stop_s if life.stop_s is not None else end_s, -life.spec.gpus))
-        held = peak = 0
+        for span in self._spans:
+            stop_s = span.stop_s if span.stop_s is not None else end_s
+            if stop_s > span.start_s:
+                changes.append((span.start_s, span.gpus))
+                changes.append((stop_s, -span.gpus))
+        held = peak = 0.0
         for _, delta in sorted(changes):  # at equal times a stop (negative) comes before a start
             held += delta
             peak = max(peak, held)
-        return peak
+        return round(peak, 6) if self._spans else int(round(peak))
 
     def summary(self, end_s: float) -> dict[str, Any]:
         counts = {"requests": 0, "completed": 0, "dropped": 0, "met": 0}
@@ -391,6 +409,8 @@ class RunCollector(RunObserver):
             "prefix_host_hit_tokens": host_hit_tokens,  # loaded back from host memory (EngineConfig.host_kv_cache_gb)
             "tiers": tiers,
             "pools": {name: pools[name].figures(end_s) for name in sorted(pools)},
+            # model -> tier -> SLO attainment of its requests (the tiers' figures, split by model)
+            "slo_by_model": _slo_by_model(self._by_model),
         })
         if self._spans:  # operator-level runs only (see the module docstring)
             result["operator_replica_gpu_hours"] = replica_gpu_s / 3600
@@ -420,6 +440,13 @@ def _latency_block(requests: int, completed: int, dropped: int, met: int,
         "requests": requests, "completed": completed, "dropped": dropped, **figures,
         "slo_attainment": met / requests if requests else 1.0,
     }
+
+
+def _slo_by_model(counts: dict[tuple[str, str], list[int]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for (model, tier), (requests, met) in sorted(counts.items()):
+        out.setdefault(model, {})[tier] = met / requests if requests else 1.0
+    return out
 
 
 def _gbps(nbytes: float, seconds: float) -> float | None:

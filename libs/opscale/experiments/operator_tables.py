@@ -108,8 +108,11 @@ def _policy(config: ExperimentConfig, base: Scenario, variant_name: str) -> Oper
     if variant.policy not in ("operator_level", "model_level"):
         raise ValueError(f"operators: variant {variant_name!r} runs {variant.policy!r}; the planner's tables "
                          f"compare 'operator_level' and 'model_level'")
+    # The tables compare the two planners on the same rates: a variant's headroom (a margin on the observed
+    # rate, which its run in the simulated world pays for in GPU-hours) is left out of them.
+    params = {**variant.policy_params, "headroom": 1.0}
     policy = make_planning_policy(variant.policy, list(base.deployments), lambda *a, **k: 1.0,
-                                  tiers=base.tier_specs(), **variant.policy_params)
+                                  tiers=base.tier_specs(), **params)
     assert isinstance(policy, OperatorScalingPolicy)
     return policy
 

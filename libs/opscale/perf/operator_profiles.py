@@ -101,6 +101,17 @@ def attention_workspace_bytes(model: ModelSpec, batch: int, q_tokens: int, kv_to
     return _FLASH_STATS * batch * heads * q_tokens * _FP32
 
 
+def phase_work(phase: Phase, batch: int, seq: float) -> tuple[float, float, float, float, float]:
+    """The work of `batch` customers of `phase` as `OperatorProfiles.ops_cost` takes it (prefill tokens,
+    decode tokens, attention pairs, logits, cached decode context): prefill customers are prompts of
+    `seq` tokens (b L new tokens, b L (L + 1) / 2 pairs, a logit each); decode customers are one token
+    of a sequence holding `seq` cached tokens (b tokens over b C cached ones, a logit each). The one
+    owner of it: every phase price is `ops_cost` of this."""
+    if phase is Phase.PREFILL:
+        return batch * seq, 0.0, batch * seq * (seq + 1) / 2, float(batch), 0.0
+    return 0.0, float(batch), 0.0, float(batch), batch * float(seq)
+
+
 class OperatorProfiles:
     """Latency and memory per operator family of `model` on `sku` (see the module docstring).
 
@@ -137,10 +148,12 @@ class OperatorProfiles:
         """One iteration of one family: prefill of `batch` prompts of `seq` tokens, or one decode step
         of `batch` sequences holding `seq` cached tokens each."""
         _check_positive(batch=batch, seq=seq)
-        ops = frozenset({Operator(operator)})
-        if Phase(phase) is Phase.PREFILL:
-            return self.ops_cost(ops, tp, share, batch * seq, 0.0, batch * seq * (seq + 1) / 2, float(batch))
-        return self.ops_cost(ops, tp, share, 0.0, float(batch), 0.0, float(batch), batch * float(seq))
+        return self.phase_cost(frozenset({Operator(operator)}), Phase(phase), tp, batch, seq, share)
+
+    def phase_cost(self, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
+                   share: float = 1.0) -> OperatorCost:
+        """One iteration of the families `ops` over `batch` customers of `phase` (`phase_work`)."""
+        return self.ops_cost(ops, tp, share, *phase_work(phase, batch, seq))
 
     def ops_cost(self, ops: frozenset[Operator], tp: int, share: float, prefill_tokens: float,
                  decode_batch: float, pairs: float, logits: float, decode_ctx: float = 0.0) -> OperatorCost:

@@ -44,7 +44,7 @@ from functools import lru_cache
 from opscale.model import ModelSpec, OperatorReplicas, Sku
 from opscale.perf.latency import IterationCost, IterationTime, LatencyModel, check_token_counts
 from opscale.perf.loading import LoadTimeParams, attach_load_time_s
-from opscale.perf.operators import _LAYER_ORDER, ALL_OPERATORS, Operator, operator_weight_bytes
+from opscale.perf.operators import ALL_OPERATORS, Operator, operator_weight_bytes, pass_crossings
 from opscale.perf.stage_costs import StageCosts
 from opscale.perf.transfer import Link, Topology, TransferParams, activation_bytes
 
@@ -106,8 +106,7 @@ def replicated_stages(replicas: Iterable[OperatorReplicas]) -> tuple[ReplicatedS
 
 def _crossings(stage: frozenset[Operator], layers: int) -> int:
     """Activation hand-offs into and out of `stage` per forward pass when it runs on other GPUs."""
-    order = [Operator.LM_HEAD, *(_LAYER_ORDER * layers), Operator.LM_HEAD]
-    return sum(1 for a, b in zip(order, order[1:], strict=False) if (a in stage) != (b in stage))
+    return sum(pass_crossings({op: int(op in stage) for op in Operator}, layers).values())
 
 
 class PipelinedStagesLatencyModel(IterationTime):
@@ -263,8 +262,15 @@ def _pipelined(own: LatencyModel, model: ModelSpec, sku: Sku, tp: int,
 
 
 def replica_attach_s(model: ModelSpec, replica: OperatorReplicas, params: LoadTimeParams | None = None) -> float:
-    """Seconds for one replica of `replica`'s stage to join a running engine of `model`: its operators'
+    """Seconds for one replica of `replica`'s stage to join a running engine of `model`
+    (`operators_attach_s`)."""
+    return operators_attach_s(model, operator_families(replica), replica.tp, params)
+
+
+def operators_attach_s(model: ModelSpec, operators: Iterable[Operator], tp: int,
+                       params: LoadTimeParams | None = None) -> float:
+    """Seconds for a replica of `operators` on `tp` GPUs to join a running engine of `model`: their
     weight bytes over the warm path (`opscale.perf.loading.attach_load_time_s`), the per-operator
-    scale-up latency."""
-    weights = sum(operator_weight_bytes(model, op) for op in operator_families(replica))
-    return attach_load_time_s(weights, replica.tp, params)
+    scale-up latency. The one owner of it: the policy's targets, the runtime and the scale-up table."""
+    weights = sum(operator_weight_bytes(model, op) for op in frozenset(operators))
+    return attach_load_time_s(weights, tp, params)

@@ -30,7 +30,7 @@ model exactly. Pure arithmetic: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -67,6 +67,21 @@ MLP_OPERATORS = frozenset({Operator.MLP})
 # One layer of the forward pass, in order; the embedding comes before the first layer and the LM head
 # after the last. Consecutive operators in different groups exchange activations.
 _LAYER_ORDER = (Operator.ATTN_PROJ, Operator.ATTENTION, Operator.ATTN_PROJ, Operator.MLP)
+
+
+def pass_crossings(owner: Mapping[Operator, int], layers: int) -> dict[tuple[int, int], int]:
+    """How often one forward pass hands activations between two owners of operators (groups, GPUs):
+    (owner a, owner b) with a < b -> hand-offs. The pass is the embedding lookup (on the LM head's
+    owner), each layer's operators in order, then the LM head."""
+    order = [owner[Operator.LM_HEAD]]  # the embedding lookup
+    order += [owner[op] for op in _LAYER_ORDER] * layers
+    order.append(owner[Operator.LM_HEAD])
+    counts: dict[tuple[int, int], int] = {}
+    for a, b in zip(order, order[1:], strict=False):
+        if a != b:
+            key = (min(a, b), max(a, b))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 # RooflineParams.layer_overhead_s (the launch floors of a layer's kernels), split evenly over the
 # operator families that run in every layer.
 _LAYER_OVERHEAD_SHARE = {Operator.ATTN_PROJ: 1 / 3, Operator.ATTENTION: 1 / 3, Operator.MLP: 1 / 3}
@@ -352,15 +367,7 @@ class OperatorSplitLatencyModel(IterationTime):
 
     def _count_crossings(self, owner: dict[Operator, int]) -> tuple[tuple[int, int, int], ...]:
         """(group a, group b, times per forward pass) for each pair of groups that exchange activations."""
-        order = [owner[Operator.LM_HEAD]]  # the embedding lookup
-        order += [owner[op] for op in _LAYER_ORDER] * self.model.layers
-        order.append(owner[Operator.LM_HEAD])
-        counts: dict[tuple[int, int], int] = {}
-        for a, b in zip(order, order[1:], strict=False):
-            if a != b:
-                key = (min(a, b), max(a, b))
-                counts[key] = counts.get(key, 0) + 1
-        return tuple((a, b, n) for (a, b), n in sorted(counts.items()))
+        return tuple((a, b, n) for (a, b), n in sorted(pass_crossings(owner, self.model.layers).items()))
 
     # --- the LatencyModel protocol -----------------------------------------------------------------------
 

@@ -123,6 +123,22 @@ def partition_sku(sku: Sku, share: float, params: SmShareParams) -> Sku:
                                mem_bandwidth_gbps=sku.mem_bandwidth_gbps * bandwidth_share(share, params))
 
 
+def partition_engine_sku(sku: Sku, share: float, params: SmShareParams) -> Sku:
+    """A whole engine run on a partition of `share` of one `sku` GPU, as a Sku its latency model and
+    meter take: the partition's roof (`partition_sku`) with the co-location slowdown on every kernel
+    (both roofs divided by `slowdown`, so a roofline kernel takes that much longer; the CPU-side
+    per-iteration overhead does not change), and `share` of the GPU's memory, power and price. Priced
+    by the roofline, it gives the operator planner's own stage prices at that share."""
+    if share >= 1.0:
+        return sku
+    roof, slow = partition_sku(sku, share, params), slowdown(share, params)
+    return dataclasses.replace(roof, peak_tflops=roof.peak_tflops / slow,
+                               mem_bandwidth_gbps=roof.mem_bandwidth_gbps / slow,
+                               gpu_memory_gb=sku.gpu_memory_gb * share, idle_power_w=sku.idle_power_w * share,
+                               max_power_w=sku.max_power_w * share, price_usd_per_h=sku.price_usd_per_h * share,
+                               spot_price_usd_per_h=sku.spot_price_usd_per_h * share)
+
+
 def check_share(share: float) -> None:
     if not (0 < share <= 1 and math.isfinite(share)):
         raise ValueError(f"sm share must lie in (0, 1], got {share!r}")

@@ -3,10 +3,9 @@ or of an SM share of one GPU), taken from `opscale.perf.operator_profiles.Operat
 owner of operator prices (measured vidur profiles where given, the calibrated roofline otherwise,
 spatial partitions by `opscale.perf.sm_share`), never computed a second way.
 
-A stage's batch of b customers costs the profiles' `ops_cost` of its families (with the per-iteration
-overhead: each stage runs its own engine iteration). Prefill customers are prompts of L tokens: b L new
-tokens, b L (L + 1) / 2 attention pairs, one logit per prompt. Decode customers are one token of a
-running sequence whose context holds C tokens: b tokens over b C cached ones, a logit each.
+A stage's batch of b customers costs the profiles' `phase_cost` of its families (with the per-iteration
+overhead: each stage runs its own engine iteration; `operator_profiles.phase_work` says what a prefill
+and a decode customer bring), its time and kernel time from one pricing (`phase_cost`).
 
 Memory: a replica holds its families' weights (`opscale.perf.operators.operator_weight_bytes`) on
 `gpu_memory_utilization` of its GPUs; tp is the smallest power of two that leaves room. A replica with
@@ -79,15 +78,19 @@ class StageCosts:
     def prefill_s(self, ops: frozenset[Operator], tp: int, batch: int, prompt_tokens: int,
                   share: float = 1.0) -> float:
         """One iteration of the stage over `batch` fresh prompts of `prompt_tokens` tokens."""
-        tokens = batch * prompt_tokens
-        pairs = batch * prompt_tokens * (prompt_tokens + 1) / 2
-        return self.operators.ops_cost(ops, tp, share, tokens, 0.0, pairs, float(batch)).time_s
+        return self.operators.phase_cost(ops, Phase.PREFILL, tp, batch, prompt_tokens, share).time_s
 
     def decode_s(self, ops: frozenset[Operator], tp: int, batch: int, ctx_tokens: float,
                  share: float = 1.0) -> float:
         """One decode iteration of the stage over `batch` sequences of `ctx_tokens` cached tokens each."""
-        return self.operators.ops_cost(ops, tp, share, 0.0, float(batch), 0.0, float(batch),
-                                       batch * ctx_tokens).time_s
+        return self.operators.phase_cost(ops, Phase.DECODE, tp, batch, ctx_tokens, share).time_s
+
+    def phase_cost(self, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
+                   share: float = 1.0) -> tuple[float, float]:
+        """(time_s, busy_s) of one iteration of the stage over `batch` customers of `phase` (prompts of
+        `seq` tokens, or decode steps of sequences holding `seq`): one pricing for both."""
+        cost = self.operators.phase_cost(ops, phase, tp, batch, seq, share)
+        return cost.time_s, cost.busy_s
 
     def iteration_cost(self, ops: frozenset[Operator], tp: int, share: float, prefill_tokens: float,
                        decode_batch: float, pairs: float, logits: float, decode_ctx: float) -> tuple[float, float]:
@@ -118,9 +121,4 @@ class StageCosts:
 
 def _busy_s(profiles: OperatorProfiles, ops: frozenset[Operator], phase: Phase, tp: int, batch: int, seq: float,
             share: float) -> float:
-    if phase is Phase.PREFILL:
-        tokens = batch * int(seq)
-        cost = profiles.ops_cost(ops, tp, share, tokens, 0.0, batch * seq * (seq + 1) / 2, float(batch))
-    else:
-        cost = profiles.ops_cost(ops, tp, share, 0.0, float(batch), 0.0, float(batch), batch * seq)
-    return cost.busy_s
+    return profiles.phase_cost(ops, phase, tp, batch, seq, share).busy_s

@@ -65,3 +65,36 @@ def test_curation_reads_an_experiment_variants_scenario_and_names_an_unknown_var
     assert {(d.prefill.sku, d.decode.sku) for d in homogeneous.deployments if d.prefill and d.decode} == {("H20", "H20")}
     with pytest.raises(ValueError, match="--variant: 'nope' is not a variant of heteroscale"):
         curation_scenario(Path("heteroscale"), "nope")
+
+
+def test_peak_gpus_counts_operator_replicas_as_gpu_hours_do() -> None:
+    """Operator replicas held beside a base engine count in the peak (their GPU-equivalents), as they do
+    in gpu_hours; the peak is the most held at one time, not the sum over the run."""
+    from opscale.model import OperatorReplicas
+
+    collector = RunCollector(dict(DEFAULT_TIERS), default_catalog().sku)
+    collector.engine_started(InstanceSpec("i1", "m", "H100-80GB", 1), "eu", 0.0, 0.0)
+    engine = _engine()
+    mlp = OperatorReplicas(("mlp",), 3, 1, 0.25, 64)  # 0.75 GPU-equivalents
+    collector.operator_replicas("i1", (mlp,), (mlp,), engine, 100.0)
+    collector.operator_replicas("i1", (), (), engine, 200.0)  # removed before the next ones come
+    two = OperatorReplicas(("attention",), 2, 1, 0.5, 64)  # 1.0 GPU-equivalent
+    collector.operator_replicas("i1", (two,), (two,), engine, 300.0)
+    collector.engine_stopped("i1", engine, 400.0)
+    result = collector.summary(400.0)
+    assert result["peak_gpus"] == pytest.approx(2.0)  # the base and the two half-GPU replicas
+    assert result["gpu_hours"] == pytest.approx((400 + 0.75 * 100 + 1.0 * 100) / 3600)
+    assert result["mean_gpus"] <= result["peak_gpus"]
+
+
+def test_slo_attainment_is_split_by_model() -> None:
+    collector = RunCollector(dict(DEFAULT_TIERS), default_catalog().sku)
+    tier = next(iter(DEFAULT_TIERS.values()))
+    fast = RequestOutcome("a", "m1", tier.name, "eu", "eu", "i1", 0.0, 0.1, 0.5, 100, 100)
+    late = RequestOutcome("b", "m2", tier.name, "eu", "eu", "i2", 0.0, tier.ttft_slo_s + 1, tier.ttft_slo_s + 2, 100, 2)
+    dropped = RequestOutcome("c", "m2", tier.name, "eu", "eu", "", 0.0, None, None, 100, 2, "rejected")
+    for outcome in (fast, late, dropped):
+        collector.outcome(outcome)
+    result = collector.summary(10.0)
+    assert result["slo_by_model"] == {"m1": {tier.name: 1.0}, "m2": {tier.name: 0.0}}
+    assert result["tiers"][tier.name]["slo_attainment"] == pytest.approx(1 / 3)

@@ -204,3 +204,68 @@ def test_a_stage_of_every_operator_grows_base_instances_not_attached_replicas() 
     assert whole, "the planned partition split the operators at this load: pick one where it does not"
     assert effects.desired[KEY] >= max(whole) > 1
     assert all(set(r.operators) != {op.value for op in Operator} for r in effects.operator_replicas.get(KEY, ()))
+
+
+@pytest.mark.parametrize("rps", [5.0, 20.0, 60.0])
+def test_a_stage_of_every_operator_is_planned_on_whole_gpus(rps: float) -> None:
+    """The runtime runs a stage of every operator as unified base engines on whole GPUs, so the plan
+    never prices it on an SM share (which once turned each quarter-GPU replica into a whole-GPU base);
+    stages of fewer operators keep their shares."""
+    policy = _policy("operator_level", partition="planned")
+    targets = policy.targets(MODEL, Workload(rps, 1024, 64))
+    again = policy.targets(MODEL, Workload(2 * rps, 1024, 64), targets)
+    for found in (targets, again):
+        assert all(s.share == 1.0 for s in found.stages if s.operators == frozenset(Operator))
+
+
+@pytest.mark.parametrize("rps", [5.0, 20.0, 60.0, 120.0])
+def test_whole_stage_bases_realise_the_plan_per_phase_or_as_model_level_does(rps: float) -> None:
+    """per_phase: one unified base per replica of the phase needing the most; plan_gpus: one per planned
+    whole-GPU replica of either phase, what model_level deploys for the same plan. Neither holds fewer
+    GPUs than the larger phase's stage, and plan_gpus holds every GPU the plan priced."""
+    per_phase = _policy("operator_level", partition="planned", partition_rps=1.0, whole_stage_bases="per_phase")
+    plan_gpus = _policy("operator_level", partition="planned", partition_rps=1.0)  # the default
+    model = _policy("model_level")
+    a = per_phase.decide(_observe(rps), per_phase.initial_state(), 0.0)
+    b = plan_gpus.decide(_observe(rps), plan_gpus.initial_state(), 0.0)
+    m = model.decide(_observe(rps), model.initial_state(), 0.0)
+    whole = [s for s in a.state.targets[KEY].stages if s.operators == frozenset(Operator)]
+    assert len(whole) == 2, "the partition at 1 request/s keeps every operator in one stage"
+    assert a.desired[KEY] == max(DEPLOYMENT.min_replicas, max(s.replicas for s in whole))
+    assert b.desired[KEY] == max(DEPLOYMENT.min_replicas, sum(s.replicas for s in whole))
+    assert b.desired[KEY] * DEPLOYMENT.tp >= b.state.targets[KEY].plan.gpu_cost - 1e-9
+    assert b.desired[KEY] == m.desired[KEY]  # the same plan, realised the same way
+    assert not a.operator_replicas.get(KEY) and not b.operator_replicas.get(KEY)
+
+
+def test_partition_rps_may_name_each_model_and_an_unknown_one_is_refused() -> None:
+    per_model = _policy("operator_level", partition="planned", partition_rps={MODEL: 40.0})
+    shared = _policy("operator_level", partition="planned", partition_rps=40.0)
+    workload = Workload(5.0, 2048, 64)
+    assert ([s.operators for s in per_model.targets(MODEL, workload).stages]
+            == [s.operators for s in shared.targets(MODEL, workload).stages])
+    with pytest.raises(ValueError, match="partition_rps names no deployed model"):
+        _policy("operator_level", partition="planned", partition_rps={"Llama-3-8B": 40.0})
+    with pytest.raises(ValueError, match="partition_rps"):
+        _policy("operator_level", partition="planned", partition_rps={MODEL: 0.0})
+
+
+@pytest.mark.parametrize("split", [("planned", None), ("planned", 20.0), ("planned", 45.0), ("planned", 80.0),
+                                   ("per_operator", None)])
+@pytest.mark.parametrize("rps", [2.0, 20.0, 60.0])
+def test_the_realisation_holds_every_gpu_its_plan_prices(split: tuple[str, float | None], rps: float) -> None:
+    """Base instances plus operator replicas (the default whole_stage_bases) hold at least the plan's
+    GPU-equivalents: a base's GPUs count once, for the whole-model stages of both phases first, then as
+    cover of the other stages, each of which counts at its larger phase (an attached replica serves
+    both phases' work of its operators)."""
+    partition, split_rps = split
+    policy = _policy("operator_level", partition=partition, partition_rps=split_rps)
+    effects = policy.decide(_observe(rps), policy.initial_state(), 0.0)
+    targets = effects.state.targets[KEY]
+    held = effects.desired[KEY] * DEPLOYMENT.tp + sum(r.gpu_equivalents for r in effects.operator_replicas.get(KEY, ()))
+    whole = sum(s.replicas * s.gpu_cost for s in targets.stages if s.operators == frozenset(Operator))
+    attached: dict[frozenset[Operator], float] = {}
+    for s in targets.stages:
+        if s.operators != frozenset(Operator):
+            attached[s.operators] = max(attached.get(s.operators, 0.0), s.replicas * s.gpu_cost)
+    assert held >= whole + sum(attached.values()) - 1e-9 or effects.desired[KEY] == DEPLOYMENT.max_replicas

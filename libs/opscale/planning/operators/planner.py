@@ -61,7 +61,7 @@ import bisect
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opscale.model import LatencyObjective, ModelSpec, Sku
 from opscale.perf.operators import Operator
@@ -106,6 +106,7 @@ class _Option:
     mu: float
     fixed_bytes: float  # per GPU of a replica: weights + this batch's activations and attention workspace
     held_bytes: float  # per GPU: this batch's KV (attention stages)
+    busy_s: float  # kernel seconds of the iteration (what draws dynamic power)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,6 @@ class _StageShape:
     floors: tuple[float, ...]  # service + transfer
     fixed: tuple[float, ...]
     held: tuple[float, ...]
-    busy: dict[int, float] = field(default_factory=dict)  # option index -> kernel seconds, filled lazily
 
 
 class _Curve:
@@ -485,22 +485,18 @@ class OperatorPlanner:
                 f"max_replicas={self.config.max_replicas} replicas of a stage (or more memory per replica) "
                 f"to meet {field}={budget:g} s")
         _, _, part, fs, idx = best
-        seq = workload.mean_seq(phase)
-        stages = tuple(self._stage_plan(f, i, phase, seq) for f, i in zip(fs, idx, strict=True))
+        stages = tuple(self._stage_plan(f, i) for f, i in zip(fs, idx, strict=True))
         return PhasePlan(phase, budget, stages)
 
-    def _stage_plan(self, front: _Frontier, j: int, phase: Phase, seq: float) -> StagePlan:
+    def _stage_plan(self, front: _Frontier, j: int) -> StagePlan:
         """The stage at its frontier's point `j`."""
         curve, r = front.curves[front.curve_of[j]], front.replicas_of[j]
         shape, i = curve.shape, curve.option(r)
         o = shape.options[i]
         wait, p_wait, util = curve.queue(i, r)
-        busy = shape.busy.get(i)
-        if busy is None:
-            busy = shape.busy[i] = self.costs.busy_s(shape.ops, phase, shape.tp, o.batch, seq, shape.share)
         return StagePlan(shape.ops, shape.tp, r, o.batch, o.service_s, o.transfer_s, wait, p_wait, util,
                          share=shape.share, replica_bytes=curve.replica_bytes(i, r), gpu_cost=curve.option_cost(i, r),
-                         arrival_rate=curve.lam, busy_s=busy)
+                         arrival_rate=curve.lam, busy_s=o.busy_s)
 
     def _frontier(self, workload: Workload, phase: Phase, ops: frozenset[Operator], lam: float,
                   shares: Sequence[float]) -> _Frontier | None:
@@ -553,15 +549,12 @@ class OperatorPlanner:
             transient = self.costs.transient_bytes(ops, phase, tp, b, seq, self.config.attention_kernel)
             if weights + held + transient > gpu_bytes:
                 break
-            if phase is Phase.PREFILL:
-                service = self.costs.prefill_s(ops, tp, b, prompt, share)
-            else:
-                service = self.costs.decode_s(ops, tp, b, workload.mean_seq(phase), share)
+            service, busy = self.costs.phase_cost(ops, phase, tp, b, workload.mean_seq(phase), share)
             transfer = 0.0
             if crossing.edges:
                 nbytes = b * tokens_per_customer * crossing.bytes_per_token
                 transfer = crossing.edges * self.link.latency_s + nbytes / (self.link.gbps * 1e9)
-            options.append(_Option(b, service, transfer, b / service, weights + transient, held))
+            options.append(_Option(b, service, transfer, b / service, weights + transient, held, busy))
         if not options:
             return None
         floors = tuple(o.service_s + o.transfer_s for o in options)

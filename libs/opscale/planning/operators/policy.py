@@ -12,7 +12,7 @@ Both run the same queueing model (`OperatorPlanner`); they differ only in what m
 What a policy decides for a pool is `StageTargets`: replicas per (phase, stage), with what each
 replica costs (GPU-equivalents, SM share, batch cap) and how long one takes to become ready
 (`load_s`): an operator replica joins the running base engine and loads only its operators' weights
-(`opscale.perf.loading.attach_load_time_s`); a whole replica starts an engine and loads the model
+(`opscale.perf.operator_replicas.operators_attach_s`); a whole replica starts an engine and loads the model
 (`opscale.perf.loading.load_time_s`, warm). The targets are the policy's state (`OperatorPolicyState`),
 the one owner of the operator replicas; `opscale.runtime.sim.operator_stages` executes them.
 
@@ -31,7 +31,13 @@ What the planner core and the node-agents actuate (`Effects`):
   which one base's GPUs do not hold twice). So a stage's operator replicas are, over its phases, the
   most replicas any phase's target gives it, less what the base instances cover, rounded up (per
   operator family the max over prefill and decode, when both phases have the same partition; a stage
-  of one phase only counts that phase). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
+  of one phase only counts that phase). A stage of every operator (a whole-model stage, which the
+  `planned` partition may give a phase) is planned on whole GPUs and run as base instances, never as
+  attached replicas: `whole_stage_bases` says how many (`plan_gpus`: its GPUs over tp, one base per
+  planned replica, as model_level realises the same plan; `per_phase`: one base per replica of the
+  phase needing the most, each counted as a replica of both phases' whole-model stages). The GPUs
+  those stages take are the bases'; what is left of the bases' GPUs covers the other stages
+  (`base_cover`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
   ignores them and says so in its log: model-level scaling of the base instances.
 
 Pure: no I/O, no clock.
@@ -43,11 +49,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from opscale.model import LatencyObjective, Observation, OperatorReplicas, PoolKey, Role
 from opscale.perf import default_catalog
-from opscale.perf.loading import LoadSource, LoadTimeParams, attach_load_time_s, load_time_s
+from opscale.perf.loading import LoadSource, LoadTimeParams, load_time_s
+from opscale.perf.operator_replicas import operators_attach_s
 from opscale.perf.operators import Operator
 from opscale.planning.base import DeploymentSpec, Effects
 from opscale.planning.operators.config import OperatorPlannerConfig, Workload
@@ -56,6 +63,7 @@ from opscale.planning.operators.plan import OperatorPlan, StagePlan
 from opscale.planning.operators.planner import OperatorPlanner
 
 Level = Literal["operator", "model"]
+_ALL = frozenset(Operator)
 
 
 class OperatorPolicyConfig(BaseModel):
@@ -74,9 +82,10 @@ class OperatorPolicyConfig(BaseModel):
                                     "more than replicating, PAPERS.md §1.6). per_operator: one stage per operator "
                                     "family, so the bottleneck family alone scales (OpScale's elastic operator "
                                     "replicas); planned: the partition of the plan at partition_rps.")
-    partition_rps: float | None = Field(
-        None, gt=0, description="partition 'planned': the arrival rate whose plan fixes the stages (the peak the "
-                                "split is provisioned for). None: the first rate observed.")
+    partition_rps: PositiveFloat | dict[str, PositiveFloat] | None = Field(
+        None, description="partition 'planned': the arrival rate whose plan fixes the stages (the peak the split "
+                          "is provisioned for), one for every model or per model name (a model not named: the "
+                          "first rate observed). None: the first rate observed.")
     scale_in_window_s: float = Field(
         0.0, ge=0, description="A stage keeps the most replicas any plan of the last this many seconds gave it "
                                "(a stabilisation window: noise in a short rate window does not churn replicas "
@@ -88,6 +97,13 @@ class OperatorPolicyConfig(BaseModel):
     replica_gpus_per_base: float = Field(
         7.0, gt=0, description="operator_level: GPU-equivalents of operator replicas one base instance carries "
                                "(its host's GPUs less its own); more open another base instance.")
+    whole_stage_bases: Literal["plan_gpus", "per_phase"] = Field(
+        "plan_gpus", description="operator_level: how a plan's stages of every operator (whole-model stages, "
+                                 "planned on whole GPUs: the runtime runs them as unified base engines) become "
+                                 "base instances. plan_gpus: the stages' GPUs over tp, one engine per planned "
+                                 "replica of either phase, as model_level realises the same plan; per_phase: one "
+                                 "base per replica of the phase needing the most, each counted as a replica of "
+                                 "both phases (fewer GPUs than the plan priced: README, operators experiment).")
     full_replica_source: LoadSource = Field(
         "warm", description="Where a whole replica's weights come from (an operator replica always attaches "
                             "to a running engine and pulls its operators' weights warm).")
@@ -148,6 +164,11 @@ class OperatorScalingPolicy:
         catalog = default_catalog()
         self._deployments = {d.model: d for d in deployments}
         self._planners: dict[str, OperatorPlanner] = {}
+        if isinstance(config.partition_rps, dict):
+            unknown = sorted(set(config.partition_rps) - set(self._deployments))
+            if unknown:
+                raise ValueError(f"planning policy {self.name!r}: partition_rps names no deployed model: {unknown}; "
+                                 f"deployed: {sorted(self._deployments)}")
         for d in deployments:
             if d.disaggregated:
                 raise ValueError(f"planning policy {self.name!r}: deployment {d.model!r} is disaggregated; "
@@ -191,6 +212,8 @@ class OperatorScalingPolicy:
                 split = [[frozenset({op}) for op in Operator]] * 2
             elif previous is None:
                 rate = self.config.partition_rps
+                if isinstance(rate, dict):
+                    rate = rate.get(model)
                 shape = planner.plan(workload if rate is None else replace(workload, arrival_rps=rate))
                 split = [[s.operators for s in shape.phase(phase).stages] for phase in (Phase.PREFILL, Phase.DECODE)]
             else:
@@ -204,21 +227,28 @@ class OperatorScalingPolicy:
                 previous: StageTargets | None) -> OperatorPlan:
         """Keep the running stages' SM shares (`sticky_shares`): a new share means new replicas, each
         paying a load, for capacity the running ones give by adding replicas at their share. Where the
-        kept shares cannot meet the budget at all, the shares are re-chosen."""
+        kept shares cannot meet the budget at all, the shares are re-chosen.
+
+        A stage of every operator is planned on whole GPUs: the runtime runs it as unified base engines
+        on whole GPUs (`base_and_replicas`), never as SM-share partitions, so a plan on shares would
+        price what does not run (a Qwen2-7B stage on a quarter of an H100 became a whole-GPU base
+        each, 1.7-2x model level's GPUs). A unified engine on a share would not pay either: its
+        per-iteration overhead does not shrink with the share (README, operators experiment)."""
+        whole = {(phase, _ALL): 1.0 for phase in (Phase.PREFILL, Phase.DECODE)}
         if previous is not None and self.config.sticky_shares:
             try:
-                return planner.plan_partition(workload, *split, shares={(s.phase, s.operators): s.share
-                                                                         for s in previous.stages})
+                return planner.plan_partition(workload, *split, shares={**{(s.phase, s.operators): s.share
+                                                                            for s in previous.stages}, **whole})
             except ValueError:
                 pass
-        return planner.plan_partition(workload, *split)
+        return planner.plan_partition(workload, *split, shares=whole)
 
     def _target(self, planner: OperatorPlanner, phase: Phase, stage: StagePlan) -> StageTarget:
         if self.level == "model" or stage.operators == frozenset(Operator):
             # A replica of every operator is a whole replica: a new engine, the whole model's weights.
             load = load_time_s(planner.model, planner.sku, stage.tp, self.config.full_replica_source, self.config.load)
         else:
-            load = attach_load_time_s(planner.costs.weight_bytes(stage.operators), stage.tp, self.config.load)
+            load = operators_attach_s(planner.model, stage.operators, stage.tp, self.config.load)
         per_replica = stage.gpu_cost / stage.replicas
         return StageTarget(phase, stage.operators, max(1, stage.replicas), stage.tp, stage.share, stage.batch,
                            per_replica, load, stage.transfer_s)
@@ -266,15 +296,16 @@ class OperatorScalingPolicy:
         """The base instances and the operator replicas on top that realise `targets` (see the module
         docstring): each stage at the most replicas its phases give it, less what the bases cover."""
         by_stage = _stages_by_operators(targets)
-        # A stage of every operator is a whole replica: its replicas are base instances, not attached ones.
-        whole = max((s.replicas for s in by_stage.values() if s.operators == frozenset(Operator)), default=0)
-        cover = base_cover(targets, tp)
-        bases = min(max(1, min_bases, whole), max(1, max_bases))
+        # A stage of every operator is a whole replica: its replicas are base instances, not attached
+        # ones, and the GPUs they take are the bases' (the rest of the bases' GPUs cover other stages).
+        attached = [s for s in by_stage.values() if s.operators != _ALL]
+        held = whole_stage_gpus(targets, self.config.whole_stage_bases)
+        bases = min(max(1, min_bases, math.ceil(held / tp - 1e-9)), max(1, max_bases))
 
         def extra_of(stage: StageTarget) -> int:
-            return max(0, math.ceil(stage.replicas - bases * cover - 1e-9))
+            return max(0, math.ceil(stage.replicas - bases * base_cover(targets, tp, bases, held) - 1e-9))
         while True:
-            extra_gpus = sum(extra_of(s) * s.gpu_cost for s in by_stage.values())
+            extra_gpus = sum(extra_of(s) * s.gpu_cost for s in attached)
             if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
                 break
             bases += 1
@@ -284,8 +315,7 @@ class OperatorScalingPolicy:
         decode_batch = {s.operators: s.batch for s in targets.phase(Phase.DECODE)}
         extra = tuple(OperatorReplicas(tuple(sorted(op.value for op in s.operators)), extra_of(s), s.tp,
                                        s.share, decode_batch.get(s.operators, s.batch))
-                      for s in sorted(by_stage.values(), key=lambda s: s.name)
-                      if extra_of(s) > 0 and s.operators != frozenset(Operator))
+                      for s in sorted(attached, key=lambda s: s.name) if extra_of(s) > 0)
         return bases, extra
 
     def _stabilised(self, key: PoolKey, found: StageTargets, recent: dict[tuple[PoolKey, str], tuple[tuple[float, int], ...]],
@@ -314,13 +344,25 @@ def _stages_by_operators(targets: StageTargets) -> dict[frozenset[Operator], Sta
     return by_stage
 
 
-def base_cover(targets: StageTargets, tp: int) -> float:
-    """How many replicas of each stage one base instance on `tp` GPUs stands for. The base runs every
-    stage of both phases on its GPUs in turn (opscale.perf.operator_replicas): it is one replica of
-    each only when one replica of every stage of each phase (at the plan's GPU-equivalents) fits
-    them; otherwise that fraction of one, the rest coming from attached replicas."""
-    floor = sum(s.gpu_cost for s in targets.stages)  # one replica of every stage of each phase
-    return min(1.0, tp / floor) if floor > 0 else 1.0
+def whole_stage_gpus(targets: StageTargets, rule: Literal["per_phase", "plan_gpus"]) -> float:
+    """GPUs the base instances give the plan's stages of every operator (0 when it has none): per_phase,
+    the most any phase's whole-model stage holds; plan_gpus, what all of them hold (see
+    `OperatorPolicyConfig.whole_stage_bases`)."""
+    gpus = [s.replicas * s.gpu_cost for s in targets.stages if s.operators == _ALL]
+    if not gpus:
+        return 0.0
+    return max(gpus) if rule == "per_phase" else sum(gpus)
+
+
+def base_cover(targets: StageTargets, tp: int, bases: int = 1, whole_gpus: float = 0.0) -> float:
+    """How many replicas of each stage of fewer than every operator one of `bases` base instances on
+    `tp` GPUs stands for, once `whole_gpus` of their GPUs run the stages of every operator. A base runs
+    every stage of both phases on its GPUs in turn (opscale.perf.operator_replicas): it is one replica
+    of each only when one replica of every such stage of each phase (at the plan's GPU-equivalents)
+    fits its spare GPUs; otherwise that fraction of one, the rest coming from attached replicas."""
+    floor = sum(s.gpu_cost for s in targets.stages if s.operators != _ALL)  # one replica of each stage
+    spare = max(0.0, bases * tp - whole_gpus) / bases if bases > 0 else 0.0
+    return min(1.0, spare / floor) if floor > 0 else 1.0
 
 
 def _whole_replicas(plan: OperatorPlan, tp: int) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from opscale.model import ModelSpec, Sku
 from opscale.perf.loading import LoadTimeParams, attach_load_time_s, load_time_s
+from opscale.perf.operator_replicas import operators_attach_s
 from opscale.perf.operators import Operator, operator_weight_bytes
 from opscale.planning.operators.costs import StageCosts
 
@@ -42,8 +43,7 @@ def scaleup_table(model: ModelSpec, sku: Sku, tp: int | None = None,
         "model": model.name, "sku": sku.name, "tp": whole_tp,
         "one_operator_s": per_layer[Operator.MLP.value],
         "one_operator_one_layer_s": per_layer,
-        "one_family_s": {op.value: attach_load_time_s(operator_weight_bytes(model, op), family_tp(op), params)
-                         for op in Operator},
+        "one_family_s": {op.value: operators_attach_s(model, {op}, family_tp(op), params) for op in Operator},
         "half_operators_s": attach_load_time_s(model.weight_bytes / 2, whole_tp, params),
         "all_operators_s": attach_load_time_s(model.weight_bytes, whole_tp, params),
         "full_replica_warm_s": load_time_s(model, sku, whole_tp, "warm", params),
