@@ -21,9 +21,9 @@ def _scenario() -> Scenario:
     return Scenario.model_validate({
         "name": "two regions", "duration_s": 60.0, "policy": "kpa", "routing_policy": "least_kv",
         "router": {"spill_over": False},
-        "hosts": [{"region": "eu", "sku": "H100-80GB", "gpus": 8, "count": 2},
-                  {"region": "us", "sku": "A100-80GB", "gpus": 4, "count": 1, "weight_cache_gb": 64}],
-        "deployments": [{"model": "Llama-3-8B", "sku": "H100-80GB", "regions": ["eu", "us"], "min_replicas": 1}],
+        "hosts": [{"region": "eu-west", "sku": "H100-80GB", "gpus": 8, "count": 2},
+                  {"region": "us-east", "sku": "A100-80GB", "gpus": 4, "count": 1, "weight_cache_gb": 64}],
+        "deployments": [{"model": "Llama-3-8B", "sku": "H100-80GB", "regions": ["eu-west", "us-east"], "min_replicas": 1}],
         "engine": {"max_num_seqs": 64, "emit_tokens": False},
         "load_time_scale": 0.1,
     })
@@ -38,13 +38,13 @@ def test_a_router_per_region_and_a_node_agent_per_host_named_as_the_simulator_na
     processes = scenario_processes(scenario)
     routers = [p.env for p in processes if p.service == "router"]
     agents = [p.env for p in processes if p.service == "node-agent"]
-    assert [r["OPSCALE_ROUTER_CORE__REGION"] for r in routers] == ["eu", "us"]
+    assert [r["OPSCALE_ROUTER_CORE__REGION"] for r in routers] == ["eu-west", "us-east"]
     assert [a["OPSCALE_NODE_AGENT_AGENT_ID"] for a in agents] == [
         host for _, hosts in scenario.host_groups() for host in hosts]
-    assert agents[2] == {"OPSCALE_NODE_AGENT_AGENT_ID": "us-a100-80gb-1", "OPSCALE_NODE_AGENT_REGION": "us",
+    assert agents[2] == {"OPSCALE_NODE_AGENT_AGENT_ID": "us-east-a100-80gb-1", "OPSCALE_NODE_AGENT_REGION": "us-east",
                          "OPSCALE_NODE_AGENT_SKU": "A100-80GB", "OPSCALE_NODE_AGENT_GPUS": "4",
-                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0", "OPSCALE_NODE_AGENT_S0": "us-a100-80gb",
-                         "OPSCALE_NODE_AGENT_S1": "us-a100-80gb", "OPSCALE_NODE_AGENT_S2": "us",
+                         "OPSCALE_NODE_AGENT_WEIGHT_CACHE_GB": "64.0", "OPSCALE_NODE_AGENT_S0": "us-east-a100-80gb",
+                         "OPSCALE_NODE_AGENT_S1": "us-east-a100-80gb", "OPSCALE_NODE_AGENT_S2": "us-east",
                          "OPSCALE_NODE_AGENT_RDMA_PRIORITY": "low"}
 
 
@@ -70,7 +70,7 @@ def test_the_scenario_settings_configure_every_service(tmp_path: Path) -> None:
     assert settings["router"].core.policy == "least_kv" and settings["router"].core.spill_over is False
     assert settings["router"].core.models == ["Llama-3-8B"]
     assert settings["planner"].policy == "kpa"
-    assert [d.regions for d in settings["planner"].deployments] == [["eu", "us"]]
+    assert [d.regions for d in settings["planner"].deployments] == [["eu-west", "us-east"]]
     assert all(s.engine.max_num_seqs == 64 for s in settings.values())  # the planner sizes for the agents' engines
     assert [t.name for t in settings["aggregator"].tiers] == [t.name for t in _scenario().tiers]
     assert settings["node_agent"].load_time_scale == 0.1
