@@ -142,3 +142,19 @@ def test_a_region_whose_demand_the_plan_routes_away_holds_none_of_the_model() ->
     # the operator level wants a base instance for the region's own trickle; the hourly budget says none
     assert effects.desired[quiet] == 0 and effects.reasons[quiet].startswith("[budget]")
     assert effects.desired[busy] >= 1
+
+
+
+def test_the_operator_level_sizes_each_region_for_the_demand_the_plan_sends_it() -> None:
+    from opscale.planning.opscale.policy import _routed_view
+
+    east, west, eu = (PoolKey(MODEL, region) for region in ("us-east", "us-west", "eu-west"))
+    seen = Observation(0.0, {key: PoolObservation(key, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
+                                                  output_tokens_per_s=rps * 200)
+                             for key, rps in ((east, 4.0), (west, 2.0), (eu, 1.0))})
+    # eu-west's demand all to us-east, us-west's split half and half, us-east's named by no share: at home
+    routed = _routed_view(seen, {(MODEL, "eu-west"): {"us-east": 1.0},
+                                 (MODEL, "us-west"): {"us-west": 0.5, "us-east": 0.5}}).pools
+    assert routed[east].arrival_rps == pytest.approx(6.0) and routed[east].output_tokens_per_s == pytest.approx(1200)
+    assert routed[west].arrival_rps == pytest.approx(1.0) and routed[eu].arrival_rps == 0.0
+    assert sum(p.arrival_rps for p in routed.values()) == pytest.approx(7.0)  # demand is moved, never lost
