@@ -12,7 +12,11 @@ policy built for its paper, run unchanged on its share of the fleet):
   deployments' prefill and decode pools together, inside their budgets.
 - each second (each planner decision): the operator level (`operator_level`) sizes the unified
   deployments' base instances, inside their budgets, and the elastic operator replicas on them, which
-  attach in a fraction of a second and so absorb a burst long before a whole replica could load.
+  attach in a fraction of a second and so absorb a burst long before a whole replica could load. It
+  sizes each region for the demand the plan routes there (_routed_view), not for the region's own
+  arrivals: a region taking another's spill grows, and a region whose demand the plan sends elsewhere
+  is planned at none, gets no spare in its budget and holds none of the model (where the deployment's
+  min_replicas is 0).
 
 An inner loop that wants more than its ceiling gets it only under the emergency rule (the pool's latency
 over its objective, or its queue growing: budget.emergency_reason); the borrowing is logged, its VMs are
