@@ -118,3 +118,43 @@ def test_the_policy_is_in_the_registry_and_refuses_a_bad_parameter_by_name() -> 
         make_planning_policy("opscale", [dep], lambda *_, **__: 10.0, mip={"interval_s": 0})
     with pytest.raises(ValueError, match=r"planning policy 'opscale': emergency.latency_over"):
         make_planning_policy("opscale", [dep], lambda *_, **__: 10.0, emergency={"latency_over": -1})
+
+
+def test_a_pool_planned_at_none_gets_no_slack_but_keeps_the_deployment_minimum() -> None:
+    config = BudgetConfig(floor=0.0, ceiling=1.25, slack=1)
+    assert (budget_from_plan(0, 0, 8, config).floor, budget_from_plan(0, 0, 8, config).ceiling) == (0, 0)
+    assert budget_from_plan(0, 1, 8, config).ceiling == 1  # min_replicas still binds
+    assert budget_from_plan(1, 0, 8, config).ceiling == 3  # a planned pool keeps its spare
+
+
+def test_a_region_whose_demand_the_plan_routes_away_holds_none_of_the_model() -> None:
+    dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1, min_replicas=0, max_replicas=16)
+    policy = make_planning_policy("opscale", [dep], lambda *_, **__: 10.0,
+                                  mip={"interval_s": 3600.0, "min_resolve_s": 3000.0, "rtt_budget_ms": 100.0})
+    busy, quiet = PoolKey(MODEL, "us-east"), PoolKey(MODEL, "us-west")
+    pools = {key: PoolObservation(key, ready=1, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
+                                  output_tokens_per_s=rps * 200)
+             for key, rps in ((busy, 4.0), (quiet, 0.5))}
+    effects = policy.decide(Observation(0.0, pools, {("us-east", "H100-80GB"): 32, ("us-west", "H100-80GB"): 32}),
+                            policy.initial_state(), 0.0)
+    assert effects.state.budgets[quiet].ceiling == 0
+    assert effects.routing_weights[(MODEL, "us-west")] == {"us-east": pytest.approx(1.0)}
+    # the operator level wants a base instance for the region's own trickle; the hourly budget says none
+    assert effects.desired[quiet] == 0 and effects.reasons[quiet].startswith("[budget]")
+    assert effects.desired[busy] >= 1
+
+
+
+def test_the_operator_level_sizes_each_region_for_the_demand_the_plan_sends_it() -> None:
+    from opscale.planning.opscale.policy import _routed_view
+
+    east, west, eu = (PoolKey(MODEL, region) for region in ("us-east", "us-west", "eu-west"))
+    seen = Observation(0.0, {key: PoolObservation(key, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
+                                                  output_tokens_per_s=rps * 200)
+                             for key, rps in ((east, 4.0), (west, 2.0), (eu, 1.0))})
+    # eu-west's demand all to us-east, us-west's split half and half, us-east's named by no share: at home
+    routed = _routed_view(seen, {(MODEL, "eu-west"): {"us-east": 1.0},
+                                 (MODEL, "us-west"): {"us-west": 0.5, "us-east": 0.5}}).pools
+    assert routed[east].arrival_rps == pytest.approx(6.0) and routed[east].output_tokens_per_s == pytest.approx(1200)
+    assert routed[west].arrival_rps == pytest.approx(1.0) and routed[eu].arrival_rps == 0.0
+    assert sum(p.arrival_rps for p in routed.values()) == pytest.approx(7.0)  # demand is moved, never lost

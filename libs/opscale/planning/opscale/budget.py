@@ -24,8 +24,10 @@ class PoolBudget:
 
 def budget_from_plan(planned: int, min_replicas: int, max_replicas: int, config: BudgetConfig) -> PoolBudget:
     """The budget around `planned` instances, within the deployment's bounds. Example: 4 planned,
-    floor 0.5, ceiling 1.25, slack 1 -> [2..6]."""
-    ceiling = math.ceil(config.ceiling * planned - 1e-9) + config.slack
+    floor 0.5, ceiling 1.25, slack 1 -> [2..6]. A pool planned at none gets no slack: the plan routes
+    its region's demand to other regions' pools, which hold the spare, so a quiet region need not hold
+    an idle instance of its own (the emergency rule still lets it borrow if demand arrives anyway)."""
+    ceiling = math.ceil(config.ceiling * planned - 1e-9) + (config.slack if planned > 0 else 0)
     floor = math.ceil(config.floor * planned - 1e-9)
     ceiling = min(max_replicas, max(min_replicas, ceiling))
     floor = min(ceiling, max(min_replicas, floor))

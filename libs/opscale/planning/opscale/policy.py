@@ -12,7 +12,11 @@ policy built for its paper, run unchanged on its share of the fleet):
   deployments' prefill and decode pools together, inside their budgets.
 - each second (each planner decision): the operator level (`operator_level`) sizes the unified
   deployments' base instances, inside their budgets, and the elastic operator replicas on them, which
-  attach in a fraction of a second and so absorb a burst long before a whole replica could load.
+  attach in a fraction of a second and so absorb a burst long before a whole replica could load. It
+  sizes each region for the demand the plan routes there (_routed_view), not for the region's own
+  arrivals: a region taking another's spill grows, and a region whose demand the plan sends elsewhere
+  is planned at none, gets no spare in its budget and holds none of the model (where the deployment's
+  min_replicas is 0).
 
 An inner loop that wants more than its ceiling gets it only under the emergency rule (the pool's latency
 over its objective, or its queue growing: budget.emergency_reason); the borrowing is logged, its VMs are
@@ -245,12 +249,35 @@ class OpscalePolicy:
                 wishes[key] = _Wish(n, "minutes", f"heteroscale: {effects.reasons.get(key, '')}")
         if self.operators is not None:
             assert state.operators is not None
-            effects = self.operators.decide(observation, state.operators, now_s)
+            unified = state.mip.get(Role.UNIFIED)
+            routed = _routed_view(observation, unified.routing_weights) if unified is not None else observation
+            effects = self.operators.decide(routed, state.operators, now_s)
             inner.operators_state = effects.state
             inner.operator_replicas = dict(effects.operator_replicas)
             for key, n in effects.desired.items():
                 wishes[key] = _Wish(n, "second", effects.reasons.get(key, ""))
         return wishes, inner
+
+
+def _routed_view(observation: Observation, weights: Mapping[tuple[str, str], dict[str, float]]) -> Observation:
+    """The unified pools' demand as the hourly plan routes it: each pool sees the share of every origin's
+    arrivals (and tokens) the plan sends its region, so the operator level sizes a region for the spill
+    it takes from quiet regions, and a region whose demand goes elsewhere for none of it. An origin the
+    plan names no shares for stays at home."""
+    moved = {key: [0.0, 0.0, 0.0] for key, pool in observation.pools.items() if key.role is Role.UNIFIED}
+    for key in moved:
+        pool = observation.pools[key]
+        shares = weights.get((key.model, key.region)) or {key.region: 1.0}
+        total = sum(shares.values()) or 1.0
+        for region, share in shares.items():
+            to = moved.get(PoolKey(key.model, region))
+            if to is not None:
+                for i, rate in enumerate((pool.arrival_rps, pool.prompt_tokens_per_s, pool.output_tokens_per_s)):
+                    to[i] += rate * share / total
+    pools = dict(observation.pools)
+    for key, (rps, prompt, output) in moved.items():
+        pools[key] = replace(pools[key], arrival_rps=rps, prompt_tokens_per_s=prompt, output_tokens_per_s=output)
+    return Observation(observation.now_s, pools, observation.free_gpus)
 
 
 @dataclass(slots=True)
