@@ -39,6 +39,7 @@ and feeds them as it frees, in order of arrival + 0.8 x deadline (hold order tie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -52,6 +53,7 @@ from opscale.planning.base import CapacityFn, DeploymentSpec, Effects
 from opscale.planning.milp import solve_plan
 from opscale.planning.milp.catalog import planned_model, sku_specs
 from opscale.planning.milp.inputs import (
+    Fleet,
     PlanInputs,
     PlannedModel,
     PlanSolution,
@@ -59,6 +61,7 @@ from opscale.planning.milp.inputs import (
     TierSpec,
     option_fits,
 )
+from opscale.planning.placement import mix_outcome
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -124,6 +127,7 @@ class SageServeMipState:
     # pool -> (batch arrivals averaged over the deadline window, when last updated)
     batch_mean: dict[PoolKey, tuple[float, float]] = field(default_factory=dict)
     rho: float = 1.0  # the interactive mean over quantile the plan was solved with
+    fleet_vms: dict[tuple[str, str, str], int] = field(default_factory=dict)  # the VM counts last handed out
 
 
 class SageServeMipPolicy:
@@ -140,6 +144,9 @@ class SageServeMipPolicy:
         self.models = {m: planned_model(catalog, m, tp_options=tuple(sorted({tp for _, tp in opts})))
                        for m, opts in self.options.items()}
         self.regions = default_region_catalog()
+        # A new VM's boot is the change cost the MIP weighs against keeping one: the catalogue's longest
+        # on-demand provisioning time for the SKU (minutes for GPU VMs), not a generic guess
+        self.skus = tuple(dataclasses.replace(s, vm_boot_s=self._boot_s(s.name, s.vm_boot_s)) for s in self.skus)
         for model, opts in self.options.items():
             _check_fits(model, opts, self.models[model], {s.name: s for s in self.skus})
 
@@ -158,7 +165,8 @@ class SageServeMipPolicy:
         solving = bool(why_solve)
         if solving:
             inputs = self._inputs(observation, regions, lengths, batch_mean)
-            solution = solve_plan(inputs, state.previous, self.config.time_limit_s, self.config.solver)
+            anchor = self._observed_fleet(observation, pools, state) if observation.gpu_quotas else state.previous
+            solution = solve_plan(inputs, anchor, self.config.time_limit_s, self.config.solver)
             planned = {PoolKey(m, r): 0 for m, r in ((k.model, k.region) for k in pools)}
             mix: dict[PoolKey, dict[Option, int]] = {}
             for (model, region, sku, tp), n in solution.instances.items():
@@ -171,7 +179,7 @@ class SageServeMipPolicy:
                 demand[PoolKey(m, r)] = demand.get(PoolKey(m, r), 0.0) + rate
             vms = {(r, s, Purchase(p).value): n for (r, s, p), n in solution.vm_counts.items() if n}
             state = SageServeMipState(now_s, regions, solution, planned, demand, solution.routing_weights(inputs),
-                                      mix, vms, batch_mean, inputs.interactive_mean_to_quantile)
+                                      mix, vms, batch_mean, inputs.interactive_mean_to_quantile, state.fleet_vms)
             bought = ", ".join(f"{n} {s} {p} in {r}" for (r, s, p), n in sorted(vms.items())) or "none"
             why = f"MIP {solution.status.value.lower()} in {solution.solve_s:.2f} s ({why_solve}); VMs: {bought}"
             reasons = {key: why for key in planned}
@@ -198,27 +206,66 @@ class SageServeMipPolicy:
                    for key, n in desired.items()} if self.config.prestage else {}
         mix = {key: _trimmed(state.sku_mix[key], n, self.options[key.model])
                for key, n in desired.items() if key in state.sku_mix}
-        vm_counts = self._vm_counts(desired, mix, state.vm_counts) if observation.gpu_quotas else {}
+        # VMs hold room for the growth prestage prepares (an elastic fleet's new host boots for minutes:
+        # room bought only once a scale-out asks for it would leave the scale-out waiting, then loading cold)
+        room = {key: max(n, prepare.get(key, n)) for key, n in desired.items()}
+        vm_counts = (self._vm_counts(pools, room, mix, state.vm_counts, observation.gpu_quotas)
+                     if observation.gpu_quotas else {})
+        if vm_counts != state.fleet_vms:
+            state = dataclasses.replace(state, fleet_vms=vm_counts)
         return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare,
                        sku_mix=mix, vm_counts=vm_counts)
 
-    def _vm_counts(self, desired: dict[PoolKey, int], mix: dict[PoolKey, dict[Option, int]],
-                   solved: dict[tuple[str, str, str], int]) -> dict[tuple[str, str, str], int]:
+    def _observed_fleet(self, observation: Observation, pools: dict[PoolKey, PoolObservation],
+                        state: SageServeMipState) -> Fleet | PlanSolution | None:
+        """What an elastic fleet's solve changes: the VMs last asked for (the solution's and the top-ups,
+        those booting included; at the first solve, the hosts present, bought on demand) and the instances
+        placed, on the SKU each runs on. Against the previous solution instead, the MIP would weigh
+        a swap of running VMs or instances (on demand for spot, one SKU for another) as free whenever the
+        last solution happened to differ from the fleet, and each swap is a boot of minutes and a cold load.
+        Without placement counts in the observation, the previous solution."""
+        if not any(pool.placed_by_option for pool in pools.values()):
+            return state.previous
+        instances: dict[tuple[str, str, str, int], int] = {}
+        for key, pool in pools.items():
+            for (sku, tp), n in pool.placed_by_option.items():
+                instance = (key.model, key.region, sku, tp)
+                instances[instance] = instances.get(instance, 0) + n
+        if state.fleet_vms:
+            vms = {(r, s, Purchase(p)): n for (r, s, p), n in state.fleet_vms.items() if n}
+        else:
+            per_vm = {s.name.casefold(): (s.name, s.gpus_per_vm) for s in self.skus}
+            vms = {}
+            for (region, sku), gpus in observation.total_gpus.items():
+                name, gpv = per_vm.get(sku.casefold(), (sku, 0))
+                if gpv and gpus // gpv:
+                    vms[(region, name, Purchase.ON_DEMAND)] = gpus // gpv
+        return Fleet(vms, instances)
+
+    def _vm_counts(self, pools: dict[PoolKey, PoolObservation], replicas: dict[PoolKey, int],
+                   mix: dict[PoolKey, dict[Option, int]],
+                   solved: dict[tuple[str, str, str], int],
+                   quotas: dict[tuple[str, str], int]) -> dict[tuple[str, str, str], int]:
         """The VMs the fleet should hold: the solution's per (region, SKU, purchase), and on-demand VMs
-        added where the desired instances, on their planned (SKU, tp) mix, need more GPUs than that (whole
-        instances pack into whole VMs: every tp divides a VM's GPU count)."""
+        added where `replicas` per pool need more GPUs than that (whole instances pack into whole VMs: every
+        tp divides a VM's GPU count). A pool's GPUs are counted on the SKUs its instances will run on
+        (`mix_outcome`: those running stay on their SKU, whatever the plan's mix; new ones follow the mix),
+        not on the mix alone: an instance a previous plan put on another SKU holds GPUs there until it is
+        scaled in, and a count that ignored it would leave the plan's next instance of that SKU no room.
+        The VMs added stay within the (region, SKU)'s quota."""
         counts = dict(solved)
         needed: dict[tuple[str, str], int] = {}
-        for key, n in desired.items():
-            dep = self.deployments[key.model]
-            options = mix.get(key, {})
-            rest = n - sum(options.values())  # beyond the plan's mix: the deployment's own SKU
-            for (sku, tp), m in [*options.items(), ((dep.sku, dep.tp), max(0, rest))]:
+        for key, n in replicas.items():
+            placed = pools[key].placed_by_option if key in pools else {}
+            split = mix_outcome(self.options[key.model], mix.get(key), placed, n)
+            for (sku, tp), m in split.items():
                 needed[(key.region, sku)] = needed.get((key.region, sku), 0) + m * tp
-        per_vm = {s.name: s.gpus_per_vm for s in self.skus}
+        per_vm = {s.name.casefold(): s.gpus_per_vm for s in self.skus}
         for (region, sku), gpus in sorted(needed.items()):
-            held = sum(n for (r, s, _), n in counts.items() if r == region and s == sku)
-            short = math.ceil(gpus / per_vm[sku]) - held
+            held = sum(n for (r, s, _), n in counts.items() if r == region and s.casefold() == sku.casefold())
+            gpv = per_vm[sku.casefold()]
+            quota = next((q for (r, s), q in quotas.items() if r == region and s.casefold() == sku.casefold()), 0)
+            short = min(math.ceil(gpus / gpv), quota // gpv) - held
             if short > 0:
                 key = (region, sku, Purchase.ON_DEMAND.value)
                 counts[key] = counts.get(key, 0) + short
@@ -372,6 +419,13 @@ class SageServeMipPolicy:
                     for r in regions for s in self.skus}
         return {}
 
+    def _boot_s(self, sku: str, default_s: float) -> float:
+        """The longest on-demand provisioning time of `sku` over the catalogue's regions (`default_s` where
+        none sells it)."""
+        times = [offer.on_demand_provision_s for region in self.regions.regions
+                 if (offer := region.offer(sku)) is not None]
+        return max(times, default=default_s)
+
     def _rtt_ms(self, a: str, b: str) -> float:
         try:
             return self.regions.rtt_ms(a, b)
@@ -402,7 +456,8 @@ def _with_batch_mean(state: SageServeMipState, batch_mean: dict[PoolKey, tuple[f
     if not batch_mean:
         return state
     return SageServeMipState(state.last_solve_s, state.regions, state.previous, state.planned, state.demand_rps,
-                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean, state.rho)
+                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean, state.rho,
+                             state.fleet_vms)
 
 
 def _check_fits(model: str, options: list[Option], spec: PlannedModel, skus: dict[str, SkuSpec]) -> None:
