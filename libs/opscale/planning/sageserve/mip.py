@@ -25,9 +25,12 @@ chosen (SKU, TP) mix (`Effects.sku_mix`, which placement follows on the hosts of
 VMs per (region, SKU, purchase) go out as `Effects.vm_counts` when the fleet is elastic
 (`Observation.gpu_quotas`: the simulator's or a live stack's VMs bought through `opscale.cloud`): the MIP
 may then use a region's whole quota instead of the hosts present, and the counts are the solution's VMs,
-raised with on-demand VMs where the pools' desired instances (bounded below by min_replicas, or grown by a
-burst between solves) need more GPUs than the solution bought. A fixed fleet gets no VM counts: the MIP
-chooses among the GPUs present.
+raised with on-demand VMs (within the quota) where the pools' instances need more GPUs than the solution
+bought: the desired instances (bounded below by min_replicas, or grown by a burst between solves) and the
+growth prestage prepares for (a VM boots for minutes; without room held for it a scale-out would wait for
+one, then load cold), each counted on the SKU it runs or will run on (placement keeps a running instance on
+its SKU whatever a later plan's mix says). A new VM is weighed at the catalogue's boot time. A fixed fleet
+gets no VM counts: the MIP chooses among the GPUs present.
 
 Batch (NIW) work is deferred as SageServe does (`batch_share` > 0): that share of each pool's arrivals is
 a deferrable tier whose volume, averaged over its deadline window (plus the held backlog, worked off
@@ -53,7 +56,6 @@ from opscale.planning.base import CapacityFn, DeploymentSpec, Effects
 from opscale.planning.milp import solve_plan
 from opscale.planning.milp.catalog import planned_model, sku_specs
 from opscale.planning.milp.inputs import (
-    Fleet,
     PlanInputs,
     PlannedModel,
     PlanSolution,
@@ -127,7 +129,6 @@ class SageServeMipState:
     # pool -> (batch arrivals averaged over the deadline window, when last updated)
     batch_mean: dict[PoolKey, tuple[float, float]] = field(default_factory=dict)
     rho: float = 1.0  # the interactive mean over quantile the plan was solved with
-    fleet_vms: dict[tuple[str, str, str], int] = field(default_factory=dict)  # the VM counts last handed out
 
 
 class SageServeMipPolicy:
@@ -165,8 +166,7 @@ class SageServeMipPolicy:
         solving = bool(why_solve)
         if solving:
             inputs = self._inputs(observation, regions, lengths, batch_mean)
-            anchor = self._observed_fleet(observation, pools, state) if observation.gpu_quotas else state.previous
-            solution = solve_plan(inputs, anchor, self.config.time_limit_s, self.config.solver)
+            solution = solve_plan(inputs, state.previous, self.config.time_limit_s, self.config.solver)
             planned = {PoolKey(m, r): 0 for m, r in ((k.model, k.region) for k in pools)}
             mix: dict[PoolKey, dict[Option, int]] = {}
             for (model, region, sku, tp), n in solution.instances.items():
@@ -179,7 +179,7 @@ class SageServeMipPolicy:
                 demand[PoolKey(m, r)] = demand.get(PoolKey(m, r), 0.0) + rate
             vms = {(r, s, Purchase(p).value): n for (r, s, p), n in solution.vm_counts.items() if n}
             state = SageServeMipState(now_s, regions, solution, planned, demand, solution.routing_weights(inputs),
-                                      mix, vms, batch_mean, inputs.interactive_mean_to_quantile, state.fleet_vms)
+                                      mix, vms, batch_mean, inputs.interactive_mean_to_quantile)
             bought = ", ".join(f"{n} {s} {p} in {r}" for (r, s, p), n in sorted(vms.items())) or "none"
             why = f"MIP {solution.status.value.lower()} in {solution.solve_s:.2f} s ({why_solve}); VMs: {bought}"
             reasons = {key: why for key in planned}
@@ -211,36 +211,8 @@ class SageServeMipPolicy:
         room = {key: max(n, prepare.get(key, n)) for key, n in desired.items()}
         vm_counts = (self._vm_counts(pools, room, mix, state.vm_counts, observation.gpu_quotas)
                      if observation.gpu_quotas else {})
-        if vm_counts != state.fleet_vms:
-            state = dataclasses.replace(state, fleet_vms=vm_counts)
         return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare,
                        sku_mix=mix, vm_counts=vm_counts)
-
-    def _observed_fleet(self, observation: Observation, pools: dict[PoolKey, PoolObservation],
-                        state: SageServeMipState) -> Fleet | PlanSolution | None:
-        """What an elastic fleet's solve changes: the VMs last asked for (the solution's and the top-ups,
-        those booting included; at the first solve, the hosts present, bought on demand) and the instances
-        placed, on the SKU each runs on. Against the previous solution instead, the MIP would weigh
-        a swap of running VMs or instances (on demand for spot, one SKU for another) as free whenever the
-        last solution happened to differ from the fleet, and each swap is a boot of minutes and a cold load.
-        Without placement counts in the observation, the previous solution."""
-        if not any(pool.placed_by_option for pool in pools.values()):
-            return state.previous
-        instances: dict[tuple[str, str, str, int], int] = {}
-        for key, pool in pools.items():
-            for (sku, tp), n in pool.placed_by_option.items():
-                instance = (key.model, key.region, sku, tp)
-                instances[instance] = instances.get(instance, 0) + n
-        if state.fleet_vms:
-            vms = {(r, s, Purchase(p)): n for (r, s, p), n in state.fleet_vms.items() if n}
-        else:
-            per_vm = {s.name.casefold(): (s.name, s.gpus_per_vm) for s in self.skus}
-            vms = {}
-            for (region, sku), gpus in observation.total_gpus.items():
-                name, gpv = per_vm.get(sku.casefold(), (sku, 0))
-                if gpv and gpus // gpv:
-                    vms[(region, name, Purchase.ON_DEMAND)] = gpus // gpv
-        return Fleet(vms, instances)
 
     def _vm_counts(self, pools: dict[PoolKey, PoolObservation], replicas: dict[PoolKey, int],
                    mix: dict[PoolKey, dict[Option, int]],
@@ -456,8 +428,7 @@ def _with_batch_mean(state: SageServeMipState, batch_mean: dict[PoolKey, tuple[f
     if not batch_mean:
         return state
     return SageServeMipState(state.last_solve_s, state.regions, state.previous, state.planned, state.demand_rps,
-                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean, state.rho,
-                             state.fleet_vms)
+                             state.routing_weights, state.sku_mix, state.vm_counts, batch_mean, state.rho)
 
 
 def _check_fits(model: str, options: list[Option], spec: PlannedModel, skus: dict[str, SkuSpec]) -> None:
