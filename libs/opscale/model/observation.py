@@ -79,6 +79,9 @@ class PoolObservation:
     ttft_p99_s: float | None = None
     tbt_p99_s: float | None = None
     forecast_rps_hi: float | None = None
+    # Placed instances (withdrawn ones included) per (SKU, tp) they run on: where the pool's GPUs are now,
+    # which a policy that buys VMs per SKU needs (an instance stays on its SKU until scaled in)
+    placed_by_option: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def expected(self) -> int:

@@ -119,6 +119,49 @@ def prestage(prepare: dict[PoolKey, int], assignments: dict[str, tuple[InstanceS
 # Example: mix {(A100, 4): 1, (H100, 2): 2}, running 1 on A100 -> the next two go to H100 hosts.
 SkuMix = dict[PoolKey, dict[tuple[str, int], int]]
 
+Option = tuple[str, int]  # (SKU, tp)
+
+
+def mix_order(own: list[Option], mix: dict[Option, int] | None, have: dict[Option, int]) -> list[Option]:
+    """A pool's (SKU, tp) choices `own` (the deployment's order), best first for its next instance when it
+    runs `have` and a policy asked for `mix` (see `SkuMix`; SKUs compared without case)."""
+    if not mix:
+        return list(own)
+    want = {(sku.casefold(), tp): n for (sku, tp), n in mix.items()}
+    held = {(sku.casefold(), tp): n for (sku, tp), n in have.items()}
+
+    def rank(i: int) -> tuple[int, int, int]:
+        choice = (own[i][0].casefold(), own[i][1])
+        wanted = want.get(choice, 0)
+        short = wanted - held.get(choice, 0)
+        return (0 if short > 0 else 1 if wanted > 0 else 2, -short, i)
+
+    return [own[i] for i in sorted(range(len(own)), key=rank)]
+
+
+def mix_outcome(own: list[Option], mix: dict[Option, int] | None, have: dict[Option, int],
+                replicas: int) -> dict[Option, int]:
+    """Instances per (SKU, tp) once placement has brought a pool running `have` to `replicas` with `mix`
+    asked for, room permitting: running instances stay where they are, a scale-in takes from an option
+    above its count first (else the least preferred), a scale-out follows `mix_order`. What a policy that
+    buys VMs per SKU must hold room for. Keys are spelled as in `own`."""
+    spelled = {(sku.casefold(), tp): (sku, tp) for sku, tp in own}
+    counts: dict[Option, int] = {}
+    for (sku, tp), n in have.items():
+        option = spelled.get((sku.casefold(), tp), (sku, tp))
+        counts[option] = counts.get(option, 0) + n
+    want = {spelled.get((sku.casefold(), tp), (sku, tp)): n for (sku, tp), n in (mix or {}).items()}
+    order = list(own) + [o for o in counts if o not in own]
+    while sum(counts.values()) > replicas:
+        held = [o for o in reversed(order) if counts.get(o, 0) > 0]
+        victim = next((o for o in held if counts[o] > want.get(o, 0)), held[0])
+        counts[victim] -= 1
+    while sum(counts.values()) < replicas:
+        best = mix_order(own, mix, counts)[0]
+        counts[best] = counts.get(best, 0) + 1
+    return {o: n for o, n in counts.items() if n}
+
+
 # (SKU rank, priority rank, outside the group's S1s, cold, -free GPUs, agent id): the least is the best
 _HostRank = tuple[int, int, bool, bool, int, str]
 
@@ -158,17 +201,7 @@ class _Cycle:
         """The (SKU, tp) an instance of `key` may take, best first (see `SkuMix`)."""
         own = dep.pool(key.role).choices()
         mix = self.sku_mix.get(key)
-        if not mix:
-            return own
-        have = self._mix_counts(key)
-
-        def rank(i: int) -> tuple[int, int, int]:
-            choice = (own[i][0].casefold(), own[i][1])
-            wanted = mix.get(choice, 0)
-            short = wanted - have.get(choice, 0)
-            return (0 if short > 0 else 1 if wanted > 0 else 2, -short, i)
-
-        return [own[i] for i in sorted(range(len(own)), key=rank)]
+        return mix_order(own, mix, self._mix_counts(key)) if mix else own
 
     def _mix_counts(self, key: PoolKey) -> dict[tuple[str, int], int]:
         have: dict[tuple[str, int], int] = {}

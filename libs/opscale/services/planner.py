@@ -213,12 +213,14 @@ class PlannerCore:
         pools: dict[PoolKey, PoolObservation] = {}
         for key in self._pool_keys():
             ready = loading = draining = queued = running = hidden = 0
+            by_option: dict[tuple[str, int], int] = {}
             for agent_id, specs in self.plan.assignments.items():
                 if self.plan.agent_regions.get(agent_id) != key.region:
                     continue
                 for spec in specs:
                     if spec.model != key.model or spec.role != key.role:
                         continue
+                    by_option[(spec.sku, spec.tp)] = by_option.get((spec.sku, spec.tp), 0) + 1
                     _, state, q, r = states.get(spec.instance_id, (key.region, InstanceState.LOADING, 0, 0))
                     if spec.instance_id in withdrawn:
                         hidden += 1
@@ -247,6 +249,7 @@ class PlannerCore:
                 ttft_p99_s=max((w.ttft_p99_s for w in windows if w.ttft_p99_s is not None), default=None),
                 tbt_p99_s=max((w.tbt_p99_s for w in windows if w.tbt_p99_s is not None), default=None),
                 forecast_rps_hi=sum(f.hi_rps for f in forecasts) if forecasts else None,
+                placed_by_option=by_option,
             )
         free: dict[tuple[str, str], int] = {}
         total: dict[tuple[str, str], int] = {}

@@ -94,9 +94,11 @@ def test_the_cheaper_sku_per_request_is_chosen_and_its_vms_are_handed_out() -> N
     # L40S 3.77 USD/h for 5 req/s against A100 4.10 for 10: 80 req/s take two L40S VMs or one A100 VM
     policy = SageServeMipPolicy([SMALL], capacity_by_sku({"L40S": 5.0, "A100-80GB": 10.0, "H100-80GB": 1.0}),
                                 SageServeMipConfig(headroom=1.0, spot=False))
-    effects = policy.decide(observe(0.0, 80.0), policy.initial_state(), 0.0)
+    elastic = dataclasses.replace(observe(0.0, 80.0), gpu_quotas={(REGION, "L40S"): 64, (REGION, "A100-80GB"): 64})
+    effects = policy.decide(elastic, policy.initial_state(), 0.0)
     assert effects.sku_mix[KEY] == {("A100-80GB", 1): 8} and effects.desired[KEY] == 8
-    assert effects.vm_counts == {(REGION, "A100-80GB", "on_demand"): 1}
+    # one A100 VM for the 8 instances, and a second for the growth to 10 that prestage prepares for
+    assert effects.vm_counts == {(REGION, "A100-80GB", "on_demand"): 2}
     assert "VMs: 1 A100-80GB on_demand" in effects.reasons[KEY]
 
 

@@ -23,7 +23,9 @@ def ten_rps(*_: object) -> float:
 
 
 def _planner(quotas: dict[tuple[str, str], int] | None) -> PlannerCore:
-    policy = SageServeMipPolicy([DEP], ten_rps, SageServeMipConfig(headroom=1.0, interval_s=30.0, min_resolve_s=0.0))
+    # on demand only, and VMs for the desired instances alone (no room for prestaged growth): counts to check
+    config = SageServeMipConfig(headroom=1.0, interval_s=30.0, min_resolve_s=0.0, spot=False, prestage=False)
+    policy = SageServeMipPolicy([DEP], ten_rps, config)
     return PlannerCore(policy, [DEP], PlannerConfig(interval_s=10.0), gpu_quotas=quotas)
 
 

@@ -25,9 +25,12 @@ chosen (SKU, TP) mix (`Effects.sku_mix`, which placement follows on the hosts of
 VMs per (region, SKU, purchase) go out as `Effects.vm_counts` when the fleet is elastic
 (`Observation.gpu_quotas`: the simulator's or a live stack's VMs bought through `opscale.cloud`): the MIP
 may then use a region's whole quota instead of the hosts present, and the counts are the solution's VMs,
-raised with on-demand VMs where the pools' desired instances (bounded below by min_replicas, or grown by a
-burst between solves) need more GPUs than the solution bought. A fixed fleet gets no VM counts: the MIP
-chooses among the GPUs present.
+raised with on-demand VMs (within the quota) where the pools' instances need more GPUs than the solution
+bought: the desired instances (bounded below by min_replicas, or grown by a burst between solves) and the
+growth prestage prepares for (a VM boots for minutes; without room held for it a scale-out would wait for
+one, then load cold), each counted on the SKU it runs or will run on (placement keeps a running instance on
+its SKU whatever a later plan's mix says). A new VM is weighed at the catalogue's boot time. A fixed fleet
+gets no VM counts: the MIP chooses among the GPUs present.
 
 Batch (NIW) work is deferred as SageServe does (`batch_share` > 0): that share of each pool's arrivals is
 a deferrable tier whose volume, averaged over its deadline window (plus the held backlog, worked off
@@ -39,6 +42,7 @@ and feeds them as it frees, in order of arrival + 0.8 x deadline (hold order tie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -59,6 +63,7 @@ from opscale.planning.milp.inputs import (
     TierSpec,
     option_fits,
 )
+from opscale.planning.placement import mix_outcome
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -140,6 +145,9 @@ class SageServeMipPolicy:
         self.models = {m: planned_model(catalog, m, tp_options=tuple(sorted({tp for _, tp in opts})))
                        for m, opts in self.options.items()}
         self.regions = default_region_catalog()
+        # A new VM's boot is the change cost the MIP weighs against keeping one: the catalogue's longest
+        # on-demand provisioning time for the SKU (minutes for GPU VMs), not a generic guess
+        self.skus = tuple(dataclasses.replace(s, vm_boot_s=self._boot_s(s.name, s.vm_boot_s)) for s in self.skus)
         for model, opts in self.options.items():
             _check_fits(model, opts, self.models[model], {s.name: s for s in self.skus})
 
@@ -198,27 +206,38 @@ class SageServeMipPolicy:
                    for key, n in desired.items()} if self.config.prestage else {}
         mix = {key: _trimmed(state.sku_mix[key], n, self.options[key.model])
                for key, n in desired.items() if key in state.sku_mix}
-        vm_counts = self._vm_counts(desired, mix, state.vm_counts) if observation.gpu_quotas else {}
+        # VMs hold room for the growth prestage prepares (an elastic fleet's new host boots for minutes:
+        # room bought only once a scale-out asks for it would leave the scale-out waiting, then loading cold)
+        room = {key: max(n, prepare.get(key, n)) for key, n in desired.items()}
+        vm_counts = (self._vm_counts(pools, room, mix, state.vm_counts, observation.gpu_quotas)
+                     if observation.gpu_quotas else {})
         return Effects(desired, state, reasons, routing_weights=state.routing_weights, prepare=prepare,
                        sku_mix=mix, vm_counts=vm_counts)
 
-    def _vm_counts(self, desired: dict[PoolKey, int], mix: dict[PoolKey, dict[Option, int]],
-                   solved: dict[tuple[str, str, str], int]) -> dict[tuple[str, str, str], int]:
+    def _vm_counts(self, pools: dict[PoolKey, PoolObservation], replicas: dict[PoolKey, int],
+                   mix: dict[PoolKey, dict[Option, int]],
+                   solved: dict[tuple[str, str, str], int],
+                   quotas: dict[tuple[str, str], int]) -> dict[tuple[str, str, str], int]:
         """The VMs the fleet should hold: the solution's per (region, SKU, purchase), and on-demand VMs
-        added where the desired instances, on their planned (SKU, tp) mix, need more GPUs than that (whole
-        instances pack into whole VMs: every tp divides a VM's GPU count)."""
+        added where `replicas` per pool need more GPUs than that (whole instances pack into whole VMs: every
+        tp divides a VM's GPU count). A pool's GPUs are counted on the SKUs its instances will run on
+        (`mix_outcome`: those running stay on their SKU, whatever the plan's mix; new ones follow the mix),
+        not on the mix alone: an instance a previous plan put on another SKU holds GPUs there until it is
+        scaled in, and a count that ignored it would leave the plan's next instance of that SKU no room.
+        The VMs added stay within the (region, SKU)'s quota."""
         counts = dict(solved)
         needed: dict[tuple[str, str], int] = {}
-        for key, n in desired.items():
-            dep = self.deployments[key.model]
-            options = mix.get(key, {})
-            rest = n - sum(options.values())  # beyond the plan's mix: the deployment's own SKU
-            for (sku, tp), m in [*options.items(), ((dep.sku, dep.tp), max(0, rest))]:
+        for key, n in replicas.items():
+            placed = pools[key].placed_by_option if key in pools else {}
+            split = mix_outcome(self.options[key.model], mix.get(key), placed, n)
+            for (sku, tp), m in split.items():
                 needed[(key.region, sku)] = needed.get((key.region, sku), 0) + m * tp
-        per_vm = {s.name: s.gpus_per_vm for s in self.skus}
+        per_vm = {s.name.casefold(): s.gpus_per_vm for s in self.skus}
         for (region, sku), gpus in sorted(needed.items()):
-            held = sum(n for (r, s, _), n in counts.items() if r == region and s == sku)
-            short = math.ceil(gpus / per_vm[sku]) - held
+            held = sum(n for (r, s, _), n in counts.items() if r == region and s.casefold() == sku.casefold())
+            gpv = per_vm[sku.casefold()]
+            quota = next((q for (r, s), q in quotas.items() if r == region and s.casefold() == sku.casefold()), 0)
+            short = min(math.ceil(gpus / gpv), quota // gpv) - held
             if short > 0:
                 key = (region, sku, Purchase.ON_DEMAND.value)
                 counts[key] = counts.get(key, 0) + short
@@ -371,6 +390,13 @@ class SageServeMipPolicy:
             return {(r, s.name): observation.free_gpus.get((r, s.name), 0) + used.get((r, s.name), 0)
                     for r in regions for s in self.skus}
         return {}
+
+    def _boot_s(self, sku: str, default_s: float) -> float:
+        """The longest on-demand provisioning time of `sku` over the catalogue's regions (`default_s` where
+        none sells it)."""
+        times = [offer.on_demand_provision_s for region in self.regions.regions
+                 if (offer := region.offer(sku)) is not None]
+        return max(times, default=default_s)
 
     def _rtt_ms(self, a: str, b: str) -> float:
         try:
