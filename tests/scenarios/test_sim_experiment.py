@@ -28,7 +28,8 @@ runner = CliRunner()
 def tiny_config(variants: list[dict[str, Any]]) -> dict[str, Any]:
     duration_s = MINUTES * 60
     return {
-        "name": "tiny", "parallel": 1, "variants": variants,
+        # copies: a test that edits its config's variants must not edit a list other tests share
+        "name": "tiny", "parallel": 1, "variants": [dict(v) for v in variants],
         "base": {
             "name": "tiny pool", "seed": 11, "duration_s": duration_s, "sample_interval_s": 30.0,
             "hosts": [{"region": "eu", "sku": "H100-80GB", "gpus": 8, "count": 1}],
