@@ -82,7 +82,7 @@ def policy():  # type: ignore[no-untyped-def]
     # few operator replicas per base, so the operator level asks for more base instances as load grows
     return make_planning_policy("opscale", [dep], lambda *_, **__: 10.0,
                                 mip={"interval_s": 3600.0, "min_resolve_s": 3000.0},
-                                operators={"replica_gpus_per_base": 0.25})
+                                operators={"replica_gpus_per_base": 0.25}, budget={"warmup_s": 0.0})
 
 
 def test_a_wish_past_the_ceiling_is_capped_then_borrowed_in_an_emergency_then_learned(policy) -> None:  # type: ignore[no-untyped-def]
@@ -110,6 +110,26 @@ def test_a_wish_past_the_ceiling_is_capped_then_borrowed_in_an_emergency_then_le
     assert solve.state.budgets[POOL].ceiling >= borrowed and not solve.state.lessons
 
 
+def test_no_budget_binds_before_a_whole_warm_up_of_demand() -> None:
+    """A plan made before traffic (or on its first seconds) caps nothing: the inner loops size the pool
+    for what they see until `warmup_s` of demand was observed; then the latest plan's budget binds."""
+    dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1, min_replicas=0, max_replicas=16)
+    policy = make_planning_policy("opscale", [dep], lambda *_, **__: 10.0,
+                                  mip={"interval_s": 3600.0, "min_resolve_s": 3000.0},
+                                  operators={"replica_gpus_per_base": 0.25}, budget={"warmup_s": 30.0})
+    idle = policy.decide(observe(0.0, 0.0, 0), policy.initial_state(), 0.0)
+    assert not idle.state.budgets and "no budget during the warm-up" in idle.reasons[POOL]
+    assert idle.state.demand_since_s is None
+    # the first requests: far more than the plan made on none, and the operator level gets all it asks for
+    first = policy.decide(observe(10.0, 80.0, 0), idle.state, 10.0)
+    assert first.state.demand_since_s == 10.0 and not first.state.budgets
+    assert first.desired[POOL] > 3 and "capped" not in first.reasons[POOL]
+    # 30 s of demand: the plan binds (the MIP re-solves only hourly here: its last plan, made on none)
+    bound = policy.decide(observe(40.0, 80.0, first.desired[POOL]), first.state, 40.0)
+    assert bound.state.budgeting and bound.state.budgets[POOL].ceiling == 0
+    assert "warm-up over" in bound.reasons[POOL]
+
+
 def test_the_policy_is_in_the_registry_and_refuses_a_bad_parameter_by_name() -> None:
     dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1)
     with pytest.raises(ValueError, match=r"planning policy 'opscale': budget.floor"):
@@ -130,7 +150,8 @@ def test_a_pool_planned_at_none_gets_no_slack_but_keeps_the_deployment_minimum()
 def test_a_region_whose_demand_the_plan_routes_away_holds_none_of_the_model() -> None:
     dep = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=1, min_replicas=0, max_replicas=16)
     policy = make_planning_policy("opscale", [dep], lambda *_, **__: 10.0,
-                                  mip={"interval_s": 3600.0, "min_resolve_s": 3000.0, "rtt_budget_ms": 100.0})
+                                  mip={"interval_s": 3600.0, "min_resolve_s": 3000.0, "rtt_budget_ms": 100.0},
+                                  budget={"warmup_s": 0.0})
     busy, quiet = PoolKey(MODEL, "us-east"), PoolKey(MODEL, "us-west")
     pools = {key: PoolObservation(key, ready=1, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
                                   output_tokens_per_s=rps * 200)

@@ -22,6 +22,9 @@ class BudgetConfig(BaseModel):
     floor: float = Field(0.5, ge=0, le=1, description="Fraction of the planned instances kept at least")
     ceiling: float = Field(1.25, ge=1, description="Multiple of the planned instances the inner loops may reach")
     slack: int = Field(1, ge=0, description="Instances above ceiling x planned (a small pool's one spare)")
+    warmup_s: float = Field(30.0, ge=0, description="Seconds of observed demand before the hourly plan's budgets "
+                            "bind (a plan made on the first seconds of traffic knows too little); until then the "
+                            "inner loops run unbudgeted")
 
 
 class EmergencyRule(BaseModel):

@@ -4,10 +4,11 @@ policy built for its paper, run unchanged on its share of the fleet):
 - hourly (compressed like the rest of an experiment): SageServe's multi-region MIP
   (`sageserve_mip`) plans instances per pool and region, the VMs to hold per (region, SKU, purchase)
   and each origin's cross-region routing shares. A plan becomes each pool's budget, [floor..ceiling]
-  around its planned instances (budget.py). The MIP plans unified pools as they are and each role of a
-  disaggregated deployment as a pool of its own (one solve per role, capacity per role: a prefill
-  instance's rate is its prefill rate), so P and D pools and the operator level's base instances all
-  get budgets.
+  around its planned instances (budget.py), once demand was seen for a warm-up (`budget.warmup_s`,
+  one demand window: a plan from the first seconds of traffic knows too little to cap anything). The
+  MIP plans unified pools as they are and each role of a disaggregated deployment as a pool of its own
+  (one solve per role, capacity per role: a prefill instance's rate is its prefill rate), so P and D
+  pools and the operator level's base instances all get budgets.
 - seconds to minutes: HeteroScale's proportional P/D control (`heteroscale`) sizes the disaggregated
   deployments' prefill and decode pools together, inside their budgets.
 - each second (each planner decision): the operator level (`operator_level`) sizes the unified
@@ -67,6 +68,8 @@ class OpscaleState:
     vm_counts: dict[Role, VmCounts] = field(default_factory=dict)  # the last solve's, per role
     capped: dict[PoolKey, int] = field(default_factory=dict)  # an inner wish the ceiling cut, until granted
     emergencies: int = 0
+    demand_since_s: float | None = None  # when the first demand was seen (the budgets' warm-up starts)
+    budgeting: bool = False  # the hourly plan's budgets bind (after the warm-up)
 
 
 @dataclass(slots=True)
@@ -185,6 +188,15 @@ class OpscalePolicy:
         """Each role's MIP; where one solved, the new budgets (learning from the emergencies since the
         last solve), VM counts and a reason per pool. Also the routing shares of the newest plans."""
         mips = dict(state.mip)
+        demand_since = state.demand_since_s
+        if demand_since is None and any(p.arrival_rps > 0 or p.queued > 0 for p in observation.pools.values()):
+            demand_since = now_s
+        # A plan binds only once the demand it was made on was observed for a whole warm-up: a plan from
+        # the first seconds of traffic (or from none) would cap the inner loops at a fraction of what the
+        # first requests need, and each would wait for the emergency rule, then a cold start. Until then
+        # the inner loops run unbudgeted, as each paper's policy alone does, and the MIP still routes.
+        binding = demand_since is not None and now_s - demand_since >= self.config.budget.warmup_s
+        starts_binding = binding and not state.budgeting
         budgets = dict(state.budgets)
         lessons = dict(state.lessons)
         vm_counts = dict(state.vm_counts)
@@ -196,7 +208,8 @@ class OpscalePolicy:
             effects = mip.decide(self._role_view(observation, role, mip, lessons), before, now_s)
             after: SageServeMipState = effects.state
             mips[role] = after
-            if after.last_solve_s != before.last_solve_s:
+            solved_now = after.last_solve_s != before.last_solve_s
+            if binding and (solved_now or starts_binding):
                 for view_key, planned in after.planned.items():
                     key = PoolKey(view_key.model, view_key.region, role)
                     spec = self.deployments[key.model].pool(role)
@@ -209,14 +222,20 @@ class OpscalePolicy:
                                    f"{lesson.demand_rps:.2f} req/s, ceiling >= {lesson.replicas}")
                     budgets[key] = budget
                     capped.pop(key, None)
-                    solved[key] = (f"hourly: {effects.reasons.get(view_key, 'MIP solved')}; budget {budget}{learned}")
-                if after.previous is not None:
-                    vm_counts[role] = {(r, s, Purchase(p).value): n for (r, s, p), n in after.previous.vm_counts.items()
-                                       if n > 0}
+                    plan = (effects.reasons.get(view_key, "MIP solved") if solved_now
+                            else f"warm-up over: the plan of {after.last_solve_s:.0f} s binds")
+                    solved[key] = f"hourly: {plan}; budget {budget}{learned}"
+            elif solved_now:
+                for view_key in after.planned:
+                    solved[PoolKey(view_key.model, view_key.region, role)] = (
+                        f"hourly: {effects.reasons.get(view_key, 'MIP solved')}; no budget during the warm-up")
+            if solved_now and after.previous is not None:
+                vm_counts[role] = {(r, s, Purchase(p).value): n for (r, s, p), n in after.previous.vm_counts.items()
+                                   if n > 0}
             if role is Role.UNIFIED:  # the disaggregated pools are planned local (above): no shares to send
                 weights.update(after.routing_weights)
-        return (replace(state, mip=mips, budgets=budgets, lessons=lessons, vm_counts=vm_counts, capped=capped),
-                solved, weights)
+        return (replace(state, mip=mips, budgets=budgets, lessons=lessons, vm_counts=vm_counts, capped=capped,
+                        demand_since_s=demand_since, budgeting=binding), solved, weights)
 
     def _role_view(self, observation: Observation, role: Role, mip: SageServeMipPolicy,
                    lessons: Mapping[PoolKey, Lesson]) -> Observation:
