@@ -6,6 +6,7 @@ on the same config."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ def tiny_config() -> ExperimentConfig:
     # the hourly loop compressed further still, so that a 10-minute run sees several solves
     opscale = next(v for v in shipped["variants"] if v["name"] == "opscale")
     opscale["policy_params"]["mip"]["interval_s"] = 120.0
+    # the MoE's stages split as at a busy region's rate (the shipped config keeps whole-model stages, its
+    # measured better setting there), so the per-second loop has operator replicas to attach
+    opscale["policy_params"]["operators"]["partition_rps"] = {"Qwen2-57B-A14B": 25.0}
     return ExperimentConfig.model_validate(shipped)
 
 
@@ -54,7 +58,10 @@ def test_the_decision_log_shows_all_three_loops_acting(opscale_run: RunResult) -
     assert log.count("hourly: MIP") >= 2 and "budget [" in log  # the hourly loop solved more than once
     assert "[minutes] " in log and "heteroscale:" in log  # HeteroScale's P/D control changed P/D counts
     assert "[second] " in log and "operator_level:" in log  # the operator level changed bases or replicas
-    assert "operator replicas" in log
+    attached = re.findall(r"operator replicas (?!none)(\w[^;\n]*)", log)
+    assert attached, "the per-second loop never attached an operator replica"
+    result = opscale_run.result
+    assert result["tiers"]["interactive"]["slo_attainment"] >= 0.99 and result["dropped"] == 0
 
 
 def test_the_combined_section_is_in_the_shipped_config() -> None:
