@@ -3,12 +3,15 @@
 Each WindowStats and PoolUtilisation the aggregator publishes is kept, the latest per series, and shown
 at each scrape:
 
-- `opscale_window_slo_attainment{model,region,tier}`: share of the window's completed requests that met
-  their tier's TTFT and TBT SLOs (absent while none completed);
-- `opscale_window_arrival_rps{model,region,tier}`: the demand, requests per second;
+- `opscale_window_slo_attainment{model,region,tier,window}`: share of the window's completed requests
+  that met their tier's TTFT and TBT SLOs (absent while none completed);
+- `opscale_window_arrival_rps{model,region,tier,window}`: the demand, requests per second;
 - `opscale_window_ttft_p99_seconds`, `opscale_window_tbt_p99_seconds` (same labels);
-- `opscale_pool_instances{model,region,role}`: serving instances, the window's mean (the replicas that
-  meet that demand); `opscale_pool_gpu_util{model,region,role}`: their mean GPU utilisation.
+- `opscale_pool_instances{model,region,role,window}`: serving instances, the window's mean (the replicas
+  that meet that demand); `opscale_pool_gpu_util{model,region,role,window}`: their mean GPU utilisation.
+
+`window` is the window's length in seconds ("10", "60", "300" by default): the aggregator publishes every
+width it keeps, and without the label each series would show whichever width came last.
 
 A series whose latest window ended `stale_after_s` before the newest one seen is dropped: a pool that
 went away stops being drawn instead of holding its last value.
@@ -42,8 +45,8 @@ class WindowCollector(Collector):
 
     def __init__(self, stale_after_s: float = 300.0) -> None:
         self.stale_after_s = stale_after_s
-        self.windows: dict[tuple[str, str, str], WindowStats] = {}
-        self.pools: dict[tuple[str, str, str], PoolUtilisation] = {}
+        self.windows: dict[tuple[str, str, str, str], WindowStats] = {}
+        self.pools: dict[tuple[str, str, str, str], PoolUtilisation] = {}
         self._newest_s = float("-inf")
 
     async def observe(self, action: Action) -> bool:
@@ -51,10 +54,10 @@ class WindowCollector(Collector):
         if isinstance(action, Publish):
             event = action.event
             if isinstance(event, WindowStats):
-                self.windows[(event.model, event.region, event.tier)] = event
+                self.windows[(event.model, event.region, event.tier, _width(event.window_s))] = event
                 self._newest_s = max(self._newest_s, event.end_s)
             elif isinstance(event, PoolUtilisation):
-                self.pools[(event.model, event.region, event.role.value)] = event
+                self.pools[(event.model, event.region, event.role.value, _width(event.window_s))] = event
                 self._newest_s = max(self._newest_s, event.end_s)
         return False
 
@@ -64,14 +67,19 @@ class WindowCollector(Collector):
             for key in [k for k, v in table.items() if v.end_s < oldest_kept]:
                 del table[key]
         for name, documentation, attribute in _WINDOW_GAUGES:
-            family = GaugeMetricFamily(name, documentation, labels=["model", "region", "tier"])
+            family = GaugeMetricFamily(name, documentation, labels=["model", "region", "tier", "window"])
             for key, stats in sorted(self.windows.items()):
                 value = getattr(stats, attribute)
                 if value is not None:
                     family.add_metric(list(key), float(value))
             yield family
         for name, documentation, attribute in _POOL_GAUGES:
-            family = GaugeMetricFamily(name, documentation, labels=["model", "region", "role"])
+            family = GaugeMetricFamily(name, documentation, labels=["model", "region", "role", "window"])
             for key, pool in sorted(self.pools.items()):
                 family.add_metric(list(key), float(getattr(pool, attribute)))
             yield family
+
+
+def _width(window_s: float) -> str:
+    """A window's length as its label value: whole seconds without a decimal point ("60", "2.5")."""
+    return f"{window_s:g}"
