@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from opscale.experiments.combined_config import CombinedComparison
+from opscale.experiments.seed_intervals import CONFIDENCE, seed_intervals
 from opscale.experiments.summary import SummarySection, metric_value
 from opscale.experiments.variant_runner import VariantOutcome
 
@@ -46,8 +47,12 @@ def combined_section(config: CombinedComparison, outcomes: list[VariantOutcome],
                  "ours": ours_gpu, "best": None if best is None else best["variant"], "bound": bound,
                  "ours_meets_slo_target": ours_meets,
                  "passed": None if bound is None or ours_gpu is None else bool(ours_meets and ours_gpu <= bound)}
+    acceptance = [slo_check, gpu_check]
+    seeds_check = _seeds_check(config, outcomes, None if best is None else best["variant"])
+    if seeds_check is not None:
+        acceptance.append(seeds_check)
     data: dict[str, Any] = {"variant": config.variant, "tier": tier, "slo_attainment": ours_slo, "gpu_hours": ours_gpu,
-                            "single_paper": rows, "acceptance": [slo_check, gpu_check]}
+                            "single_paper": rows, "acceptance": acceptance}
     return SummarySection(SECTION_KEY, data, _markdown(config, data))
 
 
@@ -60,7 +65,7 @@ def _markdown(config: CombinedComparison, data: dict[str, Any]) -> str:
         lines.append(f"| {row['variant']} | {_pct(row['slo_attainment'])} | {_num(row['gpu_hours'])} | "
                      f"{_pct(data['slo_attainment'])} | {_num(data['gpu_hours'])} | "
                      f"{_num(row['combined_gpu_hours_ratio'], '{:.2f}x')} |")
-    slo_check, gpu_check = data["acceptance"]
+    slo_check, gpu_check, *seeds = data["acceptance"]
     lines += ["", "### Acceptance (combined)", "", "| check | ours | against | result |", "|---|---|---|---|"]
     against = ", ".join(f"{n} {_pct(v)}" for n, v in slo_check["against"].items())
     lines.append(f"| {slo_check['claim']} | {_pct(slo_check['ours'])} | {against} | {_verdict(slo_check['passed'])} |")
@@ -68,7 +73,39 @@ def _markdown(config: CombinedComparison, data: dict[str, Any]) -> str:
     lines.append(f"| {gpu_check['claim']} | {_num(gpu_check['ours'])} GPU-h (SLO target "
                  f"{'met' if gpu_check['ours_meets_slo_target'] else 'missed'}) | {best}: bound "
                  f"{_num(gpu_check['bound'])} GPU-h | {_verdict(gpu_check['passed'])} |")
+    for check in seeds:
+        ours, theirs = check["ours"], check["against"]
+        lines.append(f"| {check['claim']} | {_interval(ours)} | {check['best'] or 'none meets the target'}: "
+                     f"{_interval(theirs)} | {_verdict(check['passed'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _seeds_check(config: CombinedComparison, outcomes: list[VariantOutcome], best: str | None) -> dict[str, Any] | None:
+    """Over several seeds (`--seeds N`): whether the combined variant's GPU-hours interval lies wholly below
+    the best single-paper variant's (the one the GPU-hour check compares with), so that the difference is
+    more than seed noise. None for a one-seed run."""
+    runs = {o.name: [r.result for r in o.seeds if r.ok and r.result is not None] for o in outcomes if o.seeds}
+    if config.variant not in runs:
+        return None
+    ours = _gpu_interval(runs[config.variant])
+    theirs = _gpu_interval(runs.get(best, [])) if best is not None else None
+    passed = (None if ours is None or theirs is None or ours["high"] is None or theirs["low"] is None
+              else bool(ours["high"] < theirs["low"]))
+    return {"claim": f"over {len(runs[config.variant])} seeds, the {CONFIDENCE:.0%} intervals of the two GPU-hour "
+                     f"figures do not overlap ({config.variant} lower)",
+            "ours": ours, "best": best, "against": theirs, "passed": passed}
+
+
+def _gpu_interval(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return seed_intervals(results).get("gpu_hours") if results else None
+
+
+def _interval(figure: dict[str, Any] | None) -> str:
+    if figure is None:
+        return "-"
+    if figure["low"] is None:
+        return f"{figure['mean']:.1f} GPU-h"
+    return f"{figure['mean']:.1f} [{figure['low']:.1f}, {figure['high']:.1f}] GPU-h"
 
 
 def _verdict(passed: bool | None) -> str:

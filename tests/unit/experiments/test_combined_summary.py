@@ -21,7 +21,7 @@ def outcome(name: str, slo: float, gpu_hours: float) -> VariantOutcome:
 
 def checks(*outcomes: VariantOutcome) -> tuple[dict, dict]:  # type: ignore[type-arg]
     section = combined_section(CONFIG, list(outcomes), "interactive")
-    slo, gpu = section.data["acceptance"]
+    slo, gpu = section.data["acceptance"]  # one seed: no check over the seeds
     assert "| mip |" in section.markdown and "Acceptance (combined)" in section.markdown
     return slo, gpu
 
@@ -47,3 +47,22 @@ def test_a_saving_below_the_bound_fails_and_no_variant_meeting_the_target_is_not
     _, none = checks(outcome("opscale", 1.0, 90.0), outcome("mip", 0.5, 95.0), outcome("hetero", 0.5, 100.0),
                      outcome("ops", 0.5, 120.0))
     assert none["best"] is None and none["passed"] is None
+
+
+def over_seeds(name: str, slo: float, gpu_hours: tuple[float, ...]) -> VariantOutcome:
+    runs = [outcome(name, slo, g) for g in gpu_hours]
+    return VariantOutcome(name, name, runs[0].result, seeds=runs)
+
+
+def test_over_seeds_the_gpu_hour_intervals_must_not_overlap() -> None:
+    apart = combined_section(CONFIG, [over_seeds("opscale", 1.0, (80.0, 81.0, 82.0)),
+                                      over_seeds("mip", 1.0, (100.0, 101.0, 99.0)),
+                                      over_seeds("hetero", 0.9, (50.0, 50.0, 50.0))], "interactive")
+    *_, seeds = apart.data["acceptance"]
+    assert seeds["best"] == "mip" and seeds["passed"] is True
+    assert seeds["ours"]["mean"] == pytest.approx(81.0) and seeds["ours"]["high"] < seeds["against"]["low"]
+    assert "do not overlap" in apart.markdown and "81.0 [" in apart.markdown
+    noisy = combined_section(CONFIG, [over_seeds("opscale", 1.0, (80.0, 95.0, 88.0)),
+                                      over_seeds("mip", 1.0, (100.0, 85.0, 99.0))], "interactive")
+    *_, seeds = noisy.data["acceptance"]
+    assert seeds["passed"] is False  # the means differ by 7 GPU-h, the seeds by more
