@@ -37,7 +37,9 @@ What the planner core and the node-agents actuate (`Effects`):
   planned replica, as model_level realises the same plan; `per_phase`: one base per replica of the
   phase needing the most, each counted as a replica of both phases' whole-model stages). The GPUs
   those stages take are the bases'; what is left of the bases' GPUs covers the other stages
-  (`base_cover`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
+  (`base_cover`), and with `idle_bases_cover` so does the time the whole-model stages leave idle at the
+  observed rate (their planned utilisation over the headroom). `decode_headroom` plans the decode stages
+  at a factor of their own (the prefill stage, the bases, keeps `headroom`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
   ignores them and says so in its log: model-level scaling of the base instances.
 
 Pure: no I/O, no clock.
@@ -323,8 +325,8 @@ class OperatorScalingPolicy:
         attached = [s for s in by_stage.values() if s.operators != _ALL]
         held = whole_stage_gpus(targets, self.config.whole_stage_bases)
         bases = min(max(1, min_bases, math.ceil(held / tp - 1e-9)), max(1, max_bases))
-        busy = (whole_stage_gpus(targets, self.config.whole_stage_bases, self.config.headroom)
-                if self.config.idle_bases_cover else held)
+        headroom = {Phase.PREFILL: self.config.headroom, Phase.DECODE: self.config.decode_headroom or self.config.headroom}
+        busy = whole_stage_gpus(targets, self.config.whole_stage_bases, headroom) if self.config.idle_bases_cover else held
 
         def extra_of(stage: StageTarget) -> int:
             return max(0, math.ceil(stage.replicas - bases * base_cover(targets, tp, bases, busy) - 1e-9))
@@ -369,12 +371,12 @@ def _stages_by_operators(targets: StageTargets) -> dict[frozenset[Operator], Sta
 
 
 def whole_stage_gpus(targets: StageTargets, rule: Literal["per_phase", "plan_gpus"],
-                     busy_at_headroom: float | None = None) -> float:
+                     busy_at: dict[Phase, float] | None = None) -> float:
     """GPUs the base instances give the plan's stages of every operator (0 when it has none): per_phase,
     the most any phase's whole-model stage holds; plan_gpus, what all of them hold (see
-    `OperatorPolicyConfig.whole_stage_bases`). `busy_at_headroom`: only the part the stages keep busy at
-    the observed rate, their planned utilisation over this headroom (`idle_bases_cover`)."""
-    gpus = [s.replicas * s.gpu_cost * (1.0 if busy_at_headroom is None else min(1.0, s.utilisation / busy_at_headroom))
+    `OperatorPolicyConfig.whole_stage_bases`). `busy_at`: each phase's headroom; only the part the stages
+    keep busy at the observed rate counts, their planned utilisation over it (`idle_bases_cover`)."""
+    gpus = [s.replicas * s.gpu_cost * (1.0 if busy_at is None else min(1.0, s.utilisation / busy_at[s.phase]))
             for s in targets.stages if s.operators == _ALL]
     if not gpus:
         return 0.0
