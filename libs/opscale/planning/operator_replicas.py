@@ -6,7 +6,10 @@ base instances; this then attaches the replicas to them (`InstanceSpec.operator_
 each base instance's host has left over, so a host never holds more than it has:
 
 - a replica stays on the base instance it is on (moving one costs a load), as far as the new total
-  allows; a stage whose shape changed (tp, SM share or batch cap) starts over;
+  and an even spread allow: no base keeps more than its share (total / bases, rounded up for the bases
+  that run the most), so a new base gets its share instead of joining bare beside bases that carry
+  every replica (the router sends it as many requests); a stage whose shape changed (tp, SM share or
+  batch cap) starts over;
 - a new replica goes to the base instance with the fewest of that stage whose host has room for it;
 - what no host has room for is reported unplaced.
 
@@ -48,10 +51,12 @@ def attach_operator_replicas(assignments: dict[str, tuple[InstanceSpec, ...]],
             unit = stage.gpu_equivalents / stage.replicas
             counts: dict[str, int] = {}
             left = stage.replicas
-            for iid, agent_id, spec in bases:  # keep what runs, as far as the total and the room allow
-                had = next((r.replicas for r in spec.operator_replicas
-                            if r.name == stage.name and replace(r, replicas=stage.replicas) == stage), 0)
-                keep = max(0, min(had, left, int((room[agent_id] + _EPS) // unit)))
+            had = {iid: next((r.replicas for r in spec.operator_replicas
+                              if r.name == stage.name and replace(r, replicas=stage.replicas) == stage), 0)
+                   for iid, _, spec in bases}
+            fair = _even_spread(stage.replicas, [iid for iid, _, _ in bases], had)
+            for iid, agent_id, _ in bases:  # keep what runs, as far as the total, the room and the spread allow
+                keep = max(0, min(had[iid], left, fair[iid], int((room[agent_id] + _EPS) // unit)))
                 counts[iid] = keep
                 room[agent_id] -= keep * unit
                 left -= keep
@@ -75,3 +80,13 @@ def attach_operator_replicas(assignments: dict[str, tuple[InstanceSpec, ...]],
             out.append(spec if spec.operator_replicas == reps else replace(spec, operator_replicas=reps))
         new[agent_id] = tuple(out)
     return AttachResult(new, unplaced)
+
+
+def _even_spread(total: int, bases: list[str], had: dict[str, int]) -> dict[str, int]:
+    """Each base's share of `total` replicas spread evenly (floor or ceil of total / bases); the larger
+    shares go to the bases that run the most already, so the fewest replicas move."""
+    if not bases:
+        return {}
+    each, more = divmod(total, len(bases))
+    ranked = sorted(bases, key=lambda iid: (-had.get(iid, 0), iid))
+    return {iid: each + (i < more) for i, iid in enumerate(ranked)}

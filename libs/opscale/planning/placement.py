@@ -37,7 +37,7 @@ reported with a reason, not dropped silently: the VM layer turns that shortfall 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from opscale.model import InstanceSpec, InstanceState, PoolKey, RdmaPriority, Role
@@ -71,10 +71,13 @@ class PlacementResult:
 
 def place(desired: dict[PoolKey, int], current: dict[str, tuple[InstanceSpec, ...]], agents: list[AgentSlot],
           deployments: dict[str, DeploymentSpec], states: dict[str, InstanceState], next_seq: int, *,
-          topology_aware: bool = True, sku_mix: SkuMix | None = None) -> PlacementResult:
+          topology_aware: bool = True, sku_mix: SkuMix | None = None,
+          reserve: Mapping[PoolKey, float] | None = None) -> PlacementResult:
     """Return new assignments that realise `desired`, changing as little as possible (see the module
-    docstring for the cycle). `sku_mix` (Effects.sku_mix) overrides a pool's order of SKUs: see `SkuMix`."""
-    cycle = _Cycle(agents, current, deployments, topology_aware, next_seq, sku_mix=sku_mix)
+    docstring for the cycle). `sku_mix` (Effects.sku_mix) overrides a pool's order of SKUs: see `SkuMix`.
+    `reserve`: GPU-equivalents a new instance of the pool takes on its host besides its own GPUs (the
+    share of the pool's operator replicas it will carry, which attach on the same host)."""
+    cycle = _Cycle(agents, current, deployments, topology_aware, next_seq, sku_mix=sku_mix, reserve=reserve)
     for key, want in sorted(desired.items(), key=lambda kv: str(kv[0])):
         have = len(cycle.members(key))
         if want < have:
@@ -172,8 +175,10 @@ class _Cycle:
 
     def __init__(self, agents: list[AgentSlot], current: dict[str, tuple[InstanceSpec, ...]],
                  deployments: dict[str, DeploymentSpec], aware: bool, next_seq: int,
-                 placed_is_warm: bool = False, sku_mix: SkuMix | None = None) -> None:
+                 placed_is_warm: bool = False, sku_mix: SkuMix | None = None,
+                 reserve: Mapping[PoolKey, float] | None = None) -> None:
         self.agents = {a.agent_id: a for a in agents}
+        self.reserve = {key: r for key, r in (reserve or {}).items() if r > 0}
         self.sku_mix = {key: {(sku.casefold(), tp): n for (sku, tp), n in mix.items()}
                         for key, mix in (sku_mix or {}).items() if mix}
         self.deployments = deployments
@@ -181,7 +186,8 @@ class _Cycle:
         self.next_seq = next_seq
         self.placed_is_warm = placed_is_warm
         self.runs: dict[str, list[InstanceSpec]] = {a.agent_id: list(current.get(a.agent_id, ())) for a in agents}
-        self.free = {a.agent_id: a.gpus_total - sum(s.gpus for s in self.runs[a.agent_id]) for a in agents}
+        # an instance's attached operator replicas hold GPUs of its host too (gpu_equivalents: tp without any)
+        self.free = {a.agent_id: a.gpus_total - sum(s.gpu_equivalents for s in self.runs[a.agent_id]) for a in agents}
         self.warm_before = {a.agent_id: set(a.warm_models) | ({s.model for s in self.runs[a.agent_id]}
                                                               if placed_is_warm else set()) for a in agents}
         self.warm = {a: set(models) for a, models in self.warm_before.items()}
@@ -214,9 +220,9 @@ class _Cycle:
         dep = self.deployments[model]
         return sum(n * dep.pool(role).tp for role, n in needs.items())
 
-    def _add(self, agent_id: str, spec: InstanceSpec) -> None:
+    def _add(self, agent_id: str, spec: InstanceSpec, extra: float = 0.0) -> None:
         self.runs[agent_id].append(spec)
-        self.free[agent_id] -= spec.gpus
+        self.free[agent_id] -= spec.gpus + extra
         if self.placed_is_warm:
             self.warm[agent_id].add(spec.model)
 
@@ -280,7 +286,7 @@ class _Cycle:
             else:
                 agent_id, spec = min(members, key=victim_rank)
             self.runs[agent_id].remove(spec)
-            self.free[agent_id] += spec.gpus
+            self.free[agent_id] += spec.gpu_equivalents
 
     # -- scale-out -----------------------------------------------------------------------------
 
@@ -302,15 +308,15 @@ class _Cycle:
                 self.unplaced[key] = self.unplaced.get(key, 0) + 1
                 self.reasons.setdefault(key, self._why(dep, key, tier))
                 continue
-            agent_id, sku, tp = placed
+            agent_id, sku, tp, extra = placed
             prefix = f"{model}-{region}-" if role is Role.UNIFIED else f"{model}-{region}-{role}-"
-            self._add(agent_id, InstanceSpec(f"{prefix}{self.next_seq:05d}", model, sku, tp, role))
+            self._add(agent_id, InstanceSpec(f"{prefix}{self.next_seq:05d}", model, sku, tp, role), extra)
             self.next_seq += 1
             hosts.append(agent_id)
         return hosts
 
     def _grow_in_groups(self, dep: DeploymentSpec, key: PoolKey, remaining: dict[Role, int],
-                        tier: str) -> tuple[str, str, int] | None:
+                        tier: str) -> tuple[str, str, int, float] | None:
         domains = self._domains(dep, key.region, tier)
         groups = {d: roles for d, roles in self._group_sizes(dep, key.region, tier).items() if d in domains}
         # Grow a group: one that lacks this role first (a spill group becomes a pair), then the largest.
@@ -362,8 +368,18 @@ class _Cycle:
         return {a.s1 for a in members for s in self.runs[a.agent_id] if s.model == dep.model}
 
     def _best_host(self, dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot],
-                   partner_s1: set[str]) -> tuple[str, str, int] | None:
-        return _pick(dep, key, members, self.free, self.warm, partner_s1, self.aware, self.choices(dep, key))
+                   partner_s1: set[str]) -> tuple[str, str, int, float] | None:
+        """The host, SKU and tp of one more instance of `key`, and the GPUs it holds there besides its
+        own: the pool's `reserve` on a host with room for both, else on any host with room for it alone."""
+        members = list(members)
+        extra = self.reserve.get(key, 0.0)
+        if extra > 0:
+            host = _pick(dep, key, members, self.free, self.warm, partner_s1, self.aware, self.choices(dep, key),
+                         extra)
+            if host is not None:
+                return (*host, extra)
+        host = _pick(dep, key, members, self.free, self.warm, partner_s1, self.aware, self.choices(dep, key))
+        return None if host is None else (*host, 0.0)
 
     def _why(self, dep: DeploymentSpec, key: PoolKey, tier: str | None) -> str:
         skus = "/".join(sku for sku, _ in dep.pool(key.role).choices())
@@ -377,9 +393,9 @@ class _Cycle:
                 f"room on {skus}")
 
 
-def _pick(dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot], free: dict[str, int],
+def _pick(dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot], free: Mapping[str, float],
           warm: dict[str, set[str]], partner_s1: set[str], aware: bool,
-          order: list[tuple[str, int]] | None = None) -> tuple[str, str, int] | None:
+          order: list[tuple[str, int]] | None = None, extra: float = 0.0) -> tuple[str, str, int] | None:
     """The best host of `members` for one instance of `key` (see the module docstring), with the SKU and
     tp it runs there; None when none has room. `order`: the (SKU, tp) choices best first (default: the
     deployment's)."""
@@ -392,7 +408,7 @@ def _pick(dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot], free:
             continue
         rank_sku, sku, tp = choice
         room = free[agent.agent_id]
-        if room < tp:
+        if room < tp + extra - 1e-9:
             continue
         cold = key.model not in warm.get(agent.agent_id, ())
         if aware:
@@ -405,7 +421,7 @@ def _pick(dep: DeploymentSpec, key: PoolKey, members: Iterable[AgentSlot], free:
     return None if best is None else (best[0][5], best[1], best[2])
 
 
-def fits(dep: DeploymentSpec, members: Iterable[AgentSlot], free: dict[str, int], counts: dict[Role, int]) -> bool:
+def fits(dep: DeploymentSpec, members: Iterable[AgentSlot], free: Mapping[str, float], counts: dict[Role, int]) -> bool:
     """Whether `counts` instances per role of `dep` fit on `members` with `free` GPUs each (placed by the
     same rule as a cycle, preferred SKUs first): the room test of a new group's domain, and of a scenario's
     domains at load time."""

@@ -306,8 +306,13 @@ class PlannerCore:
         soft = soft_scale_in(effects.desired, current, {a.agent_id: a.region for a in agents}, states,
                              self.plan.withdrawn, effects.soft_scale_in_s, now_s)
         aware = self.config.topology_aware
+        # A new base instance of an operator-level pool goes where its share of the pool's operator
+        # replicas fits beside it (they attach on its host); without that, bases packed onto one warm host
+        # leave their replicas no room.
+        reserve = {key: sum(r.gpu_equivalents for r in replicas) / max(1, soft.desired.get(key, 1))
+                   for key, replicas in effects.operator_replicas.items()}
         result = place(soft.desired, soft.assignments, agents, self.deployments, states, self._next_seq,
-                       topology_aware=aware, sku_mix=effects.sku_mix)
+                       topology_aware=aware, sku_mix=effects.sku_mix, reserve=reserve)
         self._next_seq = result.next_seq
         actions: list[Action] = []
         for key, note in sorted(soft.notes.items(), key=lambda kv: str(kv[0])):

@@ -225,3 +225,19 @@ def test_bad_workload_and_objective_name_the_field() -> None:
         Workload(1.0, 0, 256)
     with pytest.raises(ValueError, match="tbt_slo_s"):
         OperatorPlanner(QWEN7, H100, LatencyObjective(ttft_slo_s=1.0, tbt_slo_s=-1.0))
+
+
+def test_a_frontier_point_that_gains_at_no_added_cost_is_taken_first() -> None:
+    """Two points of a stage's frontier may cost the same (a share whose memory, not its SMs, sets its
+    GPU cost): the greedy step scores the faster one as a free gain instead of dividing by zero (a
+    re-plan of Qwen2-7B at a kept partition once crashed here in the operators experiment)."""
+    from opscale.planning.operators.planner import _stage_move
+
+    class Front:
+        costs, lats = [1.0, 1.0, 2.0], [1.0, 0.5, 0.2]
+
+        def upto(self, cost: float) -> int:
+            return sum(c <= cost for c in self.costs)
+
+    assert _stage_move(Front(), 0, 1.0, 1.0, 1.0) == (float("inf"), 1)  # type: ignore[arg-type]
+    assert _stage_move(Front(), 1, 0.5, 1.0, 1.0) == pytest.approx((0.3, 2))  # type: ignore[arg-type]

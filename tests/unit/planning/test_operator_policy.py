@@ -126,6 +126,38 @@ def test_operator_level_actuates_one_base_instance_plus_operator_replicas() -> N
     assert "base instance(s) + operator replicas" in op_effects.reasons[KEY]
 
 
+def test_decode_headroom_plans_the_decode_stages_at_their_own_factor() -> None:
+    """The prefill stages at headroom, the decode stages at decode_headroom (the same partition): the
+    decode phase's replicas are those of the plan at the decode factor, never more than at headroom."""
+    both = _policy("operator_level", partition="planned", partition_rps=40.0, headroom=1.5)
+    split = _policy("operator_level", partition="planned", partition_rps=40.0, headroom=1.5, decode_headroom=1.0)
+    plain = _policy("operator_level", partition="planned", partition_rps=40.0)
+    high, low, unit = (p.decide(_observe(100.0), p.initial_state(), 0.0).state.targets[KEY] for p in (both, split, plain))
+    assert low.phase(Phase.PREFILL) == high.phase(Phase.PREFILL)
+    assert [(s.operators, s.replicas) for s in low.phase(Phase.DECODE)] == \
+        [(s.operators, s.replicas) for s in unit.phase(Phase.DECODE)]
+    assert sum(s.replicas for s in low.phase(Phase.DECODE)) < sum(s.replicas for s in high.phase(Phase.DECODE))
+
+
+def test_idle_bases_cover_other_stages_in_the_time_their_prefill_leaves() -> None:
+    """idle_bases_cover: a base that runs a whole-model prefill stage at the observed rate (its planned
+    utilisation over the headroom) covers the decode stages in the rest of its time, as the engine runs
+    them on it; the same bases, never more replicas, fewer where prefill leaves a base mostly idle."""
+    def observe(rps: float) -> Observation:
+        return Observation(now_s=0.0, pools={KEY: PoolObservation(KEY, arrival_rps=rps, prompt_tokens_per_s=rps * 1155,
+                                                                  output_tokens_per_s=rps * 211)})
+
+    params = {"partition": "planned", "partition_rps": 45.0, "headroom": 1.5, "decode_headroom": 1.0}
+    busy, idle = _policy("operator_level", **params), _policy("operator_level", **params, idle_bases_cover=True)
+    held = {}
+    for rps in (10.0, 20.0, 40.0):
+        a, b = (p.decide(observe(rps), p.initial_state(), 0.0) for p in (busy, idle))
+        assert b.desired[KEY] == a.desired[KEY]
+        held[rps] = tuple(sum(r.gpu_equivalents for r in e.operator_replicas.get(KEY, ())) for e in (a, b))
+        assert held[rps][1] <= held[rps][0]
+    assert held[10.0][1] < held[10.0][0], held
+
+
 def test_operator_replicas_beyond_what_one_base_carries_open_another_base() -> None:
     policy = _policy("operator_level", replica_gpus_per_base=0.5)
     effects = policy.decide(_observe(80.0), policy.initial_state(), 0.0)
@@ -155,6 +187,7 @@ def test_planned_partition_is_the_plan_at_partition_rps() -> None:
     ({"partition": "per_layer"}, "partition"),
     ({"min_rps": 0}, "min_rps"),
     ({"backlog_drain_s": -1}, "backlog_drain_s"),
+    ({"decode_headroom": 0.5}, "decode_headroom"),
     ({"planner": {"batch_sizes": [0]}}, "batch_sizes"),
     ({"planner": {"max_batch": {"softmax": 4}}}, "softmax"),
     ({"ttft_slo_s": 1.0}, "tiers"),

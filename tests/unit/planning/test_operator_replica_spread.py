@@ -40,15 +40,17 @@ def test_no_host_holds_more_than_it_has_and_every_replica_is_placed_or_reported(
         assert placed + result.unplaced.get(KEY, {}).get(stage.name, 0) == stage.replicas
 
 
+def _counts(assignments: dict[str, tuple[InstanceSpec, ...]]) -> dict[str, int]:
+    return {s.instance_id: sum(r.replicas for r in s.operator_replicas) for specs in assignments.values() for s in specs}
+
+
 def test_replicas_stay_where_they_run_and_new_ones_go_to_the_base_with_fewest() -> None:
     agents = [("a0", "eu", 8), ("a1", "eu", 8)]
     mlp = OperatorReplicas(("mlp",), 3)
     first = attach_operator_replicas({"a0": (_base(0),), "a1": (_base(1),)}, {KEY: (mlp,)}, agents).assignments
-    counts = {s.instance_id: s.operator_replicas[0].replicas for specs in first.values() for s in specs}
-    assert counts == {"m-eu-00000": 2, "m-eu-00001": 1}
+    assert _counts(first) == {"m-eu-00000": 2, "m-eu-00001": 1}
     fewer = attach_operator_replicas(first, {KEY: (OperatorReplicas(("mlp",), 2),)}, agents).assignments
-    assert {s.instance_id: sum(r.replicas for r in s.operator_replicas) for specs in fewer.values() for s in specs} \
-        == {"m-eu-00000": 2, "m-eu-00001": 0}
+    assert _counts(fewer) == {"m-eu-00000": 1, "m-eu-00001": 1}, "a scale-in keeps the spread even"
     again = attach_operator_replicas(first, {KEY: (mlp,)}, agents).assignments
     assert again == first, "the same want changes nothing: the same plan, no new epoch"
     none = attach_operator_replicas(first, {}, agents).assignments
@@ -102,3 +104,15 @@ def test_a_replica_takes_no_cohort_above_its_batch_cap() -> None:
     own = latency_model_for(model, sku, 1)
     capped = with_operator_replicas(own, model, sku, 1, (OperatorReplicas(("mlp",), 4, 1, 1.0, 1),))
     assert capped.decode_step_coeffs(64) == pytest.approx(own.decode_step_coeffs(64))
+
+
+def test_a_new_base_gets_its_share_of_the_replicas_the_others_run() -> None:
+    """A base holds no more than an even spread's share (ceil(replicas / bases)): a new base is not left
+    bare beside bases carrying every replica (the router sends each about as many requests, so a bare
+    one would prefill them with less help)."""
+    agents = [("a0", "eu", 8), ("a1", "eu", 8), ("a2", "eu", 8)]
+    mlp = OperatorReplicas(("mlp",), 4)
+    two = attach_operator_replicas({"a0": (_base(0),), "a1": (_base(1),)}, {KEY: (mlp,)}, agents).assignments
+    assert _counts(two) == {"m-eu-00000": 2, "m-eu-00001": 2}
+    three = attach_operator_replicas({**two, "a2": (_base(2),)}, {KEY: (mlp,)}, agents).assignments
+    assert sorted(_counts(three).values()) == [1, 1, 2] and _counts(three)["m-eu-00002"] >= 1

@@ -91,3 +91,27 @@ def test_prestage_puts_a_second_extra_instance_beside_the_first() -> None:
     # two more small instances: one staged host takes both, not two hosts one each
     agents = hosts(frozenset(), frozenset())
     assert prestage({PoolKey("small", "r"): 2}, {}, agents, DEPLOYMENTS) == {"h0": ("small",)}
+
+
+def test_a_base_goes_where_its_share_of_the_pool_s_operator_replicas_fits_beside_it() -> None:
+    """An operator-level pool's new instances reserve room on their host for the operator replicas they
+    will carry; a host's attached replicas hold GPUs too. Without the reserve every base lands on the
+    warm host and leaves its replicas no room."""
+    from opscale.model import OperatorReplicas
+
+    agents = hosts(frozenset({"small"}), frozenset())
+    key = PoolKey("small", "r")
+    packed = place({key: 4}, {}, agents, DEPLOYMENTS, {}, 1)
+    assert members(packed.assignments, "small") == {"h0": 4}
+    spread = place({key: 4}, {}, agents, DEPLOYMENTS, {}, 1, reserve={key: 1.0})
+    assert members(spread.assignments, "small") == {"h0": 4}  # 4 x (1 + 1) fits the warm host's 8 GPUs
+    wide = place({key: 4}, {}, agents, DEPLOYMENTS, {}, 1, reserve={key: 2.0})
+    assert members(wide.assignments, "small") == {"h0": 2, "h1": 2}
+    # an instance's attached replicas count against its host: 1 + 6 GPU-equivalents leave h0 one GPU
+    held = {"h0": (InstanceSpec("small-r-00001", "small", "L40S", 1,
+                                operator_replicas=(OperatorReplicas(("mlp",), 6),)),)}
+    grown = place({key: 3}, held, agents, DEPLOYMENTS, {}, 2)
+    assert members(grown.assignments, "small") == {"h0": 2, "h1": 1}
+    # no host with room for the reserve: the instance is still placed, on room for itself alone
+    full = place({key: 1}, {}, hosts(frozenset(), gpus=2), DEPLOYMENTS, {}, 1, reserve={key: 4.0})
+    assert members(full.assignments, "small") == {"h0": 1}

@@ -657,12 +657,14 @@ def _greedy(fronts: Sequence[_Frontier], budget: float) -> list[int] | None:
 
 def _stage_move(front: _Frontier, at: int, lat: float, cost: float, window: float) -> tuple[float, int]:
     """(score, frontier index) of the largest latency gain per GPU added among the stage's points within
-    `window` GPUs of its current `cost` (the first of equals); (0, -1) if none gains."""
+    `window` GPUs of its current `cost` (the first of equals); (0, -1) if none gains. A point that gains
+    at no added cost (equal costs: a share whose memory, not its SMs, sets the cost) scores infinite."""
     end = front.upto(cost + window)
     lats, costs = front.lats, front.costs
     best_score, best_j = 0.0, -1
     for j in range(at + 1, end):
-        score = (lat - lats[j]) / (costs[j] - cost)
+        added = costs[j] - cost
+        score = (lat - lats[j]) / added if added > 0 else (_INF if lats[j] < lat else 0.0)
         if score > best_score:
             best_score, best_j = score, j
     return best_score, best_j

@@ -37,7 +37,9 @@ What the planner core and the node-agents actuate (`Effects`):
   planned replica, as model_level realises the same plan; `per_phase`: one base per replica of the
   phase needing the most, each counted as a replica of both phases' whole-model stages). The GPUs
   those stages take are the bases'; what is left of the bases' GPUs covers the other stages
-  (`base_cover`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
+  (`base_cover`), and with `idle_bases_cover` so does the time the whole-model stages leave idle at the
+  observed rate (their planned utilisation over the headroom). `decode_headroom` plans the decode stages
+  at a factor of their own (the prefill stage, the bases, keeps `headroom`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
   ignores them and says so in its log: model-level scaling of the base instances.
 
 Pure: no I/O, no clock.
@@ -74,6 +76,11 @@ class OperatorPolicyConfig(BaseModel):
     planner: OperatorPlannerConfig = Field(default_factory=OperatorPlannerConfig)
     min_rps: float = Field(0.1, gt=0, description="Arrival rate planned for when a pool sees less (or none).")
     headroom: float = Field(1.0, ge=1, description="Factor on the observed arrival rate before planning.")
+    decode_headroom: float | None = Field(
+        None, ge=1, description="operator_level: the factor for the stages of the decode phase, when it differs from "
+                                "headroom (None: headroom). The misses headroom buys back are first tokens late on "
+                                "the base instances, which run the prefill stage; decode replicas planned at the "
+                                "prefill's headroom cost GPUs without buying that back (README, operators).")
     backlog_drain_s: float = Field(
         2.0, gt=0, description="Requests queued in the pool are planned as extra arrivals over this many "
                                "seconds, so a step's backlog drains instead of only its new rate being met.")
@@ -104,6 +111,11 @@ class OperatorPolicyConfig(BaseModel):
                                  "replica of either phase, as model_level realises the same plan; per_phase: one "
                                  "base per replica of the phase needing the most, each counted as a replica of "
                                  "both phases (fewer GPUs than the plan priced: README, operators experiment).")
+    idle_bases_cover: bool = Field(
+        False, description="operator_level: the time a plan's whole-model stages leave idle on their base instances "
+                           "at the observed rate (1 - the stage's planned utilisation / headroom) covers replicas of "
+                           "the other stages, as the engine runs every stage on a base (opscale.perf."
+                           "operator_replicas); False: a base's GPUs that a whole-model stage takes count as busy.")
     full_replica_source: LoadSource = Field(
         "warm", description="Where a whole replica's weights come from (an operator replica always attaches "
                             "to a running engine and pulls its operators' weights warm).")
@@ -123,6 +135,7 @@ class StageTarget:
     gpu_cost: float
     load_s: float
     transfer_s: float
+    utilisation: float = 1.0  # of each replica at the planned rate (lam / (R mu))
 
     @property
     def name(self) -> str:
@@ -191,14 +204,14 @@ class OperatorScalingPolicy:
         return OperatorPolicyState()
 
     def workload(self, deployment: DeploymentSpec, rps: float, prompt_tps: float, output_tps: float,
-                 queued: int = 0) -> Workload:
+                 queued: int = 0, headroom: float | None = None) -> Workload:
         """What a pool is planned for: its observed rate plus its backlog over backlog_drain_s (times
         headroom, at least min_rps) and mean lengths (the deployment's typical ones until traffic is seen)."""
         if rps > 0 and prompt_tps > 0 and output_tps > 0:
             prompt, output = prompt_tps / rps, output_tps / rps
         else:
             prompt, output = deployment.typical_prompt_tokens, deployment.typical_output_tokens
-        rate = (rps + queued / self.config.backlog_drain_s) * self.config.headroom
+        rate = (rps + queued / self.config.backlog_drain_s) * (self.config.headroom if headroom is None else headroom)
         return Workload(max(rate, self.config.min_rps), max(1, round(prompt)),
                         max(1, round(output)))
 
@@ -222,6 +235,13 @@ class OperatorScalingPolicy:
         stages = tuple(self._target(planner, phase, stage)
                        for phase in (Phase.PREFILL, Phase.DECODE) for stage in plan.phase(phase).stages)
         return StageTargets(self.level, stages, plan)
+
+    def _decode_at(self, model: str, found: StageTargets, workload: Workload) -> StageTargets:
+        """`found` with the decode phase's stages as planned for `workload` (decode_headroom), in the same
+        partition; the prefill phase's stages and the plan stay `found`'s."""
+        decode = {s.operators: s for s in self.targets(model, workload, found).phase(Phase.DECODE)}
+        return replace(found, stages=tuple(decode.get(s.operators, s) if s.phase is Phase.DECODE else s
+                                           for s in found.stages))
 
     def _replan(self, planner: OperatorPlanner, workload: Workload, split: list[list[frozenset[Operator]]],
                 previous: StageTargets | None) -> OperatorPlan:
@@ -251,7 +271,7 @@ class OperatorScalingPolicy:
             load = operators_attach_s(planner.model, stage.operators, stage.tp, self.config.load)
         per_replica = stage.gpu_cost / stage.replicas
         return StageTarget(phase, stage.operators, max(1, stage.replicas), stage.tp, stage.share, stage.batch,
-                           per_replica, load, stage.transfer_s)
+                           per_replica, load, stage.transfer_s, stage.utilisation)
 
     def decide(self, observation: Observation, state: OperatorPolicyState, now_s: float) -> Effects:
         targets = dict(state.targets)
@@ -269,6 +289,10 @@ class OperatorScalingPolicy:
                                      pool.queued)
             try:
                 found = self.targets(key.model, workload, targets.get(key))
+                if self.level == "operator" and self.config.decode_headroom not in (None, self.config.headroom):
+                    found = self._decode_at(key.model, found, self.workload(
+                        deployment, pool.arrival_rps, pool.prompt_tokens_per_s, pool.output_tokens_per_s, pool.queued,
+                        self.config.decode_headroom))
             except ValueError as exc:
                 # More load than max_replicas allows: keep the last targets, hold the pool at its bound.
                 desired[key] = deployment.max_replicas
@@ -301,9 +325,11 @@ class OperatorScalingPolicy:
         attached = [s for s in by_stage.values() if s.operators != _ALL]
         held = whole_stage_gpus(targets, self.config.whole_stage_bases)
         bases = min(max(1, min_bases, math.ceil(held / tp - 1e-9)), max(1, max_bases))
+        headroom = {Phase.PREFILL: self.config.headroom, Phase.DECODE: self.config.decode_headroom or self.config.headroom}
+        busy = whole_stage_gpus(targets, self.config.whole_stage_bases, headroom) if self.config.idle_bases_cover else held
 
         def extra_of(stage: StageTarget) -> int:
-            return max(0, math.ceil(stage.replicas - bases * base_cover(targets, tp, bases, held) - 1e-9))
+            return max(0, math.ceil(stage.replicas - bases * base_cover(targets, tp, bases, busy) - 1e-9))
         while True:
             extra_gpus = sum(extra_of(s) * s.gpu_cost for s in attached)
             if extra_gpus <= bases * self.config.replica_gpus_per_base or bases >= max_bases:
@@ -344,11 +370,14 @@ def _stages_by_operators(targets: StageTargets) -> dict[frozenset[Operator], Sta
     return by_stage
 
 
-def whole_stage_gpus(targets: StageTargets, rule: Literal["per_phase", "plan_gpus"]) -> float:
+def whole_stage_gpus(targets: StageTargets, rule: Literal["per_phase", "plan_gpus"],
+                     busy_at: dict[Phase, float] | None = None) -> float:
     """GPUs the base instances give the plan's stages of every operator (0 when it has none): per_phase,
     the most any phase's whole-model stage holds; plan_gpus, what all of them hold (see
-    `OperatorPolicyConfig.whole_stage_bases`)."""
-    gpus = [s.replicas * s.gpu_cost for s in targets.stages if s.operators == _ALL]
+    `OperatorPolicyConfig.whole_stage_bases`). `busy_at`: each phase's headroom; only the part the stages
+    keep busy at the observed rate counts, their planned utilisation over it (`idle_bases_cover`)."""
+    gpus = [s.replicas * s.gpu_cost * (1.0 if busy_at is None else min(1.0, s.utilisation / busy_at[s.phase]))
+            for s in targets.stages if s.operators == _ALL]
     if not gpus:
         return 0.0
     return max(gpus) if rule == "per_phase" else sum(gpus)
