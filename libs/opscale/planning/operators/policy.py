@@ -39,8 +39,9 @@ What the planner core and the node-agents actuate (`Effects`):
   those stages take are the bases'; what is left of the bases' GPUs covers the other stages
   (`base_cover`), and with `idle_bases_cover` so does the time the whole-model stages leave idle at the
   observed rate (their planned utilisation over the headroom). `decode_headroom` plans the decode stages
-  at a factor of their own (the prefill stage, the bases, keeps `headroom`). An agent whose backend cannot split operators (`openai`: vLLM and SGLang do not)
-  ignores them and says so in its log: model-level scaling of the base instances.
+  at a factor of their own (the prefill stage, the bases, keeps `headroom`). An agent whose backend
+  cannot split operators (`openai`: vLLM and SGLang do not) ignores them and says so in its log:
+  model-level scaling of the base instances.
 
 Pure: no I/O, no clock.
 """
