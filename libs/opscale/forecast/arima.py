@@ -10,6 +10,7 @@ refits the Kalman filter is only extended over the new points.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,9 +60,19 @@ class Sarima(RefittingForecaster):
     def _fit(self, scaled: np.ndarray, start_params: np.ndarray | None) -> tuple[object, np.ndarray]:
         _, profile = seasonal_profile(scaled, self.season_steps)
         adjusted = self._deseasonalise(scaled, profile)
+        from statsmodels.tools.sm_exceptions import ConvergenceWarning  # statsmodels loads when a model fits
+
         mean = float(adjusted.mean())
-        results = self._model(adjusted - mean).fit(  # type: ignore[attr-defined]
-            start_params=start_params, disp=False, cov_type="none")  # no Hessian: only forecasts are used
+        model = self._model(adjusted - mean)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # judged below, on the last optimiser's result
+            results = model.fit(  # type: ignore[attr-defined]
+                start_params=start_params, disp=False, cov_type="none")  # no Hessian: only forecasts are used
+        if not results.mle_retvals.get("converged", True):
+            # SciPy's L-BFGS-B (C since 1.15) can stop on a failed line search at the optimum itself; BFGS from
+            # where it stopped confirms it in a few steps, or warns, and the fit fails as it would have
+            results = model.fit(  # type: ignore[attr-defined]
+                start_params=results.params, method="bfgs", disp=False, cov_type="none")
         return _ProfiledArima(results, profile, mean), np.asarray(results.params, dtype=float)
 
     def _refilter(self, results: object | None, params: np.ndarray, scaled: np.ndarray,
