@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 from _builders import heartbeat
@@ -24,9 +25,10 @@ from opscale.planning import DeploymentSpec
 from opscale.planning.registry import make_planning_policy
 from opscale.planning.sageserve.mip import SageServeMipConfig, SageServeMipPolicy
 from opscale.runtime.clock import VirtualClock
+from opscale.runtime.live.cloud_k8s import K8sActuatorError, KubernetesActuator
 from opscale.runtime.live.cloud_local import LocalProcessActuator
 from opscale.runtime.live.settings import PlannerSettings, SettingsError, load_settings
-from opscale.runtime.live.vm_actuation import ThreadedActuator, VmActuation
+from opscale.runtime.live.vm_actuation import ThreadedActuator, VmActuation, build_actuator
 from opscale.services.planner import PlannerConfig, PlannerCore
 
 pytestmark = pytest.mark.unit
@@ -197,3 +199,17 @@ def test_the_default_fleet_is_fixed_and_an_elastic_one_plans_up_to_the_catalogue
                                                    "stand_ins": {"lab": "us-west"}}).cloud.gpu_quotas()
     assert quotas[("eu-west", "H100-80GB")] == 16
     assert quotas[("lab", "H100-80GB")] == default_region_catalog().region("us-west").gpu_quota("H100-80GB")
+
+
+def test_the_k8s_back_end_is_built_from_the_planners_settings_and_takes_an_inline_token(tmp_path: Path) -> None:
+    pools = tmp_path / "pools.yaml"
+    pools.write_text("- {region: us-east, sku: H100-80GB, purchase: spot, kind: karpenter, name: gpu-h100-spot}\n")
+    settings = load_settings(PlannerSettings, cloud={"actuator": "k8s", "k8s": {
+        "api_url": "https://k8s.example:6443", "pools_file": str(pools), "token": "inline-token"}})
+    actuator = build_actuator(settings.cloud, {})
+    assert isinstance(actuator, KubernetesActuator)
+    assert actuator.pool("us-east", "H100-80GB", Purchase.SPOT).name == "gpu-h100-spot"
+    assert actuator._token() == "inline-token"
+    with pytest.raises(K8sActuatorError, match="OPSCALE_K8S_POOLS_FILE"):  # no pools: named at start-up
+        build_actuator(load_settings(PlannerSettings, cloud={"actuator": "k8s",
+                                                             "k8s": {"api_url": "https://k8s.example"}}).cloud, {})
