@@ -168,7 +168,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
         p.supervisor.every("lease", settings.lease_renew_s, lease, timeout_s=settings.request_timeout_s * 2)
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
         if actuation is not None:
-            vms = actuation  # bound for the closure (mypy: not None)
+            vms = actuation  # bound for the closure, as not None
 
             async def cloud_step() -> None:
                 await vms.step(core.plan)

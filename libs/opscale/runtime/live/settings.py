@@ -587,7 +587,7 @@ class LocalCloudSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: Path | None = Field(None, description="Settings file the node-agents read (OPSCALE_CONFIG); default: "
-                                "the planner's own, when it has one")
+                                "the planner's OPSCALE_CONFIG, which they inherit")
     env: dict[str, SecretStr] = Field(default_factory=dict, description="Environment the node-agents get besides "
                                       "the planner's (their certificates, OPSCALE_NODE_AGENT_* settings); values "
                                       "may be secrets and are never logged")
