@@ -35,6 +35,7 @@ from opscale.exit_codes import BAD_INPUT_EXIT_CODE
 from opscale.runtime.live.settings import (
     SERVICE_SETTINGS,
     LiveSettings,
+    PlannerSettings,
     RouterSettings,
     SettingsError,
     load_settings,
@@ -142,23 +143,27 @@ def stack_environments(agents: int | Sequence[Mapping[str, str]], base_env: Mapp
 
 
 def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base: int | None = None,
-              scenario: Path | None = None) -> int:
+              scenario: Path | None = None, cloud: str | None = None) -> int:
     """Run the local stack until SIGINT/SIGTERM or a child's death: `agents` default node-agents with
     `config`'s settings, or, with `scenario`, the scenario's routers and hosts with the settings it implies
-    (opscale_services.scenario_stack) laid over `config`'s."""
+    (opscale_services.scenario_stack) laid over `config`'s. With `cloud` (local, k8s), `up` starts no
+    node-agent itself: the planner acts on its plans' VM counts through that actuator, starting from
+    `planner.cloud.initial_vms` (with `scenario`: the scenario's hosts)."""
     configure_logging("INFO")
     base = dict(os.environ)
     routers: Sequence[Mapping[str, str]] = ({},)
-    agent_envs: int | list[dict[str, str]] = agents
+    agent_envs: int | list[dict[str, str]] = [] if cloud else agents
     with tempfile.TemporaryDirectory(prefix="opscale-up-") as folder:
         if scenario is not None:
             from opscale.experiments.scenario import ScenarioError  # only `up --scenario` reads one
 
             try:
-                config, routers, agent_envs = scenario_stack(scenario, config, Path(folder))
+                config, routers, agent_envs = scenario_stack(scenario, config, Path(folder), cloud)
             except (ScenarioError, SettingsError) as exc:
                 log.error("%s", exc)
                 return 2
+        if cloud:
+            base["OPSCALE_PLANNER_CLOUD__ACTUATOR"] = cloud  # laid over the file's planner.cloud section
         # Validate every service's settings before starting anything, so a typo fails fast and clearly.
         loaded: dict[str, LiveSettings] = {}
         for key, cls in SERVICE_SETTINGS.items():
@@ -170,6 +175,11 @@ def run_stack(agents: int, config: Path | None, grace_s: float = 15.0, port_base
             loaded[key] = settings
             if isinstance(settings, RouterSettings) and not settings.auth.active:
                 log.warning(AUTH_OFF_WARNING)
+            if cloud and isinstance(settings, PlannerSettings) and not settings.cloud.initial_vms:
+                log.error("--cloud %s: the planner would start with no host, and it plans only once one has "
+                          "reported: give planner.cloud.initial_vms in --config, or a --scenario whose hosts "
+                          "are the first VMs", cloud)
+                return 2
         secured = secure_defaults(loaded, base, Path(folder))
         if "OPSCALE_GRPC_TLS__CA_FILE" not in secured:
             for key in GRPC_IDENTITIES:  # the settings' own grpc_tls: complete, or insecure by name
@@ -229,25 +239,29 @@ def plain_control(loaded: Mapping[str, LiveSettings]) -> list[str]:
     return plain
 
 
-def scenario_stack(scenario_path: Path, config: Path | None,
-                    folder: Path) -> tuple[Path, list[dict[str, str]], list[dict[str, str]]]:
+def scenario_stack(scenario_path: Path, config: Path | None, folder: Path,
+                   cloud: str | None = None) -> tuple[Path, list[dict[str, str]], list[dict[str, str]]]:
     """The settings file (the scenario's settings over `config`'s), router and agent identities of a
-    scenario's stack. The file is written into `folder`, which lives as long as the stack."""
+    scenario's stack. The file is written into `folder`, which lives as long as the stack. With `cloud`,
+    no agent: the hosts are the planner's first VMs (opscale_services.scenario_stack.scenario_cloud)."""
     from opscale.experiments.comparison import merge_overrides
     from opscale.experiments.scenario import load_scenario
 
-    from opscale_services.scenario_stack import scenario_processes, scenario_settings
+    from opscale_services.scenario_stack import scenario_cloud, scenario_processes, scenario_settings
 
     scenario = load_scenario(scenario_path)
-    merged = merge_overrides(read_config_file(config) if config is not None else {}, scenario_settings(scenario))
+    settings = scenario_settings(scenario)
+    if cloud:
+        settings["planner"]["cloud"] = scenario_cloud(scenario, cloud)
+    merged = merge_overrides(read_config_file(config) if config is not None else {}, settings)
     path = folder / "settings.yaml"
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     processes = scenario_processes(scenario)
-    log.info("scenario %s: %d router(s), %d host(s), policy %s", scenario.name,
+    agents = [] if cloud else [p.env for p in processes if p.service == "node-agent"]
+    log.info("scenario %s: %d router(s), %d host(s)%s, policy %s", scenario.name,
              sum(p.service == "router" for p in processes), sum(p.service == "node-agent" for p in processes),
-             scenario.policy)
-    return (path, [p.env for p in processes if p.service == "router"],
-            [p.env for p in processes if p.service == "node-agent"])
+             f" as the first VMs of the {cloud} actuator" if cloud else "", scenario.policy)
+    return path, [p.env for p in processes if p.service == "router"], agents
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,12 @@ settings, and one simulated node-agent per host with the host's region, SKU, GPU
 (S0/S1/S2) and the scenario's engine and KV-transfer settings. Host identities are the simulator's (`HostGroup.host_ids`), so a plan or a
 fault that names a host means the same host in both.
 
+With a VM actuator (`opscale up --scenario FILE --cloud local`), the hosts are not started as processes:
+they are the planner's first VMs (`planner.cloud.initial_vms`, bought as `vms.purchase`), and the
+scenario's `vms:` stand-ins and quotas are the planner's (`planner.cloud`), so the live planner buys and
+gives back VMs as the simulator's does; a host the cloud could not sell is refused as the simulator
+refuses it.
+
 What the simulator models and the live stack does not take from the scenario: the workload (the live stack
 serves whatever is sent to it; replay a trace with `opscale loadgen replay`), `faults`, `warm_loads` peers
 and `start_provisioned` (live instances load as the planner places them, before the replay starts).
@@ -17,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from opscale.experiments.scenario import Scenario
+from opscale.experiments.scenario import Scenario, ScenarioError
+from opscale.experiments.vm_fleet import fleet_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,20 @@ def scenario_settings(scenario: Scenario) -> dict[str, Any]:
             "profiles_dir": str(scenario.profiles_dir) if scenario.profiles_dir is not None else None,
         },
     }
+
+
+def scenario_cloud(scenario: Scenario, actuator: str) -> dict[str, Any]:
+    """The planner's `cloud` settings that make the scenario's hosts its first VMs through `actuator`;
+    ScenarioError when the cloud could not sell them (opscale.experiments.vm_fleet.fleet_problems)."""
+    problem = fleet_problems(scenario.vms, ((h.region, h.sku, h.gpus, h.count) for h in scenario.hosts))
+    if problem:
+        raise ScenarioError(f"--cloud {actuator}: {problem}")
+    counts: dict[tuple[str, str], int] = {}
+    for group in scenario.hosts:
+        counts[(group.region, group.sku)] = counts.get((group.region, group.sku), 0) + group.count
+    return {"actuator": actuator, "stand_ins": dict(scenario.vms.stand_ins), "quotas": dict(scenario.vms.quotas),
+            "initial_vms": [{"region": region, "sku": sku, "purchase": scenario.vms.purchase.value, "count": n}
+                            for (region, sku), n in sorted(counts.items())]}
 
 
 def scenario_processes(scenario: Scenario) -> list[ScenarioProcess]:

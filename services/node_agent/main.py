@@ -3,8 +3,10 @@ planner's newest epoch (gRPC Apply/Drain/Status), publishes heartbeats on NATS, 
 OpenAI-compatible endpoints. The engines are the simulated engine paced in real time (engine_backend
 `sim`) or OpenAI-compatible servers running on the host, such as vLLM (`openai`). A spot preemption
 notice reaches it at POST /ops/spot-notice on its ops port (`{"notice_s": N}`, from whatever watches the
-cloud's notices): it drains every instance within the notice. Wiring only: the logic is
-opscale.services.node_agent."""
+cloud's notices): it drains every instance within the notice. With `stop_drain_s` set (the local VM
+actuator sets it: a host given back is going away), SIGTERM drains the same way, for at most that long,
+before the engines stop and the agent exits; without it the engines stop at once and a restarted agent
+takes them back. Wiring only: the logic is opscale.services.node_agent."""
 
 from __future__ import annotations
 
@@ -229,6 +231,24 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
             await kv.forward(engines.take_kv_events(), now)
 
         p.supervisor.every("tick", settings.tick_s, tick, timeout_s=max(5.0, settings.tick_s))
+
+        async def drain_on_stop() -> None:
+            """Stopping (the loops have ended): drain as a spot notice does, ticking here, until no instance
+            serves or `stop_drain_s` has passed; the heartbeats tell the planner and the routers meanwhile."""
+            start = p.clock.now_s()
+            deadline = start + settings.stop_drain_s
+            try:
+                await asyncio.wait_for(host.perform(core.reclaim(deadline, start)), settings.request_timeout_s)
+                while any(i.state in (InstanceState.READY, InstanceState.DRAINING, InstanceState.LOADING)
+                          for i in core.heartbeat(p.clock.now_s()).instances) and p.clock.now_s() < deadline:
+                    await asyncio.sleep(settings.tick_s)
+                    await asyncio.wait_for(tick(), max(5.0, settings.tick_s))
+            except Exception as exc:  # noqa: BLE001 - the engines stop next whatever happened here
+                log.warning("%s: drain on stop cut short: %s", settings.agent_id, exc or type(exc).__name__)
+                return
+            log.info("%s: drained in %.1f s; stopping", settings.agent_id, p.clock.now_s() - start)
+        if settings.stop_drain_s > 0:
+            p.on_exit(drain_on_stop)  # runs first at exit: the engines, servers and bus are still up
         if on_start is not None:
             on_start(p)
         await p.run(stop)

@@ -41,14 +41,15 @@ load_time_scale: 0.02
 """
 
 
-@pytest.mark.parametrize("fleet", ["agents", "scenario"])
+@pytest.mark.parametrize("fleet", ["agents", "scenario", "cloud"])
 def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str, redis_url: str, namespace: str,
                                                                   fleet: str, tmp_path: Path) -> None:
-    # `--agents 1`: one default host; `--scenario`: the fleet of a simulation scenario file
+    # `--agents 1`: one default host; `--scenario`: the fleet of a simulation scenario file; `--cloud local`:
+    # its host is the planner's first VM, a node-agent process the planner starts (and stops on SIGTERM)
     base = free_port_block(64)
-    if fleet == "scenario":
+    if fleet in ("scenario", "cloud"):
         (tmp_path / "scenario.yaml").write_text(SCENARIO)
-        launch = ["--scenario", str(tmp_path / "scenario.yaml")]
+        launch = ["--scenario", str(tmp_path / "scenario.yaml")] + (["--cloud", "local"] if fleet == "cloud" else [])
     else:
         launch = ["--agents", "1"]
     env = dict(os.environ, OPSCALE_NATS_URL=nats_url, OPSCALE_REDIS_URL=redis_url, OPSCALE_NAMESPACE=namespace,
@@ -78,6 +79,12 @@ def test_opscale_up_serves_a_request_and_stops_cleanly_on_sigterm(nats_url: str,
         text = stop_up(proc)
     assert proc.returncode == 0, text[-3000:]
     assert "stack stopped" in text and "killing it" not in text
+    if fleet == "cloud":
+        assert "vms: eu-west/H100-80GB/on_demand: 0 -> 1" in text and "started local-vm-1-eu-west-h100-80gb" in text
+        assert "stopping local-vm-1-eu-west-h100-80gb" in text, text[-3000:]
+        pid = int(text.split("started local-vm-1-eu-west-h100-80gb (pid ")[1].split(")")[0])
+        with pytest.raises(ProcessLookupError):  # the planner stopped its VM's agent: nothing left behind
+            os.kill(pid, 0)
     # no grpc_tls settings: the run made its own CA, and the planner commanded the agent over mTLS
     assert "gRPC over mTLS with a development CA made for this run" in text
     assert "CONTROL IS UNENCRYPTED: NATS without TLS and without credentials" in text

@@ -3,6 +3,7 @@ service's `run()`. Heavy imports happen inside the commands so `opscale --help` 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,13 @@ from opscale.cli.loadgen import app as loadgen_app
 from opscale.cli.trace import trace_app
 
 SERVICE_NAMES: tuple[str, ...] = ("router", "aggregator", "forecaster", "planner", "node-agent")
+
+
+class CloudChoice(StrEnum):
+    """`opscale up --cloud`: the planner's VM actuator (planner.cloud.actuator)."""
+
+    LOCAL = "local"
+    K8S = "k8s"
 
 app = typer.Typer(help="opscale: autoscale and route LLM inference across GPU hosts and regions.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -113,6 +121,10 @@ def up(
     port_base: Annotated[int | None, typer.Option(
         help="Put every port at an offset from this one (router API at the base); default: the documented "
              "ports (router 8000, ops 9100-9103, agents from 9111)")] = None,
+    cloud: Annotated[CloudChoice | None, typer.Option(
+        help="Hosts as VMs: the planner acts on its plans' VM counts through this actuator (local: node-agent "
+             "processes it starts on this machine; k8s: Kubernetes node pools) instead of `up` starting "
+             "node-agents; the first VMs are planner.cloud.initial_vms, or the --scenario's hosts")] = None,
 ) -> None:
     """Run the whole local stack as processes (router, aggregator, forecaster, planner, N node-agents)
     against NATS and Redis at the configured URLs; a process that dies is restarted with backoff (the log
@@ -121,9 +133,11 @@ def up(
 
     if agents is not None and scenario is not None:
         raise _fail("--agents and --scenario exclude each other: a scenario names its own hosts")
+    if agents is not None and cloud is not None:
+        raise _fail("--agents and --cloud exclude each other: with --cloud the planner starts the hosts as VMs")
     if agents is not None and agents < 1:
         raise _fail("--agents must be at least 1")
     if scenario is not None and not scenario.exists():
         raise _fail(f"scenario file {scenario} does not exist")
     raise typer.Exit(code=run_stack(agents if agents is not None else 2, config, port_base=port_base,
-                                    scenario=scenario))
+                                    scenario=scenario, cloud=cloud.value if cloud is not None else None))

@@ -11,8 +11,10 @@ from opscale.cloud.actuator import (
     EnsureResult,
     SimulatedActuator,
     VmActuator,
+    VmCount,
     choose_release,
     pool_vms,
+    vm_count_table,
 )
 from opscale.cloud.billing import AccountLine, BillingPolicy, BillingStart, BillingStop, CloudAccount, account
 from opscale.cloud.driver import CloudDriver
@@ -22,7 +24,9 @@ from opscale.cloud.regions import (
     RegionCatalogError,
     RegionSpec,
     SkuOffer,
+    account_catalog,
     default_region_catalog,
+    gpu_quotas,
     load_regions,
     parse_regions,
 )
@@ -32,6 +36,6 @@ __all__ = [
     "AccountLine", "AsyncAdapter", "AsyncVmActuator", "BillingPolicy", "BillingStart", "BillingStop",
     "CloudAccount", "CloudDriver", "CloudEvent", "CloudEventKind", "EnsureResult", "RegionCatalog",
     "RegionCatalogError", "RegionSpec", "RequestResult", "SimCloudConfig", "SimulatedActuator", "SimulatedCloud",
-    "SkuOffer", "VmActuator", "account", "choose_release", "default_region_catalog", "diff_events", "load_regions",
-    "parse_regions", "pool_vms",
+    "SkuOffer", "VmActuator", "VmCount", "account", "account_catalog", "choose_release", "default_region_catalog",
+    "diff_events", "gpu_quotas", "load_regions", "parse_regions", "pool_vms", "vm_count_table",
 ]

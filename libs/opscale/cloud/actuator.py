@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from opscale.cloud.events import CloudEvent
 from opscale.cloud.simulated import SimulatedCloud
 from opscale.model import Purchase, Vm, VmState
@@ -45,6 +47,27 @@ class EnsureResult:
     def converging(self) -> bool:
         """Every VM needed has been asked for (they may still be booting or shutting down)."""
         return self.refused == 0
+
+
+class VmCount(BaseModel):
+    """VMs to hold in one pool, as a config names them (a policy's fixed VMs, a live fleet's first VMs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    region: str = Field(min_length=1, description="Region the VMs are in")
+    sku: str = Field(min_length=1, description="GPU SKU of the VMs (opscale/data/skus.yaml)")
+    purchase: Purchase = Field(Purchase.ON_DEMAND, description="on_demand or spot")
+    count: int = Field(ge=0, description="VMs to hold (0: give every one back)")
+
+
+def vm_count_table(counts: Iterable[VmCount], field: str) -> dict[tuple[str, str, str], int]:
+    """`Plan.vm_counts`' form of a list of `VmCount`s; a ValueError names `field` when a pool is given twice."""
+    table: dict[tuple[str, str, str], int] = {}
+    for i, c in enumerate(counts):
+        cell = (c.region, c.sku, c.purchase.value)
+        if cell in table:
+            raise ValueError(f"{field}.{i}: {'/'.join(cell)} is given twice")
+        table[cell] = c.count
+    return table
 
 
 @runtime_checkable

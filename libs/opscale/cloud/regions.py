@@ -189,6 +189,59 @@ def default_region_catalog() -> RegionCatalog:
     return load_regions(None, default_catalog())
 
 
+def account_catalog(base: RegionCatalog, regions: Iterable[str], *, stand_ins: Mapping[str, str] | None = None,
+                    quotas: Mapping[str, Mapping[str, int]] | None = None, spot_preemptions_per_h: float | None = None,
+                    spot_notice_s: float | None = None, field: str = "vms") -> RegionCatalog:
+    """The regions an account buys VMs in: each of `regions` as `base` has it, or as its stand-in
+    (`stand_ins`: a region `base` does not know -> the catalogue region whose offers it takes), with
+    `quotas` (region -> SKU -> GPUs) replacing the catalogue's and, when given, every region's spot rate
+    and notice. The simulator's `vms:` block and the live planner's `cloud:` settings both build their
+    quotas here; a ValueError names the setting (`field`.stand_ins.REGION, `field`.quotas.REGION.SKU)
+    that cannot be met."""
+    stand_ins, quotas = dict(stand_ins or {}), dict(quotas or {})
+    wanted = sorted(set(regions))
+    for region, target in sorted(stand_ins.items()):
+        if region not in wanted:
+            raise ValueError(f"{field}.stand_ins.{region}: no hosts in that region; regions: {wanted}")
+        if base.get(target) is None:
+            raise ValueError(f"{field}.stand_ins.{region}: {target!r} is not a catalogue region; known: "
+                             f"{', '.join(base.names)}")
+    for region in sorted(quotas):
+        if region not in wanted:
+            raise ValueError(f"{field}.quotas.{region}: not a region of the fleet (nor a stand-in); regions: {wanted}")
+    specs = []
+    for region in wanted:
+        source = stand_ins.get(region, region)
+        spec = base.get(source)
+        if spec is None:
+            raise ValueError(f"{field}.stand_ins: region {region!r} is not in the region catalogue (known: "
+                             f"{', '.join(base.names)}); name the catalogue region it stands in for")
+        offers = []
+        region_quotas = quotas.get(region, {})
+        for sku in sorted(region_quotas):
+            if spec.offer(sku) is None:
+                raise ValueError(f"{field}.quotas.{region}.{sku}: region {source!r} does not sell {sku}; it sells "
+                                 f"{', '.join(o.sku for o in spec.offers)}")
+            if region_quotas[sku] < 0:
+                raise ValueError(f"{field}.quotas.{region}.{sku}: a quota is >= 0 GPUs, got {region_quotas[sku]}")
+        for offer in spec.offers:
+            quota = next((q for sku, q in region_quotas.items() if sku.casefold() == offer.sku.casefold()), None)
+            offers.append(offer if quota is None else dataclasses.replace(offer, gpu_quota=quota))
+        changes: dict[str, object] = {"name": region, "offers": tuple(offers), "rtt_ms": {}}
+        if spot_preemptions_per_h is not None:
+            changes["spot_preemptions_per_h"] = spot_preemptions_per_h
+        if spot_notice_s is not None:
+            changes["spot_notice_s"] = spot_notice_s
+        specs.append(dataclasses.replace(spec, **changes))  # type: ignore[arg-type]
+    return RegionCatalog(tuple(specs), base.skus)
+
+
+def gpu_quotas(catalog: RegionCatalog) -> dict[tuple[str, str], int]:
+    """(region, SKU) -> GPUs the cloud lets the fleet hold: what a policy that buys VMs may plan up to
+    (`Observation.gpu_quotas`)."""
+    return {(region.name, offer.sku): offer.gpu_quota for region in catalog.regions for offer in region.offers}
+
+
 def parse_regions(text: str, source: str = "<regions>", skus: Catalog | None = None) -> RegionCatalog:
     """Parse the text of a regions file (top-level key `regions`: a list of entries)."""
     sku_catalog = skus if skus is not None else default_catalog()

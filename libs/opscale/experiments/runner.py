@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opscale.cloud import SimulatedCloud
+from opscale.cloud import SimulatedCloud, gpu_quotas
 from opscale.engine import SimEngine
 from opscale.experiments.collector import RunCollector
 from opscale.experiments.scenario import HostGroup, Scenario, ScenarioError, trace_requests
-from opscale.experiments.vm_fleet import gpu_quotas
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas, Request, Role
 from opscale.perf import Catalog, LatencyModels, default_catalog, load_profiles
 from opscale.perf.loading import HostWeightCache, choose_load

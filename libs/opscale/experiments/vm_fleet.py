@@ -19,12 +19,11 @@ cloud could not sell, so that a scenario is refused before it runs, naming the f
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opscale.cloud import RegionCatalog, SimCloudConfig, default_region_catalog
+from opscale.cloud import RegionCatalog, SimCloudConfig, account_catalog, default_region_catalog
 from opscale.model import Purchase
 
 
@@ -56,47 +55,9 @@ class VmFleetConfig(BaseModel):
         """The regions of one run's simulated cloud: each scenario region as the catalogue (`base`, the
         built-in one by default) has it, or as its stand-in, with this block's quotas and spot settings.
         A ValueError names the field that cannot be met."""
-        base = base if base is not None else default_region_catalog()
-        wanted = sorted(set(regions))
-        for region, target in sorted(self.stand_ins.items()):
-            if region not in wanted:
-                raise ValueError(f"vms.stand_ins.{region}: no hosts in that region; regions: {wanted}")
-            if base.get(target) is None:
-                raise ValueError(f"vms.stand_ins.{region}: {target!r} is not a catalogue region; known: "
-                                 f"{', '.join(base.names)}")
-        for region in sorted(self.quotas):
-            if region not in wanted:
-                raise ValueError(f"vms.quotas.{region}: no hosts in that region; regions: {wanted}")
-        specs = []
-        for region in wanted:
-            source = self.stand_ins.get(region, region)
-            spec = base.get(source)
-            if spec is None:
-                raise ValueError(f"vms.stand_ins: region {region!r} is not in the region catalogue (known: "
-                                 f"{', '.join(base.names)}); name the catalogue region it stands in for")
-            offers = []
-            quotas = self.quotas.get(region, {})
-            for sku in sorted(quotas):
-                if spec.offer(sku) is None:
-                    raise ValueError(f"vms.quotas.{region}.{sku}: region {source!r} does not sell {sku}; it sells "
-                                     f"{', '.join(o.sku for o in spec.offers)}")
-                if quotas[sku] < 0:
-                    raise ValueError(f"vms.quotas.{region}.{sku}: a quota is >= 0 GPUs, got {quotas[sku]}")
-            for offer in spec.offers:
-                quota = next((q for sku, q in quotas.items() if sku.casefold() == offer.sku.casefold()), None)
-                offers.append(offer if quota is None else dataclasses.replace(offer, gpu_quota=quota))
-            changes: dict[str, object] = {"name": region, "offers": tuple(offers), "rtt_ms": {}}
-            if self.spot_preemptions_per_h is not None:
-                changes["spot_preemptions_per_h"] = self.spot_preemptions_per_h
-            if self.spot_notice_s is not None:
-                changes["spot_notice_s"] = self.spot_notice_s
-            specs.append(dataclasses.replace(spec, **changes))  # type: ignore[arg-type]
-        return RegionCatalog(tuple(specs), base.skus)
-
-
-def gpu_quotas(catalog: RegionCatalog) -> dict[tuple[str, str], int]:
-    """(region, SKU) -> GPUs the cloud lets the fleet hold: what a policy that buys VMs may plan up to."""
-    return {(region.name, offer.sku): offer.gpu_quota for region in catalog.regions for offer in region.offers}
+        return account_catalog(base if base is not None else default_region_catalog(), regions,
+                               stand_ins=self.stand_ins, quotas=self.quotas,
+                               spot_preemptions_per_h=self.spot_preemptions_per_h, spot_notice_s=self.spot_notice_s)
 
 
 def fleet_problems(config: VmFleetConfig, hosts: Iterable[tuple[str, str, int, int]]) -> str:

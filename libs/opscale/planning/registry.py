@@ -46,9 +46,15 @@ def _reactive(deployments: list[DeploymentSpec], capacity: CapacityFn, objective
 
 def _static(deployments: list[DeploymentSpec], capacity: CapacityFn, objective: LatencyObjective,
             **params: Any) -> PlanningPolicy:
-    from opscale.planning.static import StaticPolicy
+    from opscale.cloud import vm_count_table
+    from opscale.planning.static import StaticConfig, StaticPolicy
 
-    return StaticPolicy(deployments, **params)
+    config = _config("static", StaticConfig, params)
+    try:
+        vms = vm_count_table(config.vms, "vms")
+    except ValueError as exc:
+        raise ValueError(f"planning policy 'static': {exc}") from None
+    return StaticPolicy(deployments, config.replicas, vms)
 
 
 def _config(policy: str, cls: type[ConfigT], params: dict[str, Any]) -> ConfigT:

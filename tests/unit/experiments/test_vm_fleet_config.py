@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from opscale.cloud import gpu_quotas
 from opscale.experiments.scenario import Fault, HostGroup, Scenario
-from opscale.experiments.vm_fleet import VmFleetConfig, gpu_quotas
+from opscale.experiments.vm_fleet import VmFleetConfig
 from opscale.model import Purchase
 from opscale.planning import DeploymentSpec
 

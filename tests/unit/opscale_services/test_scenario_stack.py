@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opscale.experiments.scenario import Scenario
+from opscale.experiments.scenario import Scenario, ScenarioError
 from opscale.runtime.live.settings import SERVICE_SETTINGS, load_settings
 
 from opscale_services.launcher import stack_environments
-from opscale_services.scenario_stack import scenario_processes, scenario_settings
+from opscale_services.scenario_stack import scenario_cloud, scenario_processes, scenario_settings
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +75,19 @@ def test_the_scenario_settings_configure_every_service(tmp_path: Path) -> None:
     assert [t.name for t in settings["aggregator"].tiers] == [t.name for t in _scenario().tiers]
     assert settings["node_agent"].load_time_scale == 0.1
     assert settings["node_agent"].transfer == _scenario().transfer  # prices a live KV hand-off as the simulator does
+
+
+def test_with_a_cloud_actuator_the_hosts_are_the_planners_first_vms_with_the_scenarios_quotas() -> None:
+    scenario = Scenario.model_validate({
+        "name": "vms", "duration_s": 60.0,
+        "hosts": [{"region": "eu-west", "sku": "H100-80GB", "gpus": 8, "count": 2},
+                  {"region": "us-west", "sku": "A100-80GB", "gpus": 8, "count": 1}],
+        "deployments": [{"model": "Llama-3-8B", "sku": "H100-80GB", "min_replicas": 1}],
+        "vms": {"purchase": "spot", "quotas": {"us-west": {"A100-80GB": 16}}}})
+    cloud = scenario_cloud(scenario, "local")
+    planner = load_settings(SERVICE_SETTINGS["planner"], cloud=cloud)
+    assert planner.cloud.initial() == {("eu-west", "H100-80GB", "spot"): 2, ("us-west", "A100-80GB", "spot"): 1}
+    assert planner.cloud.gpu_quotas()[("us-west", "A100-80GB")] == 16
+    # a host the cloud could not sell (its SKU's VMs have 8 GPUs) is refused, naming it
+    with pytest.raises(ScenarioError, match="--cloud local: hosts us-east/A100-80GB: gpus is 4"):
+        scenario_cloud(_scenario(), "local")

@@ -108,9 +108,10 @@ class LocalProcessActuator:
         """Stop every agent: SIGTERM, wait up to `timeout_s` (default `grace_s`), then SIGKILL the rest.
         Returns how many had to be killed."""
         limit_s = self.grace_s if timeout_s is None else timeout_s
-        for entry in self._procs.values():
+        for vm_id, entry in self._procs.items():
             if entry.proc.poll() is None:
                 entry.proc.send_signal(signal.SIGTERM)
+                log.info("stopping %s (pid %d): SIGTERM", vm_id, entry.proc.pid)
         killed = 0
         for entry in self._procs.values():
             try:

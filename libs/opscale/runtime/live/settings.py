@@ -64,11 +64,13 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from opscale.cloud import VmCount, account_catalog, gpu_quotas, load_regions, vm_count_table
 from opscale.engine import EngineConfig
 from opscale.model import RdmaPriority, Role, TierList, TierSpec, default_tier_models, tier_table
 from opscale.perf.transfer import Placement, TransferParams
 from opscale.planning import DeploymentSpec
 from opscale.routing.tenants import ApiKeySpec
+from opscale.runtime.live.cloud_k8s_settings import K8sSettings
 from opscale.runtime.live.redact import redact_url
 from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.aggregator import AggregatorConfig
@@ -81,9 +83,11 @@ __all__ = [
     "CONFIG_ENV",
     "AggregatorSettings",
     "AuthSettings",
+    "CloudSettings",
     "ForecasterSettings",
     "GrpcTlsSettings",
     "LiveSettings",
+    "LocalCloudSettings",
     "NatsAuthSettings",
     "NodeAgentSettings",
     "POD_NAME_ENV",
@@ -576,6 +580,81 @@ class ForecasterSettings(LiveSettings):
     core: ForecasterConfig = Field(default_factory=ForecasterConfig, description="Forecasting settings")
 
 
+class LocalCloudSettings(BaseModel):
+    """The `local` actuator (opscale.runtime.live.cloud_local): a "VM" is a node-agent process the planner
+    starts on its own host, in the planner's NATS, Redis and namespace, each on free ports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = Field(None, description="Settings file the node-agents read (OPSCALE_CONFIG); default: "
+                                "the planner's OPSCALE_CONFIG, which they inherit")
+    env: dict[str, SecretStr] = Field(default_factory=dict, description="Environment the node-agents get besides "
+                                      "the planner's (their certificates, OPSCALE_NODE_AGENT_* settings); values "
+                                      "may be secrets and are never logged")
+    drain_s: float = Field(10.0, gt=0, description="A node-agent given back drains its instances for at most "
+                           "this long after SIGTERM (its stop_drain_s)")
+    grace_s: float = Field(15.0, gt=0, description="A node-agent given SIGTERM (to drain) is killed if still "
+                           "running this long after")
+    log_dir: Path | None = Field(None, description="Each node-agent's output goes to <log_dir>/<vm id>.log; "
+                                 "unset: discarded")
+    name_prefix: str = Field("local-vm", min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$",
+                             description="VM ids, and the agents' ids, are <name_prefix>-<n>-<region>-<sku>")
+
+    @model_validator(mode="after")
+    def _drain_within_grace(self) -> LocalCloudSettings:
+        if self.drain_s >= self.grace_s:
+            raise ValueError(f"drain_s ({self.drain_s}) must be shorter than grace_s ({self.grace_s}), or a draining "
+                             "agent is killed")
+        return self
+
+
+class CloudSettings(BaseModel):
+    """Whether and how the planner acts on its plans' VM counts (`Plan.vm_counts`, from a policy that buys
+    VMs: sageserve_mip, opscale, static with `vms`). `none`: the fleet is fixed, as before. Otherwise the
+    leading planner calls the actuator's `ensure` per (region, SKU, purchase) for every plan (before the
+    first plan that names VM counts: `initial_vms`), and tells its policy the cloud's GPU quotas
+    (`Observation.gpu_quotas`) from the region catalogue, as the simulator does with `vms:` on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actuator: Literal["none", "local", "k8s"] = Field("none", description="VM back end: none (a fixed fleet), "
+                                                      "local (node-agent processes on this host) or k8s (Karpenter "
+                                                      "NodePools / Cluster API MachineDeployments)")
+    poll_s: float = Field(5.0, gt=0, description="How often the leader reads the cloud's events and brings "
+                          "every pool to the current plan's count again (level-triggered)")
+    call_timeout_s: float = Field(30.0, gt=0, description="Deadline of one actuator call")
+    regions_file: Path | None = Field(None, description="Region catalogue with the account's quotas "
+                                      "(regions.yaml layout); unset: the built-in one")
+    stand_ins: dict[str, str] = Field(default_factory=dict, description="Fleet region -> the catalogue region "
+                                      "whose offers (quotas) it takes, for a region the catalogue does not know")
+    quotas: dict[str, dict[str, int]] = Field(default_factory=dict, description="Region -> SKU -> GPUs the "
+                                              "account may hold there, replacing the catalogue's")
+    initial_vms: list[VmCount] = Field(default_factory=list, description="The VMs to hold until a plan names "
+                                       "VM counts: the fleet the planner starts with (the planner plans only "
+                                       "once a host has reported); empty: none")
+    local: LocalCloudSettings = Field(default_factory=LocalCloudSettings, description="The local actuator")
+    k8s: K8sSettings = Field(default_factory=K8sSettings, description="The Kubernetes actuator (also from "
+                             "OPSCALE_K8S_* variables when this section is not given)")
+
+    @model_validator(mode="after")
+    def _quotas_known(self) -> CloudSettings:
+        if self.regions_file is None:  # the built-in catalogue: checked now, a file when the planner starts
+            self.gpu_quotas()
+        self.initial()
+        return self
+
+    def initial(self) -> dict[tuple[str, str, str], int]:
+        """`initial_vms` as `Plan.vm_counts` holds them."""
+        return vm_count_table(self.initial_vms, "cloud.initial_vms")
+
+    def gpu_quotas(self) -> dict[tuple[str, str], int]:
+        """(region, SKU) -> GPUs the account may hold: the catalogue's regions and the stand-ins, with
+        `quotas` over the catalogue's (opscale.cloud.account_catalog, as the simulator's `vms:` block)."""
+        base = load_regions(self.regions_file)
+        return gpu_quotas(account_catalog(base, [*base.names, *self.stand_ins], stand_ins=self.stand_ins,
+                                          quotas=self.quotas, field="cloud"))
+
+
 class PlannerSettings(LiveSettings):
     """The planner process: one active instance at a time, chosen by a lease in Redis."""
 
@@ -603,6 +682,8 @@ class PlannerSettings(LiveSettings):
                                                 max_replicas=8)],
         description="Models to serve: SKU, tensor-parallel degree, regions and replica bounds")
     core: PlannerConfig = Field(default_factory=PlannerConfig, description="Planning loop settings")
+    cloud: CloudSettings = Field(default_factory=CloudSettings, description="Acting on the plans' VM counts "
+                                 "(off by default: a fixed fleet)")
 
     @model_validator(mode="after")
     def _renew_before_lapse(self) -> PlannerSettings:
@@ -656,6 +737,10 @@ class NodeAgentSettings(LiveSettings):
                                             "engines' server when it differs from the bound one (a proxy or "
                                             "NAT in front); default the bound http_port")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Period of heartbeats")
+    stop_drain_s: float = Field(0.0, ge=0, description="> 0: on SIGTERM every instance drains first, as under a "
+                                "spot notice, for at most this long before the engines stop (a host going away: a "
+                                "VM given back, a node drained; the local VM actuator sets it); 0: the engines stop "
+                                "at once and a restarted agent takes them back")
     tick_s: float = Field(0.5, gt=0, description="Period of the node-agent core's tick")
     load_time_scale: float = Field(1.0, gt=0, description="Multiplies the modelled model-load time of the "
                                    "simulated engines (e.g. 0.05 for a quick local stack)")
@@ -739,11 +824,15 @@ def _describe(cls: type[LiveSettings], loc: tuple[Any, ...]) -> str:
 
 def _may_hold_secret(loc: tuple[Any, ...], value: Any) -> bool:
     """Whether a rejected value must not be echoed: the whole settings (a check across fields), or
-    anything under `auth`, `nats_auth` or `redis_auth` but a number or a flag (a key entry, a password,
+    anything under `auth`, `nats_auth`, `redis_auth`, `cloud.k8s.token` or `cloud.local.env` but a number
+    or a flag (a key entry, a password,
     or a mapping holding one). A server URL is shown through `redact_url` (see `_shown`)."""
     if not loc:
         return True
-    return loc[0] in ("auth", "nats_auth", "redis_auth") and not isinstance(value, int | float | bool | type(None))
+    # the cloud section's secrets: the Kubernetes token, the environment given to local node-agents
+    secret = loc[0] in ("auth", "nats_auth", "redis_auth") or (
+        loc[0] == "cloud" and ("token" in loc or "env" in loc or isinstance(value, dict)))
+    return secret and not isinstance(value, int | float | bool | type(None))
 
 
 def _shown(value: Any) -> Any:
