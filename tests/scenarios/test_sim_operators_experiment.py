@@ -161,6 +161,8 @@ def test_the_shipped_config_runs_at_full_size(tmp_path: Path) -> None:
     assert "error" not in summary["operators"] and set(summary["operators"]["models"]) == set(MODELS)
     print(f"operators experiment: {time.perf_counter() - started:.0f} s wall")
     assert all(isinstance(check["passed"], bool) for check in summary["acceptance"])
+    if SHARED_DATA.is_dir():  # issue 14's acceptance, met on the real data (README: the `operators` experiment)
+        assert all(check["passed"] for check in summary["acceptance"]), summary["acceptance"]
     slo = summary["acceptance"][0]
-    if not slo["passed"]:  # issue 14's acceptance, not met yet (README: the `operators` experiment)
-        pytest.xfail(f"operator_level's interactive SLO is below model_level's: {slo}")
+    if not slo["passed"]:  # the fallback shape, unmeasured against it
+        pytest.xfail(f"operator_level's interactive SLO is below model_level's on the fallback shape: {slo}")

@@ -26,6 +26,11 @@ class Candidate:
     `outstanding_prefill_tokens` counts the prompt tokens of requests routed here and not yet finished:
     the router learns of completion, not of the end of prefill, so it is an upper bound on the prefill
     queue ahead of a new request.
+
+    While a newly ready instance is in its slow-start window (RouterConfig.slow_start_s), both include
+    a phantom load the router adds and lets decay, `slow_start_tokens` and `slow_start_prefill_tokens`
+    of them, so that every policy ranking by them ramps its share up rather than sending it every request
+    until it holds as much as the others; its real load is the difference.
     """
 
     instance_id: str
@@ -50,6 +55,8 @@ class Candidate:
     # unknown). Between heartbeats `kv_usage` is stale; this is what the router itself knows.
     kv_inflight_tokens: int = 0
     kv_capacity_tokens: int = 0
+    slow_start_tokens: int = 0
+    slow_start_prefill_tokens: int = 0
 
     def kv_estimate(self) -> float:
         """KV usage as the router can best tell: the heartbeat's, or the share of the cache its routed,

@@ -80,7 +80,10 @@ class PlannerCore:
         self._router_seen_s: dict[str, float] = {}  # router id -> its newest load report's time
         # (model, origin region) -> recent (at_s, requests, prompt tokens, output tokens) from router loads
         self._arrivals: dict[tuple[str, str], deque[tuple[float, int, int, int]]] = {}
-        self._first_load_s: float | None = None
+        self._first_load_s: float | None = None  # the start of the first report's interval (relearning)
+        # (model, origin region) -> the start of the first report interval that carried arrivals for it:
+        # the pool's demand rate is measured from there (see `_demand`)
+        self._demand_onset_s: dict[tuple[str, str], float] = {}
         self._router_region: dict[str, str] = {}
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
         # The lease generation this planner acts under (0: no lease, the simulator's single planner): every
@@ -139,8 +142,12 @@ class PlannerCore:
                 self._router_seen_s[event.router_id] = event.at_s
                 if self._first_load_s is None:
                     self._first_load_s = event.at_s - event.interval_s
+                start_s = event.at_s - event.interval_s
                 for model, n in event.arrivals_by_model.items():
-                    self._arrivals.setdefault((model, event.region), deque()).append(
+                    key = (model, event.region)
+                    if n > 0 and start_s < self._demand_onset_s.get(key, math.inf):
+                        self._demand_onset_s[key] = start_s
+                    self._arrivals.setdefault(key, deque()).append(
                         (event.at_s, n, event.prompt_tokens_by_model.get(model, 0),
                          event.output_tokens_by_model.get(model, 0)))
         return []
@@ -261,14 +268,18 @@ class PlannerCore:
 
     def _demand(self, model: str, region: str, now_s: float) -> tuple[float, float, float]:
         """Requests, prompt tokens and output tokens per second that arrived at the routers of
-        `region` over the demand window (shorter at start-up, before a whole window has been seen)."""
+        `region` over the demand window, or, for a pool whose first arrivals are more recent than that,
+        since the start of the first router-load interval that carried any: a step from zero is seen at
+        its rate at once, not averaged with the quiet time before it (the routers report load, and the
+        first report comes, before any traffic does)."""
         samples = self._arrivals.get((model, region))
-        if not samples or self._first_load_s is None:
+        onset_s = self._demand_onset_s.get((model, region))
+        if not samples or onset_s is None:
             return 0.0, 0.0, 0.0
         horizon = now_s - self.config.demand_window_s
         while samples and samples[0][0] <= horizon:
             samples.popleft()
-        span = min(self.config.demand_window_s, max(1e-9, now_s - self._first_load_s))
+        span = min(self.config.demand_window_s, max(1e-9, now_s - onset_s))
         return (sum(s[1] for s in samples) / span, sum(s[2] for s in samples) / span,
                 sum(s[3] for s in samples) / span)
 

@@ -14,6 +14,16 @@ hooks a policy offers (the protocols of opscale.routing.hooks) is checked once, 
 is fed, per request, every region's least outstanding tokens and the newest plan's `routing_weights`
 for the request's (model, origin region).
 
+A newly ready instance is eased in (`slow_start_s`, as Envoy's and nginx's slow start): it joins
+empty, and a policy ranking by outstanding tokens would send it every request until it holds as many as
+the instances that were already serving, a burst of prefills that misses first-token objectives. So for
+`slow_start_s` its load counts as if it also held its pool's mean outstanding tokens (of the other
+instances of its model, region and role), a phantom that decays linearly to nothing over the window: its
+share of new requests ramps up, and after the window it is treated as any other. The phantom is added to
+the candidate's counts (`Candidate.slow_start_tokens`) when it joins and renewed on each tick, never on
+the per-request path. It never holds back a request the instance has room for: admission reads real
+loads, and when a pool is full but for an instance whose phantom closes it, that slow start ends.
+
 An instance stops taking new work the moment the router learns it is leaving, not at its next
 heartbeat: when a heartbeat reports it draining, and when the newest plan no longer assigns an instance
 an earlier plan did (the planner is scaling it in; its agent drains it shortly). A request whose
@@ -111,6 +121,11 @@ class RouterConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, description="Dispatches tried per request before it fails (502)")
     models: list[str] = Field(default_factory=list, description="Models deployed here even while no instance "
                               "runs (scaled to zero): their requests are held, not refused")
+    slow_start_s: float = Field(
+        10.0, ge=0, description="Slow start: over this many seconds after an instance becomes ready, its "
+        "load counts as if it also held its pool's mean outstanding tokens, decaying linearly to its own, so "
+        "its share of new requests ramps up instead of it taking every request until it holds as many "
+        "tokens as the others; 0: off")
 
     @model_validator(mode="after")
     def _batch_holding(self) -> RouterConfig:
@@ -206,6 +221,8 @@ class RouterCore:
         self._planned_split: dict[tuple[str, str], tuple[int, int]] = {}
         self._admitted: set[str] = set()
         self._held: dict[str, HoldQueue] = {}
+        # Slow start: instance id -> when it became a candidate, while in its window (see the module docstring)
+        self._ramping: dict[str, float] = {}
         self._next_report_s = 0.0
         self._last_report_s: float | None = None
         # arrivals since the last RouterLoad: model -> [requests, prompt tokens, output tokens]
@@ -301,10 +318,10 @@ class RouterCore:
                     self._tried.pop(request.request_id, None)
                 return actions
             case AgentHeartbeat():
-                self._observe_agent(event, now_s)
+                self._observe_agent(event, now_s, now_s)
                 return self._dispatch_held(now_s)
             case PlanPublished(plan=plan):
-                self._observe_plan(plan)
+                self._observe_plan(plan, now_s)
                 return self._dispatch_held(now_s) if self._held else []  # a restored instance takes them now
             case PrefillHandedOff(request_id=request_id):
                 self._hand_off(request_id)
@@ -322,6 +339,8 @@ class RouterCore:
         actions: list[Action] = []
         for agent_id in [a for a, s in self._agents.items() if now_s - s.last_seen_s > self.config.agent_timeout_s]:
             self._forget_agent(agent_id)
+        if self._ramping:
+            self._ramp(now_s)
         actions.extend(self._dispatch_held(now_s))
         actions.extend(self._expire_held(now_s))
         if now_s >= self._next_report_s:
@@ -385,9 +404,10 @@ class RouterCore:
 
         def roomy(cands: list[Candidate]) -> list[Candidate]:
             # an instance whose capacity is unknown (and no admission limit) holds nothing back
+            # (a slow start's phantom load is no load: room is what the instance really has)
             return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)
                     and (not (c.kv_capacity_tokens or limit) or (c.kv_capacity_tokens or limit or 0) * share
-                         > c.outstanding_tokens)]
+                         > c.outstanding_tokens - c.slow_start_tokens)]
 
         local = roomy(self._ready.get((request.model, request.region), []))
         if local:
@@ -402,7 +422,23 @@ class RouterCore:
     def _open(self, loads: LoadIndex) -> bool:
         """Whether a pool may take a request: some instance is below the admission limit."""
         limit = self._admission_limit
-        return limit is None or loads.least() < limit
+        return limit is None or loads.least() < limit or (bool(self._ramping) and self._open_ramping(loads))
+
+    def _open_ramping(self, loads: LoadIndex) -> bool:
+        """A pool closed by the admission limit that has an instance in its slow start with room under its
+        phantom load: its slow start ends, so that it takes the requests it has room for (which would
+        otherwise be held while it idles). Runs only while some instance ramps and a pool is full."""
+        limit = self._admission_limit
+        assert limit is not None
+        opened = False
+        for instance_id in list(self._ramping):
+            slot, cand = self._slot.get(instance_id), self._candidates.get(instance_id)
+            if (slot is not None and cand is not None and slot.loads is loads
+                    and cand.outstanding_tokens - cand.slow_start_tokens < limit):
+                del self._ramping[instance_id]
+                self._set_phantom(cand, 0, 0)
+                opened = True
+        return opened
 
     def _try_dispatch(self, request: Request) -> Dispatch | None:
         if self._pd_models and request.model in self._pd_models:
@@ -463,9 +499,11 @@ class RouterCore:
         self._routed[request_id] = (pd[0], pd[2], 0)
 
     def _open_untried(self, cands: list[Candidate], tried: Collection[str]) -> list[Candidate]:
-        """The candidates below the admission limit that the request has not failed on."""
+        """The candidates below the admission limit (by their real load, less any slow-start phantom) that
+        the request has not failed on."""
         limit = self._admission_limit
-        return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)]
+        return [c for c in cands if c.instance_id not in tried
+                and (limit is None or c.outstanding_tokens - c.slow_start_tokens < limit)]
 
     def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
         """A retry: the policy chooses among the open instances this request has not failed on, its own
@@ -588,7 +626,7 @@ class RouterCore:
 
     # -- instance view -------------------------------------------------------------------------
 
-    def _observe_plan(self, plan: Plan) -> None:
+    def _observe_plan(self, plan: Plan, now_s: float) -> None:
         if plan.epoch <= self._plan_epoch:
             return  # a redelivered or reordered older plan changes nothing
         self._plan_epoch = plan.epoch
@@ -620,13 +658,14 @@ class RouterCore:
         # A restored instance serves again at once: its agent's newest heartbeat makes it a candidate.
         for agent in list(self._agents.values()):
             if restored & agent.reported and agent.last is not None:
-                self._observe_agent(agent.last, agent.last_seen_s)
+                self._observe_agent(agent.last, agent.last_seen_s, now_s)
         if gone or regate:
             self._rebuild_index()
 
-    def _observe_agent(self, hb: AgentHeartbeat, now_s: float) -> None:
-        agent = self._agents.setdefault(hb.agent_id, _Agent(now_s))
-        agent.last_seen_s = now_s
+    def _observe_agent(self, hb: AgentHeartbeat, seen_s: float, now_s: float) -> None:
+        """Take `hb` (received at `seen_s`) as its agent's newest view of its instances, at `now_s`."""
+        agent = self._agents.setdefault(hb.agent_id, _Agent(seen_s))
+        agent.last_seen_s = seen_s
         seen: set[str] = set()
         changed = False
         agent.reported = {st.instance_id for st in hb.instances}
@@ -646,6 +685,8 @@ class RouterCore:
                                                              hb.agent_id, kv_usage=kv, sku=hb.sku, tp=st.tp,
                                                              role=st.role, s0=hb.s0, s1=hb.s1, s2=hb.s2,
                                                              kv_capacity_tokens=st.kv_capacity_tokens)
+                if self.config.slow_start_s > 0:
+                    self._ramping[st.instance_id] = now_s
                 changed = True
             else:
                 cand.kv_capacity_tokens = st.kv_capacity_tokens
@@ -659,6 +700,46 @@ class RouterCore:
         agent.instance_ids = seen
         if changed:
             self._rebuild_index()
+            if self._ramping:
+                self._ramp(now_s)  # a newcomer gets its phantom load before it can take a request
+
+    def _ramp(self, now_s: float) -> None:
+        """Slow start: renew the phantom load of each instance in its window (its pool's mean real load
+        over the other instances, times the share of the window left), and let go of those past it (see
+        the module docstring). Runs on ticks and when instances join, never per request."""
+        window = self.config.slow_start_s
+        for instance_id, since_s in list(self._ramping.items()):
+            cand = self._candidates.get(instance_id)
+            if cand is None:
+                del self._ramping[instance_id]
+                continue
+            left = 1.0 - (now_s - since_s) / window
+            phantom = phantom_prefill = 0
+            if left <= 0.0:
+                del self._ramping[instance_id]
+            else:
+                key = (cand.model, cand.region)
+                pool = (self._ready.get(key, []) if cand.role is Role.UNIFIED
+                        else self._pd_ready.get(key, ([], []))[cand.role is Role.DECODE])
+                others = [c for c in pool if c is not cand]
+                if others:
+                    n = len(others)
+                    phantom = int(left * sum(c.outstanding_tokens - c.slow_start_tokens for c in others) / n)
+                    phantom_prefill = int(left * sum(c.outstanding_prefill_tokens - c.slow_start_prefill_tokens
+                                                     for c in others) / n)
+                    phantom_prefill = min(phantom_prefill, phantom)
+            self._set_phantom(cand, phantom, phantom_prefill)
+
+    def _set_phantom(self, cand: Candidate, tokens: int, prefill_tokens: int) -> None:
+        """Make `cand`'s slow-start phantom load `tokens` (of them `prefill_tokens` prompt tokens) on top
+        of its real counts, and bring its pool's indexes up to date."""
+        if tokens == cand.slow_start_tokens and prefill_tokens == cand.slow_start_prefill_tokens:
+            return
+        cand.outstanding_tokens = max(0, cand.outstanding_tokens - cand.slow_start_tokens) + tokens
+        cand.outstanding_prefill_tokens = (max(0, cand.outstanding_prefill_tokens - cand.slow_start_prefill_tokens)
+                                           + prefill_tokens)
+        cand.slow_start_tokens, cand.slow_start_prefill_tokens = tokens, prefill_tokens
+        self._touch(cand)
 
     def _gate(self, pd_pools: dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]]
               ) -> dict[tuple[str, str], tuple[list[Candidate], list[Candidate]]]:
@@ -686,6 +767,7 @@ class RouterCore:
         # Requests already routed there keep their accounting entry until they finish; the candidate
         # object only stops receiving new work. What its KV cache held no longer draws requests.
         self._candidates.pop(instance_id, None)
+        self._ramping.pop(instance_id, None)
         if self._kv is not None:
             self._kv.forget_instance(instance_id)
 

@@ -177,6 +177,37 @@ def test_demand_comes_from_router_arrivals_and_ttft_breach_adds_one() -> None:
     assert planner.plan.replicas()[PoolKey("m", "eu")] == 4 and "SLO backstop" in planner.plan.reason
 
 
+def test_a_step_from_zero_is_seen_at_its_rate_at_once_not_averaged_since_the_first_report() -> None:
+    planner = _planner()
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    for t in range(1, 15):  # the router reports from start-up on, before any traffic
+        planner.handle(RouterLoad("r0", "eu", float(t), {}, 1.0), float(t))
+    for t in range(15, 18):  # then 10 requests/s from t = 14
+        planner.handle(_load(10.0, float(t), interval_s=1.0), float(t))
+    # measured over the 3 s since the first interval that carried arrivals, not the 17 s of reports
+    pool = planner.observe(17.0).pools[PoolKey("m", "eu")]
+    assert pool.arrival_rps == pytest.approx(10.0) and pool.prompt_tokens_per_s == pytest.approx(1000.0)
+    # a quiet spell after the onset is part of the rate, and the window still caps the span
+    assert planner.observe(20.0).pools[PoolKey("m", "eu")].arrival_rps == pytest.approx(30 / 6)
+    for t in range(18, 80):
+        planner.handle(_load(10.0, float(t), interval_s=1.0), float(t))
+    assert planner.observe(79.0).pools[PoolKey("m", "eu")].arrival_rps == pytest.approx(10.0)
+
+
+def test_a_pool_without_arrivals_has_no_demand_while_another_has() -> None:
+    dep2 = DEP.model_copy(update={"model": "m2"})
+    planner = PlannerCore(ReactivePolicy([DEP, dep2], one_rps), [DEP, dep2], PlannerConfig(interval_s=10))
+    planner.handle(heartbeat("a1", "eu"), 0.0)
+    planner.handle(RouterLoad("r0", "eu", 1.0, {}, 1.0, {"m": 4, "m2": 0}), 1.0)
+    pools = planner.observe(2.0).pools
+    assert pools[PoolKey("m", "eu")].arrival_rps == pytest.approx(2.0)  # 4 requests over [0, 2]
+    assert pools[PoolKey("m2", "eu")].arrival_rps == 0.0
+    planner.handle(RouterLoad("r0", "eu", 3.0, {}, 2.0, {"m": 4, "m2": 6}), 3.0)
+    pools = planner.observe(3.0).pools
+    assert pools[PoolKey("m", "eu")].arrival_rps == pytest.approx(8 / 3)  # since its onset at 0
+    assert pools[PoolKey("m2", "eu")].arrival_rps == pytest.approx(3.0)  # since its own, at 1
+
+
 def test_the_ttft_backstop_defends_the_tiers_objective() -> None:
     # The same breach as above (TTFT p99 5 s with requests queued) is within a tier table whose
     # strictest latency-sensitive TTFT is 10 s: no backstop.
