@@ -40,7 +40,9 @@ from opscale.openai.schema import (
     read_limited,
 )
 from opscale.openai.stream import EngineUsage, OpenAIStreamWriter, error_events
+from opscale.routing.tenants import Tenant
 from opscale.runtime.live.openai_http import (
+    DIRECT_POST_ROUTES,
     REQUEST_ID_KEY,
     aclose_quietly,
     error_response,
@@ -67,8 +69,6 @@ DEFAULT_MAX_BODY_BYTES: int = ServerLimits.model_fields["max_body_bytes"].defaul
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _READ_CHUNK_BYTES = 64 * 1024
-# The parsed request's model, for the request counter (absent when the body did not parse).
-_MODEL_KEY = web.RequestKey("opscale_model", str)
 _DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "no_capacity"}
 
 
@@ -141,6 +141,8 @@ def build_router_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
+    # served without aiohttp's route lookup by make_runner's server; the handlers read no match info
+    app[DIRECT_POST_ROUTES] = {"/v1/completions": api.completions, "/v1/chat/completions": api.chat_completions}
     app.router.add_get("/v1/models", api.list_models)
     app.router.add_get("/v1/models/{model:.+}", api.retrieve_model)  # ids may hold '/' (org/name)
     # vLLM's liveness path on the API port: clients (GuideLLM, vllm-router, gateways) probe it before
@@ -229,21 +231,22 @@ class _RouterApi:
         return await self._counted(request, RequestKind.CHAT)
 
     async def _counted(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        tenant = request.get(TENANT_KEY)  # set by the gate's middleware before the handler runs
         metrics = self._metrics
         if metrics is None:
-            return await self._generate(request, kind)
-        tenant = request.get(TENANT_KEY)  # set by the gate's middleware before the handler runs
+            return await self._generate(request, kind, tenant)
         key_id = tenant.key_id if tenant is not None else ""
+        model = [""]  # the parsed request's model, once the body parsed
         try:
-            response = await self._generate(request, kind)
+            response = await self._generate(request, kind, tenant, model)
         except asyncio.CancelledError:
-            metrics.answered(request.get(_MODEL_KEY, ""), 499, key_id)  # the client went away before the answer
+            metrics.answered(model[0], 499, key_id)  # the client went away before the answer
             raise
         except Exception:
-            metrics.answered(request.get(_MODEL_KEY, ""), 500, key_id)  # the error middleware answers it
+            metrics.answered(model[0], 500, key_id)  # the error middleware answers it
             raise
         # an unknown model (404) is counted under "": a client's random names make no series
-        metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status, key_id)
+        metrics.answered(model[0] if response.status != 404 else "", response.status, key_id)
         return response
 
     async def _read_body(self, request: web.Request) -> bytes | ApiError:
@@ -259,7 +262,10 @@ class _RouterApi:
             return await request.read()
         return await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
 
-    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, kind: RequestKind, tenant: Tenant | None,
+                        model: list[str] | None = None) -> web.StreamResponse:
+        """The answer to one completion request. `tenant`: the key's, from the gate; `model`, when
+        given, receives the parsed request's model (for the request counter)."""
         if self._body_timeout_s is None or request.content.is_eof():
             raw = await self._read_body(request)  # no bound, or the body is all here already: no timer
         else:
@@ -273,7 +279,6 @@ class _RouterApi:
                 return response
         if isinstance(raw, ApiError):
             return error_response(raw)
-        tenant = request.get(TENANT_KEY)  # set by the gate's middleware; None without a gate
         if tenant is None:
             parsed = parse_completion(raw, kind, headers=request.headers)
         else:
@@ -282,7 +287,8 @@ class _RouterApi:
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
-        request[_MODEL_KEY] = parsed.model
+        if model is not None:
+            model[0] = parsed.model
         # Names first: a request for an unknown model or tier costs its key nothing and leaves no state
         if (refused := self._backend.check(parsed)) is not None:
             return error_response(refused)

@@ -277,26 +277,30 @@ class SseForwarder:
                 events = self._decoder.feed(block)  # which says where
         else:
             events = self._decoder.feed(block)
-        framed: list[bytes] = []
-        chunks, usage, done = 0, None, False
+        chunks, usage, done, taken = 0, None, False, 0
         for event in events:
+            taken += 1
             if event == "[DONE]":
-                framed.append(DONE_EVENT)
                 done = True
                 break
             decoded = decode_event(event)
             if isinstance(decoded, EventFailure):
                 self.chunks += chunks
-                out = SseBytes(b"".join(framed), chunks, usage) if framed else None
+                out = SseBytes(_framed(events[:taken - 1]), chunks, usage) if taken > 1 else None
                 return ForwardedBlock(out, decoded)
-            framed.append(b"data: " + event.encode() + _EVENT_END)
             if decoded is None:
                 usage = event_usage(event) if '"completion_tokens"' in event else usage
                 continue
             chunks += 1
             self._finished = self._finished or decoded[1] is not None
         self.chunks += chunks
-        if not framed:
+        if not taken:
             return ForwardedBlock(None)
         whole = verbatim is not None and (not done or verbatim.endswith(DONE_EVENT))
-        return ForwardedBlock(SseBytes(verbatim if whole else b"".join(framed), chunks, usage, done))
+        return ForwardedBlock(SseBytes(verbatim if whole else _framed(events[:taken]), chunks, usage, done))
+
+
+def _framed(events: list[str]) -> bytes:
+    """Decoded events framed again, one `data:` line each (`[DONE]` as the closing event); only built
+    when the engine's own bytes cannot be forwarded as they came."""
+    return b"".join(DONE_EVENT if event == "[DONE]" else b"data: " + event.encode() + _EVENT_END for event in events)
