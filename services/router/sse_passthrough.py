@@ -106,13 +106,25 @@ def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     return text, finish_reason
 
 
+def _single_data(event: bytes) -> str | None:
+    """The data of an event that is one `data: ` line (the usual shape, read without a decoder); None
+    for any other event, and for one whose data is not UTF-8."""
+    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:
+        try:
+            return event[6:-2].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
 def _first_output_end(block: bytes) -> int | None:
     """Where the first event of `block` (whole events) that carries output ends; None when none does
     before a failure, `[DONE]` or the end (those go through the full decode)."""
     start = 0
     while (end := block.find(_EVENT_END, start)) >= 0:
         end += len(_EVENT_END)
-        events = SseDecoder().feed(block[start:end])
+        data = _single_data(block[start:end])
+        events = [data] if data is not None else SseDecoder().feed(block[start:end])
         if events:
             if events[0] == "[DONE]":
                 return None
@@ -212,11 +224,20 @@ class SseForwarder:
             return ForwardedBlock(None)
         cut += len(_EVENT_END)
         block, self._tail = buf[:cut], buf[cut:]
-        if self.chunks == 0 and len(block) > block.find(_EVENT_END) + len(_EVENT_END) and block.find(b'"error"') < 0:
+        first_end = block.find(_EVENT_END) + len(_EVENT_END)
+        if self.chunks == 0 and len(block) > first_end and block.find(b'"error"') < 0:
             # Several events before the first token: every event is checked (a failure then may be
             # retried elsewhere) up to that token; what follows it in the same read is scanned like any
             # later block. A router that falls behind reads many events at once, and decoding them all
             # would make it fall further behind.
+            data = _single_data(block[:first_end])
+            decoded = decode_event(data) if data is not None and data != "[DONE]" else None
+            if isinstance(decoded, tuple):
+                # the usual case: the first event is the first token, decoded once here
+                self.chunks += 1
+                self._finished = self._finished or decoded[1] is not None
+                rest = self._scanned(block[first_end:])
+                return ForwardedBlock(SseBytes(block, 1 + rest.chunks, rest.usage, rest.done))
             cut = _first_output_end(block)
             if cut is not None and cut < len(block):
                 head = self._decoded_block(block[:cut], verbatim=block[:cut])
@@ -271,15 +292,10 @@ class SseForwarder:
     def _decoded_block(self, block: bytes, verbatim: bytes | None) -> ForwardedBlock:
         """Every event of `block` decoded; forwarded as `verbatim` when whole and clean, else
         re-framed event by event (up to an error, which is returned to raise after the events before it)."""
-        if (verbatim is not None and block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2
-                and not self._decoder.pending):
-            # one event of one data line (the usual first read): its data is the line after `data: `
-            try:
-                events = [block[6:-2].decode("utf-8")]
-            except UnicodeDecodeError:
-                events = self._decoder.feed(block)  # which says where
-        else:
-            events = self._decoder.feed(block)
+        data = _single_data(block) if verbatim is not None and not self._decoder.pending else None
+        # one event of one data line (the usual first read): its data is the line after `data: `; else
+        # the decoder (which also says where a byte is not UTF-8)
+        events = [data] if data is not None else self._decoder.feed(block)
         chunks, usage, done, taken = 0, None, False, 0
         for event in events:
             taken += 1
