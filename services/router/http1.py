@@ -110,14 +110,15 @@ class Endpoint(NamedTuple):
 
 def encode_request(method: str, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> bytes:
     """The request's bytes. A header value with a line break is refused (header injection)."""
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    # checked whole, not header by header: each field adds one CR and one LF of its own, no more
-    if fields.count("\r") != len(headers) or fields.count("\n") != len(headers) or ":" in "".join(headers):
+    # one line per header, checked whole rather than header by header: no CR or LF but those between lines
+    fields = "\r\n".join(map(": ".join, headers.items()))
+    breaks = len(headers) - 1 if headers else 0
+    if fields.count("\r") != breaks or fields.count("\n") != breaks or ":" in "".join(headers):
         bad = next(name for name, value in headers.items()
                    if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name)
         raise ValueError(f"HTTP header {bad!r} has a line break or a colon in its name or value")
-    return (f"{method} {endpoint.target} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
-            f"Content-Length: {len(body)}\r\n{fields}\r\n").encode() + body
+    head = f"{method} {endpoint.target} HTTP/1.1\r\nHost: {endpoint.host_header}\r\nContent-Length: {len(body)}\r\n"
+    return (f"{head}{fields}\r\n\r\n" if headers else f"{head}\r\n").encode() + body
 
 class Http1Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time (`send`, `read_head`, then `read` until b"").
