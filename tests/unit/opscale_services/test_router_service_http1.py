@@ -290,8 +290,14 @@ def test_header_values_with_line_breaks_are_refused() -> None:
     request = encode_request("POST", endpoint, {"x-request-id": "r1"}, b"{}")
     assert request.startswith(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: 2\r\n")
     assert request.endswith(b"x-request-id: r1\r\n\r\n{}")
-    with pytest.raises(ValueError, match="line break"):
-        encode_request("POST", endpoint, {"x-request-id": "r1\r\nx-evil: 1"}, b"{}")
+    assert encode_request("GET", endpoint, {}, b"") == (b"GET /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                                                         b"Content-Length: 0\r\n\r\n")
+    two = encode_request("POST", endpoint, {"a": "1", "b": "2"}, b"{}")
+    assert two.endswith(b"Content-Length: 2\r\na: 1\r\nb: 2\r\n\r\n{}")
+    for bad in ({"x-request-id": "r1\r\nx-evil: 1"}, {"a": "1", "x-request-id": "r1\nx-evil: 1"},
+                {"x-request-id": "r1\r"}, {"x-evil: 1\r\nx-request-id": "r1"}, {"a": "1", "x:y": "2"}):
+        with pytest.raises(ValueError, match="line break or a colon"):
+            encode_request("POST", endpoint, bad, b"{}")
 
 
 def test_endpoints_parse_default_ports_and_refuse_other_schemes() -> None:
