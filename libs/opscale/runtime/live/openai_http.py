@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -176,13 +178,26 @@ def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = No
     return web.json_response(error.body(), status=error.status, headers=headers)
 
 
+# never cached, never held back by a proxy such as nginx; the Content-Type given whole (aiohttp's
+# content_type and charset setters each rebuild it)
+_SSE_HEADERS = {"Content-Type": f"{SSE_CONTENT_TYPE}; charset=utf-8", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+_SSE_HEAD_START = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in _SSE_HEADERS.items())
+
+
 def sse_response(request_id: str) -> web.StreamResponse:
-    """The head of a server-sent event answer, before `prepare`: never cached, never held back by a
-    proxy such as nginx, and naming the request."""
-    # the Content-Type header given whole: aiohttp's content_type and charset setters each rebuild it
-    return web.StreamResponse(headers={
-        "Content-Type": f"{SSE_CONTENT_TYPE}; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-        REQUEST_ID_HEADER: request_id})
+    """The head of a server-sent event answer, before `prepare`, naming the request."""
+    return web.StreamResponse(headers={**_SSE_HEADERS, REQUEST_ID_HEADER: request_id})
+
+
+def sse_head(request_id: str) -> bytes:
+    """The status line and head of `sse_response` as aiohttp sends it to an HTTP/1.1 client that keeps its
+    connection (chunked, with the date and server): for a handler that writes its answer on the
+    connection itself."""
+    if "\r" in request_id or "\n" in request_id:
+        raise ValueError(f"a request id with a line break: {request_id!r}")
+    return (f"{_SSE_HEAD_START}{REQUEST_ID_HEADER}: {request_id}\r\nTransfer-Encoding: chunked\r\n"
+            f"Date: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n").encode()
 
 
 @web.middleware
