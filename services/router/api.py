@@ -20,7 +20,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpVersion11
+from aiohttp.web_request import BaseRequest
 
 from opscale.openai.routed_headers import REQUEST_ID_HEADER
 from opscale.openai.schema import (
@@ -40,12 +43,15 @@ from opscale.openai.schema import (
     read_limited,
 )
 from opscale.openai.stream import EngineUsage, OpenAIStreamWriter, error_events
+from opscale.routing.tenants import Tenant
 from opscale.runtime.live.openai_http import (
+    DIRECT_POST_ROUTES,
     REQUEST_ID_KEY,
     aclose_quietly,
     error_response,
     make_runner,
     openai_errors_middleware,
+    sse_head,
     sse_response,
     unix_now_s,
 )
@@ -67,8 +73,6 @@ DEFAULT_MAX_BODY_BYTES: int = ServerLimits.model_fields["max_body_bytes"].defaul
 # W3C trace context and baggage: what the back end needs to continue the client's trace upstream.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 _READ_CHUNK_BYTES = 64 * 1024
-# The parsed request's model, for the request counter (absent when the body did not parse).
-_MODEL_KEY = web.RequestKey("opscale_model", str)
 _DEFAULT_REJECT_CODES = {404: "model_not_found", 429: "rate_limit_exceeded", 503: "no_capacity"}
 
 
@@ -141,6 +145,8 @@ def build_router_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
+    # served without aiohttp's route lookup by make_runner's server; the handlers read no match info
+    app[DIRECT_POST_ROUTES] = {"/v1/completions": api.completions, "/v1/chat/completions": api.chat_completions}
     app.router.add_get("/v1/models", api.list_models)
     app.router.add_get("/v1/models/{model:.+}", api.retrieve_model)  # ids may hold '/' (org/name)
     # vLLM's liveness path on the API port: clients (GuideLLM, vllm-router, gateways) probe it before
@@ -164,10 +170,10 @@ def upstream_api_error(exc: UpstreamError) -> ApiError:
 
 
 class _ClientSink:
-    """Writes spliced events straight to the client's connection, framed as the HTTP chunks aiohttp's
-    writer would frame them, without its per-write work (`of` returns None unless the response is
-    chunked and uncompressed). While the connection is paused (the client's buffer is full) or
-    closing it writes nothing and says so, and the events go through `response.write`, which waits."""
+    """Writes spliced events straight to the client's connection, framed as HTTP chunks, without a
+    writer's per-write work (`of` returns None unless an aiohttp response is chunked and uncompressed).
+    While the connection is paused (the client's buffer is full) or closing it writes nothing and says
+    so, and the events go through the stream's writer (_DirectSse, _AiohttpSse), which waits."""
 
     __slots__ = ("_protocol", "_transport")
 
@@ -188,6 +194,86 @@ class _ClientSink:
             return False
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         return True
+
+
+class _WrittenResponse(web.StreamResponse):
+    """A 200 answer its handler wrote on the connection itself (see _DirectSse): aiohttp's `prepare` and
+    `write_eof`, which it calls after the handler, have nothing left to write, and the connection is kept."""
+
+    async def prepare(self, request: BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+    @property
+    def keep_alive(self) -> bool:
+        return True
+
+
+class _DirectSse:
+    """A forwarded event stream written on the connection by the handler, for an HTTP/1.1 client that keeps
+    its connection: the head (sse_head) with the first events, each block as one HTTP chunk, the last
+    with the chunked end, all through the request's writer, which waits while the client is slow as
+    aiohttp's response does. aiohttp's response machinery (its header object, the head's serialisation,
+    the chunked writer's state) is a share of the router's CPU per request, and a streamed answer needs none
+    of it. `of` is None for any other client, whose answer goes through aiohttp (_AiohttpSse)."""
+
+    __slots__ = ("_head", "_sink", "_writer", "response")
+
+    def __init__(self, writer: AbstractStreamWriter, sink: _ClientSink, head: bytes) -> None:
+        self._writer = writer
+        self._sink = sink
+        self._head = head  # sent with the first write
+        self.response = _WrittenResponse()
+
+    @classmethod
+    def of(cls, request: web.Request, request_id: str) -> _DirectSse | None:
+        transport, protocol = request.transport, request.protocol
+        if (request.version != HttpVersion11 or not request.keep_alive or transport is None
+                or not isinstance(protocol, BaseProtocol)):
+            return None
+        return cls(request.writer, _ClientSink(transport, protocol), sse_head(request_id))  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, data: bytes) -> None:
+        head, self._head = self._head, b""
+        await self._writer.write(b"%b%x\r\n%b\r\n" % (head, len(data), data))
+
+    async def end(self, data: bytes = b"") -> None:
+        head, self._head = self._head, b""
+        await self._writer.write(b"%b%x\r\n%b\r\n0\r\n\r\n" % (head, len(data), data) if data else head + b"0\r\n\r\n")
+
+    def sink(self) -> _ClientSink:
+        return self._sink
+
+
+class _AiohttpSse:
+    """A forwarded event stream written through aiohttp's response (a client on HTTP/1.0, or one that
+    closes its connection after the answer)."""
+
+    __slots__ = ("_request", "response")
+
+    def __init__(self, request: web.Request, request_id: str) -> None:
+        self._request = request
+        self.response = sse_response(request_id)
+        # the head waits for the first events and leaves with them in one write (aiohttp >= 3.12 reads
+        # this; older releases send it at `prepare`, a write more per request)
+        self.response._send_headers_immediately = False
+
+    async def start(self) -> None:
+        await self.response.prepare(self._request)
+
+    async def write(self, data: bytes) -> None:
+        await self.response.write(data)
+
+    async def end(self, data: bytes = b"") -> None:
+        await self.response.write_eof(data)
+
+    def sink(self) -> _ClientSink | None:
+        return _ClientSink.of(self._request, self.response)
 
 
 class _RouterApi:
@@ -229,21 +315,22 @@ class _RouterApi:
         return await self._counted(request, RequestKind.CHAT)
 
     async def _counted(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+        tenant = request.get(TENANT_KEY)  # set by the gate's middleware before the handler runs
         metrics = self._metrics
         if metrics is None:
-            return await self._generate(request, kind)
-        tenant = request.get(TENANT_KEY)  # set by the gate's middleware before the handler runs
+            return await self._generate(request, kind, tenant)
         key_id = tenant.key_id if tenant is not None else ""
+        model = [""]  # the parsed request's model, once the body parsed
         try:
-            response = await self._generate(request, kind)
+            response = await self._generate(request, kind, tenant, model)
         except asyncio.CancelledError:
-            metrics.answered(request.get(_MODEL_KEY, ""), 499, key_id)  # the client went away before the answer
+            metrics.answered(model[0], 499, key_id)  # the client went away before the answer
             raise
         except Exception:
-            metrics.answered(request.get(_MODEL_KEY, ""), 500, key_id)  # the error middleware answers it
+            metrics.answered(model[0], 500, key_id)  # the error middleware answers it
             raise
         # an unknown model (404) is counted under "": a client's random names make no series
-        metrics.answered(request.get(_MODEL_KEY, "") if response.status != 404 else "", response.status, key_id)
+        metrics.answered(model[0] if response.status != 404 else "", response.status, key_id)
         return response
 
     async def _read_body(self, request: web.Request) -> bytes | ApiError:
@@ -259,7 +346,10 @@ class _RouterApi:
             return await request.read()
         return await read_limited(request.content.iter_chunked(_READ_CHUNK_BYTES), length, self._max_body_bytes)
 
-    async def _generate(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, kind: RequestKind, tenant: Tenant | None,
+                        model: list[str] | None = None) -> web.StreamResponse:
+        """The answer to one completion request. `tenant`: the key's, from the gate; `model`, when
+        given, receives the parsed request's model (for the request counter)."""
         if self._body_timeout_s is None or request.content.is_eof():
             raw = await self._read_body(request)  # no bound, or the body is all here already: no timer
         else:
@@ -273,7 +363,6 @@ class _RouterApi:
                 return response
         if isinstance(raw, ApiError):
             return error_response(raw)
-        tenant = request.get(TENANT_KEY)  # set by the gate's middleware; None without a gate
         if tenant is None:
             parsed = parse_completion(raw, kind, headers=request.headers)
         else:
@@ -282,7 +371,8 @@ class _RouterApi:
         if isinstance(parsed, ApiError):
             return error_response(parsed)
         request[REQUEST_ID_KEY] = parsed.request_id
-        request[_MODEL_KEY] = parsed.model
+        if model is not None:
+            model[0] = parsed.model
         # Names first: a request for an unknown model or tier costs its key nothing and leaves no state
         if (refused := self._backend.check(parsed)) is not None:
             return error_response(refused)
@@ -347,13 +437,10 @@ class _RouterApi:
         (`asend`): the upstream client then writes the engine's events to this client's connection
         from its read callback (see UpstreamClient.stream_sse), and the blocks that come back only
         count them, or carry what the sink could not take."""
-        response = sse_response(req.request_id)
-        # the head waits for the first events and leaves with them in one write (aiohttp >= 3.12 reads
-        # this; older releases send it at `prepare`, a write more per request)
-        response._send_headers_immediately = False
+        out: _DirectSse | _AiohttpSse = _DirectSse.of(request, req.request_id) or _AiohttpSse(request, req.request_id)
         chunk_count = 0
         try:
-            await response.prepare(request)
+            await out.start()
             block: TokenChunk | EngineUsage | SseBytes | ApiError | None = first
             sink: _ClientSink | None = None
             ended = False  # `[DONE]` and the body's end are written: nothing more is
@@ -364,22 +451,23 @@ class _RouterApi:
                 elif block.done:
                     # the last events and the body's end in one write; the back end is still read to
                     # its end below, which is where it records the request as served
-                    await response.write_eof(block.data)
+                    await out.end(block.data)
                     ended = True
                 elif block.data:
-                    await response.write(block.data)  # aiohttp's writer: waits while the client is slow
+                    await out.write(block.data)  # waits while the client is slow
                     if sink is None:
-                        sink = _ClientSink.of(request, response)  # the head is sent with the first write
+                        sink = out.sink()  # the head is sent with the first write
                 block = await self._next_chunk(req, chunks, chunk_count, sink)
             if isinstance(block, ApiError) and not ended:
                 # as in _stream: the status line is sent, so the failure is an error event
-                await response.write(error_events(block))
+                await out.write(error_events(block))
             elif block is not None:
                 raise TypeError("a back end mixed decoded tokens into a forwarded event stream")
-            await response.write_eof()
+            if not ended:
+                await out.end()
         except ConnectionResetError:
             log.info("client of request %s disconnected after %d chunks", req.request_id, chunk_count)
-        return response
+        return out.response
 
     async def _stream(self, request: web.Request, req: ParsedRequest, first: TokenChunk | EngineUsage | None,
                       chunks: AsyncIterator[TokenChunk | EngineUsage]) -> web.StreamResponse:

@@ -150,7 +150,8 @@ class LiveRouterBackend:
                     raise RouteRejected(decision.status, decision.message, decision.retry_after_s)
                 dispatched, instance_id, served_region = True, decision.instance_id, decision.region
                 endpoint, body, prefill_id = decision.endpoint, _engine_body(req), ""
-                span.set_attribute("opscale.instance_id", instance_id)
+                if self.spans:
+                    span.set_attribute("opscale.instance_id", instance_id)
                 try:
                     if decision.decode_instance_id:
                         # A disaggregated pair: the prefill instance's answer says where the KV is, the
@@ -221,11 +222,12 @@ class LiveRouterBackend:
                 self.on_finished(outcome)
             if self.metrics is not None:
                 self.metrics.finished(outcome)
-            span.set_attribute("opscale.status", status)
-            span.set_attribute("opscale.output_tokens", produced)
-            if status in ("failed", "rejected"):
-                span.set_status(Status(StatusCode.ERROR, status))
-            span.end()
+            if self.spans:  # else INVALID_SPAN, whose calls do nothing
+                span.set_attribute("opscale.status", status)
+                span.set_attribute("opscale.output_tokens", produced)
+                if status in ("failed", "rejected"):
+                    span.set_status(Status(StatusCode.ERROR, status))
+                span.end()
 
     def check(self, req: ParsedRequest) -> ApiError | None:
         """The refusal of a request naming a model or tier the router does not know (404, 400), before

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-__all__ = ["ConnectionFailed", "ConnectionLost", "Endpoint", "Http1Connection", "Http1Pool", "ProtocolViolation",
-           "ResponseHead"]
+__all__ = ["ConnectionFailed", "ConnectionLost", "Endpoint", "HeadTimeout", "Http1Connection", "Http1Pool",
+           "ProtocolViolation", "ResponseHead"]
 
 # llhttp puts no bound on a response head (Node.js bounds it outside the parser): this client does.
 _MAX_HEAD_BYTES = 64 * 1024
@@ -60,6 +60,10 @@ class ConnectionLost(Exception):
 
 class ProtocolViolation(Exception):
     """The server's answer is not valid HTTP/1.1 as this client reads it."""
+
+
+class HeadTimeout(TimeoutError):
+    """The response head did not arrive by the deadline given to `Http1Pool.exchange_head`."""
 
 
 class _StopParsing(Exception):
@@ -106,13 +110,15 @@ class Endpoint(NamedTuple):
 
 def encode_request(method: str, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> bytes:
     """The request's bytes. A header value with a line break is refused (header injection)."""
-    lines = [f"{method} {endpoint.target} HTTP/1.1", f"Host: {endpoint.host_header}",
-             f"Content-Length: {len(body)}"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"HTTP header {name!r} has a line break or a colon in its name or value")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    # one line per header, checked whole rather than header by header: no CR or LF but those between lines
+    fields = "\r\n".join(map(": ".join, headers.items()))
+    breaks = len(headers) - 1 if headers else 0
+    if fields.count("\r") != breaks or fields.count("\n") != breaks or ":" in "".join(headers):
+        bad = next(name for name, value in headers.items()
+                   if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name)
+        raise ValueError(f"HTTP header {bad!r} has a line break or a colon in its name or value")
+    head = f"{method} {endpoint.target} HTTP/1.1\r\nHost: {endpoint.host_header}\r\nContent-Length: {len(body)}\r\n"
+    return (f"{head}{fields}\r\n\r\n" if headers else f"{head}\r\n").encode() + body
 
 class Http1Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time (`send`, `read_head`, then `read` until b"").
@@ -330,6 +336,12 @@ class Http1Connection(asyncio.Protocol):
             raise self._error
         return self._mode == _DONE
 
+    def head_due(self) -> None:
+        """The deadline of the response head (a timer's callback): the waiting `read_head` raises
+        `HeadTimeout`, unless the head is in."""
+        if self._head is None:
+            self.abort(HeadTimeout("no response head in time"))
+
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -362,15 +374,32 @@ class Http1Pool:
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
-    async def exchange_head(self, endpoint: Endpoint, request: bytes) -> tuple[Http1Connection, ResponseHead]:
+    async def exchange_head(self, endpoint: Endpoint, request: bytes,
+                            deadline: float | None = None) -> tuple[Http1Connection, ResponseHead]:
         """Send `request` and wait for the response head. The caller reads the body from the connection
         and hands it back with `release`. A reused connection found closed before any response byte is
-        replaced once by a new one."""
+        replaced once by a new one. With `deadline` (the loop's clock), the whole wait ends there with a
+        `TimeoutError`: a timer on the connection bounds the wait for the head (a timeout context per
+        request costs a share of the router's CPU per request), a timeout context only a wait for a
+        connection (a new one, or a place in the pool)."""
         for attempt in (0, 1):
-            conn, reused = await self._acquire(endpoint)
+            conn = self._take_idle((endpoint.scheme, endpoint.host, endpoint.port))
+            reused = conn is not None
+            if conn is None:
+                if deadline is None:
+                    conn, reused = await self._acquire(endpoint)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        conn, reused = await self._acquire(endpoint)
             try:
                 conn.send(request)
-                return conn, await conn.read_head()
+                if deadline is None:
+                    return conn, await conn.read_head()
+                timer = conn._loop.call_at(deadline, conn.head_due)
+                try:
+                    return conn, await conn.read_head()
+                finally:
+                    timer.cancel()
             except ConnectionLost as exc:
                 self.release(conn)
                 if not (reused and attempt == 0 and not exc.response_started):
@@ -441,17 +470,24 @@ class Http1Pool:
                 waiter.set_exception(ConnectionFailed("the client is closed"))
         self._slot_waiters.clear()
 
+    def _take_idle(self, key: tuple[str, str, int]) -> Http1Connection | None:
+        """An idle connection to `key` still open, taken from the pool; None when there is none."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            self._uncount(conn)
+        return None
+
     async def _acquire(self, endpoint: Endpoint) -> tuple[Http1Connection, bool]:
         key = (endpoint.scheme, endpoint.host, endpoint.port)
         while True:
             if self._closed:
                 raise ConnectionFailed("the client is closed")
-            idle = self._idle.get(key)
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                    return conn, True
-                self._uncount(conn)
+            conn = self._take_idle(key)
+            if conn is not None:
+                return conn, True
             if self._open_total < self.max_connections and (
                     not self.max_per_host or self._open.get(key, 0) < self.max_per_host):
                 return await self._connect(endpoint, key), False

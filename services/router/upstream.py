@@ -408,8 +408,8 @@ class _Exchange:
         """Send the request and check the answer's status (an error answer raises with its message)."""
         cfg = self._client.config
         try:
-            async with asyncio.timeout_at(self._first_token_deadline):
-                self._conn, head = await self._pool.exchange_head(self._endpoint, self._request)
+            self._conn, head = await self._pool.exchange_head(self._endpoint, self._request,
+                                                              self._first_token_deadline)
         except TimeoutError as exc:
             raise self.fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
         except (ConnectionFailed, ConnectionLost) as exc:
@@ -455,15 +455,17 @@ class _Exchange:
         assert conn is not None
         loop = self._loop
         state = _Splice()
+        # called once per engine read: what it calls is bound here, not looked up each time
+        now, feed_steady, write = loop.time, forwarder.feed_steady, sink.write
 
         def on_body(data: bytes) -> None:
             if state.failure is not None or state.done:
                 return  # nothing is forwarded after a failure or the end
-            self._waiting_since = loop.time()  # progress: the idle clock restarts
-            if not state.held and (events := forwarder.feed_steady(data)) >= 0:
+            self._waiting_since = now()  # progress: the idle clock restarts
+            if not state.held and (events := feed_steady(data)) >= 0:
                 # tokens flowing: written as they came
                 state.chunks += events
-                if not sink.write(data):
+                if not write(data):
                     state.held.append(data)  # the client is not keeping up: the task takes over and waits
                     conn.pause()
                     conn.wake()

@@ -395,7 +395,8 @@ def parse_completion(
     server), is taken as is rather than estimated again. A body without `opscale_tier` gets
     `default_tier` (the API key's), else `interactive`; `tenant` is the API key's id, when there is one.
     """
-    kind = RequestKind(kind)
+    if not isinstance(kind, RequestKind):  # the router passes the enum: no Enum call (a Python one) a request
+        kind = RequestKind(kind)
     try:
         obj = _decode_json(raw)  # the usual body, strict JSON: decoded in C
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):

@@ -17,6 +17,7 @@ from opscale_services.router.http1 import (
     ConnectionFailed,
     ConnectionLost,
     Endpoint,
+    HeadTimeout,
     Http1Connection,
     Http1Pool,
     ProtocolViolation,
@@ -289,8 +290,14 @@ def test_header_values_with_line_breaks_are_refused() -> None:
     request = encode_request("POST", endpoint, {"x-request-id": "r1"}, b"{}")
     assert request.startswith(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: 2\r\n")
     assert request.endswith(b"x-request-id: r1\r\n\r\n{}")
-    with pytest.raises(ValueError, match="line break"):
-        encode_request("POST", endpoint, {"x-request-id": "r1\r\nx-evil: 1"}, b"{}")
+    assert encode_request("GET", endpoint, {}, b"") == (b"GET /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                                                         b"Content-Length: 0\r\n\r\n")
+    two = encode_request("POST", endpoint, {"a": "1", "b": "2"}, b"{}")
+    assert two.endswith(b"Content-Length: 2\r\na: 1\r\nb: 2\r\n\r\n{}")
+    for bad in ({"x-request-id": "r1\r\nx-evil: 1"}, {"a": "1", "x-request-id": "r1\nx-evil: 1"},
+                {"x-request-id": "r1\r"}, {"x-evil: 1\r\nx-request-id": "r1"}, {"a": "1", "x:y": "2"}):
+        with pytest.raises(ValueError, match="line break or a colon"):
+            encode_request("POST", endpoint, bad, b"{}")
 
 
 def test_endpoints_parse_default_ports_and_refuse_other_schemes() -> None:
@@ -414,6 +421,40 @@ async def test_a_refused_connection_is_a_connection_failure() -> None:
             await asyncio.wait_for(pool.exchange_head(endpoint, b"GET / HTTP/1.1\r\n\r\n"), GUARD_S)
     finally:
         await pool.close()
+
+
+async def test_a_head_that_misses_its_deadline_times_out_and_its_connection_is_closed() -> None:
+    async with raw_server([]) as (endpoint, per_connection):  # reads the request, never answers
+        pool = _pool()
+        try:
+            deadline = asyncio.get_running_loop().time() + 0.2
+            with pytest.raises(HeadTimeout):
+                await asyncio.wait_for(pool.exchange_head(endpoint, encode_request("POST", endpoint, {}, b"{}"),
+                                                          deadline), GUARD_S)
+            assert pool._open_total == 0  # closed, not kept: the engine sees the disconnect
+        finally:
+            await pool.close()
+    assert per_connection == [1]
+
+
+async def test_a_head_in_time_leaves_no_deadline_behind_on_its_connection() -> None:
+    # each answer comes 0.3 s after its request: the second request is still waiting for its head when
+    # the first one's deadline passes
+    async with raw_server([b"", CHUNKED_HEAD + chunked(b"ok")], hold_s=0.3) as (endpoint, per_connection):
+        pool = _pool()
+        try:
+            request = encode_request("POST", endpoint, {}, b"{}")
+            conn, head = await asyncio.wait_for(
+                pool.exchange_head(endpoint, request, asyncio.get_running_loop().time() + 0.8), GUARD_S)
+            while await conn.read():
+                pass
+            pool.release(conn)
+            # the same connection, no deadline: the first one's timer must not end this exchange
+            assert await asyncio.wait_for(_one(pool, endpoint), GUARD_S) == b"ok"
+        finally:
+            await pool.close()
+    assert head.status == 200
+    assert per_connection == [2]
 
 
 # -- splicing: UpstreamClient.stream_sse writing events to a sink from the read callback ----------------

@@ -164,6 +164,18 @@ def test_a_whole_stream_in_the_first_read_is_decoded_only_up_to_its_first_token(
     assert failing.failure is not None and failing.out is not None and failing.out.chunks == 1
 
 
+def test_a_first_read_that_opens_with_its_first_token_decodes_that_event_alone() -> None:
+    # the usual read of a router behind by a token or two: the first event is the first token
+    stream = token("a") + token("b", "length") + USAGE + DONE_EVENT
+    forwarder = SseForwarder()
+    [out] = feed_all(forwarder, [stream])
+    assert out.data == stream and out.chunks == 2 and out.usage == EngineUsage(3, 7) and out.done
+    # its finish reason counts when the engine then closes without [DONE]: the stream was complete
+    closing = SseForwarder()
+    [first] = feed_all(closing, [token("a", "stop") + USAGE])
+    assert first.chunks == 1 and closing.end() == SseBytes(DONE_EVENT, 0, done=True)
+
+
 @pytest.mark.parametrize("tail", [b"dat)data: [DONE]\n\n", b"xdata: [DONE]\n\n"])
 def test_done_inside_another_field_does_not_end_the_stream(tail: bytes) -> None:
     """Found by atheris (tests/fuzz): a line `dat)data: [DONE]` is a field named `dat)data`; the byte scan

@@ -5,13 +5,16 @@ event streams start with the same head, and token streams are closed quietly."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -90,7 +93,48 @@ _LINGER_S = 1.0
 _HANDLER_TAKES_MAX_HEADERS = "max_headers" in inspect.signature(RequestHandler.__init__).parameters
 
 
-class _LimitedRunner(web.AppRunner):
+DIRECT_POST_ROUTES = web.AppKey("opscale_direct_post_routes", dict[str, Callable[[web.Request],
+                                                                               Awaitable[web.StreamResponse]]])
+"""An app's hot routes: path -> handler of POST requests there, served (by `make_runner`'s server) without
+aiohttp's router. The handler must also be registered on the app, which serves every other request."""
+
+
+def _direct_dispatch(app: web.Application, fallback: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The server's request handler: a POST to one of the app's DIRECT_POST_ROUTES goes to its handler
+    wrapped in the app's middlewares, as aiohttp's router would call it, but without the route lookup and
+    match info it makes per request (a share of the router's CPU per request); anything else, and a
+    request that asks for `100-continue` (the router answers it), goes to the app (`fallback`). The
+    direct handler's request has no match info: it must not read `match_info` or `app`."""
+    routes = app.get(DIRECT_POST_ROUTES)
+    if not routes:
+        return fallback
+    chains: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {}
+    for path, handler in routes.items():
+        for middleware in reversed(app.middlewares):
+            handler = functools.partial(middleware, handler=handler)
+        chains[path] = handler
+    direct = chains.get
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        handler = direct(request.raw_path)  # the target as sent: one with a query string is the app's
+        if handler is None or request.method != "POST" or hdrs.EXPECT in request.headers:
+            return await fallback(request)
+        return await handler(request)
+
+    return handle
+
+
+class _DirectRunner(web.AppRunner):
+    """aiohttp's runner, its server calling `_direct_dispatch`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # the app's start-up, and the server aiohttp would use
+        server.request_handler = _direct_dispatch(self.app, server.request_handler)
+        return server
+
+
+class _LimitedRunner(_DirectRunner):
     def __init__(self, app: web.Application, limits: ServerLimits, **kwargs: Any) -> None:
         # lingering: after an answer that left the body unread (408, 413), aiohttp reads what the client
         # still sends for a while before closing, so the client reads the answer rather than a reset;
@@ -103,7 +147,7 @@ class _LimitedRunner(web.AppRunner):
         self._header_timeout_s = limits.header_timeout_s
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()  # the app's start-up, and the server aiohttp would use
+        server = await super()._make_server()
         return _LimitedServer(server.request_handler, request_factory=server.request_factory,
                               handler_cancellation=server.handler_cancellation, loop=server._loop,
                               header_timeout_s=self._header_timeout_s, **server._kwargs)
@@ -116,7 +160,7 @@ def make_runner(app: web.Application, limits: ServerLimits | None = None, **kwar
     kwargs.setdefault("handler_cancellation", True)
     if limits is not None:
         return _LimitedRunner(app, limits, **kwargs)
-    return web.AppRunner(app, **kwargs)
+    return _DirectRunner(app, **kwargs)
 
 
 async def stop_accepting(runner: web.AppRunner) -> None:
@@ -134,13 +178,26 @@ def error_response(error: ApiError, extra_headers: Mapping[str, str] | None = No
     return web.json_response(error.body(), status=error.status, headers=headers)
 
 
+# never cached, never held back by a proxy such as nginx; the Content-Type given whole (aiohttp's
+# content_type and charset setters each rebuild it)
+_SSE_HEADERS = {"Content-Type": f"{SSE_CONTENT_TYPE}; charset=utf-8", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+_SSE_HEAD_START = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in _SSE_HEADERS.items())
+
+
 def sse_response(request_id: str) -> web.StreamResponse:
-    """The head of a server-sent event answer, before `prepare`: never cached, never held back by a
-    proxy such as nginx, and naming the request."""
-    # the Content-Type header given whole: aiohttp's content_type and charset setters each rebuild it
-    return web.StreamResponse(headers={
-        "Content-Type": f"{SSE_CONTENT_TYPE}; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-        REQUEST_ID_HEADER: request_id})
+    """The head of a server-sent event answer, before `prepare`, naming the request."""
+    return web.StreamResponse(headers={**_SSE_HEADERS, REQUEST_ID_HEADER: request_id})
+
+
+def sse_head(request_id: str) -> bytes:
+    """The status line and head of `sse_response` as aiohttp sends it to an HTTP/1.1 client that keeps its
+    connection (chunked, with the date and server): for a handler that writes its answer on the
+    connection itself."""
+    if "\r" in request_id or "\n" in request_id:
+        raise ValueError(f"a request id with a line break: {request_id!r}")
+    return (f"{_SSE_HEAD_START}{REQUEST_ID_HEADER}: {request_id}\r\nTransfer-Encoding: chunked\r\n"
+            f"Date: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n").encode()
 
 
 @web.middleware
