@@ -305,7 +305,7 @@ class RunCollector(RunObserver):
         for instance_id, engine in running.items():
             self.engine_stopped(instance_id, engine, end_s)
 
-    def _peak_gpus(self, end_s: float) -> float:
+    def _peak_gpus(self, end_s: float) -> int | float:  # not `float`: mypyc would coerce the int
         """The most GPUs held at once (loading included): a sweep over every engine's start and stop and
         every operator replica span's (their GPU-equivalents), as `gpu_hours` counts them. An int when
         no operator replicas ran."""
