@@ -98,6 +98,10 @@ FOUND: list[tuple[str, bytes]] = [
     # a ServeGen dataset file raised RecursionError; a window key of 1e5000 became start_s=inf
     ("trace_servegen", b'{"0": ' + _DEEP + b"}"),
     ("trace_servegen", b'{"' + _HUGE + b'": {"input_tokens": "{1: 1}"}}'),
+    # a gzip member whose deflate data is corrupt raised zlib.error (not an OSError) out of both ServeGen
+    # readers instead of a TraceFormatError naming the file (found by atheris)
+    ("trace_servegen", b"\x1f\x8b\x08\x08" + b"\x08" * 39 + b"V" * 14 + b"\x08" * 26 + b"'" + b"\x08" * 9 + b"\x00"
+                       + b"\x08" * 9 + b" "),
     # an engine's SSE event or error body that was deeply nested or held a huge integer raised out of the
     # router's stream (decode_event, event_usage, error_detail) instead of an UpstreamError
     ("sse_decoder", b"\xff" + b"data: " + b"[" * 3000 + b"\n\n"),

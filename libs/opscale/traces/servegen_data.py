@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import re
+import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ def read_client_windows(path: Path, client_id: int) -> ClientWindows:
                 rows.append(_window_row(path, line, row, rows[-1][0] if rows else None))
         except UnicodeDecodeError as exc:
             raise TraceFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except zlib.error as exc:  # not an OSError: gzip's inflate failing mid-file
+            raise TraceFormatError(f"{path}: corrupt or truncated gzip data: {exc}") from exc
         except (OSError, EOFError, csv.Error) as exc:
             raise TraceFormatError(f"{path}: cannot read: {exc}") from exc
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
@@ -169,6 +172,8 @@ def read_client_lengths(path: Path) -> ClientLengths:
         raise TraceFormatError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
         raise TraceFormatError(f"{path}: not valid JSON ({str(exc).split(';')[0]})") from None
+    except zlib.error as exc:
+        raise TraceFormatError(f"{path}: corrupt or truncated gzip data: {exc}") from exc
     except (OSError, EOFError) as exc:
         raise TraceFormatError(f"{path}: cannot read: {exc}") from exc
     if not isinstance(document, dict):
