@@ -83,10 +83,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
             """Converge to `plan`'s VMs beside the loop that published it (an actuator call may be slow)."""
             if actuation is None:
                 return
-
-            async def converge(vms: VmActuation) -> None:
-                await vms.converge(plan)
-            task = asyncio.create_task(converge(actuation))
+            task = asyncio.create_task(actuation.converge(plan))
             sending.add(task)
             task.add_done_callback(sending.discard)
 

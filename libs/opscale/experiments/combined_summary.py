@@ -8,7 +8,7 @@ from typing import Any
 
 from opscale.experiments.combined_config import CombinedComparison
 from opscale.experiments.seed_intervals import CONFIDENCE, seed_intervals
-from opscale.experiments.summary import SummarySection, metric_value
+from opscale.experiments.summary import SummarySection, _interval, _number, _percent, metric_value
 from opscale.experiments.variant_runner import VariantOutcome
 
 SECTION_KEY = "combined"
@@ -62,21 +62,21 @@ def _markdown(config: CombinedComparison, data: dict[str, Any]) -> str:
              f"| single-paper variant | SLO {tier} | GPU-h | {name} SLO | {name} GPU-h | {name} / it |",
              "|---|---|---|---|---|---|"]
     for row in data["single_paper"]:
-        lines.append(f"| {row['variant']} | {_pct(row['slo_attainment'])} | {_num(row['gpu_hours'])} | "
-                     f"{_pct(data['slo_attainment'])} | {_num(data['gpu_hours'])} | "
-                     f"{_num(row['combined_gpu_hours_ratio'], '{:.2f}x')} |")
+        lines.append(f"| {row['variant']} | {_percent(row['slo_attainment'])} | {_number(row['gpu_hours'], '{:.1f}')} | "
+                     f"{_percent(data['slo_attainment'])} | {_number(data['gpu_hours'], '{:.1f}')} | "
+                     f"{_number(row['combined_gpu_hours_ratio'], '{:.2f}x')} |")
     slo_check, gpu_check, *seeds = data["acceptance"]
     lines += ["", "### Acceptance (combined)", "", "| check | ours | against | result |", "|---|---|---|---|"]
-    against = ", ".join(f"{n} {_pct(v)}" for n, v in slo_check["against"].items())
-    lines.append(f"| {slo_check['claim']} | {_pct(slo_check['ours'])} | {against} | {_verdict(slo_check['passed'])} |")
+    against = ", ".join(f"{n} {_percent(v)}" for n, v in slo_check["against"].items())
+    lines.append(f"| {slo_check['claim']} | {_percent(slo_check['ours'])} | {against} | {_verdict(slo_check['passed'])} |")
     best = gpu_check["best"] or "none meets the target"
-    lines.append(f"| {gpu_check['claim']} | {_num(gpu_check['ours'])} GPU-h (SLO target "
+    lines.append(f"| {gpu_check['claim']} | {_number(gpu_check['ours'], '{:.1f}')} GPU-h (SLO target "
                  f"{'met' if gpu_check['ours_meets_slo_target'] else 'missed'}) | {best}: bound "
-                 f"{_num(gpu_check['bound'])} GPU-h | {_verdict(gpu_check['passed'])} |")
+                 f"{_number(gpu_check['bound'], '{:.1f}')} GPU-h | {_verdict(gpu_check['passed'])} |")
     for check in seeds:
         ours, theirs = check["ours"], check["against"]
-        lines.append(f"| {check['claim']} | {_interval(ours)} | {check['best'] or 'none meets the target'}: "
-                     f"{_interval(theirs)} | {_verdict(check['passed'])} |")
+        lines.append(f"| {check['claim']} | {_gpu_h(ours)} | {check['best'] or 'none meets the target'}: "
+                     f"{_gpu_h(theirs)} | {_verdict(check['passed'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,21 +100,9 @@ def _gpu_interval(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return seed_intervals(results).get("gpu_hours") if results else None
 
 
-def _interval(figure: dict[str, Any] | None) -> str:
-    if figure is None:
-        return "-"
-    if figure["low"] is None:
-        return f"{figure['mean']:.1f} GPU-h"
-    return f"{figure['mean']:.1f} [{figure['low']:.1f}, {figure['high']:.1f}] GPU-h"
+def _gpu_h(figure: dict[str, Any] | None) -> str:
+    return "-" if figure is None else _interval(figure, "{:.1f}".format) + " GPU-h"
 
 
 def _verdict(passed: bool | None) -> str:
     return {True: "**PASS**", False: "**FAIL**", None: "n/a"}[passed]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.2f}%"
-
-
-def _num(value: float | None, fmt: str = "{:.1f}") -> str:
-    return "-" if value is None else fmt.format(value)

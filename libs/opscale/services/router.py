@@ -405,9 +405,9 @@ class RouterCore:
         def roomy(cands: list[Candidate]) -> list[Candidate]:
             # an instance whose capacity is unknown (and no admission limit) holds nothing back
             # (a slow start's phantom load is no load: room is what the instance really has)
-            return [c for c in cands if c.instance_id not in tried and (limit is None or c.outstanding_tokens < limit)
+            return [c for c in cands if c.instance_id not in tried and (limit is None or _real_load(c) < limit)
                     and (not (c.kv_capacity_tokens or limit) or (c.kv_capacity_tokens or limit or 0) * share
-                         > c.outstanding_tokens - c.slow_start_tokens)]
+                         > _real_load(c))]
 
         local = roomy(self._ready.get((request.model, request.region), []))
         if local:
@@ -434,7 +434,7 @@ class RouterCore:
         for instance_id in list(self._ramping):
             slot, cand = self._slot.get(instance_id), self._candidates.get(instance_id)
             if (slot is not None and cand is not None and slot.loads is loads
-                    and cand.outstanding_tokens - cand.slow_start_tokens < limit):
+                    and _real_load(cand) < limit):
                 del self._ramping[instance_id]
                 self._set_phantom(cand, 0, 0)
                 opened = True
@@ -503,7 +503,7 @@ class RouterCore:
         the request has not failed on."""
         limit = self._admission_limit
         return [c for c in cands if c.instance_id not in tried
-                and (limit is None or c.outstanding_tokens - c.slow_start_tokens < limit)]
+                and (limit is None or _real_load(c) < limit)]
 
     def _try_dispatch_untried(self, request: Request, tried: set[str]) -> Dispatch | None:
         """A retry: the policy chooses among the open instances this request has not failed on, its own
@@ -724,7 +724,7 @@ class RouterCore:
                 others = [c for c in pool if c is not cand]
                 if others:
                     n = len(others)
-                    phantom = int(left * sum(c.outstanding_tokens - c.slow_start_tokens for c in others) / n)
+                    phantom = int(left * sum(_real_load(c) for c in others) / n)
                     phantom_prefill = int(left * sum(c.outstanding_prefill_tokens - c.slow_start_prefill_tokens
                                                      for c in others) / n)
                     phantom_prefill = min(phantom_prefill, phantom)
@@ -796,3 +796,8 @@ class RouterCore:
             self._regions.setdefault(model, {})[region] = loads
         self._slot = {c.instance_id: _Slot(self._ready_loads[key], self._policy_index.get(key), i)
                       for key, cands in pools.items() for i, c in enumerate(cands)}
+
+
+def _real_load(cand: Candidate) -> int:
+    """A candidate's outstanding tokens without its slow-start phantom: what admission and room read."""
+    return cand.outstanding_tokens - cand.slow_start_tokens

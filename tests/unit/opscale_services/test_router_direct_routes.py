@@ -48,17 +48,32 @@ class TwoTokens:
         yield TokenChunk(" b", 1, "stop")
 
 
+class Router(str):
+    """The router's base URL, and the paths aiohttp's route lookup resolved (the app's own dispatch)."""
+
+    resolved: list[str]
+
+
 @asynccontextmanager
-async def router(backend: TwoTokens, limits: ServerLimits | None) -> AsyncIterator[str]:
+async def router(backend: TwoTokens, limits: ServerLimits | None) -> AsyncIterator[Router]:
     gate = TenantGate(KeyTable([ApiKeySpec.model_validate({"id": "t", "secret": KEY})], WallClock().now_s()),
                       WallClock().now_s)
     app = build_router_app(backend, gate=gate)
     assert set(app[DIRECT_POST_ROUTES]) == {"/v1/completions", "/v1/chat/completions"}
+    resolved: list[str] = []
+    lookup = app.router.resolve
+
+    async def spy(request: web.Request) -> web.AbstractMatchInfo:
+        resolved.append(request.path)
+        return await lookup(request)
+    app.router.resolve = spy  # type: ignore[method-assign]
     runner = make_runner(app, limits, shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        url = Router(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        url.resolved = resolved
+        yield url
     finally:
         await runner.cleanup()
 
@@ -84,6 +99,7 @@ async def test_hot_routes_answer_as_the_app_does_with_its_middlewares(limits: Se
         async with session.post(f"{url}/v1/completions", data=b"{", headers=AUTH) as resp:
             assert resp.status == 400
             assert "error" in await resp.json()
+        assert url.resolved == []  # none of them went through the app's route lookup
     assert backend.requests == 2
 
 
@@ -101,6 +117,7 @@ async def test_other_requests_go_to_the_app() -> None:
             assert (await resp.json())["choices"][0]["text"] == " a b"
         async with session.get(f"{url}/v1/models", headers=AUTH) as resp:
             assert [m["id"] for m in (await resp.json())["data"]] == ["m"]
+        assert url.resolved == ["/v1/completions", "/v1/completions", "/v1/models"]
     assert backend.requests == 1
 
 

@@ -230,8 +230,7 @@ class OpscalePolicy:
                     solved[PoolKey(view_key.model, view_key.region, role)] = (
                         f"hourly: {effects.reasons.get(view_key, 'MIP solved')}; no budget during the warm-up")
             if solved_now and after.previous is not None:
-                vm_counts[role] = {(r, s, Purchase(p).value): n for (r, s, p), n in after.previous.vm_counts.items()
-                                   if n > 0}
+                vm_counts[role] = dict(after.vm_counts)  # the solve's, as the MIP keeps them
             if role is Role.UNIFIED:  # the disaggregated pools are planned local (above): no shares to send
                 weights.update(after.routing_weights)
         return (replace(state, mip=mips, budgets=budgets, lessons=lessons, vm_counts=vm_counts, capped=capped,
