@@ -199,3 +199,23 @@ def test_a_decision_reads_the_mean_signal_of_its_whole_period() -> None:
         state = pol.decide(observe(3, 9, tps, now_s=now), state, now).state
     decision = pol.decide(observe(3, 9, 1200.0, now_s=30.0), state, 30.0)
     assert pair(decision) == (5, 14)  # mean 1800 tokens/s: 18 instances (4.5P, 13.5D covered), not the spike's 30
+
+
+@pytest.mark.parametrize("decode_tps", [300.0, 1_000.0, 4_000.0])
+def test_role_rates_at_the_curated_target_plan_what_the_controller_asks_for(decode_tps: float) -> None:
+    """An outer planner that prices each role at `role_rps` plans, at a steady decode rate, the pair the
+    controller settles on: the group's instances at the target, split at the ratio."""
+    pol = policy()
+    output_tokens = 100.0  # observe() has arrival_rps = output_tps / 100
+    rps = decode_tps / output_tokens
+    need = {role: rps / pol.role_rps("m", role, 1_000.0, output_tokens)  # type: ignore[attr-defined]
+            for role in (Role.PREFILL, Role.DECODE)}
+    settled = run(pol, decode_tps, (1, 1), 40)[-1]
+    assert need[Role.PREFILL] / need[Role.DECODE] == pytest.approx(1 / 3)
+    assert need[Role.PREFILL] + need[Role.DECODE] == pytest.approx(decode_tps / 100.0)
+    assert abs(settled[0] - need[Role.PREFILL]) <= 1 and abs(settled[1] - need[Role.DECODE]) <= 1.5
+
+
+def test_a_service_without_a_target_has_no_role_rate() -> None:
+    pol = policy(services={"m": {"mode": "periodic", "entries": [{"at_s": 0, "prefill": 1, "decode": 2}]}})
+    assert pol.role_rps("m", Role.DECODE, 1_000.0, 100.0) is None  # type: ignore[attr-defined]

@@ -271,6 +271,24 @@ def test_whole_stage_bases_realise_the_plan_per_phase_or_as_model_level_does(rps
     assert not a.operator_replicas.get(KEY) and not b.operator_replicas.get(KEY)
 
 
+@pytest.mark.parametrize("rps", [20.0, 120.0])
+def test_whole_stage_bases_may_name_each_model_and_an_unknown_one_is_refused(rps: float) -> None:
+    """A model named gets its rule, one not named the default (plan_gpus)."""
+    named = _policy("operator_level", partition="planned", partition_rps=1.0, whole_stage_bases={MODEL: "per_phase"})
+    shared = _policy("operator_level", partition="planned", partition_rps=1.0, whole_stage_bases="per_phase")
+    other = _policy("operator_level", partition="planned", partition_rps=1.0, whole_stage_bases={})
+    default = _policy("operator_level", partition="planned", partition_rps=1.0)
+    assert (named.decide(_observe(rps), named.initial_state(), 0.0).desired
+            == shared.decide(_observe(rps), shared.initial_state(), 0.0).desired
+            != default.decide(_observe(rps), default.initial_state(), 0.0).desired)
+    assert (other.decide(_observe(rps), other.initial_state(), 0.0).desired
+            == default.decide(_observe(rps), default.initial_state(), 0.0).desired)
+    with pytest.raises(ValueError, match="whole_stage_bases names no deployed model"):
+        _policy("operator_level", whole_stage_bases={"Llama-3-8B": "per_phase"})
+    with pytest.raises(ValueError, match="whole_stage_bases"):
+        _policy("operator_level", whole_stage_bases={MODEL: "per_gpu"})
+
+
 def test_partition_rps_may_name_each_model_and_an_unknown_one_is_refused() -> None:
     per_model = _policy("operator_level", partition="planned", partition_rps={MODEL: 40.0})
     shared = _policy("operator_level", partition="planned", partition_rps=40.0)

@@ -179,3 +179,32 @@ def test_the_operator_level_sizes_each_region_for_the_demand_the_plan_sends_it()
     assert routed[east].arrival_rps == pytest.approx(6.0) and routed[east].output_tokens_per_s == pytest.approx(1200)
     assert routed[west].arrival_rps == pytest.approx(1.0) and routed[eu].arrival_rps == 0.0
     assert sum(p.arrival_rps for p in routed.values()) == pytest.approx(7.0)  # demand is moved, never lost
+
+
+def test_each_roles_solve_sees_the_fleet_the_other_roles_leave_it() -> None:
+    """The hourly loop solves each role on one shared fleet: a role's view keeps the observation's hosts
+    and an elastic fleet's quotas (a view without them bought no VMs), less the GPUs the other roles'
+    pools hold."""
+    from opscale.planning.base import RolePoolSpec
+
+    split = DeploymentSpec(model="Llama-2-13B", prefill=RolePoolSpec(sku="H100-80GB", tp=1, min_replicas=1, max_replicas=4),
+                           decode=RolePoolSpec(sku="H20", tp=1, min_replicas=1, max_replicas=8))
+    unified = DeploymentSpec(model=MODEL, sku="H100-80GB", tp=2, min_replicas=0, max_replicas=8)
+    policy = make_planning_policy("opscale", [split, unified], lambda *_, **__: 10.0, heteroscale={
+        "services": {"Llama-2-13B": {"decode_tps_per_instance": 600.0, "pd_ratio": "1:3"}}})
+    east = "us-east"
+    pools = {PoolKey("Llama-2-13B", east, Role.PREFILL): PoolObservation(PoolKey("Llama-2-13B", east, Role.PREFILL),
+                                                                          ready=2, loading=1),
+             PoolKey("Llama-2-13B", east, Role.DECODE): PoolObservation(PoolKey("Llama-2-13B", east, Role.DECODE),
+                                                                         ready=3),
+             PoolKey(MODEL, east): PoolObservation(PoolKey(MODEL, east), ready=1)}
+    fleet = {(east, "H100-80GB"): 24, (east, "H20"): 16}
+    seen = Observation(0.0, pools, free_gpus={(east, "H100-80GB"): 19, (east, "H20"): 13}, total_gpus=fleet,
+                       gpu_quotas={(east, "H100-80GB"): 64, (east, "H20"): 32})
+    for role, mip in policy.mips.items():
+        view = policy._role_view(seen, role, mip, {})
+        others = {Role.UNIFIED: {"H100-80GB": 3, "H20": 3}, Role.PREFILL: {"H100-80GB": 2, "H20": 3},
+                  Role.DECODE: {"H100-80GB": 5, "H20": 0}}[role]
+        assert view.total_gpus == {(east, sku): n - others[sku] for (_, sku), n in fleet.items()}
+        assert view.gpu_quotas == {(east, "H100-80GB"): 64 - others["H100-80GB"], (east, "H20"): 32 - others["H20"]}
+        assert view.free_gpus == seen.free_gpus

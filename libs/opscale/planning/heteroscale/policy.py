@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opscale.model import LatencyObjective, Observation, PoolKey
+from opscale.model import LatencyObjective, Observation, PoolKey, Role
 from opscale.planning.base import DeploymentSpec, Effects
 from opscale.planning.heteroscale.config import HeteroScaleConfig
 from opscale.planning.heteroscale.controller import (
@@ -80,11 +80,24 @@ class HeteroScalePolicy:
         self.settings: HeteroScaleSettings
         self.settings, configs = parse_params(params or {}, [d.model for d in deployments])
         self.controllers: dict[str, ServiceController] = {}
+        self.targets = {model: cfg for model, cfg in configs.items() if isinstance(cfg, HeteroScaleConfig)}
         for dep in deployments:
             cfg = configs[dep.model]
             bounds = role_bounds(dep)
             self.controllers[dep.model] = (HeteroScaleController(cfg, bounds) if isinstance(cfg, HeteroScaleConfig)
                                            else PeriodicController(cfg, bounds))
+
+    def role_rps(self, model: str, role: Role, prompt_tokens: float, output_tokens: float) -> float | None:
+        """Requests/s one instance of `role` carries at the service's curated target (None: a service
+        without one, such as a periodic controller's). The target is per instance of the P/D group at its
+        ratio r = P/D, so a decode instance carries (1 + r) group shares and a prefill instance (1 + r) / r;
+        an outer planner that prices the roles at this rate plans what this policy will ask for."""
+        cfg = self.targets.get(model)
+        if cfg is None or cfg.target_per_instance is None:
+            return None
+        tokens = output_tokens if cfg.signal == "decode_tps" else prompt_tokens
+        share = cfg.target_per_instance / max(1.0, tokens)
+        return share * (1 + cfg.pd_ratio) / (1.0 if role is Role.DECODE else cfg.pd_ratio)
 
     def initial_state(self) -> HeteroScaleState:
         return HeteroScaleState()

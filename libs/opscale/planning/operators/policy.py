@@ -66,6 +66,7 @@ from opscale.planning.operators.plan import OperatorPlan, StagePlan
 from opscale.planning.operators.planner import OperatorPlanner
 
 Level = Literal["operator", "model"]
+WholeStageBases = Literal["plan_gpus", "per_phase"]
 _ALL = frozenset(Operator)
 
 
@@ -105,10 +106,11 @@ class OperatorPolicyConfig(BaseModel):
     replica_gpus_per_base: float = Field(
         7.0, gt=0, description="operator_level: GPU-equivalents of operator replicas one base instance carries "
                                "(its host's GPUs less its own); more open another base instance.")
-    whole_stage_bases: Literal["plan_gpus", "per_phase"] = Field(
+    whole_stage_bases: WholeStageBases | dict[str, WholeStageBases] = Field(
         "plan_gpus", description="operator_level: how a plan's stages of every operator (whole-model stages, "
                                  "planned on whole GPUs: the runtime runs them as unified base engines) become "
-                                 "base instances. plan_gpus: the stages' GPUs over tp, one engine per planned "
+                                 "base instances, for every model or per model name (a model not named: "
+                                 "plan_gpus). plan_gpus: the stages' GPUs over tp, one engine per planned "
                                  "replica of either phase, as model_level realises the same plan; per_phase: one "
                                  "base per replica of the phase needing the most, each counted as a replica of "
                                  "both phases (fewer GPUs than the plan priced: README, operators experiment).")
@@ -178,10 +180,11 @@ class OperatorScalingPolicy:
         catalog = default_catalog()
         self._deployments = {d.model: d for d in deployments}
         self._planners: dict[str, OperatorPlanner] = {}
-        if isinstance(config.partition_rps, dict):
-            unknown = sorted(set(config.partition_rps) - set(self._deployments))
+        for name in ("partition_rps", "whole_stage_bases"):
+            per_model = getattr(config, name)
+            unknown = sorted(set(per_model) - set(self._deployments)) if isinstance(per_model, dict) else []
             if unknown:
-                raise ValueError(f"planning policy {self.name!r}: partition_rps names no deployed model: {unknown}; "
+                raise ValueError(f"planning policy {self.name!r}: {name} names no deployed model: {unknown}; "
                                  f"deployed: {sorted(self._deployments)}")
         for d in deployments:
             if d.disaggregated:
@@ -307,7 +310,7 @@ class OperatorScalingPolicy:
                 shape = f"{desired[key]} whole instance(s)"
             else:
                 desired[key], extra = self.base_and_replicas(found, deployment.min_replicas, deployment.max_replicas,
-                                                             deployment.tp)
+                                                             deployment.tp, self.whole_stage_bases(key.model))
                 operator_replicas[key] = extra
                 shape = (f"{desired[key]} base instance(s) + operator replicas "
                          + (", ".join(f"{r.name} x{r.replicas}" for r in extra) or "none"))
@@ -316,18 +319,22 @@ class OperatorScalingPolicy:
         return Effects(desired=desired, state=replace(state, targets=targets, recent=recent), reasons=reasons,
                        operator_replicas=operator_replicas)
 
-    def base_and_replicas(self, targets: StageTargets, min_bases: int, max_bases: int, tp: int = 1
-                          ) -> tuple[int, tuple[OperatorReplicas, ...]]:
+    def whole_stage_bases(self, model: str) -> WholeStageBases:
+        rule = self.config.whole_stage_bases
+        return rule.get(model, "plan_gpus") if isinstance(rule, dict) else rule
+
+    def base_and_replicas(self, targets: StageTargets, min_bases: int, max_bases: int, tp: int = 1,
+                          whole_stage_bases: WholeStageBases = "plan_gpus") -> tuple[int, tuple[OperatorReplicas, ...]]:
         """The base instances and the operator replicas on top that realise `targets` (see the module
         docstring): each stage at the most replicas its phases give it, less what the bases cover."""
         by_stage = _stages_by_operators(targets)
         # A stage of every operator is a whole replica: its replicas are base instances, not attached
         # ones, and the GPUs they take are the bases' (the rest of the bases' GPUs cover other stages).
         attached = [s for s in by_stage.values() if s.operators != _ALL]
-        held = whole_stage_gpus(targets, self.config.whole_stage_bases)
+        held = whole_stage_gpus(targets, whole_stage_bases)
         bases = min(max(1, min_bases, math.ceil(held / tp - 1e-9)), max(1, max_bases))
         headroom = {Phase.PREFILL: self.config.headroom, Phase.DECODE: self.config.decode_headroom or self.config.headroom}
-        busy = whole_stage_gpus(targets, self.config.whole_stage_bases, headroom) if self.config.idle_bases_cover else held
+        busy = whole_stage_gpus(targets, whole_stage_bases, headroom) if self.config.idle_bases_cover else held
 
         def extra_of(stage: StageTarget) -> int:
             return max(0, math.ceil(stage.replicas - bases * base_cover(targets, tp, bases, busy) - 1e-9))

@@ -97,14 +97,24 @@ class OpscalePolicy:
         # Each role's pools as unified-shaped pools of their own, priced at that role's rate. Sized for their
         # region's own demand: two solves could route one origin's demand to different regions for prefill
         # and for decode, and the routers send a request's decode where its prefill ran.
+        # Priced at HeteroScale's curated target where the service has one (what the minutes loop will ask
+        # for), not at the roofline's rate for the role, which a P/D pair's measured edge falls well short of.
         local = self.config.mip.model_copy(update={"rtt_budget_ms": 0.0})
-        for role in (Role.PREFILL, Role.DECODE) if split else ():
-            self.mips[role] = SageServeMipPolicy([d.for_role(role) for d in split], partial(capacity, role=role), local)
         self.heteroscale = HeteroScalePolicy(split, objective, self.config.heteroscale) if split else None
+        for role in (Role.PREFILL, Role.DECODE) if split else ():
+            self.mips[role] = SageServeMipPolicy([d.for_role(role) for d in split],
+                                                 partial(self._role_capacity, capacity, role), local)
         self.operators = (OperatorScalingPolicy(unified, objective, self.config.operators, "operator")
                           if unified else None)
         catalog = default_catalog()
         self.gpus_per_vm = {sku: catalog.sku(sku).gpus_per_vm for d in deployments for sku in d.skus()}
+
+    def _role_capacity(self, capacity: CapacityFn, role: Role, model: str, sku: str, tp: int, prompt_tokens: float,
+                       output_tokens: float) -> float:
+        assert self.heteroscale is not None  # a role's solve exists only beside disaggregated deployments
+        curated = self.heteroscale.role_rps(model, role, prompt_tokens, output_tokens)
+        # the simulator's and the live planner's capacity functions take the role (CapacityEstimator)
+        return curated if curated is not None else capacity(model, sku, tp, prompt_tokens, output_tokens, role=role)  # type: ignore[call-arg]
 
     def initial_state(self) -> OpscaleState:
         return OpscaleState(heteroscale=self.heteroscale.initial_state() if self.heteroscale else None,
@@ -239,10 +249,17 @@ class OpscalePolicy:
     def _role_view(self, observation: Observation, role: Role, mip: SageServeMipPolicy,
                    lessons: Mapping[PoolKey, Lesson]) -> Observation:
         """The pools of `role` as the MIP plans them (unified-shaped keys); a pool an emergency taught
-        about carries the demand seen then as its forecast upper bound."""
+        about carries the demand seen then as its forecast upper bound. The fleet's GPUs (the hosts' and
+        an elastic fleet's quotas) are those the other roles' pools do not hold: each role's solve shares
+        one fleet with the others."""
         pools = {}
+        held_elsewhere: dict[tuple[str, str], int] = {}
         for key, pool in observation.pools.items():
             if key.role is not role or key.model not in mip.deployments:
+                spec = self.deployments[key.model].pool(key.role) if key.model in self.deployments else None
+                if spec is not None:
+                    where = (key.region, spec.sku)
+                    held_elsewhere[where] = held_elsewhere.get(where, 0) + pool.expected * spec.tp
                 continue
             view_key = PoolKey(key.model, key.region)
             forecast = pool.forecast_rps_hi
@@ -250,7 +267,12 @@ class OpscalePolicy:
             if lesson is not None:
                 forecast = max(forecast or 0.0, lesson.demand_rps)
             pools[view_key] = replace(pool, key=view_key, forecast_rps_hi=forecast)
-        return Observation(observation.now_s, pools, observation.free_gpus)
+
+        def left(gpus: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+            return {where: max(0, n - held_elsewhere.get(where, 0)) for where, n in gpus.items()}
+
+        return replace(observation, pools=pools, total_gpus=left(observation.total_gpus),
+                       gpu_quotas=left(observation.gpu_quotas))
 
     # -- the inner loops -----------------------------------------------------------------------------
 
@@ -295,7 +317,7 @@ def _routed_view(observation: Observation, weights: Mapping[tuple[str, str], dic
     pools = dict(observation.pools)
     for key, (rps, prompt, output) in moved.items():
         pools[key] = replace(pools[key], arrival_rps=rps, prompt_tokens_per_s=prompt, output_tokens_per_s=output)
-    return Observation(observation.now_s, pools, observation.free_gpus)
+    return replace(observation, pools=pools)
 
 
 @dataclass(slots=True)
