@@ -213,8 +213,7 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
             now = p.clock.now_s()
             await host.perform(core.reclaim(now + float(notice_s), now))
             return 202, {"agent_id": settings.agent_id, "terminating_in_s": float(notice_s),
-                         "draining": sorted(i.instance_id for i in core.heartbeat(now).instances
-                                            if i.state == InstanceState.DRAINING)}
+                         "draining": core.draining()}
 
         p.ops_actions["spot-notice"] = spot_notice
 
@@ -234,13 +233,14 @@ async def run(settings: NodeAgentSettings, stop: asyncio.Event | None = None,
 
         async def drain_on_stop() -> None:
             """Stopping (the loops have ended): drain as a spot notice does, ticking here, until no instance
-            serves or `stop_drain_s` has passed; the heartbeats tell the planner and the routers meanwhile."""
+            serves or `stop_drain_s` has passed; the heartbeats tell the planner and the routers meanwhile.
+            After the reclaim only draining instances serve (`NodeAgentCore.draining`): none loads or is
+            ready again, as nothing starts on a host being reclaimed."""
             start = p.clock.now_s()
             deadline = start + settings.stop_drain_s
             try:
                 await asyncio.wait_for(host.perform(core.reclaim(deadline, start)), settings.request_timeout_s)
-                while any(i.state in (InstanceState.READY, InstanceState.DRAINING, InstanceState.LOADING)
-                          for i in core.heartbeat(p.clock.now_s()).instances) and p.clock.now_s() < deadline:
+                while core.draining() and p.clock.now_s() < deadline:
                     await asyncio.sleep(settings.tick_s)
                     await asyncio.wait_for(tick(), max(5.0, settings.tick_s))
             except Exception as exc:  # noqa: BLE001 - the engines stop next whatever happened here

@@ -4,7 +4,8 @@ plans to Redis and NATS; commands to node-agents over gRPC.
 Only the holder of the planner lease in Redis decides; a standby keeps its view warm from the same
 streams and takes over when the lease lapses, restoring the stored plan first so it continues the
 course rather than starting a new one. With `cloud.actuator` set (local, k8s), the leader also acts on
-its plans' VM counts (opscale.runtime.live.vm_actuation): at once for each plan it publishes, and every
+its plans' VM counts (opscale.runtime.live.vm_actuation): at once for each plan it publishes whose VM
+counts differ from those last ensured, on taking the lease for the plan it continues, and every
 `cloud.poll_s` for the current plan, after reading the cloud's events; the policy is then told the
 account's GPU quotas, as in the simulator. Wiring only: the logic is opscale.services.planner.
 """
@@ -79,11 +80,12 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
             log.info("planner %s acts on its plans' VM counts through the %s actuator", settings.holder_id,
                      cloud.actuator)
 
-        def act_on(plan: Plan) -> None:
-            """Converge to `plan`'s VMs beside the loop that published it (an actuator call may be slow)."""
+        def act_on(plan: Plan, every_cell: bool = False) -> None:
+            """Converge to `plan`'s VMs beside the loop that published it (an actuator call may be slow):
+            the cells whose count changed, or `every_cell` (a new leader: others may have acted meanwhile)."""
             if actuation is None:
                 return
-            task = asyncio.create_task(actuation.converge(plan))
+            task = asyncio.create_task(actuation.converge(plan) if every_cell else actuation.apply(plan))
             sending.add(task)
             task.add_done_callback(sending.discard)
 
@@ -141,7 +143,7 @@ async def run(settings: PlannerSettings, stop: asyncio.Event | None = None,
                 leader = True
                 log.info("planner %s holds the lease (fencing token %d); continuing from epoch %d",
                          settings.holder_id, token, core.plan.epoch)
-                act_on(core.plan)  # the VMs of the plan it continues (level-triggered: converging again is harmless)
+                act_on(core.plan, every_cell=True)  # the VMs of the plan it continues (level-triggered)
 
         async def release() -> None:
             if leader:

@@ -35,6 +35,32 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+async def start_service(run: Callable[..., Awaitable[None]], settings: Any, stop: asyncio.Event, *,
+                        name: str = "service", timeout_s: float = 30.0) -> tuple[asyncio.Task[None], LiveProcess]:
+    """Run a live service (`run(settings, stop, on_start)`, as its main does) as a task and wait until it
+    has started: the task and its LiveProcess. A start-up error is raised as the service raised it; a
+    service not started within `timeout_s` is stopped (`stop`, then cancelled) and a TimeoutError raised."""
+    processes: list[LiveProcess] = []
+    started = asyncio.Event()
+
+    def on_start(p: LiveProcess) -> None:
+        processes.append(p)
+        started.set()
+
+    task = asyncio.create_task(run(settings, stop, on_start), name=f"live-{name}")
+    waiter = asyncio.create_task(started.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    if waiter in done:
+        return task, processes[0]
+    waiter.cancel()
+    if task in done:
+        task.result()  # raises the service's start-up error
+        raise RuntimeError(f"{name} returned before it started")
+    stop.set()
+    task.cancel()
+    raise TimeoutError(f"{name} did not start within {timeout_s:g} s")
+
+
 @dataclass
 class LiveStack:
     nats_url: str
@@ -129,24 +155,12 @@ class LiveStack:
 
     async def _start(self, name: str) -> None:
         run, settings = self._services[name]
-        started = asyncio.Event()
         stop = self._stops[name] = asyncio.Event()
         if self.stop.is_set():
             stop.set()
-
-        def on_start(p: LiveProcess) -> None:
-            self.processes[name] = p
-            started.set()
-
-        task = self._tasks[name] = asyncio.create_task(run(settings, stop, on_start), name=f"stack-{name}")
+        task, self.processes[name] = await start_service(run, settings, stop, name=f"stack-{name}")
+        self._tasks[name] = task
         self.tasks.append(task)
-        waiter = asyncio.create_task(started.wait())
-        done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            waiter.cancel()
-            task.result()  # raises the service's start-up error
-        if waiter not in done:
-            raise TimeoutError(f"{name} did not start within 30 s")
 
     async def restart(self, name: str) -> None:
         """Stop one service as SIGTERM does (its shutdown runs) and start it again with the same settings."""

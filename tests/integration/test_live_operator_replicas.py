@@ -8,15 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from _stack import clean_namespace
+from _stack import clean_namespace, start_service
 
 from opscale.model import InstanceSpec, InstanceState, OperatorReplicas
 from opscale.runtime.live.grpc_glue import NodeAgentClient
 from opscale.runtime.live.local_servers import free_port
 from opscale.runtime.live.settings import GrpcTlsSettings, NodeAgentSettings, load_settings
 from opscale.services.events import ApplyCommand
-
-from opscale_services.common import LiveProcess
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +25,7 @@ BASE = InstanceSpec("Qwen2-7B-eu-00001", "Qwen2-7B", "H100-80GB", 1)
 async def agent_address(nats_url: str, redis_url: str, namespace: str) -> AsyncIterator[str]:
     from opscale_services.node_agent import main as node_agent
 
-    port, stop, started = free_port(), asyncio.Event(), asyncio.Event()
+    port, stop = free_port(), asyncio.Event()
     settings = load_settings(
         NodeAgentSettings, nats_url=nats_url, redis_url=redis_url, namespace=namespace, ops_host="127.0.0.1",
         ops_port=0, tracing_exporter="memory", stop_timeout_s=5.0, agent_id="agent-1", region="eu", sku="H100-80GB",
@@ -35,16 +33,14 @@ async def agent_address(nats_url: str, redis_url: str, namespace: str) -> AsyncI
         heartbeat_interval_s=0.5, tick_s=0.1, load_time_scale=0.02,
         grpc_tls={"insecure": True})  # the explicit plain-text opt-out (test_live_stack runs mTLS)
 
-    def on_start(p: LiveProcess) -> None:
-        started.set()
-
-    task = asyncio.create_task(node_agent.run(settings, stop, on_start))
+    task = None
     try:
-        await asyncio.wait_for(started.wait(), 30)
+        task, _ = await start_service(node_agent.run, settings, stop, name="node-agent")
         yield f"127.0.0.1:{port}"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        if task is not None:
+            await asyncio.wait_for(task, 30)
         await clean_namespace(nats_url, redis_url, namespace)
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from _stack import LiveStack, clean_namespace, eventually
+from _stack import LiveStack, clean_namespace, eventually, start_service
 
 from opscale.forecast import make_forecaster
 from opscale.model import RequestOutcome
@@ -36,14 +36,7 @@ class Service:
 
     async def start(self) -> None:
         self.stop = asyncio.Event()
-        started = asyncio.Event()
-        self.task = asyncio.create_task(self.run(self.settings, self.stop, lambda _p: started.set()))
-        waiter = asyncio.create_task(started.wait())
-        done, _ = await asyncio.wait({self.task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            waiter.cancel()
-            self.task.result()
-        assert waiter in done, "did not start within 30 s"
+        self.task, _ = await start_service(self.run, self.settings, self.stop)
 
     async def close(self) -> None:
         if self.task is not None:

@@ -10,11 +10,11 @@ import socket
 
 import aiohttp
 import pytest
+from _stack import start_service
 
 from opscale.runtime.live.local_servers import free_port
 from opscale.runtime.live.settings import RouterSettings, load_settings
 
-from opscale_services.common import LiveProcess
 from opscale_services.router import main as router
 
 pytestmark = pytest.mark.integration
@@ -41,21 +41,14 @@ async def test_a_draining_router_frees_its_ports_while_a_request_is_in_flight_an
                              ops_host="127.0.0.1", ops_port=ops_port, http_host="127.0.0.1", http_port=http_port,
                              grpc_port=free_port(), stop_timeout_s=1.0, grpc_tls={"insecure": True},
                              core={"models": ["m"], "pending_timeout_s": 600.0})
-    stop, started = asyncio.Event(), asyncio.Event()
-    processes: list[LiveProcess] = []
-
-    def on_start(p: LiveProcess) -> None:
-        processes.append(p)
-        started.set()
-
-    task = asyncio.create_task(router.run(settings, stop, on_start))
+    stop = asyncio.Event()
+    task, process = await start_service(router.run, settings, stop, name="router", timeout_s=GUARD_S)
     try:
-        await asyncio.wait_for(started.wait(), GUARD_S)
         assert not bindable(http_port) and not bindable(ops_port)
         async with aiohttp.ClientSession() as http:
             held = asyncio.create_task(http.post(f"http://127.0.0.1:{http_port}/v1/completions",
                                                  json={"model": "m", "prompt": "x"}))
-            while not processes[0].ready:
+            while not process.ready:
                 await asyncio.sleep(0.01)  # noqa: TID251 - polling a live server's state
             await asyncio.sleep(0.2)  # noqa: TID251 - the request reaches the router and is held
             assert not held.done()

@@ -23,6 +23,7 @@ from _secured import (
     start_secured_nats,
     start_secured_redis,
 )
+from _stack import start_service
 from _tls import dev_pki, tls_dict
 
 from opscale.runtime.live.local_servers import LocalServer, free_port
@@ -78,21 +79,10 @@ async def router(servers: tuple[LocalServer, LocalServer]) -> AsyncIterator[tupl
     from opscale_services.router import main as router_main
 
     settings = _router_settings(servers[0].url, servers[1].url)
-    stop, started = asyncio.Event(), asyncio.Event()
-    processes: list[LiveProcess] = []
-
-    def on_start(p: LiveProcess) -> None:
-        processes.append(p)
-        started.set()
-
-    task = asyncio.create_task(router_main.run(settings, stop, on_start))
-    waiter = asyncio.create_task(started.wait())
-    done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        waiter.cancel()
-        task.result()
+    stop = asyncio.Event()
+    task, process = await start_service(router_main.run, settings, stop, name="router")
     try:
-        yield settings, processes[0]
+        yield settings, process
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -160,6 +160,10 @@ class SimulatedCloud:
 
     # -- views --------------------------------------------------------------------------------------
 
+    def price(self, vm_id: str) -> float:
+        """USD per GPU-hour the VM is billed at (`RegionCatalog.price` of its region, SKU and purchase)."""
+        return self._price[vm_id]
+
     def vm(self, vm_id: str) -> Vm:
         found = self._vms.get(vm_id)
         if found is None:

@@ -39,6 +39,11 @@ dynamic draw at that busy fraction, per GPU-equivalent. Such a run also reports
 stage of operator replicas by name, e.g. `mlp`), which sums to `energy_kwh`; a run without operator
 replicas has neither key.
 
+`cost_usd` prices each GPU held at its region's price (`opscale.cloud.RegionCatalog.price`: the offer's
+explicit price, else the SKU's list price times the region's multiplier; the list price in a region the
+catalogue does not know), on demand; on a VM, at the price the cloud bills that VM (its purchase
+included), so it and `vms.cost_usd` have one owner.
+
 A run whose hosts are VMs (a scenario's `vms:` block) also reports `vms`: what the simulated cloud billed
 per VM-second (`vm_hours`, `gpu_hours`, `cost_usd`, `by_sku_purchase`, and `lines` per region, SKU and
 purchase; idle GPUs included, where `gpu_hours` above counts the engines' GPUs), `boots`, `refusals`,
@@ -55,8 +60,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opscale.cloud import RegionCatalog, default_region_catalog
 from opscale.engine import SimEngine
-from opscale.model import InstanceSpec, OperatorReplicas, PoolKey, Request, RequestOutcome, Sku, TierSpec
+from opscale.model import (
+    InstanceSpec,
+    OperatorReplicas,
+    PoolKey,
+    Purchase,
+    Request,
+    RequestOutcome,
+    Sku,
+    TierSpec,
+)
 from opscale.perf.loading import LoadChoice
 from opscale.perf.transfer import Topology
 from opscale.reporting.latencies import LatencySamples, latency_figures
@@ -79,6 +94,7 @@ class _EngineLife:
     region: str
     start_s: float
     load_s: float
+    price_usd_per_gpu_h: float
     stop_s: float | None = None
     energy_j: float = 0.0
     busy_s: float = 0.0
@@ -100,6 +116,7 @@ class _ReplicaSpan:
     sku: str
     stage: str
     gpus: float  # GPU-equivalents
+    price_usd_per_gpu_h: float  # its engine's
     start_s: float
     engine_busy_at_start_s: float
     stop_s: float | None = None
@@ -150,9 +167,12 @@ class TimelinePoint:
 
 
 class RunCollector(RunObserver):
-    def __init__(self, tiers: dict[str, TierSpec], skus: Callable[[str], Sku]) -> None:
+    def __init__(self, tiers: dict[str, TierSpec], skus: Callable[[str], Sku],
+                 regions: RegionCatalog | None = None) -> None:
+        """`regions`: whose prices the GPUs are billed at (the built-in catalogue by default)."""
         self.tiers = tiers
         self.sku_of = skus
+        self.regions = regions if regions is not None else default_region_catalog()
         self._tiers: dict[str, _TierTotals] = {}
         self._lives: dict[str, _EngineLife] = {}
         self._arrivals_since: dict[tuple[str, str], int] = {}
@@ -223,8 +243,13 @@ class RunCollector(RunObserver):
     def weights_staged(self, model: str) -> None:
         self._weights_staged += 1
 
-    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None:
-        self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s)
+    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float, host: str = "") -> None:
+        self._lives[spec.instance_id] = _EngineLife(spec, region, now_s, load_s, self._gpu_price(region, spec.sku, host))
+
+    def _gpu_price(self, region: str, sku: str, host: str) -> float:
+        """USD per GPU-hour of `sku` on `host` in `region` (module docstring)."""
+        billed = self.vm_fleet.gpu_price(host) if self.vm_fleet is not None else None
+        return billed if billed is not None else self.regions.price(region, sku, Purchase.ON_DEMAND)
 
     def operator_replicas(self, instance_id: str, serving: tuple[OperatorReplicas, ...],
                           provisioned: tuple[OperatorReplicas, ...], engine: SimEngine, now_s: float) -> None:
@@ -244,7 +269,8 @@ class RunCollector(RunObserver):
         pool = str(PoolKey(life.spec.model, life.region, life.spec.role))
         for key, r in wanted.items():
             if key not in spans:
-                spans[key] = _ReplicaSpan(pool, life.spec.sku, r.name, r.gpu_equivalents, now_s, engine.busy_s)
+                spans[key] = _ReplicaSpan(pool, life.spec.sku, r.name, r.gpu_equivalents, life.price_usd_per_gpu_h,
+                                          now_s, engine.busy_s)
                 self._spans.append(spans[key])
 
     def _replica_loading_until(self, instance_id: str, now_s: float) -> None:
@@ -350,7 +376,7 @@ class RunCollector(RunObserver):
             gpu_s += held_s * gpus
             busy_gpu_s += life.busy_s * gpus
             energy_j += life.energy_j
-            cost += held_s / 3600 * gpus * self.sku_of(life.spec.sku).price_usd_per_h
+            cost += held_s / 3600 * gpus * life.price_usd_per_gpu_h
             scaling_gpu_s += min(life.load_s, held_s) * gpus
             pool = str(PoolKey(life.spec.model, life.region, life.spec.role))
             totals = pools.get(pool)
@@ -371,7 +397,7 @@ class RunCollector(RunObserver):
             gpu_s += held_s * span.gpus
             busy_gpu_s += busy_s * span.gpus
             energy_j += joules
-            cost += held_s / 3600 * span.gpus * sku.price_usd_per_h
+            cost += held_s / 3600 * span.gpus * span.price_usd_per_gpu_h
             energy_by_stage[span.stage] = energy_by_stage.get(span.stage, 0.0) + joules
             totals = pools.get(span.pool)
             if totals is None:

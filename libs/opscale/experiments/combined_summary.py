@@ -7,14 +7,25 @@ from __future__ import annotations
 from typing import Any
 
 from opscale.experiments.combined_config import CombinedComparison
-from opscale.experiments.seed_intervals import CONFIDENCE, seed_intervals
-from opscale.experiments.summary import SummarySection, _interval, _number, _percent, metric_value
+from opscale.experiments.seed_intervals import CONFIDENCE
+from opscale.experiments.summary import (
+    Spreads,
+    SummarySection,
+    _interval,
+    _number,
+    _percent,
+    metric_value,
+    seed_results,
+    variant_intervals,
+)
 from opscale.experiments.variant_runner import VariantOutcome
 
 SECTION_KEY = "combined"
 
 
-def combined_section(config: CombinedComparison, outcomes: list[VariantOutcome], tier: str) -> SummarySection:
+def combined_section(config: CombinedComparison, outcomes: list[VariantOutcome], tier: str,
+                     spreads: Spreads | None = None) -> SummarySection:
+    """`spreads`: the variants' intervals over the seeds (`summary.variant_intervals`), when already computed."""
     results = {o.name: o.result for o in outcomes if o.ok and o.result is not None}
     slo_metric = f"tiers.{tier}.slo_attainment"
 
@@ -48,7 +59,8 @@ def combined_section(config: CombinedComparison, outcomes: list[VariantOutcome],
                  "ours_meets_slo_target": ours_meets,
                  "passed": None if bound is None or ours_gpu is None else bool(ours_meets and ours_gpu <= bound)}
     acceptance = [slo_check, gpu_check]
-    seeds_check = _seeds_check(config, outcomes, None if best is None else best["variant"])
+    spreads = variant_intervals(outcomes) if spreads is None else spreads
+    seeds_check = _seeds_check(config, outcomes, spreads, None if best is None else best["variant"])
     if seeds_check is not None:
         acceptance.append(seeds_check)
     data: dict[str, Any] = {"variant": config.variant, "tier": tier, "slo_attainment": ours_slo, "gpu_hours": ours_gpu,
@@ -80,24 +92,21 @@ def _markdown(config: CombinedComparison, data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seeds_check(config: CombinedComparison, outcomes: list[VariantOutcome], best: str | None) -> dict[str, Any] | None:
+def _seeds_check(config: CombinedComparison, outcomes: list[VariantOutcome], spreads: Spreads,
+                 best: str | None) -> dict[str, Any] | None:
     """Over several seeds (`--seeds N`): whether the combined variant's GPU-hours interval lies wholly below
     the best single-paper variant's (the one the GPU-hour check compares with), so that the difference is
     more than seed noise. None for a one-seed run."""
-    runs = {o.name: [r.result for r in o.seeds if r.ok and r.result is not None] for o in outcomes if o.seeds}
-    if config.variant not in runs:
+    ran = {o.name: len(seed_results(o)) for o in outcomes if o.seeds}
+    if config.variant not in ran:
         return None
-    ours = _gpu_interval(runs[config.variant])
-    theirs = _gpu_interval(runs.get(best, [])) if best is not None else None
+    ours = spreads.get(config.variant, {}).get("gpu_hours")
+    theirs = spreads.get(best, {}).get("gpu_hours") if best is not None else None
     passed = (None if ours is None or theirs is None or ours["high"] is None or theirs["low"] is None
               else bool(ours["high"] < theirs["low"]))
-    return {"claim": f"over {len(runs[config.variant])} seeds, the {CONFIDENCE:.0%} intervals of the two GPU-hour "
+    return {"claim": f"over {ran[config.variant]} seeds, the {CONFIDENCE:.0%} intervals of the two GPU-hour "
                      f"figures do not overlap ({config.variant} lower)",
             "ours": ours, "best": best, "against": theirs, "passed": passed}
-
-
-def _gpu_interval(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return seed_intervals(results).get("gpu_hours") if results else None
 
 
 def _gpu_h(figure: dict[str, Any] | None) -> str:

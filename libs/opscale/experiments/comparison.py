@@ -208,7 +208,9 @@ def scaled_base(config: ExperimentConfig, base: Scenario, scale: str | None, whe
 def select_variants(config: ExperimentConfig, names: list[str] | None) -> ExperimentConfig:
     """`config` running only the variants `names` (None: all), in the config's order. Reference figures and
     acceptance checks keep only what the chosen variants can answer; the operator tables stay only when
-    both their variants run. An unknown name is an ExperimentError listing the known ones."""
+    both their variants run; the combined section keeps the chosen single-paper variants, and goes when the
+combined variant or every single-paper one is left out (it would judge against runs that never happened).
+An unknown name is an ExperimentError listing the known ones."""
     if names is None:
         return config
     known = [v.name for v in config.variants]
@@ -224,8 +226,14 @@ def select_variants(config: ExperimentConfig, names: list[str] | None) -> Experi
     operators = config.operators
     if operators is not None and not {operators.operator_variant, operators.model_variant} <= chosen:
         operators = None
+    combined = config.combined
+    if combined is not None:
+        single_paper = tuple(v for v in combined.single_paper if v in chosen)
+        combined = (None if combined.variant not in chosen or not single_paper else combined.model_copy(
+            update={"single_paper": single_paper, "slo_exempt": tuple(v for v in combined.slo_exempt if v in chosen)}))
     return config.model_copy(update={"variants": [v for v in config.variants if v.name in chosen],
-                                     "reference": reference, "acceptance": acceptance, "operators": operators})
+                                     "reference": reference, "acceptance": acceptance, "operators": operators,
+                                     "combined": combined})
 
 
 def shipped_experiments() -> dict[str, Path]:

@@ -14,7 +14,7 @@ from opscale.experiments.comparison_plots import write_plots
 from opscale.experiments.executors import DEFAULT_EXECUTOR
 from opscale.experiments.scenario import Scenario
 from opscale.experiments.shaped_workload import describe_sources
-from opscale.experiments.summary import SummarySection, latency_tier, write_summary
+from opscale.experiments.summary import SummarySection, latency_tier, variant_intervals, write_summary
 from opscale.experiments.variant_runner import ProgressFn, VariantOutcome, run_experiment
 
 # The name under which the operator planner's tables report progress (beside the variants' names).
@@ -51,11 +51,12 @@ def run_and_write(config: ExperimentConfig, base: Scenario, out: Path, *, parall
     outcomes = run_experiment(config, base, out, parallel=parallel, hours=hours, progress=progress,
                               executor=executor, address=address, seeds=seeds)
     sections = [] if config.operators is None else [_operator_section(config, shown, outcomes, progress)]
+    spreads = variant_intervals(outcomes)  # once, for the tables, summary.json and the combined section
     if config.combined is not None:
         from opscale.experiments.combined_summary import combined_section
 
-        sections.append(combined_section(config.combined, outcomes, latency_tier(base)))
-    paths = write_summary(out, config, shown, outcomes, sources, sections)
+        sections.append(combined_section(config.combined, outcomes, latency_tier(base), spreads))
+    paths = write_summary(out, config, shown, outcomes, sources, sections, spreads)
     paths += write_plots(out, outcomes, latency_tier(base), config.name)
     return ExperimentOutputs(outcomes, paths, sources)
 

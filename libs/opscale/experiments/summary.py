@@ -86,13 +86,15 @@ def reference_rows(figures: list[ReferenceFigure], outcomes: list[VariantOutcome
 
 
 def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                 sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> dict[str, Any]:
+                 sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = (),
+                 spreads: Spreads | None = None) -> dict[str, Any]:
+    spreads = variant_intervals(outcomes) if spreads is None else spreads
     return _jsonable({
         "experiment": config.name, "scenario": base.name, "seed": base.seed, "duration_s": base.duration_s,
         "traffic_sources": sources,
         "variants": [{"name": o.name, "policy": o.policy, "ok": o.ok, "error": o.error,
                       "result": {k: v for k, v in (o.result or {}).items() if k != "ttft_cdf"} or None,
-                      **_over_seeds_json(o)}
+                      **_over_seeds_json(o, spreads)}
                      for o in outcomes],
         **({"seeds": seeds} if (seeds := _seeds_run(outcomes)) else {}),
         "reference": reference_rows(config.reference, outcomes),
@@ -102,7 +104,8 @@ def summary_json(config: ExperimentConfig, base: Scenario, outcomes: list[Varian
 
 
 def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                     sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> str:
+                     sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = (),
+                     spreads: Spreads | None = None) -> str:
     lat = latency_tier(base)
     tiers = [t.name for t in base.tiers]
     lines = [f"# Experiment: {config.name}", ""]
@@ -149,7 +152,8 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
         lines += ["", "The paper's figures are for its own fleet and traffic; ours are for the simulated fleet "
                   "above. Compare the direction and rough size, not the digits."]
     if seeds:
-        lines += ["", *_over_seeds_markdown(outcomes, tiers, lat, len(seeds))]
+        spreads = variant_intervals(outcomes) if spreads is None else spreads
+        lines += ["", *_over_seeds_markdown(outcomes, spreads, tiers, lat, len(seeds))]
     for section in sections:
         lines += ["", section.markdown.rstrip()]
     if config.acceptance:
@@ -163,12 +167,14 @@ def summary_markdown(config: ExperimentConfig, base: Scenario, outcomes: list[Va
 
 
 def write_summary(out: Path, config: ExperimentConfig, base: Scenario, outcomes: list[VariantOutcome],
-                  sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = ()) -> list[Path]:
+                  sources: dict[str, dict[str, str]], sections: Sequence[SummarySection] = (),
+                  spreads: Spreads | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    spreads = variant_intervals(outcomes) if spreads is None else spreads
     md, js = out / "summary.md", out / "summary.json"
-    md.write_text(summary_markdown(config, base, outcomes, sources, sections))
-    js.write_text(json.dumps(summary_json(config, base, outcomes, sources, sections), indent=2, sort_keys=True)
-                  + "\n")
+    md.write_text(summary_markdown(config, base, outcomes, sources, sections, spreads))
+    js.write_text(json.dumps(summary_json(config, base, outcomes, sources, sections, spreads), indent=2,
+                             sort_keys=True) + "\n")
     return [md, js]
 
 
@@ -181,12 +187,27 @@ def _seeds_run(outcomes: list[VariantOutcome]) -> list[int]:
     return []
 
 
-def _over_seeds_json(o: VariantOutcome) -> dict[str, Any]:
+# Per variant run over several seeds: each figure's interval over its seeds (`seed_intervals`).
+Spreads = dict[str, dict[str, dict[str, Any]]]
+
+
+def variant_intervals(outcomes: Sequence[VariantOutcome]) -> Spreads:
+    """Each variant run over several seeds, by name: `seed_intervals` over the seeds that ran. Computed once
+    per summary and passed to its parts (the tables, summary.json, the combined section)."""
+    return {o.name: seed_intervals(seed_results(o)) for o in outcomes if o.seeds}
+
+
+def seed_results(o: VariantOutcome) -> list[dict[str, Any]]:
+    """The results of `o`'s seeds that ran."""
+    return [run.result for run in o.seeds if run.ok and run.result is not None]
+
+
+def _over_seeds_json(o: VariantOutcome, spreads: Spreads) -> dict[str, Any]:
     """A variant run over several seeds: each seed's status, and each figure's interval over the seeds."""
     if not o.seeds:
         return {}
     return {"seeds": [{"seed": run.seed, "ok": run.ok, "error": run.error} for run in o.seeds],
-            "interval": seed_intervals([run.result for run in o.seeds if run.ok and run.result is not None])}
+            "interval": spreads[o.name]}
 
 
 # The figures shown over the seeds beside SLO attainment and TTFT: (column, result.json path, format).
@@ -196,14 +217,14 @@ _SEED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _over_seeds_markdown(outcomes: list[VariantOutcome], tiers: list[str], lat: str, seeds: int) -> list[str]:
+def _over_seeds_markdown(outcomes: list[VariantOutcome], spreads: Spreads, tiers: list[str], lat: str,
+                         seeds: int) -> list[str]:
     header = ["variant", "seeds ok", *(f"SLO {t}" for t in tiers), f"TTFT p99 {lat}", *(c for c, _, _ in _SEED_COLUMNS)]
     lines = [f"## Over the seeds ({seeds}; mean [{CONFIDENCE:.0%} interval, Student t])", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for o in outcomes:
-        runs = [run.result for run in o.seeds if run.ok and run.result is not None]
-        spread = seed_intervals(runs)
-        cells = [o.name, f"{len(runs)} / {len(o.seeds)}"]
+        spread = spreads.get(o.name, {})
+        cells = [o.name, f"{len(seed_results(o))} / {len(o.seeds)}"]
         cells += [_interval(spread.get(f"tiers.{t}.slo_attainment"), lambda v: f"{v * 100:.2f}%") for t in tiers]
         cells.append(_interval(spread.get(f"tiers.{lat}.ttft_p99_s"), _seconds))
         cells += [_interval(spread.get(path), fmt.format) for _, path, fmt in _SEED_COLUMNS]

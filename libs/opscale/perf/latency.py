@@ -192,22 +192,53 @@ def dense_layer_work(model: ModelSpec, tp: int, tokens: int) -> DenseWork:
         raise ValueError(f"tokens must be >= 0, got {tokens}")
     layers, bpp = model.layers, model.bytes_per_param
     attn_params = model.attn_params_per_layer * layers
-    expert_params = 3 * model.hidden * model.intermediate * layers
-    shared_params = model.shared_expert_params_per_layer * layers  # a mixture's always-on expert
-    experts_per_token = model.experts_per_token if model.experts else 1
-    touched = _experts_touched(model.experts, experts_per_token, tokens)
+    mlp = MlpRoofline.of(model)
+    experts_per_token = mlp.experts_per_token
     kv_dim = model.kv_heads * model.head_dim
     replicated = 7 * model.hidden
     sharded = (2 * (model.hidden + kv_dim) + 3 * model.intermediate * experts_per_token
                + 3 * model.shared_expert_intermediate)
     return DenseWork(
-        gemm_flops=(2 * attn_params * tokens, 2 * (expert_params * experts_per_token + shared_params) * tokens),
-        gemm_bytes=(attn_params * bpp, (expert_params * touched + (shared_params if tokens else 0)) * bpp),
+        gemm_flops=(2 * attn_params * tokens, mlp.flops(tokens)),
+        gemm_bytes=(attn_params * bpp, mlp.weight_bytes(tokens)),
         elementwise_bytes=float((replicated * tp + sharded) * bpp * layers * tokens),
     )
 
 
-def _experts_touched(experts: int, per_token: int, tokens: int) -> float:
+@dataclass(frozen=True, slots=True)
+class MlpRoofline:
+    """The MLP of all of a model's layers on the roofline: the one place its mixture-of-experts terms
+    are priced (`dense_layer_work`, `RooflineLatencyModel`, `RooflineOperatorModel`). A batch of
+    `tokens` does 2 FLOPs per active parameter per token (the k routed experts' and the always-on
+    shared expert's, Qwen2-MoE) and reads the weights of the experts it touches on average
+    (`_experts_touched`: every one of a dense model's), plus the shared expert's once it has tokens."""
+
+    experts: int
+    experts_per_token: int  # 1 for a dense model
+    active_params: int
+    expert_bytes: int  # one expert, every layer
+    shared_expert_bytes: int
+
+    @classmethod
+    def of(cls, model: ModelSpec) -> MlpRoofline:
+        layers, bpp = model.layers, model.bytes_per_param
+        return cls(model.experts, model.experts_per_token if model.experts else 1,
+                   model.active_mlp_params_per_layer * layers, 3 * model.hidden * model.intermediate * layers * bpp,
+                   model.shared_expert_params_per_layer * layers * bpp)
+
+    def flops(self, tokens: float) -> float:
+        return 2 * self.active_params * tokens
+
+    def weight_bytes(self, tokens: float) -> float:
+        touched = _experts_touched(self.experts, self.experts_per_token, tokens)
+        return self.expert_bytes * touched + (self.shared_expert_bytes if tokens else 0.0)
+
+    def seconds(self, tokens: float, s_per_flop: float, s_per_byte: float) -> float:
+        """At max(compute, memory)."""
+        return max(self.flops(tokens) * s_per_flop, self.weight_bytes(tokens) * s_per_byte)
+
+
+def _experts_touched(experts: int, per_token: int, tokens: float) -> float:
     """Expected distinct experts a batch of `tokens` routes to, each token picking `per_token` of
     `experts` uniformly; 1 for a dense model."""
     if not experts:
@@ -273,13 +304,7 @@ class RooflineLatencyModel(IterationTime):
         layers, bpp = model.layers, model.bytes_per_param
 
         self._attn_proj_params = model.attn_params_per_layer * layers
-        expert_params = 3 * model.hidden * model.intermediate * layers
-        self._experts = model.experts
-        self._experts_per_token = model.experts_per_token if model.experts else 1
-        self._expert_bytes = expert_params * bpp
-        # a mixture's always-on shared expert (Qwen2-MoE): read and run for every batch with tokens
-        self._shared_expert_bytes = model.shared_expert_params_per_layer * layers * bpp
-        self._mlp_active_params = model.active_mlp_params_per_layer * layers
+        self._mlp = MlpRoofline.of(model)
         self._lm_head_params = model.vocab * model.hidden
         self._bpp = bpp
         self._attn_flops_per_pair = 4 * model.heads * model.head_dim * layers
@@ -410,10 +435,7 @@ class RooflineLatencyModel(IterationTime):
         """QKV/O projections and MLP over `tokens` new tokens, each at max(compute, memory)."""
         s_flop, s_byte, bpp = self._s_per_flop, self._s_per_byte, self._bpp
         attn_proj = max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
-        touched = _experts_touched(self._experts, self._experts_per_token, tokens)
-        mlp_bytes = self._expert_bytes * touched + (self._shared_expert_bytes if tokens else 0.0)
-        mlp = max(2 * self._mlp_active_params * tokens * s_flop, mlp_bytes * s_byte)
-        return attn_proj + mlp
+        return attn_proj + self._mlp.seconds(tokens, s_flop, s_byte)
 
     def _allreduce_s(self, tokens: int) -> float:
         if not self._allreduce_calls:

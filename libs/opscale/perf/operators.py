@@ -41,8 +41,8 @@ from opscale.perf.latency import (
     FALLBACK_INTERCONNECT_GBPS,
     IterationCost,
     IterationTime,
+    MlpRoofline,
     RooflineParams,
-    _experts_touched,
     attn_pairs,
     check_token_counts,
     whole_iteration_s,
@@ -214,13 +214,7 @@ class RooflineOperatorModel:
         self._layers = layers
         self._bpp = bpp
         self._attn_proj_params = model.attn_params_per_layer * layers
-        expert_params = 3 * model.hidden * model.intermediate * layers
-        self._experts = model.experts
-        self._experts_per_token = model.experts_per_token if model.experts else 1
-        self._expert_bytes = expert_params * bpp
-        # a mixture's always-on shared expert (Qwen2-MoE): read and run for every batch with tokens
-        self._shared_expert_bytes = model.shared_expert_params_per_layer * layers * bpp
-        self._mlp_active_params = model.active_mlp_params_per_layer * layers
+        self._mlp = MlpRoofline.of(model)
         self._lm_head_params = model.vocab * model.hidden
         self._attn_flops_per_pair = 4 * model.heads * model.head_dim * layers
         self._kv_bytes_per_token = model.kv_bytes_per_token
@@ -237,7 +231,7 @@ class RooflineOperatorModel:
             hidden, kv_dim = model.hidden, model.kv_heads * model.head_dim
             values = {
                 Operator.ATTN_PROJ: 2 * hidden * tp + 2 * (hidden + kv_dim),
-                Operator.MLP: (5 * hidden * tp + 3 * model.intermediate * self._experts_per_token
+                Operator.MLP: (5 * hidden * tp + 3 * model.intermediate * self._mlp.experts_per_token
                                + 3 * model.shared_expert_intermediate),
             }
             s_per_byte = 1.0 / (sku.mem_bandwidth_gbps * 1e9 * p.elementwise_efficiency * tp)
@@ -281,10 +275,7 @@ class RooflineOperatorModel:
         if Operator.ATTN_PROJ in ops:
             total += max(2 * self._attn_proj_params * tokens * s_flop, self._attn_proj_params * bpp * s_byte)
         if Operator.MLP in ops:
-            # Expected distinct experts a batch routes to, each token picking k of E uniformly.
-            touched = _experts_touched(self._experts, self._experts_per_token, tokens)
-            mlp_bytes = self._expert_bytes * touched + (self._shared_expert_bytes if tokens else 0.0)
-            total += max(2 * self._mlp_active_params * tokens * s_flop, mlp_bytes * s_byte)
+            total += self._mlp.seconds(tokens, s_flop, s_byte)
         if Operator.LM_HEAD in ops:
             total += max(2 * self._lm_head_params * logit_tokens * s_flop, self._lm_head_params * bpp * s_byte)
         for op, s_per_token in self._elementwise_s_per_token.items():

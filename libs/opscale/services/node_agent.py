@@ -313,6 +313,11 @@ class NodeAgentCore:
         inst = self._instances.get(instance_id)
         return inst is not None and inst.state == InstanceState.READY
 
+    def draining(self) -> list[str]:
+        """The instances still draining, by id. Once `reclaim` has run this is every instance left that
+        serves: it drained the ready ones, stopped the loading ones, and nothing starts after it."""
+        return sorted(i for i, inst in self._instances.items() if inst.state == InstanceState.DRAINING)
+
     def next_ready_s(self) -> float | None:
         """When the next loading instance becomes ready (so a shell can wake exactly then)."""
         times = [i.ready_at_s for i in self._instances.values() if i.state == InstanceState.LOADING]

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +59,15 @@ class PlannerConfig(BaseModel):
                                  "switches, each instance on the host with the most free GPUs")
 
 
+@dataclass(frozen=True, slots=True)
+class _RouterReport:
+    """What the planner holds of one router: its newest load report's region, time and held requests."""
+
+    region: str
+    at_s: float
+    pending: Mapping[str, int]  # model -> held requests
+
+
 class PlannerCore:
     """`handle(event, now_s)` / `tick(now_s)` -> actions. See the module docstring."""
 
@@ -76,15 +86,13 @@ class PlannerCore:
         self._agents: dict[str, AgentHeartbeat] = {}
         self._windows: dict[tuple[str, str, str], WindowStats] = {}
         self._forecasts: dict[tuple[str, str, str], ForecastIssued] = {}
-        self._pending: dict[str, dict[str, int]] = {}  # router id -> model -> held requests
-        self._router_seen_s: dict[str, float] = {}  # router id -> its newest load report's time
+        self._routers: dict[str, _RouterReport] = {}  # router id -> its newest load report
         # (model, origin region) -> recent (at_s, requests, prompt tokens, output tokens) from router loads
         self._arrivals: dict[tuple[str, str], deque[tuple[float, int, int, int]]] = {}
         self._first_load_s: float | None = None  # the start of the first report's interval (relearning)
         # (model, origin region) -> the start of the first report interval that carried arrivals for it:
         # the pool's demand rate is measured from there (see `_demand`)
         self._demand_onset_s: dict[tuple[str, str], float] = {}
-        self._router_region: dict[str, str] = {}
         self._sent: dict[str, tuple[int, float]] = {}  # agent -> (epoch, sent at)
         # The lease generation this planner acts under (0: no lease, the simulator's single planner): every
         # command carries it, and agents refuse one older than the newest they have seen.
@@ -113,7 +121,7 @@ class PlannerCore:
 
     def router_pending(self) -> dict[str, dict[str, int]]:
         """Per router id: the requests it holds per model, as its newest load report said."""
-        return {router_id: dict(pending) for router_id, pending in self._pending.items()}
+        return {router_id: dict(router.pending) for router_id, router in self._routers.items()}
 
     def agent_address(self, agent_id: str) -> str | None:
         """Where the agent's control server listens, from its newest heartbeat."""
@@ -135,11 +143,10 @@ class PlannerCore:
             case ForecastIssued():
                 self._forecasts[(event.model, event.region, event.tier)] = event
             case RouterLoad():
-                if event.at_s < self._router_seen_s.get(event.router_id, -math.inf):
+                known = self._routers.get(event.router_id)
+                if known is not None and event.at_s < known.at_s:
                     return []  # an older report of this router, redelivered: its newer one stands
-                self._pending[event.router_id] = dict(event.pending_by_model)
-                self._router_region[event.router_id] = event.region
-                self._router_seen_s[event.router_id] = event.at_s
+                self._routers[event.router_id] = _RouterReport(event.region, event.at_s, dict(event.pending_by_model))
                 if self._first_load_s is None:
                     self._first_load_s = event.at_s - event.interval_s
                 start_s = event.at_s - event.interval_s
@@ -157,9 +164,8 @@ class PlannerCore:
         for agent_id in [a for a, hb in self._agents.items() if now_s - hb.at_s > self.config.agent_timeout_s]:
             del self._agents[agent_id]
             actions.append(Log(self.name, f"agent {agent_id} lost: its instances will be re-placed"))
-        for router_id in [r for r, at_s in self._router_seen_s.items() if now_s - at_s > self.config.router_timeout_s]:
-            for table in (self._pending, self._router_region, self._router_seen_s):
-                table.pop(router_id, None)
+        for router_id in [r for r, router in self._routers.items() if now_s - router.at_s > self.config.router_timeout_s]:
+            del self._routers[router_id]
         if self._relearning and not self._relearned(now_s):
             return actions
         # Until a host has reported there is nothing to place on: the first decision waits for the first
@@ -212,10 +218,9 @@ class PlannerCore:
                     kv.setdefault(key, []).append(st.kv_used_frac)
                     sm.setdefault(key, []).append(st.sm_activity)
         pending_by_pool: dict[tuple[str, str], int] = {}
-        for router_id, pending in self._pending.items():
-            for model, n in pending.items():
-                region = self._router_region.get(router_id, "")
-                pending_by_pool[(model, region)] = pending_by_pool.get((model, region), 0) + n
+        for router in self._routers.values():
+            for model, n in router.pending.items():
+                pending_by_pool[(model, router.region)] = pending_by_pool.get((model, router.region), 0) + n
 
         pools: dict[PoolKey, PoolObservation] = {}
         for key in self._pool_keys():

@@ -98,3 +98,21 @@ def test_slo_attainment_is_split_by_model() -> None:
     result = collector.summary(10.0)
     assert result["slo_by_model"] == {"m1": {tier.name: 1.0}, "m2": {tier.name: 0.0}}
     assert result["tiers"][tier.name]["slo_attainment"] == pytest.approx(1 / 3)
+
+
+def test_gpus_are_priced_at_their_regions_price_as_the_vm_bill_is() -> None:
+    """One owner for a GPU-hour's price: the region catalogue's (an offer's explicit price, else the list
+    price times the region's multiplier; the list price where the catalogue does not know the region)."""
+    from opscale.cloud import default_region_catalog
+    from opscale.model import Purchase
+
+    regions = default_region_catalog()
+    collector = RunCollector(dict(DEFAULT_TIERS), default_catalog().sku)
+    collector.engine_started(InstanceSpec("i1", "m", "H100-80GB", 2), "eu-west", 0.0, 0.0)  # multiplier 1.10
+    collector.engine_started(InstanceSpec("i2", "m", "H100-80GB", 1), "lab", 0.0, 0.0)  # not a catalogue region
+    for instance_id in ("i1", "i2"):
+        collector.engine_stopped(instance_id, _engine(), 3600.0)
+    eu_west = regions.price("eu-west", "H100-80GB", Purchase.ON_DEMAND)
+    assert eu_west == pytest.approx(1.10 * default_catalog().sku("H100-80GB").price_usd_per_h)
+    assert collector.summary(3600.0)["cost_usd"] == pytest.approx(2 * eu_west + default_catalog().sku(
+        "H100-80GB").price_usd_per_h)

@@ -4,10 +4,14 @@ GPU-hours against the best single-paper variant meeting the SLO target)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from opscale.experiments import summary
 from opscale.experiments.combined_config import CombinedComparison
 from opscale.experiments.combined_summary import combined_section
+from opscale.experiments.comparison import find_experiment, load_experiment
 from opscale.experiments.variant_runner import VariantOutcome
 
 pytestmark = pytest.mark.unit
@@ -66,3 +70,27 @@ def test_over_seeds_the_gpu_hour_intervals_must_not_overlap() -> None:
                                       over_seeds("mip", 1.0, (100.0, 85.0, 99.0))], "interactive")
     *_, seeds = noisy.data["acceptance"]
     assert seeds["passed"] is False  # the means differ by 7 GPU-h, the seeds by more
+
+
+def test_a_summary_computes_each_variants_intervals_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tables, summary.json and the combined section read one set of intervals (`variant_intervals`)."""
+    config, base = load_experiment(find_experiment("opscale"))
+    assert config.combined is not None
+    figures = {"requests": 10, "cost_usd": 1.0, "energy_kwh": 1.0, "cold_starts": 0, "scaling_gpu_s": 0.0, "scaling_actions": 0,
+               "oscillations": 0.0, "wall_s": 1.0}
+    outcomes = []
+    for i, variant in enumerate(config.variants):
+        runs = [VariantOutcome(variant.name, variant.policy, {**figures, "gpu_hours": 80.0 + i + s,
+                                                              "tiers": {"interactive": {"slo_attainment": 1.0}}},
+                               seed=s) for s in range(3)]
+        outcomes.append(VariantOutcome(variant.name, variant.policy, runs[0].result, seeds=runs))
+    calls: list[int] = []
+    real = summary.seed_intervals
+    monkeypatch.setattr(summary, "seed_intervals", lambda results, *a: calls.append(len(results)) or real(results, *a))
+    spreads = summary.variant_intervals(outcomes)
+    section = combined_section(config.combined, outcomes, "interactive", spreads)
+    summary.write_summary(tmp_path, config, base, outcomes, {}, [section], spreads)
+    assert calls == [3] * len(outcomes)
+    *_, seeds = section.data["acceptance"]
+    assert seeds["ours"] == spreads["opscale"]["gpu_hours"]
+    assert "Over the seeds (3" in (tmp_path / "summary.md").read_text()

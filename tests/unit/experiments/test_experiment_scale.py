@@ -102,6 +102,19 @@ def test_variants_filter_keeps_the_chosen_and_what_they_can_answer() -> None:
         select_variants(config, ["reactive", "nope"])
 
 
+def test_variants_filter_trims_the_combined_section_to_the_variants_that_run() -> None:
+    config, _ = load_experiment(find_experiment("opscale"))
+    assert config.combined is not None and len(config.combined.single_paper) > 1
+    trimmed = select_variants(config, ["opscale", "heteroscale", "reactive"])
+    assert trimmed.combined is not None
+    assert (trimmed.combined.single_paper, trimmed.combined.slo_exempt) == (("heteroscale",), ())
+    # what the filter returns is a config the loader would accept (combined names only variants that run)
+    type(config).model_validate(trimmed.model_dump())
+    # without the combined variant, or without any single-paper one, there is nothing to judge
+    assert select_variants(config, ["heteroscale", "reactive"]).combined is None
+    assert select_variants(config, ["opscale", "reactive"]).combined is None
+
+
 def test_cli_refuses_a_bad_scale_name_clearly(tmp_path: Path) -> None:
     result = runner.invoke(app, ["experiment", "run", "sageserve", "--scale", "huge", "--out", str(tmp_path)])
     assert result.exit_code == 2

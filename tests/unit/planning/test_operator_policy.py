@@ -4,6 +4,7 @@ pool, how fast a replica of each kind becomes ready, and the errors their config
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,7 @@ from opscale.perf.operators import Operator, operator_weight_bytes
 from opscale.planning.base import DeploymentSpec
 from opscale.planning.operators import Workload
 from opscale.planning.operators.dag import Phase
-from opscale.planning.operators.policy import OperatorScalingPolicy, base_cover
+from opscale.planning.operators.policy import OperatorScalingPolicy, StageTargets, base_cover
 from opscale.planning.registry import make_planning_policy
 
 MODEL, SKU = "Qwen2-7B", "H100-80GB"
@@ -320,3 +321,34 @@ def test_the_realisation_holds_every_gpu_its_plan_prices(split: tuple[str, float
         if s.operators != frozenset(Operator):
             attached[s.operators] = max(attached.get(s.operators, 0.0), s.replicas * s.gpu_cost)
     assert held >= whole + sum(attached.values()) - 1e-9 or effects.desired[KEY] == DEPLOYMENT.max_replicas
+
+
+class _BothPhasesTwice(OperatorScalingPolicy):
+    """The decode_headroom path as it was: a whole plan (both phases, packing, energy) at the decode factor,
+    of which only the decode stages were kept."""
+
+    def _decode_at(self, model: str, found: StageTargets, workload: Workload) -> StageTargets:
+        decode = {s.operators: s for s in self.targets(model, workload, found).phase(Phase.DECODE)}
+        return replace(found, stages=tuple(decode.get(s.operators, s) if s.phase is Phase.DECODE else s
+                                           for s in found.stages))
+
+
+@pytest.mark.parametrize("params", [
+    {"partition": "planned", "partition_rps": 40.0, "headroom": 1.5, "decode_headroom": 1.0},
+    {"partition": "planned", "partition_rps": 45.0, "headroom": 1.5, "decode_headroom": 1.0, "idle_bases_cover": True},
+    {"headroom": 1.3, "decode_headroom": 1.1},  # per_operator
+    {"headroom": 1.2, "decode_headroom": 1.0, "sticky_shares": False},
+])
+def test_decode_headroom_plans_only_the_decode_phase_again_with_the_same_decisions(params: dict[str, object]) -> None:
+    """Planning the decode phase alone at decode_headroom decides what planning both phases did, tick
+    after tick (the state, and so the kept partition and shares, carried along)."""
+    new = _policy("operator_level", **params)
+    old = _BothPhasesTwice([DEPLOYMENT], new.objective, new.config, "operator")
+    states = [new.initial_state(), old.initial_state()]
+    for tick, rps in enumerate((5.0, 20.0, 60.0, 12.0, 0.5, 35.0)):
+        now = 60.0 * tick
+        ours, theirs = (p.decide(_observe(rps, queued=tick), s, now) for p, s in zip((new, old), states, strict=True))
+        assert (ours.desired, ours.operator_replicas, ours.reasons) == (theirs.desired, theirs.operator_replicas,
+                                                                        theirs.reasons), rps
+        assert ours.state == theirs.state, rps
+        states = [ours.state, theirs.state]

@@ -10,7 +10,8 @@ import pytest
 
 from opscale.experiments.runner import build_world
 from opscale.experiments.scenario import HostGroup, Scenario
-from opscale.model import VmState
+from opscale.model import Purchase, VmState
+from opscale.perf import default_catalog
 from opscale.planning import DeploymentSpec
 from opscale.runtime.sim.vms import SimVmFleet
 
@@ -68,3 +69,23 @@ def test_a_vm_bought_holds_no_host_until_it_runs_then_its_agent_reports() -> Non
     world.loop.run(world.loop.now_s + 5.0)
     # its heartbeat reached the planner: its 8 GPUs are free to place on
     assert world.planner.observe(world.loop.now_s).free_gpus[("us-east", "H100-80GB")] == free + 8
+
+
+def test_the_runs_cost_prices_an_engines_gpus_as_the_cloud_bills_its_vm() -> None:
+    """cost_usd and the VM bill have one price: a spot VM in eu-west (the region's multiplier) is billed,
+    and its engine's GPUs counted, at the cloud's price for it, not the SKU's list price."""
+    scenario = Scenario(
+        duration_s=600.0, hosts=[HostGroup(region="eu-west", sku="H100-80GB", gpus=8, count=1)],
+        deployments=[DeploymentSpec(model="Llama-3-8B", sku="H100-80GB", min_replicas=1, max_replicas=1)],
+        policy="static", vms={"enabled": True, "purchase": "spot"})
+    world, collector = build_world(scenario)
+    world.start(iter(()), until_s=scenario.duration_s)
+    world.loop.run(600.0)
+    assert collector.vm_fleet is not None
+    [vm] = collector.vm_fleet.cloud.vms()
+    price = collector.vm_fleet.cloud.price(vm.vm_id)
+    assert price == pytest.approx(collector.vm_fleet.cloud.regions.price("eu-west", "H100-80GB", vm.purchase))
+    result = collector.summary(600.0)
+    assert result["gpu_hours"] > 0
+    assert result["cost_usd"] == pytest.approx(result["gpu_hours"] * price)
+    assert vm.purchase is Purchase.SPOT and price != pytest.approx(default_catalog().sku("H100-80GB").price_usd_per_h)

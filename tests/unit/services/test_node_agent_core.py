@@ -176,3 +176,29 @@ def test_a_plan_that_drops_it_again_cancels_the_restart() -> None:
     agent.handle(_report("m-eu-00001", idle=True), 34.0)
     actions = agent.tick(34.0)
     assert StopEngine("m-eu-00001") in actions and not any(isinstance(a, StartEngine) for a in actions)
+
+
+def test_after_a_reclaim_only_draining_instances_serve_whatever_comes_next() -> None:
+    """The drain on stop (services/node_agent) waits on `draining()` alone: after `reclaim` no instance
+    is loading or ready again, neither from a plan that arrives meanwhile nor from a restart that an
+    earlier plan queued behind a drain."""
+    agent = _agent()
+    agent.apply(ApplyCommand("a1", 1, "c1", (_spec(1), _spec(2))), 0.0)
+    agent.tick(30.0)
+    agent.apply(ApplyCommand("a1", 2, "c2", (_spec(2),)), 31.0)  # 1 drains
+    agent.apply(ApplyCommand("a1", 3, "c3", (_spec(1), _spec(2))), 32.0)  # 1 is wanted again once drained
+    agent.apply(ApplyCommand("a1", 4, "c4", (_spec(1), _spec(2), _spec(3))), 33.0)  # 3 loading
+    agent.reclaim(100.0, 34.0)
+    assert _states(agent, 34.0) == {"m-eu-00001": InstanceState.DRAINING, "m-eu-00002": InstanceState.DRAINING,
+                                    "m-eu-00003": InstanceState.STOPPED}
+    assert agent.draining() == ["m-eu-00001", "m-eu-00002"]
+    _, actions = agent.apply(ApplyCommand("a1", 5, "c5", (_spec(1), _spec(2), _spec(3), _spec(4))), 35.0)
+    assert not any(isinstance(a, StartEngine) for a in actions)
+    agent.handle(_report("m-eu-00001", idle=True), 36.0)
+    assert not any(isinstance(a, StartEngine) for a in agent.tick(36.0))  # no restart after the drain
+    for now in (40.0, 70.0, 99.0):
+        agent.tick(now)
+        assert not {InstanceState.LOADING, InstanceState.READY} & set(_states(agent, now).values())
+    assert agent.draining() == ["m-eu-00002"]
+    agent.tick(100.0)  # the reclaim's deadline stops the rest
+    assert agent.draining() == []

@@ -386,16 +386,21 @@ class OperatorPlanner:
         never the split, since resharding costs far more than replicating (PAPERS.md §1.6). `shares`
         pins the SM share of the stages it names (their running replicas'); the others take any
         configured share."""
-        parts = []
-        for label, partition in (("prefill", prefill), ("decode", decode)):
-            part = tuple(frozenset(Operator(op) for op in block) for block in partition)
-            if sorted(op for block in part for op in block) != sorted(_FAMILIES):
-                raise ValueError(f"{label} partition must hold every operator family exactly once, got "
-                                 f"{[sorted(op.value for op in b) for b in part]}")
-            parts.append((part,))
+        parts = [(_partition(label, partition),) for label, partition in (("prefill", prefill), ("decode", decode))]
         pinned = None if shares is None else {key: (share,) for key, share in shares.items()}
         return self._search(workload, parts[0], self.config.sharing.shares, "operator", "greedy",
                             decode_parts=parts[1], stage_shares=pinned)
+
+    def plan_phase(self, workload: Workload, phase: Phase, partition: Sequence[frozenset[Operator]],
+                   shares: Mapping[tuple[Phase, frozenset[Operator]], float] | None = None) -> PhasePlan:
+        """One phase of `plan_partition`: its stages as `plan_partition` plans them for `workload` (the
+        same search, the same pinned `shares`), without planning the other phase, packing or energy; for
+        a policy that plans the phases at different rates (`OperatorPolicyConfig.decode_headroom`)."""
+        part = _partition(phase.value, partition)
+        pinned = None if shares is None else {key: (share,) for key, share in shares.items()}
+        with self._lock:
+            self._epoch += 1
+            return self._phase(workload, phase, (part,), self.config.sharing.shares, "greedy", pinned)
 
     def oracle(self, workload: Workload) -> OperatorPlan:
         """The least-cost plan over every partition, share and replica vector (exponential: small cases)."""
@@ -562,6 +567,15 @@ class OperatorPlanner:
                            floor_s=min(floors), min_fixed_bytes=min(o.fixed_bytes for o in options),
                            mus=tuple(o.mu for o in options), floors=floors,
                            fixed=tuple(o.fixed_bytes for o in options), held=tuple(o.held_bytes for o in options))
+
+
+def _partition(label: str, partition: Sequence[frozenset[Operator]]) -> tuple[frozenset[Operator], ...]:
+    """`partition` as operator sets; a ValueError unless it holds every operator family exactly once."""
+    part = tuple(frozenset(Operator(op) for op in block) for block in partition)
+    if sorted(op for block in part for op in block) != sorted(_FAMILIES):
+        raise ValueError(f"{label} partition must hold every operator family exactly once, got "
+                         f"{[sorted(op.value for op in b) for b in part]}")
+    return part
 
 
 def cheapest_plan(model: ModelSpec, skus: Sequence[Sku], objective: LatencyObjective, workload: Workload,

@@ -242,8 +242,21 @@ class OperatorScalingPolicy:
 
     def _decode_at(self, model: str, found: StageTargets, workload: Workload) -> StageTargets:
         """`found` with the decode phase's stages as planned for `workload` (decode_headroom), in the same
-        partition; the prefill phase's stages and the plan stay `found`'s."""
-        decode = {s.operators: s for s in self.targets(model, workload, found).phase(Phase.DECODE)}
+        partition and on the same shares as `_replan` (found's, else whole GPUs); the prefill phase's
+        stages and the plan stay `found`'s. Only the decode phase is planned again."""
+        planner = self._planners[model]
+        split = [s.operators for s in found.phase(Phase.DECODE)]
+        whole = {(Phase.DECODE, _ALL): 1.0}
+        phase = None
+        if self.config.sticky_shares:
+            try:
+                phase = planner.plan_phase(workload, Phase.DECODE, split,
+                                           {**{(s.phase, s.operators): s.share for s in found.stages}, **whole})
+            except ValueError:
+                pass
+        if phase is None:
+            phase = planner.plan_phase(workload, Phase.DECODE, split, whole)
+        decode = {s.operators: self._target(planner, Phase.DECODE, s) for s in phase.stages}
         return replace(found, stages=tuple(decode.get(s.operators, s) if s.phase is Phase.DECODE else s
                                            for s in found.stages))
 

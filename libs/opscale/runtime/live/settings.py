@@ -611,8 +611,8 @@ class LocalCloudSettings(BaseModel):
 class CloudSettings(BaseModel):
     """Whether and how the planner acts on its plans' VM counts (`Plan.vm_counts`, from a policy that buys
     VMs: sageserve_mip, opscale, static with `vms`). `none`: the fleet is fixed, as before. Otherwise the
-    leading planner calls the actuator's `ensure` per (region, SKU, purchase) for every plan (before the
-    first plan that names VM counts: `initial_vms`), and tells its policy the cloud's GPU quotas
+    leading planner calls the actuator's `ensure` per (region, SKU, purchase) for each plan that changes its
+    count, and for every one each `poll_s` (before the first plan that names VM counts: `initial_vms`), and tells its policy the cloud's GPU quotas
     (`Observation.gpu_quotas`) from the region catalogue, as the simulator does with `vms:` on."""
 
     model_config = ConfigDict(extra="forbid")

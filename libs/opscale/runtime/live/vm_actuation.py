@@ -82,6 +82,8 @@ class VmActuation:
         self._lock = asyncio.Lock()
         # per cell: the last problem logged (refusal or failure), so a standing one is logged once
         self._problem: dict[Cell, str] = {}
+        # per cell: the count of the last `ensure` that succeeded (no failure, nothing refused)
+        self._ensured: dict[Cell, int] = {}
         self.refusals = 0  # ensure calls that left VMs unrequested (quota, capacity)
         self.failures = 0  # calls that raised or timed out
 
@@ -90,9 +92,14 @@ class VmActuation:
         await self.poll()
         await self.converge(plan)
 
-    async def converge(self, plan: Plan) -> list[EnsureResult]:
-        """`ensure` every cell of `plan.vm_counts`; a plan that names none: the `initial` fleet, or, without
-        one, the fleet's VMs as they are."""
+    async def apply(self, plan: Plan) -> list[EnsureResult]:
+        """A newly published plan: `ensure` only the cells whose count differs from the last one ensured
+        successfully (or that failed or were refused since); the periodic `step` re-asserts them all."""
+        return await self.converge(plan, changed_only=True)
+
+    async def converge(self, plan: Plan, changed_only: bool = False) -> list[EnsureResult]:
+        """`ensure` every cell of `plan.vm_counts` (`changed_only`: those not already ensured at that
+        count); a plan that names none: the `initial` fleet, or, without one, the fleet's VMs as they are."""
         results: list[EnsureResult] = []
         target = plan.vm_counts or self.initial
         if not target:
@@ -102,14 +109,21 @@ class VmActuation:
                 if not self.leading():
                     return results  # the lease lapsed mid-pass: the new leader acts from here
                 cell = (region, sku, str(purchase))
+                if changed_only and self._ensured.get(cell) == int(count):
+                    continue
                 try:
                     result = await asyncio.wait_for(
                         self.actuator.ensure(region, sku, Purchase(purchase), int(count), self.clock.now_s()),
                         self.call_timeout_s)
                 except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the others
                     self.failures += 1
+                    self._ensured.pop(cell, None)
                     self._problem_once(cell, f"ensure({count}) failed: {_why(exc)}")
                     continue
+                if result.refused:
+                    self._ensured.pop(cell, None)
+                else:
+                    self._ensured[cell] = int(count)
                 results.append(result)
                 self._report(cell, plan.epoch, result)
         return results

@@ -200,6 +200,11 @@ class SimVmFleet:
         self.world.remove_host(agent_id)
         self.driver.release(vm_id)
 
+    def gpu_price(self, agent_id: str) -> float | None:
+        """USD per GPU-hour the VM of host `agent_id` is billed at; None for a host that is no VM."""
+        vm_id = next((v for v, a in self.agent_of.items() if a == agent_id), None)
+        return None if vm_id is None else self.cloud.price(vm_id)
+
     def preempt(self, agent_id: str, notice_s: float) -> None:
         """The cloud reclaims the spot VM of host `agent_id` now, with `notice_s` of notice (a scenario's
         `spot_preemption` fault): handled as a drawn preemption is."""

@@ -73,7 +73,8 @@ class RunObserver:
 
     def outcome(self, outcome: RequestOutcome) -> None: ...
 
-    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float) -> None: ...
+    def engine_started(self, spec: InstanceSpec, region: str, load_s: float, now_s: float, host: str = "") -> None:
+        """An engine started on host `host` (its agent id) in `region`."""
 
     def engine_stopped(self, instance_id: str, engine: SimEngine, now_s: float) -> None: ...
 
@@ -364,7 +365,7 @@ class SimWorld:
                                       Placement(host.region, host.s0, host.agent_id, host.s1, host.s2))
                     self._engines[spec.instance_id] = started
                     self._by_agent.setdefault(started.agent_id, {})[spec.instance_id] = started
-                    self.observer.engine_started(spec, host.region, load_s, now)
+                    self.observer.engine_started(spec, host.region, load_s, now, host.agent_id)
                 case DrainEngine(instance_id=instance_id):
                     draining = self._engines.get(instance_id)
                     if draining is not None:

@@ -1,5 +1,6 @@
 """The live planner's VM actuation (opscale.runtime.live.vm_actuation): a plan's VM counts become
-`ensure` calls on the simulated cloud (a real back end of the actuator contract, with quotas), a refusal
+`ensure` calls on the simulated cloud (a real back end of the actuator contract, with quotas), a new plan
+asks only for the cells whose count changed since the last successful `ensure`, a refusal
 is logged with the cloud's reason once per change, a planner that does not lead calls nothing, one
 failing cell does not stop the others, and the threaded local back end stops its agents on close."""
 
@@ -15,6 +16,7 @@ from _builders import heartbeat
 
 from opscale.cloud import (
     AsyncAdapter,
+    EnsureResult,
     SimCloudConfig,
     SimulatedActuator,
     SimulatedCloud,
@@ -102,6 +104,56 @@ async def test_a_refusal_is_logged_with_the_clouds_reason_once_while_it_stands(c
     with caplog.at_level(logging.INFO, logger="opscale.runtime.live.vm_actuation"):
         await actuation.converge(dataclasses.replace(plan, epoch=4, vm_counts={CELL: 1}))
     assert "converging again" in caplog.records[-1].getMessage()
+
+
+class _Counting(_Closable):
+    """Counts `ensure` calls per cell; `failing` cells raise."""
+
+    def __init__(self, inner: SimulatedActuator) -> None:
+        super().__init__(inner)
+        self.calls: list[tuple[str, str, str, int]] = []
+        self.failing: set[tuple[str, str, str]] = set()
+
+    async def ensure(self, region: str, sku: str, purchase: Purchase, count: int, now_s: float) -> EnsureResult:
+        self.calls.append((region, sku, purchase.value, count))
+        if (region, sku, purchase.value) in self.failing:
+            raise RuntimeError("the cloud is down")
+        return await super().ensure(region, sku, purchase, count, now_s)
+
+
+async def test_a_new_plan_ensures_only_the_cells_whose_count_changed_and_the_periodic_pass_all() -> None:
+    cloud, clock = _cloud(), VirtualClock()
+    actuator = _Counting(SimulatedActuator(cloud))
+    actuation = VmActuation(actuator, clock, lambda: True, call_timeout_s=5.0)
+    spot = ("us-east", "H100-80GB", "spot")
+    plan = Plan(epoch=1, created_s=0.0, vm_counts={CELL: 1, spot: 1})
+    assert len(await actuation.apply(plan)) == 2
+    # a plan that changes routing, not VMs: nothing to ask the cloud
+    assert await actuation.apply(dataclasses.replace(plan, epoch=2)) == []
+    assert len(actuator.calls) == 2
+    # one cell changed: only that one
+    [changed] = await actuation.apply(dataclasses.replace(plan, epoch=3, vm_counts={CELL: 2, spot: 1}))
+    assert (changed.sku, changed.purchase, changed.desired) == ("H100-80GB", Purchase.ON_DEMAND, 2)
+    # the periodic pass re-asserts every cell (a VM that died is replaced there)
+    await actuation.step(dataclasses.replace(plan, epoch=3, vm_counts={CELL: 2, spot: 1}))
+    assert len(actuator.calls) == 5
+    # a cell that failed is asked again by the next plan, even at the same count
+    actuator.failing.add(spot)
+    await actuation.apply(dataclasses.replace(plan, epoch=4, vm_counts={CELL: 2, spot: 2}))
+    actuator.failing.clear()
+    again = await actuation.apply(dataclasses.replace(plan, epoch=5, vm_counts={CELL: 2, spot: 2}))
+    assert [(r.purchase, r.desired) for r in again] == [(Purchase.SPOT, 2)]
+
+
+async def test_a_refused_cell_is_asked_again_by_the_next_plan() -> None:
+    cloud, clock = _cloud(h100_quota_gpus=8), VirtualClock()  # one 8-GPU VM
+    actuator = _Counting(SimulatedActuator(cloud))
+    actuation = VmActuation(actuator, clock, lambda: True, call_timeout_s=5.0)
+    plan = Plan(epoch=1, created_s=0.0, vm_counts={CELL: 3})
+    [first] = await actuation.apply(plan)
+    assert first.refused == 2
+    [second] = await actuation.apply(dataclasses.replace(plan, epoch=2))
+    assert second.desired == 3 and len(actuator.calls) == 2
 
 
 async def test_a_planner_that_does_not_lead_acts_on_nothing() -> None:
