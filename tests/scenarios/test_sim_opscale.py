@@ -1,11 +1,13 @@
 """The combined `opscale` policy in the simulated world, on the shipped `opscale` experiment shrunk (a few
-simulated minutes, low rates, the synthetic shape, fixed seed): the interactive SLO is met, nothing is
+simulated minutes, low rates, the synthetic shape, fixed seed), in its `opscale_pd` variant, where a
+disaggregated deployment gives every loop something to size: the interactive SLO is met, nothing is
 dropped, and the decision log shows all three loops acting (the hourly MIP's solves and budgets,
 HeteroScale's P/D control, the operator level's replicas). The `combined:` summary section is checked
 on the same config."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ def tiny_config() -> ExperimentConfig:
     for stream, rps in zip(base["shaped"]["streams"], (2.0, 1.0), strict=True):
         stream["mean_rps"] = rps
     # the hourly loop compressed further still, so that a 10-minute run sees several solves
-    opscale = next(v for v in shipped["variants"] if v["name"] == "opscale")
+    opscale = next(v for v in shipped["variants"] if v["name"] == "opscale_pd")
+    opscale["policy_params"] = copy.deepcopy(opscale["policy_params"])  # a YAML alias of opscale's
     opscale["policy_params"]["mip"]["interval_s"] = 120.0
     # the MoE's stages split as at a busy region's rate (the shipped config keeps whole-model stages, its
     # measured better setting there), so the per-second loop has operator replicas to attach
@@ -40,7 +43,7 @@ def tiny_config() -> ExperimentConfig:
 def opscale_run() -> RunResult:
     config = tiny_config()
     assert config.base is not None
-    variant = next(v for v in config.variants if v.name == "opscale")
+    variant = next(v for v in config.variants if v.name == "opscale_pd")
     return run_scenario(variant_scenario(config.base, variant))
 
 
