@@ -260,7 +260,10 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._head_at = 0.0
-        self._refused = False  # answered early (408, 413, 431, 400): what follows is read and dropped
+        self._refused = False  # refused (408, 413, 431, 400): what follows is read and dropped, then the close
+        self._refusal = b""  # the refusal's answer, while it waits for the answers to requests read before it
+        self._linger_at = 0.0  # when a refused connection closes, its body unread or not
+        self._parser_failed = False  # llhttp refused the bytes: nothing more can be read
         self._stop = False  # no further request is read (Connection: close, a refusal)
         # requests read whole and waiting, and the task answering the first
         self._queue: deque[Http1Request] = deque()
@@ -320,8 +323,8 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._drain_waiter = None
 
     def data_received(self, data: bytes) -> None:
-        if self._stop and not self._refused:
-            return  # after a request that ends the connection: nothing more is read
+        if self._parser_failed or (self._stop and not self._refused):
+            return  # after a request that ends the connection, or bytes llhttp refused: nothing more is read
         if self._state == _HEAD:
             self._head_bytes += len(data)
         try:
@@ -329,14 +332,16 @@ class _Http1ServerConnection(asyncio.Protocol):
         except HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _StopParsing):
                 raise (exc.__context__ or exc) from None
-        except HttpParserUpgrade:
-            self._refuse(error_for_status(400, "Bad HTTP request: protocol upgrades are not served",
-                                          code="bad_http_request"))
-        except HttpParserError as exc:
+            self._parser_failed = True  # llhttp stops at a callback's error: nothing more is read
+        except (HttpParserUpgrade, HttpParserError) as exc:
+            # the parser cannot go on: nothing more of this connection is read, and it closes after the
+            # answers to the requests read before and the refusal (or at once, when one was answered)
+            self._parser_failed = True
             if not self._refused:
-                self._refuse(error_for_status(400, f"Bad HTTP request: {exc}", code="bad_http_request"))
-            elif self.transport is not None:
-                self.transport.close()  # junk after a refusal: no need to read more
+                reason = "protocol upgrades are not served" if isinstance(exc, HttpParserUpgrade) else str(exc)
+                self._refuse(error_for_status(400, f"Bad HTTP request: {reason}", code="bad_http_request"))
+            elif not self._refusal and self.transport is not None:
+                self.transport.close()
             return
         if self._state == _HEAD and not self._refused and self._head_bytes > self._server.max_head_bytes:
             self._refuse(self._server.head_too_large)
@@ -401,8 +406,8 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._state = _HEAD
         self._head_bytes = 0
         if self._refused:
-            if self.transport is not None:
-                self.transport.close()  # the refused request's body is all read: the answer left before it
+            if not self._refusal and self.transport is not None:
+                self.transport.close()  # the refused request's body is all read: its answer left before
             raise _StopParsing
         parser = self._parser
         url = self._url.decode("latin-1")
@@ -460,8 +465,8 @@ class _Http1ServerConnection(asyncio.Protocol):
         if self._queue:
             self._start_next()
             return
-        if self._stop:
-            transport.close()  # a request after this one was refused
+        if self._refused:
+            self._send_refusal()  # the request after this one was refused
             return
         now = self._idle_since = self._loop.time()
         if self._state == _BODY:
@@ -470,24 +475,29 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._arm(now + self._limits.keepalive_timeout_s)
 
     def _refuse(self, error: ApiError) -> None:
-        """Answer `error` now and end the connection once the rest of the request is read (or at the
-        linger bound)."""
+        """Answer `error` once the requests read before it are answered, then end the connection: at once
+        when nothing of the refused request is left unread (or nothing more can be read), else once the
+        rest of its body is read and dropped, or at the linger bound."""
         if self._refused:
             return
         self._refused = True
         self._stop = True
-        self._queue.clear()
+        self._server.refused(error.status)
+        self._refusal = error_answer(error, keep_alive=False)
+        if self._task is None and not self._queue:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        answer, self._refusal = self._refusal, b""
         transport = self.transport
         if transport is None:
             return
-        if self._task is None:  # else the answer in progress is the client's next read: it simply ends
-            transport.write(error_answer(error, keep_alive=False))
-            self._server.refused(error.status)
-        if self._state == _HEAD:
-            transport.close()  # nothing of the request is left unread
+        transport.write(answer)
+        if self._state == _HEAD or self._parser_failed:
+            transport.close()
         else:
-            # the rest of the body is read and dropped; its end (on_message_complete) closes, or this bound
-            self._arm(self._loop.time() + min(_LINGER_S, self._limits.body_timeout_s), force=True)
+            self._linger_at = self._loop.time() + min(_LINGER_S, self._limits.body_timeout_s)
+            self._arm(self._linger_at, force=True)
 
     # -- deadlines ----------------------------------------------------------------------------------
 
@@ -495,7 +505,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         """The deadline in force: the refusal's linger, the body's, the idle connection's, or none while
         an answer is being written."""
         if self._refused:
-            return self._timer_at
+            return None if self._task is not None or self._refusal else self._linger_at
         if self._state == _BODY:
             return self._head_at + self._limits.body_timeout_s
         if self._task is not None:
@@ -529,8 +539,6 @@ class _Http1ServerConnection(asyncio.Protocol):
             timeout = self._limits.body_timeout_s
             self._refuse(error_for_status(408, f"The request body did not arrive within {timeout:g} s",
                                           code="request_timeout"))
-            if self._task is not None:
-                transport.close()
         else:
             transport.close()  # no request head in time: closed without an answer
 
@@ -589,9 +597,13 @@ class Http1Server:
         if self._on_refused is not None:
             self._on_refused(status)
 
+    def connection_factory(self) -> _Http1ServerConnection:
+        """A protocol for one accepted connection."""
+        return _Http1ServerConnection(self)
+
     async def start(self, host: str, port: int, *, reuse_port: bool | None = None, backlog: int = 1024) -> None:
-        server = await self.loop.create_server(lambda: _Http1ServerConnection(self), host, port,
-                                               reuse_port=reuse_port, backlog=backlog)
+        server = await self.loop.create_server(self.connection_factory, host, port, reuse_port=reuse_port,
+                                               backlog=backlog)
         self._servers.append(server)
 
     @property
