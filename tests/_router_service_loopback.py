@@ -1,5 +1,5 @@
-"""Serving the router's API or an aiohttp app on a free loopback port, a bus that only records, and the live router around a
-core, for the router service tests (unit and integration).
+"""Serving the router's API or an aiohttp app on a free loopback port, a bus that only records, and the
+live router around a core, for the router service tests (unit and integration).
 
 It lives in tests/ so both tiers import it by name: pytest puts this directory on sys.path when it
 loads tests/conftest.py."""

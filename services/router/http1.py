@@ -4,7 +4,7 @@ Role: send one request on a pooled keep-alive connection and hand back the statu
 they arrive, with the least work per read: the router forwards every engine read, so a general client's
 per-read machinery (stream readers, timeout contexts, callbacks per chunk) was a large share of its CPU
 per token. Responses are read by httptools' `HttpResponseParser` (llhttp, the parser of Node.js and
-uvicorn; aiohttp's server reads the router's own requests with llhttp too): status line, headers,
+uvicorn; the router's own server, http1_server.py, reads its requests with llhttp too): status line, headers,
 chunked, `Content-Length` and close-delimited bodies, interim 1xx answers. This module keeps only what
 the parser leaves to its user: a bound on the response head, refusing HTTP versions other than 1.x, and
 telling a body cut short from one that ends at the close. It does only what the router's engine

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -279,13 +278,7 @@ class _Http1ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._server.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # small answers and events leave at once
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        self._server.connections.add(self)  # (asyncio and uvloop set TCP_NODELAY on it: events leave at once)
         self._arm(self._idle_since + self._limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:

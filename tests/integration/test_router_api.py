@@ -241,7 +241,8 @@ async def test_bad_input_is_a_json_error_and_the_server_keeps_serving(
 
 
 async def test_oversized_body_is_413_declared_or_chunked() -> None:
-    async with serve(build_router_app(FakeBackend()), limits=ServerLimits(max_body_bytes=1000)) as url, aiohttp.ClientSession() as http:
+    limits = ServerLimits(max_body_bytes=1000)
+    async with serve(build_router_app(FakeBackend()), limits=limits) as url, aiohttp.ClientSession() as http:
         big = json.dumps({"model": "m1", "prompt": "x" * 5000}).encode()
         async with http.post(f"{url}/v1/completions", data=big) as resp:
             assert resp.status == 413
