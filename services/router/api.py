@@ -135,8 +135,8 @@ async def serve_router(app: RouterApi, limits: ServerLimits | None = None, host:
     """Serve `app` on `host:port` (SO_REUSEPORT when `reuse_port`, for workers sharing the port); the
     server's `close` drains it, bounded by `shutdown_timeout_s`. `access_log`: a log line per answer
     (`opscale.router.access`); off by default, since the records and /metrics count every request."""
-    server = Http1Server(app.handle_logged if access_log else app.handle, limits, shutdown_timeout_s=shutdown_timeout_s,
-                         on_refused=app.refused)
+    handler = app.handle_logged if access_log else app.handle
+    server = Http1Server(handler, limits, shutdown_timeout_s=shutdown_timeout_s, on_refused=app.refused)
     await server.start(host, port, reuse_port=reuse_port)
     return server
 
