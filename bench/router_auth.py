@@ -49,7 +49,7 @@ def gate_cost(requests: int, rounds: int = 10) -> dict[str, Any]:
     """CPU µs per request of the gate's work, and of the routing decision it sits beside."""
     table = KeyTable([ApiKeySpec.model_validate(rp.BENCH_KEY_SPEC)])
     gate = TenantGate(table, time.monotonic)
-    headers = {"Authorization": f"Bearer {rp.BENCH_KEY}", "Content-Type": "application/json"}
+    headers = {"authorization": f"Bearer {rp.BENCH_KEY}", "Content-Type": "application/json"}
     parsed = parse_completion(json.dumps({"model": "m", "prompt": "hello " * 50, "max_tokens": 16}).encode(),
                               "completion", tenant="bench")
     assert not isinstance(parsed, Exception) and hasattr(parsed, "prompt_tokens")

@@ -124,7 +124,6 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
     loop_name = install_loop()
 
     async def main() -> None:
-        from aiohttp import web
         from prometheus_client import CollectorRegistry
 
         from opscale.model import InstanceState, InstanceStatus, Role
@@ -137,10 +136,10 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         from opscale.services.router import RouterConfig, RouterCore
 
         from opscale_services.common import configure_logging
-        from opscale_services.router.api import build_router_app, make_runner
+        from opscale_services.router.api import build_router_app, serve_router
         from opscale_services.router.auth import TenantGate
         from opscale_services.router.backend import LiveRouterBackend
-        from opscale_services.router.main import api_access_log, freeze_startup_heap
+        from opscale_services.router.main import freeze_startup_heap
         from opscale_services.router.metrics import RouterMetrics
         from opscale_services.router.records import RecordBatcher
         from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
@@ -172,11 +171,8 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
         await host.handle(AgentHeartbeat("bench-agent", "local", "H100-80GB", 8, "bench:0", 1, clock.now_s(),
                                          (status,)))
         limits = settings.http_limits
-        app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, gate=gate, metrics=metrics,
-                               body_timeout_s=limits.body_timeout_s)
-        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s, **api_access_log(settings))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        server = await serve_router(build_router_app(backend, gate=gate, metrics=metrics), limits, "127.0.0.1", port,
+                                    shutdown_timeout_s=settings.stop_timeout_s, access_log=settings.access_log)
         freeze_startup_heap()  # as main.run does once the router is up
         print(json.dumps({"ready": True, "loop": loop_name}), flush=True)
         stop = asyncio.Event()
@@ -190,7 +186,7 @@ def run_opscale(port: int, upstream_url: str, profile_out: str | None = None, au
                                              (status,)))
             await host.tick()
             await records.flush()
-        await runner.cleanup()
+        await server.close()
         await upstream.close()
 
     if not profile_out:

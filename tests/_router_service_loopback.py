@@ -1,5 +1,5 @@
-"""Serving an aiohttp app on a free loopback port, a bus that only records, and the live router around a
-core, for the router service tests (unit and integration).
+"""Serving the router's API or an aiohttp app on a free loopback port, a bus that only records, and the
+live router around a core, for the router service tests (unit and integration).
 
 It lives in tests/ so both tiers import it by name: pytest puts this directory on sys.path when it
 loads tests/conftest.py."""
@@ -20,10 +20,11 @@ from opscale.model import InstanceStatus
 from opscale.runtime.clock import WallClock
 from opscale.runtime.live.host import CoreHost
 from opscale.runtime.live.openai_http import make_runner
+from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.events import AgentHeartbeat
 from opscale.services.router import RouterCore
 
-from opscale_services.router.api import build_router_app
+from opscale_services.router.api import RouterApi, build_router_app, serve_router
 from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.metrics import RouterMetrics
@@ -32,11 +33,19 @@ from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
 
 @asynccontextmanager
-async def serve(app: web.Application, *, handler_cancellation: bool = True) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port (by default a client disconnect cancels its handler); yields
-    the base URL."""
+async def serve(app: web.Application | RouterApi, *, limits: ServerLimits | None = None) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port: the router's API on its own server (with `limits`), any other
+    app (a fake engine) on aiohttp, where a client disconnect cancels its handler; yields the base URL."""
     # a short shutdown timeout keeps a failing test from waiting a minute for a stuck handler
-    runner = make_runner(app, handler_cancellation=handler_cancellation, shutdown_timeout=1.0)
+    if isinstance(app, RouterApi):
+        server = await serve_router(app, limits, shutdown_timeout_s=1.0)
+        try:
+            host, port = server.addresses[0][:2]
+            yield f"http://{host}:{port}"
+        finally:
+            await server.close()
+        return
+    runner = make_runner(app, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)

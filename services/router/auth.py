@@ -1,10 +1,11 @@
-"""API keys at the router's door: the aiohttp middleware that names the tenant of each request, and the
-admission and settling of its limits (opscale.routing.tenants decides; this only wires it to HTTP).
+"""API keys at the router's door: naming the tenant of each request (`authenticate`, which the API calls
+first), and the admission and settling of its limits (opscale.routing.tenants decides; this only wires it
+to HTTP).
 
 - The key comes as `Authorization: Bearer <key>` (OpenAI's SDK), or `api-key` (Azure OpenAI's
   clients) or `x-api-key`. A missing or unknown key gets 401 with OpenAI's body (`invalid_request_error`,
-  code `invalid_api_key`) and `WWW-Authenticate: Bearer`, before the body is read. `/health` stays open
-  (load balancers probe it without a key).
+  code `invalid_api_key`) and `WWW-Authenticate: Bearer`, before the body is parsed. `/health` stays
+  open (load balancers probe it without a key).
 - After the body is parsed, `admit` refuses a model the key may not use with OpenAI's 404
   `model_not_found` (OpenAI answers a model a key cannot use as it answers one that does not exist), and a
   request over the key's request or token rate with 429 (`rate_limit_exceeded`, type `requests` or
@@ -20,9 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -30,14 +30,11 @@ from prometheus_client.registry import Collector
 from opscale.model import RequestOutcome
 from opscale.openai.schema import ApiError, ParsedRequest
 from opscale.routing.tenants import KeyTable, Tenant
-from opscale.runtime.live.openai_http import error_response
 
-__all__ = ["OPEN_PATHS", "TENANT_KEY", "TenantGate", "TenantUsage", "presented_key"]
+__all__ = ["CHALLENGE", "OPEN_PATHS", "TenantGate", "TenantUsage", "presented_key"]
 
 log = logging.getLogger(__name__)
 
-TENANT_KEY = web.RequestKey("opscale_tenant", Tenant)
-"""Where the middleware leaves the request's `Tenant` (request[TENANT_KEY])."""
 OPEN_PATHS = frozenset({"/health"})
 _BEARER = "bearer "
 
@@ -46,12 +43,14 @@ _MISSING = ApiError(401, "You didn't provide an API key. You need to provide you
                     "invalid_request_error", None, "invalid_api_key")
 _WRONG = ApiError(401, "Incorrect API key provided. Ask the operator of this router for a valid key.",
                   "invalid_request_error", None, "invalid_api_key")
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+"""The header of a 401 answer."""
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a request carries: `Authorization: Bearer <key>`, else `api-key`, else `x-api-key`."""
-    authorization = headers.get("Authorization")
+    """The key a request carries: `Authorization: Bearer <key>`, else `api-key`, else `x-api-key`.
+    `headers` has lower-case names (or is a case-insensitive mapping)."""
+    authorization = headers.get("authorization")
     if authorization is not None:
         if authorization[:len(_BEARER)].lower() == _BEARER:
             return authorization[len(_BEARER):].strip() or None
@@ -76,22 +75,18 @@ class TenantGate:
         if registry is not None:
             registry.register(self.usage)
 
-    @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await handler(request)
-        presented = presented_key(request.headers)
+    def authenticate(self, headers: Mapping[str, str]) -> Tenant | ApiError:
+        """The tenant of the key a request carries (`headers` as `presented_key` reads them), or the 401 to
+        answer (with CHALLENGE), counted by reason. A wrong key is never logged or echoed."""
+        presented = presented_key(headers)
         if presented is None:
             self.usage.auth_failures["missing"] += 1
-            return error_response(_MISSING, _CHALLENGE)
+            return _MISSING
         tenant = self.table.authenticate(presented)
         if tenant is None:
             self.usage.auth_failures["invalid"] += 1
-            log.debug("refused a request to %s from %s: unknown API key", request.path, request.remote)
-            return error_response(_WRONG, _CHALLENGE)
-        request[TENANT_KEY] = tenant
-        return await handler(request)
+            return _WRONG
+        return tenant
 
     def admit(self, tenant: Tenant, req: ParsedRequest) -> ApiError | None:
         """None when `req` may go to the router core (its request and prompt tokens are then counted
@@ -119,9 +114,8 @@ class TenantGate:
         self.usage.count(outcome, ran)
 
     @staticmethod
-    def visible_models(request: web.Request, models: list[str]) -> list[str]:
-        """The models `GET /v1/models` lists to this request's key: those it may use."""
-        tenant = request.get(TENANT_KEY)
+    def visible_models(tenant: Tenant | None, models: list[str]) -> list[str]:
+        """The models `GET /v1/models` lists to a key: those it may use."""
         return models if tenant is None else [m for m in models if tenant.may_use(m)]
 
 

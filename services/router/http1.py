@@ -4,7 +4,7 @@ Role: send one request on a pooled keep-alive connection and hand back the statu
 they arrive, with the least work per read: the router forwards every engine read, so a general client's
 per-read machinery (stream readers, timeout contexts, callbacks per chunk) was a large share of its CPU
 per token. Responses are read by httptools' `HttpResponseParser` (llhttp, the parser of Node.js and
-uvicorn; aiohttp's server reads the router's own requests with llhttp too): status line, headers,
+uvicorn; the router's own server, http1_server.py, reads its requests with llhttp too): status line, headers,
 chunked, `Content-Length` and close-delimited bodies, interim 1xx answers. This module keeps only what
 the parser leaves to its user: a bound on the response head, refusing HTTP versions other than 1.x, and
 telling a body cut short from one that ends at the close. It does only what the router's engine
@@ -374,14 +374,17 @@ class Http1Pool:
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
-    async def exchange_head(self, endpoint: Endpoint, request: bytes,
-                            deadline: float | None = None) -> tuple[Http1Connection, ResponseHead]:
+    async def exchange_head(self, endpoint: Endpoint, request: bytes, deadline: float | None = None,
+                            on_connection: Callable[[Http1Connection], None] | None = None,
+                            ) -> tuple[Http1Connection, ResponseHead]:
         """Send `request` and wait for the response head. The caller reads the body from the connection
         and hands it back with `release`. A reused connection found closed before any response byte is
         replaced once by a new one. With `deadline` (the loop's clock), the whole wait ends there with a
         `TimeoutError`: a timer on the connection bounds the wait for the head (a timeout context per
         request costs a share of the router's CPU per request), a timeout context only a wait for a
-        connection (a new one, or a place in the pool)."""
+        connection (a new one, or a place in the pool). With `on_connection`, the caller is told each
+        connection the request is sent on, before the wait for its head, and bounds that wait itself (its
+        own timer aborts the connection: one timer for a deadline that also bounds what follows the head)."""
         for attempt in (0, 1):
             conn = self._take_idle((endpoint.scheme, endpoint.host, endpoint.port))
             reused = conn is not None
@@ -393,7 +396,9 @@ class Http1Pool:
                         conn, reused = await self._acquire(endpoint)
             try:
                 conn.send(request)
-                if deadline is None:
+                if on_connection is not None:
+                    on_connection(conn)
+                if deadline is None or on_connection is not None:
                     return conn, await conn.read_head()
                 timer = conn._loop.call_at(deadline, conn.head_due)
                 try:

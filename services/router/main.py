@@ -9,9 +9,7 @@ import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from opscale.openai.prompt_tokens import PromptTokenizer, TokenizerLoadError
@@ -19,13 +17,12 @@ from opscale.openai.schema import CHARS_PER_TOKEN
 from opscale.routing.tenants import KeyTable
 from opscale.runtime.live.bus import durable_name
 from opscale.runtime.live.host import CoreHost
-from opscale.runtime.live.openai_http import stop_accepting
 from opscale.runtime.live.settings import RouterSettings, SettingsError
 from opscale.services import subjects
 from opscale.services.router import RouterCore
 
 from opscale_services.common import LiveProcess
-from opscale_services.router.api import build_router_app, make_runner
+from opscale_services.router.api import build_router_app, serve_router
 from opscale_services.router.auth import TenantGate
 from opscale_services.router.backend import LiveRouterBackend
 from opscale_services.router.grpc_route import start_router_grpc
@@ -66,11 +63,6 @@ def freeze_startup_heap() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(_YOUNG_COLLECTION_THRESHOLD, middle, old)
-
-
-def api_access_log(settings: RouterSettings) -> dict[str, Any]:
-    """The API runner's access-log arguments: aiohttp's default logger when settings.access_log, else none."""
-    return {} if settings.access_log else {"access_log": None}
 
 
 def load_tokenizers(settings: RouterSettings) -> dict[str, PromptTokenizer]:
@@ -140,16 +132,13 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             p.on_exit(sub.stop)
             p.registry.register(KvIndexCollector(core))
 
-        # The drain at shutdown is bounded by stop_timeout_s: streams still running then are cancelled
-        limits = settings.http_limits
-        app = build_router_app(backend, max_body_bytes=limits.max_body_bytes, gate=gate, metrics=metrics,
-                               body_timeout_s=limits.body_timeout_s)
-        runner = make_runner(app, limits, shutdown_timeout=settings.stop_timeout_s, **api_access_log(settings))
-        await runner.setup()
-        p.on_exit(runner.cleanup)
-        # workers of one host share the port; the kernel spreads connections over them
-        await web.TCPSite(runner, settings.http_host, settings.http_port,
-                          reuse_port=settings.worker_index >= 0 or None).start()
+        # The drain at shutdown is bounded by stop_timeout_s: streams still running then are cancelled;
+        # workers of one host share the port (SO_REUSEPORT), and the kernel spreads connections over them
+        app = build_router_app(backend, gate=gate, metrics=metrics)
+        server = await serve_router(app, settings.http_limits, settings.http_host, settings.http_port,
+                                    shutdown_timeout_s=settings.stop_timeout_s,
+                                    reuse_port=settings.worker_index >= 0 or None, access_log=settings.access_log)
+        p.on_exit(server.close)
         grpc_server, _ = await start_router_grpc(core, p.clock.now_s, settings.core.region, settings.http_host,
                                                  settings.grpc_port, settings.grpc_tls)
         p.on_exit(lambda: grpc_server.stop(2.0))
@@ -158,9 +147,9 @@ async def run(settings: RouterSettings, stop: asyncio.Event | None = None,
             # Registered last, so the shutdown starts here: every port is released at once (a
             # replacement on this host binds while this one drains), then the streams in flight finish
             # or are cancelled at the deadline, API and gRPC alike.
-            await stop_accepting(runner)
+            await server.stop_accepting()
             await p.close_ops_port()
-            await asyncio.gather(runner.cleanup(), grpc_server.stop(settings.stop_timeout_s))
+            await asyncio.gather(server.close(), grpc_server.stop(settings.stop_timeout_s))
 
         p.on_exit(drain)
 

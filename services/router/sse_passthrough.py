@@ -13,12 +13,10 @@ decoded event by event instead (still correct, just not the fast path).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-import msgspec
-
+from opscale.openai.json_codec import loads_json
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage, engine_usage
 
@@ -63,23 +61,11 @@ class EventFailure:
     message: str
 
 
-_decode_json = msgspec.json.Decoder().decode
-
-
-def _loads(data: str) -> Any:
-    """An event's JSON: strict JSON decoded in C, anything else read as the standard library reads it
-    (which raises ValueError or RecursionError for what is not JSON)."""
-    try:
-        return _decode_json(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return json.loads(data)
-
-
 def decode_event(data: str) -> tuple[str, str | None] | EventFailure | None:
     """(text, finish_reason) of an output event, None for an event without output (a chat role-only
     delta, a usage chunk), or the failure it reports."""
     try:
-        obj = _loads(data)
+        obj = loads_json(data)
     except (ValueError, RecursionError):  # not JSON, an integer too long to convert, nested too deeply
         return EventFailure("protocol", f"event is not JSON: {data[:200]!r}")
     if not isinstance(obj, dict):
@@ -117,22 +103,23 @@ def _single_data(event: bytes) -> str | None:
     return None
 
 
-def _first_output_end(block: bytes) -> int | None:
-    """Where the first event of `block` (whole events) that carries output ends; None when none does
-    before a failure, `[DONE]` or the end (those go through the full decode)."""
+def _through_first_output(block: bytes) -> tuple[int, bool] | None:
+    """Where the first event of `block` (whole events) that carries output ends, and whether it carries a
+    finish reason, each event up to it decoded once; None when a failure, a usage chunk or `[DONE]` comes
+    first, or no event carries output (those blocks go through the full decode)."""
     start = 0
     while (end := block.find(_EVENT_END, start)) >= 0:
         end += len(_EVENT_END)
         data = _single_data(block[start:end])
         events = [data] if data is not None else SseDecoder().feed(block[start:end])
         if events:
-            if events[0] == "[DONE]":
+            if events[0] == "[DONE]" or '"completion_tokens"' in events[0]:
                 return None
             decoded = decode_event(events[0])
             if isinstance(decoded, EventFailure):
                 return None
             if decoded is not None:
-                return end
+                return end, decoded[1] is not None
         start = end
     return None
 
@@ -140,7 +127,7 @@ def _first_output_end(block: bytes) -> int | None:
 def event_usage(data: str) -> EngineUsage | None:
     """The engine's counts in a usage chunk, None for any other event."""
     try:
-        obj = _loads(data)
+        obj = loads_json(data)
     except (ValueError, RecursionError):
         return None
     return engine_usage(obj) if isinstance(obj, dict) else None
@@ -230,22 +217,17 @@ class SseForwarder:
             # retried elsewhere) up to that token; what follows it in the same read is scanned like any
             # later block. A router that falls behind reads many events at once, and decoding them all
             # would make it fall further behind.
-            data = _single_data(block[:first_end])
-            decoded = decode_event(data) if data is not None and data != "[DONE]" else None
-            if isinstance(decoded, tuple):
-                # the usual case: the first event is the first token, decoded once here
+            # Each event up to the first token is decoded once (a chat stream's role-only delta comes first).
+            head = _through_first_output(block)
+            if head is not None:
+                cut, finished = head
                 self.chunks += 1
-                self._finished = self._finished or decoded[1] is not None
-                rest = self._scanned(block[first_end:])
+                self._finished = self._finished or finished
+                if cut == len(block):
+                    self._last_event = block
+                    return ForwardedBlock(SseBytes(block, 1))
+                rest = self._scanned(block[cut:])
                 return ForwardedBlock(SseBytes(block, 1 + rest.chunks, rest.usage, rest.done))
-            cut = _first_output_end(block)
-            if cut is not None and cut < len(block):
-                head = self._decoded_block(block[:cut], verbatim=block[:cut])
-                if head.out is not None and head.failure is None and not head.out.done:
-                    rest = self._scanned(block[cut:])
-                    usage = rest.usage if rest.usage is not None else head.out.usage
-                    return ForwardedBlock(SseBytes(head.out.data + rest.data, head.out.chunks + rest.chunks,
-                                                   usage, rest.done))
         if self.chunks == 0 or block.find(b'"error"') >= 0:
             # later, only a block that may hold an error event is decoded
             return self._decoded_block(block, verbatim=block)

@@ -22,9 +22,9 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Literal
 
-import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from opscale.openai.json_codec import dumps_json
 from opscale.openai.kv_transfer import KV_TRANSFER_PARAMS, handoff_params
 from opscale.openai.schema import RequestKind, TokenChunk
 from opscale.openai.sse import SseDecoder, SseError
@@ -296,7 +296,7 @@ class UpstreamClient:
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
                                                     "Accept": "text/event-stream" if stream else "application/json",
                                                     **(headers or {})},
-                                 _encode_body(payload))
+                                 dumps_json(payload))
         return _Exchange(self, self._pool, endpoint, url, request)
 
     async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
@@ -333,18 +333,6 @@ class UpstreamClient:
 
 
 _MAX_CACHED_ENDPOINTS = 4096
-_encode_json = msgspec.json.Encoder().encode
-
-
-def _encode_body(payload: Mapping[str, Any]) -> bytes:
-    """A request body as JSON: encoded in C, or by the standard library for what strict JSON cannot hold
-    (a lone surrogate in a string, which only the standard library's reader lets in)."""
-    try:
-        return _encode_json(payload)
-    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
-        return json.dumps(payload).encode()
-
-
 class _Splice:
     """What one splice saw: output chunks forwarded, the engine's usage count, events held for a slow
     client, the end, a failure."""
@@ -359,8 +347,9 @@ class _Splice:
         self.failure: EventFailure | None = None
 
 
-class _FirstTokenTimeout(Exception):
-    """Raised into a read still waiting for the first token at the first-token deadline."""
+class _FirstTokenTimeout(TimeoutError):
+    """Raised into a read still waiting for the first token at the first-token deadline (the head's, an
+    error body's, or the body's)."""
 
 
 class _IdleTimeout(Exception):
@@ -393,8 +382,9 @@ class _Exchange:
         # deadline and fails the read only when it has waited `idle_timeout_s`.
         self._waiting_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
-        # The first-token deadline once the head is in: a timer that fails the waiting read, as the idle
-        # timer does, rather than a timeout context per read (its cost is a share of the CPU per request)
+        # The first-token deadline, from the request's sending on: a timer that fails the waiting read (the
+        # head's, then the body's), as the idle timer does, rather than a timeout context per read (its cost
+        # is a share of the CPU per request)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.produced = 0
         self.completed = False
@@ -407,10 +397,13 @@ class _Exchange:
     async def open(self) -> None:
         """Send the request and check the answer's status (an error answer raises with its message)."""
         cfg = self._client.config
+        # One timer for the first-token deadline, from the response head to the first token; the pool's own
+        # wait (for a place, or a new connection) is bounded by it too, apart (see Http1Pool.exchange_head).
+        self._deadline_timer = self._loop.call_at(self._first_token_deadline, self._first_token_due)
         try:
             self._conn, head = await self._pool.exchange_head(self._endpoint, self._request,
-                                                              self._first_token_deadline)
-        except TimeoutError as exc:
+                                                              self._first_token_deadline, self._on_connection)
+        except TimeoutError as exc:  # the pool's wait, or the first-token timer (_FirstTokenTimeout)
             raise self.fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
         except (ConnectionFailed, ConnectionLost) as exc:
             raise self.fail("connect", f"{type(exc).__name__}: {exc}") from exc
@@ -427,9 +420,7 @@ class _Exchange:
         cfg = self._client.config
         try:
             if self.produced == 0:
-                if self._deadline_timer is None:
-                    self._deadline_timer = self._loop.call_at(self._first_token_deadline, self._first_token_due)
-                return await conn.read()
+                return await conn.read()  # bounded by the first-token timer armed in `open`
             self._waiting_since = now = self._loop.time()
             if self._idle_timer is None:
                 self._idle_timer = self._loop.call_at(now + cfg.idle_timeout_s, self._check_idle)
@@ -533,6 +524,9 @@ class _Exchange:
             self._conn.abort(_IdleTimeout())  # wakes the waiting read with it
         else:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
+
+    def _on_connection(self, conn: Http1Connection) -> None:
+        self._conn = conn  # the connection the first-token timer aborts
 
     def _first_token_due(self) -> None:
         """The first-token deadline: fail the read in progress (or the next one) if no token came yet."""

@@ -14,7 +14,10 @@ when that contract breaks. The same targets run under atheris for a bounded time
   mapped readers, format detection): requests, or `TraceFormatError` naming the file, and a line-level
   fault names its line (`path:LINE: ...`);
 - the router's engine client: the HTTP/1.1 response reader (http1.py, with the error-body reader of
-  upstream.py), the SSE decoder (opscale.openai.sse) and the event forwarder (sse_passthrough.py).
+  upstream.py), the SSE decoder (opscale.openai.sse) and the event forwarder (sse_passthrough.py);
+- the router's API server: the HTTP/1.1 request reader (http1_server.py): every request it reads is
+  answered in order, and what it cannot read (a bad request line, a head or body over its limits) gets
+  its status and OpenAI's error body, then the close; what it writes is always valid HTTP/1.1 answers.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from httptools import HttpResponseParser
 
 from opscale.openai.schema import ApiError, ParsedRequest, RequestKind, parse_completion
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.runtime.live import codec
+from opscale.runtime.live.server_limits import ServerLimits
 from opscale.traces import ColumnMapping, ReadOptions, ReadStats, TraceFormatError, read_trace
 from opscale.traces.servegen_data import read_client_lengths, read_client_windows
 
 from opscale_services.router.http1 import ConnectionLost, Http1Connection, Http1Pool, ProtocolViolation
+from opscale_services.router.http1_server import Http1Exchange, Http1Request, Http1Server
 from opscale_services.router.sse_passthrough import SseForwarder, decode_event, event_usage
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -282,6 +290,142 @@ def http_response(data: bytes) -> bool:
     return _LOOP.run_until_complete(_http_exchange(reads))
 
 
+# -- the router's API server ------------------------------------------------------------------------
+
+# small, so that fuzzed inputs reach every bound
+SERVER_LIMITS = ServerLimits(max_header_bytes=1024, max_headers=8, max_body_bytes=512)
+
+
+class _ClientSide:
+    """A server connection's transport as asyncio's protocol sees it: what the server writes is kept,
+    and a close reaches the protocol a moment later, as a real transport's does."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.protocol: Any = None
+        self.written = bytearray()
+        self.closing = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "a write after the close"
+        self.written += data
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def _echo(request: Http1Request, exchange: Http1Exchange) -> None:
+    """Answers what it read: a JSON summary, streamed in two chunks to a POST on /stream."""
+    summary = json.dumps({"method": request.method, "path": request.path, "body": len(request.body),
+                          "digest": sum(request.body) % 65521}).encode()
+    if request.path == "/stream":
+        head = exchange.chunked_head(200, b"Content-Type: text/event-stream\r\n")
+        await exchange.write(b"data: " + summary + b"\n\n", head)
+        await asyncio.sleep(0)  # noqa: TID251 - another task's turn mid-answer
+        await exchange.end(b"data: [DONE]\n\n")
+        return
+    exchange.respond(200, summary)
+
+
+async def serve_reads(reads: list[bytes], limits: ServerLimits = SERVER_LIMITS) -> tuple[bytes, bool]:
+    """Feed `reads` to one server connection answering with `_echo`, each read after the answers so far
+    had a turn; the bytes it wrote, and whether it closed the connection itself."""
+    loop = asyncio.get_running_loop()
+    server = Http1Server(_echo, limits, shutdown_timeout_s=1.0)
+    transport = _ClientSide(loop)
+    conn = server.connection_factory()
+    transport.protocol = conn
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for read in reads:
+        if transport.closing:
+            break
+        while transport.paused and conn.task is not None:
+            await asyncio.sleep(0)  # noqa: TID251 - the server reads again once it answered
+        conn.data_received(read)
+        for _ in range(3):
+            await asyncio.sleep(0)  # noqa: TID251 - the answers' turn
+    for _ in range(100):  # answers still in progress finish (none waits on anything but the loop)
+        if conn.task is None:
+            break
+        await asyncio.sleep(0)  # noqa: TID251
+    closed_by_server = transport.closing
+    if not transport.closing:
+        transport.close()
+    await asyncio.sleep(0)  # noqa: TID251 - connection_lost
+    assert not server.connections
+    return bytes(transport.written), closed_by_server
+
+
+def read_answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The answers in `data`, each (status, headers with lower-case names, body unframed); raises when
+    `data` is not a sequence of whole HTTP/1.1 answers (a last body without framing runs to the close)."""
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    current: dict[str, Any] = {"open": False}
+
+    class Reader:
+        def on_message_begin(self) -> None:
+            current.update(open=True, headers={}, body=b"")
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            current["headers"][name.decode().lower()] = value.decode()
+
+        def on_body(self, body: bytes) -> None:
+            current["body"] += body
+
+        def on_message_complete(self) -> None:
+            current["open"] = False
+            answers.append((parser.get_status_code(), current["headers"], current["body"]))
+
+    parser = HttpResponseParser(Reader())
+    parser.feed_data(data)
+    if current["open"]:
+        headers = current["headers"]
+        assert "content-length" not in headers and "transfer-encoding" not in headers, "an answer cut short"
+        answers.append((parser.get_status_code(), headers, current["body"]))
+    return answers
+
+
+def _answers_are_sound(written: bytes, closed: bool) -> int:
+    """How many 200 answers `written` holds; asserts every answer is whole, and an error one is OpenAI's
+    body with the close, after which nothing is written."""
+    answers = read_answers(written)
+    ok = 0
+    for i, (status, headers, body) in enumerate(answers):
+        if status == 200:
+            ok += 1
+            continue
+        assert status in (400, 408, 413, 431), (status, body[:200])
+        error = json.loads(body)["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+        # the last answer, with the close (at once, or once the refused body is read or its linger is over)
+        assert headers.get("connection") == "close" and i == len(answers) - 1, (status, headers)
+        assert closed or status in (408, 413), status
+    return ok
+
+
+def http_request(data: bytes) -> bool:
+    reads, _ = _splits(data)
+    written, closed = _LOOP.run_until_complete(serve_reads(reads))
+    return _answers_are_sound(written, closed) > 0
+
+
 TARGETS: dict[str, Target] = {
     "openai_request": openai_request,
     "protobuf_message": protobuf_message,
@@ -297,6 +441,7 @@ TARGETS: dict[str, Target] = {
     "sse_decoder": sse_decoder,
     "sse_forwarder": sse_forwarder,
     "http_response": http_response,
+    "http_request": http_request,
 }
 
 
@@ -348,6 +493,13 @@ SEEDS: dict[str, list[bytes]] = {
         b"\xffHTTP/1.1 400 Bad Request\r\nContent-Length: 76\r\n\r\n"
         b'{"error":{"message":"too long","type":"invalid_request_error","param":null}}',
         b"\x03HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\n" + _SSE,
+    ],
+    "http_request": [
+        b"\x20POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n"
+        b'{"model":"m","prompt":"x"}GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n',
+        b"\x07POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+        b"\xffGET /health HTTP/1.0\r\n\r\n",
     ],
 }
 SEEDS["trace_detected"] = [seed for name, seeds in SEEDS.items() if name.startswith("trace_")

@@ -113,6 +113,10 @@ FOUND: list[tuple[str, bytes]] = [
                       b"dat)data: [DONE]\n\n"),
     ("http_response", b"\xffHTTP/1.1 500 Oops\r\nContent-Length: 1000\r\n\r\n" + b"[" * 1000),
     ("http_response", b"\xffHTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\ndata: " + b"[" * 990 + b"\n\n"),
+    # the router's API server answered a chunked body whose trailer llhttp refused with 400 but kept the
+    # connection open for the linger, though its parser could read nothing more (found by atheris)
+    ("http_request", b"\x07POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\x1d"),
 ]
 
 

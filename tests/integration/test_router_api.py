@@ -27,6 +27,7 @@ from opscale.openai.routed_headers import (
 )
 from opscale.openai.schema import ParsedRequest, RequestKind, TokenChunk
 from opscale.openai.stream import EngineUsage
+from opscale.runtime.live.server_limits import ServerLimits
 
 from opscale_services.node_agent.engine_http import (
     EngineRequest,
@@ -240,7 +241,8 @@ async def test_bad_input_is_a_json_error_and_the_server_keeps_serving(
 
 
 async def test_oversized_body_is_413_declared_or_chunked() -> None:
-    async with serve(build_router_app(FakeBackend(), max_body_bytes=1000)) as url, aiohttp.ClientSession() as http:
+    limits = ServerLimits(max_body_bytes=1000)
+    async with serve(build_router_app(FakeBackend()), limits=limits) as url, aiohttp.ClientSession() as http:
         big = json.dumps({"model": "m1", "prompt": "x" * 5000}).encode()
         async with http.post(f"{url}/v1/completions", data=big) as resp:
             assert resp.status == 413
@@ -334,15 +336,15 @@ async def _disconnect_after_first_event(url: str) -> None:
 
 async def test_client_disconnect_while_back_end_waits_closes_the_generator() -> None:
     backend = FakeBackend(stall_after=1)  # one token, then waits forever for the next
-    async with serve(build_router_app(backend), handler_cancellation=True) as url:
+    async with serve(build_router_app(backend)) as url:
         await _disconnect_after_first_event(url)
         await wait_for_event(backend.closed)
     assert backend.yielded == 1
 
 
-async def test_client_disconnect_while_tokens_flow_closes_the_generator_without_handler_cancellation() -> None:
+async def test_client_disconnect_while_tokens_flow_closes_the_generator() -> None:
     backend = EndlessBackend()
-    async with serve(build_router_app(backend), handler_cancellation=False) as url:
+    async with serve(build_router_app(backend)) as url:
         await _disconnect_after_first_event(url)
         await wait_for_event(backend.closed)  # the next failed write closes it
 
@@ -624,6 +626,32 @@ async def test_stalled_upstream_hits_the_read_timeout(stall_after: int, before_f
         await wait_for_event(host.closed_event)  # the engine saw the router give up
     assert len(got) == stall_after
     assert (caught.value.kind, caught.value.before_first_token) == ("timeout", before_first_token)
+
+
+async def test_the_first_token_deadline_is_one_timer_for_the_head_and_the_first_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-token deadline bounds the wait for the response head and then for the first token with one
+    timer (there were two: the pool's for the head, the exchange's for the body)."""
+    host = FakeEngineHost(stall_after=0)  # answers the head, then never a token
+    config = UpstreamConfig(first_token_timeout_s=0.3)
+    async with engine(host) as base, UpstreamClient(config) as client:
+        loop = asyncio.get_running_loop()
+        deadline_timers: list[str] = []
+        call_at = loop.call_at
+
+        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            name = getattr(callback, "__name__", "")
+            if name in ("_first_token_due", "head_due"):
+                deadline_timers.append(name)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", counted)
+        with pytest.raises(UpstreamError) as caught:
+            await asyncio.wait_for(collect(client, f"{base}/instances/i-ready", {"model": "m", "prompt": "x"}),
+                                   GUARD_S)
+        monkeypatch.undo()
+    assert (caught.value.kind, caught.value.before_first_token) == ("timeout", True)
+    assert deadline_timers == ["_first_token_due"]
 
 
 async def test_abandoning_the_stream_cancels_the_engine_request() -> None:

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from opscale.model import Request
+from opscale.openai.json_codec import loads_json
 
 # -- limits and defaults ----------------------------------------------------------------------------
 
@@ -398,11 +398,9 @@ def parse_completion(
     if not isinstance(kind, RequestKind):  # the router passes the enum: no Enum call (a Python one) a request
         kind = RequestKind(kind)
     try:
-        obj = _decode_json(raw)  # the usual body, strict JSON: decoded in C
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        # not strict JSON (or not JSON): the standard library reads it, as it always did, and words
-        # the refusal (or accepts what it accepts beyond strict JSON, such as NaN)
-        obj = _loads_or_refusal(raw)
+        obj = loads_json(raw)  # strict JSON decoded in C; what else the standard library accepts (NaN)
+    except (ValueError, RecursionError):
+        obj = _loads_or_refusal(raw)  # not JSON: the refusal, worded
         if isinstance(obj, ApiError):
             return obj
     if not isinstance(obj, dict):
@@ -456,9 +454,6 @@ def name_header(headers: Mapping[str, str], header: str) -> str | ApiError | Non
             param=header,
         )
     return value
-
-
-_decode_json = msgspec.json.Decoder().decode
 
 
 def _loads_or_refusal(raw: bytes) -> Any:

@@ -8,13 +8,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.runtime.live.settings import RouterSettings
 
-from opscale_services.router.api import build_router_app, make_runner
-from opscale_services.router.main import api_access_log
+from opscale_services.router.api import build_router_app, serve_router
 
 pytestmark = pytest.mark.unit
 
@@ -33,21 +31,18 @@ class NoModels:
 
 async def access_lines(settings: RouterSettings, caplog: pytest.LogCaptureFixture) -> int:
     """Serve the API as the router's main does, send two requests, count the access-log records."""
-    runner = make_runner(build_router_app(NoModels()), settings.http_limits, shutdown_timeout=1.0,
-                         **api_access_log(settings))
-    await runner.setup()
+    server = await serve_router(build_router_app(NoModels()), settings.http_limits, shutdown_timeout_s=1.0,
+                                access_log=settings.access_log)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        host, port = server.addresses[0][:2]
+        with caplog.at_level(logging.INFO, logger="opscale.router.access"):
             async with aiohttp.ClientSession() as session:
                 for path in ("/health", "/v1/models"):
                     async with session.get(f"http://{host}:{port}{path}") as response:
                         assert response.status == 200
     finally:
-        await runner.cleanup()
-    return sum(record.name == "aiohttp.access" for record in caplog.records)
+        await server.close()
+    return sum(record.name == "opscale.router.access" for record in caplog.records)
 
 
 async def test_no_access_line_per_request_by_default(caplog: pytest.LogCaptureFixture) -> None:

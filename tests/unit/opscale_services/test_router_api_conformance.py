@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry
 
 from opscale.model import InstanceState, InstanceStatus, Request, Role
 from opscale.openai.schema import ParsedRequest, TokenChunk
-from opscale.runtime.live.openai_http import make_runner, stop_accepting
 from opscale.runtime.live.server_limits import ServerLimits
 from opscale.services.aggregator import AggregatorConfig, AggregatorCore
 from opscale.services.events import RequestFinished
@@ -34,7 +33,7 @@ from opscale_loadgen.client import SendOptions, send_request
 from opscale_loadgen.clock import MonotonicClock
 from opscale_loadgen.prompts import ApiKind
 from opscale_services.aggregator.main import DroppedRecordsCollector
-from opscale_services.router.api import build_router_app
+from opscale_services.router.api import RouterApi, build_router_app, serve_router
 from opscale_services.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.unit
@@ -220,22 +219,20 @@ class SlowStream:
 
 async def test_a_draining_router_frees_its_port_at_once_and_its_streams_end_at_the_drain_bound() -> None:
     backend = SlowStream()
-    runner = make_runner(build_router_app(backend), shutdown_timeout=0.5)  # the router's stop_timeout_s
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    server = await serve_router(build_router_app(backend), shutdown_timeout_s=0.5)  # the router's stop_timeout_s
+    port = server.addresses[0][1]
     body = {"model": "m", "prompt": "x", "stream": True}
     async with aiohttp.ClientSession() as http:
         resp = await http.post(f"http://127.0.0.1:{port}/v1/completions", json=body)
         assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
-        await stop_accepting(runner)  # the drain's first step
+        await server.stop_accepting()  # the drain's first step
         # a replacement binds the same port and serves while the old stream still flows
         async with serve_on(build_router_app(FakeOneToken()), port) as replacement:
             async with http.post(f"{replacement}/v1/completions", json={"model": "m", "prompt": "x"}) as answer:
                 assert answer.status == 200
             assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
             # the drain ends the stream at its bound rather than waiting for it
-            await asyncio.wait_for(runner.cleanup(), GUARD_S)
+            await asyncio.wait_for(server.close(), GUARD_S)
             with pytest.raises(aiohttp.ClientPayloadError):  # cut at the deadline, never finished
                 await asyncio.wait_for(resp.content.read(), GUARD_S)
         resp.close()
@@ -248,14 +245,12 @@ class FakeOneToken(SlowStream):
 
 
 @asynccontextmanager
-async def serve_on(app: web.Application, port: int) -> AsyncIterator[str]:
-    runner = make_runner(app, shutdown_timeout=1.0)
-    await runner.setup()
+async def serve_on(app: RouterApi, port: int) -> AsyncIterator[str]:
+    server = await serve_router(app, port=port, shutdown_timeout_s=1.0)
     try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
         yield f"http://127.0.0.1:{port}"
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 # -- 7. idle and slow clients, and oversized heads, each get a clear end -----------------------------------
@@ -266,15 +261,12 @@ LIMITS = ServerLimits(header_timeout_s=0.2, body_timeout_s=0.2, keepalive_timeou
 
 @asynccontextmanager
 async def limited_router() -> AsyncIterator[tuple[str, int]]:
-    app = build_router_app(FakeOneToken(), max_body_bytes=LIMITS.max_body_bytes, body_timeout_s=LIMITS.body_timeout_s)
-    runner = make_runner(app, LIMITS, shutdown_timeout=1.0)
-    await runner.setup()
+    server = await serve_router(build_router_app(FakeOneToken()), LIMITS, shutdown_timeout_s=1.0)
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
+        port = server.addresses[0][1]
         yield f"http://127.0.0.1:{port}", port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -331,7 +323,7 @@ async def test_a_head_too_large_is_431_with_an_openai_body(extra: str) -> None:
         async with http.post(f"{url}/v1/completions", json={"model": "m", "prompt": "x"}) as resp:
             assert resp.status == 200  # the server goes on serving
     status, _, body = answer.partition(b"\r\n\r\n")
-    assert status.split(b" ")[1] == b"431"  # HTTP/1.0: the head was never parsed
+    assert status.split(b" ")[1] == b"431"
     error = json.loads(body)["error"]
     assert error["code"] == "request_header_fields_too_large" and error["type"] == "invalid_request_error"
 

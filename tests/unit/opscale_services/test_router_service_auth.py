@@ -203,7 +203,7 @@ async def test_no_secret_or_wrong_key_in_logs_metrics_or_error_bodies(caplog: py
                 bodies.append(await resp.text() + json.dumps(dict(resp.headers)))
         await r.records.flush()
         metrics = generate_latest(registry).decode()
-    assert any('"code": "invalid_api_key"' in b for b in bodies) and any("rate_limit_exceeded" in b for b in bodies)
+    assert any('"code":"invalid_api_key"' in b for b in bodies) and any("rate_limit_exceeded" in b for b in bodies)
     assert 'tenant="a"' in metrics and 'tenant="b"' in metrics
     published = repr(r.bus.published)
     for secret in (SECRET_A, SECRET_B, WRONG):

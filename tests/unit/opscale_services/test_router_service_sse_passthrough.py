@@ -186,3 +186,21 @@ def test_done_inside_another_field_does_not_end_the_stream(tail: bytes) -> None:
     assert block.out is not None and not block.out.done
     assert block.out.chunks == 1 and forwarder.chunks == 2
     assert forwarder.feed(DONE_EVENT).out == SseBytes(DONE_EVENT, 0, None, True)
+
+
+@pytest.mark.parametrize("after", [b"", token(" there")], ids=["token last", "more after"])
+def test_a_chat_streams_first_events_are_each_decoded_once(after: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opscale_services.router import sse_passthrough
+
+    decoded: list[str] = []
+    decode = sse_passthrough.decode_event
+
+    def counted(data: str) -> object:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(sse_passthrough, "decode_event", counted)
+    block = SseForwarder().feed(ROLE + token("hi") + after)
+    assert block.out is not None and block.out.data == ROLE + token("hi") + after
+    assert block.out.chunks == 1 + bool(after)
+    assert len(decoded) == 2  # the role delta and the first token, once each; what follows is scanned

@@ -1,5 +1,5 @@
 """Limits of a public HTTP server (the router's OpenAI API): a setting of its own module so the settings
-need not import the server (aiohttp), which applies them (openai_http.make_runner)."""
+need not import the server, which applies them (opscale_services.router.http1_server)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ __all__ = ["ServerLimits"]
 
 class ServerLimits(BaseModel):
     """What a public HTTP server allows a client: how long it may take to send a request's head and
-    body, how long an idle keep-alive connection is kept, and how large a head and a body may be. Each limit is answered clearly: a connection that sends no complete head in time
+    body, how long an idle keep-alive connection is kept, and how large a head and a body may be. Each
+    limit is answered clearly: a connection that sends no complete head in time
     is closed, a slow body gets 408, a header too large 431, a body too large 413, all with OpenAI's
     error body."""
 

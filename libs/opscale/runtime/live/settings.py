@@ -519,8 +519,8 @@ class RouterSettings(LiveSettings):
         "engine.prefix_block_tokens token ids hashed, as the node-agents rename vLLM's KV events; other models' "
         "prompts are hashed as text (4 characters a token), as the simulated engines cache them")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys, tenants and their limits")
-    access_log: bool = Field(False, description="Log one line per API request (aiohttp's access log, at INFO). Off "
-                             "by default: the request records and /metrics count every request already, and a "
+    access_log: bool = Field(False, description="Log one line per API request (logger opscale.router.access, "
+                             "at INFO). Off by default: the request records and /metrics count every request already, and a "
                              "line each is CPU per request on the proxy's hot path")
 
     @model_validator(mode="after")

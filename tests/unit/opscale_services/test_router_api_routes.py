@@ -1,7 +1,6 @@
-"""The router's hot routes served by make_runner's server without aiohttp's route lookup
-(openai_http.DIRECT_POST_ROUTES): the same answers as through the app, the app's middlewares (API keys,
-OpenAI error bodies) applied, and every other request (another method, a query string, `Expect:
-100-continue`) left to the app."""
+"""The router's routes on its own HTTP/1.1 server (api.RouterApi on http1_server): the completions, the
+models and /health answered, API keys and OpenAI error bodies on every route, another method 405 and an
+unknown path 404 (OpenAI's bodies), a query string ignored, and `Expect: 100-continue` answered."""
 
 from __future__ import annotations
 
@@ -12,15 +11,13 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from opscale.openai.schema import ParsedRequest, TokenChunk
 from opscale.routing.tenants import ApiKeySpec, KeyTable
 from opscale.runtime.clock import WallClock
-from opscale.runtime.live.openai_http import DIRECT_POST_ROUTES, make_runner
 from opscale.runtime.live.server_limits import ServerLimits
 
-from opscale_services.router.api import build_router_app
+from opscale_services.router.api import build_router_app, serve_router
 from opscale_services.router.auth import TenantGate
 
 pytestmark = pytest.mark.unit
@@ -48,38 +45,19 @@ class TwoTokens:
         yield TokenChunk(" b", 1, "stop")
 
 
-class Router(str):
-    """The router's base URL, and the paths aiohttp's route lookup resolved (the app's own dispatch)."""
-
-    resolved: list[str]
-
-
 @asynccontextmanager
-async def router(backend: TwoTokens, limits: ServerLimits | None) -> AsyncIterator[Router]:
+async def router(backend: TwoTokens, limits: ServerLimits | None) -> AsyncIterator[str]:
     gate = TenantGate(KeyTable([ApiKeySpec.model_validate({"id": "t", "secret": KEY})], WallClock().now_s()),
                       WallClock().now_s)
-    app = build_router_app(backend, gate=gate)
-    assert set(app[DIRECT_POST_ROUTES]) == {"/v1/completions", "/v1/chat/completions"}
-    resolved: list[str] = []
-    lookup = app.router.resolve
-
-    async def spy(request: web.Request) -> web.AbstractMatchInfo:
-        resolved.append(request.path)
-        return await lookup(request)
-    app.router.resolve = spy  # type: ignore[method-assign]
-    runner = make_runner(app, limits, shutdown_timeout=1.0)
-    await runner.setup()
+    server = await serve_router(build_router_app(backend, gate=gate), limits, shutdown_timeout_s=1.0)
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = Router(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        url.resolved = resolved
-        yield url
+        yield f"http://127.0.0.1:{server.addresses[0][1]}"
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 @pytest.mark.parametrize("limits", [None, ServerLimits()], ids=["plain", "limited"])
-async def test_hot_routes_answer_as_the_app_does_with_its_middlewares(limits: ServerLimits | None) -> None:
+async def test_completions_answer_with_keys_and_openai_error_bodies(limits: ServerLimits | None) -> None:
     backend = TwoTokens()
     async with router(backend, limits) as url, aiohttp.ClientSession() as session:
         body = {"model": "m", "prompt": "hi", "max_tokens": 2, "stream": True}
@@ -91,33 +69,42 @@ async def test_hot_routes_answer_as_the_app_does_with_its_middlewares(limits: Se
         async with session.post(f"{url}/v1/chat/completions", json=chat, headers=AUTH) as resp:
             assert resp.status == 200
             assert (await resp.json())["choices"][0]["message"]["content"] == " a b"
-        # the gate's middleware runs on the direct path: no key, 401 with OpenAI's body
+        # no key: 401 with OpenAI's body
         async with session.post(f"{url}/v1/completions", json=body) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"]["code"] == "invalid_api_key"
-        # the error middleware too: a body that is not JSON is OpenAI's 400
+        # a body that is not JSON is OpenAI's 400
         async with session.post(f"{url}/v1/completions", data=b"{", headers=AUTH) as resp:
             assert resp.status == 400
             assert "error" in await resp.json()
-        assert url.resolved == []  # none of them went through the app's route lookup
     assert backend.requests == 2
 
 
-async def test_other_requests_go_to_the_app() -> None:
+async def test_other_methods_paths_and_query_strings() -> None:
     backend = TwoTokens()
     async with router(backend, ServerLimits()) as url, aiohttp.ClientSession() as session:
-        # another method on a hot path: the app's 405, as an OpenAI error body
+        # another method on a route: 405 naming the allowed one, as an OpenAI error body
         async with session.get(f"{url}/v1/completions", headers=AUTH) as resp:
-            assert resp.status == 405
+            assert resp.status == 405 and resp.headers["Allow"] == "POST"
             assert (await resp.json())["error"]["message"].startswith("Method Not Allowed")
-        # a query string: the app's route still matches it
+        async with session.post(f"{url}/v1/nothing-here", headers=AUTH) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["message"] == "Not Found: POST /v1/nothing-here"
+        async with session.post(f"{url}/v1/nothing-here") as resp:
+            assert resp.status == 401  # keys first, on every path but /health
+        # a query string: the route still matches
         body = {"model": "m", "prompt": "hi", "max_tokens": 2}
         async with session.post(f"{url}/v1/completions?trace=1", json=body, headers=AUTH) as resp:
             assert resp.status == 200
             assert (await resp.json())["choices"][0]["text"] == " a b"
         async with session.get(f"{url}/v1/models", headers=AUTH) as resp:
             assert [m["id"] for m in (await resp.json())["data"]] == ["m"]
-        assert url.resolved == ["/v1/completions", "/v1/completions", "/v1/models"]
+        async with session.get(f"{url}/v1/models/m", headers=AUTH) as resp:
+            assert (await resp.json())["id"] == "m"
+        async with session.get(f"{url}/v1/models/org%2Fm", headers=AUTH) as resp:
+            assert resp.status == 404 and "'org/m'" in (await resp.json())["error"]["message"]
+        async with session.get(f"{url}/health") as resp:
+            assert resp.status == 200
     assert backend.requests == 1
 
 

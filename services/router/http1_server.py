@@ -1,0 +1,629 @@
+"""A small HTTP/1.1 server on asyncio protocols: the router's OpenAI API port. The mirror of http1.py.
+
+Role: read requests from clients with the least work per request and hand each, whole (head and body),
+to one handler coroutine, which writes its answer on the connection (`Http1Exchange`). A general
+server's per-request machinery (aiohttp's request and response objects, its header multidicts, its
+stream readers and payload writers) was a large share of the router's CPU per request. Requests are
+read by httptools' `HttpRequestParser` (llhttp, the parser of Node.js and uvicorn): request line,
+headers, `Content-Length` and chunked bodies, pipelined requests. This module keeps what the parser
+leaves to its user, each answered clearly with OpenAI's error body (ServerLimits):
+
+- a connection that sends no complete request head within `header_timeout_s` (its first) or
+  `keepalive_timeout_s` (a later one, counted from the previous answer) is closed, without an answer;
+- a request line or header line longer than `max_header_bytes`, or more than `max_headers` headers: 431;
+- a body larger than `max_body_bytes` (declared or, chunked, as it arrives): 413; a body that does not
+  arrive within `body_timeout_s` of its head: 408; a head llhttp cannot parse: 400. After each of these
+  the connection is closed: once the client's remaining body is read (bounded by `_LINGER_S`), so that
+  it reads the answer rather than a reset;
+- `Expect: 100-continue` is answered before the body is read.
+
+Requests on one connection are answered in order, one at a time (pipelined ones wait, at most
+`_MAX_QUEUED` read ahead). A client that disconnects cancels its handler, so a request waiting for its
+next token stops (and releases its upstream work) at once. `Http1Server.stop_accepting` closes the
+listening sockets at once (a replacement on the host can bind the port) and `close` drains: idle
+connections close now, answers in flight may finish until the drain timeout, then they are cancelled.
+
+It does not route or decide anything: the handler (api.py) does. No aiohttp object is made per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from opscale.openai.json_codec import dumps_json
+from opscale.openai.schema import ApiError, body_too_large, error_for_status
+from opscale.runtime.live.openai_http import unix_now_s
+from opscale.runtime.live.server_limits import ServerLimits
+
+__all__ = ["Handler", "Http1Exchange", "Http1Request", "Http1Server", "SERVER_NAME"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "opscale-router"
+# After a refusal that leaves a body unread (408, 413), what the client still sends is read and dropped
+# for this long at most before the connection closes, so the client reads the answer rather than a reset.
+_LINGER_S = 1.0
+# Complete requests read ahead of the one being answered (pipelining); beyond it the socket is not read.
+_MAX_QUEUED = 8
+_JSON = b"application/json"
+
+Handler = Callable[["Http1Request", "Http1Exchange"], Awaitable[None]]
+
+
+class _StopParsing(Exception):
+    """Raised by a parser callback that has already decided what to do with the rest of the read."""
+
+
+class Http1Request:
+    """One request, read whole. `headers` holds lower-case names (a repeated header's values joined
+    with ", "); `path` is the target up to any `?` (`query` after it), percent-encoding left as sent."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "version")
+
+    def __init__(self, method: str, path: str, query: str, version: str, headers: dict[str, str],
+                 body: bytes, keep_alive: bool) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+_date_cache: list[object] = [-1, b""]
+
+
+def _http_date() -> bytes:
+    """The `Date` header's value, made once a second."""
+    now = int(unix_now_s())
+    if _date_cache[0] != now:
+        _date_cache[0], _date_cache[1] = now, formatdate(now, usegmt=True).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+
+
+_STATUS_LINES = {status: _status_line(status) for status in HTTPStatus}
+
+
+def encode_head(status: int, fields: bytes, keep_alive: bool) -> bytes:
+    """A response head: status line, `fields` (whole `Name: value\\r\\n` lines), date, server, and
+    `Connection: close` when the connection ends after the answer."""
+    line = _STATUS_LINES.get(status) or _status_line(status)  # type: ignore[call-overload]
+    return b"%b%bDate: %b\r\nServer: %b\r\n%b\r\n" % (
+        line, fields, _http_date(), SERVER_NAME.encode(), b"" if keep_alive else b"Connection: close\r\n")
+
+
+def header_lines(headers: dict[str, str] | None) -> bytes:
+    """`Name: value\\r\\n` lines; a value with a line break is refused (header injection)."""
+    if not headers:
+        return b""
+    text = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        raise ValueError(f"a response header with a line break: {headers!r}")
+    return text.encode("latin-1")
+
+
+def error_answer(error: ApiError, extra_headers: dict[str, str] | None = None, keep_alive: bool = True) -> bytes:
+    """A whole OpenAI error answer (status, head and JSON body)."""
+    headers = error.headers()
+    if extra_headers:
+        headers.update(extra_headers)
+    body = dumps_json(error.body())
+    fields = b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n%b" % (
+        len(body), header_lines(headers))
+    return encode_head(error.status, fields, keep_alive) + body
+
+
+class Http1Exchange:
+    """The answer to one request, written by its handler: `respond` for a whole answer, or `start_chunked`
+    then `write`/`end` for a stream (chunked to an HTTP/1.1 client; to an HTTP/1.0 one the body runs to
+    the close). `status` is the status sent (0 before any). Writes wait while the client's buffer is full,
+    and raise ConnectionResetError once the client is gone."""
+
+    __slots__ = ("_chunked", "_conn", "_keep_alive", "_transport", "finished", "status")
+
+    def __init__(self, conn: _Http1ServerConnection, request: Http1Request) -> None:
+        self._conn = conn
+        self._transport = conn.transport
+        self._keep_alive = request.keep_alive and not conn.draining
+        self._chunked = request.version == "1.1"
+        self.status = 0
+        self.finished = False
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._keep_alive
+
+    def respond(self, status: int, body: bytes, content_type: bytes = _JSON,
+                headers: dict[str, str] | None = None) -> None:
+        """A whole answer with a `Content-Length` body."""
+        fields = b"Content-Type: %b; charset=utf-8\r\nContent-Length: %d\r\n%b" % (
+            content_type, len(body), header_lines(headers))
+        self._send(status, encode_head(status, fields, self._keep_alive) + body)
+
+    def respond_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
+        self._send(error.status, error_answer(error, headers, self._keep_alive))
+
+    def _send(self, status: int, data: bytes) -> None:
+        if self.status:
+            raise RuntimeError("an answer was already sent")
+        self.status = status
+        self.finished = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(data)
+
+    def chunked_head(self, status: int, fields: bytes) -> bytes:
+        """The head of a streamed answer, to be sent with its first data (`write(data, head)`)."""
+        if self.status:
+            raise RuntimeError("an answer was already sent")
+        self.status = status
+        if self._chunked:
+            fields += b"Transfer-Encoding: chunked\r\n"
+        else:
+            self._keep_alive = False  # HTTP/1.0: the body ends at the close
+        return encode_head(status, fields, self._keep_alive)
+
+    def frame(self, data: bytes) -> bytes:
+        """`data` as it goes on the wire: one chunk, or as it is to an HTTP/1.0 client."""
+        return b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+
+    async def write(self, data: bytes, head: bytes = b"") -> None:
+        """Write `data` (a piece of the streamed body, framed here), after `head` when given; waits while
+        the client is not reading."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(head + self.frame(data) if data else head)
+        if self._conn.writing_paused:
+            await self._conn.drain()
+
+    async def end(self, data: bytes = b"", head: bytes = b"") -> None:
+        """The last piece of the streamed body, and its end."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        if self._chunked:
+            transport.write(b"%b%x\r\n%b\r\n0\r\n\r\n" % (head, len(data), data) if data else head + b"0\r\n\r\n")
+        elif head or data:
+            transport.write(head + data)
+        self.finished = True
+        if self._conn.writing_paused:
+            await self._conn.drain()
+
+    def sink(self) -> ClientSink | None:
+        """Where the upstream client may write later events straight from its read callback
+        (splicing, see UpstreamClient.stream_sse)."""
+        if self._transport is None:
+            return None
+        return ClientSink(self._transport, self._conn, self._chunked)
+
+
+class ClientSink:
+    """Writes events straight to the client's connection, framed as the answer is. While the client is not
+    keeping up (its buffer is full) or gone it writes nothing and says so: the stream's task then waits."""
+
+    __slots__ = ("_chunked", "_conn", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, conn: _Http1ServerConnection, chunked: bool) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._chunked = chunked
+
+    def write(self, data: bytes) -> bool:
+        if self._conn.writing_paused or self._transport.is_closing():
+            return False
+        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return True
+
+
+# the parser's state between reads: between messages (or in a head), in a body
+_HEAD, _BODY = 0, 1
+
+
+class _Http1ServerConnection(asyncio.Protocol):
+    """One client connection: parses its requests and runs the server's handler on each, in order."""
+
+    def __init__(self, server: Http1Server) -> None:
+        self._server = server
+        limits = server.limits
+        self._limits = limits
+        self._loop = server.loop
+        self._parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.draining = False  # the server drains: no request after the one in progress
+        self._closed = False
+        # the message being read
+        self._state = _HEAD
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._head_at = 0.0
+        self._refused = False  # refused (408, 413, 431, 400): what follows is read and dropped, then the close
+        self._refusal = b""  # the refusal's answer, while it waits for the answers to requests read before it
+        self._linger_at = 0.0  # when a refused connection closes, its body unread or not
+        self._parser_failed = False  # llhttp refused the bytes: nothing more can be read
+        self._stop = False  # no further request is read (Connection: close, a refusal)
+        # requests read whole and waiting, and the task answering the first
+        self._queue: deque[Http1Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._answered = 0
+        self._idle_since = self._loop.time()
+        # one lazy timer for whichever deadline is in force (see _due)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._server.connections.add(self)  # (asyncio and uvloop set TCP_NODELAY on it: events leave at once)
+        self._arm(self._idle_since + self._limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.transport = None
+        self._server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client is gone: its handler stops, and with it the upstream request
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if not self.writing_paused:
+            return
+        if self._closed:
+            raise ConnectionResetError("the client closed the connection")
+        self._drain_waiter = self._loop.create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser_failed or (self._stop and not self._refused):
+            return  # after a request that ends the connection, or bytes llhttp refused: nothing more is read
+        if self._state == _HEAD:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _StopParsing):
+                raise (exc.__context__ or exc) from None
+            self._parser_failed = True  # llhttp stops at a callback's error: nothing more is read
+        except (HttpParserUpgrade, HttpParserError) as exc:
+            # the parser cannot go on: nothing more of this connection is read, and it closes after the
+            # answers to the requests read before and the refusal (or at once, when one was answered)
+            self._parser_failed = True
+            if not self._refused:
+                reason = "protocol upgrades are not served" if isinstance(exc, HttpParserUpgrade) else str(exc)
+                self._refuse(error_for_status(400, f"Bad HTTP request: {reason}", code="bad_http_request"))
+            elif not self._refusal and self.transport is not None:
+                self.transport.close()
+            return
+        if self._state == _HEAD and not self._refused and self._head_bytes > self._server.max_head_bytes:
+            self._refuse(self._server.head_too_large)
+
+    def eof_received(self) -> bool | None:
+        # The client closed its side: taken as a disconnect (as aiohttp's server takes it), so a request
+        # still being answered is cancelled at once and its upstream work released, rather than at the
+        # next write. The transport closes itself (None).
+        return None
+
+    # -- the parser's callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._stop:
+            raise _StopParsing  # a request after one that ends the connection: not read
+        self._url = b""
+        self._headers = {}
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_header_bytes:
+            self._refuse(self._server.head_too_large)
+            raise _StopParsing
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(name) + len(value) + 2 > self._limits.max_header_bytes or len(headers) >= self._limits.max_headers:
+            self._refuse(self._server.head_too_large)
+            raise _StopParsing
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self._state = _BODY
+        self._body = []
+        self._body_bytes = 0
+        headers = self._headers
+        length = headers.get("content-length")
+        max_body = self._limits.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > max_body:
+            self._refuse(body_too_large(max_body))
+            return
+        if headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._head_at = now = self._loop.time()
+        if self._task is None:  # else the handler's answer in progress: the deadline is re-armed after it
+            self._arm(now + self._limits.body_timeout_s)
+
+    def on_body(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._limits.max_body_bytes:
+            self._refuse(body_too_large(self._limits.max_body_bytes))
+            return
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        self._state = _HEAD
+        self._head_bytes = 0
+        if self._refused:
+            if not self._refusal and self.transport is not None:
+                self.transport.close()  # the refused request's body is all read: its answer left before
+            raise _StopParsing
+        parser = self._parser
+        url = self._url.decode("latin-1")
+        path, _, query = url.partition("?")
+        if not path.startswith("/"):
+            path = _origin_path(path)
+        body = self._body
+        keep_alive = parser.should_keep_alive() and not self.draining
+        request = Http1Request(parser.get_method().decode(), path, query, parser.get_http_version(), self._headers,
+                               body[0] if len(body) == 1 else b"".join(body), keep_alive)
+        self._body = []
+        if not keep_alive:
+            self._stop = True
+        self._queue.append(request)
+        if self._task is None:
+            self._start_next()
+        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        request = self._queue.popleft()
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._task = self._loop.create_task(self._answer(request))
+
+    async def _answer(self, request: Http1Request) -> None:
+        exchange = Http1Exchange(self, request)
+        try:
+            await self._server.handler(request, exchange)
+        except asyncio.CancelledError:
+            self._finish(None)
+            raise
+        except ConnectionResetError:
+            pass
+        except Exception:
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            if not exchange.status and self.transport is not None and not self.transport.is_closing():
+                exchange.respond_error(error_for_status(500, "The server had an error while processing your "
+                                                        "request", code="internal_error"))
+        self._finish(exchange)
+
+    def _finish(self, exchange: Http1Exchange | None) -> None:
+        self._task = None
+        self._answered += 1
+        transport = self.transport
+        if transport is None:
+            return
+        if exchange is None or not exchange.finished or not exchange.keep_alive or self.draining:
+            transport.close()  # an answer cut short, or the connection's last
+            return
+        if self._queue:
+            self._start_next()
+            return
+        if self._refused:
+            self._send_refusal()  # the request after this one was refused
+            return
+        now = self._idle_since = self._loop.time()
+        if self._state == _BODY:
+            self._arm(self._head_at + self._limits.body_timeout_s)  # a pipelined body still arriving
+        else:
+            self._arm(now + self._limits.keepalive_timeout_s)
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer `error` once the requests read before it are answered, then end the connection: at once
+        when nothing of the refused request is left unread (or nothing more can be read), else once the
+        rest of its body is read and dropped, or at the linger bound."""
+        if self._refused:
+            return
+        self._refused = True
+        self._stop = True
+        self._server.refused(error.status)
+        self._refusal = error_answer(error, keep_alive=False)
+        if self._task is None and not self._queue:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        answer, self._refusal = self._refusal, b""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(answer)
+        if self._state == _HEAD or self._parser_failed:
+            transport.close()
+        else:
+            self._linger_at = self._loop.time() + min(_LINGER_S, self._limits.body_timeout_s)
+            self._arm(self._linger_at, force=True)
+
+    # -- deadlines ----------------------------------------------------------------------------------
+
+    def _due(self) -> float | None:
+        """The deadline in force: the refusal's linger, the body's, the idle connection's, or none while
+        an answer is being written."""
+        if self._refused:
+            return None if self._task is not None or self._refusal else self._linger_at
+        if self._state == _BODY:
+            return self._head_at + self._limits.body_timeout_s
+        if self._task is not None:
+            return None
+        bound = self._limits.header_timeout_s if self._answered == 0 else self._limits.keepalive_timeout_s
+        return self._idle_since + bound
+
+    def _arm(self, at: float, force: bool = False) -> None:
+        if self._timer is not None:
+            if self._timer_at <= at and not force:
+                return  # fires first, and re-arms itself for `at` (see _on_timer)
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        due = self._due()
+        if due is None:
+            return  # an answer is in progress: the next deadline is armed when it ends
+        if self._loop.time() < due:
+            self._timer_at = due
+            self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        if self._refused:
+            transport.close()
+        elif self._state == _BODY:
+            timeout = self._limits.body_timeout_s
+            self._refuse(error_for_status(408, f"The request body did not arrive within {timeout:g} s",
+                                          code="request_timeout"))
+        else:
+            transport.close()  # no request head in time: closed without an answer
+
+    # -- the server's drain -----------------------------------------------------------------------
+
+    def drain_now(self) -> None:
+        """No request after the one in progress; an idle connection closes now."""
+        self.draining = True
+        self._stop = True
+        if self._task is None and self.transport is not None and self._state == _HEAD:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+
+def _origin_path(target: str) -> str:
+    """The path of an absolute-form target (`http://host/v1/models`), or the target as sent when it is
+    not one (`*`, which no route matches)."""
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return target
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else "/"
+
+
+class Http1Server:
+    """The listening side: `start` binds (SO_REUSEPORT when asked, for workers sharing a port),
+    `stop_accepting` closes the listening sockets, `close` drains the connections (bounded by
+    `shutdown_timeout_s`). `handler(request, exchange)` answers each request."""
+
+    def __init__(self, handler: Handler, limits: ServerLimits | None = None, *, shutdown_timeout_s: float = 60.0,
+                 on_refused: Callable[[int], None] | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.connections: set[_Http1ServerConnection] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._on_refused = on_refused
+        limits = self.limits
+        # a whole head: every line at its longest (llhttp bounds none of it)
+        self.max_head_bytes = limits.max_header_bytes * (limits.max_headers + 2)
+        self.head_too_large = error_for_status(
+            431, f"Request header fields too large: a request line or header is longer than {limits.max_header_bytes} "
+            f"bytes, or there are more than {limits.max_headers} headers", code="request_header_fields_too_large")
+
+    def refused(self, status: int) -> None:
+        if self._on_refused is not None:
+            self._on_refused(status)
+
+    def connection_factory(self) -> _Http1ServerConnection:
+        """A protocol for one accepted connection."""
+        return _Http1ServerConnection(self)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool | None = None, backlog: int = 1024) -> None:
+        server = await self.loop.create_server(self.connection_factory, host, port, reuse_port=reuse_port,
+                                               backlog=backlog)
+        self._servers.append(server)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for server in self._servers for sock in (server.sockets or ())]
+
+    async def stop_accepting(self) -> None:
+        """Close every listening socket at once, so a replacement on this host can bind the port, while
+        the connections already accepted go on. Idempotent."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+
+    async def close(self) -> None:
+        """Stop accepting, close idle connections, let answers in flight finish until the shutdown
+        timeout, then cancel them (their upstream requests are released) and drop their connections."""
+        await self.stop_accepting()
+        for conn in list(self.connections):
+            conn.drain_now()
+        deadline = self.loop.time() + self.shutdown_timeout_s
+        while self.connections and self.loop.time() < deadline:
+            tasks = [conn.task for conn in self.connections if conn.task is not None]
+            if not tasks:
+                break
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - self.loop.time()))
+        leftover = [conn.task for conn in self.connections if conn.task is not None]
+        for conn in list(self.connections):
+            conn.abort()
+        if leftover:
+            await asyncio.wait(leftover, timeout=1.0)
