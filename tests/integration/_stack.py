@@ -58,6 +58,7 @@ async def start_service(run: Callable[..., Awaitable[None]], settings: Any, stop
         raise RuntimeError(f"{name} returned before it started")
     stop.set()
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)  # its clean-up runs now, not at the loop's close
     raise TimeoutError(f"{name} did not start within {timeout_s:g} s")
 
 

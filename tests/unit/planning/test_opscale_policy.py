@@ -208,3 +208,26 @@ def test_each_roles_solve_sees_the_fleet_the_other_roles_leave_it() -> None:
         assert view.total_gpus == {(east, sku): n - others[sku] for (_, sku), n in fleet.items()}
         assert view.gpu_quotas == {(east, "H100-80GB"): 64 - others["H100-80GB"], (east, "H20"): 32 - others["H20"]}
         assert view.free_gpus == seen.free_gpus
+
+
+def test_the_hourly_loop_prices_p_and_d_at_heteroscales_target_not_the_roofline() -> None:
+    """A P/D role's solve plans what HeteroScale's target asks for: at 600 decode tokens/s per group
+    instance and 1:3, 200-token answers, a decode instance carries 4 req/s and a prefill one 12 (here
+    the capacity function says 10 for every role, which would plan far fewer decode instances)."""
+    from opscale.planning.base import RolePoolSpec
+
+    model = "Llama-2-13B"
+    split = DeploymentSpec(model=model, prefill=RolePoolSpec(sku="H100-80GB", tp=1, min_replicas=1, max_replicas=64),
+                           decode=RolePoolSpec(sku="H20", tp=1, min_replicas=1, max_replicas=64))
+    policy = make_planning_policy("opscale", [split], lambda *_, **__: 10.0, budget={"warmup_s": 0.0},
+                                  mip={"interval_s": 3600.0, "min_resolve_s": 3000.0, "headroom": 1.0},
+                                  heteroscale={"services": {model: {"decode_tps_per_instance": 600.0,
+                                                                    "pd_ratio": "1:3"}}})
+    rps = 40.0
+    pools = {key: PoolObservation(key, ready=1, arrival_rps=rps, prompt_tokens_per_s=rps * 1000,
+                                  output_tokens_per_s=rps * 200)
+             for key in (PoolKey(model, "us-east", Role.PREFILL), PoolKey(model, "us-east", Role.DECODE))}
+    effects = policy.decide(Observation(0.0, pools, {("us-east", "H100-80GB"): 64, ("us-east", "H20"): 64}),
+                            policy.initial_state(), 0.0)
+    assert effects.state.budgets[PoolKey(model, "us-east", Role.DECODE)].planned == 10  # 40 / 4, not 40 / 10
+    assert effects.state.budgets[PoolKey(model, "us-east", Role.PREFILL)].planned == 4  # 40 / 12, rounded up

@@ -45,7 +45,7 @@ from opscale.planning.heteroscale.controller import (
 from opscale.planning.heteroscale.params import HeteroScaleSettings, parse_params
 from opscale.planning.heteroscale.periodic import PeriodicController
 from opscale.planning.heteroscale.pools import desired_pools, observe_service, pool_reasons, service_pools
-from opscale.planning.heteroscale.ratio import RoleBounds, covering_total
+from opscale.planning.heteroscale.ratio import RoleBounds, covering_total, prefill_share
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +89,19 @@ class HeteroScalePolicy:
 
     def role_rps(self, model: str, role: Role, prompt_tokens: float, output_tokens: float) -> float | None:
         """Requests/s one instance of `role` carries at the service's curated target (None: a service
-        without one, such as a periodic controller's). The target is per instance of the P/D group at its
-        ratio r = P/D, so a decode instance carries (1 + r) group shares and a prefill instance (1 + r) / r;
-        an outer planner that prices the roles at this rate plans what this policy will ask for."""
+        without one, such as a periodic controller's). The target is per instance of the P/D group, a
+        prefill_share of whose instances prefill, so each role's instance carries the group's rate over
+        its role's share: an outer planner that prices the roles at this rate sizes them as this policy
+        will (before the outer planner's own headroom). The signal's tokens per request are the output
+        tokens for decode_tps, the prompt tokens for prefill_missed_tps (all of them missing the cache,
+        the conservative case)."""
         cfg = self.targets.get(model)
         if cfg is None or cfg.target_per_instance is None:
             return None
         tokens = output_tokens if cfg.signal == "decode_tps" else prompt_tokens
-        share = cfg.target_per_instance / max(1.0, tokens)
-        return share * (1 + cfg.pd_ratio) / (1.0 if role is Role.DECODE else cfg.pd_ratio)
+        group_rps = cfg.target_per_instance / max(1.0, tokens)
+        share = prefill_share(cfg.pd_ratio)
+        return group_rps / (1.0 - share if role is Role.DECODE else share)
 
     def initial_state(self) -> HeteroScaleState:
         return HeteroScaleState()

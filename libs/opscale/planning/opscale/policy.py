@@ -112,7 +112,10 @@ class OpscalePolicy:
     def _role_capacity(self, capacity: CapacityFn, role: Role, model: str, sku: str, tp: int, prompt_tokens: float,
                        output_tokens: float) -> float:
         assert self.heteroscale is not None  # a role's solve exists only beside disaggregated deployments
-        curated = self.heteroscale.role_rps(model, role, prompt_tokens, output_tokens)
+        spec = self.deployments[model].pool(role)
+        # the target was curated on the role's own (SKU, tp); another option the solve weighs is priced as usual
+        curated = (self.heteroscale.role_rps(model, role, prompt_tokens, output_tokens)
+                   if (sku, tp) == (spec.sku, spec.tp) else None)
         # the simulator's and the live planner's capacity functions take the role (CapacityEstimator)
         return curated if curated is not None else capacity(model, sku, tp, prompt_tokens, output_tokens, role=role)  # type: ignore[call-arg]
 

@@ -111,6 +111,7 @@ class VmActuation:
                 cell = (region, sku, str(purchase))
                 if changed_only and self._ensured.get(cell) == int(count):
                     continue
+                self._ensured.pop(cell, None)  # not ensured until this call says so (it may be cancelled)
                 try:
                     result = await asyncio.wait_for(
                         self.actuator.ensure(region, sku, Purchase(purchase), int(count), self.clock.now_s()),
