@@ -44,6 +44,13 @@ def test_a_lower_slo_than_another_variant_fails_but_static_is_exempt() -> None:
     assert slo["passed"] is False and slo["short_of"] == ["mip"]
 
 
+def test_the_slo_check_prints_the_attainments_it_compares_finely_enough_to_tell_them_apart() -> None:
+    section = combined_section(CONFIG, [outcome("opscale", 0.999996, 80.0), outcome("mip", 1.0, 100.0),
+                                        outcome("hetero", 0.99, 90.0), outcome("ops", 0.99, 95.0)], "interactive")
+    row = next(line for line in section.markdown.splitlines() if "SLO attainment is at least" in line)
+    assert "| 99.9996% |" in row and "mip 100.0000%" in row and "**FAIL**" in row
+
+
 def test_a_saving_below_the_bound_fails_and_no_variant_meeting_the_target_is_not_a_verdict() -> None:
     _, gpu = checks(outcome("opscale", 1.0, 90.0), outcome("mip", 1.0, 95.0), outcome("hetero", 1.0, 100.0),
                     outcome("ops", 1.0, 120.0))
