@@ -80,6 +80,18 @@ def client_socket(port: int, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
+@asynccontextmanager
+async def behind_a_stream(handler: Slow, port: int) -> AsyncIterator[socket.socket]:
+    """A client connection whose first request is a stream still being answered."""
+    sock = client_socket(port)
+    try:
+        sock.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(handler.streaming.wait(), GUARD_S)
+        yield sock
+    finally:
+        sock.close()
+
+
 async def send_until_stuck(sock: socket.socket, block: bytes, cap_bytes: int) -> int:
     """Send `block` again and again without reading, until the server stops taking bytes (the send buffer
     stays full over many turns of the loop) or `cap_bytes` went; the bytes sent."""
@@ -151,55 +163,43 @@ async def test_a_client_that_pipelines_and_never_reads_holds_a_bounded_buffer() 
 
 async def test_a_head_over_its_bound_behind_a_streaming_answer_is_not_parsed_or_read() -> None:
     handler = Slow()
-    async with serving(handler) as (server, port):
-        sock = client_socket(port)
-        try:
-            sock.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(handler.streaming.wait(), GUARD_S)
-            [conn] = server.connections
-            fed = [0]
-            parser = conn._parser
+    async with serving(handler) as (server, port), behind_a_stream(handler, port) as sock:
+        [conn] = server.connections
+        fed = [0]
+        parser = conn._parser
 
-            class Counting:  # counts what llhttp is given
-                def __getattr__(self, name: str) -> object:
-                    return getattr(parser, name)
+        class Counting:  # counts what llhttp is given
+            def __getattr__(self, name: str) -> object:
+                return getattr(parser, name)
 
-                def feed_data(self, data: bytes) -> None:
-                    fed[0] += len(data)
-                    parser.feed_data(data)
+            def feed_data(self, data: bytes) -> None:
+                fed[0] += len(data)
+                parser.feed_data(data)
 
-            conn._parser = Counting()  # type: ignore[assignment]
-            sock.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: ")
-            sent = await send_until_stuck(sock, b"a" * 65536, 16 << 20)
-            assert sent < 16 << 20, "the server read an endless header on"
-            assert fed[0] <= server.max_head_bytes + (1 << 20), fed[0]
-            handler.release.set()
-            data = await read_some(sock, b"request_header_fields_too_large")
-        finally:
-            sock.close()
+        conn._parser = Counting()  # type: ignore[assignment]
+        sock.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = await send_until_stuck(sock, b"a" * 65536, 16 << 20)
+        assert sent < 16 << 20, "the server read an endless header on"
+        assert fed[0] <= server.max_head_bytes + (1 << 20), fed[0]
+        handler.release.set()
+        data = await read_some(sock, b"request_header_fields_too_large")
     assert data.startswith(b"HTTP/1.1 200") and b"0\r\n\r\nHTTP/1.1 431" in data
 
 
 async def test_100_continue_waits_for_the_answer_being_streamed_before_it() -> None:
     handler = Slow()
-    async with serving(handler) as (_, port):
-        sock = client_socket(port)
-        try:
-            sock.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(handler.streaming.wait(), GUARD_S)
-            sock.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-            first = await read_some(sock, b"data: first")
-            for _ in range(5):
-                await asyncio.sleep(0)  # noqa: TID251 - the server's turn to read the head
-            handler.release.set()
-            data = first + await read_some(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
-            # the stream's body ends whole, and only then comes the interim answer
-            stream, _, rest = data.partition(b"0\r\n\r\n")
-            assert b"100 Continue" not in stream and rest == b"HTTP/1.1 100 Continue\r\n\r\n"
-            sock.send(b"body")
-            data = await read_some(sock, b"}")
-        finally:
-            sock.close()
+    async with serving(handler) as (_, port), behind_a_stream(handler, port) as sock:
+        sock.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        first = await read_some(sock, b"data: first")
+        for _ in range(5):
+            await asyncio.sleep(0)  # noqa: TID251 - the server's turn to read the head
+        handler.release.set()
+        data = first + await read_some(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+        # the stream's body ends whole, and only then comes the interim answer
+        stream, _, rest = data.partition(b"0\r\n\r\n")
+        assert b"100 Continue" not in stream and rest == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.send(b"body")
+        data = await read_some(sock, b"}")
     [(status, _, body)] = answers(data)
     assert status == 200 and json.loads(body) == {"method": "POST", "body": 4}
 
