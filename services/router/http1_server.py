@@ -25,7 +25,8 @@ leaves to its user, each answered clearly with OpenAI's error body (ServerLimits
 Requests on one connection are answered in order, one at a time (pipelined ones wait, at most
 `_MAX_QUEUED` read ahead). The next answer waits while the client has not read the ones before (asyncio's
 write buffer is full), and nothing more is read meanwhile, so a client that sends and never reads holds
-one buffer's worth, and is closed after `keepalive_timeout_s` of not reading. A client that disconnects cancels its handler, so a request waiting for its
+one buffer's worth; a client that reads nothing of its answers for `send_timeout_s` (between answers or
+in a stream) is disconnected, which ends its handler. A client that disconnects cancels its handler, so a request waiting for its
 next token stops (and releases its upstream work) at once. `Http1Server.stop_accepting` closes the
 listening sockets at once (a replacement on the host can bind the port) and `close` drains: idle
 connections close now, answers in flight may finish until the drain timeout, then they are cancelled.
@@ -350,11 +351,22 @@ class _Http1ServerConnection(asyncio.Protocol):
             return
         if self._closed:
             raise ConnectionResetError("the client closed the connection")
-        self._drain_waiter = self._loop.create_future()
+        waiter = self._drain_waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._limits.send_timeout_s, self._send_timed_out, waiter)
         try:
-            await self._drain_waiter
+            await waiter
         finally:
+            timer.cancel()
             self._drain_waiter = None
+
+    def _send_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        """The client read nothing for `send_timeout_s`: its answer fails (the handler releases its upstream
+        work) and the connection is dropped (a close would wait for the client to read the buffer)."""
+        if not waiter.done():
+            waiter.set_exception(ConnectionResetError(
+                f"the client read nothing for {self._limits.send_timeout_s:g} s"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._parser_failed or (self._stop and not self._refused):
@@ -573,7 +585,7 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._blocked = True
             self._flow()
             self._idle_since = self._loop.time()
-            self._arm(self._idle_since + self._limits.keepalive_timeout_s)
+            self._arm(self._idle_since + self._limits.send_timeout_s)
             return
         self._proceed()
 
@@ -633,7 +645,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         """The deadline in force: the refusal's linger, the body's, the idle connection's, or none while
         an answer is being written."""
         if self._blocked:
-            return self._idle_since + self._limits.keepalive_timeout_s  # the client reads none of its answers
+            return self._idle_since + self._limits.send_timeout_s  # the client reads none of its answers
         if self._refused:
             return None if self._task is not None or self._refusal else self._linger_at
         if self._state == _BODY:
@@ -663,7 +675,9 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._timer_at = due
             self._timer = self._loop.call_at(due, self._on_timer)
             return
-        if self._refused or self._blocked:
+        if self._blocked:
+            transport.abort()  # a close would wait for the client to read what is buffered
+        elif self._refused:
             transport.close()
         elif self._state == _BODY:
             timeout = self._limits.body_timeout_s

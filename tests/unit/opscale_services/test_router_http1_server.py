@@ -94,7 +94,7 @@ async def behind_a_stream(handler: Slow, port: int) -> AsyncIterator[socket.sock
 
 async def send_until_stuck(sock: socket.socket, block: bytes, cap_bytes: int) -> int:
     """Send `block` again and again without reading, until the server stops taking bytes (the send buffer
-    stays full over many turns of the loop) or `cap_bytes` went; the bytes sent."""
+    stays full over many turns of the loop) or drops the connection, or `cap_bytes` went; the bytes sent."""
     sent = stuck = 0
     view = memoryview(block)
     at = 0
@@ -103,6 +103,8 @@ async def send_until_stuck(sock: socket.socket, block: bytes, cap_bytes: int) ->
             n = sock.send(view[at:])
         except BlockingIOError:
             n = 0
+        except ConnectionError:
+            break  # the server dropped the connection
         sent += n
         at = (at + n) % len(block)
         stuck = 0 if n else stuck + 1
@@ -281,3 +283,51 @@ async def test_an_answer_whose_client_is_gone_is_a_disconnect_not_a_server_error
         with suppress(Exception):
             await server.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+class Flood(Slow):
+    """A stream that writes events until its client stops taking them; it records how its writes ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def __call__(self, request: Http1Request, exchange: Http1Exchange) -> None:
+        head = exchange.chunked_head(200, b"Content-Type: text/event-stream\r\n")
+        try:
+            while True:
+                await exchange.write(b"data: " + b"x" * 16384 + b"\n\n", head)
+                head = b""
+        except BaseException as exc:
+            self.ended.set_result(exc)
+            raise
+
+
+async def test_a_stream_whose_client_reads_nothing_ends_at_the_send_timeout() -> None:
+    handler = Flood()
+    async with serving(handler, LIMITS.model_copy(update={"send_timeout_s": 0.2})) as (server, port):
+        sock = client_socket(port, rcvbuf=4096)
+        try:
+            sock.send(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            ended = await asyncio.wait_for(handler.ended, GUARD_S)  # and never read
+            assert isinstance(ended, ConnectionResetError), ended
+            for _ in range(5):
+                await asyncio.sleep(0)  # noqa: TID251 - connection_lost
+            assert not server.connections  # dropped, not left to flush to a client that does not read
+        finally:
+            sock.close()
+
+
+async def test_a_pipelining_client_that_reads_nothing_is_dropped_at_the_send_timeout() -> None:
+    async with serving(Slow(), LIMITS.model_copy(update={"send_timeout_s": 0.2})) as (server, port):
+        sock = client_socket(port, rcvbuf=4096)
+        try:
+            await send_until_stuck(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 1000, 64 << 20)
+
+            async def dropped() -> None:
+                while server.connections:
+                    await asyncio.sleep(0.01)  # noqa: TID251 - polled under the hang guard
+
+            await asyncio.wait_for(dropped(), GUARD_S)
+        finally:
+            sock.close()
