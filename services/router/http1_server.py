@@ -276,6 +276,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._limits = limits
         self._loop = server.loop
         self._parser = HttpRequestParser(self)
+        self._on_head = server.on_head
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -441,7 +442,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         headers = self._headers
         path, _, self._query = self._url.decode("latin-1").partition("?")
         self._path = path if path.startswith("/") else _origin_path(path)
-        check = self._server.on_head
+        check = self._on_head
         if check is not None:
             # before the body is read (or asked for with 100 Continue): a request without a valid key is
             # refused whatever its body
@@ -492,7 +493,12 @@ class _Http1ServerConnection(asyncio.Protocol):
             return
         if not keep_alive:
             self._stop = True
-        self._enqueue(request)
+        queue = self._queue  # (_enqueue, inlined: once a request)
+        queue.append(request)
+        if self._task is None and not self._blocked:
+            self._start_next()
+        elif len(queue) >= _MAX_QUEUED and not self._reading_paused:
+            self._flow()
 
     def _upgrade_request(self, request: Http1Request) -> None:
         """A request asking for another protocol (`Upgrade`, as `curl --http2` asks for h2c) or CONNECT, which
