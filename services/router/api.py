@@ -45,6 +45,7 @@ from opscale.runtime.live.server_limits import ServerLimits
 from opscale_services.router.auth import CHALLENGE, OPEN_PATHS, TenantGate
 from opscale_services.router.http1_server import (
     ClientSink,
+    HeadRefusal,
     Http1Exchange,
     Http1Request,
     Http1Server,
@@ -136,7 +137,8 @@ async def serve_router(app: RouterApi, limits: ServerLimits | None = None, host:
     server's `close` drains it, bounded by `shutdown_timeout_s`. `access_log`: a log line per answer
     (`opscale.router.access`); off by default, since the records and /metrics count every request."""
     handler = app.handle_logged if access_log else app.handle
-    server = Http1Server(handler, limits, shutdown_timeout_s=shutdown_timeout_s, on_refused=app.refused)
+    server = Http1Server(handler, limits, shutdown_timeout_s=shutdown_timeout_s, on_refused=app.refused,
+                         on_head=app.check_head if app.gated else None)
     await server.start(host, port, reuse_port=reuse_port)
     return server
 
@@ -182,15 +184,33 @@ class RouterApi:
         finally:
             access_log.info('"%s %s HTTP/%s" %d', request.method, request.path, request.version, exchange.status)
 
+    @property
+    def gated(self) -> bool:
+        """Whether requests need a key (`check_head` then names their tenant)."""
+        return self._gate is not None
+
+    def check_head(self, path: str, headers: dict[str, str]) -> Tenant | HeadRefusal | None:
+        """The server's head check: the key's tenant (all but /health), or a 401 refusal answered before
+        the body is read (or asked for with `100 Continue`), as a key-less client expects."""
+        if self._gate is None or path in OPEN_PATHS:
+            return None
+        authenticated = self._gate.authenticate(headers)
+        if isinstance(authenticated, ApiError):
+            return HeadRefusal(authenticated, CHALLENGE)
+        return authenticated
+
     async def handle(self, request: Http1Request, exchange: Http1Exchange) -> None:
-        """Answer one request: its key first (all but /health), then its route."""
+        """Answer one request: its key first (all but /health; the server's head check authenticated it),
+        then its route."""
         path = request.path
         tenant: Tenant | None = None
         if self._gate is not None and path not in OPEN_PATHS:
-            authenticated = self._gate.authenticate(request.headers)
-            if isinstance(authenticated, ApiError):
-                exchange.respond_error(authenticated, CHALLENGE)
-                return
+            authenticated = request.auth
+            if not isinstance(authenticated, Tenant):  # a server without the head check
+                authenticated = self.check_head(path, request.headers)
+                if isinstance(authenticated, HeadRefusal):
+                    exchange.respond_error(authenticated.error, authenticated.headers)
+                    return
             tenant = authenticated
         kind = _COMPLETION_PATHS.get(path)
         if kind is not None:
@@ -215,11 +235,11 @@ class RouterApi:
         else:
             exchange.respond_error(error_for_status(404, f"Not Found: {request.method} {path}"))
 
-    def refused(self, status: int) -> None:
+    def refused(self, status: int, tenant: object = None) -> None:
         """A request the server refused before it reached a handler (408 body too slow, 413 too large):
-        counted as the handlers' answers are, without a model."""
+        counted as the handlers' answers are, without a model, under its key's tenant (known from its head)."""
         if self._metrics is not None and status in (408, 413):
-            self._metrics.answered("", status, "")
+            self._metrics.answered("", status, tenant.key_id if isinstance(tenant, Tenant) else "")
 
     @staticmethod
     def _not_allowed(request: Http1Request, exchange: Http1Exchange, allow: str) -> None:
@@ -244,7 +264,7 @@ class RouterApi:
         seen = _Seen()
         try:
             await self._answer(request, exchange, kind, tenant, seen)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
             metrics.answered(seen.model, 499, key_id)  # the client went away before the answer
             raise
         # an unknown model (404) is counted under "": a client's random names make no series
@@ -257,6 +277,10 @@ class RouterApi:
         id to quote) when nothing was sent yet; a stream already started is cut."""
         try:
             await self._generate(request, exchange, kind, tenant, seen)
+        except ConnectionResetError:
+            # the client went away (its answer could not be written): a disconnect, not the server's error
+            log.info("client of request %s disconnected before its answer", seen.request_id)
+            raise
         except Exception:
             log.exception("unhandled error serving %s %s (request id %s)", request.method, request.path,
                           seen.request_id)

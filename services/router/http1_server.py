@@ -12,13 +12,21 @@ leaves to its user, each answered clearly with OpenAI's error body (ServerLimits
   `keepalive_timeout_s` (a later one, counted from the previous answer) is closed, without an answer;
 - a request line or header line longer than `max_header_bytes`, or more than `max_headers` headers: 431;
 - a body larger than `max_body_bytes` (declared or, chunked, as it arrives): 413; a body that does not
-  arrive within `body_timeout_s` of its head: 408; a head llhttp cannot parse: 400. After each of these
-  the connection is closed: once the client's remaining body is read (bounded by `_LINGER_S`), so that
-  it reads the answer rather than a reset;
-- `Expect: 100-continue` is answered before the body is read.
+  arrive within `body_timeout_s` of its head: 408; a head llhttp cannot parse: 400; a head the server's
+  head check refuses (the API's key check: 401), before its body is read. After each of these the
+  connection is closed: once the client's remaining body is read (bounded by `_LINGER_S`), so that it
+  reads the answer rather than a reset. A head over its bound is not parsed further (llhttp would buffer a
+  header line without end), nor is anything more read;
+- `Expect: 100-continue` is answered before the body is read, once the answers before it are written;
+- a request asking for another protocol (`Upgrade`, e.g. h2c) or CONNECT is answered once as HTTP/1.1,
+  with its `Content-Length` body, and then the connection closes;
+- an HTTP/1.0 client whose connection is kept is told so (`Connection: keep-alive`).
 
 Requests on one connection are answered in order, one at a time (pipelined ones wait, at most
-`_MAX_QUEUED` read ahead). A client that disconnects cancels its handler, so a request waiting for its
+`_MAX_QUEUED` read ahead). The next answer waits while the client has not read the ones before (asyncio's
+write buffer is full), and nothing more is read meanwhile, so a client that sends and never reads holds
+one buffer's worth; a client that reads nothing of its answers for `send_timeout_s` (between answers or
+in a stream) is disconnected, which ends its handler. A client that disconnects cancels its handler, so a request waiting for its
 next token stops (and releases its upstream work) at once. `Http1Server.stop_accepting` closes the
 listening sockets at once (a replacement on the host can bind the port) and `close` drains: idle
 connections close now, answers in flight may finish until the drain timeout, then they are cancelled.
@@ -34,6 +42,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import NamedTuple
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -42,7 +51,7 @@ from opscale.openai.schema import ApiError, body_too_large, error_for_status
 from opscale.runtime.live.openai_http import unix_now_s
 from opscale.runtime.live.server_limits import ServerLimits
 
-__all__ = ["Handler", "Http1Exchange", "Http1Request", "Http1Server", "SERVER_NAME"]
+__all__ = ["Handler", "HeadCheck", "HeadRefusal", "Http1Exchange", "Http1Request", "Http1Server", "SERVER_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +66,33 @@ _JSON = b"application/json"
 Handler = Callable[["Http1Request", "Http1Exchange"], Awaitable[None]]
 
 
+class HeadRefusal(NamedTuple):
+    """What a head check returns to refuse a request before its body is read: the error, and the answer's
+    extra headers."""
+
+    error: ApiError
+    headers: dict[str, str] | None = None
+
+
+HeadCheck = Callable[[str, dict[str, str]], object]
+"""`check(path, headers)`, called with each request's head before its body is read: a HeadRefusal refuses
+it (the connection then closes), anything else is the request's `auth`."""
+
+
 class _StopParsing(Exception):
     """Raised by a parser callback that has already decided what to do with the rest of the read."""
 
 
 class Http1Request:
     """One request, read whole. `headers` holds lower-case names (a repeated header's values joined
-    with ", "); `path` is the target up to any `?` (`query` after it), percent-encoding left as sent."""
+    with ", "); `path` is the target up to any `?` (`query` after it), percent-encoding left as sent;
+    `auth` what the server's head check returned for it (None without one)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "version")
+    __slots__ = ("auth", "body", "headers", "keep_alive", "method", "path", "query", "version")
 
     def __init__(self, method: str, path: str, query: str, version: str, headers: dict[str, str],
-                 body: bytes, keep_alive: bool) -> None:
+                 body: bytes, keep_alive: bool, auth: object = None) -> None:
+        self.auth = auth
         self.method = method
         self.path = path
         self.query = query
@@ -100,12 +124,17 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status: _status_line(status) for status in HTTPStatus}
 
 
-def encode_head(status: int, fields: bytes, keep_alive: bool) -> bytes:
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+
+
+def encode_head(status: int, fields: bytes, keep_alive: bool, http10: bool = False) -> bytes:
     """A response head: status line, `fields` (whole `Name: value\\r\\n` lines), date, server, and
-    `Connection: close` when the connection ends after the answer."""
+    `Connection: close` when the connection ends after the answer (`Connection: keep-alive` when it is
+    kept for an HTTP/1.0 client, which otherwise assumes the close)."""
     line = _STATUS_LINES.get(status) or _status_line(status)  # type: ignore[call-overload]
-    return b"%b%bDate: %b\r\nServer: %b\r\n%b\r\n" % (
-        line, fields, _http_date(), SERVER_NAME.encode(), b"" if keep_alive else b"Connection: close\r\n")
+    connection = (_KEEP_ALIVE if http10 else b"") if keep_alive else _CLOSE
+    return b"%b%bDate: %b\r\nServer: %b\r\n%b\r\n" % (line, fields, _http_date(), SERVER_NAME.encode(), connection)
 
 
 def header_lines(headers: dict[str, str] | None) -> bytes:
@@ -118,7 +147,8 @@ def header_lines(headers: dict[str, str] | None) -> bytes:
     return text.encode("latin-1")
 
 
-def error_answer(error: ApiError, extra_headers: dict[str, str] | None = None, keep_alive: bool = True) -> bytes:
+def error_answer(error: ApiError, extra_headers: dict[str, str] | None = None, keep_alive: bool = True,
+                 http10: bool = False) -> bytes:
     """A whole OpenAI error answer (status, head and JSON body)."""
     headers = error.headers()
     if extra_headers:
@@ -126,7 +156,7 @@ def error_answer(error: ApiError, extra_headers: dict[str, str] | None = None, k
     body = dumps_json(error.body())
     fields = b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n%b" % (
         len(body), header_lines(headers))
-    return encode_head(error.status, fields, keep_alive) + body
+    return encode_head(error.status, fields, keep_alive, http10) + body
 
 
 class Http1Exchange:
@@ -154,20 +184,20 @@ class Http1Exchange:
         """A whole answer with a `Content-Length` body."""
         fields = b"Content-Type: %b; charset=utf-8\r\nContent-Length: %d\r\n%b" % (
             content_type, len(body), header_lines(headers))
-        self._send(status, encode_head(status, fields, self._keep_alive) + body)
+        self._send(status, encode_head(status, fields, self._keep_alive, not self._chunked) + body)
 
     def respond_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
-        self._send(error.status, error_answer(error, headers, self._keep_alive))
+        self._send(error.status, error_answer(error, headers, self._keep_alive, not self._chunked))
 
     def _send(self, status: int, data: bytes) -> None:
         if self.status:
             raise RuntimeError("an answer was already sent")
         self.status = status
-        self.finished = True
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
+            raise ConnectionResetError("the client closed the connection")  # not finished: the close follows
         transport.write(data)
+        self.finished = True
 
     def chunked_head(self, status: int, fields: bytes) -> bytes:
         """The head of a streamed answer, to be sent with its first data (`write(data, head)`)."""
@@ -178,7 +208,7 @@ class Http1Exchange:
             fields += b"Transfer-Encoding: chunked\r\n"
         else:
             self._keep_alive = False  # HTTP/1.0: the body ends at the close
-        return encode_head(status, fields, self._keep_alive)
+        return encode_head(status, fields, self._keep_alive, not self._chunked)
 
     def frame(self, data: bytes) -> bytes:
         """`data` as it goes on the wire: one chunk, or as it is to an HTTP/1.0 client."""
@@ -246,6 +276,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._limits = limits
         self._loop = server.loop
         self._parser = HttpRequestParser(self)
+        self._on_head = server.on_head
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -254,11 +285,18 @@ class _Http1ServerConnection(asyncio.Protocol):
         # the message being read
         self._state = _HEAD
         self._url = b""
+        self._path = ""
+        self._query = ""
         self._headers: dict[str, str] = {}
+        self._auth: object = None  # what the server's head check made of it
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._head_at = 0.0
+        self._continue = False  # `100 Continue` is owed, once the requests read before this one are answered
+        # a request with Upgrade (or CONNECT), whose Content-Length body llhttp leaves to its user: its bytes still due
+        self._upgrade: Http1Request | None = None
+        self._upgrade_left = 0
         self._refused = False  # refused (408, 413, 431, 400): what follows is read and dropped, then the close
         self._refusal = b""  # the refusal's answer, while it waits for the answers to requests read before it
         self._linger_at = 0.0  # when a refused connection closes, its body unread or not
@@ -268,6 +306,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._queue: deque[Http1Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
+        self._blocked = False  # an answer ended while the client was not reading: the next waits (resume_writing)
         self._answered = 0
         self._idle_since = self._loop.time()
         # one lazy timer for whichever deadline is in force (see _due)
@@ -303,20 +342,37 @@ class _Http1ServerConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._blocked:  # the client read the answers so far: the next request's turn, and reading again
+            self._blocked = False
+            self._flow()
+            self._proceed()
 
     async def drain(self) -> None:
         if not self.writing_paused:
             return
         if self._closed:
             raise ConnectionResetError("the client closed the connection")
-        self._drain_waiter = self._loop.create_future()
+        waiter = self._drain_waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._limits.send_timeout_s, self._send_timed_out, waiter)
         try:
-            await self._drain_waiter
+            await waiter
         finally:
+            timer.cancel()
             self._drain_waiter = None
+
+    def _send_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        """The client read nothing for `send_timeout_s`: its answer fails (the handler releases its upstream
+        work) and the connection is dropped (a close would wait for the client to read the buffer)."""
+        if not waiter.done():
+            waiter.set_exception(ConnectionResetError(
+                f"the client read nothing for {self._limits.send_timeout_s:g} s"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._parser_failed or (self._stop and not self._refused):
+            if self._upgrade is not None and not self._refused:
+                self._upgrade_body(data)
             return  # after a request that ends the connection, or bytes llhttp refused: nothing more is read
         if self._state == _HEAD:
             self._head_bytes += len(data)
@@ -326,18 +382,26 @@ class _Http1ServerConnection(asyncio.Protocol):
             if not isinstance(exc.__context__, _StopParsing):
                 raise (exc.__context__ or exc) from None
             self._parser_failed = True  # llhttp stops at a callback's error: nothing more is read
-        except (HttpParserUpgrade, HttpParserError) as exc:
+        except HttpParserUpgrade as exc:
+            # the request before was answered as HTTP/1.1 (see on_message_complete): llhttp reads no further,
+            # the rest of this read is its body, if it has one
+            self._parser_failed = True
+            if self._upgrade is not None:
+                self._upgrade_body(data[exc.args[0]:])
+            else:
+                self._flow()
+        except HttpParserError as exc:
             # the parser cannot go on: nothing more of this connection is read, and it closes after the
             # answers to the requests read before and the refusal (or at once, when one was answered)
             self._parser_failed = True
             if not self._refused:
-                reason = "protocol upgrades are not served" if isinstance(exc, HttpParserUpgrade) else str(exc)
-                self._refuse(error_for_status(400, f"Bad HTTP request: {reason}", code="bad_http_request"))
+                self._refuse(error_for_status(400, f"Bad HTTP request: {exc}", code="bad_http_request"))
             elif not self._refusal and self.transport is not None:
                 self.transport.close()
+            self._flow()
             return
         if self._state == _HEAD and not self._refused and self._head_bytes > self._server.max_head_bytes:
-            self._refuse(self._server.head_too_large)
+            self._refuse_head()
 
     def eof_received(self) -> bool | None:
         # The client closed its side: taken as a disconnect (as aiohttp's server takes it), so a request
@@ -352,18 +416,19 @@ class _Http1ServerConnection(asyncio.Protocol):
             raise _StopParsing  # a request after one that ends the connection: not read
         self._url = b""
         self._headers = {}
+        self._auth = None
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._limits.max_header_bytes:
-            self._refuse(self._server.head_too_large)
+            self._refuse_head()
             raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if len(name) + len(value) + 2 > self._limits.max_header_bytes or len(headers) >= self._limits.max_headers:
-            self._refuse(self._server.head_too_large)
+            self._refuse_head()
             raise _StopParsing
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -375,14 +440,28 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         headers = self._headers
+        path, _, self._query = self._url.decode("latin-1").partition("?")
+        self._path = path if path.startswith("/") else _origin_path(path)
+        check = self._on_head
+        if check is not None:
+            # before the body is read (or asked for with 100 Continue): a request without a valid key is
+            # refused whatever its body
+            auth = check(self._path, headers)
+            if isinstance(auth, HeadRefusal):
+                self._refuse(auth.error, auth.headers)
+                return
+            self._auth = auth
         length = headers.get("content-length")
         max_body = self._limits.max_body_bytes
         if length is not None and length.isdigit() and int(length) > max_body:
             self._refuse(body_too_large(max_body))
             return
-        if headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._head_at = now = self._loop.time()
+        if headers.get("expect", "").lower() == "100-continue":
+            if self._task is None and not self._blocked and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:  # an answer before it is still being written: sent when this request's turn comes (_proceed)
+                self._continue = True
         if self._task is None:  # else the handler's answer in progress: the deadline is re-armed after it
             self._arm(now + self._limits.body_timeout_s)
 
@@ -398,36 +477,87 @@ class _Http1ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._state = _HEAD
         self._head_bytes = 0
+        self._continue = False  # the body came without it
         if self._refused:
             if not self._refusal and self.transport is not None:
                 self.transport.close()  # the refused request's body is all read: its answer left before
             raise _StopParsing
         parser = self._parser
-        url = self._url.decode("latin-1")
-        path, _, query = url.partition("?")
-        if not path.startswith("/"):
-            path = _origin_path(path)
         body = self._body
         keep_alive = parser.should_keep_alive() and not self.draining
-        request = Http1Request(parser.get_method().decode(), path, query, parser.get_http_version(), self._headers,
-                               body[0] if len(body) == 1 else b"".join(body), keep_alive)
+        request = Http1Request(parser.get_method().decode(), self._path, self._query, parser.get_http_version(),
+                               self._headers, body[0] if len(body) == 1 else b"".join(body), keep_alive, self._auth)
         self._body = []
+        if parser.should_upgrade():
+            self._upgrade_request(request)
+            return
         if not keep_alive:
             self._stop = True
-        self._queue.append(request)
-        if self._task is None:
+        queue = self._queue  # (_enqueue, inlined: once a request)
+        queue.append(request)
+        if self._task is None and not self._blocked:
             self._start_next()
-        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        elif len(queue) >= _MAX_QUEUED and not self._reading_paused:
+            self._flow()
+
+    def _upgrade_request(self, request: Http1Request) -> None:
+        """A request asking for another protocol (`Upgrade`, as `curl --http2` asks for h2c) or CONNECT, which
+        llhttp ends at its head: answered as HTTP/1.1, the Upgrade ignored (RFC 9110 7.8 allows it, and
+        aiohttp did so), with its `Content-Length` body, once read (`_upgrade_body`); then the connection
+        closes, since llhttp reads nothing after it."""
+        request.keep_alive = False
+        self._stop = True
+        length = request.headers.get("content-length")
+        if "transfer-encoding" in request.headers:
+            self._refuse(error_for_status(400, "Bad HTTP request: a chunked body with Upgrade is not served",
+                                          code="bad_http_request"))
+        elif length is not None and length.isdigit() and int(length) > 0:
+            self._state = _BODY  # (its deadline: the body's, from its head)
+            self._upgrade = request
+            self._upgrade_left = int(length)
+        else:
+            self._enqueue(request)
+
+    def _upgrade_body(self, data: bytes) -> None:
+        request = self._upgrade
+        assert request is not None
+        piece = data[:self._upgrade_left]
+        self._upgrade_left -= len(piece)
+        self._body.append(piece)
+        if self._upgrade_left:
+            return
+        self._upgrade = None
+        self._state = _HEAD
+        request.body, self._body = b"".join(self._body), []
+        self._enqueue(request)
+        self._flow()
+
+    def _enqueue(self, request: Http1Request) -> None:
+        self._queue.append(request)
+        if self._task is None and not self._blocked:
+            self._start_next()
+        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
+            self._flow()
 
     # -- answering ----------------------------------------------------------------------------------
 
+    def _flow(self) -> None:
+        """Read from the client or not: not while an answer waits for it to read the ones before
+        (`_blocked`), while `_MAX_QUEUED` requests wait, or once nothing more is parsed."""
+        pause = (self._blocked or len(self._queue) >= _MAX_QUEUED
+                 or (self._parser_failed and self._upgrade is None))
+        transport = self.transport
+        if pause != self._reading_paused and transport is not None and not transport.is_closing():
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
     def _start_next(self) -> None:
         request = self._queue.popleft()
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        if self._reading_paused:
+            self._flow()
         self._task = self._loop.create_task(self._answer(request))
 
     async def _answer(self, request: Http1Request) -> None:
@@ -455,6 +585,18 @@ class _Http1ServerConnection(asyncio.Protocol):
         if exchange is None or not exchange.finished or not exchange.keep_alive or self.draining:
             transport.close()  # an answer cut short, or the connection's last
             return
+        if self.writing_paused:
+            # The client has not read the answers so far: the next request waits until it does, and nothing
+            # more is read meanwhile, so a client that pipelines and never reads holds one buffer's worth.
+            self._blocked = True
+            self._flow()
+            self._idle_since = self._loop.time()
+            self._arm(self._idle_since + self._limits.send_timeout_s)
+            return
+        self._proceed()
+
+    def _proceed(self) -> None:
+        """After an answer: the next request read, the refusal read after it, or waiting for the next."""
         if self._queue:
             self._start_next()
             return
@@ -463,11 +605,22 @@ class _Http1ServerConnection(asyncio.Protocol):
             return
         now = self._idle_since = self._loop.time()
         if self._state == _BODY:
+            if self._continue and self.transport is not None:
+                self._continue = False  # this request's turn: its body may come now, and its deadline runs
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._head_at = now
             self._arm(self._head_at + self._limits.body_timeout_s)  # a pipelined body still arriving
         else:
             self._arm(now + self._limits.keepalive_timeout_s)
 
-    def _refuse(self, error: ApiError) -> None:
+    def _refuse_head(self) -> None:
+        """431: llhttp is fed nothing more (it would buffer a header line without end) and nothing more is
+        read; the refusal follows the answers to the requests read before."""
+        self._parser_failed = True
+        self._refuse(self._server.head_too_large)
+        self._flow()
+
+    def _refuse(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
         """Answer `error` once the requests read before it are answered, then end the connection: at once
         when nothing of the refused request is left unread (or nothing more can be read), else once the
         rest of its body is read and dropped, or at the linger bound."""
@@ -475,8 +628,8 @@ class _Http1ServerConnection(asyncio.Protocol):
             return
         self._refused = True
         self._stop = True
-        self._server.refused(error.status)
-        self._refusal = error_answer(error, keep_alive=False)
+        self._server.refused(error.status, self._auth)
+        self._refusal = error_answer(error, headers, keep_alive=False)
         if self._task is None and not self._queue:
             self._send_refusal()
 
@@ -497,6 +650,8 @@ class _Http1ServerConnection(asyncio.Protocol):
     def _due(self) -> float | None:
         """The deadline in force: the refusal's linger, the body's, the idle connection's, or none while
         an answer is being written."""
+        if self._blocked:
+            return self._idle_since + self._limits.send_timeout_s  # the client reads none of its answers
         if self._refused:
             return None if self._task is not None or self._refusal else self._linger_at
         if self._state == _BODY:
@@ -526,7 +681,9 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._timer_at = due
             self._timer = self._loop.call_at(due, self._on_timer)
             return
-        if self._refused:
+        if self._blocked:
+            transport.abort()  # a close would wait for the client to read what is buffered
+        elif self._refused:
             transport.close()
         elif self._state == _BODY:
             timeout = self._limits.body_timeout_s
@@ -568,11 +725,14 @@ def _origin_path(target: str) -> str:
 class Http1Server:
     """The listening side: `start` binds (SO_REUSEPORT when asked, for workers sharing a port),
     `stop_accepting` closes the listening sockets, `close` drains the connections (bounded by
-    `shutdown_timeout_s`). `handler(request, exchange)` answers each request."""
+    `shutdown_timeout_s`). `handler(request, exchange)` answers each request; `on_head` checks each head
+    before its body is read (HeadCheck); `on_refused(status, auth)` hears each refusal the server answers
+    itself (`auth` from `on_head`, None before it)."""
 
     def __init__(self, handler: Handler, limits: ServerLimits | None = None, *, shutdown_timeout_s: float = 60.0,
-                 on_refused: Callable[[int], None] | None = None) -> None:
+                 on_refused: Callable[[int, object], None] | None = None, on_head: HeadCheck | None = None) -> None:
         self.handler = handler
+        self.on_head = on_head
         self.limits = limits or ServerLimits()
         self.shutdown_timeout_s = shutdown_timeout_s
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
@@ -586,9 +746,9 @@ class Http1Server:
             431, f"Request header fields too large: a request line or header is longer than {limits.max_header_bytes} "
             f"bytes, or there are more than {limits.max_headers} headers", code="request_header_fields_too_large")
 
-    def refused(self, status: int) -> None:
+    def refused(self, status: int, auth: object = None) -> None:
         if self._on_refused is not None:
-            self._on_refused(status)
+            self._on_refused(status, auth)
 
     def connection_factory(self) -> _Http1ServerConnection:
         """A protocol for one accepted connection."""

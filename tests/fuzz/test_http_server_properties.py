@@ -129,3 +129,39 @@ def test_a_chunked_body_within_its_bound_is_read_whole(body: bytes, sizes: list[
     answers, _ = run(split(encode("/v1/completions", body, True, sizes), cuts))
     [(status, _, answer)] = answers
     assert status == 200 and json.loads(answer)["body"] == len(body)
+
+
+_UPGRADES = ["Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+             "Connection: Upgrade\r\nUpgrade: websocket\r\n"]
+
+
+@PROPERTY
+@given(upgrade=st.sampled_from(_UPGRADES), body=st.binary(max_size=MAX_BODY), before=st.booleans(),
+       cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_a_request_asking_for_an_upgrade_is_answered_once_as_http11_with_its_body_then_the_close(
+        upgrade: str, body: bytes, before: bool, cuts: list[int]) -> None:
+    # as `curl --http2` asks on http://: the Upgrade ignored, the request served, and nothing after it
+    good = encode("/v1/completions", b"{}", False, [])
+    asked = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Length: {len(body)}\r\n\r\n".encode()
+             + body)
+    answers, closed = run(split((good if before else b"") + asked + good, cuts))
+    assert closed
+    assert [status for status, _, _ in answers] == [200] * (1 + before)
+    _, headers, answer = answers[-1]
+    assert headers["connection"] == "close" and json.loads(answer)["body"] == len(body)
+
+
+def test_a_connect_request_is_answered_once_then_the_close() -> None:
+    answers, closed = run([b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01"])
+    assert closed and len(answers) == 1 and answers[0][1]["connection"] == "close"
+
+
+@PROPERTY
+@given(keep=st.booleans(), count=st.integers(1, 3), cuts=st.lists(st.integers(0, 500), max_size=6))
+def test_an_http10_client_is_told_when_its_connection_is_kept(keep: bool, count: int, cuts: list[int]) -> None:
+    one = b"GET /v1/models HTTP/1.0\r\n%b\r\n" % (b"Connection: keep-alive\r\n" if keep else b"")
+    answers, closed = run(split(one * count, cuts))
+    if keep:  # each answered, each saying the connection stays (a 1.0 client assumes the close otherwise)
+        assert not closed and [h["connection"] for _, h, _ in answers] == ["keep-alive"] * count
+    else:  # the first answered, with the close
+        assert closed and [h["connection"] for _, h, _ in answers] == ["close"]

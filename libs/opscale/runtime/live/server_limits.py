@@ -10,7 +10,8 @@ __all__ = ["ServerLimits"]
 
 class ServerLimits(BaseModel):
     """What a public HTTP server allows a client: how long it may take to send a request's head and
-    body, how long an idle keep-alive connection is kept, and how large a head and a body may be. Each
+    body, how long an idle keep-alive connection is kept, how long a client may leave its answers unread,
+    and how large a head and a body may be. Each
     limit is answered clearly: a connection that sends no complete head in time
     is closed, a slow body gets 408, a header too large 431, a body too large 413, all with OpenAI's
     error body."""
@@ -23,6 +24,8 @@ class ServerLimits(BaseModel):
                                   "(408 otherwise)")
     keepalive_timeout_s: float = Field(30.0, gt=0, description="An idle keep-alive connection is closed after "
                                        "this (also bounds a stalled head on a reused connection)")
+    send_timeout_s: float = Field(60.0, gt=0, description="A client that reads nothing of its answers for this "
+                                  "long is disconnected (a stream's upstream request is then released)")
     max_header_bytes: int = Field(8190, ge=1024, description="Longest request line and header line "
                                   "(431 beyond it)")
     max_headers: int = Field(128, ge=8, description="Most header lines in a request (431 beyond it)")
