@@ -4,6 +4,8 @@ learning from it; the reasons name the loop that made each change."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -208,6 +210,12 @@ def test_each_roles_solve_sees_the_fleet_the_other_roles_leave_it() -> None:
         assert view.total_gpus == {(east, sku): n - others[sku] for (_, sku), n in fleet.items()}
         assert view.gpu_quotas == {(east, "H100-80GB"): 64 - others["H100-80GB"], (east, "H20"): 32 - others["H20"]}
         assert view.free_gpus == seen.free_gpus
+    # an instance counts on the SKU it runs on (placed_by_option), not its deployment's preferred one
+    placed = dict(pools)
+    moe = PoolKey(MODEL, east)
+    placed[moe] = PoolObservation(moe, ready=1, placed_by_option={("H20", 2): 1})
+    view = policy._role_view(replace(seen, pools=placed), Role.DECODE, policy.mips[Role.DECODE], {})
+    assert view.total_gpus == {(east, "H100-80GB"): 24 - 3, (east, "H20"): 16 - 2}
 
 
 def test_the_hourly_loop_prices_p_and_d_at_heteroscales_target_not_the_roofline() -> None:

@@ -260,9 +260,10 @@ class OpscalePolicy:
         for key, pool in observation.pools.items():
             if key.role is not role or key.model not in mip.deployments:
                 spec = self.deployments[key.model].pool(key.role) if key.model in self.deployments else None
-                if spec is not None:
-                    where = (key.region, spec.sku)
-                    held_elsewhere[where] = held_elsewhere.get(where, 0) + pool.expected * spec.tp
+                # where its instances run (placed_by_option), else its own SKU
+                held = pool.placed_by_option or ({(spec.sku, spec.tp): pool.expected} if spec is not None else {})
+                for (sku, tp), n in held.items():
+                    held_elsewhere[(key.region, sku)] = held_elsewhere.get((key.region, sku), 0) + n * tp
                 continue
             view_key = PoolKey(key.model, key.region)
             forecast = pool.forecast_rps_hi
