@@ -124,6 +124,7 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status: _status_line(status) for status in HTTPStatus}
 
 
+_SERVER = SERVER_NAME.encode()
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 
@@ -134,7 +135,7 @@ def encode_head(status: int, fields: bytes, keep_alive: bool, http10: bool = Fal
     kept for an HTTP/1.0 client, which otherwise assumes the close)."""
     line = _STATUS_LINES.get(status) or _status_line(status)  # type: ignore[call-overload]
     connection = (_KEEP_ALIVE if http10 else b"") if keep_alive else _CLOSE
-    return b"%b%bDate: %b\r\nServer: %b\r\n%b\r\n" % (line, fields, _http_date(), SERVER_NAME.encode(), connection)
+    return b"%b%bDate: %b\r\nServer: %b\r\n%b\r\n" % (line, fields, _http_date(), _SERVER, connection)
 
 
 def header_lines(headers: dict[str, str] | None) -> bytes:
