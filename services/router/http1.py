@@ -269,9 +269,18 @@ class Http1Connection(asyncio.Protocol):
         self._reset()
         self.transport.write(request)
 
-    async def read_head(self) -> ResponseHead:
+    async def read_head(self, until_body: bool = False) -> ResponseHead:
+        """The response head. `until_body`: return only once the body's first bytes are in too (or its end,
+        or a failure, which the next `read` raises), so that a caller who reads the body next is woken once
+        for both rather than twice: a task's wake-up is a share of the router's CPU per request."""
         while self._head is None:
             await self._wait()
+        while until_body and not self._body and self._mode != _DONE and self._error is None:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self._head
 
     async def read(self) -> bytes:
@@ -376,7 +385,7 @@ class Http1Pool:
 
     async def exchange_head(self, endpoint: Endpoint, request: bytes, deadline: float | None = None,
                             on_connection: Callable[[Http1Connection], None] | None = None,
-                            ) -> tuple[Http1Connection, ResponseHead]:
+                            until_body: bool = False) -> tuple[Http1Connection, ResponseHead]:
         """Send `request` and wait for the response head. The caller reads the body from the connection
         and hands it back with `release`. A reused connection found closed before any response byte is
         replaced once by a new one. With `deadline` (the loop's clock), the whole wait ends there with a
@@ -384,7 +393,9 @@ class Http1Pool:
         request costs a share of the router's CPU per request), a timeout context only a wait for a
         connection (a new one, or a place in the pool). With `on_connection`, the caller is told each
         connection the request is sent on, before the wait for its head, and bounds that wait itself (its
-        own timer aborts the connection: one timer for a deadline that also bounds what follows the head)."""
+        own timer aborts the connection: one timer for a deadline that also bounds what follows the head).
+        `until_body` (with `on_connection`, whose caller's timer bounds that wait too): see
+        `Http1Connection.read_head`."""
         for attempt in (0, 1):
             conn = self._take_idle((endpoint.scheme, endpoint.host, endpoint.port))
             reused = conn is not None
@@ -399,10 +410,10 @@ class Http1Pool:
                 if on_connection is not None:
                     on_connection(conn)
                 if deadline is None or on_connection is not None:
-                    return conn, await conn.read_head()
+                    return conn, await conn.read_head(until_body)
                 timer = conn._loop.call_at(deadline, conn.head_due)
                 try:
-                    return conn, await conn.read_head()
+                    return conn, await conn.read_head()  # (the timer bounds the head only)
                 finally:
                     timer.cancel()
             except ConnectionLost as exc:
