@@ -157,6 +157,7 @@ class Http1Connection(asyncio.Protocol):
         self._keep_alive = True
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._head_waits_for_body = False  # read_head(until_body): a read that brings only the head wakes nobody
         self._paused = False
         self.response_started = False
 
@@ -204,7 +205,8 @@ class Http1Connection(asyncio.Protocol):
             if self._head_bytes > _MAX_HEAD_BYTES and self._error is None:
                 self._violation("response head too large")
             return
-        if self._error is not None or self.on_body is None or self._mode == _DONE:
+        if self._error is not None or self._mode == _DONE or (
+                self.on_body is None and (self._body or not self._head_waits_for_body)):
             self.wake()
         if self.on_done is not None and self._mode == _DONE:
             self._body.clear()  # a parked connection: the caller has what it wanted
@@ -271,17 +273,23 @@ class Http1Connection(asyncio.Protocol):
 
     async def read_head(self, until_body: bool = False) -> ResponseHead:
         """The response head. `until_body`: return only once the body's first bytes are in too (or its end,
-        or a failure, which the next `read` raises), so that a caller who reads the body next is woken once
-        for both rather than twice: a task's wake-up is a share of the router's CPU per request."""
-        while self._head is None:
-            await self._wait()
-        while until_body and not self._body and self._mode != _DONE and self._error is None:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._head
+        or a failure after the head, which the next `read` raises), and be woken once for both rather than
+        twice (a task's wake-up is a share of the router's CPU per request)."""
+        self._head_waits_for_body = until_body
+        try:
+            while True:
+                if self._head is not None and (not until_body or self._body or self._mode == _DONE
+                                               or self._error is not None):
+                    return self._head
+                if self._error is not None:
+                    raise self._error  # before the head: the exchange failed (the pool may resend it)
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._head_waits_for_body = False
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" once the body is complete."""
