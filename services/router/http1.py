@@ -200,6 +200,8 @@ class Http1Connection(asyncio.Protocol):
                 self._keep_alive = False  # bytes after the response (after `Connection: close`, say)
             else:
                 self._violation(f"malformed response: {exc}")
+        if self.on_body is not None and self._mode == _BODY and self._error is None:
+            return  # splicing, the body's end still to come: the consumer took the bytes, and wakes its task
         if self._mode == _HEAD:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES and self._error is None:

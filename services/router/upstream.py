@@ -130,7 +130,8 @@ class UpstreamClient:
         self._pool: Http1Pool | None = None
         # the loop it was started on, kept: asyncio.get_running_loop() costs a getpid() system call a time
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._endpoints: dict[str, Endpoint] = {}  # parsed request URLs: one or two per instance
+        # an instance's endpoint and the client's route -> the URL to POST to, parsed: one or two per instance
+        self._endpoints: dict[tuple[str, RequestKind], tuple[str, Endpoint]] = {}
         self._deadlines: _DeadlineWatch | None = None  # the timeouts of every exchange in flight (one timer)
 
     async def start(self) -> None:
@@ -292,12 +293,13 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
         payload["stream"] = stream
-        url = completion_url(endpoint_url, kind)
-        endpoint = self._endpoints.get(url)
-        if endpoint is None:
+        target = self._endpoints.get((endpoint_url, kind))
+        if target is None:
             if len(self._endpoints) >= _MAX_CACHED_ENDPOINTS:
                 self._endpoints.clear()  # instances come and go: never let the cache grow with them
-            endpoint = self._endpoints[url] = Endpoint.parse(url)
+            url = completion_url(endpoint_url, kind)
+            target = self._endpoints[endpoint_url, kind] = (url, Endpoint.parse(url))
+        url, endpoint = target
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
                                                     "Accept": "text/event-stream" if stream else "application/json",
                                                     **(headers or {})},
