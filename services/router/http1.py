@@ -157,7 +157,6 @@ class Http1Connection(asyncio.Protocol):
         self._keep_alive = True
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._head_waits_for_body = False  # read_head(until_body): a read that brings only the head wakes nobody
         self._paused = False
         self.response_started = False
 
@@ -200,15 +199,12 @@ class Http1Connection(asyncio.Protocol):
                 self._keep_alive = False  # bytes after the response (after `Connection: close`, say)
             else:
                 self._violation(f"malformed response: {exc}")
-        if self.on_body is not None and self._mode == _BODY and self._error is None:
-            return  # splicing, the body's end still to come: the consumer took the bytes, and wakes its task
         if self._mode == _HEAD:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES and self._error is None:
                 self._violation("response head too large")
             return
-        if self._error is not None or self._mode == _DONE or (
-                self.on_body is None and (self._body or not self._head_waits_for_body)):
+        if self._error is not None or self.on_body is None or self._mode == _DONE:
             self.wake()
         if self.on_done is not None and self._mode == _DONE:
             self._body.clear()  # a parked connection: the caller has what it wanted
@@ -273,25 +269,10 @@ class Http1Connection(asyncio.Protocol):
         self._reset()
         self.transport.write(request)
 
-    async def read_head(self, until_body: bool = False) -> ResponseHead:
-        """The response head. `until_body`: return only once the body's first bytes are in too (or its end,
-        or a failure after the head, which the next `read` raises), and be woken once for both rather than
-        twice (a task's wake-up is a share of the router's CPU per request)."""
-        self._head_waits_for_body = until_body
-        try:
-            while True:
-                if self._head is not None and (not until_body or self._body or self._mode == _DONE
-                                               or self._error is not None):
-                    return self._head
-                if self._error is not None:
-                    raise self._error  # before the head: the exchange failed (the pool may resend it)
-                self._waiter = self._loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-        finally:
-            self._head_waits_for_body = False
+    async def read_head(self) -> ResponseHead:
+        while self._head is None:
+            await self._wait()
+        return self._head
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" once the body is complete."""
@@ -395,7 +376,7 @@ class Http1Pool:
 
     async def exchange_head(self, endpoint: Endpoint, request: bytes, deadline: float | None = None,
                             on_connection: Callable[[Http1Connection], None] | None = None,
-                            until_body: bool = False) -> tuple[Http1Connection, ResponseHead]:
+                            ) -> tuple[Http1Connection, ResponseHead]:
         """Send `request` and wait for the response head. The caller reads the body from the connection
         and hands it back with `release`. A reused connection found closed before any response byte is
         replaced once by a new one. With `deadline` (the loop's clock), the whole wait ends there with a
@@ -403,9 +384,7 @@ class Http1Pool:
         request costs a share of the router's CPU per request), a timeout context only a wait for a
         connection (a new one, or a place in the pool). With `on_connection`, the caller is told each
         connection the request is sent on, before the wait for its head, and bounds that wait itself (its
-        own timer aborts the connection: one timer for a deadline that also bounds what follows the head).
-        `until_body` (with `on_connection`, whose caller's timer bounds that wait too): see
-        `Http1Connection.read_head`."""
+        own timer aborts the connection: one timer for a deadline that also bounds what follows the head)."""
         for attempt in (0, 1):
             conn = self._take_idle((endpoint.scheme, endpoint.host, endpoint.port))
             reused = conn is not None
@@ -420,10 +399,10 @@ class Http1Pool:
                 if on_connection is not None:
                     on_connection(conn)
                 if deadline is None or on_connection is not None:
-                    return conn, await conn.read_head(until_body)
+                    return conn, await conn.read_head()
                 timer = conn._loop.call_at(deadline, conn.head_due)
                 try:
-                    return conn, await conn.read_head()  # (the timer bounds the head only)
+                    return conn, await conn.read_head()
                 finally:
                     timer.cancel()
             except ConnectionLost as exc:

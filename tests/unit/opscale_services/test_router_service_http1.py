@@ -111,38 +111,6 @@ async def test_a_content_length_body_is_the_same_however_the_reads_split_it(body
     assert conn.complete
 
 
-async def test_read_head_until_body_returns_once_the_first_body_bytes_are_in() -> None:
-    """`until_body`: the head alone does not end the wait (one wake-up for the head and the first token);
-    the body's first bytes do, and so does an empty body's end."""
-    conn, _ = _connection()
-    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
-    conn.data_received(CHUNKED_HEAD)
-    await asyncio.sleep(0)  # noqa: TID251 - the waiting read's turn
-    assert not waiting.done()
-    conn.data_received(b"5\r\nhello\r\n")
-    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 200
-    assert await conn.read() == b"hello"
-
-    conn, _ = _connection()
-    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
-    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 204
-    assert await conn.read() == b""
-
-
-async def test_read_head_until_body_leaves_a_failure_after_the_head_to_the_read() -> None:
-    """A connection lost after the head, before any body byte: the head is returned and the read after it
-    raises, as when the head and the body were awaited apart (a failure mid-response, not a connect one)."""
-    conn, _ = _connection()
-    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
-    conn.data_received(CHUNKED_HEAD)
-    await asyncio.sleep(0)  # noqa: TID251 - the waiting read's turn
-    conn.connection_lost(None)
-    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 200
-    with pytest.raises(ConnectionLost, match="mid-response"):
-        await conn.read()
-
-
 async def test_a_content_length_body_ends_at_its_length() -> None:
     conn, _ = _connection()
     conn.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbu")
