@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _paths import SHARED_DATA
 from typer.testing import CliRunner
 
 from opscale.cli import app
@@ -24,8 +25,6 @@ from opscale.experiments.comparison import ExperimentConfig, find_experiment, va
 from opscale.experiments.runner import RunResult, run_scenario
 
 pytestmark = pytest.mark.sim
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def tiny_config() -> ExperimentConfig:
