@@ -243,8 +243,11 @@ async def test_with_vllm_a_tokenized_prompt_goes_to_the_server_whose_renamed_kv_
                            "openai_engines": [{"base_url": f"{url}/v1", "served_model_name": MODEL, "metrics_path": "",
                                                "kv_events_endpoint": f.endpoint} for url, f in zip(urls, fakes, strict=True)]},
             "router": {"engine": engine, "tokenizers": {MODEL: {"path": str(model_dir)}},
+                       # No slow start: both instances became ready a moment ago, and a newcomer's
+                       # phantom load (renewed on the core's ticks, from the other's load, so for a while
+                       # after the cooking follow-up finished) would outweigh a short prompt's prefix
                        "core": {"region": "eu-west", "router_id": "router-test", "policy": "kv_aware",
-                                "policy_params": {"track_routed": False}}},
+                                "policy_params": {"track_routed": False}, "slow_start_s": 0}},
         })
         try:
             await stack.start()
