@@ -75,6 +75,11 @@ class ResponseHead(NamedTuple):
     reason: str
 
 
+# A chunk's size line -> its size, for the sizes an engine's events have (up to three hex digits, in
+# lower case as servers write them): the steady-state splice reads each token's chunk framing with it.
+_CHUNK_SIZES: dict[bytes, int] = {b"%x" % n: n for n in range(1, 0x1000)}
+
+
 class _ParserCallbacks(NamedTuple):
     """What httptools calls while parsing, looked up by these names when a parser is made. Not the
     connection itself: its `on_body` attribute is the splice hook, which changes during an exchange."""
@@ -85,6 +90,8 @@ class _ParserCallbacks(NamedTuple):
     on_headers_complete: Callable[[], None]
     on_body: Callable[[bytes], None]
     on_message_complete: Callable[[], None]
+    on_chunk_header: Callable[[], None]
+    on_chunk_complete: Callable[[], None]
 
 
 class Endpoint(NamedTuple):
@@ -138,10 +145,15 @@ class Http1Connection(asyncio.Protocol):
         # set while a caller takes the body from the read callback itself (splicing): `read` is then
         # unused, and the waiting task is woken only by `wake`, the response's end, or a failure
         self.on_body: Callable[[bytes], None] | None = None
+        # with `on_body`, optionally: a read that is exactly one whole chunk of a chunked body goes here
+        # without the parser, as it came and as its data with the chunk's closing CRLF; it returns False
+        # to have the read parsed as any other
+        self.on_chunk: Callable[[bytes, bytes], bool] | None = None
         self.park_timer: asyncio.TimerHandle | None = None
         self._callbacks = _ParserCallbacks(self._on_message_begin, self._on_status, self._on_header,
                                            self._on_headers_complete, self._on_parsed_body,
-                                           self._on_message_complete)
+                                           self._on_message_complete, self._on_chunk_header,
+                                           self._on_chunk_complete)
         self._reset()
 
     def _reset(self) -> None:
@@ -151,12 +163,15 @@ class Http1Connection(asyncio.Protocol):
         self._head_bytes = 0  # bytes read while the head was incomplete (the parser does not bound it)
         self._reason = b""
         self._framed = False  # the response declared a length or chunked coding: a close cuts it short
+        self._chunked = False  # ... chunked coding
+        self._at_chunk_start = False  # in a chunked body, the parser is between two chunks
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._head: ResponseHead | None = None
         self._keep_alive = True
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._head_waits_for_body = False  # read_head(until_body): a read that brings only the head wakes nobody
         self._paused = False
         self.response_started = False
 
@@ -178,6 +193,19 @@ class Http1Connection(asyncio.Protocol):
         self._pool.lost(self)
 
     def data_received(self, data: bytes) -> None:
+        on_chunk = self.on_chunk
+        if on_chunk is not None and self._at_chunk_start and self._error is None and self._mode == _BODY:
+            # The splice's steady state: an engine writes each event as one chunk, and while tokens flow
+            # each read is one chunk, here checked for its framing and handed over as it came (the
+            # parser, which stays between two chunks, and a call per piece are a share of the router's
+            # CPU per token). Anything else (several chunks, a part, an extension, a size of more than
+            # three hex digits) is parsed below. `partition` and indexing, not `find` and `endswith`:
+            # those parse their arguments as a tuple, a share of their cost.
+            size_line, _, rest = data.partition(b"\r\n")
+            size = _CHUNK_SIZES.get(size_line)
+            if (size is not None and len(rest) == size + 2 and rest[size] == 13 and rest[size + 1] == 10
+                    and on_chunk(data, rest)):
+                return
         if self._error is not None:
             return  # the exchange failed (a malformed answer, a timeout): what follows is not read
         self.response_started = True
@@ -199,12 +227,15 @@ class Http1Connection(asyncio.Protocol):
                 self._keep_alive = False  # bytes after the response (after `Connection: close`, say)
             else:
                 self._violation(f"malformed response: {exc}")
+        if self.on_body is not None and self._mode == _BODY and self._error is None:
+            return  # splicing, the body's end still to come: the consumer took the bytes, and wakes its task
         if self._mode == _HEAD:
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES and self._error is None:
                 self._violation("response head too large")
             return
-        if self._error is not None or self.on_body is None or self._mode == _DONE:
+        if self._error is not None or self._mode == _DONE or (
+                self.on_body is None and (self._body or not self._head_waits_for_body)):
             self.wake()
         if self.on_done is not None and self._mode == _DONE:
             self._body.clear()  # a parked connection: the caller has what it wanted
@@ -222,7 +253,7 @@ class Http1Connection(asyncio.Protocol):
             self._keep_alive = False
             raise _StopParsing
         self._reason = b""  # after an interim 1xx answer: the final one starts afresh
-        self._framed = False
+        self._framed = self._chunked = False
 
     def _on_status(self, reason: bytes) -> None:
         self._reason += reason  # in pieces when the status line is split across reads
@@ -232,7 +263,8 @@ class Http1Connection(asyncio.Protocol):
         if name == b"content-length":
             self._framed = True
         elif name == b"transfer-encoding":
-            self._framed = value.rstrip().lower().endswith(b"chunked")  # else the body runs to the close
+            # else the body runs to the close
+            self._framed = self._chunked = value.rstrip().lower().endswith(b"chunked")
 
     def _on_headers_complete(self) -> None:
         parser = self._parser
@@ -249,6 +281,7 @@ class Http1Connection(asyncio.Protocol):
         # read now: llhttp forgets the connection's persistence once the message is complete
         self._keep_alive = parser.should_keep_alive()
         self._mode = _BODY if self._framed else _UNTIL_CLOSE
+        self._at_chunk_start = self._chunked
         self._head = ResponseHead(status, self._reason.decode("latin-1"))
 
     def _on_parsed_body(self, piece: bytes) -> None:
@@ -262,6 +295,12 @@ class Http1Connection(asyncio.Protocol):
         if self._head is not None:  # else the end of an interim answer
             self._mode = _DONE
 
+    def _on_chunk_header(self) -> None:
+        self._at_chunk_start = False
+
+    def _on_chunk_complete(self) -> None:
+        self._at_chunk_start = True
+
     # -- the exchange -----------------------------------------------------------------------------
 
     def send(self, request: bytes) -> None:
@@ -269,10 +308,25 @@ class Http1Connection(asyncio.Protocol):
         self._reset()
         self.transport.write(request)
 
-    async def read_head(self) -> ResponseHead:
-        while self._head is None:
-            await self._wait()
-        return self._head
+    async def read_head(self, until_body: bool = False) -> ResponseHead:
+        """The response head. `until_body`: return only once the body's first bytes are in too (or its end,
+        or a failure after the head, which the next `read` raises), and be woken once for both rather than
+        twice (a task's wake-up is a share of the router's CPU per request)."""
+        self._head_waits_for_body = until_body
+        try:
+            while True:
+                if self._head is not None and (not until_body or self._body or self._mode == _DONE
+                                               or self._error is not None):
+                    return self._head
+                if self._error is not None:
+                    raise self._error  # before the head: the exchange failed (the pool may resend it)
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._head_waits_for_body = False
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" once the body is complete."""
@@ -376,7 +430,7 @@ class Http1Pool:
 
     async def exchange_head(self, endpoint: Endpoint, request: bytes, deadline: float | None = None,
                             on_connection: Callable[[Http1Connection], None] | None = None,
-                            ) -> tuple[Http1Connection, ResponseHead]:
+                            until_body: bool = False) -> tuple[Http1Connection, ResponseHead]:
         """Send `request` and wait for the response head. The caller reads the body from the connection
         and hands it back with `release`. A reused connection found closed before any response byte is
         replaced once by a new one. With `deadline` (the loop's clock), the whole wait ends there with a
@@ -384,7 +438,9 @@ class Http1Pool:
         request costs a share of the router's CPU per request), a timeout context only a wait for a
         connection (a new one, or a place in the pool). With `on_connection`, the caller is told each
         connection the request is sent on, before the wait for its head, and bounds that wait itself (its
-        own timer aborts the connection: one timer for a deadline that also bounds what follows the head)."""
+        own timer aborts the connection: one timer for a deadline that also bounds what follows the head).
+        `until_body` (with `on_connection`, whose caller's timer bounds that wait too): see
+        `Http1Connection.read_head`."""
         for attempt in (0, 1):
             conn = self._take_idle((endpoint.scheme, endpoint.host, endpoint.port))
             reused = conn is not None
@@ -399,10 +455,10 @@ class Http1Pool:
                 if on_connection is not None:
                     on_connection(conn)
                 if deadline is None or on_connection is not None:
-                    return conn, await conn.read_head()
+                    return conn, await conn.read_head(until_body)
                 timer = conn._loop.call_at(deadline, conn.head_due)
                 try:
-                    return conn, await conn.read_head()
+                    return conn, await conn.read_head()  # (the timer bounds the head only)
                 finally:
                     timer.cancel()
             except ConnectionLost as exc:

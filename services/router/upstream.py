@@ -130,13 +130,16 @@ class UpstreamClient:
         self._pool: Http1Pool | None = None
         # the loop it was started on, kept: asyncio.get_running_loop() costs a getpid() system call a time
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._endpoints: dict[str, Endpoint] = {}  # parsed request URLs: one or two per instance
+        # an instance's endpoint and the client's route -> the URL to POST to, parsed: one or two per instance
+        self._endpoints: dict[tuple[str, RequestKind], tuple[str, Endpoint]] = {}
+        self._deadlines: _DeadlineWatch | None = None  # the timeouts of every exchange in flight (one timer)
 
     async def start(self) -> None:
         if self._pool is not None:
             return
         cfg = self.config
         self.loop = asyncio.get_running_loop()
+        self._deadlines = _DeadlineWatch(self.loop, min(cfg.first_token_timeout_s, cfg.idle_timeout_s))
         # No total or read timeout on a connection: a stream lasts as long as its tokens flow; the
         # per-exchange deadlines below bound every wait instead.
         self._pool = Http1Pool(max_connections=cfg.max_connections, max_per_host=cfg.max_connections_per_host,
@@ -144,6 +147,9 @@ class UpstreamClient:
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        if self._deadlines is not None:
+            self._deadlines.stop()
+            self._deadlines = None
         if pool is not None:
             await pool.close()
 
@@ -287,17 +293,19 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.stream_completion called before start()")
         payload = dict(body)
         payload["stream"] = stream
-        url = completion_url(endpoint_url, kind)
-        endpoint = self._endpoints.get(url)
-        if endpoint is None:
+        target = self._endpoints.get((endpoint_url, kind))
+        if target is None:
             if len(self._endpoints) >= _MAX_CACHED_ENDPOINTS:
                 self._endpoints.clear()  # instances come and go: never let the cache grow with them
-            endpoint = self._endpoints[url] = Endpoint.parse(url)
+            url = completion_url(endpoint_url, kind)
+            target = self._endpoints[endpoint_url, kind] = (url, Endpoint.parse(url))
+        url, endpoint = target
         request = encode_request("POST", endpoint, {"Content-Type": "application/json",
                                                     "Accept": "text/event-stream" if stream else "application/json",
                                                     **(headers or {})},
                                  dumps_json(payload))
-        return _Exchange(self, self._pool, endpoint, url, request)
+        assert self._deadlines is not None  # made by start(), as the pool is
+        return _Exchange(self, self._pool, self._deadlines, endpoint, url, request)
 
     async def error_detail(self, conn: Http1Connection, reason: str, deadline: float
                            ) -> tuple[str, dict[str, Any] | None]:
@@ -347,13 +355,63 @@ class _Splice:
         self.failure: EventFailure | None = None
 
 
+class _DeadlineWatch:
+    """The first-token deadline and the idle timeout of every exchange in flight, kept by one timer.
+
+    A timer per exchange (two: one per timeout) was made and cancelled on every request, a share of the
+    router's CPU per request; here an exchange only joins a dict when it opens and leaves it when it
+    finishes. The timer fires at the earliest deadline in force, and never later than `shortest_s` (the
+    shorter timeout) after it was armed: an exchange that opens, or starts waiting, later has no deadline
+    sooner than that, so none is missed. Each firing fails the exchanges past their deadline (see
+    `_Exchange.due`) and arms the next one; with nothing in flight it stops until an exchange opens."""
+
+    __slots__ = ("_active", "_loop", "_shortest_s", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, shortest_s: float) -> None:
+        self._loop = loop
+        self._shortest_s = shortest_s
+        self._active: dict[_Exchange, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        self._active[exchange] = None
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._loop.time() + self._shortest_s, self._fire)
+
+    def discard(self, exchange: _Exchange) -> None:
+        self._active.pop(exchange, None)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._active.clear()
+
+    def _fire(self) -> None:
+        self._timer = None
+        if not self._active:
+            return
+        now = self._loop.time()
+        next_at = now + self._shortest_s
+        for exchange in list(self._active):
+            due = exchange.due()
+            if due is None:
+                continue
+            if due <= now:
+                exchange.expire()
+            elif due < next_at:
+                next_at = due
+        if self._active:
+            self._timer = self._loop.call_at(next_at, self._fire)
+
+
 class _FirstTokenTimeout(TimeoutError):
     """Raised into a read still waiting for the first token at the first-token deadline (the head's, an
     error body's, or the body's)."""
 
 
 class _IdleTimeout(Exception):
-    """Raised into a read that waited `idle_timeout_s` for the next bytes (see _Exchange._check_idle)."""
+    """Raised into a read that waited `idle_timeout_s` for the next bytes (see _Exchange.due)."""
 
 
 class _Exchange:
@@ -362,13 +420,14 @@ class _Exchange:
     `produced` is how many output chunks reached the caller (a failure with none is retryable);
     `completed` is set once the stream was read to its end, so the connection is reused."""
 
-    __slots__ = ("_client", "_conn", "_deadline_timer", "_endpoint", "_first_token_deadline", "_idle_timer", "_loop",
-                 "_pool",
-                 "_request", "_waiting_since", "completed", "produced", "url")
+    __slots__ = ("_client", "_conn", "_deadlines", "_endpoint", "_first_token_deadline", "_idle_timeout_s", "_loop",
+                 "_pool", "_request", "_waiting_since", "completed", "produced", "url")
 
-    def __init__(self, client: UpstreamClient, pool: Http1Pool, endpoint: Endpoint, url: str, request: bytes) -> None:
+    def __init__(self, client: UpstreamClient, pool: Http1Pool, deadlines: _DeadlineWatch, endpoint: Endpoint,
+                 url: str, request: bytes) -> None:
         self._client = client
         self._pool = pool
+        self._deadlines = deadlines
         self._endpoint = endpoint
         self.url = url
         self._request = request
@@ -376,16 +435,13 @@ class _Exchange:
         assert client.loop is not None  # set by start(), as the pool is
         self._loop = client.loop
         self._first_token_deadline = self._loop.time() + client.config.first_token_timeout_s
-        # The idle timeout once tokens flow: one lazy timer per stream, not one per read (a timeout
-        # context per read costs ~10 us, a share of the router's CPU per token). `_waiting_since` is when
-        # the read in progress began (None between reads); the timer re-arms itself to that read's
-        # deadline and fails the read only when it has waited `idle_timeout_s`.
+        self._idle_timeout_s = client.config.idle_timeout_s
+        # Both timeouts are kept by the client's one timer (_DeadlineWatch), which asks `due`: until the
+        # first token, the first-token deadline (from the request's sending on: the head's wait, then the
+        # body's); then the idle timeout, counted from `_waiting_since`, when the read in progress began
+        # (None between reads, while the caller is busy). Neither is a timeout context per read (~10 us
+        # each, a share of the router's CPU per token).
         self._waiting_since: float | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        # The first-token deadline, from the request's sending on: a timer that fails the waiting read (the
-        # head's, then the body's), as the idle timer does, rather than a timeout context per read (its cost
-        # is a share of the CPU per request)
-        self._deadline_timer: asyncio.TimerHandle | None = None
         self.produced = 0
         self.completed = False
 
@@ -397,13 +453,16 @@ class _Exchange:
     async def open(self) -> None:
         """Send the request and check the answer's status (an error answer raises with its message)."""
         cfg = self._client.config
-        # One timer for the first-token deadline, from the response head to the first token; the pool's own
-        # wait (for a place, or a new connection) is bounded by it too, apart (see Http1Pool.exchange_head).
-        self._deadline_timer = self._loop.call_at(self._first_token_deadline, self._first_token_due)
+        # The first-token deadline bounds the wait for the response head and then for the first token (the
+        # watch aborts the connection); the pool's own wait (for a place, or a new connection) is bounded by
+        # it too, apart (see Http1Pool.exchange_head).
+        self._deadlines.add(self)
         try:
+            # the head and the body's first bytes in one wake-up: every caller reads the body next
             self._conn, head = await self._pool.exchange_head(self._endpoint, self._request,
-                                                              self._first_token_deadline, self._on_connection)
-        except TimeoutError as exc:  # the pool's wait, or the first-token timer (_FirstTokenTimeout)
+                                                              self._first_token_deadline, self._on_connection,
+                                                              until_body=True)
+        except TimeoutError as exc:  # the pool's wait, or the first-token deadline (_FirstTokenTimeout)
             raise self.fail("timeout", f"no response within {cfg.first_token_timeout_s:g} s") from exc
         except (ConnectionFailed, ConnectionLost) as exc:
             raise self.fail("connect", f"{type(exc).__name__}: {exc}") from exc
@@ -420,10 +479,8 @@ class _Exchange:
         cfg = self._client.config
         try:
             if self.produced == 0:
-                return await conn.read()  # bounded by the first-token timer armed in `open`
-            self._waiting_since = now = self._loop.time()
-            if self._idle_timer is None:
-                self._idle_timer = self._loop.call_at(now + cfg.idle_timeout_s, self._check_idle)
+                return await conn.read()  # bounded by the first-token deadline (the watch)
+            self._waiting_since = self._loop.time()
             try:
                 return await conn.read()
             finally:
@@ -486,16 +543,30 @@ class _Exchange:
                 state.failure = block.failure
                 conn.wake()
 
+        steady_chunk, write_chunk = forwarder.steady_chunk, sink.write_chunk
+
+        def on_chunk(chunk: bytes, piece: bytes) -> bool:
+            # a read that is one whole chunk (see Http1Connection.on_chunk): the steady state's token
+            # relayed still framed; anything else goes to `on_body` through the parser
+            if state.failure is not None or state.done or state.held or not steady_chunk(piece):
+                return False
+            self._waiting_since = now()  # progress: the idle clock restarts
+            state.chunks += 1
+            if not write_chunk(chunk, piece):
+                state.held.append(piece[:-2])  # the client is not keeping up: the task takes over and waits
+                conn.pause()
+                conn.wake()
+            return True
+
         cfg = self._client.config
         pending = conn.take_buffered()
         conn.on_body = on_body
+        conn.on_chunk = on_chunk
         try:
             if pending:
                 on_body(pending)
             while state.failure is None and not state.done and not state.held:
                 self._waiting_since = loop.time()
-                if self._idle_timer is None:
-                    self._idle_timer = loop.call_at(self._waiting_since + cfg.idle_timeout_s, self._check_idle)
                 ended = await conn.wait_signal()
                 if ended and state.failure is None and not state.done and not state.held:
                     closing = forwarder.end()  # the body ended without [DONE]
@@ -508,39 +579,35 @@ class _Exchange:
         except (ConnectionLost, ProtocolViolation) as exc:
             raise self.fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
         finally:
-            conn.on_body = None
+            conn.on_body = conn.on_chunk = None
             self._waiting_since = None
         self.produced = forwarder.chunks
         return SseBytes(b"".join(state.held), state.chunks, state.usage, state.done), state.failure
 
-    def _check_idle(self) -> None:
-        """The idle timer: fail the read in progress if it has waited too long, else wait for its deadline."""
-        self._idle_timer = None
+    def due(self) -> float | None:
+        """When this exchange fails unless something arrives (the watch's question): the first-token
+        deadline until the first token, then `idle_timeout_s` after the read in progress began; None while
+        no read waits (the caller is busy writing) or before a connection carries the request (the pool
+        bounds that wait)."""
+        if self._conn is None:
+            return None
+        if self.produced == 0:
+            return self._first_token_deadline
         since = self._waiting_since
-        if since is None or self._conn is None:
-            return  # between reads (the caller is busy writing): the next read re-arms the timer
-        due = since + self._client.config.idle_timeout_s
-        if self._loop.time() >= due:
-            self._conn.abort(_IdleTimeout())  # wakes the waiting read with it
-        else:
-            self._idle_timer = self._loop.call_at(due, self._check_idle)
+        return None if since is None else since + self._idle_timeout_s
+
+    def expire(self) -> None:
+        """Past `due`: the waiting read (or the next one) fails with the timeout."""
+        conn = self._conn
+        if conn is not None:
+            conn.abort(_FirstTokenTimeout() if self.produced == 0 else _IdleTimeout())
+        self._deadlines.discard(self)
 
     def _on_connection(self, conn: Http1Connection) -> None:
-        self._conn = conn  # the connection the first-token timer aborts
-
-    def _first_token_due(self) -> None:
-        """The first-token deadline: fail the read in progress (or the next one) if no token came yet."""
-        self._deadline_timer = None
-        if self.produced == 0 and self._conn is not None:
-            self._conn.abort(_FirstTokenTimeout())
+        self._conn = conn  # the connection the watch aborts at the first-token deadline
 
     def finish(self) -> None:
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._deadlines.discard(self)
         conn, self._conn = self._conn, None
         if conn is not None:
             # read to its end: the connection goes back to the pool (once the engine's closing bytes

@@ -628,21 +628,24 @@ async def test_stalled_upstream_hits_the_read_timeout(stall_after: int, before_f
     assert (caught.value.kind, caught.value.before_first_token) == ("timeout", before_first_token)
 
 
-async def test_the_first_token_deadline_is_one_timer_for_the_head_and_the_first_token(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first-token deadline bounds the wait for the response head and then for the first token with one
-    timer (there were two: the pool's for the head, the exchange's for the body)."""
+# the upstream client's modules: the timers they arm (the engine server's and asyncio's are others)
+CLIENT_MODULES = ("opscale_services.router.upstream", "opscale_services.router.http1")
+
+
+async def test_the_first_token_deadline_needs_no_timer_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-token deadline bounds the wait for the response head and then for the first token, kept by
+    the client's one watch over every exchange in flight: no timer is made per request (there were two per
+    request, then one)."""
     host = FakeEngineHost(stall_after=0)  # answers the head, then never a token
     config = UpstreamConfig(first_token_timeout_s=0.3)
     async with engine(host) as base, UpstreamClient(config) as client:
         loop = asyncio.get_running_loop()
-        deadline_timers: list[str] = []
+        timers: list[str] = []
         call_at = loop.call_at
 
         def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-            name = getattr(callback, "__name__", "")
-            if name in ("_first_token_due", "head_due"):
-                deadline_timers.append(name)
+            if getattr(callback, "__module__", "") in CLIENT_MODULES:  # not the engine's or wait_for's
+                timers.append(callback.__qualname__)
             return call_at(when, callback, *args, **kwargs)
 
         monkeypatch.setattr(loop, "call_at", counted)
@@ -651,7 +654,39 @@ async def test_the_first_token_deadline_is_one_timer_for_the_head_and_the_first_
                                    GUARD_S)
         monkeypatch.undo()
     assert (caught.value.kind, caught.value.before_first_token) == ("timeout", True)
-    assert deadline_timers == ["_first_token_due"]
+    assert timers == ["_DeadlineWatch._fire"]  # the watch, armed when the exchange opened; it fired at the deadline
+
+
+async def test_streams_in_flight_share_one_deadline_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests one after another and side by side arm the watch's timer once between them: an exchange only
+    joins and leaves the watch, and a stream that stalls among them still fails at its idle timeout."""
+    host = FakeEngineHost()
+    stalled_host = FakeEngineHost(stall_after=2)
+    config = UpstreamConfig(first_token_timeout_s=5.0, idle_timeout_s=0.3)
+    async with engine(host) as base, engine(stalled_host) as stalled_base, UpstreamClient(config) as client:
+        loop = asyncio.get_running_loop()
+        timers: list[str] = []
+        call_at = loop.call_at
+
+        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            if getattr(callback, "__module__", "") in CLIENT_MODULES:  # not the engine's or wait_for's
+                timers.append(callback.__qualname__)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", counted)
+        body = {"model": "m", "prompt": "x", "max_tokens": 3}
+        for _ in range(3):
+            assert len(await collect(client, f"{base}/instances/i-ready", body)) == 3
+        results = await asyncio.gather(*(collect(client, f"{base}/instances/i-ready", body) for _ in range(3)))
+        assert [len(chunks) for chunks in results] == [3, 3, 3]
+        # the watch's timer, and the pool's sweep of idle connections (armed once, for its keep-alive)
+        assert sorted(timers) == ["Http1Pool._sweep_idle", "_DeadlineWatch._fire"]
+        with pytest.raises(UpstreamError) as caught:
+            await asyncio.wait_for(collect(client, f"{stalled_base}/instances/i-ready", {**body, "max_tokens": 50}),
+                                   GUARD_S)
+        monkeypatch.undo()
+    assert (caught.value.kind, caught.value.before_first_token) == ("timeout", False)
+    assert "next token within 0.3 s" in str(caught.value)
 
 
 async def test_abandoning_the_stream_cancels_the_engine_request() -> None:

@@ -343,3 +343,88 @@ def test_any_json_body_is_parsed_or_refused_with_an_openai_4xx(fields: dict[str,
 def test_any_bytes_are_parsed_or_refused_with_a_400(raw: bytes) -> None:
     result = parse_completion(raw, "completion")
     assert not isinstance(result, ApiError) or result.status == 400
+
+
+# -- property: the plain-body fast path reads every body as the full validation does ---------------
+
+_EDGE_VALUES = {
+    "model": st.sampled_from(["m", "", "x" * 256, "x" * 257, "é" * 256]),
+    "prompt": st.sampled_from(["", "hello", "x" * 41, [1, 2], ["one"]]),
+    "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "developer", "assistant", "tool", "bot", 1, None]),
+         "content": st.sampled_from(["", "hi", None, 3, [{"type": "text", "text": "a"}]])},
+        optional={"name": st.sampled_from([None, "n", 1]), "extra": st.just(1)}), max_size=3),
+    "max_tokens": st.sampled_from([None, 0, 1, 16, 262_144, 262_145, True, 1.0, -1]),
+    "max_completion_tokens": st.sampled_from([None, 0, 1, 8, 262_145, False]),
+    "stream": st.sampled_from([True, False, None, 1, "true"]),
+    "stream_options": st.sampled_from([None, {}, {"include_usage": True}, {"include_usage": False},
+                                       {"include_usage": 1}, {"include_usage": True, "other": 1}, [], "x"]),
+    "temperature": st.sampled_from([None, 0, 1, 2, 2.0, 2.5, -0.1, 0.7, True, "1", float("inf")]),
+    "top_p": st.sampled_from([None, 0, 1, 1.0, 1.5, 0.9, False]),
+    "user": st.sampled_from([None, "u", 1, ""]),
+}
+
+# values both readings accept (bounds included), so that many bodies take the fast path
+_PLAIN_VALUES = {
+    "model": st.sampled_from(["m", "x" * 256, "é" * 256]),
+    "prompt": st.sampled_from(["", "hello", "x" * 41]),
+    "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "developer", "assistant", "tool"]),
+         "content": st.sampled_from(["", "hi", None, "x" * 9])},
+        optional={"name": st.sampled_from([None, "n"]), "extra": st.just(1)}), min_size=1, max_size=3),
+    "max_tokens": st.sampled_from([None, 1, 16, 262_144]),
+    "max_completion_tokens": st.sampled_from([None, 1, 8, 262_144]),
+    "stream": st.booleans(),
+    "stream_options": st.sampled_from([None, {}, {"include_usage": True}, {"include_usage": False}]),
+    "temperature": st.sampled_from([None, 0, 2, 2.0, 0.7]),
+    "top_p": st.sampled_from([None, 0, 1, 1.0, 0.9]),
+    "user": st.sampled_from([None, "u", ""]),
+}
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["completion", "chat"]), keep_valid=st.booleans(), data=st.data())
+def test_the_plain_body_fast_path_reads_every_body_as_the_full_validation(kind: str, keep_valid: bool,
+                                                                           data: st.DataObject) -> None:
+    """parse_completion reads a body of a few plain fields without pydantic (schema._plain_fields): whatever
+    it accepts, the full validation accepts with the same result, and what it does not take is validated
+    in full (so refused alike). Bodies: the kind's plain fields at values both accept (about half), at edge
+    values, and random JSON in any field."""
+    import opscale.openai.schema as schema
+
+    other = {"messages", "max_completion_tokens"} if kind == "completion" else {"prompt"}
+    plain = {name: values for name, values in _PLAIN_VALUES.items() if name not in other}
+    valid = {"model": "m", "prompt": "hi"} if kind == "completion" else {"model": "m", "messages": [
+        {"role": "user", "content": "hi"}]}
+    body = {**(valid if keep_valid else {}), **data.draw(st.fixed_dictionaries({}, optional=plain))}
+    if data.draw(st.booleans()):
+        body.update(data.draw(st.fixed_dictionaries({}, optional=_EDGE_VALUES)))
+    if data.draw(st.integers(0, 3)) == 0:
+        body.update(data.draw(st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=3)))
+    raw = json.dumps(body).encode("utf-8", errors="surrogatepass")
+    fast = parse_completion(raw, kind, request_id="r-1", default_tier="batch", tenant="t")
+    read_plain = schema._plain_fields
+    schema._plain_fields = lambda obj, kind: None  # type: ignore[assignment]
+    try:
+        full = parse_completion(raw, kind, request_id="r-1", default_tier="batch", tenant="t")
+    finally:
+        schema._plain_fields = read_plain
+    assert fast == full
+
+
+def test_the_plain_body_fast_path_takes_the_common_bodies() -> None:
+    """The bodies OpenAI's SDKs send most (a prompt or messages, max_tokens, stream, usage, sampling
+    temperature) are read without the full validation, and read as it reads them."""
+    import opscale.openai.schema as schema
+
+    completion = {"model": "m", "prompt": "hello", "max_tokens": 16, "stream": True, "temperature": 0.7}
+    chat = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "max_completion_tokens": 32, "stream": True, "stream_options": {"include_usage": True}, "user": "u"}
+    assert schema._plain_fields(completion, RequestKind.COMPLETION) == ("m", 16, True, False, None, 2)
+    assert schema._plain_fields(chat, RequestKind.CHAT) == ("m", 32, True, True, "u", 3 + 4 + 2 + 4 + 1)
+    parsed = _parse(chat, "chat")
+    assert (parsed.max_tokens, parsed.prompt_tokens, parsed.include_usage, parsed.tier) == (32, 14, True, "interactive")
+    assert parsed.body == chat
+    # an opscale field, or any other, takes the full validation
+    assert schema._plain_fields({**completion, "opscale_tier": "batch"}, RequestKind.COMPLETION) is None
+    assert schema._plain_fields({**completion, "seed": 1}, RequestKind.COMPLETION) is None

@@ -91,6 +91,44 @@ async def test_a_chunked_body_is_the_same_however_the_reads_split_it(pieces: lis
     assert conn.complete  # read to its end on a keep-alive connection: reusable
 
 
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=12), whole=st.booleans(),
+       takes=st.lists(st.booleans(), max_size=10))
+async def test_a_spliced_chunked_body_is_the_same_whether_its_chunks_skip_the_parser_or_not(
+        pieces: list[bytes], cuts: list[int], whole: bool, takes: list[bool]) -> None:
+    """While splicing, a read that is exactly one chunk goes to `on_chunk` still framed, and the rest to
+    the parser (and `on_body`): however the reads split the body, and whichever chunks the hook declines,
+    the body comes out whole, in order, once, and the parser still ends the response."""
+    conn = Http1Connection(_pool(), ("http", "h", 1))
+    conn.connection_made(_FakeTransport())
+    conn.send(b"GET / HTTP/1.1\r\n\r\n")
+    conn.data_received(CHUNKED_HEAD)
+    out: list[bytes] = []
+    framed: list[bytes] = []
+    answers = iter(takes)
+
+    def on_chunk(chunk: bytes, piece: bytes) -> bool:
+        if not next(answers, True):
+            return False  # declined: the parser reads it
+        assert chunk == b"%x\r\n" % (len(piece) - 2) + piece
+        framed.append(chunk)
+        out.append(piece[:-2])
+        return True
+
+    conn.on_body, conn.on_chunk = out.append, on_chunk
+    body = chunked(*pieces)
+    reads = [chunked(p)[:-5] for p in pieces] + [b"0\r\n\r\n"] if whole else split(body, cuts)
+    for data in reads:
+        conn.data_received(data)
+    assert b"".join(out) == b"".join(pieces)
+    assert conn.complete
+    for chunk in framed:  # what went around the parser was one whole chunk each time
+        assert chunk == chunked(chunk[chunk.index(b"\r\n") + 2:-2])[:-5]
+    if whole and all(takes):
+        assert len(framed) == len(pieces)  # one chunk a read: none went through the parser
+
+
 def _connection() -> tuple[Http1Connection, _FakeTransport]:
     """A connection on a fake transport with a request sent: the test feeds the answer."""
     conn = Http1Connection(_pool(), ("http", "h", 1))
@@ -109,6 +147,38 @@ async def test_a_content_length_body_is_the_same_however_the_reads_split_it(body
     assert (await conn.read_head()).status == 200
     assert await _read_all(conn) == body
     assert conn.complete
+
+
+async def test_read_head_until_body_returns_once_the_first_body_bytes_are_in() -> None:
+    """`until_body`: the head alone does not end the wait (one wake-up for the head and the first token);
+    the body's first bytes do, and so does an empty body's end."""
+    conn, _ = _connection()
+    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
+    conn.data_received(CHUNKED_HEAD)
+    await asyncio.sleep(0)  # noqa: TID251 - the waiting read's turn
+    assert not waiting.done()
+    conn.data_received(b"5\r\nhello\r\n")
+    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 200
+    assert await conn.read() == b"hello"
+
+    conn, _ = _connection()
+    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
+    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 204
+    assert await conn.read() == b""
+
+
+async def test_read_head_until_body_leaves_a_failure_after_the_head_to_the_read() -> None:
+    """A connection lost after the head, before any body byte: the head is returned and the read after it
+    raises, as when the head and the body were awaited apart (a failure mid-response, not a connect one)."""
+    conn, _ = _connection()
+    waiting = asyncio.ensure_future(conn.read_head(until_body=True))
+    conn.data_received(CHUNKED_HEAD)
+    await asyncio.sleep(0)  # noqa: TID251 - the waiting read's turn
+    conn.connection_lost(None)
+    assert (await asyncio.wait_for(waiting, GUARD_S)).status == 200
+    with pytest.raises(ConnectionLost, match="mid-response"):
+        await conn.read()
 
 
 async def test_a_content_length_body_ends_at_its_length() -> None:
@@ -471,12 +541,18 @@ class RecordingSink:
     def __init__(self, accept: int = 1_000_000) -> None:
         self.accept = accept
         self.written: list[bytes] = []
+        self.chunks_whole = 0  # writes that came framed, as the engine's chunk (the per-token path)
 
     def write(self, data: bytes) -> bool:
         if len(self.written) >= self.accept:
             return False
         self.written.append(data)
         return True
+
+    def write_chunk(self, chunk: bytes, piece: bytes) -> bool:
+        assert chunk == b"%x\r\n" % (len(piece) - 2) + piece and piece.endswith(b"\r\n")
+        self.chunks_whole += 1
+        return self.write(piece[:-2])
 
 
 async def _splice_all(client: UpstreamClient, endpoint: Endpoint, sink: RecordingSink) -> list[SseBytes]:

@@ -62,12 +62,16 @@ def test_any_split_forwards_the_stream_unchanged_in_whole_events_and_counts_ever
 
 
 @given(texts=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12),
-       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20), usage=st.booleans())
+       cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20), usage=st.booleans(),
+       pings=st.booleans())
 def test_the_splices_steady_path_forwards_and_counts_as_feed_does(texts: list[str], cuts: list[int],
-                                                                  usage: bool) -> None:
+                                                                  usage: bool, pings: bool) -> None:
     """The splice tries `feed_steady` on every read and takes `feed` where it answers -1: the same bytes
-    reach the client, and the same chunks and end are counted, as through `feed` alone."""
-    stream = b"".join(token(t) for t in texts) + token("", "stop") + (USAGE if usage else b"") + DONE_EVENT
+    reach the client, and the same chunks and end are counted, as through `feed` alone; also where reads end
+    with an event that is no JSON object (a comment, as a keep-alive ping), which the steady path leaves."""
+    ping = b": ping\n\n" if pings else b""
+    stream = (b"".join(token(t) + ping for t in texts) + token("", "stop") + (USAGE if usage else b"")
+              + DONE_EVENT)
     forwarder = SseForwarder()
     forwarded, chunks, done, found = [], 0, False, None
     for data in split(stream, cuts):
