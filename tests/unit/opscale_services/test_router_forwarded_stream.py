@@ -31,11 +31,13 @@ def event(i: int, pad: int = 0) -> bytes:
 class Forwarding:
     """A back end that forwards `events` engine events of `pad` bytes each, as the upstream client does:
     the first as a block, the rest written to the API's sink while it takes them and yielded as blocks
-    when it does not (the client is not keeping up), then `[DONE]`."""
+    when it does not (the client is not keeping up), then `[DONE]`. `framed`: the sink is given each event
+    as the engine's HTTP chunk (`write_chunk`, the steady relay's path) rather than as the event."""
 
-    def __init__(self, events: int, pad: int = 0) -> None:
+    def __init__(self, events: int, pad: int = 0, framed: bool = False) -> None:
         self.events = events
         self.pad = pad
+        self.framed = framed
         self.refused = 0  # events the sink did not take
         self.finished = False  # every event was handed to the API
 
@@ -50,7 +52,8 @@ class Forwarding:
         sink = yield SseBytes(event(0, self.pad), 1)
         for i in range(1, self.events):
             data = event(i, self.pad)
-            if sink is not None and sink.write(data):
+            if sink is not None and (sink.write_chunk(b"%x\r\n%b\r\n" % (len(data), data), data + b"\r\n")
+                                     if self.framed else sink.write(data)):
                 continue
             self.refused += 1
             sink = yield SseBytes(data, 1)
@@ -108,10 +111,12 @@ async def test_answers_on_a_kept_connection_are_written_whole_and_in_order() -> 
             writer.close()
 
 
+@pytest.mark.parametrize("framed", [False, True])
 @pytest.mark.parametrize(("version", "extra"), [("1.1", "Connection: close\r\n"), ("1.0", "")])
 async def test_a_client_that_does_not_keep_its_connection_gets_the_same_answer_then_the_close(
-        version: str, extra: str) -> None:
-    async with router(Forwarding(5)) as port:
+        version: str, extra: str, framed: bool) -> None:
+    """Also with the events relayed as the engine's chunks: to an HTTP/1.0 client, unframed."""
+    async with router(Forwarding(5, framed=framed)) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request())
         kept, _ = await read_answer(reader)
