@@ -123,8 +123,6 @@ async def test_a_spliced_chunked_body_is_the_same_whether_its_chunks_skip_the_pa
         conn.data_received(data)
     assert b"".join(out) == b"".join(pieces)
     assert conn.complete
-    for chunk in framed:  # what went around the parser was one whole chunk each time
-        assert chunk == chunked(chunk[chunk.index(b"\r\n") + 2:-2])[:-5]
     if whole and all(takes):
         assert len(framed) == len(pieces)  # one chunk a read: none went through the parser
 
@@ -541,7 +539,6 @@ class RecordingSink:
     def __init__(self, accept: int = 1_000_000) -> None:
         self.accept = accept
         self.written: list[bytes] = []
-        self.chunks_whole = 0  # writes that came framed, as the engine's chunk (the per-token path)
 
     def write(self, data: bytes) -> bool:
         if len(self.written) >= self.accept:
@@ -551,7 +548,6 @@ class RecordingSink:
 
     def write_chunk(self, chunk: bytes, piece: bytes) -> bool:
         assert chunk == b"%x\r\n" % (len(piece) - 2) + piece and piece.endswith(b"\r\n")
-        self.chunks_whole += 1
         return self.write(piece[:-2])
 
 
