@@ -337,24 +337,27 @@ def sustained(step: dict[str, Any], direct: dict[str, Any] | None, factor: float
     return bool(step["ttft_p99_ms"] <= max(factor * direct["ttft_p99_ms"], direct["ttft_p99_ms"] + floor_ms))
 
 
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds a process has used (Linux /proc), None where unreadable."""
+def cpu_s(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds a process has used (Linux /proc), None where unreadable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def process_tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds of a process and its threads' children (vllm-router is one process with threads, which
-    /proc/PID/stat already sums; a process tree would be summed here if a router forked workers)."""
+def process_tree_cpu_s(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of a process and its threads' children (vllm-router is one process with
+    threads, which /proc/PID/stat already sums; a process tree would be summed here if a router forked
+    workers)."""
     total = cpu_s(pid)
     if total is None:
         return None
     with contextlib.suppress(OSError):
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += cpu_s(int(child)) or 0.0
+            user, system = cpu_s(int(child)) or (0.0, 0.0)
+            total = (total[0] + user, total[1] + system)
     return total
 
 
@@ -372,7 +375,11 @@ class Target:
         step, ttfts = load_step(self.url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, self.auth)
         after = process_tree_cpu_s(self.pid) if self.pid else None
         if before is not None and after is not None and step["completed"]:
-            step["server_cpu_ms_per_request"] = round((after - before) * 1e3 / step["completed"], 4)
+            user, system = ((b - a) * 1e3 / step["completed"] for a, b in zip(before, after, strict=True))
+            step["server_cpu_ms_per_request"] = round(user + system, 4)
+            # the kernel's share (system calls, loopback TCP) is much the same for any router; the user
+            # share is the router's own code
+            step["server_user_ms_per_request"] = round(user, 4)
         return step, ttfts
 
 
@@ -447,6 +454,8 @@ def at_rate_rounds(targets: list[Target], args: argparse.Namespace) -> dict[str,
         if cpu:
             row["cpu_ms_per_request"] = {"median": _median(cpu), "min": min(cpu), "max": max(cpu),
                                          "rounds": len(cpu)}
+            row["user_cpu_ms_per_request_median"] = _median(
+                [s["server_user_ms_per_request"] for s in mine if "server_user_ms_per_request" in s and s["kept_up"]])
         if target.name != "direct" and samples[target.name] and samples["direct"]:
             per_round = {q: [s[f"ttft_{q}_ms"] - d[f"ttft_{q}_ms"] for s, d in zip(mine, steps["direct"], strict=True)
                              if s[f"ttft_{q}_ms"] is not None and d[f"ttft_{q}_ms"] is not None]
@@ -600,6 +609,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "opscale_auth": args.auth,
         "opscale_cpu_ms_per_request": ops.get("cpu_ms_per_request", {}).get("median"),
+        "opscale_user_cpu_ms_per_request": ops.get("user_cpu_ms_per_request_median"),
         "opscale_added_ttft_p50_ms": ops["added_ttft_ms"]["p50_pooled"],
         "opscale_added_ttft_p99_ms": ops["added_ttft_ms"]["p99_pooled"],
         "opscale_added_ttft_p50_ms_per_round_median": ops["added_ttft_ms"]["p50_per_round_median"],
@@ -614,6 +624,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     if "vllm_router" in at_rate:
         vr = at_rate["vllm_router"]
         summary["vllm_router_cpu_ms_per_request"] = vr.get("cpu_ms_per_request", {}).get("median")
+        summary["vllm_router_user_cpu_ms_per_request"] = vr.get("user_cpu_ms_per_request_median")
         summary["vllm_router_added_ttft_p50_ms"] = vr["added_ttft_ms"]["p50_pooled"]
         summary["vllm_router_added_ttft_p99_ms"] = vr["added_ttft_ms"]["p99_pooled"]
         ratios = [o["server_cpu_ms_per_request"] / v["server_cpu_ms_per_request"]

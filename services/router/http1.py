@@ -145,9 +145,9 @@ class Http1Connection(asyncio.Protocol):
         # set while a caller takes the body from the read callback itself (splicing): `read` is then
         # unused, and the waiting task is woken only by `wake`, the response's end, or a failure
         self.on_body: Callable[[bytes], None] | None = None
-        # with `on_body`, optionally: a read that is exactly one whole chunk of a chunked body goes here
-        # without the parser, as it came and as its data with the chunk's closing CRLF; it returns False
-        # to have the read parsed as any other
+        # with `on_body`, optionally: a read that is exactly one whole chunk of a chunked body, its data
+        # holding no CR, goes here without the parser, as it came and as its data; it returns False to
+        # have the read parsed as any other
         self.on_chunk: Callable[[bytes, bytes], bool] | None = None
         self.park_timer: asyncio.TimerHandle | None = None
         self._callbacks = _ParserCallbacks(self._on_message_begin, self._on_status, self._on_header,
@@ -198,14 +198,18 @@ class Http1Connection(asyncio.Protocol):
             # The splice's steady state: an engine writes each event as one chunk, and while tokens flow
             # each read is one chunk, here checked for its framing and handed over as it came (the
             # parser, which stays between two chunks, and a call per piece are a share of the router's
-            # CPU per token). Anything else (several chunks, a part, an extension, a size of more than
-            # three hex digits) is parsed below. `partition` and indexing, not `find` and `endswith`:
-            # those parse their arguments as a tuple, a share of their cost.
+            # CPU per token). The first CR after the size line must be the chunk's own closing CRLF at
+            # the size's offset: then the read is exactly one chunk, and its data holds no CR (an event
+            # with CR line ends is not the steady state's). Anything else (several chunks, a part, an
+            # extension, a size of more than three hex digits, a CR in the data) is parsed below.
+            # `partition`, not `find`: `find` parses its arguments as a tuple, a share of its cost, and a
+            # one-byte separator is found with memchr.
             size_line, _, rest = data.partition(b"\r\n")
             size = _CHUNK_SIZES.get(size_line)
-            if (size is not None and len(rest) == size + 2 and rest[size] == 13 and rest[size + 1] == 10
-                    and on_chunk(data, rest)):
-                return
+            if size is not None:
+                piece, _, end = rest.partition(b"\r")
+                if end == b"\n" and len(piece) == size and on_chunk(data, piece):
+                    return
         if self._error is not None:
             return  # the exchange failed (a malformed answer, a timeout): what follows is not read
         self.response_started = True

@@ -263,13 +263,12 @@ class ClientSink:
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         return True
 
-    def write_chunk(self, chunk: bytes, piece: bytes) -> bool:
-        """`write` of a piece that came framed as one chunk (`chunk`: its size in hex, CRLF, the piece, CRLF;
-        `piece`: the data and that closing CRLF), as an engine's chunked body brings it: to a chunked answer
-        it goes as it is."""
+    def write_chunk(self, chunk: bytes, data: bytes) -> bool:
+        """`write` of `data` that came framed as one chunk (`chunk`: its size in hex, CRLF, `data`, CRLF), as
+        an engine's chunked body brings it: to a chunked answer it goes as it is."""
         if self._conn.writing_paused or self._transport.is_closing():
             return False
-        self._transport.write(chunk if self._chunked else piece[:-2])
+        self._transport.write(chunk if self._chunked else data)
         return True
 
 

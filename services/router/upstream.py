@@ -545,15 +545,15 @@ class _Exchange:
 
         steady_chunk, write_chunk = forwarder.steady_chunk, sink.write_chunk
 
-        def on_chunk(chunk: bytes, piece: bytes) -> bool:
+        def on_chunk(chunk: bytes, data: bytes) -> bool:
             # a read that is one whole chunk (see Http1Connection.on_chunk): the steady state's token
             # relayed still framed; anything else goes to `on_body` through the parser
-            if state.failure is not None or state.done or state.held or not steady_chunk(piece):
+            if state.failure is not None or state.done or state.held or not steady_chunk(data):
                 return False
             self._waiting_since = now()  # progress: the idle clock restarts
             state.chunks += 1
-            if not write_chunk(chunk, piece):
-                state.held.append(piece[:-2])  # the client is not keeping up: the task takes over and waits
+            if not write_chunk(chunk, data):
+                state.held.append(data)  # the client is not keeping up: the task takes over and waits
                 conn.pause()
                 conn.wake()
             return True

@@ -52,7 +52,7 @@ class Forwarding:
         sink = yield SseBytes(event(0, self.pad), 1)
         for i in range(1, self.events):
             data = event(i, self.pad)
-            if sink is not None and (sink.write_chunk(b"%x\r\n%b\r\n" % (len(data), data), data + b"\r\n")
+            if sink is not None and (sink.write_chunk(b"%x\r\n%b\r\n" % (len(data), data), data)
                                      if self.framed else sink.write(data)):
                 continue
             self.refused += 1

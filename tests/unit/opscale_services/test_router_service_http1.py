@@ -108,12 +108,12 @@ async def test_a_spliced_chunked_body_is_the_same_whether_its_chunks_skip_the_pa
     framed: list[bytes] = []
     answers = iter(takes)
 
-    def on_chunk(chunk: bytes, piece: bytes) -> bool:
+    def on_chunk(chunk: bytes, data: bytes) -> bool:
         if not next(answers, True):
             return False  # declined: the parser reads it
-        assert chunk == b"%x\r\n" % (len(piece) - 2) + piece
+        assert chunk == b"%x\r\n%b\r\n" % (len(data), data) and b"\r" not in data
         framed.append(chunk)
-        out.append(piece[:-2])
+        out.append(data)
         return True
 
     conn.on_body, conn.on_chunk = out.append, on_chunk
@@ -124,7 +124,8 @@ async def test_a_spliced_chunked_body_is_the_same_whether_its_chunks_skip_the_pa
     assert b"".join(out) == b"".join(pieces)
     assert conn.complete
     if whole and all(takes):
-        assert len(framed) == len(pieces)  # one chunk a read: none went through the parser
+        # one chunk a read: none went through the parser but those whose data holds a CR
+        assert len(framed) == sum(b"\r" not in p for p in pieces)
 
 
 def _connection() -> tuple[Http1Connection, _FakeTransport]:
@@ -546,9 +547,9 @@ class RecordingSink:
         self.written.append(data)
         return True
 
-    def write_chunk(self, chunk: bytes, piece: bytes) -> bool:
-        assert chunk == b"%x\r\n" % (len(piece) - 2) + piece and piece.endswith(b"\r\n")
-        return self.write(piece[:-2])
+    def write_chunk(self, chunk: bytes, data: bytes) -> bool:
+        assert chunk == b"%x\r\n%b\r\n" % (len(data), data)
+        return self.write(data)
 
 
 async def _splice_all(client: UpstreamClient, endpoint: Endpoint, sink: RecordingSink) -> list[SseBytes]:
