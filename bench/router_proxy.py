@@ -411,6 +411,20 @@ def bootstrap_added_ms(through: list[float], direct: list[float], q: float, resa
             "ci95_low": round(float(low) * 1e3, 3), "ci95_high": round(float(high) * 1e3, 3)}
 
 
+def bootstrap_median(values: list[float], resamples: int, seed: int) -> dict[str, float] | None:
+    """The median of `values` (one per round) with a 95 % bootstrap interval over the rounds; None for
+    fewer than three, where an interval says nothing."""
+    if len(values) < 3:
+        return None
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = np.asarray(values)
+    medians = np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975])
+    return {"ci95_low": round(float(low), 4), "ci95_high": round(float(high), 4)}
+
+
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
@@ -632,9 +646,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                   if o.get("server_cpu_ms_per_request") and v.get("server_cpu_ms_per_request")
                   and o["kept_up"] and v["kept_up"]]
         # the headline: both routers' CPU per request in the same round, their ratio, the median over rounds
+        # (with how far it may move: one round's ratio on a shared machine moves by 20% and more)
         summary["cpu_per_request_ratio_opscale_to_vllm_router"] = {
-            "median": _median(ratios), "per_round": [round(x, 3) for x in ratios],
-            "rounds_both_kept_up": len(ratios)}
+            "median": _median(ratios), **(bootstrap_median(ratios, args.bootstrap, seed=3) or {}),
+            "per_round": [round(x, 3) for x in ratios], "rounds_both_kept_up": len(ratios)}
         best = ramped.get("max_sustained_rps") if isinstance(ramped.get("max_sustained_rps"), dict) else None
         if best and best.get("vllm_router"):
             summary["max_rate_ratio_opscale_to_vllm_router"] = round(best["opscale"] / best["vllm_router"], 3)
