@@ -24,8 +24,9 @@ Made to be trusted on a shared machine, where other work comes and goes:
   load from elsewhere falls on each alike; the added TTFT (through a router minus direct) is given per
   round against the same round's direct step, and pooled over the rounds with a 95 % bootstrap interval;
 - the headline is CPU per request: the server process's utime+stime (/proc) over a step, divided by the
-  requests it completed, the figure least moved by what else runs; the opscale/vllm-router ratio is
-  taken per round and its median reported;
+  requests it completed, the figure least moved by what else runs, with its user share (the system
+  share, loopback reads and writes, is much the same for any router); the opscale/vllm-router ratio is
+  taken per round and its median reported with a 95 % bootstrap interval over the rounds;
 - the ramp (`RAMP_RPS`) runs direct first at each rate, and a router's step there is sustained only when it
   has no errors, completes >= 95 %, kept the schedule, and its TTFT p99 is within `--sustained-factor` of
   direct's at the same rate (or `--sustained-floor-ms` above it); a step that fails is run again before the
