@@ -632,6 +632,22 @@ async def test_stalled_upstream_hits_the_read_timeout(stall_after: int, before_f
 CLIENT_MODULES = ("opscale_services.router.upstream", "opscale_services.router.http1")
 
 
+def record_client_timers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The running loop's timers armed by the upstream client from now on (their callbacks' names), until
+    `monkeypatch.undo()`."""
+    loop = asyncio.get_running_loop()
+    timers: list[str] = []
+    call_at = loop.call_at
+
+    def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__module__", "") in CLIENT_MODULES:  # not the engine's or wait_for's
+            timers.append(callback.__qualname__)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    return timers
+
+
 async def test_the_first_token_deadline_needs_no_timer_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first-token deadline bounds the wait for the response head and then for the first token, kept by
     the client's one watch over every exchange in flight: no timer is made per request (there were two per
@@ -639,16 +655,7 @@ async def test_the_first_token_deadline_needs_no_timer_of_its_own(monkeypatch: p
     host = FakeEngineHost(stall_after=0)  # answers the head, then never a token
     config = UpstreamConfig(first_token_timeout_s=0.3)
     async with engine(host) as base, UpstreamClient(config) as client:
-        loop = asyncio.get_running_loop()
-        timers: list[str] = []
-        call_at = loop.call_at
-
-        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-            if getattr(callback, "__module__", "") in CLIENT_MODULES:  # not the engine's or wait_for's
-                timers.append(callback.__qualname__)
-            return call_at(when, callback, *args, **kwargs)
-
-        monkeypatch.setattr(loop, "call_at", counted)
+        timers = record_client_timers(monkeypatch)
         with pytest.raises(UpstreamError) as caught:
             await asyncio.wait_for(collect(client, f"{base}/instances/i-ready", {"model": "m", "prompt": "x"}),
                                    GUARD_S)
@@ -664,16 +671,7 @@ async def test_streams_in_flight_share_one_deadline_timer(monkeypatch: pytest.Mo
     stalled_host = FakeEngineHost(stall_after=2)
     config = UpstreamConfig(first_token_timeout_s=5.0, idle_timeout_s=0.3)
     async with engine(host) as base, engine(stalled_host) as stalled_base, UpstreamClient(config) as client:
-        loop = asyncio.get_running_loop()
-        timers: list[str] = []
-        call_at = loop.call_at
-
-        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-            if getattr(callback, "__module__", "") in CLIENT_MODULES:  # not the engine's or wait_for's
-                timers.append(callback.__qualname__)
-            return call_at(when, callback, *args, **kwargs)
-
-        monkeypatch.setattr(loop, "call_at", counted)
+        timers = record_client_timers(monkeypatch)
         body = {"model": "m", "prompt": "x", "max_tokens": 3}
         for _ in range(3):
             assert len(await collect(client, f"{base}/instances/i-ready", body)) == 3

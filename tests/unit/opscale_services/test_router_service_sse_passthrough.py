@@ -104,11 +104,12 @@ def test_the_splices_per_chunk_path_forwards_and_counts_as_feed_does(texts: list
     chunks_in = ([ROLE] if chat else []) + [e for t in texts for e in (token(t), ping) if e]
     chunks_in += [error] if failing else [token("", "stop")] + ([USAGE] if usage else []) + [DONE_EVENT]
     forwarder = SseForwarder()
-    forwarded, chunks, done, found, failure = [], 0, False, None, None
+    forwarded, chunks, done, found, failure, steady = [], 0, False, None, None, 0
     for data in chunks_in:
         if forwarder.steady_chunk(data):
             forwarded.append(data)
             chunks += 1
+            steady += 1
             continue
         block = forwarder.feed(data)
         failure = block.failure or failure
@@ -117,6 +118,8 @@ def test_the_splices_per_chunk_path_forwards_and_counts_as_feed_does(texts: list
             chunks += block.out.chunks
             done = block.out.done
             found = block.out.usage or found
+    # every token after the first went around `feed` (the closing one too, when the stream closes)
+    assert steady == len(texts) - 1 + (not failing)
     if failing:
         assert failure is not None and not done
         assert b"".join(forwarded) == b"".join(chunks_in[:-1]) and chunks == len(texts)
