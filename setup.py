@@ -3,10 +3,15 @@
 Discovery: the top-level `services/` and `loadgen/` folders install as the packages `opscale_services`
 and `opscale_loadgen`, which pyproject's `packages.find` cannot express (it cannot rename a folder).
 
+The router's per-token relay (services/router/_chunk_relay.c) is a small C extension, built by every
+install that has a C compiler and the Python headers; it is optional: where it cannot be built, the
+install goes on and the router uses the same relay in Python (services/router/chunk_relay.py), at more
+CPU per token.
+
 Compiled build: with OPSCALE_COMPILE=1, a wheel build (`OPSCALE_COMPILE=1 pip install .`) compiles the
 modules listed in libs/opscale/_native_modules.py to C extensions with mypyc; the build backend
 (_build_backend/backend.py) adds mypy to the build requirements for that build only, and never lets an
-editable install compile. Without the variable nothing here needs mypy, and the package is pure Python.
+editable install compile. Without the variable nothing here needs mypy, and everything but the relay is pure Python.
 """
 
 import os
@@ -14,7 +19,7 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 COMPILE_ENV = "OPSCALE_COMPILE"
@@ -31,6 +36,11 @@ def renamed(folder: str, package: str) -> list[str]:
     return [package] + [f"{package}.{sub}" for sub in find_packages(folder)]
 
 
+# optional: a failed build of it is a warning, and the Python relay stands in
+CHUNK_RELAY = Extension("opscale_services.router._chunk_relay", [os.path.join("services", "router", "_chunk_relay.c")],
+                        optional=True)
+
+
 def compiled_build() -> dict[str, Any]:
     """setup() arguments of the compiled build: the mypyc extensions of the native modules (mypy is a
     build requirement of this build only), built in a folder of their own. setuptools packs whatever
@@ -41,11 +51,12 @@ def compiled_build() -> dict[str, Any]:
     # Read by path: importing the package would need its run-time dependencies in the build environment.
     native = runpy.run_path(str(HERE / "libs" / "opscale" / "_native_modules.py"))["NATIVE_MODULES"]
     sources = [os.path.join("libs", *name.split(".")) + ".py" for name in native]
-    return {"ext_modules": mypycify([*MYPY_OPTIONS, *sources], opt_level="3", target_dir=COMPILED_BUILD_DIR),
+    return {"ext_modules": [*mypycify([*MYPY_OPTIONS, *sources], opt_level="3", target_dir=COMPILED_BUILD_DIR),
+                            CHUNK_RELAY],
             "options": {"build": {"build_base": COMPILED_BUILD_DIR}}}
 
 
 setup(
     packages=find_packages("libs") + renamed("services", "opscale_services") + renamed("loadgen", "opscale_loadgen"),
-    **(compiled_build() if os.environ.get(COMPILE_ENV) == "1" else {}),
+    **(compiled_build() if os.environ.get(COMPILE_ENV) == "1" else {"ext_modules": [CHUNK_RELAY]}),
 )

@@ -33,7 +33,7 @@ def _compiling() -> bool:
 
 @contextmanager
 def _pure() -> Iterator[None]:
-    """setuptools calls inside build pure Python: OPSCALE_COMPILE is cleared, then put back."""
+    """setuptools calls inside build without mypyc: OPSCALE_COMPILE is cleared, then put back."""
     saved = os.environ.pop(COMPILE_ENV, None)
     try:
         yield

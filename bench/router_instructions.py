@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from _revision import commit_of, python_path, unpack  # noqa: E402
 
 from opscale.runtime.live.local_servers import free_port, terminate  # noqa: E402
 
@@ -48,21 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench-model"
 BENCH_KEY = "sk-bench-0123456789abcdef"  # router_proxy.py's: its opscale role asks for it
 WARM_UP = 20
-
-
-def unpack(ref: str, into: Path) -> Path:
-    """The tree of `ref`, unpacked into `into`, with the two folders that install under other names
-    (services -> opscale_services, loadgen -> opscale_loadgen) linked as those packages."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], capture_output=True, check=False)
-    if archive.returncode != 0:
-        raise SystemExit(f"git archive {ref}: {archive.stderr.decode(errors='replace').strip()}")
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    aliases = into / "_packages"
-    aliases.mkdir()
-    (aliases / "opscale_services").symlink_to(into / "services")
-    (aliases / "opscale_loadgen").symlink_to(into / "loadgen")
-    return into
 
 
 async def _requests(url: str, tokens: int, count: int) -> None:
@@ -152,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="opscale-instructions-") as tmp:
         work = Path(tmp)
         baseline = unpack(args.baseline, work / "baseline")
-        base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(baseline / "libs"), str(baseline / "_packages")])}
+        base_env = {**os.environ, "PYTHONPATH": python_path(baseline)}
         tree_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         for name, tree, env in (("working_tree", ROOT, tree_env), ("baseline", baseline, base_env)):
             points = []
@@ -163,9 +148,7 @@ def main() -> None:
             results[name] = {"points": points, "split": split(points)}
     ratios = {str(p["tokens"]): round(p["instructions_per_request"] / b["instructions_per_request"], 4)
               for p, b in zip(results["working_tree"]["points"], results["baseline"]["points"], strict=True)}
-    with contextlib.suppress(FileNotFoundError, subprocess.CalledProcessError):
-        results["baseline_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.baseline],
-                                                    capture_output=True, text=True, check=True).stdout.strip()
+    results["baseline_commit"] = commit_of(args.baseline)
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
     print(json.dumps({"benchmark": "router_instructions", "machine": machine(), "valgrind": valgrind,
                       "baseline_ref": args.baseline, **results,

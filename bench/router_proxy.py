@@ -66,6 +66,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from _revision import commit_of, python_path, unpack  # noqa: E402
 
 from opscale.runtime.live.local_servers import free_port, terminate  # noqa: E402
 
@@ -73,6 +74,8 @@ MODEL = "bench-model"
 # `--auth`: the opscale router asks for this key (one tenant, limits far above any rate measured, so the
 # request and token buckets run on every request without refusing one) and the load generator sends it.
 BENCH_KEY = "sk-bench-0123456789abcdef"
+# the target name of `--baseline`: opscale's router at another revision
+BASELINE = "opscale_baseline"
 BENCH_KEY_SPEC = {"id": "bench", "secret": BENCH_KEY, "requests_per_min": 1e9, "tokens_per_min": 1e12}
 ROOT = Path(__file__).resolve().parents[1]
 RAMP_RPS = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000)
@@ -224,10 +227,13 @@ def _pct(sorted_values: list[float], q: float) -> float:
 # -- the orchestrator ----------------------------------------------------------------------------
 
 
-def spawn(*args: str, env: dict[str, str] | None = None, cpus: str | None = None) -> subprocess.Popen[str]:
+def spawn(*args: str, env: dict[str, str] | None = None, cpus: str | None = None,
+          script: Path | None = None) -> subprocess.Popen[str]:
+    """This module (or `script`, another tree's copy of it) run in a role, in a process of its own."""
     # stderr to a file, not a pipe: a server logging under overload must never block on a full pipe
-    return subprocess.Popen(pinned([sys.executable, __file__, *args], cpus), stdout=subprocess.PIPE,
-                            stderr=tempfile.TemporaryFile(), text=True, env=env)
+    return subprocess.Popen(pinned([sys.executable, str(script or __file__), *args], cpus), stdout=subprocess.PIPE,
+                            stderr=tempfile.TemporaryFile(), text=True, env=env,
+                            cwd=script.parent.parent if script else None)
 
 
 def wait_http(url: str, timeout_s: float) -> None:
@@ -493,9 +499,9 @@ def ramp(targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
     ceiling). Where direct itself fails, the load tools (and the upstream) have reached their own ceiling:
     the ramp stops there, and a target still sustaining is reported as at least the last rate, censored."""
     direct = next(t for t in targets if t.name == "direct")
-    routers = [t for t in targets if t.name != "direct"]
+    routers = [t for t in targets if t.name not in ("direct", BASELINE)]
     in_ramp = {t.name for t in routers}
-    best: dict[str, float] = {t.name: 0.0 for t in targets}
+    best: dict[str, float] = {t.name: 0.0 for t in [direct, *routers]}
     log: list[dict[str, Any]] = []
     tool_ceiling: float | None = None
     for i, rate in enumerate(r for r in RAMP_RPS if r <= args.ramp_max_rps):
@@ -571,14 +577,44 @@ def vllm_router_bin(venv: Path) -> tuple[Path | None, str]:
     return (exe, "installed") if exe.exists() else (None, "vllm-router installed no executable")
 
 
+def start_opscale(name: str, port: int, upstream_url: str, args: argparse.Namespace,
+                  tree: Path | None = None) -> tuple[subprocess.Popen[str], Target, str]:
+    """opscale's router in a process of its own, from this checkout or from `tree` (an unpacked
+    revision, see _revision.py): the process, its target and its event loop's name."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if tree is not None:
+        env["PYTHONPATH"] = python_path(tree)
+    profiling = ("--profile-out", args.profile_out) if args.profile_out and tree is None else ()
+    proc = spawn("--role", "opscale", "--port", str(port), "--upstream", upstream_url, *profiling,
+                 "--auth" if args.auth else "--no-auth", env=env, cpus=args.cpu_router,
+                 script=tree / "bench" / "router_proxy.py" if tree is not None else None)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("{"):
+        raise RuntimeError(f"{name} router did not start (exit {proc.wait(10)}): {line}")
+    return proc, Target(name, f"http://127.0.0.1:{port}", proc.pid, args.auth), json.loads(line)["loop"]
+
+
+def cpu_ratio(mine: dict[str, Any], theirs: dict[str, Any], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One target's CPU per request over another's, per round where both kept up: the median over the
+    rounds with a 95 % bootstrap interval (one round's ratio on a shared machine moves by 20% and more)."""
+    ratios = [o["server_cpu_ms_per_request"] / v["server_cpu_ms_per_request"]
+              for o, v in zip(mine["steps"], theirs["steps"], strict=True)
+              if o.get("server_cpu_ms_per_request") and v.get("server_cpu_ms_per_request")
+              and o["kept_up"] and v["kept_up"]]
+    return {"median": _median(ratios), **(bootstrap_median(ratios, args.bootstrap, seed=seed) or {}),
+            "per_round": [round(x, 3) for x in ratios], "rounds_both_kept_up": len(ratios)}
+
+
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     load_before = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()
-    up_port, ops_port, vr_port = free_port(), free_port(), free_port()
+    baseline_commit = commit_of(args.baseline) if args.baseline else None
+    up_port, ops_port, vr_port, base_port = free_port(), free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
     procs: list[subprocess.Popen[str]] = []
     notes: list[str] = []
     loop_name = None
+    workdir = tempfile.TemporaryDirectory(prefix="opscale-router-proxy-")
     try:
         upstream = spawn("--role", "upstream", "--port", str(up_port), "--tokens", str(args.tokens),
                          "--token-gap-ms", str(args.token_gap_ms), cpus=args.cpu_upstream)
@@ -586,16 +622,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         wait_http(f"{upstream_url}/health", 30)
         targets = [Target("direct", upstream_url, None, False)]
 
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        profiling = ("--profile-out", args.profile_out) if args.profile_out else ()
-        opscale = spawn("--role", "opscale", "--port", str(ops_port), "--upstream", upstream_url, *profiling,
-                        "--auth" if args.auth else "--no-auth", env=env, cpus=args.cpu_router)
+        opscale, target, loop_name = start_opscale("opscale", ops_port, upstream_url, args)
         procs.append(opscale)
-        line = opscale.stdout.readline() if opscale.stdout else ""
-        if not line.startswith("{"):
-            raise RuntimeError(f"opscale router did not start (exit {opscale.wait(10)}): {line}")
-        loop_name = json.loads(line)["loop"]
-        targets.append(Target("opscale", f"http://127.0.0.1:{ops_port}", opscale.pid, args.auth))
+        targets.append(target)
+        if args.baseline:
+            tree = unpack(args.baseline, Path(workdir.name) / "baseline")
+            baseline, target, _ = start_opscale(BASELINE, base_port, upstream_url, args, tree)
+            procs.append(baseline)
+            targets.append(target)
 
         exe, how = (None, "skipped (--no-vllm-router)") if args.no_vllm_router else vllm_router_bin(Path(args.venv_dir))
         if exe is None:
@@ -619,6 +653,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for proc in procs:
             terminate(proc, 10.0)
+        workdir.cleanup()
 
     ops = at_rate["opscale"]
     summary: dict[str, Any] = {
@@ -642,18 +677,20 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         summary["vllm_router_user_cpu_ms_per_request"] = vr.get("user_cpu_ms_per_request_median")
         summary["vllm_router_added_ttft_p50_ms"] = vr["added_ttft_ms"]["p50_pooled"]
         summary["vllm_router_added_ttft_p99_ms"] = vr["added_ttft_ms"]["p99_pooled"]
-        ratios = [o["server_cpu_ms_per_request"] / v["server_cpu_ms_per_request"]
-                  for o, v in zip(ops["steps"], vr["steps"], strict=True)
-                  if o.get("server_cpu_ms_per_request") and v.get("server_cpu_ms_per_request")
-                  and o["kept_up"] and v["kept_up"]]
         # the headline: both routers' CPU per request in the same round, their ratio, the median over rounds
-        # (with how far it may move: one round's ratio on a shared machine moves by 20% and more)
-        summary["cpu_per_request_ratio_opscale_to_vllm_router"] = {
-            "median": _median(ratios), **(bootstrap_median(ratios, args.bootstrap, seed=3) or {}),
-            "per_round": [round(x, 3) for x in ratios], "rounds_both_kept_up": len(ratios)}
+        summary["cpu_per_request_ratio_opscale_to_vllm_router"] = cpu_ratio(ops, vr, args, seed=3)
         best = ramped.get("max_sustained_rps") if isinstance(ramped.get("max_sustained_rps"), dict) else None
         if best and best.get("vllm_router"):
             summary["max_rate_ratio_opscale_to_vllm_router"] = round(best["opscale"] / best["vllm_router"], 3)
+    if BASELINE in at_rate:
+        base = at_rate[BASELINE]
+        summary["baseline"] = {"ref": args.baseline, "commit": baseline_commit,
+                               "cpu_ms_per_request": base.get("cpu_ms_per_request", {}).get("median"),
+                               "user_cpu_ms_per_request": base.get("user_cpu_ms_per_request_median"),
+                               "cpu_per_request_ratio_opscale_to_baseline": cpu_ratio(ops, base, args, seed=4)}
+        if "vllm_router" in at_rate:
+            summary["baseline"]["cpu_per_request_ratio_baseline_to_vllm_router"] = cpu_ratio(
+                base, at_rate["vllm_router"], args, seed=5)
     summary["targets"] = {"added_ttft_p50_ms": 1.0, "added_ttft_p99_ms": 3.0,
                           "cpu_per_request_ratio_opscale_to_vllm_router": 1.5}
     return {
@@ -730,6 +767,9 @@ def main() -> None:
     parser.add_argument("--venv-dir", default=str(ROOT / ".bench-venvs" / "vllm-router"),
                         help="Where vllm-router is installed (its own venv)")
     parser.add_argument("--no-vllm-router", action="store_true", help="Skip the vllm-router comparison")
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="Also measure opscale's router at git revision REF, in the same rounds (not in the "
+                             "ramp): its CPU per request against this checkout's and vllm-router's")
     parser.add_argument("--profile-out", default=None,
                         help="Run opscale's router under cProfile and write its stats to this file (for finding "
                              "hot spots: profiling slows the router, so its latencies are then not comparable)")

@@ -75,11 +75,6 @@ class ResponseHead(NamedTuple):
     reason: str
 
 
-# A chunk's size line -> its size, for the sizes an engine's events have (up to three hex digits, in
-# lower case as servers write them): the steady-state splice reads each token's chunk framing with it.
-_CHUNK_SIZES: dict[bytes, int] = {b"%x" % n: n for n in range(1, 0x1000)}
-
-
 class _ParserCallbacks(NamedTuple):
     """What httptools calls while parsing, looked up by these names when a parser is made. Not the
     connection itself: its `on_body` attribute is the splice hook, which changes during an exchange."""
@@ -145,10 +140,9 @@ class Http1Connection(asyncio.Protocol):
         # set while a caller takes the body from the read callback itself (splicing): `read` is then
         # unused, and the waiting task is woken only by `wake`, the response's end, or a failure
         self.on_body: Callable[[bytes], None] | None = None
-        # with `on_body`, optionally: a read that is exactly one whole chunk of a chunked body, its data
-        # holding no CR, goes here without the parser, as it came and as its data; it returns False to
-        # have the read parsed as any other
-        self.on_chunk: Callable[[bytes, bytes], bool] | None = None
+        # with `on_body`, optionally: a read that starts at a chunk of a chunked body is offered here first,
+        # without the parser (chunk_relay.py), which takes it whole or returns False to have it parsed
+        self.relay: Callable[[bytes], bool] | None = None
         self.park_timer: asyncio.TimerHandle | None = None
         self._callbacks = _ParserCallbacks(self._on_message_begin, self._on_status, self._on_header,
                                            self._on_headers_complete, self._on_parsed_body,
@@ -193,23 +187,13 @@ class Http1Connection(asyncio.Protocol):
         self._pool.lost(self)
 
     def data_received(self, data: bytes) -> None:
-        on_chunk = self.on_chunk
-        if on_chunk is not None and self._at_chunk_start and self._error is None and self._mode == _BODY:
+        relay = self.relay
+        if relay is not None and self._at_chunk_start and self._error is None and self._mode == _BODY and relay(data):
             # The splice's steady state: an engine writes each event as one chunk, and while tokens flow
-            # each read is one chunk, here checked for its framing and handed over as it came (the
-            # parser, which stays between two chunks, and a call per piece are a share of the router's
-            # CPU per token). The first CR after the size line must be the chunk's own closing CRLF at
-            # the size's offset: then the read is exactly one chunk, and its data holds no CR (an event
-            # with CR line ends is not the steady state's). Anything else (several chunks, a part, an
-            # extension, a size of more than three hex digits, a CR in the data) is parsed below.
-            # `partition`, not `find`: `find` parses its arguments as a tuple, a share of its cost, and a
-            # one-byte separator is found with memchr.
-            size_line, _, rest = data.partition(b"\r\n")
-            size = _CHUNK_SIZES.get(size_line)
-            if size is not None:
-                piece, _, end = rest.partition(b"\r")
-                if end == b"\n" and len(piece) == size and on_chunk(data, piece):
-                    return
+            # each read is one chunk, which the relay checks and writes on as it came (the parser, which
+            # stays between two chunks, and a Python call per check were most of the router's CPU per
+            # token). Anything else (several chunks, a part, a usage or error event) is parsed below.
+            return
         if self._error is not None:
             return  # the exchange failed (a malformed answer, a timeout): what follows is not read
         self.response_started = True

@@ -51,6 +51,8 @@ from opscale.openai.schema import ApiError, body_too_large, error_for_status
 from opscale.runtime.live.openai_http import unix_now_s
 from opscale.runtime.live.server_limits import ServerLimits
 
+from opscale_services.router.chunk_relay import ChunkRelay, Relay
+
 __all__ = ["Handler", "HeadCheck", "HeadRefusal", "Http1Exchange", "Http1Request", "Http1Server", "SERVER_NAME"]
 
 log = logging.getLogger(__name__)
@@ -263,13 +265,11 @@ class ClientSink:
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         return True
 
-    def write_chunk(self, chunk: bytes, data: bytes) -> bool:
-        """`write` of `data` that came framed as one chunk (`chunk`: its size in hex, CRLF, `data`, CRLF), as
-        an engine's chunked body brings it: to a chunked answer it goes as it is."""
-        if self._conn.writing_paused or self._transport.is_closing():
-            return False
-        self._transport.write(chunk if self._chunked else data)
-        return True
+    def relay(self, now: Callable[[], float]) -> Relay:
+        """A relay of whole-chunk token events to this connection (chunk_relay.py): the chunk as it came
+        to a chunked answer, its data otherwise; nothing while the client is not keeping up."""
+        transport = self._transport
+        return ChunkRelay(transport.write, transport.is_closing, self._conn, self._chunked, now)
 
 
 # the parser's state between reads: between messages (or in a head), in a body

@@ -13,12 +13,15 @@ decoded event by event instead (still correct, just not the fast path).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from opscale.openai.json_codec import loads_json
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage, engine_usage
+
+from opscale_services.router.chunk_relay import Relay, chunk_data
 
 __all__ = ["DONE_EVENT", "EventFailure", "ForwardedBlock", "SseBytes", "SseForwarder", "SseSink", "decode_event",
            "event_usage"]
@@ -53,9 +56,10 @@ class SseSink(Protocol):
         is not keeping up (or is gone), so the caller holds them and waits as a task would."""
         ...
 
-    def write_chunk(self, chunk: bytes, data: bytes) -> bool:
-        """`write` of `data`, an event that arrived framed as one HTTP chunk (`chunk`): the client's own
-        chunked answer takes the chunk as it is."""
+    def relay(self, now: Callable[[], float]) -> Relay | None:
+        """A relay (chunk_relay.py) that writes token events arriving as whole HTTP chunks to this sink
+        from the engine connection's read callback, stamping each with `now()`; None where the sink
+        takes events only through `write`."""
         ...
 
 
@@ -202,23 +206,17 @@ class SseForwarder:
             return events
         return -1
 
-    def steady_chunk(self, data: bytes) -> bool:
-        """Whether `data`, one HTTP chunk's data holding no CR, is the steady state's one token event (a
-        single `data:` line of JSON, with no usage, error or `[DONE]`, once tokens flow): then counted
-        here, and forwarded as it is by the caller; False for anything else, which goes to `feed`.
+    @property
+    def steady(self) -> bool:
+        """Whether the next token events may go around `feed` (a `ChunkRelay` relays them): tokens flow,
+        and no event is cut across reads or read event by event (CR line ends)."""
+        return self.chunks > 0 and not self._tail and self._plain
 
-        The splice's per-token path, so each test is one C call: `partition` (a one-argument method;
-        a one-byte separator is found with memchr) rather than `find`, whose arguments are parsed as a
-        tuple, or `in`, which first tries its operand as an integer and drops the TypeError."""
-        if not self.chunks or self._tail or not self._plain:
-            return False
-        line, _, end = data.partition(b"\n")
-        if (end != b"\n" or line[:5] != b"data:" or line[-1] != 125  # '}'
-                or line.partition(b'"error"')[1] or line.partition(b'"completion_tokens"')[1]):
-            return False
-        self.chunks += 1
-        self._last_event = line
-        return True
+    def relayed(self, events: int, last: bytes) -> None:
+        """`events` token events went around `feed` while `steady`, `last` (an HTTP chunk, framed) the last:
+        counted as `feed` would have, and `last` kept for `end`."""
+        self.chunks += events
+        self._last_event = chunk_data(last)
 
     def _feed(self, data: bytes) -> ForwardedBlock:
         if self._plain and data.find(b"\r") >= 0:

@@ -31,6 +31,7 @@ from opscale.openai.sse import SseDecoder, SseError
 from opscale.openai.stream import EngineUsage
 from opscale.runtime.live.redact import redact_url
 
+from opscale_services.router.chunk_relay import Relay
 from opscale_services.router.http1 import (
     ConnectionFailed,
     ConnectionLost,
@@ -421,7 +422,7 @@ class _Exchange:
     `completed` is set once the stream was read to its end, so the connection is reused."""
 
     __slots__ = ("_client", "_conn", "_deadlines", "_endpoint", "_first_token_deadline", "_idle_timeout_s", "_loop",
-                 "_pool", "_request", "_waiting_since", "completed", "produced", "url")
+                 "_pool", "_relay", "_request", "_waiting_since", "completed", "produced", "url")
 
     def __init__(self, client: UpstreamClient, pool: Http1Pool, deadlines: _DeadlineWatch, endpoint: Endpoint,
                  url: str, request: bytes) -> None:
@@ -442,6 +443,7 @@ class _Exchange:
         # (None between reads, while the caller is busy). Neither is a timeout context per read (~10 us
         # each, a share of the router's CPU per token).
         self._waiting_since: float | None = None
+        self._relay: Relay | None = None  # while splicing: relayed tokens are progress too
         self.produced = 0
         self.completed = False
 
@@ -506,7 +508,7 @@ class _Exchange:
         # called once per engine read: what it calls is bound here, not looked up each time
         now, feed_steady, write = loop.time, forwarder.feed_steady, sink.write
 
-        def on_body(data: bytes) -> None:
+        def on_parsed(data: bytes) -> None:
             if state.failure is not None or state.done:
                 return  # nothing is forwarded after a failure or the end
             self._waiting_since = now()  # progress: the idle clock restarts
@@ -543,32 +545,42 @@ class _Exchange:
                 state.failure = block.failure
                 conn.wake()
 
-        steady_chunk, write_chunk = forwarder.steady_chunk, sink.write_chunk
+        # The steady state's tokens, each a whole chunk, go around the parser and `on_parsed`: the relay
+        # (chunk_relay.py) writes them from the read callback, armed only while nothing is held or failed
+        # and the forwarder is steady; what it counted is taken back before any other read is handled.
+        relay = sink.relay(now)
+        self._relay = relay
 
-        def on_chunk(chunk: bytes, data: bytes) -> bool:
-            # a read that is one whole chunk (see Http1Connection.on_chunk): the steady state's token
-            # relayed still framed; anything else goes to `on_body` through the parser
-            if state.failure is not None or state.done or state.held or not steady_chunk(data):
-                return False
-            self._waiting_since = now()  # progress: the idle clock restarts
-            state.chunks += 1
-            if not write_chunk(chunk, data):
-                state.held.append(data)  # the client is not keeping up: the task takes over and waits
-                conn.pause()
-                conn.wake()
-            return True
+        def take_relayed() -> None:
+            count, last = relay.take()
+            if count:
+                assert last is not None
+                forwarder.relayed(count, last)
+                state.chunks += count
+
+        def on_body(data: bytes) -> None:
+            if relay is not None:
+                take_relayed()
+                on_parsed(data)
+                relay.armed = state.failure is None and not state.done and not state.held and forwarder.steady
+            else:
+                on_parsed(data)
 
         cfg = self._client.config
         pending = conn.take_buffered()
         conn.on_body = on_body
-        conn.on_chunk = on_chunk
+        conn.relay = relay
         try:
             if pending:
                 on_body(pending)
+            elif relay is not None:
+                relay.armed = forwarder.steady
             while state.failure is None and not state.done and not state.held:
                 self._waiting_since = loop.time()
                 ended = await conn.wait_signal()
                 if ended and state.failure is None and not state.done and not state.held:
+                    if relay is not None:
+                        take_relayed()  # the relayed tokens' count, and the last for `end`
                     closing = forwarder.end()  # the body ended without [DONE]
                     if closing is None:
                         raise self.fail("protocol", f"stream ended before [DONE] after {forwarder.chunks} chunks")
@@ -579,7 +591,11 @@ class _Exchange:
         except (ConnectionLost, ProtocolViolation) as exc:
             raise self.fail("protocol", f"stream broken: {type(exc).__name__}: {exc}") from exc
         finally:
-            conn.on_body = conn.on_chunk = None
+            conn.on_body = conn.relay = None
+            self._relay = None
+            if relay is not None:
+                relay.armed = False
+                take_relayed()
             self._waiting_since = None
         self.produced = forwarder.chunks
         return SseBytes(b"".join(state.held), state.chunks, state.usage, state.done), state.failure
@@ -594,7 +610,12 @@ class _Exchange:
         if self.produced == 0:
             return self._first_token_deadline
         since = self._waiting_since
-        return None if since is None else since + self._idle_timeout_s
+        if since is None:
+            return None
+        relay = self._relay
+        if relay is not None and relay.last_at > since:
+            since = relay.last_at  # a token relayed since the read began: progress
+        return since + self._idle_timeout_s
 
     def expire(self) -> None:
         """Past `due`: the waiting read (or the next one) fails with the timeout."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,8 +32,8 @@ def event(i: int, pad: int = 0) -> bytes:
 class Forwarding:
     """A back end that forwards `events` engine events of `pad` bytes each, as the upstream client does:
     the first as a block, the rest written to the API's sink while it takes them and yielded as blocks
-    when it does not (the client is not keeping up), then `[DONE]`. `framed`: the sink is given each event
-    as the engine's HTTP chunk (`write_chunk`, the steady relay's path) rather than as the event."""
+    when it does not (the client is not keeping up), then `[DONE]`. `framed`: each event goes to the sink's
+    relay as the engine's HTTP chunk (the steady state's path, chunk_relay.py) rather than to `write`."""
 
     def __init__(self, events: int, pad: int = 0, framed: bool = False) -> None:
         self.events = events
@@ -52,8 +53,13 @@ class Forwarding:
         sink = yield SseBytes(event(0, self.pad), 1)
         for i in range(1, self.events):
             data = event(i, self.pad)
-            if sink is not None and (sink.write_chunk(b"%x\r\n%b\r\n" % (len(data), data), data)
-                                     if self.framed else sink.write(data)):
+            if sink is not None and self.framed:
+                relay = sink.relay(time.monotonic)
+                assert relay is not None
+                relay.armed = True
+                if relay(b"%x\r\n%b\r\n" % (len(data), data)):
+                    continue
+            elif sink is not None and sink.write(data):
                 continue
             self.refused += 1
             sink = yield SseBytes(data, 1)

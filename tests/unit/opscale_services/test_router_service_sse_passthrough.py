@@ -91,58 +91,6 @@ def test_the_splices_steady_path_forwards_and_counts_as_feed_does(texts: list[st
     assert found == (EngineUsage(3, 7) if usage else None)
 
 
-@given(texts=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12), usage=st.booleans(),
-       pings=st.booleans(), failing=st.booleans(), chat=st.booleans())
-def test_the_splices_per_chunk_path_forwards_and_counts_as_feed_does(texts: list[str], usage: bool, pings: bool,
-                                                                     failing: bool, chat: bool) -> None:
-    """The splice offers each engine chunk's data (one event a chunk, holding no CR) to `steady_chunk` and
-    takes `feed` where it declines: the same bytes reach the client and the same chunks are counted as
-    through `feed` alone, and the events only `feed` can read are left to it: the usage, a ping, an error
-    mid-stream (which fails the stream), the chat role delta before the first token, and `[DONE]`."""
-    ping = b": ping\n\n" if pings else b""
-    error = event({"error": {"object": "error", "message": "engine died", "type": "InternalServerError"}})
-    chunks_in = ([ROLE] if chat else []) + [e for t in texts for e in (token(t), ping) if e]
-    chunks_in += [error] if failing else [token("", "stop")] + ([USAGE] if usage else []) + [DONE_EVENT]
-    forwarder = SseForwarder()
-    forwarded, chunks, done, found, failure, steady = [], 0, False, None, None, 0
-    for data in chunks_in:
-        if forwarder.steady_chunk(data):
-            forwarded.append(data)
-            chunks += 1
-            steady += 1
-            continue
-        block = forwarder.feed(data)
-        failure = block.failure or failure
-        if block.out is not None:
-            forwarded.append(block.out.data)
-            chunks += block.out.chunks
-            done = block.out.done
-            found = block.out.usage or found
-    # every token after the first went around `feed` (the closing one too, when the stream closes)
-    assert steady == len(texts) - 1 + (not failing)
-    if failing:
-        assert failure is not None and not done
-        assert b"".join(forwarded) == b"".join(chunks_in[:-1]) and chunks == len(texts)
-    else:
-        assert failure is None and done
-        assert b"".join(forwarded) == b"".join(chunks_in)
-        assert chunks == forwarder.chunks == len(texts) + 1
-        assert found == (EngineUsage(3, 7) if usage else None)
-
-
-def test_the_per_chunk_path_takes_only_a_single_data_line_of_json() -> None:
-    """`steady_chunk` says yes only to one `data:` line ending in `}` and the blank line, once tokens flow."""
-    forwarder = SseForwarder()
-    assert not forwarder.steady_chunk(token("a"))  # before the first token: decoded by `feed`
-    assert forwarder.feed(token("a")).out is not None
-    assert forwarder.steady_chunk(token("b"))
-    for declined in (token("c") + token("d"), b"data: {}\ndata: {}\n\n", b"data: [DONE]\n\n", b"event: x\n\n",
-                     b"id: {}\n\n", token("e")[:-1], b"\n\n", b": ping\n\n", USAGE,
-                     event({"error": {"message": "m"}})):
-        assert not forwarder.steady_chunk(declined), declined
-    assert forwarder.chunks == 2
-
-
 def test_a_chat_role_delta_waits_for_the_first_token() -> None:
     forwarder = SseForwarder()
     assert forwarder.feed(ROLE).out is None

@@ -1,0 +1,42 @@
+"""A git revision of this repository unpacked beside the working tree, so a benchmark can run it as a
+baseline in the same run (bench/router_instructions.py, bench/router_proxy.py --baseline).
+
+The tree is unpacked with `git archive`; the two folders that install under other names (services ->
+opscale_services, loadgen -> opscale_loadgen) are linked as those packages under `_packages`, so that
+`python_path(tree)` put in PYTHONPATH imports the revision's code ahead of the installed package, with
+this checkout's virtual environment. Compiled extensions are not built there: a revision's router uses
+its Python relay where it has no other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unpack(ref: str, into: Path) -> Path:
+    """The tree of `ref`, unpacked into `into` (which must not exist)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {ref}: {archive.stderr.decode(errors='replace').strip()}")
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    aliases = into / "_packages"
+    aliases.mkdir()
+    (aliases / "opscale_services").symlink_to(into / "services")
+    (aliases / "opscale_loadgen").symlink_to(into / "loadgen")
+    return into
+
+
+def python_path(tree: Path) -> str:
+    """The PYTHONPATH that imports `tree`'s packages (from `unpack`) ahead of the installed ones."""
+    return os.pathsep.join([str(tree / "libs"), str(tree / "_packages")])
+
+
+def commit_of(ref: str) -> str | None:
+    """The full commit id `ref` names, or None."""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
