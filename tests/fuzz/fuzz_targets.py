@@ -42,6 +42,8 @@ from opscale.runtime.live.server_limits import ServerLimits
 from opscale.traces import ColumnMapping, ReadOptions, ReadStats, TraceFormatError, read_trace
 from opscale.traces.servegen_data import read_client_lengths, read_client_windows
 
+from opscale_services.router import chunk_relay as _relays
+from opscale_services.router.chunk_relay import PyChunkRelay, Relay, chunk_data
 from opscale_services.router.http1 import ConnectionLost, Http1Connection, Http1Pool, ProtocolViolation
 from opscale_services.router.http1_server import Http1Exchange, Http1Request, Http1Server
 from opscale_services.router.sse_passthrough import SseForwarder, decode_event, event_usage
@@ -230,6 +232,36 @@ def sse_forwarder(data: bytes) -> bool:
     # the client only ever receives whole events
     assert not sent or sent.endswith(b"\n\n") or sent.endswith(b"\r\r") or sent.endswith(b"\r\n\r\n"), sent[-40:]
     return bool(sent)
+
+
+# the Python relay, and the C one where it is built
+RELAYS: list[type[Relay]] = [PyChunkRelay] + ([_relays.ChunkRelay] if _relays.NATIVE else [])
+
+
+class _Flow:
+    writing_paused = False
+
+
+def chunk_relay(data: bytes) -> bool:
+    """The splice's per-token relay on each read: the C relay (where built) answers and writes exactly as
+    the Python one does, and what either relays is one whole chunk holding one token event."""
+    reads, _ = _splits(data)
+    written: list[list[bytes]] = [[] for _ in RELAYS]
+    relays = [kind(out.append, lambda: False, _Flow(), True, lambda: 0.0) for kind, out in zip(RELAYS, written,
+                                                                                               strict=True)]
+    relayed = 0
+    for read in reads:
+        for relay in relays:
+            relay.armed = True
+        answers = {relay(read) for relay in relays}
+        assert len(answers) == 1, read
+        if answers.pop():
+            relayed += 1
+            event = chunk_data(read)
+            assert read == b"%x\r\n%b\r\n" % (len(event), event) and b"\r" not in event, read
+            assert event.startswith(b"data:") and event.endswith(b"}\n\n") and event.count(b"\n") == 2, read
+    assert all(out == written[0] for out in written)
+    return relayed > 0
 
 
 class _Transport:
@@ -440,6 +472,7 @@ TARGETS: dict[str, Target] = {
     "trace_detected": trace_detected,
     "sse_decoder": sse_decoder,
     "sse_forwarder": sse_forwarder,
+    "chunk_relay": chunk_relay,
     "http_response": http_response,
     "http_request": http_request,
 }
@@ -459,6 +492,7 @@ _CHUNK = (b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":
           b'"finish_reason":null}]}\n\n')
 _LAST = (b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":"",'
          b'"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n')
+_FRAMED_CHUNK = b"%x\r\n%b\r\n" % (len(_CHUNK), _CHUNK)
 _SSE = b": keep-alive\n\n" + _CHUNK + _CHUNK + _LAST + b"data: [DONE]\n\n"
 
 SEEDS: dict[str, list[bytes]] = {
@@ -487,6 +521,8 @@ SEEDS: dict[str, list[bytes]] = {
     "trace_detected": [],  # every trace seed above (filled below)
     "sse_decoder": [b"\x07" + _SSE, b"\x00data: a\r\ndata: b\r\n\r\n"],
     "sse_forwarder": [b"\x1f" + _SSE, b"\xff" + _SSE.replace(b"\n", b"\r\n")],
+    # (the first byte cuts the reads a chunk long: see _splits)
+    "chunk_relay": [bytes([len(_FRAMED_CHUNK) - 1]) + _FRAMED_CHUNK * 3 + b"%x\r\n%b\r\n" % (len(_LAST), _LAST)],
     "http_response": [
         b"\x10HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         + f"{len(_SSE):x}\r\n".encode() + _SSE + b"\r\n0\r\n\r\n",
