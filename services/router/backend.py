@@ -180,7 +180,8 @@ class LiveRouterBackend:
                                 usage = block.usage or usage
                                 sink = yield block
                         finally:
-                            await stream.aclose()  # the connection's fate is settled now, not at garbage collection
+                            if getattr(stream, "ag_frame", True) is not None:  # else run to its end: nothing to close
+                                await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
                         async for chunk in self.upstream.stream_completion(endpoint, body, headers, req.kind):
                             if isinstance(chunk, EngineUsage):
@@ -244,13 +245,31 @@ class LiveRouterBackend:
 
     async def _decide(self, event: RequestArrived | DispatchFailed, request_id: str) -> Decision:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released
-        from the hold queue; the core itself bounds the wait with its pending timeout)."""
+        from the hold queue; the core itself bounds the wait with its pending timeout).
+
+        The core's actions are taken here rather than through `host.handle`, which would take them
+        the same way (`on_action`, then the host's own handling of the rest): a decision made at once,
+        the common case, is then returned without a future or a task switch."""
         assert self.host is not None
+        mine: Decision | None = None
+        rest: list[Action] = []
+        for action in self.core.handle(event, self.clock.now_s()):
+            if isinstance(action, Dispatch | Reject) and action.request.request_id == request_id:
+                mine = action
+            elif not await self.on_action(action):
+                rest.append(action)
+        if mine is not None:
+            if rest:
+                await self.host.perform(rest)
+            return mine
+        # held: the decision comes with a later event (a release from the hold queue, the pending timeout).
+        # The future is in place before anything here can yield to the loop, so none is missed.
         loop = self.upstream.loop or asyncio.get_running_loop()  # the client's: no getpid() a request
         future: asyncio.Future[Decision] = loop.create_future()
         self._waiting[request_id] = future
         try:
-            await self.host.handle(event)
+            if rest:
+                await self.host.perform(rest)
             return await future
         finally:
             self._waiting.pop(request_id, None)

@@ -77,8 +77,8 @@ async def aclose_quietly(stream: AsyncIterator[Any]) -> None:
     """Close an async iterator if it can be closed (async generators can); a failure while closing is
     logged, never raised over the answer already decided."""
     aclose = getattr(stream, "aclose", None)
-    if aclose is None:
-        return
+    if aclose is None or getattr(stream, "ag_frame", True) is None:
+        return  # not closable, or an async generator already run to its end (closing it does nothing)
     try:
         result = aclose()
         if inspect.isawaitable(result):
