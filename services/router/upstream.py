@@ -552,6 +552,8 @@ class _Exchange:
         self._relay = relay
 
         def take_relayed() -> None:
+            if relay is None:
+                return
             count, last = relay.take()
             if count:
                 assert last is not None
@@ -559,12 +561,10 @@ class _Exchange:
                 state.chunks += count
 
         def on_body(data: bytes) -> None:
+            take_relayed()
+            on_parsed(data)
             if relay is not None:
-                take_relayed()
-                on_parsed(data)
                 relay.armed = state.failure is None and not state.done and not state.held and forwarder.steady
-            else:
-                on_parsed(data)
 
         cfg = self._client.config
         pending = conn.take_buffered()
@@ -579,8 +579,7 @@ class _Exchange:
                 self._waiting_since = loop.time()
                 ended = await conn.wait_signal()
                 if ended and state.failure is None and not state.done and not state.held:
-                    if relay is not None:
-                        take_relayed()  # the relayed tokens' count, and the last for `end`
+                    take_relayed()  # the relayed tokens' count, and the last for `end`
                     closing = forwarder.end()  # the body ended without [DONE]
                     if closing is None:
                         raise self.fail("protocol", f"stream ended before [DONE] after {forwarder.chunks} chunks")
@@ -595,7 +594,7 @@ class _Exchange:
             self._relay = None
             if relay is not None:
                 relay.armed = False
-                take_relayed()
+            take_relayed()
             self._waiting_since = None
         self.produced = forwarder.chunks
         return SseBytes(b"".join(state.held), state.chunks, state.usage, state.done), state.failure
