@@ -95,7 +95,7 @@ def gate_cost(requests: int, rounds: int = 10) -> dict[str, Any]:
 def start_router(port: int, upstream_url: str, cpus: str | None, auth: bool) -> Any:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = rp.spawn("--role", "opscale", "--port", str(port), "--upstream", upstream_url,
-                    *(["--auth"] if auth else []), env=env, cpus=cpus)
+                    "--auth" if auth else "--no-auth", env=env, cpus=cpus)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("{"):
         raise RuntimeError(f"opscale router (auth {auth}) did not start (exit {proc.wait(10)}): {line}")
@@ -117,23 +117,27 @@ def whole_router(args: argparse.Namespace) -> dict[str, Any]:
         ports = {"off": off_port, "on": on_port}
         for variant in ("off", "on"):  # warm both (connections, caches) before anything is timed
             rp.load_step(f"http://127.0.0.1:{ports[variant]}", args.rate, 1.0, args.tokens, 1, args.cpu_load,
-                         auth=variant == "on")
+                         auth=variant == "on")  # (the step and its TTFT samples: neither kept)
         for r in range(args.rounds):
             for variant in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 pid = routers[variant].pid
-                before = rp.cpu_s(pid)
-                step = rp.load_step(f"http://127.0.0.1:{ports[variant]}", args.rate, args.step_s, args.tokens, 1,
-                                    args.cpu_load, auth=variant == "on")
-                after = rp.cpu_s(pid)
+                before, threads_before = rp.cpu_s(pid), rp.on_cpu_ns(pid)
+                step, _ = rp.load_step(f"http://127.0.0.1:{ports[variant]}", args.rate, args.step_s, args.tokens, 1,
+                                       args.cpu_load, auth=variant == "on")
+                after, threads_after = rp.cpu_s(pid), rp.on_cpu_ns(pid)
                 if before is not None and after is not None and step["completed"]:
-                    step["server_cpu_ms_per_request"] = round((after - before) * 1e3 / step["completed"], 4)
+                    # as router_proxy.py counts it: the scheduler's nanoseconds, else user + system ticks
+                    spent = rp.cpu_between_s(threads_before, threads_after)
+                    if spent is None:
+                        spent = sum(after) - sum(before)
+                    step["server_cpu_ms_per_request"] = round(spent * 1e3 / step["completed"], 4)
                 steps[variant].append(step)
                 print(f"round {r} auth {variant}: {step['completed']}/{step['sent']} completed, cpu "
                       f"{step.get('server_cpu_ms_per_request')} ms/request, ttft p50 {step['ttft_p50_ms']} ms, "
                       f"p99 {step['ttft_p99_ms']} ms", file=sys.stderr, flush=True)
     finally:
         for proc in procs:
-            rp.stop(proc)
+            rp.terminate(proc, 10.0)
 
     def median(variant: str, key: str) -> float | None:
         values = [s[key] for s in steps[variant] if s.get(key) is not None]

@@ -23,10 +23,14 @@ Made to be trusted on a shared machine, where other work comes and goes:
 - the targets are measured in rounds at `--rate`, one step each per round in a rotated order, so a burst of
   load from elsewhere falls on each alike; the added TTFT (through a router minus direct) is given per
   round against the same round's direct step, and pooled over the rounds with a 95 % bootstrap interval;
-- the headline is CPU per request: the server process's utime+stime (/proc) over a step, divided by the
-  requests it completed, the figure least moved by what else runs, with its user share (the system
-  share, loopback reads and writes, is much the same for any router); the opscale/vllm-router ratio is
-  taken per round and its median reported with a 95 % bootstrap interval over the rounds;
+- the headline is CPU per request: the server process's time on a CPU over a step (the scheduler's
+  nanoseconds, /proc/TID/schedstat summed over its threads; clock ticks, 10 ms each, where a thread
+  ended during the step), divided by the requests it completed, the figure least moved by what else
+  runs, with its user share (from the ticks; the system share, loopback reads and writes, is much the
+  same for any router); the opscale/vllm-router ratio is taken per round and its median reported with a
+  95 % bootstrap interval over the rounds;
+- `--baseline REF` adds opscale's router at another git revision to the same rounds, so a change to the
+  router is measured against what it replaces under the same conditions;
 - the ramp (`RAMP_RPS`) runs direct first at each rate, and a router's step there is sustained only when it
   has no errors, completes >= 95 %, kept the schedule, and its TTFT p99 is within `--sustained-factor` of
   direct's at the same rate (or `--sustained-floor-ms` above it); a step that fails is run again before the
@@ -354,18 +358,45 @@ def cpu_s(pid: int) -> tuple[float, float] | None:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and its children's processes, recursively (a router that forks workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pids.extend(_tree(int(child)))
+    return pids
+
+
 def process_tree_cpu_s(pid: int) -> tuple[float, float] | None:
-    """User and system CPU seconds of a process and its threads' children (vllm-router is one process with
-    threads, which /proc/PID/stat already sums; a process tree would be summed here if a router forked
-    workers)."""
+    """User and system CPU seconds of a process and its children (vllm-router is one process with threads,
+    which /proc/PID/stat already sums; a process tree is summed here when a router forks workers)."""
     total = cpu_s(pid)
     if total is None:
         return None
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            user, system = cpu_s(int(child)) or (0.0, 0.0)
-            total = (total[0] + user, total[1] + system)
+    for child in _tree(pid)[1:]:
+        user, system = cpu_s(child) or (0.0, 0.0)
+        total = (total[0] + user, total[1] + system)
     return total
+
+
+def on_cpu_ns(pid: int) -> dict[int, int]:
+    """Nanoseconds on a CPU of each thread of a process and its children (/proc/TID/schedstat, the
+    scheduler's own count): /proc/PID/stat counts in clock ticks, 10 ms, a few percent of a step's CPU."""
+    threads: dict[int, int] = {}
+    for proc in _tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{proc}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    threads[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+    return threads
+
+
+def cpu_between_s(before: dict[int, int], after: dict[int, int]) -> float | None:
+    """CPU seconds between two `on_cpu_ns` readings; None when a thread ended in between (its time
+    left the sum), where the caller falls back to the clock ticks."""
+    if not before or not set(before) <= set(after):
+        return None
+    return sum(after[tid] - before.get(tid, 0) for tid in after) / 1e9
 
 
 class Target:
@@ -379,11 +410,18 @@ class Target:
         """One open-loop step at `rate`: its summary (with the server's CPU per completed request) and
         its TTFT samples (seconds)."""
         before = process_tree_cpu_s(self.pid) if self.pid else None
+        threads_before = on_cpu_ns(self.pid) if self.pid else {}
         step, ttfts = load_step(self.url, rate, args.step_s, args.tokens, args.load_procs, args.cpu_load, self.auth)
+        threads_after = on_cpu_ns(self.pid) if self.pid else {}
         after = process_tree_cpu_s(self.pid) if self.pid else None
         if before is not None and after is not None and step["completed"]:
             user, system = ((b - a) * 1e3 / step["completed"] for a, b in zip(before, after, strict=True))
-            step["server_cpu_ms_per_request"] = round(user + system, 4)
+            # the total from the scheduler's nanoseconds where every thread lived through the step, else
+            # from the clock ticks; the user/system split is only in ticks
+            precise = cpu_between_s(threads_before, threads_after)
+            step["cpu_counted_by"] = "schedstat" if precise is not None else "clock_ticks"
+            step["server_cpu_ms_per_request"] = round(
+                precise * 1e3 / step["completed"] if precise is not None else user + system, 4)
             # the kernel's share (system calls, loopback TCP) is much the same for any router; the user
             # share is the router's own code
             step["server_user_ms_per_request"] = round(user, 4)
@@ -708,8 +746,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                                 "records published to an in-memory counting bus",
         "method": "at --rate: --rounds rounds, one step per target each, in a rotated order; added TTFT = through "
                   "a router minus direct, per round (same round's direct step) and pooled over rounds with a 95 % "
-                  "bootstrap interval; CPU per request = the server process's utime+stime (/proc) over the step "
-                  "divided by the requests completed, over the rounds where the router kept up (TTFT p50 within "
+                  "bootstrap interval; CPU per request = the server process's time on a CPU over the step "
+                  "(schedstat nanoseconds summed over its threads, else utime+stime) divided by the requests completed, over the rounds where the router kept up (TTFT p50 within "
                   "--kept-up-p50-ms of direct's); the first step of each target at the rate is not counted. "
                   "Ramp: direct first at each rate, a router step is sustained when error-free, >=95 % complete, on schedule, and its TTFT p99 <= max(factor x direct's, "
                   "direct's + floor); a failed step is run again before the target leaves the ramp.",
