@@ -22,8 +22,9 @@ leaves to its user, each answered clearly with OpenAI's error body (ServerLimits
   with its `Content-Length` body, and then the connection closes;
 - an HTTP/1.0 client whose connection is kept is told so (`Connection: keep-alive`).
 
-Requests on one connection are answered in order, one at a time (pipelined ones wait, at most
-`_MAX_QUEUED` read ahead). The next answer waits while the client has not read the ones before (asyncio's
+Requests on one connection are answered in order, one at a time (pipelined ones wait: reading pauses
+once `_MAX_QUEUED` wait, and a read already in that brings more than `_MAX_PIPELINED` gets 429 for the
+one past the bound, then the close). The next answer waits while the client has not read the ones before (asyncio's
 write buffer is full), and nothing more is read meanwhile, so a client that sends and never reads holds
 one buffer's worth; a client that reads nothing of its answers for `send_timeout_s` (between answers or
 in a stream) is disconnected, which ends its handler. A client that disconnects cancels its handler, so a request waiting for its
@@ -63,6 +64,10 @@ SERVER_NAME = "opscale-router"
 _LINGER_S = 1.0
 # Complete requests read ahead of the one being answered (pipelining); beyond it the socket is not read.
 _MAX_QUEUED = 8
+# Requests waiting on one connection, at most: reading pauses at _MAX_QUEUED, but a read already in is parsed
+# whole, and one read can carry thousands of small pipelined requests. Past this bound the request is
+# refused with 429 and the connection closes once the answers before it are written.
+_MAX_PIPELINED = 64
 _JSON = b"application/json"
 
 Handler = Callable[["Http1Request", "Http1Exchange"], Awaitable[None]]
@@ -503,6 +508,11 @@ class _Http1ServerConnection(asyncio.Protocol):
         if not keep_alive:
             self._stop = True
         queue = self._queue  # (_enqueue, inlined: once a request)
+        if len(queue) >= _MAX_PIPELINED:
+            self._refuse(error_for_status(429, f"More than {_MAX_PIPELINED} requests are waiting for their answers on "
+                                               "this connection: read the answers before sending more",
+                                          code="too_many_pipelined_requests"))
+            raise _StopParsing
         queue.append(request)
         if self._task is None and not self._blocked:
             self._start_next()

@@ -7,7 +7,9 @@ that misbehave: each test is the regression test of one defect a review found.
   would buffer its header line without end) and nothing more is read;
 - `100 Continue` goes out when its request's turn comes, never inside an earlier answer's body;
 - without a key, a request is refused 401 from its head: before `100 Continue` and whatever its body's size;
-- an answer the client is gone for is a disconnect, not a logged server error.
+- an answer the client is gone for is a disconnect, not a logged server error;
+- one read of more pipelined requests than the bound queues no more than the bound: 429 past it, then the
+  close.
 """
 
 from __future__ import annotations
@@ -151,16 +153,37 @@ async def test_a_client_that_pipelines_and_never_reads_holds_a_bounded_buffer() 
         sock = client_socket(port, rcvbuf=4096)
         try:
             sent = await send_until_stuck(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 1000, 64 << 20)
-            [conn] = server.connections
-            assert conn.transport is not None
-            buffered = conn.transport.get_write_buffer_size()
-            # the server stopped reading once the client stopped reading its answers; what it holds is about
-            # one buffer's worth (the answers to one read of requests), not what the client sent
             assert sent < 64 << 20, "the server read on while its answers piled up"
-            assert buffered < 4 << 20, buffered
-            assert conn.writing_paused and conn.task is None
+            # Either the server stopped reading once the client stopped reading its answers, holding about
+            # one buffer's worth (the answers to one read of requests), or one read brought more requests
+            # than may wait and the connection was refused and closed: never what the client sent.
+            for conn in server.connections:
+                assert conn.transport is not None
+                buffered = conn.transport.get_write_buffer_size()
+                assert buffered < 4 << 20, buffered
+                assert len(conn._queue) <= 64
+                assert (conn.writing_paused and conn.task is None) or conn._refused
         finally:
             sock.close()
+
+
+async def test_a_read_of_more_pipelined_requests_than_the_bound_gets_429_past_it_then_the_close() -> None:
+    handler = Slow()
+    async with serving(handler) as (server, port), behind_a_stream(handler, port) as sock:
+        [conn] = server.connections
+        sock.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 100)  # one read: the stream's answer is in progress
+        for _ in range(50):
+            if conn._refused:
+                break
+            await asyncio.sleep(0.001)  # noqa: TID251 - the server's turn to read
+        assert len(conn._queue) == 64  # waiting, at most: not all that one read brought
+        handler.release.set()
+        data = await read_some(sock, b"\x00never")  # until the server closes
+    got = answers(data)
+    assert [status for status, _, _ in got] == [200] * 65 + [429]
+    error = json.loads(got[-1][2])["error"]
+    assert error["code"] == "too_many_pipelined_requests" and error["type"] == "rate_limit_error", error
+    assert got[-1][1].get("connection") == "close"
 
 
 async def test_a_head_over_its_bound_behind_a_streaming_answer_is_not_parsed_or_read() -> None:
