@@ -627,6 +627,19 @@ async def test_a_stall_while_splicing_hits_the_idle_timeout() -> None:
     assert (caught.value.kind, caught.value.before_first_token) == ("timeout", False)
 
 
+async def test_tokens_relayed_while_splicing_keep_a_stream_longer_than_the_idle_timeout_alive() -> None:
+    # each token is relayed from the read callback (chunk_relay.py), with no task switch: the idle clock
+    # must restart at each one, or a steady stream would time out one idle_timeout_s after the splice began
+    events = _events(16)
+    answer = [CHUNKED_HEAD] + [chunked(e)[:-5] for e in events] + [chunked(b"data: [DONE]\n\n")]
+    config = UpstreamConfig(idle_timeout_s=1.0)
+    async with raw_server(answer, hold_s=0.1) as (endpoint, _), UpstreamClient(config) as client:
+        sink = RecordingSink()
+        blocks = await asyncio.wait_for(_splice_all(client, endpoint, sink), GUARD_S)
+    assert b"".join(sink.written) == b"".join(events[1:])  # 1.5 s of tokens, 0.1 s apart
+    assert blocks[-1].done and sum(b.chunks for b in blocks) == 16
+
+
 async def test_a_close_after_the_finish_reason_without_done_ends_the_spliced_stream() -> None:
     events = _events(3)
     answer = [CHUNKED_HEAD] + [chunked(e)[:-5] for e in events] + [b"0\r\n\r\n"]
