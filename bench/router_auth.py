@@ -126,10 +126,7 @@ def whole_router(args: argparse.Namespace) -> dict[str, Any]:
                                        args.cpu_load, auth=variant == "on")
                 after, threads_after = rp.cpu_s(pid), rp.on_cpu_ns(pid)
                 if before is not None and after is not None and step["completed"]:
-                    # as router_proxy.py counts it: the scheduler's nanoseconds, else user + system ticks
-                    spent = rp.cpu_between_s(threads_before, threads_after)
-                    if spent is None:
-                        spent = sum(after) - sum(before)
+                    spent, _ = rp.step_cpu_s((before, after), (threads_before, threads_after))
                     step["server_cpu_ms_per_request"] = round(spent * 1e3 / step["completed"], 4)
                 steps[variant].append(step)
                 print(f"round {r} auth {variant}: {step['completed']}/{step['sent']} completed, cpu "

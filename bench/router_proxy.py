@@ -399,6 +399,17 @@ def cpu_between_s(before: dict[int, int], after: dict[int, int]) -> float | None
     return sum(after[tid] - before.get(tid, 0) for tid in after) / 1e9
 
 
+def step_cpu_s(ticks: tuple[tuple[float, float], tuple[float, float]],
+               threads: tuple[dict[int, int], dict[int, int]]) -> tuple[float, str]:
+    """A step's CPU seconds from readings before and after it: the scheduler's nanoseconds where every
+    thread lived through the step, else the user and system clock ticks; and which it was."""
+    precise = cpu_between_s(*threads)
+    if precise is not None:
+        return precise, "schedstat"
+    before, after = ticks
+    return sum(after) - sum(before), "clock_ticks"
+
+
 class Target:
     """One way to reach the upstream: its URL, the server process whose CPU is counted (none for direct),
     and whether it asks for the API key."""
@@ -415,13 +426,9 @@ class Target:
         threads_after = on_cpu_ns(self.pid) if self.pid else {}
         after = process_tree_cpu_s(self.pid) if self.pid else None
         if before is not None and after is not None and step["completed"]:
-            user, system = ((b - a) * 1e3 / step["completed"] for a, b in zip(before, after, strict=True))
-            # the total from the scheduler's nanoseconds where every thread lived through the step, else
-            # from the clock ticks; the user/system split is only in ticks
-            precise = cpu_between_s(threads_before, threads_after)
-            step["cpu_counted_by"] = "schedstat" if precise is not None else "clock_ticks"
-            step["server_cpu_ms_per_request"] = round(
-                precise * 1e3 / step["completed"] if precise is not None else user + system, 4)
+            user = (after[0] - before[0]) * 1e3 / step["completed"]  # the user/system split is only in ticks
+            spent, step["cpu_counted_by"] = step_cpu_s((before, after), (threads_before, threads_after))
+            step["server_cpu_ms_per_request"] = round(spent * 1e3 / step["completed"], 4)
             # the kernel's share (system calls, loopback TCP) is much the same for any router; the user
             # share is the router's own code
             step["server_user_ms_per_request"] = round(user, 4)

@@ -215,14 +215,9 @@ static int ChunkRelay_set_armed(ChunkRelay *self, PyObject *value, void *Py_UNUS
     return 0;
 }
 
-static PyObject *ChunkRelay_get_last(ChunkRelay *self, void *Py_UNUSED(closure)) {
-    return Py_NewRef(self->last ? self->last : Py_None);
-}
-
 static PyGetSetDef ChunkRelay_getset[] = {
     {"armed", (getter)ChunkRelay_get_armed, (setter)ChunkRelay_set_armed,
      "Whether a read may be relayed: the splice sets it while it is in its steady state.", NULL},
-    {"last", (getter)ChunkRelay_get_last, NULL, "The last read relayed since `take`, framed, or None.", NULL},
     {NULL},
 };
 

@@ -247,16 +247,16 @@ class LiveRouterBackend:
         """Hand `event` to the core and wait for this request's decision (now, or when it is released
         from the hold queue; the core itself bounds the wait with its pending timeout).
 
-        The core's actions are taken here rather than through `host.handle`, which would take them
-        the same way (`on_action`, then the host's own handling of the rest): a decision made at once,
-        the common case, is then returned without a future or a task switch."""
+        This request's own decision is taken from the core's actions here, the rest go to the host as
+        `host.handle` would send them (other requests' decisions to their futures through `on_action`): a
+        decision made at once, the common case, is then returned without a future or a task switch."""
         assert self.host is not None
         mine: Decision | None = None
         rest: list[Action] = []
         for action in self.core.handle(event, self.clock.now_s()):
             if isinstance(action, Dispatch | Reject) and action.request.request_id == request_id:
                 mine = action
-            elif not await self.on_action(action):
+            else:
                 rest.append(action)
         if mine is not None:
             if rest:

@@ -56,10 +56,9 @@ class SseSink(Protocol):
         is not keeping up (or is gone), so the caller holds them and waits as a task would."""
         ...
 
-    def relay(self, now: Callable[[], float]) -> Relay | None:
+    def relay(self, now: Callable[[], float]) -> Relay:
         """A relay (chunk_relay.py) that writes token events arriving as whole HTTP chunks to this sink
-        from the engine connection's read callback, stamping each with `now()`; None where the sink
-        takes events only through `write`."""
+        from the engine connection's read callback, stamping each with `now()`."""
         ...
 
 

@@ -552,8 +552,6 @@ class _Exchange:
         self._relay = relay
 
         def take_relayed() -> None:
-            if relay is None:
-                return
             count, last = relay.take()
             if count:
                 assert last is not None
@@ -563,8 +561,7 @@ class _Exchange:
         def on_body(data: bytes) -> None:
             take_relayed()
             on_parsed(data)
-            if relay is not None:
-                relay.armed = state.failure is None and not state.done and not state.held and forwarder.steady
+            relay.armed = state.failure is None and not state.done and not state.held and forwarder.steady
 
         cfg = self._client.config
         pending = conn.take_buffered()
@@ -573,7 +570,7 @@ class _Exchange:
         try:
             if pending:
                 on_body(pending)
-            elif relay is not None:
+            else:
                 relay.armed = forwarder.steady
             while state.failure is None and not state.done and not state.held:
                 self._waiting_since = loop.time()
@@ -592,8 +589,7 @@ class _Exchange:
         finally:
             conn.on_body = conn.relay = None
             self._relay = None
-            if relay is not None:
-                relay.armed = False
+            relay.armed = False
             take_relayed()
             self._waiting_since = None
         self.produced = forwarder.chunks

@@ -151,7 +151,7 @@ class Tenant:
         """None when the request may start (its request and prompt tokens are then taken from the
         buckets), else why not. Both limits are checked before either is taken, so a request refused
         for tokens does not spend a request."""
-        if self.models is not None and model not in self.models:  # (may_use, written out: once a request)
+        if not self.may_use(model):
             return Refusal("model", f"The model '{model}' does not exist or you do not have access to it.")
         wait_requests = self.requests.wait_s(1, now_s) if self.requests is not None else 0.0
         wait_tokens = self.tokens.wait_s(prompt_tokens, now_s) if self.tokens is not None else 0.0

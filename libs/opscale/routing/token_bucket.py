@@ -45,13 +45,7 @@ class TokenBucket:
         """Seconds from `now_s` until `amount` can be taken (0.0: now; inf: never, more than the burst)."""
         if amount > self.burst:
             return math.inf
-        # _refill, written out: this and `charge` run for every request of a tenant, where a call more
-        # is a measurable share of the router's CPU per request (bench/router_auth.py)
-        elapsed = now_s - self._updated_s
-        if elapsed > 0:
-            level = self._level + elapsed * self.rate_per_s
-            self._level = level if level < self.burst else self.burst
-            self._updated_s = now_s
+        self._refill(now_s)
         missing = amount - self._level
         return 0.0 if missing <= 0 else missing / self.rate_per_s
 
@@ -67,11 +61,7 @@ class TokenBucket:
         """Take `amount` now whatever the level: a cost learnt after the fact. Debt is repaid by the refill."""
         if amount < 0:
             raise ValueError(f"amount must be >= 0, got {amount!r}")
-        elapsed = now_s - self._updated_s  # _refill, written out (see wait_s)
-        if elapsed > 0:
-            level = self._level + elapsed * self.rate_per_s
-            self._level = level if level < self.burst else self.burst
-            self._updated_s = now_s
+        self._refill(now_s)
         self._level -= amount
 
     def refund(self, amount: float, now_s: float) -> None:
@@ -85,6 +75,5 @@ class TokenBucket:
         # A clock that steps back (a caller's stale `now_s`) refills nothing rather than draining the bucket.
         elapsed = now_s - self._updated_s
         if elapsed > 0:
-            level = self._level + elapsed * self.rate_per_s
-            self._level = level if level < self.burst else self.burst
+            self._level = min(self.burst, self._level + elapsed * self.rate_per_s)
             self._updated_s = now_s

@@ -55,7 +55,6 @@ class Forwarding:
             data = event(i, self.pad)
             if sink is not None and self.framed:
                 relay = sink.relay(time.monotonic)
-                assert relay is not None
                 relay.armed = True
                 if relay(b"%x\r\n%b\r\n" % (len(data), data)):
                     continue
