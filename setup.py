@@ -3,15 +3,16 @@
 Discovery: the top-level `services/` and `loadgen/` folders install as the packages `opscale_services`
 and `opscale_loadgen`, which pyproject's `packages.find` cannot express (it cannot rename a folder).
 
-The router's per-token relay (services/router/_chunk_relay.c) is a small C extension, built by every
-install that has a C compiler and the Python headers; it is optional: where it cannot be built, the
-install goes on and the router uses the same relay in Python (services/router/chunk_relay.py), at more
-CPU per token.
+The router's per-token relay (services/router/_chunk_relay.c) and its reading of plain requests
+(services/router/_request_head.c) are two small C extensions, built by every install that has a C
+compiler and the Python headers; they are optional: where they cannot be built, the install goes on and
+the router uses the same relay in Python (services/router/chunk_relay.py) and llhttp's reading for every
+request, at more CPU per token and per request.
 
 Compiled build: with OPSCALE_COMPILE=1, a wheel build (`OPSCALE_COMPILE=1 pip install .`) compiles the
 modules listed in libs/opscale/_native_modules.py to C extensions with mypyc; the build backend
 (_build_backend/backend.py) adds mypy to the build requirements for that build only, and never lets an
-editable install compile. Without the variable nothing here needs mypy, and everything but the relay is pure Python.
+editable install compile. Without the variable nothing here needs mypy, and everything but the router's two extensions is pure Python.
 """
 
 import os
@@ -36,9 +37,9 @@ def renamed(folder: str, package: str) -> list[str]:
     return [package] + [f"{package}.{sub}" for sub in find_packages(folder)]
 
 
-# optional: a failed build of it is a warning, and the Python relay stands in
-CHUNK_RELAY = Extension("opscale_services.router._chunk_relay", [os.path.join("services", "router", "_chunk_relay.c")],
-                        optional=True)
+# optional: a failed build of either is a warning, and the Python relay or llhttp's reading stands in
+ROUTER_EXTENSIONS = [Extension(f"opscale_services.router.{name}", [os.path.join("services", "router", f"{name}.c")],
+                               optional=True) for name in ("_chunk_relay", "_request_head")]
 
 
 def compiled_build() -> dict[str, Any]:
@@ -52,11 +53,11 @@ def compiled_build() -> dict[str, Any]:
     native = runpy.run_path(str(HERE / "libs" / "opscale" / "_native_modules.py"))["NATIVE_MODULES"]
     sources = [os.path.join("libs", *name.split(".")) + ".py" for name in native]
     return {"ext_modules": [*mypycify([*MYPY_OPTIONS, *sources], opt_level="3", target_dir=COMPILED_BUILD_DIR),
-                            CHUNK_RELAY],
+                            *ROUTER_EXTENSIONS],
             "options": {"build": {"build_base": COMPILED_BUILD_DIR}}}
 
 
 setup(
     packages=find_packages("libs") + renamed("services", "opscale_services") + renamed("loadgen", "opscale_loadgen"),
-    **(compiled_build() if os.environ.get(COMPILE_ENV) == "1" else {"ext_modules": [CHUNK_RELAY]}),
+    **(compiled_build() if os.environ.get(COMPILE_ENV) == "1" else {"ext_modules": ROUTER_EXTENSIONS}),
 )

@@ -5,8 +5,13 @@ to one handler coroutine, which writes its answer on the connection (`Http1Excha
 server's per-request machinery (aiohttp's request and response objects, its header multidicts, its
 stream readers and payload writers) was a large share of the router's CPU per request. Requests are
 read by httptools' `HttpRequestParser` (llhttp, the parser of Node.js and uvicorn): request line,
-headers, `Content-Length` and chunked bodies, pipelined requests. This module keeps what the parser
-leaves to its user, each answered clearly with OpenAI's error body (ServerLimits):
+headers, `Content-Length` and chunked bodies, pipelined requests. A read that starts with whole, plain
+requests (as clients send them: a known method, an origin-form target, plain header lines, a
+`Content-Length` body all in the read) has them read by `parse_request` in one call each
+(_request_head.c, built when the install has a C compiler), which leaves everything else to llhttp, and
+reads those as llhttp does (the tests feed both the same bytes): llhttp's reading cost a Python call per
+header. This module keeps what the parser leaves to its user, each answered clearly with OpenAI's error
+body (ServerLimits):
 
 - a connection that sends no complete request head within `header_timeout_s` (its first) or
   `keepalive_timeout_s` (a later one, counted from the previous answer) is closed, without an answer;
@@ -53,6 +58,14 @@ from opscale.runtime.live.openai_http import unix_now_s
 from opscale.runtime.live.server_limits import ServerLimits
 
 from opscale_services.router.chunk_relay import ChunkRelay, Relay
+
+try:
+    from opscale_services.router._request_head import parse_request as _parse_request
+except ImportError:  # built without a C compiler (setup.py): llhttp reads every request, at more CPU per request
+    _parse_request = None
+# (data, start, max_line, max_headers) -> (method, target, version, headers, body, keep_alive, end) | None
+WholeRequest = tuple[str, str, str, dict[str, str], bytes, bool, int]
+parse_request: Callable[[bytes, int, int, int], WholeRequest | None] | None = _parse_request
 
 __all__ = ["Handler", "HeadCheck", "HeadRefusal", "Http1Exchange", "Http1Request", "Http1Server", "SERVER_NAME"]
 
@@ -298,6 +311,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._closed = False
         # the message being read
         self._state = _HEAD
+        self._between = True  # llhttp is between messages: parse_request may read the next ones
         self._url = b""
         self._path = ""
         self._query = ""
@@ -388,6 +402,12 @@ class _Http1ServerConnection(asyncio.Protocol):
             if self._upgrade is not None and not self._refused:
                 self._upgrade_body(data)
             return  # after a request that ends the connection, or bytes llhttp refused: nothing more is read
+        if self._between and parse_request is not None and not self._stop:
+            offset = self._read_whole(data, parse_request)
+            if offset == len(data):
+                return
+            if offset:
+                data = data[offset:]
         if self._state == _HEAD:
             self._head_bytes += len(data)
         try:
@@ -428,6 +448,7 @@ class _Http1ServerConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._stop:
             raise _StopParsing  # a request after one that ends the connection: not read
+        self._between = False
         self._url = b""
         self._headers = {}
         self._auth = None
@@ -454,21 +475,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         headers = self._headers
-        path, _, self._query = self._url.decode("latin-1").partition("?")
-        self._path = path if path.startswith("/") else _origin_path(path)
-        check = self._on_head
-        if check is not None:
-            # before the body is read (or asked for with 100 Continue): a request without a valid key is
-            # refused whatever its body
-            auth = check(self._path, headers)
-            if isinstance(auth, HeadRefusal):
-                self._refuse(auth.error, auth.headers)
-                return
-            self._auth = auth
-        length = headers.get("content-length")
-        max_body = self._limits.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > max_body:
-            self._refuse(body_too_large(max_body))
+        if not self._admit_head(self._url.decode("latin-1"), headers):
             return
         self._head_at = now = self._loop.time()
         if headers.get("expect", "").lower() == "100-continue":
@@ -489,6 +496,7 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._body.append(data)
 
     def on_message_complete(self) -> None:
+        self._between = True
         self._state = _HEAD
         self._head_bytes = 0
         self._continue = False  # the body came without it
@@ -505,19 +513,72 @@ class _Http1ServerConnection(asyncio.Protocol):
         if parser.should_upgrade():
             self._upgrade_request(request)
             return
-        if not keep_alive:
+        if not self._queue_request(request):
+            raise _StopParsing
+
+    # -- a request read whole, by llhttp's callbacks or by parse_request ---------------------------
+
+    def _admit_head(self, target: str, headers: dict[str, str]) -> bool:
+        """The head's checks before its body is read: the server's head check (a request without a valid key
+        is refused whatever its body, before it is read or asked for with 100 Continue), and the declared
+        body's size. False: refused."""
+        path, _, self._query = target.partition("?")
+        self._path = path if path.startswith("/") else _origin_path(path)
+        check = self._on_head
+        if check is not None:
+            auth = check(self._path, headers)
+            if isinstance(auth, HeadRefusal):
+                self._refuse(auth.error, auth.headers)
+                return False
+            self._auth = auth
+        length = headers.get("content-length")
+        max_body = self._limits.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > max_body:
+            self._refuse(body_too_large(max_body))
+            return False
+        return True
+
+    def _queue_request(self, request: Http1Request) -> bool:
+        """Queue a request read whole, and answer it when its turn comes. False: refused, past
+        `_MAX_PIPELINED` (nothing more is read)."""
+        if not request.keep_alive:
             self._stop = True
-        queue = self._queue  # (_enqueue, inlined: once a request)
+        queue = self._queue
         if len(queue) >= _MAX_PIPELINED:
             self._refuse(error_for_status(429, f"More than {_MAX_PIPELINED} requests are waiting for their answers on "
                                                "this connection: read the answers before sending more",
                                           code="too_many_pipelined_requests"))
-            raise _StopParsing
+            return False
         queue.append(request)
         if self._task is None and not self._blocked:
             self._start_next()
         elif len(queue) >= _MAX_QUEUED and not self._reading_paused:
             self._flow()
+        return True
+
+    def _read_whole(self, data: bytes, parse: Callable[[bytes, int, int, int], WholeRequest | None]) -> int:
+        """The requests at the start of `data` that parse_request reads (whole, plain ones), queued; returns
+        the offset of what is left for llhttp, which reads all the others exactly as before (llhttp is between
+        messages whenever this is called)."""
+        limits = self._limits
+        offset = 0
+        end = len(data)
+        while offset < end and not self._stop:
+            whole = parse(data, offset, limits.max_header_bytes, limits.max_headers)
+            if whole is None:
+                break
+            method, target, version, headers, body, keep_alive, offset = whole
+            self._auth = None
+            if not self._admit_head(target, headers):
+                # its body is read: nothing more is (the refusal closes the connection once it is written)
+                self._parser_failed = True
+                return end
+            request = Http1Request(method, self._path, self._query, version, headers, body,
+                                   keep_alive and not self.draining, self._auth)
+            if not self._queue_request(request):
+                self._parser_failed = True
+                return end
+        return offset
 
     def _upgrade_request(self, request: Http1Request) -> None:
         """A request asking for another protocol (`Upgrade`, as `curl --http2` asks for h2c) or CONNECT, which
@@ -535,7 +596,7 @@ class _Http1ServerConnection(asyncio.Protocol):
             self._upgrade = request
             self._upgrade_left = int(length)
         else:
-            self._enqueue(request)
+            self._queue_request(request)
 
     def _upgrade_body(self, data: bytes) -> None:
         request = self._upgrade
@@ -548,15 +609,8 @@ class _Http1ServerConnection(asyncio.Protocol):
         self._upgrade = None
         self._state = _HEAD
         request.body, self._body = b"".join(self._body), []
-        self._enqueue(request)
+        self._queue_request(request)
         self._flow()
-
-    def _enqueue(self, request: Http1Request) -> None:
-        self._queue.append(request)
-        if self._task is None and not self._blocked:
-            self._start_next()
-        elif len(self._queue) >= _MAX_QUEUED and not self._reading_paused:
-            self._flow()
 
     # -- answering ----------------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ when that contract breaks. The same targets run under atheris for a bounded time
 - the router's API server: the HTTP/1.1 request reader (http1_server.py): every request it reads is
   answered in order, and what it cannot read (a bad request line, a head or body over its limits) gets
   its status and OpenAI's error body, then the close; what it writes is always valid HTTP/1.1 answers.
+  Its reading of whole, plain requests in C (parse_request) gives the same requests, answers and close as
+  llhttp's reading of the same reads.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 
 from httptools import HttpResponseParser
 
-from opscale.openai.schema import ApiError, ParsedRequest, RequestKind, parse_completion
+from opscale.openai.schema import ApiError, ParsedRequest, RequestKind, error_for_status, parse_completion
 from opscale.openai.sse import SseDecoder, SseError
 from opscale.runtime.live import codec
 from opscale.runtime.live.server_limits import ServerLimits
@@ -43,9 +45,17 @@ from opscale.traces import ColumnMapping, ReadOptions, ReadStats, TraceFormatErr
 from opscale.traces.servegen_data import read_client_lengths, read_client_windows
 
 from opscale_services.router import chunk_relay as _relays
+from opscale_services.router import http1_server as _server
 from opscale_services.router.chunk_relay import PyChunkRelay, Relay, chunk_data
 from opscale_services.router.http1 import ConnectionLost, Http1Connection, Http1Pool, ProtocolViolation
-from opscale_services.router.http1_server import Http1Exchange, Http1Request, Http1Server
+from opscale_services.router.http1_server import (
+    Handler,
+    HeadCheck,
+    HeadRefusal,
+    Http1Exchange,
+    Http1Request,
+    Http1Server,
+)
 from opscale_services.router.sse_passthrough import SseForwarder, decode_event, event_usage
 from opscale_services.router.upstream import UpstreamClient, UpstreamConfig
 
@@ -376,11 +386,12 @@ async def _echo(request: Http1Request, exchange: Http1Exchange) -> None:
     exchange.respond(200, summary)
 
 
-async def serve_reads(reads: list[bytes], limits: ServerLimits = SERVER_LIMITS) -> tuple[bytes, bool]:
-    """Feed `reads` to one server connection answering with `_echo`, each read after the answers so far
-    had a turn; the bytes it wrote, and whether it closed the connection itself."""
+async def serve_reads(reads: list[bytes], limits: ServerLimits = SERVER_LIMITS, handler: Handler = _echo,
+                      on_head: HeadCheck | None = None) -> tuple[bytes, bool]:
+    """Feed `reads` to one server connection answering with `handler` (`_echo`), each read after the
+    answers so far had a turn; the bytes it wrote, and whether it closed the connection itself."""
     loop = asyncio.get_running_loop()
-    server = Http1Server(_echo, limits, shutdown_timeout_s=1.0)
+    server = Http1Server(handler, limits, shutdown_timeout_s=1.0, on_head=on_head)
     transport = _ClientSide(loop)
     conn = server.connection_factory()
     transport.protocol = conn
@@ -458,6 +469,48 @@ def http_request(data: bytes) -> bool:
     return _answers_are_sound(written, closed) > 0
 
 
+def _key_check(path: str, headers: dict[str, str]) -> object:
+    """A head check as the API's key check: `X-Key: no` is refused (401) before its body is read; the
+    request's `auth` is its `X-Key`."""
+    if headers.get("x-key") == "no":
+        return HeadRefusal(error_for_status(401, "Incorrect API key provided", code="invalid_api_key"))
+    return headers.get("x-key")
+
+
+async def _serve_recorded(reads: list[bytes]) -> tuple[list[tuple[object, ...]], list[object], bool]:
+    """`serve_reads` with the key check, keeping each request the handler got, whole."""
+    seen: list[tuple[object, ...]] = []
+
+    async def record(request: Http1Request, exchange: Http1Exchange) -> None:
+        seen.append((request.method, request.path, request.query, request.version, request.headers, request.body,
+                     request.keep_alive, request.auth))
+        await _echo(request, exchange)
+
+    written, closed = await serve_reads(reads, handler=record, on_head=_key_check)
+    answers = [(status, {k: v for k, v in headers.items() if k != "date"}, body)  # (the clock may tick between)
+               for status, headers, body in read_answers(written)]
+    return seen, answers, closed
+
+
+def read_alike(reads: list[bytes]) -> list[tuple[object, ...]]:
+    """The server's reading of whole, plain requests in one call (parse_request, _request_head.c) against
+    llhttp's reading of the same reads: the same requests reach the handler, the same answers are written,
+    the connection closes alike. Returns the requests."""
+    fast = _LOOP.run_until_complete(_serve_recorded(reads))
+    whole, _server.parse_request = _server.parse_request, None
+    try:
+        reference = _LOOP.run_until_complete(_serve_recorded(reads))
+    finally:
+        _server.parse_request = whole
+    assert fast == reference, (fast, reference)
+    return fast[0]
+
+
+def request_head(data: bytes) -> bool:
+    reads, _ = _splits(data)
+    return bool(read_alike(reads))
+
+
 TARGETS: dict[str, Target] = {
     "openai_request": openai_request,
     "protobuf_message": protobuf_message,
@@ -475,6 +528,7 @@ TARGETS: dict[str, Target] = {
     "chunk_relay": chunk_relay,
     "http_response": http_response,
     "http_request": http_request,
+    "request_head": request_head,
 }
 
 
@@ -536,6 +590,14 @@ SEEDS: dict[str, list[bytes]] = {
         b"\x07POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
         b"\xffGET /health HTTP/1.0\r\n\r\n",
+    ],
+    "request_head": [
+        b"\xffPOST /v1/completions?a=1 HTTP/1.1\r\nHost: x\r\nX-Key: k1\r\nAccept: text/event-stream\r\n"
+        b"x-a: 1\r\nX-A:  2\r\nContent-Length: 26\r\n\r\n"
+        b'{"model":"m","prompt":"x"}GET /v1/models HTTP/1.0\r\nConnection: Keep-Alive\r\nX-Empty:\r\n\r\n'
+        b"DELETE /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"\x30POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /stream HTTP/1.1\r\n"
+        b"X-Key: no\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
     ],
 }
 SEEDS["trace_detected"] = [seed for name, seeds in SEEDS.items() if name.startswith("trace_")
