@@ -189,10 +189,24 @@ def requests(draw: st.DrawFn) -> bytes:
     return pick(draw, ([""], ["\r\n"])).encode() + head.encode("latin-1") + body
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(pipelined=st.lists(requests(), min_size=1, max_size=4), cuts=st.lists(st.integers(0, 4096), max_size=2))
-def test_generated_requests_are_read_as_llhttp_reads_them(pipelined: list[bytes], cuts: list[int]) -> None:
+def read_both_ways(pipelined: list[bytes], cuts: list[int]) -> None:
     data = b"".join(pipelined)
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
-    reads = [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
-    read_alike(reads)
+    read_alike([data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a])
+
+
+_PIPELINED = st.lists(requests(), min_size=1, max_size=4)
+_CUTS = st.lists(st.integers(0, 4096), max_size=2)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(pipelined=_PIPELINED, cuts=_CUTS)
+def test_generated_requests_are_read_as_llhttp_reads_them(pipelined: list[bytes], cuts: list[int]) -> None:
+    read_both_ways(pipelined, cuts)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipelined=_PIPELINED, cuts=_CUTS)
+def test_many_more_generated_requests_are_read_as_llhttp_reads_them(pipelined: list[bytes], cuts: list[int]) -> None:
+    read_both_ways(pipelined, cuts)
