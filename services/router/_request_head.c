@@ -152,8 +152,8 @@ static Py_ssize_t read_headers(const char *p, Py_ssize_t i, Py_ssize_t n, Py_ssi
                 return -1;
             Py_ssize_t length = 0;
             for (Py_ssize_t k = 0; k < value_n; k++) {
-                if (value[k] < '0' || value[k] > '9')
-                    return -1;
+                if (value[k] < '0' || value[k] > '9' || length > (PY_SSIZE_T_MAX - 9) / 10)
+                    return -1;  /* (15 digits overflow a 32-bit Py_ssize_t) */
                 length = length * 10 + (value[k] - '0');
             }
             framing->content_length = length;
