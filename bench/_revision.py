@@ -33,8 +33,10 @@ def unpack(ref: str, into: Path) -> Path:
     (aliases / "opscale_loadgen").symlink_to(into / "loadgen")
     built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into, capture_output=True,
                            text=True, check=False)
-    if built.returncode != 0 or "error" in built.stderr.lower():
-        print(f"{ref}: its C extensions were not built, so it runs without them:\n{built.stderr[-2000:]}",
+    sources = sorted((into / "services" / "router").glob("_*.c"))
+    missing = [c.name for c in sources if not any(c.parent.glob(f"{c.stem}.*.so"))]
+    if missing:  # (optional extensions: a failed build is only a warning, so the modules themselves say)
+        print(f"{ref}: {', '.join(missing)} not built, so it runs without them:\n{built.stderr[-2000:]}",
               file=sys.stderr)
     return into
 

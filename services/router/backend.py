@@ -38,6 +38,7 @@ from opscale.openai.stream import EngineUsage
 from opscale.runtime.clock import Clock
 from opscale.runtime.live import telemetry
 from opscale.runtime.live.host import CoreHost
+from opscale.runtime.live.openai_http import ran_to_end
 from opscale.services.actions import Action, Dispatch, Reject
 from opscale.services.events import DispatchFailed, PrefillHandedOff, RequestArrived, RequestFinished
 from opscale.services.router import RouterCore
@@ -180,7 +181,7 @@ class LiveRouterBackend:
                                 usage = block.usage or usage
                                 sink = yield block
                         finally:
-                            if getattr(stream, "ag_frame", True) is not None:  # else run to its end: nothing to close
+                            if not ran_to_end(stream):
                                 await stream.aclose()  # the connection's fate is settled now, not at garbage collection
                     else:
                         async for chunk in self.upstream.stream_completion(endpoint, body, headers, req.kind):

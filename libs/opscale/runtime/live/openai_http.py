@@ -73,12 +73,18 @@ async def openai_errors_middleware(
         return error_response(internal_error(request_id))
 
 
+def ran_to_end(stream: object) -> bool:
+    """Whether `stream` is an async generator already run to its end: closing it would do nothing (a
+    call and an awaited coroutine saved, once a request)."""
+    return getattr(stream, "ag_frame", True) is None
+
+
 async def aclose_quietly(stream: AsyncIterator[Any]) -> None:
     """Close an async iterator if it can be closed (async generators can); a failure while closing is
     logged, never raised over the answer already decided."""
     aclose = getattr(stream, "aclose", None)
-    if aclose is None or getattr(stream, "ag_frame", True) is None:
-        return  # not closable, or an async generator already run to its end (closing it does nothing)
+    if aclose is None or ran_to_end(stream):
+        return
     try:
         result = aclose()
         if inspect.isawaitable(result):
